@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Idempotent set-up on Debian 12: apt packages that are missing, the virtualenv in .venv,
+# and the package itself (editable). `--test` adds what the test suite needs.
+# Run as root (or with sudo available for apt-get).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_test=0
+[ "${1:-}" = "--test" ] && want_test=1
+
+packages=(python3 python3-venv openssl ca-certificates)
+if [ "$want_test" = 1 ]; then
+    # real clients the interoperability tests drive
+    packages+=(curl fetchmail)
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "setup: installing ${missing[*]}" >&2
+    sudo_cmd=()
+    [ "$(id -u)" -ne 0 ] && sudo_cmd=(sudo)
+    export DEBIAN_FRONTEND=noninteractive
+    "${sudo_cmd[@]}" apt-get update -qq
+    "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+python=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$python" -m venv .venv
+fi
+extras=""
+[ "$want_test" = 1 ] && extras="[test]"
+stamp=".venv/.installed$( [ "$want_test" = 1 ] && echo -test )"
+digest=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ]; then
+    .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+    .venv/bin/python -m pip install -q -e ".${extras}"
+    echo "$digest" > "$stamp"
+fi

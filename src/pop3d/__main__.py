@@ -1,0 +1,3 @@
+from pop3d.cli.pop3d import entry
+
+entry()

@@ -1,0 +1,107 @@
+"""Verifies credentials for every login method. Mechanisms and commands never see the
+credential file: they ask this object, as Dovecot's lib-sasl asks its auth backend.
+
+Methods here block (Argon2 takes tens of milliseconds); drivers call them from a thread
+pool so one login never stalls the other sessions of a worker.
+
+Timing: an unknown user costs the same Argon2 verification as a known one (against a hash
+made at start-up with the site's parameters), and both failures return the same result to
+the session, which sends one text for both.
+
+The verification cache (``auth_cache_ttl``, 0 disables it) remembers successful password
+checks for a while, keyed by HMAC-SHA256 under a per-process random key of (user, stored
+hash, password). It holds no password and nothing usable outside this process; a password
+change alters the stored hash and so misses the cache at once. It is what lets a worker
+serve frequent polls without paying Argon2 on each; see SECURITY.md for the trade-off.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import secrets
+import threading
+import time
+from collections.abc import Callable
+
+from pop3d.auth.credentials import SCHEME_ARGON2ID, SCHEME_PLAIN_B64, CredentialFile
+from pop3d.auth.passwords import Argon2Parameters, apop_matches, hash_password, verify_password
+from pop3d.protocol.events import AuthResult
+from pop3d.security.secret import Secret
+
+_CACHE_MAX = 100_000
+
+
+class Authenticator:
+    def __init__(
+        self,
+        credentials: CredentialFile,
+        argon2: Argon2Parameters | None = None,
+        cache_ttl: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.credentials = credentials
+        self._dummy_hash = hash_password(Secret(secrets.token_bytes(16)), argon2)
+        self._cache_ttl = cache_ttl
+        self._cache_key = secrets.token_bytes(32)
+        self._cache: dict[bytes, float] = {}
+        self._cache_lock = threading.Lock()
+        self._clock = clock
+
+    def verify_password(self, user: str, password: Secret) -> AuthResult:
+        record = self.credentials.lookup(user)
+        stored = record.secrets.get(SCHEME_ARGON2ID) if record else None
+        if stored is None:
+            verify_password(password, self._dummy_hash)
+            return AuthResult(None, "unknown user" if record is None else "no password set")
+        key = self._cache_tag(user, stored, password)
+        if key is not None and self._cached(key):
+            return AuthResult(user)
+        if not verify_password(password, stored):
+            return AuthResult(None, "wrong password")
+        if key is not None:
+            self._remember(key)
+        return AuthResult(user)
+
+    def verify_apop(self, user: str, challenge: str, digest: str) -> AuthResult:
+        record = self.credentials.lookup(user)
+        encoded = record.secrets.get(SCHEME_PLAIN_B64) if record else None
+        try:
+            secret = base64.b64decode(encoded, validate=True) if encoded else None
+        except (binascii.Error, ValueError):
+            secret = None
+        if secret is None:
+            apop_matches(challenge, b"", digest)  # same work either way
+            return AuthResult(None, "unknown user" if record is None else "no APOP secret")
+        if not apop_matches(challenge, secret, digest):
+            return AuthResult(None, "wrong APOP digest")
+        return AuthResult(user)
+
+    # --- cache ----------------------------------------------------------------------
+
+    def _cache_tag(self, user: str, stored: str, password: Secret) -> bytes | None:
+        if self._cache_ttl <= 0:
+            return None
+        message = b"\0".join((user.encode(), stored.encode(), password.reveal()))
+        return hmac.new(self._cache_key, message, hashlib.sha256).digest()
+
+    def _cached(self, key: bytes) -> bool:
+        with self._cache_lock:
+            expiry = self._cache.get(key)
+            if expiry is None:
+                return False
+            if expiry < self._clock():
+                del self._cache[key]
+                return False
+            return True
+
+    def _remember(self, key: bytes) -> None:
+        now = self._clock()
+        with self._cache_lock:
+            if len(self._cache) >= _CACHE_MAX:
+                self._cache = {k: v for k, v in self._cache.items() if v >= now}
+                if len(self._cache) >= _CACHE_MAX:
+                    self._cache.clear()
+            self._cache[key] = now + self._cache_ttl

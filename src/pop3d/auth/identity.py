@@ -1,0 +1,47 @@
+"""Canonical user names, decided once for every login method.
+
+A user name reaches the file system (the Maildir path template) and the logs, so the rules
+are strict: 1-255 octets of UTF-8, no control characters, no "/", ":" or "\\", no leading
+".", no surrounding spaces. ``username_tolower`` (Cyrus, default on) folds case; with
+``virtdomains`` the ``defaultdomain`` is dropped so "alice@example.org" and "alice" are one
+user when example.org is the default domain.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+_FORBIDDEN = frozenset("/:\\")
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityRules:
+    username_tolower: bool = True
+    virtdomains: bool = False
+    defaultdomain: str = ""
+
+
+def canonical_user(raw: bytes | str, rules: IdentityRules) -> str | None:
+    """The canonical form of ``raw``, or None if it cannot name a user."""
+    if isinstance(raw, bytes):
+        try:
+            name = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    else:
+        name = raw
+    if not name or name != name.strip() or len(name.encode("utf-8")) > 255:
+        return None
+    if name.startswith(".") or any(
+        ch in _FORBIDDEN or ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 for ch in name
+    ):
+        return None
+    if rules.username_tolower:
+        name = name.lower()
+    if rules.virtdomains and "@" in name:
+        local, _, domain = name.rpartition("@")
+        if not local or not domain:
+            return None
+        if rules.defaultdomain and domain == rules.defaultdomain.lower():
+            name = local
+    return name

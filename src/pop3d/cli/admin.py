@@ -1,0 +1,235 @@
+"""``pop3d-admin``: users, delivery and configuration checks.
+
+    pop3d-admin [-C imapd.conf] passwd [--apop] USER     set a password (stdin if not a tty)
+    pop3d-admin [-C imapd.conf] passwd -d USER           delete a user
+    pop3d-admin [-C imapd.conf] users                    list users and their schemes
+    pop3d-admin [-C imapd.conf] deliver USER < message   atomic Maildir delivery (an MDA)
+    pop3d-admin [-C imapd.conf] check-config [-M cyrus.conf]
+
+Exit codes follow sysexits; ``deliver`` answers 75 (EX_TEMPFAIL) on any storage error, so
+an MTA keeps the message and retries, and 67 (EX_NOUSER) for an unknown user.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import getpass
+import os
+import sys
+from pathlib import Path
+
+from pop3d.auth import credentials
+from pop3d.auth.credentials import SCHEME_ARGON2ID, SCHEME_PLAIN_B64, CredentialFileError
+from pop3d.auth.identity import IdentityRules, canonical_user
+from pop3d.auth.passwords import hash_password
+from pop3d.cli.common import (
+    DEFAULT_CYRUS_CONF,
+    DEFAULT_IMAPD_CONF,
+    EX_CONFIG,
+    EX_DATAERR,
+    EX_NOUSER,
+    EX_TEMPFAIL,
+    EX_USAGE,
+    Exit,
+    fail,
+    run,
+)
+from pop3d.config import cyrus, imapd
+from pop3d.config.imapd import Config, ConfigError
+from pop3d.security.secret import Secret
+from pop3d.server.context import argon2_parameters, credentials_path, maildir_store
+from pop3d.transport import tls
+
+PROGRAM = "pop3d-admin"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise Exit(EX_USAGE, f"{PROGRAM}: {message}\n{self.format_usage().strip()}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROGRAM, description="Manage pop3d users, delivery and config.")
+    parser.add_argument(
+        "-C", dest="config", default=DEFAULT_IMAPD_CONF, help="imapd.conf (default %(default)s)"
+    )
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    passwd = commands.add_parser("passwd", help="set or delete a user's password")
+    passwd.add_argument("-d", "--delete", action="store_true", help="delete the user")
+    passwd.add_argument(
+        "--apop",
+        action="store_true",
+        help="also store the plaintext equivalent APOP needs (allowapop must be on)",
+    )
+    passwd.add_argument("user")
+    commands.add_parser("users", help="list users")
+    deliver = commands.add_parser("deliver", help="deliver a message from stdin")
+    deliver.add_argument("user")
+    check = commands.add_parser("check-config", help="validate imapd.conf and cyrus.conf")
+    check.add_argument(
+        "-M",
+        dest="cyrus_conf",
+        default=None,
+        help=f"cyrus.conf (default {DEFAULT_CYRUS_CONF} if it exists)",
+    )
+    return parser
+
+
+def _config(path: str) -> Config:
+    try:
+        config = imapd.load(path)
+    except ConfigError as exc:
+        raise Exit(EX_CONFIG, "\n".join(f"{PROGRAM}: {p}" for p in exc.problems)) from None
+    for problem in config.warnings:
+        print(f"{PROGRAM}: {problem}", file=sys.stderr)
+    return config
+
+
+def _rules(config: Config) -> IdentityRules:
+    return IdentityRules(
+        username_tolower=config.switch("username_tolower"),
+        virtdomains=(config.string("virtdomains") or "off") != "off",
+        defaultdomain=config.string("defaultdomain") or "",
+    )
+
+
+def _user(config: Config, raw: str) -> str:
+    user = canonical_user(raw, _rules(config))
+    if user is None:
+        fail(PROGRAM, EX_DATAERR, f"{raw!r} is not a valid user name")
+    return user
+
+
+def _read_password() -> Secret:
+    if sys.stdin.isatty():
+        first = getpass.getpass("New password: ")
+        if first != getpass.getpass("Again: "):
+            fail(PROGRAM, EX_DATAERR, "the passwords differ")
+        text = first
+    else:
+        text = sys.stdin.readline().rstrip("\r\n")
+    if not text:
+        fail(PROGRAM, EX_DATAERR, "empty password")
+    return Secret(text.encode("utf-8"))
+
+
+def cmd_passwd(config: Config, args: argparse.Namespace) -> int:
+    user = _user(config, args.user)
+    path = credentials_path(config)
+    if args.delete:
+        found = []
+
+        def remove(record: credentials.UserRecord | None) -> None:
+            found.append(record is not None)
+
+        credentials.update(path, user, remove)
+        if not found[0]:
+            fail(PROGRAM, EX_NOUSER, f"no such user {user!r}")
+        return 0
+    if args.apop and not config.switch("allowapop"):
+        fail(
+            PROGRAM,
+            EX_CONFIG,
+            "allowapop is off: refusing to store the plaintext equivalent APOP needs",
+        )
+    password = _read_password()
+    secrets = {SCHEME_ARGON2ID: hash_password(password, argon2_parameters(config))}
+    if args.apop:
+        secrets[SCHEME_PLAIN_B64] = base64.b64encode(password.reveal()).decode("ascii")
+    credentials.update(path, user, lambda _old: credentials.UserRecord(user, secrets))
+    return 0
+
+
+def cmd_users(config: Config, _args: argparse.Namespace) -> int:
+    store = credentials.CredentialFile(credentials_path(config))
+    for record in sorted(store.users(), key=lambda r: r.name):
+        print(f"{record.name}\t{','.join(sorted(record.secrets))}")
+    return 0
+
+
+def cmd_deliver(config: Config, args: argparse.Namespace) -> int:
+    user = _user(config, args.user)
+    store = credentials.CredentialFile(credentials_path(config))
+    if store.lookup(user) is None:
+        fail(PROGRAM, EX_NOUSER, f"no such user {user!r}")
+    try:
+        maildir_store(config).deliver(user, sys.stdin.buffer)
+    except OSError as exc:
+        fail(PROGRAM, EX_TEMPFAIL, f"delivery to {user} failed, message not stored: {exc}")
+    return 0
+
+
+def cmd_check_config(config_path: str, args: argparse.Namespace) -> int:
+    problems: list[str] = []
+    config: Config | None = None
+    try:
+        config = imapd.load(config_path)
+        problems += [str(p) for p in config.problems]
+    except ConfigError as exc:
+        problems += [str(p) for p in exc.problems]
+    if config is not None:
+        problems += _check_references(config)
+    cyrus_path = args.cyrus_conf
+    if cyrus_path is None and Path(DEFAULT_CYRUS_CONF).exists():
+        cyrus_path = DEFAULT_CYRUS_CONF
+    if cyrus_path is not None:
+        try:
+            problems += [str(p) for p in cyrus.load(cyrus_path).problems]
+        except ConfigError as exc:
+            problems += [str(p) for p in exc.problems]
+    for problem in problems:
+        print(problem)
+    if problems:
+        return EX_CONFIG
+    print("configuration OK")
+    return 0
+
+
+def _check_references(config: Config) -> list[str]:
+    """Problems with what the settings point at: files, modes, certificates."""
+    problems: list[str] = []
+    try:
+        path = credentials_path(config)
+        credentials.CredentialFile(path).check()
+        if not path.exists():
+            problems.append(
+                f"{config.where('credentials_file')}: warning: {path} does not "
+                "exist yet (no user can log in)"
+            )
+    except (ConfigError, CredentialFileError, OSError) as exc:
+        problems.append(str(exc))
+    try:
+        maildir_store(config)
+    except ConfigError as exc:
+        problems += [str(p) for p in exc.problems]
+    if tls.certificate_configured(config, None):
+        try:
+            tls.server_context(config, None)
+        except ConfigError as exc:
+            problems += [str(p) for p in exc.problems]
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command == "check-config":
+        return cmd_check_config(args.config, args)
+    config = _config(args.config)
+    os.umask(0o077)
+    try:
+        if args.command == "passwd":
+            return cmd_passwd(config, args)
+        if args.command == "users":
+            return cmd_users(config, args)
+        return cmd_deliver(config, args)
+    except (CredentialFileError, ConfigError) as exc:
+        fail(PROGRAM, EX_CONFIG, str(exc))
+
+
+def entry() -> None:
+    run(PROGRAM, main)
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,74 @@
+"""What the three commands share: sysexits codes, one-line errors, logging, config loading."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+from pop3d.config import imapd
+from pop3d.config.imapd import Config, ConfigError
+
+# sysexits.h
+EX_OK = 0
+EX_USAGE = 64
+EX_DATAERR = 65
+EX_NOINPUT = 66
+EX_NOUSER = 67
+EX_SOFTWARE = 70
+EX_OSERR = 71
+EX_CANTCREAT = 73
+EX_IOERR = 74
+EX_TEMPFAIL = 75
+EX_NOPERM = 77
+EX_CONFIG = 78
+
+DEFAULT_IMAPD_CONF = "/etc/imapd.conf"
+DEFAULT_CYRUS_CONF = "/etc/cyrus.conf"
+
+
+class Exit(Exception):
+    def __init__(self, code: int, message: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def fail(program: str, code: int, message: str) -> NoReturn:
+    raise Exit(code, f"{program}: {message}")
+
+
+def run(program: str, main: object) -> NoReturn:
+    """Call ``main()``; turn :class:`Exit` into a one-line message and an exit status.
+    A traceback reaches the terminal only for a bug (exit 70)."""
+    assert callable(main)
+    try:
+        code = main()
+    except Exit as exc:
+        if exc.message:
+            print(exc.message, file=sys.stderr)
+        sys.exit(exc.code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else EX_OK)
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    logging.basicConfig(
+        level=level,
+        stream=sys.stderr,
+        format="%(asctime)s %(name)s[%(process)d]: %(levelname)s %(message)s",
+    )
+
+
+def load_config(program: str, path: str | None) -> Config:
+    """imapd.conf or exit 78 with every problem on its own line (file:line: ...)."""
+    target = Path(path or DEFAULT_IMAPD_CONF)
+    try:
+        config = imapd.load(target)
+    except ConfigError as exc:
+        raise Exit(EX_CONFIG, "\n".join(f"{program}: {p}" for p in exc.problems)) from None
+    for problem in config.warnings:
+        print(f"{program}: {problem}", file=sys.stderr)
+    return config

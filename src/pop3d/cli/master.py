@@ -1,0 +1,119 @@
+"""``pop3d-master [-C imapd.conf] [-M cyrus.conf] [-p pidfile] [-d]``: run the pop3d services
+of a cyrus.conf. Foreground by default; -d detaches."""
+
+from __future__ import annotations
+
+import getopt
+import logging
+import os
+import sys
+from pathlib import Path
+
+from pop3d.cli.common import (
+    DEFAULT_CYRUS_CONF,
+    DEFAULT_IMAPD_CONF,
+    EX_CONFIG,
+    EX_OSERR,
+    EX_USAGE,
+    Exit,
+    fail,
+    load_config,
+    run,
+    setup_logging,
+)
+from pop3d.cli.pop3d import parse_arguments
+from pop3d.config import cyrus
+from pop3d.config.imapd import ConfigError
+from pop3d.server.context import RuntimeOptions, ServiceContext
+from pop3d.server.master import Master
+
+PROGRAM = "pop3d-master"
+USAGE = "usage: pop3d-master [-C imapd.conf] [-M cyrus.conf] [-p pidfile] [-d]"
+
+
+def _validate(config_path: str, master_config: cyrus.MasterConfig) -> None:
+    """Build every service's context once, exactly as its workers will."""
+    problems: list[str] = []
+    for service in master_config.services:
+        try:
+            args = parse_arguments(list(service.argv[1:]))
+        except Exit as exc:
+            problems.append(
+                f"{service.path}:{service.line}: service {service.name}: "
+                f"{exc.message.splitlines()[0]}"
+            )
+            continue
+        if args.kpop or args.proxy_protocol or args.stdio:
+            flag = "-k" if args.kpop else "-H" if args.proxy_protocol else "-X"
+            problems.append(
+                f"{service.path}:{service.line}: service {service.name}: "
+                f"{flag} is not supported under the master yet"
+            )
+            continue
+        config = load_config(PROGRAM, args.config or config_path)
+        options = RuntimeOptions(
+            service=service.name, implicit_tls=args.implicit_tls, external_ssf=args.external_ssf
+        )
+        try:
+            ServiceContext(config, options).close()
+        except ConfigError as exc:
+            problems += [f"{p} (service {service.name})" for p in exc.problems]
+    if problems:
+        raise Exit(EX_CONFIG, "\n".join(f"{PROGRAM}: {p}" for p in problems))
+
+
+def _daemonize() -> None:
+    if os.fork() > 0:
+        os._exit(0)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        options, rest = getopt.getopt(sys.argv[1:] if argv is None else argv, "C:M:p:d")
+    except getopt.GetoptError as exc:
+        fail(PROGRAM, EX_USAGE, f"{exc.msg}\n{USAGE}")
+    if rest:
+        fail(PROGRAM, EX_USAGE, f"unexpected argument {rest[0]!r}\n{USAGE}")
+    flags = dict(options)
+    config_path = flags.get("-C", DEFAULT_IMAPD_CONF)
+    cyrus_path = flags.get("-M", DEFAULT_CYRUS_CONF)
+    setup_logging(logging.INFO)
+    config = load_config(PROGRAM, config_path)
+    try:
+        master_config = cyrus.load(cyrus_path)
+    except ConfigError as exc:
+        raise Exit(EX_CONFIG, "\n".join(f"{PROGRAM}: {p}" for p in exc.problems)) from None
+    for problem in master_config.problems:
+        print(f"{PROGRAM}: {problem}", file=sys.stderr)
+    if not master_config.services:
+        fail(PROGRAM, EX_CONFIG, f"{cyrus_path}: no pop3d service in SERVICES")
+    _validate(config_path, master_config)
+    master = Master(config_path, master_config, config)
+    try:
+        master.bind_all()
+    except OSError as exc:
+        fail(PROGRAM, EX_OSERR, f"cannot listen: {exc.strerror or exc}")
+    if "-d" in flags:
+        _daemonize()
+    if "-p" in flags:
+        Path(flags["-p"]).write_text(f"{os.getpid()}\n")
+    try:
+        return master.run()
+    finally:
+        if "-p" in flags:
+            Path(flags["-p"]).unlink(missing_ok=True)
+
+
+def entry() -> None:
+    run(PROGRAM, main)
+
+
+if __name__ == "__main__":
+    entry()

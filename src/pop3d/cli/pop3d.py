@@ -1,0 +1,144 @@
+"""``pop3d``: the POP3 service, with Cyrus pop3d's command line.
+
+    pop3d [-C imapd.conf] [-U uses] [-T timeout] [-D] [-s] [-k] [-p ssf] [-H] [-X]
+
+Run by ``pop3d-master`` (which passes the listening socket and CYRUS_SERVICE), or with -X
+for exactly one session on stdin/stdout (inetd, xinetd, systemd ``Accept=yes``, transcript
+tests). Errors on the command line exit 64, configuration errors 78 (sysexits), each with
+one line on stderr: Cyrus 3.x crashes on an unknown option instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getopt
+import logging
+import os
+import re
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+
+from pop3d.cli.common import EX_CONFIG, EX_USAGE, Exit, fail, load_config, run, setup_logging
+from pop3d.config.imapd import ConfigError
+from pop3d.server.context import RuntimeOptions, ServiceContext
+from pop3d.server.worker import Worker, serve_stdio
+
+PROGRAM = "pop3d"
+USAGE = "usage: pop3d [-C imapd.conf] [-U uses] [-T timeout] [-D] [-s] [-k] [-p ssf] [-H] [-X]"
+LISTEN_FDS_ENV = "POP3D_LISTEN_FDS"
+MAXCHILD_ENV = "POP3D_MAXCHILD"
+
+
+@dataclass
+class Arguments:
+    config: str | None = None
+    uses: int = 250
+    reuse_timeout: int = 60
+    debug: bool = False
+    stdio: bool = False
+    implicit_tls: bool = False
+    kpop: bool = False
+    external_ssf: int = 0
+    proxy_protocol: bool = False
+
+
+def _count(flag: str, value: str, upper: int = 2**31 - 1) -> int:
+    if not re.fullmatch(r"\d+", value) or int(value) > upper:
+        fail(PROGRAM, EX_USAGE, f"{flag} {value!r}: expected a whole number 0..{upper}\n{USAGE}")
+    return int(value)
+
+
+def parse_arguments(argv: list[str]) -> Arguments:
+    try:
+        options, rest = getopt.getopt(argv, "C:U:T:DXskp:H")
+    except getopt.GetoptError as exc:
+        fail(PROGRAM, EX_USAGE, f"{exc.msg}\n{USAGE}")
+    if rest:
+        fail(PROGRAM, EX_USAGE, f"unexpected argument {rest[0]!r}\n{USAGE}")
+    args = Arguments()
+    for flag, value in options:
+        if flag == "-C":
+            args.config = value
+        elif flag == "-U":
+            args.uses = _count(flag, value)
+        elif flag == "-T":
+            args.reuse_timeout = _count(flag, value)
+        elif flag == "-D":
+            args.debug = True
+        elif flag == "-X":
+            args.stdio = True
+        elif flag == "-s":
+            args.implicit_tls = True
+        elif flag == "-k":
+            args.kpop = True
+        elif flag == "-p":
+            args.external_ssf = _count(flag, value, 65535)
+        elif flag == "-H":
+            args.proxy_protocol = True
+    return args
+
+
+def _run_debug_command(template: str | None, service: str) -> None:
+    """-D: Cyrus runs ``debug_command`` formatted with (program, pid, service)."""
+    if not template:
+        print(f"{PROGRAM}: -D given but debug_command is not set", file=sys.stderr)
+        return
+    values = iter((sys.argv[0], str(os.getpid()), service))
+    command = re.sub(r"%[sd]", lambda _m: next(values, ""), template)
+    subprocess.run(command, shell=True, check=False)  # noqa: S602 - the admin's own command
+
+
+def _listening_sockets() -> list[socket.socket]:
+    value = os.environ.get(LISTEN_FDS_ENV, "")
+    return [socket.socket(fileno=int(item)) for item in value.split(",") if item.strip().isdigit()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_arguments(sys.argv[1:] if argv is None else argv)
+    if args.kpop:
+        fail(PROGRAM, EX_USAGE, "-k (KPOP) is not supported yet")
+    if args.proxy_protocol:
+        fail(PROGRAM, EX_USAGE, "-H (PROXY protocol) is not supported yet")
+    setup_logging(logging.INFO)
+    service = os.environ.get("CYRUS_SERVICE", "pop3")
+    config = load_config(PROGRAM, args.config)
+    if args.debug:
+        _run_debug_command(config.string("debug_command", service), service)
+    options = RuntimeOptions(
+        service=service,
+        implicit_tls=args.implicit_tls,
+        external_ssf=args.external_ssf,
+        max_uses=args.uses,
+        reuse_timeout=args.reuse_timeout,
+    )
+    try:
+        context = ServiceContext(config, options)
+    except ConfigError as exc:
+        raise Exit(EX_CONFIG, "\n".join(f"{PROGRAM}: {p}" for p in exc.problems)) from None
+    try:
+        if args.stdio:
+            asyncio.run(serve_stdio(context))
+            return 0
+        sockets = _listening_sockets()
+        if not sockets:
+            fail(
+                PROGRAM,
+                EX_USAGE,
+                "no listening socket: run pop3d from pop3d-master, or "
+                "with -X for one session on stdin/stdout",
+            )
+        maxchild = int(os.environ.get(MAXCHILD_ENV, "-1"))
+        asyncio.run(Worker(context, maxchild).serve(sockets))
+        return 0
+    finally:
+        context.close()
+
+
+def entry() -> None:
+    run(PROGRAM, main)
+
+
+if __name__ == "__main__":
+    entry()

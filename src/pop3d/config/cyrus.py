@@ -1,0 +1,191 @@
+"""cyrus.conf: the ``SERVICES`` section, which says what ``pop3d-master`` listens on.
+
+Syntax as Cyrus's master/masterconf.c reads it: sections ``NAME { ... }``, one entry per
+line, ``name key=value key="quoted value" ...``, ``#`` comments. ``START``, ``EVENTS`` and
+``DAEMON`` are parsed for syntax and otherwise ignored, as are services whose ``cmd`` is not
+``pop3d`` (a shared cyrus.conf also runs imapd, lmtpd ...), each with a warning.
+
+``listen`` takes Cyrus's forms: ``"110"``, ``"pop3"`` (a name from /etc/services),
+``"127.0.0.1:1110"``, ``"[::1]:1110"``, ``"host:port"``, or ``"/path"`` (a unix socket).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pop3d.config.imapd import ConfigError, Problem
+
+_SECTIONS = frozenset({"START", "SERVICES", "EVENTS", "DAEMON"})
+_SERVICE_KEYS = frozenset(
+    {"cmd", "listen", "proto", "prefork", "maxchild", "maxforkrate", "maxfds", "babysit"}
+)
+_NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    family: int  # socket.AF_INET, AF_INET6, AF_UNIX
+    host: str  # address, or the socket path for AF_UNIX
+    port: int
+
+    def __str__(self) -> str:
+        if self.family == socket.AF_UNIX:
+            return self.host
+        if self.family == socket.AF_INET6:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    name: str
+    argv: tuple[str, ...]
+    listen: Listen
+    prefork: int
+    maxchild: int  # -1: unlimited
+    path: str
+    line: int
+
+
+@dataclass
+class MasterConfig:
+    path: str
+    services: list[Service] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+
+def is_pop3d_command(argv: tuple[str, ...]) -> bool:
+    return bool(argv) and os.path.basename(argv[0]) == "pop3d"
+
+
+def _port(text: str) -> int:
+    if text.isdigit():
+        port = int(text)
+        if not 0 < port < 65536:
+            raise ValueError(f"port {port} is out of range")
+        return port
+    try:
+        return socket.getservbyname(text, "tcp")
+    except OSError:
+        raise ValueError(f"unknown service name {text!r} (not in /etc/services)") from None
+
+
+def parse_listen(text: str, proto: str = "tcp") -> Listen:
+    if text.startswith("/"):
+        return Listen(socket.AF_UNIX, text, 0)
+    default_host = "::" if proto == "tcp6" else "0.0.0.0"  # noqa: S104 - Cyrus's default
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+        if not sep:
+            raise ValueError(f"listen {text!r}: expected [address]:port")
+        return Listen(socket.AF_INET6, host, _port(port))
+    if ":" in text:
+        host, _, port = text.rpartition(":")
+        return Listen(_family_of(host, proto), host, _port(port))
+    return Listen(socket.AF_INET6 if proto == "tcp6" else socket.AF_INET, default_host, _port(text))
+
+
+def _family_of(host: str, proto: str) -> int:
+    if proto == "tcp6" or (":" in host):
+        return socket.AF_INET6
+    return socket.AF_INET
+
+
+def _entry(line: str, path: str, number: int) -> tuple[str, dict[str, str]]:
+    try:
+        tokens = shlex.split(line, comments=True, posix=True)
+    except ValueError as exc:
+        raise ValueError(f"cannot parse entry: {exc}") from None
+    if not tokens or not _NAME.fullmatch(tokens[0]):
+        raise ValueError(f"expected an entry name, got {line.strip()!r}")
+    values: dict[str, str] = {}
+    for token in tokens[1:]:
+        key, sep, value = token.partition("=")
+        if not sep or not key:
+            raise ValueError(f"expected key=value, got {token!r}")
+        values[key] = value
+    return tokens[0], values
+
+
+def _service(name: str, values: dict[str, str], path: str, number: int, out: MasterConfig) -> None:
+    def warn(message: str) -> None:
+        out.problems.append(Problem(path, number, message, "warning"))
+
+    def error(message: str) -> None:
+        out.problems.append(Problem(path, number, message))
+
+    for key in values:
+        if key not in _SERVICE_KEYS:
+            warn(f"service {name}: unknown key {key!r} (ignored)")
+    if "cmd" not in values or "listen" not in values:
+        error(f"service {name}: cmd= and listen= are required")
+        return
+    argv = tuple(shlex.split(values["cmd"]))
+    if not is_pop3d_command(argv):
+        warn(f"service {name}: {argv[0] if argv else '(empty cmd)'} is not pop3d (skipped)")
+        return
+    proto = values.get("proto", "tcp")
+    if proto not in ("tcp", "tcp4", "tcp6"):
+        error(f"service {name}: proto={proto} is not supported (tcp, tcp4, tcp6)")
+        return
+    try:
+        listen = parse_listen(values["listen"], proto)
+        prefork = int(values.get("prefork", "0"))
+        maxchild = int(values.get("maxchild", "-1"))
+    except ValueError as exc:
+        error(f"service {name}: {exc}")
+        return
+    if prefork < 0:
+        error(f"service {name}: prefork={prefork} must not be negative")
+        return
+    if any(s.name == name for s in out.services):
+        error(f"service {name} is defined twice")
+        return
+    out.services.append(Service(name, argv, listen, prefork, maxchild, path, number))
+
+
+def parse_text(text: str, path: str) -> MasterConfig:
+    out = MasterConfig(path)
+    section: str | None = None
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip() if '"' not in raw else raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if section is None:
+            match = re.fullmatch(r"([A-Z]+)\s*\{", line)
+            if not match or match.group(1) not in _SECTIONS:
+                out.problems.append(Problem(path, number, f"expected a section, got {line!r}"))
+                continue
+            section = match.group(1)
+            continue
+        if line == "}":
+            section = None
+            continue
+        try:
+            name, values = _entry(line, path, number)
+        except ValueError as exc:
+            out.problems.append(Problem(path, number, str(exc)))
+            continue
+        if section == "SERVICES":
+            _service(name, values, path, number, out)
+    if section is not None:
+        out.problems.append(Problem(path, 0, f"section {section} is not closed with '}}'"))
+    return out
+
+
+def load(path: str | Path) -> MasterConfig:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
+        raise ConfigError([Problem(str(path), 0, f"cannot read: {reason}")]) from None
+    config = parse_text(text, str(path))
+    errors = [p for p in config.problems if p.severity == "error"]
+    if errors:
+        raise ConfigError(config.problems)
+    return config

@@ -1,0 +1,273 @@
+"""imapd.conf, parsed as Cyrus does: ``key: value`` lines, ``#`` comments, blank lines,
+``@include: file``, keys case-insensitive, and service-prefixed overrides
+(``pop3s_allowplaintext`` wins over ``allowplaintext`` for the service named ``pop3s`` in
+cyrus.conf).
+
+Strictness: a value that does not parse is an error with file:line (the server refuses to
+start, exit 78); an unknown key is a warning. Keys that other Cyrus daemons read are known
+and ignored, so a site's shared imapd.conf checks clean.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pop3d.config.options import (
+    IMPLEMENTED_SASL_MECHANISMS,
+    OPTIONS,
+    OTHER_CYRUS_OPTIONS,
+    Kind,
+    Option,
+)
+
+_TRUE = frozenset({"1", "yes", "on", "t", "true"})
+_FALSE = frozenset({"0", "no", "off", "f", "false"})
+_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+_DURATION = re.compile(r"(?:\d+[dhms])+")
+_DURATION_PART = re.compile(r"(\d+)([dhms])")
+_PARTITION = re.compile(r"(?:meta|archive|search)?partition-[a-z0-9_-]+")
+_MAX_INCLUDE_DEPTH = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    path: str
+    line: int
+    message: str
+    severity: str = "error"  # or "warning"
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.severity}: {self.message}"
+
+
+class ConfigError(Exception):
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    value: object
+    path: str
+    line: int
+
+
+def parse_value(option: Option, raw: str) -> object:
+    """The typed value of ``raw`` for ``option``; ValueError with a message if it is not."""
+    text = raw.strip()
+    if option.kind is Kind.SWITCH:
+        lowered = text.lower()
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+        raise ValueError(f"{option.name}: {raw!r} is not a switch (yes/no, on/off, 1/0)")
+    if option.kind is Kind.INT:
+        try:
+            number = int(text, 10)
+        except ValueError:
+            raise ValueError(f"{option.name}: {raw!r} is not an integer") from None
+        _check_minimum(option, number, raw)
+        return number
+    if option.kind is Kind.DURATION:
+        seconds = parse_duration(text, option.unit)
+        if seconds is None:
+            raise ValueError(
+                f"{option.name}: {raw!r} is not a duration (a number of "
+                f"{_unit_name(option.unit)}, or e.g. 1h30m, 45s)"
+            )
+        if seconds >= 0:
+            _check_minimum(option, seconds, raw)
+        return seconds
+    if option.kind is Kind.ENUM:
+        lowered = text.lower()
+        if lowered not in option.choices:
+            raise ValueError(f"{option.name}: {raw!r} is not one of {', '.join(option.choices)}")
+        return lowered
+    return text
+
+
+def _check_minimum(option: Option, number: int, raw: str) -> None:
+    if option.minimum is not None and number < option.minimum:
+        raise ValueError(f"{option.name}: {raw!r} is below the minimum {option.minimum}")
+
+
+def _unit_name(unit: str) -> str:
+    return {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}[unit]
+
+
+def parse_duration(text: str, unit: str) -> int | None:
+    if re.fullmatch(r"-?\d+", text):
+        return int(text) * _UNITS[unit]
+    if _DURATION.fullmatch(text):
+        return sum(int(n) * _UNITS[u] for n, u in _DURATION_PART.findall(text))
+    return None
+
+
+@dataclass
+class Config:
+    path: str = "<defaults>"
+    settings: dict[str, Setting] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+
+    # --- typed access, honouring service prefixes -------------------------------------
+
+    def setting(self, name: str, service: str | None = None) -> Setting | None:
+        if service:
+            found = self.settings.get(f"{service}_{name}")
+            if found is not None:
+                return found
+        return self.settings.get(name)
+
+    def get(self, name: str, service: str | None = None) -> object:
+        option = OPTIONS[name]
+        found = self.setting(name, service)
+        return option.default if found is None else found.value
+
+    def switch(self, name: str, service: str | None = None) -> bool:
+        assert OPTIONS[name].kind is Kind.SWITCH
+        return bool(self.get(name, service))
+
+    def integer(self, name: str, service: str | None = None) -> int:
+        assert OPTIONS[name].kind in (Kind.INT, Kind.DURATION)
+        value = self.get(name, service)
+        assert isinstance(value, int)
+        return value
+
+    def string(self, name: str, service: str | None = None) -> str | None:
+        assert OPTIONS[name].kind in (Kind.STRING, Kind.ENUM)
+        value = self.get(name, service)
+        return None if value is None else str(value)
+
+    def where(self, name: str, service: str | None = None) -> str:
+        """file:line of a setting, for messages about its value."""
+        found = self.setting(name, service)
+        return f"{found.path}:{found.line}" if found else f"{self.path} ({name} unset)"
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "warning"]
+
+
+def _resolve_key(key: str) -> tuple[Option | None, bool]:
+    """(option, known): the option a key sets, directly or through a service prefix."""
+    option = OPTIONS.get(key)
+    if option is not None:
+        return option, True
+    if key in OTHER_CYRUS_OPTIONS or _PARTITION.fullmatch(key):
+        return None, True
+    prefix, _, rest = key.partition("_")
+    if prefix and rest:
+        option = OPTIONS.get(rest)
+        if option is not None:
+            return option, True
+        if rest in OTHER_CYRUS_OPTIONS:
+            return None, True
+    return None, False
+
+
+class _Parser:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    def problem(self, path: str, line: int, message: str, severity: str = "error") -> None:
+        self.config.problems.append(Problem(path, line, message, severity))
+
+    def parse_file(self, path: Path, depth: int = 0, origin: tuple[str, int] | None = None) -> None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            where, line = origin or (str(path), 0)
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
+            self.problem(where, line, f"cannot read {path}: {reason}")
+            return
+        self.parse_text(text, str(path), depth)
+
+    def parse_text(self, text: str, path: str, depth: int = 0) -> None:
+        for number, raw in enumerate(text.splitlines(), 1):
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            key, sep, value = line.partition(":")
+            key = key.strip().lower()
+            value = value.strip()
+            if not sep or not key or not re.fullmatch(r"@?[a-z0-9_.-]+", key):
+                self.problem(path, number, f"expected 'key: value', got {raw.strip()!r}")
+                continue
+            if key == "@include":
+                if depth >= _MAX_INCLUDE_DEPTH:
+                    self.problem(path, number, "@include nested too deeply")
+                    continue
+                target = Path(value)
+                if not target.is_absolute():
+                    target = Path(path).parent / target
+                self.parse_file(target, depth + 1, (path, number))
+                continue
+            self.assign(key, value, path, number)
+
+    def assign(self, key: str, value: str, path: str, number: int) -> None:
+        option, known = _resolve_key(key)
+        if not known:
+            self.problem(path, number, f"unknown option {key!r} (ignored)", "warning")
+            return
+        if option is None:
+            return
+        try:
+            parsed = parse_value(option, value)
+        except ValueError as exc:
+            self.problem(path, number, str(exc))
+            return
+        if key in self.config.settings:
+            earlier = self.config.settings[key]
+            self.problem(
+                path,
+                number,
+                f"{key} set again (first at {earlier.path}:{earlier.line})",
+                "warning",
+            )
+        self.config.settings[key] = Setting(parsed, path, number)
+        self.check_semantics(option, key, parsed, path, number)
+
+    def check_semantics(self, option: Option, key: str, value: object, path: str, n: int) -> None:
+        if option.name == "sasl_mech_list" and isinstance(value, str):
+            for mechanism in value.upper().split():
+                if mechanism not in IMPLEMENTED_SASL_MECHANISMS:
+                    self.problem(
+                        path,
+                        n,
+                        f"{key}: SASL mechanism {mechanism} is not offered by this build (ignored)",
+                        "warning",
+                    )
+        if option.name == "poptimeout" and isinstance(value, int) and value < 600:
+            self.problem(
+                path,
+                n,
+                f"{key}: {value}s is below the 10 minutes RFC 1939 asks for",
+                "warning",
+            )
+
+
+def load(path: str | Path) -> Config:
+    """Parse ``path``. Raises :class:`ConfigError` listing every error; warnings are kept in
+    ``config.problems`` for the caller to print."""
+    config = Config(path=str(path))
+    parser = _Parser(config)
+    parser.parse_file(Path(path))
+    if config.errors:
+        raise ConfigError(config.errors + config.warnings)
+    return config
+
+
+def from_text(text: str, path: str = "<text>") -> Config:
+    config = Config(path=path)
+    _Parser(config).parse_text(text, path)
+    if config.errors:
+        raise ConfigError(config.errors + config.warnings)
+    return config

@@ -1,0 +1,277 @@
+"""Every imapd.conf option pop3d reads, declared once: name, type, default, one line of doc
+(the model is Cyrus's ``lib/imapoptions``). The parser, ``check-config`` and the docs all
+come from this table.
+
+Options marked ``[pop3d]`` are this implementation's own; the rest keep Cyrus's meaning
+(../shared/reference/cyrus-pop3d.md §3), with differences noted in the doc line.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class Kind(enum.Enum):
+    SWITCH = "switch"
+    INT = "int"
+    DURATION = "duration"
+    STRING = "string"
+    ENUM = "enum"
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    name: str
+    kind: Kind
+    default: object
+    doc: str
+    choices: tuple[str, ...] = ()
+    unit: str = "s"  # DURATION: the unit of a bare number
+    minimum: int | None = None
+
+
+def _o(name: str, kind: Kind, default: object, doc: str, **extra: object) -> Option:
+    return Option(name, kind, default, doc, **extra)  # type: ignore[arg-type]
+
+
+S, N, D, T, E = Kind.SWITCH, Kind.INT, Kind.DURATION, Kind.STRING, Kind.ENUM
+
+OPTIONS: dict[str, Option] = {
+    option.name: option
+    for option in (
+        # --- identity, greeting -----------------------------------------------------------
+        _o(
+            "servername",
+            T,
+            None,
+            "Host name in the greeting and APOP challenge (default: the system host name).",
+        ),
+        _o(
+            "serverinfo",
+            E,
+            "on",
+            "How much the greeting and CAPA say about the server.",
+            choices=("off", "min", "on"),
+        ),
+        _o(
+            "configdirectory",
+            T,
+            None,
+            "Cyrus state directory: per-user telemetry logs "
+            "(log/<user>/), the credential file by default, shutdown files.",
+        ),
+        _o("syslog_prefix", T, None, "Prefix of session ids and log lines."),
+        # --- storage ----------------------------------------------------------------------
+        _o("partition-default", T, None, "Mail spool root; %p in maildir_path."),
+        _o(
+            "maildir_path",
+            T,
+            "%p/%u/Maildir",
+            "[pop3d] Where a user's Maildir is: %u user, "
+            "%n local part, %d domain, %p partition-default, %% a percent sign.",
+        ),
+        _o(
+            "maildir_create",
+            S,
+            True,
+            "[pop3d] Create a missing Maildir at first login or delivery.",
+        ),
+        # --- authentication ---------------------------------------------------------------
+        _o(
+            "credentials_file",
+            T,
+            None,
+            "[pop3d] The credential file (default "
+            "<configdirectory>/pop3d.passwd); see pop3d/auth/credentials.py.",
+        ),
+        _o(
+            "allowplaintext",
+            S,
+            False,
+            "Allow USER/PASS and plaintext SASL on connections "
+            "without TLS or an external layer of strength > 1.",
+        ),
+        _o(
+            "allowapop",
+            S,
+            False,
+            "Offer APOP (greeting challenge). Cyrus defaults to on; "
+            "pop3d defaults to off because APOP needs a plaintext-equivalent secret.",
+        ),
+        _o(
+            "allowanonymouslogin",
+            S,
+            False,
+            "Accepted for compatibility; anonymous POP logins are not offered.",
+        ),
+        _o("failedloginpause", D, 3, "Pause after a failed login, for that session only."),
+        _o(
+            "plaintextloginpause",
+            D,
+            0,
+            "Pause after a successful login over a connection without TLS.",
+        ),
+        _o("username_tolower", S, True, "Fold user names to lower case."),
+        _o(
+            "virtdomains",
+            E,
+            "off",
+            "Virtual domains: user@domain names.",
+            choices=("off", "userid", "on"),
+        ),
+        _o("defaultdomain", T, None, "With virtdomains, the domain that may be omitted."),
+        _o(
+            "argon2_memory",
+            N,
+            19456,
+            "[pop3d] Argon2id memory in KiB for new password hashes.",
+            minimum=8,
+        ),
+        _o("argon2_passes", N, 2, "[pop3d] Argon2id passes for new password hashes.", minimum=1),
+        _o(
+            "auth_cache_ttl",
+            D,
+            300,
+            "[pop3d] Remember a successful password check this "
+            "long (HMAC under a per-process key; 0 disables).",
+        ),
+        _o("admins", T, None, "Administrators, who may authorize as other users (SASL)."),
+        _o("proxyservers", T, None, "Users who may proxy for others (SASL)."),
+        _o("loginrealms", T, None, "Realms accepted in user@realm logins (SASL)."),
+        _o(
+            "sasl_mech_list",
+            T,
+            None,
+            "SASL mechanisms to offer, space separated. Names "
+            "this build does not offer yet are ignored with a warning, as in Cyrus.",
+        ),
+        _o("sasl_minimum_layer", N, 0, "Minimum security strength factor for AUTH.", minimum=0),
+        _o("sasl_maximum_layer", N, 256, "Maximum SASL security layer.", minimum=0),
+        _o(
+            "sasl_pwcheck_method",
+            T,
+            "auxprop",
+            "How passwords are checked: auxprop (the credential file).",
+        ),
+        # --- POP3 -------------------------------------------------------------------------
+        _o(
+            "popexpiretime",
+            D,
+            -1,
+            "CAPA EXPIRE: days messages may stay (negative: NEVER). "
+            "Advertised only; pop3d never expires mail.",
+            unit="d",
+        ),
+        _o(
+            "popminpoll",
+            D,
+            0,
+            "LOGIN-DELAY: minimum time between logins of one user, enforced with [LOGIN-DELAY].",
+            unit="m",
+        ),
+        _o(
+            "poppollpadding",
+            N,
+            1,
+            "Allow this many logins in a burst before popminpoll bites (Cyrus's soft minpoll).",
+            minimum=1,
+        ),
+        _o(
+            "poptimeout",
+            D,
+            600,
+            "Idle timeout: time allowed to send a complete command. "
+            "RFC 1939 asks for at least 10 minutes; Cyrus raises smaller values silently, "
+            "pop3d uses them and warns.",
+            unit="m",
+            minimum=1,
+        ),
+        _o(
+            "pop_line_max",
+            N,
+            8192,
+            "[pop3d] Longest command line in octets, CRLF "
+            "included; longer lines are refused whole.",
+            minimum=64,
+        ),
+        _o(
+            "pop_bad_commands_max",
+            N,
+            20,
+            "[pop3d] Bad commands tolerated per session; the next one closes it.",
+            minimum=0,
+        ),
+        _o(
+            "popsubfolders",
+            S,
+            False,
+            "Accepted for compatibility; user+folder is not supported with Maildir.",
+        ),
+        _o("popuseacl", S, False, "Accepted for compatibility; Maildir has no ACLs."),
+        _o("popuseimapflags", S, False, "Accepted for compatibility."),
+        _o(
+            "uidl_format",
+            E,
+            "cyrus",
+            "Accepted for compatibility; Maildir UIDLs are the unique part of the file name.",
+            choices=("uidonly", "cyrus", "dovecot", "courier"),
+        ),
+        _o("readonly", S, False, "Refuse DELE."),
+        _o("chatty", S, False, "Log every command keyword (never arguments)."),
+        _o(
+            "debug_command",
+            T,
+            None,
+            "Command run by -D: %s is the program name, %d the "
+            "process id, the second %s the service name.",
+        ),
+        _o("maxlogins_per_user", N, 0, "Accepted for compatibility (0: no limit).", minimum=0),
+        _o("maxlogins_per_host", N, 0, "Accepted for compatibility (0: no limit).", minimum=0),
+        # --- TLS --------------------------------------------------------------------------
+        _o(
+            "allowstarttls",
+            S,
+            True,
+            "Offer STLS when a certificate is configured (Cyrus 3.13 defaults to off).",
+        ),
+        _o("tls_required", S, False, "Refuse every login until TLS is active."),
+        _o("tls_server_cert", T, None, "PEM certificate chain for pop3s and STLS."),
+        _o("tls_server_key", T, None, "PEM private key for tls_server_cert."),
+        _o("tls_client_ca_file", T, None, "PEM CA bundle to verify client certificates."),
+        _o("tls_client_ca_dir", T, None, "Hashed CA directory to verify client certificates."),
+        _o(
+            "tls_client_certs",
+            E,
+            "off",
+            "Ask for client certificates.",
+            choices=("off", "optional", "require"),
+        ),
+        _o("tls_versions", T, "tls1_2 tls1_3", "TLS versions to accept, space separated."),
+        _o("tls_ciphers", T, None, "OpenSSL cipher list for TLS 1.2."),
+        _o("tls_prefer_server_ciphers", S, True, "Choose the cipher by the server's order."),
+        _o("tls_session_timeout", D, 1440, "TLS session cache lifetime.", unit="m"),
+        _o("tls_handshake_timeout", D, 30, "[pop3d] Time allowed for a TLS handshake."),
+    )
+}
+
+# Options Cyrus components other than pop3d read. A site's imapd.conf is shared by all of
+# them, so these are accepted without a warning and ignored.
+OTHER_CYRUS_OPTIONS = frozenset(
+    """
+    admins altnamespace autocreate_post autocreate_quota autocreate_inbox_folders
+    defaultpartition duplicatesuppression hashimapspool idlesocket lmtpsocket
+    lmtp_downcase_rcpt mboxlist_db munge8bit notifysocket quota_db seenstate_db
+    sieve_allowplaintext sievedir sieveusehomedir statuscache subscription_db
+    unixhierarchysep virtdomains annotation_db conversations expunge_mode delete_mode
+    tls_sessions_db_path tls_eccurve tls_crl_file tls_client_cert tls_client_key
+    proxy_authname proxy_password proxy_realm force_sasl_client_mech client_timeout
+    client_bind client_bind_name telemetry_bysessionid userdeny_db fatals_abort iolog
+    disconnect_on_vanished_mailbox tcp_keepalive tcp_keepalive_cnt tcp_keepalive_idle
+    tcp_keepalive_intvl mailbox_default_options srvtab imapidlepoll imapidresponse
+    postmaster postuser lmtp_over_quota_perm_failure singleinstancestore
+    """.split()
+)
+
+# SASL mechanisms this build implements; the SASL issue fills it.
+IMPLEMENTED_SASL_MECHANISMS: frozenset[str] = frozenset()

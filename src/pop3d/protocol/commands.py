@@ -1,0 +1,82 @@
+"""Parsing of one command line into a keyword and its arguments, strictly.
+
+RFC 1939 §3: a keyword of three or four printable ASCII characters, case-insensitive,
+followed by arguments separated by single spaces. We accept runs of spaces between arguments
+(Cyrus and Dovecot both do, and clients exist that send two), but nothing else: no tabs, no
+control characters, no trailing junk after a number. PASS is the exception the RFC allows:
+its one argument is everything after the first space, spaces included.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MAX_MESSAGE_NUMBER = 2**32 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    keyword: str  # upper case
+    argument: bytes  # raw, after the single space that follows the keyword; b"" if none
+
+
+class SyntaxProblem(Exception):
+    """The line cannot be a command at all (control characters, an empty keyword)."""
+
+
+def parse_line(line: bytes) -> Command:
+    keyword, space, argument = line.partition(b" ")
+    if not keyword or not keyword.isalpha() or not keyword.isascii() or len(keyword) > 16:
+        raise SyntaxProblem("Unrecognized command")
+    return Command(keyword.decode("ascii").upper(), argument if space else b"")
+
+
+class ArgumentError(Exception):
+    """An argument is missing, malformed or superfluous; the text goes to the client."""
+
+
+def split_arguments(argument: bytes) -> list[bytes]:
+    """Space-separated arguments. Control characters anywhere are a syntax error."""
+    if any(byte < 0x20 or byte == 0x7F for byte in argument):
+        raise ArgumentError("Syntax error: control character in argument")
+    return argument.split()
+
+
+def no_arguments(argument: bytes) -> None:
+    if split_arguments(argument):
+        raise ArgumentError("Unexpected extra argument")
+
+
+def parse_number(token: bytes, what: str = "message number") -> int:
+    """A message number or line count: 1*DIGIT, at most 2**32-1."""
+    if not token.isdigit() or not token.isascii():
+        raise ArgumentError(f"Invalid {what}")
+    value = int(token) if len(token) <= 10 else MAX_MESSAGE_NUMBER + 1
+    if value > MAX_MESSAGE_NUMBER:
+        raise ArgumentError(f"Invalid {what}: out of range")
+    return value
+
+
+def optional_message_number(argument: bytes) -> int | None:
+    tokens = split_arguments(argument)
+    if not tokens:
+        return None
+    if len(tokens) > 1:
+        raise ArgumentError("Unexpected extra argument")
+    return parse_number(tokens[0])
+
+
+def message_number(argument: bytes) -> int:
+    number = optional_message_number(argument)
+    if number is None:
+        raise ArgumentError("Missing argument: message number")
+    return number
+
+
+def top_arguments(argument: bytes) -> tuple[int, int]:
+    tokens = split_arguments(argument)
+    if len(tokens) < 2:
+        raise ArgumentError("Missing argument: TOP needs a message number and a line count")
+    if len(tokens) > 2:
+        raise ArgumentError("Unexpected extra argument")
+    return parse_number(tokens[0]), parse_number(tokens[1], "number of lines")

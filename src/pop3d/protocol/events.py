@@ -1,0 +1,185 @@
+"""What the session hands to its driver, and what the driver hands back.
+
+Three kinds of event come out of :meth:`Session.next_event`:
+
+* output: :class:`Send` (bytes to write, in order) and :class:`Close`;
+* :class:`Request` subclasses: work that needs I/O, a clock or a thread (verify a password,
+  open the maildrop, stream a message, sleep, start TLS). The session stops until the driver
+  calls :meth:`Session.resolve` with the result type named on the request;
+* notices (:class:`LoginSucceeded`, :class:`LoginFailed`): facts for the audit log. They
+  need no answer.
+
+:data:`NEED_DATA` means "feed me more input". Message numbers never cross this boundary:
+requests carry 0-based indexes into the maildrop listing the driver returned.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Final
+
+from pop3d.security.secret import Secret
+
+
+class _NeedData:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+NEED_DATA: Final = _NeedData()
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    reason: str
+
+
+# --- requests ---------------------------------------------------------------------------
+
+
+class Request:
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyPassword(Request):
+    """-> :class:`AuthResult`"""
+
+    user: str
+    password: Secret
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyApop(Request):
+    """-> :class:`AuthResult`"""
+
+    user: str
+    challenge: str
+    digest: str  # 32 lower-case hex digits
+
+
+@dataclass(frozen=True, slots=True)
+class OpenMaildrop(Request):
+    """Lock and list the user's maildrop. -> :class:`MaildropOpened` or :class:`Failure`"""
+
+    user: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseMaildrop(Request):
+    """Unlock without changing anything (the login was refused after opening). -> None"""
+
+
+@dataclass(frozen=True, slots=True)
+class MeasureMessages(Request):
+    """Compute canonical sizes of messages that had no size hint. -> tuple of ints in the
+    order asked, or :class:`Failure`"""
+
+    indexes: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RetrieveMessage(Request):
+    """Open the message; if that works write ``preamble``, then the message through a
+    :class:`pop3d.message.MessageEncoder` (``body_lines`` for TOP), terminator included.
+    -> None on success, :class:`Failure` if the message could not be opened (nothing written).
+    A failure after the preamble went out can only be answered by closing the connection."""
+
+    index: int
+    body_lines: int | None
+    preamble: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CommitUpdate(Request):
+    """The UPDATE state: remove ``deleted`` durably, then record the login time (LOGIN-DELAY
+    bookkeeping) if one is given. -> :class:`CommitResult`"""
+
+    deleted: tuple[int, ...]
+    record_login: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Pause(Request):
+    """Delay this session only (failed-login pause). -> None"""
+
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class StartTLS(Request):
+    """Handshake now; the "+OK" went out already and buffered input was discarded.
+    -> :class:`TLSStarted`; on failure the driver closes the connection."""
+
+
+# --- results ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AuthResult:
+    identity: str | None  # canonical user on success
+    reason: str = ""  # for the audit log only; never sent to the client
+
+    @property
+    def ok(self) -> bool:
+        return self.identity is not None
+
+
+@dataclass(frozen=True, slots=True)
+class MaildropOpened:
+    uids: tuple[str, ...]
+    sizes: tuple[int | None, ...]  # None: no size hint, measure before use
+    last_login: float | None
+    now: float
+
+
+class FailureKind(enum.Enum):
+    IN_USE = "IN-USE"
+    TEMPORARY = "SYS/TEMP"
+    PERMANENT = "SYS/PERM"
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    kind: FailureKind
+    detail: str  # for the log; the session chooses what the client sees
+
+
+@dataclass(frozen=True, slots=True)
+class CommitResult:
+    removed: int
+    failed: int
+
+
+@dataclass(frozen=True, slots=True)
+class TLSStarted:
+    ssf: int
+    version: str
+    cipher: str
+
+
+# --- notices ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LoginSucceeded:
+    user: str
+    method: str
+
+
+@dataclass(frozen=True, slots=True)
+class LoginFailed:
+    user: str
+    method: str
+    reason: str
+
+
+Event = Send | Close | Request | LoginSucceeded | LoginFailed | _NeedData

@@ -1,0 +1,39 @@
+"""Everything a session needs to know about its service and its connection, resolved once
+from the configuration by the driver (the session never reads the config itself)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pop3d import IMPLEMENTATION
+from pop3d.auth.identity import IdentityRules
+from pop3d.protocol.events import TLSStarted
+from pop3d.security.policy import Policy
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSettings:
+    servername: str = "localhost"
+    serverinfo: str = "on"  # off | min | on
+    implementation: str = IMPLEMENTATION
+    allow_apop: bool = False
+    policy: Policy = field(default_factory=Policy)
+    expire_seconds: int = -1  # popexpiretime; negative: EXPIRE NEVER
+    min_poll_seconds: int = 0  # popminpoll
+    poll_padding: int = 1  # poppollpadding
+    line_limit: int = 8192
+    bad_command_limit: int = 20
+    failed_login_pause: float = 3.0
+    plaintext_login_pause: float = 0.0
+    readonly: bool = False  # refuse DELE
+    identity: IdentityRules = field(default_factory=IdentityRules)
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionInfo:
+    """Per-connection facts the driver supplies (randomness and the clock live there)."""
+
+    session_id: str
+    challenge_token: str  # "<random>.<unix time>", the APOP challenge minus host and brackets
+    external_ssf: int = 0
+    tls: TLSStarted | None = None  # set when TLS was negotiated before the greeting (pop3s)

@@ -1,0 +1,212 @@
+"""Byte channels for one connection: a coroutine interface (read, write, start_tls, close)
+over asyncio transports, with flow control both ways.
+
+* Input: received bytes wait in a small queue; past 256 KiB the transport stops reading, so a
+  client that pipelines without end fills its own socket buffer, not our memory.
+* Output: :meth:`Channel.write` waits while the transport is above its high-water mark, so a
+  client that never reads cannot make the server buffer without bound.
+* STLS: :meth:`Channel.start_tls` drops every byte received in clear before the handshake
+  (the session drops its own buffer too), then wraps the same protocol object in TLS.
+
+asyncio's own streams would do most of this, but STLS needs the read buffer emptied and
+asyncio offers no public way to do that on a StreamReader.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import ssl
+from collections.abc import Callable
+from typing import Protocol as TypingProtocol
+
+_READ_HIGH_WATER = 256 * 1024
+_READ_CHUNK = 64 * 1024
+
+
+class ChannelClosed(ConnectionError):
+    pass
+
+
+class ByteChannel(TypingProtocol):
+    peer: str
+
+    async def read(self) -> bytes: ...
+
+    async def write(self, data: bytes) -> None: ...
+
+    async def start_tls(self, context: ssl.SSLContext, timeout: float) -> ssl.SSLObject: ...
+
+    def discard_input(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    @property
+    def closed(self) -> bool: ...
+
+
+class Channel(asyncio.Protocol):
+    """A socket connection. It is its own asyncio protocol, and stays so across STLS."""
+
+    def __init__(self, on_connected: Callable[[Channel], None] | None = None) -> None:
+        self._on_connected = on_connected
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._chunks: list[bytes] = []
+        self._buffered = 0
+        self._reading_paused = False
+        self._read_waiter: asyncio.Future[None] | None = None
+        self._eof = False
+        self._write_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._lost = False
+        self.peer = "?"
+
+    # --- asyncio.Protocol -------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            host = f"[{peer[0]}]" if ":" in str(peer[0]) else str(peer[0])
+            self.peer = f"{host}:{peer[1]}"
+        elif peer:
+            self.peer = str(peer)
+        else:
+            self.peer = "[unix socket]"
+        if self._on_connected is not None:
+            self._on_connected(self)
+
+    def data_received(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._buffered += len(data)
+        if self._buffered > _READ_HIGH_WATER and not self._reading_paused and self._transport:
+            self._reading_paused = True
+            self._transport.pause_reading()
+        self._wake_reader()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._wake_reader()
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self._eof = True
+        self._wake_reader()
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_exception(ChannelClosed("connection lost"))
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
+
+    def _wake_reader(self) -> None:
+        if self._read_waiter is not None and not self._read_waiter.done():
+            self._read_waiter.set_result(None)
+
+    # --- coroutine interface ----------------------------------------------------------
+
+    async def read(self) -> bytes:
+        """Whatever has arrived, at least one byte; b"" at end of input."""
+        while not self._chunks:
+            if self._eof:
+                return b""
+            self._read_waiter = self._loop.create_future()
+            try:
+                await self._read_waiter
+            finally:
+                self._read_waiter = None
+        data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
+        self._chunks.clear()
+        self._buffered = 0
+        if self._reading_paused and self._transport is not None and not self._lost:
+            self._reading_paused = False
+            self._transport.resume_reading()
+        return data
+
+    async def write(self, data: bytes) -> None:
+        if self._lost or self._transport is None or self._transport.is_closing():
+            raise ChannelClosed("connection closed")
+        self._transport.write(data)
+        while self._write_paused:
+            self._drain_waiter = self._loop.create_future()
+            try:
+                await self._drain_waiter
+            finally:
+                self._drain_waiter = None
+
+    def discard_input(self) -> None:
+        self._chunks.clear()
+        self._buffered = 0
+
+    async def start_tls(self, context: ssl.SSLContext, timeout: float) -> ssl.SSLObject:
+        assert self._transport is not None
+        self.discard_input()
+        transport = await self._loop.start_tls(
+            self._transport, self, context, server_side=True, ssl_handshake_timeout=timeout
+        )
+        if transport is None:
+            raise ChannelClosed("connection closed during the TLS handshake")
+        self._transport = transport
+        self._write_paused = False
+        ssl_object = transport.get_extra_info("ssl_object")
+        assert isinstance(ssl_object, ssl.SSLObject)
+        return ssl_object
+
+    def close(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.close()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+    @property
+    def closed(self) -> bool:
+        return self._lost or self._transport is None or self._transport.is_closing()
+
+
+class FdChannel:
+    """stdin/stdout that are not a socket (``pop3d -X`` under a test harness, a pipe from
+    inetd-style wrappers): blocking reads and writes run in the default thread pool, which
+    works for pipes, files and terminals alike."""
+
+    def __init__(self, read_fd: int, write_fd: int) -> None:
+        self._read_fd = read_fd
+        self._write_fd = write_fd
+        self._loop = asyncio.get_running_loop()
+        self._closed = False
+        self.peer = "[stdio]"
+
+    async def read(self) -> bytes:
+        if self._closed:
+            return b""
+        return await self._loop.run_in_executor(None, os.read, self._read_fd, _READ_CHUNK)
+
+    async def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                written = await self._loop.run_in_executor(None, os.write, self._write_fd, view)
+            except (BrokenPipeError, OSError) as exc:
+                raise ChannelClosed(str(exc)) from None
+            view = view[written:]
+
+    async def start_tls(self, context: ssl.SSLContext, timeout: float) -> ssl.SSLObject:
+        raise ChannelClosed("TLS on stdio needs stdin to be a socket")
+
+    def discard_input(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self._closed = True
+
+    @property
+    def closed(self) -> bool:
+        return self._closed

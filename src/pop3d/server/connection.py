@@ -1,0 +1,302 @@
+"""Runs one POP3 session over one channel: the driver half of the sans-I/O design.
+
+Each event the session emits has one handler here, found by type in ``_HANDLERS``; the
+handlers are the only place where a session's requests meet threads (Argon2, fsync),
+timers (pauses, the idle timeout), files (the maildrop) and the socket.
+
+Idle timeout (``poptimeout``): the time allowed to send one complete command, measured from
+our last answer. A client trickling bytes without ever ending a line is cut off like an idle
+one, and per RFC 1939 §3 the session ends without UPDATE and without a reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from pop3d.message import MessageEncoder
+from pop3d.protocol.events import (
+    NEED_DATA,
+    Close,
+    CommitResult,
+    CommitUpdate,
+    Failure,
+    FailureKind,
+    LoginFailed,
+    LoginSucceeded,
+    MaildropOpened,
+    MeasureMessages,
+    OpenMaildrop,
+    Pause,
+    ReleaseMaildrop,
+    RetrieveMessage,
+    Send,
+    StartTLS,
+    TLSStarted,
+    VerifyApop,
+    VerifyPassword,
+)
+from pop3d.protocol.session import Session
+from pop3d.server.channel import ByteChannel, ChannelClosed
+from pop3d.server.context import ServiceContext
+from pop3d.storage.base import MaildropInUse, MessageGone, StorageError
+from pop3d.storage.maildir import MaildirMaildrop
+from pop3d.transport import tls
+
+log = logging.getLogger("pop3d")
+audit = logging.getLogger("pop3d.audit")
+
+_STREAM_CHUNK = 256 * 1024
+
+
+class _Stop(Exception):
+    """End the connection loop (client gone, timeout, session closed)."""
+
+
+class Connection:
+    def __init__(self, channel: ByteChannel, context: ServiceContext) -> None:
+        self.channel = channel
+        self.context = context
+        self.session: Session | None = None
+        self.maildrop: MaildirMaildrop | None = None
+        self.idle = False  # waiting for a command: safe to close on shutdown
+        self._loop = asyncio.get_running_loop()
+        self._deadline = 0.0
+        self.end_reason = ""
+
+    async def run(self) -> None:
+        try:
+            tls_started = None
+            if self.context.options.implicit_tls:
+                tls_started = await self._handshake()
+                if tls_started is None:
+                    return
+            self.session = Session(self.context.settings, self.context.connection_info(tls_started))
+            self._touch()
+            await self._drive(self.session)
+        except _Stop:
+            pass
+        except ChannelClosed:
+            self.end_reason = self.end_reason or "connection lost"
+        except Exception:
+            log.exception("session %s: internal error", self._session_id)
+            self.end_reason = "internal error"
+        finally:
+            self._release()
+            self.channel.close()
+            self._log_end()
+
+    @property
+    def _session_id(self) -> str:
+        return self.session.connection.session_id if self.session else "-"
+
+    def _touch(self) -> None:
+        self._deadline = self._loop.time() + self.context.idle_timeout
+
+    async def _drive(self, session: Session) -> None:
+        handlers = _HANDLERS
+        while True:
+            event = session.next_event()
+            await handlers[type(event)](self, event)
+
+    # --- plain events -------------------------------------------------------------------
+
+    async def _send(self, event: Send) -> None:
+        await self.channel.write(event.data)
+        self._touch()
+
+    async def _need_data(self, _event: Any) -> None:
+        assert self.session is not None
+        self.idle = True
+        try:
+            async with asyncio.timeout_at(self._deadline):
+                data = await self.channel.read()
+        except TimeoutError:
+            self.end_reason = "idle timeout"
+            raise _Stop from None
+        finally:
+            self.idle = False
+        if not data:
+            self.end_reason = "client closed the connection"
+            raise _Stop
+        self.session.receive_data(data)
+
+    async def _close(self, event: Close) -> None:
+        self.end_reason = event.reason
+        raise _Stop
+
+    async def _login_succeeded(self, event: LoginSucceeded) -> None:
+        protection = self.session.protection if self.session else None
+        audit.info(
+            "login.good user=%s method=%s peer=%s session=%s tls=%s",
+            event.user,
+            event.method,
+            self.channel.peer,
+            self._session_id,
+            protection.tls_version or "no" if protection else "no",
+        )
+
+    async def _login_failed(self, event: LoginFailed) -> None:
+        audit.warning(
+            "login.bad user=%s method=%s peer=%s session=%s reason=%r",
+            event.user,
+            event.method,
+            self.channel.peer,
+            self._session_id,
+            event.reason,
+        )
+
+    # --- requests -----------------------------------------------------------------------
+
+    async def _in_thread(self, function: Callable[..., Any], *args: Any) -> Any:
+        return await self._loop.run_in_executor(self.context.executor, function, *args)
+
+    def _resolve(self, result: object) -> None:
+        assert self.session is not None
+        self.session.resolve(result)
+
+    async def _verify_password(self, event: VerifyPassword) -> None:
+        authenticator = self.context.authenticator
+        self._resolve(
+            await self._in_thread(authenticator.verify_password, event.user, event.password)
+        )
+
+    async def _verify_apop(self, event: VerifyApop) -> None:
+        authenticator = self.context.authenticator
+        self._resolve(
+            await self._in_thread(
+                authenticator.verify_apop, event.user, event.challenge, event.digest
+            )
+        )
+
+    async def _open_maildrop(self, event: OpenMaildrop) -> None:
+        try:
+            maildrop = await self._in_thread(self.context.store.open, event.user)
+        except MaildropInUse as exc:
+            self._resolve(Failure(FailureKind.IN_USE, str(exc)))
+            return
+        except (StorageError, OSError) as exc:
+            log.error(
+                "session %s: cannot open maildrop of %s: %s", self._session_id, event.user, exc
+            )
+            self._resolve(Failure(FailureKind.TEMPORARY, str(exc)))
+            return
+        self.maildrop = maildrop
+        self._resolve(
+            MaildropOpened(maildrop.uids, maildrop.sizes, maildrop.last_login, time.time())
+        )
+
+    async def _release_maildrop(self, _event: ReleaseMaildrop) -> None:
+        self._release()
+        self._resolve(None)
+
+    async def _measure(self, event: MeasureMessages) -> None:
+        assert self.maildrop is not None
+        try:
+            self._resolve(tuple(await self._in_thread(self.maildrop.measure, event.indexes)))
+        except (StorageError, OSError) as exc:
+            log.error("session %s: cannot measure messages: %s", self._session_id, exc)
+            self._resolve(Failure(FailureKind.TEMPORARY, str(exc)))
+
+    async def _retrieve(self, event: RetrieveMessage) -> None:
+        assert self.maildrop is not None
+        try:
+            handle = self.maildrop.open_message(event.index)
+        except MessageGone as exc:
+            self._resolve(Failure(FailureKind.PERMANENT, str(exc)))
+            return
+        except (StorageError, OSError) as exc:
+            log.error("session %s: cannot open message: %s", self._session_id, exc)
+            self._resolve(Failure(FailureKind.TEMPORARY, str(exc)))
+            return
+        with handle:
+            encoder = MessageEncoder(event.body_lines)
+            pending = event.preamble
+            try:
+                while not encoder.done:
+                    chunk = handle.read(_STREAM_CHUNK)
+                    if not chunk:
+                        break
+                    pending += encoder.feed(chunk)
+                    if len(pending) >= _STREAM_CHUNK:
+                        await self.channel.write(pending)
+                        pending = b""
+            except OSError as exc:
+                # The +OK is out and the client is counting octets: all we can do is stop.
+                log.error("session %s: read error mid-message: %s", self._session_id, exc)
+                self.end_reason = "read error while sending a message"
+                raise _Stop from None
+            await self.channel.write(pending + encoder.finish())
+        self._touch()
+        self._resolve(None)
+
+    async def _commit(self, event: CommitUpdate) -> None:
+        assert self.maildrop is not None
+        removed, failed = await self._in_thread(
+            self.maildrop.commit, event.deleted, event.record_login
+        )
+        if failed:
+            log.error("session %s: %d deletions failed", self._session_id, failed)
+        self._resolve(CommitResult(removed, failed))
+
+    async def _pause(self, event: Pause) -> None:
+        await asyncio.sleep(event.seconds)
+        self._touch()
+        self._resolve(None)
+
+    async def _start_tls(self, _event: StartTLS) -> None:
+        started = await self._handshake()
+        if started is None:
+            raise _Stop
+        self._touch()
+        self._resolve(started)
+
+    async def _handshake(self) -> TLSStarted | None:
+        context = self.context.ssl_context
+        if context is None:
+            self.end_reason = "TLS requested but not configured"
+            return None
+        try:
+            ssl_object = await self.channel.start_tls(context, self.context.tls_handshake_timeout)
+        except (ssl.SSLError, ConnectionError, TimeoutError, OSError) as exc:
+            self.end_reason = f"TLS handshake failed: {exc.__class__.__name__}: {exc}"
+            return None
+        facts = tls.facts(ssl_object)
+        return TLSStarted(facts.ssf, facts.version, facts.cipher)
+
+    # --- end ------------------------------------------------------------------------------
+
+    def _release(self) -> None:
+        if self.maildrop is not None:
+            self.maildrop.close()
+            self.maildrop = None
+
+    def _log_end(self) -> None:
+        log.info(
+            "session %s peer=%s ended: %s",
+            self._session_id,
+            self.channel.peer,
+            self.end_reason or "closed",
+        )
+
+
+_HANDLERS: dict[type, Callable[[Connection, Any], Awaitable[None]]] = {
+    Send: Connection._send,
+    type(NEED_DATA): Connection._need_data,
+    Close: Connection._close,
+    LoginSucceeded: Connection._login_succeeded,
+    LoginFailed: Connection._login_failed,
+    VerifyPassword: Connection._verify_password,
+    VerifyApop: Connection._verify_apop,
+    OpenMaildrop: Connection._open_maildrop,
+    ReleaseMaildrop: Connection._release_maildrop,
+    MeasureMessages: Connection._measure,
+    RetrieveMessage: Connection._retrieve,
+    CommitUpdate: Connection._commit,
+    Pause: Connection._pause,
+    StartTLS: Connection._start_tls,
+}

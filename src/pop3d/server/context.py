@@ -1,0 +1,157 @@
+"""One service's runtime: the resolved settings, the authenticator, the store, the TLS
+context and the thread pool, built once per worker from imapd.conf and the command line."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import secrets
+import socket
+import ssl
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from pop3d.auth.authenticator import Authenticator
+from pop3d.auth.credentials import CredentialFile, CredentialFileError
+from pop3d.auth.identity import IdentityRules
+from pop3d.auth.passwords import Argon2Parameters
+from pop3d.config.imapd import Config, ConfigError, Problem
+from pop3d.protocol.events import TLSStarted
+from pop3d.protocol.settings import ConnectionInfo, SessionSettings
+from pop3d.security.policy import Policy
+from pop3d.storage.maildir import MaildirStore
+from pop3d.transport import tls
+
+log = logging.getLogger("pop3d")
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeOptions:
+    """The command line of one pop3d service (Cyrus flags)."""
+
+    service: str = "pop3"
+    implicit_tls: bool = False  # -s
+    external_ssf: int = 0  # -p
+    proxy_protocol: bool = False  # -H
+    max_uses: int = 250  # -U
+    reuse_timeout: int = 60  # -T
+
+
+def credentials_path(config: Config, service: str | None = None) -> Path:
+    explicit = config.string("credentials_file", service)
+    if explicit:
+        return Path(explicit)
+    directory = config.string("configdirectory", service)
+    if not directory:
+        raise ConfigError(
+            [Problem(config.path, 0, "configdirectory (or credentials_file) must be set")]
+        )
+    return Path(directory) / "pop3d.passwd"
+
+
+def maildir_store(config: Config, service: str | None = None) -> MaildirStore:
+    template = config.string("maildir_path", service) or ""
+    partition = config.string("partition-default", service) or ""
+    if "%p" in template and not partition:
+        raise ConfigError(
+            [
+                Problem(
+                    config.path,
+                    0,
+                    f"maildir_path {template!r} uses %p but partition-default is not set",
+                )
+            ]
+        )
+    return MaildirStore(template, partition, create=config.switch("maildir_create", service))
+
+
+def argon2_parameters(config: Config, service: str | None = None) -> Argon2Parameters:
+    return Argon2Parameters(
+        memory_kib=config.integer("argon2_memory", service),
+        passes=config.integer("argon2_passes", service),
+    )
+
+
+class ServiceContext:
+    def __init__(self, config: Config, options: RuntimeOptions) -> None:
+        service = options.service
+        self.config = config
+        self.options = options
+        self.servername = config.string("servername", service) or socket.gethostname()
+        self.session_prefix = config.string("syslog_prefix", service) or self.servername
+        self.store = maildir_store(config, service)
+        credentials = CredentialFile(credentials_path(config, service))
+        try:
+            credentials.check()
+        except (CredentialFileError, OSError) as exc:
+            raise ConfigError([Problem(config.path, 0, str(exc))]) from None
+        self.authenticator = Authenticator(
+            credentials,
+            argon2_parameters(config, service),
+            cache_ttl=config.integer("auth_cache_ttl", service),
+        )
+        self.ssl_context: ssl.SSLContext | None = None
+        starttls = False
+        if options.implicit_tls or tls.certificate_configured(config, service):
+            self.ssl_context = tls.server_context(config, service)
+            starttls = config.switch("allowstarttls", service) and not options.implicit_tls
+        self.settings = SessionSettings(
+            servername=self.servername,
+            serverinfo=config.string("serverinfo", service) or "on",
+            allow_apop=config.switch("allowapop", service),
+            policy=Policy(
+                allow_plaintext=config.switch("allowplaintext", service),
+                tls_required=config.switch("tls_required", service),
+                starttls_offered=starttls,
+            ),
+            expire_seconds=config.integer("popexpiretime", service),
+            min_poll_seconds=config.integer("popminpoll", service),
+            poll_padding=config.integer("poppollpadding", service),
+            line_limit=config.integer("pop_line_max", service),
+            bad_command_limit=config.integer("pop_bad_commands_max", service),
+            failed_login_pause=config.integer("failedloginpause", service),
+            plaintext_login_pause=config.integer("plaintextloginpause", service),
+            readonly=config.switch("readonly", service),
+            identity=IdentityRules(
+                username_tolower=config.switch("username_tolower", service),
+                virtdomains=(config.string("virtdomains", service) or "off") != "off",
+                defaultdomain=config.string("defaultdomain", service) or "",
+            ),
+        )
+        self.idle_timeout = float(config.integer("poptimeout", service))
+        self.tls_handshake_timeout = float(config.integer("tls_handshake_timeout", service))
+        self.chatty = config.switch("chatty", service)
+        # Argon2 and fsync are the blocking steps; a few threads per worker keep them off
+        # the event loop without letting a login storm take every core.
+        self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="pop3d-io")
+        self._counter = itertools.count(1)
+
+    def connection_info(self, tls_started: TLSStarted | None = None) -> ConnectionInfo:
+        now = int(time.time())
+        session_id = (
+            f"{self.session_prefix}-{now}-{os.getpid()}-{next(self._counter)}-"
+            f"{secrets.randbits(64)}"
+        )
+        return ConnectionInfo(
+            session_id=session_id,
+            challenge_token=f"{secrets.randbits(64)}.{now}",
+            external_ssf=self.options.external_ssf,
+            tls=tls_started,
+        )
+
+    def reload_tls(self) -> None:
+        """SIGHUP: re-read certificate and key; sessions already running keep theirs."""
+        if self.ssl_context is None:
+            return
+        try:
+            self.ssl_context = tls.server_context(self.config, self.options.service)
+        except ConfigError as exc:
+            log.error("TLS reload failed, keeping the old certificate: %s", exc)
+            return
+        log.info("TLS certificate reloaded")
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,191 @@
+"""``pop3d-master``: binds every listener of the cyrus.conf SERVICES section and keeps
+worker processes serving them (Cyrus master(8) in spirit; see DESIGN.md for the model).
+
+Per service: ``prefork`` workers (at least one), each an asyncio loop serving many
+connections; ``maxchild`` caps that service's simultaneous sessions, split evenly across its
+workers. The master binds the sockets itself (so workers never need privileges to bind) and
+hands them down by file descriptor with ``CYRUS_SERVICE``, ``CYRUS_ID`` and
+``POP3D_LISTEN_FDS`` in the environment.
+
+Before any worker starts, the master builds each service's context once, the way a worker
+will: a bad option, a missing certificate or a group-readable credential file stops
+the master with exit 78 and a file:line message instead of a crash loop.
+
+SIGTERM/SIGINT: workers are told to stop (they close idle sessions at once and let busy
+ones finish); whatever is left after 9.5 s is killed; the master exits 0 within 10 s.
+SIGHUP is passed on (TLS certificate reload). A worker that dies is replaced after a pause;
+one that keeps dying within seconds of its start makes the master give up (exit 70).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pop3d.config.cyrus import MasterConfig, Service
+from pop3d.config.imapd import Config
+
+log = logging.getLogger("pop3d.master")
+
+STOP_DEADLINE = 9.5
+RESPAWN_PAUSE = 1.0
+CRASH_WINDOW = 30.0
+CRASH_LIMIT = 5
+FATAL_EXITS = frozenset({64, 78})
+
+
+def bind(service: Service) -> socket.socket:
+    listen = service.listen
+    sock = socket.socket(listen.family, socket.SOCK_STREAM)
+    try:
+        if listen.family == socket.AF_UNIX:
+            path = Path(listen.host)
+            if path.is_socket():
+                path.unlink()
+            sock.bind(listen.host)
+        else:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if listen.family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((listen.host, listen.port))
+        sock.listen(1024)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+@dataclass
+class _Slot:
+    service: Service
+    index: int
+    process: subprocess.Popen[bytes] | None = None
+    started: float = 0.0
+    crashes: list[float] = field(default_factory=list)
+    restart_at: float = 0.0
+
+
+class Master:
+    def __init__(self, imapd_conf: str, cyrus: MasterConfig, config: Config) -> None:
+        self.imapd_conf = imapd_conf
+        self.cyrus = cyrus
+        self.config = config
+        self.sockets: dict[str, socket.socket] = {}
+        self.slots: list[_Slot] = []
+        self._stop = False
+        self._reload = False
+        self.exit_code = 0
+
+    def bind_all(self) -> None:
+        for service in self.cyrus.services:
+            self.sockets[service.name] = bind(service)
+            log.info("service %s listening on %s", service.name, service.listen)
+
+    def _argv(self, service: Service) -> list[str]:
+        args = list(service.argv[1:])
+        if "-C" not in args:
+            args = ["-C", self.imapd_conf, *args]
+        return [sys.executable, "-m", "pop3d", *args]
+
+    def _spawn(self, slot: _Slot) -> None:
+        service = slot.service
+        workers = max(1, service.prefork)
+        per_worker = -1 if service.maxchild <= 0 else -(-service.maxchild // workers)
+        sock = self.sockets[service.name]
+        env = dict(
+            os.environ,
+            CYRUS_SERVICE=service.name,
+            CYRUS_ID=str(slot.index),
+            POP3D_LISTEN_FDS=str(sock.fileno()),
+            POP3D_MAXCHILD=str(per_worker),
+        )
+        slot.process = subprocess.Popen(self._argv(service), pass_fds=(sock.fileno(),), env=env)
+        slot.started = time.monotonic()
+        log.info(
+            "service %s worker %d started (pid %d)", service.name, slot.index, slot.process.pid
+        )
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        if signum == signal.SIGHUP:
+            self._reload = True
+        else:
+            self._stop = True
+
+    def run(self) -> int:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._on_signal)
+        for service in self.cyrus.services:
+            for index in range(max(1, service.prefork)):
+                slot = _Slot(service, index)
+                self.slots.append(slot)
+                self._spawn(slot)
+        while not self._stop:
+            if self._reload:
+                self._reload = False
+                self._signal_all(signal.SIGHUP)
+            self._reap()
+            time.sleep(0.1)
+        self._shutdown()
+        return self.exit_code
+
+    def _reap(self) -> None:
+        now = time.monotonic()
+        for slot in self.slots:
+            process = slot.process
+            if process is None:
+                if slot.restart_at and now >= slot.restart_at:
+                    slot.restart_at = 0.0
+                    self._spawn(slot)
+                continue
+            code = process.poll()
+            if code is None:
+                continue
+            slot.process = None
+            name = slot.service.name
+            log.warning(
+                "service %s worker %d (pid %d) exited with %s", name, slot.index, process.pid, code
+            )
+            if code in FATAL_EXITS:
+                log.error("service %s cannot run (exit %d); stopping", name, code)
+                self.exit_code = code
+                self._stop = True
+                return
+            slot.crashes = [t for t in slot.crashes if now - t < CRASH_WINDOW] + [now]
+            if len(slot.crashes) > CRASH_LIMIT:
+                log.error("service %s worker %d keeps dying; stopping", name, slot.index)
+                self.exit_code = 70
+                self._stop = True
+                return
+            slot.restart_at = now + RESPAWN_PAUSE
+
+    def _signal_all(self, signum: int) -> None:
+        for slot in self.slots:
+            if slot.process is not None and slot.process.poll() is None:
+                slot.process.send_signal(signum)
+
+    def _shutdown(self) -> None:
+        log.info("stopping: %d workers", sum(1 for s in self.slots if s.process))
+        for sock in self.sockets.values():
+            sock.close()
+        self._signal_all(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_DEADLINE
+        for slot in self.slots:
+            if slot.process is None:
+                continue
+            try:
+                slot.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("worker pid %d did not stop in time; killing it", slot.process.pid)
+                slot.process.kill()
+                slot.process.wait()
+        for service in self.cyrus.services:
+            if service.listen.family == socket.AF_UNIX:
+                Path(service.listen.host).unlink(missing_ok=True)

@@ -1,0 +1,42 @@
+"""The storage interface the drivers use. Indexes are 0-based positions in the listing taken
+at open; the session turns wire message numbers (1-based) into them."""
+
+from __future__ import annotations
+
+from typing import BinaryIO, Protocol
+
+
+class StorageError(Exception):
+    """The maildrop could not be used right now (I/O error, permissions): [SYS/TEMP]."""
+
+
+class MaildropInUse(StorageError):
+    """Another session holds the maildrop lock: [IN-USE]."""
+
+
+class MessageGone(StorageError):
+    """The message was removed by someone else after the listing was taken."""
+
+
+class UnknownUser(StorageError):
+    """Delivery to a user that has no maildrop and may not get one."""
+
+
+class Maildrop(Protocol):
+    uids: tuple[str, ...]
+    sizes: tuple[int | None, ...]
+    last_login: float | None
+
+    def measure(self, indexes: tuple[int, ...]) -> list[int]: ...
+
+    def open_message(self, index: int) -> BinaryIO: ...
+
+    def commit(self, deleted: tuple[int, ...], record_login: float | None) -> tuple[int, int]:
+        """Remove ``deleted`` durably; returns (removed, failed)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Store(Protocol):
+    def open(self, user: str) -> Maildrop: ...

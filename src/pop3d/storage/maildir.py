@@ -1,0 +1,310 @@
+"""Maildir (https://cr.yp.to/proto/maildir.html) as a POP3 maildrop.
+
+Choices, and why:
+
+* **Listing** reads directory entries only (``new/`` and ``cur/``), never message bodies. A
+  size comes from the ``,W=`` field of the file name (the CRLF size Dovecot and our own
+  delivery write); a message without one is measured only when a command needs its size.
+* **UIDL** is the unique part of the file name: everything before the first "," or ":".
+  Flag changes (``:2,S``) and the move from ``new/`` to ``cur/`` leave it alone, so it is
+  stable across sessions and across other agents touching the Maildir. A unique part that
+  is not a valid RFC 1939 unique-id (1-70 characters 0x21-0x7E) is replaced by a digest of
+  itself, which is just as stable.
+* **Order** is delivery order: the leading timestamp of the name, then the name.
+* **Lock**: ``flock`` on ``pop3d.lock`` in the Maildir. It is per open file description,
+  so two sessions in one worker process exclude each other too, and the kernel drops it when
+  the process dies: no stale lock after a crash. (On NFS, Linux maps flock to POSIX locks,
+  which also die with the process.)
+* **Deletion** happens only in :meth:`MaildirMaildrop.commit` (the UPDATE state): unlink,
+  then fsync the directories, so "+OK" after QUIT means the deletions are on disk.
+* **Delivery** writes ``tmp/``, fsyncs the file, links it into ``new/`` and fsyncs ``new/``:
+  at no point can a crash leave the message half-written in ``new/`` or lost.
+"""
+
+from __future__ import annotations
+
+import base64
+import errno
+import fcntl
+import hashlib
+import itertools
+import os
+import secrets
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from pop3d.message import SizeCounter, canonical_size
+from pop3d.storage.base import MaildropInUse, MessageGone, StorageError
+
+LOCK_NAME = "pop3d.lock"
+LAST_LOGIN_NAME = "pop3d-lastlogin"
+_CHUNK = 256 * 1024
+_SUBDIRS = ("new", "cur")
+_delivery_counter = itertools.count(1)
+
+
+@dataclass(slots=True)
+class _Entry:
+    subdir: str
+    name: str
+    unique: str
+
+
+def unique_part(name: str) -> str:
+    """The part of a Maildir file name that never changes after delivery."""
+    end = len(name)
+    for separator in (",", ":"):
+        position = name.find(separator)
+        if 0 <= position < end:
+            end = position
+    return name[:end]
+
+
+def uidl_for(unique: str) -> str:
+    """RFC 1939 §7: 1 to 70 characters in the range 0x21 to 0x7E."""
+    if 0 < len(unique) <= 70 and all(0x21 <= ord(ch) <= 0x7E for ch in unique):
+        return unique
+    digest = hashlib.sha256(unique.encode("utf-8", "surrogateescape")).digest()
+    return "h" + base64.b32encode(digest).decode("ascii").rstrip("=").lower()
+
+
+def size_hint(name: str) -> int | None:
+    """The ``W=`` (CRLF size) field of a Maildir name, if present."""
+    base = name.split(":", 1)[0]
+    for field in base.split(",")[1:]:
+        if field.startswith("W=") and field[2:].isdigit():
+            return int(field[2:])
+    return None
+
+
+def _order_key(entry: _Entry) -> tuple[int, str]:
+    digits = ""
+    for ch in entry.unique:
+        if not ch.isdigit():
+            break
+        digits += ch
+    return (int(digits) if digits else 0, entry.unique)
+
+
+def _chunks(handle: BinaryIO) -> Iterator[bytes]:
+    while chunk := handle.read(_CHUNK):
+        yield chunk
+
+
+def _fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _ensure_maildir(path: Path) -> None:
+    for sub in ("tmp", "new", "cur"):
+        try:
+            (path / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create {path / sub}: {exc.strerror}") from exc
+
+
+class MaildirMaildrop:
+    """One locked, listed Maildir. Not thread-safe; one session owns it."""
+
+    def __init__(self, path: Path, lock_fd: int, entries: list[_Entry]) -> None:
+        self.path = path
+        self._lock_fd: int | None = lock_fd
+        self._entries = entries
+        seen: set[str] = set()
+        uids: list[str] = []
+        for entry in entries:
+            uid = uidl_for(entry.unique)
+            if uid in seen:  # two files claiming one unique name: keep both, distinctly
+                uid = uidl_for(f"{entry.subdir}/{entry.name}")
+            seen.add(uid)
+            uids.append(uid)
+        self.uids = tuple(uids)
+        self.sizes = tuple(size_hint(entry.name) for entry in entries)
+        self.last_login = self._read_last_login()
+
+    def _read_last_login(self) -> float | None:
+        try:
+            return (self.path / LAST_LOGIN_NAME).stat().st_mtime
+        except FileNotFoundError:
+            return None
+
+    def _locate(self, index: int) -> Path:
+        """The message's current path. Another agent may have renamed it (flags, or the
+        move from new/ to cur/) since the listing: find it again by its unique part."""
+        entry = self._entries[index]
+        path = self.path / entry.subdir / entry.name
+        if path.exists():
+            return path
+        for subdir in ("cur", "new"):
+            try:
+                names = os.listdir(self.path / subdir)
+            except FileNotFoundError:
+                continue
+            for name in names:
+                if unique_part(name) == entry.unique:
+                    entry.subdir, entry.name = subdir, name
+                    return self.path / subdir / name
+        raise MessageGone(f"{entry.unique} is no longer in {self.path}")
+
+    def open_message(self, index: int) -> BinaryIO:
+        for _attempt in range(3):
+            path = self._locate(index)
+            try:
+                return open(path, "rb", buffering=0)
+            except FileNotFoundError:
+                continue  # renamed between locate and open: look again
+            except OSError as exc:
+                raise StorageError(f"cannot open {path}: {exc.strerror}") from exc
+        raise MessageGone(f"message {index} keeps moving in {self.path}")
+
+    def measure(self, indexes: tuple[int, ...]) -> list[int]:
+        sizes = []
+        for index in indexes:
+            with self.open_message(index) as handle:
+                sizes.append(canonical_size(_chunks(handle)))
+        return sizes
+
+    def commit(self, deleted: tuple[int, ...], record_login: float | None) -> tuple[int, int]:
+        removed = failed = 0
+        for index in deleted:
+            try:
+                path = self._locate(index)
+                path.unlink()
+                removed += 1
+            except (MessageGone, FileNotFoundError):
+                removed += 1  # already gone: the client's wish is fulfilled
+            except OSError:
+                failed += 1
+        if deleted:
+            try:
+                for subdir in _SUBDIRS:
+                    _fsync_directory(self.path / subdir)
+            except OSError:
+                # Without the fsync the unlinks may not survive a crash: say so.
+                return 0, len(deleted)
+        if record_login is not None:
+            self._write_last_login(record_login)
+        return removed, failed
+
+    def _write_last_login(self, when: float) -> None:
+        path = self.path / LAST_LOGIN_NAME
+        try:
+            path.touch(mode=0o600, exist_ok=True)
+            os.utime(path, (when, when))
+        except OSError:
+            pass  # losing LOGIN-DELAY bookkeeping must not fail a QUIT whose mail is safe
+
+    def close(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
+
+    def __del__(self) -> None:
+        self.close()
+
+
+class MaildirStore:
+    """Where each user's Maildir is: ``template`` with ``%u`` (user), ``%n`` (local part),
+    ``%d`` (domain), ``%p`` (``partition-default``) and ``%%``."""
+
+    def __init__(self, template: str, partition: str = "", create: bool = True) -> None:
+        self.template = template
+        self.partition = partition
+        self.create = create
+
+    def path_for(self, user: str) -> Path:
+        local, _, domain = user.partition("@")
+        values = {"u": user, "n": local, "d": domain, "p": self.partition, "%": "%"}
+        out: list[str] = []
+        chars = iter(self.template)
+        for ch in chars:
+            if ch != "%":
+                out.append(ch)
+                continue
+            key = next(chars, "")
+            if key not in values:
+                raise StorageError(f"maildir template {self.template!r}: unknown %{key}")
+            out.append(values[key])
+        return Path("".join(out))
+
+    def open(self, user: str) -> MaildirMaildrop:
+        path = self.path_for(user)
+        if self.create:
+            _ensure_maildir(path)
+        try:
+            lock_fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise StorageError(f"cannot open lock in {path}: {exc.strerror}") from exc
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(lock_fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise MaildropInUse(f"{path} is locked") from exc
+            raise StorageError(f"cannot lock {path}: {exc.strerror}") from exc
+        try:
+            entries = sorted(self._scan(path), key=_order_key)
+            return MaildirMaildrop(path, lock_fd, entries)
+        except BaseException:
+            os.close(lock_fd)
+            raise
+
+    @staticmethod
+    def _scan(path: Path) -> Iterator[_Entry]:
+        for subdir in _SUBDIRS:
+            try:
+                with os.scandir(path / subdir) as listing:
+                    for item in listing:
+                        if item.name.startswith(".") or not item.is_file():
+                            continue
+                        yield _Entry(subdir, item.name, unique_part(item.name))
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise StorageError(f"cannot list {path / subdir}: {exc.strerror}") from exc
+
+    def deliver(self, user: str, source: BinaryIO) -> Path:
+        """Store one message durably in ``new/``; returns its path. On any error nothing is
+        left in ``new/`` and the exception propagates (the MTA keeps the message)."""
+        path = self.path_for(user)
+        _ensure_maildir(path)
+        unique = _new_unique_name()
+        temporary = path / "tmp" / unique
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            counter = SizeCounter()
+            size = 0
+            with os.fdopen(fd, "wb") as handle:
+                while chunk := source.read(_CHUNK):
+                    handle.write(chunk)
+                    counter.feed(chunk)
+                    size += len(chunk)
+                handle.flush()
+                os.fsync(handle.fileno())
+            final = path / "new" / f"{unique},S={size},W={counter.finish()}"
+            os.link(temporary, final)
+            _fsync_directory(path / "new")
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+        temporary.unlink()
+        return final
+
+
+def _new_unique_name() -> str:
+    """``time.MusecPpidQcountRrandom.host``: unique across processes, hosts and restarts."""
+    now = time.time()
+    seconds = int(now)
+    micro = int((now - seconds) * 1_000_000)
+    host = socket.gethostname().replace("/", "\\057").replace(":", "\\072").replace(",", "\\054")
+    return (
+        f"{seconds}.M{micro}P{os.getpid()}Q{next(_delivery_counter)}R{secrets.token_hex(4)}.{host}"
+    )

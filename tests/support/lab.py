@@ -1,0 +1,188 @@
+"""A throwaway installation for one test or one module: imapd.conf, credentials (alice /
+wonderland with an APOP secret, bob / builder), the lab maildrops from vectors/maildrops,
+optionally TLS certificates, and a real pop3d-master on free loopback ports."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pop3d.auth import credentials
+from pop3d.auth.credentials import SCHEME_ARGON2ID, SCHEME_PLAIN_B64
+from pop3d.auth.passwords import Argon2Parameters, hash_password
+from pop3d.security.secret import Secret
+from pop3d.transport import selfsigned
+
+ROOT = Path(__file__).resolve().parents[2]
+VECTORS = ROOT / "vectors"
+MAILDROPS = VECTORS / "maildrops"
+USERS = {"alice": "wonderland", "bob": "builder"}
+# Cheap Argon2 for fixtures; tests of the real parameters set their own.
+FAST_ARGON2 = Argon2Parameters(memory_kib=64, passes=1)
+
+BASE_CONFIG = """\
+configdirectory: {root}/config
+partition-default: {root}/spool
+servername: lab.test
+allowplaintext: yes
+allowapop: yes
+failedloginpause: 0
+argon2_memory: 64
+argon2_passes: 1
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Certificates:
+    ca: Path
+    cert: Path
+    key: Path
+
+
+@dataclass
+class Lab:
+    root: Path
+    extra_config: str = ""
+    users: dict[str, str] = field(default_factory=lambda: dict(USERS))
+    tls: Certificates | None = None
+
+    @property
+    def config(self) -> Path:
+        return self.root / "imapd.conf"
+
+    @property
+    def credentials(self) -> Path:
+        return self.root / "config" / "pop3d.passwd"
+
+    def maildir(self, user: str) -> Path:
+        return self.root / "spool" / user / "Maildir"
+
+    def create(self, with_tls: bool = False) -> Lab:
+        (self.root / "config").mkdir(parents=True, exist_ok=True)
+        (self.root / "spool").mkdir(exist_ok=True)
+        text = BASE_CONFIG.format(root=self.root)
+        if with_tls:
+            self.tls = make_certificates(self.root / "tls")
+            text += f"tls_server_cert: {self.tls.cert}\ntls_server_key: {self.tls.key}\n"
+        self.config.write_text(text + self.extra_config)
+        for user, password in self.users.items():
+            self.set_password(user, password, apop=True)
+            self.reset_maildrop(user)
+        return self
+
+    def set_password(self, user: str, password: str, apop: bool = False) -> None:
+        secrets = {SCHEME_ARGON2ID: hash_password(Secret(password.encode()), FAST_ARGON2)}
+        if apop:
+            secrets[SCHEME_PLAIN_B64] = base64.b64encode(password.encode()).decode()
+        credentials.update(
+            self.credentials, user, lambda _old: credentials.UserRecord(user, secrets)
+        )
+
+    def reset_maildrop(self, user: str) -> None:
+        maildir = self.maildir(user)
+        if maildir.exists():
+            shutil.rmtree(maildir)
+        for sub in ("tmp", "new", "cur"):
+            (maildir / sub).mkdir(parents=True)
+        source = MAILDROPS / user
+        if source.is_dir():
+            for message in source.iterdir():
+                shutil.copyfile(message, maildir / "new" / message.name)
+
+    def messages(self, user: str) -> list[Path]:
+        maildir = self.maildir(user)
+        return sorted(p for sub in ("new", "cur") for p in (maildir / sub).iterdir())
+
+    def pop3d_x(self, *flags: str) -> list[str]:
+        return [sys.executable, "-m", "pop3d", "-X", "-C", str(self.config), *flags]
+
+
+def make_certificates(folder: Path) -> Certificates:
+    folder.mkdir(parents=True, exist_ok=True)
+    ca = selfsigned.make_ca("lab test CA")
+    ca.write(folder / "ca.pem")
+    server = selfsigned.issue(ca, "localhost", ("localhost", "lab.test"), ("127.0.0.1",))
+    server.write(folder / "cert.pem", folder / "key.pem")
+    return Certificates(folder / "ca.pem", folder / "cert.pem", folder / "key.pem")
+
+
+@dataclass
+class Server:
+    """A pop3d-master running the lab's services; ``ports`` maps service name to port."""
+
+    lab: Lab
+    process: subprocess.Popen[bytes]
+    ports: dict[str, int]
+    log: Path
+
+    @property
+    def port(self) -> int:
+        return self.ports["pop3"]
+
+    def stop(self, timeout: float = 15.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def start_server(lab: Lab, services: dict[str, str] | None = None, prefork: int = 1) -> Server:
+    """Start pop3d-master with ``services`` (name -> extra pop3d flags) and wait until
+    every port accepts connections."""
+    services = services or {"pop3": ""}
+    ports = {name: free_port() for name in services}
+    lines = ["SERVICES {"]
+    for name, flags in services.items():
+        lines.append(
+            f'  {name} cmd="pop3d {flags} -C {lab.config}" listen="127.0.0.1:{ports[name]}" '
+            f"prefork={prefork} maxchild=2000"
+        )
+    lines.append("}")
+    cyrus_conf = lab.root / "cyrus.conf"
+    cyrus_conf.write_text("\n".join(lines) + "\n")
+    log = lab.root / "master.log"
+    handle = log.open("ab")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pop3d.cli.master", "-C", str(lab.config), "-M", str(cyrus_conf)],
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
+    handle.close()
+    server = Server(lab, process, ports, log)
+    deadline = time.monotonic() + 20
+    for port in ports.values():
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"pop3d-master exited {process.returncode}:\n{server.log_text()}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5) as s:
+                s.settimeout(5)
+                if s.recv(1).startswith(b"+") or True:
+                    break
+            if time.monotonic() > deadline:
+                server.stop()
+                raise RuntimeError(f"pop3d-master did not listen:\n{server.log_text()}")
+            time.sleep(0.05)
+    return server
