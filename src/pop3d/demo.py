@@ -45,7 +45,9 @@ def prepare(root: Path) -> str:
     if not (tls_dir / "cert.pem").exists():
         ca = selfsigned.make_ca("pop3d demo CA")
         ca.write(tls_dir / "ca.pem")
-        server = selfsigned.issue(ca, "localhost", ("localhost",), ("127.0.0.1", "::1"))
+        server = selfsigned.issue(
+            ca, "localhost", dns_names=("localhost",), ip_addresses=("127.0.0.1", "::1")
+        )
         server.write(tls_dir / "cert.pem", tls_dir / "key.pem")
     config = imapd.load(root / "imapd.conf")
     password_file = root / "PASSWORD"

@@ -116,7 +116,9 @@ def make_certificates(folder: Path) -> Certificates:
     folder.mkdir(parents=True, exist_ok=True)
     ca = selfsigned.make_ca("lab test CA")
     ca.write(folder / "ca.pem")
-    server = selfsigned.issue(ca, "localhost", ("localhost", "lab.test"), ("127.0.0.1",))
+    server = selfsigned.issue(
+        ca, "localhost", dns_names=("localhost", "lab.test"), ip_addresses=("127.0.0.1",)
+    )
     server.write(folder / "cert.pem", folder / "key.pem")
     return Certificates(folder / "ca.pem", folder / "cert.pem", folder / "key.pem")
 
@@ -173,14 +175,20 @@ def start_server(lab: Lab, services: dict[str, str] | None = None, prefork: int 
     handle.close()
     server = Server(lab, process, ports, log)
     deadline = time.monotonic() + 20
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+    while len(children.read_text().split()) < prefork * len(services):
+        if process.poll() is not None or time.monotonic() > deadline:
+            server.stop()
+            raise RuntimeError(f"pop3d-master did not start its workers:\n{server.log_text()}")
+        time.sleep(0.05)
     for port in ports.values():
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"pop3d-master exited {process.returncode}:\n{server.log_text()}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5) as s:
-                s.settimeout(5)
-                if s.recv(1).startswith(b"+") or True:
-                    break
+                raise RuntimeError(
+                    f"pop3d-master exited {process.returncode}:\n{server.log_text()}"
+                )
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+                break
             if time.monotonic() > deadline:
                 server.stop()
                 raise RuntimeError(f"pop3d-master did not listen:\n{server.log_text()}")

@@ -192,8 +192,12 @@ def _client_line(peer: _Peer, text: str, ending: bytes = b"\r\n") -> bytes:
     return _PLACEHOLDER.sub(substitute, text).encode("utf-8") + ending
 
 
-def _run(transcript: Transcript, peers: Callable[[int], _Peer], byte_at_a_time: bool,
-         close: Callable[[int], None]) -> None:
+def _run(
+    transcript: Transcript,
+    peers: Callable[[int], _Peer],
+    byte_at_a_time: bool,
+    close: Callable[[int], None],
+) -> None:
     ending = b"\r\n"
     for index, step in enumerate(transcript.steps):
         where = f"{transcript.name} step {index + 1}"
@@ -264,8 +268,9 @@ def replay_tcp(transcript: Transcript, port: int, byte_at_a_time: bool = False) 
 def replay_stdio(transcript: Transcript, argv: list[str], byte_at_a_time: bool = False) -> None:
     if transcript.sessions != {1}:
         raise TranscriptError(f"{transcript.name}: -X serves one session only")
-    process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     assert process.stdin is not None and process.stdout is not None
     stdin_fd = process.stdin.fileno()
     stdout_fd = process.stdout.fileno()
@@ -294,4 +299,3 @@ def replay_stdio(transcript: Transcript, argv: list[str], byte_at_a_time: bool =
             process.stderr.close()
         if not process.stdin.closed:
             process.stdin.close()
-

@@ -58,18 +58,39 @@ def encode(lines: list[str], ending: str, final_newline: bool = True) -> bytes:
 
 def alice() -> list[tuple[str, bytes]]:
     out = []
-    out.append(("plain", encode(pad(headers("alice", 1, "lab message 1 (plain, 1000 bytes)"), 1000), "\r\n")))
+    out.append(
+        (
+            "plain",
+            encode(pad(headers("alice", 1, "lab message 1 (plain, 1000 bytes)"), 1000), "\r\n"),
+        )
+    )
     dots = headers("alice", 2, "lab message 2 (dots, 700 bytes)") + [
-        ".", "..", ".leading dot", "..two leading dots", " .space dot", ".", "end of dot lines",
+        ".",
+        "..",
+        ".leading dot",
+        "..two leading dots",
+        " .space dot",
+        ".",
+        "end of dot lines",
     ]
     out.append(("dots", encode(pad(dots, 700), "\n")))
-    out.append(("barelf", encode(pad(headers("alice", 3, "lab message 3 (barelf, 800 bytes)"), 800), "\n")))
+    out.append(
+        ("barelf", encode(pad(headers("alice", 3, "lab message 3 (barelf, 800 bytes)"), 800), "\n"))
+    )
     utf8 = headers("alice", 4, "Grüße – 日本語 😀", "8bit") + [
-        "Grüße aus Köln, ça va? ½ €", "日本語のテキスト 😀",
+        "Grüße aus Köln, ça va? ½ €",
+        "日本語のテキスト 😀",
     ]
     out.append(("utf8", encode(pad(utf8, 900), "\n")))
-    out.append(("5k", encode(pad(headers("alice", 5, "lab message 5 (plain, 5000 bytes)"), 5000), "\n")))
-    out.append(("20k", encode(pad(headers("alice", 6, "lab message 6 (plain, 20000 bytes)"), 20000), "\r\n")))
+    out.append(
+        ("5k", encode(pad(headers("alice", 5, "lab message 5 (plain, 5000 bytes)"), 5000), "\n"))
+    )
+    out.append(
+        (
+            "20k",
+            encode(pad(headers("alice", 6, "lab message 6 (plain, 20000 bytes)"), 20000), "\r\n"),
+        )
+    )
     noeol = pad(headers("alice", 7, "lab message 7 (noeol, 300 bytes)"), 300)
     out.append(("noeol", encode(noeol, "\n", final_newline=False)))
     return out
@@ -77,7 +98,10 @@ def alice() -> list[tuple[str, bytes]]:
 
 def bob() -> list[tuple[str, bytes]]:
     return [
-        (f"{size}", encode(pad(headers("bob", n, f"lab message {n} (plain, {size} bytes)"), size), "\n"))
+        (
+            f"{size}",
+            encode(pad(headers("bob", n, f"lab message {n} (plain, {size} bytes)"), size), "\n"),
+        )
         for n, size in ((1, 1000), (2, 2000), (3, 3000))
     ]
 

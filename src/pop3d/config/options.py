@@ -270,6 +270,7 @@ OTHER_CYRUS_OPTIONS = frozenset(
     disconnect_on_vanished_mailbox tcp_keepalive tcp_keepalive_cnt tcp_keepalive_idle
     tcp_keepalive_intvl mailbox_default_options srvtab imapidlepoll imapidresponse
     postmaster postuser lmtp_over_quota_perm_failure singleinstancestore
+    sasl_auxprop_plugin sasl_sasldb_path sasl_saslauthd_path sasl_auto_transition
     """.split()
 )
 

@@ -15,8 +15,10 @@ asyncio offers no public way to do that on a StreamReader.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import ssl
+import stat
 from collections.abc import Callable
 from typing import Protocol as TypingProtocol
 
@@ -173,28 +175,62 @@ class Channel(asyncio.Protocol):
 
 
 class FdChannel:
-    """stdin/stdout that are not a socket (``pop3d -X`` under a test harness, a pipe from
-    inetd-style wrappers): blocking reads and writes run in the default thread pool, which
-    works for pipes, files and terminals alike."""
+    """stdin/stdout that are not a socket (``pop3d -X`` under a test harness or a pipe from
+    an inetd-style wrapper). Pipes and terminals are polled by the event loop in
+    non-blocking mode (restored on close), so an idle timeout can end the session: a read
+    blocked in a thread could not be interrupted. Regular files never block and are read
+    directly."""
 
     def __init__(self, read_fd: int, write_fd: int) -> None:
         self._read_fd = read_fd
         self._write_fd = write_fd
         self._loop = asyncio.get_running_loop()
         self._closed = False
+        self._restore: list[tuple[int, bool]] = []
+        for fd in {read_fd, write_fd}:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                self._restore.append((fd, os.get_blocking(fd)))
+                os.set_blocking(fd, False)
         self.peer = "[stdio]"
 
+    async def _ready(self, fd: int, writing: bool) -> None:
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        add, remove = (
+            (self._loop.add_writer, self._loop.remove_writer)
+            if writing
+            else (self._loop.add_reader, self._loop.remove_reader)
+        )
+        def wake() -> None:
+            if not waiter.done():
+                waiter.set_result(None)
+
+        add(fd, wake)
+        try:
+            await waiter
+        finally:
+            remove(fd)
+
     async def read(self) -> bytes:
-        if self._closed:
-            return b""
-        return await self._loop.run_in_executor(None, os.read, self._read_fd, _READ_CHUNK)
+        while not self._closed:
+            try:
+                return os.read(self._read_fd, _READ_CHUNK)
+            except BlockingIOError:
+                await self._ready(self._read_fd, writing=False)
+            except OSError:
+                return b""
+        return b""
 
     async def write(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
+            if self._closed:
+                raise ChannelClosed("closed")
             try:
-                written = await self._loop.run_in_executor(None, os.write, self._write_fd, view)
-            except (BrokenPipeError, OSError) as exc:
+                written = os.write(self._write_fd, view)
+            except BlockingIOError:
+                await self._ready(self._write_fd, writing=True)
+                continue
+            except OSError as exc:
                 raise ChannelClosed(str(exc)) from None
             view = view[written:]
 
@@ -205,7 +241,12 @@ class FdChannel:
         pass
 
     def close(self) -> None:
+        if self._closed:
+            return
         self._closed = True
+        for fd, blocking in self._restore:
+            with contextlib.suppress(OSError):
+                os.set_blocking(fd, blocking)
 
     @property
     def closed(self) -> bool:

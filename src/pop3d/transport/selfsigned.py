@@ -74,6 +74,7 @@ def make_ca(common_name: str = "pop3d test CA", days: int = 3650) -> Issued:
 def issue(
     ca: Issued,
     common_name: str,
+    *,
     dns_names: tuple[str, ...] = (),
     ip_addresses: tuple[str, ...] = (),
     email: str | None = None,

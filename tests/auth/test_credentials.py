@@ -1,0 +1,197 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pop3d.auth import credentials
+from pop3d.auth.authenticator import Authenticator
+from pop3d.auth.credentials import CredentialFile, CredentialFileError, UserRecord
+from pop3d.auth.identity import IdentityRules, canonical_user
+from pop3d.auth.passwords import (
+    Argon2Parameters,
+    apop_digest,
+    apop_matches,
+    hash_password,
+    verify_password,
+)
+from pop3d.security.secret import Secret
+from tests.support.lab import FAST_ARGON2, Lab
+
+
+def test_rfc1939_apop_vector() -> None:
+    challenge = "<1896.697170952@dbc.mtview.ca.us>"
+    assert apop_digest(challenge, b"tanstaaf") == "c4c9334bac560ecc979e58001b3e22fb"
+    assert apop_matches(challenge, b"tanstaaf", "C4C9334BAC560ECC979E58001B3E22FB")
+    assert not apop_matches(challenge, b"tanstaaf", "c4c9334bac560ecc979e58001b3e22fc")
+
+
+def test_argon2id_hash_is_phc_and_verifies() -> None:
+    phc = hash_password(Secret(b"pw"), FAST_ARGON2)
+    assert phc.startswith("$argon2id$v=19$m=64,t=1,p=1$")
+    assert verify_password(Secret(b"pw"), phc)
+    assert not verify_password(Secret(b"pW"), phc)
+    assert not verify_password(Secret(b"pw"), "garbage")
+    default = hash_password(Secret(b"pw"))
+    assert "$m=19456,t=2,p=1$" in default
+
+
+def test_secret_is_redacted_everywhere() -> None:
+    secret = Secret(b"hunter2")
+    assert "hunter2" not in repr(secret) + str(secret) + f"{secret}"
+    with pytest.raises(TypeError):
+        _ = secret == Secret(b"hunter2")
+    import pickle
+
+    with pytest.raises(TypeError):
+        pickle.dumps(secret)
+    record = UserRecord("alice", {"PLAIN.B64": "aHVudGVyMg=="})
+    assert "aHVudGVy" not in repr(record)
+
+
+def test_file_is_refused_when_group_or_world_readable(lab: Lab) -> None:
+    lab.credentials.chmod(0o640)
+    with pytest.raises(CredentialFileError, match="mode 0640"):
+        CredentialFile(lab.credentials).lookup("alice")
+    lab.credentials.chmod(0o604)
+    with pytest.raises(CredentialFileError):
+        CredentialFile(lab.credentials).check()
+    lab.credentials.chmod(0o600)
+    assert CredentialFile(lab.credentials).lookup("alice") is not None
+
+
+def test_strict_syntax_with_line_numbers(tmp_path: Path) -> None:
+    path = tmp_path / "passwd"
+    path.write_text("# c\nalice:{ARGON2ID}x\nbob:nosheme\n")
+    path.chmod(0o600)
+    with pytest.raises(CredentialFileError, match="passwd:3"):
+        CredentialFile(path).check()
+    path.write_text("alice:{ARGON2ID}x\nalice:{ARGON2ID}y\n")
+    with pytest.raises(CredentialFileError, match="appears twice"):
+        CredentialFile(path).check()
+
+
+def test_reader_sees_updates(lab: Lab) -> None:
+    store = CredentialFile(lab.credentials)
+    assert store.lookup("carol") is None
+    lab.set_password("carol", "x")
+    assert store.lookup("carol") is not None
+    credentials.update(lab.credentials, "carol", lambda _old: None)
+    assert store.lookup("carol") is None
+
+
+def test_comments_and_unknown_schemes_survive_a_rewrite(tmp_path: Path) -> None:
+    path = tmp_path / "passwd"
+    path.write_text("# keep me\nzed:{FUTURE-SCHEME}abc:{ARGON2ID}x\n")
+    path.chmod(0o600)
+    credentials.update(path, "amy", lambda _old: UserRecord("amy", {"ARGON2ID": "y"}))
+    text = path.read_text()
+    assert "# keep me" in text and "{FUTURE-SCHEME}abc" in text and "amy:{ARGON2ID}y" in text
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_concurrent_admin_runs_lose_no_update(tmp_path: Path) -> None:
+    """Twenty pop3d-admin processes at once, each adding a user: all twenty are there."""
+    conf = tmp_path / "imapd.conf"
+    conf.write_text(
+        f"configdirectory: {tmp_path}\npartition-default: {tmp_path}/spool\n"
+        "argon2_memory: 64\nargon2_passes: 1\n"
+    )
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "pop3d.cli.admin", "-C", str(conf), "passwd", f"user{i}"],
+            stdin=subprocess.PIPE,
+        )
+        for i in range(20)
+    ]
+    for process in processes:
+        process.communicate(b"secret\n", timeout=60)
+        assert process.returncode == 0
+    names = {r.name for r in CredentialFile(tmp_path / "pop3d.passwd").users()}
+    assert names == {f"user{i}" for i in range(20)}
+
+
+def test_authenticator_results(lab: Lab) -> None:
+    auth = Authenticator(CredentialFile(lab.credentials), FAST_ARGON2)
+    assert auth.verify_password("alice", Secret(b"wonderland")).identity == "alice"
+    assert auth.verify_password("alice", Secret(b"x")).reason == "wrong password"
+    assert auth.verify_password("nobody", Secret(b"x")).reason == "unknown user"
+    lab.set_password("noapop", "pw")
+    digest = apop_digest("<1.2@h>", b"pw")
+    assert auth.verify_apop("noapop", "<1.2@h>", digest).reason == "no APOP secret"
+    assert auth.verify_apop("alice", "<1.2@h>", apop_digest("<1.2@h>", b"wonderland")).ok
+
+
+def test_unknown_user_costs_an_argon2_verification(lab: Lab) -> None:
+    params = Argon2Parameters(memory_kib=8192, passes=2)
+    lab.users = {}
+    secret = {"ARGON2ID": hash_password(Secret(b"pw"), params)}
+    credentials.update(lab.credentials, "slow", lambda _old: UserRecord("slow", secret))
+    auth = Authenticator(CredentialFile(lab.credentials), params)
+
+    def timed(user: str) -> float:
+        start = time.perf_counter()
+        for _ in range(5):
+            auth.verify_password(user, Secret(b"wrong"))
+        return time.perf_counter() - start
+
+    known, unknown = timed("slow"), timed("nobody")
+    assert unknown > known * 0.5, (known, unknown)
+
+
+def test_verification_cache_is_keyed_by_the_stored_hash(lab: Lab) -> None:
+    now = [0.0]
+    auth = Authenticator(
+        CredentialFile(lab.credentials), FAST_ARGON2, cache_ttl=60, clock=lambda: now[0]
+    )
+    assert auth.verify_password("alice", Secret(b"wonderland")).ok
+    assert auth.verify_password("alice", Secret(b"wonderland")).ok
+    assert not auth.verify_password("alice", Secret(b"wonderlanD")).ok
+    lab.set_password("alice", "changed")
+    assert not auth.verify_password("alice", Secret(b"wonderland")).ok  # no stale hit
+    assert auth.verify_password("alice", Secret(b"changed")).ok
+    now[0] = 61.0
+    assert auth.verify_password("alice", Secret(b"changed")).ok
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("alice", "alice"),
+        ("Alice", "alice"),
+        ("a@Example.org", "a@example.org"),
+        ("", None),
+        (" alice", None),
+        ("../etc", None),
+        (".hidden", None),
+        ("a/b", None),
+        ("a:b", None),
+        ("a\x00b", None),
+        ("x" * 256, None),
+        ("名前", "名前"),
+    ],
+)
+def test_canonical_user(raw: str, expected: str | None) -> None:
+    assert canonical_user(raw, IdentityRules()) == expected
+
+
+def test_default_domain_is_dropped_with_virtdomains() -> None:
+    rules = IdentityRules(virtdomains=True, defaultdomain="example.org")
+    assert canonical_user("alice@EXAMPLE.org", rules) == "alice"
+    assert canonical_user("alice@other.org", rules) == "alice@other.org"
+    assert canonical_user(b"\xff", rules) is None
+
+
+def test_admin_passwd_reads_stdin_and_refuses_apop_when_off(tmp_path: Path) -> None:
+    conf = tmp_path / "imapd.conf"
+    conf.write_text(f"configdirectory: {tmp_path}\nargon2_memory: 64\nargon2_passes: 1\n")
+    run = [sys.executable, "-m", "pop3d.cli.admin", "-C", str(conf)]
+    result = subprocess.run(
+        [*run, "passwd", "--apop", "amy"], input=b"pw\n", capture_output=True, timeout=60
+    )
+    assert result.returncode == 78
+    assert b"allowapop is off" in result.stderr
+    assert not (tmp_path / "pop3d.passwd").exists()

@@ -1,0 +1,107 @@
+"""pop3d's command line: Cyrus flags, one-line errors, sysexits codes, never a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.lab import Lab
+
+POP3D = [sys.executable, "-m", "pop3d"]
+
+
+def run(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([*POP3D, *args], input=stdin, capture_output=True, timeout=60)
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["-Z"], 64, b"pop3d: option -Z not recognized"),
+        (["-U"], 64, b"pop3d: option -U requires argument"),
+        (["-U", "many"], 64, b"pop3d: -U 'many': expected a whole number"),
+        (["-p", "-1"], 64, b"pop3d: -p '-1': expected a whole number"),
+        (["-T", "1.5"], 64, b"pop3d: -T '1.5'"),
+        (["extra"], 64, b"pop3d: unexpected argument 'extra'"),
+        (["-k", "-X"], 64, b"pop3d: -k (KPOP) is not supported yet"),
+        (["-H", "-X"], 64, b"pop3d: -H (PROXY protocol) is not supported yet"),
+        (["-X", "-C", "/nonexistent/imapd.conf"], 78, b"cannot read /nonexistent/imapd.conf"),
+    ],
+)
+def test_bad_command_lines(args: list[str], code: int, message: bytes) -> None:
+    result = run(*args)
+    assert result.returncode == code
+    assert message in result.stderr
+    assert b"Traceback" not in result.stderr
+    assert result.stdout == b""
+
+
+def test_bad_config_value_is_exit_78_with_file_and_line(lab: Lab) -> None:
+    lab.config.write_text(lab.config.read_text() + "poptimeout: forever\n")
+    result = run("-X", "-C", str(lab.config))
+    assert result.returncode == 78
+    assert f"{lab.config}:".encode() in result.stderr and b"poptimeout" in result.stderr
+
+
+def test_group_readable_credentials_refuse_to_start(lab: Lab) -> None:
+    lab.credentials.chmod(0o644)
+    result = run("-X", "-C", str(lab.config))
+    assert result.returncode == 78
+    assert b"mode 0644" in result.stderr
+
+
+def test_implicit_tls_without_certificate_is_a_config_error(lab: Lab) -> None:
+    result = run("-X", "-s", "-C", str(lab.config))
+    assert result.returncode == 78
+    assert b"TLS needs tls_server_cert and tls_server_key" in result.stderr
+
+
+def test_without_a_socket_or_x_it_explains(lab: Lab) -> None:
+    result = run("-C", str(lab.config))
+    assert result.returncode == 64
+    assert b"no listening socket" in result.stderr
+
+
+def test_one_session_on_stdio_then_exit(lab: Lab) -> None:
+    result = run("-X", "-C", str(lab.config), stdin=b"USER bob\r\nPASS builder\r\nSTAT\r\nQUIT\r\n")
+    assert result.returncode == 0
+    assert result.stdout.splitlines()[-2:] == [b"+OK 3 6000", b"+OK Logging out"]
+
+
+def test_debug_command_runs_with_program_pid_and_service(lab: Lab, tmp_path: Path) -> None:
+    out = tmp_path / "debug.txt"
+    lab.config.write_text(lab.config.read_text() + f"debug_command: echo %s %d %s > {out}\n")
+    result = run("-D", "-X", "-C", str(lab.config), stdin=b"QUIT\r\n")
+    assert result.returncode == 0
+    words = out.read_text().split()
+    assert words[1].isdigit() and words[2] == "pop3"
+
+
+def test_idle_timeout_closes_without_a_reply(lab: Lab) -> None:
+    """RFC 1939 §3: the autologout timer ends the session without UPDATE and silently."""
+    lab.config.write_text(lab.config.read_text() + "poptimeout: 1s\n")
+    process = subprocess.Popen(
+        [*POP3D, "-X", "-C", str(lab.config)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdin is not None
+    process.stdin.write(b"USER bob\r\nPASS builder\r\nDELE 1\r\n")
+    process.stdin.flush()  # and keep stdin open: the client is idle, not gone
+    try:
+        assert process.wait(timeout=15) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.stdout is not None and process.stderr is not None
+    out, err = process.stdout.read(), process.stderr.read()
+    process.stdin.close()
+    process.stdout.close()
+    process.stderr.close()
+    assert out.splitlines()[-1] == b"+OK Message 1 deleted"
+    assert b"ended: idle timeout" in err
+    assert len(lab.messages("bob")) == 3

@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from pop3d.config import cyrus
+from pop3d.config.imapd import ConfigError
+
+
+def test_services_section() -> None:
+    config = cyrus.parse_text(
+        """
+        START {
+          recover cmd="ctl_cyrusdb -r"
+        }
+        SERVICES {
+          # comment
+          pop3   cmd="pop3d -C /etc/x.conf" listen="127.0.0.1:1110" prefork=2 maxchild=50
+          pop3s  cmd="/usr/lib/cyrus/bin/pop3d -s" listen="[::1]:1995" proto=tcp6
+          imap   cmd="imapd" listen="imap" prefork=0
+          local  cmd="pop3d" listen="/run/pop3.sock"
+          plain  cmd="pop3d" listen="1110"
+        }
+        EVENTS {
+          checkpoint cmd="ctl_cyrusdb -c" period=30
+        }
+        """,
+        "cyrus.conf",
+    )
+    names = [s.name for s in config.services]
+    assert names == ["pop3", "pop3s", "local", "plain"]
+    pop3 = config.services[0]
+    assert pop3.argv == ("pop3d", "-C", "/etc/x.conf")
+    assert (pop3.listen.host, pop3.listen.port, pop3.prefork, pop3.maxchild) == (
+        "127.0.0.1",
+        1110,
+        2,
+        50,
+    )
+    assert config.services[1].listen.family == socket.AF_INET6
+    assert config.services[2].listen.family == socket.AF_UNIX
+    assert str(config.services[3].listen) == "0.0.0.0:1110"
+    assert [str(p) for p in config.problems] == [
+        "cyrus.conf:9: warning: service imap: imapd is not pop3d (skipped)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('pop3 listen="110"', "cmd= and listen= are required"),
+        ('pop3 cmd="pop3d" listen="99999"', "port 99999 is out of range"),
+        ('pop3 cmd="pop3d" listen="nosuchservice"', "unknown service name"),
+        ('pop3 cmd="pop3d" listen="110" prefork=x', "invalid literal"),
+        ('pop3 cmd="pop3d" listen="110" proto=udp', "proto=udp is not supported"),
+        ('pop3 cmd="pop3d listen="110"', "cannot parse entry"),
+    ],
+)
+def test_errors_carry_file_and_line(tmp_path, line: str, message: str) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "cyrus.conf"
+    path.write_text(f"SERVICES {{\n  {line}\n}}\n")
+    with pytest.raises(ConfigError) as caught:
+        cyrus.load(path)
+    assert f"{path}:2: error:" in str(caught.value)
+    assert message in str(caught.value)
+
+
+def test_unclosed_section(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "cyrus.conf"
+    path.write_text('SERVICES {\n  pop3 cmd="pop3d" listen="110"\n')
+    with pytest.raises(ConfigError, match="not closed"):
+        cyrus.load(path)

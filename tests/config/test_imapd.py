@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pop3d.config import imapd
+from pop3d.config.imapd import ConfigError
+from pop3d.config.options import OPTIONS, Kind
+
+
+def test_syntax_as_cyrus(tmp_path: Path) -> None:
+    config = imapd.from_text(
+        "# comment\n\nAllowPlainText: yes\npoptimeout: 15\npopminpoll:2\n"
+        "failedloginpause: 1m30s\npopexpiretime: -1\npartition-default: /var/spool/x\n"
+    )
+    assert config.switch("allowplaintext") is True
+    assert config.integer("poptimeout") == 900  # minutes by default
+    assert config.integer("popminpoll") == 120
+    assert config.integer("failedloginpause") == 90
+    assert config.integer("popexpiretime") < 0  # any negative value means NEVER
+    assert config.string("partition-default") == "/var/spool/x"
+    assert config.switch("allowapop") is False  # pop3d's default (Cyrus: on)
+
+
+def test_service_prefix_wins() -> None:
+    config = imapd.from_text("allowplaintext: no\npop3s_allowplaintext: yes\n")
+    assert config.switch("allowplaintext", "pop3") is False
+    assert config.switch("allowplaintext", "pop3s") is True
+    assert config.where("allowplaintext", "pop3s") == "<text>:2"
+
+
+def test_bad_values_are_errors_with_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "imapd.conf"
+    path.write_text("allowplaintext: maybe\n\npoptimeout: soon\nserverinfo: loud\nnocolon\n")
+    with pytest.raises(ConfigError) as caught:
+        imapd.load(path)
+    text = str(caught.value)
+    assert f"{path}:1: error: allowplaintext: 'maybe' is not a switch" in text
+    assert f"{path}:3: error: poptimeout" in text
+    assert f"{path}:4: error: serverinfo: 'loud' is not one of off, min, on" in text
+    assert f"{path}:5: error: expected 'key: value'" in text
+
+
+def test_unknown_keys_warn_and_other_cyrus_keys_do_not(tmp_path: Path) -> None:
+    config = imapd.from_text(
+        "frobnicate: 1\nlmtpsocket: /x\nduplicatesuppression: 0\npartition-news: /n\n"
+        "sasl_mech_list: PLAIN SCRAM-SHA-256\npop3_uidl_format: dovecot\n"
+    )
+    warnings = [str(w) for w in config.warnings]
+    assert warnings[0] == "<text>:1: warning: unknown option 'frobnicate' (ignored)"
+    assert any("PLAIN is not offered by this build" in w for w in warnings)
+    assert len(warnings) == 3  # frobnicate, PLAIN, SCRAM-SHA-256
+
+
+def test_short_poptimeout_warns() -> None:
+    config = imapd.from_text("poptimeout: 30s\n")
+    assert config.integer("poptimeout") == 30
+    assert "below the 10 minutes RFC 1939 asks for" in str(config.warnings[0])
+
+
+def test_include(tmp_path: Path) -> None:
+    (tmp_path / "extra.conf").write_text("allowapop: yes\n")
+    (tmp_path / "imapd.conf").write_text("@include: extra.conf\nservername: x\n")
+    config = imapd.load(tmp_path / "imapd.conf")
+    assert config.switch("allowapop") is True
+    (tmp_path / "imapd.conf").write_text("@include: missing.conf\n")
+    with pytest.raises(ConfigError, match=r"imapd.conf:1: error: cannot read"):
+        imapd.load(tmp_path / "imapd.conf")
+
+
+def test_every_option_is_documented_and_its_default_parses() -> None:
+    for option in OPTIONS.values():
+        assert option.doc.strip(), option.name
+        if option.kind is Kind.ENUM:
+            assert option.default in option.choices
+        if option.kind is Kind.SWITCH:
+            assert isinstance(option.default, bool)
+
+
+def test_reference_cyrus_config_checks_clean() -> None:
+    """The lab Cyrus config from ../shared: every key is known, no warnings but sasl."""
+    source = Path(__file__).resolve().parents[2] / "vectors/configs/cyrus-lab-imapd.conf"
+    config = imapd.from_text(source.read_text().replace("@LAB@", "/lab"))
+    unknown = [w for w in config.warnings if "unknown option" in w.message]
+    assert unknown == []

@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pop3d.protocol import commands
+from pop3d.protocol.commands import ArgumentError, SyntaxProblem
+
+
+def test_keyword_is_case_insensitive_and_argument_raw() -> None:
+    command = commands.parse_line(b"pass  two  spaces ")
+    assert command.keyword == "PASS"
+    assert command.argument == b" two  spaces "
+
+
+@pytest.mark.parametrize("line", [b"", b" STAT", b"ST4T", b"\xc3\xa9TAT", b"S" * 17])
+def test_lines_that_cannot_be_commands(line: bytes) -> None:
+    with pytest.raises(SyntaxProblem):
+        commands.parse_line(line)
+
+
+@pytest.mark.parametrize(
+    ("argument", "message"),
+    [
+        (b"1xyz 2", "Invalid message number"),
+        (b"1 2 3", "Unexpected extra argument"),
+        (b"1", "Missing argument"),
+        (b"1 -1", "Invalid number of lines"),
+        (b"4294967296 1", "out of range"),
+        (b"1\t2", "control character"),
+    ],
+)
+def test_top_arguments_are_strict(argument: bytes, message: str) -> None:
+    with pytest.raises(ArgumentError, match=message):
+        commands.top_arguments(argument)
+
+
+def test_message_numbers() -> None:
+    assert commands.message_number(b"007") == 7
+    assert commands.message_number(b"4294967295") == 4294967295
+    assert commands.optional_message_number(b"") is None
+    assert commands.optional_message_number(b"  2") == 2
+    for bad in (b"+1", b"1.0", b"0x1", b"\xd9\xa1"):  # the last is an Arabic-Indic one
+        with pytest.raises(ArgumentError):
+            commands.message_number(bad)
+
+
+@given(st.binary(max_size=40))
+def test_parsers_never_raise_anything_unexpected(data: bytes) -> None:
+    for parse in (commands.top_arguments, commands.optional_message_number, commands.no_arguments):
+        try:
+            parse(data)
+        except ArgumentError:
+            pass
+    try:
+        commands.parse_line(data)
+    except SyntaxProblem:
+        pass

@@ -1,0 +1,261 @@
+"""The session core, driven without sockets against a real Maildir and credential file."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import pytest
+
+import pop3d
+from pop3d.protocol import events as ev
+from pop3d.protocol.states import State
+from pop3d.security.policy import Policy
+from tests.support.drive import drive, settings_for_lab
+from tests.support.lab import Lab
+
+STATUS = re.compile(rb"^[+-](OK|ERR)", re.MULTILINE)
+
+
+def login(driven, user: str = "alice", password: str = "wonderland") -> bytes:  # type: ignore[no-untyped-def]
+    driven.feed()
+    return driven.feed(f"USER {user}\r\nPASS {password}\r\n".encode())
+
+
+def test_greeting_carries_the_apop_challenge(lab: Lab) -> None:
+    driven = drive(lab, token="1896.697170952")
+    assert (
+        driven.feed()
+        == (
+            f"+OK lab.test pop3d {pop3d.__version__} server ready <1896.697170952@lab.test>\r\n"
+        ).encode()
+    )
+
+
+def test_rfc1939_apop_example_digest(lab: Lab) -> None:
+    """RFC 1939 §7: challenge <1896.697170952@dbc.mtview.ca.us>, secret tanstaaf."""
+    lab.set_password("mrose", "tanstaaf", apop=True)
+    driven = drive(lab, settings_for_lab(servername="dbc.mtview.ca.us"), token="1896.697170952")
+    driven.feed()
+    out = driven.feed(b"APOP mrose c4c9334bac560ecc979e58001b3e22fb\r\n")
+    assert out.startswith(b"+OK Mailbox locked and ready")
+    assert driven.session.state is State.TRANSACTION
+
+
+def test_list_sizes_equal_the_octets_retr_sends(lab: Lab) -> None:
+    driven = drive(lab)
+    login(driven)
+    listing = driven.feed(b"LIST\r\n").split(b"\r\n")[1:-2]
+    for entry in listing:
+        number, size = entry.split()
+        out = driven.feed(b"RETR " + number + b"\r\n")
+        body = out.split(b"\r\n", 1)[1]
+        assert body.endswith(b"\r\n.\r\n")
+        unstuffed = re.sub(rb"(^|\r\n)\.\.", rb"\1.", body[: -len(b".\r\n")])
+        assert len(unstuffed) == int(size), number
+
+
+def test_sizes_without_hints_are_measured_only_when_needed(lab: Lab) -> None:
+    driven = drive(lab)
+    login(driven)
+    assert not any(isinstance(r, ev.MeasureMessages) for r in driven.requests)
+    driven.feed(b"LIST 1\r\n")  # message 1 carries a W= hint
+    assert not any(isinstance(r, ev.MeasureMessages) for r in driven.requests)
+    driven.feed(b"STAT\r\n")
+    measured = [r for r in driven.requests if isinstance(r, ev.MeasureMessages)]
+    assert measured == [ev.MeasureMessages((1, 3, 5))]  # messages 2, 4, 6 have no hint
+    driven.feed(b"LIST\r\n")
+    assert len([r for r in driven.requests if isinstance(r, ev.MeasureMessages)]) == 1
+
+
+def test_deletions_only_at_quit(lab: Lab) -> None:
+    driven = drive(lab)
+    login(driven, "bob", "builder")
+    before = lab.messages("bob")
+    driven.feed(b"DELE 1\r\nDELE 2\r\nNOOP\r\n")
+    assert lab.messages("bob") == before
+    assert driven.feed(b"QUIT\r\n") == b"+OK Logging out, 2 messages deleted\r\n"
+    assert len(lab.messages("bob")) == 1
+    assert driven.closed == "QUIT"
+
+
+def test_stls_discards_pipelined_input(lab: Lab) -> None:
+    driven = drive(lab, settings_for_lab(policy=Policy(starttls_offered=True)))
+    driven.feed()
+    out = driven.feed(b"STLS\r\nCAPA\r\nUSER alice\r\n")
+    assert out == b"+OK Begin TLS negotiation now\r\n"
+    assert isinstance(driven.requests[-1], ev.StartTLS)
+    assert driven.session.protection.tls_active
+    assert driven.feed() == b""  # CAPA and USER were dropped, not executed inside TLS
+    capa = driven.feed(b"CAPA\r\n")
+    assert b"STLS" not in capa and b"USER\r\n" in capa
+    assert driven.feed(b"STLS\r\n") == b"-ERR TLS is already active\r\n"
+
+
+def test_stls_forgets_a_user_given_before_it(lab: Lab) -> None:
+    driven = drive(
+        lab, settings_for_lab(policy=Policy(starttls_offered=True, allow_plaintext=True))
+    )
+    driven.feed()
+    driven.feed(b"USER alice\r\n")
+    driven.feed(b"STLS\r\n")
+    assert driven.feed(b"PASS wonderland\r\n") == b"-ERR [AUTH] Must give USER command first\r\n"
+
+
+@pytest.mark.parametrize(
+    ("policy", "external_ssf", "tls", "allowed"),
+    [
+        (Policy(), 0, False, False),
+        (Policy(allow_plaintext=True), 0, False, True),
+        (Policy(), 2, False, True),  # -p 2: an external layer counts as protected
+        (Policy(), 1, False, False),  # ssf 1 is integrity only
+        (Policy(), 0, True, True),
+        (Policy(allow_plaintext=True, tls_required=True), 56, False, False),
+        (Policy(tls_required=True), 0, True, True),
+    ],
+)
+def test_plaintext_login_policy(
+    lab: Lab, policy: Policy, external_ssf: int, tls: bool, allowed: bool
+) -> None:
+    started = ev.TLSStarted(256, "TLSv1.3", "x") if tls else None
+    driven = drive(lab, settings_for_lab(policy=policy), tls=started)
+    driven.session.protection.external_ssf = external_ssf
+    driven.feed()
+    out = driven.feed(b"USER alice\r\n")
+    capa = driven.feed(b"CAPA\r\n")
+    if allowed:
+        assert out.startswith(b"+OK")
+        assert b"USER" in capa.split(b"\r\n")
+    else:
+        assert out.startswith(b"-ERR [AUTH] USER/PASS is only permitted on an encrypted")
+        assert b"USER" not in capa.split(b"\r\n")
+
+
+def test_failed_login_pauses_and_hides_the_reason(lab: Lab) -> None:
+    driven = drive(lab, settings_for_lab(failed_login_pause=3.0))
+    driven.feed()
+    unknown = driven.feed(b"USER nobody\r\nPASS x\r\n")
+    wrong = driven.feed(b"USER alice\r\nPASS x\r\n")
+    assert unknown == wrong
+    pauses = [r for r in driven.requests if isinstance(r, ev.Pause)]
+    assert pauses == [ev.Pause(3.0), ev.Pause(3.0)]
+    reasons = [n.reason for n in driven.notices if isinstance(n, ev.LoginFailed)]
+    assert reasons == ["unknown user", "wrong password"]
+    driven.feed(b"USER alice\r\nPASS wonderland\r\n")
+    assert len([r for r in driven.requests if isinstance(r, ev.Pause)]) == 2
+
+
+def test_password_never_appears_in_requests_repr(lab: Lab) -> None:
+    driven = drive(lab)
+    login(driven)
+    text = repr(driven.requests) + repr(driven.notices)
+    assert "wonderland" not in text and "redacted" in text
+
+
+def test_bad_command_budget_closes_the_session(lab: Lab) -> None:
+    driven = drive(lab, settings_for_lab(bad_command_limit=2))
+    driven.feed()
+    out = driven.feed(b"A\r\nB\r\nC\r\nNOOP\r\n")
+    assert out == (
+        b"-ERR Unrecognized command\r\n-ERR Unrecognized command\r\n"
+        b"-ERR Too many bad commands, closing connection\r\n"
+    )
+    assert driven.closed == "too many bad commands"
+
+
+def test_answers_come_back_one_per_command_in_order(lab: Lab) -> None:
+    driven = drive(lab)
+    driven.feed()
+    script = b"CAPA\r\nUSER alice\r\nPASS wonderland\r\nSTAT\r\nLIST\r\nUIDL\r\nTOP 1 0\r\n"
+    script += b"RETR 2\r\nDELE 1\r\nLIST 1\r\nRSET\r\nNOOP\r\nQUIT\r\n"
+    out = driven.feed(script)
+    statuses = [line for line in out.split(b"\r\n") if STATUS.match(line)]
+    assert len(statuses) == script.count(b"\r\n")
+
+
+def test_login_delay_and_poll_padding(lab: Lab) -> None:
+    settings = settings_for_lab(min_poll_seconds=60)
+    first = drive(lab, settings)
+    first.now = 1000.0
+    login(first, "bob", "builder")
+    first.feed(b"QUIT\r\n")
+    second = drive(lab, settings)
+    second.now = 1030.0
+    assert login(second, "bob", "builder").endswith(
+        b"-ERR [LOGIN-DELAY] Logins must be at least 1 minute apart\r\n"
+    )
+    assert second.maildrop is None  # released: the next attempt is not [IN-USE]
+    third = drive(lab, settings)
+    third.now = 1061.0
+    assert login(third, "bob", "builder").startswith(b"+OK")
+
+
+def test_poll_padding_banks_early_logins(lab: Lab) -> None:
+    settings = settings_for_lab(min_poll_seconds=60, poll_padding=3)
+    results = []
+    for second in range(5):
+        driven = drive(lab, settings)
+        driven.now = 10_000.0 + second
+        out = login(driven, "bob", "builder")
+        results.append(out.split(b"\r\n")[-2][:3])
+        driven.feed(b"QUIT\r\n")
+    # padding 3: the bank allows a burst of logins, then LOGIN-DELAY applies
+    assert results[0] == b"+OK" and results[-1] == b"-ER"
+
+
+def test_a_maildrop_opened_by_another_session_is_in_use(lab: Lab) -> None:
+    first = drive(lab)
+    login(first, "bob", "builder")
+    second = drive(lab)
+    out = login(second, "bob", "builder")
+    assert out.endswith(b"-ERR [IN-USE] Maildrop is locked by another session\r\n")
+    assert second.session.state is State.AUTHORIZATION
+    first.feed(b"QUIT\r\n")
+    assert login(drive(lab), "bob", "builder").endswith(b"SESSIONID=<sid-1>\r\n")
+
+
+def test_messages_delivered_during_the_session_are_untouched(lab: Lab, tmp_path: Path) -> None:
+    driven = drive(lab)
+    login(driven, "bob", "builder")
+    late = lab.maildir("bob") / "new" / "1800000000.M9P9.lab"
+    late.write_bytes(b"Subject: late\n\nhello\n")
+    assert driven.feed(b"STAT\r\n") == b"+OK 3 6000\r\n"
+    driven.feed(b"DELE 1\r\nDELE 2\r\nDELE 3\r\nQUIT\r\n")
+    assert lab.messages("bob") == [late]
+
+
+def test_message_renamed_by_another_agent_is_still_found(lab: Lab) -> None:
+    driven = drive(lab)
+    login(driven, "bob", "builder")
+    original = lab.messages("bob")[0]
+    renamed = lab.maildir("bob") / "cur" / (original.name + ":2,S")
+    original.rename(renamed)
+    assert driven.feed(b"RETR 1\r\n").startswith(b"+OK Message follows")
+    driven.feed(b"DELE 1\r\nQUIT\r\n")
+    assert not renamed.exists()
+
+
+def test_message_removed_by_another_agent(lab: Lab) -> None:
+    driven = drive(lab)
+    login(driven, "bob", "builder")
+    lab.messages("bob")[0].unlink()
+    assert driven.feed(b"RETR 1\r\n") == b"-ERR Message 1 is no longer in the maildrop\r\n"
+    assert driven.feed(b"DELE 1\r\nQUIT\r\n") == (
+        b"+OK Message 1 deleted\r\n+OK Logging out, 1 message deleted\r\n"
+    )
+
+
+def test_apop_digest_is_checked_against_the_challenge(lab: Lab) -> None:
+    driven = drive(lab, token="42.42")
+    driven.feed()
+    good = hashlib.md5(b"<42.42@lab.test>wonderland", usedforsecurity=False).hexdigest()
+    wrong = hashlib.md5(b"<42.43@lab.test>wonderland", usedforsecurity=False).hexdigest()
+    assert driven.feed(f"APOP alice {wrong}\r\n".encode()) == b"-ERR [AUTH] Invalid login\r\n"
+    assert driven.feed(f"APOP alice {good.upper()}\r\n".encode()).startswith(b"+OK")
+
+
+def test_resolve_out_of_turn_is_a_driver_bug(lab: Lab) -> None:
+    driven = drive(lab)
+    with pytest.raises(RuntimeError):
+        driven.session.resolve(None)

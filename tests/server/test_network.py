@@ -1,0 +1,223 @@
+"""The network driver and the master, over real TCP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import signal
+import socket
+import ssl
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.lab import Lab, Server, start_server
+
+
+def connect(port: int) -> tuple[socket.socket, socket.SocketIO]:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    return sock, sock.makefile("rb")  # type: ignore[return-value]
+
+
+def command(sock: socket.socket, reader, line: bytes) -> bytes:  # type: ignore[no-untyped-def]
+    sock.sendall(line + b"\r\n")
+    return reader.readline()
+
+
+def login(port: int, user: str = "bob", password: str = "builder"):  # type: ignore[no-untyped-def]
+    sock, reader = connect(port)
+    assert reader.readline().startswith(b"+OK")
+    assert command(sock, reader, b"USER " + user.encode()).startswith(b"+OK")
+    reply = command(sock, reader, b"PASS " + password.encode())
+    return sock, reader, reply
+
+
+def worker_pids(server: Server) -> list[int]:
+    path = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children")
+    return [int(pid) for pid in path.read_text().split()]
+
+
+def rss_kib(pid: int) -> int:
+    match = re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
+    assert match
+    return int(match.group(1))
+
+
+def server_receive_queue(server_port: int, client_port: int) -> int:
+    """Bytes the kernel holds for the server's socket that the server has not read."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote = fields[1], fields[2]
+        if local == f"0100007F:{server_port:04X}" and remote == f"0100007F:{client_port:04X}":
+            return int(fields[4].split(":")[1], 16)
+    raise AssertionError("connection not found in /proc/net/tcp")
+
+
+def test_pipelining_is_back_pressured(server: Server) -> None:
+    """A client pipelines four million RETRs of a 20 kB message (80 GB of answers) and does
+    not read. The server must stop reading (the client cannot send it all) and must not
+    buffer the backlog (its memory stays flat); answers that do arrive are in order."""
+    sock, reader, reply = login(server.port, "alice", "wonderland")
+    assert reply.startswith(b"+OK")
+    (worker,) = worker_pids(server)
+    before = rss_kib(worker)
+    pipeline = b"RETR 6\r\n" * 4_000_000  # 32 MB: more than every kernel buffer on the way
+    sock.setblocking(False)
+    sent = 0
+    deadline = time.monotonic() + 10
+    stalled_since = None
+    while sent < len(pipeline) and time.monotonic() < deadline:
+        try:
+            sent += sock.send(pipeline[sent : sent + 65536])
+            stalled_since = None
+        except BlockingIOError:
+            stalled_since = stalled_since or time.monotonic()
+            if time.monotonic() - stalled_since > 1.0:
+                break
+            time.sleep(0.01)
+    client_port = sock.getsockname()[1]
+    unread = server_receive_queue(server.port, client_port)
+    time.sleep(1.0)
+    later = server_receive_queue(server.port, client_port)
+    assert unread > 0 and later >= unread, f"the server kept reading ({unread} -> {later})"
+    grown = rss_kib(worker) - before
+    assert grown < 16 * 1024, f"worker grew {grown} KiB while the client did not read"
+    sock.setblocking(True)
+    sock.settimeout(30)
+    for _ in range(50):  # the answers that were let through are complete and in order
+        assert reader.readline() == b"+OK Message follows\r\n"
+        lines = 0
+        while reader.readline() != b".\r\n":
+            lines += 1
+        assert lines > 300
+    reader.close()  # the socket's fd stays open while its makefile() does
+    sock.close()
+    # The stuck session ends with the connection and its lock goes with it.
+    deadline = time.monotonic() + 10
+    while True:
+        again, _, reply = login(server.port, "alice", "wonderland")
+        again.close()
+        if reply.startswith(b"+OK") or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert reply.startswith(b"+OK")
+
+
+def test_failed_login_pause_does_not_block_other_sessions(lab: Lab) -> None:
+    lab.config.write_text(
+        lab.config.read_text().replace("failedloginpause: 0", "failedloginpause: 2")
+    )
+    server = start_server(lab)
+    try:
+        slow, slow_reader = connect(server.port)
+        slow_reader.readline()
+        command(slow, slow_reader, b"USER alice")
+        started = time.monotonic()
+        slow.sendall(b"PASS wrong\r\n")
+        fast, fast_reader, reply = login(server.port)
+        assert reply.startswith(b"+OK")
+        assert command(fast, fast_reader, b"STAT") == b"+OK 3 6000\r\n"
+        assert time.monotonic() - started < 1.5
+        assert slow_reader.readline() == b"-ERR [AUTH] Invalid login\r\n"
+        assert time.monotonic() - started >= 2.0
+        for sock in (slow, fast):
+            sock.close()
+    finally:
+        server.stop()
+
+
+def test_lock_holds_across_worker_processes(lab: Lab) -> None:
+    server = start_server(lab, prefork=2)
+    try:
+        assert len(worker_pids(server)) == 2
+        sessions = [login(server.port) for _ in range(8)]
+        granted = [s for s in sessions if s[2].startswith(b"+OK")]
+        refused = [s for s in sessions if s[2].startswith(b"-ERR [IN-USE]")]
+        assert (len(granted), len(refused)) == (1, 7)
+        for sock, _, _ in sessions:
+            sock.close()
+    finally:
+        server.stop()
+
+
+def test_sigterm_stops_the_master_within_ten_seconds_and_loses_nothing(server: Server) -> None:
+    idle, idle_reader, reply = login(server.port)
+    assert reply.startswith(b"+OK")
+    assert command(idle, idle_reader, b"DELE 1") == b"+OK Message 1 deleted\r\n"
+    started = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(timeout=10) == 0
+    assert time.monotonic() - started < 10
+    idle.settimeout(5)
+    assert idle_reader.readline() == b""  # closed, without UPDATE
+    assert len(server.lab.messages("bob")) == 3
+    idle.close()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", server.port), timeout=2).close()
+
+
+def test_abrupt_disconnects_leave_the_server_serving(server: Server) -> None:
+    for payload in (b"", b"USER bob\r\n", b"USER bob\r\nPASS builder\r\nRETR 1\r\n", b"X" * 20000):
+        sock, reader = connect(server.port)
+        reader.readline()
+        if payload:
+            sock.sendall(payload)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        sock.close()  # RST
+    sock, reader, reply = login(server.port)
+    assert reply.startswith(b"+OK")
+    sock.close()
+
+
+def test_stls_pipelined_injection_is_not_executed(tls_lab: Lab) -> None:
+    """CVE-2011-0411 class: STLS and CAPA in one write. Exactly one answer before the
+    handshake and nothing of CAPA inside TLS."""
+    assert tls_lab.tls is not None
+    server = start_server(tls_lab)
+    try:
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        greeting = sock.recv(4096)
+        assert greeting.startswith(b"+OK")
+        sock.sendall(b"STLS\r\nCAPA\r\n")
+        time.sleep(0.3)
+        answer = sock.recv(4096)
+        assert answer == b"+OK Begin TLS negotiation now\r\n"
+        context = ssl.create_default_context(cafile=str(tls_lab.tls.ca))
+        tls = context.wrap_socket(sock, server_hostname="localhost")
+        tls.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            tls.recv(4096)  # CAPA's answer would be here if it had been run
+        tls.settimeout(10)
+        tls.sendall(b"CAPA\r\n")
+        capa = b""
+        while not capa.endswith(b"\r\n.\r\n"):
+            capa += tls.recv(4096)
+        assert capa.startswith(b"+OK Capability list follows\r\n")
+        assert b"STLS" not in capa
+        tls.close()
+    finally:
+        server.stop()
+
+
+def test_garbage_instead_of_a_client_hello(tls_lab: Lab) -> None:
+    server = start_server(tls_lab, {"pop3s": "-s"})
+    try:
+        port = server.ports["pop3s"]
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"USER alice\r\n" * 10)
+            received = b""
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := sock.recv(4096):  # at most a TLS alert, then the close
+                    received += chunk
+            assert b"+OK" not in received
+        context = ssl.create_default_context(cafile=str(tls_lab.tls.ca))  # type: ignore[union-attr]
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+            context.wrap_socket(raw, server_hostname="localhost") as tls,
+        ):
+            assert tls.recv(4096).startswith(b"+OK")
+        assert "TLS handshake failed" in server.log_text()
+        assert "Traceback" not in server.log_text()
+    finally:
+        server.stop()

@@ -1,0 +1,177 @@
+"""Maildir: listing without reading, stable UIDLs, the lock, durable commits, delivery."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from pop3d.message import canonical_size
+from pop3d.storage.base import MaildropInUse, MessageGone
+from pop3d.storage.maildir import MaildirStore, size_hint, uidl_for, unique_part
+from tests.support.lab import Lab
+
+
+def store_for(lab: Lab) -> MaildirStore:
+    return MaildirStore("%p/%u/Maildir", str(lab.root / "spool"))
+
+
+def test_template_expansion() -> None:
+    store = MaildirStore("/home/%n/Maildir-%d/%%", "/spool")
+    assert store.path_for("alice@example.org") == Path("/home/alice/Maildir-example.org/%")
+    assert MaildirStore("%p/%u", "/var/spool").path_for("bob") == Path("/var/spool/bob")
+
+
+def test_unique_part_and_uidl() -> None:
+    assert unique_part("1700000001.M1P1.host,S=10,W=12:2,S") == "1700000001.M1P1.host"
+    assert unique_part("1700000001.M1P1.host:2,") == "1700000001.M1P1.host"
+    assert size_hint("1.M1.h,S=10,W=12:2,S") == 12
+    assert size_hint("1.M1.h,S=10:2,S") is None
+    assert uidl_for("abc") == "abc"
+    long_name = "x" * 71
+    hashed = uidl_for(long_name)
+    assert hashed == uidl_for(long_name) and 0 < len(hashed) <= 70
+    assert all(0x21 <= ord(c) <= 0x7E for c in uidl_for("caf\u00e9 \u00fcml"))
+
+
+def test_listing_does_not_read_messages(lab: Lab) -> None:
+    for message in lab.messages("alice"):
+        message.chmod(0)  # unreadable: a listing that opened them would fail
+    try:
+        drop = store_for(lab).open("alice")
+        assert len(drop.uids) == 7
+        assert drop.sizes == (1000, None, 800, None, 5000, None, 300)
+        drop.close()
+    finally:
+        for message in lab.messages("alice"):
+            message.chmod(0o600)
+
+
+def test_uidl_survives_flag_changes_and_new_to_cur(lab: Lab) -> None:
+    store = store_for(lab)
+    drop = store.open("alice")
+    before = drop.uids
+    drop.close()
+    for message in lab.messages("alice")[:3]:
+        message.rename(lab.maildir("alice") / "cur" / (message.name + ":2,RS"))
+    drop = store.open("alice")
+    assert drop.uids == before
+    assert len(set(drop.uids)) == len(drop.uids)
+    drop.close()
+
+
+def test_measure_matches_canonical_size(lab: Lab) -> None:
+    drop = store_for(lab).open("alice")
+    sizes = drop.measure(tuple(range(7)))
+    for index, message in enumerate(sorted(lab.messages("alice"))):
+        assert sizes[index] == canonical_size([message.read_bytes()])
+    assert sizes == [1000, 700, 800, 900, 5000, 20000, 300]
+    drop.close()
+
+
+def test_lock_is_exclusive_within_one_process(lab: Lab) -> None:
+    store = store_for(lab)
+    first = store.open("bob")
+    with pytest.raises(MaildropInUse):
+        store.open("bob")
+    first.close()
+    store.open("bob").close()
+
+
+def test_lock_dies_with_the_process(lab: Lab) -> None:
+    """A crashed session leaves no stale lock: the kernel drops flock with the process."""
+    script = textwrap.dedent(
+        f"""
+        import sys, time
+        from pop3d.storage.maildir import MaildirStore
+        drop = MaildirStore("%p/%u/Maildir", {str(lab.root / "spool")!r}).open("bob")
+        print("locked", flush=True)
+        time.sleep(60)
+        """
+    )
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
+    assert child.stdout is not None
+    assert child.stdout.readline() == b"locked\n"
+    with pytest.raises(MaildropInUse):
+        store_for(lab).open("bob")
+    child.kill()
+    child.wait(timeout=10)
+    child.stdout.close()
+    store_for(lab).open("bob").close()
+
+
+def test_commit_removes_exactly_the_deleted(lab: Lab) -> None:
+    drop = store_for(lab).open("bob")
+    names = [p.name for p in lab.messages("bob")]
+    assert drop.commit((0, 2), None) == (2, 0)
+    drop.close()
+    assert [p.name for p in lab.messages("bob")] == [names[1]]
+
+
+def test_commit_reports_a_failed_unlink_and_keeps_the_rest(lab: Lab) -> None:
+    if os.geteuid() == 0:
+        # root ignores directory permissions; make the unlink fail another way
+        drop = store_for(lab).open("bob")
+        victim = lab.messages("bob")[0]
+        victim.unlink()
+        victim.mkdir()  # unlink() of a directory fails with EISDIR
+        removed, failed = drop.commit((0, 1), None)
+        drop.close()
+        assert (removed, failed) == (1, 1)
+        assert victim.is_dir()
+    else:  # pragma: no cover - CI runs as root
+        pytest.fail("run as root")
+
+
+def test_last_login_bookkeeping(lab: Lab) -> None:
+    drop = store_for(lab).open("bob")
+    assert drop.last_login is None
+    drop.commit((), 1234567890.0)
+    drop.close()
+    assert store_for(lab).open("bob").last_login == 1234567890.0
+
+
+def test_open_message_gone(lab: Lab) -> None:
+    drop = store_for(lab).open("bob")
+    lab.messages("bob")[0].unlink()
+    with pytest.raises(MessageGone):
+        drop.open_message(0)
+    drop.close()
+
+
+def test_delivery_is_atomic_and_sized(lab: Lab) -> None:
+    store = store_for(lab)
+    data = b"Subject: x\n\n.body\nlast"
+    path = store.deliver("carol", io.BytesIO(data))
+    assert path.parent == lab.root / "spool" / "carol" / "Maildir" / "new"
+    assert path.read_bytes() == data
+    assert size_hint(path.name) == canonical_size([data])
+    assert list((path.parent.parent / "tmp").iterdir()) == []
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_failed_delivery_leaves_nothing(lab: Lab) -> None:
+    class Broken(io.RawIOBase):
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def readable(self) -> bool:
+            return True
+
+        def read(self, size: int = -1) -> bytes:
+            self.calls += 1
+            if self.calls > 2:
+                raise OSError(5, "Input/output error")
+            return b"x" * 10
+
+    store = store_for(lab)
+    with pytest.raises(OSError, match="Input/output"):
+        store.deliver("carol", Broken())  # type: ignore[arg-type]
+    maildir = lab.root / "spool" / "carol" / "Maildir"
+    assert list((maildir / "new").iterdir()) == []
+    assert list((maildir / "tmp").iterdir()) == []
