@@ -27,7 +27,7 @@ def run(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
         (["-T", "1.5"], 64, b"pop3d: -T '1.5'"),
         (["extra"], 64, b"pop3d: unexpected argument 'extra'"),
         (["-k", "-X"], 64, b"pop3d: -k (KPOP) is not supported yet"),
-        (["-H", "-X"], 64, b"pop3d: -H (PROXY protocol) is not supported yet"),
+        (["-H", "-X"], 64, b"pop3d: -H (PROXY protocol) needs a listening socket, not -X"),
         (["-X", "-C", "/nonexistent/imapd.conf"], 78, b"cannot read /nonexistent/imapd.conf"),
     ],
 )

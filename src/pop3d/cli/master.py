@@ -43,8 +43,8 @@ def _validate(config_path: str, master_config: cyrus.MasterConfig) -> None:
                 f"{exc.message.splitlines()[0]}"
             )
             continue
-        if args.kpop or args.proxy_protocol or args.stdio:
-            flag = "-k" if args.kpop else "-H" if args.proxy_protocol else "-X"
+        if args.kpop or args.stdio:
+            flag = "-k" if args.kpop else "-X"
             problems.append(
                 f"{service.path}:{service.line}: service {service.name}: "
                 f"{flag} is not supported under the master yet"
@@ -52,7 +52,10 @@ def _validate(config_path: str, master_config: cyrus.MasterConfig) -> None:
             continue
         config = load_config(PROGRAM, args.config or config_path)
         options = RuntimeOptions(
-            service=service.name, implicit_tls=args.implicit_tls, external_ssf=args.external_ssf
+            service=service.name,
+            implicit_tls=args.implicit_tls,
+            external_ssf=args.external_ssf,
+            proxy_protocol=args.proxy_protocol,
         )
         try:
             ServiceContext(config, options).close()

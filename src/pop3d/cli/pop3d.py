@@ -99,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_arguments(sys.argv[1:] if argv is None else argv)
     if args.kpop:
         fail(PROGRAM, EX_USAGE, "-k (KPOP) is not supported yet")
-    if args.proxy_protocol:
-        fail(PROGRAM, EX_USAGE, "-H (PROXY protocol) is not supported yet")
+    if args.proxy_protocol and args.stdio:
+        fail(PROGRAM, EX_USAGE, "-H (PROXY protocol) needs a listening socket, not -X")
     setup_logging(logging.INFO)
     service = os.environ.get("CYRUS_SERVICE", "pop3")
     config = load_config(PROGRAM, args.config)
@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         service=service,
         implicit_tls=args.implicit_tls,
         external_ssf=args.external_ssf,
+        proxy_protocol=args.proxy_protocol,
         max_uses=args.uses,
         reuse_timeout=args.reuse_timeout,
     )

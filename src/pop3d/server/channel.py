@@ -50,8 +50,11 @@ class ByteChannel(TypingProtocol):
 class Channel(asyncio.Protocol):
     """A socket connection. It is its own asyncio protocol, and stays so across STLS."""
 
-    def __init__(self, on_connected: Callable[[Channel], None] | None = None) -> None:
+    def __init__(
+        self, on_connected: Callable[[Channel], None] | None = None, peer: str | None = None
+    ) -> None:
         self._on_connected = on_connected
+        self._peer_override = peer
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._chunks: list[bytes] = []
@@ -70,7 +73,9 @@ class Channel(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
         peer = transport.get_extra_info("peername")
-        if isinstance(peer, tuple) and len(peer) >= 2:
+        if self._peer_override:
+            self.peer = self._peer_override
+        elif isinstance(peer, tuple) and len(peer) >= 2:
             host = f"[{peer[0]}]" if ":" in str(peer[0]) else str(peer[0])
             self.peer = f"{host}:{peer[1]}"
         elif peer:
@@ -165,9 +170,11 @@ class Channel(asyncio.Protocol):
         if self._transport is not None and not self._transport.is_closing():
             self._transport.close()
 
-    def abort(self) -> None:
+    def refuse(self, reply: bytes) -> None:
+        """Answer once and close (over capacity, shutting down)."""
         if self._transport is not None:
-            self._transport.abort()
+            self._transport.write(reply)
+            self._transport.close()
 
     @property
     def closed(self) -> bool:
@@ -200,6 +207,7 @@ class FdChannel:
             if writing
             else (self._loop.add_reader, self._loop.remove_reader)
         )
+
         def wake() -> None:
             if not waiter.done():
                 waiter.set_result(None)

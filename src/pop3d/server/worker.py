@@ -18,10 +18,13 @@ import socket
 from pop3d.server.channel import Channel, FdChannel
 from pop3d.server.connection import Connection
 from pop3d.server.context import ServiceContext
+from pop3d.transport import proxy
 
 log = logging.getLogger("pop3d")
 
 SHUTDOWN_GRACE = 8.0
+PROXY_HEADER_TIMEOUT = 10.0
+TOO_MANY = b"-ERR [SYS/TEMP] Too many connections, try again later\r\n"
 
 
 class Worker:
@@ -35,7 +38,7 @@ class Worker:
 
     def _accepted(self, channel: Channel) -> None:
         if 0 <= self.maxchild <= len(self.connections) or self._stopping.is_set():
-            channel.abort()
+            channel.refuse(TOO_MANY)
             log.warning(
                 "connection from %s refused: %d sessions (maxchild)",
                 channel.peer,
@@ -61,14 +64,43 @@ class Worker:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stop)
         loop.add_signal_handler(signal.SIGHUP, self.context.reload_tls)
-        servers = [
-            await loop.create_server(lambda: Channel(self._accepted), sock=sock, backlog=1024)
-            for sock in sockets
-        ]
-        await self._stopping.wait()
-        for server in servers:
-            server.close()
+        if self.context.options.proxy_protocol:
+            acceptors = [loop.create_task(self._accept_proxied(sock)) for sock in sockets]
+            await self._stopping.wait()
+            for acceptor in acceptors:
+                acceptor.cancel()
+        else:
+            servers = [
+                await loop.create_server(lambda: Channel(self._accepted), sock=sock, backlog=1024)
+                for sock in sockets
+            ]
+            await self._stopping.wait()
+            for server in servers:
+                server.close()
         await self._drain()
+
+    async def _accept_proxied(self, sock: socket.socket) -> None:
+        """-H: accept by hand so the PROXY header can be read to the byte before the
+        connection goes to asyncio (behind it may be a TLS ClientHello)."""
+        loop = asyncio.get_running_loop()
+        sock.setblocking(False)
+        while True:
+            client, _address = await loop.sock_accept(sock)
+            task = loop.create_task(self._proxied(client))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _proxied(self, client: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(PROXY_HEADER_TIMEOUT):
+                header = await read_proxy_header(loop, client)
+        except (proxy.ProxyHeaderError, TimeoutError, OSError) as exc:
+            log.warning("connection closed: bad PROXY protocol header: %s", exc)
+            client.close()
+            return
+        peer = header.peer()
+        await loop.connect_accepted_socket(lambda: Channel(self._accepted, peer), client)
 
     async def _drain(self) -> None:
         for connection in list(self.connections):
@@ -81,6 +113,35 @@ class Worker:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=1.0)
+
+
+async def read_proxy_header(
+    loop: asyncio.AbstractEventLoop, client: socket.socket
+) -> proxy.ProxyHeader:
+    """Read exactly the PROXY header: peek until its length is known, then consume it."""
+    while True:
+        await _readable(loop, client)
+        prefix = client.recv(proxy.V2_MAX, socket.MSG_PEEK)
+        if not prefix:
+            raise proxy.ProxyHeaderError("connection closed before the header")
+        length = proxy.header_length(prefix)
+        if length != proxy.NEED_MORE and len(prefix) >= length:
+            return proxy.parse(client.recv(length))
+        await asyncio.sleep(0.01)  # a partial header: give the rest time to arrive
+
+
+async def _readable(loop: asyncio.AbstractEventLoop, client: socket.socket) -> None:
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(client.fileno(), wake)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(client.fileno())
 
 
 async def serve_stdio(context: ServiceContext) -> None:
