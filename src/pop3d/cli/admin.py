@@ -38,6 +38,7 @@ from pop3d.cli.common import (
 from pop3d.config import cyrus, imapd
 from pop3d.config.imapd import Config, ConfigError
 from pop3d.security.secret import Secret
+from pop3d.storage.base import StorageError
 from pop3d.server.context import argon2_parameters, credentials_path, maildir_store
 from pop3d.transport import tls
 
@@ -155,7 +156,7 @@ def cmd_deliver(config: Config, args: argparse.Namespace) -> int:
         fail(PROGRAM, EX_NOUSER, f"no such user {user!r}")
     try:
         maildir_store(config).deliver(user, sys.stdin.buffer)
-    except OSError as exc:
+    except (OSError, StorageError) as exc:
         fail(PROGRAM, EX_TEMPFAIL, f"delivery to {user} failed, message not stored: {exc}")
     return 0
 

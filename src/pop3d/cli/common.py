@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import traceback
 from pathlib import Path
 from typing import NoReturn
 
@@ -51,6 +52,10 @@ def run(program: str, main: object) -> NoReturn:
         sys.exit(exc.code)
     except KeyboardInterrupt:
         sys.exit(130)
+    except Exception:
+        traceback.print_exc()
+        print(f"{program}: internal error (a bug: please report it)", file=sys.stderr)
+        sys.exit(EX_SOFTWARE)
     sys.exit(code if isinstance(code, int) else EX_OK)
 
 

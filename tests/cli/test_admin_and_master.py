@@ -1,0 +1,152 @@
+"""pop3d-admin and pop3d-master command lines."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.lab import Lab, free_port
+
+ADMIN = [sys.executable, "-m", "pop3d.cli.admin"]
+MASTER = [sys.executable, "-m", "pop3d.cli.master"]
+
+
+def admin(lab: Lab, *args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [*ADMIN, "-C", str(lab.config), *args], input=stdin, capture_output=True, timeout=60
+    )
+
+
+def test_users_lists_names_and_schemes(lab: Lab) -> None:
+    result = admin(lab, "users")
+    assert result.returncode == 0
+    assert result.stdout == b"alice\tARGON2ID,PLAIN.B64\nbob\tARGON2ID,PLAIN.B64\n"
+
+
+def test_passwd_set_and_delete(lab: Lab) -> None:
+    assert admin(lab, "passwd", "Carol", stdin=b"s3cret\n").returncode == 0
+    assert b"carol\tARGON2ID\n" in admin(lab, "users").stdout  # canonical: lower case
+    assert admin(lab, "passwd", "-d", "carol").returncode == 0
+    missing = admin(lab, "passwd", "-d", "carol")
+    assert missing.returncode == 67 and b"no such user 'carol'" in missing.stderr
+    assert admin(lab, "passwd", "../x", stdin=b"pw\n").returncode == 65
+    assert admin(lab, "passwd", "dave", stdin=b"\n").returncode == 65  # empty password
+
+
+def test_deliver(lab: Lab) -> None:
+    before = len(lab.messages("bob"))
+    assert admin(lab, "deliver", "bob", stdin=b"Subject: x\n\nhi\n").returncode == 0
+    assert len(lab.messages("bob")) == before + 1
+    unknown = admin(lab, "deliver", "nobody", stdin=b"x")
+    assert unknown.returncode == 67
+
+
+def test_deliver_failure_is_tempfail_and_stores_nothing(lab: Lab) -> None:
+    new = lab.maildir("bob") / "new"
+    new.chmod(0o500)
+    blocker = lab.maildir("bob") / "tmp"
+    os.rmdir(blocker)
+    blocker.write_text("not a directory")  # tmp/ unusable even for root
+    try:
+        result = admin(lab, "deliver", "bob", stdin=b"Subject: x\n\nhi\n")
+    finally:
+        new.chmod(0o700)
+    assert result.returncode == 75
+    assert b"message not stored" in result.stderr
+    assert len(lab.messages("bob")) == 3
+
+
+def test_check_config_reports_every_problem_with_file_and_line(lab: Lab) -> None:
+    assert admin(lab, "check-config").stdout.strip() == b"configuration OK"
+    lab.config.write_text(lab.config.read_text() + "allowplaintext: perhaps\nfrob: 1\n")
+    cyrus_conf = lab.root / "cyrus.conf"
+    cyrus_conf.write_text('SERVICES {\n  pop3 cmd="pop3d" listen="99999"\n}\n')
+    result = admin(lab, "check-config", "-M", str(cyrus_conf))
+    lines = result.stdout.decode().splitlines()
+    assert result.returncode == 78
+    assert f"{lab.config}:9: error: allowplaintext: 'perhaps' is not a switch" in lines[0]
+    assert any(f"{lab.config}:10: warning: unknown option 'frob'" in line for line in lines)
+    assert any(f"{cyrus_conf}:2: error: service pop3: port 99999" in line for line in lines)
+
+
+def test_check_config_sees_a_group_readable_credential_file(lab: Lab) -> None:
+    lab.credentials.chmod(0o660)
+    result = admin(lab, "check-config")
+    assert result.returncode == 78
+    assert b"mode 0660" in result.stdout
+
+
+def _write_cyrus_conf(lab: Lab, port: int, flags: str = "") -> Path:
+    path = lab.root / "cyrus.conf"
+    path.write_text(
+        f'SERVICES {{\n  pop3 cmd="pop3d {flags}" listen="127.0.0.1:{port}" prefork=1\n}}\n'
+    )
+    return path
+
+
+def test_master_refuses_bad_configurations(lab: Lab) -> None:
+    port = free_port()
+    conf = _write_cyrus_conf(lab, port, "-s")  # -s without a certificate
+    result = subprocess.run(
+        [*MASTER, "-C", str(lab.config), "-M", str(conf)], capture_output=True, timeout=60
+    )
+    assert result.returncode == 78
+    assert b"TLS needs tls_server_cert" in result.stderr
+    empty = lab.root / "empty.conf"
+    empty.write_text("SERVICES {\n}\n")
+    result = subprocess.run(
+        [*MASTER, "-C", str(lab.config), "-M", str(empty)], capture_output=True, timeout=60
+    )
+    assert result.returncode == 78 and b"no pop3d service" in result.stderr
+    result = subprocess.run([*MASTER, "-x"], capture_output=True, timeout=60)
+    assert result.returncode == 64 and b"option -x not recognized" in result.stderr
+
+
+def test_master_cannot_bind_a_busy_port(lab: Lab) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        conf = _write_cyrus_conf(lab, busy.getsockname()[1])
+        result = subprocess.run(
+            [*MASTER, "-C", str(lab.config), "-M", str(conf)], capture_output=True, timeout=60
+        )
+    assert result.returncode == 71
+    assert b"cannot listen" in result.stderr and b"Traceback" not in result.stderr
+
+
+def test_master_daemonizes_with_a_pidfile(lab: Lab) -> None:
+    port = free_port()
+    conf = _write_cyrus_conf(lab, port)
+    pidfile = lab.root / "master.pid"
+    result = subprocess.run(
+        [*MASTER, "-C", str(lab.config), "-M", str(conf), "-p", str(pidfile), "-d"],
+        capture_output=True,
+        timeout=60,
+    )
+    assert result.returncode == 0
+    deadline = time.monotonic() + 20
+    while not pidfile.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pid = int(pidfile.read_text())
+    try:
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+                    assert sock.recv(100).startswith(b"+OK")
+                break
+            except OSError:
+                time.sleep(0.05)
+        else:
+            pytest.fail("daemonized master never answered")
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    while pidfile.exists() and time.monotonic() < deadline + 10:
+        time.sleep(0.05)
+    assert not pidfile.exists()
