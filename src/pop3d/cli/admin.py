@@ -38,8 +38,8 @@ from pop3d.cli.common import (
 from pop3d.config import cyrus, imapd
 from pop3d.config.imapd import Config, ConfigError
 from pop3d.security.secret import Secret
-from pop3d.storage.base import StorageError
 from pop3d.server.context import argon2_parameters, credentials_path, maildir_store
+from pop3d.storage.base import StorageError
 from pop3d.transport import tls
 
 PROGRAM = "pop3d-admin"
