@@ -390,11 +390,11 @@ class Session:
         return (yield from self._open_maildrop(result.identity, "USER"))
 
     def _cmd_apop(self, argument: bytes) -> HandlerResult:
+        if not self._login_permitted(Action.APOP):
+            return Outcome.FAIL
         if self.challenge is None:
             self._err("APOP is not enabled on this server")
             return Outcome.BAD
-        if not self._login_permitted(Action.APOP):
-            return Outcome.FAIL
         tokens = commands.split_arguments(argument)
         if len(tokens) != 2 or len(tokens[1]) != 32 or not _HEX.issuperset(tokens[1]):
             raise ArgumentError("Syntax: APOP name digest (32 hexadecimal digits)")

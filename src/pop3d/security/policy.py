@@ -6,7 +6,12 @@ the code base decides "is this connection protected enough". Cyrus semantics:
 * a connection is *protected* when TLS is active or an external layer of strength > 1 was
   declared with ``-p ssf`` (a TLS-terminating proxy, an IPsec link);
 * ``tls_required`` refuses every login until TLS is active (``-p`` does not satisfy it);
-* ``allowplaintext`` lets passwords travel over an unprotected connection.
+* ``allowplaintext`` lets passwords travel over an unprotected connection;
+* ``sasl_minimum_layer``: logins that negotiate no layer of their own (USER/PASS, APOP)
+  need a transport of at least that strength. Cyrus applies the minimum to AUTH only and
+  lets USER/PASS through a weaker connection; a site that asks for a minimum layer means
+  it for every password, so we apply it to every login. (SASL mechanisms that negotiate a
+  layer are checked against it by the SASL layer.)
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ class Policy:
     allow_plaintext: bool = False
     tls_required: bool = False
     starttls_offered: bool = False
+    minimum_ssf: int = 0
 
     def permits(self, action: Action, protection: Protection) -> Decision:
         if action is Action.OFFER_STLS:
@@ -67,6 +73,12 @@ class Policy:
             return Decision(False, self._needs_tls_text(action))
         if action is Action.PLAINTEXT_LOGIN and not (protection.protected or self.allow_plaintext):
             return Decision(False, self._needs_tls_text(action))
+        if action is not Action.SASL and protection.ssf < self.minimum_ssf:
+            return Decision(
+                False,
+                f"{action.value} needs a security layer of strength {self.minimum_ssf} or "
+                f"more; this connection has {protection.ssf}",
+            )
         return ALLOWED
 
     def _needs_tls_text(self, action: Action) -> str:

@@ -106,6 +106,7 @@ class ServiceContext:
                 allow_plaintext=config.switch("allowplaintext", service),
                 tls_required=config.switch("tls_required", service),
                 starttls_offered=starttls,
+                minimum_ssf=config.integer("sasl_minimum_layer", service),
             ),
             expire_seconds=config.integer("popexpiretime", service),
             min_poll_seconds=config.integer("popminpoll", service),
