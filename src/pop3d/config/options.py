@@ -247,6 +247,13 @@ OPTIONS: dict[str, Option] = {
             "Ask for client certificates.",
             choices=("off", "optional", "require"),
         ),
+        _o(
+            "tls_client_identity",
+            E,
+            "cn",
+            "[pop3d] Which part of a verified client certificate names the user for SASL EXTERNAL.",
+            choices=("cn", "email"),
+        ),
         _o("tls_versions", T, "tls1_2 tls1_3", "TLS versions to accept, space separated."),
         _o("tls_ciphers", T, None, "OpenSSL cipher list for TLS 1.2."),
         _o("tls_prefer_server_ciphers", S, True, "Choose the cipher by the server's order."),

@@ -164,6 +164,8 @@ class TLSStarted:
     ssf: int
     version: str
     cipher: str
+    client_identity: str | None = None  # verified client certificate (SASL EXTERNAL)
+    channel_bindings: tuple[tuple[str, bytes], ...] = ()  # (type, data), RFC 5056
 
 
 # --- notices ------------------------------------------------------------------------------

@@ -343,6 +343,8 @@ class Session:
         self.protection.tls_ssf = started.ssf
         self.protection.tls_version = started.version
         self.protection.tls_cipher = started.cipher
+        self.protection.client_identity = started.client_identity
+        self.protection.channel_bindings = dict(started.channel_bindings)
 
     def _login_permitted(self, action: Action) -> bool:
         decision = self.settings.policy.permits(action, self.protection)

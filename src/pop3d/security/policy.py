@@ -17,7 +17,7 @@ the code base decides "is this connection protected enough". Cyrus semantics:
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 class Action(enum.Enum):
@@ -37,6 +37,8 @@ class Protection:
     tls_version: str = ""
     tls_cipher: str = ""
     external_ssf: int = 0
+    client_identity: str | None = None
+    channel_bindings: dict[str, bytes] = field(default_factory=dict)
 
     @property
     def ssf(self) -> int:

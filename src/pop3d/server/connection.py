@@ -256,17 +256,33 @@ class Connection:
         self._resolve(started)
 
     async def _handshake(self) -> TLSStarted | None:
-        context = self.context.ssl_context
-        if context is None:
+        server_tls = self.context.tls
+        if server_tls is None:
             self.end_reason = "TLS requested but not configured"
             return None
         try:
-            ssl_object = await self.channel.start_tls(context, self.context.tls_handshake_timeout)
+            ssl_object = await self.channel.start_tls(
+                server_tls.context, self.context.tls_handshake_timeout
+            )
         except (ssl.SSLError, ConnectionError, TimeoutError, OSError) as exc:
             self.end_reason = f"TLS handshake failed: {exc.__class__.__name__}: {exc}"
             return None
-        facts = tls.facts(ssl_object)
-        return TLSStarted(facts.ssf, facts.version, facts.cipher)
+        facts = tls.facts(ssl_object, server_tls)
+        log.info(
+            "peer=%s TLS %s %s ssf=%d client=%s",
+            self.channel.peer,
+            facts.version,
+            facts.cipher,
+            facts.ssf,
+            facts.client_identity or "-",
+        )
+        return TLSStarted(
+            facts.ssf,
+            facts.version,
+            facts.cipher,
+            facts.client_identity,
+            tuple(facts.channel_bindings.items()),
+        )
 
     # --- end ------------------------------------------------------------------------------
 

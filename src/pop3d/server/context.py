@@ -8,7 +8,6 @@ import logging
 import os
 import secrets
 import socket
-import ssl
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -93,10 +92,10 @@ class ServiceContext:
             argon2_parameters(config, service),
             cache_ttl=config.integer("auth_cache_ttl", service),
         )
-        self.ssl_context: ssl.SSLContext | None = None
+        self.tls: tls.ServerTLS | None = None
         starttls = False
         if options.implicit_tls or tls.certificate_configured(config, service):
-            self.ssl_context = tls.server_context(config, service)
+            self.tls = tls.server_tls(config, service)
             starttls = config.switch("allowstarttls", service) and not options.implicit_tls
         self.settings = SessionSettings(
             servername=self.servername,
@@ -145,10 +144,10 @@ class ServiceContext:
 
     def reload_tls(self) -> None:
         """SIGHUP: re-read certificate and key; sessions already running keep theirs."""
-        if self.ssl_context is None:
+        if self.tls is None:
             return
         try:
-            self.ssl_context = tls.server_context(self.config, self.options.service)
+            self.tls = tls.server_tls(self.config, self.options.service)
         except ConfigError as exc:
             log.error("TLS reload failed, keeping the old certificate: %s", exc)
             return

@@ -4,12 +4,26 @@ Defaults follow RFC 8314 and current practice: TLS 1.2 and 1.3 only, server ciph
 no compression, no renegotiation, ALPN "pop3" (RFC 8314 §7 does not name one for POP3;
 Cyrus advertises "pop3" and so do we). The context is built once per worker and swapped on
 SIGHUP, so a renewed certificate takes effect without dropping sessions.
+
+What a handshake yields for the layers above (:func:`facts`):
+
+* the SSF: the cipher's secret bits, as Cyrus counts it;
+* the client's identity when ``tls_client_certs`` asked for a certificate and it verified:
+  the subject CN, or with ``tls_client_identity: email`` the first email SAN (SASL
+  EXTERNAL uses it);
+* channel bindings (RFC 5056): ``tls-server-end-point`` (RFC 5929 §4.1, a hash of our own
+  certificate, valid on every TLS version) and ``tls-unique`` on TLS 1.2 only (RFC 9266 §3
+  forbids it on 1.3). ``tls-exporter`` (RFC 9266) needs SSL_export_keying_material, which
+  Python's ssl module does not expose: see SECURITY.md.
 """
 
 from __future__ import annotations
 
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 
 from pop3d.config.imapd import Config, ConfigError, Problem
 
@@ -22,10 +36,33 @@ _VERSIONS = {
 
 
 @dataclass(frozen=True, slots=True)
+class ServerTLS:
+    """A server context and what we know about our own certificate."""
+
+    context: ssl.SSLContext
+    end_point_binding: bytes  # tls-server-end-point
+    client_identity_from: str = "cn"  # or "email"
+
+
+@dataclass(frozen=True, slots=True)
 class TLSFacts:
     ssf: int
     version: str
     cipher: str
+    client_identity: str | None = None
+    channel_bindings: dict[str, bytes] = field(default_factory=dict)
+
+
+def end_point_binding(certificate_pem: bytes) -> bytes:
+    """RFC 5929 §4.1: the certificate hashed with its signature's hash, MD5 and SHA-1
+    upgraded to SHA-256."""
+    certificate = x509.load_pem_x509_certificate(certificate_pem)
+    algorithm = certificate.signature_hash_algorithm
+    if algorithm is None or isinstance(algorithm, hashes.MD5 | hashes.SHA1):
+        algorithm = hashes.SHA256()
+    digest = hashes.Hash(algorithm)
+    digest.update(certificate.public_bytes(serialization.Encoding.DER))
+    return digest.finalize()
 
 
 def certificate_configured(config: Config, service: str | None) -> bool:
@@ -40,6 +77,20 @@ def _problem(config: Config, name: str, service: str | None, message: str) -> Co
     if not line.isdigit():
         return ConfigError([Problem(where, 0, message)])
     return ConfigError([Problem(path, int(line), message)])
+
+
+def server_tls(config: Config, service: str | None) -> ServerTLS:
+    """The context and our certificate's facts. Raises :class:`ConfigError` (with
+    file:line) when the settings cannot work."""
+    context = server_context(config, service)
+    cert = str(config.string("tls_server_cert", service))
+    try:
+        with open(cert, "rb") as handle:
+            binding = end_point_binding(handle.read())
+    except (OSError, ValueError) as exc:
+        raise _problem(config, "tls_server_cert", service, f"cannot read {cert}: {exc}") from None
+    identity = config.string("tls_client_identity", service) or "cn"
+    return ServerTLS(context, binding, identity)
 
 
 def server_context(config: Config, service: str | None) -> ssl.SSLContext:
@@ -111,7 +162,47 @@ def server_context(config: Config, service: str | None) -> ssl.SSLContext:
     return context
 
 
-def facts(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> TLSFacts:
+def facts(ssl_object: ssl.SSLObject | ssl.SSLSocket, server: ServerTLS) -> TLSFacts:
     cipher = ssl_object.cipher()
     name, version, bits = cipher if cipher else ("", "", 0)
-    return TLSFacts(ssf=bits or 0, version=ssl_object.version() or version, cipher=name)
+    tls_version = ssl_object.version() or version
+    bindings = {"tls-server-end-point": server.end_point_binding}
+    if tls_version in ("TLSv1.2", "TLSv1.1", "TLSv1"):
+        unique = ssl_object.get_channel_binding("tls-unique")
+        if unique:
+            bindings["tls-unique"] = unique
+    return TLSFacts(
+        ssf=bits or 0,
+        version=tls_version,
+        cipher=name,
+        client_identity=client_identity(ssl_object, server.client_identity_from),
+        channel_bindings=bindings,
+    )
+
+
+def client_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket, source: str) -> str | None:
+    """The verified client certificate's CN or email SAN; None without one. getpeercert()
+    returns a parsed certificate only after verification succeeded, so an unverified
+    certificate never yields an identity."""
+    certificate = ssl_object.getpeercert()
+    if not certificate:
+        return None
+    if source == "email":
+        return _first(certificate.get("subjectAltName", ()), "email")
+    for rdn in _tuple(certificate.get("subject", ())):
+        found = _first(rdn, "commonName")
+        if found is not None:
+            return found
+    return None
+
+
+def _tuple(value: object) -> tuple[object, ...]:
+    return value if isinstance(value, tuple) else ()
+
+
+def _first(pairs: object, key: str) -> str | None:
+    """The value of the first (key, value) pair in getpeercert()'s nested tuples."""
+    for pair in _tuple(pairs):
+        if isinstance(pair, tuple) and len(pair) == 2 and pair[0] == key:
+            return str(pair[1])
+    return None

@@ -1,0 +1,296 @@
+"""TLS: contexts from imapd.conf, client certificates, channel bindings, policy over real
+TLS, hostile handshakes, certificate reload."""
+
+from __future__ import annotations
+
+import hashlib
+import signal
+import socket
+import ssl
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+
+from pop3d.config import imapd
+from pop3d.config.imapd import ConfigError
+from pop3d.transport import selfsigned, tls
+from tests.support.lab import Certificates, Lab, make_certificates, start_server
+
+
+def config_for(certs: Certificates, extra: str = "") -> imapd.Config:
+    return imapd.from_text(
+        f"tls_server_cert: {certs.cert}\ntls_server_key: {certs.key}\n{extra}", "imapd.conf"
+    )
+
+
+def handshake(server: tls.ServerTLS, client: ssl.SSLContext) -> tuple[ssl.SSLObject, ssl.SSLObject]:
+    """A real TLS handshake between two SSLObjects joined by memory BIOs."""
+    to_server, to_client = ssl.MemoryBIO(), ssl.MemoryBIO()
+    server_side = server.context.wrap_bio(to_server, to_client, server_side=True)
+    from_server, from_client = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client_side = client.wrap_bio(from_server, from_client, server_hostname="localhost")
+    done = {"client": False, "server": False}
+    for _ in range(10):
+        for name, side in (("client", client_side), ("server", server_side)):
+            if not done[name]:
+                try:
+                    side.do_handshake()
+                    done[name] = True
+                except ssl.SSLWantReadError:
+                    pass
+        to_server.write(from_client.read())
+        from_server.write(to_client.read())
+        if all(done.values()):
+            return server_side, client_side
+    raise AssertionError("handshake did not finish")
+
+
+def client_context(certs: Certificates, version: ssl.TLSVersion | None = None) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(certs.ca))
+    if version is not None:
+        context.minimum_version = context.maximum_version = version
+    return context
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_channel_bindings_match_the_client_side(tmp_path: Path, version: ssl.TLSVersion) -> None:
+    certs = make_certificates(tmp_path)
+    server_tls = tls.server_tls(config_for(certs), None)
+    server_side, client_side = handshake(server_tls, client_context(certs, version))
+    facts = tls.facts(server_side, server_tls)
+    der = client_side.getpeercert(binary_form=True)
+    assert der is not None
+    # our test certificates are signed with SHA-256, so RFC 5929 says SHA-256 of the DER
+    assert facts.channel_bindings["tls-server-end-point"] == hashlib.sha256(der).digest()
+    if version is ssl.TLSVersion.TLSv1_2:
+        unique = client_side.get_channel_binding("tls-unique")
+        assert unique and facts.channel_bindings["tls-unique"] == unique
+    else:
+        assert "tls-unique" not in facts.channel_bindings  # unsafe on TLS 1.3
+    assert facts.version == ("TLSv1.2" if version is ssl.TLSVersion.TLSv1_2 else "TLSv1.3")
+    assert facts.ssf >= 128
+
+
+def _client_certificate(tmp_path: Path, ca: selfsigned.Issued) -> selfsigned.Issued:
+    client = selfsigned.issue(ca, "alice", email="alice@lab.test", client=True)
+    client.write(tmp_path / "client.pem", tmp_path / "client.key")
+    return client
+
+
+@pytest.mark.parametrize(("source", "expected"), [("cn", "alice"), ("email", "alice@lab.test")])
+def test_client_certificate_identity(tmp_path: Path, source: str, expected: str) -> None:
+    ca = selfsigned.make_ca("client CA")
+    ca.write(tmp_path / "client-ca.pem")
+    _client_certificate(tmp_path, ca)
+    certs = make_certificates(tmp_path / "server")
+    config = config_for(
+        certs,
+        f"tls_client_certs: optional\ntls_client_ca_file: {tmp_path / 'client-ca.pem'}\n"
+        f"tls_client_identity: {source}\n",
+    )
+    server_tls = tls.server_tls(config, None)
+    context = client_context(certs)
+    context.load_cert_chain(tmp_path / "client.pem", tmp_path / "client.key")
+    server_side, _ = handshake(server_tls, context)
+    assert tls.facts(server_side, server_tls).client_identity == expected
+    # optional: a client without a certificate is still served, with no identity
+    server_side, _ = handshake(server_tls, client_context(certs))
+    assert tls.facts(server_side, server_tls).client_identity is None
+
+
+def test_a_client_certificate_from_another_ca_is_refused(tmp_path: Path) -> None:
+    trusted = selfsigned.make_ca("client CA")
+    trusted.write(tmp_path / "client-ca.pem")
+    stranger = selfsigned.make_ca("stranger")
+    _client_certificate(tmp_path, stranger)
+    certs = make_certificates(tmp_path / "server")
+    config = config_for(
+        certs, f"tls_client_certs: require\ntls_client_ca_file: {tmp_path / 'client-ca.pem'}\n"
+    )
+    context = client_context(certs)
+    context.load_cert_chain(tmp_path / "client.pem", tmp_path / "client.key")
+    with pytest.raises(ssl.SSLError):
+        handshake(tls.server_tls(config, None), context)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("tls_versions: tls9\n", "unknown version 'tls9'"),
+        ("tls_ciphers: NOTHING-AT-ALL\n", "OpenSSL accepts none"),
+        ("tls_client_certs: require\n", "needs tls_client_ca_file"),
+    ],
+)
+def test_bad_tls_settings_name_the_line(tmp_path: Path, extra: str, message: str) -> None:
+    certs = make_certificates(tmp_path)
+    with pytest.raises(ConfigError, match=message) as caught:
+        tls.server_tls(config_for(certs, extra), None)
+    assert "imapd.conf:3" in str(caught.value)
+
+
+def test_default_versions_are_tls12_and_tls13(tmp_path: Path) -> None:
+    certs = make_certificates(tmp_path)
+    context = tls.server_tls(config_for(certs), None).context
+    assert context.minimum_version is ssl.TLSVersion.TLSv1_2
+    assert context.maximum_version is ssl.TLSVersion.TLSv1_3
+    with pytest.raises(ssl.SSLError):
+        handshake(tls.server_tls(config_for(certs), None), _tls11_client(certs))
+
+
+def _tls11_client(certs: Certificates) -> ssl.SSLContext:
+    """An old client: TLS 1.1 only (deprecated in Python, which is the point)."""
+    context = client_context(certs)
+    context.set_ciphers("DEFAULT@SECLEVEL=0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        context.minimum_version = context.maximum_version = ssl.TLSVersion.TLSv1_1
+    return context
+
+
+# --- over the network ---------------------------------------------------------------------
+
+
+def lines_until(sock: socket.socket | ssl.SSLSocket, end: bytes) -> bytes:
+    data = b""
+    while not data.endswith(end):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def ask(sock: socket.socket | ssl.SSLSocket, line: bytes, multiline: bool = False) -> bytes:
+    sock.sendall(line + b"\r\n")
+    return lines_until(sock, b"\r\n.\r\n" if multiline else b"\r\n")
+
+
+def stls(sock: socket.socket, certs: Certificates) -> ssl.SSLSocket:
+    assert ask(sock, b"STLS") == b"+OK Begin TLS negotiation now\r\n"
+    return client_context(certs).wrap_socket(sock, server_hostname="localhost")
+
+
+def test_policy_over_real_tls(tmp_path: Path) -> None:
+    lab = Lab(tmp_path / "lab", extra_config="allowplaintext: no\n").create(with_tls=True)
+    assert lab.tls is not None
+    server = start_server(lab)
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
+            assert lines_until(raw, b"\r\n").startswith(b"+OK")
+            capa = ask(raw, b"CAPA", multiline=True).split(b"\r\n")
+            assert b"STLS" in capa and b"USER" not in capa
+            assert ask(raw, b"USER alice").startswith(b"-ERR [AUTH] USER/PASS is only permitted")
+            assert ask(raw, b"STLS now") == b"-ERR Unexpected extra argument\r\n"
+            secure = stls(raw, lab.tls)
+            capa = ask(secure, b"CAPA", multiline=True).split(b"\r\n")
+            assert b"STLS" not in capa and b"USER" in capa
+            assert ask(secure, b"STLS") == b"-ERR TLS is already active\r\n"
+            assert ask(secure, b"USER alice").startswith(b"+OK")
+            assert ask(secure, b"PASS wonderland").startswith(b"+OK")
+            assert ask(secure, b"STLS") == b"-ERR STLS is not valid in the TRANSACTION state\r\n"
+            assert ask(secure, b"STAT") == b"+OK 7 28700\r\n"
+            secure.close()
+    finally:
+        server.stop()
+    assert "TLS TLSv1.3" in server.log_text()
+
+
+def test_tls_required(tmp_path: Path) -> None:
+    lab = Lab(tmp_path / "lab", extra_config="tls_required: yes\n").create(with_tls=True)
+    assert lab.tls is not None
+    server = start_server(lab, {"pop3": "", "pop3s": "-s"})
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
+            greeting = lines_until(raw, b"\r\n")
+            assert b"<" not in greeting  # no APOP challenge before TLS
+            capa = ask(raw, b"CAPA", multiline=True).split(b"\r\n")
+            assert b"USER" not in capa and b"STLS" in capa
+            assert ask(raw, b"USER alice").startswith(b"-ERR [AUTH] USER/PASS is only permitted")
+            refused = ask(raw, b"APOP alice 0123456789abcdef0123456789abcdef")
+            assert refused.startswith(b"-ERR [AUTH] APOP is only permitted")
+            secure = stls(raw, lab.tls)
+            assert ask(secure, b"USER alice").startswith(b"+OK")
+            secure.close()
+        context = client_context(lab.tls)
+        with socket.create_connection(("127.0.0.1", server.ports["pop3s"]), timeout=10) as raw:
+            with context.wrap_socket(raw, server_hostname="localhost") as secure:
+                greeting = lines_until(secure, b"\r\n")
+                assert b"<" in greeting  # on pop3s the challenge is offered (Cyrus does too)
+                assert ask(secure, b"USER alice").startswith(b"+OK")
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(("ssf", "allowed"), [("2", True), ("1", False)])
+def test_external_ssf_counts_as_protected(tmp_path: Path, ssf: str, allowed: bool) -> None:
+    lab = Lab(tmp_path / "lab", extra_config="allowplaintext: no\n").create()
+    server = start_server(lab, {"pop3": f"-p {ssf}"})
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
+            lines_until(raw, b"\r\n")
+            assert ask(raw, b"USER alice").startswith(b"+OK" if allowed else b"-ERR [AUTH]")
+    finally:
+        server.stop()
+
+
+def test_hostile_handshakes_leave_the_server_serving(tmp_path: Path) -> None:
+    lab = Lab(tmp_path / "lab", extra_config="tls_handshake_timeout: 1s\n").create(with_tls=True)
+    assert lab.tls is not None
+    server = start_server(lab, {"pop3s": "-s"})
+    port = server.ports["pop3s"]
+    try:
+        started = time.monotonic()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as stalled:
+            stalled.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc")  # half a ClientHello
+            try:
+                assert stalled.recv(100) == b""
+            except ConnectionResetError:
+                pass
+        assert time.monotonic() - started < 5
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as quitter:
+            quitter.sendall(b"\x16\x03\x01\x00")  # and close mid-handshake
+        with (
+            pytest.raises(ssl.SSLError),
+            socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        ):
+            _tls11_client(lab.tls).wrap_socket(raw, server_hostname="localhost")
+        context = client_context(lab.tls)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            with context.wrap_socket(raw, server_hostname="localhost") as secure:
+                assert lines_until(secure, b"\r\n").startswith(b"+OK")
+    finally:
+        server.stop()
+    log = server.log_text()
+    assert log.count("TLS handshake failed") >= 3
+    assert "Traceback" not in log
+
+
+def test_sighup_reloads_the_certificate_without_dropping_sessions(tmp_path: Path) -> None:
+    lab = Lab(tmp_path / "lab").create(with_tls=True)
+    assert lab.tls is not None
+    old = lab.tls
+    server = start_server(lab, {"pop3s": "-s"})
+    port = server.ports["pop3s"]
+    try:
+        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+        session = client_context(old).wrap_socket(raw, server_hostname="localhost")
+        lines_until(session, b"\r\n")
+        assert ask(session, b"USER bob").startswith(b"+OK")
+        new = make_certificates(tmp_path / "renewed")
+        lab.tls.cert.write_bytes(new.cert.read_bytes())
+        lab.tls.key.write_bytes(new.key.read_bytes())
+        server.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while server.log_text().count("TLS certificate reloaded") < 1:
+            assert time.monotonic() < deadline, server.log_text()
+            time.sleep(0.05)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw2:
+            with client_context(new).wrap_socket(raw2, server_hostname="localhost") as fresh:
+                assert lines_until(fresh, b"\r\n").startswith(b"+OK")
+        assert ask(session, b"PASS builder").startswith(b"+OK")  # the old session lives on
+        assert ask(session, b"STAT") == b"+OK 3 6000\r\n"
+        session.close()
+    finally:
+        server.stop()
