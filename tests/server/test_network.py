@@ -221,3 +221,33 @@ def test_garbage_instead_of_a_client_hello(tls_lab: Lab) -> None:
         assert "Traceback" not in server.log_text()
     finally:
         server.stop()
+
+
+def test_a_large_message_is_streamed_not_held(server: Server) -> None:
+    """RETR of a 64 MB message: the worker's memory does not grow by the message size, and
+    the octets received (unstuffed) equal the LIST size."""
+    line = b".dot-led line to stuff " + b"x" * 76 + b"\n"  # 100 bytes, LF ends
+    big = server.lab.maildir("bob") / "new" / "1800000000.M1P1.big"
+    with big.open("wb") as handle:
+        for _ in range(64):
+            handle.write(line * 10_000)  # 1 MB at a time
+    sock, reader, reply = login(server.port)
+    assert reply.startswith(b"+OK")
+    (worker,) = worker_pids(server)
+    before = rss_kib(worker)
+    assert command(sock, reader, b"LIST 4") == b"+OK 4 64640000\r\n"  # 640000 lines x 101
+    sock.sendall(b"RETR 4\r\n")
+    assert reader.readline() == b"+OK Message follows\r\n"
+    received = 0
+    peak = before
+    lines = 0
+    while (got := reader.readline()) != b".\r\n":
+        assert got.startswith(b"..dot-led")
+        received += len(got) - 1  # unstuffed
+        lines += 1
+        if lines % 100_000 == 0:
+            peak = max(peak, rss_kib(worker))
+    assert received == 64_640_000
+    assert peak - before < 24 * 1024, f"worker grew {peak - before} KiB during a 64 MB RETR"
+    reader.close()
+    sock.close()

@@ -4,6 +4,7 @@ TLS, hostile handshakes, certificate reload."""
 from __future__ import annotations
 
 import hashlib
+import re
 import signal
 import socket
 import ssl
@@ -194,7 +195,9 @@ def test_policy_over_real_tls(tmp_path: Path) -> None:
             secure.close()
     finally:
         server.stop()
-    assert "TLS TLSv1.3" in server.log_text()
+    log = server.log_text()
+    assert "TLS TLSv1.3" in log
+    assert re.search(r"login\.good user=alice method=USER .* ssf=(128|256) tls=TLSv1\.3", log)
 
 
 def test_tls_required(tmp_path: Path) -> None:

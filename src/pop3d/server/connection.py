@@ -129,24 +129,30 @@ class Connection:
         self.end_reason = event.reason
         raise _Stop
 
+    def _security(self) -> str:
+        if self.session is None:
+            return "ssf=0 tls=no"
+        protection = self.session.protection
+        return f"ssf={protection.ssf} tls={protection.tls_version or 'no'}"
+
     async def _login_succeeded(self, event: LoginSucceeded) -> None:
-        protection = self.session.protection if self.session else None
         audit.info(
-            "login.good user=%s method=%s peer=%s session=%s tls=%s",
+            "login.good user=%s method=%s peer=%s session=%s %s",
             event.user,
             event.method,
             self.channel.peer,
             self._session_id,
-            protection.tls_version or "no" if protection else "no",
+            self._security(),
         )
 
     async def _login_failed(self, event: LoginFailed) -> None:
         audit.warning(
-            "login.bad user=%s method=%s peer=%s session=%s reason=%r",
+            "login.bad user=%s method=%s peer=%s session=%s %s reason=%r",
             event.user,
             event.method,
             self.channel.peer,
             self._session_id,
+            self._security(),
             event.reason,
         )
 
