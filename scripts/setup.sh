@@ -12,6 +12,9 @@ packages=(python3 python3-venv openssl ca-certificates)
 if [ "$want_test" = 1 ]; then
     # real clients the interoperability tests drive
     packages+=(curl fetchmail)
+    # Cyrus saslauthd and saslpasswd2 for tests/auth/test_saslauthd.py (which also uses
+    # unshare and mount, from util-linux and mount: always present on Debian)
+    packages+=(sasl2-bin)
 fi
 
 missing=()

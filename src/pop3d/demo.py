@@ -11,12 +11,10 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from pop3d.auth import credentials
-from pop3d.auth.credentials import SCHEME_ARGON2ID
-from pop3d.auth.passwords import hash_password
+from pop3d.auth import credentials, schemes
 from pop3d.config import imapd
 from pop3d.security.secret import Secret
-from pop3d.server.context import credentials_path, maildir_store
+from pop3d.server.context import credentials_path, maildir_store, needed_schemes
 from pop3d.transport import selfsigned
 
 DEMO_USER = "demo"
@@ -53,9 +51,8 @@ def prepare(root: Path) -> str:
     password_file = root / "PASSWORD"
     if not password_file.exists():
         password = secrets.token_urlsafe(12)
-        record = credentials.UserRecord(
-            DEMO_USER, {SCHEME_ARGON2ID: hash_password(Secret(password.encode()))}
-        )
+        values, _ = schemes.derive(Secret(password.encode()), needed_schemes(config))
+        record = credentials.UserRecord(DEMO_USER, values)
         credentials.update(credentials_path(config), DEMO_USER, lambda _old: record)
         password_file.touch(mode=0o600)
         password_file.write_text(password + "\n")

@@ -185,13 +185,21 @@ def test_default_domain_is_dropped_with_virtdomains() -> None:
     assert canonical_user(b"\xff", rules) is None
 
 
-def test_admin_passwd_reads_stdin_and_refuses_apop_when_off(tmp_path: Path) -> None:
+def test_admin_passwd_writes_what_the_config_needs(tmp_path: Path) -> None:
+    """No plaintext equivalent unless the site enables something that needs one; SCRAM keys
+    for the SCRAM hashes that are enabled."""
     conf = tmp_path / "imapd.conf"
-    conf.write_text(f"configdirectory: {tmp_path}\nargon2_memory: 64\nargon2_passes: 1\n")
     run = [sys.executable, "-m", "pop3d.cli.admin", "-C", str(conf)]
-    result = subprocess.run(
-        [*run, "passwd", "--apop", "amy"], input=b"pw\n", capture_output=True, timeout=60
-    )
-    assert result.returncode == 78
-    assert b"allowapop is off" in result.stderr
-    assert not (tmp_path / "pop3d.passwd").exists()
+    base = f"configdirectory: {tmp_path}\nargon2_memory: 64\nargon2_passes: 1\n"
+    for extra, expected in (
+        ("", {"ARGON2ID", "SCRAM-SHA-256", "SCRAM-SHA-512"}),
+        ("allowapop: yes\n", {"ARGON2ID", "PLAIN.B64", "SCRAM-SHA-256", "SCRAM-SHA-512"}),
+        ("sasl_mech_list: PLAIN SCRAM-SHA-1\n", {"ARGON2ID", "SCRAM-SHA-1"}),
+    ):
+        conf.write_text(base + extra)
+        result = subprocess.run(
+            [*run, "passwd", "amy"], input=b"pw\n", capture_output=True, timeout=60
+        )
+        assert result.returncode == 0, result.stderr
+        record = CredentialFile(tmp_path / "pop3d.passwd").lookup("amy")
+        assert record is not None and set(record.secrets) == expected, extra

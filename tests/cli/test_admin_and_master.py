@@ -27,17 +27,21 @@ def admin(lab: Lab, *args: str, stdin: bytes = b"") -> subprocess.CompletedProce
 def test_users_lists_names_and_schemes(lab: Lab) -> None:
     result = admin(lab, "users")
     assert result.returncode == 0
-    assert result.stdout == b"alice\tARGON2ID,PLAIN.B64\nbob\tARGON2ID,PLAIN.B64\n"
+    schemes = b"ARGON2ID,PLAIN.B64,SCRAM-SHA-1,SCRAM-SHA-256,SCRAM-SHA-512"
+    assert result.stdout == b"alice\t" + schemes + b"\nbob\t" + schemes + b"\n"
 
 
 def test_passwd_set_and_delete(lab: Lab) -> None:
     assert admin(lab, "passwd", "Carol", stdin=b"s3cret\n").returncode == 0
-    assert b"carol\tARGON2ID\n" in admin(lab, "users").stdout  # canonical: lower case
+    # canonical name: lower case; schemes: what the lab's config enables (APOP is on)
+    assert b"carol\tARGON2ID,PLAIN.B64,SCRAM-SHA-256,SCRAM-SHA-512\n" in admin(lab, "users").stdout
+    assert admin(lab, "passwd", "--no-legacy", "dave", stdin=b"s3cret\n").returncode == 0
+    assert b"dave\tARGON2ID,SCRAM-SHA-256,SCRAM-SHA-512\n" in admin(lab, "users").stdout
     assert admin(lab, "passwd", "-d", "carol").returncode == 0
     missing = admin(lab, "passwd", "-d", "carol")
     assert missing.returncode == 67 and b"no such user 'carol'" in missing.stderr
     assert admin(lab, "passwd", "../x", stdin=b"pw\n").returncode == 65
-    assert admin(lab, "passwd", "dave", stdin=b"\n").returncode == 65  # empty password
+    assert admin(lab, "passwd", "erin", stdin=b"\n").returncode == 65  # empty password
 
 
 def test_deliver(lab: Lab) -> None:

@@ -45,12 +45,12 @@ def test_bad_values_are_errors_with_file_and_line(tmp_path: Path) -> None:
 def test_unknown_keys_warn_and_other_cyrus_keys_do_not(tmp_path: Path) -> None:
     config = imapd.from_text(
         "frobnicate: 1\nlmtpsocket: /x\nduplicatesuppression: 0\npartition-news: /n\n"
-        "sasl_mech_list: PLAIN SCRAM-SHA-256\npop3_uidl_format: dovecot\n"
+        "sasl_mech_list: PLAIN KERBEROS_V4 SCRAM-SHA-256 NTLM\npop3_uidl_format: dovecot\n"
     )
     warnings = [str(w) for w in config.warnings]
     assert warnings[0] == "<text>:1: warning: unknown option 'frobnicate' (ignored)"
-    assert any("PLAIN is not offered by this build" in w for w in warnings)
-    assert len(warnings) == 3  # frobnicate, PLAIN, SCRAM-SHA-256
+    assert any("KERBEROS_V4 is not offered by this build" in w for w in warnings)
+    assert len(warnings) == 3  # frobnicate, KERBEROS_V4, NTLM
 
 
 def test_short_poptimeout_warns() -> None:

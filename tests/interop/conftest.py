@@ -112,7 +112,9 @@ def _shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]
 
 @pytest.fixture(scope="session")
 def _shared_server_without_apop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    lab = Lab(tmp_path_factory.mktemp("interop") / "lab", extra_config="allowapop: no\n").create()
+    lab = Lab(
+        tmp_path_factory.mktemp("interop") / "lab", extra_config="allowapop: no\nsasl_mech_list:\n"
+    ).create()
     running = start_server(lab)
     yield running
     running.stop()
@@ -129,7 +131,8 @@ def served(_shared_server: Server) -> Served:
 
 @pytest.fixture
 def served_without_apop(_shared_server_without_apop: Server) -> Served:
-    """POP3 without TLS and with ``allowapop: no``: the greeting carries no challenge."""
+    """POP3 without TLS, with ``allowapop: no`` and no SASL mechanism: the greeting carries
+    no challenge and CAPA no SASL line, so curl falls back to USER/PASS."""
     return _fresh(_shared_server_without_apop)
 
 

@@ -33,7 +33,8 @@ def sent(stderr: str) -> list[str]:
     return [line[2:] for line in stderr.splitlines() if line.startswith("> ")]
 
 
-def test_list_with_apop_by_default(served: Served) -> None:
+def test_list_with_sasl_plain_by_default(served: Served) -> None:
+    """curl prefers SASL to APOP and USER; of what is offered in clear it can do PLAIN."""
     code, out, err = curl(f"pop3://127.0.0.1:{served.port}/")
     assert code == 0, err
     assert out == LISTING
@@ -41,10 +42,20 @@ def test_list_with_apop_by_default(served: Served) -> None:
     assert commands[0] == "CAPA"
     # the server offers STLS, but curl uses it only when asked to (--ssl, --ssl-reqd)
     assert "STLS" not in commands
+    # no initial response: curl waits for the empty "+ " challenge (RFC 5034 §4)
+    assert commands[1:4] == ["AUTH PLAIN", "AGFsaWNlAHdvbmRlcmxhbmQ=", "LIST"]
+    assert "< + " in err.splitlines()
+    assert "USER alice" not in commands
+    assert "login.good user=alice method=AUTH PLAIN" in served.log()
+
+
+def test_apop_when_asked(served: Served) -> None:
+    code, out, err = curl(f"pop3://127.0.0.1:{served.port}/", "--login-options", "AUTH=+APOP")
+    assert code == 0, err
+    assert out == LISTING
+    commands = sent(err)
     assert commands[1].startswith("APOP alice ")
     assert len(commands[1].split()[2]) == 32
-    assert "USER alice" not in commands
-    assert commands[2] == "LIST"
     assert "login.good user=alice method=APOP" in served.log()
 
 
@@ -107,7 +118,7 @@ def test_wrong_password_exit_67(served: Served, served_without_apop: Served) -> 
     code, out, err = curl(f"pop3://127.0.0.1:{served.port}/", user="alice:nope")
     assert code == LOGIN_FAILED, err
     assert out == b""
-    assert sent(err)[1].startswith("APOP alice ")
+    assert sent(err)[1].startswith("AUTH PLAIN")
     assert "< -ERR [AUTH] Invalid login" in err
 
     code, out, err = curl(f"pop3://127.0.0.1:{served_without_apop.port}/", user="alice:nope")
@@ -125,7 +136,7 @@ def test_stls(served: Served) -> None:
     assert commands[:2] == ["CAPA", "STLS"]
     # curl asks for the capabilities again inside TLS before logging in
     assert commands[2] == "CAPA"
-    assert commands[3].startswith("APOP alice ")
+    assert commands[3].startswith("AUTH PLAIN")
     assert "< +OK Begin TLS negotiation now" in err
     assert "SSL certificate verify ok." in err
     assert "tls=TLSv1." in served.log()

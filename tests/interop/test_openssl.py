@@ -23,6 +23,7 @@ SESSION = b"CAPA\r\nUSER alice\r\nPASS wonderland\r\nSTAT\r\nQUIT\r\n"
 # the capabilities inside TLS, before login: no STLS any more
 CAPA = [
     "+OK Capability list follows",
+    "SASL SCRAM-SHA-512-PLUS SCRAM-SHA-256-PLUS SCRAM-SHA-512 SCRAM-SHA-256 PLAIN",
     "EXPIRE NEVER",
     "TOP",
     "UIDL",
@@ -55,10 +56,10 @@ def starttls(port: int, ca: Path, *args: str, data: bytes = b"QUIT\r\n") -> tupl
 def check_session(code: int, out: str, err: str) -> None:
     assert code == 0, err
     lines = out.split("\r\n")
-    assert lines[:10] == CAPA, out
-    assert lines[10] == "+OK User name accepted, password please"
-    assert SESSION_ID.match(lines[11]), lines[11]
-    assert lines[12:] == ["+OK 7 28700", "+OK Logging out", ""]
+    assert lines[:11] == CAPA, out
+    assert lines[11] == "+OK User name accepted, password please"
+    assert SESSION_ID.match(lines[12]), lines[12]
+    assert lines[13:] == ["+OK 7 28700", "+OK Logging out", ""]
 
 
 def test_starttls_session(served: Served) -> None:

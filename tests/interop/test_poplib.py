@@ -20,8 +20,11 @@ pytestmark = pytest.mark.interop
 TIMEOUT = 10
 GREETING_START = f"+OK lab.test {IMPLEMENTATION} server ready <".encode()
 LOCKED = b"+OK Mailbox locked and ready SESSIONID=<"
-# inside TLS (and on POP3S), before login; the plain port offers "STLS" in front
+# inside TLS (and on POP3S), before login: the -PLUS mechanisms need the TLS channel
+SASL_TLS = ["SCRAM-SHA-512-PLUS", "SCRAM-SHA-256-PLUS", "SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"]
+SASL_CLEAR = ["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"]
 CAPA_BEFORE_LOGIN = {
+    "SASL": SASL_TLS,
     "EXPIRE": ["NEVER"],
     "TOP": [],
     "UIDL": [],
@@ -96,10 +99,10 @@ def test_apop(served: Served) -> None:
 
 def test_capa_before_and_after_login(served: Served) -> None:
     with connect(served) as pop:
-        assert pop.capa() == {"STLS": [], **CAPA_BEFORE_LOGIN}
+        assert pop.capa() == {"STLS": [], **CAPA_BEFORE_LOGIN, "SASL": SASL_CLEAR}
         login(pop, "alice", "wonderland")
         after = dict(CAPA_BEFORE_LOGIN)
-        del after["USER"]
+        del after["USER"], after["SASL"]
         assert pop.capa() == after
         assert pop.quit() == b"+OK Logging out"
 
@@ -215,7 +218,7 @@ def test_second_session_finds_the_maildrop_locked(served: Served) -> None:
 def test_stls(served: Served, client_context: ssl.SSLContext) -> None:
     pop = poplib.POP3("localhost", served.port, timeout=TIMEOUT)
     try:
-        assert pop.capa() == {"STLS": [], **CAPA_BEFORE_LOGIN}
+        assert pop.capa() == {"STLS": [], **CAPA_BEFORE_LOGIN, "SASL": SASL_CLEAR}
         assert pop.stls(client_context) == b"+OK Begin TLS negotiation now"
         assert isinstance(pop.sock, ssl.SSLSocket)
         assert pop.sock.version() in ("TLSv1.2", "TLSv1.3")
@@ -269,7 +272,7 @@ def test_no_stls_without_a_certificate(lab: Lab, server: Server) -> None:
     """The root fixtures: a lab without TLS, started by the shared start_server helper."""
     pop = poplib.POP3("127.0.0.1", server.port, timeout=TIMEOUT)
     try:
-        assert pop.capa() == CAPA_BEFORE_LOGIN
+        assert pop.capa() == {**CAPA_BEFORE_LOGIN, "SASL": SASL_CLEAR}
         # poplib.stls() would refuse on its own, seeing no STLS in CAPA; ask the server
         stls = pop._shortcmd  # type: ignore[attr-defined]
         expect_error(b"-ERR STLS is not available on this connection", stls, "STLS")

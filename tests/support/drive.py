@@ -57,6 +57,10 @@ class Driven:
         result: object = None
         if isinstance(request, ev.VerifyPassword):
             result = self.authenticator.verify_password(request.user, request.password)
+        elif isinstance(request, ev.FetchSecrets):
+            result = self.authenticator.fetch_secrets(request.user, request.schemes)
+        elif isinstance(request, ev.ResolveUser):
+            result = self.authenticator.resolve_user(request.user)
         elif isinstance(request, ev.VerifyApop):
             result = self.authenticator.verify_apop(request.user, request.challenge, request.digest)
         elif isinstance(request, ev.OpenMaildrop):

@@ -4,7 +4,6 @@ optionally TLS certificates, and a real pop3d-master on free loopback ports."""
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import os
 import shutil
@@ -16,9 +15,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pop3d.auth import credentials
-from pop3d.auth.credentials import SCHEME_ARGON2ID, SCHEME_PLAIN_B64
-from pop3d.auth.passwords import Argon2Parameters, hash_password
+from pop3d.auth import credentials, schemes
+from pop3d.auth.credentials import SCHEME_PLAIN_B64
+from pop3d.auth.passwords import Argon2Parameters
 from pop3d.security.secret import Secret
 from pop3d.transport import selfsigned
 
@@ -26,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 VECTORS = ROOT / "vectors"
 MAILDROPS = VECTORS / "maildrops"
 USERS = {"alice": "wonderland", "bob": "builder"}
+SCRAM_SCHEMES = ("SCRAM-SHA-1", "SCRAM-SHA-256", "SCRAM-SHA-512")
 # Cheap Argon2 for fixtures; tests of the real parameters set their own.
 FAST_ARGON2 = Argon2Parameters(memory_kib=64, passes=1)
 
@@ -86,11 +86,13 @@ class Lab:
         return self
 
     def set_password(self, user: str, password: str, apop: bool = False) -> None:
-        secrets = {SCHEME_ARGON2ID: hash_password(Secret(password.encode()), FAST_ARGON2)}
-        if apop:
-            secrets[SCHEME_PLAIN_B64] = base64.b64encode(password.encode()).decode()
+        """Argon2id (cheap parameters), SCRAM keys for every hash, and with ``apop`` the
+        plaintext equivalent APOP, CRAM-MD5 and DIGEST-MD5 need."""
+        wanted = set(SCRAM_SCHEMES) | ({SCHEME_PLAIN_B64} if apop else set())
+        values, warnings = schemes.derive(Secret(password.encode()), wanted, FAST_ARGON2)
+        assert not warnings, warnings
         credentials.update(
-            self.credentials, user, lambda _old: credentials.UserRecord(user, secrets)
+            self.credentials, user, lambda _old: credentials.UserRecord(user, values)
         )
 
     def reset_maildrop(self, user: str) -> None:

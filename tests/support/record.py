@@ -56,6 +56,8 @@ def record(script: Path) -> str:
 
         def emit(session: int, data: bytes, closed: bool) -> None:
             prefix = f"S{session}" if parsed.sessions != {1} else "S"
+            if not data and not closed:
+                raise RuntimeError(f"session {session}: no answer within the quiet period")
             for raw in data.split(b"\r\n")[:-1] if data.endswith(b"\r\n") else data.split(b"\r\n"):
                 out.append(f"{prefix}: {_placeholders(raw.decode('utf-8', 'replace'))}")
             if closed:
@@ -64,7 +66,10 @@ def record(script: Path) -> str:
         def connect(session: int) -> socket.socket:
             if session not in sockets:
                 sockets[session] = socket.create_connection(("127.0.0.1", server.port))
-                data, closed = _drain(sockets[session])
+                sockets[session].settimeout(10)
+                data = sockets[session].recv(65536)  # the greeting, however long it takes
+                more, closed = _drain(sockets[session])
+                data += more
                 found = re.search(rb"<\d+\.\d+@[^>\s]+>", data)
                 challenges[session] = found.group(0) if found else b""
                 emit(session, data, closed)

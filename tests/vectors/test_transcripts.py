@@ -18,7 +18,7 @@ SINGLE = [p for p in PATHS if transcript.load(p).sessions == {1}]
 
 
 def test_there_are_transcripts() -> None:
-    assert len(PATHS) >= 25
+    assert len(PATHS) >= 30
     names = set(IDS)
     assert {"rfc1939_example", "rfc2449_capa", "pipelined"} <= names
 

@@ -28,7 +28,8 @@ from collections.abc import Callable
 
 from pop3d.auth.credentials import SCHEME_ARGON2ID, SCHEME_PLAIN_B64, CredentialFile
 from pop3d.auth.passwords import Argon2Parameters, apop_matches, hash_password, verify_password
-from pop3d.protocol.events import AuthResult
+from pop3d.protocol.events import AuthResult, Secrets
+from pop3d.sasl.scram import DEFAULT_ITERATIONS, HASHES, ScramKeys
 from pop3d.security.secret import Secret
 
 _CACHE_MAX = 100_000
@@ -39,10 +40,17 @@ class Authenticator:
         self,
         credentials: CredentialFile,
         argon2: Argon2Parameters | None = None,
+        *,
         cache_ttl: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
+        decoy_key: bytes | None = None,
+        scram_iterations: int = DEFAULT_ITERATIONS,
     ) -> None:
         self.credentials = credentials
+        # Without a persistent key, decoys would change with every restart, which an
+        # observer could notice; the service context passes the one from disk.
+        self._decoy_key = decoy_key or secrets.token_bytes(32)
+        self._scram_iterations = scram_iterations
         self._dummy_hash = hash_password(Secret(secrets.token_bytes(16)), argon2)
         self._cache_ttl = cache_ttl
         self._cache_key = secrets.token_bytes(32)
@@ -64,6 +72,43 @@ class Authenticator:
         if key is not None:
             self._remember(key)
         return AuthResult(user)
+
+    def resolve_user(self, user: str) -> AuthResult:
+        """Whether ``user`` exists (for logins proven by something other than a password)."""
+        if self.credentials.lookup(user) is None:
+            return AuthResult(None, "unknown user")
+        return AuthResult(user)
+
+    def fetch_secrets(self, user: str, schemes: tuple[str, ...]) -> Secrets:
+        """Stored secrets for SASL mechanisms. A SCRAM scheme with nothing stored (unknown
+        user, or a user without that hash) is answered with a decoy derived from the server
+        secret: the same salt and iteration count every time for that name, keys that match
+        no password. An observer cannot tell the cases apart from the exchange."""
+        record = self.credentials.lookup(user)
+        stored = record.secrets if record else {}
+        values: dict[str, Secret] = {}
+        decoys: set[str] = set()
+        for scheme in schemes:
+            if scheme in stored:
+                values[scheme] = Secret(stored[scheme].encode("utf-8"))
+            elif scheme.startswith("SCRAM-"):
+                values[scheme] = Secret(self._scram_decoy(user, scheme).encode("ascii"))
+                decoys.add(scheme)
+        return Secrets(user, record is not None, values, frozenset(decoys))
+
+    def _scram_decoy(self, user: str, scheme: str) -> str:
+        def derive(label: bytes, size: int) -> bytes:
+            message = b"\0".join((label, scheme.encode(), user.encode("utf-8")))
+            return hmac.new(self._decoy_key, message, hashlib.sha512).digest()[:size]
+
+        size = hashlib.new(HASHES[scheme.removeprefix("SCRAM-")]).digest_size
+        keys = ScramKeys(
+            self._scram_iterations,
+            derive(b"salt", 16),
+            derive(b"stored", size),
+            derive(b"server", size),
+        )
+        return keys.encode()
 
     def verify_apop(self, user: str, challenge: str, digest: str) -> AuthResult:
         record = self.credentials.lookup(user)

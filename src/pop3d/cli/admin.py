@@ -1,6 +1,6 @@
 """``pop3d-admin``: users, delivery and configuration checks.
 
-    pop3d-admin [-C imapd.conf] passwd [--apop] USER     set a password (stdin if not a tty)
+    pop3d-admin [-C imapd.conf] passwd [--no-legacy] USER  set a password (stdin if no tty)
     pop3d-admin [-C imapd.conf] passwd -d USER           delete a user
     pop3d-admin [-C imapd.conf] users                    list users and their schemes
     pop3d-admin [-C imapd.conf] deliver USER < message   atomic Maildir delivery (an MDA)
@@ -13,16 +13,14 @@ an MTA keeps the message and retries, and 67 (EX_NOUSER) for an unknown user.
 from __future__ import annotations
 
 import argparse
-import base64
 import getpass
 import os
 import sys
 from pathlib import Path
 
-from pop3d.auth import credentials
-from pop3d.auth.credentials import SCHEME_ARGON2ID, SCHEME_PLAIN_B64, CredentialFileError
+from pop3d.auth import credentials, schemes
+from pop3d.auth.credentials import SCHEME_PLAIN_B64, CredentialFileError
 from pop3d.auth.identity import IdentityRules, canonical_user
-from pop3d.auth.passwords import hash_password
 from pop3d.cli.common import (
     DEFAULT_CYRUS_CONF,
     DEFAULT_IMAPD_CONF,
@@ -38,7 +36,12 @@ from pop3d.cli.common import (
 from pop3d.config import cyrus, imapd
 from pop3d.config.imapd import Config, ConfigError
 from pop3d.security.secret import Secret
-from pop3d.server.context import argon2_parameters, credentials_path, maildir_store
+from pop3d.server.context import (
+    argon2_parameters,
+    credentials_path,
+    maildir_store,
+    needed_schemes,
+)
 from pop3d.storage.base import StorageError
 from pop3d.transport import tls
 
@@ -59,9 +62,10 @@ def _parser() -> argparse.ArgumentParser:
     passwd = commands.add_parser("passwd", help="set or delete a user's password")
     passwd.add_argument("-d", "--delete", action="store_true", help="delete the user")
     passwd.add_argument(
-        "--apop",
+        "--no-legacy",
         action="store_true",
-        help="also store the plaintext equivalent APOP needs (allowapop must be on)",
+        help="do not store the plaintext equivalent APOP, CRAM-MD5 and DIGEST-MD5 need, "
+        "even where the site enables them",
     )
     passwd.add_argument("user")
     commands.add_parser("users", help="list users")
@@ -128,17 +132,16 @@ def cmd_passwd(config: Config, args: argparse.Namespace) -> int:
         if not found[0]:
             fail(PROGRAM, EX_NOUSER, f"no such user {user!r}")
         return 0
-    if args.apop and not config.switch("allowapop"):
-        fail(
-            PROGRAM,
-            EX_CONFIG,
-            "allowapop is off: refusing to store the plaintext equivalent APOP needs",
-        )
     password = _read_password()
-    secrets = {SCHEME_ARGON2ID: hash_password(password, argon2_parameters(config))}
-    if args.apop:
-        secrets[SCHEME_PLAIN_B64] = base64.b64encode(password.reveal()).decode("ascii")
-    credentials.update(path, user, lambda _old: credentials.UserRecord(user, secrets))
+    wanted = needed_schemes(config)
+    if args.no_legacy:
+        wanted.discard(SCHEME_PLAIN_B64)
+    values, warnings = schemes.derive(
+        password, wanted, argon2_parameters(config), config.integer("scram_iterations")
+    )
+    for warning in warnings:
+        print(f"{PROGRAM}: warning: {warning}", file=sys.stderr)
+    credentials.update(path, user, lambda _old: credentials.UserRecord(user, values))
     return 0
 
 

@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pop3d.config.options import (
-    IMPLEMENTED_SASL_MECHANISMS,
     OPTIONS,
     OTHER_CYRUS_OPTIONS,
     Kind,
     Option,
 )
+from pop3d.sasl import registry
 
 _TRUE = frozenset({"1", "yes", "on", "t", "true"})
 _FALSE = frozenset({"0", "no", "off", "f", "false"})
@@ -238,7 +238,7 @@ class _Parser:
     def check_semantics(self, option: Option, key: str, value: object, path: str, n: int) -> None:
         if option.name == "sasl_mech_list" and isinstance(value, str):
             for mechanism in value.upper().split():
-                if mechanism not in IMPLEMENTED_SASL_MECHANISMS:
+                if mechanism not in registry.names():
                     self.problem(
                         path,
                         n,

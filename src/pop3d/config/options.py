@@ -149,10 +149,74 @@ OPTIONS: dict[str, Option] = {
         _o("sasl_minimum_layer", N, 0, "Minimum security strength factor for AUTH.", minimum=0),
         _o("sasl_maximum_layer", N, 256, "Maximum SASL security layer.", minimum=0),
         _o(
+            "scram_iterations",
+            N,
+            4096,
+            "[pop3d] PBKDF2 iterations for new SCRAM keys (RFC 7677 asks for 4096 or more).",
+            minimum=4096,
+        ),
+        _o(
+            "server_secret_file",
+            T,
+            None,
+            "[pop3d] 32 random bytes that key the SCRAM decoys for unknown users (default: "
+            "pop3d.secret beside the credential file; made on first start).",
+        ),
+        _o(
+            "sasl_line_max",
+            N,
+            65536,
+            "[pop3d] Longest AUTH response line in octets, CRLF included.",
+            minimum=1024,
+        ),
+        _o(
             "sasl_pwcheck_method",
             T,
             "auxprop",
             "How passwords are checked: auxprop (the credential file).",
+        ),
+        # --- OAuth 2.0 bearer tokens (OAUTHBEARER, XOAUTH2) --------------------------------
+        _o(
+            "oauth_issuer",
+            T,
+            None,
+            "[pop3d] Issuer (iss) of the JWT access tokens to accept; unset disables tokens.",
+        ),
+        _o(
+            "oauth_audience",
+            T,
+            None,
+            "[pop3d] Audience (aud) a token must name; required with oauth_issuer.",
+        ),
+        _o(
+            "oauth_jwks_file",
+            T,
+            None,
+            "[pop3d] Local JWKS file with the issuer's public keys (RSA, EC, Ed25519).",
+        ),
+        _o(
+            "oauth_algorithms",
+            T,
+            "RS256 ES256 EdDSA",
+            "[pop3d] JWS algorithms to accept, space separated; none and HS* are refused.",
+        ),
+        _o(
+            "oauth_clock_skew",
+            D,
+            60,
+            "[pop3d] Clock skew allowed when checking a token's exp, nbf and iat.",
+        ),
+        _o(
+            "oauth_user_claim",
+            T,
+            "email",
+            "[pop3d] The token claim that names the user (e.g. email, sub, preferred_username).",
+        ),
+        _o(
+            "oauth_scope",
+            T,
+            None,
+            "[pop3d] A scope every token must carry (scope or scp claim); unset: none required.",
         ),
         # --- POP3 -------------------------------------------------------------------------
         _o(
@@ -280,6 +344,3 @@ OTHER_CYRUS_OPTIONS = frozenset(
     sasl_auxprop_plugin sasl_sasldb_path sasl_saslauthd_path sasl_auto_transition
     """.split()
 )
-
-# SASL mechanisms this build implements; the SASL issue fills it.
-IMPLEMENTED_SASL_MECHANISMS: frozenset[str] = frozenset()

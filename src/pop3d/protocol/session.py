@@ -19,6 +19,8 @@ what makes pipelining safe: answers always come back in command order.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections import deque
 from collections.abc import Callable, Generator, Iterable
 from typing import Any, TypeAlias
@@ -43,6 +45,7 @@ from pop3d.protocol.events import (
     Pause,
     ReleaseMaildrop,
     Request,
+    ResolveUser,
     RetrieveMessage,
     Send,
     StartTLS,
@@ -53,6 +56,9 @@ from pop3d.protocol.events import (
 from pop3d.protocol.settings import ConnectionInfo, SessionSettings
 from pop3d.protocol.states import KNOWN_COMMANDS, TABLE, Outcome, Rule, State
 from pop3d.protocol.wire import OVERLONG, LineReader
+from pop3d.sasl import registry
+from pop3d.sasl.mechanism import Challenge, Context, MalformedResponse, Mechanism, Success
+from pop3d.sasl.mechanism import Failure as SaslFailure
 from pop3d.security.policy import Action, Protection
 from pop3d.security.secret import Secret
 
@@ -61,6 +67,12 @@ HandlerResult: TypeAlias = Outcome | Task
 
 _FLUSH_AT = 64 * 1024
 _HEX = frozenset(b"0123456789abcdefABCDEF")
+
+
+class _ReadLine(Request):
+    """Internal: the next client line, for a SASL exchange. Never reaches the driver."""
+
+    __slots__ = ()
 
 
 class NoSuchMessage(Exception):
@@ -126,6 +138,15 @@ class Session:
         while True:
             if self._notices:
                 return self._notices.popleft()
+            if isinstance(self._request, _ReadLine):
+                # The SASL exchange waits for the client's next response line; it is read
+                # here, from our own buffer, like a command line.
+                line = self._reader.next_line()
+                if line is None:
+                    return self._flush() if self._out else NEED_DATA
+                self._request = None
+                self._advance(line)
+                continue
             if self._request is not None:
                 if self._request_sent:
                     raise RuntimeError(f"resolve {self._request!r} before asking for more")
@@ -289,6 +310,9 @@ class Session:
         policy = settings.policy
         unauthenticated = self.state in (State.AUTHORIZATION, State.AUTHORIZATION_USER)
         lines: list[str] = []
+        mechanisms = self.sasl_offered() if unauthenticated else []
+        if mechanisms:
+            lines.append("SASL " + " ".join(mechanisms))
         if unauthenticated and policy.permits(Action.OFFER_STLS, self.protection).allowed:
             lines.append("STLS")
         expire = settings.expire_seconds
@@ -301,6 +325,11 @@ class Session:
         if settings.serverinfo == "on" or not unauthenticated:
             lines.append(f"IMPLEMENTATION {settings.implementation}")
         return lines
+
+    def sasl_offered(self) -> list[str]:
+        return registry.offered(
+            self.settings.sasl_mechanisms, self.settings.policy, self.protection
+        )
 
     # --- AUTHORIZATION ------------------------------------------------------------------
 
@@ -414,6 +443,116 @@ class Session:
             yield from self._login_failed(user, "APOP", result.reason)
             return Outcome.FAIL
         return (yield from self._open_maildrop(result.identity, "APOP"))
+
+    def _cmd_auth(self, argument: bytes) -> HandlerResult:
+        offered = self.sasl_offered()
+        if not argument.strip(b" "):
+            # draft-myers discovery, as Cyrus answers it (also "AUTH " from Outlook)
+            if not self._login_permitted(Action.SASL):
+                return Outcome.FAIL
+            self._ok("List of supported mechanisms follows")
+            self._lines(offered)
+            return Outcome.STAY
+        if not self._login_permitted(Action.SASL):
+            return Outcome.FAIL
+        name_raw, _, initial_raw = argument.partition(b" ")
+        name = name_raw.decode("ascii", "replace").upper()
+        mechanism = registry.get(name)
+        if mechanism is None or name not in offered:
+            self._err(f"[AUTH] {name} is not an available mechanism; see CAPA")
+            return Outcome.BAD
+        initial: bytes | None = None
+        if initial_raw:
+            decoded = _base64(initial_raw)
+            if decoded is None:
+                self._err("[AUTH] Invalid base64 in the initial response")
+                return Outcome.BAD
+            initial = decoded
+        return self._sasl_exchange(mechanism, initial)
+
+    def _sasl_context(self) -> Context:
+        offered = self.sasl_offered()
+        return Context(
+            servername=self.settings.servername,
+            channel_bindings=dict(self.protection.channel_bindings),
+            client_identity=self.protection.client_identity,
+            plus_offered=any(name.endswith("-PLUS") for name in offered),
+        )
+
+    def _sasl_exchange(self, mechanism: Mechanism, initial: bytes | None) -> Task:
+        """RFC 5034 §4: challenges as "+ base64", a line starting with "*" cancels,
+        additional data with success is one more challenge answered by an empty line."""
+        method = f"AUTH {mechanism.name}"
+        run = mechanism.run(self._sasl_context(), initial)
+        reply: object = None
+        normal_limit = self._reader.limit
+        self._reader.limit = self.settings.sasl_line_limit
+        try:
+            while True:
+                try:
+                    step = run.send(reply)
+                except StopIteration as stop:
+                    result = stop.value
+                    break
+                except MalformedResponse as problem:
+                    result = SaslFailure(f"malformed: {problem}")
+                    break
+                if not isinstance(step, Challenge):
+                    reply = yield step  # a credential request, for the driver
+                    continue
+                response = yield from self._sasl_response(step.data)
+                if response is None:
+                    run.close()
+                    return Outcome.FAIL
+                reply = response
+            if isinstance(result, Success) and result.final is not None:
+                answer = yield from self._sasl_response(result.final)
+                if answer is None:
+                    return Outcome.FAIL
+                if answer:  # RFC 5034 §4: additional data is answered by an empty line
+                    result = SaslFailure("non-empty answer to additional data", result.authcid)
+        finally:
+            self._reader.limit = normal_limit
+        if isinstance(result, SaslFailure):
+            yield from self._login_failed(result.authcid or "-", method, result.reason)
+            return Outcome.FAIL
+        assert isinstance(result, Success)
+        return (yield from self._sasl_authorize(result, method))
+
+    def _sasl_response(self, challenge: bytes) -> Generator[Request, Any, bytes | None]:
+        """Send one challenge and read the answer: the decoded bytes, or None when the
+        exchange ended here (cancelled, too long, not base64), the -ERR already queued."""
+        self._out += b"+ " + base64.b64encode(challenge) + b"\r\n"
+        line = yield _ReadLine()
+        if line is OVERLONG:
+            self._err("[AUTH] Response too long")
+            return None
+        assert isinstance(line, bytes)
+        if line.startswith(b"*"):
+            self._err("[AUTH] Authentication cancelled")
+            return None
+        decoded = _base64(line) if line else b""
+        if decoded is None:
+            self._err("[AUTH] Invalid base64 in the response")
+            return None
+        return decoded
+
+    def _sasl_authorize(self, result: Success, method: str) -> Task:
+        authcid = canonical_user(result.authcid, self.settings.identity)
+        authzid = canonical_user(result.authzid, self.settings.identity) if result.authzid else ""
+        if authcid is None or authzid is None:
+            yield from self._login_failed(result.authcid, method, "bad identity")
+            return Outcome.FAIL
+        target = authzid or authcid
+        if target != authcid and authcid not in self.settings.proxy_authorizers:
+            yield from self._login_failed(authcid, method, f"may not act as {target}")
+            return Outcome.FAIL
+        known = yield ResolveUser(target)
+        assert isinstance(known, AuthResult)
+        if known.identity is None:
+            yield from self._login_failed(target, method, known.reason)
+            return Outcome.FAIL
+        return (yield from self._open_maildrop(known.identity, method))
 
     def _login_failed(self, user: str, method: str, reason: str) -> Task:
         self._notices.append(LoginFailed(user, method, reason))
@@ -576,6 +715,16 @@ class Session:
         if self._last_login is None or self._last_login < earliest:
             return earliest + min_poll
         return self._last_login + min_poll
+
+
+def _base64(data: bytes) -> bytes | None:
+    """Strict base64 ("=" alone is an empty initial response, RFC 5034 §4)."""
+    if data == b"=":
+        return b""
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        return None
 
 
 def _count(number: int, noun: str) -> str:

@@ -31,6 +31,7 @@ class Outcome(enum.Enum):
     OK = "ok"
     FAIL = "fail"  # a refusal that is part of the protocol (bad password, no such message)
     BAD = "bad"  # the client sent something it should not have: counts toward the budget
+    STAY = "stay"  # answered +OK without the rule's transition (AUTH alone lists mechanisms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +54,7 @@ TABLE: dict[tuple[State, str], Rule] = {
     (A, "USER"): Rule("user", on_ok=U),
     (A, "PASS"): Rule("pass_without_user"),
     (A, "APOP"): Rule("apop", on_ok=T),
+    (A, "AUTH"): Rule("auth", on_ok=T),
     # AUTHORIZATION, USER accepted
     (U, "CAPA"): Rule("capa"),
     (U, "QUIT"): Rule("quit_unauthenticated", on_ok=State.CLOSED),
@@ -60,6 +62,7 @@ TABLE: dict[tuple[State, str], Rule] = {
     (U, "USER"): Rule("user_again"),
     (U, "PASS"): Rule("pass_", on_ok=T, on_fail=A),
     (U, "APOP"): Rule("user_again"),
+    (U, "AUTH"): Rule("user_again"),
     # TRANSACTION
     (T, "CAPA"): Rule("capa"),
     (T, "STAT"): Rule("stat"),

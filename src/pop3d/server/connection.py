@@ -26,6 +26,7 @@ from pop3d.protocol.events import (
     CommitUpdate,
     Failure,
     FailureKind,
+    FetchSecrets,
     LoginFailed,
     LoginSucceeded,
     MaildropOpened,
@@ -33,6 +34,7 @@ from pop3d.protocol.events import (
     OpenMaildrop,
     Pause,
     ReleaseMaildrop,
+    ResolveUser,
     RetrieveMessage,
     Send,
     StartTLS,
@@ -170,6 +172,14 @@ class Connection:
         self._resolve(
             await self._in_thread(authenticator.verify_password, event.user, event.password)
         )
+
+    async def _fetch_secrets(self, event: FetchSecrets) -> None:
+        authenticator = self.context.authenticator
+        self._resolve(await self._in_thread(authenticator.fetch_secrets, event.user, event.schemes))
+
+    async def _resolve_user(self, event: ResolveUser) -> None:
+        authenticator = self.context.authenticator
+        self._resolve(await self._in_thread(authenticator.resolve_user, event.user))
 
     async def _verify_apop(self, event: VerifyApop) -> None:
         authenticator = self.context.authenticator
@@ -314,6 +324,8 @@ _HANDLERS: dict[type, Callable[[Connection, Any], Awaitable[None]]] = {
     LoginFailed: Connection._login_failed,
     VerifyPassword: Connection._verify_password,
     VerifyApop: Connection._verify_apop,
+    ResolveUser: Connection._resolve_user,
+    FetchSecrets: Connection._fetch_secrets,
     OpenMaildrop: Connection._open_maildrop,
     ReleaseMaildrop: Connection._release_maildrop,
     MeasureMessages: Connection._measure,

@@ -13,13 +13,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from pop3d.auth import server_secret
 from pop3d.auth.authenticator import Authenticator
-from pop3d.auth.credentials import CredentialFile, CredentialFileError
+from pop3d.auth.credentials import SCHEME_PLAIN_B64, CredentialFile, CredentialFileError
 from pop3d.auth.identity import IdentityRules
 from pop3d.auth.passwords import Argon2Parameters
 from pop3d.config.imapd import Config, ConfigError, Problem
 from pop3d.protocol.events import TLSStarted
 from pop3d.protocol.settings import ConnectionInfo, SessionSettings
+from pop3d.sasl import registry
 from pop3d.security.policy import Policy
 from pop3d.storage.maildir import MaildirStore
 from pop3d.transport import tls
@@ -51,6 +53,13 @@ def credentials_path(config: Config, service: str | None = None) -> Path:
     return Path(directory) / "pop3d.passwd"
 
 
+def secret_path(config: Config, service: str | None = None) -> Path:
+    explicit = config.string("server_secret_file", service)
+    if explicit:
+        return Path(explicit)
+    return credentials_path(config, service).with_name("pop3d.secret")
+
+
 def maildir_store(config: Config, service: str | None = None) -> MaildirStore:
     template = config.string("maildir_path", service) or ""
     partition = config.string("partition-default", service) or ""
@@ -65,6 +74,15 @@ def maildir_store(config: Config, service: str | None = None) -> MaildirStore:
             ]
         )
     return MaildirStore(template, partition, create=config.switch("maildir_create", service))
+
+
+def needed_schemes(config: Config) -> set[str]:
+    """What the enabled login methods need stored: SCRAM keys per enabled SCRAM hash, and
+    the plaintext equivalent only when APOP or a legacy mechanism that needs it is on."""
+    wanted = registry.credentials_for(registry.enabled(config.string("sasl_mech_list")))
+    if config.switch("allowapop"):
+        wanted.add(SCHEME_PLAIN_B64)
+    return wanted
 
 
 def argon2_parameters(config: Config, service: str | None = None) -> Argon2Parameters:
@@ -87,10 +105,16 @@ class ServiceContext:
             credentials.check()
         except (CredentialFileError, OSError) as exc:
             raise ConfigError([Problem(config.path, 0, str(exc))]) from None
+        try:
+            decoy_key = server_secret.load_or_create(secret_path(config, service))
+        except server_secret.ServerSecretError as exc:
+            raise ConfigError([Problem(config.path, 0, str(exc))]) from None
         self.authenticator = Authenticator(
             credentials,
             argon2_parameters(config, service),
             cache_ttl=config.integer("auth_cache_ttl", service),
+            decoy_key=decoy_key,
+            scram_iterations=config.integer("scram_iterations", service),
         )
         self.tls: tls.ServerTLS | None = None
         starttls = False
@@ -115,6 +139,12 @@ class ServiceContext:
             failed_login_pause=config.integer("failedloginpause", service),
             plaintext_login_pause=config.integer("plaintextloginpause", service),
             readonly=config.switch("readonly", service),
+            sasl_mechanisms=registry.enabled(config.string("sasl_mech_list", service)),
+            sasl_line_limit=config.integer("sasl_line_max", service),
+            proxy_authorizers=frozenset(
+                (config.string("admins", service) or "").split()
+                + (config.string("proxyservers", service) or "").split()
+            ),
             identity=IdentityRules(
                 username_tolower=config.switch("username_tolower", service),
                 virtdomains=(config.string("virtdomains", service) or "off") != "off",

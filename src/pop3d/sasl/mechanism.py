@@ -1,0 +1,95 @@
+"""The types every mechanism shares (modelled on Dovecot's src/lib-sasl: one mechanism per
+file, flags, credential callbacks)."""
+
+from __future__ import annotations
+
+import base64
+import enum
+import secrets
+from collections.abc import Callable, Generator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
+
+from pop3d.protocol.events import Request
+
+
+class Flag(enum.Flag):
+    NONE = 0
+    PLAINTEXT = enum.auto()  # the password itself crosses the wire: needs a protected link
+    DICTIONARY = enum.auto()  # an eavesdropper can run an offline dictionary attack
+    MUTUAL = enum.auto()  # the server proves it knows the secret too
+    CHANNEL_BINDING = enum.auto()  # bound to the TLS channel (-PLUS): needs a binding
+    LEGACY = enum.auto()  # offered only when sasl_mech_list names it
+    TRANSPORT_IDENTITY = enum.auto()  # EXTERNAL: needs an identity from the transport
+    TOKEN = enum.auto()  # OAuth bearer tokens: needs token validation configured
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Success:
+    authcid: str  # authentication identity, canonical
+    authzid: str = ""  # requested authorization identity; "" means the same
+    final: bytes | None = None  # additional data with success (RFC 4422 §3.6)
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    reason: str  # for the audit log only; the client always gets the same text
+    authcid: str = ""  # who tried, when known (for the log)
+
+
+Step: TypeAlias = Challenge | Request
+Run: TypeAlias = Generator[Step, Any, Success | Failure]
+
+
+class MalformedResponse(Exception):
+    """A client message that does not parse: the exchange ends with a failure."""
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What a mechanism may know about the connection and the server."""
+
+    servername: str
+    service: str = "pop"  # the GSSAPI/DIGEST-MD5 service name (RFC 5034 §9 registers "pop")
+    channel_bindings: Mapping[str, bytes] = field(default_factory=dict)
+    client_identity: str | None = None  # verified TLS client certificate (EXTERNAL)
+    plus_offered: bool = False  # the server advertised a -PLUS mechanism (SCRAM downgrade check)
+    nonce: Callable[[], bytes] = lambda: base64.b64encode(secrets.token_bytes(18))
+
+
+class Mechanism:
+    """Subclasses set ``name`` and ``flags`` (on the class, or per instance for families
+    such as SCRAM-*) and implement :meth:`run`. ``credentials`` names the stored schemes
+    the mechanism needs, which tells ``pop3d-admin passwd`` what to write."""
+
+    name: str
+    flags: Flag = Flag.NONE
+    credentials: tuple[str, ...] = ()
+
+    def run(self, context: Context, initial: bytes | None) -> Run:
+        """The exchange. ``initial`` is the initial response: None if the client sent
+        none, b"" if it sent "=" (an empty one)."""
+        raise NotImplementedError
+
+
+def split_nul(message: bytes, parts: int) -> list[bytes]:
+    """``message`` split at NUL into exactly ``parts`` fields, or MalformedResponse."""
+    fields = message.split(b"\0")
+    if len(fields) != parts:
+        raise MalformedResponse(f"expected {parts} NUL-separated fields, got {len(fields)}")
+    return fields
+
+
+def utf8(data: bytes, what: str) -> str:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise MalformedResponse(f"{what} is not UTF-8") from None
+    if "\0" in text:
+        raise MalformedResponse(f"{what} contains NUL")
+    return text

@@ -1,0 +1,98 @@
+"""Which mechanisms exist, which are enabled, and which are offered on a connection.
+
+Order is strength, strongest first, with the Kerberos mechanisms at the front: fetchmail
+reads CAPA in 64-byte chunks and misses a name split across two, so the one it most needs
+(GSSAPI) must come early on the line.
+
+* enabled = ``sasl_mech_list`` when set (names this build lacks are ignored with a warning
+  when the config is read), else every mechanism that is not LEGACY (and not TOKEN unless
+  token validation is configured);
+* offered = enabled, minus plaintext mechanisms where the policy forbids plaintext
+  passwords, minus -PLUS without a channel binding, minus EXTERNAL without a transport
+  identity, minus mechanisms without a layer when ``sasl_minimum_layer`` exceeds the SSF.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from pop3d.sasl.external import External
+from pop3d.sasl.login import Login
+from pop3d.sasl.mechanism import Flag, Mechanism
+from pop3d.sasl.plain import Plain
+from pop3d.sasl.scram import family as scram_family
+from pop3d.security.policy import Action, Policy, Protection
+
+ORDER = (
+    "GSSAPI",
+    "GS2-KRB5",
+    "GSS-SPNEGO",
+    "SCRAM-SHA-512-PLUS",
+    "SCRAM-SHA-256-PLUS",
+    "SCRAM-SHA-1-PLUS",
+    "SCRAM-SHA-512",
+    "SCRAM-SHA-256",
+    "SCRAM-SHA-1",
+    "EXTERNAL",
+    "OAUTHBEARER",
+    "XOAUTH2",
+    "DIGEST-MD5",
+    "CRAM-MD5",
+    "PLAIN",
+    "LOGIN",
+)
+
+_MECHANISMS: dict[str, Mechanism] = {
+    mechanism.name: mechanism for mechanism in (*scram_family(), Plain(), Login(), External())
+}
+
+
+def names() -> frozenset[str]:
+    """Every mechanism this build implements."""
+    return frozenset(_MECHANISMS)
+
+
+def get(name: str) -> Mechanism | None:
+    return _MECHANISMS.get(name.upper())
+
+
+def credentials_for(names: Iterable[str]) -> set[str]:
+    """The credential schemes the given mechanisms need (what passwd must store)."""
+    return {
+        scheme for name in names if name in _MECHANISMS for scheme in _MECHANISMS[name].credentials
+    }
+
+
+def enabled(mech_list: str | None, token_validation: bool = False) -> tuple[str, ...]:
+    if mech_list is not None:
+        wanted = {word.upper() for word in mech_list.split()}
+        return tuple(name for name in ORDER if name in wanted and name in _MECHANISMS)
+    chosen = []
+    for name in ORDER:
+        mechanism = _MECHANISMS.get(name)
+        if mechanism is None or mechanism.flags & Flag.LEGACY:
+            continue
+        if mechanism.flags & Flag.TOKEN and not token_validation:
+            continue
+        chosen.append(name)
+    return tuple(chosen)
+
+
+def offered(enabled_names: Iterable[str], policy: Policy, protection: Protection) -> list[str]:
+    if not policy.permits(Action.SASL, protection).allowed:
+        return []
+    plaintext_ok = policy.permits(Action.PLAINTEXT_LOGIN, protection).allowed
+    layered_ok = protection.ssf >= policy.minimum_ssf
+    out = []
+    for name in enabled_names:
+        flags = _MECHANISMS[name].flags
+        if flags & Flag.PLAINTEXT and not plaintext_ok:
+            continue
+        if flags & Flag.CHANNEL_BINDING and not protection.channel_bindings:
+            continue
+        if flags & Flag.TRANSPORT_IDENTITY and not protection.client_identity:
+            continue
+        if not layered_ok:  # no mechanism here negotiates a layer of its own (yet)
+            continue
+        out.append(name)
+    return out

@@ -1,0 +1,161 @@
+"""SCRAM-SHA-1/256/512 and -PLUS: published vectors, an independent client (scramp),
+channel bindings and every malformed shape."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import scramp
+
+from pop3d.sasl.mechanism import Context, Failure, MalformedResponse, Success
+from pop3d.sasl.saslprep import SASLprepError, saslprep
+from pop3d.sasl.scram import Scram
+from tests.support import sasl_run, sasl_vectors
+
+CASES = sasl_vectors.load("scram.json")
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_vectors(case: sasl_vectors.Case, tmp_path: Path) -> None:
+    hash_name = case.mechanism.removeprefix("SCRAM-").removesuffix("-PLUS")
+    mechanism = Scram(hash_name, case.mechanism.endswith("-PLUS"))
+    result = sasl_run.run(mechanism, case, sasl_run.authenticator_for(tmp_path, case))
+    assert isinstance(result, Success if case.outcome == "success" else Failure), result
+    if isinstance(result, Success):
+        assert result.authcid == case.user
+
+
+def scramp_exchange(
+    tmp_path: Path,
+    name: str,
+    *,
+    password: str = "pencil",
+    binding: tuple[str, bytes] | None = None,
+    server_bindings: dict[str, bytes] | None = None,
+    plus_offered: bool = False,
+    tamper: object = None,
+) -> Success | Failure:
+    """A whole exchange between our server mechanism and scramp's client."""
+    case = sasl_vectors.Case("x", "test", True, name, "user", "pencil", "success", [])
+    authenticator = sasl_run.authenticator_for(tmp_path, case)
+    client = scramp.ScramClient([name], "user", password, channel_binding=binding)
+    hash_name = name.removeprefix("SCRAM-").removesuffix("-PLUS")
+    mechanism = Scram(hash_name, name.endswith("-PLUS"))
+    context = Context("lab.test", channel_bindings=server_bindings or {}, plus_offered=plus_offered)
+    exchange = mechanism.run(context, client.get_client_first().encode())
+    value: object = None
+    while True:
+        try:
+            step = exchange.send(value)
+        except StopIteration as stop:
+            result = stop.value
+            break
+        except MalformedResponse as problem:
+            return Failure(f"malformed: {problem}")
+        if hasattr(step, "data"):
+            client.set_server_first(step.data.decode())
+            final = client.get_client_final()
+            if callable(tamper):
+                final = tamper(final)
+            value = final.encode()
+        else:
+            value = sasl_run.carry_out(authenticator, step)
+    if isinstance(result, Success):
+        assert result.final is not None
+        client.set_server_final(result.final.decode())  # raises if the server lied
+    return result
+
+
+@pytest.mark.parametrize("name", ["SCRAM-SHA-1", "SCRAM-SHA-256", "SCRAM-SHA-512"])
+def test_independent_client(tmp_path: Path, name: str) -> None:
+    assert isinstance(scramp_exchange(tmp_path, name), Success)
+    assert isinstance(scramp_exchange(tmp_path / "w", name, password="wrong"), Failure)
+
+
+@pytest.mark.parametrize("name", ["SCRAM-SHA-256-PLUS", "SCRAM-SHA-512-PLUS"])
+@pytest.mark.parametrize("binding_type", ["tls-server-end-point", "tls-unique"])
+def test_plus_with_channel_bindings(tmp_path: Path, name: str, binding_type: str) -> None:
+    data = b"\x01" * 32
+    ok = scramp_exchange(
+        tmp_path, name, binding=(binding_type, data), server_bindings={binding_type: data}
+    )
+    assert isinstance(ok, Success)
+    # the client's binding data differs from the connection's: a man in the middle
+    mitm = scramp_exchange(
+        tmp_path / "m",
+        name,
+        binding=(binding_type, b"\x02" * 32),
+        server_bindings={binding_type: data},
+    )
+    assert isinstance(mitm, Failure) and mitm.reason == "channel binding mismatch"
+
+
+def test_plus_refuses_a_binding_the_connection_lacks(tmp_path: Path) -> None:
+    result = scramp_exchange(
+        tmp_path,
+        "SCRAM-SHA-256-PLUS",
+        binding=("tls-unique", b"x" * 12),
+        server_bindings={"tls-server-end-point": b"y" * 32},
+    )
+    assert isinstance(result, Failure)
+
+
+def test_replayed_final_message_fails(tmp_path: Path) -> None:
+    """Record a good exchange, then replay its final message in a new exchange."""
+    saved: dict[str, str] = {}
+
+    def remember(final: str) -> str:
+        saved.setdefault("final", final)
+        return saved["final"]
+
+    assert isinstance(scramp_exchange(tmp_path, "SCRAM-SHA-256", tamper=remember), Success)
+    replay = scramp_exchange(tmp_path / "r", "SCRAM-SHA-256", tamper=remember)
+    assert isinstance(replay, Failure) and "nonce" in replay.reason
+
+
+def test_unknown_user_looks_like_a_wrong_password(tmp_path: Path) -> None:
+    case = sasl_vectors.Case("x", "test", True, "SCRAM-SHA-256", "user", "pencil", "success", [])
+    authenticator = sasl_run.authenticator_for(tmp_path, case)
+    first = []
+    for user in ("user", "nobody", "nobody"):
+        mechanism = Scram("SHA-256", False)
+        exchange = mechanism.run(
+            Context("lab.test", nonce=lambda: b"SERVERNONCE"),
+            f"n,,n={user},r=abc".encode(),
+        )
+        request = exchange.send(None)
+        challenge = exchange.send(sasl_run.carry_out(authenticator, request))
+        first.append(challenge.data)  # type: ignore[union-attr]
+    salt = [dict(p.split(b"=", 1) for p in message.split(b","))[b"s"] for message in first]
+    assert salt[1] == salt[2], "an unknown user's salt must be stable"
+    assert salt[0] != salt[1]
+    assert [len(m) for m in first[1:]] == [len(first[0])] * 2
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("I\u00adX", "IX"),
+        ("user", "user"),
+        ("USER", "USER"),
+        ("\u00aa", "a"),
+        ("\u2168", "IX"),
+        ("a\u00a0b", "a b"),
+    ],
+)
+def test_saslprep_rfc4013_examples(text: str, expected: str) -> None:
+    assert saslprep(text) == expected
+
+
+@pytest.mark.parametrize("text", ["\u0007", "\u0627\u0031"])
+def test_saslprep_refuses(text: str) -> None:
+    with pytest.raises(SASLprepError):
+        saslprep(text)
+
+
+def test_vector_loader_is_strict(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "bad.json").write_text('[{"name": "x", "typo": 1}]')
+    monkeypatch.setattr(sasl_vectors, "SASL_VECTORS", tmp_path)
+    with pytest.raises(sasl_vectors.VectorError, match="unknown keys"):
+        sasl_vectors.load("bad.json")

@@ -1,0 +1,107 @@
+"""Runs one SASL mechanism against one vector case, with a real credential file and a
+real Authenticator behind it (only the nonce is fixed, from the case)."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any
+
+from pop3d.auth import credentials
+from pop3d.auth.authenticator import Authenticator
+from pop3d.auth.credentials import CredentialFile
+from pop3d.protocol import events as ev
+from pop3d.sasl.mechanism import Challenge, Context, Failure, MalformedResponse, Mechanism, Success
+from pop3d.sasl.scram import derive_keys
+from pop3d.security.secret import Secret
+from tests.support.lab import FAST_ARGON2
+from tests.support.sasl_vectors import Case
+
+
+class Mismatch(AssertionError):
+    pass
+
+
+def authenticator_for(tmp_path: Path, case: Case) -> Authenticator:
+    """A credential file holding the case's user with every scheme, SCRAM keys made with
+    the case's salt and iteration count so the recorded exchange verifies."""
+    path = tmp_path / "passwd"
+    password = Secret(case.password.encode())
+    values, _ = _schemes(password)
+    salt = case.server.get("salt")
+    if salt is not None:
+        iterations = int(case.server.get("iterations", 4096))
+        for hash_name in ("SHA-1", "SHA-256", "SHA-512"):
+            keys = derive_keys(hash_name, password, base64.b64decode(salt), iterations)
+            values[f"SCRAM-{hash_name}"] = keys.encode()
+    credentials.update(path, case.user, lambda _old: credentials.UserRecord(case.user, values))
+    return Authenticator(CredentialFile(path), FAST_ARGON2)
+
+
+def _schemes(password: Secret) -> tuple[dict[str, str], list[str]]:
+    from pop3d.auth import schemes
+
+    return schemes.derive(
+        password, {"PLAIN.B64", "SCRAM-SHA-1", "SCRAM-SHA-256", "SCRAM-SHA-512"}, FAST_ARGON2
+    )
+
+
+def context_for(case: Case, **overrides: Any) -> Context:
+    server = case.server
+    nonce = server.get("nonce")
+    bindings = {k: base64.b64decode(v) for k, v in server.get("channel_binding", {}).items()}
+    arguments: dict[str, Any] = {
+        "servername": server.get("servername", "lab.test"),
+        "channel_bindings": bindings,
+        "plus_offered": bool(server.get("plus_offered", False)),
+        "client_identity": server.get("client_identity"),
+    }
+    if nonce is not None:
+        arguments["nonce"] = nonce.encode
+    arguments.update(overrides)
+    return Context(**arguments)
+
+
+def carry_out(authenticator: Authenticator, request: object) -> object:
+    if isinstance(request, ev.VerifyPassword):
+        return authenticator.verify_password(request.user, request.password)
+    if isinstance(request, ev.FetchSecrets):
+        return authenticator.fetch_secrets(request.user, request.schemes)
+    if isinstance(request, ev.ResolveUser):
+        return authenticator.resolve_user(request.user)
+    raise AssertionError(f"unexpected request {request!r}")
+
+
+def run(
+    mechanism: Mechanism, case: Case, authenticator: Authenticator, context: Context | None = None
+) -> Success | Failure:
+    """Replay ``case``: every server message must match byte for byte. A malformed client
+    message counts as a failure, as the session treats it."""
+    steps = list(case.steps)
+    initial = steps.pop(0)[1] if steps and steps[0][0] == "C" else None
+    exchange = mechanism.run(context or context_for(case), initial)
+    value: object = None
+    while True:
+        try:
+            step = exchange.send(value)
+        except StopIteration as stop:
+            result = stop.value
+            break
+        except MalformedResponse as problem:
+            return Failure(f"malformed: {problem}")
+        if isinstance(step, Challenge):
+            if steps and steps[0][0] == "S":
+                expected = steps.pop(0)[1]
+                if step.data != expected:
+                    raise Mismatch(f"{case.name}: server sent {step.data!r}, vector {expected!r}")
+            if not steps or steps[0][0] != "C":
+                raise Mismatch(f"{case.name}: the server wants a response the vector lacks")
+            value = steps.pop(0)[1]
+        else:
+            value = carry_out(authenticator, step)
+    assert isinstance(result, Success | Failure)
+    if isinstance(result, Success) and result.final is not None and steps:
+        kind, expected = steps.pop(0)
+        if kind != "S" or result.final != expected:
+            raise Mismatch(f"{case.name}: final {result.final!r}, vector {expected!r}")
+    return result
