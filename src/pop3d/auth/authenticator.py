@@ -21,10 +21,12 @@ import base64
 import binascii
 import hashlib
 import hmac
+import logging
 import secrets
 import threading
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from pop3d.auth.credentials import SCHEME_ARGON2ID, SCHEME_PLAIN_B64, CredentialFile
 from pop3d.auth.passwords import Argon2Parameters, apop_matches, hash_password, verify_password
@@ -33,6 +35,22 @@ from pop3d.sasl.scram import DEFAULT_ITERATIONS, HASHES, ScramKeys
 from pop3d.security.secret import Secret
 
 _CACHE_MAX = 100_000
+log = logging.getLogger("pop3d")
+
+
+class PasswordCheck(Protocol):
+    """What an external password checker answers (``saslauthd.SaslauthdResult`` is one)."""
+
+    @property
+    def ok(self) -> bool: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def unavailable(self) -> bool: ...
+
+
+# Checks a user's password somewhere else (sasl_pwcheck_method: saslauthd); blocking.
+PasswordChecker = Callable[[str, Secret], PasswordCheck]
 
 
 class Authenticator:
@@ -45,8 +63,10 @@ class Authenticator:
         clock: Callable[[], float] = time.monotonic,
         decoy_key: bytes | None = None,
         scram_iterations: int = DEFAULT_ITERATIONS,
+        password_checker: PasswordChecker | None = None,
     ) -> None:
         self.credentials = credentials
+        self._password_checker = password_checker
         # Without a persistent key, decoys would change with every restart, which an
         # observer could notice; the service context passes the one from disk.
         self._decoy_key = decoy_key or secrets.token_bytes(32)
@@ -59,6 +79,14 @@ class Authenticator:
         self._clock = clock
 
     def verify_password(self, user: str, password: Secret) -> AuthResult:
+        if self._password_checker is not None:
+            # sasl_pwcheck_method: saslauthd. The backend decides, and its timing is its
+            # own: no dummy Argon2 (both outcomes already take the same path) and no cache
+            # (nothing here would notice a password change or a locked account).
+            result = self._password_checker(user, password)
+            if result.unavailable:
+                log.error("cannot check the password of %s: %s", user, result.reason)
+            return AuthResult(user) if result.ok else AuthResult(None, result.reason)
         record = self.credentials.lookup(user)
         stored = record.secrets.get(SCHEME_ARGON2ID) if record else None
         if stored is None:

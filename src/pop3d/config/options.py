@@ -173,7 +173,14 @@ OPTIONS: dict[str, Option] = {
             "sasl_pwcheck_method",
             T,
             "auxprop",
-            "How passwords are checked: auxprop (the credential file).",
+            "How passwords are checked: auxprop (the credential file) or saslauthd "
+            "(Cyrus saslauthd at sasl_saslauthd_path; USER/PASS, PLAIN and LOGIN only).",
+        ),
+        _o(
+            "sasl_saslauthd_path",
+            T,
+            "/var/run/saslauthd/mux",
+            "Path of saslauthd's socket (the socket itself, as in Cyrus).",
         ),
         # --- OAuth 2.0 bearer tokens (OAUTHBEARER, XOAUTH2) --------------------------------
         _o(
@@ -341,6 +348,6 @@ OTHER_CYRUS_OPTIONS = frozenset(
     disconnect_on_vanished_mailbox tcp_keepalive tcp_keepalive_cnt tcp_keepalive_idle
     tcp_keepalive_intvl mailbox_default_options srvtab imapidlepoll imapidresponse
     postmaster postuser lmtp_over_quota_perm_failure singleinstancestore
-    sasl_auxprop_plugin sasl_sasldb_path sasl_saslauthd_path sasl_auto_transition
+    sasl_auxprop_plugin sasl_sasldb_path sasl_auto_transition
     """.split()
 )

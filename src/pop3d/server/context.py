@@ -13,8 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from pop3d.auth import server_secret
-from pop3d.auth.authenticator import Authenticator
+from pop3d.auth import saslauthd, server_secret
+from pop3d.auth.authenticator import Authenticator, PasswordChecker
 from pop3d.auth.credentials import SCHEME_PLAIN_B64, CredentialFile, CredentialFileError
 from pop3d.auth.identity import IdentityRules
 from pop3d.auth.passwords import Argon2Parameters
@@ -85,6 +85,35 @@ def needed_schemes(config: Config) -> set[str]:
     return wanted
 
 
+def password_checker(config: Config, service: str | None = None) -> PasswordChecker | None:
+    """None for auxprop (the credential file); a saslauthd client for saslauthd."""
+    method = config.string("sasl_pwcheck_method", service) or "auxprop"
+    if method == "auxprop":
+        return None
+    if method == "saslauthd":
+        path = config.string("sasl_saslauthd_path", service) or saslauthd.DEFAULT_PATH
+        if not os.path.exists(path):
+            log.warning("sasl_saslauthd_path %s does not exist (yet): logins will fail", path)
+        if needed_schemes(config):
+            log.warning(
+                "sasl_pwcheck_method: saslauthd checks USER/PASS, PLAIN and LOGIN; APOP and "
+                "the other mechanisms still use the credential file (%s)",
+                ", ".join(sorted(needed_schemes(config))),
+            )
+        return saslauthd.SaslauthdClient(path)
+    where = config.where("sasl_pwcheck_method", service)
+    raise ConfigError(
+        [
+            Problem(
+                config.path,
+                0,
+                f"{where}: sasl_pwcheck_method {method!r}: "
+                "pop3d checks passwords with auxprop or saslauthd (one of them)",
+            )
+        ]
+    )
+
+
 def argon2_parameters(config: Config, service: str | None = None) -> Argon2Parameters:
     return Argon2Parameters(
         memory_kib=config.integer("argon2_memory", service),
@@ -115,6 +144,7 @@ class ServiceContext:
             cache_ttl=config.integer("auth_cache_ttl", service),
             decoy_key=decoy_key,
             scram_iterations=config.integer("scram_iterations", service),
+            password_checker=password_checker(config, service),
         )
         self.tls: tls.ServerTLS | None = None
         starttls = False
