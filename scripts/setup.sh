@@ -15,6 +15,8 @@ if [ "$want_test" = 1 ]; then
     # Cyrus saslauthd and saslpasswd2 for tests/auth/test_saslauthd.py (which also uses
     # unshare and mount, from util-linux and mount: always present on Debian)
     packages+=(sasl2-bin)
+    # Cyrus's own POP3 client (pop3test, libsasl2) for the SASL interoperability tests
+    packages+=(cyrus-clients libsasl2-modules)
 fi
 
 missing=()

@@ -133,12 +133,16 @@ def test_unknown_user_costs_an_argon2_verification(lab: Lab) -> None:
     auth = Authenticator(CredentialFile(lab.credentials), params)
 
     def timed(user: str) -> float:
-        start = time.perf_counter()
-        for _ in range(5):
+        """The fastest of several tries: noise from other processes only adds time."""
+        best = float("inf")
+        for _ in range(7):
+            start = time.perf_counter()
             auth.verify_password(user, Secret(b"wrong"))
-        return time.perf_counter() - start
+            best = min(best, time.perf_counter() - start)
+        return best
 
     known, unknown = timed("slow"), timed("nobody")
+    # without the dummy verification an unknown user would answer in microseconds
     assert unknown > known * 0.5, (known, unknown)
 
 

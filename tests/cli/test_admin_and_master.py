@@ -68,9 +68,11 @@ def test_deliver_failure_is_tempfail_and_stores_nothing(lab: Lab) -> None:
 
 
 def test_check_config_reports_every_problem_with_file_and_line(lab: Lab) -> None:
-    assert admin(lab, "check-config").stdout.strip() == b"configuration OK"
-    lab.config.write_text(lab.config.read_text() + "allowplaintext: perhaps\nfrob: 1\n")
     cyrus_conf = lab.root / "cyrus.conf"
+    cyrus_conf.write_text('SERVICES {\n  pop3 cmd="pop3d" listen="1110"\n}\n')
+    clean = admin(lab, "check-config", "-M", str(cyrus_conf))
+    assert clean.stdout.strip() == b"configuration OK", clean.stdout
+    lab.config.write_text(lab.config.read_text() + "allowplaintext: perhaps\nfrob: 1\n")
     cyrus_conf.write_text('SERVICES {\n  pop3 cmd="pop3d" listen="99999"\n}\n')
     result = admin(lab, "check-config", "-M", str(cyrus_conf))
     lines = result.stdout.decode().splitlines()
@@ -82,7 +84,9 @@ def test_check_config_reports_every_problem_with_file_and_line(lab: Lab) -> None
 
 def test_check_config_sees_a_group_readable_credential_file(lab: Lab) -> None:
     lab.credentials.chmod(0o660)
-    result = admin(lab, "check-config")
+    cyrus_conf = lab.root / "cyrus.conf"
+    cyrus_conf.write_text('SERVICES {\n  pop3 cmd="pop3d" listen="1110"\n}\n')
+    result = admin(lab, "check-config", "-M", str(cyrus_conf))
     assert result.returncode == 78
     assert b"mode 0660" in result.stdout
 

@@ -78,6 +78,12 @@ def test_every_option_is_documented_and_its_default_parses() -> None:
             assert isinstance(option.default, bool)
 
 
+def test_debian_stock_imapd_conf_has_no_unknown_option() -> None:
+    source = Path(__file__).resolve().parents[2] / "vectors/configs/debian-cyrus-imapd.conf"
+    config = imapd.from_text(source.read_text(), str(source))
+    assert [w for w in config.warnings if "unknown option" in w.message] == []
+
+
 def test_reference_cyrus_config_checks_clean() -> None:
     """The lab Cyrus config from ../shared: every key is known, no warnings but sasl."""
     source = Path(__file__).resolve().parents[2] / "vectors/configs/cyrus-lab-imapd.conf"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from importlib import resources
 
 
 class Kind(enum.Enum):
@@ -333,21 +334,22 @@ OPTIONS: dict[str, Option] = {
     )
 }
 
-# Options Cyrus components other than pop3d read. A site's imapd.conf is shared by all of
-# them, so these are accepted without a warning and ignored.
-OTHER_CYRUS_OPTIONS = frozenset(
+# Options the other Cyrus daemons read (every name declared in Cyrus's lib/imapoptions, plus
+# older ones and libsasl pass-throughs). A site's imapd.conf is shared by all of them, so
+# these are accepted without a warning and ignored.
+_LEGACY_CYRUS_OPTIONS = frozenset(
     """
-    admins altnamespace autocreate_post autocreate_quota autocreate_inbox_folders
-    defaultpartition duplicatesuppression hashimapspool idlesocket lmtpsocket
-    lmtp_downcase_rcpt mboxlist_db munge8bit notifysocket quota_db seenstate_db
-    sieve_allowplaintext sievedir sieveusehomedir statuscache subscription_db
-    unixhierarchysep virtdomains annotation_db conversations expunge_mode delete_mode
-    tls_sessions_db_path tls_eccurve tls_crl_file tls_client_cert tls_client_key
-    proxy_authname proxy_password proxy_realm force_sasl_client_mech client_timeout
-    client_bind client_bind_name telemetry_bysessionid userdeny_db fatals_abort iolog
-    disconnect_on_vanished_mailbox tcp_keepalive tcp_keepalive_cnt tcp_keepalive_idle
-    tcp_keepalive_intvl mailbox_default_options srvtab imapidlepoll imapidresponse
-    postmaster postuser lmtp_over_quota_perm_failure singleinstancestore
-    sasl_auxprop_plugin sasl_sasldb_path sasl_auto_transition
+    newsspool sasl_auxprop_plugin sasl_sasldb_path sasl_auto_transition sasl_mech_list
+    partition-default defaultpartition
     """.split()
 )
+
+
+def _cyrus_option_names() -> frozenset[str]:
+    text = resources.files("pop3d.config").joinpath("cyrus_options.txt").read_text("utf-8")
+    return frozenset(
+        line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")
+    )
+
+
+OTHER_CYRUS_OPTIONS = _cyrus_option_names() | _LEGACY_CYRUS_OPTIONS

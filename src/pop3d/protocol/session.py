@@ -477,6 +477,7 @@ class Session:
             channel_bindings=dict(self.protection.channel_bindings),
             client_identity=self.protection.client_identity,
             plus_offered=any(name.endswith("-PLUS") for name in offered),
+            oauth_scope=self.settings.oauth_scope,
         )
 
     def _sasl_exchange(self, mechanism: Mechanism, initial: bytes | None) -> Task:

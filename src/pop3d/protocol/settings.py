@@ -29,6 +29,7 @@ class SessionSettings:
     sasl_mechanisms: tuple[str, ...] = ()  # enabled, strongest first
     sasl_line_limit: int = 65536  # longest AUTH continuation line, CRLF included
     proxy_authorizers: frozenset[str] = frozenset()  # admins + proxyservers
+    oauth_scope: str = ""  # the scope bearer tokens must carry (oauth_scope)
     identity: IdentityRules = field(default_factory=IdentityRules)
 
 

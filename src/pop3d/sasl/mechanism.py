@@ -59,6 +59,7 @@ class Context:
     channel_bindings: Mapping[str, bytes] = field(default_factory=dict)
     client_identity: str | None = None  # verified TLS client certificate (EXTERNAL)
     plus_offered: bool = False  # the server advertised a -PLUS mechanism (SCRAM downgrade check)
+    oauth_scope: str = ""  # the scope bearer tokens must carry, named in error replies
     nonce: Callable[[], bytes] = lambda: base64.b64encode(secrets.token_bytes(18))
 
 

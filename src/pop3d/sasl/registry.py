@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from pop3d.sasl.external import External
 from pop3d.sasl.login import Login
 from pop3d.sasl.mechanism import Flag, Mechanism
+from pop3d.sasl.oauth import OAuthBearer, XOAuth2
 from pop3d.sasl.plain import Plain
 from pop3d.sasl.scram import family as scram_family
 from pop3d.security.policy import Action, Policy, Protection
@@ -43,7 +44,8 @@ ORDER = (
 )
 
 _MECHANISMS: dict[str, Mechanism] = {
-    mechanism.name: mechanism for mechanism in (*scram_family(), Plain(), Login(), External())
+    mechanism.name: mechanism
+    for mechanism in (*scram_family(), Plain(), Login(), External(), OAuthBearer(), XOAuth2())
 }
 
 

@@ -21,6 +21,7 @@ from typing import Any
 from pop3d.message import MessageEncoder
 from pop3d.protocol.events import (
     NEED_DATA,
+    BearerResult,
     Close,
     CommitResult,
     CommitUpdate,
@@ -40,6 +41,7 @@ from pop3d.protocol.events import (
     StartTLS,
     TLSStarted,
     VerifyApop,
+    VerifyBearer,
     VerifyPassword,
 )
 from pop3d.protocol.session import Session
@@ -176,6 +178,13 @@ class Connection:
     async def _fetch_secrets(self, event: FetchSecrets) -> None:
         authenticator = self.context.authenticator
         self._resolve(await self._in_thread(authenticator.fetch_secrets, event.user, event.schemes))
+
+    async def _verify_bearer(self, event: VerifyBearer) -> None:
+        validator = self.context.token_validator
+        if validator is None:  # not offered then; a client naming it anyway gets a refusal
+            self._resolve(BearerResult(None, "invalid_token", "token validation not configured"))
+            return
+        self._resolve(await self._in_thread(validator.verify, event.token))
 
     async def _resolve_user(self, event: ResolveUser) -> None:
         authenticator = self.context.authenticator
@@ -325,6 +334,7 @@ _HANDLERS: dict[type, Callable[[Connection, Any], Awaitable[None]]] = {
     VerifyPassword: Connection._verify_password,
     VerifyApop: Connection._verify_apop,
     ResolveUser: Connection._resolve_user,
+    VerifyBearer: Connection._verify_bearer,
     FetchSecrets: Connection._fetch_secrets,
     OpenMaildrop: Connection._open_maildrop,
     ReleaseMaildrop: Connection._release_maildrop,

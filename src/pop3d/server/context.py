@@ -18,6 +18,7 @@ from pop3d.auth.authenticator import Authenticator, PasswordChecker
 from pop3d.auth.credentials import SCHEME_PLAIN_B64, CredentialFile, CredentialFileError
 from pop3d.auth.identity import IdentityRules
 from pop3d.auth.passwords import Argon2Parameters
+from pop3d.auth.tokens import token_validator
 from pop3d.config.imapd import Config, ConfigError, Problem
 from pop3d.protocol.events import TLSStarted
 from pop3d.protocol.settings import ConnectionInfo, SessionSettings
@@ -146,6 +147,7 @@ class ServiceContext:
             scram_iterations=config.integer("scram_iterations", service),
             password_checker=password_checker(config, service),
         )
+        self.token_validator = token_validator(config, service)
         self.tls: tls.ServerTLS | None = None
         starttls = False
         if options.implicit_tls or tls.certificate_configured(config, service):
@@ -169,7 +171,11 @@ class ServiceContext:
             failed_login_pause=config.integer("failedloginpause", service),
             plaintext_login_pause=config.integer("plaintextloginpause", service),
             readonly=config.switch("readonly", service),
-            sasl_mechanisms=registry.enabled(config.string("sasl_mech_list", service)),
+            sasl_mechanisms=registry.enabled(
+                config.string("sasl_mech_list", service),
+                token_validation=self.token_validator is not None,
+            ),
+            oauth_scope=config.string("oauth_scope", service) or "",
             sasl_line_limit=config.integer("sasl_line_max", service),
             proxy_authorizers=frozenset(
                 (config.string("admins", service) or "").split()

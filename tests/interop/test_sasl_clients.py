@@ -1,0 +1,275 @@
+"""SASL against independent clients over real TCP and TLS: Cyrus's own pop3test (libsasl2),
+curl, and scramp driving SCRAM-*-PLUS with channel bindings taken from its side of the TLS
+connection."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import socket
+import ssl
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import scramp
+
+from pop3d.transport import selfsigned
+from tests.interop.conftest import run
+from tests.support.lab import Lab, Server, start_server
+
+pytestmark = pytest.mark.interop
+
+POP3TEST = "/usr/lib/cyrus/bin/pop3test"
+MECHANISMS = (
+    "SCRAM-SHA-512-PLUS SCRAM-SHA-256-PLUS SCRAM-SHA-1-PLUS SCRAM-SHA-512 SCRAM-SHA-256 "
+    "SCRAM-SHA-1 EXTERNAL PLAIN LOGIN"
+)
+
+
+@dataclass
+class Setup:
+    server: Server
+    ca: Path
+    client_cert: Path
+    client_key: Path
+    stranger_cert: Path
+    stranger_key: Path
+
+    @property
+    def port(self) -> int:
+        return self.server.ports["pop3"]
+
+    @property
+    def pop3s(self) -> int:
+        return self.server.ports["pop3s"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    root = tmp_path_factory.mktemp("sasl-clients")
+    client_ca = selfsigned.make_ca("client CA")
+    client_ca.write(root / "client-ca.pem")
+    alice = selfsigned.issue(client_ca, "alice", email="alice@lab.test", client=True)
+    alice.write(root / "alice.pem", root / "alice.key")
+    stranger_ca = selfsigned.make_ca("stranger CA")
+    stranger = selfsigned.issue(stranger_ca, "alice", client=True)
+    stranger.write(root / "stranger.pem", root / "stranger.key")
+    lab = Lab(
+        root / "lab",
+        extra_config=(
+            f"sasl_mech_list: {MECHANISMS}\n"
+            "tls_client_certs: optional\n"
+            f"tls_client_ca_file: {root / 'client-ca.pem'}\n"
+        ),
+    ).create(with_tls=True)
+    assert lab.tls is not None
+    server = start_server(lab, {"pop3": "", "pop3s": "-s"})
+    yield Setup(
+        server,
+        lab.tls.ca,
+        root / "alice.pem",
+        root / "alice.key",
+        root / "stranger.pem",
+        root / "stranger.key",
+    )
+    server.stop()
+
+
+# --- Cyrus pop3test (libsasl2, the client Cyrus sites use) --------------------------------
+
+
+@pytest.mark.parametrize(
+    "mechanism", ["SCRAM-SHA-256", "SCRAM-SHA-1", "SCRAM-SHA-512", "PLAIN", "LOGIN"]
+)
+def test_pop3test(setup: Setup, mechanism: str) -> None:
+    args = ["-p", str(setup.port), "-m", mechanism, "-a", "alice", "-u", "alice"]
+    done = run([POP3TEST, *args, "-w", "wonderland", "127.0.0.1"], input=b"STAT\r\nQUIT\r\n")
+    out = done.stdout.decode(errors="replace") + done.stderr.decode(errors="replace")
+    assert "Authenticated." in out, out
+    assert "+OK 7 28700" in out, out
+
+
+def test_pop3test_wrong_password(setup: Setup) -> None:
+    args = ["-p", str(setup.port), "-m", "SCRAM-SHA-256", "-a", "alice", "-u", "alice"]
+    done = run([POP3TEST, *args, "-w", "nope", "127.0.0.1"], input=b"QUIT\r\n")
+    out = done.stdout.decode(errors="replace") + done.stderr.decode(errors="replace")
+    assert "-ERR [AUTH] Invalid login" in out
+    assert "Authenticated." not in out
+
+
+def test_pop3test_over_pop3s(setup: Setup) -> None:
+    args = ["-s", "-p", str(setup.pop3s), "-m", "SCRAM-SHA-256", "-a", "alice", "-u", "alice"]
+    done = run(
+        [POP3TEST, *args, "-w", "wonderland", "127.0.0.1"],
+        input=b"STAT\r\nQUIT\r\n",
+        env={"SSL_CERT_FILE": str(setup.ca), "PATH": "/usr/bin:/bin"},
+    )
+    out = done.stdout.decode(errors="replace") + done.stderr.decode(errors="replace")
+    assert "Authenticated." in out and "+OK 7 28700" in out, out
+
+
+# --- curl --------------------------------------------------------------------------------
+
+
+def curl(url: str, *args: str, user: str = "alice:wonderland") -> tuple[int, bytes, str]:
+    done = run(["curl", "-sS", "-v", "--max-time", "20", url, "-u", user, *args])
+    return done.returncode, done.stdout, done.stderr.decode(errors="replace")
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
+def test_curl_login_options(setup: Setup, mechanism: str) -> None:
+    code, out, err = curl(f"pop3://127.0.0.1:{setup.port}/", "--login-options", f"AUTH={mechanism}")
+    assert code == 0, err
+    assert f"> AUTH {mechanism}" in err
+    assert out.startswith(b"1 1000\r\n2 700\r\n")
+
+
+def test_curl_external_with_a_client_certificate(setup: Setup) -> None:
+    url = f"pop3s://localhost:{setup.pop3s}/"
+    code, out, err = curl(
+        url,
+        "--login-options",
+        "AUTH=EXTERNAL",
+        "--cert",
+        str(setup.client_cert),
+        "--key",
+        str(setup.client_key),
+        "--cacert",
+        str(setup.ca),
+        user="alice:",
+    )
+    assert code == 0, err
+    # curl sends the user name as the authorization identity: "alice", as on the certificate
+    assert "> AUTH EXTERNAL" in err and out.startswith(b"1 1000\r\n")
+
+
+def test_external_is_not_offered_without_a_verified_certificate(setup: Setup) -> None:
+    context = ssl.create_default_context(cafile=str(setup.ca))
+    with socket.create_connection(("127.0.0.1", setup.pop3s), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.recv(4096)
+            tls.sendall(b"CAPA\r\n")
+            capa = b""
+            while not capa.endswith(b"\r\n.\r\n"):
+                capa += tls.recv(4096)
+    sasl = next(line for line in capa.split(b"\r\n") if line.startswith(b"SASL "))
+    assert b"EXTERNAL" not in sasl.split() and b"SCRAM-SHA-256-PLUS" in sasl.split()
+    # A certificate from another CA ends the connection before the greeting (in TLS 1.3
+    # the client learns it on its first read: an alert, or EOF where asyncio omits it).
+    context.load_cert_chain(setup.stranger_cert, setup.stranger_key)
+    with socket.create_connection(("127.0.0.1", setup.pop3s), timeout=10) as raw:
+        try:
+            with context.wrap_socket(raw, server_hostname="localhost") as tls:
+                assert tls.recv(4096) == b""
+        except (ssl.SSLError, ConnectionResetError):
+            pass
+
+
+# --- scramp: SCRAM-*-PLUS with the client's own view of the channel ----------------------
+
+
+class Pop3:
+    def __init__(self, sock: ssl.SSLSocket) -> None:
+        self.sock = sock
+        self.reader = sock.makefile("rb")
+
+    def line(self) -> bytes:
+        return self.reader.readline()
+
+    def send(self, line: bytes) -> bytes:
+        self.sock.sendall(line + b"\r\n")
+        return self.line()
+
+    def close(self) -> None:
+        self.reader.close()
+        self.sock.close()
+
+
+def tls_session(setup: Setup, version: ssl.TLSVersion) -> Pop3:
+    context = ssl.create_default_context(cafile=str(setup.ca))
+    context.maximum_version = version
+    raw = socket.create_connection(("127.0.0.1", setup.pop3s), timeout=10)
+    session = Pop3(context.wrap_socket(raw, server_hostname="localhost"))
+    assert session.line().startswith(b"+OK")
+    return session
+
+
+def client_binding(binding_type: str, sock: ssl.SSLSocket) -> tuple[str, bytes]:
+    """The channel binding as the client sees its own TLS connection (RFC 5929)."""
+    if binding_type == "tls-unique":
+        data = sock.get_channel_binding("tls-unique")
+        assert data is not None
+        return binding_type, data
+    certificate = sock.getpeercert(binary_form=True)
+    assert certificate is not None
+    # our test certificates are signed with ECDSA-SHA256, so RFC 5929 §4.1 hashes with SHA-256
+    return binding_type, hashlib.sha256(certificate).digest()
+
+
+def scram_login(
+    session: Pop3, mechanism: str, binding: tuple[str, bytes] | None, password: str = "wonderland"
+) -> bytes:
+    client = scramp.ScramClient([mechanism], "alice", password, channel_binding=binding)
+    first = base64.b64encode(client.get_client_first().encode())
+    reply = session.send(f"AUTH {mechanism} ".encode() + first)
+    if not reply.startswith(b"+ "):
+        return reply
+    client.set_server_first(base64.b64decode(reply[2:]).decode())
+    reply = session.send(base64.b64encode(client.get_client_final().encode()))
+    if not reply.startswith(b"+ "):
+        return reply
+    client.set_server_final(base64.b64decode(reply[2:]).decode())  # verifies the server
+    return session.send(b"")
+
+
+@pytest.mark.parametrize(
+    "mechanism", ["SCRAM-SHA-256-PLUS", "SCRAM-SHA-512-PLUS", "SCRAM-SHA-1-PLUS"]
+)
+@pytest.mark.parametrize(
+    ("version", "binding_type"),
+    [
+        (ssl.TLSVersion.TLSv1_3, "tls-server-end-point"),
+        (ssl.TLSVersion.TLSv1_2, "tls-server-end-point"),
+        (ssl.TLSVersion.TLSv1_2, "tls-unique"),
+    ],
+)
+def test_scram_plus_over_real_tls(
+    setup: Setup, mechanism: str, version: ssl.TLSVersion, binding_type: str
+) -> None:
+    session = tls_session(setup, version)
+    try:
+        binding = client_binding(binding_type, session.sock)
+        reply = scram_login(session, mechanism, binding)
+        assert reply.startswith(b"+OK Mailbox locked and ready"), reply
+        assert session.send(b"STAT") == b"+OK 7 28700\r\n"
+    finally:
+        session.close()
+
+
+def test_scram_plus_with_the_binding_of_another_connection_fails(setup: Setup) -> None:
+    """What a man in the middle would have: a binding to his own TLS connection."""
+    other = tls_session(setup, ssl.TLSVersion.TLSv1_2)
+    session = tls_session(setup, ssl.TLSVersion.TLSv1_2)
+    try:
+        foreign = client_binding("tls-unique", other.sock)
+        reply = scram_login(session, "SCRAM-SHA-256-PLUS", foreign)
+        assert reply == b"-ERR [AUTH] Invalid login\r\n"
+        assert scram_login(
+            session, "SCRAM-SHA-256-PLUS", client_binding("tls-unique", session.sock)
+        ).startswith(b"+OK")
+    finally:
+        other.close()
+        session.close()
+
+
+def test_tls_unique_is_refused_on_tls13(setup: Setup) -> None:
+    session = tls_session(setup, ssl.TLSVersion.TLSv1_3)
+    try:
+        binding = ("tls-unique", b"\x00" * 12)  # what a client that ignores RFC 9266 sends
+        assert scram_login(session, "SCRAM-SHA-256-PLUS", binding) == (
+            b"-ERR [AUTH] Invalid login\r\n"
+        )
+    finally:
+        session.close()
