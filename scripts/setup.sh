@@ -17,6 +17,8 @@ if [ "$want_test" = 1 ]; then
     packages+=(sasl2-bin)
     # Cyrus's own POP3 client (pop3test, libsasl2) for the SASL interoperability tests
     packages+=(cyrus-clients libsasl2-modules)
+    # GNU SASL, an independent client for CRAM-MD5 and DIGEST-MD5
+    packages+=(gsasl)
 fi
 
 missing=()

@@ -182,6 +182,13 @@ def test_canonical_user(raw: str, expected: str | None) -> None:
     assert canonical_user(raw, IdentityRules()) == expected
 
 
+def test_login_realms_are_dropped_without_virtdomains() -> None:
+    rules = IdentityRules(loginrealms=frozenset({"lab.test"}))
+    assert canonical_user("Alice@LAB.TEST", rules) == "alice"
+    assert canonical_user("alice@elsewhere.test", rules) == "alice@elsewhere.test"
+    assert canonical_user("@lab.test", rules) is None
+
+
 def test_default_domain_is_dropped_with_virtdomains() -> None:
     rules = IdentityRules(virtdomains=True, defaultdomain="example.org")
     assert canonical_user("alice@EXAMPLE.org", rules) == "alice"

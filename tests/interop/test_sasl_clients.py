@@ -24,7 +24,7 @@ pytestmark = pytest.mark.interop
 POP3TEST = "/usr/lib/cyrus/bin/pop3test"
 MECHANISMS = (
     "SCRAM-SHA-512-PLUS SCRAM-SHA-256-PLUS SCRAM-SHA-1-PLUS SCRAM-SHA-512 SCRAM-SHA-256 "
-    "SCRAM-SHA-1 EXTERNAL PLAIN LOGIN"
+    "SCRAM-SHA-1 EXTERNAL DIGEST-MD5 CRAM-MD5 PLAIN LOGIN"
 )
 
 
@@ -59,6 +59,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     lab = Lab(
         root / "lab",
         extra_config=(
+            # DIGEST-MD5 clients put the host they dialled into digest-uri: dial "localhost"
+            "servername: localhost\n"
             f"sasl_mech_list: {MECHANISMS}\n"
             "tls_client_certs: optional\n"
             f"tls_client_ca_file: {root / 'client-ca.pem'}\n"
@@ -81,11 +83,12 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
 
 
 @pytest.mark.parametrize(
-    "mechanism", ["SCRAM-SHA-256", "SCRAM-SHA-1", "SCRAM-SHA-512", "PLAIN", "LOGIN"]
+    "mechanism",
+    ["SCRAM-SHA-256", "SCRAM-SHA-1", "SCRAM-SHA-512", "DIGEST-MD5", "CRAM-MD5", "PLAIN", "LOGIN"],
 )
 def test_pop3test(setup: Setup, mechanism: str) -> None:
     args = ["-p", str(setup.port), "-m", mechanism, "-a", "alice", "-u", "alice"]
-    done = run([POP3TEST, *args, "-w", "wonderland", "127.0.0.1"], input=b"STAT\r\nQUIT\r\n")
+    done = run([POP3TEST, *args, "-w", "wonderland", "localhost"], input=b"STAT\r\nQUIT\r\n")
     out = done.stdout.decode(errors="replace") + done.stderr.decode(errors="replace")
     assert "Authenticated." in out, out
     assert "+OK 7 28700" in out, out
@@ -118,9 +121,9 @@ def curl(url: str, *args: str, user: str = "alice:wonderland") -> tuple[int, byt
     return done.returncode, done.stdout, done.stderr.decode(errors="replace")
 
 
-@pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
+@pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN", "CRAM-MD5", "DIGEST-MD5"])
 def test_curl_login_options(setup: Setup, mechanism: str) -> None:
-    code, out, err = curl(f"pop3://127.0.0.1:{setup.port}/", "--login-options", f"AUTH={mechanism}")
+    code, out, err = curl(f"pop3://localhost:{setup.port}/", "--login-options", f"AUTH={mechanism}")
     assert code == 0, err
     assert f"> AUTH {mechanism}" in err
     assert out.startswith(b"1 1000\r\n2 700\r\n")
@@ -273,3 +276,21 @@ def test_tls_unique_is_refused_on_tls13(setup: Setup) -> None:
         )
     finally:
         session.close()
+
+
+# --- fetchmail ---------------------------------------------------------------------------
+
+
+def test_fetchmail_cram_md5(setup: Setup, tmp_path: Path) -> None:
+    from tests.interop.test_fetchmail import NO_MAIL, Fetchmail
+
+    fetch = Fetchmail(tmp_path / "fm", "localhost", setup.port, "alice", "wonderland")
+    done = fetch("-p", "POP3", "--auth", "cram-md5", "--sslproto", "", "--keep", "--uidl")
+    assert done.code == 0, done.log
+    assert "POP3> AUTH CRAM-MD5" in done.log
+    assert done.delivered.count(b"Message-ID: <alice.") == 7
+    again = fetch("-p", "POP3", "--auth", "cram-md5", "--sslproto", "", "--keep", "--uidl")
+    assert again.code == NO_MAIL, again.log
+    wrong = Fetchmail(tmp_path / "fm2", "localhost", setup.port, "alice", "nope")
+    refused = wrong("-p", "POP3", "--auth", "cram-md5", "--sslproto", "", "--keep")
+    assert refused.code == 3, refused.log  # authentication failed

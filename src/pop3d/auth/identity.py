@@ -4,7 +4,8 @@ A user name reaches the file system (the Maildir path template) and the logs, so
 are strict: 1-255 octets of UTF-8, no control characters, no "/", ":" or "\\", no leading
 ".", no surrounding spaces. ``username_tolower`` (Cyrus, default on) folds case; with
 ``virtdomains`` the ``defaultdomain`` is dropped so "alice@example.org" and "alice" are one
-user when example.org is the default domain.
+user when example.org is the default domain. Without ``virtdomains``, a realm listed in
+``loginrealms`` is dropped the same way (Kerberos and SASL logins arrive as user@REALM).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ class IdentityRules:
     username_tolower: bool = True
     virtdomains: bool = False
     defaultdomain: str = ""
+    loginrealms: frozenset[str] = frozenset()  # lower case
 
 
 def canonical_user(raw: bytes | str, rules: IdentityRules) -> str | None:
@@ -38,10 +40,13 @@ def canonical_user(raw: bytes | str, rules: IdentityRules) -> str | None:
         return None
     if rules.username_tolower:
         name = name.lower()
-    if rules.virtdomains and "@" in name:
+    if "@" in name:
         local, _, domain = name.rpartition("@")
         if not local or not domain:
             return None
-        if rules.defaultdomain and domain == rules.defaultdomain.lower():
+        if rules.virtdomains:
+            if rules.defaultdomain and domain.lower() == rules.defaultdomain.lower():
+                name = local
+        elif domain.lower() in rules.loginrealms:
             name = local
     return name

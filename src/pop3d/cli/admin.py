@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pop3d.auth import credentials, schemes
 from pop3d.auth.credentials import SCHEME_PLAIN_B64, CredentialFileError
-from pop3d.auth.identity import IdentityRules, canonical_user
+from pop3d.auth.identity import canonical_user
 from pop3d.cli.common import (
     DEFAULT_CYRUS_CONF,
     DEFAULT_IMAPD_CONF,
@@ -39,6 +39,7 @@ from pop3d.security.secret import Secret
 from pop3d.server.context import (
     argon2_parameters,
     credentials_path,
+    identity_rules,
     maildir_store,
     needed_schemes,
 )
@@ -91,16 +92,8 @@ def _config(path: str) -> Config:
     return config
 
 
-def _rules(config: Config) -> IdentityRules:
-    return IdentityRules(
-        username_tolower=config.switch("username_tolower"),
-        virtdomains=(config.string("virtdomains") or "off") != "off",
-        defaultdomain=config.string("defaultdomain") or "",
-    )
-
-
 def _user(config: Config, raw: str) -> str:
-    user = canonical_user(raw, _rules(config))
+    user = canonical_user(raw, identity_rules(config))
     if user is None:
         fail(PROGRAM, EX_DATAERR, f"{raw!r} is not a valid user name")
     return user

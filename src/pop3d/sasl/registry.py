@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from pop3d.sasl.cram_md5 import CramMd5
+from pop3d.sasl.digest_md5 import DigestMd5
 from pop3d.sasl.external import External
 from pop3d.sasl.login import Login
 from pop3d.sasl.mechanism import Flag, Mechanism
@@ -45,7 +47,16 @@ ORDER = (
 
 _MECHANISMS: dict[str, Mechanism] = {
     mechanism.name: mechanism
-    for mechanism in (*scram_family(), Plain(), Login(), External(), OAuthBearer(), XOAuth2())
+    for mechanism in (
+        *scram_family(),
+        Plain(),
+        Login(),
+        External(),
+        OAuthBearer(),
+        XOAuth2(),
+        DigestMd5(),
+        CramMd5(),
+    )
 }
 
 

@@ -115,6 +115,15 @@ def password_checker(config: Config, service: str | None = None) -> PasswordChec
     )
 
 
+def identity_rules(config: Config, service: str | None = None) -> IdentityRules:
+    return IdentityRules(
+        username_tolower=config.switch("username_tolower", service),
+        virtdomains=(config.string("virtdomains", service) or "off") != "off",
+        defaultdomain=config.string("defaultdomain", service) or "",
+        loginrealms=frozenset((config.string("loginrealms", service) or "").lower().split()),
+    )
+
+
 def argon2_parameters(config: Config, service: str | None = None) -> Argon2Parameters:
     return Argon2Parameters(
         memory_kib=config.integer("argon2_memory", service),
@@ -181,11 +190,7 @@ class ServiceContext:
                 (config.string("admins", service) or "").split()
                 + (config.string("proxyservers", service) or "").split()
             ),
-            identity=IdentityRules(
-                username_tolower=config.switch("username_tolower", service),
-                virtdomains=(config.string("virtdomains", service) or "off") != "off",
-                defaultdomain=config.string("defaultdomain", service) or "",
-            ),
+            identity=identity_rules(config, service),
         )
         self.idle_timeout = float(config.integer("poptimeout", service))
         self.tls_handshake_timeout = float(config.integer("tls_handshake_timeout", service))
