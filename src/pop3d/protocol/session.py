@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 from collections import deque
 from collections.abc import Callable, Generator, Iterable
 from typing import Any, TypeAlias
 
-from pop3d.auth.identity import canonical_user
+from pop3d.auth.identity import IdentityRules, canonical_user
 from pop3d.protocol import commands
 from pop3d.protocol.commands import ArgumentError, SyntaxProblem
 from pop3d.protocol.events import (
@@ -37,6 +38,7 @@ from pop3d.protocol.events import (
     Event,
     Failure,
     FailureKind,
+    FetchSecrets,
     LoginFailed,
     LoginSucceeded,
     MaildropOpened,
@@ -499,7 +501,14 @@ class Session:
                     result = SaslFailure(f"malformed: {problem}")
                     break
                 if not isinstance(step, Challenge):
-                    reply = yield step  # a credential request, for the driver
+                    # A credential request, for the driver. Names are canonicalised here,
+                    # once for every mechanism, before they reach the credential store.
+                    request = _canonical_request(step, self.settings.identity)
+                    if request is None:
+                        run.close()
+                        result = SaslFailure("bad identity")
+                        break
+                    reply = yield request
                     continue
                 response = yield from self._sasl_response(step.data)
                 if response is None:
@@ -716,6 +725,14 @@ class Session:
         if self._last_login is None or self._last_login < earliest:
             return earliest + min_poll
         return self._last_login + min_poll
+
+
+def _canonical_request(request: Request, rules: IdentityRules) -> Request | None:
+    """``request`` with its user name canonical; None if the name is not a valid one."""
+    if isinstance(request, VerifyPassword | FetchSecrets | ResolveUser):
+        user = canonical_user(request.user, rules)
+        return None if user is None else dataclasses.replace(request, user=user)
+    return request
 
 
 def _base64(data: bytes) -> bytes | None:
