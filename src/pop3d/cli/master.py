@@ -65,6 +65,13 @@ def _validate(config_path: str, master_config: cyrus.MasterConfig) -> None:
         raise Exit(EX_CONFIG, "\n".join(f"{PROGRAM}: {p}" for p in problems))
 
 
+def _write_pidfile(path: Path) -> None:
+    """Atomically: whoever reads the file sees no file or the whole pid, never half."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    temporary.write_text(f"{os.getpid()}\n")
+    os.replace(temporary, path)
+
+
 def _daemonize() -> None:
     if os.fork() > 0:
         os._exit(0)
@@ -106,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     if "-d" in flags:
         _daemonize()
     if "-p" in flags:
-        Path(flags["-p"]).write_text(f"{os.getpid()}\n")
+        _write_pidfile(Path(flags["-p"]))
     try:
         return master.run()
     finally:
