@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import re
 import signal
 import socket
@@ -251,3 +253,21 @@ def test_a_large_message_is_streamed_not_held(server: Server) -> None:
     assert peak - before < 24 * 1024, f"worker grew {peak - before} KiB during a 64 MB RETR"
     reader.close()
     sock.close()
+
+
+def test_the_lock_is_released_before_the_quit_answer(server: Server) -> None:
+    """A client that reconnects the moment it reads QUIT's +OK must not find the maildrop
+    [IN-USE]: the moment the answer arrives, the lock is free (checked with flock itself)."""
+    lock_path = server.lab.maildir("bob") / "pop3d.lock"
+    for _ in range(100):
+        sock, reader, reply = login(server.port)
+        assert reply.startswith(b"+OK"), reply
+        sock.sendall(b"QUIT\r\n")
+        assert reader.readline() == b"+OK Logging out\r\n"
+        fd = os.open(lock_path, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError if still held
+        finally:
+            os.close(fd)
+        reader.close()
+        sock.close()

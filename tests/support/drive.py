@@ -92,6 +92,7 @@ class Driven:
         elif isinstance(request, ev.CommitUpdate):
             assert self.maildrop is not None
             result = ev.CommitResult(*self.maildrop.commit(request.deleted, request.record_login))
+            self.release()  # as the asyncio driver: unlocked before the answer goes out
         elif isinstance(request, ev.Pause):
             pass
         elif isinstance(request, ev.StartTLS):

@@ -266,6 +266,9 @@ class Connection:
         )
         if failed:
             log.error("session %s: %d deletions failed", self._session_id, failed)
+        # UPDATE is the maildrop's last use: unlock before the client reads "+OK", so its
+        # next session (a poller reconnecting at once) never finds the maildrop [IN-USE].
+        self._release()
         self._resolve(CommitResult(removed, failed))
 
     async def _pause(self, event: Pause) -> None:
