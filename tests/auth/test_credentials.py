@@ -151,9 +151,12 @@ def test_verification_cache_is_keyed_by_the_stored_hash(lab: Lab) -> None:
     auth = Authenticator(
         CredentialFile(lab.credentials), FAST_ARGON2, cache_ttl=60, clock=lambda: now[0]
     )
+    assert auth.verified_recently("alice", Secret(b"wonderland")) is None  # not yet
     assert auth.verify_password("alice", Secret(b"wonderland")).ok
+    assert auth.verified_recently("alice", Secret(b"wonderland")) is not None
     assert auth.verify_password("alice", Secret(b"wonderland")).ok
     assert not auth.verify_password("alice", Secret(b"wonderlanD")).ok
+    assert auth.verified_recently("alice", Secret(b"wonderlanD")) is None
     lab.set_password("alice", "changed")
     assert not auth.verify_password("alice", Secret(b"wonderland")).ok  # no stale hit
     assert auth.verify_password("alice", Secret(b"changed")).ok

@@ -78,6 +78,20 @@ class Authenticator:
         self._cache_lock = threading.Lock()
         self._clock = clock
 
+    def verified_recently(self, user: str, password: Secret) -> AuthResult | None:
+        """A cache hit, cheaply (one stat, one HMAC): drivers call this on the event loop
+        and go to a thread only on a miss. None: not known, ask verify_password."""
+        if self._password_checker is not None or self._cache_ttl <= 0:
+            return None
+        record = self.credentials.lookup(user)
+        stored = record.secrets.get(SCHEME_ARGON2ID) if record else None
+        if stored is None:
+            return None
+        key = self._cache_tag(user, stored, password)
+        if key is not None and self._cached(key):
+            return AuthResult(user)
+        return None
+
     def verify_password(self, user: str, password: Secret) -> AuthResult:
         if self._password_checker is not None:
             # sasl_pwcheck_method: saslauthd. The backend decides, and its timing is its

@@ -171,6 +171,10 @@ class Connection:
 
     async def _verify_password(self, event: VerifyPassword) -> None:
         authenticator = self.context.authenticator
+        hit = authenticator.verified_recently(event.user, event.password)
+        if hit is not None:
+            self._resolve(hit)
+            return
         self._resolve(
             await self._in_thread(authenticator.verify_password, event.user, event.password)
         )
@@ -261,9 +265,12 @@ class Connection:
 
     async def _commit(self, event: CommitUpdate) -> None:
         assert self.maildrop is not None
-        removed, failed = await self._in_thread(
-            self.maildrop.commit, event.deleted, event.record_login
-        )
+        if event.deleted or event.record_login is not None:
+            removed, failed = await self._in_thread(
+                self.maildrop.commit, event.deleted, event.record_login
+            )
+        else:  # nothing to write: no thread, no fsync
+            removed = failed = 0
         if failed:
             log.error("session %s: %d deletions failed", self._session_id, failed)
         # UPDATE is the maildrop's last use: unlock before the client reads "+OK", so its
