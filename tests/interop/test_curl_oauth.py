@@ -23,6 +23,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from tests.interop.conftest import ALICE_SIZES, run
+from tests.support import jwt
+from tests.support.jwt import b64url
 from tests.support.lab import Lab, Server, start_server
 
 pytestmark = pytest.mark.interop
@@ -32,10 +34,6 @@ ISSUER = "https://issuer.lab.test"
 AUDIENCE = "pop3d-lab"
 LISTING = b"".join(f"{n} {size}\r\n".encode() for n, size in enumerate(ALICE_SIZES, 1))
 KEY = ed25519.Ed25519PrivateKey.generate()
-
-
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 def make_token(**changes: Any) -> str:
@@ -50,9 +48,7 @@ def make_token(**changes: Any) -> str:
         "scope": "pop",
     }
     claims.update(changes)
-    head = b64url(json.dumps({"alg": "EdDSA", "typ": "at+jwt", "kid": "lab"}).encode())
-    data = f"{head}.{b64url(json.dumps(claims).encode())}"
-    return f"{data}.{b64url(KEY.sign(data.encode()))}"
+    return jwt.token(KEY, "EdDSA", {"typ": "at+jwt", "kid": "lab"}, claims)
 
 
 def oauth_server(root: Path, mechanisms: str) -> Server:

@@ -3,6 +3,7 @@ and random responses, and real clients (Cyrus SASL, GNU SASL)."""
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
@@ -56,24 +57,8 @@ def authenticator(
 def drive(
     context: Context, replies: list[bytes], auth: Authenticator, initial: bytes | None = None
 ) -> Success | Failure:
-    """The exchange with scripted client replies; a malformed one counts as a failure, as
-    in the session. Any other exception escapes and fails the test."""
-    run = CramMd5().run(context, initial)
-    value: object = None
-    pending = list(replies)
-    while True:
-        try:
-            step = run.send(value)
-        except StopIteration as stop:
-            assert isinstance(stop.value, Success | Failure)
-            return stop.value
-        except MalformedResponse as problem:
-            return Failure(f"malformed: {problem}")
-        if isinstance(step, Challenge):
-            assert pending, "the mechanism wants more than the script has"
-            value = pending.pop(0)
-        else:
-            value = sasl_run.carry_out(auth, step)
+    resolve = functools.partial(sasl_run.carry_out, auth)
+    return sasl_run.script(CramMd5(), context, initial, replies, resolve).result
 
 
 def rfc_context() -> Context:

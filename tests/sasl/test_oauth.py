@@ -7,7 +7,6 @@ the request yet, so :func:`replay` here is its counterpart)."""
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import time
@@ -32,8 +31,8 @@ from pop3d.sasl.mechanism import (
 )
 from pop3d.sasl.oauth import OAuthBearer, XOAuth2
 from pop3d.security.secret import Secret
-from tests.support import sasl_vectors
-from tests.support.sasl_run import Mismatch
+from tests.support import jwt, sasl_run, sasl_vectors
+from tests.support.jwt import b64url
 
 CASES = sasl_vectors.load("oauth.json")
 # What vectors/sasl/make_oauth.py signed its tokens for.
@@ -66,31 +65,9 @@ def resolve(validator: TokenValidator, request: object) -> object:
 
 
 def replay(mechanism: Mechanism, case: sasl_vectors.Case, validator: TokenValidator) -> Any:
-    """Replay ``case`` byte for byte (as tests/support/sasl_run.run does for passwords)."""
-    steps = list(case.steps)
-    initial = steps.pop(0)[1] if steps and steps[0][0] == "C" else None
-    exchange = mechanism.run(Context("lab.test"), initial)
-    value: object = None
-    while True:
-        try:
-            step = exchange.send(value)
-        except StopIteration as stop:
-            result = stop.value
-            break
-        except MalformedResponse as problem:
-            return Failure(f"malformed: {problem}")
-        if isinstance(step, Challenge):
-            if steps and steps[0][0] == "S":
-                expected = steps.pop(0)[1]
-                if step.data != expected:
-                    raise Mismatch(f"{case.name}: server sent {step.data!r}, vector {expected!r}")
-            if not steps or steps[0][0] != "C":
-                raise Mismatch(f"{case.name}: the server wants a response the vector lacks")
-            value = steps.pop(0)[1]
-        else:
-            value = resolve(validator, step)
-    assert not steps, f"{case.name}: steps left over: {steps}"
-    return result
+    """Replay ``case`` byte for byte, as tests/support/sasl_run.run does for passwords."""
+    context = Context("lab.test")
+    return sasl_run.run(mechanism, case, context=context, resolve=lambda r: resolve(validator, r))
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
@@ -115,10 +92,6 @@ def test_vector_file_has_the_published_examples() -> None:
 _KEY = ed25519.Ed25519PrivateKey.generate()
 
 
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
 def make_token(**changes: Any) -> str:
     now = int(time.time())
     claims: dict[str, Any] = {
@@ -131,9 +104,7 @@ def make_token(**changes: Any) -> str:
     }
     claims.update(changes)
     claims = {k: v for k, v in claims.items() if v is not None}
-    head = b64url(json.dumps({"alg": "EdDSA", "kid": "k1"}).encode())
-    data = f"{head}.{b64url(json.dumps(claims).encode())}"
-    return f"{data}.{b64url(_KEY.sign(data.encode()))}"
+    return jwt.token(_KEY, "EdDSA", {"kid": "k1"}, claims)
 
 
 def make_validator(**settings_: Any) -> TokenValidator:
@@ -157,29 +128,11 @@ def exchange(
     validator: TokenValidator | None = None,
     scope: str = "",
 ) -> tuple[Success | Failure, list[bytes], list[object]]:
-    """Run to the end: (result, challenges sent, requests made). A MalformedResponse
-    becomes a Failure, as the session treats it; any other exception propagates."""
-    validator = validator or make_validator()
-    pending = list(answers)
-    challenges: list[bytes] = []
-    requests: list[object] = []
-    run = mechanism.run(Context("lab.test", oauth_scope=scope), initial)
-    value: object = None
-    while True:
-        try:
-            step = run.send(value)
-        except StopIteration as stop:
-            assert isinstance(stop.value, Success | Failure)
-            return stop.value, challenges, requests
-        except MalformedResponse as problem:
-            return Failure(f"malformed: {problem}"), challenges, requests
-        if isinstance(step, Challenge):
-            challenges.append(step.data)
-            assert pending, f"no answer left for challenge {step.data!r}"
-            value = pending.pop(0)
-        else:
-            requests.append(step)
-            value = resolve(validator, step)
+    """Run to the end: (result, challenges sent, requests made)."""
+    chosen = validator or make_validator()
+    context = Context("lab.test", oauth_scope=scope)
+    done = sasl_run.script(mechanism, context, initial, answers, lambda r: resolve(chosen, r))
+    return done.result, done.challenges, done.requests
 
 
 # --- success and refusals -----------------------------------------------------------------

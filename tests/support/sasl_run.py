@@ -4,6 +4,9 @@ real Authenticator behind it (only the nonce is fixed, from the case)."""
 from __future__ import annotations
 
 import base64
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -72,11 +75,60 @@ def carry_out(authenticator: Authenticator, request: object) -> object:
     raise AssertionError(f"unexpected request {request!r}")
 
 
+Resolver = Callable[[object], object]
+
+
+@dataclass
+class Exchange:
+    result: Success | Failure
+    challenges: list[bytes]
+    requests: list[object]
+
+
+def script(
+    mechanism: Mechanism,
+    context: Context,
+    initial: bytes | None,
+    replies: Sequence[bytes],
+    resolve: Resolver,
+) -> Exchange:
+    """Run ``mechanism`` with scripted client replies to its challenges; credential
+    requests go to ``resolve``. A malformed message counts as a failure, as in the
+    session; any other exception escapes (and fails the test)."""
+    pending = list(replies)
+    challenges: list[bytes] = []
+    requests: list[object] = []
+    exchange = mechanism.run(context, initial)
+    value: object = None
+    while True:
+        try:
+            step = exchange.send(value)
+        except StopIteration as stop:
+            assert isinstance(stop.value, Success | Failure)
+            return Exchange(stop.value, challenges, requests)
+        except MalformedResponse as problem:
+            return Exchange(Failure(f"malformed: {problem}"), challenges, requests)
+        if isinstance(step, Challenge):
+            challenges.append(step.data)
+            assert pending, f"no scripted reply left for challenge {step.data!r}"
+            value = pending.pop(0)
+        else:
+            requests.append(step)
+            value = resolve(step)
+
+
 def run(
-    mechanism: Mechanism, case: Case, authenticator: Authenticator, context: Context | None = None
+    mechanism: Mechanism,
+    case: Case,
+    authenticator: Authenticator | None = None,
+    context: Context | None = None,
+    resolve: Resolver | None = None,
 ) -> Success | Failure:
-    """Replay ``case``: every server message must match byte for byte. A malformed client
-    message counts as a failure, as the session treats it."""
+    """Replay ``case``: every server message must match byte for byte. Credential
+    requests go to ``resolve``, or to ``authenticator``."""
+    if resolve is None:
+        assert authenticator is not None
+        resolve = functools.partial(carry_out, authenticator)
     steps = list(case.steps)
     initial = steps.pop(0)[1] if steps and steps[0][0] == "C" else None
     exchange = mechanism.run(context or context_for(case), initial)
@@ -98,7 +150,7 @@ def run(
                 raise Mismatch(f"{case.name}: the server wants a response the vector lacks")
             value = steps.pop(0)[1]
         else:
-            value = carry_out(authenticator, step)
+            value = resolve(step)
     assert isinstance(result, Success | Failure)
     if isinstance(result, Success) and result.final is not None and steps:
         kind, expected = steps.pop(0)
