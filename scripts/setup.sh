@@ -39,8 +39,11 @@ if [ ! -x .venv/bin/python ]; then
     "$python" -m venv .venv
 fi
 extras=""
-[ "$want_test" = 1 ] && extras="[test]"
-stamp=".venv/.installed$( [ "$want_test" = 1 ] && echo -test )"
+stamp=".venv/.installed"
+if [ "$want_test" = 1 ]; then
+    extras="[test]"
+    stamp=".venv/.installed-test"
+fi
 digest=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ]; then
     .venv/bin/python -m pip install -q --upgrade pip >/dev/null
