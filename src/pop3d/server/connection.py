@@ -165,6 +165,9 @@ class Connection:
     async def _in_thread(self, function: Callable[..., Any], *args: Any) -> Any:
         return await self._loop.run_in_executor(self.context.executor, function, *args)
 
+    async def _hashing(self, function: Callable[..., Any], *args: Any) -> Any:
+        return await self._loop.run_in_executor(self.context.hash_executor, function, *args)
+
     def _resolve(self, result: object) -> None:
         assert self.session is not None
         self.session.resolve(result)
@@ -176,7 +179,7 @@ class Connection:
             self._resolve(hit)
             return
         self._resolve(
-            await self._in_thread(authenticator.verify_password, event.user, event.password)
+            await self._hashing(authenticator.verify_password, event.user, event.password)
         )
 
     async def _fetch_secrets(self, event: FetchSecrets) -> None:

@@ -102,11 +102,6 @@ class Master:
         sock = self.sockets[service.name]
         env = dict(
             os.environ,
-            # Argon2 borrows ~19 MiB per hash. glibc's default raises its mmap threshold
-            # after the first such free, so later buffers come from per-thread arenas and
-            # stay resident (~300 MiB per worker at 1000 logins, bench/RESULTS.md). A fixed
-            # threshold keeps big buffers on mmap: freed means given back.
-            MALLOC_MMAP_THRESHOLD_=os.environ.get("MALLOC_MMAP_THRESHOLD_", "1048576"),
             CYRUS_SERVICE=service.name,
             CYRUS_ID=str(slot.index),
             POP3D_LISTEN_FDS=str(sock.fileno()),

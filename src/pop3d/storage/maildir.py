@@ -237,10 +237,15 @@ class MaildirStore:
 
     def open(self, user: str) -> MaildirMaildrop:
         path = self.path_for(user)
-        if self.create:
-            _ensure_maildir(path)
+        lock_path = path / LOCK_NAME
         try:
-            lock_fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except FileNotFoundError:
+            if not self.create:
+                raise StorageError(f"{path} does not exist") from None
+            # First login: make the Maildir (only now, not on every login).
+            _ensure_maildir(path)
+            lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise StorageError(f"cannot open lock in {path}: {exc.strerror}") from exc
         try:
