@@ -93,6 +93,15 @@ def test_tls12_when_the_client_offers_no_more(served: Served) -> None:
 # TLS 1.1 needs security level 0 on both ends in OpenSSL 3 (SHA-1): with it the client can
 # really speak TLS 1.1, so a refusal comes from the server's version floor.
 TLS11 = ("-brief", "-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0")
+TLS10 = ("-brief", "-tls1", "-cipher", "DEFAULT@SECLEVEL=0")
+
+
+def test_tls10_is_refused(served: Served) -> None:
+    code, out, err = starttls(served.port, served.ca, *TLS10)
+    assert code != 0, err
+    assert "CONNECTION ESTABLISHED" not in err
+    assert "+OK" not in out
+    assert "unsupported protocol" in served.wait_for_log("unsupported protocol")
 
 
 def test_tls11_is_refused(served: Served) -> None:
