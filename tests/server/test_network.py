@@ -154,6 +154,7 @@ def test_sigterm_stops_the_master_within_ten_seconds_and_loses_nothing(server: S
     idle.settimeout(5)
     assert idle_reader.readline() == b""  # closed, without UPDATE
     assert len(server.lab.messages("bob")) == 3
+    assert "ended: server shutting down" in server.log_text()
     idle.close()
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", server.port), timeout=2).close()

@@ -12,6 +12,7 @@ one, and per RFC 1939 §3 the session ends without UPDATE and without a reply.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 import time
@@ -55,6 +56,7 @@ log = logging.getLogger("pop3d")
 audit = logging.getLogger("pop3d.audit")
 
 _STREAM_CHUNK = 256 * 1024
+INTERNAL_ERROR = b"-ERR [SYS/TEMP] Internal server error, closing the connection\r\n"
 
 
 class _Stop(Exception):
@@ -89,6 +91,11 @@ class Connection:
         except Exception:
             log.exception("session %s: internal error", self._session_id)
             self.end_reason = "internal error"
+            # Tell the client, as Cyrus does with [SYS/PERM] Fatal error; nothing is lost:
+            # without QUIT there is no UPDATE.
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(1.0):
+                    await self.channel.write(INTERNAL_ERROR)
         finally:
             self._release()
             self.channel.close()
@@ -125,7 +132,7 @@ class Connection:
         finally:
             self.idle = False
         if not data:
-            self.end_reason = "client closed the connection"
+            self.end_reason = self.end_reason or "client closed the connection"
             raise _Stop
         self.session.receive_data(data)
 
