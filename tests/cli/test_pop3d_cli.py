@@ -105,3 +105,39 @@ def test_idle_timeout_closes_without_a_reply(lab: Lab) -> None:
     assert out.splitlines()[-1] == b"+OK Message 1 deleted"
     assert b"ended: idle timeout" in err
     assert len(lab.messages("bob")) == 3
+
+
+def test_x_on_a_socket_serves_tls_too(tls_lab: Lab) -> None:
+    """inetd / systemd Accept=yes hand pop3d -X a connected socket: STLS works there."""
+    import socket
+    import ssl
+
+    assert tls_lab.tls is not None
+    ours, theirs = socket.socketpair()
+    process = subprocess.Popen(
+        [*POP3D, "-X", "-C", str(tls_lab.config)],
+        stdin=theirs,
+        stdout=theirs,
+        stderr=subprocess.PIPE,
+    )
+    theirs.close()
+    try:
+        ours.settimeout(10)
+        reader = ours.makefile("rb")
+        assert reader.readline().startswith(b"+OK")
+        ours.sendall(b"STLS\r\n")
+        assert reader.readline() == b"+OK Begin TLS negotiation now\r\n"
+        reader.close()
+        context = ssl.create_default_context(cafile=str(tls_lab.tls.ca))
+        with context.wrap_socket(ours, server_hostname="localhost") as secure:
+            secure.sendall(b"USER bob\r\nPASS builder\r\nSTAT\r\nQUIT\r\n")
+            data = b""
+            while chunk := secure.recv(4096):
+                data += chunk
+        assert data.endswith(b"+OK 3 6000\r\n+OK Logging out\r\n"), data
+        assert process.wait(timeout=10) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        assert process.stderr is not None
+        process.stderr.close()
