@@ -3,7 +3,7 @@
 Format (modelled on Dovecot's passwd-file with ``{SCHEME}`` prefixes)::
 
     # comments and blank lines are kept when the file is rewritten
-    alice:{ARGON2ID}$argon2id$v=19$m=19456,t=2,p=1$<salt>$<hash>
+    alice:{ARGON2ID}$argon2id$v=19$m=7168,t=5,p=1$<salt>$<hash>
     bob:{ARGON2ID}$argon2id$...:{PLAIN.B64}YnVpbGRlcg==
 
 * ``ARGON2ID``: the password hash, PHC string form; used by USER/PASS.

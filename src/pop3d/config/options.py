@@ -125,11 +125,11 @@ OPTIONS: dict[str, Option] = {
         _o(
             "argon2_memory",
             N,
-            19456,
+            7168,
             "[pop3d] Argon2id memory in KiB for new password hashes.",
             minimum=8,
         ),
-        _o("argon2_passes", N, 2, "[pop3d] Argon2id passes for new password hashes.", minimum=1),
+        _o("argon2_passes", N, 5, "[pop3d] Argon2id passes for new password hashes.", minimum=1),
         _o(
             "auth_cache_ttl",
             D,
