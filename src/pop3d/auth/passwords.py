@@ -1,4 +1,13 @@
-"""Password hashing: Argon2id (RFC 9106) through ``cryptography``, in PHC string form.
+"""Password hashing: Argon2id (RFC 9106) in PHC string form, through libsodium (PyNaCl)
+where it can and ``cryptography`` otherwise.
+
+Why two libraries: a login without a cached verification is one Argon2id run, and that is
+what bounds uncached logins per second. libsodium's AVX2 code verifies the default hash in
+about 22 ms on the bench machine where ``cryptography`` takes 40 (bench/RESULTS.md). But
+libsodium only makes one shape of hash (1 lane, 16-octet salt, 32-octet tag) and reads PHC
+strings of at most 127 characters, so the rest (non-default ``Argon2Parameters``, or hashes
+written by another tool) goes through ``cryptography``. Both are the same RFC 9106 function
+on the same PHC string: either one verifies what the other made (tests/auth/test_passwords.py).
 
 The default parameters are one of OWASP's equivalent Argon2id settings: 7 MiB, 5 passes,
 1 lane (OWASP lists it beside 19 MiB/2 passes as the same level of defence). Of those we
@@ -16,6 +25,8 @@ import hashlib
 import os
 from dataclasses import dataclass
 
+import nacl.exceptions
+import nacl.pwhash.argon2id as sodium_argon2id
 from cryptography.exceptions import InvalidKey
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
@@ -31,8 +42,18 @@ class Argon2Parameters:
     hash_bytes: int = 32
 
 
+# libsodium's one shape, and the longest PHC string its verifier reads.
+_SODIUM_SHAPE = (1, 16, 32)
+_SODIUM_PHC_MAX = sodium_argon2id.PWHASH_SIZE
+
+
 def hash_password(password: Secret, parameters: Argon2Parameters | None = None) -> str:
     p = parameters or Argon2Parameters()
+    if (p.lanes, p.salt_bytes, p.hash_bytes) == _SODIUM_SHAPE and _sodium_accepts(p):
+        phc = sodium_argon2id.str(
+            password.reveal(), opslimit=p.passes, memlimit=p.memory_kib * 1024
+        )
+        return phc.decode("ascii")
     kdf = Argon2id(
         salt=os.urandom(p.salt_bytes),
         length=p.hash_bytes,
@@ -43,7 +64,21 @@ def hash_password(password: Secret, parameters: Argon2Parameters | None = None) 
     return kdf.derive_phc_encoded(password.reveal())
 
 
+def _sodium_accepts(p: Argon2Parameters) -> bool:
+    return (
+        sodium_argon2id.OPSLIMIT_MIN <= p.passes <= sodium_argon2id.OPSLIMIT_MAX
+        and sodium_argon2id.MEMLIMIT_MIN <= p.memory_kib * 1024 <= sodium_argon2id.MEMLIMIT_MAX
+    )
+
+
 def verify_password(password: Secret, phc: str) -> bool:
+    if phc.startswith("$argon2id$") and len(phc) <= _SODIUM_PHC_MAX:
+        try:
+            return sodium_argon2id.verify(phc.encode("ascii"), password.reveal())
+        except nacl.exceptions.InvalidkeyError:
+            return False
+        except (nacl.exceptions.ValueError, UnicodeEncodeError):
+            pass  # a string libsodium does not read: cryptography decides
     try:
         Argon2id.verify_phc_encoded(password.reveal(), phc)
     except (InvalidKey, ValueError):
