@@ -329,7 +329,15 @@ OPTIONS: dict[str, Option] = {
         _o("tls_versions", T, "tls1_2 tls1_3", "TLS versions to accept, space separated."),
         _o("tls_ciphers", T, None, "OpenSSL cipher list for TLS 1.2."),
         _o("tls_prefer_server_ciphers", S, True, "Choose the cipher by the server's order."),
-        _o("tls_session_timeout", D, 1440, "TLS session cache lifetime.", unit="m"),
+        _o(
+            "tls_session_timeout",
+            D,
+            1440 * 60,
+            "TLS session resumption lifetime; 0 turns resumption off. OpenSSL's ticket "
+            "lifetime (2 hours) cannot be changed from Python, so below 120 minutes pop3d "
+            "turns resumption off rather than let a session outlive the setting.",
+            unit="m",
+        ),
         _o("tls_handshake_timeout", D, 30, "[pop3d] Time allowed for a TLS handshake."),
     )
 }

@@ -35,6 +35,10 @@ _VERSIONS = {
 }
 
 
+# OpenSSL's default session and ticket lifetime (SSL_CTX_get_timeout), in seconds.
+OPENSSL_SESSION_LIFETIME = 7200
+
+
 @dataclass(frozen=True, slots=True)
 class ServerTLS:
     """A server context and what we know about our own certificate."""
@@ -157,8 +161,13 @@ def server_context(config: Config, service: str | None) -> ssl.SSLContext:
                 config, "tls_client_ca_file", service, f"cannot load client CAs: {exc}"
             ) from None
         context.verify_mode = ssl.CERT_REQUIRED if mode == "require" else ssl.CERT_OPTIONAL
-    # tls_session_timeout: Python's ssl module cannot set SSL_CTX_set_timeout; OpenSSL's
-    # default (300 s for the session cache, ticket lifetime for TLS 1.3) applies.
+    if config.integer("tls_session_timeout", service) < OPENSSL_SESSION_LIFETIME:
+        # Python's ssl cannot shorten OpenSSL's lifetime (no SSL_CTX_set_timeout), so the
+        # only way to keep resumed sessions within the setting is no tickets at all. That
+        # ends resumption in TLS 1.3; TLS 1.2 can still resume by session id from OpenSSL's
+        # in-process cache, which Python cannot turn off (SECURITY.md, known limits).
+        context.options |= ssl.OP_NO_TICKET
+        context.num_tickets = 0
     return context
 
 
