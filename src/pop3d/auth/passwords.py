@@ -3,7 +3,8 @@ where it can and ``cryptography`` otherwise.
 
 Why two libraries: a login without a cached verification is one Argon2id run, and that is
 what bounds uncached logins per second. libsodium's AVX2 code verifies the default hash in
-about 22 ms on the bench machine where ``cryptography`` takes 40 (bench/RESULTS.md). But
+16 to 20 ms of CPU on the bench machine where ``cryptography`` takes 25 to 33, and doubled
+uncached logins per second there (bench/RESULTS.md, section 3.2). But
 libsodium only makes one shape of hash (1 lane, 16-octet salt, 32-octet tag) and reads PHC
 strings of at most 127 characters, so the rest (non-default ``Argon2Parameters``, or hashes
 written by another tool) goes through ``cryptography``. Both are the same RFC 9106 function

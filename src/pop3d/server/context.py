@@ -197,9 +197,10 @@ class ServiceContext:
         self.chatty = config.switch("chatty", service)
         # Blocking steps run off the event loop. Argon2 gets one thread of its own: it is
         # CPU-bound (a second thread per worker buys nothing on a core the other workers
-        # share), and glibc keeps the memory it borrows in each thread's arena, so one
-        # thread means one hash's memory per worker instead of one per thread. File I/O (listing,
-        # fsync) gets a few threads, so a slow disk does not queue behind a hash.
+        # share), and one thread bounds the hash memory of a worker to one hash (libsodium
+        # maps and unmaps its own; for hashes that go through cryptography, glibc keeps
+        # the buffer in the thread's arena). File I/O (listing, fsync) gets a few
+        # threads, so a slow disk does not queue behind a hash.
         self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="pop3d-io")
         self.hash_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pop3d-hash")
         self._counter = itertools.count(1)
