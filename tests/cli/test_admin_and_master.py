@@ -158,3 +158,68 @@ def test_master_daemonizes_with_a_pidfile(lab: Lab) -> None:
     while pidfile.exists() and time.monotonic() < deadline + 10:
         time.sleep(0.05)
     assert not pidfile.exists()
+
+
+def _free_port_v6() -> int:
+    with socket.socket(socket.AF_INET6) as sock:
+        sock.bind(("::1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _login_and_stat(family: int, address: object, user: str, password: str) -> bytes:
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.settimeout(20)
+        sock.connect(address)
+        reader = sock.makefile("rb")
+        assert reader.readline().startswith(b"+OK")
+        sock.sendall(f"USER {user}\r\nPASS {password}\r\nSTAT\r\nQUIT\r\n".encode())
+        answers = [reader.readline() for _ in range(4)]
+    assert all(a.startswith(b"+OK") for a in answers), answers
+    return answers[2]
+
+
+def test_master_serves_ipv4_ipv6_and_unix_listeners_and_stops_on_sigterm(lab: Lab) -> None:
+    """Every listen= form of cyrus.conf, served by one master; SIGTERM ends it with 0 and
+    removes the unix socket it made."""
+    port4, port6 = free_port(), _free_port_v6()
+    unix_path = lab.root / "pop3.sock"
+    conf = lab.root / "cyrus.conf"
+    conf.write_text(
+        "SERVICES {\n"
+        f'  pop3 cmd="pop3d" listen="127.0.0.1:{port4}" prefork=1\n'
+        f'  pop3v6 cmd="pop3d" listen="[::1]:{port6}" prefork=1\n'
+        f'  pop3local cmd="pop3d" listen="{unix_path}" prefork=1\n'
+        "}\n"
+    )
+    master = subprocess.Popen(
+        [*MASTER, "-C", str(lab.config), "-M", str(conf)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    user, password = next(iter(lab.users.items()))
+    targets = [
+        (socket.AF_INET, ("127.0.0.1", port4)),
+        (socket.AF_INET6, ("::1", port6)),
+        (socket.AF_UNIX, str(unix_path)),
+    ]
+    try:
+        deadline = time.monotonic() + 30
+        for family, address in targets:
+            while True:
+                try:
+                    stat = _login_and_stat(family, address, user, password)
+                    break
+                except (ConnectionRefusedError, FileNotFoundError):
+                    assert time.monotonic() < deadline, f"no answer on {address}"
+                    time.sleep(0.05)
+            assert stat.startswith(b"+OK ")
+        master.send_signal(signal.SIGTERM)
+        assert master.wait(timeout=15) == 0
+    finally:
+        if master.poll() is None:
+            master.kill()
+            master.wait()
+        assert master.stderr is not None
+        errors = master.stderr.read()
+    assert b"Traceback" not in errors
+    assert not unix_path.exists()
