@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pop3d.cli.common import EX_CONFIG, EX_USAGE, Exit, fail, load_config, run, setup_logging
 from pop3d.config.imapd import ConfigError
 from pop3d.server.context import RuntimeOptions, ServiceContext
-from pop3d.server.worker import Worker, serve_stdio
+from pop3d.server.worker import STATUS_FD_ENV, Worker, serve_stdio
 
 PROGRAM = "pop3d"
 USAGE = "usage: pop3d [-C imapd.conf] [-U uses] [-T timeout] [-D] [-s] [-k] [-p ssf] [-H] [-X]"
@@ -34,8 +34,8 @@ MAXCHILD_ENV = "POP3D_MAXCHILD"
 @dataclass
 class Arguments:
     config: str | None = None
-    uses: int = 250
-    reuse_timeout: int = 60
+    uses: int | None = None
+    reuse_timeout: int = 0
     debug: bool = False
     stdio: bool = False
     implicit_tls: bool = False
@@ -131,7 +131,9 @@ def main(argv: list[str] | None = None) -> int:
                 "with -X for one session on stdin/stdout",
             )
         maxchild = int(os.environ.get(MAXCHILD_ENV, "-1"))
-        asyncio.run(Worker(context, maxchild).serve(sockets))
+        status = os.environ.get(STATUS_FD_ENV, "")
+        status_fd = int(status) if status.isdigit() else None
+        asyncio.run(Worker(context, maxchild, status_fd).serve(sockets))
         return 0
     finally:
         context.close()

@@ -38,8 +38,10 @@ class RuntimeOptions:
     implicit_tls: bool = False  # -s
     external_ssf: int = 0  # -p
     proxy_protocol: bool = False  # -H
-    max_uses: int = 250  # -U
-    reuse_timeout: int = 60  # -T
+    # -U and -T: worker recycling (server/worker.py). None and 0: off, the defaults, where
+    # Cyrus has 250 uses and 60 s (see DESIGN.md, process model, for why).
+    max_uses: int | None = None  # -U
+    reuse_timeout: int = 0  # -T, seconds
 
 
 def credentials_path(config: Config, service: str | None = None) -> Path:

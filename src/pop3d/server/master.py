@@ -15,6 +15,11 @@ SIGTERM/SIGINT: workers are told to stop (they close idle sessions at once and l
 ones finish); whatever is left after 9.5 s is killed; the master exits 0 within 10 s.
 SIGHUP is passed on (TLS certificate reload). A worker that dies is replaced after a pause;
 one that keeps dying within seconds of its start makes the master give up (exit 70).
+
+Recycling (``-U``/``-T``): a worker that retires says so on its status pipe (one per
+worker, ``POP3D_STATUS_FD``, as Cyrus's services report to their master) and is replaced at
+once, not after the crash pause; it then finishes its sessions and exits 0 on its own. A
+retiring worker still gets SIGHUP and SIGTERM.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from pathlib import Path
 
 from pop3d.config.cyrus import MasterConfig, Service
 from pop3d.config.imapd import Config
+from pop3d.server.worker import RETIRING, STATUS_FD_ENV
 
 log = logging.getLogger("pop3d.master")
 
@@ -68,6 +74,7 @@ class _Slot:
     service: Service
     index: int
     process: subprocess.Popen[bytes] | None = None
+    status: int | None = None  # our end of the worker's status pipe
     started: float = 0.0
     crashes: list[float] = field(default_factory=list)
     restart_at: float = 0.0
@@ -80,6 +87,7 @@ class Master:
         self.config = config
         self.sockets: dict[str, socket.socket] = {}
         self.slots: list[_Slot] = []
+        self.retiring: list[subprocess.Popen[bytes]] = []
         self._stop = False
         self._reload = False
         self.exit_code = 0
@@ -100,14 +108,26 @@ class Master:
         workers = max(1, service.prefork)
         per_worker = -1 if service.maxchild <= 0 else -(-service.maxchild // workers)
         sock = self.sockets[service.name]
+        status_read, status_write = os.pipe()
+        os.set_blocking(status_read, False)
         env = dict(
             os.environ,
             CYRUS_SERVICE=service.name,
             CYRUS_ID=str(slot.index),
             POP3D_LISTEN_FDS=str(sock.fileno()),
             POP3D_MAXCHILD=str(per_worker),
+            **{STATUS_FD_ENV: str(status_write)},
         )
-        slot.process = subprocess.Popen(self._argv(service), pass_fds=(sock.fileno(),), env=env)
+        try:
+            slot.process = subprocess.Popen(
+                self._argv(service), pass_fds=(sock.fileno(), status_write), env=env
+            )
+        except BaseException:
+            os.close(status_read)
+            raise
+        finally:
+            os.close(status_write)
+        slot.status = status_read
         slot.started = time.monotonic()
         log.info(
             "service %s worker %d started (pid %d)", service.name, slot.index, slot.process.pid
@@ -138,6 +158,16 @@ class Master:
 
     def _reap(self) -> None:
         now = time.monotonic()
+        for retired in list(self.retiring):
+            code = retired.poll()
+            if code is not None:
+                self.retiring.remove(retired)
+                log.log(
+                    logging.INFO if code == 0 else logging.WARNING,
+                    "retired worker (pid %d) exited with %s",
+                    retired.pid,
+                    code,
+                )
         for slot in self.slots:
             process = slot.process
             if process is None:
@@ -145,9 +175,22 @@ class Master:
                     slot.restart_at = 0.0
                     self._spawn(slot)
                 continue
+            if self._retires(slot):
+                log.info(
+                    "service %s worker %d (pid %d) retires; starting its successor",
+                    slot.service.name,
+                    slot.index,
+                    process.pid,
+                )
+                self._close_status(slot)
+                self.retiring.append(process)
+                slot.process = None
+                self._spawn(slot)
+                continue
             code = process.poll()
             if code is None:
                 continue
+            self._close_status(slot)
             slot.process = None
             name = slot.service.name
             log.warning(
@@ -166,26 +209,48 @@ class Master:
                 return
             slot.restart_at = now + RESPAWN_PAUSE
 
+    def _retires(self, slot: _Slot) -> bool:
+        """Whether the worker wrote RETIRING on its status pipe (non-blocking)."""
+        if slot.status is None:
+            return False
+        try:
+            said = os.read(slot.status, 64)
+        except BlockingIOError:
+            return False
+        if not said:  # the worker closed it: it is exiting, poll() will tell
+            self._close_status(slot)
+        return RETIRING in said
+
+    @staticmethod
+    def _close_status(slot: _Slot) -> None:
+        if slot.status is not None:
+            os.close(slot.status)
+            slot.status = None
+
+    def _workers(self) -> list[subprocess.Popen[bytes]]:
+        return [s.process for s in self.slots if s.process is not None] + self.retiring
+
     def _signal_all(self, signum: int) -> None:
-        for slot in self.slots:
-            if slot.process is not None and slot.process.poll() is None:
-                slot.process.send_signal(signum)
+        for process in self._workers():
+            if process.poll() is None:
+                process.send_signal(signum)
 
     def _shutdown(self) -> None:
-        log.info("stopping: %d workers", sum(1 for s in self.slots if s.process))
+        workers = self._workers()
+        log.info("stopping: %d workers", len(workers))
         for sock in self.sockets.values():
             sock.close()
         self._signal_all(signal.SIGTERM)
         deadline = time.monotonic() + STOP_DEADLINE
-        for slot in self.slots:
-            if slot.process is None:
-                continue
+        for process in workers:
             try:
-                slot.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+                process.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                log.warning("worker pid %d did not stop in time; killing it", slot.process.pid)
-                slot.process.kill()
-                slot.process.wait()
+                log.warning("worker pid %d did not stop in time; killing it", process.pid)
+                process.kill()
+                process.wait()
+        for slot in self.slots:
+            self._close_status(slot)
         for service in self.cyrus.services:
             if service.listen.family == socket.AF_UNIX:
                 Path(service.listen.host).unlink(missing_ok=True)

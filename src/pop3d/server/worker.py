@@ -5,6 +5,13 @@ Shutdown (SIGTERM/SIGINT): stop accepting, close sessions that are waiting for a
 (nothing is lost: a session without QUIT deletes nothing), let sessions in the middle of a
 command finish it, and give up on stragglers after ``grace`` seconds. SIGHUP re-reads the
 TLS certificate and key.
+
+Recycling (Cyrus's ``-U`` and ``-T``, per worker): after ``-U`` connections, or after ``-T``
+to 2x``-T`` seconds without a session once it has served one (randomised as Cyrus does, so
+workers do not retire together), a worker *retires*: it stops accepting, tells the master
+on its status pipe so a fresh worker takes its place at once, lets its sessions run to
+their natural end (QUIT, drop or idle timeout: no session is cut short), and exits 0. A
+SIGTERM while retiring turns into the shutdown above.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import signal
 import socket
 
@@ -25,19 +33,30 @@ log = logging.getLogger("pop3d")
 SHUTDOWN_GRACE = 8.0
 PROXY_HEADER_TIMEOUT = 10.0
 TOO_MANY = b"-ERR [SYS/TEMP] Too many connections, try again later\r\n"
+# The master's end of this pipe learns that a worker retires (server/master.py).
+STATUS_FD_ENV = "POP3D_STATUS_FD"
+RETIRING = b"R"
 
 
 class Worker:
-    def __init__(self, context: ServiceContext, maxchild: int = -1) -> None:
+    def __init__(
+        self, context: ServiceContext, maxchild: int = -1, status_fd: int | None = None
+    ) -> None:
         self.context = context
         self.maxchild = maxchild
+        self.status_fd = status_fd
         self.connections: set[Connection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._stopping = asyncio.Event()
+        self._stop_accepting = asyncio.Event()  # SIGTERM or retirement
+        self._terminating = asyncio.Event()  # SIGTERM only
+        self._idle_timer: asyncio.TimerHandle | None = None
         self.served = 0
+        self.retired_because: str | None = None
 
     def _accepted(self, channel: Channel) -> None:
-        if 0 <= self.maxchild <= len(self.connections) or self._stopping.is_set():
+        # A retiring worker still serves what asyncio accepted before its listener closed
+        # (asyncio accepts a backlog's worth at a time); only a shutdown turns them away.
+        if 0 <= self.maxchild <= len(self.connections) or self._terminating.is_set():
             channel.refuse(TOO_MANY)
             log.warning(
                 "connection from %s refused: %d sessions (maxchild)",
@@ -45,19 +64,45 @@ class Worker:
                 len(self.connections),
             )
             return
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
         connection = Connection(channel, self.context)
         self.connections.add(connection)
         self.served += 1
         task = asyncio.get_running_loop().create_task(connection.run())
         self._tasks.add(task)
         task.add_done_callback(lambda t: self._finished(t, connection))
+        uses = self.context.options.max_uses
+        if uses is not None and self.served >= max(1, uses):  # Cyrus: -U 0 serves one
+            self.retire(f"served {self.served} connections (-U {uses})")
 
     def _finished(self, task: asyncio.Task[None], connection: Connection) -> None:
         self._tasks.discard(task)
         self.connections.discard(connection)
+        timeout = self.context.options.reuse_timeout
+        if timeout > 0 and not self.connections and not self._stop_accepting.is_set():
+            delay = timeout + random.uniform(0, timeout)  # Cyrus: T + rand() % T
+            loop = asyncio.get_running_loop()
+            self._idle_timer = loop.call_later(
+                delay, self.retire, f"no session for {delay:.0f} s (-T {timeout})"
+            )
 
     def stop(self) -> None:
-        self._stopping.set()
+        self._terminating.set()
+        self._stop_accepting.set()
+
+    def retire(self, reason: str) -> None:
+        if self._stop_accepting.is_set():
+            return
+        self.retired_because = reason
+        log.info("worker retiring: %s; %d sessions to finish", reason, len(self.connections))
+        if self.status_fd is not None:
+            try:
+                os.write(self.status_fd, RETIRING)
+            except OSError as exc:  # the master is gone: nobody to replace us, retire anyway
+                log.warning("cannot tell the master this worker retires: %s", exc)
+        self._stop_accepting.set()
 
     async def serve(self, sockets: list[socket.socket]) -> None:
         loop = asyncio.get_running_loop()
@@ -66,7 +111,7 @@ class Worker:
         loop.add_signal_handler(signal.SIGHUP, self.context.reload_tls)
         if self.context.options.proxy_protocol:
             acceptors = [loop.create_task(self._accept_proxied(sock)) for sock in sockets]
-            await self._stopping.wait()
+            await self._stop_accepting.wait()
             for acceptor in acceptors:
                 acceptor.cancel()
         else:
@@ -74,10 +119,22 @@ class Worker:
                 await loop.create_server(lambda: Channel(self._accepted), sock=sock, backlog=1024)
                 for sock in sockets
             ]
-            await self._stopping.wait()
+            await self._stop_accepting.wait()
             for server in servers:
                 server.close()
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        await self._sessions_end_or_terminate()
         await self._drain()
+
+    async def _sessions_end_or_terminate(self) -> None:
+        """Retiring: wait for every session to end by itself, unless a SIGTERM comes."""
+        terminating = asyncio.ensure_future(self._terminating.wait())
+        try:
+            while self._tasks and not self._terminating.is_set():
+                await asyncio.wait({*self._tasks, terminating}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            terminating.cancel()
 
     async def _accept_proxied(self, sock: socket.socket) -> None:
         """-H: accept by hand so the PROXY header can be read to the byte before the
