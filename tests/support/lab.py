@@ -154,8 +154,21 @@ class Server:
 
 def start_server(lab: Lab, services: dict[str, str] | None = None, prefork: int = 1) -> Server:
     """Start pop3d-master with ``services`` (name -> extra pop3d flags) and wait until
-    every port accepts connections."""
-    services = services or {"pop3": ""}
+    every port accepts connections. A port free_port() found can be taken by another test's
+    connection before the master binds it: then the master exits 71 and we try new ports."""
+    for _attempt in range(4):
+        try:
+            return _start_server(lab, services or {"pop3": ""}, prefork)
+        except PortTaken:
+            continue
+    return _start_server(lab, services or {"pop3": ""}, prefork)
+
+
+class PortTaken(RuntimeError):
+    pass
+
+
+def _start_server(lab: Lab, services: dict[str, str], prefork: int) -> Server:
     ports = {name: free_port() for name in services}
     lines = ["SERVICES {"]
     for name, flags in services.items():
@@ -181,7 +194,10 @@ def start_server(lab: Lab, services: dict[str, str] | None = None, prefork: int 
     while len(children.read_text().split()) < prefork * len(services):
         if process.poll() is not None or time.monotonic() > deadline:
             server.stop()
-            raise RuntimeError(f"pop3d-master did not start its workers:\n{server.log_text()}")
+            log_text = server.log_text()
+            if process.returncode == 71 and "Address already in use" in log_text:
+                raise PortTaken(log_text)
+            raise RuntimeError(f"pop3d-master did not start its workers:\n{log_text}")
         time.sleep(0.05)
     for port in ports.values():
         while True:
