@@ -21,6 +21,7 @@ import ssl
 import stat
 from collections.abc import Callable
 from typing import Protocol as TypingProtocol
+from typing import cast
 
 _READ_HIGH_WATER = 256 * 1024
 _READ_CHUNK = 64 * 1024
@@ -70,8 +71,8 @@ class Channel(asyncio.Protocol):
     # --- asyncio.Protocol -------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # A stream transport; another loop's (uvloop's) need not subclass asyncio.Transport.
+        self._transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         if self._peer_override:
             self.peer = self._peer_override
