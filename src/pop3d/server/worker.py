@@ -51,7 +51,6 @@ class Worker:
         self._terminating = asyncio.Event()  # SIGTERM only
         self._idle_timer: asyncio.TimerHandle | None = None
         self.served = 0
-        self.retired_because: str | None = None
 
     def _accepted(self, channel: Channel) -> None:
         # A retiring worker still serves what asyncio accepted before its listener closed
@@ -59,9 +58,11 @@ class Worker:
         if 0 <= self.maxchild <= len(self.connections) or self._terminating.is_set():
             channel.refuse(TOO_MANY)
             log.warning(
-                "connection from %s refused: %d sessions (maxchild)",
+                "connection from %s refused: %s",
                 channel.peer,
-                len(self.connections),
+                "shutting down"
+                if self._terminating.is_set()
+                else f"{len(self.connections)} sessions (maxchild)",
             )
             return
         if self._idle_timer is not None:
@@ -95,7 +96,6 @@ class Worker:
     def retire(self, reason: str) -> None:
         if self._stop_accepting.is_set():
             return
-        self.retired_because = reason
         log.info("worker retiring: %s; %d sessions to finish", reason, len(self.connections))
         if self.status_fd is not None:
             try:
