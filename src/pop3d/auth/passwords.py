@@ -3,12 +3,12 @@ where it can and ``cryptography`` otherwise.
 
 Why two libraries: a login without a cached verification is one Argon2id run, and that is
 what bounds uncached logins per second. libsodium's AVX2 code verifies the default hash in
-16 to 20 ms of CPU on the bench machine where ``cryptography`` takes 25 to 33, and doubled
-uncached logins per second there (bench/RESULTS.md, section 3.2). But
-libsodium only makes one shape of hash (1 lane, 16-octet salt, 32-octet tag) and reads PHC
-strings of at most 127 characters, so the rest (non-default ``Argon2Parameters``, or hashes
-written by another tool) goes through ``cryptography``. Both are the same RFC 9106 function
-on the same PHC string: either one verifies what the other made (tests/auth/test_passwords.py).
+16 to 20 ms of CPU on the bench machine where ``cryptography`` takes 25 to 33 (bench/
+RESULTS.md, section 3.2). But libsodium only makes one shape of hash (1 lane, 16-octet
+salt, 32-octet tag) and reads PHC strings of at most 127 characters, so the rest
+(non-default ``Argon2Parameters``, or hashes written by another tool) goes through
+``cryptography``. Both are the same RFC 9106 function on the same PHC string: either one
+verifies what the other made (tests/auth/test_passwords.py).
 
 The default parameters are one of OWASP's equivalent Argon2id settings: 7 MiB, 5 passes,
 1 lane (OWASP lists it beside 19 MiB/2 passes as the same level of defence). Of those we
