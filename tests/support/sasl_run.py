@@ -75,6 +75,26 @@ def carry_out(authenticator: Authenticator, request: object) -> object:
     raise AssertionError(f"unexpected request {request!r}")
 
 
+def assert_one_response_only_fails(
+    mechanism: Mechanism, context: Context, authenticator: Authenticator, response: bytes
+) -> None:
+    """For a challenge-first mechanism (CRAM-MD5, DIGEST-MD5) fed one response that is not
+    a valid login: it is refused as malformed, or it ends in a Failure after the credential
+    lookup, and never asks for more."""
+    run = mechanism.run(context, None)
+    run.send(None)
+    try:
+        step = run.send(response)
+        assert isinstance(step, ev.FetchSecrets)
+        run.send(carry_out(authenticator, step))
+    except MalformedResponse:
+        return
+    except StopIteration as stop:
+        assert isinstance(stop.value, Failure), (response, stop.value)
+        return
+    raise AssertionError("the exchange did not end after the response")
+
+
 Resolver = Callable[[object], object]
 
 
