@@ -15,10 +15,9 @@ from pathlib import Path
 import scramp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from tests.support import sasl_run, sasl_vectors
-
 from pop3d.sasl.mechanism import Challenge, Success
 from pop3d.sasl.scram import Scram
+from tests.support import sasl_run, sasl_vectors
 
 HERE = Path(__file__).parent
 SALT = base64.b64encode(b"pop3d-vector-salt").decode()

@@ -51,6 +51,7 @@ from pop3d.server.context import ServiceContext
 from pop3d.storage.base import MaildropInUse, MessageGone, StorageError
 from pop3d.storage.maildir import MaildirMaildrop
 from pop3d.transport import tls
+from pop3d.transport.layer import LayerError
 
 log = logging.getLogger("pop3d")
 audit = logging.getLogger("pop3d.audit")
@@ -88,6 +89,10 @@ class Connection:
             pass
         except ChannelClosed:
             self.end_reason = self.end_reason or "connection lost"
+        except LayerError as exc:
+            # A frame that failed its layer's checks: nothing in it was run.
+            log.warning("session %s: %s", self._session_id, exc)
+            self.end_reason = f"security layer: {exc}"
         except Exception:
             log.exception("session %s: internal error", self._session_id)
             self.end_reason = "internal error"

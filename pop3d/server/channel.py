@@ -1,15 +1,21 @@
 """Byte channels for one connection: a coroutine interface (read, write, start_tls, close)
-over asyncio transports, with flow control both ways.
+over a socket or stdio, with flow control both ways and a stack of security layers.
 
 * Input: received bytes wait in a small queue; past 256 KiB the transport stops reading, so a
   client that pipelines without end fills its own socket buffer, not our memory.
 * Output: :meth:`Channel.write` waits while the transport is above its high-water mark, so a
   client that never reads cannot make the server buffer without bound.
-* STLS: :meth:`Channel.start_tls` drops every byte received in clear before the handshake
-  (the session drops its own buffer too), then wraps the same protocol object in TLS.
+* Security layers (``transport/layer.py``): TLS and SASL layers are sans-I/O filters in a
+  :class:`LayerStack`. Raw bytes stay raw in the queue until :meth:`read` takes them, so
+  bytes that arrived before a layer was pushed are unwrapped by it; only plaintext already
+  handed up and not consumed (the session's trailing data) is given to the new layer by
+  :meth:`push_layer`.
+* STLS: :meth:`start_tls` drops every byte received in clear before the handshake (the
+  session drops its own buffer too), then runs the handshake through the stack.
 
 asyncio's own streams would do most of this, but STLS needs the read buffer emptied and
-asyncio offers no public way to do that on a StreamReader.
+asyncio offers no public way to do that on a StreamReader; and asyncio's TLS keeps 256 KiB
+per connection (``transport/tls_layer.py`` says why we run our own).
 """
 
 from __future__ import annotations
@@ -22,6 +28,9 @@ import stat
 from collections.abc import Callable
 from typing import Protocol as TypingProtocol
 from typing import cast
+
+from pop3d.transport.layer import LayerError, LayerStack, SecurityLayer
+from pop3d.transport.tls_layer import TLSLayer
 
 _READ_HIGH_WATER = 256 * 1024
 _READ_CHUNK = 64 * 1024
@@ -40,6 +49,8 @@ class ByteChannel(TypingProtocol):
 
     async def start_tls(self, context: ssl.SSLContext, timeout: float) -> ssl.SSLObject: ...
 
+    def push_layer(self, layer: SecurityLayer, trailing: bytes) -> None: ...
+
     def discard_input(self) -> None: ...
 
     def close(self) -> None: ...
@@ -48,12 +59,84 @@ class ByteChannel(TypingProtocol):
     def closed(self) -> bool: ...
 
 
-class Channel(asyncio.Protocol):
-    """A socket connection. It is its own asyncio protocol, and stays so across STLS."""
+class _Layered:
+    """What both channels share: the layer stack over raw reads and writes."""
+
+    def __init__(self) -> None:
+        self._stack = LayerStack()
+        self._plain = b""  # unwrapped, not yet read: goes through a layer pushed now
+
+    async def _read_raw(self) -> bytes:
+        raise NotImplementedError
+
+    async def _write_raw(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def _discard_raw(self) -> None:
+        raise NotImplementedError
+
+    async def read(self) -> bytes:
+        """Whatever plaintext has arrived, at least one byte; b"" at end of input. Raises
+        :class:`LayerError` for a frame a layer refuses."""
+        while not self._plain:
+            if self._stack.peer_closed:
+                return b""
+            raw = await self._read_raw()
+            if not raw:
+                return b""
+            if not self._stack:
+                return raw
+            self._plain, reply = self._stack.receive(raw)
+            if reply:
+                await self._write_raw(reply)
+        data, self._plain = self._plain, b""
+        return data
+
+    async def write(self, data: bytes) -> None:
+        await self._write_raw(self._stack.wrap(data) if self._stack else data)
+
+    def push_layer(self, layer: SecurityLayer, trailing: bytes) -> None:
+        """From now on every byte goes through ``layer``; ``trailing`` (received after the
+        exchange that set it up, not consumed) and buffered plaintext go through it first."""
+        self._stack.push(layer)
+        self._plain = layer.unwrap(trailing + self._plain)
+
+    def discard_input(self) -> None:
+        self._plain = b""
+        self._discard_raw()
+
+    async def start_tls(self, context: ssl.SSLContext, timeout: float) -> ssl.SSLObject:
+        """Drop what arrived in clear, run a server handshake, push TLS on the stack.
+        Raises ``ssl.SSLError``, ``TimeoutError`` or :class:`ChannelClosed`."""
+        self.discard_input()
+        layer = TLSLayer(context)
+        async with asyncio.timeout(timeout):
+            done = False
+            while not done:
+                data = await self.read()
+                if not data:
+                    raise ChannelClosed("connection closed during the TLS handshake")
+                done = layer.handshake(data)
+                reply = layer.outgoing()
+                if reply:
+                    await self.write(reply)
+        self.push_layer(layer, b"")
+        return layer.ssl_object
+
+    def _closing_bytes(self) -> bytes:
+        try:
+            return self._stack.close() if self._stack else b""
+        except (LayerError, ssl.SSLError, ValueError):
+            return b""
+
+
+class Channel(_Layered, asyncio.Protocol):
+    """A socket connection. It is its own asyncio protocol, for its whole life."""
 
     def __init__(
         self, on_connected: Callable[[Channel], None] | None = None, peer: str | None = None
     ) -> None:
+        super().__init__()
         self._on_connected = on_connected
         self._peer_override = peer
         self._loop = asyncio.get_running_loop()
@@ -120,8 +203,7 @@ class Channel(asyncio.Protocol):
 
     # --- coroutine interface ----------------------------------------------------------
 
-    async def read(self) -> bytes:
-        """Whatever has arrived, at least one byte; b"" at end of input."""
+    async def _read_raw(self) -> bytes:
         while not self._chunks:
             if self._eof:
                 return b""
@@ -138,7 +220,7 @@ class Channel(asyncio.Protocol):
             self._transport.resume_reading()
         return data
 
-    async def write(self, data: bytes) -> None:
+    async def _write_raw(self, data: bytes) -> None:
         if self._lost or self._transport is None or self._transport.is_closing():
             raise ChannelClosed("connection closed")
         self._transport.write(data)
@@ -149,26 +231,16 @@ class Channel(asyncio.Protocol):
             finally:
                 self._drain_waiter = None
 
-    def discard_input(self) -> None:
+    def _discard_raw(self) -> None:
         self._chunks.clear()
         self._buffered = 0
 
-    async def start_tls(self, context: ssl.SSLContext, timeout: float) -> ssl.SSLObject:
-        assert self._transport is not None
-        self.discard_input()
-        transport = await self._loop.start_tls(
-            self._transport, self, context, server_side=True, ssl_handshake_timeout=timeout
-        )
-        if transport is None:
-            raise ChannelClosed("connection closed during the TLS handshake")
-        self._transport = transport
-        self._write_paused = False
-        ssl_object = transport.get_extra_info("ssl_object")
-        assert isinstance(ssl_object, ssl.SSLObject)
-        return ssl_object
-
     def close(self) -> None:
         if self._transport is not None and not self._transport.is_closing():
+            if not self._lost:
+                goodbye = self._closing_bytes()
+                if goodbye:
+                    self._transport.write(goodbye)
             self._transport.close()
 
     def refuse(self, reply: bytes) -> None:
@@ -182,7 +254,7 @@ class Channel(asyncio.Protocol):
         return self._lost or self._transport is None or self._transport.is_closing()
 
 
-class FdChannel:
+class FdChannel(_Layered):
     """stdin/stdout that are not a socket (``pop3d -X`` under a test harness or a pipe from
     an inetd-style wrapper). Pipes and terminals are polled by the event loop in
     non-blocking mode (restored on close), so an idle timeout can end the session: a read
@@ -190,6 +262,7 @@ class FdChannel:
     directly."""
 
     def __init__(self, read_fd: int, write_fd: int) -> None:
+        super().__init__()
         self._read_fd = read_fd
         self._write_fd = write_fd
         self._loop = asyncio.get_running_loop()
@@ -219,7 +292,7 @@ class FdChannel:
         finally:
             remove(fd)
 
-    async def read(self) -> bytes:
+    async def _read_raw(self) -> bytes:
         while not self._closed:
             try:
                 return os.read(self._read_fd, _READ_CHUNK)
@@ -229,7 +302,7 @@ class FdChannel:
                 return b""
         return b""
 
-    async def write(self, data: bytes) -> None:
+    async def _write_raw(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
             if self._closed:
@@ -243,15 +316,16 @@ class FdChannel:
                 raise ChannelClosed(str(exc)) from None
             view = view[written:]
 
-    async def start_tls(self, context: ssl.SSLContext, timeout: float) -> ssl.SSLObject:
-        raise ChannelClosed("TLS on stdio needs stdin to be a socket")
-
-    def discard_input(self) -> None:
-        pass
+    def _discard_raw(self) -> None:
+        pass  # nothing is read ahead
 
     def close(self) -> None:
         if self._closed:
             return
+        goodbye = self._closing_bytes()
+        if goodbye:  # best effort: a close_notify for a TLS peer on a pipe
+            with contextlib.suppress(OSError):
+                os.write(self._write_fd, goodbye)
         self._closed = True
         for fd, blocking in self._restore:
             with contextlib.suppress(OSError):
