@@ -9,6 +9,9 @@ want_test=0
 [ "${1:-}" = "--test" ] && want_test=1
 
 packages=(python3 python3-venv openssl ca-certificates)
+# MIT Kerberos: the library python-gssapi binds to and KPOP's verifier loads (libkrb5.so.3),
+# and what building python-gssapi needs (krb5-config, a C compiler, Python headers)
+packages+=(libkrb5-3 libgssapi-krb5-2 libkrb5-dev gcc python3-dev)
 if [ "$want_test" = 1 ]; then
     # real clients the interoperability tests drive
     packages+=(curl fetchmail)
@@ -19,6 +22,9 @@ if [ "$want_test" = 1 ]; then
     packages+=(cyrus-clients libsasl2-modules)
     # GNU SASL, an independent client for CRAM-MD5 and DIGEST-MD5
     packages+=(gsasl)
+    # a real MIT KDC for the Kerberos tests (k5test starts it), kinit/klist, and Cyrus
+    # SASL's GSSAPI plug-in for pop3test -m GSSAPI
+    packages+=(krb5-kdc krb5-admin-server krb5-user libsasl2-modules-gssapi-mit)
 fi
 
 missing=()
