@@ -30,7 +30,10 @@ from typing import Protocol
 
 from pop3d.auth.credentials import SCHEME_ARGON2ID, SCHEME_PLAIN_B64, CredentialFile
 from pop3d.auth.passwords import Argon2Parameters, apop_matches, hash_password, verify_password
-from pop3d.protocol.events import AuthResult, Secrets
+from pop3d.sasl.requests import (
+    AuthResult,
+    Secrets,
+)
 from pop3d.sasl.scram import DEFAULT_ITERATIONS, HASHES, ScramKeys
 from pop3d.security.secret import Secret
 

@@ -38,7 +38,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from pop3d.config.imapd import Config, ConfigError, Problem
-from pop3d.protocol.events import BearerResult
+from pop3d.sasl.requests import BearerResult
 from pop3d.security.secret import Secret
 
 # RFC 6750 §3.1 error codes, which RFC 7628 §3.2.2 sends as "status".
@@ -352,7 +352,7 @@ class TokenValidator:
         return TokenResult(user)
 
     def verify(self, token: Secret) -> BearerResult:
-        """The driver's answer to :class:`~pop3d.protocol.events.VerifyBearer`."""
+        """The driver's answer to :class:`~pop3d.sasl.requests.VerifyBearer`."""
         try:
             text = token.reveal().decode("ascii")
         except UnicodeDecodeError:

@@ -31,10 +31,12 @@ from pop3d.cli.common import (
     EX_USAGE,
     Exit,
     fail,
+    load_config,
     run,
 )
 from pop3d.config import cyrus, imapd
 from pop3d.config.imapd import Config, ConfigError
+from pop3d.sasl import registry
 from pop3d.security.secret import Secret
 from pop3d.server.context import (
     argon2_parameters,
@@ -83,13 +85,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _config(path: str) -> Config:
-    try:
-        config = imapd.load(path)
-    except ConfigError as exc:
-        raise Exit(EX_CONFIG, "\n".join(f"{PROGRAM}: {p}" for p in exc.problems)) from None
-    for problem in config.warnings:
-        print(f"{PROGRAM}: {problem}", file=sys.stderr)
-    return config
+    return load_config(PROGRAM, path)
 
 
 def _user(config: Config, raw: str) -> str:
@@ -162,7 +158,7 @@ def cmd_check_config(config_path: str, args: argparse.Namespace) -> int:
     config: Config | None = None
     try:
         config = imapd.load(config_path)
-        problems += [str(p) for p in config.problems]
+        problems += [str(p) for p in config.problems + registry.config_problems(config)]
     except ConfigError as exc:
         problems += [str(p) for p in exc.problems]
     if config is not None:

@@ -10,6 +10,7 @@ from typing import NoReturn
 
 from pop3d.config import imapd
 from pop3d.config.imapd import Config, ConfigError
+from pop3d.sasl import registry
 
 # sysexits.h
 EX_OK = 0
@@ -74,6 +75,7 @@ def load_config(program: str, path: str | None) -> Config:
         config = imapd.load(target)
     except ConfigError as exc:
         raise Exit(EX_CONFIG, "\n".join(f"{program}: {p}" for p in exc.problems)) from None
+    config.problems.extend(registry.config_problems(config))
     for problem in config.warnings:
         print(f"{program}: {problem}", file=sys.stderr)
     return config

@@ -20,7 +20,6 @@ from pop3d.config.options import (
     Kind,
     Option,
 )
-from pop3d.sasl import registry
 
 _TRUE = frozenset({"1", "yes", "on", "t", "true"})
 _FALSE = frozenset({"0", "no", "off", "f", "false"})
@@ -236,15 +235,8 @@ class _Parser:
         self.check_semantics(option, key, parsed, path, number)
 
     def check_semantics(self, option: Option, key: str, value: object, path: str, n: int) -> None:
-        if option.name == "sasl_mech_list" and isinstance(value, str):
-            for mechanism in value.upper().split():
-                if mechanism not in registry.names():
-                    self.problem(
-                        path,
-                        n,
-                        f"{key}: SASL mechanism {mechanism} is not offered by this build (ignored)",
-                        "warning",
-                    )
+        # Mechanism names are checked by pop3d.sasl.registry.config_problems: the layer
+        # that knows them (configuration sits below SASL and must not import it).
         if option.name == "poptimeout" and isinstance(value, int) and value < 600:
             self.problem(
                 path,

@@ -31,14 +31,12 @@ from pop3d.protocol import commands
 from pop3d.protocol.commands import ArgumentError, SyntaxProblem
 from pop3d.protocol.events import (
     NEED_DATA,
-    AuthResult,
     Close,
     CommitResult,
     CommitUpdate,
     Event,
     Failure,
     FailureKind,
-    FetchSecrets,
     LoginFailed,
     LoginSucceeded,
     MaildropOpened,
@@ -46,21 +44,25 @@ from pop3d.protocol.events import (
     OpenMaildrop,
     Pause,
     ReleaseMaildrop,
-    Request,
-    ResolveUser,
     RetrieveMessage,
     Send,
     StartTLS,
     TLSStarted,
-    VerifyApop,
-    VerifyPassword,
 )
 from pop3d.protocol.settings import ConnectionInfo, SessionSettings
 from pop3d.protocol.states import KNOWN_COMMANDS, TABLE, Outcome, Rule, State
 from pop3d.protocol.wire import OVERLONG, LineReader
+from pop3d.requests import Request
 from pop3d.sasl import registry
 from pop3d.sasl.mechanism import Challenge, Context, MalformedResponse, Mechanism, Success
 from pop3d.sasl.mechanism import Failure as SaslFailure
+from pop3d.sasl.requests import (
+    AuthResult,
+    FetchSecrets,
+    ResolveUser,
+    VerifyApop,
+    VerifyPassword,
+)
 from pop3d.security.policy import Action, Protection
 from pop3d.security.secret import Secret
 

@@ -23,7 +23,6 @@ import hashlib
 import hmac
 from secrets import token_bytes
 
-from pop3d.protocol.events import FetchSecrets, Secrets
 from pop3d.sasl.mechanism import (
     Challenge,
     Context,
@@ -34,6 +33,10 @@ from pop3d.sasl.mechanism import (
     Run,
     Success,
     utf8,
+)
+from pop3d.sasl.requests import (
+    FetchSecrets,
+    Secrets,
 )
 from pop3d.security.secret import equal
 

@@ -35,7 +35,6 @@ from __future__ import annotations
 import hashlib
 from secrets import token_bytes
 
-from pop3d.protocol.events import FetchSecrets, Secrets
 from pop3d.sasl.cram_md5 import stored_secret
 from pop3d.sasl.mechanism import (
     Challenge,
@@ -47,6 +46,10 @@ from pop3d.sasl.mechanism import (
     Run,
     Success,
     utf8,
+)
+from pop3d.sasl.requests import (
+    FetchSecrets,
+    Secrets,
 )
 from pop3d.security.secret import equal
 

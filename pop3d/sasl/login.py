@@ -3,7 +3,6 @@ Legacy and plaintext: offered only when sasl_mech_list names it, on a protected 
 
 from __future__ import annotations
 
-from pop3d.protocol.events import AuthResult, VerifyPassword
 from pop3d.sasl.mechanism import (
     Challenge,
     Context,
@@ -14,6 +13,10 @@ from pop3d.sasl.mechanism import (
     Run,
     Success,
     utf8,
+)
+from pop3d.sasl.requests import (
+    AuthResult,
+    VerifyPassword,
 )
 from pop3d.security.secret import Secret
 

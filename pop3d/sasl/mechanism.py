@@ -10,7 +10,7 @@ from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
-from pop3d.protocol.events import Request
+from pop3d.requests import Request
 
 
 class Flag(enum.Flag):

@@ -1,6 +1,6 @@
 """OAUTHBEARER (RFC 7628) and XOAUTH2 (Google's older format): an OAuth 2.0 bearer token
 in one client message. The mechanism only parses; the driver validates the token
-(:class:`~pop3d.protocol.events.VerifyBearer`, answered by
+(:class:`~pop3d.sasl.requests.VerifyBearer`, answered by
 :meth:`pop3d.auth.tokens.TokenValidator.verify`) and the session checks the user exists.
 
 OAUTHBEARER, RFC 7628 §3.1::
@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 import re
 
-from pop3d.protocol.events import BearerResult, VerifyBearer
 from pop3d.sasl.mechanism import (
     Challenge,
     Context,
@@ -41,6 +40,10 @@ from pop3d.sasl.mechanism import (
     Mechanism,
     Run,
     Success,
+)
+from pop3d.sasl.requests import (
+    BearerResult,
+    VerifyBearer,
 )
 from pop3d.security.secret import Secret
 

@@ -3,7 +3,6 @@ the wire, so the mechanism is offered only where the policy allows plaintext pas
 
 from __future__ import annotations
 
-from pop3d.protocol.events import AuthResult, VerifyPassword
 from pop3d.sasl.mechanism import (
     Challenge,
     Context,
@@ -15,6 +14,10 @@ from pop3d.sasl.mechanism import (
     Success,
     split_nul,
     utf8,
+)
+from pop3d.sasl.requests import (
+    AuthResult,
+    VerifyPassword,
 )
 from pop3d.security.secret import Secret
 

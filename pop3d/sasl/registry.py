@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from pop3d.config.imapd import Config, Problem
 from pop3d.sasl.cram_md5 import CramMd5
 from pop3d.sasl.digest_md5 import DigestMd5
 from pop3d.sasl.external import External
@@ -58,6 +59,19 @@ _MECHANISMS: dict[str, Mechanism] = {
         CramMd5(),
     )
 }
+
+
+def config_problems(config: Config) -> list[Problem]:
+    """Warnings for ``sasl_mech_list`` names (any service's) that this build lacks."""
+    problems = []
+    for key, setting in config.settings.items():
+        if not key.endswith("sasl_mech_list") or not isinstance(setting.value, str):
+            continue
+        for name in setting.value.upper().split():
+            if name not in _MECHANISMS:
+                message = f"{key}: SASL mechanism {name} is not offered by this build (ignored)"
+                problems.append(Problem(setting.path, setting.line, message, "warning"))
+    return problems
 
 
 def names() -> frozenset[str]:

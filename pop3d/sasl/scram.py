@@ -28,7 +28,6 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 
-from pop3d.protocol.events import FetchSecrets, Secrets
 from pop3d.sasl.mechanism import (
     Challenge,
     Context,
@@ -38,6 +37,10 @@ from pop3d.sasl.mechanism import (
     Mechanism,
     Run,
     Success,
+)
+from pop3d.sasl.requests import (
+    FetchSecrets,
+    Secrets,
 )
 from pop3d.sasl.saslprep import SASLprepError, saslprep
 from pop3d.security.secret import Secret, equal

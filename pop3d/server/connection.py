@@ -22,13 +22,11 @@ from typing import Any
 from pop3d.message import MessageEncoder
 from pop3d.protocol.events import (
     NEED_DATA,
-    BearerResult,
     Close,
     CommitResult,
     CommitUpdate,
     Failure,
     FailureKind,
-    FetchSecrets,
     LoginFailed,
     LoginSucceeded,
     MaildropOpened,
@@ -36,16 +34,20 @@ from pop3d.protocol.events import (
     OpenMaildrop,
     Pause,
     ReleaseMaildrop,
-    ResolveUser,
     RetrieveMessage,
     Send,
     StartTLS,
     TLSStarted,
+)
+from pop3d.protocol.session import Session
+from pop3d.sasl.requests import (
+    BearerResult,
+    FetchSecrets,
+    ResolveUser,
     VerifyApop,
     VerifyBearer,
     VerifyPassword,
 )
-from pop3d.protocol.session import Session
 from pop3d.server.channel import ByteChannel, ChannelClosed
 from pop3d.server.context import ServiceContext
 from pop3d.storage.base import MaildropInUse, MessageGone, StorageError

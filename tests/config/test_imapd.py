@@ -7,6 +7,7 @@ import pytest
 from pop3d.config import imapd
 from pop3d.config.imapd import ConfigError
 from pop3d.config.options import OPTIONS, Kind
+from pop3d.sasl import registry
 
 
 def test_syntax_as_cyrus(tmp_path: Path) -> None:
@@ -47,7 +48,7 @@ def test_unknown_keys_warn_and_other_cyrus_keys_do_not(tmp_path: Path) -> None:
         "frobnicate: 1\nlmtpsocket: /x\nduplicatesuppression: 0\npartition-news: /n\n"
         "sasl_mech_list: PLAIN KERBEROS_V4 SCRAM-SHA-256 NTLM\npop3_uidl_format: dovecot\n"
     )
-    warnings = [str(w) for w in config.warnings]
+    warnings = [str(w) for w in config.warnings + registry.config_problems(config)]
     assert warnings[0] == "<text>:1: warning: unknown option 'frobnicate' (ignored)"
     assert any("KERBEROS_V4 is not offered by this build" in w for w in warnings)
     assert len(warnings) == 3  # frobnicate, KERBEROS_V4, NTLM

@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 
 from pop3d.auth import credentials, schemes
 from pop3d.auth.authenticator import Authenticator
-from pop3d.protocol.events import FetchSecrets
 from pop3d.sasl.digest_md5 import (
     MAX_RESPONSE,
     DigestMd5,
@@ -29,6 +28,7 @@ from pop3d.sasl.mechanism import (
     MalformedResponse,
     Success,
 )
+from pop3d.sasl.requests import FetchSecrets
 from pop3d.security.secret import Secret
 from tests.sasl import legacy_clients
 from tests.support import sasl_run, sasl_vectors

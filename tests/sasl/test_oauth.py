@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pop3d.auth.tokens import TokenValidator, read_jwks
-from pop3d.protocol import events as ev
+from pop3d.sasl import requests as rq
 from pop3d.sasl.mechanism import (
     Challenge,
     Context,
@@ -58,7 +58,7 @@ def vector_validator() -> TokenValidator:
 
 def resolve(validator: TokenValidator, request: object) -> object:
     """The driver's part: VerifyBearer goes to the validator; nothing else is asked."""
-    if isinstance(request, ev.VerifyBearer):
+    if isinstance(request, rq.VerifyBearer):
         assert isinstance(request.token, Secret)
         return validator.verify(request.token)
     raise AssertionError(f"unexpected request {request!r}")
@@ -152,7 +152,7 @@ def test_oauthbearer_success() -> None:
     assert result == Success("alice@lab.test", "alice@lab.test")
     assert challenges == []
     (request,) = requests
-    assert isinstance(request, ev.VerifyBearer)
+    assert isinstance(request, rq.VerifyBearer)
     assert request.user_hint == "alice@lab.test"
     assert request.token.reveal() == token.encode()
     assert "redacted" in repr(request) and token.split(".")[1] not in repr(request)
@@ -162,7 +162,7 @@ def test_oauthbearer_without_authzid_and_with_y_flag() -> None:
     for header in ("n,,", "y,,"):
         result, _, requests = exchange(OAuthBearer(), oauthbearer(make_token(), header))
         assert result == Success("alice@lab.test", ""), header
-        assert isinstance(requests[0], ev.VerifyBearer) and requests[0].user_hint == ""
+        assert isinstance(requests[0], rq.VerifyBearer) and requests[0].user_hint == ""
 
 
 def test_oauthbearer_without_initial_response() -> None:

@@ -15,6 +15,7 @@ from pop3d.message import MessageEncoder
 from pop3d.protocol import events as ev
 from pop3d.protocol.session import Session
 from pop3d.protocol.settings import ConnectionInfo, SessionSettings
+from pop3d.sasl import requests as rq
 from pop3d.storage.base import MaildropInUse, MessageGone, StorageError
 from pop3d.storage.maildir import MaildirMaildrop, MaildirStore
 from tests.support.lab import FAST_ARGON2, Lab
@@ -55,13 +56,13 @@ class Driven:
     def carry_out(self, request: object) -> bytes:
         written = b""
         result: object = None
-        if isinstance(request, ev.VerifyPassword):
+        if isinstance(request, rq.VerifyPassword):
             result = self.authenticator.verify_password(request.user, request.password)
-        elif isinstance(request, ev.FetchSecrets):
+        elif isinstance(request, rq.FetchSecrets):
             result = self.authenticator.fetch_secrets(request.user, request.schemes)
-        elif isinstance(request, ev.ResolveUser):
+        elif isinstance(request, rq.ResolveUser):
             result = self.authenticator.resolve_user(request.user)
-        elif isinstance(request, ev.VerifyApop):
+        elif isinstance(request, rq.VerifyApop):
             result = self.authenticator.verify_apop(request.user, request.challenge, request.digest)
         elif isinstance(request, ev.OpenMaildrop):
             try:

@@ -13,7 +13,7 @@ from typing import Any
 from pop3d.auth import credentials
 from pop3d.auth.authenticator import Authenticator
 from pop3d.auth.credentials import CredentialFile
-from pop3d.protocol import events as ev
+from pop3d.sasl import requests as rq
 from pop3d.sasl.mechanism import Challenge, Context, Failure, MalformedResponse, Mechanism, Success
 from pop3d.sasl.scram import derive_keys
 from pop3d.security.secret import Secret
@@ -66,11 +66,11 @@ def context_for(case: Case, **overrides: Any) -> Context:
 
 
 def carry_out(authenticator: Authenticator, request: object) -> object:
-    if isinstance(request, ev.VerifyPassword):
+    if isinstance(request, rq.VerifyPassword):
         return authenticator.verify_password(request.user, request.password)
-    if isinstance(request, ev.FetchSecrets):
+    if isinstance(request, rq.FetchSecrets):
         return authenticator.fetch_secrets(request.user, request.schemes)
-    if isinstance(request, ev.ResolveUser):
+    if isinstance(request, rq.ResolveUser):
         return authenticator.resolve_user(request.user)
     raise AssertionError(f"unexpected request {request!r}")
 
@@ -85,7 +85,7 @@ def assert_one_response_only_fails(
     run.send(None)
     try:
         step = run.send(response)
-        assert isinstance(step, ev.FetchSecrets)
+        assert isinstance(step, rq.FetchSecrets)
         run.send(carry_out(authenticator, step))
     except MalformedResponse:
         return
