@@ -8,6 +8,21 @@ its docstring. This module is the bottom of the package: it imports nothing of o
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 
 class Request:
     __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Offload(Request):
+    """Run ``call`` off the event loop: a blocking library call whose state the core owns
+    (a GSSAPI accept step on the core's own security context, an AP-REQ check against the
+    keytab, a KDC round trip). -> what ``call`` returns; if it raises an ``Exception``, the
+    exception object is the result (returned, not raised), so the core decides what a
+    failure means. ``what`` names the work in logs."""
+
+    call: Callable[[], object]
+    what: str

@@ -40,6 +40,7 @@ from pop3d.protocol.events import (
     TLSStarted,
 )
 from pop3d.protocol.session import Session
+from pop3d.requests import Offload
 from pop3d.sasl.requests import (
     BearerResult,
     FetchSecrets,
@@ -295,6 +296,13 @@ class Connection:
         self._release()
         self._resolve(CommitResult(removed, failed))
 
+    async def _offload(self, event: Offload) -> None:
+        try:
+            result = await self._in_thread(event.call)
+        except Exception as exc:  # the core's to judge (Offload's contract)
+            result = exc
+        self._resolve(result)
+
     async def _pause(self, event: Pause) -> None:
         await asyncio.sleep(event.seconds)
         self._touch()
@@ -369,5 +377,6 @@ _HANDLERS: dict[type, Callable[[Connection, Any], Awaitable[None]]] = {
     RetrieveMessage: Connection._retrieve,
     CommitUpdate: Connection._commit,
     Pause: Connection._pause,
+    Offload: Connection._offload,
     StartTLS: Connection._start_tls,
 }

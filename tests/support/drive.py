@@ -15,6 +15,7 @@ from pop3d.message import MessageEncoder
 from pop3d.protocol import events as ev
 from pop3d.protocol.session import Session
 from pop3d.protocol.settings import ConnectionInfo, SessionSettings
+from pop3d.requests import Offload
 from pop3d.sasl import requests as rq
 from pop3d.storage.base import MaildropInUse, MessageGone, StorageError
 from pop3d.storage.maildir import MaildirMaildrop, MaildirStore
@@ -96,6 +97,11 @@ class Driven:
             self.release()  # as the asyncio driver: unlocked before the answer goes out
         elif isinstance(request, ev.Pause):
             pass
+        elif isinstance(request, Offload):
+            try:
+                result = request.call()
+            except Exception as exc:
+                result = exc
         elif isinstance(request, ev.StartTLS):
             result = ev.TLSStarted(256, "TLSv1.3", "TLS_AES_256_GCM_SHA384")
         else:
