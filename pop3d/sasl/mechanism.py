@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 from pop3d.requests import Request
+from pop3d.transport.layer import SecurityLayer
 
 
 class Flag(enum.Flag):
@@ -34,6 +35,9 @@ class Success:
     authcid: str  # authentication identity, canonical
     authzid: str = ""  # requested authorization identity; "" means the same
     final: bytes | None = None  # additional data with success (RFC 4422 §3.6)
+    # A negotiated security layer (GSSAPI integrity/confidentiality): after the +OK every
+    # byte both ways goes through it, and its SSF joins the connection's security value.
+    layer: SecurityLayer | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +64,18 @@ class Context:
     client_identity: str | None = None  # verified TLS client certificate (EXTERNAL)
     plus_offered: bool = False  # the server advertised a -PLUS mechanism (SCRAM downgrade check)
     oauth_scope: str = ""  # the scope bearer tokens must carry, named in error replies
+    # Security layers (RFC 4422 §3.7): ``ssf`` is what the connection has without one
+    # (TLS or -p); a mechanism offers the layers whose own SSF lies within
+    # [min_ssf, max_ssf] (sasl_minimum_layer / sasl_maximum_layer, as Cyrus compares them),
+    # and "no layer" only when ``ssf`` already meets ``min_ssf``.
+    ssf: int = 0
+    min_ssf: int = 0
+    max_ssf: int = 256
+    max_buffer: int = 65536  # the largest wrapped frame we accept (sent in our offer)
+    # Kerberos: the acceptor keytab (None: KRB5_KTNAME or the default keytab) and the
+    # realms whose principals map to local users besides the default realm (loginrealms).
+    keytab: str | None = None
+    login_realms: tuple[str, ...] = ()
     nonce: Callable[[], bytes] = lambda: base64.b64encode(secrets.token_bytes(18))
 
 
