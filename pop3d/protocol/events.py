@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from pop3d.requests import Request
+from pop3d.transport.layer import SecurityLayer
 
 
 class _NeedData:
@@ -95,8 +96,19 @@ class Pause(Request):
 
 @dataclass(frozen=True, slots=True)
 class StartTLS(Request):
-    """Handshake now; the "+OK" went out already and buffered input was discarded.
-    -> :class:`TLSStarted`; on failure the driver closes the connection."""
+    """Handshake now; the "+OK" went out already and the session's trailing data was
+    discarded (it came in clear; the channel drops its own too). -> :class:`TLSInfo`; on
+    failure the driver closes the connection."""
+
+
+@dataclass(frozen=True, slots=True)
+class InstallLayer(Request):
+    """A SASL security layer takes effect now: the "+OK" went out (in clear, RFC 4422
+    §3.7); from here every byte both ways goes through ``layer``, ``trailing`` (received
+    after the last response, not consumed) first. -> None"""
+
+    layer: SecurityLayer
+    trailing: bytes
 
 
 # --- results ------------------------------------------------------------------------------
@@ -126,15 +138,6 @@ class Failure:
 class CommitResult:
     removed: int
     failed: int
-
-
-@dataclass(frozen=True, slots=True)
-class TLSStarted:
-    ssf: int
-    version: str
-    cipher: str
-    client_identity: str | None = None  # verified client certificate (SASL EXTERNAL)
-    channel_bindings: tuple[tuple[str, bytes], ...] = ()  # (type, data), RFC 5056
 
 
 # --- notices ------------------------------------------------------------------------------

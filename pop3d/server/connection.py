@@ -27,6 +27,7 @@ from pop3d.protocol.events import (
     CommitUpdate,
     Failure,
     FailureKind,
+    InstallLayer,
     LoginFailed,
     LoginSucceeded,
     MaildropOpened,
@@ -37,7 +38,6 @@ from pop3d.protocol.events import (
     RetrieveMessage,
     Send,
     StartTLS,
-    TLSStarted,
 )
 from pop3d.protocol.session import Session
 from pop3d.requests import Offload
@@ -49,6 +49,7 @@ from pop3d.sasl.requests import (
     VerifyBearer,
     VerifyPassword,
 )
+from pop3d.security.value import TLSInfo
 from pop3d.server.channel import ByteChannel, ChannelClosed
 from pop3d.server.context import ServiceContext
 from pop3d.storage.base import MaildropInUse, MessageGone, StorageError
@@ -149,10 +150,7 @@ class Connection:
         raise _Stop
 
     def _security(self) -> str:
-        if self.session is None:
-            return "ssf=0 tls=no"
-        protection = self.session.protection
-        return f"ssf={protection.ssf} tls={protection.tls_version or 'no'}"
+        return self.session.security.describe() if self.session else "ssf=0 tls=no layer=-"
 
     async def _login_succeeded(self, event: LoginSucceeded) -> None:
         audit.info(
@@ -315,7 +313,17 @@ class Connection:
         self._touch()
         self._resolve(started)
 
-    async def _handshake(self) -> TLSStarted | None:
+    async def _install_layer(self, event: InstallLayer) -> None:
+        self.channel.push_layer(event.layer, event.trailing)
+        log.info(
+            "session %s: %s security layer, ssf=%d",
+            self._session_id,
+            event.layer.name,
+            event.layer.ssf,
+        )
+        self._resolve(None)
+
+    async def _handshake(self) -> TLSInfo | None:
         server_tls = self.context.tls
         if server_tls is None:
             self.end_reason = "TLS requested but not configured"
@@ -327,22 +335,16 @@ class Connection:
         except (ssl.SSLError, ConnectionError, TimeoutError, OSError) as exc:
             self.end_reason = f"TLS handshake failed: {exc.__class__.__name__}: {exc}"
             return None
-        facts = tls.facts(ssl_object, server_tls)
+        info = tls.facts(ssl_object, server_tls)
         log.info(
             "peer=%s TLS %s %s ssf=%d client=%s",
             self.channel.peer,
-            facts.version,
-            facts.cipher,
-            facts.ssf,
-            facts.client_identity or "-",
+            info.version,
+            info.cipher,
+            info.ssf,
+            info.client_identity or "-",
         )
-        return TLSStarted(
-            facts.ssf,
-            facts.version,
-            facts.cipher,
-            facts.client_identity,
-            tuple(facts.channel_bindings.items()),
-        )
+        return info
 
     # --- end ------------------------------------------------------------------------------
 
@@ -379,4 +381,5 @@ _HANDLERS: dict[type, Callable[[Connection, Any], Awaitable[None]]] = {
     Pause: Connection._pause,
     Offload: Connection._offload,
     StartTLS: Connection._start_tls,
+    InstallLayer: Connection._install_layer,
 }

@@ -1,7 +1,7 @@
 """Drives a sans-I/O session synchronously against the real storage and authenticator, for
 tests and property tests that need thousands of sessions without sockets. Requests are
 carried out exactly as the asyncio driver does; the only stand-ins are the clock (a value)
-and TLS (a TLSStarted result, since the handshake itself is the network tests' business)."""
+and TLS (a TLSInfo result, since the handshake itself is the network tests' business)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from pop3d.protocol.session import Session
 from pop3d.protocol.settings import ConnectionInfo, SessionSettings
 from pop3d.requests import Offload
 from pop3d.sasl import requests as rq
+from pop3d.security.value import TLSInfo
 from pop3d.storage.base import MaildropInUse, MessageGone, StorageError
 from pop3d.storage.maildir import MaildirMaildrop, MaildirStore
 from tests.support.lab import FAST_ARGON2, Lab
@@ -103,7 +104,7 @@ class Driven:
             except Exception as exc:
                 result = exc
         elif isinstance(request, ev.StartTLS):
-            result = ev.TLSStarted(256, "TLSv1.3", "TLS_AES_256_GCM_SHA384")
+            result = TLSInfo("TLSv1.3", "TLS_AES_256_GCM_SHA384", 256)
         else:
             raise AssertionError(f"unexpected request {request!r}")
         self.session.resolve(result)
@@ -133,12 +134,17 @@ def drive(
     lab: Lab,
     settings: SessionSettings | None = None,
     token: str = "1.2",
+    *,
     authenticator: Authenticator | None = None,
-    tls: ev.TLSStarted | None = None,
+    tls: TLSInfo | None = None,
+    external_ssf: int = 0,
 ) -> Driven:
     store = MaildirStore(str(lab.root / "spool" / "%u" / "Maildir"))
     auth = authenticator or Authenticator(CredentialFile(lab.credentials), FAST_ARGON2)
-    session = Session(settings or settings_for_lab(), ConnectionInfo("sid-1", token, tls=tls))
+    session = Session(
+        settings or settings_for_lab(),
+        ConnectionInfo("sid-1", token, external_ssf=external_ssf, tls=tls),
+    )
     return Driven(session, store, auth)
 
 
