@@ -20,7 +20,7 @@ The driver's loop::
     handshake.receive_data(bytes)           # b"" means the peer closed
     event = handshake.next_event()
       Send(data)      -> write it
-      NEED_DATA       -> read more (under the handshake time limit)
+      NEED_DATA       -> read more (the whole handshake within TIME_LIMIT seconds)
       Offload(...)    -> run event.call() in a thread; handshake.resolve(its result)
       Authenticated   -> done: greet, and give handshake.trailing_data to the POP3 session
       Refused         -> done: close (after writing any Send that came before)
@@ -45,6 +45,9 @@ SENDAUTH_VERSION: Final = b"KRB5_SENDAUTH_V1.0\0"
 APPLICATION_VERSION: Final = b"KPOPV1.0\0"
 KERBEROS4_PREFIX: Final = b"AUTH"  # krb_sendauth's "AUTHV0.1": no length prefix at all
 MAX_MESSAGE: Final = 64 * 1024  # a real AP-REQ is about 600 bytes; with a PAC a few KiB
+# The whole handshake, first byte to result, must fit in this many seconds (the driver
+# enforces it, as for a TLS handshake): fetchmail sends everything at once, so it is generous.
+TIME_LIMIT: Final = 30.0
 
 ANSWER_OK: Final = b"\x00"
 ANSWER_BAD_SENDAUTH_VERSION: Final = b"\x01"
