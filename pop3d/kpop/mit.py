@@ -28,7 +28,7 @@ would be the same binding with an extra dependency; API mode needs a compiler at
 
 The fence:
 
-* four MIT structs are mirrored (``krb5_data``, ``krb5_principal_data``, the head of
+* five MIT structs are mirrored (``krb5_data``, ``krb5_principal_data``, the head of
   ``krb5_ticket``, ``krb5_authenticator``'s head, ``krb5_error``); :func:`library` probes the
   layout once at load (a parsed principal must read back with MIT's magic numbers), so a
   Heimdal or otherwise foreign library is refused before any ticket is touched;
