@@ -20,7 +20,14 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
-from pop3d.cli.common import EX_CONFIG, EX_USAGE, Exit, fail, load_config, run, setup_logging
+from pop3d.cli.common import (
+    EX_USAGE,
+    config_exit,
+    fail,
+    load_config,
+    run,
+    setup_logging,
+)
 from pop3d.config.imapd import ConfigError
 from pop3d.server.context import RuntimeOptions, ServiceContext
 from pop3d.server.worker import STATUS_FD_ENV, Worker, serve_stdio
@@ -117,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         context = ServiceContext(config, options)
     except ConfigError as exc:
-        raise Exit(EX_CONFIG, "\n".join(f"{PROGRAM}: {p}" for p in exc.problems)) from None
+        raise config_exit(PROGRAM, exc.problems) from None
     try:
         if args.stdio:
             asyncio.run(serve_stdio(context))

@@ -22,7 +22,6 @@ from pop3d.message import MessageEncoder
 from pop3d.protocol.events import (
     NEED_DATA,
     Close,
-    Failure,
     FailureKind,
     InstallLayer,
     LoginFailed,
@@ -31,6 +30,7 @@ from pop3d.protocol.events import (
     RetrieveMessage,
     Send,
     StartTLS,
+    StorageFailure,
 )
 from pop3d.protocol.session import Session
 from pop3d.requests import Request
@@ -187,11 +187,11 @@ class Connection:
         try:
             handle = self.work.maildrop.open_message(event.index)
         except MessageGone as exc:
-            self._resolve(Failure(FailureKind.PERMANENT, str(exc)))
+            self._resolve(StorageFailure(FailureKind.PERMANENT, str(exc)))
             return
         except (StorageError, OSError) as exc:
             log.error("session %s: cannot open message: %s", self._session_id, exc)
-            self._resolve(Failure(FailureKind.TEMPORARY, str(exc)))
+            self._resolve(StorageFailure(FailureKind.TEMPORARY, str(exc)))
             return
         with handle:
             encoder = MessageEncoder(event.body_lines)
