@@ -45,6 +45,8 @@ from pop3d.sasl.kerberos import (
     channel_bound,
     gssapi_bindings,
     local_user,
+    unwrap,
+    wrap,
 )
 from pop3d.sasl.mechanism import (
     Challenge,
@@ -89,9 +91,10 @@ def offer_mask(context: Context, flags: int, conf_ssf: int) -> int:
     mask = 0
     if context.ssf >= context.min_ssf:
         mask |= LAYER_NONE
-    if flags & gr.RequirementFlag.integrity and context.min_ssf <= INTEGRITY_SSF <= context.max_ssf:
+    low, high = context.min_ssf, context.max_ssf
+    if flags & gr.RequirementFlag.integrity and low <= INTEGRITY_SSF <= high:
         mask |= LAYER_INTEGRITY
-    if flags & gr.RequirementFlag.confidentiality and context.min_ssf <= conf_ssf <= context.max_ssf:
+    if flags & gr.RequirementFlag.confidentiality and low <= conf_ssf <= high:
         mask |= LAYER_CONFIDENTIALITY
     return mask
 
@@ -100,9 +103,9 @@ def identify(context: Context, accepted: Accepted) -> str | Failure:
     """The local user for a completed Kerberos context, or why not."""
     if accepted.mech is not None and accepted.mech != KRB5:
         return Failure(f"negotiated mechanism {accepted.mech} is not Kerberos V5")
-    if context.require_channel_binding and context.channel_bindings:
-        if not channel_bound(accepted.flags):
-            return Failure("client did not bind to the TLS channel", accepted.principal)
+    bound = channel_bound(accepted.flags)
+    if context.require_channel_binding and context.channel_bindings and not bound:
+        return Failure("client did not bind to the TLS channel", accepted.principal)
     user = local_user(accepted.principal, accepted.default_realm, context.login_realms)
     if user is None:
         return Failure(f"principal {accepted.principal} maps to no local user", accepted.principal)
@@ -133,13 +136,13 @@ class GSSAPI(Mechanism):
         max_in = min(context.max_buffer, MAX_BUFFER) if mask & ~LAYER_NONE else 0
         offer = bytes([mask]) + max_in.to_bytes(3, "big")
         try:
-            wrapped = gr.wrap(acceptor.context, offer, False).message
+            wrapped = wrap(acceptor.context, offer, False)
         except gr.GSSError as exc:
             return Failure(f"GSSAPI: cannot wrap the offer: {exc}", user)
 
         reply = yield Challenge(wrapped)
         try:
-            choice = gr.unwrap(acceptor.context, reply).message
+            choice, _encrypted = unwrap(acceptor.context, reply)
         except (gr.GSSError, ValueError, TypeError):
             raise MalformedResponse("the layer choice does not unwrap") from None
         if len(choice) < 4:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import gssapi.raw as gr
 
+from pop3d.sasl.kerberos import unwrap, wrap, wrap_size_limit
 from pop3d.transport.layer import LayerError
 
 INTEGRITY_SSF = 1
@@ -52,7 +53,7 @@ class GSSAPILayer:
         self._max_in = max_in
         self._buffer = bytearray()
         try:
-            chunk = int(gr.wrap_size_limit(context, max_out, confidential))
+            chunk = wrap_size_limit(context, max_out, confidential)
         except gr.GSSError as exc:
             raise ValueError(f"wrap size limit: {exc}") from None
         if chunk <= 0:
@@ -95,12 +96,12 @@ class GSSAPILayer:
             token = bytes(buffer[start + 4 : end])
             start = end
             try:
-                result = gr.unwrap(self._context, token)
+                message, encrypted = unwrap(self._context, token)
             except (gr.GSSError, ValueError) as exc:
                 raise LayerError(f"GSSAPI: frame does not unwrap: {_short(exc)}") from None
-            if bool(result.encrypted) != self._confidential:
+            if encrypted != self._confidential:
                 raise LayerError("GSSAPI: frame protection differs from the negotiated layer")
-            out.append(result.message)
+            out.append(message)
         if start:
             del buffer[:start]
         return out[0] if len(out) == 1 else b"".join(out)
@@ -113,7 +114,7 @@ class GSSAPILayer:
         for offset in range(0, len(view), self._chunk):
             piece = bytes(view[offset : offset + self._chunk])
             try:
-                token = gr.wrap(self._context, piece, self._confidential).message
+                token = wrap(self._context, piece, self._confidential)
             except gr.GSSError as exc:  # our own context failed: nothing sane to send
                 raise LayerError(f"GSSAPI: wrap failed: {_short(exc)}") from None
             frames.append(len(token).to_bytes(4, "big"))

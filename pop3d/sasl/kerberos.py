@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, cast
 
 import gssapi
 import gssapi.raw as gr
@@ -111,7 +112,9 @@ class Acceptor:
         name = gr.import_name(self._name.encode("utf-8"), gr.NameType.hostbased_service)
         mechs = list(self._mechs)
         if self._store is not None:
-            store = {key.encode(): value.encode() for key, value in self._store.items()}
+            store: dict[bytes | str, bytes | str] = {
+                key.encode(): value.encode() for key, value in self._store.items()
+            }
             creds = gr.acquire_cred_from(store, name, mechs=mechs, usage="accept").creds
         else:
             creds = gr.acquire_cred(name, mechs=mechs, usage="accept").creds
@@ -156,3 +159,24 @@ def gssapi_bindings(bindings: Mapping[str, bytes]) -> gr.ChannelBindings | None:
 
 def channel_bound(flags: int) -> bool:
     return bool(flags & gr.RequirementFlag.channel_bound)
+
+
+# python-gssapi's stubs type the per-message calls with the high-level SecurityContext,
+# though they take the raw one they are given here; these wrappers keep one typed door.
+_raw: Any = cast(Any, gr)
+
+
+def wrap(context: gr.SecurityContext, message: bytes, confidential: bool) -> bytes:
+    """GSS_Wrap. Raises GSSError."""
+    return bytes(_raw.wrap(context, message, confidential).message)
+
+
+def unwrap(context: gr.SecurityContext, token: bytes) -> tuple[bytes, bool]:
+    """GSS_Unwrap -> (message, was it encrypted). Raises GSSError (and ValueError)."""
+    result = _raw.unwrap(context, token)
+    return bytes(result.message), bool(result.encrypted)
+
+
+def wrap_size_limit(context: gr.SecurityContext, output: int, confidential: bool) -> int:
+    """The most plaintext whose wrap token fits in ``output`` octets. Raises GSSError."""
+    return int(_raw.wrap_size_limit(context, output, confidential))

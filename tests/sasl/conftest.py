@@ -15,7 +15,9 @@ __all__ = ["kerberos_realm"]
 
 
 @pytest.fixture(scope="session")
-def ticket_caches(kerberos_realm: Realm, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def ticket_caches(
+    kerberos_realm: Realm, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
     """alice's and bob's TGTs, each in its own cache."""
     folder = tmp_path_factory.mktemp("ccaches")
     caches = {}

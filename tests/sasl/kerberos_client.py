@@ -13,8 +13,8 @@ import gssapi
 import gssapi.raw as gr
 
 from pop3d.requests import Offload
-from pop3d.sasl.mechanism import Challenge, Context, Failure, Mechanism, Success
 from pop3d.sasl.kerberos import KRB5, SPNEGO
+from pop3d.sasl.mechanism import Challenge, Context, Failure, Mechanism, Success
 
 SERVICE = "pop@localhost"
 
@@ -45,9 +45,7 @@ def initiator(
         mech=mech,
         creds=credentials(ccache),
         flags=flags,
-        channel_bindings=None
-        if binding is None
-        else gr.ChannelBindings(application_data=binding),
+        channel_bindings=None if binding is None else gr.ChannelBindings(application_data=binding),
     )
 
 

@@ -222,7 +222,10 @@ def test_principal_with_an_instance_is_refused(
     import subprocess
 
     subprocess.run(
-        ["kinit", "alice/admin"], input=b"instance-secret\n", env=env, check=True,
+        ["kinit", "alice/admin"],
+        input=b"instance-secret\n",
+        env=env,
+        check=True,
         capture_output=True,
     )
     result, _ = login(krb5_env, cache)
