@@ -84,6 +84,8 @@ def establish(
         assert isinstance(result, Accepted)
         if result.complete:
             return result
+        if not result.token:  # MIT's answer to some garbage: "continue", with nothing to say
+            return Failure(f"{what}: the context token led nowhere")
         token = yield Challenge(result.token)
 
 
