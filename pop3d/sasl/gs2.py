@@ -21,7 +21,7 @@ from __future__ import annotations
 import gssapi.raw as gr
 
 from pop3d.sasl.gssapi import establish, identify
-from pop3d.sasl.kerberos import KRB5, Acceptor, channel_bound
+from pop3d.sasl.kerberos import Acceptor, channel_bound
 from pop3d.sasl.mechanism import (
     Challenge,
     Context,
@@ -34,7 +34,7 @@ from pop3d.sasl.mechanism import (
     utf8,
 )
 
-_KRB5_OID_DER = b"\x06" + bytes([len(bytes(KRB5))]) + bytes(KRB5)
+_KRB5_OID_DER = bytes.fromhex("06092a864886f712010202")  # DER of KRB5 (1.2.840.113554.1.2.2)
 
 
 def _der_length(size: int) -> bytes:

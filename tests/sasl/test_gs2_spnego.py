@@ -221,3 +221,7 @@ def test_spnego_refuses_a_bare_kerberos_token(
 def test_spnego_garbage(krb5_env: Realm, token: bytes) -> None:
     result = run(GSSSpnego(), context(krb5_env), token, bytes)
     assert isinstance(result, Failure)
+
+
+def test_framing_names_kerberos() -> None:
+    assert framed(b"")[2:] == b"\x06\x09" + bytes(KRB5)  # type: ignore[call-overload]
