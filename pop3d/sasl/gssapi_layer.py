@@ -93,7 +93,7 @@ class GSSAPILayer:
             end = start + 4 + size
             if len(buffer) < end:
                 break
-            token = bytes(buffer[start + 4 : end])
+            token = buffer[start + 4 : end]
             start = end
             try:
                 message, encrypted = unwrap(self._context, token)

@@ -171,9 +171,13 @@ def wrap(context: gr.SecurityContext, message: bytes, confidential: bool) -> byt
     return bytes(_raw.wrap(context, message, confidential).message)
 
 
-def unwrap(context: gr.SecurityContext, token: bytes) -> tuple[bytes, bool]:
-    """GSS_Unwrap -> (message, was it encrypted). Raises GSSError (and ValueError)."""
-    result = _raw.unwrap(context, token)
+def unwrap(context: gr.SecurityContext, token: bytes | bytearray) -> tuple[bytes, bool]:
+    """GSS_Unwrap -> (message, was it encrypted). Raises GSSError (and ValueError).
+
+    MIT unwraps a CFX token in place (it un-rotates the buffer) and python-gssapi hands it
+    the ``bytes`` object's own memory: without this copy the caller's "immutable" token
+    comes back rearranged (found when a recorded exchange no longer replayed)."""
+    result = _raw.unwrap(context, bytes(bytearray(token)))
     return bytes(result.message), bool(result.encrypted)
 
 

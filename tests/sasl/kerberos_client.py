@@ -74,7 +74,8 @@ class GssapiClient:
             return out or b""
         if not challenge:
             return b""
-        offer = self.ctx.unwrap(challenge).message
+        # A copy: MIT un-rotates the token in place, and the log keeps what was sent.
+        offer = self.ctx.unwrap(bytes(bytearray(challenge))).message
         assert len(offer) == 4
         self.offered, self.server_max = offer[0], int.from_bytes(offer[1:], "big")
         plain = self.choice_override

@@ -173,3 +173,14 @@ def test_in_a_layer_stack(krb5_env: Realm, ticket_caches: dict[str, Path]) -> No
     assert client.unwrap(frames(stack.wrap(b"+OK\r\n"))[0]).message == b"+OK\r\n"
     assert stack.close() == b"" and not stack.peer_closed
     assert layer.ssf == 256 and layer.outgoing() == b""
+
+
+def test_unwrap_leaves_the_token_alone(krb5_env: Realm, ticket_caches: dict[str, Path]) -> None:
+    """MIT un-rotates CFX tokens in place; the bytes we were given must not change."""
+    from pop3d.sasl.kerberos import unwrap
+
+    layer, client = pair(krb5_env, ticket_caches["alice"], confidential=False)
+    token = client.wrap(b"\x04\x01\x00\x00", False).message
+    before = bytes(bytearray(token))
+    assert unwrap(layer._context, token) == (b"\x04\x01\x00\x00", False)
+    assert token == before
