@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import gssapi.raw as gr
 
+from pop3d.sasl import saslname
 from pop3d.sasl.gssapi import establish, identify
 from pop3d.sasl.kerberos import Acceptor, channel_bound
 from pop3d.sasl.mechanism import (
@@ -31,7 +32,6 @@ from pop3d.sasl.mechanism import (
     Mechanism,
     Run,
     Success,
-    utf8,
 )
 
 _KRB5_OID_DER = bytes.fromhex("06092a864886f712010202")  # DER of KRB5 (1.2.840.113554.1.2.2)
@@ -50,23 +50,6 @@ def framed(inner: bytes) -> bytes:
     return b"\x60" + _der_length(len(body)) + body
 
 
-def _saslname(value: bytes) -> str:
-    """RFC 5801 §4: "," and "=" travel as =2C and =3D; any other "=" is an error."""
-    text = utf8(value, "authorization identity")
-    out, index = [], 0
-    while index < len(text):
-        if text[index] == "=":
-            escape = text[index : index + 3]
-            if escape not in ("=2C", "=3D"):
-                raise MalformedResponse("bad escape in the GS2 authzid")
-            out.append("," if escape == "=2C" else "=")
-            index += 3
-        else:
-            out.append(text[index])
-            index += 1
-    return "".join(out)
-
-
 def parse_header(message: bytes) -> tuple[bytes, str | None, str, bytes]:
     """(gs2 header as bound, binding name or None, authzid, token without framing)."""
     if message.startswith(b"F,"):
@@ -78,7 +61,7 @@ def parse_header(message: bytes) -> tuple[bytes, str | None, str, bytes]:
     header = flag + b"," + authz + b","
     if authz and not authz.startswith(b"a="):
         raise MalformedResponse("bad authzid in the GS2 header")
-    authzid = _saslname(authz[2:]) if authz else ""
+    authzid = saslname.decode(authz[2:], "the GS2 authzid") if authz else ""
     if flag.startswith(b"p="):
         name = flag[2:].decode("ascii", "replace")
         if not name or not all(ch.isalnum() or ch in ".-" for ch in name):

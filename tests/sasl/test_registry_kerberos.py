@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pop3d.sasl import registry
 from pop3d.sasl.mechanism import Flag
-from pop3d.security.policy import Policy, Protection
+from pop3d.security.policy import Policy
+from pop3d.security.value import Security, TLSInfo
 
 KERBEROS = {"GSSAPI", "GS2-KRB5", "GS2-KRB5-PLUS", "GSS-SPNEGO"}
 
@@ -31,16 +32,15 @@ def test_flags() -> None:
 def test_minimum_layer_keeps_only_mechanisms_with_a_layer() -> None:
     names = registry.enabled(None, kerberos=True)
     policy = Policy(allow_plaintext=True, minimum_ssf=56)
-    assert registry.offered(names, policy, Protection()) == ["GSSAPI", "GSS-SPNEGO"]
-    protected = Protection(tls_active=True, tls_ssf=256)
+    assert registry.offered(names, policy, Security()) == ["GSSAPI", "GSS-SPNEGO"]
+    protected = Security(tls=TLSInfo("TLSv1.3", "TLS_AES_256_GCM_SHA384", 256))
     assert "SCRAM-SHA-256" in registry.offered(names, policy, protected)
 
 
 def test_gs2_plus_needs_a_channel_binding() -> None:
     names = registry.enabled(None, kerberos=True)
-    plain = registry.offered(names, Policy(), Protection())
+    plain = registry.offered(names, Policy(), Security())
     assert "GS2-KRB5" in plain and "GS2-KRB5-PLUS" not in plain
-    bound = Protection(
-        tls_active=True, tls_ssf=256, channel_bindings={"tls-server-end-point": b"x" * 32}
-    )
+    bindings = (("tls-server-end-point", b"x" * 32),)
+    bound = Security(tls=TLSInfo("TLSv1.3", "TLS_AES_256_GCM_SHA384", 256, None, bindings))
     assert "GS2-KRB5-PLUS" in registry.offered(names, Policy(), bound)
