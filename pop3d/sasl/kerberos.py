@@ -143,7 +143,8 @@ def local_user(principal: str, default_realm: str, login_realms: tuple[str, ...]
         return None
     if any(ch in name for ch in "/@\\\0") or not name.isprintable():
         return None
-    if realm != default_realm and realm not in login_realms:
+    # loginrealms is matched without regard to case: the identity rules keep it lower-cased.
+    if realm != default_realm and realm.lower() not in {r.lower() for r in login_realms}:
         return None
     return name
 

@@ -186,6 +186,7 @@ class ServiceContext:
             failed_login_pause=config.integer("failedloginpause", service),
             plaintext_login_pause=config.integer("plaintextloginpause", service),
             readonly=config.switch("readonly", service),
+            keytab=self.keytab,
             sasl_mechanisms=registry.enabled(
                 config.string("sasl_mech_list", service),
                 token_validation=self.token_validator is not None,

@@ -235,6 +235,7 @@ def test_principal_with_an_instance_is_refused(
 def test_principal_mapping() -> None:
     assert local_user("alice@EXAMPLE.COM", "EXAMPLE.COM", ()) == "alice"
     assert local_user("alice@OTHER.ORG", "EXAMPLE.COM", ("OTHER.ORG",)) == "alice"
+    assert local_user("alice@OTHER.ORG", "EXAMPLE.COM", ("other.org",)) == "alice"
     for principal in (
         "alice@OTHER.ORG",  # a realm we were not told to trust
         "alice@example.com",  # realms are case-sensitive
