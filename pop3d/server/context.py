@@ -21,7 +21,7 @@ from pop3d.auth.passwords import Argon2Parameters
 from pop3d.auth.tokens import token_validator
 from pop3d.config.imapd import Config, ConfigError, Problem
 from pop3d.protocol.settings import ConnectionInfo, SessionSettings
-from pop3d.sasl import registry
+from pop3d.sasl import keytab, registry
 from pop3d.security.policy import Policy
 from pop3d.security.value import TLSInfo
 from pop3d.storage.maildir import MaildirStore
@@ -159,6 +159,9 @@ class ServiceContext:
             password_checker=password_checker(config, service),
         )
         self.token_validator = token_validator(config, service)
+        # The checked acceptor keytab for the Kerberos mechanisms (Context.keytab), None
+        # when Kerberos is off; a broken one stops the master here with file:line.
+        self.keytab = keytab.acceptor_keytab(config, self.servername, service)
         self.tls: tls.ServerTLS | None = None
         starttls = False
         if options.implicit_tls or tls.certificate_configured(config, service):
@@ -183,9 +186,11 @@ class ServiceContext:
             failed_login_pause=config.integer("failedloginpause", service),
             plaintext_login_pause=config.integer("plaintextloginpause", service),
             readonly=config.switch("readonly", service),
+            keytab=self.keytab,
             sasl_mechanisms=registry.enabled(
                 config.string("sasl_mech_list", service),
                 token_validation=self.token_validator is not None,
+                kerberos=self.keytab is not None,
             ),
             oauth_scope=config.string("oauth_scope", service) or "",
             sasl_line_limit=config.integer("sasl_line_max", service),
