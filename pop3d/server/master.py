@@ -66,7 +66,7 @@ class Backoff:
         self.failures += 1
         if fatal:
             return self.cap
-        return min(self.cap, self.first * 2 ** min(self.failures - 1, 32))
+        return min(self.cap, self.first * 2.0 ** min(self.failures - 1, 32))
 
 
 def bind(service: Service) -> socket.socket:
