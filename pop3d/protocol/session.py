@@ -664,7 +664,9 @@ class Session:
 
     def _retrieve(self, number: int, index: int, body_lines: int | None) -> Task:
         what = "Message" if body_lines is None else "Top of message"
-        result = yield RetrieveMessage(index, body_lines, f"+OK {what} follows\r\n".encode())
+        result = yield RetrieveMessage(
+            index, body_lines, f"+OK {what} follows\r\n".encode(), self._drop.sizes[index]
+        )
         if isinstance(result, Failure):
             if result.kind is FailureKind.PERMANENT:
                 self._err(f"Message {number} is no longer in the maildrop")
