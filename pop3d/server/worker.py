@@ -235,9 +235,11 @@ async def _readable(loop: asyncio.AbstractEventLoop, client: socket.socket) -> N
         loop.remove_reader(client.fileno())
 
 
-async def serve_stdio(context: ServiceContext) -> None:
+async def serve_stdio(context: ServiceContext) -> bool:
     """One session on stdin/stdout (``-X``; inetd, xinetd, systemd ``Accept=yes``). If
-    stdin is a socket the full TCP channel is used, TLS included."""
+    stdin is a socket the full TCP channel is used, else the pipes (TLS works on both: it
+    is a layer of the channel). False if the session never started: the ``-s`` handshake
+    failed, which the caller reports with its exit status."""
     loop = asyncio.get_running_loop()
     duplicate = os.dup(0)
     try:
@@ -246,7 +248,7 @@ async def serve_stdio(context: ServiceContext) -> None:
         os.close(duplicate)
         connection = Connection(FdChannel(0, 1), context)
         await connection.run()
-        return
+        return connection.session is not None
     done: asyncio.Future[Connection] = loop.create_future()
 
     def accepted(channel: Channel) -> None:
@@ -255,3 +257,4 @@ async def serve_stdio(context: ServiceContext) -> None:
     await loop.connect_accepted_socket(lambda: Channel(accepted), sock)
     connection = await done
     await connection.run()
+    return connection.session is not None
