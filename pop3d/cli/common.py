@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import traceback
+from collections.abc import Iterable
 from pathlib import Path
 from typing import NoReturn
 
@@ -61,6 +62,11 @@ def run(program: str, main: object) -> NoReturn:
     sys.exit(code if isinstance(code, int) else EX_OK)
 
 
+def config_exit(program: str, problems: Iterable[object]) -> Exit:
+    """Exit 78 with every configuration problem on its own line (file:line: ...)."""
+    return Exit(EX_CONFIG, "\n".join(f"{program}: {problem}" for problem in problems))
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(
         level=level,
@@ -77,7 +83,7 @@ def load_config(program: str, path: str | None, warn: bool = True) -> Config:
     try:
         config = imapd.load(target)
     except ConfigError as exc:
-        raise Exit(EX_CONFIG, "\n".join(f"{program}: {p}" for p in exc.problems)) from None
+        raise config_exit(program, exc.problems) from None
     config.problems.extend(registry.config_problems(config))
     if warn:
         for problem in config.warnings:

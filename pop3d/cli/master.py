@@ -16,6 +16,7 @@ from pop3d.cli.common import (
     EX_OSERR,
     EX_USAGE,
     Exit,
+    config_exit,
     fail,
     load_config,
     run,
@@ -65,7 +66,7 @@ def _validate(config_path: str, master_config: cyrus.MasterConfig) -> None:
         except ConfigError as exc:
             problems += [f"{p} (service {service.name})" for p in exc.problems]
     if problems:
-        raise Exit(EX_CONFIG, "\n".join(f"{PROGRAM}: {p}" for p in problems))
+        raise config_exit(PROGRAM, problems)
 
 
 def _write_pidfile(path: Path) -> None:
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         master_config = cyrus.load(cyrus_path)
     except ConfigError as exc:
-        raise Exit(EX_CONFIG, "\n".join(f"{PROGRAM}: {p}" for p in exc.problems)) from None
+        raise config_exit(PROGRAM, exc.problems) from None
     for problem in master_config.problems:
         print(f"{PROGRAM}: {problem}", file=sys.stderr)
     if not master_config.services:

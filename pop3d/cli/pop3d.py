@@ -22,11 +22,10 @@ import sys
 from dataclasses import dataclass
 
 from pop3d.cli.common import (
-    EX_CONFIG,
     EX_OK,
     EX_PROTOCOL,
     EX_USAGE,
-    Exit,
+    config_exit,
     fail,
     load_config,
     run,
@@ -130,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         context = ServiceContext(config, options)
     except ConfigError as exc:
-        raise Exit(EX_CONFIG, "\n".join(f"{PROGRAM}: {p}" for p in exc.problems)) from None
+        raise config_exit(PROGRAM, exc.problems) from None
     try:
         if args.stdio:
             # the session's own end is in the log; a handshake that failed is an error

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from pop3d.requests import Request
+from pop3d.transport.layer import SecurityLayer
 
 
 class _NeedData:
@@ -47,7 +48,7 @@ class Close:
 
 @dataclass(frozen=True, slots=True)
 class OpenMaildrop(Request):
-    """Lock and list the user's maildrop. -> :class:`MaildropOpened` or :class:`Failure`"""
+    """Lock and list the user's maildrop. -> :class:`MaildropOpened` or :class:`StorageFailure`"""
 
     user: str
 
@@ -60,7 +61,7 @@ class ReleaseMaildrop(Request):
 @dataclass(frozen=True, slots=True)
 class MeasureMessages(Request):
     """Compute canonical sizes of messages that had no size hint. -> tuple of ints in the
-    order asked, or :class:`Failure`"""
+    order asked, or :class:`StorageFailure`"""
 
     indexes: tuple[int, ...]
 
@@ -69,8 +70,9 @@ class MeasureMessages(Request):
 class RetrieveMessage(Request):
     """Open the message; if that works write ``preamble``, then the message through a
     :class:`pop3d.message.MessageEncoder` (``body_lines`` for TOP), terminator included.
-    -> None on success, :class:`Failure` if the message could not be opened (nothing written).
-    A failure after the preamble went out can only be answered by closing the connection.
+    -> None on success, :class:`StorageFailure` if the message could not be opened (nothing
+    written). A failure after the preamble went out can only be answered by closing the
+    connection.
 
     ``expected_octets``: the message's size as the session knows it (LIST/STAT; the
     canonical size, before dot-stuffing), None if it has none. For RETR the driver checks
@@ -101,8 +103,19 @@ class Pause(Request):
 
 @dataclass(frozen=True, slots=True)
 class StartTLS(Request):
-    """Handshake now; the "+OK" went out already and buffered input was discarded.
-    -> :class:`TLSStarted`; on failure the driver closes the connection."""
+    """Handshake now; the "+OK" went out already and the session's trailing data was
+    discarded (it came in clear; the channel drops its own too). -> :class:`TLSInfo`; on
+    failure the driver closes the connection."""
+
+
+@dataclass(frozen=True, slots=True)
+class InstallLayer(Request):
+    """A SASL security layer takes effect now: the "+OK" went out (in clear, RFC 4422
+    §3.7); from here every byte both ways goes through ``layer``, ``trailing`` (received
+    after the last response, not consumed) first. -> None"""
+
+    layer: SecurityLayer
+    trailing: bytes
 
 
 # --- results ------------------------------------------------------------------------------
@@ -123,7 +136,7 @@ class FailureKind(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class Failure:
+class StorageFailure:
     kind: FailureKind
     detail: str  # for the log; the session chooses what the client sees
 
@@ -132,15 +145,6 @@ class Failure:
 class CommitResult:
     removed: int
     failed: int
-
-
-@dataclass(frozen=True, slots=True)
-class TLSStarted:
-    ssf: int
-    version: str
-    cipher: str
-    client_identity: str | None = None  # verified client certificate (SASL EXTERNAL)
-    channel_bindings: tuple[tuple[str, bytes], ...] = ()  # (type, data), RFC 5056
 
 
 # --- notices ------------------------------------------------------------------------------

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 from pop3d import IMPLEMENTATION
 from pop3d.auth.identity import IdentityRules
-from pop3d.protocol.events import TLSStarted
 from pop3d.security.policy import Policy
+from pop3d.security.value import TLSInfo
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +30,8 @@ class SessionSettings:
     sasl_line_limit: int = 65536  # longest AUTH continuation line, CRLF included
     proxy_authorizers: frozenset[str] = frozenset()  # admins + proxyservers
     oauth_scope: str = ""  # the scope bearer tokens must carry (oauth_scope)
+    sasl_max_buffer: int = 65536  # the largest security-layer frame we accept
+    keytab: str | None = None  # sasl_keytab: the Kerberos acceptor keytab
     identity: IdentityRules = field(default_factory=IdentityRules)
 
 
@@ -40,4 +42,4 @@ class ConnectionInfo:
     session_id: str
     challenge_token: str  # "<random>.<unix time>", the APOP challenge minus host and brackets
     external_ssf: int = 0
-    tls: TLSStarted | None = None  # set when TLS was negotiated before the greeting (pop3s)
+    tls: TLSInfo | None = None  # set when TLS was negotiated before the greeting (pop3s)

@@ -1,22 +1,26 @@
-"""The POP3 state machine as one table: (state, command) -> rule. This table is the whole
-truth about which command may run when; a pair that is missing is answered with ``-ERR`` and
-nothing happens.
+"""The POP3 states and the shape of a rule. The table itself is in :mod:`.table` (it names
+the handler functions, which need these types first).
 
 RFC 1939 §3 names three states; AUTHORIZATION is split in two because "USER was accepted,
-PASS must follow" has rules of its own (RFC 1939 §7; Cyrus agrees). A rule names the
-handler, the state after success, the state after failure, and the state while the handler
-runs (QUIT in TRANSACTION runs in UPDATE: deletions happen there and nowhere else).
+PASS must follow" has rules of its own (RFC 1939 §7; Cyrus agrees), and an AUTH exchange
+in progress is a state of its own (RFC 5034 §4): its input lines are SASL responses, not
+commands, and they have their own length limit (``sasl_line_max``).
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
+from typing import Any, Final, TypeAlias
+
+from pop3d.requests import Request
 
 
 class State(enum.Enum):
     AUTHORIZATION = "AUTHORIZATION"
     AUTHORIZATION_USER = "AUTHORIZATION (USER given)"
+    AUTHENTICATING = "AUTHORIZATION (AUTH in progress)"
     TRANSACTION = "TRANSACTION"
     UPDATE = "UPDATE"
     CLOSED = "CLOSED"
@@ -24,7 +28,17 @@ class State(enum.Enum):
     @property
     def rfc_name(self) -> str:
         """The RFC 1939 name, for texts the client sees."""
-        return "AUTHORIZATION" if self is State.AUTHORIZATION_USER else self.value
+        if self in (State.AUTHORIZATION_USER, State.AUTHENTICATING):
+            return "AUTHORIZATION"
+        return str(self.value)
+
+    @property
+    def unauthenticated(self) -> bool:
+        return self in (State.AUTHORIZATION, State.AUTHORIZATION_USER, State.AUTHENTICATING)
+
+
+# States whose input lines are answers to a running exchange, not commands.
+READS_RESPONSES = frozenset({State.AUTHENTICATING})
 
 
 class Outcome(enum.Enum):
@@ -34,46 +48,25 @@ class Outcome(enum.Enum):
     STAY = "stay"  # answered +OK without the rule's transition (AUTH alone lists mechanisms)
 
 
+class AwaitResponse:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "AWAIT_RESPONSE"
+
+
+# Yielded by a handler in a state that reads responses: "give me the client's next line".
+AWAIT_RESPONSE: Final = AwaitResponse()
+
+# A handler returns an Outcome at once, or a task: a generator that yields requests (and
+# AWAIT_RESPONSE) and returns its Outcome.
+Task: TypeAlias = Generator[Request | AwaitResponse, Any, Outcome]
+HandlerResult: TypeAlias = Outcome | Task
+
+
 @dataclass(frozen=True, slots=True)
 class Rule:
-    handler: str  # name of the Session method
+    handler: Callable[[Any, bytes], Any]  # (session, argument) -> Outcome | task
     on_ok: State | None = None  # None: stay
     on_fail: State | None = None
     during: State | None = None  # the state while the handler runs (UPDATE for QUIT)
-
-
-A = State.AUTHORIZATION
-U = State.AUTHORIZATION_USER
-T = State.TRANSACTION
-
-TABLE: dict[tuple[State, str], Rule] = {
-    # AUTHORIZATION, nothing given yet
-    (A, "CAPA"): Rule("capa"),
-    (A, "QUIT"): Rule("quit_unauthenticated", on_ok=State.CLOSED),
-    (A, "STLS"): Rule("stls", on_ok=A),
-    (A, "USER"): Rule("user", on_ok=U),
-    (A, "PASS"): Rule("pass_without_user"),
-    (A, "APOP"): Rule("apop", on_ok=T),
-    (A, "AUTH"): Rule("auth", on_ok=T),
-    # AUTHORIZATION, USER accepted
-    (U, "CAPA"): Rule("capa"),
-    (U, "QUIT"): Rule("quit_unauthenticated", on_ok=State.CLOSED),
-    (U, "STLS"): Rule("stls", on_ok=A),  # RFC 2595 §4: forget what was said before TLS
-    (U, "USER"): Rule("user_again"),
-    (U, "PASS"): Rule("pass_", on_ok=T, on_fail=A),
-    (U, "APOP"): Rule("user_again"),
-    (U, "AUTH"): Rule("user_again"),
-    # TRANSACTION
-    (T, "CAPA"): Rule("capa"),
-    (T, "STAT"): Rule("stat"),
-    (T, "LIST"): Rule("list_"),
-    (T, "UIDL"): Rule("uidl"),
-    (T, "RETR"): Rule("retr"),
-    (T, "TOP"): Rule("top"),
-    (T, "DELE"): Rule("dele"),
-    (T, "RSET"): Rule("rset"),
-    (T, "NOOP"): Rule("noop"),
-    (T, "QUIT"): Rule("quit_update", on_ok=State.CLOSED, on_fail=State.CLOSED, during=State.UPDATE),
-}
-
-KNOWN_COMMANDS = frozenset(command for _, command in TABLE)

@@ -42,14 +42,14 @@ class LineReader:
     def feed(self, data: bytes) -> None:
         self._buffer += data
 
-    def discard_buffered(self) -> int:
-        """Drop everything received so far (STLS: plaintext sent after the command must not
-        be executed inside TLS). Returns how many bytes were dropped."""
-        dropped = len(self._buffer)
+    def take_buffered(self) -> bytes:
+        """Everything received and not yet returned as a line (the trailing data when the
+        layer below changes); the reader starts empty afterwards."""
+        taken = bytes(self._buffer)
         self._buffer.clear()
         self._scan_from = 0
         self._discarding = False
-        return dropped
+        return taken
 
     @property
     def buffered(self) -> int:

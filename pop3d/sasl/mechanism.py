@@ -23,6 +23,7 @@ class Flag(enum.Flag):
     LEGACY = enum.auto()  # offered only when sasl_mech_list names it
     TRANSPORT_IDENTITY = enum.auto()  # EXTERNAL: needs an identity from the transport
     TOKEN = enum.auto()  # OAuth bearer tokens: needs token validation configured
+    SECURITY_LAYER = enum.auto()  # can negotiate an integrity/confidentiality layer (GSSAPI)
 
 
 @dataclass(frozen=True, slots=True)

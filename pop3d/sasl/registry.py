@@ -7,9 +7,10 @@ reads CAPA in 64-byte chunks and misses a name split across two, so the one it m
 * enabled = ``sasl_mech_list`` when set (names this build lacks are ignored with a warning
   when the config is read), else every mechanism that is not LEGACY (and not TOKEN unless
   token validation is configured);
-* offered = enabled, minus plaintext mechanisms where the policy forbids plaintext
-  passwords, minus -PLUS without a channel binding, minus EXTERNAL without a transport
-  identity, minus mechanisms without a layer when ``sasl_minimum_layer`` exceeds the SSF.
+* offered = what :meth:`Policy.offers_mechanism` allows given each mechanism's flags: no
+  plaintext mechanisms where passwords may not cross, no -PLUS without a channel binding,
+  no EXTERNAL without a transport identity, and below ``sasl_minimum_layer`` only
+  mechanisms that negotiate a layer of their own.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from pop3d.sasl.mechanism import Flag, Mechanism
 from pop3d.sasl.oauth import OAuthBearer, XOAuth2
 from pop3d.sasl.plain import Plain
 from pop3d.sasl.scram import family as scram_family
-from pop3d.security.policy import Action, Policy, Protection
+from pop3d.security.policy import Policy
+from pop3d.security.value import Security
 
 ORDER = (
     "GSSAPI",
@@ -105,21 +107,18 @@ def enabled(mech_list: str | None, token_validation: bool = False) -> tuple[str,
     return tuple(chosen)
 
 
-def offered(enabled_names: Iterable[str], policy: Policy, protection: Protection) -> list[str]:
-    if not policy.permits(Action.SASL, protection).allowed:
-        return []
-    plaintext_ok = policy.permits(Action.PLAINTEXT_LOGIN, protection).allowed
-    layered_ok = protection.ssf >= policy.minimum_ssf
+def offered(enabled_names: Iterable[str], policy: Policy, security: Security) -> list[str]:
+    """The enabled mechanisms this connection may use, strongest first. The policy decides;
+    the flags say what each mechanism needs."""
     out = []
     for name in enabled_names:
         flags = _MECHANISMS[name].flags
-        if flags & Flag.PLAINTEXT and not plaintext_ok:
-            continue
-        if flags & Flag.CHANNEL_BINDING and not protection.channel_bindings:
-            continue
-        if flags & Flag.TRANSPORT_IDENTITY and not protection.client_identity:
-            continue
-        if not layered_ok:  # no mechanism here negotiates a layer of its own (yet)
-            continue
-        out.append(name)
+        if policy.offers_mechanism(
+            security,
+            password_in_clear=bool(flags & Flag.PLAINTEXT),
+            needs_binding=bool(flags & Flag.CHANNEL_BINDING),
+            needs_client_identity=bool(flags & Flag.TRANSPORT_IDENTITY),
+            negotiates_layer=bool(flags & Flag.SECURITY_LAYER),
+        ):
+            out.append(name)
     return out

@@ -1,23 +1,32 @@
 """The transport security policy: what a connection may do, given how it is protected.
 
-Every command that sends or accepts a credential asks :meth:`Policy.permits`; nothing else in
-the code base decides "is this connection protected enough". Cyrus semantics:
+Every decision of the kind "is this connection protected enough for X" is made here, from
+the one :class:`~pop3d.security.value.Security` value the transport keeps: which commands
+may carry a credential (:meth:`Policy.permits`), which SASL mechanisms are offered
+(:meth:`Policy.offers_mechanism`), which security layers a mechanism may negotiate
+(:meth:`Policy.layer_range`), whether a login pays the plaintext pause. Cyrus semantics:
 
-* a connection is *protected* when TLS is active or an external layer of strength > 1 was
-  declared with ``-p ssf`` (a TLS-terminating proxy, an IPsec link);
+* a connection is *protected* when TLS is active, an external layer of strength > 1 was
+  declared with ``-p ssf`` (a TLS-terminating proxy, an IPsec link), or a SASL
+  confidentiality layer is in place;
 * ``tls_required`` refuses every login until TLS is active (``-p`` does not satisfy it);
 * ``allowplaintext`` lets passwords travel over an unprotected connection;
 * ``sasl_minimum_layer``: logins that negotiate no layer of their own (USER/PASS, APOP)
   need a transport of at least that strength. Cyrus applies the minimum to AUTH only and
   lets USER/PASS through a weaker connection; a site that asks for a minimum layer means
-  it for every password, so we apply it to every login. (SASL mechanisms that negotiate a
-  layer are checked against it by the SASL layer.)
+  it for every password, so we apply it to every login. A SASL mechanism that can
+  negotiate a layer of its own (GSSAPI) is offered below the minimum: it must then bring
+  the rest (libsasl's ``min_ssf - external_ssf``).
+* ``sasl_maximum_layer`` caps the same sum: over TLS of 256 bits and the default maximum
+  of 256, GSSAPI negotiates no layer (no encryption inside encryption), as with Cyrus.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from pop3d.security.value import Security
 
 
 class Action(enum.Enum):
@@ -25,29 +34,6 @@ class Action(enum.Enum):
     APOP = "APOP"
     SASL = "AUTH"
     OFFER_STLS = "STLS"
-
-
-@dataclass(slots=True)
-class Protection:
-    """How one connection is protected right now. Owned by the session; the driver reports
-    changes (TLS started) through the session."""
-
-    tls_active: bool = False
-    tls_ssf: int = 0
-    tls_version: str = ""
-    tls_cipher: str = ""
-    external_ssf: int = 0
-    client_identity: str | None = None
-    channel_bindings: dict[str, bytes] = field(default_factory=dict)
-
-    @property
-    def ssf(self) -> int:
-        """Security strength factor. TLS replaces ``-p`` once negotiated, as in Cyrus."""
-        return self.tls_ssf if self.tls_active else self.external_ssf
-
-    @property
-    def protected(self) -> bool:
-        return self.tls_active or self.external_ssf > 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,28 +46,77 @@ ALLOWED = Decision(True)
 
 
 @dataclass(frozen=True, slots=True)
+class LayerRange:
+    """What a SASL security layer may add: its own SSF within [low, high]; ``none_ok`` when
+    the connection already meets the minimum without one."""
+
+    low: int
+    high: int
+    none_ok: bool
+
+    @property
+    def feasible(self) -> bool:
+        return self.none_ok or self.low <= self.high
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     allow_plaintext: bool = False
     tls_required: bool = False
     starttls_offered: bool = False
-    minimum_ssf: int = 0
+    minimum_ssf: int = 0  # sasl_minimum_layer
+    maximum_ssf: int = 256  # sasl_maximum_layer
 
-    def permits(self, action: Action, protection: Protection) -> Decision:
+    def permits(self, action: Action, security: Security) -> Decision:
         if action is Action.OFFER_STLS:
-            if self.starttls_offered and not protection.tls_active:
+            if security.tls_active:
+                return Decision(False, "TLS is already active")
+            if self.starttls_offered and security.layer is None:
                 return ALLOWED
             return Decision(False, "STLS is not available on this connection")
-        if self.tls_required and not protection.tls_active:
+        if self.tls_required and not security.tls_active:
             return Decision(False, self._needs_tls_text(action))
-        if action is Action.PLAINTEXT_LOGIN and not (protection.protected or self.allow_plaintext):
+        if action is Action.PLAINTEXT_LOGIN and not (security.encrypted or self.allow_plaintext):
             return Decision(False, self._needs_tls_text(action))
-        if action is not Action.SASL and protection.ssf < self.minimum_ssf:
+        if action is not Action.SASL and security.ssf < self.minimum_ssf:
             return Decision(
                 False,
                 f"{action.value} needs a security layer of strength {self.minimum_ssf} or "
-                f"more; this connection has {protection.ssf}",
+                f"more; this connection has {security.ssf}",
             )
         return ALLOWED
+
+    def offers_mechanism(
+        self,
+        security: Security,
+        *,
+        password_in_clear: bool = False,
+        needs_binding: bool = False,
+        needs_client_identity: bool = False,
+        negotiates_layer: bool = False,
+    ) -> bool:
+        """Whether a SASL mechanism with these needs is offered on this connection."""
+        if not self.permits(Action.SASL, security).allowed:
+            return False
+        if password_in_clear and not self.permits(Action.PLAINTEXT_LOGIN, security).allowed:
+            return False
+        if needs_binding and not security.channel_bindings:
+            return False
+        if needs_client_identity and not security.client_identity:
+            return False
+        if security.ssf < self.minimum_ssf and not negotiates_layer:
+            return False
+        return not (negotiates_layer and not self.layer_range(security).feasible)
+
+    def layer_range(self, security: Security) -> LayerRange:
+        low = max(0, self.minimum_ssf - security.ssf)
+        high = max(0, self.maximum_ssf - security.ssf)
+        return LayerRange(low, high, none_ok=low == 0)
+
+    def password_exposed(self, security: Security) -> bool:
+        """The password just crossed a connection without confidentiality
+        (``plaintextloginpause`` applies)."""
+        return not security.encrypted
 
     def _needs_tls_text(self, action: Action) -> str:
         hint = "use STLS first" if self.starttls_offered else "connect with TLS (pop3s)"

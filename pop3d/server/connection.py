@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import logging
 import ssl
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -23,36 +22,23 @@ from pop3d.message import MessageEncoder
 from pop3d.protocol.events import (
     NEED_DATA,
     Close,
-    CommitResult,
-    CommitUpdate,
-    Failure,
     FailureKind,
+    InstallLayer,
     LoginFailed,
     LoginSucceeded,
-    MaildropOpened,
-    MeasureMessages,
-    OpenMaildrop,
     Pause,
-    ReleaseMaildrop,
     RetrieveMessage,
     Send,
     StartTLS,
-    TLSStarted,
+    StorageFailure,
 )
 from pop3d.protocol.session import Session
-from pop3d.requests import Offload
-from pop3d.sasl.requests import (
-    BearerResult,
-    FetchSecrets,
-    ResolveUser,
-    VerifyApop,
-    VerifyBearer,
-    VerifyPassword,
-)
+from pop3d.requests import Request
+from pop3d.security.value import TLSInfo
+from pop3d.server.carry_out import TABLE, Where, Work
 from pop3d.server.channel import ByteChannel, ChannelClosed
 from pop3d.server.context import ServiceContext
-from pop3d.storage.base import MaildropInUse, MessageGone, StorageError
-from pop3d.storage.maildir import MaildirMaildrop
+from pop3d.storage.base import MessageGone, StorageError
 from pop3d.transport import tls
 from pop3d.transport.layer import LayerError
 
@@ -72,7 +58,7 @@ class Connection:
         self.channel = channel
         self.context = context
         self.session: Session | None = None
-        self.maildrop: MaildirMaildrop | None = None
+        self.work = Work(context.authenticator, context.store, context.token_validator)
         self.idle = False  # waiting for a command: safe to close on shutdown
         self._loop = asyncio.get_running_loop()
         self._deadline = 0.0
@@ -86,6 +72,7 @@ class Connection:
                 if tls_started is None:
                     return
             self.session = Session(self.context.settings, self.context.connection_info(tls_started))
+            self.work.session_id = self.session.connection.session_id
             self._touch()
             await self._drive(self.session)
         except _Stop:
@@ -149,10 +136,7 @@ class Connection:
         raise _Stop
 
     def _security(self) -> str:
-        if self.session is None:
-            return "ssf=0 tls=no"
-        protection = self.session.protection
-        return f"ssf={protection.ssf} tls={protection.tls_version or 'no'}"
+        return self.session.security.describe() if self.session else "ssf=0 tls=no layer=-"
 
     async def _login_succeeded(self, event: LoginSucceeded) -> None:
         audit.info(
@@ -177,88 +161,37 @@ class Connection:
 
     # --- requests -----------------------------------------------------------------------
 
-    async def _in_thread(self, function: Callable[..., Any], *args: Any) -> Any:
-        return await self._loop.run_in_executor(self.context.executor, function, *args)
-
-    async def _hashing(self, function: Callable[..., Any], *args: Any) -> Any:
-        return await self._loop.run_in_executor(self.context.hash_executor, function, *args)
-
     def _resolve(self, result: object) -> None:
         assert self.session is not None
         self.session.resolve(result)
 
-    async def _verify_password(self, event: VerifyPassword) -> None:
-        authenticator = self.context.authenticator
-        hit = authenticator.verified_recently(event.user, event.password)
-        if hit is not None:
-            self._resolve(hit)
-            return
-        self._resolve(
-            await self._hashing(authenticator.verify_password, event.user, event.password)
-        )
-
-    async def _fetch_secrets(self, event: FetchSecrets) -> None:
-        authenticator = self.context.authenticator
-        self._resolve(await self._in_thread(authenticator.fetch_secrets, event.user, event.schemes))
-
-    async def _verify_bearer(self, event: VerifyBearer) -> None:
-        validator = self.context.token_validator
-        if validator is None:  # not offered then; a client naming it anyway gets a refusal
-            self._resolve(BearerResult(None, "invalid_token", "token validation not configured"))
-            return
-        self._resolve(await self._in_thread(validator.verify, event.token))
-
-    async def _resolve_user(self, event: ResolveUser) -> None:
-        authenticator = self.context.authenticator
-        self._resolve(await self._in_thread(authenticator.resolve_user, event.user))
-
-    async def _verify_apop(self, event: VerifyApop) -> None:
-        authenticator = self.context.authenticator
-        self._resolve(
-            await self._in_thread(
-                authenticator.verify_apop, event.user, event.challenge, event.digest
+    async def _carry_out(self, request: Request) -> None:
+        """Every request in the shared table (server/carry_out.py), where it says."""
+        entry = TABLE[type(request)]
+        if entry.fast is not None:
+            answer = entry.fast(self.work, request)
+            if answer is not None:
+                self._resolve(answer)
+                return
+        if entry.where is Where.LOOP:
+            result = entry.run(self.work, request)
+        else:
+            executor = (
+                self.context.hash_executor if entry.where is Where.HASH else self.context.executor
             )
-        )
-
-    async def _open_maildrop(self, event: OpenMaildrop) -> None:
-        try:
-            maildrop = await self._in_thread(self.context.store.open, event.user)
-        except MaildropInUse as exc:
-            self._resolve(Failure(FailureKind.IN_USE, str(exc)))
-            return
-        except (StorageError, OSError) as exc:
-            log.error(
-                "session %s: cannot open maildrop of %s: %s", self._session_id, event.user, exc
-            )
-            self._resolve(Failure(FailureKind.TEMPORARY, str(exc)))
-            return
-        self.maildrop = maildrop
-        self._resolve(
-            MaildropOpened(maildrop.uids, maildrop.sizes, maildrop.last_login, time.time())
-        )
-
-    async def _release_maildrop(self, _event: ReleaseMaildrop) -> None:
-        self._release()
-        self._resolve(None)
-
-    async def _measure(self, event: MeasureMessages) -> None:
-        assert self.maildrop is not None
-        try:
-            self._resolve(tuple(await self._in_thread(self.maildrop.measure, event.indexes)))
-        except (StorageError, OSError) as exc:
-            log.error("session %s: cannot measure messages: %s", self._session_id, exc)
-            self._resolve(Failure(FailureKind.TEMPORARY, str(exc)))
+            result = await self._loop.run_in_executor(executor, entry.run, self.work, request)
+        self._resolve(result)
 
     async def _retrieve(self, event: RetrieveMessage) -> None:
-        assert self.maildrop is not None
+        assert self.work.maildrop is not None
         try:
-            handle = self.maildrop.open_message(event.index)
+            handle = self.work.maildrop.open_message(event.index)
         except MessageGone as exc:
-            self._resolve(Failure(FailureKind.PERMANENT, str(exc)))
+            self._resolve(StorageFailure(FailureKind.PERMANENT, str(exc)))
             return
         except (StorageError, OSError) as exc:
             log.error("session %s: cannot open message: %s", self._session_id, exc)
-            self._resolve(Failure(FailureKind.TEMPORARY, str(exc)))
+            self._resolve(StorageFailure(FailureKind.TEMPORARY, str(exc)))
             return
         with handle:
             # RETR sends the whole message, so what goes out can be checked against the
@@ -269,7 +202,7 @@ class Connection:
                 handle.seek(0)
             except OSError as exc:
                 log.error("session %s: cannot read message: %s", self._session_id, exc)
-                self._resolve(Failure(FailureKind.TEMPORARY, str(exc)))
+                self._resolve(StorageFailure(FailureKind.TEMPORARY, str(exc)))
                 return
             if expected is not None and not self._could_be(expected, on_disk):
                 # Emptied or cut down before anything went out: say so while we still can.
@@ -281,7 +214,7 @@ class Connection:
                     on_disk,
                     expected,
                 )
-                self._resolve(Failure(FailureKind.TEMPORARY, "message changed on disk"))
+                self._resolve(StorageFailure(FailureKind.TEMPORARY, "message changed on disk"))
                 return
             try:
                 await self._stream(event, handle, expected, on_disk)
@@ -347,7 +280,8 @@ class Connection:
         await self.channel.write(pending + tail)
 
     def _uid(self, index: int) -> str:
-        uids = self.maildrop.uids if self.maildrop is not None else ()
+        maildrop = self.work.maildrop
+        uids = maildrop.uids if maildrop is not None else ()
         return uids[index] if 0 <= index < len(uids) else f"#{index + 1}"
 
     @staticmethod
@@ -358,28 +292,6 @@ class Connection:
         if on_disk == 0:
             return canonical == 0
         return on_disk - 2 <= canonical <= 2 * on_disk + 2
-
-    async def _commit(self, event: CommitUpdate) -> None:
-        assert self.maildrop is not None
-        if event.deleted or event.record_login is not None:
-            removed, failed = await self._in_thread(
-                self.maildrop.commit, event.deleted, event.record_login
-            )
-        else:  # nothing to write: no thread, no fsync
-            removed = failed = 0
-        if failed:
-            log.error("session %s: %d deletions failed", self._session_id, failed)
-        # UPDATE is the maildrop's last use: unlock before the client reads "+OK", so its
-        # next session (a poller reconnecting at once) never finds the maildrop [IN-USE].
-        self._release()
-        self._resolve(CommitResult(removed, failed))
-
-    async def _offload(self, event: Offload) -> None:
-        try:
-            result = await self._in_thread(event.call)
-        except Exception as exc:  # the core's to judge (Offload's contract)
-            result = exc
-        self._resolve(result)
 
     async def _pause(self, event: Pause) -> None:
         await asyncio.sleep(event.seconds)
@@ -393,7 +305,17 @@ class Connection:
         self._touch()
         self._resolve(started)
 
-    async def _handshake(self) -> TLSStarted | None:
+    async def _install_layer(self, event: InstallLayer) -> None:
+        self.channel.push_layer(event.layer, event.trailing)
+        log.info(
+            "session %s: %s security layer, ssf=%d",
+            self._session_id,
+            event.layer.name,
+            event.layer.ssf,
+        )
+        self._resolve(None)
+
+    async def _handshake(self) -> TLSInfo | None:
         server_tls = self.context.tls
         if server_tls is None:
             self.end_reason = "TLS requested but not configured"
@@ -405,29 +327,21 @@ class Connection:
         except (ssl.SSLError, ConnectionError, TimeoutError, OSError) as exc:
             self.end_reason = f"TLS handshake failed: {exc.__class__.__name__}: {exc}"
             return None
-        facts = tls.facts(ssl_object, server_tls)
+        info = tls.facts(ssl_object, server_tls)
         log.info(
             "peer=%s TLS %s %s ssf=%d client=%s",
             self.channel.peer,
-            facts.version,
-            facts.cipher,
-            facts.ssf,
-            facts.client_identity or "-",
+            info.version,
+            info.cipher,
+            info.ssf,
+            info.client_identity or "-",
         )
-        return TLSStarted(
-            facts.ssf,
-            facts.version,
-            facts.cipher,
-            facts.client_identity,
-            tuple(facts.channel_bindings.items()),
-        )
+        return info
 
     # --- end ------------------------------------------------------------------------------
 
     def _release(self) -> None:
-        if self.maildrop is not None:
-            self.maildrop.close()
-            self.maildrop = None
+        self.work.release()
 
     def _log_end(self) -> None:
         log.info(
@@ -438,23 +352,17 @@ class Connection:
         )
 
 
+# Events and the requests bound to this connection's channel or clock; every other
+# request is in the shared table (server/carry_out.py).
 _HANDLERS: dict[type, Callable[[Connection, Any], Awaitable[None]]] = {
     Send: Connection._send,
     type(NEED_DATA): Connection._need_data,
     Close: Connection._close,
     LoginSucceeded: Connection._login_succeeded,
     LoginFailed: Connection._login_failed,
-    VerifyPassword: Connection._verify_password,
-    VerifyApop: Connection._verify_apop,
-    ResolveUser: Connection._resolve_user,
-    VerifyBearer: Connection._verify_bearer,
-    FetchSecrets: Connection._fetch_secrets,
-    OpenMaildrop: Connection._open_maildrop,
-    ReleaseMaildrop: Connection._release_maildrop,
-    MeasureMessages: Connection._measure,
     RetrieveMessage: Connection._retrieve,
-    CommitUpdate: Connection._commit,
     Pause: Connection._pause,
-    Offload: Connection._offload,
     StartTLS: Connection._start_tls,
+    InstallLayer: Connection._install_layer,
+    **dict.fromkeys(TABLE, Connection._carry_out),
 }

@@ -20,10 +20,10 @@ from pop3d.auth.identity import IdentityRules
 from pop3d.auth.passwords import Argon2Parameters
 from pop3d.auth.tokens import token_validator
 from pop3d.config.imapd import Config, ConfigError, Problem
-from pop3d.protocol.events import TLSStarted
 from pop3d.protocol.settings import ConnectionInfo, SessionSettings
 from pop3d.sasl import registry
 from pop3d.security.policy import Policy
+from pop3d.security.value import TLSInfo
 from pop3d.storage.maildir import MaildirStore
 from pop3d.transport import tls
 
@@ -172,6 +172,7 @@ class ServiceContext:
                 tls_required=config.switch("tls_required", service),
                 starttls_offered=starttls,
                 minimum_ssf=config.integer("sasl_minimum_layer", service),
+                maximum_ssf=config.integer("sasl_maximum_layer", service),
             ),
             expire_seconds=config.integer("popexpiretime", service),
             min_poll_seconds=config.integer("popminpoll", service),
@@ -205,7 +206,7 @@ class ServiceContext:
         self.hash_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pop3d-hash")
         self._counter = itertools.count(1)
 
-    def connection_info(self, tls_started: TLSStarted | None = None) -> ConnectionInfo:
+    def connection_info(self, tls_started: TLSInfo | None = None) -> ConnectionInfo:
         now = int(time.time())
         session_id = (
             f"{self.session_prefix}-{now}-{os.getpid()}-{next(self._counter)}-"

@@ -20,12 +20,13 @@ What a handshake yields for the layers above (:func:`facts`):
 from __future__ import annotations
 
 import ssl
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
 from pop3d.config.imapd import Config, ConfigError, Problem
+from pop3d.security.value import TLSInfo
 
 _VERSIONS = {
     "tls1_0": ssl.TLSVersion.TLSv1,
@@ -46,15 +47,6 @@ class ServerTLS:
     context: ssl.SSLContext
     end_point_binding: bytes  # tls-server-end-point
     client_identity_from: str = "cn"  # or "email"
-
-
-@dataclass(frozen=True, slots=True)
-class TLSFacts:
-    ssf: int
-    version: str
-    cipher: str
-    client_identity: str | None = None
-    channel_bindings: dict[str, bytes] = field(default_factory=dict)
 
 
 def end_point_binding(certificate_pem: bytes) -> bytes:
@@ -171,7 +163,7 @@ def server_context(config: Config, service: str | None) -> ssl.SSLContext:
     return context
 
 
-def facts(ssl_object: ssl.SSLObject | ssl.SSLSocket, server: ServerTLS) -> TLSFacts:
+def facts(ssl_object: ssl.SSLObject | ssl.SSLSocket, server: ServerTLS) -> TLSInfo:
     cipher = ssl_object.cipher()
     name, version, bits = cipher if cipher else ("", "", 0)
     tls_version = ssl_object.version() or version
@@ -180,12 +172,12 @@ def facts(ssl_object: ssl.SSLObject | ssl.SSLSocket, server: ServerTLS) -> TLSFa
         unique = ssl_object.get_channel_binding("tls-unique")
         if unique:
             bindings["tls-unique"] = unique
-    return TLSFacts(
-        ssf=bits or 0,
+    return TLSInfo(
         version=tls_version,
         cipher=name,
+        ssf=bits or 0,
         client_identity=client_identity(ssl_object, server.client_identity_from),
-        channel_bindings=bindings,
+        channel_bindings=tuple(bindings.items()),
     )
 
 

@@ -64,7 +64,8 @@ def check_session(code: int, out: str, err: str) -> None:
 
 def test_starttls_session(served: Served) -> None:
     check_session(*starttls(served.port, served.ca, "-quiet", data=SESSION))
-    assert re.search(r"login\.good user=alice method=USER .* tls=TLSv1\.[23]$", served.log(), re.M)
+    pattern = r"login\.good user=alice method=USER .* tls=TLSv1\.[23] layer=-$"
+    assert re.search(pattern, served.log(), re.M)
 
 
 def test_pop3s_session(served: Served) -> None:

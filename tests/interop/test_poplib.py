@@ -236,7 +236,8 @@ def test_stls(served: Served, client_context: ssl.SSLContext) -> None:
         pop.close()
     log = served.log()
     assert "login.good user=alice method=USER" in log
-    assert re.search(r"login\.good user=alice method=USER .* tls=TLSv1\.[23]$", log, re.M), log
+    pattern = r"login\.good user=alice method=USER .* tls=TLSv1\.[23] layer=-$"
+    assert re.search(pattern, log, re.M), log
 
 
 def test_pop3_ssl(served: Served, client_context: ssl.SSLContext) -> None:

@@ -12,6 +12,7 @@ import pop3d
 from pop3d.protocol import events as ev
 from pop3d.protocol.states import State
 from pop3d.security.policy import Policy
+from pop3d.security.value import TLSInfo
 from tests.support.drive import drive, settings_for_lab
 from tests.support.lab import Lab
 
@@ -86,7 +87,7 @@ def test_stls_discards_pipelined_input(lab: Lab) -> None:
     out = driven.feed(b"STLS\r\nCAPA\r\nUSER alice\r\n")
     assert out == b"+OK Begin TLS negotiation now\r\n"
     assert isinstance(driven.requests[-1], ev.StartTLS)
-    assert driven.session.protection.tls_active
+    assert driven.session.security.tls_active
     assert driven.feed() == b""  # CAPA and USER were dropped, not executed inside TLS
     capa = driven.feed(b"CAPA\r\n")
     assert b"STLS" not in capa and b"USER\r\n" in capa
@@ -118,9 +119,8 @@ def test_stls_forgets_a_user_given_before_it(lab: Lab) -> None:
 def test_plaintext_login_policy(
     lab: Lab, policy: Policy, external_ssf: int, tls: bool, allowed: bool
 ) -> None:
-    started = ev.TLSStarted(256, "TLSv1.3", "x") if tls else None
-    driven = drive(lab, settings_for_lab(policy=policy), tls=started)
-    driven.session.protection.external_ssf = external_ssf
+    started = TLSInfo("TLSv1.3", "x", 256) if tls else None
+    driven = drive(lab, settings_for_lab(policy=policy), tls=started, external_ssf=external_ssf)
     driven.feed()
     out = driven.feed(b"USER alice\r\n")
     capa = driven.feed(b"CAPA\r\n")

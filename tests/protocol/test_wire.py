@@ -44,10 +44,11 @@ def test_limit_counts_the_line_ending() -> None:
     assert lines_of(reader) == [b"123456", OVERLONG]
 
 
-def test_discard_buffered_drops_pipelined_input() -> None:
+def test_take_buffered_hands_over_unread_input() -> None:
     reader = LineReader(100)
     reader.feed(b"CAPA\r\nNOOP\r\npart")
-    assert reader.discard_buffered() == len(b"CAPA\r\nNOOP\r\npart")
+    assert reader.next_line() == b"CAPA"
+    assert reader.take_buffered() == b"NOOP\r\npart"
     reader.feed(b"QUIT\r\n")
     assert lines_of(reader) == [b"QUIT"]
 

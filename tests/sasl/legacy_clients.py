@@ -13,6 +13,7 @@ Both check DIGEST-MD5's rspauth, so a server that computes it wrongly fails here
 from __future__ import annotations
 
 import base64
+import functools
 import os
 import select
 import shutil
@@ -23,10 +24,8 @@ from pathlib import Path
 
 from pop3d.auth.authenticator import Authenticator
 from pop3d.sasl.mechanism import (
-    Challenge,
     Context,
     Failure,
-    MalformedResponse,
     Mechanism,
     Success,
 )
@@ -239,23 +238,14 @@ def exchange(
 ) -> tuple[Success | Failure, bool]:
     """Run the server mechanism against ``client``: (server result, whether the client
     accepted the end of the exchange). ``tamper`` may rewrite each client response."""
-    run = mechanism.run(context, None)
-    value: object = None
-    while True:
-        try:
-            step = run.send(value)
-        except StopIteration as stop:
-            result = stop.value
-            break
-        except MalformedResponse as problem:
-            result = Failure(f"malformed: {problem}")
-            break
-        if isinstance(step, Challenge):
-            value = client.respond(step.data)
-            if callable(tamper):
-                value = tamper(value)
-        else:
-            value = sasl_run.carry_out(authenticator, step)
+
+    def respond(challenge: bytes) -> bytes:
+        value = client.respond(challenge)
+        return tamper(value) if callable(tamper) else value
+
+    result = sasl_run.converse(
+        mechanism, context, None, respond, functools.partial(sasl_run.carry_out, authenticator)
+    )
     assert isinstance(result, Success | Failure)
     if isinstance(result, Failure):
         client.child.kill()

@@ -3,12 +3,13 @@ channel bindings and every malformed shape."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
 import scramp
 
-from pop3d.sasl.mechanism import Context, Failure, MalformedResponse, Success
+from pop3d.sasl.mechanism import Context, Failure, Success
 from pop3d.sasl.saslprep import SASLprepError, saslprep
 from pop3d.sasl.scram import Scram
 from tests.support import sasl_run, sasl_vectors
@@ -43,24 +44,19 @@ def scramp_exchange(
     hash_name = name.removeprefix("SCRAM-").removesuffix("-PLUS")
     mechanism = Scram(hash_name, name.endswith("-PLUS"))
     context = Context("lab.test", channel_bindings=server_bindings or {}, plus_offered=plus_offered)
-    exchange = mechanism.run(context, client.get_client_first().encode())
-    value: object = None
-    while True:
-        try:
-            step = exchange.send(value)
-        except StopIteration as stop:
-            result = stop.value
-            break
-        except MalformedResponse as problem:
-            return Failure(f"malformed: {problem}")
-        if hasattr(step, "data"):
-            client.set_server_first(step.data.decode())
-            final = client.get_client_final()
-            if callable(tamper):
-                final = tamper(final)
-            value = final.encode()
-        else:
-            value = sasl_run.carry_out(authenticator, step)
+
+    def respond(challenge: bytes) -> bytes:
+        client.set_server_first(challenge.decode())
+        final = client.get_client_final()
+        return (tamper(final) if callable(tamper) else final).encode()
+
+    result = sasl_run.converse(
+        mechanism,
+        context,
+        client.get_client_first().encode(),
+        respond,
+        functools.partial(sasl_run.carry_out, authenticator),
+    )
     if isinstance(result, Success):
         assert result.final is not None
         client.set_server_final(result.final.decode())  # raises if the server lied
@@ -159,3 +155,25 @@ def test_vector_loader_is_strict(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(sasl_vectors, "SASL_VECTORS", tmp_path)
     with pytest.raises(sasl_vectors.VectorError, match="unknown keys"):
         sasl_vectors.load("bad.json")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [b"\xff\xfe", b"us=er", b"us=2cer", b"us\x01er"],
+    ids=["not-utf8", "bare-equals", "lower-case-escape", "control"],
+)
+@pytest.mark.parametrize("mechanism", ["SCRAM-SHA-256", "OAUTHBEARER"])
+def test_saslnames_are_decoded_equally_strictly(name: bytes, mechanism: str) -> None:
+    """SCRAM and OAUTHBEARER share one saslname decoder: a malformed name is refused as
+    malformed by both (SCRAM once let invalid UTF-8 escape as UnicodeDecodeError)."""
+    from pop3d.sasl import registry
+
+    found = registry.get(mechanism)
+    assert found is not None
+    if mechanism == "OAUTHBEARER":
+        message = b"n,a=" + name + b",\x01auth=Bearer x\x01\x01"
+    else:
+        message = b"n,,n=" + name + b",r=abcdefgh"
+    result = sasl_run.converse(found, Context("lab.test"), message, lambda _c: b"", lambda _r: None)
+    assert isinstance(result, Failure)
+    assert result.reason.startswith("malformed:"), result.reason

@@ -13,10 +13,13 @@ from typing import Any
 from pop3d.auth import credentials
 from pop3d.auth.authenticator import Authenticator
 from pop3d.auth.credentials import CredentialFile
-from pop3d.sasl import requests as rq
+from pop3d.requests import Request
+from pop3d.sasl import exchange
 from pop3d.sasl.mechanism import Challenge, Context, Failure, MalformedResponse, Mechanism, Success
+from pop3d.sasl.requests import FetchSecrets
 from pop3d.sasl.scram import derive_keys
 from pop3d.security.secret import Secret
+from pop3d.server import carry_out as table
 from tests.support.lab import FAST_ARGON2
 from tests.support.sasl_vectors import Case
 
@@ -66,13 +69,9 @@ def context_for(case: Case, **overrides: Any) -> Context:
 
 
 def carry_out(authenticator: Authenticator, request: object) -> object:
-    if isinstance(request, rq.VerifyPassword):
-        return authenticator.verify_password(request.user, request.password)
-    if isinstance(request, rq.FetchSecrets):
-        return authenticator.fetch_secrets(request.user, request.schemes)
-    if isinstance(request, rq.ResolveUser):
-        return authenticator.resolve_user(request.user)
-    raise AssertionError(f"unexpected request {request!r}")
+    """The drivers' own table (server/carry_out.py), with no maildrop store behind it."""
+    assert isinstance(request, Request), request
+    return table.carry_out(table.Work(authenticator), request)
 
 
 def assert_one_response_only_fails(
@@ -85,7 +84,7 @@ def assert_one_response_only_fails(
     run.send(None)
     try:
         step = run.send(response)
-        assert isinstance(step, rq.FetchSecrets)
+        assert isinstance(step, FetchSecrets)
         run.send(carry_out(authenticator, step))
     except MalformedResponse:
         return
@@ -105,6 +104,25 @@ class Exchange:
     requests: list[object]
 
 
+def converse(
+    mechanism: Mechanism,
+    context: Context,
+    initial: bytes | None,
+    respond: Callable[[bytes], bytes],
+    resolve: Resolver,
+) -> Success | Failure:
+    """The exchange driver with a client answering challenges (``respond``) and a
+    resolver answering credential requests."""
+    steps = exchange.run(mechanism, context, initial)
+    value: object = None
+    while True:
+        try:
+            step = steps.send(value)
+        except StopIteration as stop:
+            return stop.value
+        value = respond(step.data) if isinstance(step, Challenge) else resolve(step)
+
+
 def script(
     mechanism: Mechanism,
     context: Context,
@@ -118,16 +136,13 @@ def script(
     pending = list(replies)
     challenges: list[bytes] = []
     requests: list[object] = []
-    exchange = mechanism.run(context, initial)
+    steps = exchange.run(mechanism, context, initial)
     value: object = None
     while True:
         try:
-            step = exchange.send(value)
+            step = steps.send(value)
         except StopIteration as stop:
-            assert isinstance(stop.value, Success | Failure)
             return Exchange(stop.value, challenges, requests)
-        except MalformedResponse as problem:
-            return Exchange(Failure(f"malformed: {problem}"), challenges, requests)
         if isinstance(step, Challenge):
             challenges.append(step.data)
             assert pending, f"no scripted reply left for challenge {step.data!r}"
@@ -151,16 +166,14 @@ def run(
         resolve = functools.partial(carry_out, authenticator)
     steps = list(case.steps)
     initial = steps.pop(0)[1] if steps and steps[0][0] == "C" else None
-    exchange = mechanism.run(context or context_for(case), initial)
+    running = exchange.run(mechanism, context or context_for(case), initial)
     value: object = None
     while True:
         try:
-            step = exchange.send(value)
+            step = running.send(value)
         except StopIteration as stop:
             result = stop.value
             break
-        except MalformedResponse as problem:
-            return Failure(f"malformed: {problem}")
         if isinstance(step, Challenge):
             if steps and steps[0][0] == "S":
                 expected = steps.pop(0)[1]

@@ -1,0 +1,176 @@
+"""AUTHORIZATION state handlers: CAPA, QUIT, STLS, USER/PASS, APOP, and the login steps
+every method shares (a failed login, opening the maildrop, LOGIN-DELAY). AUTH is in
+:mod:`.sasl_auth`."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pop3d.auth.identity import canonical_user
+from pop3d.protocol import capabilities, commands, login_delay
+from pop3d.protocol.commands import ArgumentError
+from pop3d.protocol.events import (
+    FailureKind,
+    LoginFailed,
+    LoginSucceeded,
+    MaildropOpened,
+    OpenMaildrop,
+    Pause,
+    ReleaseMaildrop,
+    StartTLS,
+    StorageFailure,
+)
+from pop3d.protocol.states import HandlerResult, Outcome, Task
+from pop3d.sasl.requests import AuthResult, VerifyApop, VerifyPassword
+from pop3d.security.policy import Action
+from pop3d.security.secret import Secret
+from pop3d.security.value import TLSInfo
+
+if TYPE_CHECKING:
+    from pop3d.protocol.session import Session
+
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+
+
+def capa(session: Session, argument: bytes) -> Outcome:
+    commands.no_arguments(argument)
+    session.ok("Capability list follows")
+    session.lines(capabilities.lines(session))
+    return Outcome.OK
+
+
+def quit_unauthenticated(session: Session, argument: bytes) -> Outcome:
+    commands.no_arguments(argument)
+    session.ok("Bye")
+    session.close("QUIT")
+    return Outcome.OK
+
+
+def stls(session: Session, argument: bytes) -> HandlerResult:
+    commands.no_arguments(argument)
+    decision = session.settings.policy.permits(Action.OFFER_STLS, session.security)
+    if not decision.allowed:
+        session.err(decision.reason)
+        return Outcome.BAD
+    return _start_tls(session)
+
+
+def _start_tls(session: Session) -> Task:
+    session.ok("Begin TLS negotiation now")
+    # CVE-2011-0411 class: anything pipelined after STLS was sent in clear and must not
+    # be executed as if it had come through TLS: the trailing data is dropped.
+    session.take_trailing_data()
+    session.user = None
+    started = yield StartTLS()
+    assert isinstance(started, TLSInfo)
+    session.security = session.security.with_tls(started)
+    return Outcome.OK
+
+
+def login_permitted(session: Session, action: Action) -> bool:
+    decision = session.settings.policy.permits(action, session.security)
+    if not decision.allowed:
+        session.err(f"[AUTH] {decision.reason}")
+    return decision.allowed
+
+
+def user(session: Session, argument: bytes) -> Outcome:
+    if not argument:
+        raise ArgumentError("Missing argument: user name")
+    if not login_permitted(session, Action.PLAINTEXT_LOGIN):
+        return Outcome.FAIL
+    name = canonical_user(argument, session.settings.identity)
+    if name is None:
+        session.err("[AUTH] Invalid user name")
+        return Outcome.FAIL
+    session.user = name
+    session.ok("User name accepted, password please")
+    return Outcome.OK
+
+
+def user_again(session: Session, argument: bytes) -> Outcome:
+    session.err("[AUTH] Must give PASS command")
+    return Outcome.BAD
+
+
+def pass_without_user(session: Session, argument: bytes) -> Outcome:
+    session.err("[AUTH] Must give USER command first")
+    return Outcome.BAD
+
+
+def pass_(session: Session, argument: bytes) -> HandlerResult:
+    if not argument:
+        raise ArgumentError("Missing argument: password")
+    name = session.user
+    assert name is not None
+    session.user = None
+    return _password_login(session, name, Secret(argument))
+
+
+def _password_login(session: Session, name: str, password: Secret) -> Task:
+    result = yield VerifyPassword(name, password)
+    assert isinstance(result, AuthResult)
+    if result.identity is None:
+        yield from login_failed(session, name, "USER", result.reason)
+        return Outcome.FAIL
+    settings = session.settings
+    if settings.plaintext_login_pause > 0 and settings.policy.password_exposed(session.security):
+        yield Pause(settings.plaintext_login_pause)
+    return (yield from open_maildrop(session, result.identity, "USER"))
+
+
+def apop(session: Session, argument: bytes) -> HandlerResult:
+    if not login_permitted(session, Action.APOP):
+        return Outcome.FAIL
+    if session.challenge is None:
+        session.err("APOP is not enabled on this server")
+        return Outcome.BAD
+    tokens = commands.split_arguments(argument)
+    if len(tokens) != 2 or len(tokens[1]) != 32 or not _HEX.issuperset(tokens[1]):
+        raise ArgumentError("Syntax: APOP name digest (32 hexadecimal digits)")
+    name = canonical_user(tokens[0], session.settings.identity)
+    return _apop_login(session, name, tokens[0], tokens[1].decode("ascii").lower())
+
+
+def _apop_login(session: Session, name: str | None, raw_name: bytes, digest: str) -> Task:
+    if name is None:
+        yield from login_failed(session, raw_name.decode("utf-8", "replace"), "APOP", "bad name")
+        return Outcome.FAIL
+    assert session.challenge is not None
+    result = yield VerifyApop(name, session.challenge, digest)
+    assert isinstance(result, AuthResult)
+    if result.identity is None:
+        yield from login_failed(session, name, "APOP", result.reason)
+        return Outcome.FAIL
+    return (yield from open_maildrop(session, result.identity, "APOP"))
+
+
+def login_failed(session: Session, name: str, method: str, reason: str) -> Task:
+    session.notice(LoginFailed(name, method, reason))
+    if session.settings.failed_login_pause > 0:
+        yield Pause(session.settings.failed_login_pause)
+    # One text for unknown user and wrong password, so the answer tells nothing.
+    session.err("[AUTH] Invalid login")
+    return Outcome.FAIL
+
+
+def open_maildrop(session: Session, identity: str, method: str) -> Task:
+    opened = yield OpenMaildrop(identity)
+    if isinstance(opened, StorageFailure):
+        session.notice(LoginFailed(identity, method, f"maildrop: {opened.detail}"))
+        if opened.kind is FailureKind.IN_USE:
+            session.err("[IN-USE] Maildrop is locked by another session")
+        else:
+            session.err(f"[{opened.kind.value}] Unable to open maildrop")
+        return Outcome.FAIL
+    assert isinstance(opened, MaildropOpened)
+    min_poll = session.settings.min_poll_seconds
+    if login_delay.too_soon(min_poll, opened.last_login, opened.now):
+        yield ReleaseMaildrop()
+        session.notice(LoginFailed(identity, method, "login delay"))
+        session.err(f"[LOGIN-DELAY] Logins must be at least {login_delay.describe(min_poll)} apart")
+        return Outcome.FAIL
+    session.enter_transaction(identity, opened)
+    session.notice(LoginSucceeded(identity, method))
+    session.ok(f"Mailbox locked and ready SESSIONID=<{session.connection.session_id}>")
+    return Outcome.OK

@@ -1,0 +1,80 @@
+"""CAPA (RFC 2449 §6): the capability lines as data, in Cyrus's order. Each entry says in
+which states it is listed and computes its line from the session (None leaves it out), so
+"what is offered when" reads as a table, and every security gate in it is the policy's."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from pop3d.security.policy import Action
+
+if TYPE_CHECKING:
+    from pop3d.protocol.session import Session
+
+
+@dataclass(frozen=True, slots=True)
+class Capability:
+    line: Callable[[Session], str | None]
+    before_login: bool = True
+    after_login: bool = True
+
+
+def _sasl(session: Session) -> str | None:
+    from pop3d.protocol.sasl_auth import offered  # noqa: PLC0415 (sasl_auth imports us)
+
+    mechanisms = offered(session)
+    return "SASL " + " ".join(mechanisms) if mechanisms else None
+
+
+def _permitted(action: Action, text: str) -> Callable[[Session], str | None]:
+    def line(session: Session) -> str | None:
+        allowed = session.settings.policy.permits(action, session.security).allowed
+        return text if allowed else None
+
+    return line
+
+
+def _expire(session: Session) -> str:
+    expire = session.settings.expire_seconds
+    return "EXPIRE NEVER" if expire < 0 else f"EXPIRE {expire // 86400}"
+
+
+def _login_delay(session: Session) -> str | None:
+    seconds = session.settings.min_poll_seconds
+    return f"LOGIN-DELAY {seconds}" if seconds > 0 else None
+
+
+def _fixed(text: str) -> Callable[[Session], str]:
+    return lambda _session: text
+
+
+def _implementation(session: Session) -> str | None:
+    settings = session.settings
+    if settings.serverinfo == "on" or not session.state.unauthenticated:
+        return f"IMPLEMENTATION {settings.implementation}"
+    return None
+
+
+CAPABILITIES: tuple[Capability, ...] = (
+    Capability(_sasl, after_login=False),
+    Capability(_permitted(Action.OFFER_STLS, "STLS"), after_login=False),
+    Capability(_expire),
+    Capability(_login_delay),
+    *(Capability(_fixed(name)) for name in ("TOP", "UIDL", "PIPELINING", "RESP-CODES")),
+    Capability(_fixed("AUTH-RESP-CODE")),
+    Capability(_permitted(Action.PLAINTEXT_LOGIN, "USER"), after_login=False),
+    Capability(_implementation),
+)
+
+
+def lines(session: Session) -> list[str]:
+    before = session.state.unauthenticated
+    out = []
+    for capability in CAPABILITIES:
+        if capability.before_login if before else capability.after_login:
+            line = capability.line(session)
+            if line is not None:
+                out.append(line)
+    return out

@@ -1,0 +1,182 @@
+"""AUTH (RFC 5034): the POP3 framing of a SASL exchange.
+
+The mechanism runs through :func:`pop3d.sasl.exchange.run`; this module adds only what is
+POP3's: challenges as "+ base64" lines, a response line starting with "*" cancels, strict
+base64, additional data with success sent as one more challenge answered by an empty line,
+authorization (``admins``/``proxyservers`` may act as another user), and a negotiated
+security layer installed right after the "+OK".
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any
+
+from pop3d.auth.identity import IdentityRules, canonical_user
+from pop3d.protocol.authorization import login_failed, login_permitted, open_maildrop
+from pop3d.protocol.events import InstallLayer
+from pop3d.protocol.states import AWAIT_RESPONSE, HandlerResult, Outcome, Task
+from pop3d.protocol.wire import OVERLONG
+from pop3d.requests import Request
+from pop3d.sasl import exchange, registry
+from pop3d.sasl.mechanism import Challenge, Context, Mechanism, Success
+from pop3d.sasl.mechanism import Failure as SaslFailure
+from pop3d.sasl.requests import AuthResult, FetchSecrets, ResolveUser, VerifyPassword
+from pop3d.security.policy import Action
+from pop3d.security.value import LayerInfo
+
+if TYPE_CHECKING:
+    from pop3d.protocol.session import Session
+
+
+def offered(session: Session) -> list[str]:
+    return registry.offered(
+        session.settings.sasl_mechanisms, session.settings.policy, session.security
+    )
+
+
+def auth(session: Session, argument: bytes) -> HandlerResult:
+    available = offered(session)
+    if not argument.strip(b" "):
+        # draft-myers discovery, as Cyrus answers it (also "AUTH " from Outlook)
+        if not login_permitted(session, Action.SASL):
+            return Outcome.FAIL
+        session.ok("List of supported mechanisms follows")
+        session.lines(available)
+        return Outcome.STAY
+    if not login_permitted(session, Action.SASL):
+        return Outcome.FAIL
+    name_raw, _, initial_raw = argument.partition(b" ")
+    name = name_raw.decode("ascii", "replace").upper()
+    mechanism = registry.get(name)
+    if mechanism is None or name not in available:
+        session.err(f"[AUTH] {name} is not an available mechanism; see CAPA")
+        return Outcome.BAD
+    initial: bytes | None = None
+    if initial_raw:
+        decoded = _base64(initial_raw)
+        if decoded is None:
+            session.err("[AUTH] Invalid base64 in the initial response")
+            return Outcome.BAD
+        initial = decoded
+    return _exchange(session, mechanism, initial, available)
+
+
+def context_for(session: Session, available: list[str]) -> Context:
+    """What the mechanism may know, all of it read from the session's one security value
+    and the policy's decisions on it."""
+    security = session.security
+    layers = session.settings.policy.layer_range(security)
+    return Context(
+        servername=session.settings.servername,
+        channel_bindings=security.channel_bindings,
+        client_identity=security.client_identity,
+        plus_offered=any(name.endswith("-PLUS") for name in available),
+        oauth_scope=session.settings.oauth_scope,
+        ssf=security.ssf,
+        min_ssf=layers.low,
+        max_ssf=layers.high,
+        max_buffer=session.settings.sasl_max_buffer,
+        keytab=session.settings.keytab,
+        login_realms=tuple(sorted(session.settings.identity.loginrealms)),
+    )
+
+
+def _exchange(
+    session: Session, mechanism: Mechanism, initial: bytes | None, available: list[str]
+) -> Task:
+    method = f"AUTH {mechanism.name}"
+    rules = session.settings.identity
+    steps = exchange.run(
+        mechanism,
+        context_for(session, available),
+        initial,
+        canonical=lambda request: _canonical_request(request, rules),
+    )
+    reply: object = None
+    while True:
+        try:
+            step = steps.send(reply)
+        except StopIteration as stop:
+            result = stop.value
+            break
+        if isinstance(step, Challenge):
+            response = yield from _response(session, step.data)
+            if response is None:
+                steps.close()
+                return Outcome.FAIL
+            reply = response
+        else:
+            reply = yield step
+    if isinstance(result, Success) and result.final is not None:
+        answer = yield from _response(session, result.final)
+        if answer is None:
+            return Outcome.FAIL
+        if answer:  # RFC 5034 §4: additional data is answered by an empty line
+            result = SaslFailure("non-empty answer to additional data", result.authcid)
+    if isinstance(result, SaslFailure):
+        return (yield from login_failed(session, result.authcid or "-", method, result.reason))
+    assert isinstance(result, Success)
+    outcome = yield from _authorize(session, result, method)
+    if outcome is Outcome.OK and result.layer is not None:
+        # The +OK is queued and goes out in clear before the request reaches the driver.
+        yield InstallLayer(result.layer, session.take_trailing_data())
+        info = LayerInfo(mechanism.name, result.layer.ssf)
+        session.security = session.security.with_layer(info)
+    return outcome
+
+
+def _response(session: Session, challenge: bytes) -> Generator[Any, Any, bytes | None]:
+    """Send one challenge and read the answer: the decoded bytes, or None when the
+    exchange ended here (cancelled, too long, not base64), the -ERR already queued."""
+    session.continuation(base64.b64encode(challenge))
+    line = yield AWAIT_RESPONSE
+    if line is OVERLONG:
+        session.err("[AUTH] Response too long")
+        return None
+    assert isinstance(line, bytes)
+    if line.startswith(b"*"):
+        session.err("[AUTH] Authentication cancelled")
+        return None
+    decoded = _base64(line) if line else b""
+    if decoded is None:
+        session.err("[AUTH] Invalid base64 in the response")
+        return None
+    return decoded
+
+
+def _authorize(session: Session, result: Success, method: str) -> Task:
+    rules = session.settings.identity
+    authcid = canonical_user(result.authcid, rules)
+    authzid = canonical_user(result.authzid, rules) if result.authzid else ""
+    if authcid is None or authzid is None:
+        return (yield from login_failed(session, result.authcid, method, "bad identity"))
+    target = authzid or authcid
+    if target != authcid and authcid not in session.settings.proxy_authorizers:
+        return (yield from login_failed(session, authcid, method, f"may not act as {target}"))
+    known = yield ResolveUser(target)
+    assert isinstance(known, AuthResult)
+    if known.identity is None:
+        return (yield from login_failed(session, target, method, known.reason))
+    return (yield from open_maildrop(session, known.identity, method))
+
+
+def _canonical_request(request: Request, rules: IdentityRules) -> Request | None:
+    """``request`` with its user name canonical; None if the name is not a valid one."""
+    if isinstance(request, VerifyPassword | FetchSecrets | ResolveUser):
+        name = canonical_user(request.user, rules)
+        return None if name is None else dataclasses.replace(request, user=name)
+    return request
+
+
+def _base64(data: bytes) -> bytes | None:
+    """Strict base64 ("=" alone is an empty initial response, RFC 5034 §4)."""
+    if data == b"=":
+        return b""
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        return None

@@ -1,0 +1,173 @@
+"""One table from request type to the code that carries it out, shared by every driver.
+
+The asyncio driver (:mod:`.connection`) and the synchronous test driver run the same
+functions: only *where* differs (the event loop, the I/O threads, the hash thread), and
+that is in the table too. What stays driver-specific are the requests bound to the channel
+or the clock (streaming a message, TLS, a security layer, a pause).
+
+A :class:`Work` is one connection's view of the services: the credential store behind the
+authenticator, the maildrop store, the token validator, and the maildrop it has open.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from pop3d.auth.authenticator import Authenticator
+from pop3d.protocol.events import (
+    CommitResult,
+    CommitUpdate,
+    FailureKind,
+    MaildropOpened,
+    MeasureMessages,
+    OpenMaildrop,
+    ReleaseMaildrop,
+    StorageFailure,
+)
+from pop3d.requests import Offload, Request
+from pop3d.sasl.requests import (
+    BearerResult,
+    FetchSecrets,
+    ResolveUser,
+    VerifyApop,
+    VerifyBearer,
+    VerifyPassword,
+)
+from pop3d.security.secret import Secret
+from pop3d.storage.base import Maildrop, MaildropInUse, StorageError, Store
+
+log = logging.getLogger("pop3d")
+
+
+class TokenChecker(Protocol):
+    def verify(self, token: Secret) -> BearerResult: ...
+
+
+class Where(enum.Enum):
+    LOOP = "loop"  # cheap, no I/O
+    IO = "io"  # files, sockets, blocking libraries: the I/O threads
+    HASH = "hash"  # Argon2: its own thread (server/context.py says why)
+
+
+@dataclass
+class Work:
+    authenticator: Authenticator
+    store: Store | None = None
+    token_validator: TokenChecker | None = None
+    session_id: str = "-"
+    maildrop: Maildrop | None = None
+
+    def release(self) -> None:
+        if self.maildrop is not None:
+            self.maildrop.close()
+            self.maildrop = None
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    run: Callable[[Work, Any], object]
+    where: Where
+    # Tried on the event loop first; a result other than None answers without a thread.
+    fast: Callable[[Work, Any], object | None] | None = None
+
+
+def _verify_password(work: Work, request: VerifyPassword) -> object:
+    return work.authenticator.verify_password(request.user, request.password)
+
+
+def _recently_verified(work: Work, request: VerifyPassword) -> object | None:
+    return work.authenticator.verified_recently(request.user, request.password)
+
+
+def _verify_apop(work: Work, request: VerifyApop) -> object:
+    return work.authenticator.verify_apop(request.user, request.challenge, request.digest)
+
+
+def _fetch_secrets(work: Work, request: FetchSecrets) -> object:
+    return work.authenticator.fetch_secrets(request.user, request.schemes)
+
+
+def _resolve_user(work: Work, request: ResolveUser) -> object:
+    return work.authenticator.resolve_user(request.user)
+
+
+def _verify_bearer(work: Work, request: VerifyBearer) -> object:
+    if work.token_validator is None:  # not offered then; a client naming it gets a refusal
+        return BearerResult(None, "invalid_token", "token validation not configured")
+    return work.token_validator.verify(request.token)
+
+
+def _open_maildrop(work: Work, request: OpenMaildrop) -> object:
+    assert work.store is not None
+    try:
+        maildrop = work.store.open(request.user)
+    except MaildropInUse as exc:
+        return StorageFailure(FailureKind.IN_USE, str(exc))
+    except (StorageError, OSError) as exc:
+        log.error("session %s: cannot open maildrop of %s: %s", work.session_id, request.user, exc)
+        return StorageFailure(FailureKind.TEMPORARY, str(exc))
+    work.maildrop = maildrop
+    return MaildropOpened(maildrop.uids, maildrop.sizes, maildrop.last_login, time.time())
+
+
+def _release_maildrop(work: Work, _request: ReleaseMaildrop) -> object:
+    work.release()
+    return None
+
+
+def _measure(work: Work, request: MeasureMessages) -> object:
+    assert work.maildrop is not None
+    try:
+        return tuple(work.maildrop.measure(request.indexes))
+    except (StorageError, OSError) as exc:
+        log.error("session %s: cannot measure messages: %s", work.session_id, exc)
+        return StorageFailure(FailureKind.TEMPORARY, str(exc))
+
+
+def _commit(work: Work, request: CommitUpdate) -> object:
+    assert work.maildrop is not None
+    removed = failed = 0
+    if request.deleted or request.record_login is not None:  # else: no fsync for nothing
+        removed, failed = work.maildrop.commit(request.deleted, request.record_login)
+    if failed:
+        log.error("session %s: %d deletions failed", work.session_id, failed)
+    # UPDATE is the maildrop's last use: unlock before the client reads "+OK", so its next
+    # session (a poller reconnecting at once) never finds the maildrop [IN-USE].
+    work.release()
+    return CommitResult(removed, failed)
+
+
+def _offload(_work: Work, request: Offload) -> object:
+    try:
+        return request.call()
+    except Exception as exc:  # the core's to judge (Offload's contract)
+        return exc
+
+
+TABLE: dict[type[Request], Entry] = {
+    VerifyPassword: Entry(_verify_password, Where.HASH, fast=_recently_verified),
+    VerifyApop: Entry(_verify_apop, Where.IO),
+    FetchSecrets: Entry(_fetch_secrets, Where.IO),
+    ResolveUser: Entry(_resolve_user, Where.IO),
+    VerifyBearer: Entry(_verify_bearer, Where.IO),
+    OpenMaildrop: Entry(_open_maildrop, Where.IO),
+    ReleaseMaildrop: Entry(_release_maildrop, Where.LOOP),
+    MeasureMessages: Entry(_measure, Where.IO),
+    CommitUpdate: Entry(_commit, Where.IO),
+    Offload: Entry(_offload, Where.IO),
+}
+
+
+def carry_out(work: Work, request: Request) -> object:
+    """Synchronously, wherever the table says it belongs (for tests and tools)."""
+    entry = TABLE[type(request)]
+    if entry.fast is not None:
+        answer = entry.fast(work, request)
+        if answer is not None:
+            return answer
+    return entry.run(work, request)

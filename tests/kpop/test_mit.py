@@ -1,0 +1,192 @@
+"""The handshake with the real MIT acceptor against a real client: MIT ``krb5_sendauth``
+called exactly as fetchmail calls it (tests/support/sendauth.py), over a socket pair, with
+tickets from a real KDC. Every bad input ends in Refused; the client sees what MIT's
+recvauth would have sent it."""
+
+from __future__ import annotations
+
+import random
+import socket
+import struct
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pop3d.kpop import mit
+from pop3d.kpop.handshake import Authenticated, Handshake, Refused, Rejected
+from pop3d.kpop.mit import Acceptor
+from tests.support.kerberos import Realm
+from tests.support.kpop import Outcome, drive_bytes, drive_socket
+from tests.support.sendauth import SendauthResult, SendauthThread
+
+KRB5_SENDAUTH_BADAPPLVERS = -1765328179
+KRB5_SENDAUTH_REJECTED = -1765328177
+TKT_EXPIRED, REPEAT, NOT_US = 32, 34, 35
+VERSIONS_LENGTH = 4 + 19 + 4 + 9
+
+
+def exchange(acceptor: Acceptor, ccache: str, **options: object) -> tuple[Outcome, SendauthResult]:
+    server, client = socket.socketpair()
+    with server, client:
+        thread = SendauthThread(client, ccache, **options)
+        thread.start()
+        try:
+            outcome = drive_socket(Handshake(acceptor.verify), server)
+        finally:
+            server.shutdown(socket.SHUT_RDWR)  # as the driver closes: the client never hangs
+            thread.join(10)
+    assert thread.failure is None, thread.failure
+    assert thread.result is not None
+    return outcome, thread.result
+
+
+def ap_req_of(outcome: Outcome) -> bytes:
+    return outcome.received[VERSIONS_LENGTH + 4 :]  # after the versions and its length
+
+
+def krb_error_code(sent: bytes) -> int:
+    """error-code of the KRB-ERROR we framed after the answer byte (RFC 4120 [6] INTEGER)."""
+    body = sent[5:]
+    assert body[:1] == b"\x7e", body[:8].hex()
+    at = body.index(b"\xa6\x03\x02\x01")
+    return body[at + 4]
+
+
+def test_the_library_is_mit() -> None:
+    lib = mit.library()
+    assert lib is mit.library()  # checked once
+
+
+def test_fetchmail_style_client_is_accepted_with_mutual_auth(
+    acceptor: Acceptor, ccache: Callable[[str], str], krb5_env: Realm
+) -> None:
+    outcome, client = exchange(acceptor, ccache("alice"))
+    assert client.code == 0, client.message  # the client checked our AP-REP too
+    assert outcome.result == Authenticated(krb5_env.principal("alice"), krb5_env.name, True)
+    assert outcome.sent[:5] == b"\x00\0\0\0\0"
+    (length,) = struct.unpack(">I", outcome.sent[5:9])
+    assert outcome.sent[9:10] == b"\x6f" and len(outcome.sent) == 9 + length  # AP-REP
+    assert outcome.trailing == b""
+
+
+def test_without_mutual_auth_no_ap_rep(acceptor: Acceptor, ccache: Callable[[str], str]) -> None:
+    outcome, client = exchange(acceptor, ccache("bob"), options=0)
+    assert client.code == 0, client.message
+    assert isinstance(outcome.result, Authenticated) and not outcome.result.mutual
+    assert outcome.sent == b"\x00\0\0\0\0"
+
+
+def test_any_host_acceptor(krb5_env: Realm, ccache: Callable[[str], str]) -> None:
+    outcome, client = exchange(Acceptor(keytab=str(krb5_env.keytab)), ccache("alice"))
+    assert client.code == 0 and isinstance(outcome.result, Authenticated)
+
+
+def test_wrong_application_version(acceptor: Acceptor, ccache: Callable[[str], str]) -> None:
+    outcome, client = exchange(acceptor, ccache("alice"), version="KPOPV0.1")
+    assert outcome.sent == b"\x02"
+    assert isinstance(outcome.result, Refused)
+    assert client.code == KRB5_SENDAUTH_BADAPPLVERS
+
+
+def test_a_ticket_for_another_service_whose_key_we_hold(
+    acceptor: Acceptor, ccache: Callable[[str], str]
+) -> None:
+    """realm.keytab holds host/localhost too: rd_req could decrypt it, and must not take it."""
+    outcome, client = exchange(acceptor, ccache("alice"), service="host")
+    assert isinstance(outcome.result, Refused)
+    assert "host/localhost" in outcome.result.reason
+    assert client.code == KRB5_SENDAUTH_REJECTED
+    assert client.server_error == NOT_US
+    assert client.server_text == b"KPOP authentication failed"  # no path, no principal
+
+
+def test_a_ticket_for_another_host(krb5_env: Realm, ccache: Callable[[str], str]) -> None:
+    acceptor = Acceptor(keytab=str(krb5_env.keytab), host="mail.example.com")
+    outcome, client = exchange(acceptor, ccache("alice"))
+    assert isinstance(outcome.result, Refused)
+    assert client.code == KRB5_SENDAUTH_REJECTED
+
+
+def test_an_expired_ticket(krb5_env: Realm, ccache: Callable[[str], str]) -> None:
+    """The acceptor's clock two days ahead: past the ticket's end plus the clock skew."""
+    later = Acceptor(
+        keytab=str(krb5_env.keytab), host="localhost", pinned_time=int(time.time()) + 2 * 86400
+    )
+    outcome, client = exchange(later, ccache("alice"))
+    assert isinstance(outcome.result, Refused)
+    assert "expired" in outcome.result.reason
+    assert client.server_error == TKT_EXPIRED
+
+
+def test_a_replayed_ap_req_gets_a_krb_error(
+    acceptor: Acceptor, ccache: Callable[[str], str]
+) -> None:
+    first, _ = exchange(acceptor, ccache("alice"))
+    assert isinstance(first.result, Authenticated)
+    again = drive_bytes(Handshake(acceptor.verify), first.received)
+    assert isinstance(again.result, Refused)
+    assert "replay" in again.result.reason
+    assert krb_error_code(again.sent) == REPEAT
+
+
+def test_a_truncated_ap_req_message(acceptor: Acceptor, ccache: Callable[[str], str]) -> None:
+    """A whole message whose DER is cut short: MIT's decoder refuses it."""
+    first, _ = exchange(acceptor, ccache("alice"), options=0)
+    ap_req = ap_req_of(first)
+    for cut in (1, 10, len(ap_req) // 2, len(ap_req) - 1):
+        data = first.received[:VERSIONS_LENGTH] + struct.pack(">I", cut) + ap_req[:cut]
+        out = drive_bytes(Handshake(acceptor.verify), data)
+        assert isinstance(out.result, Refused), cut
+        assert out.sent[5:6] == b"\x7e"  # a KRB-ERROR, then close
+
+
+def test_a_missing_keytab_is_a_refusal(krb5_env: Realm, ccache: Callable[[str], str]) -> None:
+    acceptor = Acceptor(keytab="FILE:/nonexistent/pop.keytab", host="localhost")
+    outcome, client = exchange(acceptor, ccache("alice"))
+    assert isinstance(outcome.result, Refused)
+    assert client.code == KRB5_SENDAUTH_REJECTED
+    assert client.server_text == b"KPOP authentication failed"
+
+
+def test_flipped_bytes_in_a_real_ap_req(
+    acceptor: Acceptor, ccache: Callable[[str], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, _ = exchange(acceptor, ccache("alice"))
+    ap_req = ap_req_of(first)
+    monkeypatch.setenv("KRB5RCACHETYPE", "none")  # so only the flipped byte can fail it
+    rng = random.Random(1109)
+    for _ in range(60):
+        damaged = bytearray(ap_req)
+        damaged[rng.randrange(len(damaged))] ^= 1 << rng.randrange(8)
+        result = acceptor.verify(bytes(damaged))
+        # a flip in an unchecked field (e.g. ap-options' unused bits) may still pass
+        assert isinstance(result, Rejected) or result.client == "alice@KRBTEST.COM"
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.one_of(
+        st.binary(max_size=400),
+        st.binary(max_size=400).map(lambda b: b"\x6e\x82" + b),  # looks like an AP-REQ
+    )
+)
+def test_garbage_ap_req_never_raises(acceptor: Acceptor, data: bytes) -> None:
+    result = acceptor.verify(data)
+    assert isinstance(result, Rejected)
+    assert result.krb_error[:1] == b"\x7e"
+
+
+def test_concurrent_checks_share_nothing(acceptor: Acceptor, ccache: Callable[[str], str]) -> None:
+    names = [ccache(user) for user in ("alice", "bob", "carol")]
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(lambda n: exchange(acceptor, n), names * 4))
+    for (outcome, client), name in zip(results, names * 4, strict=True):
+        assert client.code == 0
+        assert isinstance(outcome.result, Authenticated)
+        assert outcome.result.principal.split("@")[0] in name

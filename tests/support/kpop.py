@@ -1,0 +1,92 @@
+"""Drive a KPOP :class:`~pop3d.kpop.handshake.Handshake` synchronously: over a blocking
+socket, or over canned bytes. The driver loop is the one the handshake's docstring
+describes; Offload requests run inline (as the asyncio driver runs them in a thread), and
+an exception becomes the result, as the Offload contract says."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+
+from pop3d.kpop.handshake import (
+    NEED_DATA,
+    Authenticated,
+    Handshake,
+    Refused,
+    Send,
+)
+from pop3d.requests import Offload
+
+
+@dataclass
+class Outcome:
+    result: Authenticated | Refused
+    sent: bytes  # everything the handshake asked to write
+    received: bytes  # everything read from the client during the handshake
+    trailing: bytes
+    offloads: int = 0
+    events: list[object] = field(default_factory=list)
+
+
+def _carry_out(event: Offload) -> object:
+    try:
+        return event.call()
+    except Exception as exc:  # the Offload contract: the exception is the result
+        return exc
+
+
+def drive_socket(handshake: Handshake, sock: socket.socket, chunk: int = 4096) -> Outcome:
+    sent = bytearray()
+    received = bytearray()
+    offloads = 0
+    events: list[object] = []
+    while True:
+        event = handshake.next_event()
+        events.append(event)
+        if event is NEED_DATA:
+            data = sock.recv(chunk)
+            received += data
+            handshake.receive_data(data)
+        elif isinstance(event, Send):
+            sock.sendall(event.data)
+            sent += event.data
+        elif isinstance(event, Offload):
+            offloads += 1
+            handshake.resolve(_carry_out(event))
+        elif isinstance(event, Authenticated | Refused):
+            return Outcome(
+                event, bytes(sent), bytes(received), handshake.trailing_data, offloads, events
+            )
+        else:
+            raise AssertionError(f"unexpected event {event!r}")
+
+
+def drive_bytes(handshake: Handshake, data: bytes, chunk: int = 0, eof: bool = True) -> Outcome:
+    """Feed ``data`` (whole, or ``chunk`` bytes at a time), then EOF if ``eof``. If the
+    handshake still wants data at the end and ``eof`` is False, result is a Refused marker
+    ``"(still waiting)"``."""
+    pieces = [data] if not chunk else [data[i : i + chunk] for i in range(0, len(data), chunk)]
+    pieces = [p for p in pieces if p]
+    sent = bytearray()
+    offloads = 0
+    events: list[object] = []
+    while True:
+        event = handshake.next_event()
+        events.append(event)
+        if event is NEED_DATA:
+            if pieces:
+                handshake.receive_data(pieces.pop(0))
+            elif eof:
+                handshake.receive_data(b"")
+                eof = False
+            else:
+                return Outcome(Refused("(still waiting)"), bytes(sent), data, b"", offloads, events)
+        elif isinstance(event, Send):
+            sent += event.data
+        elif isinstance(event, Offload):
+            offloads += 1
+            handshake.resolve(_carry_out(event))
+        elif isinstance(event, Authenticated | Refused):
+            return Outcome(event, bytes(sent), data, handshake.trailing_data, offloads, events)
+        else:
+            raise AssertionError(f"unexpected event {event!r}")
