@@ -35,6 +35,7 @@ USAGE = "usage: pop3d-master [-C imapd.conf] [-M cyrus.conf] [-p pidfile] [-d]"
 def _validate(config_path: str, master_config: cyrus.MasterConfig) -> None:
     """Build every service's context once, exactly as its workers will."""
     problems: list[str] = []
+    warned = {config_path}  # main() printed its warnings
     for service in master_config.services:
         try:
             args = parse_arguments(list(service.argv[1:]))
@@ -51,7 +52,9 @@ def _validate(config_path: str, master_config: cyrus.MasterConfig) -> None:
                 f"{flag} is not supported under the master yet"
             )
             continue
-        config = load_config(PROGRAM, args.config or config_path)
+        path = args.config or config_path
+        config = load_config(PROGRAM, path, warn=path not in warned)
+        warned.add(path)
         options = RuntimeOptions(
             service=service.name,
             implicit_tls=args.implicit_tls,

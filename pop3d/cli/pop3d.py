@@ -5,7 +5,8 @@
 Run by ``pop3d-master`` (which passes the listening socket and CYRUS_SERVICE), or with -X
 for exactly one session on stdin/stdout (inetd, xinetd, systemd ``Accept=yes``, transcript
 tests). Errors on the command line exit 64, configuration errors 78 (sysexits), each with
-one line on stderr: Cyrus 3.x crashes on an unknown option instead.
+one line on stderr: Cyrus 3.x crashes on an unknown option instead. Under -X a failed -s
+handshake exits 76 (EX_PROTOCOL): no session took place.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import sys
 from dataclasses import dataclass
 
 from pop3d.cli.common import (
+    EX_OK,
+    EX_PROTOCOL,
     EX_USAGE,
     config_exit,
     fail,
@@ -110,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         fail(PROGRAM, EX_USAGE, "-H (PROXY protocol) needs a listening socket, not -X")
     setup_logging(logging.INFO)
     service = os.environ.get("CYRUS_SERVICE", "pop3")
-    config = load_config(PROGRAM, args.config)
+    # Under pop3d-master (listening sockets handed down) the master has printed the
+    # configuration's warnings already: every worker repeating them says nothing new.
+    config = load_config(PROGRAM, args.config, warn=LISTEN_FDS_ENV not in os.environ)
     if args.debug:
         _run_debug_command(config.string("debug_command", service), service)
     options = RuntimeOptions(
@@ -127,8 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         raise config_exit(PROGRAM, exc.problems) from None
     try:
         if args.stdio:
-            asyncio.run(serve_stdio(context))
-            return 0
+            # the session's own end is in the log; a handshake that failed is an error
+            return EX_OK if asyncio.run(serve_stdio(context)) else EX_PROTOCOL
         sockets = _listening_sockets()
         if not sockets:
             fail(

@@ -72,11 +72,17 @@ class RetrieveMessage(Request):
     :class:`pop3d.message.MessageEncoder` (``body_lines`` for TOP), terminator included.
     -> None on success, :class:`StorageFailure` if the message could not be opened (nothing
     written). A failure after the preamble went out can only be answered by closing the
-    connection."""
+    connection.
+
+    ``expected_octets``: the message's size as the session knows it (LIST/STAT; the
+    canonical size, before dot-stuffing), None if it has none. For RETR the driver checks
+    what it sends against it: a message changed underneath (truncated, emptied) must not go
+    out looking complete."""
 
     index: int
     body_lines: int | None
     preamble: bytes
+    expected_octets: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -87,7 +87,9 @@ def top(session: Session, argument: bytes) -> Task:
 
 def _retrieve(session: Session, number: int, index: int, body_lines: int | None) -> Task:
     what = "Message" if body_lines is None else "Top of message"
-    result = yield RetrieveMessage(index, body_lines, f"+OK {what} follows\r\n".encode())
+    result = yield RetrieveMessage(
+        index, body_lines, f"+OK {what} follows\r\n".encode(), session.maildrop.sizes[index]
+    )
     if isinstance(result, StorageFailure):
         if result.kind is FailureKind.PERMANENT:
             session.err(f"Message {number} is no longer in the maildrop")

@@ -104,13 +104,12 @@ def password_checker(config: Config, service: str | None = None) -> PasswordChec
                 ", ".join(sorted(needed_schemes(config))),
             )
         return saslauthd.SaslauthdClient(path)
-    where = config.where("sasl_pwcheck_method", service)
     raise ConfigError(
         [
-            Problem(
-                config.path,
-                0,
-                f"{where}: sasl_pwcheck_method {method!r}: "
+            config.problem_with(
+                "sasl_pwcheck_method",
+                service,
+                f"sasl_pwcheck_method {method!r}: "
                 "pop3d checks passwords with auxprop or saslauthd (one of them)",
             )
         ]
@@ -202,7 +201,6 @@ class ServiceContext:
         )
         self.idle_timeout = float(config.integer("poptimeout", service))
         self.tls_handshake_timeout = float(config.integer("tls_handshake_timeout", service))
-        self.chatty = config.switch("chatty", service)
         # Blocking steps run off the event loop. Argon2 gets one thread of its own: it is
         # CPU-bound (a second thread per worker buys nothing on a core the other workers
         # share), and one thread bounds the hash memory of a worker to one hash (libsodium
