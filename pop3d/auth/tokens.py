@@ -37,7 +37,7 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from pop3d.config.imapd import Config, ConfigError, Problem
+from pop3d.config.imapd import Config
 from pop3d.sasl.requests import BearerResult
 from pop3d.security.secret import Secret
 
@@ -361,14 +361,6 @@ class TokenValidator:
         return BearerResult(result.user, result.error, result.reason)
 
 
-def _problem(config: Config, name: str, service: str | None, message: str) -> ConfigError:
-    where = config.where(name, service)
-    path, _, line = where.rpartition(":")
-    if not line.isdigit():
-        return ConfigError([Problem(where, 0, message)])
-    return ConfigError([Problem(path, int(line), message)])
-
-
 def token_validator(config: Config, service: str | None = None) -> TokenValidator | None:
     """The validator the ``oauth_*`` options describe; None when ``oauth_issuer`` is
     unset (token mechanisms off). ConfigError (with file:line) when they cannot work."""
@@ -377,13 +369,10 @@ def token_validator(config: Config, service: str | None = None) -> TokenValidato
         return None
     audience = config.string("oauth_audience", service)
     if not audience:
-        raise _problem(
-            config, "oauth_audience", service, "oauth_issuer needs oauth_audience as well"
-        )
+        raise config.error("oauth_audience", service, "oauth_issuer needs oauth_audience as well")
     jwks_file = config.string("oauth_jwks_file", service)
     if not jwks_file:
-        raise _problem(
-            config,
+        raise config.error(
             "oauth_jwks_file",
             service,
             "oauth_issuer needs oauth_jwks_file (the issuer's public keys as a JWKS)",
@@ -391,29 +380,26 @@ def token_validator(config: Config, service: str | None = None) -> TokenValidato
     try:
         jwks = read_jwks(jwks_file)
     except TokenSettingsError as exc:
-        raise _problem(config, "oauth_jwks_file", service, str(exc)) from None
+        raise config.error("oauth_jwks_file", service, str(exc)) from None
     try:
         algorithms = parse_algorithms((config.string("oauth_algorithms", service) or "").split())
     except TokenSettingsError as exc:
-        raise _problem(config, "oauth_algorithms", service, f"oauth_algorithms: {exc}") from None
+        raise config.error("oauth_algorithms", service, f"oauth_algorithms: {exc}") from None
     skew = config.integer("oauth_clock_skew", service)
     if not 0 <= skew <= MAX_CLOCK_SKEW:
-        raise _problem(
-            config,
+        raise config.error(
             "oauth_clock_skew",
             service,
             f"oauth_clock_skew: {skew} s is outside 0..{MAX_CLOCK_SKEW} s",
         )
     user_claim = config.string("oauth_user_claim", service) or ""
     if not user_claim or _CONTROL.search(user_claim) or " " in user_claim:
-        raise _problem(
-            config, "oauth_user_claim", service, f"oauth_user_claim: bad claim {user_claim!r}"
+        raise config.error(
+            "oauth_user_claim", service, f"oauth_user_claim: bad claim {user_claim!r}"
         )
     scope = config.string("oauth_scope", service) or None
     if scope is not None and not _SCOPE_TOKEN.fullmatch(scope):
-        raise _problem(
-            config, "oauth_scope", service, f"oauth_scope: {scope!r} is not one OAuth scope"
-        )
+        raise config.error("oauth_scope", service, f"oauth_scope: {scope!r} is not one OAuth scope")
     try:
         return TokenValidator(
             issuer=issuer,
@@ -425,4 +411,4 @@ def token_validator(config: Config, service: str | None = None) -> TokenValidato
             scope=scope,
         )
     except TokenSettingsError as exc:
-        raise _problem(config, "oauth_jwks_file", service, f"{jwks_file}: {exc}") from None
+        raise config.error("oauth_jwks_file", service, f"{jwks_file}: {exc}") from None

@@ -147,11 +147,16 @@ class Config:
         return f"{found.path}:{found.line}" if found else f"{self.path} ({name} unset)"
 
     def problem_with(self, name: str, service: str | None, message: str) -> Problem:
-        """An error about a setting's value, located at the line that set it."""
+        """An error about a setting's value, located at the line that set it (for an unset
+        option: the file, line 0, naming the option)."""
         found = self.setting(name, service)
         if found is None:
-            return Problem(self.path, 0, message)
+            return Problem(f"{self.path} ({name} unset)", 0, message)
         return Problem(found.path, found.line, message)
+
+    def error(self, name: str, service: str | None, message: str) -> ConfigError:
+        """:meth:`problem_with` as the exception every start-up check raises."""
+        return ConfigError([self.problem_with(name, service, message)])
 
     @property
     def errors(self) -> list[Problem]:

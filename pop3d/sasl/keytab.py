@@ -15,17 +15,9 @@ import stat
 
 import krb5
 
-from pop3d.config.imapd import Config, ConfigError, Problem
+from pop3d.config.imapd import Config, ConfigError
 from pop3d.sasl import registry
 from pop3d.sasl.mechanism import Flag
-
-
-def _problem(config: Config, name: str, service: str | None, message: str) -> ConfigError:
-    where = config.where(name, service)
-    path, _, line = where.rpartition(":")
-    if not line.isdigit():
-        return ConfigError([Problem(where, 0, message)])
-    return ConfigError([Problem(path, int(line), message)])
 
 
 def kerberos_wanted(config: Config, service: str | None = None) -> bool:
@@ -57,12 +49,12 @@ def acceptor_keytab(
     if colon and kind.upper() in ("FILE", "WRFILE"):
         path = rest
     elif colon and not kind.startswith("/"):
-        raise _problem(config, option, service, f"keytab {name}: only file keytabs are supported")
+        raise config.error(option, service, f"keytab {name}: only file keytabs are supported")
     else:
         path = name
 
     def fail(message: str) -> ConfigError:
-        return _problem(config, option, service, f"keytab {path}: {message}")
+        return config.error(option, service, f"keytab {path}: {message}")
 
     try:
         info = os.stat(path)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from pop3d.config.imapd import Config, ConfigError, Problem
+from pop3d.config.imapd import Config
 from pop3d.security.value import TLSInfo
 
 _VERSIONS = {
@@ -67,14 +67,6 @@ def certificate_configured(config: Config, service: str | None) -> bool:
     return bool(cert and key and cert != "disabled" and key != "disabled")
 
 
-def _problem(config: Config, name: str, service: str | None, message: str) -> ConfigError:
-    where = config.where(name, service)
-    path, _, line = where.rpartition(":")
-    if not line.isdigit():
-        return ConfigError([Problem(where, 0, message)])
-    return ConfigError([Problem(path, int(line), message)])
-
-
 def server_tls(config: Config, service: str | None) -> ServerTLS:
     """The context and our certificate's facts. Raises :class:`ConfigError` (with
     file:line) when the settings cannot work."""
@@ -84,7 +76,7 @@ def server_tls(config: Config, service: str | None) -> ServerTLS:
         with open(cert, "rb") as handle:
             binding = end_point_binding(handle.read())
     except (OSError, ValueError) as exc:
-        raise _problem(config, "tls_server_cert", service, f"cannot read {cert}: {exc}") from None
+        raise config.error("tls_server_cert", service, f"cannot read {cert}: {exc}") from None
     identity = config.string("tls_client_identity", service) or "cn"
     return ServerTLS(context, binding, identity)
 
@@ -94,23 +86,22 @@ def server_context(config: Config, service: str | None) -> ssl.SSLContext:
     cert = config.string("tls_server_cert", service)
     key = config.string("tls_server_key", service)
     if not certificate_configured(config, service):
-        raise _problem(
-            config, "tls_server_cert", service, "TLS needs tls_server_cert and tls_server_key"
+        raise config.error(
+            "tls_server_cert", service, "TLS needs tls_server_cert and tls_server_key"
         )
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     versions_text = config.string("tls_versions", service) or ""
     versions = []
     for word in versions_text.split():
         if word not in _VERSIONS:
-            raise _problem(
-                config,
+            raise config.error(
                 "tls_versions",
                 service,
                 f"tls_versions: unknown version {word!r} (tls1_2, tls1_3, ...)",
             )
         versions.append(_VERSIONS[word])
     if not versions:
-        raise _problem(config, "tls_versions", service, "tls_versions names no version")
+        raise config.error("tls_versions", service, "tls_versions names no version")
     context.minimum_version = min(versions)
     context.maximum_version = max(versions)
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
@@ -121,15 +112,14 @@ def server_context(config: Config, service: str | None) -> ssl.SSLContext:
         if ciphers:
             context.set_ciphers(ciphers)
     except ssl.SSLError:
-        raise _problem(
-            config, "tls_ciphers", service, f"tls_ciphers: OpenSSL accepts none of {ciphers!r}"
+        raise config.error(
+            "tls_ciphers", service, f"tls_ciphers: OpenSSL accepts none of {ciphers!r}"
         ) from None
     try:
         context.load_cert_chain(str(cert), str(key))
     except (OSError, ssl.SSLError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
-        raise _problem(
-            config,
+        raise config.error(
             "tls_server_cert",
             service,
             f"cannot load certificate {cert} / key {key}: {reason}",
@@ -140,8 +130,7 @@ def server_context(config: Config, service: str | None) -> ssl.SSLContext:
         ca_file = config.string("tls_client_ca_file", service)
         ca_dir = config.string("tls_client_ca_dir", service)
         if not ca_file and not ca_dir:
-            raise _problem(
-                config,
+            raise config.error(
                 "tls_client_certs",
                 service,
                 "tls_client_certs needs tls_client_ca_file or tls_client_ca_dir",
@@ -149,8 +138,8 @@ def server_context(config: Config, service: str | None) -> ssl.SSLContext:
         try:
             context.load_verify_locations(cafile=ca_file, capath=ca_dir)
         except (OSError, ssl.SSLError) as exc:
-            raise _problem(
-                config, "tls_client_ca_file", service, f"cannot load client CAs: {exc}"
+            raise config.error(
+                "tls_client_ca_file", service, f"cannot load client CAs: {exc}"
             ) from None
         context.verify_mode = ssl.CERT_REQUIRED if mode == "require" else ssl.CERT_OPTIONAL
     if config.integer("tls_session_timeout", service) < OPENSSL_SESSION_LIFETIME:
