@@ -155,6 +155,13 @@ OPTIONS: dict[str, Option] = {
             "(default: KRB5_KTNAME, else the system keytab). Setting it enables those "
             "mechanisms; it must be readable by pop3d and by nobody in its group or beyond.",
         ),
+        _o(
+            "sasl_gssapi_channel_binding",
+            S,
+            False,
+            "[pop3d] Refuse GSSAPI logins over TLS that are not bound to the TLS channel "
+            "(RFC 5929 tls-server-end-point); off: bindings are checked when sent.",
+        ),
         _o("sasl_minimum_layer", N, 0, "Minimum security strength factor for AUTH.", minimum=0),
         _o("sasl_maximum_layer", N, 256, "Maximum SASL security layer.", minimum=0),
         _o(

@@ -22,7 +22,7 @@ from pop3d.protocol.states import AWAIT_RESPONSE, HandlerResult, Outcome, Task
 from pop3d.protocol.wire import OVERLONG
 from pop3d.requests import Request
 from pop3d.sasl import exchange, registry
-from pop3d.sasl.mechanism import Challenge, Context, Mechanism, Success
+from pop3d.sasl.mechanism import Challenge, Context, Flag, Mechanism, Success
 from pop3d.sasl.mechanism import Failure as SaslFailure
 from pop3d.sasl.requests import AuthResult, FetchSecrets, ResolveUser, VerifyPassword
 from pop3d.security.policy import Action
@@ -82,6 +82,7 @@ def context_for(session: Session, available: list[str]) -> Context:
         max_buffer=session.settings.sasl_max_buffer,
         keytab=session.settings.keytab,
         login_realms=tuple(sorted(session.settings.identity.loginrealms)),
+        require_channel_binding=session.settings.require_channel_binding,
     )
 
 
@@ -120,12 +121,17 @@ def _exchange(
     if isinstance(result, SaslFailure):
         return (yield from login_failed(session, result.authcid or "-", method, result.reason))
     assert isinstance(result, Success)
-    outcome = yield from _authorize(session, result, method)
-    if outcome is Outcome.OK and result.layer is not None:
+    before = session.security
+    if result.layer is not None:
+        # Recorded now so the audit line of this login names the layer; undone below if
+        # the login fails after all (RFC 4422 §3.7: a layer only follows a success).
+        session.security = before.with_layer(LayerInfo(mechanism.name, result.layer.ssf))
+    outcome = yield from _authorize(session, result, mechanism, method)
+    if outcome is not Outcome.OK:
+        session.security = before
+    elif result.layer is not None:
         # The +OK is queued and goes out in clear before the request reaches the driver.
         yield InstallLayer(result.layer, session.take_trailing_data())
-        info = LayerInfo(mechanism.name, result.layer.ssf)
-        session.security = session.security.with_layer(info)
     return outcome
 
 
@@ -148,7 +154,7 @@ def _response(session: Session, challenge: bytes) -> Generator[Any, Any, bytes |
     return decoded
 
 
-def _authorize(session: Session, result: Success, method: str) -> Task:
+def _authorize(session: Session, result: Success, mechanism: Mechanism, method: str) -> Task:
     rules = session.settings.identity
     authcid = canonical_user(result.authcid, rules)
     authzid = canonical_user(result.authzid, rules) if result.authzid else ""
@@ -157,6 +163,10 @@ def _authorize(session: Session, result: Success, method: str) -> Task:
     target = authzid or authcid
     if target != authcid and authcid not in session.settings.proxy_authorizers:
         return (yield from login_failed(session, authcid, method, f"may not act as {target}"))
+    if target == authcid and mechanism.flags & Flag.KERBEROS:
+        # The realm vouched for this user (the principal mapped to a local name under the
+        # site's rules): Kerberos users live in the KDC, not in our credential file.
+        return (yield from open_maildrop(session, target, method))
     known = yield ResolveUser(target)
     assert isinstance(known, AuthResult)
     if known.identity is None:

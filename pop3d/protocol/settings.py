@@ -32,6 +32,7 @@ class SessionSettings:
     oauth_scope: str = ""  # the scope bearer tokens must carry (oauth_scope)
     sasl_max_buffer: int = 65536  # the largest security-layer frame we accept
     keytab: str | None = None  # sasl_keytab: the Kerberos acceptor keytab
+    require_channel_binding: bool = False  # sasl_gssapi_channel_binding: required
     identity: IdentityRules = field(default_factory=IdentityRules)
 
 

@@ -186,6 +186,7 @@ class ServiceContext:
             plaintext_login_pause=config.integer("plaintextloginpause", service),
             readonly=config.switch("readonly", service),
             keytab=self.keytab,
+            require_channel_binding=config.switch("sasl_gssapi_channel_binding", service),
             sasl_mechanisms=registry.enabled(
                 config.string("sasl_mech_list", service),
                 token_validation=self.token_validator is not None,

@@ -152,23 +152,30 @@ class Server:
         return self.log.read_text(errors="replace")
 
 
-def start_server(lab: Lab, services: dict[str, str] | None = None, prefork: int = 1) -> Server:
+def start_server(
+    lab: Lab,
+    services: dict[str, str] | None = None,
+    prefork: int = 1,
+    env: dict[str, str] | None = None,
+) -> Server:
     """Start pop3d-master with ``services`` (name -> extra pop3d flags) and wait until
     every port accepts connections. A port free_port() found can be taken by another test's
     connection before the master binds it: then the master exits 71 and we try new ports."""
     for _attempt in range(4):
         try:
-            return _start_server(lab, services or {"pop3": ""}, prefork)
+            return _start_server(lab, services or {"pop3": ""}, prefork, env)
         except PortTaken:
             continue
-    return _start_server(lab, services or {"pop3": ""}, prefork)
+    return _start_server(lab, services or {"pop3": ""}, prefork, env)
 
 
 class PortTaken(RuntimeError):
     pass
 
 
-def _start_server(lab: Lab, services: dict[str, str], prefork: int) -> Server:
+def _start_server(
+    lab: Lab, services: dict[str, str], prefork: int, env: dict[str, str] | None
+) -> Server:
     ports = {name: free_port() for name in services}
     lines = ["SERVICES {"]
     for name, flags in services.items():
@@ -185,7 +192,7 @@ def _start_server(lab: Lab, services: dict[str, str], prefork: int) -> Server:
         [sys.executable, "-m", "pop3d.cli.master", "-C", str(lab.config), "-M", str(cyrus_conf)],
         stdout=handle,
         stderr=subprocess.STDOUT,
-        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})),
     )
     handle.close()
     server = Server(lab, process, ports, log)
