@@ -59,6 +59,11 @@ class MasterConfig:
     problems: list[Problem] = field(default_factory=list)
 
 
+# Names a system's /etc/services may lack. KPOP's 1109 was never IANA-registered (fetchmail
+# hardcodes it) and Debian's file has no "kpop" line; a listed name still wins.
+WELL_KNOWN_PORTS = {"kpop": 1109}
+
+
 def is_pop3d_command(argv: tuple[str, ...]) -> bool:
     return bool(argv) and os.path.basename(argv[0]) == "pop3d"
 
@@ -72,6 +77,8 @@ def _port(text: str) -> int:
     try:
         return socket.getservbyname(text, "tcp")
     except OSError:
+        if text in WELL_KNOWN_PORTS:
+            return WELL_KNOWN_PORTS[text]
         raise ValueError(f"unknown service name {text!r} (not in /etc/services)") from None
 
 

@@ -147,6 +147,14 @@ OPTIONS: dict[str, Option] = {
             "SASL mechanisms to offer, space separated. Names "
             "this build does not offer yet are ignored with a warning, as in Cyrus.",
         ),
+        _o(
+            "sasl_keytab",
+            T,
+            None,
+            "Keytab holding the pop/<servername> key for GSSAPI, GS2-KRB5 and GSS-SPNEGO "
+            "(default: KRB5_KTNAME, else the system keytab). Setting it enables those "
+            "mechanisms; it must be readable by pop3d and by nobody in its group or beyond.",
+        ),
         _o("sasl_minimum_layer", N, 0, "Minimum security strength factor for AUTH.", minimum=0),
         _o("sasl_maximum_layer", N, 256, "Maximum SASL security layer.", minimum=0),
         _o(
@@ -340,6 +348,14 @@ OPTIONS: dict[str, Option] = {
             unit="m",
         ),
         _o("tls_handshake_timeout", D, 30, "[pop3d] Time allowed for a TLS handshake."),
+        _o(
+            "kpop_handshake_timeout",
+            D,
+            30,
+            "[pop3d] Time allowed for the KPOP (pop3d -k) Kerberos handshake, from connect to "
+            "the greeting; the keytab is sasl_keytab's.",
+            minimum=1,
+        ),
     )
 }
 
