@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -152,23 +153,32 @@ class Server:
         return self.log.read_text(errors="replace")
 
 
-def start_server(lab: Lab, services: dict[str, str] | None = None, prefork: int = 1) -> Server:
+def start_server(
+    lab: Lab,
+    services: dict[str, str] | None = None,
+    prefork: int = 1,
+    env: Mapping[str, str] | None = None,
+) -> Server:
     """Start pop3d-master with ``services`` (name -> extra pop3d flags) and wait until
-    every port accepts connections. A port free_port() found can be taken by another test's
-    connection before the master binds it: then the master exits 71 and we try new ports."""
+    every port accepts connections. ``env`` is added to the master's environment (its
+    workers inherit it: KRB5_CONFIG for ``-k``). A port free_port() found can be taken by
+    another test's connection before the master binds it: then the master exits 71 and we
+    try new ports."""
     for _attempt in range(4):
         try:
-            return _start_server(lab, services or {"pop3": ""}, prefork)
+            return _start_server(lab, services or {"pop3": ""}, prefork, env or {})
         except PortTaken:
             continue
-    return _start_server(lab, services or {"pop3": ""}, prefork)
+    return _start_server(lab, services or {"pop3": ""}, prefork, env or {})
 
 
 class PortTaken(RuntimeError):
     pass
 
 
-def _start_server(lab: Lab, services: dict[str, str], prefork: int) -> Server:
+def _start_server(
+    lab: Lab, services: dict[str, str], prefork: int, env: Mapping[str, str]
+) -> Server:
     ports = {name: free_port() for name in services}
     lines = ["SERVICES {"]
     for name, flags in services.items():
@@ -185,7 +195,7 @@ def _start_server(lab: Lab, services: dict[str, str], prefork: int) -> Server:
         [sys.executable, "-m", "pop3d.cli.master", "-C", str(lab.config), "-M", str(cyrus_conf)],
         stdout=handle,
         stderr=subprocess.STDOUT,
-        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
     )
     handle.close()
     server = Server(lab, process, ports, log)
