@@ -5,7 +5,8 @@ line, ``name key=value key="quoted value" ...``, ``#`` comments. ``START``, ``EV
 ``DAEMON`` are parsed for syntax and otherwise ignored, as are services whose ``cmd`` is not
 ``pop3d`` (a shared cyrus.conf also runs imapd, lmtpd ...), each with a warning.
 
-``listen`` takes Cyrus's forms: ``"110"``, ``"pop3"`` (a name from /etc/services),
+``listen`` takes Cyrus's forms: ``"110"``, ``"pop3"`` (a name from /etc/services; ``"kpop"``
+is 1109 when the file has no such line, as on Debian),
 ``"127.0.0.1:1110"``, ``"[::1]:1110"``, ``"host:port"``, or ``"/path"`` (a unix socket).
 """
 
