@@ -124,6 +124,7 @@ class MessageEncoder:
     """
 
     __slots__ = ("_normalizer", "_stuffer", "_truncator")
+    TERMINATOR = TERMINATOR  # what finish() ends with
 
     def __init__(self, body_lines: int | None = None) -> None:
         self._normalizer = _Normalizer()
@@ -133,6 +134,12 @@ class MessageEncoder:
     @property
     def done(self) -> bool:
         return self._truncator is not None and self._truncator.done
+
+    @property
+    def octets(self) -> int:
+        """Octets of the canonical form made so far (before TOP's cut and dot-stuffing).
+        After :meth:`finish` a whole message's equals its LIST size."""
+        return self._normalizer.emitted
 
     def feed(self, chunk: bytes) -> bytes:
         data = self._normalizer.feed(chunk)

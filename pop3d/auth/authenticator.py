@@ -4,9 +4,13 @@ credential file: they ask this object, as Dovecot's lib-sasl asks its auth backe
 Methods here block (Argon2 takes tens of milliseconds); drivers call them from a thread
 pool so one login never stalls the other sessions of a worker.
 
-Timing: an unknown user costs the same Argon2 verification as a known one (against a hash
-made at start-up with the site's parameters), and both failures return the same result to
-the session, which sends one text for both.
+Timing: an unknown user costs the same Argon2 verification as a known one, and both
+failures return the same result to the session, which sends one text for both. Decoys (the
+dummy Argon2 hash, the SCRAM iteration count and salt size) copy the most common parameters
+stored in the credential file, not the current settings: after a site raises
+``argon2_passes`` or ``scram_iterations``, stored users keep their old parameters until
+their password changes, and a decoy built from the settings would stand out from all of
+them. The settings are used only while nothing is stored.
 
 The verification cache (``auth_cache_ttl``, 0 disables it) remembers successful password
 checks for a while, keyed by HMAC-SHA256 under a per-process random key of (user, stored
@@ -25,11 +29,19 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable
-from typing import Protocol
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
-from pop3d.auth.credentials import SCHEME_ARGON2ID, SCHEME_PLAIN_B64, CredentialFile
-from pop3d.auth.passwords import Argon2Parameters, apop_matches, hash_password, verify_password
+from pop3d.auth.credentials import SCHEME_ARGON2ID, SCHEME_PLAIN_B64, CredentialFile, UserRecord
+from pop3d.auth.passwords import (
+    Argon2Parameters,
+    apop_matches,
+    decoy_hash,
+    phc_parameters,
+    verify_password,
+)
 from pop3d.sasl.requests import (
     AuthResult,
     Secrets,
@@ -56,6 +68,53 @@ class PasswordCheck(Protocol):
 PasswordChecker = Callable[[str, Secret], PasswordCheck]
 
 
+@dataclass(frozen=True, slots=True)
+class Decoys:
+    """What an unknown user is given, shaped like the stored population."""
+
+    argon2_hash: str
+    scram: dict[str, tuple[int, int]]  # scheme -> (iterations, salt octets)
+    scram_default: tuple[int, int]
+
+    @classmethod
+    def of(
+        cls, users: Iterable[UserRecord], argon2: Argon2Parameters, scram_iterations: int
+    ) -> Decoys:
+        """The most common stored parameters of each kind; ``argon2`` and
+        ``scram_iterations`` (the settings) where nothing of that kind is stored."""
+        hashes: Counter[Argon2Parameters] = Counter()
+        scram: dict[str, Counter[tuple[int, int]]] = {}
+        for record in users:
+            for scheme, value in record.secrets.items():
+                if scheme == SCHEME_ARGON2ID:
+                    parameters = phc_parameters(value)
+                    if parameters is not None:
+                        hashes[parameters] += 1
+                elif scheme.startswith("SCRAM-"):
+                    try:
+                        keys = ScramKeys.decode(value)
+                    except ValueError:
+                        continue
+                    scram.setdefault(scheme, Counter())[keys.iterations, len(keys.salt)] += 1
+        every_scram = sum(scram.values(), Counter[tuple[int, int]]())
+        return cls(
+            argon2_hash=decoy_hash(_most_common(hashes, argon2)),
+            scram={scheme: _most_common(counts, (0, 0)) for scheme, counts in scram.items()},
+            scram_default=_most_common(every_scram, (scram_iterations, 16)),
+        )
+
+    def scram_shape(self, scheme: str) -> tuple[int, int]:
+        return self.scram.get(scheme, self.scram_default)
+
+
+_T = TypeVar("_T")
+
+
+def _most_common(counts: Counter[_T], default: _T) -> _T:
+    """The most frequent key (the first seen among equals), or ``default`` if none."""
+    return counts.most_common(1)[0][0] if counts else default
+
+
 class Authenticator:
     def __init__(
         self,
@@ -74,7 +133,9 @@ class Authenticator:
         # observer could notice; the service context passes the one from disk.
         self._decoy_key = decoy_key or secrets.token_bytes(32)
         self._scram_iterations = scram_iterations
-        self._dummy_hash = hash_password(Secret(secrets.token_bytes(16)), argon2)
+        self._argon2 = argon2 or Argon2Parameters()
+        self._decoys: tuple[int, Decoys] | None = None
+        self._decoys_lock = threading.Lock()
         self._cache_ttl = cache_ttl
         self._cache_key = secrets.token_bytes(32)
         self._cache: dict[bytes, float] = {}
@@ -107,7 +168,7 @@ class Authenticator:
         record = self.credentials.lookup(user)
         stored = record.secrets.get(SCHEME_ARGON2ID) if record else None
         if stored is None:
-            verify_password(password, self._dummy_hash)
+            verify_password(password, self.decoys().argon2_hash)
             return AuthResult(None, "unknown user" if record is None else "no password set")
         key = self._cache_tag(user, stored, password)
         if key is not None and self._cached(key):
@@ -141,15 +202,26 @@ class Authenticator:
                 decoys.add(scheme)
         return Secrets(user, record is not None, values, frozenset(decoys))
 
+    def decoys(self) -> Decoys:
+        """The decoys for the credential file as it is now (rebuilt when it changes)."""
+        generation = self.credentials.generation()
+        with self._decoys_lock:
+            if self._decoys is None or self._decoys[0] != generation:
+                users = self.credentials.users()
+                decoys = Decoys.of(users, self._argon2, self._scram_iterations)
+                self._decoys = (generation, decoys)
+            return self._decoys[1]
+
     def _scram_decoy(self, user: str, scheme: str) -> str:
         def derive(label: bytes, size: int) -> bytes:
             message = b"\0".join((label, scheme.encode(), user.encode("utf-8")))
             return hmac.new(self._decoy_key, message, hashlib.sha512).digest()[:size]
 
         size = hashlib.new(HASHES[scheme.removeprefix("SCRAM-")]).digest_size
+        iterations, salt_size = self.decoys().scram_shape(scheme)
         keys = ScramKeys(
-            self._scram_iterations,
-            derive(b"salt", 16),
+            iterations,
+            derive(b"salt", salt_size),
             derive(b"stored", size),
             derive(b"server", size),
         )

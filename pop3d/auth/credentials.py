@@ -100,11 +100,14 @@ class CredentialFile:
         self._lock = threading.Lock()
         self._signature: tuple[int, ...] | None = None
         self._users: dict[str, UserRecord] = {}
+        self._generation = 0
 
     def _refresh(self) -> None:
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
+            if self._signature is not None or self._users:
+                self._generation += 1
             self._signature, self._users = None, {}
             return
         signature = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
@@ -114,6 +117,7 @@ class CredentialFile:
         text = self.path.read_text(encoding="utf-8")
         _, self._users = parse(text, self.path)
         self._signature = signature
+        self._generation += 1
 
     def lookup(self, user: str) -> UserRecord | None:
         with self._lock:
@@ -124,6 +128,13 @@ class CredentialFile:
         with self._lock:
             self._refresh()
             return list(self._users.values())
+
+    def generation(self) -> int:
+        """A number that changes whenever the users read from the file do, so callers can
+        cache what they derive from :meth:`users` (the authenticator's decoys)."""
+        with self._lock:
+            self._refresh()
+            return self._generation
 
     def check(self) -> None:
         """Raise :class:`CredentialFileError` if the file is unusable (mode, syntax)."""

@@ -22,6 +22,8 @@ PHC string carries its own parameters, so existing hashes keep verifying after a
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import os
 from dataclasses import dataclass
@@ -85,6 +87,45 @@ def verify_password(password: Secret, phc: str) -> bool:
     except (InvalidKey, ValueError):
         return False
     return True
+
+
+def phc_parameters(phc: str) -> Argon2Parameters | None:
+    """The parameters an Argon2id PHC string was made with (None if it is not one)."""
+    parts = phc.split("$")
+    # "", "argon2id", "v=19", "m=..,t=..,p=..", salt, hash
+    if len(parts) != 6 or parts[1] != "argon2id" or not parts[2].startswith("v="):
+        return None
+    try:
+        fields = dict(item.split("=", 1) for item in parts[3].split(","))
+        salt, tag = (_unpadded_b64decode(part) for part in parts[4:])
+        return Argon2Parameters(
+            memory_kib=int(fields["m"]),
+            passes=int(fields["t"]),
+            lanes=int(fields["p"]),
+            salt_bytes=len(salt),
+            hash_bytes=len(tag),
+        )
+    except (KeyError, ValueError, binascii.Error):
+        return None
+
+
+def _unpadded_b64decode(text: str) -> bytes:
+    return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+
+
+def decoy_hash(parameters: Argon2Parameters) -> str:
+    """A PHC string with these parameters, a random salt and a random tag: verifying any
+    password against it costs what verifying against a real hash with the same parameters
+    costs, and fails. No hashing is needed to make one."""
+
+    def encode(size: int) -> str:
+        return base64.b64encode(os.urandom(size)).decode("ascii").rstrip("=")
+
+    p = parameters
+    return (
+        f"$argon2id$v=19$m={p.memory_kib},t={p.passes},p={p.lanes}"
+        f"${encode(p.salt_bytes)}${encode(p.hash_bytes)}"
+    )
 
 
 def apop_digest(challenge: str, secret: bytes) -> str:

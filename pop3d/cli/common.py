@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import traceback
+from collections.abc import Iterable
 from pathlib import Path
 from typing import NoReturn
 
@@ -23,6 +24,7 @@ EX_OSERR = 71
 EX_CANTCREAT = 73
 EX_IOERR = 74
 EX_TEMPFAIL = 75
+EX_PROTOCOL = 76
 EX_NOPERM = 77
 EX_CONFIG = 78
 
@@ -60,6 +62,11 @@ def run(program: str, main: object) -> NoReturn:
     sys.exit(code if isinstance(code, int) else EX_OK)
 
 
+def config_exit(program: str, problems: Iterable[object]) -> Exit:
+    """Exit 78 with every configuration problem on its own line (file:line: ...)."""
+    return Exit(EX_CONFIG, "\n".join(f"{program}: {problem}" for problem in problems))
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(
         level=level,
@@ -68,14 +75,17 @@ def setup_logging(level: int = logging.INFO) -> None:
     )
 
 
-def load_config(program: str, path: str | None) -> Config:
-    """imapd.conf or exit 78 with every problem on its own line (file:line: ...)."""
+def load_config(program: str, path: str | None, warn: bool = True) -> Config:
+    """imapd.conf or exit 78 with every problem on its own line (file:line: ...).
+    Warnings are printed only with ``warn``: a process whose parent already printed them
+    (a worker of pop3d-master) passes False, so each is printed once, not once a process."""
     target = Path(path or DEFAULT_IMAPD_CONF)
     try:
         config = imapd.load(target)
     except ConfigError as exc:
-        raise Exit(EX_CONFIG, "\n".join(f"{program}: {p}" for p in exc.problems)) from None
+        raise config_exit(program, exc.problems) from None
     config.problems.extend(registry.config_problems(config))
-    for problem in config.warnings:
-        print(f"{program}: {problem}", file=sys.stderr)
+    if warn:
+        for problem in config.warnings:
+            print(f"{program}: {problem}", file=sys.stderr)
     return config

@@ -16,6 +16,7 @@ from pop3d.cli.common import (
     EX_OSERR,
     EX_USAGE,
     Exit,
+    config_exit,
     fail,
     load_config,
     run,
@@ -34,6 +35,7 @@ USAGE = "usage: pop3d-master [-C imapd.conf] [-M cyrus.conf] [-p pidfile] [-d]"
 def _validate(config_path: str, master_config: cyrus.MasterConfig) -> None:
     """Build every service's context once, exactly as its workers will."""
     problems: list[str] = []
+    warned = {config_path}  # main() printed its warnings
     for service in master_config.services:
         try:
             args = parse_arguments(list(service.argv[1:]))
@@ -47,7 +49,9 @@ def _validate(config_path: str, master_config: cyrus.MasterConfig) -> None:
             problem = "-X is not supported under the master" if args.stdio else KPOP_WITH_TLS
             problems.append(f"{service.path}:{service.line}: service {service.name}: {problem}")
             continue
-        config = load_config(PROGRAM, args.config or config_path)
+        path = args.config or config_path
+        config = load_config(PROGRAM, path, warn=path not in warned)
+        warned.add(path)
         options = RuntimeOptions(
             service=service.name,
             implicit_tls=args.implicit_tls,
@@ -60,7 +64,7 @@ def _validate(config_path: str, master_config: cyrus.MasterConfig) -> None:
         except ConfigError as exc:
             problems += [f"{p} (service {service.name})" for p in exc.problems]
     if problems:
-        raise Exit(EX_CONFIG, "\n".join(f"{PROGRAM}: {p}" for p in problems))
+        raise config_exit(PROGRAM, problems)
 
 
 def _write_pidfile(path: Path) -> None:
@@ -97,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         master_config = cyrus.load(cyrus_path)
     except ConfigError as exc:
-        raise Exit(EX_CONFIG, "\n".join(f"{PROGRAM}: {p}" for p in exc.problems)) from None
+        raise config_exit(PROGRAM, exc.problems) from None
     for problem in master_config.problems:
         print(f"{PROGRAM}: {problem}", file=sys.stderr)
     if not master_config.services:

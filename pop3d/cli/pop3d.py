@@ -5,7 +5,8 @@
 Run by ``pop3d-master`` (which passes the listening socket and CYRUS_SERVICE), or with -X
 for exactly one session on stdin/stdout (inetd, xinetd, systemd ``Accept=yes``, transcript
 tests). Errors on the command line exit 64, configuration errors 78 (sysexits), each with
-one line on stderr: Cyrus 3.x crashes on an unknown option instead.
+one line on stderr: Cyrus 3.x crashes on an unknown option instead. Under -X a failed -s
+handshake exits 76 (EX_PROTOCOL): no session took place.
 """
 
 from __future__ import annotations
@@ -20,7 +21,16 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
-from pop3d.cli.common import EX_CONFIG, EX_USAGE, Exit, fail, load_config, run, setup_logging
+from pop3d.cli.common import (
+    EX_OK,
+    EX_PROTOCOL,
+    EX_USAGE,
+    config_exit,
+    fail,
+    load_config,
+    run,
+    setup_logging,
+)
 from pop3d.config.imapd import ConfigError
 from pop3d.server.context import RuntimeOptions, ServiceContext
 from pop3d.server.worker import STATUS_FD_ENV, Worker, serve_stdio
@@ -106,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         fail(PROGRAM, EX_USAGE, "-H (PROXY protocol) needs a listening socket, not -X")
     setup_logging(logging.INFO)
     service = os.environ.get("CYRUS_SERVICE", "pop3")
-    config = load_config(PROGRAM, args.config)
+    # Under pop3d-master (listening sockets handed down) the master has printed the
+    # configuration's warnings already: every worker repeating them says nothing new.
+    config = load_config(PROGRAM, args.config, warn=LISTEN_FDS_ENV not in os.environ)
     if args.debug:
         _run_debug_command(config.string("debug_command", service), service)
     options = RuntimeOptions(
@@ -121,11 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         context = ServiceContext(config, options)
     except ConfigError as exc:
-        raise Exit(EX_CONFIG, "\n".join(f"{PROGRAM}: {p}" for p in exc.problems)) from None
+        raise config_exit(PROGRAM, exc.problems) from None
     try:
         if args.stdio:
-            asyncio.run(serve_stdio(context))
-            return 0
+            # the session's own end is in the log; a handshake that failed is an error
+            return EX_OK if asyncio.run(serve_stdio(context)) else EX_PROTOCOL
         sockets = _listening_sockets()
         if not sockets:
             fail(

@@ -120,6 +120,14 @@ def _entry(line: str, path: str, number: int) -> tuple[str, dict[str, str]]:
     return tokens[0], values
 
 
+def _whole_number(values: dict[str, str], key: str, default: str) -> int:
+    text = values.get(key, default)
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ValueError(f"{key}={text!r} is not a whole number") from None
+
+
 def _service(name: str, values: dict[str, str], path: str, number: int, out: MasterConfig) -> None:
     def warn(message: str) -> None:
         out.problems.append(Problem(path, number, message, "warning"))
@@ -143,8 +151,8 @@ def _service(name: str, values: dict[str, str], path: str, number: int, out: Mas
         return
     try:
         listen = parse_listen(values["listen"], proto)
-        prefork = int(values.get("prefork", "0"))
-        maxchild = int(values.get("maxchild", "-1"))
+        prefork = _whole_number(values, "prefork", "0")
+        maxchild = _whole_number(values, "maxchild", "-1")
     except ValueError as exc:
         error(f"service {name}: {exc}")
         return

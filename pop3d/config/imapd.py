@@ -146,6 +146,13 @@ class Config:
         found = self.setting(name, service)
         return f"{found.path}:{found.line}" if found else f"{self.path} ({name} unset)"
 
+    def problem_with(self, name: str, service: str | None, message: str) -> Problem:
+        """An error about a setting's value, located at the line that set it."""
+        found = self.setting(name, service)
+        if found is None:
+            return Problem(self.path, 0, message)
+        return Problem(found.path, found.line, message)
+
     @property
     def errors(self) -> list[Problem]:
         return [p for p in self.problems if p.severity == "error"]
@@ -237,6 +244,14 @@ class _Parser:
     def check_semantics(self, option: Option, key: str, value: object, path: str, n: int) -> None:
         # Mechanism names are checked by pop3d.sasl.registry.config_problems: the layer
         # that knows them (configuration sits below SASL and must not import it).
+        if option.name == "chatty" and value:
+            self.problem(
+                path,
+                n,
+                f"{key}: chatty is not supported (ignored): Cyrus's logs every line, "
+                "passwords and AUTH exchanges included, and pop3d does not log secrets",
+                "warning",
+            )
         if option.name == "poptimeout" and isinstance(value, int) and value < 600:
             self.problem(
                 path,

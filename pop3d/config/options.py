@@ -298,7 +298,14 @@ OPTIONS: dict[str, Option] = {
             choices=("uidonly", "cyrus", "dovecot", "courier"),
         ),
         _o("readonly", S, False, "Refuse DELE."),
-        _o("chatty", S, False, "Log every command keyword (never arguments)."),
+        _o(
+            "chatty",
+            S,
+            False,
+            "Accepted for compatibility and ignored (a warning if set): Cyrus logs every "
+            "I/O with it, passwords and AUTH exchanges included; pop3d logs logins and "
+            "session ends, never secrets.",
+        ),
         _o(
             "debug_command",
             T,

@@ -10,7 +10,6 @@ from pop3d.auth.identity import canonical_user
 from pop3d.protocol import capabilities, commands, login_delay
 from pop3d.protocol.commands import ArgumentError
 from pop3d.protocol.events import (
-    Failure,
     FailureKind,
     LoginFailed,
     LoginSucceeded,
@@ -19,6 +18,7 @@ from pop3d.protocol.events import (
     Pause,
     ReleaseMaildrop,
     StartTLS,
+    StorageFailure,
 )
 from pop3d.protocol.states import HandlerResult, Outcome, Task
 from pop3d.sasl.requests import AuthResult, ResolveUser, VerifyApop, VerifyPassword
@@ -192,7 +192,7 @@ def login_failed(session: Session, name: str, method: str, reason: str) -> Task:
 
 def open_maildrop(session: Session, identity: str, method: str) -> Task:
     opened = yield OpenMaildrop(identity)
-    if isinstance(opened, Failure):
+    if isinstance(opened, StorageFailure):
         session.notice(LoginFailed(identity, method, f"maildrop: {opened.detail}"))
         if opened.kind is FailureKind.IN_USE:
             session.err("[IN-USE] Maildrop is locked by another session")

@@ -48,7 +48,7 @@ class Close:
 
 @dataclass(frozen=True, slots=True)
 class OpenMaildrop(Request):
-    """Lock and list the user's maildrop. -> :class:`MaildropOpened` or :class:`Failure`"""
+    """Lock and list the user's maildrop. -> :class:`MaildropOpened` or :class:`StorageFailure`"""
 
     user: str
 
@@ -61,7 +61,7 @@ class ReleaseMaildrop(Request):
 @dataclass(frozen=True, slots=True)
 class MeasureMessages(Request):
     """Compute canonical sizes of messages that had no size hint. -> tuple of ints in the
-    order asked, or :class:`Failure`"""
+    order asked, or :class:`StorageFailure`"""
 
     indexes: tuple[int, ...]
 
@@ -70,12 +70,19 @@ class MeasureMessages(Request):
 class RetrieveMessage(Request):
     """Open the message; if that works write ``preamble``, then the message through a
     :class:`pop3d.message.MessageEncoder` (``body_lines`` for TOP), terminator included.
-    -> None on success, :class:`Failure` if the message could not be opened (nothing written).
-    A failure after the preamble went out can only be answered by closing the connection."""
+    -> None on success, :class:`StorageFailure` if the message could not be opened (nothing
+    written). A failure after the preamble went out can only be answered by closing the
+    connection.
+
+    ``expected_octets``: the message's size as the session knows it (LIST/STAT; the
+    canonical size, before dot-stuffing), None if it has none. For RETR the driver checks
+    what it sends against it: a message changed underneath (truncated, emptied) must not go
+    out looking complete."""
 
     index: int
     body_lines: int | None
     preamble: bytes
+    expected_octets: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +136,7 @@ class FailureKind(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class Failure:
+class StorageFailure:
     kind: FailureKind
     detail: str  # for the log; the session chooses what the client sees
 

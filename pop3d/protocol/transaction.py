@@ -10,10 +10,10 @@ from pop3d.protocol import commands, login_delay
 from pop3d.protocol.events import (
     CommitResult,
     CommitUpdate,
-    Failure,
     FailureKind,
     MeasureMessages,
     RetrieveMessage,
+    StorageFailure,
 )
 from pop3d.protocol.states import HandlerResult, Outcome, Task
 from pop3d.requests import Request
@@ -28,7 +28,7 @@ def _sizes(session: Session, indexes: list[int]) -> Generator[Request, Any, list
     missing = tuple(index for index in indexes if sizes[index] is None)
     if missing:
         measured = yield MeasureMessages(missing)
-        if isinstance(measured, Failure):
+        if isinstance(measured, StorageFailure):
             session.err("[SYS/TEMP] Unable to read the maildrop")
             return None
         for index, size in zip(missing, measured, strict=True):
@@ -87,8 +87,10 @@ def top(session: Session, argument: bytes) -> Task:
 
 def _retrieve(session: Session, number: int, index: int, body_lines: int | None) -> Task:
     what = "Message" if body_lines is None else "Top of message"
-    result = yield RetrieveMessage(index, body_lines, f"+OK {what} follows\r\n".encode())
-    if isinstance(result, Failure):
+    result = yield RetrieveMessage(
+        index, body_lines, f"+OK {what} follows\r\n".encode(), session.maildrop.sizes[index]
+    )
+    if isinstance(result, StorageFailure):
         if result.kind is FailureKind.PERMANENT:
             session.err(f"Message {number} is no longer in the maildrop")
         else:

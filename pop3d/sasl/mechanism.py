@@ -24,6 +24,7 @@ class Flag(enum.Flag):
     TRANSPORT_IDENTITY = enum.auto()  # EXTERNAL: needs an identity from the transport
     TOKEN = enum.auto()  # OAuth bearer tokens: needs token validation configured
     SECURITY_LAYER = enum.auto()  # can negotiate an integrity/confidentiality layer (GSSAPI)
+    KERBEROS = enum.auto()  # needs an acceptor keytab: enabled by default only with one
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +78,9 @@ class Context:
     # realms whose principals map to local users besides the default realm (loginrealms).
     keytab: str | None = None
     login_realms: tuple[str, ...] = ()
+    # GSSAPI/GSS-SPNEGO over TLS: refuse a client whose context is not bound to the TLS
+    # channel (RFC 5929 tls-server-end-point), instead of only refusing a wrong binding.
+    require_channel_binding: bool = False
     nonce: Callable[[], bytes] = lambda: base64.b64encode(secrets.token_bytes(18))
 
 

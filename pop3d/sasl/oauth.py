@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import re
 
+from pop3d.sasl import saslname
 from pop3d.sasl.mechanism import (
     Challenge,
     Context,
@@ -92,17 +93,6 @@ def bearer_token(pairs: dict[str, bytes]) -> bytes:
     return match.group(1)
 
 
-def _saslname(value: bytes) -> str:
-    """RFC 5801 saslname: UTF-8 with "," and "=" escaped as =2C and =3D."""
-    try:
-        text = value.decode("utf-8")
-    except UnicodeDecodeError:
-        raise MalformedResponse("authorization identity is not UTF-8") from None
-    if re.search(r"=(?!2C|3D)", text) or _CONTROLS.search(text):
-        raise MalformedResponse("bad authorization identity")
-    return text.replace("=2C", ",").replace("=3D", "=")
-
-
 def _same_user(named: str, identity: str) -> bool:
     return named.casefold() == identity.casefold()
 
@@ -160,7 +150,7 @@ class OAuthBearer(_BearerMechanism):
         if authz:
             if not authz.startswith(b"a=") or authz == b"a=":
                 raise MalformedResponse("bad authzid in GS2 header")
-            named = _saslname(authz[2:])
+            named = saslname.decode(authz[2:], "authorization identity")
         if not rest.startswith(KVSEP):
             raise MalformedResponse("no 0x01 after the GS2 header")
         return named, bearer_token(parse_pairs(rest[1:]))

@@ -6,7 +6,8 @@ reads CAPA in 64-byte chunks and misses a name split across two, so the one it m
 
 * enabled = ``sasl_mech_list`` when set (names this build lacks are ignored with a warning
   when the config is read), else every mechanism that is not LEGACY (and not TOKEN unless
-  token validation is configured);
+  token validation is configured, not KERBEROS unless a keytab is: a site without
+  Kerberos should not advertise mechanisms that can only fail);
 * offered = what :meth:`Policy.offers_mechanism` allows given each mechanism's flags: no
   plaintext mechanisms where passwords may not cross, no -PLUS without a channel binding,
   no EXTERNAL without a transport identity, and below ``sasl_minimum_layer`` only
@@ -21,16 +22,20 @@ from pop3d.config.imapd import Config, Problem
 from pop3d.sasl.cram_md5 import CramMd5
 from pop3d.sasl.digest_md5 import DigestMd5
 from pop3d.sasl.external import External
+from pop3d.sasl.gs2 import family as gs2_family
+from pop3d.sasl.gssapi import GSSAPI
 from pop3d.sasl.login import Login
 from pop3d.sasl.mechanism import Flag, Mechanism
 from pop3d.sasl.oauth import OAuthBearer, XOAuth2
 from pop3d.sasl.plain import Plain
 from pop3d.sasl.scram import family as scram_family
+from pop3d.sasl.spnego import GSSSpnego
 from pop3d.security.policy import Policy
 from pop3d.security.value import Security
 
 ORDER = (
     "GSSAPI",
+    "GS2-KRB5-PLUS",
     "GS2-KRB5",
     "GSS-SPNEGO",
     "SCRAM-SHA-512-PLUS",
@@ -51,6 +56,9 @@ ORDER = (
 _MECHANISMS: dict[str, Mechanism] = {
     mechanism.name: mechanism
     for mechanism in (
+        GSSAPI(),
+        *gs2_family(),
+        GSSSpnego(),
         *scram_family(),
         Plain(),
         Login(),
@@ -92,7 +100,10 @@ def credentials_for(names: Iterable[str]) -> set[str]:
     }
 
 
-def enabled(mech_list: str | None, token_validation: bool = False) -> tuple[str, ...]:
+def enabled(
+    mech_list: str | None, token_validation: bool = False, kerberos: bool = False
+) -> tuple[str, ...]:
+    """``kerberos``: an acceptor keytab is configured (``sasl_keytab``)."""
     if mech_list is not None:
         wanted = {word.upper() for word in mech_list.split()}
         return tuple(name for name in ORDER if name in wanted and name in _MECHANISMS)
@@ -102,6 +113,8 @@ def enabled(mech_list: str | None, token_validation: bool = False) -> tuple[str,
         if mechanism is None or mechanism.flags & Flag.LEGACY:
             continue
         if mechanism.flags & Flag.TOKEN and not token_validation:
+            continue
+        if mechanism.flags & Flag.KERBEROS and not kerberos:
             continue
         chosen.append(name)
     return tuple(chosen)

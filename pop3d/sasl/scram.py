@@ -28,6 +28,7 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 
+from pop3d.sasl import saslname
 from pop3d.sasl.mechanism import (
     Challenge,
     Context,
@@ -86,25 +87,6 @@ def derive_keys(
     return ScramKeys(iterations, salt, hashlib.new(algorithm, client_key).digest(), server_key)
 
 
-def _decode_saslname(value: bytes) -> str:
-    """RFC 5802 §5.1: "," and "=" appear as =2C and =3D; any other "=" is an error."""
-    text = value.decode("utf-8")
-    out = []
-    index = 0
-    while index < len(text):
-        ch = text[index]
-        if ch == "=":
-            escape = text[index : index + 3]
-            if escape not in ("=2C", "=3D"):
-                raise MalformedResponse("bad escape in saslname")
-            out.append("," if escape == "=2C" else "=")
-            index += 3
-        else:
-            out.append(ch)
-            index += 1
-    return "".join(out)
-
-
 def _attributes(message: bytes, expected: tuple[bytes, ...]) -> dict[bytes, bytes]:
     """``k=v,k=v`` with the mandatory keys first and in order; extensions after them are
     ignored unless mandatory (``m=``)."""
@@ -144,7 +126,7 @@ class Scram(Mechanism):
         header = flag + b"," + authz + b","
         if authz and not authz.startswith(b"a="):
             raise MalformedResponse("bad authzid in GS2 header")
-        authzid = _decode_saslname(authz[2:]) if authz else ""
+        authzid = saslname.decode(authz[2:], "authorization identity") if authz else ""
         if flag.startswith(b"p="):
             binding = flag[2:].decode("ascii", "replace")
             if not self.plus:
@@ -169,7 +151,7 @@ class Scram(Mechanism):
         client_first_bare = client_first[len(header) :]
         first = _attributes(client_first_bare, (b"n", b"r"))
         try:
-            user = saslprep(_decode_saslname(first[b"n"]))
+            user = saslprep(saslname.decode(first[b"n"], "user name"))
         except (SASLprepError, UnicodeDecodeError):
             raise MalformedResponse("user name fails SASLprep") from None
         client_nonce = first[b"r"]

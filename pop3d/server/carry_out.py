@@ -22,12 +22,12 @@ from pop3d.auth.authenticator import Authenticator
 from pop3d.protocol.events import (
     CommitResult,
     CommitUpdate,
-    Failure,
     FailureKind,
     MaildropOpened,
     MeasureMessages,
     OpenMaildrop,
     ReleaseMaildrop,
+    StorageFailure,
 )
 from pop3d.requests import Offload, Request
 from pop3d.sasl.requests import (
@@ -107,10 +107,10 @@ def _open_maildrop(work: Work, request: OpenMaildrop) -> object:
     try:
         maildrop = work.store.open(request.user)
     except MaildropInUse as exc:
-        return Failure(FailureKind.IN_USE, str(exc))
+        return StorageFailure(FailureKind.IN_USE, str(exc))
     except (StorageError, OSError) as exc:
         log.error("session %s: cannot open maildrop of %s: %s", work.session_id, request.user, exc)
-        return Failure(FailureKind.TEMPORARY, str(exc))
+        return StorageFailure(FailureKind.TEMPORARY, str(exc))
     work.maildrop = maildrop
     return MaildropOpened(maildrop.uids, maildrop.sizes, maildrop.last_login, time.time())
 
@@ -126,7 +126,7 @@ def _measure(work: Work, request: MeasureMessages) -> object:
         return tuple(work.maildrop.measure(request.indexes))
     except (StorageError, OSError) as exc:
         log.error("session %s: cannot measure messages: %s", work.session_id, exc)
-        return Failure(FailureKind.TEMPORARY, str(exc))
+        return StorageFailure(FailureKind.TEMPORARY, str(exc))
 
 
 def _commit(work: Work, request: CommitUpdate) -> object:

@@ -26,7 +26,6 @@ from pop3d.message import MessageEncoder
 from pop3d.protocol.events import (
     NEED_DATA,
     Close,
-    Failure,
     FailureKind,
     InstallLayer,
     LoginFailed,
@@ -35,6 +34,7 @@ from pop3d.protocol.events import (
     RetrieveMessage,
     Send,
     StartTLS,
+    StorageFailure,
 )
 from pop3d.protocol.session import Session
 from pop3d.requests import Offload, Request
@@ -199,32 +199,111 @@ class Connection:
         try:
             handle = self.work.maildrop.open_message(event.index)
         except MessageGone as exc:
-            self._resolve(Failure(FailureKind.PERMANENT, str(exc)))
+            self._resolve(StorageFailure(FailureKind.PERMANENT, str(exc)))
             return
         except (StorageError, OSError) as exc:
             log.error("session %s: cannot open message: %s", self._session_id, exc)
-            self._resolve(Failure(FailureKind.TEMPORARY, str(exc)))
+            self._resolve(StorageFailure(FailureKind.TEMPORARY, str(exc)))
             return
         with handle:
-            encoder = MessageEncoder(event.body_lines)
-            pending = event.preamble
+            # RETR sends the whole message, so what goes out can be checked against the
+            # size the client was given; TOP sends a prefix and cannot be.
+            expected = event.expected_octets if event.body_lines is None else None
             try:
-                while not encoder.done:
-                    chunk = handle.read(_STREAM_CHUNK)
-                    if not chunk:
-                        break
-                    pending += encoder.feed(chunk)
-                    if len(pending) >= _STREAM_CHUNK:
-                        await self.channel.write(pending)
-                        pending = b""
+                on_disk = handle.seek(0, 2)  # SEEK_END: the file's size now
+                handle.seek(0)
+            except OSError as exc:
+                log.error("session %s: cannot read message: %s", self._session_id, exc)
+                self._resolve(StorageFailure(FailureKind.TEMPORARY, str(exc)))
+                return
+            if expected is not None and not self._could_be(expected, on_disk):
+                # Emptied or cut down before anything went out: say so while we still can.
+                log.error(
+                    "session %s: message %s is %d octets on disk, which cannot make the %d "
+                    "announced; answering -ERR",
+                    self._session_id,
+                    self._uid(event.index),
+                    on_disk,
+                    expected,
+                )
+                self._resolve(StorageFailure(FailureKind.TEMPORARY, "message changed on disk"))
+                return
+            try:
+                await self._stream(event, handle, expected, on_disk)
+            except ChannelClosed:
+                # The client hung up (or reset) mid-message: its choice, not a fault here.
+                log.info(
+                    "session %s: the client went away while message %s was being sent",
+                    self._session_id,
+                    self._uid(event.index),
+                )
+                self.end_reason = "client closed the connection mid-message"
+                raise _Stop from None
+        self._touch()
+        self._resolve(None)
+
+    async def _stream(
+        self, event: RetrieveMessage, handle: Any, expected: int | None, on_disk: int
+    ) -> None:
+        """Write the preamble and the encoded message; for RETR (``expected`` or not) end
+        the connection without the terminating dot if the octets do not add up, so the
+        client knows the message it got is incomplete."""
+        encoder = MessageEncoder(event.body_lines)
+        pending = event.preamble
+        read = 0
+        while not encoder.done:
+            try:
+                chunk = handle.read(_STREAM_CHUNK)
             except OSError as exc:
                 # The +OK is out and the client is counting octets: all we can do is stop.
                 log.error("session %s: read error mid-message: %s", self._session_id, exc)
                 self.end_reason = "read error while sending a message"
                 raise _Stop from None
-            await self.channel.write(pending + encoder.finish())
-        self._touch()
-        self._resolve(None)
+            if not chunk:
+                break
+            read += len(chunk)
+            pending += encoder.feed(chunk)
+            if len(pending) >= _STREAM_CHUNK:
+                await self.channel.write(pending)
+                pending = b""
+        before = encoder.octets
+        tail = encoder.finish()
+        if event.body_lines is None:
+            sent = encoder.octets
+            # A size hint written by Dovecot (,W=) does not count the line end we add to
+            # a message without a final one (DESIGN.md, Storage): that is not a change.
+            appended = sent - before >= 2
+            matches = expected is None or sent == expected or (appended and sent == expected + 2)
+            if read != on_disk or not matches:
+                await self.channel.write(pending + tail[: -len(MessageEncoder.TERMINATOR)])
+                log.error(
+                    "session %s: message %s changed while it was sent (%d octets read of "
+                    "%d on disk, %d sent of %s announced); closing without the "
+                    "terminating dot",
+                    self._session_id,
+                    self._uid(event.index),
+                    read,
+                    on_disk,
+                    sent,
+                    "none" if expected is None else expected,
+                )
+                self.end_reason = "message changed while it was sent"
+                raise _Stop
+        await self.channel.write(pending + tail)
+
+    def _uid(self, index: int) -> str:
+        maildrop = self.work.maildrop
+        uids = maildrop.uids if maildrop is not None else ()
+        return uids[index] if 0 <= index < len(uids) else f"#{index + 1}"
+
+    @staticmethod
+    def _could_be(canonical: int, on_disk: int) -> bool:
+        """Whether a file of ``on_disk`` octets can have a canonical size of ``canonical``
+        (LF becomes CRLF, a missing final line end is added: at most 2n + 2; an empty file
+        is empty), allowing a size hint 2 short (Dovecot's ,W= without the added line end)."""
+        if on_disk == 0:
+            return canonical == 0
+        return on_disk - 2 <= canonical <= 2 * on_disk + 2
 
     async def _pause(self, event: Pause) -> None:
         await asyncio.sleep(event.seconds)

@@ -23,7 +23,7 @@ from pop3d.config.imapd import Config, ConfigError, Problem
 from pop3d.kpop import service as kpop_service
 from pop3d.kpop.mit import Acceptor
 from pop3d.protocol.settings import ConnectionInfo, SessionSettings
-from pop3d.sasl import registry
+from pop3d.sasl import keytab, registry
 from pop3d.security.policy import Policy
 from pop3d.security.value import TLSInfo
 from pop3d.storage.maildir import MaildirStore
@@ -107,13 +107,12 @@ def password_checker(config: Config, service: str | None = None) -> PasswordChec
                 ", ".join(sorted(needed_schemes(config))),
             )
         return saslauthd.SaslauthdClient(path)
-    where = config.where("sasl_pwcheck_method", service)
     raise ConfigError(
         [
-            Problem(
-                config.path,
-                0,
-                f"{where}: sasl_pwcheck_method {method!r}: "
+            config.problem_with(
+                "sasl_pwcheck_method",
+                service,
+                f"sasl_pwcheck_method {method!r}: "
                 "pop3d checks passwords with auxprop or saslauthd (one of them)",
             )
         ]
@@ -162,6 +161,9 @@ class ServiceContext:
             password_checker=password_checker(config, service),
         )
         self.token_validator = token_validator(config, service)
+        # The checked acceptor keytab for the Kerberos mechanisms (Context.keytab), None
+        # when Kerberos is off; a broken one stops the master here with file:line.
+        self.keytab = keytab.acceptor_keytab(config, self.servername, service)
         self.tls: tls.ServerTLS | None = None
         starttls = False
         if options.implicit_tls or tls.certificate_configured(config, service):
@@ -186,9 +188,11 @@ class ServiceContext:
             failed_login_pause=config.integer("failedloginpause", service),
             plaintext_login_pause=config.integer("plaintextloginpause", service),
             readonly=config.switch("readonly", service),
+            keytab=self.keytab,
             sasl_mechanisms=registry.enabled(
                 config.string("sasl_mech_list", service),
                 token_validation=self.token_validator is not None,
+                kerberos=self.keytab is not None,
             ),
             oauth_scope=config.string("oauth_scope", service) or "",
             sasl_line_limit=config.integer("sasl_line_max", service),
@@ -211,7 +215,6 @@ class ServiceContext:
                 self.kpop.keytab,
             )
         self.kpop_timeout = float(config.integer("kpop_handshake_timeout", service))
-        self.chatty = config.switch("chatty", service)
         # Blocking steps run off the event loop. Argon2 gets one thread of its own: it is
         # CPU-bound (a second thread per worker buys nothing on a core the other workers
         # share), and one thread bounds the hash memory of a worker to one hash (libsodium

@@ -13,8 +13,15 @@ the master with exit 78 and a file:line message instead of a crash loop.
 
 SIGTERM/SIGINT: workers are told to stop (they close idle sessions at once and let busy
 ones finish); whatever is left after 9.5 s is killed; the master exits 0 within 10 s.
-SIGHUP is passed on (TLS certificate reload). A worker that dies is replaced after a pause;
-one that keeps dying within seconds of its start makes the master give up (exit 70).
+SIGHUP is passed on (TLS certificate reload).
+
+A worker that dies is replaced after a pause that grows per service: 0.25 s after the
+first death, doubling with each further one, at most 30 s; a worker that lived 10 s or more
+before it died starts the count again (an OOM kill of a long-lived worker is not a crash
+loop). A worker that exits 64 or 78 (its command line or configuration became unusable
+after the master checked them) waits the longest pause at once. The master never exits
+because workers die: the other services keep serving while one is backed off, and the
+backed-off one comes back when its cause goes away.
 
 Recycling (``-U``/``-T``): a worker that retires says so on its status pipe (one per
 worker, ``POP3D_STATUS_FD``, as Cyrus's services report to their master) and is replaced at
@@ -31,7 +38,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from pop3d.config.cyrus import MasterConfig, Service
@@ -41,10 +48,25 @@ from pop3d.server.worker import RETIRING, STATUS_FD_ENV
 log = logging.getLogger("pop3d.master")
 
 STOP_DEADLINE = 9.5
-RESPAWN_PAUSE = 1.0
-CRASH_WINDOW = 30.0
-CRASH_LIMIT = 5
 FATAL_EXITS = frozenset({64, 78})
+
+
+@dataclass
+class Backoff:
+    """How long a service waits before replacing a worker that died."""
+
+    first: float = 0.25
+    cap: float = 30.0
+    stable_after: float = 10.0  # a worker that lived this long resets the count
+    failures: int = 0
+
+    def after_death(self, lived: float, fatal: bool = False) -> float:
+        if lived >= self.stable_after:
+            self.failures = 0
+        self.failures += 1
+        if fatal:
+            return self.cap
+        return min(self.cap, self.first * 2.0 ** min(self.failures - 1, 32))
 
 
 def bind(service: Service) -> socket.socket:
@@ -76,7 +98,6 @@ class _Slot:
     process: subprocess.Popen[bytes] | None = None
     status: int | None = None  # our end of the worker's status pipe
     started: float = 0.0
-    crashes: list[float] = field(default_factory=list)
     restart_at: float = 0.0
 
 
@@ -87,6 +108,7 @@ class Master:
         self.config = config
         self.sockets: dict[str, socket.socket] = {}
         self.slots: list[_Slot] = []
+        self.backoff: dict[str, Backoff] = {s.name: Backoff() for s in cyrus.services}
         self.retiring: list[subprocess.Popen[bytes]] = []
         self._stop = False
         self._reload = False
@@ -192,22 +214,32 @@ class Master:
                 continue
             self._close_status(slot)
             slot.process = None
-            name = slot.service.name
-            log.warning(
-                "service %s worker %d (pid %d) exited with %s", name, slot.index, process.pid, code
-            )
-            if code in FATAL_EXITS:
-                log.error("service %s cannot run (exit %d); stopping", name, code)
-                self.exit_code = code
-                self._stop = True
-                return
-            slot.crashes = [t for t in slot.crashes if now - t < CRASH_WINDOW] + [now]
-            if len(slot.crashes) > CRASH_LIMIT:
-                log.error("service %s worker %d keeps dying; stopping", name, slot.index)
-                self.exit_code = 70
-                self._stop = True
-                return
-            slot.restart_at = now + RESPAWN_PAUSE
+            self._schedule_restart(slot, process.pid, code, now)
+
+    def _schedule_restart(self, slot: _Slot, pid: int, code: int, now: float) -> None:
+        name = slot.service.name
+        lived = now - slot.started
+        fatal = code in FATAL_EXITS
+        delay = self.backoff[name].after_death(lived, fatal)
+        if code < 0:
+            try:
+                how = f"was killed by {signal.Signals(-code).name}"
+            except ValueError:
+                how = f"was killed by signal {-code}"
+        else:
+            how = f"exited with {code}"
+        log.log(
+            logging.ERROR if fatal else logging.WARNING,
+            "service %s worker %d (pid %d) %s after %.1f s; restarting it in %.2f s%s",
+            name,
+            slot.index,
+            pid,
+            how,
+            lived,
+            delay,
+            " (its command line or configuration is unusable)" if fatal else "",
+        )
+        slot.restart_at = now + delay
 
     def _retires(self, slot: _Slot) -> bool:
         """Whether the worker wrote RETIRING on its status pipe (non-blocking)."""

@@ -17,6 +17,7 @@ SIGTERM while retiring turns into the shutdown above.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -150,14 +151,31 @@ class Worker:
     async def _proxied(self, client: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         try:
+            address = client.getpeername()
+        except OSError:
+            address = None
+        peer = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else "a local peer"
+        try:
             async with asyncio.timeout(PROXY_HEADER_TIMEOUT):
                 header = await read_proxy_header(loop, client)
-        except (proxy.ProxyHeaderError, TimeoutError, OSError) as exc:
-            log.warning("connection closed: bad PROXY protocol header: %s", exc)
+        except TimeoutError:
+            log.warning(
+                "connection from %s closed: no complete PROXY protocol header within %g s",
+                peer,
+                PROXY_HEADER_TIMEOUT,
+            )
             client.close()
             return
-        peer = header.peer()
-        await loop.connect_accepted_socket(lambda: Channel(self._accepted, peer), client)
+        except (proxy.ProxyHeaderError, OSError) as exc:
+            log.warning(
+                "connection from %s closed: bad PROXY protocol header: %s",
+                peer,
+                str(exc) or exc.__class__.__name__,
+            )
+            client.close()
+            return
+        real_peer = header.peer()
+        await loop.connect_accepted_socket(lambda: Channel(self._accepted, real_peer), client)
 
     async def _drain(self) -> None:
         for connection in list(self.connections):
@@ -175,16 +193,32 @@ class Worker:
 async def read_proxy_header(
     loop: asyncio.AbstractEventLoop, client: socket.socket
 ) -> proxy.ProxyHeader:
-    """Read exactly the PROXY header: peek until its length is known, then consume it."""
-    while True:
-        await _readable(loop, client)
-        prefix = client.recv(proxy.V2_MAX, socket.MSG_PEEK)
-        if not prefix:
-            raise proxy.ProxyHeaderError("connection closed before the header")
-        length = proxy.header_length(prefix)
-        if length != proxy.NEED_MORE and len(prefix) >= length:
-            return proxy.parse(client.recv(length))
-        await asyncio.sleep(0.01)  # a partial header: give the rest time to arrive
+    """Read exactly the PROXY header: peek until its length is known, then consume it.
+
+    Waiting is event-driven, not polled: after a partial peek the bytes stay in the socket
+    (they must, the TLS or POP3 data behind the header is not ours to take), so the socket
+    would stay readable; the receive low-water mark (``SO_RCVLOWAT``) is raised past what
+    is there, and the socket becomes readable again only when more arrives, or at EOF or an
+    error. A thousand half-sent headers cost no CPU until their timeout."""
+    seen = 0
+    try:
+        while True:
+            await _readable(loop, client)
+            prefix = client.recv(proxy.V2_MAX, socket.MSG_PEEK)
+            if not prefix:
+                raise proxy.ProxyHeaderError("connection closed before the header")
+            if len(prefix) == seen:  # readable without more bytes: the peer closed
+                raise proxy.ProxyHeaderError(f"connection closed after {seen} octets of the header")
+            seen = len(prefix)
+            length = proxy.header_length(prefix)
+            if length != proxy.NEED_MORE and seen >= length:
+                return proxy.parse(client.recv(length))
+            wanted = seen + 1 if length == proxy.NEED_MORE else length
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, wanted)
+    finally:
+        if seen:
+            with contextlib.suppress(OSError):  # asyncio must see every byte as before
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
 
 
 async def _readable(loop: asyncio.AbstractEventLoop, client: socket.socket) -> None:
@@ -201,9 +235,11 @@ async def _readable(loop: asyncio.AbstractEventLoop, client: socket.socket) -> N
         loop.remove_reader(client.fileno())
 
 
-async def serve_stdio(context: ServiceContext) -> None:
+async def serve_stdio(context: ServiceContext) -> bool:
     """One session on stdin/stdout (``-X``; inetd, xinetd, systemd ``Accept=yes``). If
-    stdin is a socket the full TCP channel is used, TLS included."""
+    stdin is a socket the full TCP channel is used, else the pipes (TLS works on both: it
+    is a layer of the channel). False if the session never started: the ``-s`` handshake
+    failed, which the caller reports with its exit status."""
     loop = asyncio.get_running_loop()
     duplicate = os.dup(0)
     try:
@@ -212,7 +248,7 @@ async def serve_stdio(context: ServiceContext) -> None:
         os.close(duplicate)
         connection = Connection(FdChannel(0, 1), context)
         await connection.run()
-        return
+        return connection.session is not None
     done: asyncio.Future[Connection] = loop.create_future()
 
     def accepted(channel: Channel) -> None:
@@ -221,3 +257,4 @@ async def serve_stdio(context: ServiceContext) -> None:
     await loop.connect_accepted_socket(lambda: Channel(accepted), sock)
     connection = await done
     await connection.run()
+    return connection.session is not None

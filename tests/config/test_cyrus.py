@@ -52,7 +52,8 @@ def test_services_section() -> None:
         ('pop3 listen="110"', "cmd= and listen= are required"),
         ('pop3 cmd="pop3d" listen="99999"', "port 99999 is out of range"),
         ('pop3 cmd="pop3d" listen="nosuchservice"', "unknown service name"),
-        ('pop3 cmd="pop3d" listen="110" prefork=x', "invalid literal"),
+        ('pop3 cmd="pop3d" listen="110" prefork=x', "service pop3: prefork='x' is not a whole"),
+        ('pop3 cmd="pop3d" listen="110" maxchild=1.5', "maxchild='1.5' is not a whole number"),
         ('pop3 cmd="pop3d" listen="110" proto=udp', "proto=udp is not supported"),
         ('pop3 cmd="pop3d listen="110"', "cannot parse entry"),
     ],
@@ -64,6 +65,7 @@ def test_errors_carry_file_and_line(tmp_path, line: str, message: str) -> None: 
         cyrus.load(path)
     assert f"{path}:2: error:" in str(caught.value)
     assert message in str(caught.value)
+    assert "invalid literal" not in str(caught.value)  # never Python's own words
 
 
 def test_unclosed_section(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -43,7 +43,10 @@ def server(kerberos_realm: Realm, tmp_path_factory: pytest.TempPathFactory) -> I
     keytab = root / "pop.keytab"
     shutil.copyfile(kerberos_realm.keytab, keytab)
     keytab.chmod(0o600)
-    extra = f"sasl_keytab: {keytab}\nkpop_handshake_timeout: {HANDSHAKE_LIMIT}\n"
+    # servername: the GSSAPI mechanisms, which sasl_keytab also enables, want pop/<servername>
+    extra = (
+        f"servername: localhost\nsasl_keytab: {keytab}\nkpop_handshake_timeout: {HANDSHAKE_LIMIT}\n"
+    )
     lab = Lab(root / "lab", extra_config=extra).create()
     env = {"KRB5_CONFIG": str(kerberos_realm.krb5_conf), "KRB5RCACHEDIR": str(root)}
     running = start_server(lab, {"pop3": "", "kpop": "-k"}, env=env)
@@ -282,7 +285,8 @@ def test_an_expired_ticket(krb5_env: Realm, tmp_path: Path) -> None:
     text = krb5_env.krb5_conf.read_text()
     conf.write_text(text.replace("[libdefaults]", "[libdefaults]\n    clockskew = 1", 1))
     keytab = krb5_env.service_keytab(tmp_path)
-    lab = Lab(tmp_path / "lab", extra_config=f"sasl_keytab: {keytab}\n").create()
+    extra = f"servername: localhost\nsasl_keytab: {keytab}\n"
+    lab = Lab(tmp_path / "lab", extra_config=extra).create()
     env = {"KRB5_CONFIG": str(conf), "KRB5RCACHEDIR": str(tmp_path)}
     server = start_server(lab, {"kpop": "-k"}, env=env)
     try:

@@ -10,6 +10,7 @@ import pytest
 
 import pop3d
 from pop3d.protocol import events as ev
+from pop3d.protocol import login_delay
 from pop3d.protocol.states import State
 from pop3d.security.policy import Policy
 from pop3d.security.value import TLSInfo
@@ -200,8 +201,25 @@ def test_poll_padding_banks_early_logins(lab: Lab) -> None:
         out = login(driven, "bob", "builder")
         results.append(out.split(b"\r\n")[-2][:3])
         driven.feed(b"QUIT\r\n")
-    # padding 3: the bank allows a burst of logins, then LOGIN-DELAY applies
-    assert results[0] == b"+OK" and results[-1] == b"-ER"
+    # padding 3 banks two early logins after a quiet spell (the stored time starts 3
+    # intervals back and advances one interval per login), then LOGIN-DELAY applies.
+    # Without the padding arithmetic the second login would already be refused.
+    assert results == [b"+OK", b"+OK", b"+OK", b"-ER", b"-ER"]
+
+
+@pytest.mark.parametrize(
+    ("padding", "last", "expected"),
+    [
+        (1, None, 10_000.0),  # no padding: the login time itself
+        (1, 9_000.0, 10_000.0),
+        (3, None, 9_880.0),  # first login: 3 intervals back, plus one
+        (3, 9_000.0, 9_880.0),  # a long quiet spell banks at most 3 intervals
+        (3, 9_900.0, 9_960.0),  # inside the bank: one interval per login
+    ],
+)
+def test_login_delay_record(padding: int, last: float | None, expected: float) -> None:
+    assert login_delay.next_record(60, padding, 10_000.0, last) == expected
+    assert login_delay.next_record(0, padding, 10_000.0, last) is None
 
 
 def test_a_maildrop_opened_by_another_session_is_in_use(lab: Lab) -> None:

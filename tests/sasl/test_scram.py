@@ -155,3 +155,25 @@ def test_vector_loader_is_strict(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(sasl_vectors, "SASL_VECTORS", tmp_path)
     with pytest.raises(sasl_vectors.VectorError, match="unknown keys"):
         sasl_vectors.load("bad.json")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [b"\xff\xfe", b"us=er", b"us=2cer", b"us\x01er"],
+    ids=["not-utf8", "bare-equals", "lower-case-escape", "control"],
+)
+@pytest.mark.parametrize("mechanism", ["SCRAM-SHA-256", "OAUTHBEARER"])
+def test_saslnames_are_decoded_equally_strictly(name: bytes, mechanism: str) -> None:
+    """SCRAM and OAUTHBEARER share one saslname decoder: a malformed name is refused as
+    malformed by both (SCRAM once let invalid UTF-8 escape as UnicodeDecodeError)."""
+    from pop3d.sasl import registry
+
+    found = registry.get(mechanism)
+    assert found is not None
+    if mechanism == "OAUTHBEARER":
+        message = b"n,a=" + name + b",\x01auth=Bearer x\x01\x01"
+    else:
+        message = b"n,,n=" + name + b",r=abcdefgh"
+    result = sasl_run.converse(found, Context("lab.test"), message, lambda _c: b"", lambda _r: None)
+    assert isinstance(result, Failure)
+    assert result.reason.startswith("malformed:"), result.reason

@@ -71,7 +71,7 @@ class Driven:
             try:
                 handle = self.work.maildrop.open_message(request.index)
             except MessageGone as exc:
-                result = ev.Failure(ev.FailureKind.PERMANENT, str(exc))
+                result = ev.StorageFailure(ev.FailureKind.PERMANENT, str(exc))
             else:
                 with handle:
                     encoder = MessageEncoder(request.body_lines)

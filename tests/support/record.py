@@ -1,9 +1,9 @@
 """Records a transcript: runs the C: lines of a script (the transcript format without S:
 lines) against a fresh lab server and writes the server's answers as S: lines, with the
 parts that vary replaced by placeholders. The output is reviewed by hand before it becomes
-a vector in vectors/transcripts/.
+a vector in vectors/snapshots/.
 
-    python -m tests.support.record script.txt > vectors/transcripts/name.txt
+    python -m tests.support.record script.txt > vectors/snapshots/name.txt
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """C:/S: transcripts: the strict loader and two replayers (``pop3d -X`` over pipes, and
 TCP against a running server), each able to send whole lines or one byte at a time.
 
-Format (vectors/transcripts/README.md has the full description)::
+Format (vectors/snapshots/README.md has the full description)::
 
     # comment
     !config allowapop: yes         extra imapd.conf line for the lab that runs this transcript
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pop3d
 
-TRANSCRIPTS = Path(__file__).resolve().parents[2] / "vectors" / "transcripts"
+TRANSCRIPTS = Path(__file__).resolve().parents[2] / "vectors" / "snapshots"
 _LINE = re.compile(r"([CS])(\d*): ?(.*)")
 _PLACEHOLDER = re.compile(r"\{\{([a-z]+)(?::([^}]*))?\}\}")
 _PATTERNS = {

@@ -1,4 +1,4 @@
-"""Every transcript in vectors/transcripts/, replayed byte-exact through ``pop3d -X`` and
+"""Every regression snapshot in vectors/snapshots/, replayed byte-exact through ``pop3d -X`` and
 through the network driver (a real pop3d-master), each fed whole and one byte at a time."""
 
 from __future__ import annotations

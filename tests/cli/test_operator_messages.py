@@ -1,0 +1,122 @@
+"""What an operator sees (issue 12, finding 7): each configuration problem once and at its
+own line, TLS over inetd-style pipes (``pop3d -X -s``) that works and fails loudly."""
+
+from __future__ import annotations
+
+import os
+import ssl
+import subprocess
+import sys
+import time
+
+from tests.support.lab import Lab, start_server
+
+POP3D = [sys.executable, "-m", "pop3d"]
+
+
+def test_a_bad_sasl_pwcheck_method_names_its_line_once(lab: Lab) -> None:
+    text = lab.config.read_text()
+    lab.config.write_text(text + "sasl_pwcheck_method: ldapdb\n")
+    line = len(text.splitlines()) + 1
+    result = subprocess.run(
+        [*POP3D, "-X", "-C", str(lab.config)], capture_output=True, timeout=60, input=b""
+    )
+    assert result.returncode == 78
+    stderr = result.stderr.decode()
+    assert f"{lab.config}:{line}: error: sasl_pwcheck_method 'ldapdb':" in stderr, stderr
+    assert stderr.count(str(lab.config)) == 1, stderr  # not "file:0: error: file:6: ..."
+
+
+def test_an_unknown_option_is_warned_about_once_not_once_per_worker(lab: Lab) -> None:
+    lab.config.write_text(lab.config.read_text() + "frobnicate: yes\n")
+    server = start_server(lab, {"pop3": "", "pop3b": ""}, prefork=2)
+    try:
+        time.sleep(1.0)  # the workers have read the configuration by now
+    finally:
+        server.stop()
+    log = server.log_text()
+    assert log.count("unknown option 'frobnicate'") == 1, log
+
+
+def test_chatty_is_documented_as_ignored(lab: Lab) -> None:
+    from pop3d.config.options import OPTIONS
+
+    assert "ignored" in OPTIONS["chatty"].doc.lower()
+    lab.config.write_text(lab.config.read_text() + "chatty: yes\n")
+    result = subprocess.run(
+        [*POP3D, "-X", "-C", str(lab.config)], capture_output=True, timeout=60, input=b"QUIT\r\n"
+    )
+    assert result.returncode == 0
+    assert b"chatty is not supported" in result.stderr, result.stderr
+
+
+def _pump(process: subprocess.Popen[bytes], tls: ssl.SSLObject, outgoing: ssl.MemoryBIO) -> None:
+    assert process.stdin is not None
+    data = outgoing.read()
+    if data:
+        process.stdin.write(data)
+        process.stdin.flush()
+
+
+def _feed(process: subprocess.Popen[bytes], incoming: ssl.MemoryBIO) -> None:
+    assert process.stdout is not None
+    data = os.read(process.stdout.fileno(), 65536)
+    assert data, "pop3d closed its output"
+    incoming.write(data)
+
+
+def test_implicit_tls_over_plain_pipes(tls_lab: Lab) -> None:
+    """inetd with pipes instead of a socket: the TLS layer runs over the pipes."""
+    assert tls_lab.tls is not None
+    process = subprocess.Popen(
+        tls_lab.pop3d_x("-s"), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        context = ssl.create_default_context(cafile=str(tls_lab.tls.ca))
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = context.wrap_bio(incoming, outgoing, server_hostname="localhost")
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                _pump(process, tls, outgoing)
+                _feed(process, incoming)
+        _pump(process, tls, outgoing)
+
+        def line() -> bytes:
+            buffer = b""
+            while not buffer.endswith(b"\r\n"):
+                try:
+                    buffer += tls.read(1)
+                except ssl.SSLWantReadError:
+                    _feed(process, incoming)
+            return buffer
+
+        assert line().startswith(b"+OK")
+        for command, answer in (
+            (b"USER bob", b"+OK"),
+            (b"PASS builder", b"+OK"),
+            (b"STAT", b"+OK 3 6000"),
+            (b"QUIT", b"+OK"),
+        ):
+            tls.write(command + b"\r\n")
+            _pump(process, tls, outgoing)
+            assert line().startswith(answer)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
+
+
+def test_a_failed_handshake_over_pipes_exits_non_zero(tls_lab: Lab) -> None:
+    result = subprocess.run(
+        tls_lab.pop3d_x("-s"),
+        input=b"USER bob\r\nPASS builder\r\n",  # plaintext where a ClientHello belongs
+        capture_output=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert b"TLS handshake failed" in result.stderr, result.stderr
+    assert b"+OK" not in result.stdout

@@ -1,0 +1,104 @@
+"""Start-up keytab checks: each broken keytab is a ConfigError naming imapd.conf:line."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pop3d.config.imapd import ConfigError, from_text
+from pop3d.sasl.keytab import acceptor_keytab
+from tests.support.kerberos import Realm
+
+pytestmark = pytest.mark.usefixtures("krb5_env")
+
+
+def config(tmp_path: Path, keytab: str | None, extra: str = "") -> object:
+    text = "servername: localhost\n" + extra
+    if keytab is not None:
+        text += f"sasl_keytab: {keytab}\n"
+    path = tmp_path / "imapd.conf"
+    path.write_text(text)
+    return from_text(text, str(path))
+
+
+def check(tmp_path: Path, keytab: str | None, extra: str = "", servername: str = "localhost"):
+    return acceptor_keytab(config(tmp_path, keytab, extra), servername)  # type: ignore[arg-type]
+
+
+def broken(tmp_path: Path, keytab: str | None, match: str, line: int, **kw: str) -> None:
+    with pytest.raises(ConfigError, match=match) as caught:
+        check(tmp_path, keytab, **kw)
+    problem = caught.value.problems[0]
+    assert (Path(problem.path).name, problem.line) == ("imapd.conf", line)
+
+
+def test_good_keytab(krb5_env: Realm, tmp_path: Path) -> None:
+    keytab = krb5_env.service_keytab(tmp_path)
+    assert check(tmp_path, str(keytab)) == str(keytab)
+    assert check(tmp_path, f"FILE:{keytab}") == str(keytab)
+
+
+def test_kerberos_off_checks_nothing(tmp_path: Path) -> None:
+    assert check(tmp_path, None) is None
+    assert check(tmp_path, None, extra="sasl_mech_list: PLAIN SCRAM-SHA-256\n") is None
+
+
+def test_missing(tmp_path: Path) -> None:
+    broken(tmp_path, str(tmp_path / "nope.keytab"), "No such file", 2)
+
+
+def test_group_readable(krb5_env: Realm, tmp_path: Path) -> None:
+    keytab = krb5_env.service_keytab(tmp_path)
+    os.chmod(keytab, 0o640)
+    broken(tmp_path, str(keytab), "mode 0640", 2)
+
+
+def test_unreadable(krb5_env: Realm, tmp_path: Path) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("root reads any file")
+    keytab = krb5_env.service_keytab(tmp_path)
+    os.chmod(keytab, 0o000)
+    broken(tmp_path, str(keytab), "cannot read", 2)
+
+
+def test_not_a_keytab(tmp_path: Path) -> None:
+    bogus = tmp_path / "bogus.keytab"
+    bogus.write_bytes(b"this is not a keytab\n")
+    os.chmod(bogus, 0o600)
+    broken(tmp_path, str(bogus), "not a keytab", 2)
+
+
+def test_directory(tmp_path: Path) -> None:
+    folder = tmp_path / "dir"
+    folder.mkdir(mode=0o700)
+    broken(tmp_path, str(folder), "not a regular file", 2)
+
+
+def test_without_our_key(krb5_env: Realm, tmp_path: Path) -> None:
+    keytab = krb5_env.service_keytab(tmp_path, service="host")
+    broken(tmp_path, str(keytab), "no key for pop/localhost", 2)
+
+
+def test_key_for_another_host(krb5_env: Realm, tmp_path: Path) -> None:
+    keytab = krb5_env.service_keytab(tmp_path)
+    with pytest.raises(ConfigError, match="no key for pop/mail.example.com"):
+        check(tmp_path, str(keytab), servername="mail.example.com")
+
+
+def test_other_keytab_types_refused(tmp_path: Path) -> None:
+    broken(tmp_path, "MEMORY:x", "only file keytabs", 2)
+
+
+def test_default_keytab_checked_when_mech_list_names_kerberos(
+    krb5_env: Realm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    extra = "sasl_mech_list: GSSAPI PLAIN\n"
+    broken(tmp_path, None, "nonexistent", 2, extra=extra)  # krb5_env's KRB5_KTNAME
+    keytab = tmp_path / "default.keytab"
+    shutil.copy(krb5_env.service_keytab(tmp_path), keytab)
+    os.chmod(keytab, 0o600)
+    monkeypatch.setenv("KRB5_KTNAME", f"FILE:{keytab}")
+    assert check(tmp_path, None, extra=extra) == str(keytab)

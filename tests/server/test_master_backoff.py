@@ -1,0 +1,92 @@
+"""A service whose workers keep dying is backed off, alone (issue 12, finding 3): the
+master never exits because workers die, and the other services keep serving."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+from pop3d.server.master import Backoff
+from tests.support.lab import Lab, Server, start_server
+
+
+def workers_of(server: Server, service: str) -> list[int]:
+    """The master's children serving ``service`` (from their environment)."""
+    path = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children")
+    found = []
+    for pid in path.read_text().split():
+        with contextlib.suppress(OSError):
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            if f"CYRUS_SERVICE={service}".encode() in environ:
+                found.append(int(pid))
+    return found
+
+
+def serves(port: int) -> bool:
+    """A full session: greeting, login, STAT, QUIT."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        reader = sock.makefile("rb")
+        if not reader.readline().startswith(b"+OK"):
+            return False
+        sock.sendall(b"USER bob\r\nPASS builder\r\nSTAT\r\nQUIT\r\n")
+        replies = [reader.readline() for _ in range(4)]
+        return all(reply.startswith(b"+OK") for reply in replies)
+
+
+def wait_for_worker(server: Server, service: str, other: int, timeout: float) -> int:
+    """Wait until ``service`` has a worker again; the other service is checked meanwhile."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert server.process.poll() is None, server.log_text()
+        pids = workers_of(server, service)
+        if pids:
+            return pids[0]
+        assert serves(other), "the other service stopped serving"
+        assert time.monotonic() < deadline, server.log_text()
+        time.sleep(0.05)
+
+
+def test_a_crash_looping_service_is_backed_off_and_the_others_keep_serving(lab: Lab) -> None:
+    server = start_server(lab, {"pop3": "", "other": ""})
+    try:
+        # The old master gave up (exit 70, every service down) at the sixth quick death.
+        for _kill in range(6):
+            pid = wait_for_worker(server, "pop3", server.ports["other"], timeout=40)
+            os.kill(pid, signal.SIGKILL)
+            time.sleep(0.3)
+        started = time.monotonic()
+        wait_for_worker(server, "pop3", server.ports["other"], timeout=40)
+        waited = time.monotonic() - started
+        assert server.process.poll() is None
+        deadline = time.monotonic() + 10
+        while True:  # the new worker may still be importing
+            with contextlib.suppress(OSError):
+                if serves(server.port):
+                    break
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert serves(server.ports["other"])
+        log = server.log_text()
+        # exponential: the sixth death waited far longer than the first
+        assert "was killed by SIGKILL" in log
+        assert "restarting it in 0.25 s" in log and "restarting it in 8.00 s" in log, log
+        assert waited > 5, waited
+    finally:
+        assert server.stop() == 0
+
+
+def test_backoff_doubles_to_its_cap_and_a_long_life_resets_it() -> None:
+    backoff = Backoff(first=0.25, cap=30.0, stable_after=10.0)
+    delays = [backoff.after_death(lived=0.5) for _ in range(10)]
+    assert delays[:5] == [0.25, 0.5, 1.0, 2.0, 4.0]
+    assert max(delays) == 30.0 and delays[-1] == 30.0
+    assert backoff.after_death(lived=3600) == 0.25  # an OOM kill after an hour: no loop
+    assert backoff.after_death(lived=1.0) == 0.5
+    assert backoff.after_death(lived=1.0, fatal=True) == 30.0
+    assert Backoff().after_death(lived=0.0, fatal=False) == 0.25
+    many = Backoff()
+    assert all(many.after_death(0.0) <= 30.0 for _ in range(5000))

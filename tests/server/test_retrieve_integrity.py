@@ -1,0 +1,134 @@
+"""RETR of a message that changes underneath the server (issue 12, findings 4 and 5), over
+real TCP against a real pop3d-master and real Maildir files.
+
+A message emptied or cut down must never go out looking complete: before the +OK the answer
+is -ERR; once octets are flowing, the connection ends without the terminating dot. A client
+that hangs up mid-RETR is a client going away, not a disk fault."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.lab import Lab, Server, start_server
+
+LINE = b"a line of the big message, long enough to fill the pipe quickly " + b"x" * 35 + b"\n"
+BIG_LINES = 80_000  # 8 MB on disk, 8.08 MB canonical: far more than the socket buffers
+
+
+@pytest.fixture
+def server(lab: Lab) -> Iterator[Server]:
+    running = start_server(lab)
+    yield running
+    running.stop()
+
+
+def login(port: int) -> tuple[socket.socket, socket.SocketIO]:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=20)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    reader = sock.makefile("rb")
+    assert reader.readline().startswith(b"+OK")
+    sock.sendall(b"USER bob\r\nPASS builder\r\n")
+    assert reader.readline().startswith(b"+OK")
+    assert reader.readline().startswith(b"+OK"), "login failed"
+    return sock, reader  # type: ignore[return-value]
+
+
+def ask(sock: socket.socket, reader: socket.SocketIO, line: bytes) -> bytes:
+    sock.sendall(line + b"\r\n")
+    return reader.readline()  # type: ignore[no-any-return]
+
+
+def big_message(lab: Lab) -> Path:
+    path = lab.maildir("bob") / "new" / "1800000000.M1P1.big"
+    path.write_bytes(LINE * BIG_LINES)
+    return path
+
+
+def log_when(server: Server, pattern: str, timeout: float = 10.0) -> str:
+    deadline = time.monotonic() + timeout
+    while not re.search(pattern, log := server.log_text()):
+        assert time.monotonic() < deadline, f"no {pattern!r} in:\n{log}"
+        time.sleep(0.05)
+    return log
+
+
+def test_a_message_emptied_after_list_is_refused_not_sent_empty(server: Server) -> None:
+    path = big_message(server.lab)
+    sock, reader = login(server.port)
+    assert ask(sock, reader, b"LIST 4") == f"+OK 4 {BIG_LINES * (len(LINE) + 1)}\r\n".encode()
+    path.write_bytes(b"")  # emptied underneath (a full disk, a careless script)
+    reply = ask(sock, reader, b"RETR 4")
+    assert reply == b"-ERR [SYS/TEMP] Unable to read message 4\r\n", reply
+    assert ask(sock, reader, b"NOOP").startswith(b"+OK")  # the session goes on
+    assert ask(sock, reader, b"RETR 1") == b"+OK Message follows\r\n"
+    sock.close()
+    log_when(server, r"message \S+ is 0 octets on disk, which cannot make the 8080000 announced")
+
+
+def test_a_vanished_message_keeps_its_err(server: Server) -> None:
+    path = big_message(server.lab)
+    sock, reader = login(server.port)
+    assert ask(sock, reader, b"LIST 4").startswith(b"+OK 4 ")
+    path.unlink()
+    assert ask(sock, reader, b"RETR 4") == b"-ERR Message 4 is no longer in the maildrop\r\n"
+    assert ask(sock, reader, b"NOOP").startswith(b"+OK")
+    sock.close()
+
+
+def test_a_message_truncated_mid_retr_ends_without_the_dot(server: Server) -> None:
+    path = big_message(server.lab)
+    sock, reader = login(server.port)
+    size = BIG_LINES * (len(LINE) + 1)
+    assert ask(sock, reader, b"LIST 4") == f"+OK 4 {size}\r\n".encode()
+    assert ask(sock, reader, b"RETR 4") == b"+OK Message follows\r\n"
+    first = reader.read(64 * 1024)  # the server is now blocked on a full socket
+    time.sleep(0.3)
+    os.truncate(path, len(LINE) * BIG_LINES // 2)
+    rest = reader.read()  # to EOF: the server must close
+    received = first + rest
+    assert len(received) < size
+    assert not received.endswith(b"\r\n.\r\n"), "a truncated message went out looking complete"
+    sock.close()
+    log = log_when(server, r"changed while it was sent")
+    assert "closing without the terminating dot" in log
+    assert "ended: message changed while it was sent" in log
+
+
+def test_a_message_without_a_final_line_end_and_a_dovecot_size_hint_still_goes_out(
+    server: Server,
+) -> None:
+    """Dovecot's ,W= does not count the CRLF we add to a message without a final line
+    end (DESIGN.md): LIST is 2 short, and that is not a changed message."""
+    body = b"Subject: no final newline\n\nlast line"
+    canonical = len(body.replace(b"\n", b"\r\n")) + 2
+    name = f"1800000001.M2P1.dovecot,S={len(body)},W={canonical - 2}"
+    (server.lab.maildir("bob") / "new" / name).write_bytes(body)
+    sock, reader = login(server.port)
+    assert ask(sock, reader, b"LIST 4") == f"+OK 4 {canonical - 2}\r\n".encode()
+    assert ask(sock, reader, b"RETR 4") == b"+OK Message follows\r\n"
+    lines = []
+    while (line := reader.readline()) != b".\r\n":
+        assert line, "connection closed before the terminating dot"
+        lines.append(line)
+    assert b"".join(lines) == body.replace(b"\n", b"\r\n") + b"\r\n"
+    sock.close()
+
+
+def test_a_client_hanging_up_mid_retr_is_not_logged_as_a_read_error(server: Server) -> None:
+    big_message(server.lab)
+    sock, reader = login(server.port)
+    assert ask(sock, reader, b"RETR 4") == b"+OK Message follows\r\n"
+    reader.read(64 * 1024)
+    time.sleep(0.3)  # the server waits on a full socket
+    reader.close()
+    sock.close()
+    log = log_when(server, r"ended: client closed the connection mid-message")
+    assert "read error" not in log and "ERROR" not in log, log
+    assert re.search(r"INFO session \S+: the client went away while message \S+ was being", log)
