@@ -22,7 +22,7 @@ from pop3d.cli.common import (
     run,
     setup_logging,
 )
-from pop3d.cli.pop3d import parse_arguments
+from pop3d.cli.pop3d import KPOP_WITH_TLS, parse_arguments
 from pop3d.config import cyrus
 from pop3d.config.imapd import ConfigError
 from pop3d.server.context import RuntimeOptions, ServiceContext
@@ -45,12 +45,9 @@ def _validate(config_path: str, master_config: cyrus.MasterConfig) -> None:
                 f"{exc.message.splitlines()[0]}"
             )
             continue
-        if args.kpop or args.stdio:
-            flag = "-k" if args.kpop else "-X"
-            problems.append(
-                f"{service.path}:{service.line}: service {service.name}: "
-                f"{flag} is not supported under the master yet"
-            )
+        if args.stdio or (args.kpop and args.implicit_tls):
+            problem = "-X is not supported under the master" if args.stdio else KPOP_WITH_TLS
+            problems.append(f"{service.path}:{service.line}: service {service.name}: {problem}")
             continue
         path = args.config or config_path
         config = load_config(PROGRAM, path, warn=path not in warned)
@@ -60,6 +57,7 @@ def _validate(config_path: str, master_config: cyrus.MasterConfig) -> None:
             implicit_tls=args.implicit_tls,
             external_ssf=args.external_ssf,
             proxy_protocol=args.proxy_protocol,
+            kpop=args.kpop,
         )
         try:
             ServiceContext(config, options).close()

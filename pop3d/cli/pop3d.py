@@ -38,6 +38,9 @@ from pop3d.server.worker import STATUS_FD_ENV, Worker, serve_stdio
 PROGRAM = "pop3d"
 USAGE = "usage: pop3d [-C imapd.conf] [-U uses] [-T timeout] [-D] [-s] [-k] [-p ssf] [-H] [-X]"
 LISTEN_FDS_ENV = "POP3D_LISTEN_FDS"
+KPOP_WITH_TLS = (
+    "-k (KPOP) and -s (TLS) cannot be combined: KPOP clients speak Kerberos on the bare connection"
+)
 MAXCHILD_ENV = "POP3D_MAXCHILD"
 
 
@@ -107,8 +110,8 @@ def _listening_sockets() -> list[socket.socket]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_arguments(sys.argv[1:] if argv is None else argv)
-    if args.kpop:
-        fail(PROGRAM, EX_USAGE, "-k (KPOP) is not supported yet")
+    if args.kpop and args.implicit_tls:
+        fail(PROGRAM, EX_USAGE, KPOP_WITH_TLS)
     if args.proxy_protocol and args.stdio:
         fail(PROGRAM, EX_USAGE, "-H (PROXY protocol) needs a listening socket, not -X")
     setup_logging(logging.INFO)
@@ -123,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         implicit_tls=args.implicit_tls,
         external_ssf=args.external_ssf,
         proxy_protocol=args.proxy_protocol,
+        kpop=args.kpop,
         max_uses=args.uses,
         reuse_timeout=args.reuse_timeout,
     )

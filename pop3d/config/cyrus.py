@@ -5,7 +5,8 @@ line, ``name key=value key="quoted value" ...``, ``#`` comments. ``START``, ``EV
 ``DAEMON`` are parsed for syntax and otherwise ignored, as are services whose ``cmd`` is not
 ``pop3d`` (a shared cyrus.conf also runs imapd, lmtpd ...), each with a warning.
 
-``listen`` takes Cyrus's forms: ``"110"``, ``"pop3"`` (a name from /etc/services),
+``listen`` takes Cyrus's forms: ``"110"``, ``"pop3"`` (a name from /etc/services; ``"kpop"``
+is 1109 when the file has no such line, as on Debian),
 ``"127.0.0.1:1110"``, ``"[::1]:1110"``, ``"host:port"``, or ``"/path"`` (a unix socket).
 """
 
@@ -59,6 +60,11 @@ class MasterConfig:
     problems: list[Problem] = field(default_factory=list)
 
 
+# Names a system's /etc/services may lack. KPOP's 1109 was never IANA-registered (fetchmail
+# hardcodes it) and Debian's file has no "kpop" line; a listed name still wins.
+WELL_KNOWN_PORTS = {"kpop": 1109}
+
+
 def is_pop3d_command(argv: tuple[str, ...]) -> bool:
     return bool(argv) and os.path.basename(argv[0]) == "pop3d"
 
@@ -72,6 +78,8 @@ def _port(text: str) -> int:
     try:
         return socket.getservbyname(text, "tcp")
     except OSError:
+        if text in WELL_KNOWN_PORTS:
+            return WELL_KNOWN_PORTS[text]
         raise ValueError(f"unknown service name {text!r} (not in /etc/services)") from None
 
 

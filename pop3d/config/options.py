@@ -362,6 +362,14 @@ OPTIONS: dict[str, Option] = {
             unit="m",
         ),
         _o("tls_handshake_timeout", D, 30, "[pop3d] Time allowed for a TLS handshake."),
+        _o(
+            "kpop_handshake_timeout",
+            D,
+            30,
+            "[pop3d] Time allowed for the KPOP (pop3d -k) Kerberos handshake, from connect to "
+            "the greeting; the keytab is sasl_keytab's.",
+            minimum=1,
+        ),
     )
 }
 

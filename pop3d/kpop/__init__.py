@@ -4,9 +4,10 @@
   one result out; trailing bytes go to the POP3 session);
 * :mod:`pop3d.kpop.mit`: the AP-REQ check, a fenced ctypes binding to MIT libkrb5, run by
   the driver off the event loop (the handshake yields it as an Offload);
-* :mod:`pop3d.kpop.principal`: principal -> local user.
+* :mod:`pop3d.kpop.principal`: principal -> local user;
+* :mod:`pop3d.kpop.service`: the acceptor of ``pop3d -k``, checked at service start.
 
-What KPOP protects (draft for SECURITY.md): the login only. The client proves its Kerberos
+What KPOP protects (SECURITY.md, "KPOP"): the login only. The client proves its Kerberos
 identity with a ticket for ``pop/<host>``, and with mutual authentication (fetchmail always
 asks) the server proves it holds that service key; MIT's replay cache refuses a captured
 AP-REQ sent again, and the ticket's lifetime and the clock skew bound when it can be used.

@@ -59,6 +59,8 @@ KRB5KRB_AP_ERR_NOT_US = ERROR_TABLE_BASE_KRB5 + 35
 KRB_ERR_GENERIC = 60
 KV5M_PRINCIPAL = -1760647423
 KV5M_DATA = -1760647422
+KV5M_KEYTAB_ENTRY = -1760647389
+KRB5_KT_END = -1765328202
 KRB5_NT_SRV_HST = 3
 KRB5_PRINCIPAL_PARSE_NO_REALM = 0x1
 AP_OPTS_MUTUAL_REQUIRED = 0x20000000
@@ -116,6 +118,28 @@ class _Error(Structure):
     )
 
 
+class _Keyblock(Structure):
+    _fields_ = (
+        ("magic", c_int32),
+        ("enctype", c_int32),
+        ("length", c_uint),
+        ("contents", c_void_p),
+    )
+
+
+class _KeytabEntry(Structure):
+    """Mirrored whole (``krb5_kt_next_entry`` writes into it); we read the principal only,
+    never the key."""
+
+    _fields_ = (
+        ("magic", c_int32),
+        ("principal", POINTER(_Principal)),
+        ("timestamp", c_int32),
+        ("vno", c_uint),
+        ("key", _Keyblock),
+    )
+
+
 _P = POINTER
 _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "krb5_init_context": (c_int32, [_P(c_void_p)]),
@@ -129,6 +153,11 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "krb5_kt_resolve": (c_int32, [c_void_p, c_char_p, _P(c_void_p)]),
     "krb5_kt_default": (c_int32, [c_void_p, _P(c_void_p)]),
     "krb5_kt_close": (c_int32, [c_void_p, c_void_p]),
+    "krb5_kt_default_name": (c_int32, [c_void_p, c_char_p, c_int32]),
+    "krb5_kt_start_seq_get": (c_int32, [c_void_p, c_void_p, _P(c_void_p)]),
+    "krb5_kt_next_entry": (c_int32, [c_void_p, c_void_p, _P(_KeytabEntry), _P(c_void_p)]),
+    "krb5_kt_end_seq_get": (c_int32, [c_void_p, c_void_p, _P(c_void_p)]),
+    "krb5_free_keytab_entry_contents": (c_int32, [c_void_p, _P(_KeytabEntry)]),
     "krb5_parse_name_flags": (c_int32, [c_void_p, c_char_p, c_int32, _P(_P(_Principal))]),
     "krb5_unparse_name": (c_int32, [c_void_p, _P(_Principal), _P(c_void_p)]),
     "krb5_free_unparsed_name": (None, [c_void_p, c_void_p]),
@@ -396,3 +425,53 @@ def default_realm() -> str | None:
     lib = library()
     with _context(lib) as ctx:
         return _default_realm(lib, ctx)
+
+
+def default_keytab_name() -> str:
+    """The keytab MIT uses when none is named: KRB5_KTNAME, else krb5.conf's
+    ``default_keytab_name``, else the built-in default (``FILE:/etc/krb5.keytab``)."""
+    lib = library()
+    with _context(lib) as ctx:
+        name = ctypes.create_string_buffer(1024)
+        code = lib.krb5_kt_default_name(ctx, name, len(name))
+        if code:
+            raise KerberosUnavailable(f"krb5_kt_default_name: {_message(lib, ctx, code)}")
+        return name.value.decode("utf-8", "surrogateescape")
+
+
+def keytab_principals(keytab: str) -> list[tuple[str, tuple[str, ...]]]:
+    """(realm, components) of every entry of ``keytab`` (for the start-up check; the keys
+    themselves are never read). -> KerberosUnavailable when MIT cannot read it."""
+    lib = library()
+    out: list[tuple[str, tuple[str, ...]]] = []
+    with _context(lib) as ctx:
+        handle = c_void_p()
+        code = lib.krb5_kt_resolve(ctx, keytab.encode(), byref(handle))
+        if code:
+            raise KerberosUnavailable(_message(lib, ctx, code))
+        try:
+            cursor = c_void_p()
+            code = lib.krb5_kt_start_seq_get(ctx, handle, byref(cursor))
+            if code:
+                raise KerberosUnavailable(_message(lib, ctx, code))
+            try:
+                while len(out) < 10_000:
+                    entry = _KeytabEntry()
+                    code = lib.krb5_kt_next_entry(ctx, handle, byref(entry), byref(cursor))
+                    if code == KRB5_KT_END:
+                        break
+                    if code:
+                        raise KerberosUnavailable(_message(lib, ctx, code))
+                    try:
+                        if entry.magic != KV5M_KEYTAB_ENTRY:
+                            raise KerberosUnavailable(f"keytab entry magic {entry.magic}")
+                        out.append(_components(entry.principal))
+                    except ValueError as exc:
+                        raise KerberosUnavailable(f"keytab entry: {exc}") from None
+                    finally:
+                        lib.krb5_free_keytab_entry_contents(ctx, byref(entry))
+            finally:
+                lib.krb5_kt_end_seq_get(ctx, handle, byref(cursor))
+        finally:
+            lib.krb5_kt_close(ctx, handle)
+    return out

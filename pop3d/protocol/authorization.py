@@ -21,7 +21,7 @@ from pop3d.protocol.events import (
     StorageFailure,
 )
 from pop3d.protocol.states import HandlerResult, Outcome, Task
-from pop3d.sasl.requests import AuthResult, VerifyApop, VerifyPassword
+from pop3d.sasl.requests import AuthResult, ResolveUser, VerifyApop, VerifyPassword
 from pop3d.security.policy import Action
 from pop3d.security.secret import Secret
 from pop3d.security.value import TLSInfo
@@ -117,6 +117,42 @@ def _password_login(session: Session, name: str, password: Secret) -> Task:
     if settings.plaintext_login_pause > 0 and settings.policy.password_exposed(session.security):
         yield Pause(settings.plaintext_login_pause)
     return (yield from open_maildrop(session, result.identity, "USER"))
+
+
+# --- KPOP (pop3d -k): the user was proven by the Kerberos handshake before the greeting ---
+
+
+def kpop_user(session: Session, argument: bytes) -> Outcome:
+    """USER on a KPOP connection: the ticket's user, and no one else (Cyrus: ``USER`` must
+    be the ticket's name; Heimdal's popper: ``krb5_kuserok``)."""
+    if not argument:
+        raise ArgumentError("Missing argument: user name")
+    rules = session.settings.identity
+    name = canonical_user(argument, rules)
+    proven = session.connection.kpop_user
+    if name is None or proven is None or name != canonical_user(proven, rules):
+        shown = name or argument.decode("utf-8", "replace")
+        session.notice(
+            LoginFailed(shown, "KPOP", f"ticket is for {session.connection.kpop_principal}")
+        )
+        session.err("[AUTH] The Kerberos ticket is not for this user")
+        return Outcome.FAIL
+    session.user = name
+    session.ok("User name accepted, any password will do")
+    return Outcome.OK
+
+
+def kpop_pass(session: Session, argument: bytes) -> Task:
+    """PASS after a KPOP USER: no password check (fetchmail sends ``PASS krb_ticket``); the
+    user must still exist, as for every login proven by something other than a password."""
+    name = session.user
+    assert name is not None
+    session.user = None
+    result = yield ResolveUser(name)
+    assert isinstance(result, AuthResult)
+    if result.identity is None:
+        return (yield from login_failed(session, name, "KPOP", result.reason))
+    return (yield from open_maildrop(session, result.identity, "KPOP"))
 
 
 def apop(session: Session, argument: bytes) -> HandlerResult:

@@ -45,7 +45,7 @@ from pop3d.protocol.events import (
 )
 from pop3d.protocol.settings import ConnectionInfo, SessionSettings
 from pop3d.protocol.states import READS_RESPONSES, AwaitResponse, Outcome, Rule, State, Task
-from pop3d.protocol.table import KNOWN_COMMANDS, TABLE
+from pop3d.protocol.table import KNOWN_COMMANDS, KPOP_TABLE, TABLE
 from pop3d.protocol.wire import OVERLONG, LineReader
 from pop3d.requests import Request
 from pop3d.security.policy import Action
@@ -89,7 +89,12 @@ class Session:
         self.settings = settings
         self.connection = connection
         self.state = State.AUTHORIZATION
-        self.security = Security(tls=connection.tls, external_ssf=connection.external_ssf)
+        self.security = Security(
+            tls=connection.tls,
+            external_ssf=connection.external_ssf,
+            kpop_principal=connection.kpop_principal,
+        )
+        self._table = KPOP_TABLE if connection.kpop_principal is not None else TABLE
         self.user: str | None = None  # USER argument, then the authenticated identity
         self._reader = LineReader(settings.line_limit)
         self._out = bytearray()
@@ -210,7 +215,7 @@ class Session:
             self.err(str(problem))
             self._bad(mark)
             return
-        rule = TABLE.get((self.state, command.keyword))
+        rule = self._table.get((self.state, command.keyword))
         if rule is None:
             if command.keyword in KNOWN_COMMANDS:
                 self.err(f"{command.keyword} is not valid in the {self.state.rfc_name} state")

@@ -44,3 +44,7 @@ class ConnectionInfo:
     challenge_token: str  # "<random>.<unix time>", the APOP challenge minus host and brackets
     external_ssf: int = 0
     tls: TLSInfo | None = None  # set when TLS was negotiated before the greeting (pop3s)
+    # KPOP (pop3d -k): the Kerberos principal the pre-greeting handshake proved, and the
+    # local user it maps to; USER/PASS may then log in as that user only, without a password.
+    kpop_principal: str | None = None
+    kpop_user: str | None = None

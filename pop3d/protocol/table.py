@@ -47,4 +47,13 @@ TABLE: dict[tuple[State, str], Rule] = {
     ),
 }
 
+# A KPOP connection (pop3d -k): the same protocol, except that USER names the user the
+# Kerberos handshake proved and PASS checks no password. APOP, AUTH and STLS stay in the
+# table and are refused by the policy, which also keeps them out of CAPA.
+KPOP_TABLE: dict[tuple[State, str], Rule] = {
+    **TABLE,
+    (A, "USER"): Rule(a.kpop_user, on_ok=U),
+    (U, "PASS"): Rule(a.kpop_pass, on_ok=T, on_fail=A),
+}
+
 KNOWN_COMMANDS = frozenset(command for _, command in TABLE)

@@ -19,6 +19,11 @@ may carry a credential (:meth:`Policy.permits`), which SASL mechanisms are offer
   the rest (libsasl's ``min_ssf - external_ssf``).
 * ``sasl_maximum_layer`` caps the same sum: over TLS of 256 bits and the default maximum
   of 256, GSSAPI negotiates no layer (no encryption inside encryption), as with Cyrus.
+* KPOP (``pop3d -k``): the Kerberos handshake before the greeting already decided who the
+  client is, so USER/PASS (which then carries no password) is the one login, whatever the
+  transport (Cyrus's ``kflag`` exemption; ``allowplaintext``, ``tls_required`` and
+  ``sasl_minimum_layer`` guard passwords, and none crosses); APOP, AUTH and STLS are refused
+  (fetchmail cannot run KPOP inside TLS). The service is off unless configured.
 """
 
 from __future__ import annotations
@@ -68,6 +73,14 @@ class Policy:
     maximum_ssf: int = 256  # sasl_maximum_layer
 
     def permits(self, action: Action, security: Security) -> Decision:
+        if security.kpop_principal is not None:
+            if action is Action.PLAINTEXT_LOGIN:
+                return ALLOWED
+            return Decision(
+                False,
+                f"{action.value} is not available on a KPOP connection: the Kerberos "
+                "handshake chose the user; log in with USER and PASS",
+            )
         if action is Action.OFFER_STLS:
             if security.tls_active:
                 return Decision(False, "TLS is already active")

@@ -39,6 +39,9 @@ class Security:
     tls: TLSInfo | None = None
     external_ssf: int = 0  # -p: a layer below us the operator vouches for
     layer: LayerInfo | None = None
+    # KPOP: the Kerberos principal a pre-greeting handshake proved. It authenticates the
+    # login only: the session after it has neither integrity nor confidentiality (ssf 0).
+    kpop_principal: str | None = None
 
     @property
     def tls_active(self) -> bool:
@@ -80,4 +83,5 @@ class Security:
         """For logs: ``ssf=256 tls=TLSv1.3 layer=-``."""
         tls = self.tls.version if self.tls is not None else "no"
         layer = f"{self.layer.mechanism}/{self.layer.ssf}" if self.layer is not None else "-"
-        return f"ssf={self.ssf} tls={tls} layer={layer}"
+        kpop = " kpop=yes" if self.kpop_principal is not None else ""
+        return f"ssf={self.ssf} tls={tls} layer={layer}{kpop}"

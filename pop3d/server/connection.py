@@ -18,6 +18,10 @@ import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from pop3d.kpop.handshake import Authenticated, Handshake, Refused
+from pop3d.kpop.handshake import Send as KpopSend
+from pop3d.kpop.mit import Acceptor
+from pop3d.kpop.principal import local_user
 from pop3d.message import MessageEncoder
 from pop3d.protocol.events import (
     NEED_DATA,
@@ -33,7 +37,7 @@ from pop3d.protocol.events import (
     StorageFailure,
 )
 from pop3d.protocol.session import Session
-from pop3d.requests import Request
+from pop3d.requests import Offload, Request
 from pop3d.security.value import TLSInfo
 from pop3d.server.carry_out import TABLE, Where, Work
 from pop3d.server.channel import ByteChannel, ChannelClosed
@@ -71,7 +75,15 @@ class Connection:
                 tls_started = await self._handshake()
                 if tls_started is None:
                     return
-            self.session = Session(self.context.settings, self.context.connection_info(tls_started))
+            kpop = None
+            if self.context.kpop is not None:
+                kpop = await self._kpop_handshake(self.context.kpop)
+                if kpop is None:
+                    return
+            principal, user, trailing = kpop or (None, None, b"")
+            info = self.context.connection_info(tls_started, principal, user)
+            self.session = Session(self.context.settings, info)
+            self.session.receive_data(trailing)
             self.work.session_id = self.session.connection.session_id
             self._touch()
             await self._drive(self.session)
@@ -337,6 +349,56 @@ class Connection:
             info.client_identity or "-",
         )
         return info
+
+    async def _kpop_handshake(self, acceptor: Acceptor) -> tuple[str, str, bytes] | None:
+        """``-k``: the Kerberos handshake before the greeting (pop3d/kpop/handshake.py),
+        within ``kpop_handshake_timeout`` from connect. (principal, local user, the bytes
+        after the AP-REQ), or None when the connection is to be closed (the handshake has
+        then sent what the client should see: an answer byte or a KRB-ERROR)."""
+        handshake = Handshake(acceptor.verify)
+        try:
+            async with asyncio.timeout(self.context.kpop_timeout):
+                while True:
+                    event = handshake.next_event()
+                    if isinstance(event, KpopSend):
+                        await self.channel.write(event.data)
+                    elif isinstance(event, Offload):
+                        # Nothing is read while the ticket is checked (the thread pool).
+                        result = await self._loop.run_in_executor(
+                            self.context.executor, TABLE[Offload].run, self.work, event
+                        )
+                        handshake.resolve(result)
+                    elif isinstance(event, Authenticated):
+                        break
+                    elif isinstance(event, Refused):
+                        self.end_reason = f"KPOP: {event.reason}"
+                        audit.warning("kpop.bad peer=%s reason=%r", self.channel.peer, event.reason)
+                        return None
+                    else:  # NEED_DATA
+                        handshake.receive_data(await self.channel.read())
+        except TimeoutError:
+            self.end_reason = f"KPOP: no handshake within {self.context.kpop_timeout:g} s"
+            audit.warning("kpop.bad peer=%s reason='time limit'", self.channel.peer)
+            return None
+        rules = self.context.settings.identity
+        user = local_user(event.principal, event.default_realm, rules.loginrealms)
+        if user is None:
+            self.end_reason = f"KPOP: principal {event.principal} is not a local user"
+            audit.warning(
+                "kpop.bad principal=%s peer=%s reason='not a local user'",
+                event.principal,
+                self.channel.peer,
+            )
+            await self.channel.write(b"-ERR [AUTH] This Kerberos principal has no mailbox here\r\n")
+            return None
+        audit.info(
+            "kpop.good principal=%s user=%s peer=%s mutual=%s",
+            event.principal,
+            user,
+            self.channel.peer,
+            "yes" if event.mutual else "no",
+        )
+        return event.principal, user, handshake.trailing_data
 
     # --- end ------------------------------------------------------------------------------
 

@@ -20,6 +20,8 @@ from pop3d.auth.identity import IdentityRules
 from pop3d.auth.passwords import Argon2Parameters
 from pop3d.auth.tokens import token_validator
 from pop3d.config.imapd import Config, ConfigError, Problem
+from pop3d.kpop import service as kpop_service
+from pop3d.kpop.mit import Acceptor
 from pop3d.protocol.settings import ConnectionInfo, SessionSettings
 from pop3d.sasl import keytab, registry
 from pop3d.security.policy import Policy
@@ -38,6 +40,7 @@ class RuntimeOptions:
     implicit_tls: bool = False  # -s
     external_ssf: int = 0  # -p
     proxy_protocol: bool = False  # -H
+    kpop: bool = False  # -k: the KPOP Kerberos handshake before the greeting
     # -U and -T: worker recycling (server/worker.py). None and 0: off, the defaults, where
     # Cyrus has 250 uses and 60 s (see DESIGN.md, process model, for why).
     max_uses: int | None = None  # -U
@@ -202,6 +205,17 @@ class ServiceContext:
         )
         self.idle_timeout = float(config.integer("poptimeout", service))
         self.tls_handshake_timeout = float(config.integer("tls_handshake_timeout", service))
+        # -k: the acceptor, checked now (library, keytab, a pop/<host> key), never at the
+        # first login; the handshake's time limit runs from connect to the greeting.
+        self.kpop: Acceptor | None = None
+        if options.kpop:
+            self.kpop = kpop_service.acceptor(config, service)
+            log.info(
+                "KPOP: tickets for %s accepted with %s",
+                ", ".join(f"pop/{host}" for host in kpop_service.hosts(self.kpop)),
+                self.kpop.keytab,
+            )
+        self.kpop_timeout = float(config.integer("kpop_handshake_timeout", service))
         # Blocking steps run off the event loop. Argon2 gets one thread of its own: it is
         # CPU-bound (a second thread per worker buys nothing on a core the other workers
         # share), and one thread bounds the hash memory of a worker to one hash (libsodium
@@ -212,7 +226,12 @@ class ServiceContext:
         self.hash_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pop3d-hash")
         self._counter = itertools.count(1)
 
-    def connection_info(self, tls_started: TLSInfo | None = None) -> ConnectionInfo:
+    def connection_info(
+        self,
+        tls_started: TLSInfo | None = None,
+        kpop_principal: str | None = None,
+        kpop_user: str | None = None,
+    ) -> ConnectionInfo:
         now = int(time.time())
         session_id = (
             f"{self.session_prefix}-{now}-{os.getpid()}-{next(self._counter)}-"
@@ -223,6 +242,8 @@ class ServiceContext:
             challenge_token=f"{secrets.randbits(64)}.{now}",
             external_ssf=self.options.external_ssf,
             tls=tls_started,
+            kpop_principal=kpop_principal,
+            kpop_user=kpop_user,
         )
 
     def reload_tls(self) -> None:

@@ -26,7 +26,7 @@ def run(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
         (["-p", "-1"], 64, b"pop3d: -p '-1': expected a whole number"),
         (["-T", "1.5"], 64, b"pop3d: -T '1.5'"),
         (["extra"], 64, b"pop3d: unexpected argument 'extra'"),
-        (["-k", "-X"], 64, b"pop3d: -k (KPOP) is not supported yet"),
+        (["-k", "-s", "-X"], 64, b"pop3d: -k (KPOP) and -s (TLS) cannot be combined"),
         (["-H", "-X"], 64, b"pop3d: -H (PROXY protocol) needs a listening socket, not -X"),
         (["-X", "-C", "/nonexistent/imapd.conf"], 78, b"cannot read /nonexistent/imapd.conf"),
     ],

@@ -115,10 +115,15 @@ def drive(
     authenticator: Authenticator | None = None,
     tls: TLSInfo | None = None,
     external_ssf: int = 0,
+    kpop: tuple[str, str] | None = None,
 ) -> Driven:
+    """``kpop``: (principal, local user) a KPOP handshake proved before the greeting."""
     store = MaildirStore(str(lab.root / "spool" / "%u" / "Maildir"))
     auth = authenticator or Authenticator(CredentialFile(lab.credentials), FAST_ARGON2)
-    info = ConnectionInfo("sid-1", token, external_ssf=external_ssf, tls=tls)
+    principal, user = kpop or (None, None)
+    info = ConnectionInfo(
+        "sid-1", token, external_ssf=external_ssf, tls=tls, kpop_principal=principal, kpop_user=user
+    )
     session = Session(settings or settings_for_lab(), info)
     return Driven(session, Work(auth, store, session_id="sid-1"))
 

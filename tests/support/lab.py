@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -156,17 +157,19 @@ def start_server(
     lab: Lab,
     services: dict[str, str] | None = None,
     prefork: int = 1,
-    env: dict[str, str] | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> Server:
     """Start pop3d-master with ``services`` (name -> extra pop3d flags) and wait until
-    every port accepts connections. A port free_port() found can be taken by another test's
-    connection before the master binds it: then the master exits 71 and we try new ports."""
+    every port accepts connections. ``env`` is added to the master's environment (its
+    workers inherit it: KRB5_CONFIG for ``-k``). A port free_port() found can be taken by
+    another test's connection before the master binds it: then the master exits 71 and we
+    try new ports."""
     for _attempt in range(4):
         try:
-            return _start_server(lab, services or {"pop3": ""}, prefork, env)
+            return _start_server(lab, services or {"pop3": ""}, prefork, env or {})
         except PortTaken:
             continue
-    return _start_server(lab, services or {"pop3": ""}, prefork, env)
+    return _start_server(lab, services or {"pop3": ""}, prefork, env or {})
 
 
 class PortTaken(RuntimeError):
@@ -174,7 +177,7 @@ class PortTaken(RuntimeError):
 
 
 def _start_server(
-    lab: Lab, services: dict[str, str], prefork: int, env: dict[str, str] | None
+    lab: Lab, services: dict[str, str], prefork: int, env: Mapping[str, str]
 ) -> Server:
     ports = {name: free_port() for name in services}
     lines = ["SERVICES {"]
@@ -192,7 +195,7 @@ def _start_server(
         [sys.executable, "-m", "pop3d.cli.master", "-C", str(lab.config), "-M", str(cyrus_conf)],
         stdout=handle,
         stderr=subprocess.STDOUT,
-        env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})),
+        env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
     )
     handle.close()
     server = Server(lab, process, ports, log)

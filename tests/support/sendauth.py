@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import socket
 import threading
+import time
 from ctypes import POINTER, byref, c_char_p, c_int, c_int32, c_void_p
 from dataclasses import dataclass
 
@@ -45,6 +46,7 @@ def _lib() -> ctypes.CDLL:
     lib.krb5_init_context.argtypes = [POINTER(c_void_p)]
     lib.krb5_free_context.argtypes = [c_void_p]
     lib.krb5_free_context.restype = None
+    lib.krb5_set_real_time.argtypes = [c_void_p, c_int32, c_int32]
     lib.krb5_cc_resolve.argtypes = [c_void_p, c_char_p, POINTER(c_void_p)]
     lib.krb5_cc_close.argtypes = [c_void_p, c_void_p]
     lib.krb5_sname_to_principal.argtypes = [c_void_p, c_char_p, c_char_p, c_int32]
@@ -83,10 +85,15 @@ def sendauth(
     service: str = "pop",
     version: str = "KPOPV1.0",
     options: int = AP_OPTS_MUTUAL_REQUIRED,
+    clock_offset: int = 0,
 ) -> SendauthResult:
+    """``clock_offset``: seconds added to the client's clock (its authenticator's time and
+    which cached tickets it still takes for valid)."""
     lib = _lib()
     ctx = c_void_p()
     assert lib.krb5_init_context(byref(ctx)) == 0
+    if clock_offset:
+        assert lib.krb5_set_real_time(ctx, int(time.time()) + clock_offset, 0) == 0
     cc, server, auth_context = c_void_p(), c_void_p(), c_void_p()
     error = POINTER(_Error)()
     rep = c_void_p()
