@@ -10,7 +10,7 @@ The exchange:
    refuses data here too);
 3. the offer, wrapped without confidentiality: a layer bitmask and our maximum buffer.
    A layer is offered when its SSF lies within [min_ssf, max_ssf] and the context allows it
-   (integ/conf flags); "no layer" only when the connection's SSF already meets min_ssf; the
+   (integ/conf flags); "no layer" only when nothing more is needed (min_ssf == 0); the
    buffer size is 0 when only "no layer" is offered (RFC 4752 §3.3);
 4. the client's wrapped choice: exactly one offered bit, its maximum buffer (non-zero with a
    layer), then the authorization identity.
@@ -91,7 +91,7 @@ def establish(
 
 def offer_mask(context: Context, flags: int, conf_ssf: int) -> int:
     mask = 0
-    if context.ssf >= context.min_ssf:
+    if context.min_ssf == 0:  # the connection meets sasl_minimum_layer without a layer
         mask |= LAYER_NONE
     low, high = context.min_ssf, context.max_ssf
     if flags & gr.RequirementFlag.integrity and low <= INTEGRITY_SSF <= high:

@@ -67,9 +67,9 @@ class Context:
     plus_offered: bool = False  # the server advertised a -PLUS mechanism (SCRAM downgrade check)
     oauth_scope: str = ""  # the scope bearer tokens must carry, named in error replies
     # Security layers (RFC 4422 §3.7): ``ssf`` is what the connection has without one
-    # (TLS or -p); a mechanism offers the layers whose own SSF lies within
-    # [min_ssf, max_ssf] (sasl_minimum_layer / sasl_maximum_layer, as Cyrus compares them),
-    # and "no layer" only when ``ssf`` already meets ``min_ssf``.
+    # (TLS or -p); [min_ssf, max_ssf] is what a layer's own SSF must lie within, already
+    # net of the transport (security/policy.py ``layer_range``: libsasl's "min_ssf minus
+    # external"). "No layer" is allowed only when min_ssf is 0.
     ssf: int = 0
     min_ssf: int = 0
     max_ssf: int = 256

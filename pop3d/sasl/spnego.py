@@ -49,7 +49,7 @@ class GSSSpnego(Mechanism):
         elif accepted.flags & gr.RequirementFlag.integrity:
             confidential, ssf = False, INTEGRITY_SSF
         else:
-            if context.ssf < context.min_ssf:
+            if context.min_ssf > 0:
                 return Failure("GSS-SPNEGO without a layer is below sasl_minimum_layer", user)
             return Success(user, "", final=final)
         if not context.min_ssf <= ssf <= context.max_ssf:

@@ -16,12 +16,16 @@ from pop3d.sasl.gssapi import GSSAPI, LAYER_CONFIDENTIALITY, LAYER_INTEGRITY, LA
 from pop3d.sasl.gssapi_layer import GSSAPILayer
 from pop3d.sasl.kerberos import local_user
 from pop3d.sasl.mechanism import Context, Failure, MalformedResponse, Success
+from pop3d.security.policy import Policy
+from pop3d.security.value import Security, TLSInfo
 from tests.sasl.kerberos_client import GssapiClient, initiator, run
 from tests.support.kerberos import Realm
 
 pytestmark = pytest.mark.usefixtures("krb5_env")
 
 BINDING = b"\x13" * 32  # stands for the SHA-256 of our certificate
+
+TLS_256 = TLSInfo("TLSv1.3", "TLS_AES_256_GCM_SHA384", 256)
 
 
 def context(realm: Realm, **overrides: object) -> Context:
@@ -89,10 +93,13 @@ def test_minimum_layer_withdraws_no_layer(krb5_env: Realm, ticket_caches: dict[s
 
 
 def test_tls_meets_the_minimum(krb5_env: Realm, ticket_caches: dict[str, Path]) -> None:
-    ctx = context(krb5_env, ssf=256, min_ssf=56)
+    # sasl_minimum_layer 56 over TLS of 256: the policy asks the layer for 56 - 256 -> 0
+    # more (security/policy.py layer_range), so "no layer" is allowed.
+    layers = Policy(minimum_ssf=56, maximum_ssf=512).layer_range(Security(TLS_256))
+    ctx = context(krb5_env, ssf=256, min_ssf=layers.low, max_ssf=layers.high)
     result, peer = login(krb5_env, ticket_caches["alice"], ctx)
     assert result == Success("alice", "")
-    assert peer.offered == LAYER_NONE | LAYER_CONFIDENTIALITY
+    assert peer.offered == LAYER_NONE | LAYER_INTEGRITY | LAYER_CONFIDENTIALITY
 
 
 def test_maximum_zero_offers_no_layer_and_no_buffer(

@@ -3,6 +3,8 @@ GSSAPI early on the CAPA line, and the layer-capable ones offered below the mini
 
 from __future__ import annotations
 
+import pytest
+
 from pop3d.sasl import registry
 from pop3d.sasl.mechanism import Flag
 from pop3d.security.policy import Policy
@@ -44,3 +46,22 @@ def test_gs2_plus_needs_a_channel_binding() -> None:
     bindings = (("tls-server-end-point", b"x" * 32),)
     bound = Security(tls=TLSInfo("TLSv1.3", "TLS_AES_256_GCM_SHA384", 256, None, bindings))
     assert "GS2-KRB5-PLUS" in registry.offered(names, Policy(), bound)
+
+
+@pytest.mark.parametrize(
+    ("minimum", "maximum", "security", "expected"),
+    [
+        (0, 256, Security(), (0, 256, True)),
+        (56, 256, Security(), (56, 256, False)),  # clear: the layer must bring it all
+        (56, 256, Security(external_ssf=40), (16, 216, False)),  # -p 40: the rest
+        (56, 256, Security(tls=TLSInfo("TLSv1.3", "x", 256)), (0, 0, True)),  # TLS: none
+        (1, 512, Security(tls=TLSInfo("TLSv1.3", "x", 256)), (0, 256, True)),
+    ],
+)
+def test_layer_range_is_net_of_the_transport(
+    minimum: int, maximum: int, security: Security, expected: tuple[int, int, bool]
+) -> None:
+    """libsasl's rule: a mechanism's layer must bring sasl_minimum_layer minus what the
+    transport gives, and may bring up to sasl_maximum_layer minus it."""
+    got = Policy(minimum_ssf=minimum, maximum_ssf=maximum).layer_range(security)
+    assert (got.low, got.high, got.none_ok) == expected
