@@ -21,6 +21,7 @@ import gssapi
 import pytest
 
 from tests.sasl.kerberos_client import GssapiClient, initiator
+from tests.sasl.legacy_clients import GsaslClient
 from tests.support.kerberos import Realm, kerberos_realm
 from tests.support.lab import Lab, Server, start_server
 
@@ -276,3 +277,24 @@ def test_garbage_tokens_are_refused_and_the_server_serves_on(kerberized: Kerberi
     out = pop3test(k, 0, b"STAT\r\nQUIT\r\n")
     assert b"+OK 7 28700" in out
     assert "Traceback" not in k.log()
+
+
+@pytest.mark.parametrize("mechanism", ["GS2-KRB5", "GSSAPI"])
+def test_gsasl_over_pop3(
+    kerberized: Kerberized, mechanism: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GNU SASL's client (gsasl --client, base64 steps on stdin/stdout) relayed over a
+    real AUTH exchange: GS2-KRB5 (RFC 5801) and GSSAPI from a second implementation."""
+    k = kerberized
+    monkeypatch.setenv("KRB5CCNAME", f"FILE:{k.ccache}")
+    client = GsaslClient(mechanism, "localhost", "alice", "unused")
+    wire = Wire(k.server.port)
+    wire.send(f"AUTH {mechanism}".encode())
+    line = wire.line()
+    while line.startswith(b"+ "):
+        wire.send(base64.b64encode(client.respond(base64.b64decode(line[2:]))))
+        line = wire.line()
+    assert line.startswith(b"+OK"), line
+    wire.send(b"STAT")
+    assert wire.line() == b"+OK 7 28700"
+    assert re.search(rf"login\.good user=alice method=AUTH {mechanism} ", k.log())
