@@ -415,8 +415,8 @@ class Pop3d(Server):
         """What ``pop3d-admin passwd`` stores under the bench config: an Argon2id hash,
         and SCRAM keys for every SCRAM hash the enabled mechanisms use (by default
         SCRAM-SHA-256 and SCRAM-SHA-512), with ``scram_iterations``."""
+        from pop3d.auth.from_config import needed_schemes
         from pop3d.config.imapd import load
-        from pop3d.server.context import needed_schemes
 
         self.write_config()
         config = load(self.config)

@@ -12,9 +12,10 @@ from importlib import resources
 from pathlib import Path
 
 from pop3d.auth import credentials, schemes
+from pop3d.auth.from_config import credentials_path, needed_schemes
 from pop3d.config import imapd
 from pop3d.security.secret import Secret
-from pop3d.server.context import credentials_path, maildir_store, needed_schemes
+from pop3d.storage.maildir import store_from_config
 from pop3d.transport import selfsigned
 
 DEMO_USER = "demo"
@@ -56,7 +57,7 @@ def prepare(root: Path) -> str:
         credentials.update(credentials_path(config), DEMO_USER, lambda _old: record)
         password_file.touch(mode=0o600)
         password_file.write_text(password + "\n")
-        store = maildir_store(config)
+        store = store_from_config(config)
         for subject, body in _MESSAGES:
             message = f"From: pop3d <postmaster@localhost>\nTo: {DEMO_USER}@localhost\n"
             message += f"Subject: {subject}\nContent-Type: text/plain; charset=utf-8\n\n{body}"

@@ -20,6 +20,12 @@ from pathlib import Path
 
 from pop3d.auth import credentials, schemes
 from pop3d.auth.credentials import SCHEME_PLAIN_B64, CredentialFileError
+from pop3d.auth.from_config import (
+    argon2_parameters,
+    credentials_path,
+    identity_rules,
+    needed_schemes,
+)
 from pop3d.auth.identity import canonical_user
 from pop3d.cli.common import (
     DEFAULT_CYRUS_CONF,
@@ -38,14 +44,8 @@ from pop3d.config import cyrus, imapd
 from pop3d.config.imapd import Config, ConfigError
 from pop3d.sasl import registry
 from pop3d.security.secret import Secret
-from pop3d.server.context import (
-    argon2_parameters,
-    credentials_path,
-    identity_rules,
-    maildir_store,
-    needed_schemes,
-)
 from pop3d.storage.base import StorageError
+from pop3d.storage.maildir import store_from_config
 from pop3d.transport import tls
 
 PROGRAM = "pop3d-admin"
@@ -147,7 +147,7 @@ def cmd_deliver(config: Config, args: argparse.Namespace) -> int:
     if store.lookup(user) is None:
         fail(PROGRAM, EX_NOUSER, f"no such user {user!r}")
     try:
-        maildir_store(config).deliver(user, sys.stdin.buffer)
+        store_from_config(config).deliver(user, sys.stdin.buffer)
     except (OSError, StorageError) as exc:
         fail(PROGRAM, EX_TEMPFAIL, f"delivery to {user} failed, message not stored: {exc}")
     return 0
@@ -193,7 +193,7 @@ def _check_references(config: Config) -> list[str]:
     except (ConfigError, CredentialFileError, OSError) as exc:
         problems.append(str(exc))
     try:
-        maildir_store(config)
+        store_from_config(config)
     except ConfigError as exc:
         problems += [str(p) for p in exc.problems]
     if tls.certificate_configured(config, None):

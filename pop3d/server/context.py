@@ -11,13 +11,17 @@ import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 from pop3d.auth import saslauthd, server_secret
 from pop3d.auth.authenticator import Authenticator, PasswordChecker
-from pop3d.auth.credentials import SCHEME_PLAIN_B64, CredentialFile, CredentialFileError
-from pop3d.auth.identity import IdentityRules
-from pop3d.auth.passwords import Argon2Parameters
+from pop3d.auth.credentials import CredentialFile, CredentialFileError
+from pop3d.auth.from_config import (
+    argon2_parameters,
+    credentials_path,
+    identity_rules,
+    needed_schemes,
+    secret_path,
+)
 from pop3d.auth.tokens import token_validator
 from pop3d.config.imapd import Config, ConfigError, Problem
 from pop3d.kpop import service as kpop_service
@@ -26,7 +30,7 @@ from pop3d.protocol.settings import ConnectionInfo, SessionSettings
 from pop3d.sasl import keytab, registry
 from pop3d.security.policy import Policy
 from pop3d.security.value import TLSInfo
-from pop3d.storage.maildir import MaildirStore
+from pop3d.storage.maildir import store_from_config
 from pop3d.transport import tls
 
 log = logging.getLogger("pop3d")
@@ -45,50 +49,6 @@ class RuntimeOptions:
     # Cyrus has 250 uses and 60 s (see DESIGN.md, process model, for why).
     max_uses: int | None = None  # -U
     reuse_timeout: int = 0  # -T, seconds
-
-
-def credentials_path(config: Config, service: str | None = None) -> Path:
-    explicit = config.string("credentials_file", service)
-    if explicit:
-        return Path(explicit)
-    directory = config.string("configdirectory", service)
-    if not directory:
-        raise ConfigError(
-            [Problem(config.path, 0, "configdirectory (or credentials_file) must be set")]
-        )
-    return Path(directory) / "pop3d.passwd"
-
-
-def secret_path(config: Config, service: str | None = None) -> Path:
-    explicit = config.string("server_secret_file", service)
-    if explicit:
-        return Path(explicit)
-    return credentials_path(config, service).with_name("pop3d.secret")
-
-
-def maildir_store(config: Config, service: str | None = None) -> MaildirStore:
-    template = config.string("maildir_path", service) or ""
-    partition = config.string("partition-default", service) or ""
-    if "%p" in template and not partition:
-        raise ConfigError(
-            [
-                Problem(
-                    config.path,
-                    0,
-                    f"maildir_path {template!r} uses %p but partition-default is not set",
-                )
-            ]
-        )
-    return MaildirStore(template, partition, create=config.switch("maildir_create", service))
-
-
-def needed_schemes(config: Config) -> set[str]:
-    """What the enabled login methods need stored: SCRAM keys per enabled SCRAM hash, and
-    the plaintext equivalent only when APOP or a legacy mechanism that needs it is on."""
-    wanted = registry.credentials_for(registry.enabled(config.string("sasl_mech_list")))
-    if config.switch("allowapop"):
-        wanted.add(SCHEME_PLAIN_B64)
-    return wanted
 
 
 def password_checker(config: Config, service: str | None = None) -> PasswordChecker | None:
@@ -119,22 +79,6 @@ def password_checker(config: Config, service: str | None = None) -> PasswordChec
     )
 
 
-def identity_rules(config: Config, service: str | None = None) -> IdentityRules:
-    return IdentityRules(
-        username_tolower=config.switch("username_tolower", service),
-        virtdomains=(config.string("virtdomains", service) or "off") != "off",
-        defaultdomain=config.string("defaultdomain", service) or "",
-        loginrealms=frozenset((config.string("loginrealms", service) or "").lower().split()),
-    )
-
-
-def argon2_parameters(config: Config, service: str | None = None) -> Argon2Parameters:
-    return Argon2Parameters(
-        memory_kib=config.integer("argon2_memory", service),
-        passes=config.integer("argon2_passes", service),
-    )
-
-
 class ServiceContext:
     def __init__(self, config: Config, options: RuntimeOptions) -> None:
         service = options.service
@@ -142,7 +86,7 @@ class ServiceContext:
         self.options = options
         self.servername = config.string("servername", service) or socket.gethostname()
         self.session_prefix = config.string("syslog_prefix", service) or self.servername
-        self.store = maildir_store(config, service)
+        self.store = store_from_config(config, service)
         credentials = CredentialFile(credentials_path(config, service))
         try:
             credentials.check()

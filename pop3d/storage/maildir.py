@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from pop3d.config.imapd import Config, ConfigError, Problem
 from pop3d.message import SizeCounter, canonical_size
 from pop3d.storage.base import MaildropInUse, MessageGone, StorageError
 
@@ -313,3 +314,19 @@ def _new_unique_name() -> str:
     return (
         f"{seconds}.M{micro}P{os.getpid()}Q{next(_delivery_counter)}R{secrets.token_hex(4)}.{host}"
     )
+
+
+def store_from_config(config: Config, service: str | None = None) -> MaildirStore:
+    template = config.string("maildir_path", service) or ""
+    partition = config.string("partition-default", service) or ""
+    if "%p" in template and not partition:
+        raise ConfigError(
+            [
+                Problem(
+                    config.path,
+                    0,
+                    f"maildir_path {template!r} uses %p but partition-default is not set",
+                )
+            ]
+        )
+    return MaildirStore(template, partition, create=config.switch("maildir_create", service))

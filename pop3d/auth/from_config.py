@@ -1,0 +1,58 @@
+"""The credential side's settings read from imapd.conf, in one place for every program that
+needs them (the server, ``pop3d-admin``, the demo): where the credential file and the
+server secret live, the identity rules, the Argon2 parameters, and which stored schemes the
+enabled login methods need."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pop3d.auth.credentials import SCHEME_PLAIN_B64
+from pop3d.auth.identity import IdentityRules
+from pop3d.auth.passwords import Argon2Parameters
+from pop3d.config.imapd import Config, ConfigError, Problem
+from pop3d.sasl import registry
+
+
+def credentials_path(config: Config, service: str | None = None) -> Path:
+    explicit = config.string("credentials_file", service)
+    if explicit:
+        return Path(explicit)
+    directory = config.string("configdirectory", service)
+    if not directory:
+        raise ConfigError(
+            [Problem(config.path, 0, "configdirectory (or credentials_file) must be set")]
+        )
+    return Path(directory) / "pop3d.passwd"
+
+
+def secret_path(config: Config, service: str | None = None) -> Path:
+    explicit = config.string("server_secret_file", service)
+    if explicit:
+        return Path(explicit)
+    return credentials_path(config, service).with_name("pop3d.secret")
+
+
+def needed_schemes(config: Config) -> set[str]:
+    """What the enabled login methods need stored: SCRAM keys per enabled SCRAM hash, and
+    the plaintext equivalent only when APOP or a legacy mechanism that needs it is on."""
+    wanted = registry.credentials_for(registry.enabled(config.string("sasl_mech_list")))
+    if config.switch("allowapop"):
+        wanted.add(SCHEME_PLAIN_B64)
+    return wanted
+
+
+def identity_rules(config: Config, service: str | None = None) -> IdentityRules:
+    return IdentityRules(
+        username_tolower=config.switch("username_tolower", service),
+        virtdomains=(config.string("virtdomains", service) or "off") != "off",
+        defaultdomain=config.string("defaultdomain", service) or "",
+        loginrealms=frozenset((config.string("loginrealms", service) or "").lower().split()),
+    )
+
+
+def argon2_parameters(config: Config, service: str | None = None) -> Argon2Parameters:
+    return Argon2Parameters(
+        memory_kib=config.integer("argon2_memory", service),
+        passes=config.integer("argon2_passes", service),
+    )
