@@ -132,3 +132,54 @@ def test_a_client_hanging_up_mid_retr_is_not_logged_as_a_read_error(server: Serv
     log = log_when(server, r"ended: client closed the connection mid-message")
     assert "read error" not in log and "ERROR" not in log, log
     assert re.search(r"INFO session \S+: the client went away while message \S+ was being", log)
+
+
+@pytest.mark.slow
+def test_a_big_retr_leaves_the_other_sessions_served(tmp_path: Path) -> None:
+    """Reading on the event loop never yielded while the client kept up, so a NOOP beside
+    a 100 MB RETR waited for all of it (1-2 answers in the whole RETR). Each chunk is now
+    read in an I/O thread, which gives every other session a turn."""
+    import threading
+
+    lab = Lab(tmp_path).create()
+    big = lab.maildir("bob") / "new" / "1800000001.M1P1.big"
+    with big.open("wb") as handle:
+        handle.write(b"Subject: big\r\n\r\n" + (b"y" * 998 + b"\r\n") * 100_000)
+    server = start_server(lab)
+    try:
+        b = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+        b_lines = b.makefile("rb")
+        a = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+        a_lines = a.makefile("rb")
+        for sock, lines, user, password in (
+            (b, b_lines, "alice", "wonderland"),
+            (a, a_lines, "bob", "builder"),
+        ):
+            lines.readline()
+            sock.sendall(f"USER {user}\r\nPASS {password}\r\n".encode())
+            assert lines.readline().startswith(b"+OK") and lines.readline().startswith(b"+OK")
+        answers = []
+        done = threading.Event()
+
+        def noops() -> None:
+            while not done.is_set():
+                b.sendall(b"NOOP\r\n")
+                answers.append(b_lines.readline())
+
+        thread = threading.Thread(target=noops)
+        a.sendall(b"RETR 4\r\n")
+        assert a_lines.readline().startswith(b"+OK")
+        thread.start()
+        tail = b""
+        while not tail.endswith(b"\r\n.\r\n"):
+            chunk = a.recv(1 << 20)
+            assert chunk
+            tail = (tail + chunk)[-5:]
+        done.set()
+        thread.join()
+        assert all(answer == b"+OK\r\n" for answer in answers)
+        assert len(answers) >= 10, f"only {len(answers)} NOOPs answered during the RETR"
+        a.close()
+        b.close()
+    finally:
+        server.stop()
