@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.support.lab import Lab, start_server  # noqa: E402
+from tests.support.lab import Lab, start_server
 
 
 def login(port: int, user: str, password: str) -> socket.socket:
