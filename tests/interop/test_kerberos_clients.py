@@ -298,3 +298,20 @@ def test_gsasl_over_pop3(
     wire.send(b"STAT")
     assert wire.line() == b"+OK 7 28700"
     assert re.search(rf"login\.good user=alice method=AUTH {mechanism} ", k.log())
+
+
+def test_a_client_that_stops_mid_exchange(kerberized: Kerberized) -> None:
+    """The server is waiting for the client's answer to its offer when the client goes."""
+    k = kerberized
+    wire = Wire(k.server.port)
+    client = GssapiClient(ctx=initiator(k.ccache))
+    wire.send(b"AUTH GSSAPI " + base64.b64encode(client.initial()))
+    line = wire.line()
+    while line.startswith(b"+ ") and not client.ctx.complete:
+        wire.send(base64.b64encode(client.respond(base64.b64decode(line[2:]))))
+        line = wire.line()
+    assert line.startswith(b"+ ")  # the wrapped offer: the client leaves instead
+    wire.sock.close()
+    out = pop3test(k, 0, b"STAT\r\nQUIT\r\n")
+    assert b"+OK 7 28700" in out
+    assert "Traceback" not in k.log()

@@ -305,3 +305,31 @@ def test_context_without_integrity_offers_no_layer(
 
 def test_gssapi_module_is_importable_without_a_realm() -> None:
     assert gssapi.MechType.kerberos is not None
+
+
+@pytest.mark.slow
+def test_expired_ticket(krb5_env: Realm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ticket whose lifetime ended before the AP-REQ reached us is refused: the acceptor
+    checks the ticket's times against its clock, within krb5.conf's clockskew (1 s here)."""
+    import subprocess
+    import time
+
+    cache = tmp_path / "short.cc"
+    env = dict(krb5_env.env, KRB5CCNAME=f"FILE:{cache}")
+    subprocess.run(
+        ["kinit", "-l", "2s", krb5_env.principal("alice")],
+        input=b"wonderland\n",
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    peer = GssapiClient(initiator(cache))
+    first = peer.initial()  # the service ticket inherits the 2 s lifetime
+    strict = tmp_path / "krb5.conf"
+    text = Path(krb5_env.env["KRB5_CONFIG"]).read_text()
+    strict.write_text(text.replace("[libdefaults]", "[libdefaults]\n\tclockskew = 1", 1))
+    monkeypatch.setenv("KRB5_CONFIG", str(strict))
+    time.sleep(4)
+    result = run(GSSAPI(), context(krb5_env), first, peer.respond)
+    assert isinstance(result, Failure), result
+    assert "expired" in result.reason.lower() or "skew" in result.reason.lower(), result
