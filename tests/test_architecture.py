@@ -20,6 +20,7 @@ RANKS: dict[str, int] = {
     "config": 1,  # imapd.conf, cyrus.conf
     "message": 1,  # the wire form of a stored message
     "storage": 2,
+    "man": 2,  # the manual pages; pop3d.conf.5 is generated from config's option table
     "transport": 2,  # TLS, PROXY, the security-layer stack
     "sasl": 3,
     "kpop": 3,
