@@ -39,7 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from pop3d.requests import Offload
+from pop3d.requests import NEED_DATA, Offload, Send, _NeedData
 
 SENDAUTH_VERSION: Final = b"KRB5_SENDAUTH_V1.0\0"
 APPLICATION_VERSION: Final = b"KPOPV1.0\0"
@@ -73,21 +73,6 @@ class Rejected:
 Verifier = Callable[[bytes], Accepted | Rejected]
 
 # --- events ----------------------------------------------------------------------------
-
-
-class _NeedData:
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "NEED_DATA"
-
-
-NEED_DATA: Final = _NeedData()
-
-
-@dataclass(frozen=True, slots=True)
-class Send:
-    data: bytes
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pop3d.kpop.handshake import Authenticated, Handshake, Refused
-from pop3d.kpop.handshake import Send as KpopSend
 from pop3d.kpop.mit import Acceptor
 from pop3d.kpop.principal import local_user
 from pop3d.message import MessageEncoder
@@ -365,7 +364,7 @@ class Connection:
             async with asyncio.timeout(self.context.kpop_timeout):
                 while True:
                     event = handshake.next_event()
-                    if isinstance(event, KpopSend):
+                    if isinstance(event, Send):
                         await self.channel.write(event.data)
                     elif isinstance(event, Offload):
                         # Nothing is read while the ticket is checked (the thread pool).
