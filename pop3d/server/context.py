@@ -24,8 +24,8 @@ from pop3d.auth.from_config import (
 )
 from pop3d.auth.tokens import token_validator
 from pop3d.config.imapd import Config, ConfigError, Problem
+from pop3d.kerberos.mit import Acceptor
 from pop3d.kpop import service as kpop_service
-from pop3d.kpop.mit import Acceptor
 from pop3d.protocol.settings import ConnectionInfo, SessionSettings
 from pop3d.sasl import keytab, registry
 from pop3d.security.policy import Policy
