@@ -25,7 +25,7 @@ written. Step 2 goes through GSSAPI, the same acceptor path as the GSSAPI mechan
 (:mod:`pop3d.sasl.kerberos`), over that memory cache.
 
 **Time.** libkrb5 has no overall deadline for its KDC exchanges (MIT 1.20 keeps retrying for
-tens of seconds against a silent KDC), so each check runs in a thread of this checker's own
+about half a minute against a silent KDC), so each check runs in a daemon thread of its own
 and the caller waits ``timeout`` seconds at most: past it the answer is "unavailable" (the
 session answers ``-ERR [SYS/TEMP]``) and the thread finishes, or gives up, on its own. The
 number of checks in flight is bounded (``max_pending``): once that many wait on a dead KDC,
@@ -42,8 +42,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
 import gssapi.raw as gr
@@ -138,7 +136,7 @@ class Kerberos5Checker:
         self.login_realms = {realm.lower(): realm for realm in login_realms}
         self.timeout = timeout
         self._slots = threading.BoundedSemaphore(max_pending)
-        self._pool = ThreadPoolExecutor(max_workers=max_pending, thread_name_prefix="pop3d-kdc")
+        self._closed = False
 
     def __repr__(self) -> str:
         return f"Kerberos5Checker({self.service}/{self.servername}, keytab={self.keytab!r})"
@@ -153,34 +151,45 @@ class Kerberos5Checker:
             return _refused("empty password")
         if realm and realm.lower() not in self.login_realms:
             return _refused("realm not in loginrealms")
+        if self._closed:
+            return _unavailable("checker closed")
         if not self._slots.acquire(blocking=False):
             return _unavailable("too many checks waiting for the KDC")
+        answer: list[Kerberos5Result] = []
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                answer.append(self._check(user, password, self.login_realms.get(realm.lower())))
+            finally:
+                self._slots.release()
+                done.set()
+
+        # A daemon thread, not a pool's: one stuck on a silent KDC must not hold up the
+        # worker's exit (pools are joined at interpreter exit). max_pending bounds them.
         try:
-            future: Future[Kerberos5Result] = self._pool.submit(
-                self._check, user, password, self.login_realms.get(realm.lower(), "")
-            )
-        except RuntimeError as exc:  # the pool was shut down
+            threading.Thread(target=run, name="pop3d-kdc", daemon=True).start()
+        except RuntimeError as exc:  # no thread to be had
             self._slots.release()
             return _unavailable(_text(exc))
-        future.add_done_callback(lambda _done: self._slots.release())
-        try:
-            return future.result(timeout=self.timeout)
-        except FutureTimeout:
+        if not done.wait(self.timeout) or not answer:
             return _unavailable(f"no answer within {self.timeout:g} s")
+        return answer[0]
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Further checks answer "unavailable"; checks under way finish on their own."""
+        self._closed = True
 
     # --- in a thread of the checker's own --------------------------------------------
 
-    def _check(self, user: str, password: Secret, realm: str) -> Kerberos5Result:
+    def _check(self, user: str, password: Secret, realm: str | None) -> Kerberos5Result:
         try:
             return self._check_inner(user, password, realm)
         except Exception as exc:  # never a traceback from a login; the log says what
             log.exception("kerberos5: unexpected failure checking %s", user)
             return _unavailable(_text(exc))
 
-    def _check_inner(self, user: str, password: Secret, realm: str) -> Kerberos5Result:
+    def _check_inner(self, user: str, password: Secret, realm: str | None) -> Kerberos5Result:
         try:
             context = krb5.init_context()
             realm_bytes = realm.encode("utf-8") if realm else krb5.get_default_realm(context)
