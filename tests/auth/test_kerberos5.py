@@ -248,7 +248,7 @@ def kdc_lab(kerberos_realm: Realm, tmp_path_factory: pytest.TempPathFactory) -> 
     lab = Lab(
         root / "lab",
         extra_config=(
-            f"sasl_keytab: {keytab}\nsasl_pwcheck_method: kerberos5\nkerberos5_timeout: 2\n"
+            f"sasl_keytab: {keytab}\nsasl_pwcheck_method: kerberos5\nkerberos5_timeout: 3\n"
             "sasl_mech_list: PLAIN SCRAM-SHA-256\n"
         ),
         users={"alice": "apop-only", "bob": "apop-only"},
@@ -337,7 +337,7 @@ def test_audit_log_names_the_reason(kdc_server: Server) -> None:
 def test_silent_kdc_is_sys_temp_and_others_are_served(
     kerberos_realm: Realm, kdc_lab: Lab, silent_kdc: SilentKdc
 ) -> None:
-    """A KDC that never answers: -ERR [SYS/TEMP] at kerberos5_timeout (2 s), not libkrb5's
+    """A KDC that never answers: -ERR [SYS/TEMP] at kerberos5_timeout (3 s), not libkrb5's
     half minute; meanwhile a second connection gets CAPA, an APOP login and NOOP at once."""
     env = {
         "KRB5_CONFIG": str(silent_kdc.krb5_conf),
@@ -362,16 +362,18 @@ def test_silent_kdc_is_sys_temp_and_others_are_served(
         other.noop()
         assert other.stat()[0] == 3
         other.quit()
-        assert time.monotonic() - started < 1.0
-        assert thread.is_alive()  # the first login was still waiting
+        # Served while the first login was still waiting on the KDC (the proof), and
+        # quickly (a loose bound: the suite shares two cores).
+        assert thread.is_alive()
+        assert time.monotonic() - started < 2.0
         thread.join(30)
         assert str(answers["pass"]).startswith("-ERR [SYS/TEMP]")
-        assert 1.5 < float(str(answers["took"])) < 5
+        assert 2.5 < float(str(answers["took"])) < 7
         assert auth_plain(server.port, "bob", "builder").startswith("-ERR [SYS/TEMP]")
     finally:
         assert server.stop() == 0
     log = server.log_text()
-    assert "no answer within 2 s" in log and "Traceback" not in log
+    assert "no answer within 3 s" in log and "Traceback" not in log
 
 
 # --- start-up ------------------------------------------------------------------------------
