@@ -25,6 +25,8 @@ if [ "$want_test" = 1 ]; then
     # a real MIT KDC for the Kerberos tests (k5test starts it), kinit/klist, and Cyrus
     # SASL's GSSAPI plug-in for pop3test -m GSSAPI
     packages+=(krb5-kdc krb5-admin-server krb5-user libsasl2-modules-gssapi-mit)
+    # man and groff render the manual pages in tests/cli/test_man_pages.py (groff -ww)
+    packages+=(man-db groff-base)
 fi
 
 missing=()
@@ -56,3 +58,12 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ]; then
     .venv/bin/python -m pip install -q -e ".${extras}"
     echo "$digest" > "$stamp"
 fi
+
+# The manual pages where man(1) finds them: an editable install skips pyproject's data-files,
+# so link them into .venv/share/man (man-db searches <dir>/../share/man for each <dir> on
+# PATH: `man pop3d` works with .venv/bin on PATH, `man -M .venv/share/man pop3d` without).
+for page in pop3d/man/*.[58]; do
+    section=${page##*.}
+    mkdir -p ".venv/share/man/man$section"
+    ln -sfn "$PWD/$page" ".venv/share/man/man$section/${page##*/}"
+done

@@ -20,7 +20,9 @@ RANKS: dict[str, int] = {
     "config": 1,  # imapd.conf, cyrus.conf
     "message": 1,  # the wire form of a stored message
     "storage": 2,
+    "man": 2,  # the manual pages; pop3d.conf.5 is generated from config's option table
     "transport": 2,  # TLS, PROXY, the security-layer stack
+    "kerberos": 2,  # MIT libkrb5 (ctypes) and the principal -> user rule
     "sasl": 3,
     "kpop": 3,
     "auth": 4,  # credentials: answers the requests sasl (and kpop) define

@@ -64,8 +64,12 @@ class PasswordCheck(Protocol):
     def unavailable(self) -> bool: ...
 
 
-# Checks a user's password somewhere else (sasl_pwcheck_method: saslauthd); blocking.
-PasswordChecker = Callable[[str, Secret], PasswordCheck]
+class PasswordChecker(Protocol):
+    """Checks a user's password somewhere else (sasl_pwcheck_method: saslauthd, kerberos5);
+    blocking. ``user`` is canonical; ``realm`` is the loginrealms realm the client named
+    and the identity rules dropped ("" if none): kerberos5 asks that realm's KDC."""
+
+    def __call__(self, user: str, password: Secret, /, realm: str = "") -> PasswordCheck: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +146,16 @@ class Authenticator:
         self._cache_lock = threading.Lock()
         self._clock = clock
 
+    @property
+    def has_password_checker(self) -> bool:
+        return self._password_checker is not None
+
+    def close(self) -> None:
+        """Lets the password checker go (kerberos5 has threads of its own)."""
+        close = getattr(self._password_checker, "close", None)
+        if close is not None:
+            close()
+
     def verified_recently(self, user: str, password: Secret) -> AuthResult | None:
         """A cache hit, cheaply (one stat, one HMAC): drivers call this on the event loop
         and go to a thread only on a miss. None: not known, ask verify_password."""
@@ -156,14 +170,16 @@ class Authenticator:
             return AuthResult(user)
         return None
 
-    def verify_password(self, user: str, password: Secret) -> AuthResult:
+    def verify_password(self, user: str, password: Secret, realm: str = "") -> AuthResult:
         if self._password_checker is not None:
-            # sasl_pwcheck_method: saslauthd. The backend decides, and its timing is its
-            # own: no dummy Argon2 (both outcomes already take the same path) and no cache
-            # (nothing here would notice a password change or a locked account).
-            result = self._password_checker(user, password)
+            # sasl_pwcheck_method: saslauthd or kerberos5. The backend decides, and its
+            # timing is its own: no dummy Argon2 (both outcomes already take the same path)
+            # and no cache (nothing here would notice a password change or a locked
+            # account). No verdict (a backend down) is a temporary failure, not a refusal.
+            result = self._password_checker(user, password, realm)
             if result.unavailable:
                 log.error("cannot check the password of %s: %s", user, result.reason)
+                return AuthResult(None, result.reason, temporary=True)
             return AuthResult(user) if result.ok else AuthResult(None, result.reason)
         record = self.credentials.lookup(user)
         stored = record.secrets.get(SCHEME_ARGON2ID) if record else None

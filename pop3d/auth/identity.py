@@ -50,3 +50,19 @@ def canonical_user(raw: bytes | str, rules: IdentityRules) -> str | None:
         elif domain.lower() in rules.loginrealms:
             name = local
     return name
+
+
+def login_realm(raw: bytes | str, rules: IdentityRules) -> str:
+    """The realm :func:`canonical_user` drops from ``raw`` as one of ``loginrealms``, as the
+    client spelled it ("alice@EXAMPLE.ORG" -> "EXAMPLE.ORG"); "" when it drops none."""
+    if rules.virtdomains or not rules.loginrealms:
+        return ""
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return ""
+    local, at, domain = raw.rpartition("@")
+    if at and local and domain.lower() in rules.loginrealms:
+        return domain
+    return ""

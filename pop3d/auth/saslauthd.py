@@ -143,7 +143,9 @@ class SaslauthdClient:
         finally:
             request[:] = bytes(len(request))  # best effort: no copy of the password lingers
 
-    def __call__(self, login: str, password: Secret) -> SaslauthdResult:
+    def __call__(self, login: str, password: Secret, /, realm: str = "") -> SaslauthdResult:
+        # ``realm`` (a loginrealms realm the identity rules dropped) is not sent: saslauthd
+        # is asked about the canonical name, as it always was.
         return self.verify(login, password)
 
     def _exchange(self, request: bytearray) -> SaslauthdResult:

@@ -5,6 +5,7 @@
     pop3d-admin [-C imapd.conf] users                    list users and their schemes
     pop3d-admin [-C imapd.conf] deliver USER < message   atomic Maildir delivery (an MDA)
     pop3d-admin [-C imapd.conf] check-config [-M cyrus.conf]
+    pop3d-admin man [PAGE]                               the manual pages (list, or show one)
 
 Exit codes follow sysexits; ``deliver`` answers 75 (EX_TEMPFAIL) on any storage error, so
 an MTA keeps the message and retries, and 67 (EX_NOUSER) for an unknown user.
@@ -15,7 +16,10 @@ from __future__ import annotations
 import argparse
 import getpass
 import os
+import shutil
+import subprocess
 import sys
+from importlib import resources
 from pathlib import Path
 
 from pop3d.auth import credentials, schemes
@@ -81,6 +85,8 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help=f"cyrus.conf (default {DEFAULT_CYRUS_CONF} if it exists)",
     )
+    manual = commands.add_parser("man", help="list the manual pages, or show one")
+    manual.add_argument("page", nargs="?", help="pop3d, pop3d-master, pop3d-admin, pop3d.conf")
     return parser
 
 
@@ -204,8 +210,40 @@ def _check_references(config: Config) -> list[str]:
     return problems
 
 
+def manual_pages() -> dict[str, Path]:
+    """The installed pages, by file name (``pop3d.8``): package data of ``pop3d.man``."""
+    root = resources.files("pop3d.man")
+    return {
+        item.name: Path(str(item))
+        for item in root.iterdir()
+        if item.name.rpartition(".")[2] in ("5", "8")
+    }
+
+
+def cmd_man(args: argparse.Namespace) -> int:
+    """No page: list them with their paths. A page: ``man -l`` it on a terminal, else write
+    its roff source (``pop3d-admin man pop3d | man -l -``)."""
+    pages = manual_pages()
+    if args.page is None:
+        for name, path in sorted(pages.items()):
+            print(f"{name}\t{path}")
+        return 0
+    wanted = args.page.removesuffix(".5").removesuffix(".8")
+    found = [path for name, path in pages.items() if name.rpartition(".")[0] == wanted]
+    if not found:
+        known = ", ".join(sorted(name.rpartition(".")[0] for name in pages))
+        fail(PROGRAM, EX_USAGE, f"no manual page {args.page!r} (pages: {known})")
+    viewer = shutil.which("man")
+    if sys.stdout.isatty() and viewer is not None:
+        return subprocess.run([viewer, "-l", str(found[0])], check=False).returncode
+    sys.stdout.write(found[0].read_text("utf-8"))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command == "man":
+        return cmd_man(args)
     if args.command == "check-config":
         return cmd_check_config(args.config, args)
     config = _config(args.config)

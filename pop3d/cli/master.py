@@ -29,6 +29,7 @@ from pop3d.server.context import RuntimeOptions, ServiceContext
 from pop3d.server.master import Master
 
 PROGRAM = "pop3d-master"
+GETOPT = "C:M:p:d"  # each documented in pop3d/man/pop3d-master.8
 USAGE = "usage: pop3d-master [-C imapd.conf] [-M cyrus.conf] [-p pidfile] [-d]"
 
 
@@ -88,7 +89,7 @@ def _daemonize() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        options, rest = getopt.getopt(sys.argv[1:] if argv is None else argv, "C:M:p:d")
+        options, rest = getopt.getopt(sys.argv[1:] if argv is None else argv, GETOPT)
     except getopt.GetoptError as exc:
         fail(PROGRAM, EX_USAGE, f"{exc.msg}\n{USAGE}")
     if rest:

@@ -36,6 +36,8 @@ from pop3d.server.context import RuntimeOptions, ServiceContext
 from pop3d.server.worker import STATUS_FD_ENV, Worker, serve_stdio
 
 PROGRAM = "pop3d"
+# every flag, as getopt takes them; pop3d/man/pop3d.8 documents each (a test checks)
+GETOPT = "C:U:T:DXskp:H"
 USAGE = "usage: pop3d [-C imapd.conf] [-U uses] [-T timeout] [-D] [-s] [-k] [-p ssf] [-H] [-X]"
 LISTEN_FDS_ENV = "POP3D_LISTEN_FDS"
 KPOP_WITH_TLS = (
@@ -65,7 +67,7 @@ def _count(flag: str, value: str, upper: int = 2**31 - 1) -> int:
 
 def parse_arguments(argv: list[str]) -> Arguments:
     try:
-        options, rest = getopt.getopt(argv, "C:U:T:DXskp:H")
+        options, rest = getopt.getopt(argv, GETOPT)
     except getopt.GetoptError as exc:
         fail(PROGRAM, EX_USAGE, f"{exc.msg}\n{USAGE}")
     if rest:

@@ -206,8 +206,10 @@ OPTIONS: dict[str, Option] = {
             "sasl_pwcheck_method",
             T,
             "auxprop",
-            "How passwords are checked: auxprop (the credential file) or saslauthd "
-            "(Cyrus saslauthd at sasl_saslauthd_path; USER/PASS, PLAIN and LOGIN only).",
+            "How passwords are checked: auxprop (the credential file), saslauthd "
+            "(Cyrus saslauthd at sasl_saslauthd_path) or kerberos5 (an initial ticket from "
+            "the KDC, verified with sasl_keytab); the last two for USER/PASS, PLAIN and "
+            "LOGIN only.",
         ),
         _o(
             "sasl_saslauthd_path",
@@ -385,6 +387,14 @@ OPTIONS: dict[str, Option] = {
             30,
             "[pop3d] Time allowed for the KPOP (pop3d -k) Kerberos handshake, from connect to "
             "the greeting; the keytab is sasl_keytab's.",
+            minimum=1,
+        ),
+        _o(
+            "kerberos5_timeout",
+            D,
+            10,
+            "[pop3d] Time a sasl_pwcheck_method: kerberos5 password check may take (KDC "
+            "exchanges and verification); past it the login gets -ERR [SYS/TEMP].",
             minimum=1,
         ),
     )

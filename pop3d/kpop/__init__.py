@@ -2,9 +2,9 @@
 
 * :mod:`pop3d.kpop.handshake`: the pre-greeting handshake, sans I/O (bytes in, bytes and
   one result out; trailing bytes go to the POP3 session);
-* :mod:`pop3d.kpop.mit`: the AP-REQ check, a fenced ctypes binding to MIT libkrb5, run by
+* :mod:`pop3d.kerberos.mit`: the AP-REQ check, a fenced ctypes binding to MIT libkrb5, run by
   the driver off the event loop (the handshake yields it as an Offload);
-* :mod:`pop3d.kpop.principal`: principal -> local user;
+* :mod:`pop3d.kerberos.names`: principal -> local user;
 * :mod:`pop3d.kpop.service`: the acceptor of ``pop3d -k``, checked at service start.
 
 What KPOP protects (SECURITY.md, "KPOP"): the login only. The client proves its Kerberos
@@ -19,5 +19,5 @@ for loopback or trusted networks, as a legacy bridge.
 
 The verification runs MIT krb5's own code through ctypes; the reasons for that choice over
 python-gssapi, pykrb5, a pure-Python verifier or ``krb5_recvauth`` are in
-:mod:`pop3d.kpop.mit`.
+:mod:`pop3d.kerberos.mit`.
 """

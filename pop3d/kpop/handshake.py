@@ -27,7 +27,7 @@ The driver's loop::
 
 Nothing here blocks, reads a clock or touches a file: the AP-REQ check is the
 :class:`~pop3d.requests.Offload` the handshake yields, whose ``call`` is the verifier the
-driver gave it (normally :meth:`pop3d.kpop.mit.Acceptor.verify`). The handshake never raises
+driver gave it (normally :meth:`pop3d.kerberos.mit.Acceptor.verify`). The handshake never raises
 for anything the peer sends; a peer fault is a :class:`Refused`.
 """
 
@@ -39,7 +39,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from pop3d.requests import Offload
+from pop3d.kerberos.mit import Accepted, Rejected
+from pop3d.requests import NEED_DATA, Offload, Send, _NeedData
 
 SENDAUTH_VERSION: Final = b"KRB5_SENDAUTH_V1.0\0"
 APPLICATION_VERSION: Final = b"KPOPV1.0\0"
@@ -57,43 +58,15 @@ ACCEPTED: Final = b"\0\0\0\0"  # the zero-length "no error" message
 # --- what the verifier returns (the Offload's result) ------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Accepted:
-    client: str  # the client principal, MIT's unparsed form ("alice@EXAMPLE.COM")
-    ap_rep: bytes | None  # for mutual authentication; None when the client did not ask
-    default_realm: str | None  # the acceptor's default realm (for principal -> user)
-
-
-@dataclass(frozen=True, slots=True)
-class Rejected:
-    reason: str  # for the log: MIT's error text
-    krb_error: bytes  # a KRB-ERROR for the client (generic e-text); b"" if none could be made
-
-
 Verifier = Callable[[bytes], Accepted | Rejected]
 
 # --- events ----------------------------------------------------------------------------
 
 
-class _NeedData:
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "NEED_DATA"
-
-
-NEED_DATA: Final = _NeedData()
-
-
-@dataclass(frozen=True, slots=True)
-class Send:
-    data: bytes
-
-
 @dataclass(frozen=True, slots=True)
 class Authenticated:
     """The handshake succeeded. ``principal`` is proven by the ticket; which local user it
-    may log in as is :func:`pop3d.kpop.principal.local_user`'s to say."""
+    may log in as is :func:`pop3d.kerberos.names.local_user`'s to say."""
 
     principal: str
     default_realm: str | None

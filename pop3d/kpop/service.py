@@ -13,7 +13,7 @@ Heimdal's popper, the acceptor therefore takes a ticket for ``pop/<any host>`` w
 in the keytab: the keytab is the list of names the service answers to, and a site that wants
 one name gives pop3d a keytab with that one key. The service must be ``pop`` and the name
 must have exactly two components (``host/...`` tickets, whose key a system keytab also holds,
-are refused: :mod:`pop3d.kpop.mit`).
+are refused: :mod:`pop3d.kerberos.mit`).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import os
 import stat
 
 from pop3d.config.imapd import Config, ConfigError, Problem
-from pop3d.kpop import mit
-from pop3d.kpop.mit import Acceptor, KerberosUnavailable
+from pop3d.kerberos import mit
+from pop3d.kerberos.mit import Acceptor, KerberosUnavailable
 
 SERVICE = "pop"
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pop3d.auth.identity import canonical_user
+from pop3d.auth.identity import canonical_user, login_realm
 from pop3d.protocol import capabilities, commands, login_delay
 from pop3d.protocol.commands import ArgumentError
 from pop3d.protocol.events import (
@@ -84,6 +84,7 @@ def user(session: Session, argument: bytes) -> Outcome:
         session.err("[AUTH] Invalid user name")
         return Outcome.FAIL
     session.user = name
+    session.user_realm = login_realm(argument, session.settings.identity)
     session.ok("User name accepted, password please")
     return Outcome.OK
 
@@ -104,12 +105,14 @@ def pass_(session: Session, argument: bytes) -> HandlerResult:
     name = session.user
     assert name is not None
     session.user = None
-    return _password_login(session, name, Secret(argument))
+    return _password_login(session, name, Secret(argument), session.user_realm)
 
 
-def _password_login(session: Session, name: str, password: Secret) -> Task:
-    result = yield VerifyPassword(name, password)
+def _password_login(session: Session, name: str, password: Secret, realm: str) -> Task:
+    result = yield VerifyPassword(name, password, realm)
     assert isinstance(result, AuthResult)
+    if result.temporary:
+        return login_unavailable(session, name, "USER", result.reason)
     if result.identity is None:
         yield from login_failed(session, name, "USER", result.reason)
         return Outcome.FAIL
@@ -187,6 +190,14 @@ def login_failed(session: Session, name: str, method: str, reason: str) -> Task:
         yield Pause(session.settings.failed_login_pause)
     # One text for unknown user and wrong password, so the answer tells nothing.
     session.err("[AUTH] Invalid login")
+    return Outcome.FAIL
+
+
+def login_unavailable(session: Session, name: str, method: str, reason: str) -> Outcome:
+    """The password could not be checked at all (the checker's backend is down or too
+    slow): no verdict on the password, so no failed-login pause and no [AUTH]."""
+    session.notice(LoginFailed(name, method, reason))
+    session.err("[SYS/TEMP] Unable to check the password now, try again later")
     return Outcome.FAIL
 
 

@@ -17,25 +17,9 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Final
 
-from pop3d.requests import Request
+from pop3d.requests import NEED_DATA, Request, Send, _NeedData
 from pop3d.transport.layer import SecurityLayer
-
-
-class _NeedData:
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "NEED_DATA"
-
-
-NEED_DATA: Final = _NeedData()
-
-
-@dataclass(frozen=True, slots=True)
-class Send:
-    data: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,3 +148,26 @@ class LoginFailed:
 
 
 Event = Send | Close | Request | LoginSucceeded | LoginFailed | _NeedData
+
+# NEED_DATA and Send are the shapes every core shares (pop3d.requests), re-exported so the
+# POP3 vocabulary is one import for drivers.
+__all__ = [
+    "NEED_DATA",
+    "Close",
+    "CommitResult",
+    "CommitUpdate",
+    "Event",
+    "FailureKind",
+    "InstallLayer",
+    "LoginFailed",
+    "LoginSucceeded",
+    "MaildropOpened",
+    "MeasureMessages",
+    "OpenMaildrop",
+    "Pause",
+    "ReleaseMaildrop",
+    "RetrieveMessage",
+    "Send",
+    "StartTLS",
+    "StorageFailure",
+]

@@ -15,8 +15,13 @@ import dataclasses
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
-from pop3d.auth.identity import IdentityRules, canonical_user
-from pop3d.protocol.authorization import login_failed, login_permitted, open_maildrop
+from pop3d.auth.identity import IdentityRules, canonical_user, login_realm
+from pop3d.protocol.authorization import (
+    login_failed,
+    login_permitted,
+    login_unavailable,
+    open_maildrop,
+)
 from pop3d.protocol.events import InstallLayer
 from pop3d.protocol.states import AWAIT_RESPONSE, HandlerResult, Outcome, Task
 from pop3d.protocol.wire import OVERLONG
@@ -98,6 +103,10 @@ def _exchange(
         canonical=lambda request: _canonical_request(request, rules),
     )
     reply: object = None
+    # What a password check (PLAIN, LOGIN) answered: a user the authenticator vouched for
+    # (so no second look-up below), or no verdict at all (-ERR [SYS/TEMP]).
+    password_checked: str | None = None
+    unavailable = ""
     while True:
         try:
             step = steps.send(reply)
@@ -112,12 +121,17 @@ def _exchange(
             reply = response
         else:
             reply = yield step
+            if isinstance(step, VerifyPassword) and isinstance(reply, AuthResult):
+                password_checked = reply.identity
+                unavailable = reply.reason if reply.temporary else ""
     if isinstance(result, Success) and result.final is not None:
         answer = yield from _response(session, result.final)
         if answer is None:
             return Outcome.FAIL
         if answer:  # RFC 5034 §4: additional data is answered by an empty line
             result = SaslFailure("non-empty answer to additional data", result.authcid)
+    if isinstance(result, SaslFailure) and unavailable:
+        return login_unavailable(session, result.authcid or "-", method, unavailable)
     if isinstance(result, SaslFailure):
         return (yield from login_failed(session, result.authcid or "-", method, result.reason))
     assert isinstance(result, Success)
@@ -126,7 +140,7 @@ def _exchange(
         # Recorded now so the audit line of this login names the layer; undone below if
         # the login fails after all (RFC 4422 §3.7: a layer only follows a success).
         session.security = before.with_layer(LayerInfo(mechanism.name, result.layer.ssf))
-    outcome = yield from _authorize(session, result, mechanism, method)
+    outcome = yield from _authorize(session, result, mechanism, method, password_checked)
     if outcome is not Outcome.OK:
         session.security = before
     elif result.layer is not None:
@@ -154,7 +168,13 @@ def _response(session: Session, challenge: bytes) -> Generator[Any, Any, bytes |
     return decoded
 
 
-def _authorize(session: Session, result: Success, mechanism: Mechanism, method: str) -> Task:
+def _authorize(
+    session: Session,
+    result: Success,
+    mechanism: Mechanism,
+    method: str,
+    password_checked: str | None = None,
+) -> Task:
     rules = session.settings.identity
     authcid = canonical_user(result.authcid, rules)
     authzid = canonical_user(result.authzid, rules) if result.authzid else ""
@@ -167,6 +187,11 @@ def _authorize(session: Session, result: Success, mechanism: Mechanism, method: 
         # The realm vouched for this user (the principal mapped to a local name under the
         # site's rules): Kerberos users live in the KDC, not in our credential file.
         return (yield from open_maildrop(session, target, method))
+    if target == authcid == password_checked:
+        # The authenticator checked this user's password a moment ago (with an external
+        # checker the user may live only in saslauthd's backend or the KDC): as for
+        # USER/PASS, no second look-up in the credential file.
+        return (yield from open_maildrop(session, target, method))
     known = yield ResolveUser(target)
     assert isinstance(known, AuthResult)
     if known.identity is None:
@@ -176,7 +201,12 @@ def _authorize(session: Session, result: Success, mechanism: Mechanism, method: 
 
 def _canonical_request(request: Request, rules: IdentityRules) -> Request | None:
     """``request`` with its user name canonical; None if the name is not a valid one."""
-    if isinstance(request, VerifyPassword | FetchSecrets | ResolveUser):
+    if isinstance(request, VerifyPassword):
+        name = canonical_user(request.user, rules)
+        if name is None:
+            return None
+        return dataclasses.replace(request, user=name, realm=login_realm(request.user, rules))
+    if isinstance(request, FetchSecrets | ResolveUser):
         name = canonical_user(request.user, rules)
         return None if name is None else dataclasses.replace(request, user=name)
     return request

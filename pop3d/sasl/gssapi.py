@@ -44,7 +44,6 @@ from pop3d.sasl.kerberos import (
     KerberosError,
     channel_bound,
     gssapi_bindings,
-    local_user,
     unwrap,
     wrap,
 )
@@ -108,7 +107,7 @@ def identify(context: Context, accepted: Accepted) -> str | Failure:
     bound = channel_bound(accepted.flags)
     if context.require_channel_binding and context.channel_bindings and not bound:
         return Failure("client did not bind to the TLS channel", accepted.principal)
-    user = local_user(accepted.principal, accepted.default_realm, context.login_realms)
+    user = accepted.user
     if user is None:
         return Failure(f"principal {accepted.principal} maps to no local user", accepted.principal)
     return user

@@ -19,8 +19,9 @@ from typing import Any, cast
 
 import gssapi
 import gssapi.raw as gr
-import krb5
 
+from pop3d.kerberos import mit
+from pop3d.kerberos.names import local_user
 from pop3d.sasl.mechanism import Context
 
 KRB5 = gssapi.MechType.kerberos  # 1.2.840.113554.1.2.2
@@ -54,7 +55,7 @@ class Accepted:
     token: bytes  # to send to the client (may be b"")
     complete: bool
     principal: str = ""  # the client's principal, once complete
-    default_realm: str = ""
+    user: str | None = None  # the local user it maps to (pop3d.kerberos.names), if any
     flags: int = 0
     mech: gssapi.OID | None = None
 
@@ -62,7 +63,7 @@ class Accepted:
 class Acceptor:
     """One security context being accepted for ``<service>@<servername>``."""
 
-    __slots__ = ("_bindings", "_context", "_creds", "_mechs", "_name", "_store")
+    __slots__ = ("_bindings", "_context", "_creds", "_login_realms", "_mechs", "_name", "_store")
 
     def __init__(
         self,
@@ -71,6 +72,7 @@ class Acceptor:
         mechs: tuple[gssapi.OID, ...] = (KRB5,),
     ) -> None:
         self._name = f"{context.service}@{context.servername}"
+        self._login_realms = context.login_realms
         self._store = {"keytab": context.keytab} if context.keytab else None
         self._bindings = bindings
         self._mechs = mechs
@@ -103,10 +105,13 @@ class Acceptor:
             return Accepted(out, False)
         try:
             principal = gr.display_name(result.initiator_name).name.decode("utf-8")
-            realm = krb5.get_default_realm(krb5.init_context()).decode("utf-8")
-        except (gr.GSSError, krb5.Krb5Error, UnicodeDecodeError) as exc:
+            # Here, off the event loop: MIT's mapping reads krb5.conf.
+            user = local_user(
+                principal, mit.default_realm(), self._login_realms, mit.aname_to_localname
+            )
+        except (gr.GSSError, UnicodeDecodeError, mit.KerberosUnavailable) as exc:
             raise KerberosError(f"client name: {_gss_text(exc)}") from None
-        return Accepted(out, True, principal, realm, int(result.flags), result.mech)
+        return Accepted(out, True, principal, user, int(result.flags), result.mech)
 
     def _acquire(self) -> gr.Creds:
         name = gr.import_name(self._name.encode("utf-8"), gr.NameType.hostbased_service)
@@ -132,21 +137,6 @@ class Acceptor:
         if len(values) != 1 or len(values[0]) != 4:
             return K5_MIN_SSF
         return int.from_bytes(values[0], "big") or K5_MIN_SSF
-
-
-def local_user(principal: str, default_realm: str, login_realms: tuple[str, ...]) -> str | None:
-    """``user@REALM`` -> ``user`` when REALM is the default realm or one of
-    ``login_realms`` (``loginrealms``); None for anything else: another realm, a principal
-    with an instance (``alice/admin``), an escaped or empty name."""
-    name, at, realm = principal.rpartition("@")
-    if not at or not name or not realm:
-        return None
-    if any(ch in name for ch in "/@\\\0") or not name.isprintable():
-        return None
-    # loginrealms is matched without regard to case: the identity rules keep it lower-cased.
-    if realm != default_realm and realm.lower() not in {r.lower() for r in login_realms}:
-        return None
-    return name
 
 
 def gssapi_bindings(bindings: Mapping[str, bytes]) -> gr.ChannelBindings | None:

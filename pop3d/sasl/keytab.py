@@ -34,15 +34,20 @@ def kerberos_wanted(config: Config, service: str | None = None) -> bool:
 
 
 def acceptor_keytab(
-    config: Config, servername: str, service: str | None = None, principal_service: str = "pop"
+    config: Config,
+    servername: str,
+    service: str | None = None,
+    principal_service: str = "pop",
+    required_by: str | None = None,
 ) -> str | None:
     """The checked keytab's path for ``Context.keytab``, or None when Kerberos is off.
-    Raises :class:`ConfigError` (file:line of ``sasl_keytab``, or of ``sasl_mech_list`` when
-    the default keytab is the one at fault)."""
-    if not kerberos_wanted(config, service):
+    Raises :class:`ConfigError` (file:line of ``sasl_keytab``, or of ``sasl_mech_list``, or
+    of ``required_by``, when the default keytab is the one at fault). ``required_by``: the
+    option that needs a keytab whatever the mechanisms (``sasl_pwcheck_method``)."""
+    if required_by is None and not kerberos_wanted(config, service):
         return None
     configured = config.string("sasl_keytab", service)
-    option = "sasl_keytab" if configured else "sasl_mech_list"
+    option = "sasl_keytab" if configured else (required_by or "sasl_mech_list")
     context = krb5.init_context()
     name = configured or krb5.kt_default_name(context).decode("utf-8", "replace")
     kind, colon, rest = name.partition(":")

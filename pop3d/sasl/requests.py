@@ -22,6 +22,10 @@ class VerifyPassword(Request):
 
     user: str
     password: Secret
+    # The realm the client named when the identity rules dropped it as one of loginrealms
+    # ("alice@EXAMPLE.ORG" -> user "alice", realm "EXAMPLE.ORG"); "" otherwise. Only a
+    # checker that asks a realm (sasl_pwcheck_method: kerberos5) needs it.
+    realm: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +70,9 @@ class ResolveUser(Request):
 class AuthResult:
     identity: str | None  # canonical user on success
     reason: str = ""  # for the audit log only; never sent to the client
+    # No verdict: the password checker could not be asked (saslauthd down, KDC silent).
+    # The session answers -ERR [SYS/TEMP] instead of [AUTH].
+    temporary: bool = False
 
     @property
     def ok(self) -> bool:

@@ -77,7 +77,7 @@ class Entry:
 
 
 def _verify_password(work: Work, request: VerifyPassword) -> object:
-    return work.authenticator.verify_password(request.user, request.password)
+    return work.authenticator.verify_password(request.user, request.password, request.realm)
 
 
 def _recently_verified(work: Work, request: VerifyPassword) -> object | None:

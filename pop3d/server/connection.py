@@ -18,10 +18,10 @@ import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from pop3d.kerberos import mit
+from pop3d.kerberos.mit import Acceptor
+from pop3d.kerberos.names import local_user
 from pop3d.kpop.handshake import Authenticated, Handshake, Refused
-from pop3d.kpop.handshake import Send as KpopSend
-from pop3d.kpop.mit import Acceptor
-from pop3d.kpop.principal import local_user
 from pop3d.message import MessageEncoder
 from pop3d.protocol.events import (
     NEED_DATA,
@@ -410,7 +410,7 @@ class Connection:
             async with asyncio.timeout(self.context.kpop_timeout):
                 while True:
                     event = handshake.next_event()
-                    if isinstance(event, KpopSend):
+                    if isinstance(event, Send):
                         await self.channel.write(event.data)
                     elif isinstance(event, Offload):
                         # Nothing is read while the ticket is checked (the thread pool).
@@ -431,7 +431,14 @@ class Connection:
             audit.warning("kpop.bad peer=%s reason='time limit'", self.channel.peer)
             return None
         rules = self.context.settings.identity
-        user = local_user(event.principal, event.default_realm, rules.loginrealms)
+        user = await self._loop.run_in_executor(  # MIT's auth_to_local reads krb5.conf
+            self.context.executor,
+            local_user,
+            event.principal,
+            event.default_realm,
+            rules.loginrealms,
+            mit.aname_to_localname,
+        )
         if user is None:
             self.end_reason = f"KPOP: principal {event.principal} is not a local user"
             audit.warning(

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from pop3d.auth import saslauthd, server_secret
+from pop3d.auth import kerberos5, saslauthd, server_secret
 from pop3d.auth.authenticator import Authenticator, PasswordChecker
 from pop3d.auth.credentials import CredentialFile, CredentialFileError
 from pop3d.auth.from_config import (
@@ -25,8 +25,8 @@ from pop3d.auth.from_config import (
 )
 from pop3d.auth.tokens import token_validator
 from pop3d.config.imapd import Config, ConfigError, Problem
+from pop3d.kerberos.mit import Acceptor
 from pop3d.kpop import service as kpop_service
-from pop3d.kpop.mit import Acceptor
 from pop3d.protocol.settings import ConnectionInfo, SessionSettings
 from pop3d.sasl import keytab, registry
 from pop3d.security.policy import Policy
@@ -53,21 +53,31 @@ class RuntimeOptions:
     reuse_timeout: int = 0  # -T, seconds
 
 
-def password_checker(config: Config, service: str | None = None) -> PasswordChecker | None:
-    """None for auxprop (the credential file); a saslauthd client for saslauthd."""
+def password_checker(
+    config: Config, service: str | None = None, servername: str | None = None
+) -> PasswordChecker | None:
+    """None for auxprop (the credential file); a saslauthd client for saslauthd; a KDC
+    checker for kerberos5, whose keytab is checked now (exit 78 with file:line if it is
+    missing, readable by others or without pop/<servername>)."""
     method = config.string("sasl_pwcheck_method", service) or "auxprop"
     if method == "auxprop":
         return None
+    if method == "kerberos5":
+        host = servername or config.string("servername", service) or socket.gethostname()
+        path = keytab.acceptor_keytab(config, host, service, required_by="sasl_pwcheck_method")
+        assert path is not None
+        _warn_credential_file_still_used(config, method)
+        return kerberos5.Kerberos5Checker(
+            host,
+            path,
+            login_realms=tuple((config.string("loginrealms", service) or "").split()),
+            timeout=float(config.integer("kerberos5_timeout", service)),
+        )
     if method == "saslauthd":
         path = config.string("sasl_saslauthd_path", service) or saslauthd.DEFAULT_PATH
         if not os.path.exists(path):
             log.warning("sasl_saslauthd_path %s does not exist (yet): logins will fail", path)
-        if needed_schemes(config):
-            log.warning(
-                "sasl_pwcheck_method: saslauthd checks USER/PASS, PLAIN and LOGIN; APOP and "
-                "the other mechanisms still use the credential file (%s)",
-                ", ".join(sorted(needed_schemes(config))),
-            )
+        _warn_credential_file_still_used(config, method)
         return saslauthd.SaslauthdClient(path)
     raise ConfigError(
         [
@@ -75,10 +85,20 @@ def password_checker(config: Config, service: str | None = None) -> PasswordChec
                 "sasl_pwcheck_method",
                 service,
                 f"sasl_pwcheck_method {method!r}: "
-                "pop3d checks passwords with auxprop or saslauthd (one of them)",
+                "pop3d checks passwords with auxprop, saslauthd or kerberos5 (one of them)",
             )
         ]
     )
+
+
+def _warn_credential_file_still_used(config: Config, method: str) -> None:
+    if needed_schemes(config):
+        log.warning(
+            "sasl_pwcheck_method: %s checks USER/PASS, PLAIN and LOGIN; APOP and "
+            "the other mechanisms still use the credential file (%s)",
+            method,
+            ", ".join(sorted(needed_schemes(config))),
+        )
 
 
 class ServiceContext:
@@ -104,7 +124,7 @@ class ServiceContext:
             cache_ttl=config.integer("auth_cache_ttl", service),
             decoy_key=decoy_key,
             scram_iterations=config.integer("scram_iterations", service),
-            password_checker=password_checker(config, service),
+            password_checker=password_checker(config, service, self.servername),
         )
         self.token_validator = token_validator(config, service)
         # The checked acceptor keytab for the Kerberos mechanisms (Context.keytab), None
@@ -179,7 +199,14 @@ class ServiceContext:
         # the buffer in the thread's arena). File I/O (listing, fsync) gets a few
         # threads, so a slow disk does not queue behind a hash.
         self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="pop3d-io")
-        self.hash_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pop3d-hash")
+        # With an external password checker (saslauthd, kerberos5) no password is hashed
+        # here: the "hash" thread waits on a daemon or a KDC instead, and one slow answer
+        # must not queue every other password login of the worker behind it.
+        external = self.authenticator.has_password_checker
+        self.hash_executor = ThreadPoolExecutor(
+            max_workers=8 if external else 1,
+            thread_name_prefix="pop3d-pwcheck" if external else "pop3d-hash",
+        )
         self._counter = itertools.count(1)
 
     def connection_info(
@@ -216,3 +243,4 @@ class ServiceContext:
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.hash_executor.shutdown(wait=False, cancel_futures=True)
+        self.authenticator.close()

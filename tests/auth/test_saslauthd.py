@@ -408,3 +408,19 @@ def test_pop3d_checks_passwords_with_saslauthd(saslauthd: Daemon, tmp_path: Path
     assert lines[2] == b"-ERR [AUTH] Invalid login", done.stdout
     assert lines[4].startswith(b"+OK Mailbox locked and ready"), done.stdout
     assert lines[5] == b"+OK 0 0"
+
+
+def test_pop3d_answers_sys_temp_when_saslauthd_is_down(tmp_path: Path) -> None:
+    """No daemon: no verdict on the password, so -ERR [SYS/TEMP], not [AUTH]."""
+    from tests.support.lab import Lab
+
+    missing = tmp_path / "no-saslauthd" / "mux"
+    lab = Lab(
+        tmp_path / "lab",
+        extra_config=f"sasl_pwcheck_method: saslauthd\nsasl_saslauthd_path: {missing}\n",
+    ).create()
+    script = b"USER alice\r\nPASS wonderland\r\nQUIT\r\n"
+    done = subprocess.run(lab.pop3d_x(), input=script, capture_output=True, timeout=60)
+    lines = done.stdout.split(b"\r\n")
+    assert lines[2].startswith(b"-ERR [SYS/TEMP] "), done.stdout
+    assert b"Traceback" not in done.stderr

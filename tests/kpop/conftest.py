@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pop3d.kpop.mit import Acceptor
+from pop3d.kerberos.mit import Acceptor
 from tests.support.kerberos import Realm, kerberos_realm
 
 __all__ = ["kerberos_realm"]

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from pop3d.kerberos.mit import Acceptor
 from pop3d.kpop.handshake import Authenticated, Refused
-from pop3d.kpop.mit import Acceptor
 from tests.support.fetchmail_kpop import (
     AUTH_FAILED,
     FETCHED,

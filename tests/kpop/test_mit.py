@@ -16,9 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pop3d.kpop import mit
+from pop3d.kerberos import mit
+from pop3d.kerberos.mit import Acceptor
 from pop3d.kpop.handshake import Authenticated, Handshake, Refused, Rejected
-from pop3d.kpop.mit import Acceptor
 from tests.support.kerberos import Realm
 from tests.support.kpop import Outcome, drive_bytes, drive_socket
 from tests.support.sendauth import SendauthResult, SendauthThread

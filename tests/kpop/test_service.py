@@ -13,7 +13,8 @@ import pytest
 
 from pop3d.config import cyrus
 from pop3d.config.imapd import ConfigError, load
-from pop3d.kpop import mit, service
+from pop3d.kerberos import mit
+from pop3d.kpop import service
 from tests.support.kerberos import Realm
 from tests.support.lab import Lab
 

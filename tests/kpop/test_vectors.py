@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from pop3d.kerberos.mit import Acceptor
 from pop3d.kpop.handshake import Authenticated, Handshake, Refused
-from pop3d.kpop.mit import Acceptor
 from tests.support.kpop import drive_bytes
 from tests.support.kpop_vectors import SendauthVector, load_sendauth
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import hashlib
 import re
 from pathlib import Path
@@ -9,13 +11,17 @@ from pathlib import Path
 import pytest
 
 import pop3d
+from pop3d.auth.authenticator import Authenticator
+from pop3d.auth.credentials import CredentialFile
+from pop3d.auth.identity import IdentityRules
 from pop3d.protocol import events as ev
 from pop3d.protocol import login_delay
 from pop3d.protocol.states import State
 from pop3d.security.policy import Policy
+from pop3d.security.secret import Secret
 from pop3d.security.value import TLSInfo
-from tests.support.drive import drive, settings_for_lab
-from tests.support.lab import Lab
+from tests.support.drive import Driven, drive, settings_for_lab
+from tests.support.lab import FAST_ARGON2, Lab
 
 STATUS = re.compile(rb"^[+-](OK|ERR)", re.MULTILINE)
 
@@ -277,3 +283,84 @@ def test_resolve_out_of_turn_is_a_driver_bug(lab: Lab) -> None:
     driven = drive(lab)
     with pytest.raises(RuntimeError):
         driven.session.resolve(None)
+
+
+# --- an external password checker (sasl_pwcheck_method: saslauthd, kerberos5) -----------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Check:
+    ok: bool
+    reason: str
+    unavailable: bool = False
+
+
+class _Checker:
+    """Knows carol/kdc-secret (in no credential file); "down" means the backend is."""
+
+    def __init__(self, down: bool = False) -> None:
+        self.down = down
+        self.asked: list[tuple[str, str]] = []
+
+    def __call__(self, user: str, password: Secret, /, realm: str = "") -> _Check:
+        self.asked.append((user, realm))
+        if self.down:
+            return _Check(False, "backend down", unavailable=True)
+        good = user == "carol" and password.reveal() == b"kdc-secret"
+        return _Check(good, "verified" if good else "wrong password")
+
+
+def _checked(lab: Lab, checker: _Checker, **settings: object) -> Driven:
+    authenticator = Authenticator(
+        CredentialFile(lab.credentials), FAST_ARGON2, password_checker=checker
+    )
+    settings.setdefault("sasl_mechanisms", ("PLAIN", "LOGIN"))
+    driven = drive(lab, settings_for_lab(**settings), authenticator=authenticator)
+    driven.feed()
+    return driven
+
+
+def _b64(text: str) -> bytes:
+    return base64.b64encode(text.encode())
+
+
+def test_no_verdict_from_the_checker_is_a_temporary_failure(lab: Lab) -> None:
+    """USER/PASS, PLAIN and LOGIN: -ERR [SYS/TEMP], no failed-login pause, an audit line."""
+    driven = _checked(lab, _Checker(down=True), failed_login_pause=3.0)
+    temp = b"-ERR [SYS/TEMP] Unable to check the password now, try again later\r\n"
+    assert driven.feed(b"USER alice\r\nPASS wonderland\r\n").endswith(temp)
+    assert driven.feed(b"AUTH PLAIN " + _b64("\0alice\0wonderland") + b"\r\n") == temp
+    out = driven.feed(b"AUTH LOGIN " + _b64("alice") + b"\r\n" + _b64("wonderland") + b"\r\n")
+    assert out.endswith(temp)
+    assert not [r for r in driven.requests if isinstance(r, ev.Pause)]
+    reasons = [n.reason for n in driven.notices if isinstance(n, ev.LoginFailed)]
+    assert reasons == ["backend down"] * 3
+
+
+def test_a_user_the_checker_vouches_for_needs_no_credential_file_entry(lab: Lab) -> None:
+    lab.reset_maildrop("carol")
+    for login in (
+        b"USER carol\r\nPASS kdc-secret\r\n",
+        b"AUTH PLAIN " + _b64("\0carol\0kdc-secret") + b"\r\n",
+    ):
+        driven = _checked(lab, _Checker())
+        assert b"+OK Mailbox locked and ready" in driven.feed(login)
+        driven.feed(b"QUIT\r\n")
+    driven = _checked(lab, _Checker())
+    assert driven.feed(b"USER carol\r\nPASS wrong\r\n").endswith(b"-ERR [AUTH] Invalid login\r\n")
+
+
+def test_the_login_realm_reaches_the_checker(lab: Lab) -> None:
+    """loginrealms drops the realm from the user name; the checker still learns it, as the
+    client spelled it (kerberos5 asks that realm's KDC)."""
+    checker = _Checker()
+    rules = IdentityRules(loginrealms=frozenset({"example.org"}))
+    driven = _checked(lab, checker, identity=rules)
+    driven.feed(b"USER Carol@EXAMPLE.ORG\r\nPASS x\r\n")
+    driven.feed(b"AUTH PLAIN " + _b64("\0carol@Example.Org\0x") + b"\r\n")
+    driven.feed(b"USER carol@other.org\r\nPASS x\r\n")
+    assert checker.asked == [
+        ("carol", "EXAMPLE.ORG"),
+        ("carol", "Example.Org"),
+        ("carol@other.org", ""),
+    ]

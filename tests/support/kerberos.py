@@ -97,12 +97,22 @@ def _free_port_base() -> int:
 
 
 def make_realm() -> k5test.K5Realm:
-    k5 = k5test.K5Realm(
-        start_kadmind=False,
-        kdc_conf=_LOOPBACK_KDC,
-        get_creds=False,
-        portbase=_free_port_base(),
-    )
+    """A started realm. The five ports were free when chosen, but another process (a
+    parallel test's connection) can take one before the KDC binds it: then krb5kdc exits 1
+    and we try again on other ports."""
+    for attempt in range(4):
+        try:
+            k5 = k5test.K5Realm(
+                start_kadmind=False,
+                kdc_conf=_LOOPBACK_KDC,
+                get_creds=False,
+                portbase=_free_port_base(),
+            )
+        except Exception:  # k5test raises a bare Exception when krb5kdc fails to start
+            if attempt == 3:
+                raise
+            continue
+        break
     k5.addprinc(f"{SERVICE}/{HOST}")
     k5.extract_keytab(f"{SERVICE}/{HOST}", k5.keytab)
     for user, password in PASSWORDS.items():

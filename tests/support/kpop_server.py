@@ -4,7 +4,7 @@ dialogue over a fixed list of messages. It exists to prove the fetchmail harness
 capture fetchmail's bytes, not to be pop3d: one thread, one connection at a time.
 
 After the handshake it follows Cyrus's KPOP rules: ``USER`` must name the ticket's mapped
-user (:func:`~pop3d.kpop.principal.local_user`), ``PASS`` is then accepted whatever it says.
+user (:func:`~pop3d.kerberos.names.local_user`), ``PASS`` is then accepted whatever it says.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import socket
 import threading
 from dataclasses import dataclass, field
 
+from pop3d.kerberos.names import local_user
 from pop3d.kpop.handshake import Authenticated, Handshake, Verifier
-from pop3d.kpop.principal import local_user
 from tests.support.kpop import Outcome, drive_socket
 
 

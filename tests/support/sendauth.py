@@ -20,7 +20,7 @@ import time
 from ctypes import POINTER, byref, c_char_p, c_int, c_int32, c_void_p
 from dataclasses import dataclass
 
-from pop3d.kpop.mit import SONAME, _Data
+from pop3d.kerberos.mit import SONAME, _Data
 
 KRB5_NT_UNKNOWN = 0
 AP_OPTS_MUTUAL_REQUIRED = 0x20000000

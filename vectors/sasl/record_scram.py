@@ -15,7 +15,7 @@ from pathlib import Path
 import scramp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from pop3d.sasl.mechanism import Challenge, Success
+from pop3d.sasl.mechanism import Success
 from pop3d.sasl.scram import Scram
 from tests.support import sasl_run, sasl_vectors
 
@@ -37,25 +37,22 @@ def record(mechanism: str, binding_type: str | None, name: str) -> dict[str, obj
         )
         hash_name = mechanism.removeprefix("SCRAM-").removesuffix("-PLUS")
         first = client.get_client_first()
-        exchange = Scram(hash_name, binding_type is not None).run(
-            sasl_run.context_for(case), first.encode()
-        )
         steps = [["C", first]]
-        value: object = None
-        while True:
-            try:
-                step = exchange.send(value)
-            except StopIteration as stop:
-                result = stop.value
-                break
-            if isinstance(step, Challenge):
-                steps.append(["S", step.data.decode()])
-                client.set_server_first(step.data.decode())
-                final = client.get_client_final()
-                steps.append(["C", final])
-                value = final.encode()
-            else:
-                value = sasl_run.carry_out(authenticator, step)
+
+        def respond(challenge: bytes) -> bytes:
+            steps.append(["S", challenge.decode()])
+            client.set_server_first(challenge.decode())
+            final = client.get_client_final()
+            steps.append(["C", final])
+            return final.encode()
+
+        result = sasl_run.converse(
+            Scram(hash_name, binding_type is not None),
+            sasl_run.context_for(case),
+            first.encode(),
+            respond,
+            lambda request: sasl_run.carry_out(authenticator, request),
+        )
         assert isinstance(result, Success) and result.final is not None
         client.set_server_final(result.final.decode())
         steps.append(["S", result.final.decode()])

@@ -31,8 +31,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
 sys.path.insert(0, str(ROOT))
 
+from pop3d.kerberos.mit import Acceptor  # noqa: E402
 from pop3d.kpop.handshake import Authenticated  # noqa: E402
-from pop3d.kpop.mit import Acceptor  # noqa: E402
 from tests.support.fetchmail_kpop import FETCHED, fetchmail_kpop  # noqa: E402
 from tests.support.kerberos import Realm, make_realm  # noqa: E402
 from tests.support.kpop_server import CannedKpopServer  # noqa: E402

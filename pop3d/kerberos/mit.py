@@ -50,8 +50,6 @@ from contextlib import contextmanager
 from ctypes import POINTER, Structure, byref, c_char_p, c_int32, c_uint, c_uint32, c_void_p
 from dataclasses import dataclass
 
-from pop3d.kpop.handshake import Accepted, Rejected
-
 SONAME = "libkrb5.so.3"
 
 ERROR_TABLE_BASE_KRB5 = -1765328384
@@ -68,6 +66,19 @@ AP_OPTS_MUTUAL_REQUIRED = 0x20000000
 MAX_COMPONENTS = 16  # a principal with more is not one we could ever accept
 MAX_FIELD = 4096  # longest realm or component we read back
 GENERIC_TEXT = b"KPOP authentication failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    client: str  # the client principal, MIT's unparsed form ("alice@EXAMPLE.COM")
+    ap_rep: bytes | None  # for mutual authentication; None when the client did not ask
+    default_realm: str | None  # the acceptor's default realm (for principal -> user)
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    reason: str  # for the log: MIT's error text
+    krb_error: bytes  # a KRB-ERROR for the client (generic e-text); b"" if none could be made
 
 
 class KerberosUnavailable(Exception):
@@ -181,6 +192,7 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "krb5_mk_rep": (c_int32, [c_void_p, c_void_p, _P(_Data)]),
     "krb5_mk_error": (c_int32, [c_void_p, _P(_Error), _P(_Data)]),
     "krb5_free_data_contents": (None, [c_void_p, _P(_Data)]),
+    "krb5_aname_to_localname": (c_int32, [c_void_p, _P(_Principal), c_int32, c_char_p]),
 }
 
 
@@ -418,6 +430,27 @@ def _message(lib: ctypes.CDLL, ctx: c_void_p, code: int) -> str:
         return ctypes.string_at(pointer).decode("utf-8", "replace")
     finally:
         lib.krb5_free_error_message(ctx, pointer)
+
+
+_LOCALNAME_MAX = 256
+
+
+def aname_to_localname(principal: str) -> str | None:
+    """MIT's principal -> local name, under krb5.conf's ``auth_to_local`` rules for the
+    principal's realm (or MIT's DEFAULT rule when the site has none: a one-component name
+    in the default realm). None when no rule maps it. Blocking (reads krb5.conf)."""
+    lib = library()
+    with _context(lib) as ctx:
+        parsed = POINTER(_Principal)()
+        if lib.krb5_parse_name_flags(ctx, principal.encode("utf-8"), 0, byref(parsed)):
+            return None
+        try:
+            buffer = ctypes.create_string_buffer(_LOCALNAME_MAX)
+            if lib.krb5_aname_to_localname(ctx, parsed, _LOCALNAME_MAX, buffer):
+                return None
+            return buffer.value.decode("utf-8", "replace")
+        finally:
+            lib.krb5_free_principal(ctx, parsed)
 
 
 def default_realm() -> str | None:

@@ -1,0 +1,267 @@
+"""Passwords checked against the KDC (``sasl_pwcheck_method: kerberos5``), for sites whose
+passwords live only in Kerberos. USER/PASS, PLAIN and LOGIN reach it through the
+authenticator's ``password_checker``, as they reach saslauthd.
+
+A check is two steps, the ones MIT's ``krb5_verify_init_creds`` makes (and Cyrus
+saslauthd's ``-a kerberos5`` with it):
+
+1. **An initial ticket** for ``user@REALM`` with the password (an AS exchange). The KDC
+   answers "wrong password", "unknown principal", "password expired" and so on; those are
+   refusals.
+2. **Verification with our own keytab.** A TGT proves nothing by itself: whoever answers
+   on the KDC's address can hand out a TGT sealed with a key derived from any password it
+   likes, the one the client just sent included. So the new TGT is used to get a service
+   ticket for ``pop/<servername>`` (a GSS context is initiated to ``pop@<servername>``) and
+   that ticket is accepted with the keytab. Only the real KDC knows our service key; a
+   spoofed one cannot make a ticket that decrypts, and the login fails.
+
+Why pykrb5 (``krb5.get_init_creds_password``) for step 1 rather than gssapi's
+``acquire_cred_with_password``: it answers with the Kerberos error code itself (so a wrong
+password, an expired one and an unreachable KDC are told apart by number, not by the text
+of a GSS minor status), it takes an explicit ``krb5_context`` made for the one call (no
+library state shared between the threads that run checks), and its output goes to a
+private ``MEMORY:`` cache we destroy afterwards: no environment cache is ever read or
+written. Step 2 goes through GSSAPI, the same acceptor path as the GSSAPI mechanism
+(:mod:`pop3d.sasl.kerberos`), over that memory cache.
+
+**Time.** libkrb5 has no overall deadline for its KDC exchanges (MIT 1.20 keeps retrying for
+about half a minute against a silent KDC), so each check runs in a daemon thread of its own
+and the caller waits ``timeout`` seconds at most: past it the answer is "unavailable" (the
+session answers ``-ERR [SYS/TEMP]``) and the thread finishes, or gives up, on its own. The
+number of checks in flight is bounded (``max_pending``): once that many wait on a dead KDC,
+further logins are answered "unavailable" at once instead of piling up threads. The caller
+is itself a thread off the event loop (the authenticator runs in the driver's pool), so
+other sessions are served meanwhile.
+
+Every failure comes back as a :class:`Kerberos5Result`, never as an exception; the password
+is never part of a result or of anything logged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from dataclasses import dataclass
+
+import gssapi.raw as gr
+import krb5
+
+from pop3d.sasl.kerberos import KRB5
+from pop3d.security.secret import Secret
+
+log = logging.getLogger("pop3d")
+
+DEFAULT_TIMEOUT = 10.0
+DEFAULT_MAX_PENDING = 16
+TICKET_LIFETIME = 300  # seconds: the TGT and service ticket are thrown away at once
+
+# Kerberos error codes (krb5/krb5_err.h) that are the user's answer, not the KDC's trouble.
+_REFUSALS = {
+    -1765328378: "unknown principal",  # KRB5KDC_ERR_C_PRINCIPAL_UNKNOWN
+    -1765328360: "wrong password",  # KRB5KDC_ERR_PREAUTH_FAILED
+    -1765328353: "wrong password",  # KRB5KRB_AP_ERR_BAD_INTEGRITY (no preauth required)
+    -1765328174: "wrong password",  # KRB5_PREAUTH_FAILED (the client side gave up)
+    -1765328361: "password expired",  # KRB5KDC_ERR_KEY_EXP
+    -1765328383: "principal expired",  # KRB5KDC_ERR_NAME_EXP
+    -1765328363: "principal not yet valid",  # KRB5KDC_ERR_CLIENT_NOTYET
+    -1765328366: "principal locked or disabled",  # KRB5KDC_ERR_CLIENT_REVOKED
+    -1765328372: "refused by KDC policy",  # KRB5KDC_ERR_POLICY
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Kerberos5Result:
+    """``ok``: the KDC accepted the password and its ticket verified with our keytab.
+    ``unavailable``: there was no verdict (KDC unreachable or too slow, local trouble), as
+    opposed to a refusal. ``reason`` is for the log and never holds the password."""
+
+    ok: bool
+    reason: str
+    unavailable: bool = False
+
+
+def _unavailable(why: str) -> Kerberos5Result:
+    return Kerberos5Result(False, f"kerberos5 unavailable: {why}", unavailable=True)
+
+
+def _refused(why: str) -> Kerberos5Result:
+    return Kerberos5Result(False, why)
+
+
+def _text(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return " ".join(text.split())[:300]
+
+
+class _Unverified(Exception):
+    """Step 2 failed: the ticket did not verify with our keytab."""
+
+
+class _KdcGone(Exception):
+    """Step 2 could not reach the KDC for the service ticket."""
+
+
+_KDC_UNREACH = -1765328228  # KRB5_KDC_UNREACH
+
+
+def _unreachable(exc: gr.GSSError) -> bool:
+    """The minor status is the krb5 error code (python-gssapi gives it unsigned)."""
+    return getattr(exc, "min_code", 0) in (_KDC_UNREACH, _KDC_UNREACH & 0xFFFFFFFF)
+
+
+class Kerberos5Checker:
+    """A ``PasswordChecker`` asking the KDC. Thread-safe: every check makes its own
+    ``krb5_context`` and memory cache.
+
+    ``servername`` and ``service`` name the keytab principal tickets are verified with
+    (``pop/<servername>``, the one :func:`pop3d.sasl.keytab.acceptor_keytab` checked at
+    start-up). ``login_realms`` are ``loginrealms`` as configured (their spelling is the
+    realm's: a client's ``alice@example.org`` is checked as ``alice@EXAMPLE.ORG`` when the
+    list says ``EXAMPLE.ORG``)."""
+
+    def __init__(
+        self,
+        servername: str,
+        keytab: str,
+        *,
+        service: str = "pop",
+        login_realms: tuple[str, ...] = (),
+        timeout: float = DEFAULT_TIMEOUT,
+        max_pending: int = DEFAULT_MAX_PENDING,
+    ) -> None:
+        self.servername = servername
+        self.keytab = keytab
+        self.service = service
+        self.login_realms = {realm.lower(): realm for realm in login_realms}
+        self.timeout = timeout
+        self._slots = threading.BoundedSemaphore(max_pending)
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"Kerberos5Checker({self.service}/{self.servername}, keytab={self.keytab!r})"
+
+    def __call__(self, user: str, password: Secret, realm: str = "") -> Kerberos5Result:
+        """``user``: the canonical user name; ``realm``: the realm the client named, when
+        the identity rules dropped it as one of ``loginrealms`` ("" otherwise)."""
+        if not user or "@" in user:
+            # A realm still in the name is one loginrealms does not list.
+            return _refused("realm not in loginrealms" if user else "empty login")
+        if not password:
+            return _refused("empty password")
+        if realm and realm.lower() not in self.login_realms:
+            return _refused("realm not in loginrealms")
+        if self._closed:
+            return _unavailable("checker closed")
+        if not self._slots.acquire(blocking=False):
+            return _unavailable("too many checks waiting for the KDC")
+        answer: list[Kerberos5Result] = []
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                answer.append(self._check(user, password, self.login_realms.get(realm.lower())))
+            finally:
+                self._slots.release()
+                done.set()
+
+        # A daemon thread, not a pool's: one stuck on a silent KDC must not hold up the
+        # worker's exit (pools are joined at interpreter exit). max_pending bounds them.
+        try:
+            threading.Thread(target=run, name="pop3d-kdc", daemon=True).start()
+        except RuntimeError as exc:  # no thread to be had
+            self._slots.release()
+            return _unavailable(_text(exc))
+        if not done.wait(self.timeout) or not answer:
+            return _unavailable(f"no answer within {self.timeout:g} s")
+        return answer[0]
+
+    def close(self) -> None:
+        """Further checks answer "unavailable"; checks under way finish on their own."""
+        self._closed = True
+
+    # --- in a thread of the checker's own --------------------------------------------
+
+    def _check(self, user: str, password: Secret, realm: str | None) -> Kerberos5Result:
+        try:
+            return self._check_inner(user, password, realm)
+        except Exception as exc:  # never a traceback from a login; the log says what
+            log.exception("kerberos5: unexpected failure checking %s", user)
+            return _unavailable(_text(exc))
+
+    def _check_inner(self, user: str, password: Secret, realm: str | None) -> Kerberos5Result:
+        try:
+            context = krb5.init_context()
+            realm_bytes = realm.encode("utf-8") if realm else krb5.get_default_realm(context)
+            client = krb5.build_principal(context, realm_bytes, [user.encode("utf-8")])
+            principal = f"{user}@{realm_bytes.decode('utf-8', 'replace')}"
+            cache = krb5.cc_new_unique(context, b"MEMORY")
+        except (krb5.Krb5Error, UnicodeError) as exc:
+            return _unavailable(f"Kerberos library: {_text(exc)}")
+        try:
+            try:
+                options = krb5.get_init_creds_opt_alloc(context)
+                krb5.get_init_creds_opt_set_tkt_life(options, TICKET_LIFETIME)
+                krb5.get_init_creds_opt_set_forwardable(options, False)
+                krb5.get_init_creds_opt_set_proxiable(options, False)
+                krb5.get_init_creds_opt_set_out_ccache(context, options, cache)
+                krb5.get_init_creds_password(context, client, options, password.reveal())
+            except krb5.Krb5Error as exc:
+                refusal = _REFUSALS.get(exc.err_code)
+                if refusal is not None:
+                    return _refused(f"{principal}: {refusal}")
+                return _unavailable(f"{principal}: {_text(exc)}")
+            cache_name = b"MEMORY:" + krb5.cc_get_name(context, cache)
+            try:
+                self._verify(cache_name, principal)
+            except _KdcGone as exc:
+                return _unavailable(f"{principal}: service ticket: {exc}")
+            except _Unverified as exc:
+                log.error(
+                    "kerberos5: the KDC's ticket for %s did not verify with the keytab "
+                    "(a spoofed KDC, or a stale keytab): %s",
+                    principal,
+                    exc,
+                )
+                return _refused(f"{principal}: ticket not verified with the keytab: {exc}")
+            return Kerberos5Result(True, f"{principal}: verified")
+        finally:
+            with contextlib.suppress(krb5.Krb5Error):
+                krb5.cc_destroy(context, cache)
+
+    def _verify(self, cache_name: bytes, principal: str) -> None:
+        """Step 2: a service ticket for our keytab principal, got with the new TGT and
+        accepted with the keytab. Raises ``_Unverified``, or ``GSSError`` subclasses for
+        a KDC that cannot be reached (the caller's catch-all makes that unavailable)."""
+        target = gr.import_name(
+            f"{self.service}@{self.servername}".encode(), gr.NameType.hostbased_service
+        )
+        try:
+            initiator = gr.acquire_cred_from(
+                {b"ccache": cache_name},
+                gr.import_name(principal.encode("utf-8"), gr.NameType.kerberos_principal),
+                mechs=[KRB5],
+                usage="initiate",
+            ).creds
+            acceptor = gr.acquire_cred_from(
+                {b"keytab": self.keytab.encode()}, target, mechs=[KRB5], usage="accept"
+            ).creds
+        except gr.GSSError as exc:
+            raise _Unverified(f"credentials: {_text(exc)}") from None
+        try:
+            started = gr.init_sec_context(target, creds=initiator, mech=KRB5, flags=[])
+        except gr.GSSError as exc:
+            if _unreachable(exc):
+                raise _KdcGone(_text(exc)) from None
+            raise _Unverified(f"service ticket: {_text(exc)}") from None
+        if not started.token:
+            raise _Unverified("service ticket: no token")
+        try:
+            accepted = gr.accept_sec_context(started.token, acceptor_creds=acceptor)
+        except (gr.GSSError, ValueError, TypeError) as exc:
+            raise _Unverified(f"accept: {_text(exc)}") from None
+        if accepted.more_steps:
+            raise _Unverified("accept: more steps asked for")
+        proven = gr.display_name(accepted.initiator_name).name.decode("utf-8", "replace")
+        if proven != principal:
+            raise _Unverified(f"accept: ticket is for {proven}")

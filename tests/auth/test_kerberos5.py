@@ -1,0 +1,422 @@
+"""sasl_pwcheck_method: kerberos5 against a real MIT KDC (k5test): the checker itself, then
+USER/PASS (poplib) and AUTH PLAIN through a real pop3d-master. Right and wrong password,
+unknown principal, expired password, a spoofed KDC (same realm name, knows the user's
+password, not our service key), a KDC that does not answer (-ERR [SYS/TEMP] within the
+bound while another session is served), and the start-up keytab check."""
+
+from __future__ import annotations
+
+import base64
+import os
+import poplib
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from pop3d.auth.kerberos5 import Kerberos5Checker, Kerberos5Result
+from pop3d.security.secret import Secret
+from tests.support.kerberos import Realm, kerberos_realm, make_realm
+from tests.support.lab import Lab, Server, start_server
+
+__all__ = ["kerberos_realm"]
+
+EXPIRED = "dora"  # a principal whose password expired (made once per realm)
+
+
+_EXPIRED_IN: set[int] = set()  # realms (one per test process) that have EXPIRED
+
+
+def _expired_principal(realm: Realm) -> None:
+    if id(realm.k5) not in _EXPIRED_IN:
+        realm.k5.run_kadminl(f"addprinc -pw explorer -pwexpire 2000-01-01 {EXPIRED}")
+        _EXPIRED_IN.add(id(realm.k5))
+
+
+@pytest.fixture
+def krb5_env(kerberos_realm: Realm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Realm:
+    monkeypatch.setenv("KRB5_CONFIG", str(kerberos_realm.krb5_conf))
+    monkeypatch.setenv("KRB5RCACHEDIR", str(tmp_path))
+    monkeypatch.setenv("KRB5_KTNAME", "FILE:/nonexistent/pop3d-test.keytab")
+    monkeypatch.setenv("KRB5CCNAME", "FILE:/nonexistent/pop3d-test.ccache")
+    _expired_principal(kerberos_realm)
+    return kerberos_realm
+
+
+@pytest.fixture
+def checker(krb5_env: Realm, tmp_path: Path) -> Iterator[Kerberos5Checker]:
+    made = Kerberos5Checker("localhost", str(krb5_env.service_keytab(tmp_path)), timeout=5)
+    yield made
+    made.close()
+
+
+def check(checker: Kerberos5Checker, user: str, password: str, realm: str = "") -> Kerberos5Result:
+    return checker(user, Secret(password.encode()), realm)
+
+
+# --- the checker, in process -------------------------------------------------------------
+
+
+def test_right_password(checker: Kerberos5Checker, krb5_env: Realm) -> None:
+    assert check(checker, "alice", "wonderland") == Kerberos5Result(
+        True, f"alice@{krb5_env.name}: verified"
+    )
+
+
+@pytest.mark.parametrize(
+    ("user", "password", "why"),
+    [
+        ("alice", "not-wonderland", "wrong password"),
+        ("nobody", "wonderland", "unknown principal"),
+        (EXPIRED, "explorer", "password expired"),
+    ],
+)
+def test_refusals(checker: Kerberos5Checker, user: str, password: str, why: str) -> None:
+    result = check(checker, user, password)
+    assert not result.ok and not result.unavailable
+    assert result.reason.endswith(f": {why}")
+    assert password not in result.reason
+
+
+def test_names_that_are_not_principals_of_ours(checker: Kerberos5Checker) -> None:
+    """A realm still in the canonical name is one loginrealms does not list; a realm passed
+    on must be one of loginrealms; nothing reaches the KDC for either."""
+    assert check(checker, "alice@other.test", "wonderland").reason == "realm not in loginrealms"
+    assert check(checker, "alice", "wonderland", "OTHER.TEST").reason == (
+        "realm not in loginrealms"
+    )
+    assert check(checker, "alice", "").reason == "empty password"
+
+
+def test_login_realm_in_its_configured_spelling(krb5_env: Realm, tmp_path: Path) -> None:
+    """alice@krbtest.com with loginrealms KRBTEST.COM asks for alice@KRBTEST.COM."""
+    keytab = str(krb5_env.service_keytab(tmp_path))
+    made = Kerberos5Checker("localhost", keytab, login_realms=(krb5_env.name,), timeout=5)
+    try:
+        result = check(made, "alice", "wonderland", krb5_env.name.lower())
+        assert result == Kerberos5Result(True, f"alice@{krb5_env.name}: verified")
+    finally:
+        made.close()
+
+
+def test_a_keytab_without_our_key_verifies_nothing(krb5_env: Realm, tmp_path: Path) -> None:
+    """The AS exchange succeeds but the ticket cannot be checked: refused, never ok."""
+    keytab = krb5_env.service_keytab(tmp_path, service="host")
+    made = Kerberos5Checker("localhost", str(keytab), timeout=5)
+    try:
+        result = check(made, "alice", "wonderland")
+        assert not result.ok and not result.unavailable
+        assert "not verified with the keytab" in result.reason
+    finally:
+        made.close()
+
+
+@pytest.fixture(scope="module")
+def spoofed_kdc() -> Iterator[Realm]:
+    """A second KDC for the same realm name (k5test's KRBTEST.COM) that knows alice's
+    password but has its own pop/localhost key: what whoever answers on the KDC's address
+    could set up."""
+    k5 = make_realm()
+    try:
+        yield Realm(k5)
+    finally:
+        k5.stop()
+        shutil.rmtree(k5.tmpdir, ignore_errors=True)
+
+
+@pytest.mark.parametrize("service_known", [True, False])
+def test_a_spoofed_kdc_logs_no_one_in(
+    kerberos_realm: Realm,
+    spoofed_kdc: Realm,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    service_known: bool,
+) -> None:
+    assert spoofed_kdc.name == kerberos_realm.name
+    if not service_known:
+        spoofed_kdc.k5.run_kadminl("delprinc -force pop/localhost")
+    keytab = str(kerberos_realm.service_keytab(tmp_path))  # the real realm's key
+    monkeypatch.setenv("KRB5_CONFIG", str(spoofed_kdc.krb5_conf))
+    monkeypatch.setenv("KRB5RCACHEDIR", str(tmp_path))
+    made = Kerberos5Checker("localhost", keytab, timeout=5)
+    try:
+        result = check(made, "alice", "wonderland")
+    finally:
+        made.close()
+        if not service_known:
+            spoofed_kdc.k5.addprinc("pop/localhost")
+    assert not result.ok and not result.unavailable
+    assert "not verified with the keytab" in result.reason
+
+
+@dataclass
+class SilentKdc:
+    """A KDC address that takes every request and never answers (UDP and TCP)."""
+
+    krb5_conf: Path
+    udp: socket.socket
+    tcp: socket.socket
+
+
+@pytest.fixture
+def silent_kdc(kerberos_realm: Realm, tmp_path: Path) -> Iterator[SilentKdc]:
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    port = udp.getsockname()[1]
+    tcp = socket.socket()
+    tcp.bind(("127.0.0.1", port))
+    tcp.listen(64)
+    text = kerberos_realm.krb5_conf.read_text()
+    text, count = re.subn(r"(?m)^(\s*)kdc = \S+", rf"\g<1>kdc = 127.0.0.1:{port}", text)
+    assert count == 1, text
+    conf = tmp_path / "silent-krb5.conf"
+    conf.write_text(text)
+    try:
+        yield SilentKdc(conf, udp, tcp)
+    finally:
+        udp.close()
+        tcp.close()
+
+
+def test_a_silent_kdc_is_unavailable_within_the_timeout(
+    kerberos_realm: Realm,
+    silent_kdc: SilentKdc,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """libkrb5 alone would retry for about half a minute; the checker answers at the bound,
+    and with max_pending checks stuck, at once."""
+    monkeypatch.setenv("KRB5_CONFIG", str(silent_kdc.krb5_conf))
+    keytab = str(kerberos_realm.service_keytab(tmp_path))
+    made = Kerberos5Checker("localhost", keytab, timeout=1, max_pending=1)
+    try:
+        started = time.monotonic()
+        result = check(made, "alice", "wonderland")
+        took = time.monotonic() - started
+        assert result == Kerberos5Result(
+            False, "kerberos5 unavailable: no answer within 1 s", unavailable=True
+        )
+        assert 0.9 < took < 3
+        started = time.monotonic()
+        result = check(made, "bob", "builder")  # the first check still holds the one slot
+        assert time.monotonic() - started < 0.5
+        assert result.unavailable and "too many checks" in result.reason
+    finally:
+        made.close()
+
+
+def test_a_stopped_kdc_is_unavailable_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A realm of its own whose KDC is stopped: connection refused, an immediate answer."""
+    k5 = make_realm()
+    try:
+        realm = Realm(k5)
+        keytab = str(realm.service_keytab(tmp_path))
+        monkeypatch.setenv("KRB5_CONFIG", str(realm.krb5_conf))
+        monkeypatch.setenv("KRB5RCACHEDIR", str(tmp_path))
+        k5.stop_kdc()
+        made = Kerberos5Checker("localhost", keytab, timeout=5)
+        try:
+            result = check(made, "alice", "wonderland")
+        finally:
+            made.close()
+    finally:
+        k5.stop()
+        shutil.rmtree(k5.tmpdir, ignore_errors=True)
+    assert result.unavailable and "Cannot contact any KDC" in result.reason
+
+
+# --- through a real pop3d-master ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def kdc_lab(kerberos_realm: Realm, tmp_path_factory: pytest.TempPathFactory) -> Lab:
+    """alice and bob in the credential file with other passwords than the KDC's (so only
+    the KDC can let them in), carol in the KDC only; APOP on, from the credential file."""
+    root = tmp_path_factory.mktemp("kerberos5")
+    keytab = kerberos_realm.service_keytab(root)
+    _expired_principal(kerberos_realm)
+    lab = Lab(
+        root / "lab",
+        extra_config=(
+            f"sasl_keytab: {keytab}\nsasl_pwcheck_method: kerberos5\nkerberos5_timeout: 3\n"
+            "sasl_mech_list: PLAIN SCRAM-SHA-256\n"
+        ),
+        users={"alice": "apop-only", "bob": "apop-only"},
+    ).create()
+    lab.config.write_text(
+        lab.config.read_text().replace("servername: lab.test", "servername: localhost")
+    )
+    for user in ("carol", EXPIRED):
+        lab.reset_maildrop(user)
+    return lab
+
+
+@pytest.fixture(scope="module")
+def kdc_server(kerberos_realm: Realm, kdc_lab: Lab) -> Iterator[Server]:
+    env = {k: kerberos_realm.env[k] for k in ("KRB5_CONFIG", "KRB5RCACHEDIR")}
+    server = start_server(kdc_lab, env=env)
+    yield server
+    assert server.stop() == 0
+    assert "Traceback" not in server.log_text()
+
+
+def user_pass(port: int, user: str, password: str) -> tuple[str, int | None]:
+    """(answer to PASS, message count after a successful login)."""
+    client = poplib.POP3("127.0.0.1", port, timeout=30)
+    try:
+        client.user(user)
+        try:
+            answer = client.pass_(password).decode()
+        except poplib.error_proto as exc:
+            return exc.args[0].decode(), None
+        return answer, client.stat()[0]
+    finally:
+        client.quit()
+
+
+def auth_plain(port: int, user: str, password: str) -> str:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        reader = sock.makefile("rb")
+        reader.readline()
+        token = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+        sock.sendall(f"AUTH PLAIN {token}\r\nQUIT\r\n".encode())
+        return reader.readline().decode().rstrip("\r\n")
+
+
+@pytest.mark.parametrize(
+    ("user", "password", "answer", "count"),
+    [
+        ("alice", "wonderland", "+OK", 7),  # the KDC's password, not the file's
+        ("carol", "carol-secret", "+OK", 0),  # in the KDC only
+        ("alice", "apop-only", "-ERR [AUTH] Invalid login", None),  # the file's: no
+        ("nobody", "wonderland", "-ERR [AUTH] Invalid login", None),
+        (EXPIRED, "explorer", "-ERR [AUTH] Invalid login", None),
+    ],
+)
+def test_user_pass(
+    kdc_server: Server, user: str, password: str, answer: str, count: int | None
+) -> None:
+    got, messages = user_pass(kdc_server.port, user, password)
+    assert got.startswith(answer)
+    assert messages == count
+
+
+@pytest.mark.parametrize(
+    ("user", "password", "answer"),
+    [
+        ("bob", "builder", "+OK"),
+        ("carol", "carol-secret", "+OK"),  # no credential-file entry needed after the KDC
+        ("bob", "apop-only", "-ERR [AUTH]"),
+        ("nobody", "x", "-ERR [AUTH]"),
+        (EXPIRED, "explorer", "-ERR [AUTH]"),
+    ],
+)
+def test_auth_plain(kdc_server: Server, user: str, password: str, answer: str) -> None:
+    assert auth_plain(kdc_server.port, user, password).startswith(answer)
+
+
+def test_audit_log_names_the_reason(kdc_server: Server) -> None:
+    user_pass(kdc_server.port, EXPIRED, "explorer")
+    deadline = time.monotonic() + 5
+    while "password expired" not in kdc_server.log_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert re.search(rf"login\.bad user={EXPIRED} .*password expired", kdc_server.log_text())
+    assert "explorer" not in kdc_server.log_text()
+
+
+def test_silent_kdc_is_sys_temp_and_others_are_served(
+    kerberos_realm: Realm, kdc_lab: Lab, silent_kdc: SilentKdc
+) -> None:
+    """A KDC that never answers: -ERR [SYS/TEMP] at kerberos5_timeout (3 s), not libkrb5's
+    half minute; meanwhile a second connection gets CAPA, an APOP login and NOOP at once."""
+    env = {
+        "KRB5_CONFIG": str(silent_kdc.krb5_conf),
+        "KRB5RCACHEDIR": kerberos_realm.env["KRB5RCACHEDIR"],
+    }
+    server = start_server(kdc_lab, env=env)
+    try:
+        answers: dict[str, object] = {}
+
+        def slow_login() -> None:
+            started = time.monotonic()
+            answers["pass"] = user_pass(server.port, "alice", "wonderland")[0]
+            answers["took"] = time.monotonic() - started
+
+        thread = threading.Thread(target=slow_login)
+        thread.start()
+        time.sleep(0.3)  # the PASS is waiting on the KDC now
+        started = time.monotonic()
+        other = poplib.POP3("127.0.0.1", server.port, timeout=30)
+        other.capa()
+        other.apop("bob", "apop-only")
+        other.noop()
+        assert other.stat()[0] == 3
+        other.quit()
+        # Served while the first login was still waiting on the KDC (the proof), and
+        # quickly (a loose bound: the suite shares two cores).
+        assert thread.is_alive()
+        assert time.monotonic() - started < 2.0
+        thread.join(30)
+        assert str(answers["pass"]).startswith("-ERR [SYS/TEMP]")
+        assert 2.5 < float(str(answers["took"])) < 7
+        assert auth_plain(server.port, "bob", "builder").startswith("-ERR [SYS/TEMP]")
+    finally:
+        assert server.stop() == 0
+    log = server.log_text()
+    assert "no answer within 3 s" in log and "Traceback" not in log
+
+
+# --- start-up ------------------------------------------------------------------------------
+
+
+def _master(lab: Lab, tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[bytes]:
+    cyrus_conf = tmp_path / "cyrus.conf"
+    cyrus_conf.write_text(
+        f'SERVICES {{\n  pop3 cmd="pop3d -C {lab.config}" listen="127.0.0.1:1"\n}}\n'
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "pop3d.cli.master", "-C", str(lab.config), "-M", str(cyrus_conf)],
+        capture_output=True,
+        timeout=60,
+        env={**os.environ, **env},
+    )
+
+
+def test_kerberos5_without_a_keytab_stops_the_master(kerberos_realm: Realm, tmp_path: Path) -> None:
+    lab = Lab(tmp_path / "lab", extra_config="sasl_pwcheck_method: kerberos5\n").create()
+    line = lab.config.read_text().splitlines().index("sasl_pwcheck_method: kerberos5") + 1
+    done = _master(
+        lab,
+        tmp_path,
+        {
+            "KRB5_CONFIG": str(kerberos_realm.krb5_conf),
+            "KRB5_KTNAME": f"FILE:{tmp_path}/none.keytab",
+        },
+    )
+    assert done.returncode == 78, done.stderr
+    assert f"{lab.config}:{line}:".encode() in done.stderr and b"No such file" in done.stderr
+    assert b"Traceback" not in done.stderr
+
+
+def test_kerberos5_with_a_keytab_for_another_host_stops_the_master(
+    kerberos_realm: Realm, tmp_path: Path
+) -> None:
+    keytab = kerberos_realm.service_keytab(tmp_path)
+    lab = Lab(
+        tmp_path / "lab", extra_config=f"sasl_pwcheck_method: kerberos5\nsasl_keytab: {keytab}\n"
+    ).create()  # servername: lab.test, the keytab holds pop/localhost
+    line = lab.config.read_text().splitlines().index(f"sasl_keytab: {keytab}") + 1
+    done = _master(lab, tmp_path, {"KRB5_CONFIG": str(kerberos_realm.krb5_conf)})
+    assert done.returncode == 78, done.stderr
+    assert f"{lab.config}:{line}:".encode() in done.stderr
+    assert b"no key for pop/lab.test" in done.stderr
