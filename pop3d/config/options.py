@@ -63,6 +63,23 @@ OPTIONS: dict[str, Option] = {
             "(log/<user>/), the credential file by default, shutdown files.",
         ),
         _o("syslog_prefix", T, None, "Prefix of session ids and log lines."),
+        _o(
+            "telemetry_bysessionid",
+            S,
+            False,
+            "Name a telemetry log (<configdirectory>/log/<user>/) <service>-<session id> "
+            "instead of <service>-<pid>-<session id> (pop3d adds the session id to Cyrus's "
+            "<service>-<pid>: a worker serves many sessions).",
+        ),
+        _o(
+            "telemetry_prelogin",
+            S,
+            False,
+            "[pop3d] Telemetry logs also record the conversation before login (Cyrus starts "
+            "at login), with every secret hidden as ****: PASS, the APOP digest, AUTH "
+            "arguments, challenges and answers. Held in memory (64 KiB at most) and "
+            "written only once the login succeeds.",
+        ),
         # --- storage ----------------------------------------------------------------------
         _o("partition-default", T, None, "Mail spool root; %p in maildir_path."),
         _o(

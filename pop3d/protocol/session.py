@@ -46,6 +46,7 @@ from pop3d.protocol.events import (
 from pop3d.protocol.settings import ConnectionInfo, SessionSettings
 from pop3d.protocol.states import READS_RESPONSES, AwaitResponse, Outcome, Rule, State, Task
 from pop3d.protocol.table import KNOWN_COMMANDS, KPOP_TABLE, TABLE
+from pop3d.protocol.transcript import Transcript, hide_spans, shown_command, shown_response
 from pop3d.protocol.wire import OVERLONG, LineReader
 from pop3d.requests import Request
 from pop3d.security.policy import Action
@@ -110,6 +111,9 @@ class Session:
         self._close_reason = ""
         self._state_before = self.state
         self._maildrop: Maildrop | None = None
+        # The telemetry record (transcript.py): None unless the driver asked for one.
+        self.transcript: Transcript | None = None
+        self._challenge_spans: list[tuple[int, int]] = []  # in _out, to hide in the record
         self.challenge = self._make_challenge()
         self._greet()
 
@@ -117,6 +121,17 @@ class Session:
 
     def receive_data(self, data: bytes) -> None:
         self._reader.feed(data)
+
+    def record(self) -> Transcript:
+        """From now on, note each line consumed and each block sent in a transcript, with
+        secrets hidden (transcript.py); output not yet taken by the driver is included."""
+        if self.transcript is None:
+            self.transcript = Transcript()
+        return self.transcript
+
+    def stop_recording(self) -> None:
+        self.transcript = None
+        self._challenge_spans.clear()
 
     def next_event(self) -> Event:
         while True:
@@ -127,6 +142,8 @@ class Session:
                 if line is None:
                     return self._flush() if self._out else NEED_DATA
                 self._awaiting_response = False
+                if self.transcript is not None:
+                    self.transcript.heard(shown_response(line))
                 self._advance(line)
                 continue
             if self._request is not None:
@@ -168,7 +185,10 @@ class Session:
 
     def continuation(self, data: bytes) -> None:
         """An RFC 5034 "+ " line (a base64 challenge)."""
+        start = len(self._out)
         self._out += b"+ " + data + b"\r\n"
+        if self.transcript is not None:
+            self._challenge_spans.append((start, len(self._out)))
 
     def lines(self, lines: Iterable[str]) -> None:
         """A multi-line body; callers guarantee no line starts with "."."""
@@ -204,6 +224,8 @@ class Session:
     # --- dispatch -----------------------------------------------------------------------
 
     def _dispatch(self, line: bytes | object) -> None:
+        if self.transcript is not None:
+            self.transcript.heard(shown_command(line))
         mark = len(self._out)
         if line is OVERLONG:
             self.err(f"Line too long (limit {self._reader.limit} octets)")
@@ -292,6 +314,7 @@ class Session:
         self._bad_commands += 1
         if self._bad_commands > self.settings.bad_command_limit:
             del self._out[mark:]
+            self._challenge_spans = [span for span in self._challenge_spans if span[1] <= mark]
             self.err("Too many bad commands, closing connection")
             self.close("too many bad commands")
 
@@ -300,6 +323,10 @@ class Session:
     def _flush(self) -> Send:
         data = bytes(self._out)
         self._out.clear()
+        if self.transcript is not None:
+            spans = self._challenge_spans
+            self.transcript.said(hide_spans(data, spans) if spans else data)
+            spans.clear()
         return Send(data)
 
     # --- greeting -----------------------------------------------------------------------

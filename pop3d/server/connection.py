@@ -42,6 +42,7 @@ from pop3d.security.value import TLSInfo
 from pop3d.server.carry_out import TABLE, Where, Work
 from pop3d.server.channel import ByteChannel, ChannelClosed
 from pop3d.server.context import ServiceContext
+from pop3d.server.telemetry import Telemetry
 from pop3d.storage.base import MessageGone, StorageError
 from pop3d.transport import tls
 from pop3d.transport.layer import LayerError
@@ -67,6 +68,7 @@ class Connection:
         self._loop = asyncio.get_running_loop()
         self._deadline = 0.0
         self.end_reason = ""
+        self._telemetry: Telemetry | None = None  # server/telemetry.py; None: not recorded
 
     async def run(self) -> None:
         try:
@@ -84,6 +86,10 @@ class Connection:
             info = self.context.connection_info(tls_started, principal, user)
             self.session = Session(self.context.settings, info)
             self.session.receive_data(trailing)
+            telemetry = self.context.telemetry
+            if telemetry is not None and telemetry.prelogin:
+                self._telemetry = Telemetry(telemetry, info.session_id)
+                self.session.record()
             self.work.session_id = self.session.connection.session_id
             self._touch()
             await self._drive(self.session)
@@ -104,6 +110,9 @@ class Connection:
                 async with asyncio.timeout(1.0):
                     await self.channel.write(INTERNAL_ERROR)
         finally:
+            if self._telemetry is not None:
+                self._record()
+                self._telemetry.close()
             self._release()
             self.channel.close()
             self._log_end()
@@ -119,7 +128,31 @@ class Connection:
         handlers = _HANDLERS
         while True:
             event = session.next_event()
+            if self._telemetry is not None:
+                self._record()
             await handlers[type(event)](self, event)
+
+    def _record(self) -> None:
+        """Telemetry: what the session consumed and sent since the last event."""
+        assert self._telemetry is not None and self.session is not None
+        transcript = self.session.transcript
+        if transcript is not None:
+            self._telemetry.pieces(transcript.take())
+
+    def _telemetry_login(self, user: str) -> None:
+        """Recording starts at login (Cyrus) or, with telemetry_prelogin, has started and
+        is now written; only where <configdirectory>/log/<user>/ exists."""
+        settings = self.context.telemetry
+        assert self.session is not None
+        if settings is None:
+            return
+        telemetry = self._telemetry or Telemetry(settings, self._session_id)
+        if telemetry.login(user):
+            self._telemetry = telemetry
+            self.session.record()  # the login's own +OK is not sent yet: it is included
+        else:
+            self._telemetry = None
+            self.session.stop_recording()
 
     # --- plain events -------------------------------------------------------------------
 
@@ -129,6 +162,8 @@ class Connection:
 
     async def _need_data(self, _event: Any) -> None:
         assert self.session is not None
+        if self._telemetry is not None:
+            self._telemetry.flush()
         self.idle = True
         try:
             async with asyncio.timeout_at(self._deadline):
@@ -151,6 +186,7 @@ class Connection:
         return self.session.security.describe() if self.session else "ssf=0 tls=no layer=-"
 
     async def _login_succeeded(self, event: LoginSucceeded) -> None:
+        self._telemetry_login(event.user)
         audit.info(
             "login.good user=%s method=%s peer=%s session=%s %s",
             event.user,
@@ -249,6 +285,7 @@ class Connection:
         the connection without the terminating dot if the octets do not add up, so the
         client knows the message it got is incomplete."""
         encoder = MessageEncoder(event.body_lines)
+        telemetry = self._telemetry
         pending = event.preamble
         read = 0
         while not encoder.done:
@@ -270,6 +307,8 @@ class Connection:
             pending += encoder.feed(chunk)
             if len(pending) >= _STREAM_CHUNK:
                 await self.channel.write(pending)
+                if telemetry is not None:
+                    telemetry.server(pending)
                 pending = b""
         before = encoder.octets
         tail = encoder.finish()
@@ -280,7 +319,10 @@ class Connection:
             appended = sent - before >= 2
             matches = expected is None or sent == expected or (appended and sent == expected + 2)
             if read != on_disk or not matches:
-                await self.channel.write(pending + tail[: -len(MessageEncoder.TERMINATOR)])
+                cut = pending + tail[: -len(MessageEncoder.TERMINATOR)]
+                await self.channel.write(cut)
+                if telemetry is not None:
+                    telemetry.server(cut)
                 log.error(
                     "session %s: message %s changed while it was sent (%d octets read of "
                     "%d on disk, %d sent of %s announced); closing without the "
@@ -294,7 +336,10 @@ class Connection:
                 )
                 self.end_reason = "message changed while it was sent"
                 raise _Stop
-        await self.channel.write(pending + tail)
+        last = pending + tail
+        await self.channel.write(last)
+        if telemetry is not None:
+            telemetry.server(last)
 
     def _uid(self, index: int) -> str:
         maildrop = self.work.maildrop

@@ -11,6 +11,7 @@ import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 from pop3d.auth import kerberos5, saslauthd, server_secret
 from pop3d.auth.authenticator import Authenticator, PasswordChecker
@@ -30,6 +31,7 @@ from pop3d.protocol.settings import ConnectionInfo, SessionSettings
 from pop3d.sasl import keytab, registry
 from pop3d.security.policy import Policy
 from pop3d.security.value import TLSInfo
+from pop3d.server.telemetry import TelemetrySettings
 from pop3d.storage.maildir import store_from_config
 from pop3d.transport import tls
 
@@ -180,6 +182,16 @@ class ServiceContext:
                 self.kpop.keytab,
             )
         self.kpop_timeout = float(config.integer("kpop_handshake_timeout", service))
+        # Per-user telemetry logs under <configdirectory>/log/ (server/telemetry.py).
+        configdirectory = config.string("configdirectory", service)
+        self.telemetry: TelemetrySettings | None = None
+        if configdirectory:
+            self.telemetry = TelemetrySettings(
+                directory=Path(configdirectory) / "log",
+                service=service,
+                by_session_id=config.switch("telemetry_bysessionid", service),
+                prelogin=config.switch("telemetry_prelogin", service),
+            )
         # Blocking steps run off the event loop. Argon2 gets one thread of its own: it is
         # CPU-bound (a second thread per worker buys nothing on a core the other workers
         # share), and one thread bounds the hash memory of a worker to one hash (libsodium
