@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import socket
+import ssl
 import struct
 import time
 from pathlib import Path
@@ -17,8 +18,10 @@ WITHOUT_DAC_OVERRIDE = ("setpriv", "--bounding-set=-dac_override,-dac_read_searc
 
 
 class Pop:
-    def __init__(self, port: int, timeout: float = 20.0) -> None:
+    def __init__(self, port: int, timeout: float = 20.0, tls: ssl.SSLContext | None = None) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        if tls is not None:  # pop3s
+            self.sock = tls.wrap_socket(self.sock, server_hostname="localhost")
         self.buffer = b""
         self.port = self.sock.getsockname()[1]  # the server logs us as peer=127.0.0.1:port
         self.greeting = self.line()
