@@ -26,6 +26,7 @@ from pop3d.message import MessageEncoder
 from pop3d.protocol.events import (
     NEED_DATA,
     Close,
+    CommitUpdate,
     FailureKind,
     InstallLayer,
     LoginFailed,
@@ -228,6 +229,10 @@ class Connection:
                 self.context.hash_executor if entry.where is Where.HASH else self.context.executor
             )
             result = await self._loop.run_in_executor(executor, entry.run, self.work, request)
+        if isinstance(request, CommitUpdate):
+            # UPDATE is done: if the client is gone before it reads the answer, the log
+            # must still say QUIT was processed (its deletions are), not "connection lost".
+            self.end_reason = "QUIT (the client did not wait for the answer)"
         self._resolve(result)
 
     async def _retrieve(self, event: RetrieveMessage) -> None:

@@ -285,6 +285,7 @@ class MaildirStore:
         unique = _new_unique_name()
         temporary = path / "tmp" / unique
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        final: Path | None = None
         try:
             counter = SizeCounter()
             size = 0
@@ -295,10 +296,15 @@ class MaildirStore:
                     size += len(chunk)
                 handle.flush()
                 os.fsync(handle.fileno())
-            final = path / "new" / f"{unique},S={size},W={counter.finish()}"
-            os.link(temporary, final)
+            linked = path / "new" / f"{unique},S={size},W={counter.finish()}"
+            os.link(temporary, linked)
+            final = linked
             _fsync_directory(path / "new")
         except BaseException:
+            # The MTA will deliver again: a link whose directory could not be synced
+            # must not stay behind as a duplicate.
+            if final is not None:
+                final.unlink(missing_ok=True)
             temporary.unlink(missing_ok=True)
             raise
         temporary.unlink()

@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -158,18 +158,20 @@ def start_server(
     services: dict[str, str] | None = None,
     prefork: int = 1,
     env: Mapping[str, str] | None = None,
+    wrapper: Sequence[str] = (),
 ) -> Server:
     """Start pop3d-master with ``services`` (name -> extra pop3d flags) and wait until
     every port accepts connections. ``env`` is added to the master's environment (its
-    workers inherit it: KRB5_CONFIG for ``-k``). A port free_port() found can be taken by
-    another test's connection before the master binds it: then the master exits 71 and we
-    try new ports."""
+    workers inherit it: KRB5_CONFIG for ``-k``); ``wrapper`` is a command that execs the
+    master (``setpriv ...`` to drop capabilities, which its workers inherit). A port
+    free_port() found can be taken by another test's connection before the master binds
+    it: then the master exits 71 and we try new ports."""
     for _attempt in range(4):
         try:
-            return _start_server(lab, services or {"pop3": ""}, prefork, env or {})
+            return _start_server(lab, services or {"pop3": ""}, prefork, env or {}, wrapper)
         except PortTaken:
             continue
-    return _start_server(lab, services or {"pop3": ""}, prefork, env or {})
+    return _start_server(lab, services or {"pop3": ""}, prefork, env or {}, wrapper)
 
 
 class PortTaken(RuntimeError):
@@ -177,7 +179,11 @@ class PortTaken(RuntimeError):
 
 
 def _start_server(
-    lab: Lab, services: dict[str, str], prefork: int, env: Mapping[str, str]
+    lab: Lab,
+    services: dict[str, str],
+    prefork: int,
+    env: Mapping[str, str],
+    wrapper: Sequence[str] = (),
 ) -> Server:
     ports = {name: free_port() for name in services}
     lines = ["SERVICES {"]
@@ -192,7 +198,16 @@ def _start_server(
     log = lab.root / "master.log"
     handle = log.open("ab")
     process = subprocess.Popen(
-        [sys.executable, "-m", "pop3d.cli.master", "-C", str(lab.config), "-M", str(cyrus_conf)],
+        [
+            *wrapper,
+            sys.executable,
+            "-m",
+            "pop3d.cli.master",
+            "-C",
+            str(lab.config),
+            "-M",
+            str(cyrus_conf),
+        ],
         stdout=handle,
         stderr=subprocess.STDOUT,
         env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
