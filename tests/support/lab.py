@@ -39,7 +39,10 @@ allowapop: yes
 failedloginpause: 0
 argon2_memory: 64
 argon2_passes: 1
+allow_root: yes
 """
+# allow_root: the tests run as root, and pop3d refuses to serve as root without cyrus_user
+# (a test of the privilege drop sets cyrus_user, which then wins).
 
 
 def free_port() -> int:
