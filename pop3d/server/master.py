@@ -183,7 +183,19 @@ class Master:
             for index in range(max(1, service.prefork)):
                 slot = _Slot(service, index)
                 self.slots.append(slot)
-                self._spawn(slot)
+                try:
+                    self._spawn(slot)
+                except OSError as exc:  # e.g. cyrus_user cannot run the interpreter
+                    log.error(
+                        "service %s: cannot start a worker: %s (the interpreter and the "
+                        "pop3d package must be readable by the user pop3d runs as, uid %d)",
+                        service.name,
+                        exc,
+                        os.getuid(),
+                    )
+                    self._stop = True
+                    self.exit_code = 71  # EX_OSERR
+                    break
         while not self._stop:
             if self._reload:
                 self._reload = False
@@ -220,7 +232,13 @@ class Master:
             if process is None:
                 if slot.restart_at and now >= slot.restart_at:
                     slot.restart_at = 0.0
-                    self._spawn(slot)
+                    try:
+                        self._spawn(slot)
+                    except OSError as exc:
+                        log.error("service %s: cannot start a worker: %s", slot.service.name, exc)
+                        slot.started = now
+                        delay = self.backoff[slot.service.name].after_death(0.0, fatal=True)
+                        slot.restart_at = now + delay
                 continue
             if self._retires(slot):
                 log.info(

@@ -161,18 +161,19 @@ def start_server(
     services: dict[str, str] | None = None,
     prefork: int = 1,
     env: Mapping[str, str] | None = None,
+    python: str = sys.executable,
 ) -> Server:
     """Start pop3d-master with ``services`` (name -> extra pop3d flags) and wait until
     every port accepts connections. ``env`` is added to the master's environment (its
     workers inherit it: KRB5_CONFIG for ``-k``). A port free_port() found can be taken by
     another test's connection before the master binds it: then the master exits 71 and we
-    try new ports."""
+    try new ports. ``python``: the interpreter to run it with (and its workers)."""
     for _attempt in range(4):
         try:
-            return _start_server(lab, services or {"pop3": ""}, prefork, env or {})
+            return _start_server(lab, services or {"pop3": ""}, prefork, env or {}, python)
         except PortTaken:
             continue
-    return _start_server(lab, services or {"pop3": ""}, prefork, env or {})
+    return _start_server(lab, services or {"pop3": ""}, prefork, env or {}, python)
 
 
 class PortTaken(RuntimeError):
@@ -180,7 +181,7 @@ class PortTaken(RuntimeError):
 
 
 def _start_server(
-    lab: Lab, services: dict[str, str], prefork: int, env: Mapping[str, str]
+    lab: Lab, services: dict[str, str], prefork: int, env: Mapping[str, str], python: str
 ) -> Server:
     ports = {name: free_port() for name in services}
     lines = ["SERVICES {"]
@@ -195,7 +196,7 @@ def _start_server(
     log = lab.root / "master.log"
     handle = log.open("ab")
     process = subprocess.Popen(
-        [sys.executable, "-m", "pop3d.cli.master", "-C", str(lab.config), "-M", str(cyrus_conf)],
+        [python, "-m", "pop3d.cli.master", "-C", str(lab.config), "-M", str(cyrus_conf)],
         stdout=handle,
         stderr=subprocess.STDOUT,
         env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
