@@ -27,6 +27,10 @@ if [ "$want_test" = 1 ]; then
     packages+=(krb5-kdc krb5-admin-server krb5-user libsasl2-modules-gssapi-mit)
     # man and groff render the manual pages in tests/cli/test_man_pages.py (groff -ww)
     packages+=(man-db groff-base)
+    # systemd-socket-activate and systemd-analyze: socket activation and the contrib/ units
+    # (tests/server/test_operations.py, tests/cli/test_contrib.py); the privilege-drop tests
+    # make their own system account (pop3d-test) with useradd (passwd, always present)
+    packages+=(systemd)
 fi
 
 missing=()

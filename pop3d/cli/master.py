@@ -3,6 +3,7 @@ of a cyrus.conf. Foreground by default; -d detaches."""
 
 from __future__ import annotations
 
+import contextlib
 import getopt
 import logging
 import os
@@ -25,6 +26,7 @@ from pop3d.cli.common import (
 from pop3d.cli.pop3d import KPOP_WITH_TLS, parse_arguments
 from pop3d.config import cyrus
 from pop3d.config.imapd import ConfigError
+from pop3d.server import privileges
 from pop3d.server.context import RuntimeOptions, ServiceContext
 from pop3d.server.master import Master
 
@@ -33,8 +35,11 @@ GETOPT = "C:M:p:d"  # each documented in pop3d/man/pop3d-master.8
 USAGE = "usage: pop3d-master [-C imapd.conf] [-M cyrus.conf] [-p pidfile] [-d]"
 
 
-def _validate(config_path: str, master_config: cyrus.MasterConfig) -> None:
-    """Build every service's context once, exactly as its workers will."""
+def _validate(
+    config_path: str, master_config: cyrus.MasterConfig, account: privileges.Account | None
+) -> None:
+    """Build every service's context once, exactly as its workers will (as the user they
+    run as: a file that user cannot read is named here, not in a worker's crash loop)."""
     problems: list[str] = []
     warned = {config_path}  # main() printed its warnings
     for service in master_config.services:
@@ -64,6 +69,11 @@ def _validate(config_path: str, master_config: cyrus.MasterConfig) -> None:
             ServiceContext(config, options).close()
         except ConfigError as exc:
             problems += [f"{p} (service {service.name})" for p in exc.problems]
+    if problems and account is not None:
+        problems.append(
+            f"pop3d runs as cyrus_user {account.user} (uid {account.uid}, gid {account.gid}): "
+            "every file it needs must be readable by that user"
+        )
     if problems:
         raise config_exit(PROGRAM, problems)
 
@@ -107,12 +117,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROGRAM}: {problem}", file=sys.stderr)
     if not master_config.services:
         fail(PROGRAM, EX_CONFIG, f"{cyrus_path}: no pop3d service in SERVICES")
-    _validate(config_path, master_config)
+    try:
+        privileges.target(config)  # refuse root without cyrus_user before binding anything
+    except ConfigError as exc:
+        raise config_exit(PROGRAM, exc.problems) from None
     master = Master(config_path, master_config, config)
     try:
         master.bind_all()
     except OSError as exc:
         fail(PROGRAM, EX_OSERR, f"cannot listen: {exc.strerror or exc}")
+    # Bound (as root for ports below 1024); now become cyrus_user before any worker
+    # exists, and check every service as that user: a file it cannot read stops us here.
+    try:
+        account = privileges.drop(config)
+    except ConfigError as exc:
+        raise config_exit(PROGRAM, exc.problems) from None
+    except OSError as exc:
+        fail(PROGRAM, EX_OSERR, f"cannot give up root: {exc}")
+    _validate(config_path, master_config, account)
     if "-d" in flags:
         _daemonize()
     if "-p" in flags:
@@ -121,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         return master.run()
     finally:
         if "-p" in flags:
-            Path(flags["-p"]).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # a root-owned directory after the drop
+                Path(flags["-p"]).unlink(missing_ok=True)
 
 
 def entry() -> None:

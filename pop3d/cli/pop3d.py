@@ -16,13 +16,15 @@ import getopt
 import logging
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pop3d.cli.common import (
     EX_OK,
+    EX_OSERR,
     EX_PROTOCOL,
     EX_USAGE,
     config_exit,
@@ -32,7 +34,9 @@ from pop3d.cli.common import (
     setup_logging,
 )
 from pop3d.config.imapd import ConfigError
+from pop3d.server import privileges
 from pop3d.server.context import RuntimeOptions, ServiceContext
+from pop3d.server.limits import LIMITS_FD_ENV, LocalLimits, MasterLimits
 from pop3d.server.worker import STATUS_FD_ENV, Worker, serve_stdio
 
 PROGRAM = "pop3d"
@@ -44,6 +48,7 @@ KPOP_WITH_TLS = (
     "-k (KPOP) and -s (TLS) cannot be combined: KPOP clients speak Kerberos on the bare connection"
 )
 MAXCHILD_ENV = "POP3D_MAXCHILD"
+log = logging.getLogger("pop3d")
 
 
 @dataclass
@@ -110,6 +115,41 @@ def _listening_sockets() -> list[socket.socket]:
     return [socket.socket(fileno=int(item)) for item in value.split(",") if item.strip().isdigit()]
 
 
+# names systemd gives sockets that were not named (FileDescriptorName=): no service
+_UNNAMED = frozenset({"unknown", "stored", "connection"})
+
+
+def systemd_sockets(default_service: str) -> dict[str, list[socket.socket]]:
+    """systemd socket activation (sd_listen_fds(3)): the listening sockets passed as fds
+    3, 4, ... when ``LISTEN_PID`` is this process, grouped by service name. A socket's
+    name (``LISTEN_FDNAMES``, from ``FileDescriptorName=`` or ``--fdname``) is its service:
+    ``pop3s`` sockets speak TLS from the first byte, as ``pop3d -s`` does, and
+    service-prefixed options (``pop3s_tls_server_cert``) apply to them; an unnamed socket
+    belongs to ``default_service``. The variables are removed, as sd_listen_fds does, so
+    no child takes them for its own."""
+    pid = os.environ.pop("LISTEN_PID", "")
+    count = os.environ.pop("LISTEN_FDS", "")
+    names = os.environ.pop("LISTEN_FDNAMES", "")
+    if not pid.isdigit() or int(pid) != os.getpid() or not count.isdigit():
+        return {}
+    labels = names.split(":") if names else []
+    services: dict[str, list[socket.socket]] = {}
+    for index in range(int(count)):
+        fd = 3 + index
+        sock = socket.socket(fileno=fd)
+        if sock.type != socket.SOCK_STREAM:
+            fail(PROGRAM, EX_USAGE, f"systemd passed fd {fd}, which is not a stream socket")
+        os.set_inheritable(fd, False)
+        label = labels[index] if index < len(labels) else ""
+        name = (
+            label
+            if re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]{0,63}", label) and label not in _UNNAMED
+            else default_service
+        )
+        services.setdefault(name, []).append(sock)
+    return services
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_arguments(sys.argv[1:] if argv is None else argv)
     if args.kpop and args.implicit_tls:
@@ -118,12 +158,22 @@ def main(argv: list[str] | None = None) -> int:
         fail(PROGRAM, EX_USAGE, "-H (PROXY protocol) needs a listening socket, not -X")
     setup_logging(logging.INFO)
     service = os.environ.get("CYRUS_SERVICE", "pop3")
+    under_master = LISTEN_FDS_ENV in os.environ
     # Under pop3d-master (listening sockets handed down) the master has printed the
     # configuration's warnings already: every worker repeating them says nothing new.
-    config = load_config(PROGRAM, args.config, warn=LISTEN_FDS_ENV not in os.environ)
+    config = load_config(PROGRAM, args.config, warn=not under_master)
+    activated = {} if under_master or args.stdio else systemd_sockets(service)
+    # Started as root (inetd, systemd): become cyrus_user before reading the files a
+    # session needs, so a file that user cannot read is reported now, as that user.
+    try:
+        account = privileges.drop(config)
+    except ConfigError as exc:
+        raise config_exit(PROGRAM, exc.problems) from None
+    except OSError as exc:
+        fail(PROGRAM, EX_OSERR, f"cannot give up root: {exc}")
     if args.debug:
         _run_debug_command(config.string("debug_command", service), service)
-    options = RuntimeOptions(
+    base = RuntimeOptions(
         service=service,
         implicit_tls=args.implicit_tls,
         external_ssf=args.external_ssf,
@@ -132,29 +182,92 @@ def main(argv: list[str] | None = None) -> int:
         max_uses=args.uses,
         reuse_timeout=args.reuse_timeout,
     )
+    contexts: dict[str, ServiceContext] = {}
     try:
-        context = ServiceContext(config, options)
-    except ConfigError as exc:
-        raise config_exit(PROGRAM, exc.problems) from None
-    try:
+        for name in activated or {service: []}:
+            tls = base.implicit_tls or name == "pop3s"
+            options = replace(base, service=name, implicit_tls=tls)
+            try:
+                contexts[name] = ServiceContext(config, options)
+            except ConfigError as exc:
+                problems: list[object] = list(exc.problems)
+                if account is not None:
+                    problems.append(
+                        f"pop3d runs as cyrus_user {account.user} (uid {account.uid}): "
+                        "every file it needs must be readable by that user"
+                    )
+                raise config_exit(PROGRAM, problems) from None
         if args.stdio:
+            context = contexts[service]
+            if context.limits.active:
+                log.warning(
+                    "maxlogins_per_host/maxlogins_per_user are not enforced under -X "
+                    "(one session per process): use pop3d-master or socket activation"
+                )
             # the session's own end is in the log; a handshake that failed is an error
             return EX_OK if asyncio.run(serve_stdio(context)) else EX_PROTOCOL
+        if activated:
+            local = LocalLimits()  # this process is the only one serving these sockets
+            for context in contexts.values():
+                context.count_logins(local)
+            asyncio.run(_serve_activated(contexts, activated))
+            return 0
         sockets = _listening_sockets()
         if not sockets:
             fail(
                 PROGRAM,
                 EX_USAGE,
-                "no listening socket: run pop3d from pop3d-master, or "
-                "with -X for one session on stdin/stdout",
+                "no listening socket: run pop3d from pop3d-master, under systemd socket "
+                "activation, or with -X for one session on stdin/stdout",
             )
+        context = contexts[service]
+        limits_fd = os.environ.get(LIMITS_FD_ENV, "")
+        if limits_fd.isdigit():
+            channel = socket.socket(fileno=int(limits_fd))
+            channel.set_inheritable(False)
+            context.count_logins(MasterLimits(channel))
+        else:
+            context.count_logins(LocalLimits())
         maxchild = int(os.environ.get(MAXCHILD_ENV, "-1"))
         status = os.environ.get(STATUS_FD_ENV, "")
         status_fd = int(status) if status.isdigit() else None
         asyncio.run(Worker(context, maxchild, status_fd).serve(sockets))
         return 0
     finally:
-        context.close()
+        for context in contexts.values():
+            context.close()
+
+
+async def _serve_activated(
+    contexts: dict[str, ServiceContext], sockets: dict[str, list[socket.socket]]
+) -> None:
+    """One process, one loop, a Worker per service (pop3 and pop3s sockets from one
+    socket unit); signals go to all of them."""
+    workers = {name: Worker(contexts[name]) for name in sockets}
+    loop = asyncio.get_running_loop()
+    for name, sock_list in sockets.items():
+        log.info(
+            "socket activation: service %s on %s",
+            name,
+            ", ".join(str(sock.getsockname()) for sock in sock_list),
+        )
+    serving = [
+        loop.create_task(workers[name].serve(sock_list, signals=False))
+        for name, sock_list in sockets.items()
+    ]
+
+    def stop() -> None:
+        for worker in workers.values():
+            worker.stop()
+
+    def reload() -> None:
+        for context in contexts.values():
+            context.reload_tls()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop)
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    await asyncio.gather(*serving)
 
 
 def entry() -> None:

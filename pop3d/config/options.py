@@ -339,8 +339,53 @@ OPTIONS: dict[str, Option] = {
             "Command run by -D: %s is the program name, %d the "
             "process id, the second %s the service name.",
         ),
-        _o("maxlogins_per_user", N, 0, "Accepted for compatibility (0: no limit).", minimum=0),
-        _o("maxlogins_per_host", N, 0, "Accepted for compatibility (0: no limit).", minimum=0),
+        _o(
+            "maxlogins_per_user",
+            N,
+            0,
+            "Logged-in sessions one user may have at once on a service, across all its "
+            "workers (0: no limit); one more is refused with -ERR [IN-USE].",
+            minimum=0,
+        ),
+        _o(
+            "maxlogins_per_host",
+            N,
+            0,
+            "Logged-in sessions one client address may have at once on a service, across "
+            "all its workers (0: no limit); one more is refused with -ERR [SYS/TEMP].",
+            minimum=0,
+        ),
+        # --- running safely ---------------------------------------------------------------
+        _o(
+            "cyrus_user",
+            T,
+            None,
+            "The account pop3d runs as when started as root: the master binds its sockets, "
+            "then becomes this user before any worker starts. Unset, pop3d refuses to "
+            "serve as root (see allow_root).",
+        ),
+        _o(
+            "cyrus_group",
+            T,
+            None,
+            "The group pop3d runs as with cyrus_user (default: that user's primary group); "
+            "the user's supplementary groups are kept, as in Cyrus.",
+        ),
+        _o(
+            "allow_root",
+            S,
+            False,
+            "[pop3d] Serve as root when started as root without cyrus_user (not "
+            "recommended; for test labs and containers that are their own sandbox).",
+        ),
+        _o(
+            "servername_aliases",
+            T,
+            None,
+            "[pop3d] Other host names of this server, space separated: a DIGEST-MD5 "
+            "digest-uri may name any of them, servername, or the address the client "
+            "connected to.",
+        ),
         # --- TLS --------------------------------------------------------------------------
         _o(
             "allowstarttls",

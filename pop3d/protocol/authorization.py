@@ -10,8 +10,10 @@ from pop3d.auth.identity import canonical_user, login_realm
 from pop3d.protocol import capabilities, commands, login_delay
 from pop3d.protocol.commands import ArgumentError
 from pop3d.protocol.events import (
+    ClaimLogin,
     FailureKind,
     LoginFailed,
+    LoginLimited,
     LoginSucceeded,
     MaildropOpened,
     OpenMaildrop,
@@ -202,8 +204,35 @@ def login_unavailable(session: Session, name: str, method: str, reason: str) -> 
 
 
 def open_maildrop(session: Session, identity: str, method: str) -> Task:
+    limited = session.settings.limit_logins
+    if limited:
+        host = session.connection.peer_host or "-"
+        refused = yield ClaimLogin(identity, host)
+        if isinstance(refused, LoginLimited):
+            session.notice(
+                LoginFailed(
+                    identity,
+                    method,
+                    f"maxlogins_per_{refused.what}: {refused.count} of {refused.limit}",
+                )
+            )
+            if refused.what == "user":
+                # RFC 2449 IN-USE: the credentials were good, the user's sessions are in use
+                session.err(
+                    f"[IN-USE] Too many open sessions for {identity} "
+                    f"({refused.count} of {refused.limit}), try again later"
+                )
+            else:
+                # RFC 3206 SYS/TEMP: a limit of the server's, not about this user
+                session.err(
+                    f"[SYS/TEMP] Too many open sessions from {host} "
+                    f"({refused.count} of {refused.limit}), try again later"
+                )
+            return Outcome.FAIL
     opened = yield OpenMaildrop(identity)
     if isinstance(opened, StorageFailure):
+        if limited:
+            yield ReleaseMaildrop()  # gives back the claim
         session.notice(LoginFailed(identity, method, f"maildrop: {opened.detail}"))
         if opened.kind is FailureKind.IN_USE:
             session.err("[IN-USE] Maildrop is locked by another session")

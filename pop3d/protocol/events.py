@@ -39,7 +39,18 @@ class OpenMaildrop(Request):
 
 @dataclass(frozen=True, slots=True)
 class ReleaseMaildrop(Request):
-    """Unlock without changing anything (the login was refused after opening). -> None"""
+    """Unlock without changing anything (the login was refused after opening), and give
+    back the login :class:`ClaimLogin` took. -> None"""
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimLogin(Request):
+    """Count this login against ``maxlogins_per_host`` and ``maxlogins_per_user`` (asked
+    only when one is set); it counts until the session ends or :class:`ReleaseMaildrop`.
+    -> None, or :class:`LoginLimited`"""
+
+    user: str
+    host: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +137,16 @@ class StorageFailure:
 
 
 @dataclass(frozen=True, slots=True)
+class LoginLimited:
+    """A login limit is reached: ``what`` is "host" or "user"; ``count`` logged-in sessions
+    already, ``limit`` allowed."""
+
+    what: str
+    count: int
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
 class CommitResult:
     removed: int
     failed: int
@@ -153,6 +174,7 @@ Event = Send | Close | Request | LoginSucceeded | LoginFailed | _NeedData
 # POP3 vocabulary is one import for drivers.
 __all__ = [
     "NEED_DATA",
+    "ClaimLogin",
     "Close",
     "CommitResult",
     "CommitUpdate",
@@ -160,6 +182,7 @@ __all__ = [
     "FailureKind",
     "InstallLayer",
     "LoginFailed",
+    "LoginLimited",
     "LoginSucceeded",
     "MaildropOpened",
     "MeasureMessages",

@@ -77,6 +77,8 @@ def context_for(session: Session, available: list[str]) -> Context:
     layers = session.settings.policy.layer_range(security)
     return Context(
         servername=session.settings.servername,
+        server_aliases=session.settings.server_aliases,
+        local_address=session.connection.local_address,
         channel_bindings=security.channel_bindings,
         client_identity=security.client_identity,
         plus_offered=any(name.endswith("-PLUS") for name in available),

@@ -34,6 +34,9 @@ class SessionSettings:
     keytab: str | None = None  # sasl_keytab: the Kerberos acceptor keytab
     require_channel_binding: bool = False  # sasl_gssapi_channel_binding: required
     identity: IdentityRules = field(default_factory=IdentityRules)
+    # maxlogins_per_host / maxlogins_per_user set: every login asks ClaimLogin first
+    limit_logins: bool = False
+    server_aliases: tuple[str, ...] = ()  # servername_aliases (DIGEST-MD5's digest-uri)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,3 +51,7 @@ class ConnectionInfo:
     # local user it maps to; USER/PASS may then log in as that user only, without a password.
     kpop_principal: str | None = None
     kpop_user: str | None = None
+    # The client's address (PROXY-aware; no port) and the address it connected to, as
+    # text; None where there is none (stdio). For login limits and DIGEST-MD5.
+    peer_host: str | None = None
+    local_address: str | None = None

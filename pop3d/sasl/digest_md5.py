@@ -14,10 +14,12 @@ Checks, each ending the exchange with a failure: the response must parse as RFC 
 §7.1 directives with every directive at most once; the nonce must be the one this exchange
 made, with nonce-count 00000001 (there is no subsequent authentication, RFC 2831 §2.2, so a
 replayed response always fails); the realm, when given, must be ours; the digest-uri must be
-``<service>/<servername>``: the host is compared, case-insensitively, with ``servername``
-only, so a client that names the server by another name or an address (curl puts the host
-of its URL there) fails, which is what the check is for. The response is compared in
-constant time.
+``<service>/<host>`` (RFC 2831 §2.1.2) where the host is one of this server's names: the
+``servername``, a name in ``servername_aliases`` (case-insensitively), or the address the
+client connected to (``127.0.0.1``, ``::1`` or ``[::1]``, compared as addresses). Clients
+put there the host they dialled (Cyrus's pop3test, curl, GNU SASL), so a client that dials
+the server by its address is accepted, while a response made for another server (a relayed
+exchange, RFC 2831 §2.1.2's point) fails. The response is compared in constant time.
 
 Character sets (RFC 2831 §2.1.2.1): with ``charset=utf-8`` the user name, realm and password
 are hashed in ISO 8859-1 when they fit in it, else in UTF-8; without it they are ISO 8859-1
@@ -33,6 +35,7 @@ dummy password and fails at the same step.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 from secrets import token_bytes
 
 from pop3d.sasl.cram_md5 import stored_secret
@@ -199,10 +202,28 @@ def _digest_uri_matches(uri: bytes, context: Context) -> bool:
     serv_type, sep, host = uri.partition(b"/")
     if not sep or b"/" in host or not uri.isascii():
         return False  # not ASCII, or a serv-name part: not the uri of this server
-    return (
-        serv_type.decode("ascii").lower() == context.service.lower()
-        and host.decode("ascii").lower() == context.servername.lower()
-    )
+    if serv_type.decode("ascii").lower() != context.service.lower():
+        return False
+    name = host.decode("ascii").lower()
+    names = {context.servername.lower(), *(alias.lower() for alias in context.server_aliases)}
+    return name in names or _same_address(name, context.local_address)
+
+
+def _same_address(name: str, local: str | None) -> bool:
+    """Whether ``name`` is the connection's local address (IPv6 with or without brackets;
+    an IPv4-mapped IPv6 address is its IPv4 address)."""
+    if not local or not name:
+        return False
+    try:
+        named = ipaddress.ip_address(name[1:-1] if name.startswith("[") else name)
+        ours = ipaddress.ip_address(local.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ours, ipaddress.IPv6Address) and ours.ipv4_mapped is not None:
+        ours = ours.ipv4_mapped
+    if isinstance(named, ipaddress.IPv6Address) and named.ipv4_mapped is not None:
+        named = named.ipv4_mapped
+    return named == ours
 
 
 class DigestMd5(Mechanism):

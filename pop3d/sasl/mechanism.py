@@ -62,6 +62,11 @@ class Context:
 
     servername: str
     service: str = "pop"  # the GSSAPI/DIGEST-MD5 service name (RFC 5034 §9 registers "pop")
+    # Other names of this server (servername_aliases) and the address the client
+    # connected to: DIGEST-MD5's digest-uri may name any of them (clients put there the
+    # host they dialled, 127.0.0.1 included).
+    server_aliases: tuple[str, ...] = ()
+    local_address: str | None = None
     channel_bindings: Mapping[str, bytes] = field(default_factory=dict)
     client_identity: str | None = None  # verified TLS client certificate (EXTERNAL)
     plus_offered: bool = False  # the server advertised a -PLUS mechanism (SCRAM downgrade check)

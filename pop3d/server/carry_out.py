@@ -20,9 +20,11 @@ from typing import Any, Protocol
 
 from pop3d.auth.authenticator import Authenticator
 from pop3d.protocol.events import (
+    ClaimLogin,
     CommitResult,
     CommitUpdate,
     FailureKind,
+    LoginLimited,
     MaildropOpened,
     MeasureMessages,
     OpenMaildrop,
@@ -39,6 +41,7 @@ from pop3d.sasl.requests import (
     VerifyPassword,
 )
 from pop3d.security.secret import Secret
+from pop3d.server.limits import Claim, Exceeded, Gate
 from pop3d.storage.base import Maildrop, MaildropInUse, StorageError, Store
 
 log = logging.getLogger("pop3d")
@@ -61,11 +64,16 @@ class Work:
     token_validator: TokenChecker | None = None
     session_id: str = "-"
     maildrop: Maildrop | None = None
+    login_gate: Gate | None = None  # maxlogins_*: where logins are counted
+    claim: Claim | None = None  # this session's login, while it counts
 
     def release(self) -> None:
         if self.maildrop is not None:
             self.maildrop.close()
             self.maildrop = None
+        if self.claim is not None:
+            claim, self.claim = self.claim, None
+            claim.release()
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +123,27 @@ def _open_maildrop(work: Work, request: OpenMaildrop) -> object:
     return MaildropOpened(maildrop.uids, maildrop.sizes, maildrop.last_login, time.time())
 
 
+def _claim_login(work: Work, request: ClaimLogin) -> object:
+    if work.login_gate is None:  # -X: one session per process, nothing to count against
+        return None
+    if work.claim is not None:  # a session holds one login at most
+        work.claim.release()
+        work.claim = None
+    result = work.login_gate.claim(request.host, request.user)
+    if isinstance(result, Exceeded):
+        log.warning(
+            "session %s: login of %s from %s refused: maxlogins_per_%s %d reached",
+            work.session_id,
+            request.user,
+            request.host,
+            result.what,
+            result.limit,
+        )
+        return LoginLimited(result.what, result.count, result.limit)
+    work.claim = result
+    return None
+
+
 def _release_maildrop(work: Work, _request: ReleaseMaildrop) -> object:
     work.release()
     return None
@@ -157,6 +186,7 @@ TABLE: dict[type[Request], Entry] = {
     VerifyBearer: Entry(_verify_bearer, Where.IO),
     OpenMaildrop: Entry(_open_maildrop, Where.IO),
     ReleaseMaildrop: Entry(_release_maildrop, Where.LOOP),
+    ClaimLogin: Entry(_claim_login, Where.IO),
     MeasureMessages: Entry(_measure, Where.IO),
     CommitUpdate: Entry(_commit, Where.IO),
     Offload: Entry(_offload, Where.IO),

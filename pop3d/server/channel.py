@@ -42,6 +42,7 @@ class ChannelClosed(ConnectionError):
 
 class ByteChannel(TypingProtocol):
     peer: str
+    local_address: str | None
 
     async def read(self) -> bytes: ...
 
@@ -61,6 +62,9 @@ class ByteChannel(TypingProtocol):
 
 class _Layered:
     """What both channels share: the layer stack over raw reads and writes."""
+
+    # The address the client connected to (no port), None where there is none (stdio).
+    local_address: str | None = None
 
     def __init__(self) -> None:
         self._stack = LayerStack()
@@ -166,6 +170,9 @@ class Channel(_Layered, asyncio.Protocol):
             self.peer = str(peer)
         else:
             self.peer = "[unix socket]"
+        local = transport.get_extra_info("sockname")
+        if isinstance(local, tuple) and local:
+            self.local_address = str(local[0])
         if self._on_connected is not None:
             self._on_connected(self)
 

@@ -64,7 +64,12 @@ class Connection:
         self.channel = channel
         self.context = context
         self.session: Session | None = None
-        self.work = Work(context.authenticator, context.store, context.token_validator)
+        self.work = Work(
+            context.authenticator,
+            context.store,
+            context.token_validator,
+            login_gate=context.login_gate,
+        )
         self.idle = False  # waiting for a command: safe to close on shutdown
         self._loop = asyncio.get_running_loop()
         self._deadline = 0.0
@@ -84,7 +89,9 @@ class Connection:
                 if kpop is None:
                     return
             principal, user, trailing = kpop or (None, None, b"")
-            info = self.context.connection_info(tls_started, principal, user)
+            info = self.context.connection_info(
+                tls_started, principal, user, self.channel.peer, self.channel.local_address
+            )
             self.session = Session(self.context.settings, info)
             self.session.receive_data(trailing)
             telemetry = self.context.telemetry

@@ -31,6 +31,7 @@ from pop3d.protocol.settings import ConnectionInfo, SessionSettings
 from pop3d.sasl import keytab, registry
 from pop3d.security.policy import Policy
 from pop3d.security.value import TLSInfo
+from pop3d.server.limits import Gate, Limits, LoginCounter
 from pop3d.server.telemetry import TelemetrySettings
 from pop3d.storage.maildir import store_from_config
 from pop3d.transport import tls
@@ -101,6 +102,20 @@ def _warn_credential_file_still_used(config: Config, method: str) -> None:
         )
 
 
+def peer_host(peer: str | None) -> str | None:
+    """The address part of a channel's ``peer`` ("192.0.2.1:110", "[2001:db8::1]:110");
+    None for a peer without one (stdio)."""
+    if not peer or peer in ("?", "[stdio]"):
+        return None
+    if peer == "[unix socket]":
+        return "unix"
+    if peer.startswith("["):
+        host, _, rest = peer[1:].partition("]")
+        return host if rest.startswith(":") else peer
+    host, sep, port = peer.rpartition(":")
+    return host if sep and port.isdigit() else peer
+
+
 class ServiceContext:
     def __init__(self, config: Config, options: RuntimeOptions) -> None:
         service = options.service
@@ -127,6 +142,14 @@ class ServiceContext:
             password_checker=password_checker(config, service, self.servername),
         )
         self.token_validator = token_validator(config, service)
+        # maxlogins_per_host/_per_user; the driver says where they are counted (the
+        # master's table, or this process's): login_gate, set by pop3d.cli.pop3d.
+        self.limits = Limits(
+            config.integer("maxlogins_per_host", service),
+            config.integer("maxlogins_per_user", service),
+        )
+        self.login_gate: Gate | None = None
+        self.configdirectory = config.string("configdirectory", service)
         # The checked acceptor keytab for the Kerberos mechanisms (Context.keytab), None
         # when Kerberos is off; a broken one stops the master here with file:line.
         self.keytab = keytab.acceptor_keytab(config, self.servername, service)
@@ -168,6 +191,8 @@ class ServiceContext:
                 + (config.string("proxyservers", service) or "").split()
             ),
             identity=identity_rules(config, service),
+            limit_logins=self.limits.active,
+            server_aliases=tuple((config.string("servername_aliases", service) or "").split()),
         )
         self.idle_timeout = float(config.integer("poptimeout", service))
         self.tls_handshake_timeout = float(config.integer("tls_handshake_timeout", service))
@@ -209,11 +234,40 @@ class ServiceContext:
         )
         self._counter = itertools.count(1)
 
+    def count_logins(self, counter: LoginCounter) -> None:
+        """Count this service's logins in ``counter`` (when maxlogins_* are set)."""
+        if self.limits.active:
+            self.login_gate = Gate(counter, self.options.service, self.limits)
+
+    def shutdown_message(self) -> bytes | None:
+        """Cyrus's shutdown file: ``<configdirectory>/msg/shutdown.<service>`` or
+        ``msg/shutdown``; while one exists, new connections get ``-ERR [SYS/TEMP]`` and its
+        first line (leading ``[`` removed, as Cyrus does, so it cannot forge a response
+        code), then are closed. None when there is none."""
+        if not self.configdirectory:
+            return None
+        folder = os.path.join(self.configdirectory, "msg")
+        for name in (f"shutdown.{self.options.service}", "shutdown"):
+            try:
+                with open(os.path.join(folder, name), "rb") as handle:
+                    first = handle.readline(512)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:  # there, but unreadable: still a shutdown
+                log.warning("shutdown file %s/%s: %s", folder, name, exc)
+                first = b""
+            text = first.split(b"\n")[0].rstrip(b"\r").lstrip(b"[")
+            text = bytes(c for c in text if 32 <= c < 127 or c >= 128)
+            return b"-ERR [SYS/TEMP] " + (text or b"Server is shutting down") + b"\r\n"
+        return None
+
     def connection_info(
         self,
         tls_started: TLSInfo | None = None,
         kpop_principal: str | None = None,
         kpop_user: str | None = None,
+        peer: str | None = None,
+        local_address: str | None = None,
     ) -> ConnectionInfo:
         now = int(time.time())
         session_id = (
@@ -227,6 +281,8 @@ class ServiceContext:
             tls=tls_started,
             kpop_principal=kpop_principal,
             kpop_user=kpop_user,
+            peer_host=peer_host(peer),
+            local_address=local_address,
         )
 
     def reload_tls(self) -> None:

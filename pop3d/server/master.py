@@ -31,8 +31,10 @@ retiring worker still gets SIGHUP and SIGTERM.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import selectors
 import signal
 import socket
 import subprocess
@@ -43,6 +45,8 @@ from pathlib import Path
 
 from pop3d.config.cyrus import MasterConfig, Service
 from pop3d.config.imapd import Config
+from pop3d.server import limits
+from pop3d.server.limits import LIMITS_FD_ENV
 from pop3d.server.worker import RETIRING, STATUS_FD_ENV
 
 log = logging.getLogger("pop3d.master")
@@ -113,6 +117,9 @@ class Master:
         self._stop = False
         self._reload = False
         self.exit_code = 0
+        # maxlogins_per_host/_per_user: one table for all workers (server/limits.py)
+        self.logins = limits.LoginTable()
+        self.selector = selectors.DefaultSelector()
 
     def bind_all(self) -> None:
         for service in self.cyrus.services:
@@ -132,23 +139,31 @@ class Master:
         sock = self.sockets[service.name]
         status_read, status_write = os.pipe()
         os.set_blocking(status_read, False)
+        limits_ours, limits_theirs = limits.pair()
         env = dict(
             os.environ,
             CYRUS_SERVICE=service.name,
             CYRUS_ID=str(slot.index),
             POP3D_LISTEN_FDS=str(sock.fileno()),
             POP3D_MAXCHILD=str(per_worker),
-            **{STATUS_FD_ENV: str(status_write)},
+            **{STATUS_FD_ENV: str(status_write), LIMITS_FD_ENV: str(limits_theirs.fileno())},
         )
         try:
             slot.process = subprocess.Popen(
-                self._argv(service), pass_fds=(sock.fileno(), status_write), env=env
+                self._argv(service),
+                pass_fds=(sock.fileno(), status_write, limits_theirs.fileno()),
+                env=env,
             )
         except BaseException:
             os.close(status_read)
+            limits_ours.close()
             raise
         finally:
             os.close(status_write)
+            limits_theirs.close()
+        # Kept until the worker's end closes (it exits), retiring or not: see _limits_io.
+        limits_ours.setblocking(False)
+        self.selector.register(limits_ours, selectors.EVENT_READ)
         slot.status = status_read
         slot.started = time.monotonic()
         log.info(
@@ -168,15 +183,37 @@ class Master:
             for index in range(max(1, service.prefork)):
                 slot = _Slot(service, index)
                 self.slots.append(slot)
-                self._spawn(slot)
+                try:
+                    self._spawn(slot)
+                except OSError as exc:  # e.g. cyrus_user cannot run the interpreter
+                    log.error(
+                        "service %s: cannot start a worker: %s (the interpreter and the "
+                        "pop3d package must be readable by the user pop3d runs as, uid %d)",
+                        service.name,
+                        exc,
+                        os.getuid(),
+                    )
+                    self._stop = True
+                    self.exit_code = 71  # EX_OSERR
+                    break
         while not self._stop:
             if self._reload:
                 self._reload = False
                 self._signal_all(signal.SIGHUP)
             self._reap()
-            time.sleep(0.1)
+            self._limits_io(0.1)
         self._shutdown()
         return self.exit_code
+
+    def _limits_io(self, timeout: float) -> None:
+        """Answer the workers' login claims for up to ``timeout`` seconds (the loop's
+        pause); a worker that exited has its logins forgotten."""
+        for key, _events in self.selector.select(timeout):
+            channel = key.fileobj
+            assert isinstance(channel, socket.socket)
+            if not limits.answer(self.logins, channel):
+                self.selector.unregister(channel)
+                channel.close()
 
     def _reap(self) -> None:
         now = time.monotonic()
@@ -195,7 +232,13 @@ class Master:
             if process is None:
                 if slot.restart_at and now >= slot.restart_at:
                     slot.restart_at = 0.0
-                    self._spawn(slot)
+                    try:
+                        self._spawn(slot)
+                    except OSError as exc:
+                        log.error("service %s: cannot start a worker: %s", slot.service.name, exc)
+                        slot.started = now
+                        delay = self.backoff[slot.service.name].after_death(0.0, fatal=True)
+                        slot.restart_at = now + delay
                 continue
             if self._retires(slot):
                 log.info(
@@ -274,15 +317,21 @@ class Master:
             sock.close()
         self._signal_all(signal.SIGTERM)
         deadline = time.monotonic() + STOP_DEADLINE
+        # Keep answering login claims while the workers finish their sessions.
+        while time.monotonic() < deadline and any(p.poll() is None for p in workers):
+            self._limits_io(0.05)
         for process in workers:
-            try:
-                process.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
+            if process.poll() is None:
                 log.warning("worker pid %d did not stop in time; killing it", process.pid)
                 process.kill()
                 process.wait()
         for slot in self.slots:
             self._close_status(slot)
+        for key in list(self.selector.get_map().values()):
+            self.selector.unregister(key.fileobj)
+            assert isinstance(key.fileobj, socket.socket)
+            key.fileobj.close()
         for service in self.cyrus.services:
             if service.listen.family == socket.AF_UNIX:
-                Path(service.listen.host).unlink(missing_ok=True)
+                with contextlib.suppress(OSError):  # bound as root, we may be cyrus_user now
+                    Path(service.listen.host).unlink(missing_ok=True)

@@ -66,6 +66,11 @@ class Worker:
                 else f"{len(self.connections)} sessions (maxchild)",
             )
             return
+        shutdown = self.context.shutdown_message()
+        if shutdown is not None:  # Cyrus's <configdirectory>/msg/shutdown
+            channel.refuse(shutdown)
+            log.info("connection from %s refused: shutdown file present", channel.peer)
+            return
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
@@ -105,11 +110,14 @@ class Worker:
                 log.warning("cannot tell the master this worker retires: %s", exc)
         self._stop_accepting.set()
 
-    async def serve(self, sockets: list[socket.socket]) -> None:
+    async def serve(self, sockets: list[socket.socket], signals: bool = True) -> None:
+        """Serve until stopped or retired; ``signals``: install the SIGTERM/SIGINT/SIGHUP
+        handlers (False when the caller runs several workers in one loop)."""
         loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, self.stop)
-        loop.add_signal_handler(signal.SIGHUP, self.context.reload_tls)
+        if signals:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, self.stop)
+            loop.add_signal_handler(signal.SIGHUP, self.context.reload_tls)
         if self.context.options.proxy_protocol:
             acceptors = [loop.create_task(self._accept_proxied(sock)) for sock in sockets]
             await self._stop_accepting.wait()
@@ -241,6 +249,11 @@ async def serve_stdio(context: ServiceContext) -> bool:
     is a layer of the channel). False if the session never started: the ``-s`` handshake
     failed, which the caller reports with its exit status."""
     loop = asyncio.get_running_loop()
+    shutdown = context.shutdown_message()
+    if shutdown is not None:  # Cyrus's <configdirectory>/msg/shutdown
+        os.write(1, shutdown)
+        log.info("session refused: shutdown file present")
+        return True
     duplicate = os.dup(0)
     try:
         sock = socket.socket(fileno=duplicate)

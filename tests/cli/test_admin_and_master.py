@@ -72,13 +72,17 @@ def test_check_config_reports_every_problem_with_file_and_line(lab: Lab) -> None
     cyrus_conf.write_text('SERVICES {\n  pop3 cmd="pop3d" listen="1110"\n}\n')
     clean = admin(lab, "check-config", "-M", str(cyrus_conf))
     assert clean.stdout.strip() == b"configuration OK", clean.stdout
-    lab.config.write_text(lab.config.read_text() + "allowplaintext: perhaps\nfrob: 1\n")
+    text = lab.config.read_text()
+    first = len(text.splitlines()) + 1
+    lab.config.write_text(text + "allowplaintext: perhaps\nfrob: 1\n")
     cyrus_conf.write_text('SERVICES {\n  pop3 cmd="pop3d" listen="99999"\n}\n')
     result = admin(lab, "check-config", "-M", str(cyrus_conf))
     lines = result.stdout.decode().splitlines()
     assert result.returncode == 78
-    assert f"{lab.config}:9: error: allowplaintext: 'perhaps' is not a switch" in lines[0]
-    assert any(f"{lab.config}:10: warning: unknown option 'frob'" in line for line in lines)
+    assert f"{lab.config}:{first}: error: allowplaintext: 'perhaps' is not a switch" in lines[0]
+    assert any(
+        f"{lab.config}:{first + 1}: warning: unknown option 'frob'" in line for line in lines
+    )
     assert any(f"{cyrus_conf}:2: error: service pop3: port 99999" in line for line in lines)
 
 

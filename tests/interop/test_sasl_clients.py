@@ -94,6 +94,20 @@ def test_pop3test(setup: Setup, mechanism: str) -> None:
     assert "+OK 7 28700" in out, out
 
 
+def test_pop3test_digest_md5_dialling_127_0_0_1(setup: Setup) -> None:
+    """pop3test puts the host it dialled in digest-uri (pop/127.0.0.1): the address the
+    client connected to is one of the server's names; curl does the same."""
+    args = ["-p", str(setup.port), "-m", "DIGEST-MD5", "-a", "alice", "-u", "alice"]
+    done = run([POP3TEST, *args, "-w", "wonderland", "127.0.0.1"], input=b"STAT\r\nQUIT\r\n")
+    out = done.stdout.decode(errors="replace") + done.stderr.decode(errors="replace")
+    assert "Authenticated." in out and "+OK 7 28700" in out, out
+    code, listing, err = curl(
+        f"pop3://127.0.0.1:{setup.port}/", "--login-options", "AUTH=DIGEST-MD5"
+    )
+    assert code == 0, err
+    assert listing.startswith(b"1 1000\r\n")
+
+
 def test_pop3test_wrong_password(setup: Setup) -> None:
     args = ["-p", str(setup.port), "-m", "SCRAM-SHA-256", "-a", "alice", "-u", "alice"]
     done = run([POP3TEST, *args, "-w", "nope", "127.0.0.1"], input=b"QUIT\r\n")

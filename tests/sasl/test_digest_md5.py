@@ -436,3 +436,50 @@ def test_independent_client_response_has_the_shape_we_parse(
     assert directives["nc"] == b"00000001"
     assert directives.get("qop", b"auth") == b"auth"
     assert directives["username"] == b"chris"
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize("client_name", CLIENT_NAMES)
+@pytest.mark.parametrize(
+    ("dialled", "local"),
+    [("127.0.0.1", "127.0.0.1"), ("::1", "::1"), ("127.0.0.1", "::ffff:127.0.0.1")],
+)
+def test_independent_client_dialling_the_address_it_connected_to(
+    tmp_path: Path, client_name: str, dialled: str, local: str
+) -> None:
+    """Cyrus's pop3test against 127.0.0.1 puts ``pop/127.0.0.1`` in digest-uri: the
+    address the connection was made to is one of this server's names."""
+    auth = authenticator(tmp_path)
+    client = CLIENTS[client_name]("DIGEST-MD5", dialled, "chris", "secret", realm="lab.test")
+    context = Context("lab.test", local_address=local)
+    result, accepted = legacy_clients.exchange(DigestMd5(), context, client, auth)
+    assert isinstance(result, Success), result
+    assert accepted
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize("client_name", CLIENT_NAMES)
+def test_independent_client_naming_an_alias(tmp_path: Path, client_name: str) -> None:
+    auth = authenticator(tmp_path)
+    context = Context("lab.test", server_aliases=("pop.example.org", "mail.example.org"))
+    client = CLIENTS[client_name](
+        "DIGEST-MD5", "MAIL.example.org", "chris", "secret", realm="lab.test"
+    )
+    result, accepted = legacy_clients.exchange(DigestMd5(), context, client, auth)
+    assert isinstance(result, Success), result
+    assert accepted
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize("client_name", CLIENT_NAMES)
+@pytest.mark.parametrize("dialled", ["10.0.0.1", "::2", "other.example.org", "127.0.0.1"])
+def test_independent_client_naming_neither_a_name_nor_our_address_fails(
+    tmp_path: Path, client_name: str, dialled: str
+) -> None:
+    """A response made for another server (another address, another name; 127.0.0.1 when
+    the connection came in on ::1) is refused."""
+    auth = authenticator(tmp_path)
+    context = Context("lab.test", server_aliases=("pop.example.org",), local_address="::1")
+    client = CLIENTS[client_name]("DIGEST-MD5", dialled, "chris", "secret", realm="lab.test")
+    result, _ = legacy_clients.exchange(DigestMd5(), context, client, auth)
+    assert isinstance(result, Failure) and result.reason.startswith("digest-uri"), result

@@ -39,7 +39,10 @@ allowapop: yes
 failedloginpause: 0
 argon2_memory: 64
 argon2_passes: 1
+allow_root: yes
 """
+# allow_root: the tests run as root, and pop3d refuses to serve as root without cyrus_user
+# (a test of the privilege drop sets cyrus_user, which then wins).
 
 
 def free_port() -> int:
@@ -158,20 +161,27 @@ def start_server(
     services: dict[str, str] | None = None,
     prefork: int = 1,
     env: Mapping[str, str] | None = None,
+    *,
     wrapper: Sequence[str] = (),
+    python: str = sys.executable,
 ) -> Server:
     """Start pop3d-master with ``services`` (name -> extra pop3d flags) and wait until
     every port accepts connections. ``env`` is added to the master's environment (its
     workers inherit it: KRB5_CONFIG for ``-k``); ``wrapper`` is a command that execs the
-    master (``setpriv ...`` to drop capabilities, which its workers inherit). A port
-    free_port() found can be taken by another test's connection before the master binds
-    it: then the master exits 71 and we try new ports."""
+    master (``setpriv ...`` to drop capabilities, which its workers inherit); ``python``:
+    the interpreter to run it with (and its workers). A port free_port() found can be taken
+    by another test's connection before the master binds it: then the master exits 71 and
+    we try new ports."""
     for _attempt in range(4):
         try:
-            return _start_server(lab, services or {"pop3": ""}, prefork, env or {}, wrapper)
+            return _start_server(
+                lab, services or {"pop3": ""}, prefork, env or {}, wrapper=wrapper, python=python
+            )
         except PortTaken:
             continue
-    return _start_server(lab, services or {"pop3": ""}, prefork, env or {}, wrapper)
+    return _start_server(
+        lab, services or {"pop3": ""}, prefork, env or {}, wrapper=wrapper, python=python
+    )
 
 
 class PortTaken(RuntimeError):
@@ -183,7 +193,9 @@ def _start_server(
     services: dict[str, str],
     prefork: int,
     env: Mapping[str, str],
+    *,
     wrapper: Sequence[str] = (),
+    python: str = sys.executable,
 ) -> Server:
     ports = {name: free_port() for name in services}
     lines = ["SERVICES {"]
@@ -200,7 +212,7 @@ def _start_server(
     process = subprocess.Popen(
         [
             *wrapper,
-            sys.executable,
+            python,
             "-m",
             "pop3d.cli.master",
             "-C",

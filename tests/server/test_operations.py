@@ -1,0 +1,358 @@
+"""Running safely, with real processes: the master as root giving up root for cyrus_user,
+maxlogins_per_host / maxlogins_per_user counted across the workers of the master, Cyrus's
+shutdown file, and systemd socket activation through the real systemd-socket-activate."""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import os
+import pwd
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.server.test_network import command, connect, worker_pids
+from tests.support.lab import ROOT, Lab, free_port, start_server
+
+ACCOUNT = "pop3d-test"  # a throwaway system account, made here when missing
+USERS = {"alice": "wonderland", "bob": "builder", "carol": "singer"}
+
+
+def _account() -> pwd.struct_passwd:
+    if os.geteuid() != 0:
+        pytest.skip("the privilege drop needs root")
+    try:
+        return pwd.getpwnam(ACCOUNT)
+    except KeyError:
+        pass
+    subprocess.run(
+        ["useradd", "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent",
+         "--shell", "/usr/sbin/nologin", ACCOUNT],
+        check=False,
+        capture_output=True,
+    )  # fmt: skip
+    return pwd.getpwnam(ACCOUNT)  # another test process may have made it meanwhile
+
+
+def _python_for(user: str) -> tuple[str, dict[str, str]]:
+    """An interpreter ``user`` can run with pop3d and its dependencies importable: this
+    one, or (when it lives under a private home, as pyenv's does) the system python3 of
+    the same version with this environment's site-packages on PYTHONPATH."""
+    site = sysconfig.get_paths()["purelib"]
+    candidates = [(sys.executable, {}), ("/usr/bin/python3", {"PYTHONPATH": f"{ROOT}:{site}"})]
+    for python, env in candidates:
+        probe = subprocess.run(
+            ["runuser", "-u", user, "--", "env", *(f"{k}={v}" for k, v in env.items()),
+             python, "-c", "import pop3d.cli.master, nacl, gssapi"],
+            capture_output=True,
+            cwd="/",
+            check=False,
+        )  # fmt: skip
+        if probe.returncode == 0:
+            return python, env
+    pytest.skip(f"no Python interpreter that {user} can run with pop3d's dependencies")
+
+
+@pytest.fixture
+def public_root() -> Iterator[Path]:
+    """A folder the account can reach (pytest's tmp_path is private to root)."""
+    folder = Path(tempfile.mkdtemp(prefix="pop3d-ops-", dir="/tmp"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _chown_tree(root: Path, uid: int, gid: int) -> None:
+    for path in [root, *root.rglob("*")]:
+        os.chown(path, uid, gid, follow_symlinks=False)
+
+
+def _status_ids(pid: int) -> tuple[list[int], list[int]]:
+    fields = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+    )
+    return [int(v) for v in fields["Uid"].split()], [int(v) for v in fields["Gid"].split()]
+
+
+def _login(port: int, user: str) -> tuple[socket.socket, object, bytes]:
+    sock, reader = connect(port)
+    assert reader.readline().startswith(b"+OK")
+    assert command(sock, reader, b"USER " + user.encode()).startswith(b"+OK")
+    return sock, reader, command(sock, reader, b"PASS " + USERS[user].encode())
+
+
+# --- privilege drop ---------------------------------------------------------------------
+
+
+def test_master_started_as_root_serves_as_cyrus_user(public_root: Path) -> None:
+    account = _account()
+    lab = Lab(
+        public_root / "lab",
+        extra_config=f"cyrus_user: {ACCOUNT}\ncyrus_group: {ACCOUNT}\n",
+    ).create()
+    _chown_tree(lab.root, account.pw_uid, account.pw_gid)
+    python, env = _python_for(ACCOUNT)
+    server = start_server(lab, prefork=2, env=env, python=python)
+    try:
+        sock, reader, reply = _login(server.port, "alice")
+        assert reply.startswith(b"+OK"), reply
+        assert command(sock, reader, b"STAT").startswith(b"+OK 7 ")
+        assert command(sock, reader, b"QUIT").startswith(b"+OK")
+        sock.close()
+        gid = grp.getgrnam(ACCOUNT).gr_gid
+        pids = [server.process.pid, *worker_pids(server)]
+        assert len(pids) == 3
+        for pid in pids:  # real, effective, saved and filesystem ids: no way back to root
+            uids, gids = _status_ids(pid)
+            assert uids == [account.pw_uid] * 4, (pid, uids)
+            assert gids == [gid] * 4, (pid, gids)
+            groups = Path(f"/proc/{pid}/status").read_text().split("Groups:")[1].splitlines()[0]
+            assert "0" not in groups.split(), groups
+        assert f"running as {ACCOUNT} (uid {account.pw_uid}, gid {gid})" in server.log_text()
+    finally:
+        assert server.stop() == 0
+
+
+def test_a_file_the_user_cannot_read_stops_the_master(public_root: Path) -> None:
+    account = _account()
+    lab = Lab(public_root / "lab", extra_config=f"cyrus_user: {ACCOUNT}\n").create()
+    _chown_tree(lab.root, account.pw_uid, account.pw_gid)
+    os.chown(lab.credentials, 0, 0)  # mode 0600, owned by root: the account cannot read it
+    (lab.root / "cyrus.conf").write_text(
+        f'SERVICES {{\n  pop3 cmd="pop3d" listen="127.0.0.1:{free_port()}"\n}}\n'
+    )
+    python, env = _python_for(ACCOUNT)
+    done = _master(lab, python, env)
+    assert done.returncode == 78, done.stderr
+    assert "Permission denied" in done.stderr and str(lab.credentials) in done.stderr
+    assert f"pop3d runs as cyrus_user {ACCOUNT}" in done.stderr
+
+
+def test_root_without_cyrus_user_refuses_to_serve(lab: Lab) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    lab.config.write_text(lab.config.read_text().replace("allow_root: yes\n", ""))
+    (lab.root / "cyrus.conf").write_text(
+        f'SERVICES {{\n  pop3 cmd="pop3d" listen="127.0.0.1:{free_port()}"\n}}\n'
+    )
+    done = _master(lab)
+    assert done.returncode == 78
+    assert "started as root and cyrus_user is not set" in done.stderr
+    # pop3d alone (inetd, systemd) says the same
+    alone = subprocess.run(lab.pop3d_x(), input=b"QUIT\r\n", capture_output=True, timeout=30)
+    assert alone.returncode == 78 and b"cyrus_user is not set" in alone.stderr
+    assert alone.stdout == b""  # not a byte to the client
+
+
+def _master(
+    lab: Lab, python: str = sys.executable, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    argv = [python, "-m", "pop3d.cli.master", "-C", str(lab.config)]
+    return subprocess.run(
+        [*argv, "-M", str(lab.root / "cyrus.conf")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
+
+
+# --- maxlogins_* across the workers of the master -----------------------------------------
+
+
+def _worker_of(sock: socket.socket, server_port: int, workers: list[int]) -> int:
+    """Which worker holds the server end of this connection (/proc/net/tcp and fds)."""
+    client_port = sock.getsockname()[1]
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[1].endswith(f":{server_port:04X}") and fields[2].endswith(
+                f":{client_port:04X}"
+            ):
+                target = f"socket:[{fields[9]}]"
+                for pid in workers:
+                    with contextlib.suppress(OSError):
+                        for fd in Path(f"/proc/{pid}/fd").iterdir():
+                            with contextlib.suppress(OSError):
+                                if os.readlink(fd) == target:
+                                    return pid
+        time.sleep(0.05)
+    raise AssertionError("connection not found in any worker")
+
+
+def _one_per_worker(port: int, workers: list[int]) -> dict[int, tuple[socket.socket, object]]:
+    """A greeted connection on each worker (the kernel picks the acceptor: keep trying)."""
+    found: dict[int, tuple[socket.socket, object]] = {}
+    for _ in range(200):
+        sock, reader = connect(port)
+        assert reader.readline().startswith(b"+OK")
+        pid = _worker_of(sock, port, workers)
+        if pid in found:
+            sock.close()
+        else:
+            found[pid] = (sock, reader)
+        if len(found) == len(workers):
+            return found
+    raise AssertionError("the connections all went to one worker")
+
+
+def test_maxlogins_hold_across_workers_and_die_with_a_worker(tmp_path: Path) -> None:
+    lab = Lab(
+        tmp_path / "lab",
+        extra_config="maxlogins_per_host: 2\nmaxlogins_per_user: 1\n",
+        users=dict(USERS),
+    ).create()
+    server = start_server(lab, prefork=2)
+    try:
+        workers = worker_pids(server)
+        (first, (a, a_reader)), (second, (b, b_reader)) = _one_per_worker(
+            server.port, workers
+        ).items()
+        assert first != second
+        for sock, reader in ((a, a_reader), (b, b_reader)):
+            assert command(sock, reader, b"USER alice").startswith(b"+OK")
+        assert command(a, a_reader, b"PASS wonderland").startswith(b"+OK Mailbox locked")
+        # alice's second session, on the other worker: the user limit, not the lock
+        refused = command(b, b_reader, b"PASS wonderland")
+        assert (
+            refused
+            == b"-ERR [IN-USE] Too many open sessions for alice (1 of 1), try again later\r\n"
+        )
+        # the connection stays usable: bob logs in on it (host: 2 of 2 now)
+        assert command(b, b_reader, b"USER bob").startswith(b"+OK")
+        assert command(b, b_reader, b"PASS builder").startswith(b"+OK Mailbox locked")
+        c, c_reader, reply = _login(server.port, "carol")
+        assert reply == (
+            b"-ERR [SYS/TEMP] Too many open sessions from 127.0.0.1 (2 of 2), try again later\r\n"
+        )
+        # alice QUITs on the first worker: carol (wherever she landed) gets her place
+        assert command(a, a_reader, b"QUIT").startswith(b"+OK")
+        a.close()
+        assert command(c, c_reader, b"USER carol").startswith(b"+OK")
+        assert command(c, c_reader, b"PASS singer").startswith(b"+OK Mailbox locked")
+        # the worker holding bob is killed: the master forgets bob's login
+        holder = _worker_of(b, server.port, workers)
+        os.kill(holder, signal.SIGKILL)
+        b.close()
+        deadline = time.monotonic() + 10
+        while True:
+            d, _, reply = _login(server.port, "bob")
+            if reply.startswith(b"+OK") or time.monotonic() > deadline:
+                break
+            d.close()
+            time.sleep(0.1)
+        assert reply.startswith(b"+OK Mailbox locked"), reply
+        assert "maxlogins_per_user 1 reached" in server.log_text()
+        for sock in (c, d):
+            sock.close()
+    finally:
+        server.stop()
+
+
+# --- Cyrus's shutdown file --------------------------------------------------------------
+
+
+def test_shutdown_file_turns_new_connections_away(lab: Lab) -> None:
+    server = start_server(lab, prefork=2)
+    try:
+        already, already_reader = connect(server.port)
+        assert already_reader.readline().startswith(b"+OK")
+        folder = lab.root / "config" / "msg"
+        folder.mkdir()
+        (folder / "shutdown").write_text("[ALERT] Down for maintenance until 10:00\nmore\n")
+        for _ in range(4):  # whichever worker takes it
+            sock, reader = connect(server.port)
+            assert reader.read() == b"-ERR [SYS/TEMP] ALERT] Down for maintenance until 10:00\r\n"
+            sock.close()
+        # a session that was already open goes on
+        assert command(already, already_reader, b"CAPA").startswith(b"+OK")
+        (folder / "shutdown").unlink()
+        (folder / "shutdown.pop3").write_text("pop3 only\n")
+        sock, reader = connect(server.port)
+        assert reader.read() == b"-ERR [SYS/TEMP] pop3 only\r\n"
+        (folder / "shutdown.pop3").unlink()
+        sock, reader = connect(server.port)
+        assert reader.readline().startswith(b"+OK")
+        already.close()
+        sock.close()
+    finally:
+        server.stop()
+
+
+def test_shutdown_file_under_x(lab: Lab) -> None:
+    folder = lab.root / "config" / "msg"
+    folder.mkdir()
+    (folder / "shutdown").write_text("Back soon\n")
+    done = subprocess.run(lab.pop3d_x(), input=b"CAPA\r\n", capture_output=True, timeout=30)
+    assert done.stdout == b"-ERR [SYS/TEMP] Back soon\r\n"
+
+
+# --- systemd socket activation ------------------------------------------------------------
+
+
+def test_socket_activation_serves_pop3_and_pop3s(tmp_path: Path) -> None:
+    if shutil.which("systemd-socket-activate") is None:
+        pytest.skip("systemd-socket-activate (Debian systemd) is not installed")
+    lab = Lab(tmp_path / "lab", extra_config="maxlogins_per_user: 1\n").create(with_tls=True)
+    assert lab.tls is not None
+    pop3, pop3s = free_port(), free_port()
+    process = subprocess.Popen(
+        ["systemd-socket-activate", "-l", f"127.0.0.1:{pop3}", "-l", f"127.0.0.1:{pop3s}",
+         "--fdname=pop3:pop3s", "-E", f"PYTHONPATH={ROOT}",
+         sys.executable, "-m", "pop3d", "-C", str(lab.config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while True:  # systemd-socket-activate binds, then waits for the first connection
+            try:
+                sock, reader = connect(pop3)
+                break
+            except ConnectionRefusedError:
+                assert time.monotonic() < deadline and process.poll() is None
+                time.sleep(0.05)
+        assert reader.readline().startswith(b"+OK")
+        assert command(sock, reader, b"USER alice").startswith(b"+OK")
+        assert command(sock, reader, b"PASS wonderland").startswith(b"+OK Mailbox locked")
+        # pop3s: TLS from the first byte, on the other socket of the same process
+        context = ssl.create_default_context(cafile=str(lab.tls.ca))
+        with (
+            socket.create_connection(("127.0.0.1", pop3s), timeout=10) as raw,
+            context.wrap_socket(raw, server_hostname="localhost") as tls,
+        ):
+            tls_reader = tls.makefile("rb")
+            assert tls_reader.readline().startswith(b"+OK")
+            assert command(tls, tls_reader, b"USER alice").startswith(b"+OK")  # type: ignore[arg-type]
+            refused = command(tls, tls_reader, b"PASS wonderland")  # type: ignore[arg-type]
+            # limits count per service, as in Cyrus: on pop3s the maildrop lock answers
+            assert refused.startswith(b"-ERR [IN-USE] Maildrop is locked"), refused
+        # a second pop3 session of alice: the limit, counted in this process
+        other, other_reader = connect(pop3)
+        assert other_reader.readline().startswith(b"+OK")
+        assert command(other, other_reader, b"USER alice").startswith(b"+OK")
+        assert command(other, other_reader, b"PASS wonderland").startswith(
+            b"-ERR [IN-USE] Too many open sessions for alice (1 of 1)"
+        )
+        other.close()
+        sock.close()
+        # one process served both sockets: systemd-socket-activate exec'd pop3d itself
+        with open(f"/proc/{process.pid}/cmdline", "rb") as handle:
+            assert b"pop3d" in handle.read()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        out, _ = process.communicate(timeout=20)
+    assert process.returncode == 0, out
+    assert b"socket activation: service pop3s" in out, out
