@@ -21,10 +21,12 @@ from pop3d.cli.common import (
     load_config,
     run,
     setup_logging,
+    setup_syslog,
 )
 from pop3d.cli.pop3d import KPOP_WITH_TLS, parse_arguments
 from pop3d.config import cyrus
 from pop3d.config.imapd import ConfigError
+from pop3d.server import metrics
 from pop3d.server.context import RuntimeOptions, ServiceContext
 from pop3d.server.master import Master
 
@@ -112,8 +114,19 @@ def main(argv: list[str] | None = None) -> int:
         master.bind_all()
     except OSError as exc:
         fail(PROGRAM, EX_OSERR, f"cannot listen: {exc.strerror or exc}")
+    listen = config.string("prometheus_listen") or ""
+    if config.switch("prometheus_enabled"):
+        try:
+            metrics.parse_listen(listen)
+        except ValueError as exc:
+            fail(PROGRAM, EX_CONFIG, f"{config_path}: {exc}")
     if "-d" in flags:
         _daemonize()
+    setup_syslog(PROGRAM, config, PROGRAM)  # after -d: the tag carries the pid
+    try:
+        master.start_metrics()  # after -d too: the endpoint is a thread
+    except OSError as exc:
+        fail(PROGRAM, EX_OSERR, f"cannot serve metrics on {listen}: {exc.strerror or exc}")
     if "-p" in flags:
         _write_pidfile(Path(flags["-p"]))
     try:

@@ -30,6 +30,7 @@ from pop3d.cli.common import (
     load_config,
     run,
     setup_logging,
+    setup_syslog,
 )
 from pop3d.config.imapd import ConfigError
 from pop3d.server.context import RuntimeOptions, ServiceContext
@@ -119,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     # Under pop3d-master (listening sockets handed down) the master has printed the
     # configuration's warnings already: every worker repeating them says nothing new.
     config = load_config(PROGRAM, args.config, warn=LISTEN_FDS_ENV not in os.environ)
+    setup_syslog(PROGRAM, config, service, service)
     if args.debug:
         _run_debug_command(config.string("debug_command", service), service)
     options = RuntimeOptions(

@@ -61,6 +61,7 @@ class Work:
     token_validator: TokenChecker | None = None
     session_id: str = "-"
     maildrop: Maildrop | None = None
+    deleted: int = 0  # messages removed at UPDATE, for the audit trail
 
     def release(self) -> None:
         if self.maildrop is not None:
@@ -139,6 +140,7 @@ def _commit(work: Work, request: CommitUpdate) -> object:
     # UPDATE is the maildrop's last use: unlock before the client reads "+OK", so its next
     # session (a poller reconnecting at once) never finds the maildrop [IN-USE].
     work.release()
+    work.deleted += removed
     return CommitResult(removed, failed)
 
 

@@ -30,6 +30,8 @@ from pop3d.protocol.settings import ConnectionInfo, SessionSettings
 from pop3d.sasl import keytab, registry
 from pop3d.security.policy import Policy
 from pop3d.security.value import TLSInfo
+from pop3d.server import metrics
+from pop3d.server.audit import AuditTrail
 from pop3d.storage.maildir import store_from_config
 from pop3d.transport import tls
 
@@ -160,6 +162,15 @@ class ServiceContext:
                 self.kpop.keytab,
             )
         self.kpop_timeout = float(config.integer("kpop_handshake_timeout", service))
+        # The audit trail (server/audit.py) and the metrics (off unless the master asked).
+        jsonl = config.string("audit_jsonl_file", service)
+        try:
+            self.audit = AuditTrail(service, jsonl)
+        except OSError as exc:
+            raise ConfigError(
+                [config.problem_with("audit_jsonl_file", service, f"{jsonl}: {exc}")]
+            ) from None
+        self.metrics = metrics.for_service(service)
         # Blocking steps run off the event loop. Argon2 gets one thread of its own: it is
         # CPU-bound (a second thread per worker buys nothing on a core the other workers
         # share), and one thread bounds the hash memory of a worker to one hash (libsodium
@@ -204,3 +215,4 @@ class ServiceContext:
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.hash_executor.shutdown(wait=False, cancel_futures=True)
+        self.audit.close()
