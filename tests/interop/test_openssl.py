@@ -64,7 +64,10 @@ def check_session(code: int, out: str, err: str) -> None:
 
 def test_starttls_session(served: Served) -> None:
     check_session(*starttls(served.port, served.ca, "-quiet", data=SESSION))
-    pattern = r"^.*login: \S+ \[\S+\] alice plaintext\+TLS User logged in .* tls=<TLSv1\.[23]> .* layer=<->"
+    pattern = (
+        r"^.*login: \S+ \[\S+\] alice plaintext\+TLS User logged in "
+        r".* tls=<TLSv1\.[23]> .* layer=<->"
+    )
     assert re.search(pattern, served.log(), re.M)
 
 

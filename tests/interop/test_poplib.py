@@ -236,7 +236,10 @@ def test_stls(served: Served, client_context: ssl.SSLContext) -> None:
         pop.close()
     log = served.log()
     assert "] alice plaintext" in log
-    pattern = r"^.*login: \S+ \[\S+\] alice plaintext\+TLS User logged in .* tls=<TLSv1\.[23]> .* layer=<->"
+    pattern = (
+        r"^.*login: \S+ \[\S+\] alice plaintext\+TLS User logged in "
+        r".* tls=<TLSv1\.[23]> .* layer=<->"
+    )
     assert re.search(pattern, log, re.M), log
 
 
