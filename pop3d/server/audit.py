@@ -19,9 +19,9 @@ Escaping: every field that can carry a client's bytes (user names, reasons, the 
 session id) is escaped before it is written, so no value can end a line, open a field or
 pass for another one. Characters that are not printable (controls, line and paragraph
 separators, bidirectional overrides), the backslash, and the delimiters of the field's
-position become ``\\xHH``/``\\uHHHH``: a positional word loses spaces, brackets and
-parentheses, a ``<value>`` loses angle brackets, a ``[reason]`` brackets and parentheses
-(so no reason or user name can spell ``SASL(-13)`` for fail2ban). In the JSON file
+position become ``\\xHH``/``\\uHHHH``: a positional word loses spaces too, a
+``<value>`` or a ``[reason]`` keeps its spaces and loses angle brackets, brackets and
+parentheses (so no user name or reason can spell ``[SASL(-13): ...`` for fail2ban). In the JSON file
 ``json.dumps`` escapes, ASCII only. A user name that the identity rules refuse still
 reaches the record (as a failed attempt): the escaping, not the rules, protects the log.
 """
@@ -89,8 +89,8 @@ Record = Login | SessionEnd
 # --- escaping --------------------------------------------------------------------------
 
 _WORD = frozenset(' \\<>[]()"')
-_VALUE = frozenset("\\<>")
-_REASON = frozenset("\\<>[]()")
+# Brackets and parentheses too: no value may spell "[SASL(-13): ..." for fail2ban.
+_VALUE = _REASON = frozenset("\\<>[]()")
 
 
 def _escape(text: str, special: frozenset[str]) -> str:

@@ -338,7 +338,11 @@ class Master:
         self._metrics_server = server
         bound_port = int(server.server_address[1])
         self.metrics_address = (host, bound_port)
-        log.info("metrics on http://%s/metrics", _url_host(host, bound_port))
+        log.info(
+            "metrics on http://%s/metrics (worker counts in %s)",
+            _url_host(host, bound_port),
+            directory,
+        )
 
     def stop_metrics(self) -> None:
         if self._metrics_server is not None:

@@ -158,6 +158,7 @@ def start_server(
     services: dict[str, str] | None = None,
     prefork: int = 1,
     env: Mapping[str, str] | None = None,
+    maxchild: int = 2000,
 ) -> Server:
     """Start pop3d-master with ``services`` (name -> extra pop3d flags) and wait until
     every port accepts connections. ``env`` is added to the master's environment (its
@@ -166,10 +167,10 @@ def start_server(
     try new ports."""
     for _attempt in range(4):
         try:
-            return _start_server(lab, services or {"pop3": ""}, prefork, env or {})
+            return _start_server(lab, services or {"pop3": ""}, prefork, env or {}, maxchild)
         except PortTaken:
             continue
-    return _start_server(lab, services or {"pop3": ""}, prefork, env or {})
+    return _start_server(lab, services or {"pop3": ""}, prefork, env or {}, maxchild)
 
 
 class PortTaken(RuntimeError):
@@ -177,14 +178,14 @@ class PortTaken(RuntimeError):
 
 
 def _start_server(
-    lab: Lab, services: dict[str, str], prefork: int, env: Mapping[str, str]
+    lab: Lab, services: dict[str, str], prefork: int, env: Mapping[str, str], maxchild: int = 2000
 ) -> Server:
     ports = {name: free_port() for name in services}
     lines = ["SERVICES {"]
     for name, flags in services.items():
         lines.append(
             f'  {name} cmd="pop3d {flags} -C {lab.config}" listen="127.0.0.1:{ports[name]}" '
-            f"prefork={prefork} maxchild=2000"
+            f"prefork={prefork} maxchild={maxchild}"
         )
     lines.append("}")
     cyrus_conf = lab.root / "cyrus.conf"
