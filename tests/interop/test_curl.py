@@ -139,7 +139,7 @@ def test_stls(served: Served) -> None:
     assert commands[3].startswith("AUTH PLAIN")
     assert "< +OK Begin TLS negotiation now" in err
     assert "SSL certificate verify ok." in err
-    assert "tls=TLSv1." in served.log()
+    assert "tls=<TLSv1." in served.log()
 
 
 def test_stls_required_but_not_offered(served_without_apop: Served) -> None:
