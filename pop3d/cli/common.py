@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import logging.handlers
+import os
 import sys
 import traceback
 from collections.abc import Iterable
@@ -73,6 +75,28 @@ def setup_logging(level: int = logging.INFO) -> None:
         stream=sys.stderr,
         format="%(asctime)s %(name)s[%(process)d]: %(levelname)s %(message)s",
     )
+
+
+def setup_syslog(program: str, config: Config, ident: str, service: str | None = None) -> None:
+    """``syslog_socket``: every ``pop3d`` log line also goes to syslog, tagged as Cyrus tags
+    its own (``<syslog_prefix>/<service>[pid]: ...``, the form fail2ban's cyrus filters
+    expect), at ``syslog_facility``. Messages go out as they are: the audit trail escapes
+    every field it writes (server/audit.py)."""
+    path = config.string("syslog_socket", service)
+    if not path:
+        return
+    facility = config.string("syslog_facility", service) or "local6"
+    prefix = config.string("syslog_prefix", service)
+    tag = f"{prefix}/{ident}" if prefix else ident
+    try:
+        handler = logging.handlers.SysLogHandler(
+            address=path, facility=logging.handlers.SysLogHandler.facility_names[facility]
+        )
+    except OSError as exc:
+        raise Exit(EX_CONFIG, f"{program}: syslog_socket {path}: {exc.strerror or exc}") from None
+    handler.ident = f"{tag}[{os.getpid()}]: "
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logging.getLogger("pop3d").addHandler(handler)
 
 
 def load_config(program: str, path: str | None, warn: bool = True) -> Config:

@@ -22,11 +22,12 @@ from pop3d.cli.common import (
     load_config,
     run,
     setup_logging,
+    setup_syslog,
 )
 from pop3d.cli.pop3d import KPOP_WITH_TLS, parse_arguments
 from pop3d.config import cyrus
 from pop3d.config.imapd import ConfigError
-from pop3d.server import privileges
+from pop3d.server import metrics, privileges
 from pop3d.server.context import RuntimeOptions, ServiceContext
 from pop3d.server.master import Master
 
@@ -126,6 +127,12 @@ def main(argv: list[str] | None = None) -> int:
         master.bind_all()
     except OSError as exc:
         fail(PROGRAM, EX_OSERR, f"cannot listen: {exc.strerror or exc}")
+    listen = config.string("prometheus_listen") or ""
+    if config.switch("prometheus_enabled"):
+        try:
+            metrics.parse_listen(listen)
+        except ValueError as exc:
+            fail(PROGRAM, EX_CONFIG, f"{config_path}: {exc}")
     # Bound (as root for ports below 1024); now become cyrus_user before any worker
     # exists, and check every service as that user: a file it cannot read stops us here.
     try:
@@ -137,6 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     _validate(config_path, master_config, account)
     if "-d" in flags:
         _daemonize()
+    setup_syslog(PROGRAM, config, PROGRAM)  # after -d: the tag carries the pid
+    try:
+        master.start_metrics()  # after -d too: the endpoint is a thread
+    except OSError as exc:
+        fail(PROGRAM, EX_OSERR, f"cannot serve metrics on {listen}: {exc.strerror or exc}")
     if "-p" in flags:
         _write_pidfile(Path(flags["-p"]))
     try:

@@ -32,6 +32,7 @@ from pop3d.cli.common import (
     load_config,
     run,
     setup_logging,
+    setup_syslog,
 )
 from pop3d.config.imapd import ConfigError
 from pop3d.server import privileges
@@ -171,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         raise config_exit(PROGRAM, exc.problems) from None
     except OSError as exc:
         fail(PROGRAM, EX_OSERR, f"cannot give up root: {exc}")
+    setup_syslog(PROGRAM, config, service, service)
     if args.debug:
         _run_debug_command(config.string("debug_command", service), service)
     base = RuntimeOptions(

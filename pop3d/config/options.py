@@ -80,6 +80,43 @@ OPTIONS: dict[str, Option] = {
             "arguments, challenges and answers. Held in memory (64 KiB at most) and "
             "written only once the login succeeds.",
         ),
+        # --- logs, audit trail, metrics -------------------------------------------------
+        _o(
+            "syslog_socket",
+            T,
+            None,
+            "[pop3d] Also log to syslog through this unix socket (e.g. /dev/log): logins "
+            "as Cyrus's login:/badlogin: lines, session ends as counts: lines. Unset: "
+            "stderr only.",
+        ),
+        _o(
+            "syslog_facility",
+            E,
+            "local6",
+            "Syslog facility of every line (Cyrus's default is LOCAL6).",
+            choices=("daemon", "mail", "news", "user", *(f"local{n}" for n in range(8))),
+        ),
+        _o(
+            "audit_jsonl_file",
+            T,
+            None,
+            "[pop3d] Also append every login attempt and session end to this file as one "
+            "JSON object per line (created 0640; reopened when logrotate moves it).",
+        ),
+        _o(
+            "prometheus_enabled",
+            S,
+            False,
+            "Serve Prometheus metrics from pop3d-master at prometheus_listen (/metrics).",
+        ),
+        _o(
+            "prometheus_listen",
+            T,
+            "127.0.0.1:9110",
+            "[pop3d] Address and port of the metrics endpoint: host:port, [v6]:port or a "
+            "port alone (loopback). Nothing there asks for a password: keep it on "
+            "loopback or a management network.",
+        ),
         # --- storage ----------------------------------------------------------------------
         _o("partition-default", T, None, "Mail spool root; %p in maildir_path."),
         _o(

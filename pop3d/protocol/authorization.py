@@ -83,6 +83,9 @@ def user(session: Session, argument: bytes) -> Outcome:
         return Outcome.FAIL
     name = canonical_user(argument, session.settings.identity)
     if name is None:
+        # Cyrus: badlogin: <host> plaintext (<name>) invalid user. The name is the
+        # client's bytes as sent; the audit trail escapes it.
+        session.notice(LoginFailed(argument.decode("utf-8", "replace"), "USER", "invalid user"))
         session.err("[AUTH] Invalid user name")
         return Outcome.FAIL
     session.user = name
@@ -233,7 +236,9 @@ def open_maildrop(session: Session, identity: str, method: str) -> Task:
     if isinstance(opened, StorageFailure):
         if limited:
             yield ReleaseMaildrop()  # gives back the claim
-        session.notice(LoginFailed(identity, method, f"maildrop: {opened.detail}"))
+        session.notice(
+            LoginFailed(identity, method, f"maildrop: {opened.detail}", authenticated=True)
+        )
         if opened.kind is FailureKind.IN_USE:
             session.err("[IN-USE] Maildrop is locked by another session")
         else:
@@ -243,7 +248,7 @@ def open_maildrop(session: Session, identity: str, method: str) -> Task:
     min_poll = session.settings.min_poll_seconds
     if login_delay.too_soon(min_poll, opened.last_login, opened.now):
         yield ReleaseMaildrop()
-        session.notice(LoginFailed(identity, method, "login delay"))
+        session.notice(LoginFailed(identity, method, "login delay", authenticated=True))
         session.err(f"[LOGIN-DELAY] Logins must be at least {login_delay.describe(min_poll)} apart")
         return Outcome.FAIL
     session.enter_transaction(identity, opened)

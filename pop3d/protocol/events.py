@@ -166,6 +166,9 @@ class LoginFailed:
     user: str
     method: str
     reason: str
+    # The credentials were good and the login failed after them (maildrop locked,
+    # LOGIN-DELAY): the audit trail must not count it as a guessed password.
+    authenticated: bool = False
 
 
 Event = Send | Close | Request | LoginSucceeded | LoginFailed | _NeedData

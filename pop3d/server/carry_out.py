@@ -66,6 +66,7 @@ class Work:
     maildrop: Maildrop | None = None
     login_gate: Gate | None = None  # maxlogins_*: where logins are counted
     claim: Claim | None = None  # this session's login, while it counts
+    deleted: int = 0  # messages removed at UPDATE, for the audit trail
 
     def release(self) -> None:
         if self.maildrop is not None:
@@ -168,6 +169,7 @@ def _commit(work: Work, request: CommitUpdate) -> object:
     # UPDATE is the maildrop's last use: unlock before the client reads "+OK", so its next
     # session (a poller reconnecting at once) never finds the maildrop [IN-USE].
     work.release()
+    work.deleted += removed
     return CommitResult(removed, failed)
 
 

@@ -43,6 +43,8 @@ class ChannelClosed(ConnectionError):
 class ByteChannel(TypingProtocol):
     peer: str
     local_address: str | None
+    bytes_in: int  # octets on the wire, layers' framing and TLS handshakes included
+    bytes_out: int
 
     async def read(self) -> bytes: ...
 
@@ -69,6 +71,9 @@ class _Layered:
     def __init__(self) -> None:
         self._stack = LayerStack()
         self._plain = b""  # unwrapped, not yet read: goes through a layer pushed now
+        # Counted here, where every byte passes once, for the audit trail and metrics.
+        self.bytes_in = 0
+        self.bytes_out = 0
 
     async def _read_raw(self) -> bytes:
         raise NotImplementedError
@@ -88,16 +93,20 @@ class _Layered:
             raw = await self._read_raw()
             if not raw:
                 return b""
+            self.bytes_in += len(raw)
             if not self._stack:
                 return raw
             self._plain, reply = self._stack.receive(raw)
             if reply:
+                self.bytes_out += len(reply)
                 await self._write_raw(reply)
         data, self._plain = self._plain, b""
         return data
 
     async def write(self, data: bytes) -> None:
-        await self._write_raw(self._stack.wrap(data) if self._stack else data)
+        raw = self._stack.wrap(data) if self._stack else data
+        self.bytes_out += len(raw)
+        await self._write_raw(raw)
 
     def push_layer(self, layer: SecurityLayer, trailing: bytes) -> None:
         """From now on every byte goes through ``layer``; ``trailing`` (received after the

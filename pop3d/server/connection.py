@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -40,6 +41,7 @@ from pop3d.protocol.events import (
 from pop3d.protocol.session import Session
 from pop3d.requests import Offload, Request
 from pop3d.security.value import TLSInfo
+from pop3d.server.audit import Login, Result, SessionEnd
 from pop3d.server.carry_out import TABLE, Where, Work
 from pop3d.server.channel import ByteChannel, ChannelClosed
 from pop3d.server.context import ServiceContext
@@ -75,6 +77,14 @@ class Connection:
         self._deadline = 0.0
         self.end_reason = ""
         self._telemetry: Telemetry | None = None  # server/telemetry.py; None: not recorded
+        # For the session's audit record (server/audit.py) and the metrics.
+        self._started = time.time()
+        self._user = ""
+        self._mechanism = ""
+        self._retrieved = 0
+        self._top = 0
+        self._metrics = context.metrics
+        self._metrics.session_started()
 
     async def run(self) -> None:
         try:
@@ -190,30 +200,32 @@ class Connection:
         self.end_reason = event.reason
         raise _Stop
 
-    def _security(self) -> str:
-        return self.session.security.describe() if self.session else "ssf=0 tls=no layer=-"
+    def _audit_login(self, method: str, user: str, result: Result, reason: str = "") -> None:
+        mechanism = method.removeprefix("AUTH ")
+        self.context.audit.record(
+            Login(
+                time=time.time(),
+                service=self.context.audit.service,
+                session=self._session_id,
+                peer=self.channel.peer,
+                security=self.session.security if self.session else None,
+                mechanism=mechanism,
+                user=user,
+                result=result,
+                reason=reason,
+            )
+        )
+        self._metrics.login(mechanism, result)
 
     async def _login_succeeded(self, event: LoginSucceeded) -> None:
         self._telemetry_login(event.user)
-        audit.info(
-            "login.good user=%s method=%s peer=%s session=%s %s",
-            event.user,
-            event.method,
-            self.channel.peer,
-            self._session_id,
-            self._security(),
-        )
+        self._user = event.user
+        self._mechanism = event.method.removeprefix("AUTH ")
+        self._audit_login(event.method, event.user, Result.OK)
 
     async def _login_failed(self, event: LoginFailed) -> None:
-        audit.warning(
-            "login.bad user=%s method=%s peer=%s session=%s %s reason=%r",
-            event.user,
-            event.method,
-            self.channel.peer,
-            self._session_id,
-            self._security(),
-            event.reason,
-        )
+        result = Result.REFUSED if event.authenticated else Result.FAIL
+        self._audit_login(event.method, event.user, result, event.reason)
 
     # --- requests -----------------------------------------------------------------------
 
@@ -287,6 +299,10 @@ class Connection:
                 )
                 self.end_reason = "client closed the connection mid-message"
                 raise _Stop from None
+        if event.body_lines is None:
+            self._retrieved += 1
+        else:
+            self._top += 1
         self._touch()
         self._resolve(None)
 
@@ -400,7 +416,9 @@ class Connection:
             )
         except (ssl.SSLError, ConnectionError, TimeoutError, OSError) as exc:
             self.end_reason = f"TLS handshake failed: {exc.__class__.__name__}: {exc}"
+            self._metrics.tls_handshake(ok=False)
             return None
+        self._metrics.tls_handshake(ok=True)
         info = tls.facts(ssl_object, server_tls)
         log.info(
             "peer=%s TLS %s %s ssf=%d client=%s",
@@ -434,13 +452,13 @@ class Connection:
                         break
                     elif isinstance(event, Refused):
                         self.end_reason = f"KPOP: {event.reason}"
-                        audit.warning("kpop.bad peer=%s reason=%r", self.channel.peer, event.reason)
+                        self._audit_login("KPOP", "", Result.FAIL, event.reason)
                         return None
                     else:  # NEED_DATA
                         handshake.receive_data(await self.channel.read())
         except TimeoutError:
             self.end_reason = f"KPOP: no handshake within {self.context.kpop_timeout:g} s"
-            audit.warning("kpop.bad peer=%s reason='time limit'", self.channel.peer)
+            self._audit_login("KPOP", "", Result.FAIL, "time limit")
             return None
         rules = self.context.settings.identity
         user = await self._loop.run_in_executor(  # MIT's auth_to_local reads krb5.conf
@@ -453,11 +471,7 @@ class Connection:
         )
         if user is None:
             self.end_reason = f"KPOP: principal {event.principal} is not a local user"
-            audit.warning(
-                "kpop.bad principal=%s peer=%s reason='not a local user'",
-                event.principal,
-                self.channel.peer,
-            )
+            self._audit_login("KPOP", event.principal, Result.FAIL, "not a local user")
             await self.channel.write(b"-ERR [AUTH] This Kerberos principal has no mailbox here\r\n")
             return None
         audit.info(
@@ -481,6 +495,27 @@ class Connection:
             self.channel.peer,
             self.end_reason or "closed",
         )
+        bytes_in, bytes_out = self.channel.bytes_in, self.channel.bytes_out
+        ended = time.time()
+        self.context.audit.record(
+            SessionEnd(
+                time=ended,
+                service=self.context.audit.service,
+                session=self._session_id,
+                peer=self.channel.peer,
+                security=self.session.security if self.session else None,
+                mechanism=self._mechanism,
+                user=self._user,
+                reason=self.end_reason or "closed",
+                retrieved=self._retrieved,
+                top=self._top,
+                deleted=self.work.deleted,
+                bytes_in=bytes_in,
+                bytes_out=bytes_out,
+                duration=max(0.0, ended - self._started),
+            )
+        )
+        self._metrics.session_ended(bytes_in, bytes_out)
 
 
 # Events and the requests bound to this connection's channel or clock; every other

@@ -31,6 +31,8 @@ from pop3d.protocol.settings import ConnectionInfo, SessionSettings
 from pop3d.sasl import keytab, registry
 from pop3d.security.policy import Policy
 from pop3d.security.value import TLSInfo
+from pop3d.server import metrics
+from pop3d.server.audit import AuditTrail
 from pop3d.server.limits import Gate, Limits, LoginCounter
 from pop3d.server.telemetry import TelemetrySettings
 from pop3d.storage.maildir import store_from_config
@@ -217,6 +219,15 @@ class ServiceContext:
                 by_session_id=config.switch("telemetry_bysessionid", service),
                 prelogin=config.switch("telemetry_prelogin", service),
             )
+        # The audit trail (server/audit.py) and the metrics (off unless the master asked).
+        jsonl = config.string("audit_jsonl_file", service)
+        try:
+            self.audit = AuditTrail(service, jsonl)
+        except OSError as exc:
+            raise ConfigError(
+                [config.problem_with("audit_jsonl_file", service, f"{jsonl}: {exc}")]
+            ) from None
+        self.metrics = metrics.for_service(service)
         # Blocking steps run off the event loop. Argon2 gets one thread of its own: it is
         # CPU-bound (a second thread per worker buys nothing on a core the other workers
         # share), and one thread bounds the hash memory of a worker to one hash (libsodium
@@ -300,3 +311,4 @@ class ServiceContext:
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.hash_executor.shutdown(wait=False, cancel_futures=True)
         self.authenticator.close()
+        self.audit.close()

@@ -27,25 +27,35 @@ Recycling (``-U``/``-T``): a worker that retires says so on its status pipe (one
 worker, ``POP3D_STATUS_FD``, as Cyrus's services report to their master) and is replaced at
 once, not after the crash pause; it then finishes its sessions and exits 0 on its own. A
 retiring worker still gets SIGHUP and SIGTERM.
+
+Metrics (``prometheus_enabled``): the master makes a private directory for the workers'
+counters (server/metrics.py), serves ``/metrics`` on ``prometheus_listen`` from a thread,
+adds its own figures (workers by state, workers that died), and removes the directory when
+it stops.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
 import selectors
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pop3d.config.cyrus import MasterConfig, Service
 from pop3d.config.imapd import Config
-from pop3d.server import limits
+from pop3d.server import limits, metrics
 from pop3d.server.limits import LIMITS_FD_ENV
 from pop3d.server.worker import RETIRING, STATUS_FD_ENV
 
@@ -120,6 +130,11 @@ class Master:
         # maxlogins_per_host/_per_user: one table for all workers (server/limits.py)
         self.logins = limits.LoginTable()
         self.selector = selectors.DefaultSelector()
+        # Metrics: the workers' directory, the endpoint, and the master's own counts.
+        self.metrics_dir: str | None = None
+        self.metrics_address: tuple[str, int] | None = None
+        self._metrics_server: Any = None
+        self.worker_deaths: collections.Counter[str] = collections.Counter()
 
     def bind_all(self) -> None:
         for service in self.cyrus.services:
@@ -148,6 +163,9 @@ class Master:
             POP3D_MAXCHILD=str(per_worker),
             **{STATUS_FD_ENV: str(status_write), LIMITS_FD_ENV: str(limits_theirs.fileno())},
         )
+        env.pop(metrics.ENV, None)  # one from our own environment is not ours to fill
+        if self.metrics_dir is not None:
+            env[metrics.ENV] = self.metrics_dir
         try:
             slot.process = subprocess.Popen(
                 self._argv(service),
@@ -221,6 +239,7 @@ class Master:
             code = retired.poll()
             if code is not None:
                 self.retiring.remove(retired)
+                self._worker_gone(retired.pid)
                 log.log(
                     logging.INFO if code == 0 else logging.WARNING,
                     "retired worker (pid %d) exited with %s",
@@ -257,6 +276,8 @@ class Master:
                 continue
             self._close_status(slot)
             slot.process = None
+            self._worker_gone(process.pid)
+            self.worker_deaths[slot.service.name] += 1
             self._schedule_restart(slot, process.pid, code, now)
 
     def _schedule_restart(self, slot: _Slot, pid: int, code: int, now: float) -> None:
@@ -335,3 +356,96 @@ class Master:
             if service.listen.family == socket.AF_UNIX:
                 with contextlib.suppress(OSError):  # bound as root, we may be cyrus_user now
                     Path(service.listen.host).unlink(missing_ok=True)
+        self.stop_metrics()
+
+    # --- metrics ------------------------------------------------------------------------
+
+    def start_metrics(self) -> None:
+        """With ``prometheus_enabled``: make the workers' directory and serve /metrics on
+        ``prometheus_listen`` (raises OSError if the address cannot be bound, ValueError
+        for a malformed one). Call before the workers start, after any fork (-d): the
+        endpoint is a thread."""
+        if not self.config.switch("prometheus_enabled"):
+            return
+        from prometheus_client import CollectorRegistry, start_http_server  # noqa: PLC0415
+        from prometheus_client.multiprocess import MultiProcessCollector  # noqa: PLC0415
+
+        host, port = metrics.parse_listen(
+            self.config.string("prometheus_listen") or "127.0.0.1:9110"
+        )
+        directory = tempfile.mkdtemp(prefix="pop3d-metrics-")  # 0700, ours
+        try:
+            registry = CollectorRegistry(auto_describe=True)
+            MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+            registry.register(_MasterCollector(self))
+            server, _thread = start_http_server(port, host, registry)
+        except BaseException:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
+        self.metrics_dir = directory
+        self._metrics_server = server
+        bound_port = int(server.server_address[1])
+        self.metrics_address = (host, bound_port)
+        log.info(
+            "metrics on http://%s/metrics (worker counts in %s)",
+            _url_host(host, bound_port),
+            directory,
+        )
+
+    def stop_metrics(self) -> None:
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+            self._metrics_server = None
+        if self.metrics_dir is not None:
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)
+            self.metrics_dir = None
+
+    def _worker_gone(self, pid: int) -> None:
+        """Drop an exited worker's share of the gauges (its counters stay in the sums)."""
+        if self.metrics_dir is not None:
+            from prometheus_client import multiprocess  # noqa: PLC0415
+
+            multiprocess.mark_process_dead(pid, self.metrics_dir)  # type: ignore[no-untyped-call]
+
+
+def _url_host(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class _MasterCollector:
+    """What only the master knows, read at each scrape (from the endpoint's thread: a
+    torn read of the slot table costs one scrape a count off by one, nothing more)."""
+
+    def __init__(self, master: Master) -> None:
+        self.master = master
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import (  # noqa: PLC0415
+            CounterMetricFamily,
+            GaugeMetricFamily,
+        )
+
+        master = self.master
+        workers = GaugeMetricFamily(
+            "pop3d_workers", "Worker processes serving.", labels=["service"]
+        )
+        retiring = GaugeMetricFamily(
+            "pop3d_workers_retiring",
+            "Retired workers (-U, -T) still finishing their sessions.",
+            value=len(master.retiring),
+        )
+        deaths = CounterMetricFamily(
+            "pop3d_worker_deaths",
+            "Workers that exited without retiring (crashes, kills), restarted after a pause.",
+            labels=["service"],
+        )
+        serving = collections.Counter(
+            slot.service.name for slot in list(master.slots) if slot.process is not None
+        )
+        for service in master.cyrus.services:
+            workers.add_metric([service.name], serving[service.name])
+            deaths.add_metric([service.name], master.worker_deaths[service.name])
+        yield workers
+        yield retiring
+        yield deaths

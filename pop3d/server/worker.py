@@ -58,6 +58,8 @@ class Worker:
         # (asyncio accepts a backlog's worth at a time); only a shutdown turns them away.
         if 0 <= self.maxchild <= len(self.connections) or self._terminating.is_set():
             channel.refuse(TOO_MANY)
+            if not self._terminating.is_set():
+                self.context.metrics.limit_hit("maxchild")
             log.warning(
                 "connection from %s refused: %s",
                 channel.peer,

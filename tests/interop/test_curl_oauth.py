@@ -111,9 +111,7 @@ def test_curl_oauthbearer(oauthbearer_server: Server) -> None:
     message = base64.b64decode(commands[2])
     assert message.startswith(b"n,a=alice,\x01host=127.0.0.1\x01port=")
     assert "LIST" in commands
-    assert "login.good user=alice method=AUTH OAUTHBEARER" in wait_for_log(
-        oauthbearer_server, "login.good user=alice"
-    )
+    assert "] alice OAUTHBEARER" in wait_for_log(oauthbearer_server, "] alice OAUTHBEARER")
 
 
 def test_curl_oauthbearer_refused(oauthbearer_server: Server) -> None:
@@ -135,7 +133,7 @@ def test_curl_oauthbearer_refused(oauthbearer_server: Server) -> None:
         assert sent(err)[3] == "AQ=="
         assert "< -ERR [AUTH] Invalid login" in err
     log = wait_for_log(oauthbearer_server, "token expired")
-    assert "login.bad" in log and "token expired" in log
+    assert "badlogin:" in log and "token expired" in log
     for token, _, _ in cases:
         for part in token.split("."):
             assert part not in log

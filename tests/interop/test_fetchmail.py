@@ -122,7 +122,7 @@ def test_apop(tmp_path: Path, served: Served) -> None:
     assert "POP3> USER" not in result.log
     assert message_ids(result.delivered) == [("bob", 1), ("bob", 2), ("bob", 3)]
     assert_all_delivered(result, as_delivered(served.lab.messages("bob")))
-    assert "login.good user=bob method=APOP" in served.log()
+    assert "] bob APOP" in served.log()
 
 
 def test_without_keep_messages_are_deleted(tmp_path: Path, served: Served) -> None:
@@ -213,7 +213,7 @@ def test_stls_with_certificate_check(tmp_path: Path, served: Served) -> None:
     assert inside.index("POP3> CAPA") < inside.index("POP3> USER alice")
     assert message_ids(result.delivered) == [("alice", n) for n in range(1, 8)]
     assert_all_delivered(result, as_delivered(served.lab.messages("alice")))
-    assert "login.good user=alice method=USER" in served.log()
+    assert "] alice plaintext" in served.log()
 
 
 def test_implicit_tls(tmp_path: Path, served: Served) -> None:

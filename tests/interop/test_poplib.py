@@ -235,8 +235,11 @@ def test_stls(served: Served, client_context: ssl.SSLContext) -> None:
     finally:
         pop.close()
     log = served.log()
-    assert "login.good user=alice method=USER" in log
-    pattern = r"login\.good user=alice method=USER .* tls=TLSv1\.[23] layer=-$"
+    assert "] alice plaintext" in log
+    pattern = (
+        r"^.*login: \S+ \[\S+\] alice plaintext\+TLS User logged in "
+        r".* tls=<TLSv1\.[23]> .* layer=<->"
+    )
     assert re.search(pattern, log, re.M), log
 
 

@@ -164,6 +164,7 @@ def start_server(
     *,
     wrapper: Sequence[str] = (),
     python: str = sys.executable,
+    maxchild: int = 2000,
 ) -> Server:
     """Start pop3d-master with ``services`` (name -> extra pop3d flags) and wait until
     every port accepts connections. ``env`` is added to the master's environment (its
@@ -175,12 +176,24 @@ def start_server(
     for _attempt in range(4):
         try:
             return _start_server(
-                lab, services or {"pop3": ""}, prefork, env or {}, wrapper=wrapper, python=python
+                lab,
+                services or {"pop3": ""},
+                prefork,
+                env or {},
+                wrapper=wrapper,
+                python=python,
+                maxchild=maxchild,
             )
         except PortTaken:
             continue
     return _start_server(
-        lab, services or {"pop3": ""}, prefork, env or {}, wrapper=wrapper, python=python
+        lab,
+        services or {"pop3": ""},
+        prefork,
+        env or {},
+        wrapper=wrapper,
+        python=python,
+        maxchild=maxchild,
     )
 
 
@@ -196,13 +209,14 @@ def _start_server(
     *,
     wrapper: Sequence[str] = (),
     python: str = sys.executable,
+    maxchild: int = 2000,
 ) -> Server:
     ports = {name: free_port() for name in services}
     lines = ["SERVICES {"]
     for name, flags in services.items():
         lines.append(
             f'  {name} cmd="pop3d {flags} -C {lab.config}" listen="127.0.0.1:{ports[name]}" '
-            f"prefork={prefork} maxchild=2000"
+            f"prefork={prefork} maxchild={maxchild}"
         )
     lines.append("}")
     cyrus_conf = lab.root / "cyrus.conf"

@@ -232,7 +232,11 @@ def test_policy_over_real_tls(tmp_path: Path) -> None:
         server.stop()
     log = server.log_text()
     assert "TLS TLSv1.3" in log
-    assert re.search(r"login\.good user=alice method=USER .* ssf=(128|256) tls=TLSv1\.3", log)
+    assert re.search(
+        r"login: \S+ \[\S+\] alice plaintext\+TLS User logged in "
+        r".* tls=<TLSv1\.3> .* ssf=<(128|256)>",
+        log,
+    )
 
 
 def test_tls_required(tmp_path: Path) -> None:

@@ -1,0 +1,303 @@
+"""The audit trail: one record per authentication attempt and one per session end.
+
+Each record goes to the ``pop3d.audit`` logger as the line Cyrus writes to syslog, so the
+parsers sites already run (fail2ban's ``cyrus-imap`` filter, logwatch) keep working:
+
+    login: 192.0.2.7 [192.0.2.7] alice PLAIN+TLS User logged in SESSIONID=<...>
+    badlogin: 192.0.2.7 [192.0.2.7] plaintext (alice) [SASL(-13): authentication failure: ...]
+    counts: retr=<2> top=<0> dele=<1>
+
+followed by every field of the record as ``key=<value>`` (Cyrus's ``auditlog:`` style), and,
+with ``audit_jsonl_file``, to a JSON-lines file as one object per line.
+
+Cyrus writes the client as ``name [address]`` from a reverse lookup; pop3d does no lookups
+(a blocking resolver call per connection buys an attacker-chosen name) and writes the
+address in both places. A peer that is not an IP address (a unix socket, stdio) is
+``[local]``, as in Cyrus.
+
+Escaping: every field that can carry a client's bytes (user names, reasons, the peer, the
+session id) is escaped before it is written, so no value can end a line, open a field or
+pass for another one. Characters that are not printable (controls, line and paragraph
+separators, bidirectional overrides), the backslash, and the delimiters of the field's
+position become ``\\xHH``/``\\uHHHH``: a positional word loses spaces too, a
+``<value>`` or a ``[reason]`` keeps its spaces and loses angle brackets, brackets and
+parentheses (so no user name or reason can spell ``[SASL(-13): ...`` for fail2ban). In the JSON file
+``json.dumps`` escapes, ASCII only. A user name that the identity rules refuse still
+reaches the record (as a failed attempt): the escaping, not the rules, protects the log.
+"""
+
+from __future__ import annotations
+
+import datetime
+import enum
+import ipaddress
+import json
+import logging
+import os
+import stat
+from dataclasses import dataclass
+
+from pop3d.security.value import Security
+
+audit_log = logging.getLogger("pop3d.audit")
+log = logging.getLogger("pop3d")
+
+
+class Result(enum.StrEnum):
+    OK = "ok"
+    FAIL = "fail"  # the credentials (or the identity they name) were refused
+    REFUSED = "refused"  # authenticated, then not let in: maildrop locked, LOGIN-DELAY
+
+
+@dataclass(frozen=True, slots=True)
+class Login:
+    """One authentication attempt."""
+
+    time: float
+    service: str
+    session: str
+    peer: str  # the channel's: the PROXY header's source under -H
+    security: Security | None
+    mechanism: str  # USER, APOP, KPOP or a SASL mechanism's name
+    user: str
+    result: Result
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEnd:
+    """One connection, from accept to close."""
+
+    time: float
+    service: str
+    session: str
+    peer: str
+    security: Security | None
+    mechanism: str  # of the login; "" if nobody logged in
+    user: str
+    reason: str
+    retrieved: int  # RETR that went out whole
+    top: int
+    deleted: int  # removed at UPDATE
+    bytes_in: int  # on the wire: TLS and SASL framing included
+    bytes_out: int
+    duration: float
+
+
+Record = Login | SessionEnd
+
+# --- escaping --------------------------------------------------------------------------
+
+_WORD = frozenset(' \\<>[]()"')
+# Brackets and parentheses too: no value may spell "[SASL(-13): ..." for fail2ban.
+_VALUE = _REASON = frozenset("\\<>[]()")
+
+
+def _escape(text: str, special: frozenset[str]) -> str:
+    if text.isprintable() and special.isdisjoint(text) and text.isascii():
+        return text  # the common case, without a loop
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if ch in special or not ch.isprintable():
+            if code < 0x100:
+                out.append(f"\\x{code:02x}")
+            elif code < 0x10000:
+                out.append(f"\\u{code:04x}")
+            else:
+                out.append(f"\\U{code:08x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def word(text: str) -> str:
+    """A positional field of a Cyrus line: no spaces, brackets or parentheses."""
+    return _escape(text, _WORD) if text else "-"
+
+
+def value(text: object) -> str:
+    """The inside of ``key=<value>``."""
+    return _escape(str(text), _VALUE)
+
+
+def reason_text(text: str) -> str:
+    return _escape(text, _REASON)
+
+
+# --- the client's address --------------------------------------------------------------
+
+
+def client_address(peer: str) -> str | None:
+    """The IP address in a channel's peer (``192.0.2.7:110``, ``[2001:db8::1]:110``),
+    None if it is not one (``[unix socket]``, ``[stdio]``)."""
+    host = peer
+    if peer.startswith("["):
+        host = peer[1 : peer.find("]")] if "]" in peer else ""
+    elif peer.count(":") == 1:
+        host = peer.partition(":")[0]
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return None
+
+
+def client_host(peer: str) -> str:
+    """Cyrus's ``popd_clienthost``: ``name [address]``; the address stands for the name
+    (no reverse lookups), ``[local]`` when there is no address."""
+    address = client_address(peer)
+    return f"{address} [{address}]" if address is not None else "[local]"
+
+
+# --- the syslog line -------------------------------------------------------------------
+
+_CYRUS_MECHANISM = {"USER": "plaintext"}
+
+
+def _tls_fields(security: Security | None) -> str:
+    tls = security.tls if security is not None else None
+    ssf = security.ssf if security is not None else 0
+    layer = security.layer if security is not None else None
+    kpop = security.kpop_principal if security is not None else None
+    return (
+        f"tls=<{value(tls.version) if tls else '-'}> "
+        f"cipher=<{value(tls.cipher) if tls else '-'}> "
+        f"ssf=<{ssf}> layer=<{value(f'{layer.mechanism}/{layer.ssf}') if layer else '-'}>"
+        + (f" kpop=<{value(kpop)}>" if kpop else "")
+    )
+
+
+def syslog_line(record: Record) -> str:
+    host = client_host(record.peer)
+    common = (
+        f"SESSIONID=<{value(record.session)}> service=<{value(record.service)}> "
+        f"peer=<{value(record.peer)}> user=<{value(record.user)}> "
+        f"mech=<{value(record.mechanism)}> {_tls_fields(record.security)}"
+    )
+    if isinstance(record, SessionEnd):
+        return (
+            f"counts: retr=<{record.retrieved}> top=<{record.top}> dele=<{record.deleted}> "
+            f"{common} bytes_in=<{record.bytes_in}> bytes_out=<{record.bytes_out}> "
+            f"duration=<{record.duration:.3f}> reason=<{value(record.reason)}>"
+        )
+    mechanism = word(_CYRUS_MECHANISM.get(record.mechanism, record.mechanism))
+    tail = f"{common} result=<{record.result}> reason=<{value(record.reason)}>"
+    if record.result is Result.OK:
+        tls = "+TLS" if record.security is not None and record.security.tls_active else ""
+        # Cyrus has SESSIONID=<> at the end of its line: the common fields repeat it.
+        return f"login: {host} {word(record.user)} {mechanism}{tls} User logged in {tail}"
+    if record.result is Result.FAIL:
+        # fail2ban's cyrus-imap filter: badlogin: \S+ ?\[<HOST>\] \S+ .*?SASL\(-13\): ...
+        why = f"SASL(-13): authentication failure: {reason_text(record.reason)}"
+    else:
+        why = reason_text(record.reason)  # not a wrong password: no SASL(-13)
+    return f"badlogin: {host} {mechanism} ({word(record.user)}) [{why}] {tail}"
+
+
+# --- the JSON line ---------------------------------------------------------------------
+
+
+def json_line(record: Record) -> str:
+    security = record.security
+    tls = security.tls if security is not None else None
+    layer = security.layer if security is not None else None
+    fields: dict[str, object] = {
+        "time": datetime.datetime.fromtimestamp(record.time, datetime.UTC).isoformat(
+            timespec="milliseconds"
+        ),
+        "event": "login" if isinstance(record, Login) else "session",
+        "service": record.service,
+        "session": record.session,
+        "client": client_address(record.peer),
+        "peer": record.peer,
+        "tls": tls.version if tls else None,
+        "cipher": tls.cipher if tls else None,
+        "ssf": security.ssf if security is not None else 0,
+        "layer": f"{layer.mechanism}/{layer.ssf}" if layer else None,
+        "kpop_principal": security.kpop_principal if security is not None else None,
+        "mechanism": record.mechanism or None,
+        "user": record.user or None,
+    }
+    if isinstance(record, Login):
+        fields["result"] = str(record.result)
+        fields["reason"] = record.reason or None
+    else:
+        fields.update(
+            reason=record.reason,
+            retrieved=record.retrieved,
+            top=record.top,
+            deleted=record.deleted,
+            bytes_in=record.bytes_in,
+            bytes_out=record.bytes_out,
+            duration=round(record.duration, 3),
+        )
+    return json.dumps(fields, ensure_ascii=True, separators=(",", ":")) + "\n"
+
+
+class JsonLines:
+    """``audit_jsonl_file``: appended to by every worker. Each record is one ``write`` on
+    an ``O_APPEND`` descriptor, so the lines of concurrent workers never interleave. The
+    file is reopened when it was moved (logrotate), as ``WatchedFileHandler`` does. A
+    record that cannot be written costs the session nothing: one log line, then silence
+    until a write works again."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd = -1
+        self._identity: tuple[int, int] | None = None
+        self._failing = False
+        self._open()
+
+    def _open(self) -> None:
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            os.close(fd)
+            raise OSError(f"{self.path}: not a regular file")
+        self._close()
+        self._fd = fd
+        self._identity = (info.st_dev, info.st_ino)
+
+    def _close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def write(self, line: str) -> None:
+        try:
+            try:
+                info = os.stat(self.path)
+                moved = (info.st_dev, info.st_ino) != self._identity
+            except FileNotFoundError:
+                moved = True
+            if moved or self._fd < 0:
+                self._open()
+            os.write(self._fd, line.encode("ascii"))
+        except OSError as exc:
+            if not self._failing:
+                log.error("audit_jsonl_file %s: cannot write: %s", self.path, exc)
+            self._failing = True
+            return
+        self._failing = False
+
+    def close(self) -> None:
+        self._close()
+
+
+class AuditTrail:
+    """Where a service's records go: the ``pop3d.audit`` logger (stderr, and syslog when
+    ``syslog_socket`` is set) and the optional JSON-lines file."""
+
+    def __init__(self, service: str, jsonl_path: str | None = None) -> None:
+        self.service = service
+        self.jsonl = JsonLines(jsonl_path) if jsonl_path else None
+
+    def record(self, record: Record) -> None:
+        failed = isinstance(record, Login) and record.result is not Result.OK
+        audit_log.log(logging.WARNING if failed else logging.INFO, "%s", syslog_line(record))
+        if self.jsonl is not None:
+            self.jsonl.write(json_line(record))
+
+    def close(self) -> None:
+        if self.jsonl is not None:
+            self.jsonl.close()

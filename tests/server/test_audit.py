@@ -1,0 +1,271 @@
+"""The audit trail (server/audit.py): Cyrus's login:/badlogin:/counts: lines, escaped so a
+client cannot forge one; a real syslog socket (a unix datagram socket bound here) and the
+JSON-lines file, written by a real pop3d-master's workers."""
+
+from __future__ import annotations
+
+import base64
+import json
+import queue
+import re
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pop3d.security.value import Security, TLSInfo
+from pop3d.server.audit import Login, Result, SessionEnd, json_line, syslog_line
+from tests.support.lab import Lab, start_server
+
+# fail2ban's filter.d/cyrus-imap.conf (after its prefix line): what sites already run.
+FAIL2BAN = re.compile(
+    r"badlogin: \S+ ?\[(?P<host>[\w\-.^_:]+)\] \S+ "
+    r".*?\[?SASL\(-13\): authentication failure: .*\]?$"
+)
+FORGED_NAMES = [
+    "eve\nlogin: 198.51.100.1 [198.51.100.1] alice plaintext User logged in result=<ok>",
+    "eve\r result=<ok>",
+    "eve result=<ok> user=<alice>",
+    "eve> result=<ok",
+    "eve) [SASL(-13): authentication failure: x] (",
+    "eve\u2028result=<ok>",
+    "eve\u202e>ko<=tluser",
+    "eve\x00\x1b[2K",
+]
+TLS = Security(tls=TLSInfo("TLSv1.3", "TLS_AES_256_GCM_SHA384", 256))
+
+
+def _login(user: str, result: Result, peer: str = "192.0.2.7:4711") -> Login:
+    return Login(1.0, "pop3", "lab-1-2-3-4", peer, TLS, "PLAIN", user, result, "wrong password")
+
+
+@pytest.mark.parametrize("user", FORGED_NAMES)
+def test_a_user_name_cannot_forge_a_line_or_a_field(user: str) -> None:
+    end = SessionEnd(1.0, "pop3", "s", "192.0.2.7:1", TLS, "USER", user, "QUIT", 1, 0, 1, 2, 3, 0.5)
+    for record in (*(_login(user, result) for result in Result), end):
+        line = syslog_line(record)
+        assert line.isprintable(), line  # no CR, LF, NUL, U+2028, bidi override
+        assert line.count("result=<") == (0 if record is end else 1)
+        assert line.count("user=<") == 1
+        if isinstance(record, Login):
+            assert re.search(rf"result=<{record.result}>", line)
+        # Only a refused password is fail2ban's, and the host is the client's, always.
+        match = FAIL2BAN.search(line)
+        if isinstance(record, Login) and record.result is Result.FAIL:
+            assert match is not None and match["host"] == "192.0.2.7", line
+        else:
+            assert match is None, line
+        decoded = json.loads(json_line(record))
+        assert json_line(record).count("\n") == 1
+        assert decoded["user"] == user  # the JSON file keeps the exact name
+
+
+def test_cyrus_formats() -> None:
+    ok = syslog_line(_login("alice", Result.OK))
+    assert ok.startswith(
+        "login: 192.0.2.7 [192.0.2.7] alice PLAIN+TLS User logged in SESSIONID=<lab-1-2-3-4> "
+    )
+    assert "tls=<TLSv1.3> cipher=<TLS_AES_256_GCM_SHA384> ssf=<256>" in ok
+    bad = syslog_line(_login("alice", Result.FAIL, peer="[2001:db8::7]:110"))
+    assert bad.startswith(
+        "badlogin: 2001:db8::7 [2001:db8::7] PLAIN (alice) "
+        "[SASL(-13): authentication failure: wrong password] "
+    )
+    plain = Login(1.0, "pop3", "s", "[unix socket]", None, "USER", "bob", Result.OK)
+    assert syslog_line(plain).startswith("login: [local] bob plaintext User logged in ")
+    end = SessionEnd(
+        1.0, "pop3", "s", "192.0.2.7:1", None, "USER", "bob", "QUIT", 2, 1, 1, 50, 900, 1
+    )
+    assert syslog_line(end).startswith("counts: retr=<2> top=<1> dele=<1> SESSIONID=<s> ")
+
+
+# --- a real master, a real syslog socket ------------------------------------------------
+
+
+class Syslog:
+    """A unix datagram socket bound here, read all the time as a syslog daemon reads
+    /dev/log (the kernel queues only ten datagrams: a listener that reads late makes the
+    senders wait, which is what C's syslog(3) does too)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.lines: queue.Queue[str] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except OSError:
+                return
+            self.lines.put(data.decode("utf-8"))
+
+    def close(self) -> None:
+        self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        self._reader.join(timeout=5)
+
+
+@pytest.fixture
+def syslog() -> Iterator[Syslog]:
+    folder = Path(tempfile.mkdtemp(prefix="syslog-", dir="/tmp"))  # short: sun_path is 108
+    listener = Syslog(folder / "log")
+    try:
+        yield listener
+    finally:
+        listener.close()
+        listener.path.unlink(missing_ok=True)
+        folder.rmdir()
+
+
+class Client:
+    def __init__(self, port: int, proxy: bytes = b"") -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.sent = 0
+        self.received = 0
+        self.buffer = b""
+        if proxy:
+            self.sock.sendall(proxy)
+            self.sent += len(proxy)
+        self.line()  # greeting
+
+    def line(self) -> bytes:
+        while b"\r\n" not in self.buffer:
+            data = self.sock.recv(65536)
+            assert data, "connection closed"
+            self.received += len(data)
+            self.buffer += data
+        line, _, self.buffer = self.buffer.partition(b"\r\n")
+        return line
+
+    def ask(self, command: bytes) -> bytes:
+        self.sock.sendall(command + b"\r\n")
+        self.sent += len(command) + 2
+        return self.line()
+
+    def multiline(self) -> None:
+        while self.line() != b".":
+            pass
+
+    def quit(self) -> None:
+        assert self.ask(b"QUIT").startswith(b"+OK")
+        while data := self.sock.recv(65536):
+            self.received += len(data)
+        self.sock.close()
+
+
+AUDIT = re.compile(r"^<\d+>[\w/-]+\[\d+\]: (login|badlogin|counts): ")
+
+
+def _audit_lines(syslog: Syslog, count: int) -> list[str]:
+    """The next ``count`` audit records among everything pop3d logs to syslog."""
+    got = []
+    while len(got) < count:
+        line = syslog.lines.get(timeout=10)
+        if AUDIT.match(line):
+            got.append(line)
+    return got
+
+
+def test_records_reach_syslog_and_the_jsonl_file(tmp_path: Path, syslog: Syslog) -> None:
+    jsonl = tmp_path / "audit.jsonl"
+    lab = Lab(
+        tmp_path / "lab",
+        extra_config=(
+            f"syslog_socket: {syslog.path}\nsyslog_facility: mail\naudit_jsonl_file: {jsonl}\n"
+        ),
+    ).create()
+    server = start_server(lab, {"pop3": "", "pop3h": "-H"})
+    try:
+        # start_server's readiness probe of pop3 is a session too (the one of pop3h
+        # never sends a PROXY header, so it never becomes one): its record first
+        _audit_lines(syslog, 1)
+        while not jsonl.exists() or not jsonl.read_text():  # written just after syslog's
+            time.sleep(0.01)
+        already = len(jsonl.read_text().splitlines())
+
+        # 1: a name the identity rules refuse, then one they accept, with a wrong password
+        c = Client(server.port)
+        assert c.ask(b"USER eve\x1b result=<ok>").startswith(b"-ERR")
+        assert c.ask(b"USER eve result=<ok> user=<alice>").startswith(b"+OK")
+        assert c.ask(b"PASS nope").startswith(b"-ERR")
+        c.quit()
+        # 2: AUTH PLAIN whose authcid carries a CR (the identity rules stop it: it is
+        # logged as "-"), then one with what the rules let through
+        c = Client(server.port)
+        blob = base64.b64encode(b"\0mallory\rresult=<ok>\nlogin: x\0nope")
+        assert c.ask(b"AUTH PLAIN " + blob).startswith(b"-ERR")
+        # (SASLprep stops U+2028 and the identity rules a colon)
+        crafted = "mallory) [SASL(-13) x] result=<ok> user=<alice>"
+        blob = base64.b64encode(b"\0" + crafted.encode() + b"\0nope")
+        assert c.ask(b"AUTH PLAIN " + blob).startswith(b"-ERR")
+        c.quit()
+        # 3: behind a PROXY header, wrong password
+        header = b"PROXY TCP4 203.0.113.9 127.0.0.1 4711 110\r\n"
+        c = Client(server.ports["pop3h"], proxy=header)
+        assert c.ask(b"USER alice").startswith(b"+OK")
+        assert c.ask(b"PASS nope").startswith(b"-ERR")
+        c.quit()
+        # 4: a real session: RETR and DELE, its bytes counted exactly
+        c = Client(server.port)
+        assert c.ask(b"USER alice").startswith(b"+OK")
+        assert c.ask(b"PASS wonderland").startswith(b"+OK")
+        assert c.ask(b"RETR 1").startswith(b"+OK")
+        c.multiline()
+        assert c.ask(b"DELE 1").startswith(b"+OK")
+        c.quit()
+        lines = _audit_lines(syslog, 10)
+    finally:
+        server.stop()
+
+    syslog = re.compile(r"^<(\d+)>(pop3h?)\[(\d+)\]: (login|badlogin|counts): .*\x00?$")
+    for line in lines:
+        match = syslog.match(line)
+        assert match is not None, line
+        assert int(match[1]) >> 3 == 2  # LOG_MAIL
+        assert line.rstrip("\x00").isprintable(), line
+    records = [line.split("]: ", 1)[1].rstrip("\x00") for line in lines]
+    logins = [r for r in records if r.startswith(("login:", "badlogin:"))]
+    assert [r.split(" ", 1)[0] for r in logins] == ["badlogin:"] * 5 + ["login:"]
+    assert sum("result=<ok>" in r for r in records) == 1
+    assert sum("User logged in" in r for r in records) == 1
+    banned = [m["host"] for r in logins if (m := FAIL2BAN.search(r))]
+    assert banned == ["127.0.0.1"] * 4 + ["203.0.113.9"]
+    assert "plaintext (eve\\x1b\\x20result=\\x3cok\\x3e) [SASL(-13)" in logins[0]
+    assert " PLAIN (-) [SASL(-13): authentication failure: bad identity]" in logins[2]
+    assert " PLAIN (mallory\\x29\\x20\\x5bSASL\\x28-13\\x29\\x20x\\x5d\\x20" in logins[3]
+    last = records[-1]
+    assert last.startswith("counts: retr=<1> top=<0> dele=<1> ")
+    assert "user=<alice> mech=<USER>" in last and "reason=<QUIT>" in last
+    assert f"bytes_in=<{c.sent}> bytes_out=<{c.received}>" in last
+
+    objects = [json.loads(line) for line in jsonl.read_text().splitlines()[already:]]
+    assert [(o["event"], o.get("result")) for o in objects] == [
+        ("login", "fail"),
+        ("login", "fail"),
+        ("session", None),
+        ("login", "fail"),
+        ("login", "fail"),
+        ("session", None),
+        ("login", "fail"),
+        ("session", None),
+        ("login", "ok"),
+        ("session", None),
+    ]
+    assert objects[0]["user"] == "eve\x1b result=<ok>"
+    assert objects[1]["user"] == "eve result=<ok> user=<alice>"
+    assert (objects[3]["user"], objects[3]["reason"]) == ("-", "bad identity")
+    assert objects[4]["user"] == crafted
+    assert objects[6]["client"] == "203.0.113.9" and objects[6]["service"] == "pop3h"
+    assert objects[8]["mechanism"] == "USER" and objects[8]["ssf"] == 0
+    session = objects[9]
+    assert (session["retrieved"], session["deleted"]) == (1, 1)
+    assert (session["bytes_in"], session["bytes_out"]) == (c.sent, c.received)
+    assert all(o["session"] == session["session"] for o in objects[8:10])

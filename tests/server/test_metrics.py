@@ -1,0 +1,193 @@
+"""Prometheus metrics (server/metrics.py, the master's endpoint): scraped with a real HTTP
+client during a load run of a few hundred sessions over two workers; the counts add up."""
+
+from __future__ import annotations
+
+import re
+import socket
+import ssl
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from pop3d.server.metrics import parse_listen
+from tests.support.lab import Lab, Server, start_server
+
+METRICS = "prometheus_enabled: yes\nprometheus_listen: 127.0.0.1:0\n"
+THREADS = 8
+ROUNDS = 40  # 320 sessions
+
+
+def _endpoint(server: Server) -> tuple[str, Path]:
+    deadline = time.monotonic() + 10
+    while not (
+        found := re.search(r"metrics on (http://\S+) \(worker counts in (\S+)\)", server.log_text())
+    ):
+        assert time.monotonic() < deadline, server.log_text()
+        time.sleep(0.05)
+    return found[1], Path(found[2])
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    with urllib.request.urlopen(url, timeout=10) as answer:  # noqa: S310 - our loopback
+        assert answer.headers["Content-Type"].startswith("text/plain")
+        text = answer.read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
+) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def _settled(url: str, service: str) -> bool:
+    """start_server's probe connection has come and gone."""
+    samples = scrape(url)
+    return (
+        value(samples, "pop3d_sessions_total", service=service) >= 1
+        and value(samples, "pop3d_sessions_current", service=service) == 0
+    )
+
+
+def _until(check: Callable[[], bool], what: str, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def _session(port: int, user: str, password: str) -> tuple[int, int]:
+    """One session: (octets sent, octets received)."""
+    sent = received = 0
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        commands = [f"USER {user}", f"PASS {password}", "STAT", "QUIT"]
+        stream = "".join(f"{c}\r\n" for c in commands).encode()
+        sock.sendall(stream)  # PIPELINING
+        sent += len(stream)
+        while data := sock.recv(65536):
+            received += len(data)
+    return sent, received
+
+
+def test_metrics_add_up_across_workers_under_load(tmp_path: Path) -> None:
+    lab = Lab(tmp_path, extra_config=METRICS)
+    lab.users.update({f"user{n}": f"secret{n}" for n in range(THREADS)})
+    lab.create()
+    server = start_server(lab, prefork=2)
+    try:
+        url, directory = _endpoint(server)
+        assert url.startswith("http://127.0.0.1:")
+        assert directory.is_dir()
+        before = scrape(url)
+        assert value(before, "pop3d_workers", service="pop3") == 2
+        _until(lambda: _settled(url, "pop3"), "probe")
+        before = scrape(url)
+        totals = [[0, 0] for _ in range(THREADS)]
+
+        def load(n: int) -> None:
+            for i in range(ROUNDS):
+                password = f"secret{n}" if i % 2 == 0 else "wrong"
+                sent, received = _session(server.port, f"user{n}", password)
+                totals[n][0] += sent
+                totals[n][1] += received
+
+        threads = [threading.Thread(target=load, args=(n,)) for n in range(THREADS)]
+        for thread in threads:
+            thread.start()
+        during = scrape(url)  # mid-run: a well-formed page, counts in between
+        sessions = value(during, "pop3d_sessions_total", service="pop3") - value(
+            before, "pop3d_sessions_total", service="pop3"
+        )
+        assert 0 <= sessions <= THREADS * ROUNDS
+        for thread in threads:
+            thread.join()
+        sent = sum(t[0] for t in totals)
+        received = sum(t[1] for t in totals)
+
+        def delta(name: str, **labels: str) -> float:
+            return value(scrape(url), name, **labels) - value(before, name, **labels)
+
+        # the last sessions' ends may still be on their way to the counters
+        _until(lambda: value(scrape(url), "pop3d_sessions_current", service="pop3") == 0, "end")
+        _until(lambda: delta("pop3d_received_bytes_total", service="pop3") == sent, "bytes in")
+        after = scrape(url)
+
+        def grew(name: str, **labels: str) -> float:
+            return value(after, name, **labels) - value(before, name, **labels)
+
+        assert grew("pop3d_sessions_total", service="pop3") == THREADS * ROUNDS
+        half = THREADS * ROUNDS // 2
+        assert grew("pop3d_logins_total", service="pop3", mechanism="USER", result="ok") == half
+        assert grew("pop3d_logins_total", service="pop3", mechanism="USER", result="fail") == half
+        assert grew("pop3d_received_bytes_total", service="pop3") == sent
+        assert grew("pop3d_sent_bytes_total", service="pop3") == received
+        assert value(after, "pop3d_workers", service="pop3") == 2
+        assert value(after, "pop3d_worker_deaths_total", service="pop3") == 0
+        for name, labels in after:  # no user name, no secret in any label
+            for _key, label in labels:
+                assert not label.startswith("user") and "secret" not in label, (name, labels)
+    finally:
+        assert server.stop() == 0
+    assert not directory.exists()  # the master cleans up what it made
+
+
+def test_limits_and_tls_handshakes_are_counted(tmp_path: Path) -> None:
+    lab = Lab(tmp_path, extra_config=METRICS).create(with_tls=True)
+    server = start_server(lab, {"pop3": "", "pop3s": "-s"}, maxchild=1)
+    try:
+        url, _directory = _endpoint(server)
+        for service in ("pop3", "pop3s"):
+            _until(lambda s=service: _settled(url, s), "probes")
+        before = scrape(url)
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as held:
+            assert held.recv(1024).startswith(b"+OK")
+            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as extra:
+                assert extra.recv(1024).startswith(b"-ERR [SYS/TEMP] Too many connections")
+        assert lab.tls is not None
+        context = ssl.create_default_context(cafile=str(lab.tls.ca))
+        with socket.create_connection(("127.0.0.1", server.ports["pop3s"]), timeout=10) as raw:
+            with context.wrap_socket(raw, server_hostname="localhost") as tls:
+                assert tls.recv(1024).startswith(b"+OK")
+        _until(lambda: value(scrape(url), "pop3d_sessions_current", service="pop3s") == 0, "tls")
+        with socket.create_connection(("127.0.0.1", server.ports["pop3s"]), timeout=10) as raw:
+            raw.sendall(b"this is not a ClientHello\r\n" * 20)
+            raw.recv(1024)
+        _until(
+            lambda: (
+                value(scrape(url), "pop3d_tls_handshakes_total", service="pop3s", result="fail")
+                > value(before, "pop3d_tls_handshakes_total", service="pop3s", result="fail")
+            ),
+            "failed handshake",
+        )
+        after = scrape(url)
+        limit = {"service": "pop3", "limit": "maxchild"}
+        assert value(after, "pop3d_limit_refusals_total", **limit) == 1
+        ok = {"service": "pop3s", "result": "ok"}
+        assert (
+            value(after, "pop3d_tls_handshakes_total", **ok)
+            - value(before, "pop3d_tls_handshakes_total", **ok)
+            == 1
+        )
+    finally:
+        server.stop()
+
+
+def test_prometheus_listen_forms() -> None:
+    assert parse_listen("9110") == ("127.0.0.1", 9110)
+    assert parse_listen("0.0.0.0:9110") == ("0.0.0.0", 9110)
+    assert parse_listen("[::1]:9110") == ("::1", 9110)
+    for bad in ("", "host:", "[::1]9110", "127.0.0.1:99999", "x:y"):
+        try:
+            parse_listen(bad)
+        except ValueError:
+            continue
+        raise AssertionError(bad)
