@@ -19,11 +19,20 @@ Choices, and why:
   then fsync the directories, so "+OK" after QUIT means the deletions are on disk.
 * **Delivery** writes ``tmp/``, fsyncs the file, links it into ``new/`` and fsyncs ``new/``:
   at no point can a crash leave the message half-written in ``new/`` or lost.
+* **No symbolic links, no races**: a Maildir may belong to its user (``/home/%u/Maildir``)
+  while pop3d can read more than they can. Every operation works on directory file
+  descriptors opened with ``O_NOFOLLOW`` (the Maildir, then ``new/``, ``cur/``, ``tmp/``
+  inside it) and names relative to them (``dir_fd=``): a link planted as a message, as a
+  folder or as the Maildir itself is neither listed, served nor unlinked through, and a
+  link swapped in after the listing fails to open instead of being followed. Only regular
+  files count as messages (a FIFO could hang a read); messages are opened ``O_NONBLOCK``
+  and checked with ``fstat`` for the same reason.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -31,6 +40,7 @@ import itertools
 import os
 import secrets
 import socket
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -96,27 +106,95 @@ def _chunks(handle: BinaryIO) -> Iterator[bytes]:
         yield chunk
 
 
-def _fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _open_directory(path: Path | str, dir_fd: int | None = None) -> int:
+    """A directory, never through a symbolic link (ELOOP/ENOTDIR then)."""
+    return os.open(path, _DIRECTORY, dir_fd=dir_fd)
+
+
+def _fsync(fd: int) -> None:
+    os.fsync(fd)
+
+
+def _kind(name: str, dir_fd: int) -> str:
+    """ "file" (a regular file), "missing", or "other" (a link, directory, FIFO, ...)."""
     try:
-        os.fsync(fd)
-    finally:
+        info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return "missing"
+    return "file" if stat.S_ISREG(info.st_mode) else "other"
+
+
+def _open_message(name: str, dir_fd: int) -> BinaryIO:
+    """A message file in ``dir_fd``: not through a link, and only a regular file (a FIFO or
+    device planted there must not hang or feed a read). Raises OSError."""
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+        if regular:
+            os.set_blocking(fd, True)
+            return os.fdopen(fd, "rb", buffering=0)
+    except BaseException:
         os.close(fd)
+        raise
+    os.close(fd)
+    raise OSError(errno.EINVAL, "not a regular file")
 
 
 def _ensure_maildir(path: Path) -> None:
-    for sub in ("tmp", "new", "cur"):
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        root = _open_directory(path)
+    except OSError as exc:
+        raise StorageError(f"cannot create {path}: {exc.strerror}") from exc
+    try:
+        for sub in ("tmp", "new", "cur"):
+            try:
+                os.mkdir(sub, 0o700, dir_fd=root)
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise StorageError(f"cannot create {path / sub}: {exc.strerror}") from exc
+    finally:
+        os.close(root)
+
+
+class _Folders:
+    """The Maildir and its ``new/`` and ``cur/`` (``tmp/`` for delivery) as directory file
+    descriptors, each opened without following a link."""
+
+    __slots__ = ("fds", "root")
+
+    def __init__(self, path: Path, names: tuple[str, ...] = _SUBDIRS) -> None:
+        self.root = _open_directory(path)
+        self.fds: dict[str, int] = {}
         try:
-            (path / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StorageError(f"cannot create {path / sub}: {exc.strerror}") from exc
+            for name in names:
+                try:
+                    self.fds[name] = _open_directory(name, self.root)
+                except FileNotFoundError:
+                    continue  # a Maildir without cur/ yet: nothing there
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+        if self.root >= 0:
+            os.close(self.root)
+            self.root = -1
 
 
 class MaildirMaildrop:
     """One locked, listed Maildir. Not thread-safe; one session owns it."""
 
-    def __init__(self, path: Path, lock_fd: int, entries: list[_Entry]) -> None:
+    def __init__(self, path: Path, lock_fd: int, entries: list[_Entry], folders: _Folders) -> None:
         self.path = path
+        self._folders: _Folders | None = folders
         self._lock_fd: int | None = lock_fd
         self._entries = entries
         seen: set[str] = set()
@@ -131,39 +209,54 @@ class MaildirMaildrop:
         self.sizes = tuple(size_hint(entry.name) for entry in entries)
         self.last_login = self._read_last_login()
 
+    @property
+    def _dirs(self) -> _Folders:
+        if self._folders is None:
+            raise StorageError(f"{self.path} is closed")
+        return self._folders
+
     def _read_last_login(self) -> float | None:
         try:
-            return (self.path / LAST_LOGIN_NAME).stat().st_mtime
+            info = os.stat(LAST_LOGIN_NAME, dir_fd=self._dirs.root, follow_symlinks=False)
         except FileNotFoundError:
             return None
+        return info.st_mtime if stat.S_ISREG(info.st_mode) else None
 
-    def _locate(self, index: int) -> Path:
-        """The message's current path. Another agent may have renamed it (flags, or the
-        move from new/ to cur/) since the listing: find it again by its unique part."""
+    def _locate(self, index: int) -> tuple[int, str]:
+        """The message's folder descriptor and current name. Another agent may have
+        renamed it (flags, or the move from new/ to cur/) since the listing: find it again
+        by its unique part. A name that is there but no longer a regular file (a link or
+        a directory put in its place) is not followed: StorageError."""
         entry = self._entries[index]
-        path = self.path / entry.subdir / entry.name
-        if path.exists():
-            return path
+        fds = self._dirs.fds
+        if entry.subdir in fds:
+            kind = _kind(entry.name, fds[entry.subdir])
+            if kind == "file":
+                return fds[entry.subdir], entry.name
+            if kind == "other":
+                raise StorageError(f"{entry.subdir}/{entry.name} is no longer a regular file")
         for subdir in ("cur", "new"):
-            try:
-                names = os.listdir(self.path / subdir)
-            except FileNotFoundError:
+            if subdir not in fds:
                 continue
-            for name in names:
-                if unique_part(name) == entry.unique:
-                    entry.subdir, entry.name = subdir, name
-                    return self.path / subdir / name
+            with os.scandir(fds[subdir]) as listing:
+                for item in listing:
+                    if unique_part(item.name) == entry.unique and item.is_file(
+                        follow_symlinks=False
+                    ):
+                        entry.subdir, entry.name = subdir, item.name
+                        return fds[subdir], item.name
         raise MessageGone(f"{entry.unique} is no longer in {self.path}")
 
     def open_message(self, index: int) -> BinaryIO:
         for _attempt in range(3):
-            path = self._locate(index)
+            fd, name = self._locate(index)
             try:
-                return open(path, "rb", buffering=0)
+                return _open_message(name, fd)
             except FileNotFoundError:
                 continue  # renamed between locate and open: look again
             except OSError as exc:
-                raise StorageError(f"cannot open {path}: {exc.strerror}") from exc
+                # ELOOP: a link swapped in after the listing; refused, not followed.
+                raise StorageError(f"cannot open {name} in {self.path}: {exc.strerror}") from exc
         raise MessageGone(f"message {index} keeps moving in {self.path}")
 
     def measure(self, indexes: tuple[int, ...]) -> list[int]:
@@ -177,17 +270,17 @@ class MaildirMaildrop:
         removed = failed = 0
         for index in deleted:
             try:
-                path = self._locate(index)
-                path.unlink()
+                fd, name = self._locate(index)
+                os.unlink(name, dir_fd=fd)
                 removed += 1
             except (MessageGone, FileNotFoundError):
                 removed += 1  # already gone: the client's wish is fulfilled
-            except OSError:
+            except (StorageError, OSError):
                 failed += 1
         if deleted:
             try:
-                for subdir in _SUBDIRS:
-                    _fsync_directory(self.path / subdir)
+                for fd in self._dirs.fds.values():
+                    os.fsync(fd)
             except OSError:
                 # Without the fsync the unlinks may not survive a crash: say so.
                 return 0, len(deleted)
@@ -196,14 +289,22 @@ class MaildirMaildrop:
         return removed, failed
 
     def _write_last_login(self, when: float) -> None:
-        path = self.path / LAST_LOGIN_NAME
+        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         try:
-            path.touch(mode=0o600, exist_ok=True)
-            os.utime(path, (when, when))
+            fd = os.open(LAST_LOGIN_NAME, flags, 0o600, dir_fd=self._dirs.root)
         except OSError:
-            pass  # losing LOGIN-DELAY bookkeeping must not fail a QUIT whose mail is safe
+            return  # losing LOGIN-DELAY bookkeeping must not fail a QUIT whose mail is safe
+        try:
+            os.utime(fd, (when, when))
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
+        if self._folders is not None:
+            self._folders.close()
+            self._folders = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = None
@@ -238,42 +339,57 @@ class MaildirStore:
 
     def open(self, user: str) -> MaildirMaildrop:
         path = self.path_for(user)
-        lock_path = path / LOCK_NAME
         try:
-            lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            folders = _Folders(path)
         except FileNotFoundError:
             if not self.create:
                 raise StorageError(f"{path} does not exist") from None
             # First login: make the Maildir (only now, not on every login).
             _ensure_maildir(path)
-            lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                folders = _Folders(path)
+            except OSError as exc:
+                raise StorageError(f"cannot open {path}: {exc.strerror}") from exc
         except OSError as exc:
+            # ELOOP/ENOTDIR: the Maildir (or new/, cur/) is a symbolic link: refused.
+            raise StorageError(f"cannot open {path}: {exc.strerror}") from exc
+        try:
+            lock_fd = os.open(
+                LOCK_NAME,
+                os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                0o600,
+                dir_fd=folders.root,
+            )
+        except OSError as exc:
+            folders.close()
             raise StorageError(f"cannot open lock in {path}: {exc.strerror}") from exc
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             os.close(lock_fd)
+            folders.close()
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
                 raise MaildropInUse(f"{path} is locked") from exc
             raise StorageError(f"cannot lock {path}: {exc.strerror}") from exc
         try:
-            entries = sorted(self._scan(path), key=_order_key)
-            return MaildirMaildrop(path, lock_fd, entries)
+            entries = sorted(self._scan(path, folders), key=_order_key)
+            return MaildirMaildrop(path, lock_fd, entries, folders)
         except BaseException:
             os.close(lock_fd)
+            folders.close()
             raise
 
     @staticmethod
-    def _scan(path: Path) -> Iterator[_Entry]:
+    def _scan(path: Path, folders: _Folders) -> Iterator[_Entry]:
         for subdir in _SUBDIRS:
+            if subdir not in folders.fds:
+                continue
             try:
-                with os.scandir(path / subdir) as listing:
+                with os.scandir(folders.fds[subdir]) as listing:
                     for item in listing:
-                        if item.name.startswith(".") or not item.is_file():
+                        if item.name.startswith(".") or not item.is_file(follow_symlinks=False):
                             continue
                         yield _Entry(subdir, item.name, unique_part(item.name))
-            except FileNotFoundError:
-                continue
             except OSError as exc:
                 raise StorageError(f"cannot list {path / subdir}: {exc.strerror}") from exc
 
@@ -282,10 +398,19 @@ class MaildirStore:
         left in ``new/`` and the exception propagates (the MTA keeps the message)."""
         path = self.path_for(user)
         _ensure_maildir(path)
+        folders = _Folders(path, ("tmp", "new"))
+        try:
+            return self._deliver(path, folders, source)
+        finally:
+            folders.close()
+
+    @staticmethod
+    def _deliver(path: Path, folders: _Folders, source: BinaryIO) -> Path:
+        tmp, new = folders.fds["tmp"], folders.fds["new"]
         unique = _new_unique_name()
-        temporary = path / "tmp" / unique
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        final: Path | None = None
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(unique, flags, 0o600, dir_fd=tmp)
+        final: str | None = None
         try:
             counter = SizeCounter()
             size = 0
@@ -296,19 +421,21 @@ class MaildirStore:
                     size += len(chunk)
                 handle.flush()
                 os.fsync(handle.fileno())
-            linked = path / "new" / f"{unique},S={size},W={counter.finish()}"
-            os.link(temporary, linked)
+            linked = f"{unique},S={size},W={counter.finish()}"
+            os.link(unique, linked, src_dir_fd=tmp, dst_dir_fd=new, follow_symlinks=False)
             final = linked
-            _fsync_directory(path / "new")
+            _fsync(new)
         except BaseException:
             # The MTA will deliver again: a link whose directory could not be synced
             # must not stay behind as a duplicate.
             if final is not None:
-                final.unlink(missing_ok=True)
-            temporary.unlink(missing_ok=True)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(final, dir_fd=new)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(unique, dir_fd=tmp)
             raise
-        temporary.unlink()
-        return final
+        os.unlink(unique, dir_fd=tmp)
+        return path / "new" / final
 
 
 def _new_unique_name() -> str:

@@ -2,11 +2,11 @@
 Maildirs owned by their users) against a server that can read more than they can (pop3d
 does not drop privileges yet). SECURITY.md, "Malicious local user".
 
-Known hole, kept as strict xfails until it is closed: the Maildir code works on path names
-and follows symbolic links, so a planted link makes the server list, serve and, at UPDATE,
-unlink files outside the Maildir with its own rights. Closing it needs directory file
-descriptors (O_NOFOLLOW, ``dir_fd=`` for open, scandir and unlink) or a per-user
-privilege drop; a check by path at open time would leave a swap race."""
+The hole these found: the Maildir code worked on path names and followed symbolic links,
+so a planted link made the server list, serve and, at UPDATE, unlink files outside the
+Maildir with its own rights. It now works on directory file descriptors opened with
+O_NOFOLLOW and names relative to them (storage/maildir.py), so no check-then-use race is
+left either."""
 
 from __future__ import annotations
 
@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from pop3d.storage.base import StorageError
 from pop3d.storage.maildir import MaildirStore
-
-HOLE = "Maildir follows symbolic links (SECURITY.md, malicious local user)"
 
 
 def maildir_with_outside(tmp_path: Path) -> tuple[MaildirStore, Path, Path]:
@@ -30,7 +29,6 @@ def maildir_with_outside(tmp_path: Path) -> tuple[MaildirStore, Path, Path]:
     return MaildirStore(str(spool / "%u" / "Maildir")), maildir, outside
 
 
-@pytest.mark.xfail(strict=True, reason=HOLE)
 def test_a_symlinked_message_is_not_served(tmp_path: Path) -> None:
     store, maildir, outside = maildir_with_outside(tmp_path)
     (maildir / "new" / "1700000001.M2P1.link").symlink_to(outside / "1700000000.M1P1.secret")
@@ -41,16 +39,60 @@ def test_a_symlinked_message_is_not_served(tmp_path: Path) -> None:
         drop.close()
 
 
-@pytest.mark.xfail(strict=True, reason=HOLE)
 def test_a_symlinked_folder_is_neither_listed_nor_emptied(tmp_path: Path) -> None:
     store, maildir, outside = maildir_with_outside(tmp_path)
     (maildir / "cur").rmdir()
     (maildir / "cur").symlink_to(outside)
+    with pytest.raises(StorageError):  # refused as a whole: [SYS/TEMP] and a log line
+        store.open("eve")
+    assert (outside / "1700000000.M1P1.secret").exists()
+
+
+def test_a_symlinked_maildir_is_refused(tmp_path: Path) -> None:
+    store, maildir, outside = maildir_with_outside(tmp_path)
+    for sub in ("tmp", "new", "cur"):
+        (outside / sub).mkdir()
+    maildir.rename(maildir.with_name("old"))
+    maildir.symlink_to(outside)
+    with pytest.raises(StorageError):
+        store.open("eve")
+
+
+def test_a_link_swapped_in_after_the_listing_is_not_followed(tmp_path: Path) -> None:
+    store, maildir, outside = maildir_with_outside(tmp_path)
+    message = maildir / "new" / "1700000001.M2P1.lab"
+    message.write_bytes(b"eve's own\n")
     drop = store.open("eve")
     try:
-        if drop.uids:  # listed: then at least UPDATE must not reach outside the Maildir
-            drop.commit(tuple(range(len(drop.uids))), None)
+        assert len(drop.uids) == 1
+        message.unlink()
+        message.symlink_to(outside / "1700000000.M1P1.secret")
+        with pytest.raises(StorageError):
+            drop.open_message(0)
+        drop.commit((0,), None)  # the link itself may go; never its target
     finally:
         drop.close()
-    assert (outside / "1700000000.M1P1.secret").exists()
-    assert drop.uids == ()
+    assert (outside / "1700000000.M1P1.secret").read_bytes() == b"not for eve\n"
+
+
+def test_a_fifo_is_not_a_message(tmp_path: Path) -> None:
+    import os
+
+    store, maildir, _outside = maildir_with_outside(tmp_path)
+    os.mkfifo(maildir / "new" / "1700000001.M2P1.fifo")
+    drop = store.open("eve")
+    try:
+        assert drop.uids == ()
+    finally:
+        drop.close()
+
+
+def test_delivery_into_a_symlinked_new_folder_is_refused(tmp_path: Path) -> None:
+    import io
+
+    store, maildir, outside = maildir_with_outside(tmp_path)
+    (maildir / "new").rmdir()
+    (maildir / "new").symlink_to(outside)
+    with pytest.raises(OSError):
+        store.deliver("eve", io.BytesIO(b"Subject: x\n\nhi\n"))
+    assert sorted(p.name for p in outside.iterdir()) == ["1700000000.M1P1.secret"]

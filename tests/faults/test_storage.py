@@ -194,10 +194,10 @@ def test_delivery_whose_new_folder_cannot_be_synced_leaves_no_duplicate(
     deliver the message twice."""
     from pop3d.storage import maildir as maildir_module
 
-    def eio(_path: Path) -> None:
+    def eio(_fd: int) -> None:
         raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(maildir_module, "_fsync_directory", eio)
+    monkeypatch.setattr(maildir_module, "_fsync", eio)
     store = maildir_module.MaildirStore(str(lab.root / "spool" / "%u" / "Maildir"))
     with pytest.raises(OSError, match="Input/output"):
         store.deliver("bob", io.BytesIO(b"Subject: x\n\nhello\n"))
