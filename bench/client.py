@@ -3,9 +3,11 @@ POP3 server on loopback and prints one JSON object on stdout.
 
     client.py sessions --port P --clients N [--procs K] --warmup S --duration S
                        [--transport plain|pop3s|stls --cafile CA]
-                       [--auth pass|plain|scram-sha-256] [--no-mail]
+                       [--auth pass|plain|scram-sha-256|gssapi [--ccache-dir D]]
+                       [--no-mail]
     client.py retr     --port P --user U --password W --count N [--tls --cafile CA]
-    client.py idle     --port P --batches N,M,...
+                       [--gssapi integrity|confidentiality --ccache-dir D]
+    client.py idle     --port P --batches N,M,... [--tls --cafile CA]
 
 ``sessions``: N clients, each with its own user (bench<i>, password bench-pw-<i>), each
 repeating connect / USER / PASS / STAT / RETR 1 / QUIT. Only sessions that got "+OK" for
@@ -16,14 +18,19 @@ then TLS; either way a full handshake every session (no resumption), verifying t
 server's certificate against ``--cafile`` for the name "localhost". ``--auth plain``:
 ``AUTH PLAIN`` with an initial response instead of USER/PASS; ``--auth scram-sha-256``:
 ``AUTH SCRAM-SHA-256`` driven by scramp (whose PBKDF2 runs here, in the load generator),
-which also verifies the server's signature. ``--no-mail``: no STAT/RETR, QUIT right after
-the login (a "login" rather than a session).
+which also verifies the server's signature; ``--auth gssapi``: ``AUTH GSSAPI`` (RFC 4752)
+with no security layer, by python-gssapi (MIT) from the user's ticket cache
+``<ccache-dir>/<user>.cc``, mutual authentication checked. ``--no-mail``: no STAT/RETR,
+QUIT right after the login (a "login" rather than a session).
 
 ``retr``: one client, one session per repetition; times RETR 1 from the moment the
 command is sent to the moment the final ".\\r\\n" is read, and checks the octet count;
-``--tls``: over implicit TLS (pop3s).
+``--tls``: over implicit TLS (pop3s); ``--gssapi integrity|confidentiality``: logged in
+with AUTH GSSAPI, RETR through the negotiated layer (every octet in 4-octet-length-prefixed
+GSS wrap tokens), each token unwrapped here.
 
-``idle``: opens connections in batches (user bench<i> each) and logs them all in; after
+``idle``: opens connections in batches (user bench<i> each; ``--tls``: over pop3s) and logs
+them all in; after
 each batch prints a JSON line and waits for a line on stdin (or --hold-max seconds); then
 closes them all and prints a last JSON line.
 
@@ -103,6 +110,7 @@ class Plan:
     auth: str = "pass"  # pass (USER/PASS) | plain (AUTH PLAIN) | scram-sha-256 | ...
     mail: bool = True  # STAT and RETR 1 between the login and QUIT
     cafile: str | None = None
+    ccache_dir: str | None = None  # --auth gssapi: <ccache_dir>/<user>.cc
 
     def tls_context(self) -> ssl.SSLContext | None:
         """A client context as a mail client makes one (Python's defaults: TLS 1.2 and
@@ -152,8 +160,86 @@ async def _scram(
     await _command(reader, writer, f"{step} (outcome)", b"\r\n")
 
 
+GSSAPI_SERVICE = "pop@localhost"  # the bench keytab's pop/localhost (servers.Kerberos)
+GSSAPI_LAYERS = {"none": 1, "integrity": 2, "confidentiality": 4}  # RFC 4752 bits
+GSSAPI_MAX_BUFFER = 65536  # what the client takes per wrapped frame (Cyrus SASL's default)
+
+
+class GssapiLogin:
+    """RFC 4752's client side over python-gssapi (MIT's initiator): a context from the
+    user's ticket cache, then the layer choice. After the first login the service ticket
+    is in the cache, so a login costs the client no KDC round trip."""
+
+    def __init__(self, user: str, ccache_dir: str, layer: str) -> None:
+        import gssapi
+        import gssapi.raw as gr
+
+        credentials = gssapi.Credentials(
+            usage="initiate", store={"ccache": f"FILE:{ccache_dir}/{user}.cc"}
+        )
+        flags = (
+            gr.RequirementFlag.mutual_authentication
+            | gr.RequirementFlag.integrity
+            | gr.RequirementFlag.confidentiality
+            | gr.RequirementFlag.replay_detection
+            | gr.RequirementFlag.out_of_sequence_detection
+        )
+        self.ctx = gssapi.SecurityContext(
+            name=gssapi.Name(GSSAPI_SERVICE, gssapi.NameType.hostbased_service),
+            usage="initiate",
+            mech=gssapi.MechType.kerberos,
+            creds=credentials,
+            flags=flags,
+        )
+        self.layer = GSSAPI_LAYERS[layer]
+        self.chosen = False
+
+    def initial(self) -> bytes:
+        return bytes(self.ctx.step() or b"")
+
+    def respond(self, challenge: bytes) -> bytes:
+        if not self.ctx.complete:
+            return bytes(self.ctx.step(challenge) or b"")
+        if not challenge:
+            return b""
+        offer = self.ctx.unwrap(challenge).message
+        if len(offer) != 4 or not offer[0] & self.layer:
+            raise ProtocolError(f"AUTH GSSAPI: layer {self.layer} not offered ({offer!r})")
+        self.chosen = True
+        choice = bytes([self.layer]) + GSSAPI_MAX_BUFFER.to_bytes(3, "big")
+        return bytes(self.ctx.wrap(choice, False).message)
+
+
+async def _gssapi(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int, ccache_dir: str
+) -> None:
+    import gssapi
+
+    step = "AUTH GSSAPI"
+    try:
+        login = GssapiLogin(user_name(index), ccache_dir, "none")
+        writer.write(b"AUTH GSSAPI " + base64.b64encode(login.initial()) + b"\r\n")
+        for _ in range(10):
+            line = await asyncio.wait_for(reader.readline(), STEP_TIMEOUT)
+            if line.startswith(b"+OK"):
+                if not login.chosen:
+                    raise ProtocolError(f"{step}: +OK before the layer choice")
+                return
+            if not line.startswith(b"+ ") and line.rstrip(b"\r\n") != b"+":
+                raise ProtocolError(_reason(step, line))
+            challenge = base64.b64decode(line[2:].strip(), validate=True)
+            writer.write(base64.b64encode(login.respond(challenge)) + b"\r\n")
+    except (gssapi.exceptions.GSSError, binascii.Error, ValueError) as exc:
+        raise ProtocolError(f"{step}: {exc.__class__.__name__}: {exc}"[:160]) from None
+    raise ProtocolError(f"{step}: too many round trips")
+
+
 async def _authenticate(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int, method: str
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    index: int,
+    method: str,
+    ccache_dir: str | None = None,
 ) -> None:
     if method == "pass":
         await _command(reader, writer, "USER", f"USER {user_name(index)}\r\n".encode())
@@ -163,6 +249,9 @@ async def _authenticate(
         await _command(reader, writer, "AUTH PLAIN", b"AUTH PLAIN " + token + b"\r\n")
     elif method.startswith("scram-"):
         await _scram(reader, writer, index, method.upper())
+    elif method == "gssapi":
+        assert ccache_dir is not None
+        await _gssapi(reader, writer, index, ccache_dir)
     else:
         raise ValueError(f"unknown login method {method!r}")
 
@@ -195,7 +284,7 @@ async def one_session(
                 STEP_TIMEOUT,
             )
         negotiated = _tls_description(writer) if context is not None else None
-        await _authenticate(reader, writer, index, plan.auth)
+        await _authenticate(reader, writer, index, plan.auth, plan.ccache_dir)
         if plan.mail:
             await _command(reader, writer, "STAT", b"STAT\r\n")
             writer.write(b"RETR 1\r\n")
@@ -319,11 +408,15 @@ def run_sessions(args: argparse.Namespace) -> dict[str, Any]:
     clients = args.clients
     procs = max(1, min(args.procs, clients))
     groups = [list(range(args.first + p, args.first + clients, procs)) for p in range(procs)]
-    plan = Plan(args.transport, args.auth, not args.no_mail, args.cafile)
+    plan = Plan(args.transport, args.auth, not args.no_mail, args.cafile, args.ccache_dir)
     if plan.transport != "plain" and not plan.cafile:
         raise SystemExit("client.py: --transport pop3s/stls needs --cafile")
     if plan.auth.startswith("scram-"):
         import scramp  # noqa: F401  (imported before the fork, not inside the window)
+    if plan.auth == "gssapi":
+        if not plan.ccache_dir:
+            raise SystemExit("client.py: --auth gssapi needs --ccache-dir")
+        import gssapi  # noqa: F401  (imported before the fork, not inside the window)
     start_at = time.monotonic() + 1.0  # every process starts its clients at the same moment
     context = multiprocessing.get_context("fork")
     queue: multiprocessing.Queue[dict[str, Any]] = context.Queue()
@@ -473,15 +566,108 @@ def timed_retr(
     return {"seconds": elapsed, "wire_bytes": received, "tls": negotiated}
 
 
+class Frames:
+    """Wrapped frames of a GSSAPI layer off a blocking socket: 4-octet length + token, each
+    unwrapped as it comes (no growing buffer of the answer is ever copied)."""
+
+    def __init__(self, sock: socket.socket, ctx: Any, confidential: bool, rest: bytes) -> None:
+        self.sock, self.ctx, self.confidential = sock, ctx, confidential
+        self.raw = bytearray(rest)
+        self.chunk = bytearray(1 << 20)
+        self.view = memoryview(self.chunk)
+
+    def send(self, data: bytes) -> None:
+        token = self.ctx.wrap(data, self.confidential).message
+        self.sock.sendall(len(token).to_bytes(4, "big") + token)
+
+    def frame(self) -> bytes:
+        """The next frame's plaintext."""
+        raw = self.raw
+        while True:
+            if len(raw) >= 4:
+                size = int.from_bytes(raw[:4], "big")
+                if size > GSSAPI_MAX_BUFFER:
+                    raise ProtocolError(f"RETR: a {size}-octet frame (max {GSSAPI_MAX_BUFFER})")
+                if len(raw) >= 4 + size:
+                    token = bytes(raw[4 : 4 + size])
+                    del raw[: 4 + size]  # from the front: CPython moves a start offset
+                    return bytes(self.ctx.unwrap(token).message)
+            count = self.sock.recv_into(self.view)
+            if count == 0:
+                raise ProtocolError("RETR: connection closed mid-frame")
+            raw += self.view[:count]
+
+
+def gssapi_retr(
+    port: int, user: str, expect_octets: int, ccache_dir: str, layer: str
+) -> dict[str, Any]:
+    """Log in with AUTH GSSAPI choosing ``layer``, then time RETR 1 through it."""
+    conn = LineSocket(port, STEP_TIMEOUT)
+    try:
+        conn.line("greeting")
+        login = GssapiLogin(user, ccache_dir, layer)
+        conn.sock.sendall(b"AUTH GSSAPI " + base64.b64encode(login.initial()) + b"\r\n")
+        for _ in range(10):
+            end = conn.buffer.find(b"\r\n")
+            while end < 0:
+                chunk = conn.sock.recv(65536)
+                if not chunk:
+                    raise ProtocolError("AUTH GSSAPI: connection closed")
+                conn.buffer += chunk
+                end = conn.buffer.find(b"\r\n")
+            line, conn.buffer = conn.buffer[: end + 2], conn.buffer[end + 2 :]
+            if line.startswith(b"+OK"):
+                break
+            if not line.startswith(b"+"):
+                raise ProtocolError(_reason("AUTH GSSAPI", line))
+            challenge = base64.b64decode(line[2:].strip())
+            conn.sock.sendall(base64.b64encode(login.respond(challenge)) + b"\r\n")
+        else:
+            raise ProtocolError("AUTH GSSAPI: too many round trips")
+        frames = Frames(conn.sock, login.ctx, layer == "confidentiality", conn.buffer)
+        conn.buffer = b""
+        started = time.perf_counter()
+        frames.send(b"RETR 1\r\n")
+        received = 0
+        first = b""
+        tail = b""
+        limit = expect_octets * 2 + (1 << 20)
+        while not (tail.endswith(b"\r\n.\r\n") and received > 5):
+            if received > limit:
+                raise ProtocolError(f"RETR: more than {limit} bytes without the final dot")
+            piece = frames.frame()
+            if not first:
+                first = piece[:3]
+                if first != b"+OK":
+                    raise ProtocolError(_reason("RETR", piece[:120]))
+            received += len(piece)
+            tail = (tail + piece[-5:])[-5:]
+        elapsed = time.perf_counter() - started
+        frames.send(b"QUIT\r\n")
+        goodbye = frames.frame()
+        if not goodbye.startswith(b"+OK"):
+            raise ProtocolError(_reason("QUIT", goodbye))
+    finally:
+        conn.close()
+    return {"seconds": elapsed, "wire_bytes": received, "tls": None, "gssapi": layer}
+
+
 def run_retr(args: argparse.Namespace) -> dict[str, Any]:
     runs: list[dict[str, Any]] = []
     errors: Counter[str] = Counter()
     if args.tls and not args.cafile:
         raise SystemExit("client.py: --tls needs --cafile")
     context = ssl.create_default_context(cafile=args.cafile) if args.tls else None
+    if args.gssapi and not args.ccache_dir:
+        raise SystemExit("client.py: --gssapi needs --ccache-dir")
     for _ in range(args.count):
         try:
-            runs.append(timed_retr(args.port, args.user, args.password, args.octets, context))
+            if args.gssapi:
+                runs.append(
+                    gssapi_retr(args.port, args.user, args.octets, args.ccache_dir, args.gssapi)
+                )
+            else:
+                runs.append(timed_retr(args.port, args.user, args.password, args.octets, context))
         except (ProtocolError, OSError) as exc:
             errors[_classify(exc)] += 1
     # The body on the wire is the CRLF size (the message has no line starting with a dot);
@@ -496,6 +682,7 @@ def run_retr(args: argparse.Namespace) -> dict[str, Any]:
         "errors": dict(errors),
         "octets": args.octets,
         "transport": "pop3s" if args.tls else "plain",
+        "gssapi": args.gssapi,
         "median_mb_per_s": statistics.median(r["mb_per_s"] for r in measured) if measured else None,
         "client_cpu_s": usage.ru_utime + usage.ru_stime,
     }
@@ -508,13 +695,19 @@ Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
 async def _open_logged_in(
-    port: int, index: int, gate: asyncio.Semaphore
+    port: int, index: int, gate: asyncio.Semaphore, context: ssl.SSLContext | None = None
 ) -> tuple[Connection | None, str | None]:
     async with gate:
         writer = None
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(HOST, port), STEP_TIMEOUT
+                asyncio.open_connection(
+                    HOST,
+                    port,
+                    ssl=context,
+                    server_hostname=TLS_NAME if context is not None else None,
+                ),
+                STEP_TIMEOUT,
             )
             await _login(reader, writer, index)
             return (reader, writer), None
@@ -547,10 +740,15 @@ async def _idle(args: argparse.Namespace) -> dict[str, Any]:
     connections: list[Connection] = []
     errors: Counter[str] = Counter()
     first = args.first
+    if args.tls and not args.cafile:
+        raise SystemExit("client.py: --tls needs --cafile")
+    context = ssl.create_default_context(cafile=args.cafile) if args.tls else None
     for size in (int(x) for x in args.batches.split(",")):
         started = time.monotonic()
         results = await asyncio.wait_for(
-            asyncio.gather(*(_open_logged_in(args.port, first + i, gate) for i in range(size))),
+            asyncio.gather(
+                *(_open_logged_in(args.port, first + i, gate, context) for i in range(size))
+            ),
             args.open_max,
         )
         first += size
@@ -593,8 +791,11 @@ def main() -> int:
     sessions.add_argument("--transport", choices=("plain", "pop3s", "stls"), default="plain")
     sessions.add_argument("--cafile", help="CA to verify the server with (TLS)")
     sessions.add_argument(
-        "--auth", default="pass", help="pass (USER/PASS), plain (AUTH PLAIN), scram-sha-256"
+        "--auth",
+        default="pass",
+        help="pass (USER/PASS), plain (AUTH PLAIN), scram-sha-256, gssapi (no layer)",
     )
+    sessions.add_argument("--ccache-dir", help="--auth gssapi: ticket caches <user>.cc")
     sessions.add_argument("--no-mail", action="store_true", help="no STAT/RETR: login, QUIT")
     retr = sub.add_parser("retr")
     retr.add_argument("--port", type=int, required=True)
@@ -605,6 +806,10 @@ def main() -> int:
     retr.add_argument("--discard", type=int, default=1, help="leading runs not counted")
     retr.add_argument("--tls", action="store_true", help="implicit TLS (pop3s)")
     retr.add_argument("--cafile", help="CA to verify the server with (--tls)")
+    retr.add_argument(
+        "--gssapi", choices=("integrity", "confidentiality"), help="AUTH GSSAPI with this layer"
+    )
+    retr.add_argument("--ccache-dir", help="--gssapi: ticket caches <user>.cc")
     idle = sub.add_parser("idle")
     idle.add_argument("--port", type=int, required=True)
     idle.add_argument("--batches", required=True, help="connections per batch, e.g. 500,500")
@@ -612,6 +817,8 @@ def main() -> int:
     idle.add_argument("--inflight", type=int, default=64, help="logins in progress at once")
     idle.add_argument("--open-max", type=float, default=600.0)
     idle.add_argument("--hold-max", type=float, default=300.0)
+    idle.add_argument("--tls", action="store_true", help="implicit TLS (pop3s)")
+    idle.add_argument("--cafile", help="CA to verify the server with (--tls)")
     args = parser.parse_args()
     runner = {"sessions": run_sessions, "retr": run_retr, "idle": run_idle}[args.mode]
     print(json.dumps(runner(args)), flush=True)

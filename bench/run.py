@@ -36,6 +36,7 @@ from servers import (
     LAB,
     ROOT,
     Dovecot,
+    Kerberos,
     Message,
     Pop3d,
     Server,
@@ -53,12 +54,15 @@ TARGET_IDLE_KIB = 64.0
 TARGET_TLS_SESSIONS_RATIO = 1.0
 TARGET_TLS_RETR_RATIO = 0.7
 TARGET_SASL_RATIO = 1.0
-FIGURES = ("idle", "sessions", "retr", "tls", "sasl")
+FIGURES = ("idle", "sessions", "retr", "tls", "sasl", "gssapi")
+GSSAPI_LAYERS = ("integrity", "confidentiality")
 TLS_TRANSPORTS = {"pop3s": "implicit TLS (pop3s)", "stls": "STLS"}
 SASL_MECHANISMS = {"plain": "AUTH PLAIN", "scram-sha-256": "AUTH SCRAM-SHA-256"}
 QUIET_CORES = 0.25
 CONTENDED_CORES = 0.5
 QUIET_TIMEOUT = 30.0
+RETRY = {"contended": True}  # --no-retry: a contended measurement is not taken again
+BASELINE = "baseline"  # --pop3d-baseline: another pop3d checkout, measured beside
 
 
 @dataclass
@@ -74,7 +78,11 @@ class Settings:
     quiet_timeout: float
     tls_clients: list[int]
     sasl_clients: list[int]
+    sasl_mechanisms: list[str]
+    tls_idle: int = 0
+    retry: bool = True
     tls: TLSFiles | None = None
+    kerberos: Kerberos | None = None
 
 
 def _run_client(args: list[str], timeout: float) -> dict[str, Any]:
@@ -218,10 +226,23 @@ def measure_logins(
     return measure_sessions(server, clients, settings, options=options)
 
 
+def measure_gssapi_logins(server: Server, clients: int, settings: Settings) -> dict[str, Any]:
+    """AUTH GSSAPI logins with no security layer (connect, AUTH to +OK, QUIT)."""
+    assert settings.kerberos is not None
+    options = ("--auth", "gssapi", "--no-mail", "--ccache-dir", str(settings.kerberos.ccache_dir))
+    return measure_sessions(server, clients, settings, options=options)
+
+
 def measure_retr(
-    server: Server, big: Message, settings: Settings, *, tls: bool = False
+    server: Server,
+    big: Message,
+    settings: Settings,
+    *,
+    tls: bool = False,
+    gssapi: str | None = None,
 ) -> dict[str, Any]:
-    """RETR of the 50 MB message; ``tls``: over implicit TLS (the pop3s port)."""
+    """RETR of the 50 MB message; ``tls``: over implicit TLS (the pop3s port); ``gssapi``:
+    logged in with AUTH GSSAPI, through that layer (integrity or confidentiality)."""
     quiet = wait_quiet(timeout=settings.quiet_timeout)
     offset = _log_offset(server)
     window = Window(server)
@@ -229,6 +250,9 @@ def measure_retr(
     if tls:
         assert settings.tls is not None
         options = ["--tls", "--cafile", str(settings.tls.ca)]
+    if gssapi:
+        assert settings.kerberos is not None
+        options = ["--gssapi", gssapi, "--ccache-dir", str(settings.kerberos.ccache_dir)]
     result = _run_client(
         [
             "retr",
@@ -261,14 +285,16 @@ def _ready_line(process: subprocess.Popen[str], timeout: float) -> dict[str, Any
     return json.loads(line) if line.startswith("{") else None
 
 
-def measure_idle(server: Server, settings: Settings) -> dict[str, Any]:
+def measure_idle(server: Server, settings: Settings, *, tls: bool = False) -> dict[str, Any]:
     """On a freshly started server: the memory with no connection, with half of the idle
     connections logged in, and with all of them. The figure the brief asks for is
     (all - none) / count; the marginal cost (all - half) / (count - half) leaves out what a
-    server allocates once (pop3d: Argon2 working memory kept by the allocator)."""
+    server allocates once (pop3d: Argon2 working memory kept by the allocator). ``tls``:
+    ``settings.tls_idle`` connections over implicit TLS (the pop3s port)."""
     offset = _log_offset(server)
-    half = settings.idle // 2
-    batches = [half, settings.idle - half]
+    count = settings.tls_idle if tls else settings.idle
+    half = count // 2
+    batches = [half, count - half]
     time.sleep(1.0)
     quiet = wait_quiet(timeout=settings.quiet_timeout)
     none = vars(server.memory())
@@ -278,7 +304,8 @@ def measure_idle(server: Server, settings: Settings) -> dict[str, Any]:
         str(CLIENT),
         "idle",
         "--port",
-        str(server.port),
+        str(server.tls_port if tls else server.port),
+        *(["--tls", "--cafile", str(settings.tls.ca)] if tls and settings.tls else []),
         "--batches",
         ",".join(map(str, batches)),
         "--open-max",
@@ -291,7 +318,7 @@ def measure_idle(server: Server, settings: Settings) -> dict[str, Any]:
     )
     assert process.stdin is not None
     steps: list[dict[str, Any]] = []
-    result: dict[str, Any] = {"requested": settings.idle, "load_before_cores": quiet}
+    result: dict[str, Any] = {"requested": count, "load_before_cores": quiet}
     try:
         for _ in batches:
             opened = _ready_line(process, 960)
@@ -354,10 +381,11 @@ def _guarded(server: Server, measure: Callable[[], dict[str, Any]]) -> dict[str,
 
 def _calm(server: Server, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """Measure; if other processes took more than CONTENDED_CORES meanwhile, measure once
-    more and keep the less disturbed result (both attempts' other load are recorded)."""
+    more and keep the less disturbed result (both attempts' other load are recorded).
+    With --no-retry: once, whatever the load."""
     result = _guarded(server, measure)
     other = result.get("cpu", {}).get("other_cores", 0.0)
-    if other <= CONTENDED_CORES or "failed" in result:
+    if other <= CONTENDED_CORES or "failed" in result or not RETRY["contended"]:
         result["attempts_other_cores"] = [other]
         return result
     again = _guarded(server, measure)
@@ -394,7 +422,7 @@ def run_repetition(
     the TLS figures. So the clear-text figures are measured on the same configuration as
     before TLS was added to the bench."""
     out: dict[str, dict[str, Any]] = {server.name: {} for server in servers}
-    if settings.figures & {"idle", "sessions", "retr", "sasl"}:
+    if settings.figures & {"idle", "sessions", "retr", "sasl", "gssapi"}:
         _clear_text_phase(servers, big, settings, out)
     if "tls" in settings.figures:
         _tls_phase(servers, big, settings, out)
@@ -438,7 +466,8 @@ def _clear_text_phase(
                     flush=True,
                 )
         if "sasl" in settings.figures:
-            for mechanism, label in SASL_MECHANISMS.items():
+            for mechanism in settings.sasl_mechanisms:
+                label = SASL_MECHANISMS[mechanism]
                 for clients in settings.sasl_clients:
                     for server in servers:
                         if not _alive(server):
@@ -451,9 +480,39 @@ def _clear_text_phase(
                         )
                         out[server.name][f"sasl_{mechanism}_{clients}"] = result
                         _sessions_line(server, f"{label}, {clients:>3} clients", result, "logins")
+        if "gssapi" in settings.figures:
+            _gssapi_figures(servers, big, settings, out)
     finally:
         for server in started:
             server.stop()
+
+
+def _gssapi_figures(
+    servers: list[Server], big: Message, settings: Settings, out: dict[str, dict[str, Any]]
+) -> None:
+    """pop3d only (the installation with the bench realm; Dovecot has no GSSAPI layers):
+    AUTH GSSAPI logins with no layer, then RETR of the 50 MB message through an integrity
+    and a confidentiality layer."""
+    for server in servers:
+        if not isinstance(server, Pop3d) or server.kerberos is None or not _alive(server):
+            continue
+        for clients in settings.sasl_clients:
+            result = _calm(
+                server, lambda s=server, c=clients: measure_gssapi_logins(s, c, settings)
+            )
+            out[server.name][f"gssapi_login_{clients}"] = result
+            _sessions_line(server, f"AUTH GSSAPI, {clients:>3} clients", result, "logins")
+        for layer in GSSAPI_LAYERS:
+            result = _calm(
+                server, lambda s=server, g=layer: measure_retr(s, big, settings, gssapi=g)
+            )
+            out[server.name][f"gssapi_retr_{layer}"] = result
+            print(
+                f"  {server.name}: RETR 50 MB through a GSSAPI {layer} layer: "
+                f"{result.get('median_mb_per_s') or 0:.1f} MB/s "
+                f"{result.get('errors') or result.get('failed') or ''}" + _contended(result),
+                flush=True,
+            )
 
 
 def _tls_phase(
@@ -464,6 +523,12 @@ def _tls_phase(
         for server in servers:
             server.start(settings.tls)
             started.append(server)
+        if settings.tls_idle:
+            for server in servers:
+                print(f"  {server.name}: {settings.tls_idle} idle pop3s connections", flush=True)
+                result = _guarded(server, lambda s=server: measure_idle(s, settings, tls=True))
+                out[server.name]["tls_idle"] = result
+                _brief_idle(result)
         # The servers were just restarted: pop3d's verification cache (per worker process,
         # two workers per service) is empty, while in the clear-text phase the idle and
         # earlier figures have filled it. One untimed pass per transport, with the most
@@ -571,11 +636,19 @@ def _errors(runs: list[dict[str, Any]], figure: str) -> dict[str, int]:
 
 
 def summarize(mode: str, results: dict[str, list[dict[str, Any]]], s: Settings) -> list[str]:
+    """One table: pop3d and Dovecot (and, with --pop3d-baseline, the baseline checkout and
+    pop3d/baseline) per figure."""
     pop3d, dovecot = results["pop3d"], results["dovecot"]
+    baseline = results.get(BASELINE)
     rows = [
         "| Figure | pop3d (median) | Dovecot (median) | pop3d/Dovecot | Target | Met | "
-        "pop3d runs | Dovecot runs |",
-        "|---|---:|---:|---:|---|---|---|---|",
+        + ("baseline (median) | pop3d/baseline | " if baseline is not None else "")
+        + "pop3d runs | Dovecot runs |"
+        + (" baseline runs |" if baseline is not None else ""),
+        "|---|---:|---:|---:|---|---|"
+        + ("---:|---:|" if baseline is not None else "")
+        + "---|---|"
+        + ("---|" if baseline is not None else ""),
     ]
     notes: list[str] = []
 
@@ -596,11 +669,21 @@ def summarize(mode: str, results: dict[str, list[dict[str, Any]]], s: Settings) 
         met = "-"
         if check is not None:
             met = "n/a" if mp is None else ("yes" if check(mp, quotient) else "**no**")
+        base_cells = base_runs = ""
+        if baseline is not None:
+            b = [v * scale for r in baseline if (v := _value(r, path)) is not None]
+            mb = _median(b)
+            versus = mp / mb if ratio and mp is not None and mb else None
+            base_cells = (
+                f"{_fmt(mb, digits)} | {'-' if versus is None else _fmt(versus, 2) + 'x'} | "
+            )
+            base_runs = f" {', '.join(_run_cell(r, path, digits, scale) for r in baseline)} |"
         rows.append(
             f"| {label} | {_fmt(mp, digits)} | {_fmt(md, digits)} | "
             f"{'-' if quotient is None else _fmt(quotient, 2) + 'x'} | {target} | {met} | "
-            f"{', '.join(_run_cell(r, path, digits, scale) for r in pop3d)} | "
-            f"{', '.join(_run_cell(r, path, digits, scale) for r in dovecot)} |"
+            + base_cells
+            + f"{', '.join(_run_cell(r, path, digits, scale) for r in pop3d)} | "
+            f"{', '.join(_run_cell(r, path, digits, scale) for r in dovecot)} |" + base_runs
         )
 
     if "sessions" in s.figures:
@@ -649,6 +732,29 @@ def summarize(mode: str, results: dict[str, list[dict[str, Any]]], s: Settings) 
         _tls_rows(row, s)
     if "sasl" in s.figures:
         _sasl_rows(row, s)
+    if "gssapi" in s.figures:
+        _gssapi_rows(row, s)
+    if "tls" in s.figures and s.tls_idle:
+        for key, unit in (("rss_kib", "RSS"), ("pss_kib", "PSS")):
+            row(
+                f"{unit} KiB per idle pop3s conn ({s.tls_idle})",
+                ("tls_idle", f"{key}_per_conn"),
+                1,
+                f"<= {TARGET_IDLE_KIB:.0f} KiB" if key == "rss_kib" else "-",
+                check=(lambda m, _r: m <= TARGET_IDLE_KIB) if key == "rss_kib" else None,
+            )
+        for key, unit in (("rss_kib", "RSS"), ("pss_kib", "PSS")):
+            row(
+                f"{unit} KiB per idle pop3s conn, marginal ({s.tls_idle // 2} to {s.tls_idle})",
+                ("tls_idle", f"{key}_marginal_per_conn"),
+                1,
+            )
+        row(
+            "RSS MiB with 0 conns (TLS phase, fresh start)",
+            ("tls_idle", "none", "rss_kib"),
+            1,
+            scale=1 / 1024,
+        )
     if "idle" in s.figures:
         row(
             f"RSS KiB per idle conn ({s.idle})",
@@ -684,11 +790,16 @@ def summarize(mode: str, results: dict[str, list[dict[str, Any]]], s: Settings) 
             1,
             scale=1 / 1024,
         )
-    for name, runs in (("pop3d", pop3d), ("Dovecot", dovecot)):
-        figures = [f"sessions_{c}" for c in s.clients] + ["retr", "idle"]
+    named = [("pop3d", pop3d), ("Dovecot", dovecot)]
+    if baseline is not None:
+        named.append(("baseline", baseline))
+    for name, runs in named:
+        figures = [f"sessions_{c}" for c in s.clients] + ["retr", "idle", "tls_idle"]
+        figures += [f"gssapi_login_{c}" for c in s.sasl_clients]
+        figures += [f"gssapi_retr_{layer}" for layer in GSSAPI_LAYERS]
         figures += [f"tls_{t}_{c}" for t in TLS_TRANSPORTS for c in s.tls_clients]
         figures += ["tls_retr", *(f"tls_prime_{t}" for t in TLS_TRANSPORTS)]
-        figures += [f"sasl_{m}_{c}" for m in SASL_MECHANISMS for c in s.sasl_clients]
+        figures += [f"sasl_{m}_{c}" for m in s.sasl_mechanisms for c in s.sasl_clients]
         for figure in figures:
             errors = _errors(runs, figure)
             if errors:
@@ -758,9 +869,40 @@ def _tls_rows(row: Callable[..., None], s: Settings) -> None:
     )
 
 
+def _gssapi_rows(row: Callable[..., None], s: Settings) -> None:
+    """pop3d alone (Dovecot has no GSSAPI layers): logins with no layer, RETR through each
+    layer."""
+    for clients in s.sasl_clients:
+        row(
+            f"logins/s, AUTH GSSAPI (no layer), {_plural(clients)}",
+            (f"gssapi_login_{clients}", "sessions_per_s"),
+            1,
+        )
+        _cpu_rows(row, f"gssapi_login_{clients}", "login", f"AUTH GSSAPI, {_plural(clients)}")
+    for layer in GSSAPI_LAYERS:
+        row(
+            f"RETR 50 MB through a GSSAPI {layer} layer, MB/s (10^6 B/s)",
+            (f"gssapi_retr_{layer}", "median_mb_per_s"),
+            1,
+        )
+        row(
+            f"load generator CPU, RETR through GSSAPI {layer} (cores)",
+            (f"gssapi_retr_{layer}", "cpu", "client_cores"),
+            2,
+            ratio=False,
+        )
+        row(
+            f"server CPU, RETR through GSSAPI {layer} (cores)",
+            (f"gssapi_retr_{layer}", "cpu", "server_cores"),
+            2,
+            ratio=False,
+        )
+
+
 def _sasl_rows(row: Callable[..., None], s: Settings) -> None:
     """Logins per second (connect, AUTH to +OK, QUIT) per mechanism, and their CPU."""
-    for mechanism, label in SASL_MECHANISMS.items():
+    for mechanism in s.sasl_mechanisms:
+        label = SASL_MECHANISMS[mechanism]
         for clients in s.sasl_clients:
             row(
                 f"logins/s, {label}, {_plural(clients)}",
@@ -769,7 +911,8 @@ def _sasl_rows(row: Callable[..., None], s: Settings) -> None:
                 f">= {TARGET_SASL_RATIO:.1f}x Dovecot",
                 check=lambda _m, r: r is not None and r >= TARGET_SASL_RATIO,
             )
-    for mechanism, label in SASL_MECHANISMS.items():
+    for mechanism in s.sasl_mechanisms:
+        label = SASL_MECHANISMS[mechanism]
         for clients in s.sasl_clients:
             _cpu_rows(row, f"sasl_{mechanism}_{clients}", "login", f"{label}, {_plural(clients)}")
 
@@ -862,7 +1005,9 @@ def report(env: dict[str, str], settings: Settings, sections: list[str], command
         f"- Repetitions: {settings.repeat}; sessions: {settings.warmup:g} s warm-up + "
         f"{settings.duration:g} s measured per point, load generator in up to "
         f"{settings.procs} processes; RETR: {settings.retr_count} timed runs per repetition "
-        f"(after 1 untimed); idle: {settings.idle} connections",
+        "(after 1 untimed)"
+        + (f"; idle: {settings.idle} connections" if "idle" in settings.figures else "")
+        + (f"; idle over pop3s: {settings.tls_idle}" if settings.tls_idle else ""),
         *(
             [
                 f"- TLS: {', '.join(map(str, settings.tls_clients))} clients per transport "
@@ -912,7 +1057,29 @@ def main() -> int:
         "--tls-clients", default="10,100", help="concurrency levels of the TLS sessions"
     )
     parser.add_argument(
-        "--sasl-clients", default="10", help="concurrency levels of the SASL logins"
+        "--sasl-clients", default="10", help="concurrency levels of the SASL and GSSAPI logins"
+    )
+    parser.add_argument(
+        "--sasl-mechanisms",
+        default=",".join(SASL_MECHANISMS),
+        help=f"which of {','.join(SASL_MECHANISMS)} the sasl figures measure",
+    )
+    parser.add_argument(
+        "--tls-idle",
+        type=int,
+        default=500,
+        help="idle pop3s connections measured first in the TLS phase (0: none)",
+    )
+    parser.add_argument(
+        "--no-retry",
+        action="store_true",
+        help="take a measurement during which other processes were busy only once",
+    )
+    parser.add_argument(
+        "--pop3d-baseline",
+        metavar="PYTHONPATH",
+        help="also measure another pop3d checkout (its package's parent folder, e.g. "
+        "/work/wt-old or /work/wt-old/src), as a third server beside the two, in turn",
     )
     parser.add_argument(
         "--quiet-timeout",
@@ -953,7 +1120,13 @@ def main() -> int:
         quiet_timeout=args.quiet_timeout,
         tls_clients=[int(x) for x in args.tls_clients.split(",")],
         sasl_clients=[int(x) for x in args.sasl_clients.split(",")],
+        sasl_mechanisms=args.sasl_mechanisms.split(","),
+        tls_idle=args.tls_idle if "tls" in args.figures.split(",") else 0,
+        retry=not args.no_retry,
     )
+    RETRY["contended"] = settings.retry
+    if set(settings.sasl_mechanisms) - set(SASL_MECHANISMS):
+        parser.error(f"--sasl-mechanisms: known: {', '.join(SASL_MECHANISMS)}")
     unknown = settings.figures - set(FIGURES)
     if args.dovecot_argon2id and "sasl" in settings.figures:
         parser.error("--dovecot-argon2id: Dovecot's SCRAM-SHA-256 needs {PLAIN}; leave out sasl")
@@ -971,7 +1144,17 @@ def main() -> int:
     small, big = messages()
     if "tls" in settings.figures:
         settings.tls = make_tls()  # a fresh CA and certificate for each run
-    users = max(settings.idle, *settings.clients, *settings.tls_clients, *settings.sasl_clients)
+    users = max(
+        settings.idle,
+        settings.tls_idle,
+        *settings.clients,
+        *settings.tls_clients,
+        *settings.sasl_clients,
+    )
+    if "gssapi" in settings.figures:
+        print("bench: a Kerberos realm (k5test) for the GSSAPI figures ...", flush=True)
+        settings.kerberos = Kerberos(max(settings.sasl_clients))
+        os.environ.update(settings.kerberos.client_env)  # the load generator's krb5.conf
     modes = args.cache_ttl.split(",")
     all_results: dict[str, dict[str, list[dict[str, Any]]]] = {}
     sections: list[str] = []
@@ -984,19 +1167,33 @@ def main() -> int:
             label += ", Dovecot tuned (high-performance login, reused pop3 processes)"
         if args.dovecot_argon2id:
             label += ", Dovecot on the same Argon2id hashes"
-        pop3d = Pop3d(users, ttl, extra_env=dict(x.split("=", 1) for x in args.pop3d_env))
+        extra_env = dict(x.split("=", 1) for x in args.pop3d_env)
+        pop3d = Pop3d(users, ttl, extra_env=extra_env, kerberos=settings.kerberos)
         dovecot = Dovecot(users, tuned=args.dovecot_tuned, argon2id=args.dovecot_argon2id)
-        print(f"bench: preparing {users} users for both servers ...", flush=True)
+        servers: list[Server] = [pop3d, dovecot]
+        if args.pop3d_baseline:
+            baseline = Pop3d(
+                users,
+                ttl,
+                extra_env=dict(extra_env, PYTHONPATH=args.pop3d_baseline),
+                name=BASELINE,
+            )
+            baseline.prepare(small, big)
+            servers = [baseline, pop3d, dovecot]
+        print(f"bench: preparing {users} users for the servers ...", flush=True)
         pop3d.prepare(small, big)
         dovecot.prepare(small, big)
-        results: dict[str, list[dict[str, Any]]] = {"pop3d": [], "dovecot": []}
+        results: dict[str, list[dict[str, Any]]] = {server.name: [] for server in servers}
         for rep in range(settings.repeat):
-            order: list[Server] = [pop3d, dovecot] if rep % 2 == 0 else [dovecot, pop3d]
+            # the order turns between repetitions (two servers: alternates)
+            order = servers[rep % len(servers) :] + servers[: rep % len(servers)]
             print(f"bench: auth_cache_ttl {label}, repetition {rep + 1}/{settings.repeat}")
             for name, result in run_repetition(order, big, settings).items():
                 results[name].append(result)
         all_results[label] = results
         sections += summarize(label, results, settings)
+    if settings.kerberos is not None:
+        settings.kerberos.stop()
     env["loadavg_end"] = Path("/proc/loadavg").read_text().strip()
     env["git_end"] = git_describe()
     out_dir = LAB / "results"
@@ -1012,6 +1209,7 @@ def main() -> int:
                     "tls": None
                     if settings.tls is None
                     else {k: str(v) for k, v in vars(settings.tls).items()},
+                    "kerberos": None if settings.kerberos is None else "k5test realm",
                 },
                 "results": all_results,
             },

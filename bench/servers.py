@@ -391,12 +391,21 @@ class Pop3d(Server):
         auth_cache_ttl: int | None,
         prefork: int = 2,
         extra_env: dict[str, str] | None = None,
+        *,
+        name: str = "pop3d",
+        kerberos: Kerberos | None = None,
     ) -> None:
+        """``name``: "pop3d", or another name for a second installation (--pop3d-baseline:
+        another checkout, through PYTHONPATH in ``extra_env``), with a folder of its own.
+        ``kerberos``: the bench realm; GSSAPI is then enabled (its keytab, servername
+        localhost)."""
+        self.name = name
         self.users = users
         self.extra_env = extra_env or {}
         self.auth_cache_ttl = auth_cache_ttl
         self.prefork = prefork
-        self.root = LAB / "pop3d"
+        self.kerberos = kerberos
+        self.root = LAB / name
         self.config = self.root / "imapd.conf"
         self.log = self.root / "master.log"
 
@@ -430,10 +439,12 @@ class Pop3d(Server):
         text = (
             f"configdirectory: {self.root}/config\n"
             f"partition-default: {self.root}/spool\n"
-            "servername: bench.test\n"
+            f"servername: {'localhost' if self.kerberos else 'bench.test'}\n"
             "allowplaintext: yes\n"
             "failedloginpause: 0\n"
         )
+        if self.kerberos is not None:
+            text += f"sasl_keytab: {self.kerberos.keytab}\n"
         if self.auth_cache_ttl is not None:
             text += f"auth_cache_ttl: {self.auth_cache_ttl}\n"
         if tls is not None:
@@ -461,6 +472,7 @@ class Pop3d(Server):
             )
             + "}\n"
         )
+        kerberos_env = self.kerberos.server_env if self.kerberos else {}
         with self.log.open("ab") as handle:
             self.process = subprocess.Popen(
                 [
@@ -474,7 +486,9 @@ class Pop3d(Server):
                 ],
                 stdout=handle,
                 stderr=subprocess.STDOUT,
-                env=dict(os.environ, PYTHONUNBUFFERED="1", **self.extra_env),
+                env=dict(os.environ, PYTHONUNBUFFERED="1", **kerberos_env, **self.extra_env),
+                # not the checkout: sys.path's first entry would shadow a PYTHONPATH
+                cwd=self.root,
             )
         self._wait_ready(self.log, tls)
 
@@ -491,6 +505,48 @@ class Pop3d(Server):
             for line in self.log.read_text(errors="replace").splitlines()
             if any(k in line for k in keep)
         ]
+
+
+# --- Kerberos ------------------------------------------------------------------------
+
+
+class Kerberos:
+    """A throwaway MIT realm for the GSSAPI figures (tests/support/kerberos.py: k5test, a
+    KDC on 127.0.0.1, pop/localhost in its keytab), with principals ``bench<i>`` and
+    ``benchbig`` (the bench passwords) and a ticket cache per user in ``ccache_dir``
+    (``<user>.cc``). pop3d gets the realm's krb5.conf and its replay-cache folder: MIT's
+    default replay cache, as a site would run it."""
+
+    def __init__(self, users: int) -> None:
+        if str(ROOT) not in sys.path:
+            sys.path.insert(0, str(ROOT))
+        from tests.support.kerberos import Realm, make_realm
+
+        self.k5 = make_realm()
+        realm = Realm(self.k5)
+        self.folder = LAB / "krb5"
+        if self.folder.exists():
+            shutil.rmtree(self.folder)
+        self.ccache_dir = self.folder / "ccache"
+        self.ccache_dir.mkdir(parents=True)
+        self.keytab = realm.service_keytab(self.folder)
+        self.client_env = {"KRB5_CONFIG": realm.env["KRB5_CONFIG"]}
+        self.server_env = {k: realm.env[k] for k in ("KRB5_CONFIG", "KRB5RCACHEDIR")}
+        names = [(user_name(i), user_password(i)) for i in range(users)]
+        names.append((BIG_USER, BIG_PASSWORD))
+        for name, password in names:
+            self.k5.addprinc(name, password)
+            subprocess.run(
+                ["kinit", f"{name}@{realm.name}"],
+                input=password.encode() + b"\n",
+                env=dict(realm.env, KRB5CCNAME=f"FILE:{self.ccache_dir / name}.cc"),
+                check=True,
+                capture_output=True,
+            )
+
+    def stop(self) -> None:
+        self.k5.stop()
+        shutil.rmtree(self.k5.tmpdir, ignore_errors=True)
 
 
 DOVECOT_CONF = """\
