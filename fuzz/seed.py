@@ -137,8 +137,10 @@ def tls_layer() -> Iterator[bytes]:
     hello = _client_hello()
     yield bytes([0, 0]) + hello  # raw bytes as the handshake
     yield bytes([0, 1]) + hello[:100]
-    for mode in (1, 2, 3):  # a real client: mutate its flight, or the records after
-        yield bytes([mode, 0]) + b"\x00" * 8
+    # a genuine client (bit 2: with a certificate, bit 3: TLS 1.2): a flight mutated (1,
+    # 2), records after the handshake (3), a genuine record mutated (0x13)
+    for mode in (1, 2, 3, 5, 6, 7, 9, 10, 11, 13, 0x13):
+        yield bytes([mode, 0]) + b"\x00\x05\x01"
         yield bytes([mode, 3, 0x10, 0x20, 0x30]) + b"\x17\x03\x03\x00\x05hello"
 
 

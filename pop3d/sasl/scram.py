@@ -88,7 +88,10 @@ def derive_keys(
 
 def _decode_saslname(value: bytes) -> str:
     """RFC 5802 §5.1: "," and "=" appear as =2C and =3D; any other "=" is an error."""
-    text = value.decode("utf-8")
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise MalformedResponse("saslname is not UTF-8") from None
     out = []
     index = 0
     while index < len(text):
@@ -170,7 +173,7 @@ class Scram(Mechanism):
         first = _attributes(client_first_bare, (b"n", b"r"))
         try:
             user = saslprep(_decode_saslname(first[b"n"]))
-        except (SASLprepError, UnicodeDecodeError):
+        except SASLprepError:
             raise MalformedResponse("user name fails SASLprep") from None
         client_nonce = first[b"r"]
         if not user or not client_nonce or not client_nonce.isascii() or b"," in client_nonce:
