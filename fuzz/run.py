@@ -95,10 +95,16 @@ def run_one(target: str, flags: list[str], corpus_root: Path = CORPUS) -> Outcom
     log = log_path.read_text(errors="replace")
     statuses = _STATUS.findall(log)
     executions, cov, ft, corpus = (int(x) for x in statuses[-1]) if statuses else (0, 0, 0, 0)
-    done = re.search(r"Done (\d+) runs", log)
+    done = re.search(r"stat::number_of_executed_units: (\d+)", log)
     if done:
         executions = int(done.group(1))
-    new = sorted(set(artifacts.iterdir()) - before - {artifacts / "last-run.log"})
+    # crash-, timeout-, oom-, leak- files; a slow-unit- file only says one input was slow
+    # (or that the process was stopped for a while), which is no failure.
+    new = sorted(
+        path
+        for path in set(artifacts.iterdir()) - before
+        if path.name != "last-run.log" and not path.name.startswith("slow-unit-")
+    )
     crashed = finished.returncode != 0 or bool(new)
     return Outcome(
         target,
