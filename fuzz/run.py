@@ -69,7 +69,9 @@ def command(target: str, flags: list[str], corpus: Path) -> list[str]:
     dictionary = FUZZ / "dicts" / f"{target}.dict"
     if dictionary.exists():
         argv.append(f"-dict={dictionary}")
-    argv += [f"-max_len={MAX_LEN.get(target, 4096)}", "-print_final_stats=1", *flags]
+    # A global memory bound (the harnesses peak near 64 MB) and a hang bound per input.
+    argv += [f"-max_len={MAX_LEN.get(target, 4096)}", "-rss_limit_mb=512", "-timeout=60"]
+    argv += ["-print_final_stats=1", *flags]
     return [*argv, str(corpus)]
 
 
