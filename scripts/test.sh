@@ -6,4 +6,5 @@ bash scripts/setup.sh --test
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
+.venv/bin/mypy --strict --follow-imports=silent fuzz  # the harnesses are typed too
 exec .venv/bin/pytest -n 4 "$@"

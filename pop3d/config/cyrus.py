@@ -141,7 +141,11 @@ def _service(name: str, values: dict[str, str], path: str, number: int, out: Mas
     if "cmd" not in values or "listen" not in values:
         error(f"service {name}: cmd= and listen= are required")
         return
-    argv = tuple(shlex.split(values["cmd"]))
+    try:
+        argv = tuple(shlex.split(values["cmd"]))
+    except ValueError as exc:  # cmd='pop3d "x': the quotes inside the value are unbalanced
+        error(f"service {name}: cannot parse cmd: {exc}")
+        return
     if not is_pop3d_command(argv):
         warn(f"service {name}: {argv[0] if argv else '(empty cmd)'} is not pop3d (skipped)")
         return

@@ -194,9 +194,14 @@ class _Parser:
     def parse_file(self, path: Path, depth: int = 0, origin: tuple[str, int] | None = None) -> None:
         try:
             text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
+        except (OSError, ValueError) as exc:  # ValueError: not UTF-8, or a NUL in the path
             where, line = origin or (str(path), 0)
-            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
+            if isinstance(exc, OSError):
+                reason = exc.strerror
+            elif isinstance(exc, UnicodeDecodeError):
+                reason = "not UTF-8"
+            else:
+                reason = "NUL in the file name"
             self.problem(where, line, f"cannot read {path}: {reason}")
             return
         self.parse_text(text, str(path), depth)

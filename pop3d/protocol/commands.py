@@ -51,7 +51,10 @@ def parse_number(token: bytes, what: str = "message number") -> int:
     """A message number or line count: 1*DIGIT, at most 2**32-1."""
     if not token.isdigit() or not token.isascii():
         raise ArgumentError(f"Invalid {what}")
-    value = int(token) if len(token) <= 10 else MAX_MESSAGE_NUMBER + 1
+    # Leading zeros do not count towards the length cap ("00000000001" is 1); the cap
+    # keeps int() away from a kilobyte of digits.
+    digits = token.lstrip(b"0") or b"0"
+    value = int(digits) if len(digits) <= 10 else MAX_MESSAGE_NUMBER + 1
     if value > MAX_MESSAGE_NUMBER:
         raise ArgumentError(f"Invalid {what}: out of range")
     return value

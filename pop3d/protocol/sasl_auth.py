@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import re
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +38,9 @@ if TYPE_CHECKING:
     from pop3d.protocol.session import Session
 
 
+_SASL_NAME = re.compile(r"[A-Z0-9_-]{1,20}")
+
+
 def offered(session: Session) -> list[str]:
     return registry.offered(
         session.settings.sasl_mechanisms, session.settings.policy, session.security
@@ -58,7 +62,10 @@ def auth(session: Session, argument: bytes) -> HandlerResult:
     name = name_raw.decode("ascii", "replace").upper()
     mechanism = registry.get(name)
     if mechanism is None or name not in available:
-        session.err(f"[AUTH] {name} is not an available mechanism; see CAPA")
+        # Echo the name only when it is one (RFC 4422 §3.1: 1-20 of A-Z 0-9 - _), never
+        # client bytes at large (control characters, kilobytes: found by fuzz/).
+        shown = name if _SASL_NAME.fullmatch(name) else "That"
+        session.err(f"[AUTH] {shown} is not an available mechanism; see CAPA")
         return Outcome.BAD
     initial: bytes | None = None
     if initial_raw:

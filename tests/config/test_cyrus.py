@@ -56,6 +56,8 @@ def test_services_section() -> None:
         ('pop3 cmd="pop3d" listen="110" maxchild=1.5', "maxchild='1.5' is not a whole number"),
         ('pop3 cmd="pop3d" listen="110" proto=udp', "proto=udp is not supported"),
         ('pop3 cmd="pop3d listen="110"', "cannot parse entry"),
+        # found by fuzz/cyrus_conf.py: a quote inside the quoted cmd raised ValueError
+        ('pop3 cmd=\'pop3d "x\' listen="110"', "cannot parse cmd: No closing quotation"),
     ],
 )
 def test_errors_carry_file_and_line(tmp_path, line: str, message: str) -> None:  # type: ignore[no-untyped-def]

@@ -70,6 +70,15 @@ def test_include(tmp_path: Path) -> None:
         imapd.load(tmp_path / "imapd.conf")
 
 
+def test_include_of_a_name_with_nul_is_a_config_error(tmp_path: Path) -> None:
+    # Found by fuzz/imapd_conf.py: open() raised ValueError (embedded null byte).
+    (tmp_path / "imapd.conf").write_text("@include: a\0b\n")
+    with pytest.raises(ConfigError, match=r"imapd.conf:1: error: cannot read .*NUL"):
+        imapd.load(tmp_path / "imapd.conf")
+    with pytest.raises(ConfigError, match="NUL in the file name"):
+        imapd.from_text("@include: /a\0b\n")
+
+
 def test_every_option_is_documented_and_its_default_parses() -> None:
     for option in OPTIONS.values():
         assert option.doc.strip(), option.name

@@ -46,6 +46,18 @@ def test_message_numbers() -> None:
             commands.message_number(bad)
 
 
+def test_leading_zeros_do_not_count_towards_the_length_cap() -> None:
+    # Found by fuzz/wire_commands.py: "00000518439131" (14 digits, value < 2**32) was
+    # refused as out of range because the cap counted the zeros.
+    assert commands.message_number(b"00000518439131") == 518439131
+    assert commands.parse_number(b"0" * 100 + b"4294967295") == 4294967295
+    assert commands.top_arguments(b"000000000001 00000000000") == (1, 0)
+    with pytest.raises(ArgumentError, match="out of range"):
+        commands.parse_number(b"0" * 100 + b"4294967296")
+    with pytest.raises(ArgumentError, match="out of range"):
+        commands.parse_number(b"9" * 5000)
+
+
 @given(st.binary(max_size=40))
 def test_parsers_never_raise_anything_unexpected(data: bytes) -> None:
     for parse in (commands.top_arguments, commands.optional_message_number, commands.no_arguments):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import scramp
 
-from pop3d.sasl.mechanism import Context, Failure, Success
+from pop3d.sasl.mechanism import Context, Failure, MalformedResponse, Success
 from pop3d.sasl.saslprep import SASLprepError, saslprep
 from pop3d.sasl.scram import Scram
 from tests.support import sasl_run, sasl_vectors
@@ -95,6 +95,17 @@ def test_plus_refuses_a_binding_the_connection_lacks(tmp_path: Path) -> None:
         server_bindings={"tls-server-end-point": b"y" * 32},
     )
     assert isinstance(result, Failure)
+
+
+@pytest.mark.parametrize(
+    "client_first",
+    [b"n,a=user\xc0x,n=user,r=abc", b"n,,n=us\xffer,r=abc", b"n,a=\xed\xa0\x80,n=u,r=abc"],
+)
+def test_saslname_that_is_not_utf8_is_malformed(client_first: bytes) -> None:
+    # Found by fuzz/sasl_mechanisms.py: a non-UTF-8 authzid in the GS2 header raised
+    # UnicodeDecodeError out of the exchange (and so out of the session).
+    with pytest.raises(MalformedResponse, match="not UTF-8"):
+        Scram("SHA-256", plus=False).run(Context("lab.test"), client_first).send(None)
 
 
 def test_replayed_final_message_fails(tmp_path: Path) -> None:
