@@ -13,8 +13,8 @@ negotiated mechanism is checked to be Kerberos after the exchange as well.
 No layer negotiation takes place (Cyrus's ``gssapi_spnego_ssf``): the context's flags
 decide, confidentiality if the context has it, else integrity, else none. Both ends apply
 that rule, so we cannot pick another layer than the client will; when the one the flags
-give lies outside [min_ssf, max_ssf] (or "none" where the connection's SSF is below
-min_ssf) the login fails rather than desynchronise. With MIT both ends always have
+give is below min_ssf (or "none" where more is needed) the login fails rather than
+desynchronise; above max_ssf it is kept (see below: over TLS). With MIT both ends always have
 confidentiality, so in practice GSS-SPNEGO logins get a confidentiality layer. The layer's
 buffer limit is ``context.max_buffer`` both ways (nothing is exchanged to learn the
 client's; Cyrus uses its own maxbufsize, 65536, likewise). The final SPNEGO token
@@ -52,8 +52,12 @@ class GSSSpnego(Mechanism):
             if context.min_ssf > 0:
                 return Failure("GSS-SPNEGO without a layer is below sasl_minimum_layer", user)
             return Success(user, "", final=final)
-        if not context.min_ssf <= ssf <= context.max_ssf:
-            return Failure(f"GSS-SPNEGO layer of SSF {ssf} is outside the allowed range", user)
+        if ssf < context.min_ssf:
+            return Failure(f"GSS-SPNEGO layer of SSF {ssf} is below sasl_minimum_layer", user)
+        # Above sasl_maximum_layer (over TLS the net maximum is 0) the layer is kept: the
+        # client's flags impose it and it cannot be declined without desynchronising, and
+        # a second layer inside TLS costs CPU, not safety. Refusing would make GSS-SPNEGO
+        # unusable over TLS with MIT clients, which always ask for confidentiality.
         size = min(context.max_buffer, MAX_BUFFER)
         try:
             layer = GSSAPILayer(

@@ -190,10 +190,20 @@ def test_spnego_gives_a_confidentiality_layer(
     assert result.layer.unwrap(len(token).to_bytes(4, "big") + token) == b"STAT\r\n"
 
 
-def test_spnego_layer_outside_the_range(krb5_env: Realm, ticket_caches: dict[str, Path]) -> None:
-    ctx = context(krb5_env, channel_bindings={}, max_ssf=128)
+def test_spnego_layer_below_the_minimum(krb5_env: Realm, ticket_caches: dict[str, Path]) -> None:
+    ctx = context(krb5_env, channel_bindings={}, min_ssf=100_000)
     result, _ = spnego_login(krb5_env, ticket_caches["alice"], ctx)
-    assert isinstance(result, Failure) and "outside" in result.reason
+    assert isinstance(result, Failure) and "below" in result.reason
+
+
+def test_spnego_over_tls_keeps_the_layer_the_flags_impose(
+    krb5_env: Realm, ticket_caches: dict[str, Path]
+) -> None:
+    """Over TLS the policy's net maximum is 0, but MIT clients always ask for
+    confidentiality and GSS-SPNEGO cannot decline it: the login works, with the layer."""
+    ctx = context(krb5_env, channel_bindings={}, ssf=256, min_ssf=0, max_ssf=0)
+    result, _ = spnego_login(krb5_env, ticket_caches["alice"], ctx)
+    assert isinstance(result, Success) and result.layer is not None
 
 
 def test_spnego_channel_binding(krb5_env: Realm, ticket_caches: dict[str, Path]) -> None:
