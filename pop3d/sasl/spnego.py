@@ -51,6 +51,10 @@ class GSSSpnego(Mechanism):
         else:
             if context.min_ssf > 0:
                 return Failure("GSS-SPNEGO without a layer is below sasl_minimum_layer", user)
+            if context.ssf < 2:
+                # No layer and no encrypting transport: the session after it would be open
+                # to hijacking; GSS-SPNEGO is for protected connections or with a layer.
+                return Failure("GSS-SPNEGO without a layer needs TLS", user)
             return Success(user, "", final=final)
         if ssf < context.min_ssf:
             return Failure(f"GSS-SPNEGO layer of SSF {ssf} is below sasl_minimum_layer", user)
