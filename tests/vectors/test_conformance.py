@@ -1,5 +1,6 @@
 """Conformance against the peers: the client side of sessions recorded byte-exact from Cyrus
-3.6.1 and Dovecot 2.3.19 (``../shared/reference/``) is replayed against a real pop3d, and
+3.6.1 and Dovecot 2.3.19 (``vectors/peers/``, copied from the project's reference recordings,
+see vectors/PROVENANCE.md) is replayed against a real pop3d, and
 each answer is compared where the RFCs fix it, not where servers may word things freely:
 
 * the status indicator (+OK / -ERR) of every answer (RFC 1939 §3);
@@ -22,7 +23,7 @@ import pytest
 
 from tests.support.lab import Lab, Server, start_server
 
-REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference"
+REFERENCE = Path(__file__).resolve().parents[2] / "vectors" / "peers"
 
 # Sessions with no TLS, no SASL challenge and no timing in them, for both peers.
 SESSIONS = (
@@ -204,8 +205,7 @@ def test_answers_agree_with_the_peer_where_the_rfcs_fix_them(
     served: tuple[Lab, Server], peer: str, name: str
 ) -> None:
     path = REFERENCE / peer / f"{name}.txt"
-    if not path.exists():
-        pytest.skip(f"{peer} has no recording of {name}")
+    assert path.exists(), f"{path}: copy it from the reference recordings (PROVENANCE.md)"
     lab, server = served
     assert differences(peer, name, lab, server) == []
 
