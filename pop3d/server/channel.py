@@ -31,7 +31,7 @@ from typing import cast
 from OpenSSL import SSL
 
 from pop3d.transport.layer import LayerError, LayerStack, SecurityLayer
-from pop3d.transport.tls_layer import TLSLayer
+from pop3d.transport.tls_layer import TLSHandshakeError, TLSLayer
 
 _READ_HIGH_WATER = 256 * 1024
 _READ_CHUNK = 64 * 1024
@@ -130,7 +130,13 @@ class _Layered:
                 data = await self.read()
                 if not data:
                     raise ChannelClosed("connection closed during the TLS handshake")
-                done = layer.handshake(data)
+                try:
+                    done = layer.handshake(data)
+                except TLSHandshakeError:
+                    # the fatal alert that says why (protocol_version, ...), best effort
+                    with contextlib.suppress(ChannelClosed, OSError):
+                        await self.write(layer.outgoing())
+                    raise
                 reply = layer.outgoing()
                 if reply:
                     await self.write(reply)

@@ -81,8 +81,13 @@ def test_channel_bindings_match_the_client_side(tmp_path: Path, version: ssl.TLS
     if version is ssl.TLSVersion.TLSv1_2:
         unique = client_side.get_channel_binding("tls-unique")
         assert unique and bindings["tls-unique"] == unique
+        assert "tls-exporter" not in bindings  # RFC 9266 defines it for TLS 1.3
     else:
         assert "tls-unique" not in bindings  # unsafe on TLS 1.3
+        assert bindings["tls-exporter"] == server_side.export_keying_material(
+            b"EXPORTER-Channel-Binding", 32, b""
+        )
+        assert len(bindings["tls-exporter"]) == 32
     assert facts.version == ("TLSv1.2" if version is ssl.TLSVersion.TLSv1_2 else "TLSv1.3")
     assert facts.ssf >= 128
 
@@ -297,8 +302,8 @@ def test_hostile_handshakes_leave_the_server_serving(tmp_path: Path) -> None:
         assert time.monotonic() - started < 5
         with socket.create_connection(("127.0.0.1", port), timeout=10) as quitter:
             quitter.sendall(b"\x16\x03\x01\x00")  # and close mid-handshake
-        with (
-            pytest.raises(ssl.SSLError),
+        with (  # refused with the alert that says why (RFC 8446 §6.2)
+            pytest.raises(ssl.SSLError, match="PROTOCOL_VERSION"),
             socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
         ):
             _tls11_client(lab.tls).wrap_socket(raw, server_hostname="localhost")
