@@ -92,6 +92,20 @@ def test_channel_bindings_match_the_client_side(tmp_path: Path, version: ssl.TLS
     assert facts.ssf >= 128
 
 
+@pytest.mark.parametrize(
+    ("offered", "chosen"), [(["imap", "pop3"], "pop3"), (["imap"], None), ([], None)]
+)
+def test_alpn_pop3(tmp_path: Path, offered: list[str], chosen: str | None) -> None:
+    """ALPN "pop3" when the client offers it; a client offering only others still gets its
+    handshake, without ALPN."""
+    certs = make_certificates(tmp_path)
+    context = client_context(certs)
+    if offered:
+        context.set_alpn_protocols(offered)
+    _, client_side = handshake(tls.server_tls(config_for(certs), None), context)
+    assert client_side.selected_alpn_protocol() == chosen
+
+
 def _client_certificate(tmp_path: Path, ca: selfsigned.Issued) -> selfsigned.Issued:
     client = selfsigned.issue(ca, "alice", email="alice@lab.test", client=True)
     client.write(tmp_path / "client.pem", tmp_path / "client.key")
