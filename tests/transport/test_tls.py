@@ -192,8 +192,11 @@ def test_session_resumption_never_outlives_tls_session_timeout(
     _, first = handshake(server, client)
     assert not first.session_reused
     assert first.session is not None
-    _, second = handshake(server, client, session=first.session)
+    server_side, second = handshake(server, client, session=first.session)
     assert second.session_reused is bool(lifetime)
+    if version is ssl.TLSVersion.TLSv1_2:  # tls-unique: our Finished first on a resumption
+        bindings = dict(tls.facts(server_side, server).channel_bindings)
+        assert bindings["tls-unique"] == second.get_channel_binding("tls-unique")
     if lifetime:
         assert first.session.has_ticket
 
