@@ -456,10 +456,8 @@ OPTIONS: dict[str, Option] = {
             "tls_session_timeout",
             D,
             1440 * 60,
-            "TLS session resumption lifetime. OpenSSL's (2 hours) cannot be changed from "
-            "Python, so below 120 minutes, 0 included, pop3d issues no session tickets "
-            "rather than let a session outlive the setting (TLS 1.2 session-id "
-            "resumption remains: SECURITY.md).",
+            "How long a TLS session can be resumed (by ticket, or by session id within "
+            "one worker), at most 24 hours as in Cyrus; 0 turns resumption off.",
             unit="m",
         ),
         _o("tls_handshake_timeout", D, 30, "[pop3d] Time allowed for a TLS handshake."),

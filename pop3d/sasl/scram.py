@@ -9,7 +9,9 @@ Nonces come from ``context.nonce`` (printable, no ","), so recorded exchanges re
 
 Checks, each ending the exchange with a failure:
 * GS2 header: "n" (no binding), "y" (client could bind but saw no -PLUS: a downgrade if we
-  offered -PLUS), "p=<type>" only on -PLUS and only for a binding this connection has;
+  offered -PLUS), "p=<type>" only on -PLUS and only for a binding this connection has.
+  The client picks the type (RFC 9266: tls-exporter on TLS 1.3, its default there, or
+  tls-server-end-point; tls-unique on TLS 1.2); the TLS layer's facts say which exist;
 * the channel-binding attribute ``c=`` must be exactly the GS2 header plus the binding data;
 * the final nonce must be the one this exchange made (a replayed final message fails);
 * mandatory extensions (``m=``) are refused; attributes must come in the RFC's order;

@@ -23,14 +23,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import ssl
 import stat
 from collections.abc import Callable
 from typing import Protocol as TypingProtocol
 from typing import cast
 
+from OpenSSL import SSL
+
 from pop3d.transport.layer import LayerError, LayerStack, SecurityLayer
-from pop3d.transport.tls_layer import TLSLayer
+from pop3d.transport.tls_layer import TLSHandshakeError, TLSLayer
 
 _READ_HIGH_WATER = 256 * 1024
 _READ_CHUNK = 64 * 1024
@@ -50,7 +51,7 @@ class ByteChannel(TypingProtocol):
 
     async def write(self, data: bytes) -> None: ...
 
-    async def start_tls(self, context: ssl.SSLContext, timeout: float) -> ssl.SSLObject: ...
+    async def start_tls(self, context: SSL.Context, timeout: float) -> SSL.Connection: ...
 
     def push_layer(self, layer: SecurityLayer, trailing: bytes) -> None: ...
 
@@ -118,9 +119,9 @@ class _Layered:
         self._plain = b""
         self._discard_raw()
 
-    async def start_tls(self, context: ssl.SSLContext, timeout: float) -> ssl.SSLObject:
+    async def start_tls(self, context: SSL.Context, timeout: float) -> SSL.Connection:
         """Drop what arrived in clear, run a server handshake, push TLS on the stack.
-        Raises ``ssl.SSLError``, ``TimeoutError`` or :class:`ChannelClosed`."""
+        Raises :class:`TLSHandshakeError`, ``TimeoutError`` or :class:`ChannelClosed`."""
         self.discard_input()
         layer = TLSLayer(context)
         async with asyncio.timeout(timeout):
@@ -129,17 +130,23 @@ class _Layered:
                 data = await self.read()
                 if not data:
                     raise ChannelClosed("connection closed during the TLS handshake")
-                done = layer.handshake(data)
+                try:
+                    done = layer.handshake(data)
+                except TLSHandshakeError:
+                    # the fatal alert that says why (protocol_version, ...), best effort
+                    with contextlib.suppress(ChannelClosed, OSError):
+                        await self.write(layer.outgoing())
+                    raise
                 reply = layer.outgoing()
                 if reply:
                     await self.write(reply)
         self.push_layer(layer, b"")
-        return layer.ssl_object
+        return layer.connection
 
     def _closing_bytes(self) -> bytes:
         try:
             return self._stack.close() if self._stack else b""
-        except (LayerError, ssl.SSLError, ValueError):
+        except (LayerError, SSL.Error, ValueError):
             return b""
 
 

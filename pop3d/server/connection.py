@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -49,6 +48,7 @@ from pop3d.server.telemetry import Telemetry
 from pop3d.storage.base import MessageGone, StorageError
 from pop3d.transport import tls
 from pop3d.transport.layer import LayerError
+from pop3d.transport.tls_layer import TLSHandshakeError
 
 log = logging.getLogger("pop3d")
 audit = logging.getLogger("pop3d.audit")
@@ -411,15 +411,15 @@ class Connection:
             self.end_reason = "TLS requested but not configured"
             return None
         try:
-            ssl_object = await self.channel.start_tls(
+            connection = await self.channel.start_tls(
                 server_tls.context, self.context.tls_handshake_timeout
             )
-        except (ssl.SSLError, ConnectionError, TimeoutError, OSError) as exc:
+        except (TLSHandshakeError, ConnectionError, TimeoutError, OSError) as exc:
             self.end_reason = f"TLS handshake failed: {exc.__class__.__name__}: {exc}"
             self._metrics.tls_handshake(ok=False)
             return None
         self._metrics.tls_handshake(ok=True)
-        info = tls.facts(ssl_object, server_tls)
+        info = tls.facts(connection, server_tls)
         log.info(
             "peer=%s TLS %s %s ssf=%d client=%s",
             self.channel.peer,

@@ -5,6 +5,11 @@ no compression, no renegotiation, ALPN "pop3" (RFC 8314 §7 does not name one fo
 Cyrus advertises "pop3" and so do we). The context is built once per worker and swapped on
 SIGHUP, so a renewed certificate takes effect without dropping sessions.
 
+The context is pyOpenSSL's (``OpenSSL.SSL.Context``), not Python's ``ssl``: only pyOpenSSL
+exposes ``SSL_export_keying_material`` (the ``tls-exporter`` binding) and
+``SSL_CTX_set_timeout`` (``tls_session_timeout``). The TLS layer that runs it is
+``transport/tls_layer.py``.
+
 What a handshake yields for the layers above (:func:`facts`):
 
 * the SSF: the cipher's secret bits, as Cyrus counts it;
@@ -12,39 +17,52 @@ What a handshake yields for the layers above (:func:`facts`):
   the subject CN, or with ``tls_client_identity: email`` the first email SAN (SASL
   EXTERNAL uses it);
 * channel bindings (RFC 5056): ``tls-server-end-point`` (RFC 5929 §4.1, a hash of our own
-  certificate, valid on every TLS version) and ``tls-unique`` on TLS 1.2 only (RFC 9266 §3
-  forbids it on 1.3). ``tls-exporter`` (RFC 9266) needs SSL_export_keying_material, which
-  Python's ssl module does not expose: see SECURITY.md.
+  certificate, valid on every TLS version), ``tls-exporter`` on TLS 1.3 (RFC 9266: 32
+  bytes exported under the label "EXPORTER-Channel-Binding", no context) and
+  ``tls-unique`` on TLS 1.2 only (RFC 9266 §3 forbids it on 1.3).
 """
 
 from __future__ import annotations
 
-import ssl
 from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import NameOID
+from OpenSSL import SSL
+
+# pyOpenSSL's cffi binding, for the two calls it has no public method for
+# (SSL_session_reused, SSL_get_verify_result).
+from OpenSSL._util import lib as _lib
 
 from pop3d.config.imapd import Config
 from pop3d.security.value import TLSInfo
 
 _VERSIONS = {
-    "tls1_0": ssl.TLSVersion.TLSv1,
-    "tls1_1": ssl.TLSVersion.TLSv1_1,
-    "tls1_2": ssl.TLSVersion.TLSv1_2,
-    "tls1_3": ssl.TLSVersion.TLSv1_3,
+    "tls1_0": SSL.TLS1_VERSION,
+    "tls1_1": SSL.TLS1_1_VERSION,
+    "tls1_2": SSL.TLS1_2_VERSION,
+    "tls1_3": SSL.TLS1_3_VERSION,
 }
 
+# Python's ssl default for TLS 1.2 (what pop3d offered before pyOpenSSL, so the cipher a
+# client gets does not change): forward secrecy and AEAD first, nothing anonymous or SHA-1.
+DEFAULT_CIPHERS = (
+    "@SECLEVEL=2:ECDH+AESGCM:ECDH+CHACHA20:ECDH+AES:DHE+AES:!aNULL:!eNULL:!aDSS:!SHA1:!AESCCM"
+)
 
-# OpenSSL's default session and ticket lifetime (SSL_CTX_get_timeout), in seconds.
-OPENSSL_SESSION_LIFETIME = 7200
+# Cyrus caps tls_session_timeout at 24 hours (tls.c: "maximum value is 1440 minutes").
+MAX_SESSION_LIFETIME = 1440 * 60
+
+EXPORTER_LABEL = b"EXPORTER-Channel-Binding"  # RFC 9266 §2
+EXPORTER_LENGTH = 32
 
 
 @dataclass(frozen=True, slots=True)
 class ServerTLS:
     """A server context and what we know about our own certificate."""
 
-    context: ssl.SSLContext
+    context: SSL.Context
     end_point_binding: bytes  # tls-server-end-point
     client_identity_from: str = "cn"  # or "email"
 
@@ -81,7 +99,17 @@ def server_tls(config: Config, service: str | None) -> ServerTLS:
     return ServerTLS(context, binding, identity)
 
 
-def server_context(config: Config, service: str | None) -> ssl.SSLContext:
+def openssl_reason(exc: SSL.Error) -> str:
+    """The reason strings of a pyOpenSSL error ("wrong version number"), not its repr."""
+    details = exc.args[0] if exc.args else None
+    if isinstance(details, list):
+        reasons = [str(entry[-1]) for entry in details if isinstance(entry, tuple) and entry]
+        if reasons:
+            return "; ".join(reasons)
+    return str(exc) or exc.__class__.__name__
+
+
+def server_context(config: Config, service: str | None) -> SSL.Context:
     """Raises :class:`ConfigError` (with file:line) when the settings cannot work."""
     cert = config.string("tls_server_cert", service)
     key = config.string("tls_server_key", service)
@@ -89,7 +117,7 @@ def server_context(config: Config, service: str | None) -> ssl.SSLContext:
         raise config.error(
             "tls_server_cert", service, "TLS needs tls_server_cert and tls_server_key"
         )
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context = SSL.Context(SSL.TLS_SERVER_METHOD)
     versions_text = config.string("tls_versions", service) or ""
     versions = []
     for word in versions_text.split():
@@ -102,29 +130,33 @@ def server_context(config: Config, service: str | None) -> ssl.SSLContext:
         versions.append(_VERSIONS[word])
     if not versions:
         raise config.error("tls_versions", service, "tls_versions names no version")
-    context.minimum_version = min(versions)
-    context.maximum_version = max(versions)
-    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    context.set_min_proto_version(min(versions))
+    context.set_max_proto_version(max(versions))
+    # OP_ALL: OpenSSL's interoperability work-arounds, as Python's ssl sets them.
+    options = SSL.OP_ALL | SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION
     if config.switch("tls_prefer_server_ciphers", service):
-        context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+        options |= SSL.OP_CIPHER_SERVER_PREFERENCE
+    # Give an idle connection's record buffers back (Python's ssl does the same): an idle
+    # TLS connection then costs a few KiB, not two 16 KiB buffers.
+    context.set_mode(SSL.MODE_RELEASE_BUFFERS)
     ciphers = config.string("tls_ciphers", service)
     try:
-        if ciphers:
-            context.set_ciphers(ciphers)
-    except ssl.SSLError:
+        context.set_cipher_list((ciphers or DEFAULT_CIPHERS).encode("ascii"))
+    except (SSL.Error, UnicodeEncodeError):
         raise config.error(
             "tls_ciphers", service, f"tls_ciphers: OpenSSL accepts none of {ciphers!r}"
         ) from None
     try:
-        context.load_cert_chain(str(cert), str(key))
-    except (OSError, ssl.SSLError) as exc:
-        reason = getattr(exc, "strerror", None) or str(exc)
+        context.use_certificate_chain_file(str(cert))
+        context.use_privatekey_file(str(key))
+        context.check_privatekey()
+    except SSL.Error as exc:
         raise config.error(
             "tls_server_cert",
             service,
-            f"cannot load certificate {cert} / key {key}: {reason}",
+            f"cannot load certificate {cert} / key {key}: {openssl_reason(exc)}",
         ) from None
-    context.set_alpn_protocols(["pop3"])
+    context.set_alpn_select_callback(_select_alpn)
     mode = config.string("tls_client_certs", service) or "off"
     if mode != "off":
         ca_file = config.string("tls_client_ca_file", service)
@@ -136,63 +168,92 @@ def server_context(config: Config, service: str | None) -> ssl.SSLContext:
                 "tls_client_certs needs tls_client_ca_file or tls_client_ca_dir",
             )
         try:
-            context.load_verify_locations(cafile=ca_file, capath=ca_dir)
-        except (OSError, ssl.SSLError) as exc:
+            context.load_verify_locations(ca_file or None, ca_dir or None)
+        except SSL.Error as exc:
             raise config.error(
-                "tls_client_ca_file", service, f"cannot load client CAs: {exc}"
+                "tls_client_ca_file",
+                service,
+                f"cannot load client CAs: {openssl_reason(exc)}",
             ) from None
-        context.verify_mode = ssl.CERT_REQUIRED if mode == "require" else ssl.CERT_OPTIONAL
-    if config.integer("tls_session_timeout", service) < OPENSSL_SESSION_LIFETIME:
-        # Python's ssl cannot shorten OpenSSL's lifetime (no SSL_CTX_set_timeout), so the
-        # only way to keep resumed sessions within the setting is no tickets at all. That
-        # ends resumption in TLS 1.3; TLS 1.2 can still resume by session id from OpenSSL's
-        # in-process cache, which Python cannot turn off (SECURITY.md, known limits).
-        context.options |= ssl.OP_NO_TICKET
-        context.num_tickets = 0
+        verify = SSL.VERIFY_PEER
+        if mode == "require":
+            verify |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
+        context.set_verify(verify)
+    # Sessions resume (by ticket, or by id from this worker's cache) for at most
+    # tls_session_timeout, as Cyrus does; 0 turns resumption off. The session id context
+    # names this server to OpenSSL's cache: without one, OpenSSL refuses to resume a
+    # session that had a client certificate.
+    lifetime = min(config.integer("tls_session_timeout", service), MAX_SESSION_LIFETIME)
+    context.set_session_id(b"pop3d")
+    if lifetime > 0:
+        context.set_timeout(lifetime)
+    else:
+        options |= SSL.OP_NO_TICKET
+        context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+    context.set_options(options)
     return context
 
 
-def facts(ssl_object: ssl.SSLObject | ssl.SSLSocket, server: ServerTLS) -> TLSInfo:
-    cipher = ssl_object.cipher()
-    name, version, bits = cipher if cipher else ("", "", 0)
-    tls_version = ssl_object.version() or version
+def _select_alpn(
+    _connection: SSL.Connection, offered: list[bytes]
+) -> bytes | SSL._NoOverlappingProtocols:
+    """ALPN "pop3" when the client offers it; otherwise no ALPN at all (the handshake goes
+    on), as Python's ssl did."""
+    return b"pop3" if b"pop3" in offered else SSL.NO_OVERLAPPING_PROTOCOLS
+
+
+def facts(connection: SSL.Connection, server: ServerTLS) -> TLSInfo:
+    tls_version = connection.get_protocol_version_name()
     bindings = {"tls-server-end-point": server.end_point_binding}
-    if tls_version in ("TLSv1.2", "TLSv1.1", "TLSv1"):
-        unique = ssl_object.get_channel_binding("tls-unique")
+    if tls_version == "TLSv1.3":
+        bindings["tls-exporter"] = connection.export_keying_material(
+            EXPORTER_LABEL, EXPORTER_LENGTH, b""
+        )
+    elif tls_version in ("TLSv1.2", "TLSv1.1", "TLSv1"):
+        unique = tls_unique(connection)
         if unique:
             bindings["tls-unique"] = unique
     return TLSInfo(
         version=tls_version,
-        cipher=name,
-        ssf=bits or 0,
-        client_identity=client_identity(ssl_object, server.client_identity_from),
+        cipher=connection.get_cipher_name() or "",
+        ssf=connection.get_cipher_bits() or 0,
+        client_identity=client_identity(connection, server.client_identity_from),
         channel_bindings=tuple(bindings.items()),
     )
 
 
-def client_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket, source: str) -> str | None:
-    """The verified client certificate's CN or email SAN; None without one. getpeercert()
-    returns a parsed certificate only after verification succeeded, so an unverified
-    certificate never yields an identity."""
-    certificate = ssl_object.getpeercert()
-    if not certificate:
+def tls_unique(connection: SSL.Connection) -> bytes | None:
+    """RFC 5929 §3.1: the first Finished message of the latest handshake: the client's on a
+    full handshake, ours on a resumed one (as Python's ssl computes it)."""
+    if session_reused(connection):
+        return connection.get_finished()
+    return connection.get_peer_finished()
+
+
+def session_reused(connection: SSL.Connection) -> bool:
+    return bool(_lib.SSL_session_reused(connection._ssl))
+
+
+def client_identity(connection: SSL.Connection, source: str) -> str | None:
+    """The verified client certificate's CN or email SAN; None without one. We ask for a
+    certificate only with ``tls_client_certs``, and take it only if it verified (a resumed
+    session keeps the first handshake's result)."""
+    if not connection.get_verify_mode() & SSL.VERIFY_PEER:
         return None
-    if source == "email":
-        return _first(certificate.get("subjectAltName", ()), "email")
-    for rdn in _tuple(certificate.get("subject", ())):
-        found = _first(rdn, "commonName")
-        if found is not None:
-            return found
-    return None
-
-
-def _tuple(value: object) -> tuple[object, ...]:
-    return value if isinstance(value, tuple) else ()
-
-
-def _first(pairs: object, key: str) -> str | None:
-    """The value of the first (key, value) pair in getpeercert()'s nested tuples."""
-    for pair in _tuple(pairs):
-        if isinstance(pair, tuple) and len(pair) == 2 and pair[0] == key:
-            return str(pair[1])
-    return None
+    if _lib.SSL_get_verify_result(connection._ssl) != 0:  # X509_V_OK
+        return None
+    certificate = connection.get_peer_certificate(as_cryptography=True)
+    if certificate is None:
+        return None
+    try:
+        if source == "email":
+            names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+            emails = names.value.get_values_for_type(x509.RFC822Name)
+            return emails[0] if emails else None
+        common = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    except x509.ExtensionNotFound:
+        return None
+    except ValueError:  # verified by OpenSSL, yet too odd for cryptography to read
+        return None
+    value = common[0].value if common else None
+    return value if isinstance(value, str) else None

@@ -1,6 +1,7 @@
 """SASL against independent clients over real TCP and TLS: Cyrus's own pop3test (libsasl2),
 curl, and scramp driving SCRAM-*-PLUS with channel bindings taken from its side of the TLS
-connection."""
+connection (Python's ssl for tls-unique and tls-server-end-point, a pyOpenSSL client that
+exports its own keying material for tls-exporter)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,15 @@ import base64
 import hashlib
 import socket
 import ssl
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import scramp
+import scramp.core
+from OpenSSL import SSL
 
 from pop3d.transport import selfsigned
 from tests.interop.conftest import run
@@ -226,7 +230,10 @@ def client_binding(binding_type: str, sock: ssl.SSLSocket) -> tuple[str, bytes]:
 
 
 def scram_login(
-    session: Pop3, mechanism: str, binding: tuple[str, bytes] | None, password: str = "wonderland"
+    session: Pop3 | OpenSSLPop3,
+    mechanism: str,
+    binding: tuple[str, bytes] | None,
+    password: str = "wonderland",
 ) -> bytes:
     client = scramp.ScramClient([mechanism], "alice", password, channel_binding=binding)
     first = base64.b64encode(client.get_client_first().encode())
@@ -288,6 +295,121 @@ def test_tls_unique_is_refused_on_tls13(setup: Setup) -> None:
         assert scram_login(session, "SCRAM-SHA-256-PLUS", binding) == (
             b"-ERR [AUTH] Invalid login\r\n"
         )
+    finally:
+        session.close()
+
+
+# --- tls-exporter (RFC 9266): a pyOpenSSL client exports its own keying material ---------
+
+
+class OpenSSLPop3:
+    """A POP3 client on a pyOpenSSL connection (Python's ssl cannot export keying
+    material); ``stls`` upgrades a plain connection, as a client of port 110 does."""
+
+    def __init__(self, port: int, ca: Path, version: int, stls: bool = False) -> None:
+        self.raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+        # pyOpenSSL wants a blocking socket; the kernel's timeout still ends a hang
+        self.raw.settimeout(None)
+        self.raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 10, 0))
+        self.buffer = b""
+        self.conn: SSL.Connection | None = None
+        if stls:
+            assert self.line().startswith(b"+OK")
+            assert self.send(b"STLS").startswith(b"+OK")
+        context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+        context.load_verify_locations(str(ca))
+        context.set_verify(SSL.VERIFY_PEER)
+        context.set_min_proto_version(version)
+        context.set_max_proto_version(version)
+        self.conn = SSL.Connection(context, self.raw)
+        self.conn.set_tlsext_host_name(b"localhost")
+        self.conn.set_connect_state()
+        self.conn.do_handshake()
+        if not stls:
+            assert self.line().startswith(b"+OK")
+
+    def exporter(self) -> bytes:
+        assert self.conn is not None
+        return self.conn.export_keying_material(b"EXPORTER-Channel-Binding", 32, b"")
+
+    def line(self) -> bytes:
+        while b"\r\n" not in self.buffer:
+            chunk = self.conn.recv(65536) if self.conn else self.raw.recv(65536)
+            if not chunk:
+                break
+            self.buffer += chunk
+        line, sep, self.buffer = self.buffer.partition(b"\r\n")
+        return line + sep
+
+    def send(self, line: bytes) -> bytes:
+        if self.conn is not None:
+            self.conn.sendall(line + b"\r\n")
+        else:
+            self.raw.sendall(line + b"\r\n")
+        return self.line()
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+@pytest.fixture
+def scramp_exporter(monkeypatch: pytest.MonkeyPatch) -> None:
+    """scramp refuses the name "tls-exporter" (it cannot get the data from Python's ssl);
+    its SCRAM arithmetic takes any binding's bytes, so let it use the name."""
+    names = scramp.core.CbName
+    monkeypatch.setattr(names, "SUPPORTED_TYPES", names.SUPPORTED_TYPES | {"tls-exporter"})
+    monkeypatch.setattr(names, "UNSUPPORTED_TYPES", frozenset())
+
+
+@pytest.mark.usefixtures("scramp_exporter")
+@pytest.mark.parametrize("mechanism", ["SCRAM-SHA-256-PLUS", "SCRAM-SHA-512-PLUS"])
+@pytest.mark.parametrize("stls", [False, True], ids=["pop3s", "stls"])
+def test_scram_plus_with_tls_exporter_on_tls13(setup: Setup, mechanism: str, stls: bool) -> None:
+    session = OpenSSLPop3(
+        setup.port if stls else setup.pop3s, setup.ca, SSL.TLS1_3_VERSION, stls=stls
+    )
+    try:
+        assert session.conn is not None
+        assert session.conn.get_protocol_version_name() == "TLSv1.3"
+        reply = scram_login(session, mechanism, ("tls-exporter", session.exporter()))
+        assert reply.startswith(b"+OK Mailbox locked and ready"), reply
+        assert session.send(b"STAT") == b"+OK 7 28700\r\n"
+    finally:
+        session.close()
+
+
+@pytest.mark.usefixtures("scramp_exporter")
+def test_a_wrong_exporter_value_is_refused(setup: Setup) -> None:
+    """What a man in the middle would have: the exporter of his own TLS connection (or any
+    other value), not of the client's."""
+    other = OpenSSLPop3(setup.pop3s, setup.ca, SSL.TLS1_3_VERSION)
+    session = OpenSSLPop3(setup.pop3s, setup.ca, SSL.TLS1_3_VERSION)
+    try:
+        foreign = other.exporter()
+        flipped = bytes([session.exporter()[0] ^ 1]) + session.exporter()[1:]
+        for wrong in (foreign, flipped):
+            reply = scram_login(session, "SCRAM-SHA-256-PLUS", ("tls-exporter", wrong))
+            assert reply == b"-ERR [AUTH] Invalid login\r\n"
+        right = ("tls-exporter", session.exporter())
+        assert scram_login(session, "SCRAM-SHA-256-PLUS", right).startswith(b"+OK")
+    finally:
+        other.close()
+        session.close()
+    assert "channel binding mismatch" in setup.server.log_text()
+
+
+@pytest.mark.usefixtures("scramp_exporter")
+def test_tls_exporter_is_not_offered_on_tls12(setup: Setup) -> None:
+    """RFC 9266 defines tls-exporter for TLS 1.3 only (on 1.2 without extended master
+    secret it would not be unique): the server has no such binding there."""
+    session = OpenSSLPop3(setup.pop3s, setup.ca, SSL.TLS1_2_VERSION)
+    try:
+        data = session.conn.export_keying_material(b"EXPORTER-Channel-Binding", 32, b"")
+        reply = scram_login(session, "SCRAM-SHA-256-PLUS", ("tls-exporter", data))
+        assert reply == b"-ERR [AUTH] Invalid login\r\n"
+        unique = session.conn.get_finished()  # the client's Finished: tls-unique
+        assert unique is not None
+        assert scram_login(session, "SCRAM-SHA-256-PLUS", ("tls-unique", unique)).startswith(b"+OK")
     finally:
         session.close()
 

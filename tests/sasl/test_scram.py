@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import scramp
+import scramp.core
 
 from pop3d.sasl.mechanism import Context, Failure, MalformedResponse, Success
 from pop3d.sasl.saslprep import SASLprepError, saslprep
@@ -69,8 +70,18 @@ def test_independent_client(tmp_path: Path, name: str) -> None:
     assert isinstance(scramp_exchange(tmp_path / "w", name, password="wrong"), Failure)
 
 
+@pytest.fixture
+def scramp_exporter(monkeypatch: pytest.MonkeyPatch) -> None:
+    """scramp refuses the name "tls-exporter" (Python's ssl cannot give it the data); its
+    SCRAM arithmetic takes any binding's bytes."""
+    names = scramp.core.CbName
+    monkeypatch.setattr(names, "SUPPORTED_TYPES", names.SUPPORTED_TYPES | {"tls-exporter"})
+    monkeypatch.setattr(names, "UNSUPPORTED_TYPES", frozenset())
+
+
+@pytest.mark.usefixtures("scramp_exporter")
 @pytest.mark.parametrize("name", ["SCRAM-SHA-256-PLUS", "SCRAM-SHA-512-PLUS"])
-@pytest.mark.parametrize("binding_type", ["tls-server-end-point", "tls-unique"])
+@pytest.mark.parametrize("binding_type", ["tls-server-end-point", "tls-unique", "tls-exporter"])
 def test_plus_with_channel_bindings(tmp_path: Path, name: str, binding_type: str) -> None:
     data = b"\x01" * 32
     ok = scramp_exchange(
@@ -106,6 +117,38 @@ def test_saslname_that_is_not_utf8_is_malformed(client_first: bytes) -> None:
     # UnicodeDecodeError out of the exchange (and so out of the session).
     with pytest.raises(MalformedResponse, match="not UTF-8"):
         Scram("SHA-256", plus=False).run(Context("lab.test"), client_first).send(None)
+
+
+@pytest.mark.usefixtures("scramp_exporter")
+@pytest.mark.parametrize("binding_type", ["tls-exporter", "tls-server-end-point"])
+def test_on_tls13_the_client_binds_to_the_exporter_or_the_certificate(
+    tmp_path: Path, binding_type: str
+) -> None:
+    """RFC 9266: on TLS 1.3 a client binds with tls-exporter (its default) or
+    tls-server-end-point; the connection has both, and no tls-unique."""
+    tls13 = {"tls-exporter": b"\x03" * 32, "tls-server-end-point": b"\x04" * 32}
+    ok = scramp_exchange(
+        tmp_path,
+        "SCRAM-SHA-256-PLUS",
+        binding=(binding_type, tls13[binding_type]),
+        server_bindings=tls13,
+    )
+    assert isinstance(ok, Success)
+    swapped = "tls-server-end-point" if binding_type == "tls-exporter" else "tls-exporter"
+    crossed = scramp_exchange(
+        tmp_path / "x",
+        "SCRAM-SHA-256-PLUS",
+        binding=(binding_type, tls13[swapped]),
+        server_bindings=tls13,
+    )
+    assert isinstance(crossed, Failure) and crossed.reason == "channel binding mismatch"
+    unique = scramp_exchange(
+        tmp_path / "u",
+        "SCRAM-SHA-256-PLUS",
+        binding=("tls-unique", b"\x05" * 12),
+        server_bindings=tls13,
+    )
+    assert isinstance(unique, Failure)
 
 
 def test_replayed_final_message_fails(tmp_path: Path) -> None:

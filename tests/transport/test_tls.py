@@ -13,10 +13,12 @@ import warnings
 from pathlib import Path
 
 import pytest
+from OpenSSL import SSL
 
 from pop3d.config import imapd
 from pop3d.config.imapd import ConfigError
 from pop3d.transport import selfsigned, tls
+from pop3d.transport.tls_layer import TLSHandshakeError, TLSLayer
 from tests.support.lab import Certificates, Lab, make_certificates, start_server
 
 
@@ -28,31 +30,33 @@ def config_for(certs: Certificates, extra: str = "") -> imapd.Config:
 
 def handshake(
     server: tls.ServerTLS, client: ssl.SSLContext, session: ssl.SSLSession | None = None
-) -> tuple[ssl.SSLObject, ssl.SSLObject]:
-    """A real TLS handshake between two SSLObjects joined by memory BIOs; then one octet
-    from the server, which carries TLS 1.3's session tickets to the client."""
-    to_server, to_client = ssl.MemoryBIO(), ssl.MemoryBIO()
-    server_side = server.context.wrap_bio(to_server, to_client, server_side=True)
+) -> tuple[SSL.Connection, ssl.SSLObject]:
+    """A real TLS handshake between our server layer and a Python ssl client joined by
+    memory BIOs; then one octet from the server, which carries TLS 1.3's session tickets to
+    the client. Raises TLSHandshakeError (server) or ssl.SSLError (client) on a failure."""
+    layer = TLSLayer(server.context)
     from_server, from_client = ssl.MemoryBIO(), ssl.MemoryBIO()
     client_side = client.wrap_bio(
         from_server, from_client, server_hostname="localhost", session=session
     )
-    done = {"client": False, "server": False}
+    client_done = False
     for _ in range(10):
-        for name, side in (("client", client_side), ("server", server_side)):
-            if not done[name]:
-                try:
-                    side.do_handshake()
-                    done[name] = True
-                except ssl.SSLWantReadError:
-                    pass
-        to_server.write(from_client.read())
-        from_server.write(to_client.read())
-        if all(done.values()):
-            server_side.write(b"+")
-            from_server.write(to_client.read())
+        if not client_done:
+            try:
+                client_side.do_handshake()
+                client_done = True
+            except ssl.SSLWantReadError:
+                pass
+        to_server = from_client.read()
+        if to_server or not layer.handshake_done:
+            try:
+                layer.handshake(to_server)
+            finally:  # the server's alert too
+                from_server.write(layer.outgoing())
+        if client_done and layer.handshake_done:
+            from_server.write(layer.wrap(b"+"))
             assert client_side.read(1) == b"+"
-            return server_side, client_side
+            return layer.connection, client_side
     raise AssertionError("handshake did not finish")
 
 
@@ -77,10 +81,29 @@ def test_channel_bindings_match_the_client_side(tmp_path: Path, version: ssl.TLS
     if version is ssl.TLSVersion.TLSv1_2:
         unique = client_side.get_channel_binding("tls-unique")
         assert unique and bindings["tls-unique"] == unique
+        assert "tls-exporter" not in bindings  # RFC 9266 defines it for TLS 1.3
     else:
         assert "tls-unique" not in bindings  # unsafe on TLS 1.3
+        assert bindings["tls-exporter"] == server_side.export_keying_material(
+            b"EXPORTER-Channel-Binding", 32, b""
+        )
+        assert len(bindings["tls-exporter"]) == 32
     assert facts.version == ("TLSv1.2" if version is ssl.TLSVersion.TLSv1_2 else "TLSv1.3")
     assert facts.ssf >= 128
+
+
+@pytest.mark.parametrize(
+    ("offered", "chosen"), [(["imap", "pop3"], "pop3"), (["imap"], None), ([], None)]
+)
+def test_alpn_pop3(tmp_path: Path, offered: list[str], chosen: str | None) -> None:
+    """ALPN "pop3" when the client offers it; a client offering only others still gets its
+    handshake, without ALPN."""
+    certs = make_certificates(tmp_path)
+    context = client_context(certs)
+    if offered:
+        context.set_alpn_protocols(offered)
+    _, client_side = handshake(tls.server_tls(config_for(certs), None), context)
+    assert client_side.selected_alpn_protocol() == chosen
 
 
 def _client_certificate(tmp_path: Path, ca: selfsigned.Issued) -> selfsigned.Issued:
@@ -121,7 +144,7 @@ def test_a_client_certificate_from_another_ca_is_refused(tmp_path: Path) -> None
     )
     context = client_context(certs)
     context.load_cert_chain(tmp_path / "client.pem", tmp_path / "client.key")
-    with pytest.raises(ssl.SSLError):
+    with pytest.raises(TLSHandshakeError, match="certificate verify failed"):
         handshake(tls.server_tls(config, None), context)
 
 
@@ -142,37 +165,40 @@ def test_bad_tls_settings_name_the_line(tmp_path: Path, extra: str, message: str
 
 def test_default_versions_are_tls12_and_tls13(tmp_path: Path) -> None:
     certs = make_certificates(tmp_path)
-    context = tls.server_tls(config_for(certs), None).context
-    assert context.minimum_version is ssl.TLSVersion.TLSv1_2
-    assert context.maximum_version is ssl.TLSVersion.TLSv1_3
-    with pytest.raises(ssl.SSLError):
-        handshake(tls.server_tls(config_for(certs), None), _tls11_client(certs))
+    server = tls.server_tls(config_for(certs), None)
+    for version, name in ((ssl.TLSVersion.TLSv1_2, "TLSv1.2"), (ssl.TLSVersion.TLSv1_3, "TLSv1.3")):
+        server_side, _ = handshake(server, client_context(certs, version))
+        assert server_side.get_protocol_version_name() == name
+    with pytest.raises((ssl.SSLError, TLSHandshakeError)):
+        handshake(server, _tls11_client(certs))
 
 
 @pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
 @pytest.mark.parametrize(
-    ("setting", "resumes"),
-    [("", True), ("tls_session_timeout: 120", True), ("tls_session_timeout: 119", False)]
-    + [("tls_session_timeout: 0", False)],
+    ("setting", "lifetime"),
+    [("", 1440 * 60), ("tls_session_timeout: 119", 119 * 60), ("tls_session_timeout: 0", 0)]
+    + [("tls_session_timeout: 25h", 1440 * 60)],  # Cyrus's cap: 24 hours
 )
 def test_session_resumption_never_outlives_tls_session_timeout(
-    tmp_path: Path, version: ssl.TLSVersion, setting: str, resumes: bool
+    tmp_path: Path, version: ssl.TLSVersion, setting: str, lifetime: int
 ) -> None:
+    """Sessions resume (by ticket, or by id on TLS 1.2) for tls_session_timeout (OpenSSL's
+    SSL_CTX_set_timeout, which also sets the tickets' lifetime hint); 0 ends resumption on
+    both versions, session-id resumption on TLS 1.2 included."""
     certs = make_certificates(tmp_path)
     server = tls.server_tls(config_for(certs, setting), None)
+    assert server.context.get_timeout() == (lifetime or server.context.get_timeout())
     client = client_context(certs, version)
     _, first = handshake(server, client)
     assert not first.session_reused
     assert first.session is not None
-    assert first.session.has_ticket is resumes
-    _, second = handshake(server, client, session=first.session)
-    if resumes:
-        assert second.session_reused
-        assert first.session.timeout <= tls.OPENSSL_SESSION_LIFETIME
-    elif version is ssl.TLSVersion.TLSv1_3:
-        assert not second.session_reused  # TLS 1.3 resumes only by ticket
-    # TLS 1.2 can still resume by session id from OpenSSL's cache, which Python cannot
-    # turn off: a known limit (SECURITY.md).
+    server_side, second = handshake(server, client, session=first.session)
+    assert second.session_reused is bool(lifetime)
+    if version is ssl.TLSVersion.TLSv1_2:  # tls-unique: our Finished first on a resumption
+        bindings = dict(tls.facts(server_side, server).channel_bindings)
+        assert bindings["tls-unique"] == second.get_channel_binding("tls-unique")
+    if lifetime:
+        assert first.session.has_ticket
 
 
 def _tls11_client(certs: Certificates) -> ssl.SSLContext:
@@ -293,8 +319,8 @@ def test_hostile_handshakes_leave_the_server_serving(tmp_path: Path) -> None:
         assert time.monotonic() - started < 5
         with socket.create_connection(("127.0.0.1", port), timeout=10) as quitter:
             quitter.sendall(b"\x16\x03\x01\x00")  # and close mid-handshake
-        with (
-            pytest.raises(ssl.SSLError),
+        with (  # refused with the alert that says why (RFC 8446 §6.2)
+            pytest.raises(ssl.SSLError, match="PROTOCOL_VERSION"),
             socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
         ):
             _tls11_client(lab.tls).wrap_socket(raw, server_hostname="localhost")
