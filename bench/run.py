@@ -35,12 +35,14 @@ from servers import (
     BIG_USER,
     LAB,
     ROOT,
+    Cyrus,
     Dovecot,
     Kerberos,
     Message,
     Pop3d,
     Server,
     TLSFiles,
+    cyrus_version,
     dovecot_version,
     machine_busy,
     make_tls,
@@ -63,6 +65,7 @@ CONTENDED_CORES = 0.5
 QUIET_TIMEOUT = 30.0
 RETRY = {"contended": True}  # --no-retry: a contended measurement is not taken again
 BASELINE = "baseline"  # --pop3d-baseline: another pop3d checkout, measured beside
+CYRUS = "cyrus"  # --cyrus: Debian's Cyrus 3.6 pop3d, in the gssapi figures only
 
 
 @dataclass
@@ -112,6 +115,8 @@ def _log_problems(server: Server, offset: int) -> list[str]:
         text = handle.read().decode(errors="replace")
     if isinstance(server, Pop3d):
         keys: tuple[str, ...] = ("ERROR", "WARNING", "Traceback", "CRITICAL")
+    elif isinstance(server, Cyrus):  # its master's stderr (Cyrus logs to syslog)
+        keys = ("fatal", "error", "Error", "bind:")
     else:
         keys = ("Error:", "Fatal:", "Panic:", "Warning:")
     return [line for line in text.splitlines() if any(k in line for k in keys)][:50]
@@ -264,7 +269,8 @@ def measure_retr(
             "--password",
             BIG_PASSWORD,
             "--octets",
-            str(big.crlf_size),
+            # Cyrus stores the message with the two header lines its lmtpd adds
+            str(getattr(server, "big_octets", 0) or big.crlf_size),
             "--count",
             str(settings.retr_count + 1),
             "--discard",
@@ -425,7 +431,7 @@ def run_repetition(
     if settings.figures & {"idle", "sessions", "retr", "sasl", "gssapi"}:
         _clear_text_phase(servers, big, settings, out)
     if "tls" in settings.figures:
-        _tls_phase(servers, big, settings, out)
+        _tls_phase([s for s in servers if not isinstance(s, Cyrus)], big, settings, out)
     return out
 
 
@@ -433,8 +439,9 @@ def _clear_text_phase(
     servers: list[Server], big: Message, settings: Settings, out: dict[str, dict[str, Any]]
 ) -> None:
     started: list[Server] = []
+    everyone, servers = servers, [s for s in servers if not isinstance(s, Cyrus)]
     try:
-        for server in servers:
+        for server in everyone:  # Cyrus (--cyrus) only for the gssapi figures
             server.start()
             started.append(server)
         if "idle" in settings.figures:
@@ -481,7 +488,7 @@ def _clear_text_phase(
                         out[server.name][f"sasl_{mechanism}_{clients}"] = result
                         _sessions_line(server, f"{label}, {clients:>3} clients", result, "logins")
         if "gssapi" in settings.figures:
-            _gssapi_figures(servers, big, settings, out)
+            _gssapi_figures(everyone, big, settings, out)
     finally:
         for server in started:
             server.stop()
@@ -490,11 +497,14 @@ def _clear_text_phase(
 def _gssapi_figures(
     servers: list[Server], big: Message, settings: Settings, out: dict[str, dict[str, Any]]
 ) -> None:
-    """pop3d only (the installation with the bench realm; Dovecot has no GSSAPI layers):
-    AUTH GSSAPI logins with no layer, then RETR of the 50 MB message through an integrity
-    and a confidentiality layer."""
+    """pop3d (the installation with the bench realm; Dovecot has no GSSAPI layers) and,
+    with --cyrus, Cyrus: AUTH GSSAPI logins with no layer, then RETR of the 50 MB message
+    through an integrity and a confidentiality layer."""
     for server in servers:
-        if not isinstance(server, Pop3d) or server.kerberos is None or not _alive(server):
+        realm = isinstance(server, Cyrus) or (
+            isinstance(server, Pop3d) and server.kerberos is not None
+        )
+        if not realm or not _alive(server):
             continue
         for clients in settings.sasl_clients:
             result = _calm(
@@ -637,18 +647,22 @@ def _errors(runs: list[dict[str, Any]], figure: str) -> dict[str, int]:
 
 def summarize(mode: str, results: dict[str, list[dict[str, Any]]], s: Settings) -> list[str]:
     """One table: pop3d and Dovecot (and, with --pop3d-baseline, the baseline checkout and
-    pop3d/baseline) per figure."""
+    pop3d/baseline; with --cyrus, Cyrus and pop3d/Cyrus) per figure."""
     pop3d, dovecot = results["pop3d"], results["dovecot"]
-    baseline = results.get(BASELINE)
+    extras = [
+        (name, results[key])
+        for key, name in ((BASELINE, "baseline"), (CYRUS, "Cyrus"))
+        if key in results
+    ]
     rows = [
         "| Figure | pop3d (median) | Dovecot (median) | pop3d/Dovecot | Target | Met | "
-        + ("baseline (median) | pop3d/baseline | " if baseline is not None else "")
+        + "".join(f"{name} (median) | pop3d/{name} | " for name, _ in extras)
         + "pop3d runs | Dovecot runs |"
-        + (" baseline runs |" if baseline is not None else ""),
+        + "".join(f" {name} runs |" for name, _ in extras),
         "|---|---:|---:|---:|---|---|"
-        + ("---:|---:|" if baseline is not None else "")
+        + "---:|---:|" * len(extras)
         + "---|---|"
-        + ("---|" if baseline is not None else ""),
+        + "---|" * len(extras),
     ]
     notes: list[str] = []
 
@@ -670,14 +684,14 @@ def summarize(mode: str, results: dict[str, list[dict[str, Any]]], s: Settings) 
         if check is not None:
             met = "n/a" if mp is None else ("yes" if check(mp, quotient) else "**no**")
         base_cells = base_runs = ""
-        if baseline is not None:
-            b = [v * scale for r in baseline if (v := _value(r, path)) is not None]
+        for _, runs in extras:
+            b = [v * scale for r in runs if (v := _value(r, path)) is not None]
             mb = _median(b)
             versus = mp / mb if ratio and mp is not None and mb else None
-            base_cells = (
+            base_cells += (
                 f"{_fmt(mb, digits)} | {'-' if versus is None else _fmt(versus, 2) + 'x'} | "
             )
-            base_runs = f" {', '.join(_run_cell(r, path, digits, scale) for r in baseline)} |"
+            base_runs += f" {', '.join(_run_cell(r, path, digits, scale) for r in runs)} |"
         rows.append(
             f"| {label} | {_fmt(mp, digits)} | {_fmt(md, digits)} | "
             f"{'-' if quotient is None else _fmt(quotient, 2) + 'x'} | {target} | {met} | "
@@ -790,9 +804,7 @@ def summarize(mode: str, results: dict[str, list[dict[str, Any]]], s: Settings) 
             1,
             scale=1 / 1024,
         )
-    named = [("pop3d", pop3d), ("Dovecot", dovecot)]
-    if baseline is not None:
-        named.append(("baseline", baseline))
+    named = [("pop3d", pop3d), ("Dovecot", dovecot), *extras]
     for name, runs in named:
         figures = [f"sessions_{c}" for c in s.clients] + ["retr", "idle", "tls_idle"]
         figures += [f"gssapi_login_{c}" for c in s.sasl_clients]
@@ -995,7 +1007,8 @@ def report(env: dict[str, str], settings: Settings, sections: list[str], command
         "",
         f"- Date: {env['date']}",
         f"- Machine: {env['cpu']}; {env['memory']} RAM; {env['os']}",
-        f"- pop3d {env['pop3d']}, Python {env['python']}; Dovecot {env['dovecot']}",
+        f"- pop3d {env['pop3d']}, Python {env['python']}; Dovecot {env['dovecot']}"
+        + (f"; Cyrus pop3d {env['cyrus']} (Debian, unpacked)" if "cyrus" in env else ""),
         *(
             [f"- Note: the pop3d checkout changed during the run; at the end: git {end}"]
             if (end := env.get("git_end")) and end not in env["pop3d"]
@@ -1082,6 +1095,12 @@ def main() -> int:
         "/work/wt-old or /work/wt-old/src), as a third server beside the two, in turn",
     )
     parser.add_argument(
+        "--cyrus",
+        action="store_true",
+        help="also measure Debian's Cyrus 3.6 pop3d (unpacked into bench/.lab/pkg, not "
+        "installed) in the gssapi figures, as another server beside the others, in turn",
+    )
+    parser.add_argument(
         "--quiet-timeout",
         type=float,
         default=QUIET_TIMEOUT,
@@ -1130,6 +1149,8 @@ def main() -> int:
     unknown = settings.figures - set(FIGURES)
     if args.dovecot_argon2id and "sasl" in settings.figures:
         parser.error("--dovecot-argon2id: Dovecot's SCRAM-SHA-256 needs {PLAIN}; leave out sasl")
+    if args.cyrus and "gssapi" not in settings.figures:
+        parser.error("--cyrus: Cyrus is measured in the gssapi figures only; add gssapi")
     if unknown:
         parser.error(f"--figures: unknown {', '.join(sorted(unknown))} (known: {FIGURES})")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -1180,6 +1201,13 @@ def main() -> int:
             )
             baseline.prepare(small, big)
             servers = [baseline, pop3d, dovecot]
+        if args.cyrus:
+            assert settings.kerberos is not None
+            cyrus = Cyrus(max(settings.sasl_clients), settings.kerberos)
+            print("bench: preparing Cyrus (unpacked packages, LMTP delivery) ...", flush=True)
+            cyrus.prepare(small, big)
+            env["cyrus"] = cyrus_version()
+            servers.append(cyrus)
         print(f"bench: preparing {users} users for the servers ...", flush=True)
         pop3d.prepare(small, big)
         dovecot.prepare(small, big)

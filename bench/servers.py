@@ -1,5 +1,6 @@
-"""The two servers under test, on the same users and the same Maildir messages, and the
-/proc readings (RSS, PSS, CPU time) of their process trees.
+"""The servers under test, on the same users and the same Maildir messages (Cyrus, for the
+gssapi figures: the same messages in its own mailboxes), and the /proc readings (RSS,
+PSS, CPU time) of their process trees.
 
 Layout under ``bench/.lab`` (git-ignored)::
 
@@ -9,6 +10,9 @@ Layout under ``bench/.lab`` (git-ignored)::
     tls/                 the run's private CA and server certificate (both servers use it)
     pop3d/               imapd.conf, cyrus.conf, config/pop3d.passwd, spool/<user>/Maildir
     dovecot/             dovecot.conf, users, home/<user>/Maildir, run/, state/, log/
+    pkg/                 --cyrus: Debian's cyrus-common and cyrus-pop3d (debs/, unpacked in
+                         cyrus/)
+    cyrus/               --cyrus: imapd.conf, cyrus.conf, config/, spool/, keytab, krb5.conf
 
 pop3d runs as the lab in tests/support/lab.py does, but with the real default Argon2id
 parameters (no argon2_memory / argon2_passes), ``failedloginpause: 0``,
@@ -33,6 +37,7 @@ import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -550,6 +555,219 @@ class Kerberos:
     def stop(self) -> None:
         self.k5.stop()
         shutil.rmtree(self.k5.tmpdir, ignore_errors=True)
+
+
+# --- Cyrus ------------------------------------------------------------------------------
+
+CYRUS_PACKAGES = ("cyrus-common", "cyrus-pop3d")  # Debian 12: 3.6.1
+CYRUS_USER = "mail"  # cyrus_user: uid/gid 8 exist on every Debian (no "cyrus" user needed)
+CYRUS_LIBDIR = "usr/lib/x86_64-linux-gnu"
+
+CYRUS_IMAPD_CONF = """\
+# Benchmark Cyrus 3.6 (the gssapi figures): built from
+# ../shared/reference/peer-config/cyrus-imapd.conf; differences: GSSAPI only (the bench
+# realm; no TLS, no password mechanisms), servername localhost (pop/localhost), no
+# LOGIN-DELAY / EXPIRE, failedloginpause 0 (as pop3d's bench config), a folder of its own.
+configdirectory: {lab}/config
+partition-default: {lab}/spool
+defaultpartition: default
+lmtpsocket: {lab}/socket/lmtp
+idlesocket: {lab}/socket/idle
+notifysocket: {lab}/socket/notify
+proc_path: {lab}/proc
+servername: localhost
+cyrus_user: {user}
+admins: cyrus
+altnamespace: no
+unixhierarchysep: no
+lmtp_downcase_rcpt: yes
+duplicatesuppression: 0
+munge8bit: 0
+# INBOXes are made by the first LMTP delivery (prepare)
+autocreate_quota: 0
+autocreate_post: 1
+failedloginpause: 0
+
+# authentication: GSSAPI from the keytab in KRB5_KTNAME (pop/localhost); the realm is the
+# default realm of KRB5_CONFIG, so the GSSAPI plugin hands Cyrus "bench<i>", not
+# "bench<i>@REALM"
+allowplaintext: no
+sasl_pwcheck_method: auxprop
+sasl_auxprop_plugin: sasldb
+sasl_sasldb_path: {lab}/config/sasldb2
+sasl_mech_list: GSSAPI
+"""
+
+
+def cyrus_package() -> Path:
+    """Debian's cyrus-common and cyrus-pop3d unpacked (``apt-get download``, ``dpkg -x``)
+    into bench/.lab/pkg/cyrus, never installed: cyrus-pop3d conflicts with the
+    dovecot-pop3d the bench runs. Made once; the binaries use the libraries from there
+    (LD_LIBRARY_PATH), the system's for everything else."""
+    root = LAB / "pkg" / "cyrus"
+    done = root / ".unpacked"
+    if done.exists():
+        return root
+    debs = LAB / "pkg" / "debs"
+    debs.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["apt-get", "download", "-q", *CYRUS_PACKAGES], cwd=debs, check=True, capture_output=True
+    )
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    for package in CYRUS_PACKAGES:
+        (deb,) = sorted(debs.glob(f"{package}_*.deb"))[-1:]
+        subprocess.run(["dpkg", "-x", str(deb), str(root)], check=True)
+    missing = subprocess.run(
+        ["ldd", str(root / "usr/lib/cyrus/bin/pop3d")],
+        env=dict(os.environ, LD_LIBRARY_PATH=str(root / CYRUS_LIBDIR)),
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    absent = [line.split()[0] for line in missing.splitlines() if "not found" in line]
+    if absent:
+        raise RuntimeError(f"bench: Cyrus needs libraries not installed: {', '.join(absent)}")
+    done.write_text("\n".join(CYRUS_PACKAGES) + "\n")
+    return root
+
+
+def cyrus_version() -> str:
+    debs = sorted((LAB / "pkg" / "debs").glob("cyrus-pop3d_*.deb"))
+    return debs[-1].name.split("_")[1] if debs else "?"
+
+
+class Cyrus(Server):
+    """Debian's Cyrus 3.6 pop3d, for the gssapi figures only: its own ``master`` (in the
+    foreground, ``-D``) from the unpacked packages, on the bench realm (pop/localhost in a
+    keytab given by KRB5_KTNAME, MIT's default replay cache in a folder of its own),
+    ``prefork=4 maxchild=2000`` as the reference cyrus.conf. Users bench0 ..
+    bench<users-1> get the 4 KB message and benchbig the 50 MB one, delivered over LMTP
+    (lmtpd, the INBOX made by the delivery), so the mailboxes are in Cyrus's own format;
+    lmtpd adds a Return-Path and a Received header (``big_octets``: the size as stored)."""
+
+    name = "cyrus"
+
+    def __init__(self, users: int, kerberos: Kerberos) -> None:
+        self.users = users
+        self.kerberos = kerberos
+        self.root = LAB / "cyrus"
+        self.config = self.root / "imapd.conf"
+        self.log = self.root / "master.log"
+        self.package = Path()
+        self.big_octets = 0
+
+    def _env(self) -> dict[str, str]:
+        return dict(
+            os.environ,
+            LD_LIBRARY_PATH=str(self.package / CYRUS_LIBDIR),
+            KRB5_CONFIG=str(self.root / "krb5.conf"),
+            KRB5_KTNAME=f"FILE:{self.root / 'pop.keytab'}",
+            KRB5RCACHEDIR=str(self.root / "rcache"),
+        )
+
+    def _bin(self, name: str) -> str:
+        return str(self.package / "usr/lib/cyrus/bin" / name)
+
+    def prepare(self, small: Message, big: Message) -> None:
+        self.package = cyrus_package()
+        if self.root.exists():
+            shutil.rmtree(self.root)
+        # config/socket: each pop3d binds its idle socket there, whatever idlesocket says
+        for sub in ("config", "config/socket", "spool", "socket", "proc", "rcache"):
+            (self.root / sub).mkdir(parents=True)
+        self.config.write_text(CYRUS_IMAPD_CONF.format(lab=self.root, user=CYRUS_USER))
+        shutil.copyfile(self.kerberos.server_env["KRB5_CONFIG"], self.root / "krb5.conf")
+        shutil.copyfile(self.kerberos.keytab, self.root / "pop.keytab")
+        (self.root / "pop.keytab").chmod(0o600)
+        account = pwd.getpwnam(CYRUS_USER)
+        for path in (self.root, *self.root.rglob("*")):
+            os.chown(path, account.pw_uid, account.pw_gid)
+        self._run_master(
+            {
+                "lmtpunix": f'cmd="{self._bin("lmtpd")} -C {self.config}" '
+                f'listen="{self.root}/socket/lmtp" prefork=0 maxchild=4'
+            },
+            wait=lambda: self._wait_socket(self.root / "socket" / "lmtp"),
+        )
+        try:
+            self._deliver(small, big)
+        finally:
+            self.stop()
+        # mailboxes are folders named by UUID: the 50 MB one is the largest message file
+        self.big_octets = max(p.stat().st_size for p in self.root.glob("spool/**/1."))
+
+    def _deliver(self, small: Message, big: Message) -> None:
+        import smtplib
+
+        with smtplib.LMTP(str(self.root / "socket" / "lmtp"), timeout=120) as lmtp:
+            lmtp.ehlo("bench")
+            for name, message in [(user_name(i), small) for i in range(self.users)] + [
+                (BIG_USER, big)
+            ]:
+                refused = lmtp.sendmail("sender@bench.test", [name], message.path.read_bytes())
+                if refused:
+                    raise RuntimeError(f"cyrus: LMTP delivery to {name} refused: {refused}")
+
+    def _wait_socket(self, path: Path) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"cyrus exited {self.process.returncode}: {self.log_tail()}")
+            with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as sock:
+                sock.connect(str(path))
+                return
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"cyrus: no LMTP socket at {path}")
+
+    def _run_master(self, services: dict[str, str], wait: Callable[[], None]) -> None:
+        cyrus_conf = self.root / "cyrus.conf"
+        cyrus_conf.write_text(
+            "START {\n"
+            f'  recover cmd="{self._bin("ctl_cyrusdb")} -r -C {self.config}"\n'
+            "}\nSERVICES {\n"
+            + "".join(f"  {name} {spec}\n" for name, spec in services.items())
+            + "}\nEVENTS {\n}\nDAEMON {\n}\n"
+        )
+        with self.log.open("ab") as handle:
+            self.process = subprocess.Popen(
+                [
+                    self._bin("master"),
+                    "-D",
+                    "-C",
+                    str(self.config),
+                    "-M",
+                    str(cyrus_conf),
+                    "-p",
+                    str(self.root / "master.pid"),
+                ],
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                env=self._env(),
+                cwd=self.root,
+            )
+        wait()
+
+    def start(self, tls: TLSFiles | None = None) -> None:
+        if tls is not None:
+            raise RuntimeError("cyrus: the bench runs Cyrus for the gssapi figures only")
+        self.package = cyrus_package()
+        self.port = free_port()
+        self._run_master(
+            {
+                "pop3": f'cmd="{self._bin("pop3d")} -C {self.config}" '
+                f'listen="127.0.0.1:{self.port}" proto=tcp4 prefork=4 maxchild=2000 '
+                "maxfds=1024"
+            },
+            wait=lambda: self._wait_ready(self.log),
+        )
+
+    def log_tail(self, lines: int = 40) -> str:
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
 
 
 DOVECOT_CONF = """\
