@@ -43,6 +43,8 @@ WEIGHTS = {
     "sasl_mechanisms": 10,
     "tls_layer": 3,
     "session_core": 7,
+    "kpop_handshake": 10,
+    "gssapi_layer": 5,
 }
 # Bounded CI run: a few thousand executions, at most a few seconds of each target.
 SHORT_RUNS = 3000

@@ -1,6 +1,7 @@
 """Builds the seed corpora, fuzz/corpus/<target>/, from vectors/: the transcripts' client
 lines (session and line reader), the SASL vectors' client messages, the configurations,
-the lab maildrops (message encoder), PROXY headers and TLS ClientHellos.
+the lab maildrops (message encoder), fetchmail's KPOP handshake, the GSSAPI exchange's
+frames, PROXY headers and TLS ClientHellos.
 
 Idempotent: a seed's file name is the SHA-1 of its content, so running it again adds
 nothing and leaves what the fuzzer found in place.
@@ -11,8 +12,10 @@ nothing and leaves what the fuzzer found in place.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import hashlib
+import json
 import re
 import ssl
 import sys
@@ -24,6 +27,7 @@ if __name__ == "__main__":
 
 from fuzz.support import (
     CORPUS,
+    SASL_SEPARATOR,
     VECTORS,
     sasl_input,
     session_input,
@@ -184,6 +188,43 @@ def message_encoder() -> Iterator[bytes]:
     yield bytes([0x80, 1]) + b"Subject: x\n\n.\n..\r\nlast line\r"
 
 
+def kpop_handshake() -> Iterator[bytes]:
+    """fetchmail's bytes (versions and AP-REQ), each verifier answer, cap and chunking."""
+    client = bytes.fromhex(
+        json.loads((VECTORS / "kerberos" / "kpop" / "fetchmail-sendauth.json").read_text())[
+            "client"
+        ]
+    )
+    for answer in range(5):
+        yield bytes([answer | 0x20, 0]) + client
+        yield bytes([answer, 7]) + client + b"CAPA\r\nUSER alice\r\n"
+    yield bytes([0x21, 1]) + client[:60]
+    for cap in (1, 2, 3):
+        yield bytes([0x21 | cap << 3, 5]) + client
+    versions = client[:36]
+    yield bytes([0x21, 0]) + versions.replace(b"KPOPV1.0", b"KPOPV0.9")
+    yield bytes([0x21, 0]) + versions.replace(b"SENDAUTH_V1.0", b"SENDAUTH_V0.9")
+    yield bytes([0x21, 0]) + versions + b"\x7f\xff\xff\xff"
+    yield bytes([0x21, 0]) + b"AUTHV0.1KPOPV0.1"
+
+
+def gssapi_layer() -> Iterator[bytes]:
+    """The plaintexts of the recorded GSSAPI frames, wrapped afresh by the harness's
+    initiator; whole, mutated, with the other protection, mixed with raw bytes and wraps."""
+    document = json.loads((VECTORS / "kerberos" / "exchanges.json").read_text())
+    case = next(c for c in document["cases"] if c["mechanism"] == "GSSAPI")
+    plain = [base64.b64decode(f["plain"]) for f in case["frames"]]
+    for flags in (0x01, 0x00, 0x03, 0x1B, 0x0D):
+        for seed in (0, 1, 9):
+            yield bytes([flags, seed]) + SASL_SEPARATOR.join(b"\x01" + p for p in plain)
+    mutated = b"\x02" + bytes([len(plain[0])]) + plain[0] + b"\x00\x10\x01"
+    yield bytes([0x01, 0]) + SASL_SEPARATOR.join([b"\x01" + plain[0], mutated])
+    yield bytes([0x01, 0]) + SASL_SEPARATOR.join([b"\x05" + plain[0], b"\x01" + plain[1]])
+    yield bytes([0x01, 3]) + SASL_SEPARATOR.join([b"\x01" + plain[0], b"\x00\x00\x00\x00\x42AB"])
+    yield bytes([0x01, 0]) + SASL_SEPARATOR.join([b"\x03+OK 2 messages\r\n", b"\x01" + plain[0]])
+    yield bytes([0x13, 0]) + b"\x03" + b"Subject: x\r\n\r\n" * 40
+
+
 TARGETS: dict[str, Callable[[], Iterator[bytes]]] = {
     "proxy_header": proxy_header,
     "wire_commands": wire_commands,
@@ -193,6 +234,8 @@ TARGETS: dict[str, Callable[[], Iterator[bytes]]] = {
     "sasl_mechanisms": sasl_mechanisms,
     "tls_layer": tls_layer,
     "session_core": session_core,
+    "kpop_handshake": kpop_handshake,
+    "gssapi_layer": gssapi_layer,
 }
 
 
