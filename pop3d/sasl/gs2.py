@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import gssapi.raw as gr
 
-from pop3d.sasl import saslname
+from pop3d.sasl import gs2_header
 from pop3d.sasl.gssapi import establish, identify
 from pop3d.sasl.kerberos import Acceptor, channel_bound
 from pop3d.sasl.mechanism import (
@@ -54,22 +54,8 @@ def parse_header(message: bytes) -> tuple[bytes, str | None, str, bytes]:
     """(gs2 header as bound, binding name or None, authzid, token without framing)."""
     if message.startswith(b"F,"):
         raise MalformedResponse("non-standard token flag on a Kerberos token")
-    flag, sep, rest = message.partition(b",")
-    authz, sep2, token = rest.partition(b",")
-    if not sep or not sep2:
-        raise MalformedResponse("no GS2 header")
-    header = flag + b"," + authz + b","
-    if authz and not authz.startswith(b"a="):
-        raise MalformedResponse("bad authzid in the GS2 header")
-    authzid = saslname.decode(authz[2:], "the GS2 authzid") if authz else ""
-    if flag.startswith(b"p="):
-        name = flag[2:].decode("ascii", "replace")
-        if not name or not all(ch.isalnum() or ch in ".-" for ch in name):
-            raise MalformedResponse("bad channel-binding name")
-        return header, name, authzid, token
-    if flag not in (b"n", b"y"):
-        raise MalformedResponse("bad GS2 channel-binding flag")
-    return header, None, authzid, token
+    header = gs2_header.parse(message)
+    return header.raw, header.binding, header.authzid, header.rest
 
 
 class GS2KRB5(Mechanism):
@@ -82,19 +68,11 @@ class GS2KRB5(Mechanism):
 
     def run(self, context: Context, initial: bytes | None) -> Run:
         first = initial if initial is not None else (yield Challenge(b""))
-        header, binding, authzid, token = parse_header(first)
-        data = b""
-        if binding is not None:
-            if not self.plus:
-                raise MalformedResponse("channel binding requested on GS2-KRB5")
-            found = context.channel_bindings.get(binding)
-            if found is None:
-                raise MalformedResponse(f"channel binding {binding} is not available")
-            data = found
-        elif self.plus:
-            raise MalformedResponse("GS2-KRB5-PLUS without a channel binding")
-        elif header.startswith(b"y,") and context.plus_offered:
-            return Failure("downgrade: client saw no -PLUS but we offered it")
+        if first.startswith(b"F,"):
+            raise MalformedResponse("non-standard token flag on a Kerberos token")
+        gs2 = gs2_header.parse(first)
+        header, authzid, token = gs2.raw, gs2.authzid, gs2.rest
+        data = gs2_header.binding_data(gs2, context, self.plus)
         if not token:
             raise MalformedResponse("no context token after the GS2 header")
         bindings = gr.ChannelBindings(application_data=header + data)

@@ -30,7 +30,7 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 
-from pop3d.sasl import saslname
+from pop3d.sasl import gs2_header, saslname
 from pop3d.sasl.mechanism import (
     Challenge,
     Context,
@@ -119,38 +119,12 @@ class Scram(Mechanism):
         self.flags = flags
         self.credentials = (self.scheme,)
 
-    def _gs2(self, context: Context, message: bytes) -> tuple[bytes, str, bytes]:
-        """(gs2 header, authzid, cbind data) from the client-first message."""
-        flag, sep, rest = message.partition(b",")
-        authz, sep2, _bare = rest.partition(b",")
-        if not sep or not sep2:
-            raise MalformedResponse("no GS2 header")
-        header = flag + b"," + authz + b","
-        if authz and not authz.startswith(b"a="):
-            raise MalformedResponse("bad authzid in GS2 header")
-        authzid = saslname.decode(authz[2:], "authorization identity") if authz else ""
-        if flag.startswith(b"p="):
-            binding = flag[2:].decode("ascii", "replace")
-            if not self.plus:
-                raise MalformedResponse("channel binding requested on a non-PLUS mechanism")
-            data = context.channel_bindings.get(binding)
-            if data is None:
-                raise MalformedResponse(f"channel binding {binding} is not available")
-            return header, authzid, data
-        if self.plus:
-            raise MalformedResponse("-PLUS without a channel binding")
-        if flag == b"y":
-            if context.plus_offered:
-                raise MalformedResponse("downgrade: client saw no -PLUS but we offered it")
-            return header, authzid, b""
-        if flag != b"n":
-            raise MalformedResponse("bad GS2 channel-binding flag")
-        return header, authzid, b""
-
     def run(self, context: Context, initial: bytes | None) -> Run:
         client_first = initial if initial is not None else (yield Challenge(b""))
-        header, authzid, binding = self._gs2(context, client_first)
-        client_first_bare = client_first[len(header) :]
+        gs2 = gs2_header.parse(client_first)
+        header, authzid = gs2.raw, gs2.authzid
+        binding = gs2_header.binding_data(gs2, context, self.plus)
+        client_first_bare = gs2.rest
         first = _attributes(client_first_bare, (b"n", b"r"))
         try:
             user = saslprep(saslname.decode(first[b"n"], "user name"))

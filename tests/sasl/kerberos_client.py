@@ -13,6 +13,7 @@ import gssapi
 import gssapi.raw as gr
 
 from pop3d.requests import Offload
+from pop3d.sasl import exchange
 from pop3d.sasl.kerberos import KRB5, SPNEGO
 from pop3d.sasl.mechanism import Challenge, Context, Failure, Mechanism, Success
 
@@ -101,13 +102,13 @@ def run(
 ) -> Success | Failure:
     """Run the exchange to its end. Challenges go to ``respond``; ``log`` records the
     wire messages (C: initial and responses, S: challenges)."""
-    exchange = mechanism.run(context, initial)
+    steps = exchange.run(mechanism, context, initial)
     if log is not None and initial is not None:
         log.append(("C", initial))
     reply: object = None
     while True:
         try:
-            step = exchange.send(reply)
+            step = steps.send(reply)
         except StopIteration as stop:
             result = stop.value
             assert isinstance(result, Success | Failure)
@@ -120,6 +121,11 @@ def run(
                 log.append(("C", reply))
         else:
             reply = carry_out(step)
+
+
+def assert_malformed(result: Success | Failure) -> None:
+    """The exchange driver turns a message that does not parse into this failure."""
+    assert isinstance(result, Failure) and result.reason.startswith("malformed:"), result
 
 
 def b64(data: bytes) -> str:
