@@ -10,6 +10,10 @@ Choices, and why:
   stable across sessions and across other agents touching the Maildir. A unique part that
   is not a valid RFC 1939 unique-id (1-70 characters 0x21-0x7E) is replaced by a digest of
   itself, which is just as stable.
+* **Kept UIDLs**: messages ``pop3d-admin import`` brought from another server are served
+  with the UIDL that server gave them, from ``pop3d-uidl`` in the Maildir (``<unique part>
+  <uidl>`` lines; see DESIGN.md, Storage). A unique part not listed there keeps the rule
+  above.
 * **Order** is delivery order: the leading timestamp of the name, then the name.
 * **Flags** (``popuseimapflags``): with it, a message whose info (``:2,<flags>``) has T
   (trashed: IMAP's \\Deleted) is not listed, and :meth:`MaildirMaildrop.commit` marks the
@@ -59,6 +63,9 @@ from pop3d.storage.base import MaildropInUse, MessageGone, StorageError
 
 LOCK_NAME = "pop3d.lock"
 LAST_LOGIN_NAME = "pop3d-lastlogin"
+# Kept UIDLs of imported messages (pop3d-admin import): "<unique part> <uidl>" lines.
+UIDL_MAP_NAME = "pop3d-uidl"
+_UIDL_MAP_MAX = 64 * 1024 * 1024
 _CHUNK = 256 * 1024
 _SUBDIRS = ("new", "cur")
 _delivery_counter = itertools.count(1)
@@ -82,8 +89,8 @@ def unique_part(name: str) -> str:
 
 
 def uidl_for(unique: str) -> str:
-    """RFC 1939 §7: 1 to 70 characters in the range 0x21 to 0x7E."""
-    if 0 < len(unique) <= 70 and all(0x21 <= ord(ch) <= 0x7E for ch in unique):
+    """The unique part if it is a valid UIDL, else a digest of it."""
+    if valid_uidl(unique):
         return unique
     digest = hashlib.sha256(unique.encode("utf-8", "surrogateescape")).digest()
     return "h" + base64.b32encode(digest).decode("ascii").rstrip("=").lower()
@@ -104,6 +111,33 @@ def seen_name(name: str) -> str | None:
     if not info.startswith("2,") or "S" in info[2:]:
         return None
     return f"{base}:2,{''.join(sorted(info[2:] + 'S'))}"
+
+
+def valid_uidl(text: str) -> bool:
+    """RFC 1939 §7: 1 to 70 characters in the range 0x21 to 0x7E."""
+    return 0 < len(text) <= 70 and all(0x21 <= ord(ch) <= 0x7E for ch in text)
+
+
+def read_uidl_map(root: int) -> dict[str, str]:
+    """The kept UIDLs in ``pop3d-uidl`` in the Maildir ``root`` (a directory fd): not through
+    a link, only a regular file, at most 64 MiB; lines that do not parse are ignored, a
+    later line for the same unique part wins. Missing: {}."""
+    try:
+        handle = _open_message(UIDL_MAP_NAME, root)
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise StorageError(f"cannot open {UIDL_MAP_NAME}: {exc.strerror}") from exc
+    with handle:
+        data = handle.read(_UIDL_MAP_MAX + 1)
+    if len(data) > _UIDL_MAP_MAX:
+        raise StorageError(f"{UIDL_MAP_NAME} is larger than {_UIDL_MAP_MAX} bytes")
+    found: dict[str, str] = {}
+    for line in data.decode("ascii", "replace").splitlines():
+        unique, sep, uidl = line.partition(" ")
+        if sep and valid_uidl(unique) and valid_uidl(uidl):
+            found[unique] = uidl
+    return found
 
 
 def size_hint(name: str) -> int | None:
@@ -221,17 +255,20 @@ class MaildirMaildrop:
         lock_fd: int,
         entries: list[_Entry],
         folders: _Folders,
+        *,
         use_flags: bool = False,
+        kept: dict[str, str] | None = None,
     ) -> None:
         self.path = path
         self.use_flags = use_flags
+        kept = kept or {}
         self._folders: _Folders | None = folders
         self._lock_fd: int | None = lock_fd
         self._entries = entries
         seen: set[str] = set()
         uids: list[str] = []
         for entry in entries:
-            uid = uidl_for(entry.unique)
+            uid = kept.get(entry.unique) or uidl_for(entry.unique)
             if uid in seen:  # two files claiming one unique name: keep both, distinctly
                 uid = uidl_for(f"{entry.subdir}/{entry.name}")
             seen.add(uid)
@@ -442,7 +479,10 @@ class MaildirStore:
             entries = sorted(self._scan(path, folders), key=_order_key)
             if self.use_flags:
                 entries = [entry for entry in entries if "T" not in flags_of(entry.name)]
-            return MaildirMaildrop(path, lock_fd, entries, folders, self.use_flags)
+            kept = read_uidl_map(folders.root)
+            return MaildirMaildrop(
+                path, lock_fd, entries, folders, use_flags=self.use_flags, kept=kept
+            )
         except BaseException:
             os.close(lock_fd)
             folders.close()
