@@ -4,6 +4,8 @@
     pop3d-admin [-C imapd.conf] passwd -d USER           delete a user
     pop3d-admin [-C imapd.conf] users                    list users and their schemes
     pop3d-admin [-C imapd.conf] deliver USER < message   atomic Maildir delivery (an MDA)
+    pop3d-admin [-C imapd.conf] import --dovecot MAILDIR [--uidl-format F] USER
+                                                         copy a Dovecot Maildir, UIDLs kept
     pop3d-admin [-C imapd.conf] check-config [-M cyrus.conf]
     pop3d-admin man [PAGE]                               the manual pages (list, or show one)
 
@@ -49,6 +51,7 @@ from pop3d.config.imapd import Config, ConfigError
 from pop3d.sasl import registry
 from pop3d.security.secret import Secret
 from pop3d.storage.base import StorageError
+from pop3d.storage.dovecot_import import DEFAULT_UIDL_FORMAT, ImportFailed, import_dovecot
 from pop3d.storage.maildir import store_from_config
 from pop3d.transport import tls
 
@@ -78,6 +81,19 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("users", help="list users")
     deliver = commands.add_parser("deliver", help="deliver a message from stdin")
     deliver.add_argument("user")
+    importing = commands.add_parser(
+        "import", help="import a Dovecot Maildir (dovecot-uidlist), keeping POP3 UIDLs"
+    )
+    importing.add_argument(
+        "--dovecot", required=True, metavar="MAILDIR", help="the user's Dovecot Maildir"
+    )
+    importing.add_argument(
+        "--uidl-format",
+        default=DEFAULT_UIDL_FORMAT,
+        help="the old site's pop3_uidl_format, for messages without a P field "
+        "(default %(default)s)",
+    )
+    importing.add_argument("user")
     check = commands.add_parser("check-config", help="validate imapd.conf and cyrus.conf")
     check.add_argument(
         "-M",
@@ -157,6 +173,27 @@ def cmd_deliver(config: Config, args: argparse.Namespace) -> int:
     except (OSError, StorageError) as exc:
         fail(PROGRAM, EX_TEMPFAIL, f"delivery to {user} failed, message not stored: {exc}")
     return 0
+
+
+def cmd_import(config: Config, args: argparse.Namespace) -> int:
+    """Exit 0 when every message is in (some may have been there already), 65 (EX_DATAERR)
+    when some could not be read (reported and skipped), 78/75 when the import stopped."""
+    user = _user(config, args.user)
+
+    def report(line: str) -> None:
+        print(f"{PROGRAM}: {line}", file=sys.stderr)
+
+    try:
+        result = import_dovecot(
+            Path(args.dovecot), store_from_config(config), user, args.uidl_format, report
+        )
+    except ImportFailed as exc:
+        fail(PROGRAM, EX_TEMPFAIL, f"import stopped: {exc}")
+    print(
+        f"{user}: {result.imported} imported, {result.present} already there, "
+        f"{len(result.skipped)} skipped"
+    )
+    return EX_DATAERR if result.skipped else 0
 
 
 def cmd_check_config(config_path: str, args: argparse.Namespace) -> int:
@@ -253,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_passwd(config, args)
         if args.command == "users":
             return cmd_users(config, args)
+        if args.command == "import":
+            return cmd_import(config, args)
         return cmd_deliver(config, args)
     except (CredentialFileError, ConfigError) as exc:
         fail(PROGRAM, EX_CONFIG, str(exc))

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pop3d.config.options import (
+    NO_EFFECT,
     OPTIONS,
     OTHER_CYRUS_OPTIONS,
     Kind,
@@ -260,6 +261,15 @@ class _Parser:
                 n,
                 f"{key}: chatty is not supported (ignored): Cyrus's logs every line, "
                 "passwords and AUTH exchanges included, and pop3d does not log secrets",
+                "warning",
+            )
+        no_effect = NO_EFFECT.get(option.name)
+        if no_effect is not None and (no_effect[0] is None or value != no_effect[0]):
+            shown = ("yes" if value else "no") if isinstance(value, bool) else value
+            self.problem(
+                path,
+                n,
+                f"{key}: {shown} has no effect here (ignored): {no_effect[1]}",
                 "warning",
             )
         if option.name == "poptimeout" and isinstance(value, int) and value < 600:

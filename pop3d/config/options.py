@@ -158,7 +158,7 @@ OPTIONS: dict[str, Option] = {
             "allowanonymouslogin",
             S,
             False,
-            "Accepted for compatibility; anonymous POP logins are not offered.",
+            "Has no effect here: anonymous POP logins are not offered (a warning if set to yes).",
         ),
         _o("failedloginpause", D, 3, "Pause after a failed login, for that session only."),
         _o(
@@ -349,15 +349,29 @@ OPTIONS: dict[str, Option] = {
             "popsubfolders",
             S,
             False,
-            "Accepted for compatibility; user+folder is not supported with Maildir.",
+            "Has no effect here: user+folder logins are not supported with Maildir (a "
+            "warning if set to yes).",
         ),
-        _o("popuseacl", S, False, "Accepted for compatibility; Maildir has no ACLs."),
-        _o("popuseimapflags", S, False, "Accepted for compatibility."),
+        _o(
+            "popuseacl",
+            S,
+            False,
+            "Has no effect here: Maildir has no ACLs (a warning if set to yes).",
+        ),
+        _o(
+            "popuseimapflags",
+            S,
+            False,
+            "Obey and set Maildir flags: messages flagged T (trashed, IMAP \\Deleted) are "
+            "not listed; messages retrieved whole by RETR are marked seen (S, moved from "
+            "new/ to cur/) at QUIT.",
+        ),
         _o(
             "uidl_format",
             E,
             "cyrus",
-            "Accepted for compatibility; Maildir UIDLs are the unique part of the file name.",
+            "Has no effect here (a warning if set): UIDLs are the unique part of the Maildir "
+            "file name, whatever the value.",
             choices=("uidonly", "cyrus", "dovecot", "courier"),
         ),
         _o("readonly", S, False, "Refuse DELE."),
@@ -478,6 +492,20 @@ OPTIONS: dict[str, Option] = {
             minimum=1,
         ),
     )
+}
+
+# Cyrus POP3 options pop3d accepts but does not implement: setting one to anything but its
+# no-op value is a warning (at its file:line, at start and in check-config) that names it and
+# says it has no effect here, never silence. name -> (the no-op value or None: any setting
+# warns, why it has no effect).
+NO_EFFECT: dict[str, tuple[object, str]] = {
+    "allowanonymouslogin": (False, "anonymous POP logins are not offered"),
+    "popsubfolders": (False, "user+folder logins are not supported with Maildir"),
+    "popuseacl": (False, "Maildir has no ACLs"),
+    "uidl_format": (
+        None,
+        "UIDLs are the unique part of the Maildir file name, whatever the value",
+    ),
 }
 
 # Options the other Cyrus daemons read (every name declared in Cyrus's lib/imapoptions, plus

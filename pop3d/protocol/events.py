@@ -87,6 +87,7 @@ class CommitUpdate(Request):
 
     deleted: tuple[int, ...]
     record_login: float | None
+    seen: tuple[int, ...] = ()  # sent whole by RETR, with popuseimapflags: mark them seen
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,12 +63,13 @@ class Maildrop:
     """The session's view of the maildrop snapshot taken at login. Messages delivered later
     are not in it, so they are neither shown nor deleted (RFC 1939 §8)."""
 
-    __slots__ = ("deleted", "last_login", "login_time", "sizes", "uids")
+    __slots__ = ("deleted", "last_login", "login_time", "retrieved", "sizes", "uids")
 
     def __init__(self, opened: MaildropOpened) -> None:
         self.uids = opened.uids
         self.sizes: list[int | None] = list(opened.sizes)
         self.deleted = bytearray(len(opened.uids))
+        self.retrieved = bytearray(len(opened.uids))  # RETR went out whole
         self.login_time = opened.now
         self.last_login = opened.last_login
 

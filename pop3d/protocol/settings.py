@@ -26,6 +26,7 @@ class SessionSettings:
     failed_login_pause: float = 3.0
     plaintext_login_pause: float = 0.0
     readonly: bool = False  # refuse DELE
+    mark_seen: bool = False  # popuseimapflags: RETR'd messages are marked seen at UPDATE
     sasl_mechanisms: tuple[str, ...] = ()  # enabled, strongest first
     sasl_line_limit: int = 65536  # longest AUTH continuation line, CRLF included
     proxy_authorizers: frozenset[str] = frozenset()  # admins + proxyservers

@@ -96,6 +96,8 @@ def _retrieve(session: Session, number: int, index: int, body_lines: int | None)
         else:
             session.err(f"[SYS/TEMP] Unable to read message {number}")
         return Outcome.FAIL
+    if body_lines is None:
+        session.maildrop.retrieved[index] = 1
     return Outcome.OK
 
 
@@ -136,7 +138,10 @@ def _update(session: Session) -> Task:
     record = login_delay.next_record(
         settings.min_poll_seconds, settings.poll_padding, drop.login_time, drop.last_login
     )
-    result = yield CommitUpdate(deleted, record)
+    seen: tuple[int, ...] = ()
+    if settings.mark_seen:
+        seen = tuple(i for i, sent in enumerate(drop.retrieved) if sent and not drop.deleted[i])
+    result = yield CommitUpdate(deleted, record, seen)
     assert isinstance(result, CommitResult)
     if result.failed:
         session.err(

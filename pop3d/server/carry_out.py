@@ -162,8 +162,9 @@ def _measure(work: Work, request: MeasureMessages) -> object:
 def _commit(work: Work, request: CommitUpdate) -> object:
     assert work.maildrop is not None
     removed = failed = 0
-    if request.deleted or request.record_login is not None:  # else: no fsync for nothing
-        removed, failed = work.maildrop.commit(request.deleted, request.record_login)
+    if request.deleted or request.seen or request.record_login is not None:
+        # else: no fsync for nothing
+        removed, failed = work.maildrop.commit(request.deleted, request.record_login, request.seen)
     if failed:
         log.error("session %s: %d deletions failed", work.session_id, failed)
     # UPDATE is the maildrop's last use: unlock before the client reads "+OK", so its next

@@ -179,6 +179,7 @@ class ServiceContext:
             failed_login_pause=config.integer("failedloginpause", service),
             plaintext_login_pause=config.integer("plaintextloginpause", service),
             readonly=config.switch("readonly", service),
+            mark_seen=config.switch("popuseimapflags", service),
             keytab=self.keytab,
             require_channel_binding=config.switch("sasl_gssapi_channel_binding", service),
             sasl_mechanisms=registry.enabled(

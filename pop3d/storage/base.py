@@ -31,8 +31,11 @@ class Maildrop(Protocol):
 
     def open_message(self, index: int) -> BinaryIO: ...
 
-    def commit(self, deleted: tuple[int, ...], record_login: float | None) -> tuple[int, int]:
-        """Remove ``deleted`` durably; returns (removed, failed)."""
+    def commit(
+        self, deleted: tuple[int, ...], record_login: float | None, seen: tuple[int, ...] = ()
+    ) -> tuple[int, int]:
+        """Remove ``deleted`` durably, mark ``seen`` seen where the store keeps flags (best
+        effort: never a failure); returns (removed, failed)."""
         ...
 
     def close(self) -> None: ...

@@ -10,7 +10,17 @@ Choices, and why:
   stable across sessions and across other agents touching the Maildir. A unique part that
   is not a valid RFC 1939 unique-id (1-70 characters 0x21-0x7E) is replaced by a digest of
   itself, which is just as stable.
+* **Kept UIDLs**: messages ``pop3d-admin import`` brought from another server are served
+  with the UIDL that server gave them, from ``pop3d-uidl`` in the Maildir (``<unique part>
+  <uidl>`` lines; see DESIGN.md, Storage). A unique part not listed there keeps the rule
+  above.
 * **Order** is delivery order: the leading timestamp of the name, then the name.
+* **Flags** (``popuseimapflags``): with it, a message whose info (``:2,<flags>``) has T
+  (trashed: IMAP's \\Deleted) is not listed, and :meth:`MaildirMaildrop.commit` marks the
+  messages RETR sent whole as seen: one ``rename`` each, dir-fd to dir-fd, from ``new/<name>``
+  to ``cur/<name>:2,S`` or within ``cur/`` adding S to the sorted flags (the unique part, so
+  the UIDL, is unchanged); never over an existing name, and a message that cannot be
+  renamed stays unseen without failing the QUIT.
 * **Lock**: ``flock`` on ``pop3d.lock`` in the Maildir. It is per open file description,
   so two sessions in one worker process exclude each other too, and the kernel drops it when
   the process dies: no stale lock after a crash. (On NFS, Linux maps flock to POSIX locks,
@@ -53,6 +63,9 @@ from pop3d.storage.base import MaildropInUse, MessageGone, StorageError
 
 LOCK_NAME = "pop3d.lock"
 LAST_LOGIN_NAME = "pop3d-lastlogin"
+# Kept UIDLs of imported messages (pop3d-admin import): "<unique part> <uidl>" lines.
+UIDL_MAP_NAME = "pop3d-uidl"
+_UIDL_MAP_MAX = 64 * 1024 * 1024
 _CHUNK = 256 * 1024
 _SUBDIRS = ("new", "cur")
 _delivery_counter = itertools.count(1)
@@ -76,11 +89,55 @@ def unique_part(name: str) -> str:
 
 
 def uidl_for(unique: str) -> str:
-    """RFC 1939 §7: 1 to 70 characters in the range 0x21 to 0x7E."""
-    if 0 < len(unique) <= 70 and all(0x21 <= ord(ch) <= 0x7E for ch in unique):
+    """The unique part if it is a valid UIDL, else a digest of it."""
+    if valid_uidl(unique):
         return unique
     digest = hashlib.sha256(unique.encode("utf-8", "surrogateescape")).digest()
     return "h" + base64.b32encode(digest).decode("ascii").rstrip("=").lower()
+
+
+def flags_of(name: str) -> str:
+    """The Maildir flags of a file name: the letters after ``:2,`` ("" without them)."""
+    _base, sep, info = name.partition(":")
+    return info[2:] if sep and info.startswith("2,") else ""
+
+
+def seen_name(name: str) -> str | None:
+    """``name`` with the S flag added (flags kept sorted), or None if it already has it or
+    its info is not the ``2,`` kind (experimental ``1,`` semantics are left alone)."""
+    base, sep, info = name.partition(":")
+    if not sep:
+        return f"{name}:2,S"
+    if not info.startswith("2,") or "S" in info[2:]:
+        return None
+    return f"{base}:2,{''.join(sorted(info[2:] + 'S'))}"
+
+
+def valid_uidl(text: str) -> bool:
+    """RFC 1939 §7: 1 to 70 characters in the range 0x21 to 0x7E."""
+    return 0 < len(text) <= 70 and all(0x21 <= ord(ch) <= 0x7E for ch in text)
+
+
+def read_uidl_map(root: int) -> dict[str, str]:
+    """The kept UIDLs in ``pop3d-uidl`` in the Maildir ``root`` (a directory fd): not through
+    a link, only a regular file, at most 64 MiB; lines that do not parse are ignored, a
+    later line for the same unique part wins. Missing: {}."""
+    try:
+        handle = _open_message(UIDL_MAP_NAME, root)
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise StorageError(f"cannot open {UIDL_MAP_NAME}: {exc.strerror}") from exc
+    with handle:
+        data = handle.read(_UIDL_MAP_MAX + 1)
+    if len(data) > _UIDL_MAP_MAX:
+        raise StorageError(f"{UIDL_MAP_NAME} is larger than {_UIDL_MAP_MAX} bytes")
+    found: dict[str, str] = {}
+    for line in data.decode("ascii", "replace").splitlines():
+        unique, sep, uidl = line.partition(" ")
+        if sep and valid_uidl(unique) and valid_uidl(uidl):
+            found[unique] = uidl
+    return found
 
 
 def size_hint(name: str) -> int | None:
@@ -192,15 +249,26 @@ class _Folders:
 class MaildirMaildrop:
     """One locked, listed Maildir. Not thread-safe; one session owns it."""
 
-    def __init__(self, path: Path, lock_fd: int, entries: list[_Entry], folders: _Folders) -> None:
+    def __init__(
+        self,
+        path: Path,
+        lock_fd: int,
+        entries: list[_Entry],
+        folders: _Folders,
+        *,
+        use_flags: bool = False,
+        kept: dict[str, str] | None = None,
+    ) -> None:
         self.path = path
+        self.use_flags = use_flags
+        kept = kept or {}
         self._folders: _Folders | None = folders
         self._lock_fd: int | None = lock_fd
         self._entries = entries
         seen: set[str] = set()
         uids: list[str] = []
         for entry in entries:
-            uid = uidl_for(entry.unique)
+            uid = kept.get(entry.unique) or uidl_for(entry.unique)
             if uid in seen:  # two files claiming one unique name: keep both, distinctly
                 uid = uidl_for(f"{entry.subdir}/{entry.name}")
             seen.add(uid)
@@ -266,8 +334,16 @@ class MaildirMaildrop:
                 sizes.append(canonical_size(_chunks(handle)))
         return sizes
 
-    def commit(self, deleted: tuple[int, ...], record_login: float | None) -> tuple[int, int]:
+    def commit(
+        self,
+        deleted: tuple[int, ...],
+        record_login: float | None,
+        seen: tuple[int, ...] = (),
+    ) -> tuple[int, int]:
         removed = failed = 0
+        if self.use_flags and seen:
+            gone = set(deleted)
+            self._mark_seen(tuple(index for index in seen if index not in gone))
         for index in deleted:
             try:
                 fd, name = self._locate(index)
@@ -287,6 +363,31 @@ class MaildirMaildrop:
         if record_login is not None:
             self._write_last_login(record_login)
         return removed, failed
+
+    def _mark_seen(self, indexes: tuple[int, ...]) -> None:
+        """Add S to each message (moving it from new/ to cur/); best effort, then fsync."""
+        fds = self._dirs.fds
+        if "cur" not in fds:
+            return
+        touched = False
+        for index in indexes:
+            try:
+                fd, name = self._locate(index)
+                target = seen_name(name)
+                if target is None:
+                    continue
+                if _kind(target, fds["cur"]) != "missing":
+                    continue  # never replace another file
+                os.rename(name, target, src_dir_fd=fd, dst_dir_fd=fds["cur"])
+                entry = self._entries[index]
+                entry.subdir, entry.name = "cur", target
+                touched = True
+            except (StorageError, OSError):
+                continue
+        if touched:
+            with contextlib.suppress(OSError):
+                for fd in fds.values():
+                    os.fsync(fd)
 
     def _write_last_login(self, when: float) -> None:
         flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -317,10 +418,13 @@ class MaildirStore:
     """Where each user's Maildir is: ``template`` with ``%u`` (user), ``%n`` (local part),
     ``%d`` (domain), ``%p`` (``partition-default``) and ``%%``."""
 
-    def __init__(self, template: str, partition: str = "", create: bool = True) -> None:
+    def __init__(
+        self, template: str, partition: str = "", create: bool = True, use_flags: bool = False
+    ) -> None:
         self.template = template
         self.partition = partition
         self.create = create
+        self.use_flags = use_flags  # popuseimapflags
 
     def path_for(self, user: str) -> Path:
         local, _, domain = user.partition("@")
@@ -373,7 +477,12 @@ class MaildirStore:
             raise StorageError(f"cannot lock {path}: {exc.strerror}") from exc
         try:
             entries = sorted(self._scan(path, folders), key=_order_key)
-            return MaildirMaildrop(path, lock_fd, entries, folders)
+            if self.use_flags:
+                entries = [entry for entry in entries if "T" not in flags_of(entry.name)]
+            kept = read_uidl_map(folders.root)
+            return MaildirMaildrop(
+                path, lock_fd, entries, folders, use_flags=self.use_flags, kept=kept
+            )
         except BaseException:
             os.close(lock_fd)
             folders.close()
@@ -462,4 +571,9 @@ def store_from_config(config: Config, service: str | None = None) -> MaildirStor
                 )
             ]
         )
-    return MaildirStore(template, partition, create=config.switch("maildir_create", service))
+    return MaildirStore(
+        template,
+        partition,
+        create=config.switch("maildir_create", service),
+        use_flags=config.switch("popuseimapflags", service),
+    )

@@ -1,0 +1,290 @@
+"""Import a Dovecot Maildir (with its ``dovecot-uidlist``) into a user's Maildir, keeping
+each message's POP3 UIDL (issue 14).
+
+* The UIDL kept is the uidlist's ``P<uidl>`` field where present, else what Dovecot's
+  ``pop3_uidl_format`` produced (``%08Xu%08Xv`` by default: %u the UID, %v the
+  UIDVALIDITY, %f the file name, %g the mailbox GUID; ``0``/width padding and the X (hex,
+  lower case as Dovecot prints it), L and U modifiers).
+* Each message gets a new, deterministic unique part, ``<uidvalidity>.I<uid>V<uidvalidity>
+  .dovecot`` (UID zero-padded, so messages list in UID order and before later deliveries),
+  and the kept UIDL is recorded in ``pop3d-uidl`` beside it (``maildir.UIDL_MAP_NAME``).
+  The unique part is never the UIDL itself: Dovecot's UIDLs do not sort in delivery order,
+  and a UIDL need not be a valid Maildir name.
+* Order of writes, for a run that can be killed anywhere: the ``pop3d-uidl`` line (fsync),
+  then the message in ``tmp/`` (fsync), linked into ``new/`` or ``cur/`` (fsync). A line
+  without its message is ignored; a message is present only whole and with its line.
+  A message whose unique part is already in the target is skipped: a second run adds
+  nothing, an interrupted one resumes.
+* The source is only read: nothing there is written, renamed or locked. The whole uidlist
+  is parsed before anything is written: a corrupt one stops the import with file:line and
+  reason, the target unchanged. A message that cannot be read is reported and skipped.
+* The bytes are copied exactly; flags (``:2,<flags>`` of a message in ``cur/``) are kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pop3d.message import SizeCounter
+from pop3d.storage.base import MaildropInUse, StorageError
+from pop3d.storage.maildir import (
+    LOCK_NAME,
+    UIDL_MAP_NAME,
+    MaildirStore,
+    _ensure_maildir,
+    _Folders,
+    _open_message,
+    unique_part,
+    valid_uidl,
+)
+
+DEFAULT_UIDL_FORMAT = "%08Xu%08Xv"
+_CHUNK = 256 * 1024
+_VARIABLE = re.compile(r"%(0?)(\d*)([XLU]*)([uvfg%])")
+
+
+class ImportFailed(Exception):
+    """The import cannot start or go on (corrupt uidlist, target unusable)."""
+
+
+@dataclass(frozen=True, slots=True)
+class UidlistEntry:
+    uid: int
+    filename: str
+    pop3_uidl: str | None
+    line: int
+
+
+@dataclass(frozen=True, slots=True)
+class Uidlist:
+    uidvalidity: int
+    guid: str
+    entries: tuple[UidlistEntry, ...]
+
+
+@dataclass
+class ImportReport:
+    imported: int = 0
+    present: int = 0  # already in the target: skipped
+    skipped: list[str] = field(default_factory=list)  # "file: reason"
+
+
+def parse_uidlist(text: str, path: str) -> Uidlist:
+    """A version 3 ``dovecot-uidlist``: ``3 V<uidvalidity> N<next> G<guid>``, then
+    ``<uid> [<ext>...] :<filename>`` lines. ImportFailed at the first line that does not
+    parse."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    if not lines:
+        raise ImportFailed(f"{path}:1: empty uidlist")
+    header = lines[0].split(" ")
+    if header[0] != "3":
+        raise ImportFailed(f"{path}:1: uidlist version {header[0]!r} (only 3 is supported)")
+    fields = {item[:1]: item[1:] for item in header[1:] if item}
+    if not fields.get("V", "").isdigit():
+        raise ImportFailed(f"{path}:1: no V<uidvalidity> in the header")
+    entries: list[UidlistEntry] = []
+    last = 0
+    for number, line in enumerate(lines[1:], 2):
+        head, sep, filename = line.partition(" :")
+        parts = head.split(" ")
+        if not sep or not parts[0].isdigit() or not filename or "/" in filename:
+            raise ImportFailed(f"{path}:{number}: not '<uid> [ext...] :<filename>'")
+        uid = int(parts[0])
+        if uid <= last:
+            raise ImportFailed(f"{path}:{number}: UID {uid} is not above the previous {last}")
+        last = uid
+        pop3 = next((p[1:] for p in parts[1:] if p.startswith("P")), None)
+        entries.append(UidlistEntry(uid, filename, pop3 or None, number))
+    return Uidlist(int(fields["V"]), fields.get("G", ""), tuple(entries))
+
+
+def check_format(template: str) -> None:
+    """ValueError naming what Dovecot's pop3_uidl_format uses that this importer does not."""
+    rest = _VARIABLE.sub("", template)
+    if "%" in rest:
+        raise ValueError(f"pop3_uidl_format {template!r}: only %u %v %f %g %% are supported")
+
+
+def expand_format(template: str, uid: int, uidvalidity: int, filename: str, guid: str) -> str:
+    values = {"u": str(uid), "v": str(uidvalidity), "f": filename, "g": guid, "%": "%"}
+
+    def one(match: re.Match[str]) -> str:
+        zero, width, modifiers, key = match.groups()
+        value = values[key]
+        for modifier in modifiers:
+            if modifier == "X":
+                value = f"{int(value) if value.isdigit() else 0:x}"
+            elif modifier == "L":
+                value = value.lower()
+            else:
+                value = value.upper()
+        if width:
+            value = value.rjust(int(width), "0" if zero else " ")
+        return value
+
+    check_format(template)
+    return _VARIABLE.sub(one, template)
+
+
+def _source_files(source: Path) -> dict[str, tuple[str, str]]:
+    """base name (before ":") -> (subdir, file name) in the source's new/ and cur/."""
+    found: dict[str, tuple[str, str]] = {}
+    for subdir in ("new", "cur"):
+        try:
+            names = os.listdir(source / subdir)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise ImportFailed(f"cannot list {source / subdir}: {exc.strerror}") from exc
+        for name in names:
+            found.setdefault(name.partition(":")[0], (subdir, name))
+    return found
+
+
+def import_dovecot(
+    source: Path,
+    store: MaildirStore,
+    user: str,
+    uidl_format: str = DEFAULT_UIDL_FORMAT,
+    report: Callable[[str], None] = lambda _line: None,
+) -> ImportReport:
+    try:
+        check_format(uidl_format)
+    except ValueError as exc:
+        raise ImportFailed(str(exc)) from None
+    uidlist_path = source / "dovecot-uidlist"
+    try:
+        text = uidlist_path.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
+        raise ImportFailed(f"{uidlist_path}: {reason}") from None
+    uidlist = parse_uidlist(text, str(uidlist_path))
+    files = _source_files(source)
+    target = store.path_for(user)
+    try:
+        _ensure_maildir(target)
+        folders = _Folders(target, ("tmp", "new", "cur"))
+    except (OSError, StorageError) as exc:
+        raise ImportFailed(f"cannot open {target}: {exc}") from exc
+    try:
+        lock = os.open(
+            LOCK_NAME,
+            os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+            0o600,
+            dir_fd=folders.root,
+        )
+        try:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    raise MaildropInUse(f"{target} is in use (a POP3 session?)") from exc
+                raise
+            return _import(source, uidlist, files, folders, uidl_format, report=report)
+        finally:
+            os.close(lock)
+    except (OSError, StorageError) as exc:
+        raise ImportFailed(f"{target}: {exc}") from exc
+    finally:
+        folders.close()
+
+
+def _import(
+    source: Path,
+    uidlist: Uidlist,
+    files: dict[str, tuple[str, str]],
+    folders: _Folders,
+    uidl_format: str,
+    *,
+    report: Callable[[str], None],
+) -> ImportReport:
+    result = ImportReport()
+    present = {
+        unique_part(name) for subdir in ("new", "cur") for name in os.listdir(folders.fds[subdir])
+    }
+    for entry in uidlist.entries:
+        where = f"{source}: UID {entry.uid} ({entry.filename})"
+        unique = f"{uidlist.uidvalidity}.I{entry.uid:010d}V{uidlist.uidvalidity}.dovecot"
+        if unique in present:
+            result.present += 1
+            continue
+        uidl = entry.pop3_uidl or expand_format(
+            uidl_format, entry.uid, uidlist.uidvalidity, entry.filename, uidlist.guid
+        )
+        located = files.get(entry.filename.partition(":")[0])
+        reason = None
+        if not valid_uidl(uidl):
+            reason = f"UIDL {uidl!r} is not a valid POP3 unique-id"
+        elif located is None:
+            reason = "no such file in new/ or cur/"
+        if reason is None and located is not None:
+            reason = _copy(source, located, unique, uidl, folders)
+        if reason is not None:
+            result.skipped.append(f"{where}: {reason}")
+            report(f"{where}: skipped: {reason}")
+            continue
+        present.add(unique)
+        result.imported += 1
+    return result
+
+
+def _copy(
+    source: Path, located: tuple[str, str], unique: str, uidl: str, folders: _Folders
+) -> str | None:
+    """Copy one message; None, or why it was skipped (a source that cannot be read). Errors
+    writing the target propagate: the import stops."""
+    subdir, name = located
+    try:
+        directory = os.open(source / subdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            with _open_message(name, directory) as handle:
+                data = handle.read()  # whole: a message is copied complete or not at all
+        finally:
+            os.close(directory)
+    except OSError as exc:
+        return f"cannot read {subdir}/{name}: {exc.strerror}"
+    _, sep, info = name.partition(":")
+    destination = "cur" if subdir == "cur" and sep else "new"
+    counter = SizeCounter()
+    counter.feed(data)
+    final = f"{unique},S={len(data)},W={counter.finish()}" + (f":{info}" if sep else "")
+    _append_uidl(folders.root, unique, uidl)
+    tmp = folders.fds["tmp"]
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(unique, flags, 0o600, dir_fd=tmp)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.link(
+            unique,
+            final,
+            src_dir_fd=tmp,
+            dst_dir_fd=folders.fds[destination],
+            follow_symlinks=False,
+        )
+        os.fsync(folders.fds[destination])
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(unique, dir_fd=tmp)
+    return None
+
+
+def _append_uidl(root: int, unique: str, uidl: str) -> None:
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(UIDL_MAP_NAME, flags, 0o600, dir_fd=root)
+    try:
+        os.write(fd, f"{unique} {uidl}\n".encode("ascii"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)

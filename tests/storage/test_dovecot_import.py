@@ -1,0 +1,136 @@
+"""pop3d-admin import --dovecot (issue 14): a Dovecot Maildir with its dovecot-uidlist moves
+to pop3d with every POP3 UIDL kept, byte for byte; the source is untouched; a second run
+adds nothing; a message that cannot be read is reported and skipped."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import poplib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pop3d.storage.dovecot_import import ImportFailed, expand_format, import_dovecot, parse_uidlist
+from pop3d.storage.maildir import MaildirStore
+from tests.support.lab import Lab, start_server
+
+ADMIN = [sys.executable, "-m", "pop3d.cli.admin"]
+UIDVALIDITY = 1700000000  # 0x6553f100
+
+MESSAGES = [  # uid, Dovecot file name (new/ or cur/ with flags), uidlist extensions, bytes
+    (1, "cur/1699990001.M1P1.old,S=40,W=42:2,S", "W42", b"Subject: one\n\nfirst\n"),
+    (2, "new/1699990002.M2P1.old,S=30", "W31 P1699990002.old-kept", b"Subject: two\n\nno eol"),
+    (5, "cur/1699990005.M5P1.old:2,", "", b"Subject: five\r\n\r\ncrlf\r\n"),
+    (17, "new/1699990017.M17P1.old", "P", b"Subject: seventeen\n\n" + bytes(range(256))),
+]
+
+
+def _dovecot_maildir(root: Path) -> Path:
+    source = root / "dovecot" / "Maildir"
+    for sub in ("new", "cur", "tmp"):
+        (source / sub).mkdir(parents=True)
+    lines = [f"3 V{UIDVALIDITY} N18 G3085f01b7f11094c501100008c4a11c1"]
+    for uid, name, ext, data in MESSAGES:
+        (source / name).write_bytes(data)
+        base = name.split("/", 1)[1].partition(":")[0]
+        lines.append(f"{uid} {ext} :{base}" if ext else f"{uid} :{base}")
+    (source / "dovecot-uidlist").write_text("\n".join(lines) + "\n")
+    return source
+
+
+# What Dovecot 2.3's pop3 served: P where set, else %08Xu%08Xv (lower-case hex).
+EXPECTED_UIDLS = [
+    b"000000016553f100",
+    b"1699990002.old-kept",
+    b"000000056553f100",
+    b"000000116553f100",  # an empty P field means none
+]
+
+
+def _tree(path: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(path.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _admin(lab: Lab, *args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [*ADMIN, "-C", str(lab.config), *args], input=stdin, capture_output=True, timeout=60
+    )
+
+
+def test_uidl_format_expansion() -> None:
+    assert expand_format("%08Xu%08Xv", 1, 1700000000, "f", "g") == "000000016553f100"
+    assert expand_format("%v.%u", 7, 42, "f", "g") == "42.7"
+    assert expand_format("%f%%%Ug", 1, 2, "name", "abc") == "name%ABC"
+    with pytest.raises(ValueError, match="only %u %v %f %g"):
+        expand_format("%m", 1, 2, "f", "g")
+
+
+def test_a_corrupt_uidlist_names_its_line() -> None:
+    with pytest.raises(ImportFailed, match=r"uidlist:3: UID 2 is not above"):
+        parse_uidlist("3 V1 N3\n2 :a\n2 :b\n", "uidlist")
+    with pytest.raises(ImportFailed, match=r"uidlist:2: not '<uid>"):
+        parse_uidlist("3 V1 N3\nx :a\n", "uidlist")
+    with pytest.raises(ImportFailed, match="version '1'"):
+        parse_uidlist("1 1 3\n", "uidlist")
+
+
+def test_import_then_uidl_over_a_real_server_byte_for_byte(lab: Lab) -> None:
+    source = _dovecot_maildir(lab.root)
+    before = _tree(source)
+    lab.reset_maildrop("carol")
+    lab.set_password("carol", "secret")
+    result = _admin(lab, "import", "--dovecot", str(source), "carol")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"carol: 4 imported, 0 already there, 0 skipped\n"
+    again = _admin(lab, "import", "--dovecot", str(source), "carol")
+    assert again.stdout == b"carol: 0 imported, 4 already there, 0 skipped\n", again.stderr
+    assert _tree(source) == before  # the source is only read
+    assert len(lab.messages("carol")) == 4
+    # flags kept: the seen message stays in cur/ with :2,S
+    assert any(p.name.endswith(":2,S") for p in lab.messages("carol"))
+    server = start_server(lab)
+    try:
+        client = poplib.POP3("127.0.0.1", server.port, timeout=30)
+        client.user("carol")
+        client.pass_("secret")
+        uidls = client.uidl()[1]
+        assert uidls == [b"%d %s" % (n, u) for n, u in enumerate(EXPECTED_UIDLS, 1)]
+        for number, (_uid, _name, _ext, data) in enumerate(MESSAGES, 1):
+            body = client.retr(number)[1]
+            wire = b"\r\n".join(body)
+            assert wire.rstrip(b"\r\n") == data.replace(b"\r\n", b"\n").replace(
+                b"\n", b"\r\n"
+            ).rstrip(b"\r\n")
+        client.quit()
+    finally:
+        server.stop()
+    # a later delivery lists after the imported ones, with its own UIDL
+    store = MaildirStore("%p/%u/Maildir", str(lab.root / "spool"))
+    assert _admin(lab, "deliver", "carol", stdin=b"Subject: new\n\nx\n").returncode == 0
+    drop = store.open("carol")
+    assert drop.uids[:4] == tuple(u.decode() for u in EXPECTED_UIDLS)
+    assert len(drop.uids) == 5
+    drop.close()
+
+
+def test_exact_bytes_and_an_unreadable_message_is_skipped(lab: Lab) -> None:
+    source = _dovecot_maildir(lab.root)
+    os.unlink(source / "cur" / "1699990005.M5P1.old:2,")
+    store = MaildirStore("%p/%u/Maildir", str(lab.root / "spool"))
+    lines: list[str] = []
+    report = import_dovecot(source, store, "dave", report=lines.append)
+    assert (report.imported, report.present) == (3, 0)
+    assert len(report.skipped) == 1 and "UID 5" in report.skipped[0], report.skipped
+    assert lines and "no such file" in lines[0]
+    copied = sorted(
+        p.read_bytes() for sub in ("new", "cur") for p in (store.path_for("dave") / sub).iterdir()
+    )
+    assert copied == sorted(data for uid, _n, _e, data in MESSAGES if uid != 5)
+    assert import_dovecot(source, store, "dave").imported == 0
