@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,7 @@ TARGET_IDLE_KIB = 64.0
 TARGET_TLS_SESSIONS_RATIO = 1.0
 TARGET_TLS_RETR_RATIO = 0.7
 TARGET_SASL_RATIO = 1.0
-FIGURES = ("idle", "sessions", "retr", "tls", "sasl", "gssapi")
+FIGURES = ("idle", "sessions", "retr", "tls", "sasl", "gssapi", "workers")
 GSSAPI_LAYERS = ("integrity", "confidentiality")
 TLS_TRANSPORTS = {"pop3s": "implicit TLS (pop3s)", "stls": "STLS"}
 SASL_MECHANISMS = {"plain": "AUTH PLAIN", "scram-sha-256": "AUTH SCRAM-SHA-256"}
@@ -86,10 +86,14 @@ class Settings:
     retry: bool = True
     tls: TLSFiles | None = None
     kerberos: Kerberos | None = None
+    workers: list[int] = field(default_factory=lambda: [1, 2])  # the workers figure
+    workers_clients: int = 100
 
 
-def _run_client(args: list[str], timeout: float) -> dict[str, Any]:
-    command = [sys.executable, str(CLIENT), *args]
+def _run_client(args: list[str], timeout: float, cpus: list[int] | None = None) -> dict[str, Any]:
+    """Run the load generator; ``cpus``: pinned to those cores (taskset)."""
+    pinned = ["taskset", "-c", ",".join(map(str, cpus))] if cpus else []
+    command = [*pinned, sys.executable, str(CLIENT), *args]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
@@ -151,7 +155,10 @@ class Window:
 def wait_quiet(limit: float = QUIET_CORES, timeout: float = QUIET_TIMEOUT) -> float:
     """Other sessions may share this machine: wait (bounded) until less than ``limit``
     cores are busy for a whole second, so a measurement does not start inside a burst.
-    Returns the load seen last (cores)."""
+    Returns the load seen last (cores); ``timeout`` 0: no wait, nothing seen (the suite's
+    smoke run)."""
+    if timeout <= 0:
+        return 0.0
     deadline = time.monotonic() + timeout
     load = 0.0
     while True:
@@ -170,10 +177,12 @@ def measure_sessions(
     port: int | None = None,
     options: tuple[str, ...] = (),
     spans: tuple[float, float] | None = None,
+    cpus: list[int] | None = None,
 ) -> dict[str, Any]:
     """Sessions (or, with ``options``, TLS sessions or SASL logins) per second; ``options``
     are client.py's --transport/--cafile/--auth/--no-mail; ``spans`` (warm-up, measured
-    seconds) replaces the settings' ones."""
+    seconds) replaces the settings' ones; ``cpus``: the load generator runs on those cores
+    only, one process per core."""
     warmup, duration = spans or (settings.warmup, settings.duration)
     quiet = wait_quiet(timeout=settings.quiet_timeout)
     offset = _log_offset(server)
@@ -186,7 +195,7 @@ def measure_sessions(
             "--clients",
             str(clients),
             "--procs",
-            str(settings.procs),
+            str(len(cpus) if cpus else settings.procs),
             "--warmup",
             str(warmup),
             "--duration",
@@ -194,6 +203,7 @@ def measure_sessions(
             *options,
         ],
         timeout=warmup + duration + 180,
+        cpus=cpus,
     )
     result["cpu"] = window.close(result.get("client_cpu_s", 0.0))
     result["load_before_cores"] = quiet
@@ -432,7 +442,107 @@ def run_repetition(
         _clear_text_phase(servers, big, settings, out)
     if "tls" in settings.figures:
         _tls_phase([s for s in servers if not isinstance(s, Cyrus)], big, settings, out)
+    if "workers" in settings.figures:
+        _workers_phase([s for s in servers if isinstance(s, Pop3d)], settings, out)
     return out
+
+
+def worker_placement(workers: int, cores: list[int]) -> tuple[list[int] | None, list[int] | None]:
+    """Where the server (master and workers) and the load generator run: apart when
+    the workers leave cores free (the server on the first ``workers`` cores, the load
+    generator on the rest), else both unpinned (pinning them apart would take cores from
+    the workers)."""
+    if workers < len(cores):
+        return cores[:workers], cores[workers:]
+    return None, None
+
+
+def _workers_phase(
+    servers: list[Server], settings: Settings, out: dict[str, dict[str, Any]]
+) -> None:
+    """Every core used: pop3d in clear text with 1, 2, ... workers (``--workers``), the
+    same sessions as the sessions figure with ``--workers-clients`` clients, the server
+    restarted for each count. Dovecot has no like figure (a process per session)."""
+    cores = sorted(os.sched_getaffinity(0))
+    for server in servers:
+        assert isinstance(server, Pop3d)
+        saved = server.prefork, server.cpus
+        try:
+            for workers in settings.workers:
+                server_cpus, client_cpus = worker_placement(workers, cores)
+                server.prefork, server.cpus = workers, server_cpus
+                server.start()
+                try:
+                    result = _calm(
+                        server,
+                        lambda s=server, c=client_cpus: measure_sessions(
+                            s, settings.workers_clients, settings, cpus=c
+                        ),
+                    )
+                finally:
+                    server.stop()
+                result["server_cpus"] = server_cpus
+                result["client_cpus"] = client_cpus
+                out[server.name][f"workers_{workers}"] = result
+                where = (
+                    f" (server on cores {server_cpus}, load generator on {client_cpus})"
+                    if server_cpus
+                    else " (unpinned)"
+                )
+                _sessions_line(
+                    server,
+                    f"{workers} workers, {settings.workers_clients} clients{where}",
+                    result,
+                    "sessions",
+                )
+        finally:
+            server.prefork, server.cpus = saved
+
+
+def summarize_workers(
+    mode: str, results: dict[str, list[dict[str, Any]]], s: Settings
+) -> list[str]:
+    """The workers figure: pop3d's sessions/s and server CPU per session by worker count,
+    and the speed-up over the first count."""
+    runs = results.get("pop3d", [])
+    rows = [
+        f"### Every core used: sessions/s by worker count (auth_cache_ttl {mode})",
+        "",
+        f"{s.workers_clients} clients, the sessions figure's session (USER, PASS, STAT, "
+        "RETR 4 KB, QUIT), clear text; the server pinned to as many cores as it has workers "
+        "and the load generator to the others where cores are left, else both unpinned.",
+        "",
+        "| Workers | Sessions/s (median) | vs first | Server CPU ms/session | Server cores "
+        "| Runs |",
+        "|---:|---:|---:|---:|---:|---|",
+    ]
+    first: float | None = None
+    for workers in s.workers:
+        path = (f"workers_{workers}", "sessions_per_s")
+        rate = _median([v for r in runs if (v := _value(r, path)) is not None])
+        cpu = _median(
+            [
+                v
+                for r in runs
+                if (v := _value(r, (f"workers_{workers}", "server_cpu_ms_per_session"))) is not None
+            ]
+        )
+        cores = _median(
+            [
+                v
+                for r in runs
+                if (v := _value(r, (f"workers_{workers}", "cpu", "server_cores"))) is not None
+            ]
+        )
+        if first is None:
+            first = rate
+        speedup = rate / first if rate is not None and first else None
+        rows.append(
+            f"| {workers} | {_fmt(rate)} | {'-' if speedup is None else _fmt(speedup, 2) + 'x'} "
+            f"| {_fmt(cpu, 2)} | {_fmt(cores, 2)} "
+            f"| {', '.join(_run_cell(r, path, 1, 1.0) for r in runs)} |"
+        )
+    return [*rows, ""]
 
 
 def _clear_text_phase(
@@ -1084,6 +1194,17 @@ def main() -> int:
         help="idle pop3s connections measured first in the TLS phase (0: none)",
     )
     parser.add_argument(
+        "--workers",
+        default="1,2",
+        help="worker counts of the workers figure (pop3d restarted with each)",
+    )
+    parser.add_argument(
+        "--workers-clients",
+        type=int,
+        default=100,
+        help="concurrent clients of the workers figure",
+    )
+    parser.add_argument(
         "--no-retry",
         action="store_true",
         help="take a measurement during which other processes were busy only once",
@@ -1142,6 +1263,8 @@ def main() -> int:
         sasl_mechanisms=args.sasl_mechanisms.split(","),
         tls_idle=args.tls_idle if "tls" in args.figures.split(",") else 0,
         retry=not args.no_retry,
+        workers=[int(x) for x in args.workers.split(",")],
+        workers_clients=args.workers_clients,
     )
     RETRY["contended"] = settings.retry
     if set(settings.sasl_mechanisms) - set(SASL_MECHANISMS):
@@ -1171,6 +1294,7 @@ def main() -> int:
         *settings.clients,
         *settings.tls_clients,
         *settings.sasl_clients,
+        settings.workers_clients if "workers" in settings.figures else 0,
     )
     if "gssapi" in settings.figures:
         print("bench: a Kerberos realm (k5test) for the GSSAPI figures ...", flush=True)
@@ -1220,6 +1344,8 @@ def main() -> int:
                 results[name].append(result)
         all_results[label] = results
         sections += summarize(label, results, settings)
+        if "workers" in settings.figures:
+            sections += summarize_workers(label, results, settings)
     if settings.kerberos is not None:
         settings.kerberos.stop()
     env["loadavg_end"] = Path("/proc/loadavg").read_text().strip()

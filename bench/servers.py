@@ -43,7 +43,8 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-LAB = BENCH / ".lab"
+# POP3D_BENCH_LAB: another folder (the suite's smoke test runs the bench in a temporary one)
+LAB = Path(os.environ.get("POP3D_BENCH_LAB") or BENCH / ".lab")
 SMALL_SIZE = 4096
 BIG_SIZE = 50 * 1024 * 1024
 BIG_USER = "benchbig"
@@ -409,6 +410,7 @@ class Pop3d(Server):
         self.extra_env = extra_env or {}
         self.auth_cache_ttl = auth_cache_ttl
         self.prefork = prefork
+        self.cpus: list[int] | None = None  # the master and its workers run on these (taskset)
         self.kerberos = kerberos
         self.root = LAB / name
         self.config = self.root / "imapd.conf"
@@ -482,8 +484,10 @@ class Pop3d(Server):
         )
         kerberos_env = self.kerberos.server_env if self.kerberos else {}
         with self.log.open("ab") as handle:
+            pinned = ["taskset", "-c", ",".join(map(str, self.cpus))] if self.cpus else []
             self.process = subprocess.Popen(
                 [
+                    *pinned,
                     sys.executable,
                     "-m",
                     "pop3d.cli.master",

@@ -1,10 +1,15 @@
 """``pop3d-master``: binds every listener of the cyrus.conf SERVICES section and keeps
 worker processes serving them (Cyrus master(8) in spirit; see DESIGN.md for the model).
 
-Per service: ``prefork`` workers (at least one), each an asyncio loop serving many
-connections; ``maxchild`` caps that service's simultaneous sessions, split evenly across its
-workers. The master binds the sockets itself (so workers never need privileges to bind) and
-hands them down by file descriptor with ``CYRUS_SERVICE``, ``CYRUS_ID`` and
+Per service: ``prefork`` workers, each an asyncio loop serving many connections (without
+``prefork``, or ``prefork=0``, Cyrus's default: one per core the master may run on);
+``maxchild`` caps that service's simultaneous sessions, split evenly across its workers.
+
+At start the master raises its soft file-descriptor limit to the hard limit (the workers
+inherit it) and logs how many connections that permits per worker (server/fdlimit.py).
+
+The master binds the sockets itself (so workers never need privileges to bind) and hands
+them down by file descriptor with ``CYRUS_SERVICE``, ``CYRUS_ID`` and
 ``POP3D_LISTEN_FDS`` in the environment.
 
 Before any worker starts, the master builds each service's context once, the way a worker
@@ -55,7 +60,7 @@ from typing import Any
 
 from pop3d.config.cyrus import MasterConfig, Service
 from pop3d.config.imapd import Config
-from pop3d.server import limits, metrics
+from pop3d.server import fdlimit, limits, metrics
 from pop3d.server.limits import LIMITS_FD_ENV
 from pop3d.server.worker import RETIRING, STATUS_FD_ENV
 
@@ -147,10 +152,41 @@ class Master:
             args = ["-C", self.imapd_conf, *args]
         return [sys.executable, "-m", "pop3d", *args]
 
+    def workers_of(self, service: Service) -> int:
+        """``prefork``, or where cyrus.conf leaves it out (or says 0, Cyrus's default):
+        one worker per core this process may run on."""
+        return service.prefork if service.prefork > 0 else available_cores()
+
+    def maxchild_per_worker(self, service: Service) -> int:
+        """The worker's share of ``maxchild`` (-1: no limit)."""
+        if service.maxchild <= 0:
+            return -1
+        return -(-service.maxchild // self.workers_of(service))
+
+    def raise_fd_limit(self) -> fdlimit.Limit:
+        """Raise the soft RLIMIT_NOFILE to the hard limit (the workers inherit it) and log
+        what it permits; warn where a service's maxchild share cannot be held."""
+        limit = fdlimit.raise_soft_limit()
+        log.info("%s", limit.describe())
+        for service in self.cyrus.services:
+            share = self.maxchild_per_worker(service)
+            if share > limit.logged_in_idle:
+                log.warning(
+                    "service %s: %s sessions per worker (maxchild %s over %d workers), but "
+                    "the file-descriptor limit %d permits %d logged-in sessions per worker; "
+                    "raise the hard limit (ulimit -Hn, LimitNOFILE=) or lower maxchild",
+                    service.name,
+                    share,
+                    service.maxchild,
+                    self.workers_of(service),
+                    limit.soft,
+                    limit.logged_in_idle,
+                )
+        return limit
+
     def _spawn(self, slot: _Slot) -> None:
         service = slot.service
-        workers = max(1, service.prefork)
-        per_worker = -1 if service.maxchild <= 0 else -(-service.maxchild // workers)
+        per_worker = self.maxchild_per_worker(service)
         sock = self.sockets[service.name]
         status_read, status_write = os.pipe()
         os.set_blocking(status_read, False)
@@ -197,8 +233,16 @@ class Master:
     def run(self) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._on_signal)
+        self.raise_fd_limit()
         for service in self.cyrus.services:
-            for index in range(max(1, service.prefork)):
+            workers = self.workers_of(service)
+            if service.prefork <= 0:
+                log.info(
+                    "service %s: %d workers (one per core available; cyrus.conf sets no prefork)",
+                    service.name,
+                    workers,
+                )
+            for index in range(workers):
                 slot = _Slot(service, index)
                 self.slots.append(slot)
                 try:
@@ -407,6 +451,15 @@ class Master:
             from prometheus_client import multiprocess  # noqa: PLC0415
 
             multiprocess.mark_process_dead(pid, self.metrics_dir)  # type: ignore[no-untyped-call]
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity: ``taskset``, cgroup cpusets),
+    at least 1; Python 3.13's ``os.process_cpu_count()``."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no affinity call on this platform
+        return max(1, os.cpu_count() or 1)
 
 
 def _url_host(host: str, port: int) -> str:

@@ -159,20 +159,23 @@ class Server:
 def start_server(
     lab: Lab,
     services: dict[str, str] | None = None,
-    prefork: int = 1,
+    prefork: int | None = 1,
     env: Mapping[str, str] | None = None,
     *,
     wrapper: Sequence[str] = (),
     python: str = sys.executable,
     maxchild: int = 2000,
+    workers: int | None = None,
 ) -> Server:
     """Start pop3d-master with ``services`` (name -> extra pop3d flags) and wait until
-    every port accepts connections. ``env`` is added to the master's environment (its
-    workers inherit it: KRB5_CONFIG for ``-k``); ``wrapper`` is a command that execs the
-    master (``setpriv ...`` to drop capabilities, which its workers inherit); ``python``:
-    the interpreter to run it with (and its workers). A port free_port() found can be taken
-    by another test's connection before the master binds it: then the master exits 71 and
-    we try new ports."""
+        every port accepts connections. ``env`` is added to the master's environment (its
+        workers inherit it: KRB5_CONFIG for ``-k``); ``wrapper`` is a command that execs the
+        master (``setpriv ...`` to drop capabilities, which its workers inherit); ``python``:
+        the interpreter to run it with (and its workers); ``prefork=None`` leaves ``prefork``
+    out of cyrus.conf, and ``workers`` is then how many worker processes to wait for per
+    service (default 1). A port free_port() found can be taken
+        by another test's connection before the master binds it: then the master exits 71 and
+        we try new ports."""
     for _attempt in range(4):
         try:
             return _start_server(
@@ -183,6 +186,7 @@ def start_server(
                 wrapper=wrapper,
                 python=python,
                 maxchild=maxchild,
+                workers=workers,
             )
         except PortTaken:
             continue
@@ -194,6 +198,7 @@ def start_server(
         wrapper=wrapper,
         python=python,
         maxchild=maxchild,
+        workers=workers,
     )
 
 
@@ -204,19 +209,21 @@ class PortTaken(RuntimeError):
 def _start_server(
     lab: Lab,
     services: dict[str, str],
-    prefork: int,
+    prefork: int | None,
     env: Mapping[str, str],
     *,
     wrapper: Sequence[str] = (),
     python: str = sys.executable,
     maxchild: int = 2000,
+    workers: int | None = None,
 ) -> Server:
     ports = {name: free_port() for name in services}
     lines = ["SERVICES {"]
     for name, flags in services.items():
         lines.append(
             f'  {name} cmd="pop3d {flags} -C {lab.config}" listen="127.0.0.1:{ports[name]}" '
-            f"prefork={prefork} maxchild={maxchild}"
+            + ("" if prefork is None else f"prefork={prefork} ")
+            + f"maxchild={maxchild}"
         )
     lines.append("}")
     cyrus_conf = lab.root / "cyrus.conf"
@@ -242,7 +249,8 @@ def _start_server(
     server = Server(lab, process, ports, log)
     deadline = time.monotonic() + 20
     children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
-    while len(children.read_text().split()) < prefork * len(services):
+    expected = workers if workers is not None else (prefork or 1)
+    while len(children.read_text().split()) < expected * len(services):
         if process.poll() is not None or time.monotonic() > deadline:
             server.stop()
             log_text = server.log_text()

@@ -1,0 +1,94 @@
+"""The file-descriptor limit: ``pop3d-master`` raises its soft ``RLIMIT_NOFILE`` to the hard
+limit at start (its workers inherit it across exec) and says how many connections that
+permits per worker.
+
+What a connection costs in descriptors (counted from the code, checked by
+tests/server/test_fdlimit.py on a real worker):
+
+* before login, plain or TLS: **1** (the socket; TLS is a layer over memory BIOs in the
+  process, transport/tls_layer.py, so it costs no descriptor of its own);
+* logged in: **5**: the socket, and the maildrop the session holds open until it ends
+  (storage/maildir.py: the Maildir, ``new/`` and ``cur/`` as directory descriptors, and
+  ``pop3d.lock`` with its flock);
+* while RETR/TOP streams a message: **6** (the message file).
+
+A worker also needs descriptors that are not any connection's: standard input/output/error,
+its listening sockets, the status pipe and the login-limits socket to the master, the event
+loop's epoll and self-pipe, the I/O threads' transient opens (a maildrop being opened and
+listed, a commit's fsyncs), the credential file, log and audit files, the syslog socket,
+metrics files. ``RESERVED`` keeps 64 for those, far more than a worker holds at rest (about
+15), so that a burst of logins in the threads does not find the table full.
+"""
+
+from __future__ import annotations
+
+import resource
+from dataclasses import dataclass
+
+RESERVED = 64
+FDS_BEFORE_LOGIN = 1
+FDS_LOGGED_IN = 5
+FDS_STREAMING = 6
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    before: int  # the soft limit we found
+    soft: int  # the soft limit now
+    hard: int
+
+    @property
+    def logged_in(self) -> int:
+        """Logged-in sessions one worker can hold, each streaming a message (worst case)."""
+        return max(0, (self.soft - RESERVED) // FDS_STREAMING)
+
+    @property
+    def logged_in_idle(self) -> int:
+        """Logged-in sessions one worker can hold when none is streaming a message."""
+        return max(0, (self.soft - RESERVED) // FDS_LOGGED_IN)
+
+    @property
+    def connections(self) -> int:
+        """Connections one worker can hold before they log in."""
+        return max(0, (self.soft - RESERVED) // FDS_BEFORE_LOGIN)
+
+    def describe(self) -> str:
+        if self.soft > self.before:
+            how = f"raised from {self.before} to {self.soft} (the hard limit)"
+        elif self.soft < self.hard:
+            how = f"{self.soft} (could not be raised to the hard limit {self.hard})"
+        else:
+            how = f"{self.soft} (the hard limit)"
+        return (
+            f"file descriptors per process: {how}; each worker can hold "
+            f"{self.logged_in_idle} logged-in sessions ({FDS_LOGGED_IN} descriptors each, "
+            f"plain or TLS: socket, Maildir, new/, cur/, lock; {self.logged_in} if all "
+            f"stream a message at once, {FDS_STREAMING} each) or {self.connections} "
+            f"connections before login (1 each), {RESERVED} descriptors kept for the worker "
+            "itself"
+        )
+
+
+def raise_soft_limit() -> Limit:
+    """Raise the soft RLIMIT_NOFILE as far as the hard limit allows (an unlimited hard
+    limit: to the kernel's ``fs.nr_open``), and say what it became."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else _nr_open()
+    new = soft
+    if soft == resource.RLIM_INFINITY:
+        new = target
+    elif soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            new = target
+        except (OSError, ValueError):
+            new = soft
+    return Limit(before=soft if soft != resource.RLIM_INFINITY else target, soft=new, hard=target)
+
+
+def _nr_open() -> int:
+    try:
+        with open("/proc/sys/fs/nr_open", encoding="ascii") as handle:
+            return int(handle.read().strip())
+    except (OSError, ValueError):
+        return 1 << 20  # Linux's default fs.nr_open

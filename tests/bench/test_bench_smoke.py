@@ -1,0 +1,75 @@
+"""Each bench mode runs end to end on a tiny setting (issue 13: "the suite checks that each
+bench mode runs end to end"): bench/run.py against pop3d and Debian's Dovecot with 2
+clients, half-second windows and one repetition, in a temporary lab folder. No figure is
+asserted: only that every mode measured something and nothing failed. The gssapi figures
+(a k5test realm) are left out here; tests/sasl covers GSSAPI itself."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tests.support.lab import ROOT
+
+FIGURES = "idle,sessions,retr,tls,sasl,workers"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0, reason="the bench runs Dovecot, which starts as root")
+@pytest.mark.skipif(shutil.which("dovecot") is None, reason="Debian's dovecot-pop3d not installed")
+@pytest.mark.skipif(shutil.which("taskset") is None, reason="taskset (util-linux) missing")
+def test_every_bench_mode_runs_end_to_end() -> None:
+    # Not pytest's tmp_path: its folders are 0700 root, and Dovecot's mail user must reach
+    # the maildrops in the lab.
+    lab = Path(tempfile.mkdtemp(prefix="pop3d-bench-smoke-"))
+    try:
+        lab.chmod(0o755)
+        _run(lab)
+    finally:
+        shutil.rmtree(lab, ignore_errors=True)
+
+
+def _run(lab: Path) -> None:
+    cores = len(os.sched_getaffinity(0))
+    done = subprocess.run(
+        [
+            sys.executable, str(ROOT / "bench" / "run.py"),
+            "--repeat", "1", "--cache-ttl", "default", "--figures", FIGURES,
+            "--clients", "2", "--tls-clients", "2", "--sasl-clients", "2",
+            "--idle", "2", "--tls-idle", "2", "--retr-count", "1",
+            "--warmup", "0.2", "--duration", "0.5", "--quiet-timeout", "0", "--no-retry",
+            "--workers", f"1,{cores}", "--workers-clients", "4", "--procs", "1",
+        ],
+        env={**os.environ, "POP3D_BENCH_LAB": str(lab), "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (report,) = (lab / "results").glob("*.md")
+    text = report.read_text()
+    assert "- no errors in any run" in text, text
+    assert "failed" not in done.stdout, done.stdout
+    for figure in (
+        "RSS KiB per idle conn (2)",
+        "sessions/s, 2 clients",
+        "RETR 50 MB, MB/s (10^6 B/s)",
+        "TLS sessions/s, implicit TLS (pop3s), 2 clients",
+        "TLS sessions/s, STLS, 2 clients",
+        "RSS KiB per idle pop3s conn (2)",
+        "logins/s, AUTH PLAIN, 2 clients",
+        "logins/s, AUTH SCRAM-SHA-256, 2 clients",
+    ):
+        row = next((line for line in text.splitlines() if line.startswith(f"| {figure} |")), "")
+        cells = [cell.strip() for cell in row.split("|")[2:4]]
+        assert len(cells) == 2 and "n/a" not in cells, f"{figure}: {row!r}\n{text}"
+    for workers in sorted({1, cores}):
+        assert re.search(rf"^\| {workers} \| [\d,]+\.\d \|", text, re.MULTILINE), text
