@@ -13,31 +13,8 @@ fi
 # The virtualenv and pop3d itself.
 bash scripts/setup.sh
 
-# Debian's Dovecot. The package would start a system dovecot on ports 110/995 from
-# /etc/dovecot: the benchmark never uses it, so keep it from starting (policy-rc.d) and
-# stop it if it was started anyway.
-if ! dpkg-query -W -f='${Status}' dovecot-pop3d 2>/dev/null | grep -q "install ok installed"; then
-    echo "bench: installing dovecot-pop3d" >&2
-    policy=/usr/sbin/policy-rc.d
-    made_policy=0
-    if [ ! -e "$policy" ]; then
-        printf '#!/bin/sh\n# bench/run.sh: no service starts during the install\nexit 101\n' >"$policy"
-        chmod 755 "$policy"
-        made_policy=1
-    fi
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends dovecot-pop3d >/dev/null
-    [ "$made_policy" = 1 ] && rm -f "$policy"
-    if [ -s /run/dovecot/master.pid ] && kill -0 "$(cat /run/dovecot/master.pid)" 2>/dev/null; then
-        echo "bench: stopping the system dovecot the package started" >&2
-        if [ -d /run/systemd/system ]; then
-            systemctl stop dovecot.service dovecot.socket || true
-        else
-            doveadm -c /etc/dovecot/dovecot.conf stop || true
-        fi
-    fi
-fi
+# Debian's Dovecot, without its system service (bench/install-dovecot.sh says why).
+bash bench/install-dovecot.sh
 if [ -s /run/dovecot/master.pid ] && kill -0 "$(cat /run/dovecot/master.pid)" 2>/dev/null; then
     echo "bench: note: a system dovecot is running (not used; it competes for CPU)" >&2
 fi

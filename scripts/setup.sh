@@ -46,6 +46,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
     "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# The bench's smoke test (tests/bench) measures against Debian's Dovecot, installed without
+# its system service.
+if [ "$want_test" = 1 ] && [ "$(id -u)" -eq 0 ]; then
+    bash bench/install-dovecot.sh
+fi
+
 python=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$python" -m venv .venv

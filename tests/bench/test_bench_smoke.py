@@ -23,8 +23,6 @@ FIGURES = "idle,sessions,retr,tls,sasl,workers"
 
 @pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0, reason="the bench runs Dovecot, which starts as root")
-@pytest.mark.skipif(shutil.which("dovecot") is None, reason="Debian's dovecot-pop3d not installed")
-@pytest.mark.skipif(shutil.which("taskset") is None, reason="taskset (util-linux) missing")
 def test_every_bench_mode_runs_end_to_end() -> None:
     # Not pytest's tmp_path: its folders are 0700 root, and Dovecot's mail user must reach
     # the maildrops in the lab.
