@@ -168,38 +168,22 @@ def start_server(
     workers: int | None = None,
 ) -> Server:
     """Start pop3d-master with ``services`` (name -> extra pop3d flags) and wait until
-        every port accepts connections. ``env`` is added to the master's environment (its
-        workers inherit it: KRB5_CONFIG for ``-k``); ``wrapper`` is a command that execs the
-        master (``setpriv ...`` to drop capabilities, which its workers inherit); ``python``:
-        the interpreter to run it with (and its workers); ``prefork=None`` leaves ``prefork``
+    every port accepts connections. ``env`` is added to the master's environment (its
+    workers inherit it: KRB5_CONFIG for ``-k``); ``wrapper`` is a command that execs the
+    master (``setpriv ...`` to drop capabilities, which its workers inherit); ``python``:
+    the interpreter to run it with (and its workers); ``prefork=None`` leaves ``prefork``
     out of cyrus.conf, and ``workers`` is then how many worker processes to wait for per
-    service (default 1). A port free_port() found can be taken
-        by another test's connection before the master binds it: then the master exits 71 and
-        we try new ports."""
-    for _attempt in range(4):
+    service (default 1). A port free_port() found can be taken by another test's
+    connection before the master binds it: then the master exits 71 and we try new
+    ports."""
+    options = {"wrapper": wrapper, "python": python, "maxchild": maxchild, "workers": workers}
+    for attempt in range(5):
         try:
-            return _start_server(
-                lab,
-                services or {"pop3": ""},
-                prefork,
-                env or {},
-                wrapper=wrapper,
-                python=python,
-                maxchild=maxchild,
-                workers=workers,
-            )
+            return _start_server(lab, services or {"pop3": ""}, prefork, env or {}, **options)
         except PortTaken:
-            continue
-    return _start_server(
-        lab,
-        services or {"pop3": ""},
-        prefork,
-        env or {},
-        wrapper=wrapper,
-        python=python,
-        maxchild=maxchild,
-        workers=workers,
-    )
+            if attempt == 4:
+                raise
+    raise AssertionError("unreachable")
 
 
 class PortTaken(RuntimeError):
