@@ -18,7 +18,6 @@ in the layers below the one that produced them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Protocol
 
 
@@ -66,9 +65,6 @@ class LayerStack:
 
     def __bool__(self) -> bool:
         return bool(self._layers)
-
-    def __iter__(self) -> Iterator[SecurityLayer]:
-        return iter(self._layers)
 
     def push(self, layer: SecurityLayer) -> None:
         self._layers.append(layer)
