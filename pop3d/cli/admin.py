@@ -6,6 +6,7 @@
     pop3d-admin [-C imapd.conf] deliver USER < message   atomic Maildir delivery (an MDA)
     pop3d-admin [-C imapd.conf] import --dovecot MAILDIR [--uidl-format F] USER
                                                          copy a Dovecot Maildir, UIDLs kept
+    pop3d-admin [-C imapd.conf] import --mbox FILE USER  copy an mbox, X-UIDL kept
     pop3d-admin [-C imapd.conf] check-config [-M cyrus.conf]
     pop3d-admin man [PAGE]                               the manual pages (list, or show one)
 
@@ -53,6 +54,7 @@ from pop3d.security.secret import Secret
 from pop3d.storage.base import StorageError
 from pop3d.storage.dovecot_import import DEFAULT_UIDL_FORMAT, ImportFailed, import_dovecot
 from pop3d.storage.maildir import store_from_config
+from pop3d.storage.mbox_import import import_mbox
 from pop3d.transport import tls
 
 PROGRAM = "pop3d-admin"
@@ -82,10 +84,12 @@ def _parser() -> argparse.ArgumentParser:
     deliver = commands.add_parser("deliver", help="deliver a message from stdin")
     deliver.add_argument("user")
     importing = commands.add_parser(
-        "import", help="import a Dovecot Maildir (dovecot-uidlist), keeping POP3 UIDLs"
+        "import", help="import a Dovecot Maildir or an mbox, keeping POP3 UIDLs"
     )
-    importing.add_argument(
-        "--dovecot", required=True, metavar="MAILDIR", help="the user's Dovecot Maildir"
+    sources = importing.add_mutually_exclusive_group(required=True)
+    sources.add_argument("--dovecot", metavar="MAILDIR", help="the user's Dovecot Maildir")
+    sources.add_argument(
+        "--mbox", metavar="FILE", help="the user's mbox (/var/mail/USER), read as mboxrd"
     )
     importing.add_argument(
         "--uidl-format",
@@ -184,9 +188,11 @@ def cmd_import(config: Config, args: argparse.Namespace) -> int:
         print(f"{PROGRAM}: {line}", file=sys.stderr)
 
     try:
-        result = import_dovecot(
-            Path(args.dovecot), store_from_config(config), user, args.uidl_format, report
-        )
+        store = store_from_config(config)
+        if args.mbox is not None:
+            result = import_mbox(Path(args.mbox), store, user, report)
+        else:
+            result = import_dovecot(Path(args.dovecot), store, user, args.uidl_format, report)
     except ImportFailed as exc:
         fail(PROGRAM, EX_TEMPFAIL, f"import stopped: {exc}")
     print(

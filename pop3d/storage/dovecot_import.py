@@ -28,7 +28,7 @@ import errno
 import fcntl
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -169,6 +169,14 @@ def import_dovecot(
         raise ImportFailed(f"{uidlist_path}: {reason}") from None
     uidlist = parse_uidlist(text, str(uidlist_path))
     files = _source_files(source)
+    with locked_target(store, user) as folders:
+        return _import(source, uidlist, files, folders, uidl_format, report=report)
+
+
+@contextlib.contextmanager
+def locked_target(store: MaildirStore, user: str) -> Iterator[_Folders]:
+    """The user's Maildir (made if missing), its ``pop3d.lock`` held for the block; any
+    storage error opening or writing it becomes ImportFailed."""
     target = store.path_for(user)
     try:
         _ensure_maildir(target)
@@ -189,7 +197,7 @@ def import_dovecot(
                 if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
                     raise MaildropInUse(f"{target} is in use (a POP3 session?)") from exc
                 raise
-            return _import(source, uidlist, files, folders, uidl_format, report=report)
+            yield folders
         finally:
             os.close(lock)
     except (OSError, StorageError) as exc:
@@ -254,9 +262,20 @@ def _copy(
         return f"cannot read {subdir}/{name}: {exc.strerror}"
     _, sep, info = name.partition(":")
     destination = "cur" if subdir == "cur" and sep else "new"
+    write_message(
+        folders, unique, uidl, data, destination=destination, info=f":{info}" if sep else ""
+    )
+    return None
+
+
+def write_message(
+    folders: _Folders, unique: str, uidl: str, data: bytes, *, destination: str, info: str
+) -> None:
+    """The ``pop3d-uidl`` line (fsync), then ``data`` in tmp/ (fsync), linked as
+    ``<unique>,S=,W=<info>`` into ``destination`` (new or cur; fsync)."""
     counter = SizeCounter()
     counter.feed(data)
-    final = f"{unique},S={len(data)},W={counter.finish()}" + (f":{info}" if sep else "")
+    final = f"{unique},S={len(data)},W={counter.finish()}{info}"
     _append_uidl(folders.root, unique, uidl)
     tmp = folders.fds["tmp"]
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -277,7 +296,6 @@ def _copy(
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(unique, dir_fd=tmp)
-    return None
 
 
 def _append_uidl(root: int, unique: str, uidl: str) -> None:
