@@ -159,35 +159,17 @@ class Driver(Driven):
 
     committed = False
 
-    def feed(self, data: bytes = b"") -> bytes:
+    def waiting(self) -> None:
         session = self.session
-        if data:
-            session.receive_data(data)
-        out = bytearray()
-        while True:
-            event = session.next_event()
-            if event is ev.NEED_DATA:
-                reader = session._reader
-                check(
-                    reader.buffered < reader.limit,
-                    f"{reader.buffered} octets buffered, limit {reader.limit}",
-                )
-                sasl = session.state is State.AUTHENTICATING
-                if not sasl:
-                    check(reader.limit == session.settings.line_limit, "SASL limit left set")
-                if session.state is State.TRANSACTION:
-                    check(session.maildrop_open, "TRANSACTION without a maildrop")
-                return bytes(out)
-            if isinstance(event, ev.Send):
-                out += event.data
-            elif isinstance(event, ev.Close):
-                self.closed = event.reason
-                self.release()
-                return bytes(out)
-            elif isinstance(event, ev.LoginSucceeded | ev.LoginFailed):
-                self.notices.append(event)
-            else:
-                out += self.carry_out(event)
+        reader = session._reader
+        check(
+            reader.buffered < reader.limit,
+            f"{reader.buffered} octets buffered, limit {reader.limit}",
+        )
+        if session.state is not State.AUTHENTICATING:
+            check(reader.limit == session.settings.line_limit, "SASL limit left set")
+        if session.state is State.TRANSACTION:
+            check(session.maildrop_open, "TRANSACTION without a maildrop")
 
     def carry_out(self, request: object) -> bytes:
         if isinstance(request, rq.VerifyBearer):

@@ -41,6 +41,10 @@ class Driven:
     def maildrop(self) -> MaildirMaildrop | None:
         return self.work.maildrop  # type: ignore[return-value]
 
+    def waiting(self) -> None:
+        """Called each time the session asks for input (the fuzz harness checks its
+        invariants here)."""
+
     def feed(self, data: bytes = b"") -> bytes:
         """Give the session ``data``; return everything it sends until it wants more."""
         if data:
@@ -49,6 +53,7 @@ class Driven:
         while True:
             event = self.session.next_event()
             if event is ev.NEED_DATA:
+                self.waiting()
                 return bytes(out)
             if isinstance(event, ev.Send):
                 out += event.data
