@@ -6,7 +6,8 @@
     pop3d-admin [-C imapd.conf] deliver USER < message   atomic Maildir delivery (an MDA)
     pop3d-admin [-C imapd.conf] import --dovecot MAILDIR [--uidl-format F] USER
                                                          copy a Dovecot Maildir, UIDLs kept
-    pop3d-admin [-C imapd.conf] import --mbox FILE USER  copy an mbox, X-UIDL kept
+    pop3d-admin [-C imapd.conf] import --mbox FILE [--uidl-format F] [--no-xuidl] USER
+                                                         copy an mbox, X-UIDL or X-UID kept
     pop3d-admin [-C imapd.conf] check-config [-M cyrus.conf]
     pop3d-admin man [PAGE]                               the manual pages (list, or show one)
 
@@ -88,14 +89,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     sources = importing.add_mutually_exclusive_group(required=True)
     sources.add_argument("--dovecot", metavar="MAILDIR", help="the user's Dovecot Maildir")
-    sources.add_argument(
-        "--mbox", metavar="FILE", help="the user's mbox (/var/mail/USER), read as mboxrd"
-    )
+    sources.add_argument("--mbox", metavar="FILE", help="the user's mbox (/var/mail/USER)")
     importing.add_argument(
         "--uidl-format",
         default=DEFAULT_UIDL_FORMAT,
-        help="the old site's pop3_uidl_format, for messages without a P field "
-        "(default %(default)s)",
+        help="the old site's pop3_uidl_format, for messages without a P field (an mbox: "
+        "with X-UID headers and no X-UIDL) (default %(default)s)",
+    )
+    importing.add_argument(
+        "--no-xuidl",
+        action="store_true",
+        help="--mbox: the old site did not serve X-UIDL headers (Dovecot's "
+        "pop3_reuse_xuidl = no, its default): ignore them",
     )
     importing.add_argument("user")
     check = commands.add_parser("check-config", help="validate imapd.conf and cyrus.conf")
@@ -190,7 +195,14 @@ def cmd_import(config: Config, args: argparse.Namespace) -> int:
     try:
         store = store_from_config(config)
         if args.mbox is not None:
-            result = import_mbox(Path(args.mbox), store, user, report)
+            result = import_mbox(
+                Path(args.mbox),
+                store,
+                user,
+                report,
+                uidl_format=args.uidl_format,
+                reuse_xuidl=not args.no_xuidl,
+            )
         else:
             result = import_dovecot(Path(args.dovecot), store, user, args.uidl_format, report)
     except ImportFailed as exc:

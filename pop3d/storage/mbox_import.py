@@ -1,17 +1,27 @@
 """Import an mbox (``/var/mail/<user>``) into a user's Maildir, keeping or fixing each
 message's POP3 UIDL (issue 14).
 
-* Read as **mboxrd**: a message starts at a line beginning ``From `` at the start of the
-  file or after an empty line; that line is dropped, and so is the empty line before the
-  next one; in the body, ``>From ``, ``>>From `` ... lose one ``>``. An mboxo file reads the
-  same, except that a body line that really began ``>From `` loses its ``>`` (mboxo cannot
-  tell the two apart). Content-Length (mboxcl) is not read. Otherwise the bytes are copied
-  exactly, line ends included, so sizes may differ from what a server that hid its
-  ``Status``/``X-UID``... headers reported.
-* The UIDL kept is the ``X-UIDL:`` header's value where it is a valid RFC 1939 unique-id
-  (Dovecot's ``pop3_reuse_xuidl``) and no earlier message of the mbox took it; else the
-  SHA-256 of the copied bytes in hex, with ``-<n>`` added for the n-th identical copy. So
-  the UIDL is a function of the mbox alone: a second import recognises each message.
+* A message starts at a line beginning ``From `` at the start of the file or after an
+  empty line; that line is dropped, and so is the empty line before the next one. Where the
+  header has a ``Content-Length:`` that ends the body exactly there (at the end of the
+  file, or at an empty line and a ``From `` line), the body is that many bytes, whatever
+  lines it holds: Dovecot writes Content-Length and does not escape ``From `` lines. Body
+  lines are never unescaped: ``>From `` stays as it is stored, as Dovecot (and UW-IMAP)
+  served it.
+* The mbox's own bookkeeping headers are dropped: ``Content-Length``, ``Status``,
+  ``X-IMAP``, ``X-IMAPbase``, ``X-Keywords``, ``X-Status`` and ``X-UID``, the very list
+  Dovecot hides when it serves an mbox (``mbox_hide_headers``; UW-IMAP hides the same), so
+  the bytes and the size a client gets stay the old server's. Everything else is copied
+  exactly, line ends included. A message carrying ``X-IMAP`` is the folder's pseudo-message
+  ("DON'T DELETE THIS MESSAGE"), never served: it is not imported.
+* The UIDL kept, in this order: the ``X-UIDL:`` header's value where it is a valid RFC 1939
+  unique-id and no earlier message of the mbox took it (Dovecot's ``pop3_reuse_xuidl``;
+  ``reuse_xuidl=False`` when the old site did not serve them); else, where the mbox carries
+  Dovecot's (or UW-IMAP's) UIDs, ``X-UID:`` and the UIDVALIDITY of ``X-IMAPbase:``/
+  ``X-IMAP:``, what Dovecot's ``pop3_uidl_format`` made of them (``%08Xu%08Xv`` by default;
+  %f and %g are empty for an mbox); else the SHA-256 of the copied bytes in hex, with
+  ``-<n>`` added for the n-th identical copy. So the UIDL is a function of the mbox alone:
+  a second import recognises each message.
 * A message whose UIDL the target already serves (its ``pop3d-uidl`` line with its file,
   or a file's own UIDL) is skipped: a second run adds nothing, an interrupted one resumes.
   The write order, lock and sidecar are those of the Dovecot import.
@@ -37,7 +47,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from pop3d.storage.dovecot_import import ImportFailed, ImportReport, locked_target, write_message
+from pop3d.storage.dovecot_import import (
+    DEFAULT_UIDL_FORMAT,
+    ImportFailed,
+    ImportReport,
+    check_format,
+    expand_format,
+    locked_target,
+    write_message,
+)
 from pop3d.storage.maildir import (
     MaildirStore,
     _Folders,
@@ -47,35 +65,63 @@ from pop3d.storage.maildir import (
     valid_uidl,
 )
 
-_ESCAPED = re.compile(rb">+From ")
+_CONTENT_LENGTH = re.compile(rb"content-length:[ \t]*(\d{1,15})[ \t]*\r?\n", re.IGNORECASE)
 _FIELD = re.compile(rb"[!-9;-~]+:")
 _STATUS_FLAGS = {"R": "S"}
 _X_STATUS_FLAGS = {"A": "R", "F": "F", "T": "D", "D": "T"}
+# Dovecot's mbox_hide_headers (src/lib-storage/index/mbox/mbox-storage.c): never served
+_HIDDEN = frozenset(b"content-length status x-imap x-imapbase x-keywords x-status x-uid".split())
 
 
 def messages(handle: BinaryIO) -> Iterator[tuple[bytes, bytes]]:
-    """(the ``From `` line, the message's bytes, unescaped), in file order."""
+    """(the ``From `` line, the message's bytes as stored), in file order. A message ends
+    at a ``From `` line after an empty line, except inside the body a valid
+    ``Content-Length:`` gives (Dovecot writes one and escapes nothing in the body)."""
     separator: bytes | None = None
     lines: list[bytes] = []
     previous_empty = True
-    for raw in handle:
+    in_header = False
+    length: int | None = None
+    while raw := handle.readline():
         if raw.startswith(b"From ") and previous_empty:
             if separator is not None:
                 yield separator, b"".join(lines[:-1] if lines else lines)
             elif lines:
                 raise ValueError("does not start with a 'From ' line")
             separator, lines = raw, []
-            previous_empty = False
+            previous_empty, in_header, length = False, True, None
             continue
         if separator is None:
             raise ValueError("does not start with a 'From ' line")
-        line = raw[1:] if _ESCAPED.match(raw) else raw
-        lines.append(line)
-        previous_empty = line in (b"\n", b"\r\n")
+        lines.append(raw)
+        previous_empty = raw in (b"\n", b"\r\n")
+        if in_header and (match := _CONTENT_LENGTH.fullmatch(raw)):
+            length = int(match[1])
+        if in_header and previous_empty:
+            in_header = False
+            body = None if length is None else _body(handle, length)
+            if body:
+                lines.append(body)
+                previous_empty = False
     if separator is not None:
         if lines and lines[-1] in (b"\n", b"\r\n"):
             lines.pop()
         yield separator, b"".join(lines)
+
+
+def _body(handle: BinaryIO, length: int) -> bytes | None:
+    """The next ``length`` bytes if they end where a message may (the end of the file, or
+    an empty line and a ``From `` line); else None, the file position unchanged."""
+    start = handle.tell()
+    if start + length > os.fstat(handle.fileno()).st_size:
+        return None  # never read a bogus length's worth into memory
+    body = handle.read(length)
+    after = handle.read(7)
+    if len(body) == length and (after in (b"", b"\n") or after.startswith(b"\nFrom ")):
+        handle.seek(start + length)
+        return body
+    handle.seek(start)
+    return None
 
 
 def header_fields(data: bytes) -> dict[str, str] | None:
@@ -102,6 +148,26 @@ def header_fields(data: bytes) -> dict[str, str] | None:
         if name is not None:
             fields[name] = value.strip().decode("latin-1")
     return fields if count else None
+
+
+def without_hidden(data: bytes) -> bytes:
+    """``data`` without the mbox bookkeeping fields (:data:`_HIDDEN`) of its header and
+    their continuation lines; the body is untouched."""
+    lines = data.splitlines(keepends=True)
+    out: list[bytes] = []
+    dropping = False
+    for index, line in enumerate(lines):
+        if line in (b"\n", b"\r\n"):
+            out.extend(lines[index:])
+            break
+        if line[:1] in (b" ", b"\t"):
+            if not dropping:
+                out.append(line)
+            continue
+        dropping = line.partition(b":")[0].strip().lower() in _HIDDEN
+        if not dropping:
+            out.append(line)
+    return b"".join(out)
 
 
 def from_line_time(line: bytes) -> int:
@@ -136,7 +202,14 @@ def import_mbox(
     store: MaildirStore,
     user: str,
     report: Callable[[str], None] = lambda _line: None,
+    *,
+    uidl_format: str = DEFAULT_UIDL_FORMAT,
+    reuse_xuidl: bool = True,
 ) -> ImportReport:
+    try:
+        check_format(uidl_format)
+    except ValueError as exc:
+        raise ImportFailed(str(exc)) from None
     try:
         handle = open(source, "rb")  # noqa: SIM115 - closed below
     except OSError as exc:
@@ -150,28 +223,53 @@ def import_mbox(
             raise ImportFailed(f"{source}: not an mbox (does not start with 'From ')")
         handle.seek(0)
         with locked_target(store, user) as folders:
-            return _import(source, handle, folders, report)
+            return _import(
+                source, handle, folders, report, uidl_format=uidl_format, reuse_xuidl=reuse_xuidl
+            )
+
+
+def _uidvalidity(fields: dict[str, str]) -> int | None:
+    """The UIDVALIDITY of Dovecot's ``X-IMAPbase: <uidvalidity> <uidnext> ...`` (or UW-IMAP's
+    ``X-IMAP:``), None without one."""
+    words = (fields.get("x-imapbase") or fields.get("x-imap") or "").split()
+    return int(words[0]) if words and words[0].isdigit() else None
 
 
 def _import(
-    source: Path, handle: BinaryIO, folders: _Folders, report: Callable[[str], None]
+    source: Path,
+    handle: BinaryIO,
+    folders: _Folders,
+    report: Callable[[str], None],
+    *,
+    uidl_format: str,
+    reuse_xuidl: bool,
 ) -> ImportReport:
     result = ImportReport()
+    uidvalidity: int | None = None
     served = _served(folders)
     taken: set[str] = set()  # UIDLs given to earlier messages of this mbox
     copies: dict[str, int] = {}
     lead = 0
     try:
-        for number, (separator, data) in enumerate(messages(handle), 1):
+        for number, (separator, stored) in enumerate(messages(handle), 1):
             lead = max(lead, from_line_time(separator))
-            digest = hashlib.sha256(data).hexdigest()
-            fields = header_fields(data)
+            fields = header_fields(stored)
             if fields is None:
                 reason = "the header does not parse"
                 result.skipped.append(f"{source}: message {number}: {reason}")
                 report(f"{source}: message {number}: skipped: {reason}")
                 continue
-            uidl = fields.get("x-uidl", "")
+            if number == 1 or "x-imap" in fields:
+                uidvalidity = _uidvalidity(fields)
+            if "x-imap" in fields:
+                continue  # the folder's pseudo-message: bookkeeping, never served
+            flags = maildir_flags(fields)
+            data = without_hidden(stored)
+            digest = hashlib.sha256(data).hexdigest()
+            uid = fields.get("x-uid", "")
+            uidl = fields.get("x-uidl", "") if reuse_xuidl else ""
+            if (not valid_uidl(uidl) or uidl in taken) and uidvalidity and uid.isdigit():
+                uidl = expand_format(uidl_format, int(uid), uidvalidity, "", "")
             if not valid_uidl(uidl) or uidl in taken:
                 copies[digest] = copies.get(digest, 0) + 1
                 uidl = digest if copies[digest] == 1 else f"{digest}-{copies[digest]}"
@@ -179,7 +277,6 @@ def _import(
             if uidl in served:
                 result.present += 1
                 continue
-            flags = maildir_flags(fields)
             unique = f"{lead}.I{number:010d}H{digest[:16]}.mbox"
             write_message(
                 folders,
