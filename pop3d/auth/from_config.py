@@ -48,6 +48,7 @@ def identity_rules(config: Config, service: str | None = None) -> IdentityRules:
         virtdomains=(config.string("virtdomains", service) or "off") != "off",
         defaultdomain=config.string("defaultdomain", service) or "",
         loginrealms=frozenset((config.string("loginrealms", service) or "").lower().split()),
+        subfolders=config.switch("popsubfolders", service),
     )
 
 

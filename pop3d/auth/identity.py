@@ -21,6 +21,7 @@ class IdentityRules:
     virtdomains: bool = False
     defaultdomain: str = ""
     loginrealms: frozenset[str] = frozenset()  # lower case
+    subfolders: bool = False  # popsubfolders: "user+folder" opens the folder .folder
 
 
 def canonical_user(raw: bytes | str, rules: IdentityRules) -> str | None:
@@ -66,3 +67,40 @@ def login_realm(raw: bytes | str, rules: IdentityRules) -> str:
     if at and local and domain.lower() in rules.loginrealms:
         return domain
     return ""
+
+
+_FOLDER_MAX = 254  # "." + the name: one directory entry
+
+
+def split_folder(raw: bytes | str, rules: IdentityRules) -> tuple[str, str | None] | None:
+    """``(login name, folder)``. With ``popsubfolders``, ``user+folder`` and (whatever
+    ``virtdomains`` says) ``user+folder@domain`` give ``("user", "folder")`` and
+    ``("user@domain", "folder")``; ``user+`` is the user's INBOX, as in Cyrus (an empty
+    folder name selects none). Otherwise, or without a "+", ``(name, None)``. None when
+    ``raw`` is not UTF-8 or the folder is not a valid one (:func:`valid_folder`): such a
+    name names nobody."""
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    if not rules.subfolders or "+" not in raw:
+        return raw, None
+    user, _, rest = raw.partition("+")
+    folder, at, domain = rest.rpartition("@") if "@" in rest else (rest, "", "")
+    if not folder:
+        return f"{user}{at}{domain}", None
+    if not valid_folder(folder):
+        return None
+    return f"{user}{at}{domain}", folder
+
+
+def valid_folder(name: str) -> bool:
+    """A Maildir++ folder name that stays one directory entry (``.name``) in the Maildir:
+    dot-separated parts, none empty (so no ".", ".." or leading dot), no "/" or "\\", no
+    control character, at most 254 octets."""
+    return (
+        0 < len(name.encode("utf-8")) <= _FOLDER_MAX
+        and all(name.split("."))
+        and not any(ch in _FORBIDDEN or ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 for ch in name)
+    )

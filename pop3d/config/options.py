@@ -349,8 +349,13 @@ OPTIONS: dict[str, Option] = {
             "popsubfolders",
             S,
             False,
-            "Has no effect here: user+folder logins are not supported with Maildir (a "
-            "warning if set to yes).",
+            "A login as user+folder (user+folder@domain with virtdomains) is the user, "
+            "with the user's credentials, limits and name in the logs, opening the "
+            "Maildir++ folder .folder of the user's Maildir, which must exist (else -ERR "
+            "[SYS/TEMP] Unable to open maildrop: Mailbox does not exist, as Cyrus); each "
+            "folder has its own lock and UIDLs. user+ is the INBOX, as in Cyrus; a folder "
+            "name with /, a control character or an empty part (., .., .x) is an invalid "
+            "user name. Without it, user+folder is an ordinary user name.",
         ),
         _o(
             "popuseacl",
@@ -500,7 +505,6 @@ OPTIONS: dict[str, Option] = {
 # warns, why it has no effect).
 NO_EFFECT: dict[str, tuple[object, str]] = {
     "allowanonymouslogin": (False, "anonymous POP logins are not offered"),
-    "popsubfolders": (False, "user+folder logins are not supported with Maildir"),
     "popuseacl": (False, "Maildir has no ACLs"),
     "uidl_format": (
         None,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pop3d.auth.identity import canonical_user, login_realm
+from pop3d.auth.identity import canonical_user, login_realm, split_folder
 from pop3d.protocol import capabilities, commands, login_delay
 from pop3d.protocol.commands import ArgumentError
 from pop3d.protocol.events import (
@@ -62,7 +62,7 @@ def _start_tls(session: Session) -> Task:
     # CVE-2011-0411 class: anything pipelined after STLS was sent in clear and must not
     # be executed as if it had come through TLS: the trailing data is dropped.
     session.take_trailing_data()
-    session.user = None
+    session.user = session.folder = None
     started = yield StartTLS()
     assert isinstance(started, TLSInfo)
     session.security = session.security.with_tls(started)
@@ -81,15 +81,18 @@ def user(session: Session, argument: bytes) -> Outcome:
         raise ArgumentError("Missing argument: user name")
     if not login_permitted(session, Action.PLAINTEXT_LOGIN):
         return Outcome.FAIL
-    name = canonical_user(argument, session.settings.identity)
-    if name is None:
+    rules = session.settings.identity
+    split = split_folder(argument, rules)
+    name = None if split is None else canonical_user(split[0], rules)
+    if split is None or name is None:
         # Cyrus: badlogin: <host> plaintext (<name>) invalid user. The name is the
         # client's bytes as sent; the audit trail escapes it.
         session.notice(LoginFailed(argument.decode("utf-8", "replace"), "USER", "invalid user"))
         session.err("[AUTH] Invalid user name")
         return Outcome.FAIL
     session.user = name
-    session.user_realm = login_realm(argument, session.settings.identity)
+    session.folder = split[1]
+    session.user_realm = login_realm(split[0], rules)
     session.ok("User name accepted, password please")
     return Outcome.OK
 
@@ -107,13 +110,15 @@ def pass_without_user(session: Session, argument: bytes) -> Outcome:
 def pass_(session: Session, argument: bytes) -> HandlerResult:
     if not argument:
         raise ArgumentError("Missing argument: password")
-    name = session.user
+    name, folder = session.user, session.folder
     assert name is not None
-    session.user = None
-    return _password_login(session, name, Secret(argument), session.user_realm)
+    session.user = session.folder = None
+    return _password_login(session, name, Secret(argument), session.user_realm, folder)
 
 
-def _password_login(session: Session, name: str, password: Secret, realm: str) -> Task:
+def _password_login(
+    session: Session, name: str, password: Secret, realm: str, folder: str | None
+) -> Task:
     result = yield VerifyPassword(name, password, realm)
     assert isinstance(result, AuthResult)
     if result.temporary:
@@ -124,7 +129,7 @@ def _password_login(session: Session, name: str, password: Secret, realm: str) -
     settings = session.settings
     if settings.plaintext_login_pause > 0 and settings.policy.password_exposed(session.security):
         yield Pause(settings.plaintext_login_pause)
-    return (yield from open_maildrop(session, result.identity, "USER"))
+    return (yield from open_maildrop(session, result.identity, "USER", folder))
 
 
 # --- KPOP (pop3d -k): the user was proven by the Kerberos handshake before the greeting ---
@@ -136,7 +141,8 @@ def kpop_user(session: Session, argument: bytes) -> Outcome:
     if not argument:
         raise ArgumentError("Missing argument: user name")
     rules = session.settings.identity
-    name = canonical_user(argument, rules)
+    split = split_folder(argument, rules)
+    name = None if split is None else canonical_user(split[0], rules)
     proven = session.connection.kpop_user
     if name is None or proven is None or name != canonical_user(proven, rules):
         shown = name or argument.decode("utf-8", "replace")
@@ -146,6 +152,7 @@ def kpop_user(session: Session, argument: bytes) -> Outcome:
         session.err("[AUTH] The Kerberos ticket is not for this user")
         return Outcome.FAIL
     session.user = name
+    session.folder = split[1] if split is not None else None
     session.ok("User name accepted, any password will do")
     return Outcome.OK
 
@@ -153,14 +160,14 @@ def kpop_user(session: Session, argument: bytes) -> Outcome:
 def kpop_pass(session: Session, argument: bytes) -> Task:
     """PASS after a KPOP USER: no password check (fetchmail sends ``PASS krb_ticket``); the
     user must still exist, as for every login proven by something other than a password."""
-    name = session.user
+    name, folder = session.user, session.folder
     assert name is not None
-    session.user = None
+    session.user = session.folder = None
     result = yield ResolveUser(name)
     assert isinstance(result, AuthResult)
     if result.identity is None:
         return (yield from login_failed(session, name, "KPOP", result.reason))
-    return (yield from open_maildrop(session, result.identity, "KPOP"))
+    return (yield from open_maildrop(session, result.identity, "KPOP", folder))
 
 
 def apop(session: Session, argument: bytes) -> HandlerResult:
@@ -172,11 +179,16 @@ def apop(session: Session, argument: bytes) -> HandlerResult:
     tokens = commands.split_arguments(argument)
     if len(tokens) != 2 or len(tokens[1]) != 32 or not _HEX.issuperset(tokens[1]):
         raise ArgumentError("Syntax: APOP name digest (32 hexadecimal digits)")
-    name = canonical_user(tokens[0], session.settings.identity)
-    return _apop_login(session, name, tokens[0], tokens[1].decode("ascii").lower())
+    rules = session.settings.identity
+    split = split_folder(tokens[0], rules)
+    name = None if split is None else canonical_user(split[0], rules)
+    folder = None if split is None else split[1]
+    return _apop_login(session, name, tokens[0], tokens[1].decode("ascii").lower(), folder)
 
 
-def _apop_login(session: Session, name: str | None, raw_name: bytes, digest: str) -> Task:
+def _apop_login(
+    session: Session, name: str | None, raw_name: bytes, digest: str, folder: str | None
+) -> Task:
     if name is None:
         yield from login_failed(session, raw_name.decode("utf-8", "replace"), "APOP", "bad name")
         return Outcome.FAIL
@@ -186,7 +198,7 @@ def _apop_login(session: Session, name: str | None, raw_name: bytes, digest: str
     if result.identity is None:
         yield from login_failed(session, name, "APOP", result.reason)
         return Outcome.FAIL
-    return (yield from open_maildrop(session, result.identity, "APOP"))
+    return (yield from open_maildrop(session, result.identity, "APOP", folder))
 
 
 def login_failed(session: Session, name: str, method: str, reason: str) -> Task:
@@ -206,7 +218,10 @@ def login_unavailable(session: Session, name: str, method: str, reason: str) -> 
     return Outcome.FAIL
 
 
-def open_maildrop(session: Session, identity: str, method: str) -> Task:
+def open_maildrop(session: Session, identity: str, method: str, folder: str | None = None) -> Task:
+    """The login steps after the credentials: limits, the maildrop (``folder``: the
+    popsubfolders folder of it), LOGIN-DELAY. Login limits count ``identity``, whatever the
+    folder; each folder is a maildrop of its own, with its own lock."""
     limited = session.settings.limit_logins
     if limited:
         host = session.connection.peer_host or "-"
@@ -232,14 +247,17 @@ def open_maildrop(session: Session, identity: str, method: str) -> Task:
                     f"({refused.count} of {refused.limit}), try again later"
                 )
             return Outcome.FAIL
-    opened = yield OpenMaildrop(identity)
+    opened = yield OpenMaildrop(identity, folder)
     if isinstance(opened, StorageFailure):
         if limited:
             yield ReleaseMaildrop()  # gives back the claim
         session.notice(
             LoginFailed(identity, method, f"maildrop: {opened.detail}", authenticated=True)
         )
-        if opened.kind is FailureKind.IN_USE:
+        if opened.no_such_folder:
+            # Cyrus's text for a mailbox that does not exist (openinbox), code and all
+            session.err("[SYS/TEMP] Unable to open maildrop: Mailbox does not exist")
+        elif opened.kind is FailureKind.IN_USE:
             session.err("[IN-USE] Maildrop is locked by another session")
         else:
             session.err(f"[{opened.kind.value}] Unable to open maildrop")
@@ -252,6 +270,6 @@ def open_maildrop(session: Session, identity: str, method: str) -> Task:
         session.err(f"[LOGIN-DELAY] Logins must be at least {login_delay.describe(min_poll)} apart")
         return Outcome.FAIL
     session.enter_transaction(identity, opened)
-    session.notice(LoginSucceeded(identity, method))
+    session.notice(LoginSucceeded(identity, method, folder))
     session.ok(f"Mailbox locked and ready SESSIONID=<{session.connection.session_id}>")
     return Outcome.OK

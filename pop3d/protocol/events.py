@@ -32,9 +32,11 @@ class Close:
 
 @dataclass(frozen=True, slots=True)
 class OpenMaildrop(Request):
-    """Lock and list the user's maildrop. -> :class:`MaildropOpened` or :class:`StorageFailure`"""
+    """Lock and list the user's maildrop, or with ``folder`` (popsubfolders) that Maildir++
+    folder of it. -> :class:`MaildropOpened` or :class:`StorageFailure`"""
 
     user: str
+    folder: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +137,7 @@ class FailureKind(enum.Enum):
 class StorageFailure:
     kind: FailureKind
     detail: str  # for the log; the session chooses what the client sees
+    no_such_folder: bool = False  # the popsubfolders folder asked for does not exist
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +163,7 @@ class CommitResult:
 class LoginSucceeded:
     user: str
     method: str
+    folder: str | None = None  # popsubfolders: the folder opened instead of the INBOX
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ import re
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
-from pop3d.auth.identity import IdentityRules, canonical_user, login_realm
+from pop3d.auth.identity import IdentityRules, canonical_user, login_realm, split_folder
 from pop3d.protocol.authorization import (
     login_failed,
     login_permitted,
@@ -105,11 +105,14 @@ def _exchange(
 ) -> Task:
     method = f"AUTH {mechanism.name}"
     rules = session.settings.identity
+    # popsubfolders: mechanisms answer with the canonical user, so the folder a credential
+    # request named ("alice+work" in PLAIN's authcid) is kept here
+    folders: list[str] = []
     steps = exchange.run(
         mechanism,
         context_for(session, available),
         initial,
-        canonical=lambda request: _canonical_request(request, rules),
+        canonical=lambda request: _canonical_request(request, rules, folders),
     )
     reply: object = None
     # What a password check (PLAIN, LOGIN) answered: a user the authenticator vouched for
@@ -149,7 +152,14 @@ def _exchange(
         # Recorded now so the audit line of this login names the layer; undone below if
         # the login fails after all (RFC 4422 §3.7: a layer only follows a success).
         session.security = before.with_layer(LayerInfo(mechanism.name, result.layer.ssf))
-    outcome = yield from _authorize(session, result, mechanism, method, password_checked)
+    outcome = yield from _authorize(
+        session,
+        result,
+        mechanism,
+        method,
+        password_checked,
+        requested_folder=folders[-1] if folders else None,
+    )
     if outcome is not Outcome.OK:
         session.security = before
     elif result.layer is not None:
@@ -183,42 +193,54 @@ def _authorize(
     mechanism: Mechanism,
     method: str,
     password_checked: str | None = None,
+    *,
+    requested_folder: str | None = None,
 ) -> Task:
     rules = session.settings.identity
-    authcid = canonical_user(result.authcid, rules)
-    authzid = canonical_user(result.authzid, rules) if result.authzid else ""
-    if authcid is None or authzid is None:
+    # popsubfolders: "user+folder" in either identity (the authzid's folder first), as
+    # Cyrus's popd_canon_user strips and keeps it from both
+    as_cid = split_folder(result.authcid, rules)
+    as_zid = split_folder(result.authzid, rules) if result.authzid else ("", None)
+    authcid = None if as_cid is None else canonical_user(as_cid[0], rules)
+    authzid = None if as_zid is None else canonical_user(as_zid[0], rules) if as_zid[0] else ""
+    if as_cid is None or as_zid is None or authcid is None or authzid is None:
         return (yield from login_failed(session, result.authcid, method, "bad identity"))
+    folder = as_zid[1] or as_cid[1] or requested_folder
     target = authzid or authcid
     if target != authcid and authcid not in session.settings.proxy_authorizers:
         return (yield from login_failed(session, authcid, method, f"may not act as {target}"))
     if target == authcid and mechanism.flags & Flag.KERBEROS:
         # The realm vouched for this user (the principal mapped to a local name under the
         # site's rules): Kerberos users live in the KDC, not in our credential file.
-        return (yield from open_maildrop(session, target, method))
+        return (yield from open_maildrop(session, target, method, folder))
     if target == authcid == password_checked:
         # The authenticator checked this user's password a moment ago (with an external
         # checker the user may live only in saslauthd's backend or the KDC): as for
         # USER/PASS, no second look-up in the credential file.
-        return (yield from open_maildrop(session, target, method))
+        return (yield from open_maildrop(session, target, method, folder))
     known = yield ResolveUser(target)
     assert isinstance(known, AuthResult)
     if known.identity is None:
         return (yield from login_failed(session, target, method, known.reason))
-    return (yield from open_maildrop(session, known.identity, method))
+    return (yield from open_maildrop(session, known.identity, method, folder))
 
 
-def _canonical_request(request: Request, rules: IdentityRules) -> Request | None:
-    """``request`` with its user name canonical; None if the name is not a valid one."""
+def _canonical_request(
+    request: Request, rules: IdentityRules, folders: list[str] | None = None
+) -> Request | None:
+    """``request`` with its user name canonical; None if the name is not a valid one. A
+    popsubfolders folder in the name is taken off and appended to ``folders``."""
+    if not isinstance(request, VerifyPassword | FetchSecrets | ResolveUser):
+        return request
+    split = split_folder(request.user, rules)  # the credentials are the user's, any folder
+    name = None if split is None else canonical_user(split[0], rules)
+    if split is None or name is None:
+        return None
+    if split[1] is not None and folders is not None:
+        folders.append(split[1])
     if isinstance(request, VerifyPassword):
-        name = canonical_user(request.user, rules)
-        if name is None:
-            return None
-        return dataclasses.replace(request, user=name, realm=login_realm(request.user, rules))
-    if isinstance(request, FetchSecrets | ResolveUser):
-        name = canonical_user(request.user, rules)
-        return None if name is None else dataclasses.replace(request, user=name)
-    return request
+        return dataclasses.replace(request, user=name, realm=login_realm(split[0], rules))
+    return dataclasses.replace(request, user=name)
 
 
 def _base64(data: bytes) -> bytes | None:

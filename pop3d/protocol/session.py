@@ -99,6 +99,7 @@ class Session:
         self._table = KPOP_TABLE if connection.kpop_principal is not None else TABLE
         self.user: str | None = None  # USER argument, then the authenticated identity
         self.user_realm = ""  # the loginrealms realm USER named (identity.login_realm)
+        self.folder: str | None = None  # the popsubfolders folder USER named
         self._reader = LineReader(settings.line_limit)
         self._out = bytearray()
         self._notices: deque[LoginSucceeded | LoginFailed] = deque()

@@ -42,7 +42,7 @@ from pop3d.sasl.requests import (
 )
 from pop3d.security.secret import Secret
 from pop3d.server.limits import Claim, Exceeded, Gate
-from pop3d.storage.base import Maildrop, MaildropInUse, StorageError, Store
+from pop3d.storage.base import Maildrop, MaildropInUse, NoSuchFolder, StorageError, Store
 
 log = logging.getLogger("pop3d")
 
@@ -114,9 +114,17 @@ def _verify_bearer(work: Work, request: VerifyBearer) -> object:
 def _open_maildrop(work: Work, request: OpenMaildrop) -> object:
     assert work.store is not None
     try:
-        maildrop = work.store.open(request.user)
+        maildrop = work.store.open(request.user, request.folder)
     except MaildropInUse as exc:
         return StorageFailure(FailureKind.IN_USE, str(exc))
+    except NoSuchFolder as exc:
+        log.info(
+            "session %s: %s asked for a folder that does not exist: %s",
+            work.session_id,
+            request.user,
+            exc,
+        )
+        return StorageFailure(FailureKind.TEMPORARY, str(exc), no_such_folder=True)
     except (StorageError, OSError) as exc:
         log.error("session %s: cannot open maildrop of %s: %s", work.session_id, request.user, exc)
         return StorageFailure(FailureKind.TEMPORARY, str(exc))

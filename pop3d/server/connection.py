@@ -221,7 +221,9 @@ class Connection:
         self._telemetry_login(event.user)
         self._user = event.user
         self._mechanism = event.method.removeprefix("AUTH ")
-        self._audit_login(event.method, event.user, Result.OK)
+        # Cyrus's loginlog adds pop.subfolder; the user stays the one who logged in
+        folder = f"folder {event.folder}" if event.folder is not None else ""
+        self._audit_login(event.method, event.user, Result.OK, folder)
 
     async def _login_failed(self, event: LoginFailed) -> None:
         result = Result.REFUSED if event.authenticated else Result.FAIL

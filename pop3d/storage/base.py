@@ -14,6 +14,10 @@ class MaildropInUse(StorageError):
     """Another session holds the maildrop lock: [IN-USE]."""
 
 
+class NoSuchFolder(StorageError):
+    """The folder a ``user+folder`` login (popsubfolders) asked for does not exist."""
+
+
 class MessageGone(StorageError):
     """The message was removed by someone else after the listing was taken."""
 
@@ -42,4 +46,4 @@ class Maildrop(Protocol):
 
 
 class Store(Protocol):
-    def open(self, user: str) -> Maildrop: ...
+    def open(self, user: str, folder: str | None = None) -> Maildrop: ...

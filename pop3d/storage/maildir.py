@@ -59,7 +59,7 @@ from typing import BinaryIO
 
 from pop3d.config.imapd import Config, ConfigError, Problem
 from pop3d.message import SizeCounter, canonical_size
-from pop3d.storage.base import MaildropInUse, MessageGone, StorageError
+from pop3d.storage.base import MaildropInUse, MessageGone, NoSuchFolder, StorageError
 
 LOCK_NAME = "pop3d.lock"
 LAST_LOGIN_NAME = "pop3d-lastlogin"
@@ -441,11 +441,24 @@ class MaildirStore:
             out.append(values[key])
         return Path("".join(out))
 
-    def open(self, user: str) -> MaildirMaildrop:
-        path = self.path_for(user)
+    def folder_path(self, user: str, folder: str) -> Path:
+        """The Maildir++ folder ``.<folder>`` of the user's Maildir (popsubfolders). The
+        login already took only a valid folder name; this refuses anything that would not
+        be one entry inside the Maildir all the same."""
+        if not folder or folder.startswith(".") or "/" in folder or "\0" in folder:
+            raise StorageError(f"folder name {folder!r} refused")
+        return self.path_for(user) / f".{folder}"
+
+    def open(self, user: str, folder: str | None = None) -> MaildirMaildrop:
+        """The user's Maildir, or with ``folder`` (popsubfolders) that folder of it, which
+        must exist (:class:`NoSuchFolder`; a folder is never created). Each is a maildrop
+        of its own: its own lock, listing and kept UIDLs."""
+        path = self.path_for(user) if folder is None else self.folder_path(user, folder)
         try:
             folders = _Folders(path)
         except FileNotFoundError:
+            if folder is not None:
+                raise NoSuchFolder(f"{path} does not exist") from None
             if not self.create:
                 raise StorageError(f"{path} does not exist") from None
             # First login: make the Maildir (only now, not on every login).

@@ -19,7 +19,6 @@ ADMIN = [sys.executable, "-m", "pop3d.cli.admin"]
 REFUSED = (
     ("uidl_format", "dovecot", "uidl_format: dovecot has no effect here"),
     ("uidl_format", "cyrus", "uidl_format: cyrus has no effect here"),
-    ("popsubfolders", "yes", "popsubfolders: yes has no effect here"),
     ("popuseacl", "on", "popuseacl: yes has no effect here"),
     ("allowanonymouslogin", "1", "allowanonymouslogin: yes has no effect here"),
     ("pop3s_popuseacl", "true", "pop3s_popuseacl: yes has no effect here"),
@@ -39,29 +38,30 @@ def test_an_unimplemented_option_is_a_warning_at_its_line(
     assert warnings[0].startswith(f"t.conf:2: warning: {expected} (ignored): "), warnings
 
 
-@pytest.mark.parametrize("option", ["popsubfolders", "popuseacl", "allowanonymouslogin"])
+@pytest.mark.parametrize("option", ["popuseacl", "allowanonymouslogin"])
 def test_the_no_op_value_is_quiet(option: str) -> None:
     assert _warnings(f"{option}: no\n") == []
+
+
+def test_popsubfolders_is_implemented_and_quiet() -> None:
+    assert _warnings("popsubfolders: yes\n") == []
 
 
 def test_every_cyrus_pop_option_is_implemented_or_reported() -> None:
     """The Cyrus POP3 options (lib/imapoptions) that pop3d could ignore: each one either has
     an effect or is in NO_EFFECT, whose doc line says so."""
-    cyrus_pop = {"uidl_format", "popsubfolders", "popuseacl", "allowanonymouslogin"}
+    cyrus_pop = {"uidl_format", "popuseacl", "allowanonymouslogin"}
     assert set(NO_EFFECT) == cyrus_pop
     for name in cyrus_pop:
         assert OPTIONS[name].doc.startswith("Has no effect here"), name
-    for name in ("popuseimapflags", "maxlogins_per_user", "maxlogins_per_host"):
+    for name in ("popuseimapflags", "popsubfolders", "maxlogins_per_user", "maxlogins_per_host"):
         assert "compatibility" not in OPTIONS[name].doc.lower(), name
 
 
 def _refused_config(lab: Lab) -> tuple[str, int]:
     text = lab.config.read_text()
     first = len(text.splitlines()) + 1
-    lab.config.write_text(
-        text + "uidl_format: uidonly\npopsubfolders: yes\npopuseacl: yes\n"
-        "allowanonymouslogin: yes\n"
-    )
+    lab.config.write_text(text + "uidl_format: uidonly\npopuseacl: yes\nallowanonymouslogin: yes\n")
     return str(lab.config), first
 
 
@@ -78,9 +78,8 @@ def test_check_config_names_each_option(lab: Lab) -> None:
     assert result.returncode == 78, lines
     for offset, option, value in (
         (0, "uidl_format", "uidonly"),
-        (1, "popsubfolders", "yes"),
-        (2, "popuseacl", "yes"),
-        (3, "allowanonymouslogin", "yes"),
+        (1, "popuseacl", "yes"),
+        (2, "allowanonymouslogin", "yes"),
     ):
         wanted = f"{path}:{first + offset}: warning: {option}: {value} has no effect here"
         assert sum(line.startswith(wanted) for line in lines) == 1, (wanted, lines)
@@ -91,9 +90,7 @@ def test_pop3d_master_names_each_option_once_at_start(lab: Lab) -> None:
     server = start_server(lab, prefork=2)
     server.stop()
     log = server.log_text()
-    for offset, option in enumerate(
-        ("uidl_format", "popsubfolders", "popuseacl", "allowanonymouslogin")
-    ):
+    for offset, option in enumerate(("uidl_format", "popuseacl", "allowanonymouslogin")):
         wanted = f"{path}:{first + offset}: warning: {option}: "
         assert log.count(wanted) == 1, (wanted, log)
         assert "has no effect here" in log.split(wanted, 1)[1].splitlines()[0]
