@@ -6,6 +6,7 @@
     pop3d-admin [-C imapd.conf] deliver USER < message   atomic Maildir delivery (an MDA)
     pop3d-admin [-C imapd.conf] import --dovecot MAILDIR [--uidl-format F] USER
                                                          copy a Dovecot Maildir, UIDLs kept
+    pop3d-admin [-C imapd.conf] import --dovecot TEMPLATE --all   every user (%u in TEMPLATE)
     pop3d-admin [-C imapd.conf] import --mbox FILE [--uidl-format F] [--no-xuidl] USER
                                                          copy an mbox, X-UIDL or X-UID kept
     pop3d-admin [-C imapd.conf] check-config [-M cyrus.conf]
@@ -18,6 +19,7 @@ an MTA keeps the message and retries, and 67 (EX_NOUSER) for an unknown user.
 from __future__ import annotations
 
 import argparse
+import collections
 import getpass
 import os
 import shutil
@@ -54,7 +56,7 @@ from pop3d.sasl import registry
 from pop3d.security.secret import Secret
 from pop3d.storage.base import StorageError
 from pop3d.storage.dovecot_import import DEFAULT_UIDL_FORMAT, ImportFailed, import_dovecot
-from pop3d.storage.maildir import store_from_config
+from pop3d.storage.maildir import MaildirStore, store_from_config
 from pop3d.storage.mbox_import import import_mbox
 from pop3d.transport import tls
 
@@ -102,7 +104,13 @@ def _parser() -> argparse.ArgumentParser:
         help="--mbox: the old site did not serve X-UIDL headers (Dovecot's "
         "pop3_reuse_xuidl = no, its default): ignore them",
     )
-    importing.add_argument("user")
+    importing.add_argument(
+        "--all",
+        action="store_true",
+        help="every user of the credential file: MAILDIR or FILE is a template with %%u "
+        "(user), %%n (local part), %%d (domain); a user without one is passed over",
+    )
+    importing.add_argument("user", nargs="?", help="the user (not with --all)")
     check = commands.add_parser("check-config", help="validate imapd.conf and cyrus.conf")
     check.add_argument(
         "-M",
@@ -186,9 +194,36 @@ def cmd_deliver(config: Config, args: argparse.Namespace) -> int:
 
 def cmd_import(config: Config, args: argparse.Namespace) -> int:
     """Exit 0 when every message is in (some may have been there already), 65 (EX_DATAERR)
-    when some could not be read (reported and skipped), 78/75 when the import stopped."""
-    user = _user(config, args.user)
+    when some could not be read (reported and skipped), 78/75 when the import stopped (with
+    --all: for some user; the others went on)."""
+    template = args.mbox if args.mbox is not None else args.dovecot
+    if args.all == (args.user is not None):
+        fail(PROGRAM, EX_USAGE, "import: name one USER, or --all")
+    if not args.all:
+        return _import_one(config, args, _user(config, args.user), Path(template))
+    if "%u" not in template and "%n" not in template:
+        fail(PROGRAM, EX_USAGE, f"import --all: {template!r} names no user (%u or %n)")
+    names = sorted(r.name for r in credentials.CredentialFile(credentials_path(config)).users())
+    worst = 0
+    for user in names:
+        source = MaildirStore(template).path_for(user)
+        if not source.exists():
+            print(f"{user}: nothing at {source}")
+            continue
+        try:
+            code = _import_one(config, args, user, source)
+        except Exit as exc:
+            print(exc.message, file=sys.stderr)
+            code = exc.code
+        worst = max(worst, code, key=_SEVERITY.__getitem__)
+    return worst
 
+
+# 0 done, 65 some messages skipped, 75 (or any other) an import stopped: the worst is told
+_SEVERITY: dict[int, int] = collections.defaultdict(lambda: 2, {0: 0, EX_DATAERR: 1})
+
+
+def _import_one(config: Config, args: argparse.Namespace, user: str, source: Path) -> int:
     def report(line: str) -> None:
         print(f"{PROGRAM}: {line}", file=sys.stderr)
 
@@ -196,7 +231,7 @@ def cmd_import(config: Config, args: argparse.Namespace) -> int:
         store = store_from_config(config)
         if args.mbox is not None:
             result = import_mbox(
-                Path(args.mbox),
+                source,
                 store,
                 user,
                 report,
@@ -204,7 +239,7 @@ def cmd_import(config: Config, args: argparse.Namespace) -> int:
                 reuse_xuidl=not args.no_xuidl,
             )
         else:
-            result = import_dovecot(Path(args.dovecot), store, user, args.uidl_format, report)
+            result = import_dovecot(source, store, user, args.uidl_format, report)
     except ImportFailed as exc:
         fail(PROGRAM, EX_TEMPFAIL, f"import stopped: {exc}")
     print(

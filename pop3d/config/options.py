@@ -354,8 +354,8 @@ OPTIONS: dict[str, Option] = {
             "Maildir++ folder .folder of the user's Maildir, which must exist (else -ERR "
             "[SYS/TEMP] Unable to open maildrop: Mailbox does not exist, as Cyrus); each "
             "folder has its own lock and UIDLs. user+ is the INBOX, as in Cyrus; a folder "
-            "name with /, a control character or an empty part (., .., .x) is an invalid "
-            "user name. Without it, user+folder is an ordinary user name.",
+            "name with /, \\, :, a control character or an empty part (., .., .x) is an "
+            "invalid user name. Without it, user+folder is an ordinary user name.",
         ),
         _o(
             "popuseacl",

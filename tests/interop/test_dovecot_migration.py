@@ -376,3 +376,52 @@ def _check_served(lab: Lab, before: Seen) -> None:
     assert after.uidl == before.uidl
     assert after.listing == before.listing
     assert after.messages == before.messages
+
+
+# --- every user at once ---------------------------------------------------------------
+
+
+def _look_as(port: int, user: str, password: str) -> list[bytes]:
+    client = poplib.POP3("127.0.0.1", port, timeout=30)
+    try:
+        client.user(user)
+        client.pass_(password)
+        return client.uidl()[1]
+    finally:
+        client.quit()
+
+
+def test_import_all_users_from_a_template(tmp_path: Path) -> None:
+    users = {USER: PASSWORD, "dave": "dave-pw"}
+    with running_dovecot(users, MAILDIR) as old:
+        for number in (1, 2, 3):
+            old.deliver(USER, _message(number))
+        old.deliver("dave", _message(4))
+        before = {user: _look_as(old.port, user, password) for user, password in users.items()}
+        lab = Lab(tmp_path / "lab", users={**users, "erin": "no-mail"}).create()
+        template = str(old.root / "home" / "%u" / "Maildir")
+        for wrong in ((USER, "--all"), ()):
+            refused = _admin(lab, "import", "--dovecot", template, *wrong)
+            assert refused.returncode == 64, refused.stderr
+            assert b"name one USER, or --all" in refused.stderr
+        refused = _admin(lab, "import", "--dovecot", str(old.maildir(USER)), "--all")
+        assert refused.returncode == 64 and b"names no user (%u or %n)" in refused.stderr
+        done = _admin(lab, "import", "--dovecot", template, "--all")
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.decode().splitlines() == [
+            f"{USER}: 3 imported, 0 already there, 0 skipped",
+            "dave: 1 imported, 0 already there, 0 skipped",
+            f"erin: nothing at {old.root / 'home' / 'erin' / 'Maildir'}",
+        ]
+        # one user's import stops (a corrupt uidlist): reported, the others go on, exit 75
+        (old.maildir("dave") / "dovecot-uidlist").write_text("3 V1 N2\nx :y\n")
+        again = _admin(lab, "import", "--dovecot", template, "--all")
+        assert again.returncode == 75, again.stderr
+        assert f"{USER}: 0 imported, 3 already there, 0 skipped" in again.stdout.decode()
+        assert b"import stopped: " in again.stderr and b"dovecot-uidlist:2:" in again.stderr
+    server = start_server(lab)
+    try:
+        for user, password in users.items():
+            assert _look_as(server.port, user, password) == before[user], user
+    finally:
+        server.stop()
