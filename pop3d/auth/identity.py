@@ -97,8 +97,8 @@ def split_folder(raw: bytes | str, rules: IdentityRules) -> tuple[str, str | Non
 
 def valid_folder(name: str) -> bool:
     """A Maildir++ folder name that stays one directory entry (``.name``) in the Maildir:
-    dot-separated parts, none empty (so no ".", ".." or leading dot), no "/" or "\\", no
-    control character, at most 254 octets."""
+    dot-separated parts, none empty (so no ".", ".." or leading dot), none of the "/", ":"
+    and "\\" a user name may not hold either, no control character, at most 254 octets."""
     return (
         0 < len(name.encode("utf-8")) <= _FOLDER_MAX
         and all(name.split("."))

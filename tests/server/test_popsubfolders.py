@@ -188,6 +188,8 @@ def test_names_that_would_leave_the_maildir_are_invalid(
     try:
         _expect_error(INVALID_NAME, pop.user, name)
         _expect_error(b"-ERR [AUTH] Invalid login", pop.apop, name, "wonderland")
+        token = base64.b64encode(f"\0{name}\0wonderland".encode()).decode()
+        _expect_error(b"-ERR [AUTH] Invalid login", pop._shortcmd, f"AUTH PLAIN {token}")
     finally:
         pop.close()
 
