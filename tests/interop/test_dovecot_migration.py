@@ -299,7 +299,7 @@ def test_mbox_moves_without_a_download(
 # --- an import killed part way, then resumed -------------------------------------------
 
 
-BULK = 1500
+BULK = 300  # the import takes seconds (3 fsyncs a message): the kill lands after 20
 
 
 def _kill_part_way(lab: Lab, args: tuple[str, ...], total: int) -> int:
@@ -330,6 +330,7 @@ def _bulk_message(number: int) -> bytes:
     return _message(1).replace(b"message 1", b"bulk %d" % number) + b"x" * 2000 + b"\n"
 
 
+@pytest.mark.slow
 def test_a_killed_maildir_import_resumes_without_duplicates(tmp_path: Path) -> None:
     with running_dovecot({USER: PASSWORD}, MAILDIR) as old:
         new = old.maildir(USER) / "new"
@@ -349,6 +350,7 @@ def test_a_killed_maildir_import_resumes_without_duplicates(tmp_path: Path) -> N
     _check_served(lab, before)
 
 
+@pytest.mark.slow
 def test_a_killed_mbox_import_resumes_without_duplicates(tmp_path: Path) -> None:
     with running_dovecot({USER: PASSWORD}, MBOX) as old:
         old.deliver(USER, _message(1))
