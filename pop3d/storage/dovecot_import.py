@@ -3,7 +3,8 @@ each message's POP3 UIDL (issue 14).
 
 * The UIDL kept is the uidlist's ``P<uidl>`` field where present, else what Dovecot's
   ``pop3_uidl_format`` produced (``%08Xu%08Xv`` by default: %u the UID, %v the
-  UIDVALIDITY, %f the file name, %g the mailbox GUID; ``0``/width padding and the X (hex,
+  UIDVALIDITY, %f the file name, %g the message's GUID (the uidlist's G field, else the
+  base file name, as Dovecot's Maildir has it); ``0``/width padding and the X (hex,
   lower case as Dovecot prints it), L and U modifiers).
 * Each message gets a new, deterministic unique part, ``<uidvalidity>.I<uid>V<uidvalidity>
   .dovecot`` (UID zero-padded, so messages list in UID order and before later deliveries),
@@ -60,6 +61,7 @@ class UidlistEntry:
     filename: str
     pop3_uidl: str | None
     line: int
+    guid: str | None = None  # the G field; without one Dovecot's GUID is the base name
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +105,8 @@ def parse_uidlist(text: str, path: str) -> Uidlist:
             raise ImportFailed(f"{path}:{number}: UID {uid} is not above the previous {last}")
         last = uid
         pop3 = next((p[1:] for p in parts[1:] if p.startswith("P")), None)
-        entries.append(UidlistEntry(uid, filename, pop3 or None, number))
+        guid = next((p[1:] for p in parts[1:] if p.startswith("G")), None)
+        entries.append(UidlistEntry(uid, filename, pop3 or None, number, guid or None))
     return Uidlist(int(fields["V"]), fields.get("G", ""), tuple(entries))
 
 
@@ -226,7 +229,11 @@ def _import(
             result.present += 1
             continue
         uidl = entry.pop3_uidl or expand_format(
-            uidl_format, entry.uid, uidlist.uidvalidity, entry.filename, uidlist.guid
+            uidl_format,
+            entry.uid,
+            uidlist.uidvalidity,
+            entry.filename,
+            entry.guid or entry.filename.partition(":")[0],
         )
         located = files.get(entry.filename.partition(":")[0])
         reason = None

@@ -147,9 +147,10 @@ def _import(lab: Lab, *args: str) -> str:
         ("", None),  # Dovecot's default, %08Xu%08Xv
         ("pop3_uidl_format = %v.%u\n", "%v.%u"),
         ("pop3_uidl_format = %f\n", "%f"),
+        ("pop3_uidl_format = %g\n", "%g"),  # a Maildir message's GUID: its base name
         ("pop3_uidl_format = %v-%u\npop3_save_uidl = yes\n", "%v-%u"),
     ],
-    ids=["default", "custom", "filename", "saved"],
+    ids=["default", "custom", "filename", "guid", "saved"],
 )
 def test_maildir_moves_without_a_download(
     tmp_path: Path, settings: str, uidl_format: str | None
