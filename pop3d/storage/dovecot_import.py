@@ -19,7 +19,9 @@ each message's POP3 UIDL (issue 14).
 * The source is only read: nothing there is written, renamed or locked. The whole uidlist
   is parsed before anything is written: a corrupt one stops the import with file:line and
   reason, the target unchanged. A message that cannot be read is reported and skipped.
-* The bytes are copied exactly; flags (``:2,<flags>`` of a message in ``cur/``) are kept.
+* The bytes are copied exactly; flags (``:2,<flags>`` of a message in ``cur/``) are kept;
+  so is the ``,W=`` size Dovecot's LIST gave (2 short for a message without a final line
+  end, which Dovecot does not count), so LIST answers what it answered.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from pop3d.storage.maildir import (
     _ensure_maildir,
     _Folders,
     _open_message,
+    size_hint,
     unique_part,
     valid_uidl,
 )
@@ -270,19 +273,38 @@ def _copy(
     _, sep, info = name.partition(":")
     destination = "cur" if subdir == "cur" and sep else "new"
     write_message(
-        folders, unique, uidl, data, destination=destination, info=f":{info}" if sep else ""
+        folders,
+        unique,
+        uidl,
+        data,
+        destination=destination,
+        info=f":{info}" if sep else "",
+        listed=size_hint(name),
     )
     return None
 
 
 def write_message(
-    folders: _Folders, unique: str, uidl: str, data: bytes, *, destination: str, info: str
+    folders: _Folders,
+    unique: str,
+    uidl: str,
+    data: bytes,
+    *,
+    destination: str,
+    info: str,
+    listed: int | None = None,
 ) -> None:
     """The ``pop3d-uidl`` line (fsync), then ``data`` in tmp/ (fsync), linked as
-    ``<unique>,S=,W=<info>`` into ``destination`` (new or cur; fsync)."""
+    ``<unique>,S=,W=<info>`` into ``destination`` (new or cur; fsync). ``listed``: the size
+    the old server's LIST gave, kept as W= where it is the size or 2 short of it (Dovecot's
+    W= leaves out the line end sent after a message without a final one; pop3d's RETR
+    allows for that, DESIGN.md, Storage)."""
     counter = SizeCounter()
     counter.feed(data)
-    final = f"{unique},S={len(data)},W={counter.finish()}{info}"
+    size = counter.finish()
+    if listed is not None and listed in (size, size - 2):
+        size = listed
+    final = f"{unique},S={len(data)},W={size}{info}"
     _append_uidl(folders.root, unique, uidl)
     tmp = folders.fds["tmp"]
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC

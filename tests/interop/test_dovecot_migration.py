@@ -38,9 +38,11 @@ OPTIONS = ("-p", "POP3", "--auth", "password", "--sslproto", "", "--uidl", "--ke
 
 def _message(number: int, extra: bytes = b"") -> bytes:
     """Mail as an MTA hands it over: LF line ends; a dot-led line (dot-stuffing), a body
-    line starting "From " (mbox escaping), 8-bit text, and one big message."""
-    body = b"line one\n.a line with a leading dot\nFrom the start of a line\n"
-    body += b">From quoted\ncaf\xc3\xa9 8-bit\n"
+    line starting "From " after an empty line (mbox escaping), 8-bit text, one big message
+    and one without a final line end (Dovecot's LIST leaves out the CRLF it adds)."""
+    body = b"line one\n.a line with a leading dot\n\nFrom the start of a line\n"
+    body += b">From quoted\ncaf\xc3\xa9 8-bit"
+    body += b"" if number == 5 else b"\n"
     if number == 3:
         body += b"0123456789abcdef\n" * 4096  # 68 KiB
     return (
