@@ -17,10 +17,12 @@ from pathlib import Path
 import pytest
 
 from pop3d.auth.identity import IdentityRules, split_folder, valid_folder
+from tests.interop.conftest import run
 from tests.interop.test_fetchmail import FETCHED, Fetchmail
 from tests.support.lab import Lab, Server, start_server
 
 TIMEOUT = 10
+POP3TEST = "/usr/lib/cyrus/bin/pop3test"
 LOCKED = b"+OK Mailbox locked and ready SESSIONID=<"
 NO_FOLDER = b"-ERR [SYS/TEMP] Unable to open maildrop: Mailbox does not exist"
 INVALID_NAME = b"-ERR [AUTH] Invalid user name"
@@ -44,7 +46,11 @@ def _folder(lab: Lab, user: str, name: str, messages: list[tuple[str, bytes]]) -
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     lab = Lab(
         tmp_path_factory.mktemp("subfolders") / "lab",
-        extra_config="popsubfolders: yes\nvirtdomains: userid\nmaxlogins_per_user: 2\n",
+        extra_config=(
+            "popsubfolders: yes\nvirtdomains: userid\nmaxlogins_per_user: 2\n"
+            # pop3test puts the host it dials in DIGEST-MD5's digest-uri
+            "servername: localhost\nsasl_mech_list: SCRAM-SHA-256 DIGEST-MD5 CRAM-MD5 PLAIN\n"
+        ),
     ).create()
     lab.set_password("dora@example.org", "explorer")
     running = start_server(lab)
@@ -117,6 +123,20 @@ def test_apop_and_auth_plain(server: Server, lab: Lab) -> None:
             assert _uidls(pop) == [name.encode() for name, _data in WORK], (authcid, authzid)
         finally:
             pop.quit()
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize("mechanism", ["SCRAM-SHA-256", "DIGEST-MD5", "CRAM-MD5"])
+def test_cyrus_pop3test_authenticates_into_the_folder(
+    server: Server, lab: Lab, mechanism: str
+) -> None:
+    """Cyrus's own client (libsasl2), as a Cyrus site's users log in to a folder."""
+    args = ["-p", str(server.port), "-m", mechanism, "-a", "alice+work", "-u", "alice+work"]
+    done = run([POP3TEST, *args, "-w", "wonderland", "localhost"], input=b"STAT\r\nQUIT\r\n")
+    out = done.stdout.decode(errors="replace") + done.stderr.decode(errors="replace")
+    assert "Authenticated." in out, out
+    size = sum(len(data) + data.count(b"\n") for _n, data in WORK)
+    assert f"+OK 2 {size}" in out, out
 
 
 def test_each_folder_has_its_own_lock_and_the_users_limit(server: Server, lab: Lab) -> None:
