@@ -46,8 +46,9 @@ if [ "${#missing[@]}" -gt 0 ]; then
     "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# The bench's smoke test (tests/bench) measures against Debian's Dovecot, installed without
-# its system service.
+# The bench's smoke test (tests/bench) measures against Debian's Dovecot, and the migration
+# tests (tests/interop/test_dovecot_migration.py) move mail from it (dovecot-lda, doveadm):
+# installed without its system service.
 if [ "$want_test" = 1 ] && [ "$(id -u)" -eq 0 ]; then
     bash bench/install-dovecot.sh
 fi
