@@ -204,9 +204,12 @@ def cmd_import(config: Config, args: argparse.Namespace) -> int:
     if "%u" not in template and "%n" not in template:
         fail(PROGRAM, EX_USAGE, f"import --all: {template!r} names no user (%u or %n)")
     names = sorted(r.name for r in credentials.CredentialFile(credentials_path(config)).users())
+    try:
+        sources = {user: MaildirStore(template).path_for(user) for user in names}
+    except StorageError as exc:
+        fail(PROGRAM, EX_USAGE, f"import --all: {exc}")
     worst = 0
-    for user in names:
-        source = MaildirStore(template).path_for(user)
+    for user, source in sources.items():
         if not source.exists():
             print(f"{user}: nothing at {source}")
             continue

@@ -411,6 +411,8 @@ def test_import_all_users_from_a_template(tmp_path: Path) -> None:
             assert b"name one USER, or --all" in refused.stderr
         refused = _admin(lab, "import", "--dovecot", str(old.maildir(USER)), "--all")
         assert refused.returncode == 64 and b"names no user (%u or %n)" in refused.stderr
+        refused = _admin(lab, "import", "--mbox", "/var/mail/%u%x", "--all")
+        assert refused.returncode == 64 and b"unknown %x" in refused.stderr, refused.stderr
         done = _admin(lab, "import", "--dovecot", template, "--all")
         assert done.returncode == 0, done.stderr
         assert done.stdout.decode().splitlines() == [
