@@ -62,10 +62,11 @@ if [ "$want_test" = 1 ]; then
     extras="[test]"
     stamp=".venv/.installed-test"
 fi
-digest=$(sha256sum pyproject.toml | cut -d' ' -f1)
+digest=$(cat pyproject.toml requirements.lock | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ]; then
     .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-    .venv/bin/python -m pip install -q -e ".${extras}"
+    # the runtime dependencies exactly as locked (scripts/audit.sh audits that file)
+    .venv/bin/python -m pip install -q -e ".${extras}" -c requirements.lock
     echo "$digest" > "$stamp"
 fi
 
