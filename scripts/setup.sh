@@ -31,6 +31,9 @@ if [ "$want_test" = 1 ]; then
     # (tests/server/test_operations.py, tests/cli/test_contrib.py); the privilege-drop tests
     # make their own system account (pop3d-test) with useradd (passwd, always present)
     packages+=(systemd)
+    # libfuse 3 (mfusepy loads it) for the filesystem that fails with EIO on demand
+    # (tests/faults/test_eio.py); fuse3 has fusermount3, to unmount one by hand
+    packages+=(fuse3 libfuse3-3)
 fi
 
 missing=()
