@@ -265,18 +265,22 @@ def list_users(server: Server, credentials: Login) -> list[str]:
             raise ImportFailed(f"{server}: LIST refused: {_text(data)}")
         users = []
         for item in data:
-            line = item[0] + item[1] if isinstance(item, tuple) else item
+            # a name sent as a literal comes as (b'(flags) "." {n}', b'name')
+            line = item[0] if isinstance(item, tuple) else item
             if not isinstance(line, bytes):
                 continue
             match = _LIST_LINE.match(line)
             if match is None or b"\\noselect" in match.group("flags").lower():
                 continue
-            name = _unquote(match.group("name")).decode("utf-8", "replace")
+            raw = item[1] if isinstance(item, tuple) else _unquote(match.group("name"))
+            name = raw.decode("utf-8", "replace")
             user = name[len("user") + len(separator) :]
             users.append(user.replace("^", ".") if separator == "." else user)
         return sorted(users)
     except (OSError, imaplib.IMAP4.abort) as exc:
         raise ImportFailed(f"connection to {server} lost: {_reason(exc)}") from None
+    except imaplib.IMAP4.error as exc:
+        raise ImportFailed(f"{server}: {_server_words(exc)}") from None
     finally:
         _close(connection)
 
