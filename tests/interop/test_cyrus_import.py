@@ -312,7 +312,10 @@ def test_a_killed_run_resumes_without_duplicates(tmp_path: Path, cyrus: Cyrus) -
         process.stderr.close()
     assert process.returncode == -signal.SIGKILL
     partial = len(lab.messages("hank"))
-    assert 20 <= partial < BIG_COUNT
+    assert 0 < partial < BIG_COUNT
+    # the kill may land between a message's sidecar line and its link: a line too many,
+    # which the reader ignores and the resumed run writes again
+    assert sidecar.read_bytes().count(b"\n") in (partial, partial + 1)
 
     resumed = admin_import(lab, cyrus, "hank")
     assert resumed.returncode == 0, resumed.stderr
