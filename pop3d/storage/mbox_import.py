@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from pop3d.storage.dovecot_import import ImportFailed, ImportReport, locked_target, write_message
+from pop3d.storage.importing import ImportFailed, ImportReport, locked_target, write_message
 from pop3d.storage.maildir import (
     MaildirStore,
     _Folders,
