@@ -27,10 +27,17 @@ if [ "$want_test" = 1 ]; then
     packages+=(krb5-kdc krb5-admin-server krb5-user libsasl2-modules-gssapi-mit)
     # man and groff render the manual pages in tests/cli/test_man_pages.py (groff -ww)
     packages+=(man-db groff-base)
+    # Cyrus 3.6 for the IMAP import tests (tests/support/cyrus.py unpacks cyrus-common,
+    # cyrus-imapd and cyrus-pop3d, never installed): what its binaries link beyond the
+    # packages' own libraries, and the sasldb plug-in its users log in with
+    packages+=(libsasl2-modules-db libwrap0 libssl3 zlib1g libcom-err2)
     # systemd-socket-activate and systemd-analyze: socket activation and the contrib/ units
     # (tests/server/test_operations.py, tests/cli/test_contrib.py); the privilege-drop tests
     # make their own system account (pop3d-test) with useradd (passwd, always present)
     packages+=(systemd)
+    # libfuse 3 (mfusepy loads it) for the filesystem that fails with EIO on demand
+    # (tests/faults/test_eio.py); fuse3 has fusermount3, to unmount one by hand
+    packages+=(fuse3 libfuse3-3)
 fi
 
 missing=()
@@ -63,11 +70,18 @@ if [ "$want_test" = 1 ]; then
     extras="[test]"
     stamp=".venv/.installed-test"
 fi
-digest=$(sha256sum pyproject.toml | cut -d' ' -f1)
+digest=$(cat pyproject.toml requirements.lock | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ]; then
     .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-    .venv/bin/python -m pip install -q -e ".${extras}"
+    # the runtime dependencies exactly as locked (scripts/audit.sh audits that file)
+    .venv/bin/python -m pip install -q -e ".${extras}" -c requirements.lock
     echo "$digest" > "$stamp"
+fi
+
+# Debian's Cyrus unpacked once into tests/.cache/cyrus (apt-get download, dpkg -x): the
+# import tests start it without the network.
+if [ "$want_test" = 1 ]; then
+    .venv/bin/python -m tests.support.cyrus
 fi
 
 # The manual pages where man(1) finds them: an editable install skips pyproject's data-files,

@@ -7,4 +7,5 @@ bash scripts/setup.sh --test
 .venv/bin/ruff format --check .
 .venv/bin/mypy
 .venv/bin/mypy --strict --follow-imports=silent fuzz  # the harnesses are typed too
+bash scripts/audit.sh
 exec .venv/bin/pytest -n 4 "$@"

@@ -6,9 +6,13 @@
     pop3d-admin [-C imapd.conf] deliver USER < message   atomic Maildir delivery (an MDA)
     pop3d-admin [-C imapd.conf] import --dovecot MAILDIR [--uidl-format F] USER
                                                          copy a Dovecot Maildir, UIDLs kept
-    pop3d-admin [-C imapd.conf] import --dovecot TEMPLATE --all   every user (%u in TEMPLATE)
     pop3d-admin [-C imapd.conf] import --mbox FILE [--uidl-format F] [--no-xuidl] USER
                                                          copy an mbox, X-UIDL or X-UID kept
+    pop3d-admin [-C imapd.conf] import (--dovecot|--mbox) TEMPLATE --all
+                                                         every user (%u in TEMPLATE)
+    pop3d-admin [-C imapd.conf] import --imap HOST[:PORT] [--imap-tls starttls|imaps|none]
+                [--admin NAME] --password-file FILE [--uidl-format F | --cyrus-config FILE]
+                (USER | --all)                          copy INBOXes from Cyrus, UIDLs kept
     pop3d-admin [-C imapd.conf] check-config [-M cyrus.conf]
     pop3d-admin man [PAGE]                               the manual pages (list, or show one)
 
@@ -42,8 +46,11 @@ from pop3d.cli.common import (
     DEFAULT_IMAPD_CONF,
     EX_CONFIG,
     EX_DATAERR,
+    EX_NOINPUT,
+    EX_NOPERM,
     EX_NOUSER,
     EX_TEMPFAIL,
+    EX_UNAVAILABLE,
     EX_USAGE,
     Exit,
     fail,
@@ -54,8 +61,11 @@ from pop3d.config import cyrus, imapd
 from pop3d.config.imapd import Config, ConfigError
 from pop3d.sasl import registry
 from pop3d.security.secret import Secret
+from pop3d.storage import imap_import
 from pop3d.storage.base import StorageError
-from pop3d.storage.dovecot_import import DEFAULT_UIDL_FORMAT, ImportFailed, import_dovecot
+from pop3d.storage.dovecot_import import DEFAULT_UIDL_FORMAT, import_dovecot
+from pop3d.storage.imap_import import LoginRefused, NoSuchMailbox, ServerUnreachable
+from pop3d.storage.importing import ImportFailed, ImportReport
 from pop3d.storage.maildir import MaildirStore, store_from_config
 from pop3d.storage.mbox_import import import_mbox
 from pop3d.transport import tls
@@ -87,16 +97,24 @@ def _parser() -> argparse.ArgumentParser:
     deliver = commands.add_parser("deliver", help="deliver a message from stdin")
     deliver.add_argument("user")
     importing = commands.add_parser(
-        "import", help="import a Dovecot Maildir or an mbox, keeping POP3 UIDLs"
+        "import",
+        help="import a Dovecot Maildir, an mbox or a Cyrus INBOX over IMAP, keeping POP3 UIDLs",
     )
     sources = importing.add_mutually_exclusive_group(required=True)
     sources.add_argument("--dovecot", metavar="MAILDIR", help="the user's Dovecot Maildir")
     sources.add_argument("--mbox", metavar="FILE", help="the user's mbox (/var/mail/USER)")
+    sources.add_argument(
+        "--imap",
+        metavar="HOST[:PORT]",
+        help="a running Cyrus (or other IMAP server): the user's INBOX, read only",
+    )
     importing.add_argument(
         "--uidl-format",
-        default=DEFAULT_UIDL_FORMAT,
-        help="the old site's pop3_uidl_format, for messages without a P field (an mbox: "
-        "with X-UID headers and no X-UIDL) (default %(default)s)",
+        default=None,
+        help="--dovecot: the old site's pop3_uidl_format, for messages without a P field "
+        "(--mbox: with X-UID headers and no X-UIDL) "
+        f"(default {DEFAULT_UIDL_FORMAT}); --imap: the old site's uidl_format, one of "
+        f"{', '.join(imap_import.UIDL_FORMATS)} (default {imap_import.DEFAULT_UIDL_FORMAT})",
     )
     importing.add_argument(
         "--no-xuidl",
@@ -105,9 +123,37 @@ def _parser() -> argparse.ArgumentParser:
         "pop3_reuse_xuidl = no, its default): ignore them",
     )
     importing.add_argument(
+        "--cyrus-config",
+        metavar="FILE",
+        help="--imap: read uidl_format from the old site's imapd.conf",
+    )
+    importing.add_argument(
+        "--imap-tls",
+        choices=imap_import.TLS_MODES,
+        default="none",
+        help="--imap: STARTTLS, implicit TLS (port 993 by default) or none (default; "
+        "only on loopback or a trusted network)",
+    )
+    importing.add_argument(
+        "--imap-ca", metavar="FILE", help="--imap: CA certificates (default: the system's)"
+    )
+    importing.add_argument(
+        "--admin",
+        metavar="NAME",
+        help="--imap: log in as this Cyrus administrator acting for each user "
+        "(AUTHENTICATE PLAIN with the user as authorization identity)",
+    )
+    importing.add_argument(
+        "--password-file",
+        metavar="FILE",
+        help="--imap: the administrator's password (with --admin), else the user's: the "
+        "first line of FILE",
+    )
+    importing.add_argument(
         "--all",
         action="store_true",
-        help="every user of the credential file: MAILDIR or FILE is a template with %%u "
+        help="--imap --admin: every user with an INBOX there (LIST user.%%); --dovecot, "
+        "--mbox: every user of the credential file, MAILDIR or FILE a template with %%u "
         "(user), %%n (local part), %%d (domain); a user without one is passed over",
     )
     importing.add_argument("user", nargs="?", help="the user (not with --all)")
@@ -195,7 +241,17 @@ def cmd_deliver(config: Config, args: argparse.Namespace) -> int:
 def cmd_import(config: Config, args: argparse.Namespace) -> int:
     """Exit 0 when every message is in (some may have been there already), 65 (EX_DATAERR)
     when some could not be read (reported and skipped), 78/75 when the import stopped (with
-    --all: for some user; the others went on)."""
+    --all: for some user; the others went on); --imap: 69 (EX_UNAVAILABLE) no connection,
+    77 (EX_NOPERM) login refused, 67 (EX_NOUSER) no such mailbox."""
+    if args.imap is not None:
+        return _import_imap(config, args)
+    for name in ("cyrus_config", "admin", "password_file", "imap_ca"):
+        if getattr(args, name) is not None:
+            fail(PROGRAM, EX_USAGE, f"--{name.replace('_', '-')} is for --imap")
+    if args.imap_tls != "none":
+        fail(PROGRAM, EX_USAGE, "--imap-tls is for --imap")
+    if args.no_xuidl and args.mbox is None:
+        fail(PROGRAM, EX_USAGE, "--no-xuidl is for --mbox")
     template = args.mbox if args.mbox is not None else args.dovecot
     if args.all == (args.user is not None):
         fail(PROGRAM, EX_USAGE, "import: name one USER, or --all")
@@ -227,9 +283,7 @@ _SEVERITY: dict[int, int] = collections.defaultdict(lambda: 2, {0: 0, EX_DATAERR
 
 
 def _import_one(config: Config, args: argparse.Namespace, user: str, source: Path) -> int:
-    def report(line: str) -> None:
-        print(f"{PROGRAM}: {line}", file=sys.stderr)
-
+    uidl_format = args.uidl_format or DEFAULT_UIDL_FORMAT
     try:
         store = store_from_config(config)
         if args.mbox is not None:
@@ -237,19 +291,98 @@ def _import_one(config: Config, args: argparse.Namespace, user: str, source: Pat
                 source,
                 store,
                 user,
-                report,
-                uidl_format=args.uidl_format,
+                _report,
+                uidl_format=uidl_format,
                 reuse_xuidl=not args.no_xuidl,
             )
         else:
-            result = import_dovecot(source, store, user, args.uidl_format, report)
+            result = import_dovecot(source, store, user, uidl_format, _report)
     except ImportFailed as exc:
         fail(PROGRAM, EX_TEMPFAIL, f"import stopped: {exc}")
+    _summary(user, result)
+    return EX_DATAERR if result.skipped else 0
+
+
+def _report(line: str) -> None:
+    print(f"{PROGRAM}: {line}", file=sys.stderr)
+
+
+def _summary(user: str, result: ImportReport) -> None:
     print(
         f"{user}: {result.imported} imported, {result.present} already there, "
         f"{len(result.skipped)} skipped"
     )
-    return EX_DATAERR if result.skipped else 0
+
+
+def _import_imap(config: Config, args: argparse.Namespace) -> int:
+    if args.all == (args.user is not None):
+        fail(PROGRAM, EX_USAGE, "import --imap: give one USER or --all")
+    if args.all and args.admin is None:
+        fail(PROGRAM, EX_USAGE, "import --imap --all needs --admin (to list the users)")
+    if args.password_file is None:
+        fail(PROGRAM, EX_USAGE, "import --imap needs --password-file (never a password in argv)")
+    if args.uidl_format is not None and args.cyrus_config is not None:
+        fail(PROGRAM, EX_USAGE, "give --uidl-format or --cyrus-config, not both")
+    uidl_format = args.uidl_format or imap_import.DEFAULT_UIDL_FORMAT
+    if uidl_format not in imap_import.UIDL_FORMATS:
+        choices = ", ".join(imap_import.UIDL_FORMATS)
+        fail(PROGRAM, EX_USAGE, f"--uidl-format {uidl_format!r}: expected one of {choices}")
+    try:
+        host, port = imap_import.parse_address(args.imap, args.imap_tls)
+    except ValueError as exc:
+        fail(PROGRAM, EX_USAGE, f"--imap {exc}")
+    try:
+        if args.cyrus_config is not None:
+            uidl_format = imap_import.uidl_format_from_config(Path(args.cyrus_config))
+    except ImportFailed as exc:
+        fail(PROGRAM, EX_CONFIG, str(exc))
+    server = imap_import.Server(host, port, args.imap_tls, args.imap_ca)
+    credentials = imap_import.Login(_password_file(args.password_file), args.admin)
+    try:
+        store = store_from_config(config)
+        users = imap_import.list_users(server, credentials) if args.all else [args.user]
+    except ImportFailed as exc:
+        fail(PROGRAM, _imap_exit(exc), f"import stopped: {exc}")
+    worst = 0
+    for name in users:
+        user = _user(config, name)
+        try:
+            result = imap_import.import_imap(
+                server, credentials, name, store, user, uidl_format=uidl_format, report=_report
+            )
+        except (LoginRefused, ServerUnreachable) as exc:
+            fail(PROGRAM, _imap_exit(exc), f"import stopped: {exc}")
+        except ImportFailed as exc:
+            _report(f"{user}: not imported: {exc}")
+            worst = max(worst, _imap_exit(exc))
+            continue
+        _summary(user, result)
+        if result.skipped:
+            worst = max(worst, EX_DATAERR)
+    return worst
+
+
+def _imap_exit(exc: ImportFailed) -> int:
+    if isinstance(exc, ServerUnreachable):
+        return EX_UNAVAILABLE
+    if isinstance(exc, LoginRefused):
+        return EX_NOPERM
+    if isinstance(exc, NoSuchMailbox):
+        return EX_NOUSER
+    return EX_TEMPFAIL
+
+
+def _password_file(path: str) -> Secret:
+    """The first line of ``path``, its line end dropped. Never from argv, never echoed."""
+    try:
+        with open(path, "rb") as handle:
+            line = handle.readline(4096)
+    except OSError as exc:
+        fail(PROGRAM, EX_NOINPUT, f"cannot read the password file {path}: {exc.strerror}")
+    password = line.rstrip(b"\r\n")
+    if not password:
+        fail(PROGRAM, EX_DATAERR, f"the password file {path} has an empty first line")
+    return Secret(password)
 
 
 def cmd_check_config(config_path: str, args: argparse.Namespace) -> int:

@@ -61,6 +61,10 @@ class _Stop(Exception):
     """End the connection loop (client gone, timeout, session closed)."""
 
 
+class _Unread(Exception):
+    """A message's first read failed: nothing of it (not even the +OK) has gone out."""
+
+
 class Connection:
     def __init__(self, channel: ByteChannel, context: ServiceContext) -> None:
         self.channel = channel
@@ -292,6 +296,12 @@ class Connection:
                 return
             try:
                 await self._stream(event, handle, expected, on_disk)
+            except _Unread as exc:
+                # Still time for an -ERR: the session goes on, so a client can skip an
+                # unreadable message (and QUIT its deletions) instead of being cut off.
+                log.error("session %s: cannot read message: %s", self._session_id, exc)
+                self._resolve(StorageFailure(FailureKind.TEMPORARY, str(exc)))
+                return
             except ChannelClosed:
                 # The client hung up (or reset) mid-message: its choice, not a fault here.
                 log.info(
@@ -327,6 +337,8 @@ class Connection:
                     self.context.executor, handle.read, _STREAM_CHUNK
                 )
             except OSError as exc:
+                if read == 0:  # nothing was written yet: the +OK is still in ``pending``
+                    raise _Unread(exc) from exc
                 # The +OK is out and the client is counting octets: all we can do is stop.
                 log.error("session %s: read error mid-message: %s", self._session_id, exc)
                 self.end_reason = "read error while sending a message"

@@ -26,22 +26,15 @@ each message's POP3 UIDL (issue 14).
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import fcntl
 import os
 import re
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from pop3d.message import SizeCounter
-from pop3d.storage.base import MaildropInUse, StorageError
+from pop3d.storage.importing import ImportFailed, ImportReport, locked_target, write_message
 from pop3d.storage.maildir import (
-    LOCK_NAME,
-    UIDL_MAP_NAME,
     MaildirStore,
-    _ensure_maildir,
     _Folders,
     _open_message,
     size_hint,
@@ -52,10 +45,6 @@ from pop3d.storage.maildir import (
 DEFAULT_UIDL_FORMAT = "%08Xu%08Xv"
 _CHUNK = 256 * 1024
 _VARIABLE = re.compile(r"%(0?)(\d*)([XLU]*)([uvfg%])")
-
-
-class ImportFailed(Exception):
-    """The import cannot start or go on (corrupt uidlist, target unusable)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,13 +61,6 @@ class Uidlist:
     uidvalidity: int
     guid: str
     entries: tuple[UidlistEntry, ...]
-
-
-@dataclass
-class ImportReport:
-    imported: int = 0
-    present: int = 0  # already in the target: skipped
-    skipped: list[str] = field(default_factory=list)  # "file: reason"
 
 
 def parse_uidlist(text: str, path: str) -> Uidlist:
@@ -179,39 +161,6 @@ def import_dovecot(
         return _import(source, uidlist, files, folders, uidl_format, report=report)
 
 
-@contextlib.contextmanager
-def locked_target(store: MaildirStore, user: str) -> Iterator[_Folders]:
-    """The user's Maildir (made if missing), its ``pop3d.lock`` held for the block; any
-    storage error opening or writing it becomes ImportFailed."""
-    target = store.path_for(user)
-    try:
-        _ensure_maildir(target)
-        folders = _Folders(target, ("tmp", "new", "cur"))
-    except (OSError, StorageError) as exc:
-        raise ImportFailed(f"cannot open {target}: {exc}") from exc
-    try:
-        lock = os.open(
-            LOCK_NAME,
-            os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-            0o600,
-            dir_fd=folders.root,
-        )
-        try:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                    raise MaildropInUse(f"{target} is in use (a POP3 session?)") from exc
-                raise
-            yield folders
-        finally:
-            os.close(lock)
-    except (OSError, StorageError) as exc:
-        raise ImportFailed(f"{target}: {exc}") from exc
-    finally:
-        folders.close()
-
-
 def _import(
     source: Path,
     uidlist: Uidlist,
@@ -282,56 +231,3 @@ def _copy(
         listed=size_hint(name),
     )
     return None
-
-
-def write_message(
-    folders: _Folders,
-    unique: str,
-    uidl: str,
-    data: bytes,
-    *,
-    destination: str,
-    info: str,
-    listed: int | None = None,
-) -> None:
-    """The ``pop3d-uidl`` line (fsync), then ``data`` in tmp/ (fsync), linked as
-    ``<unique>,S=,W=<info>`` into ``destination`` (new or cur; fsync). ``listed``: the size
-    the old server's LIST gave, kept as W= where it is the size or 2 short of it (Dovecot's
-    W= leaves out the line end sent after a message without a final one; pop3d's RETR
-    allows for that, DESIGN.md, Storage)."""
-    counter = SizeCounter()
-    counter.feed(data)
-    size = counter.finish()
-    if listed is not None and listed in (size, size - 2):
-        size = listed
-    final = f"{unique},S={len(data)},W={size}{info}"
-    _append_uidl(folders.root, unique, uidl)
-    tmp = folders.fds["tmp"]
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(unique, flags, 0o600, dir_fd=tmp)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.link(
-            unique,
-            final,
-            src_dir_fd=tmp,
-            dst_dir_fd=folders.fds[destination],
-            follow_symlinks=False,
-        )
-        os.fsync(folders.fds[destination])
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(unique, dir_fd=tmp)
-
-
-def _append_uidl(root: int, unique: str, uidl: str) -> None:
-    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(UIDL_MAP_NAME, flags, 0o600, dir_fd=root)
-    try:
-        os.write(fd, f"{unique} {uidl}\n".encode("ascii"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)

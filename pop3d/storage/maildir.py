@@ -28,7 +28,9 @@ Choices, and why:
 * **Deletion** happens only in :meth:`MaildirMaildrop.commit` (the UPDATE state): unlink,
   then fsync the directories, so "+OK" after QUIT means the deletions are on disk.
 * **Delivery** writes ``tmp/``, fsyncs the file, links it into ``new/`` and fsyncs ``new/``:
-  at no point can a crash leave the message half-written in ``new/`` or lost.
+  at no point can a crash leave the message half-written in ``new/`` or lost. An error at
+  any of these steps (the error names it) leaves nothing in ``new/``, so the MTA's retry
+  delivers one copy; once ``new/`` is synced, nothing fails the delivery any more.
 * **No symbolic links, no races**: a Maildir may belong to its user (``/home/%u/Maildir``)
   while pop3d can read more than they can. Every operation works on directory file
   descriptors opened with ``O_NOFOLLOW`` (the Maildir, then ``new/``, ``cur/``, ``tmp/``
@@ -169,10 +171,6 @@ _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 def _open_directory(path: Path | str, dir_fd: int | None = None) -> int:
     """A directory, never through a symbolic link (ELOOP/ENOTDIR then)."""
     return os.open(path, _DIRECTORY, dir_fd=dir_fd)
-
-
-def _fsync(fd: int) -> None:
-    os.fsync(fd)
 
 
 def _kind(name: str, dir_fd: int) -> str:
@@ -531,33 +529,54 @@ class MaildirStore:
         tmp, new = folders.fds["tmp"], folders.fds["new"]
         unique = _new_unique_name()
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(unique, flags, 0o600, dir_fd=tmp)
+        try:
+            fd = os.open(unique, flags, 0o600, dir_fd=tmp)
+        except OSError as exc:
+            raise StorageError(f"cannot create tmp/{unique} in {path}: {exc.strerror}") from exc
         final: str | None = None
+        doing = f"write tmp/{unique}"  # for the error: which step failed
         try:
             counter = SizeCounter()
             size = 0
             with os.fdopen(fd, "wb") as handle:
-                while chunk := source.read(_CHUNK):
+                while chunk := _read(source):
                     handle.write(chunk)
                     counter.feed(chunk)
                     size += len(chunk)
                 handle.flush()
+                doing = f"sync tmp/{unique}"
                 os.fsync(handle.fileno())
             linked = f"{unique},S={size},W={counter.finish()}"
+            doing = f"link tmp/{unique} into new/"
             os.link(unique, linked, src_dir_fd=tmp, dst_dir_fd=new, follow_symlinks=False)
             final = linked
-            _fsync(new)
-        except BaseException:
+            doing = "sync new/"
+            os.fsync(new)
+        except BaseException as exc:
             # The MTA will deliver again: a link whose directory could not be synced
             # must not stay behind as a duplicate.
             if final is not None:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(final, dir_fd=new)
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):  # a leftover in tmp/ is never listed
                 os.unlink(unique, dir_fd=tmp)
+            if isinstance(exc, OSError):
+                raise StorageError(f"cannot {doing} in {path}: {exc.strerror}") from exc
             raise
-        os.unlink(unique, dir_fd=tmp)
+        # The message is in new/ and synced: failing now would make the MTA deliver it
+        # again. A name left in tmp/ is a second link to the same file (no space lost),
+        # and tmp/ is never listed.
+        with contextlib.suppress(OSError):
+            os.unlink(unique, dir_fd=tmp)
         return path / "new" / final
+
+
+def _read(source: BinaryIO) -> bytes:
+    """A chunk of the message to deliver (the MTA's pipe): its error is not the Maildir's."""
+    try:
+        return source.read(_CHUNK)
+    except OSError as exc:
+        raise StorageError(f"cannot read the message: {exc.strerror}") from exc
 
 
 def _new_unique_name() -> str:

@@ -47,15 +47,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from pop3d.storage.dovecot_import import (
-    DEFAULT_UIDL_FORMAT,
-    ImportFailed,
-    ImportReport,
-    check_format,
-    expand_format,
-    locked_target,
-    write_message,
-)
+from pop3d.storage.dovecot_import import DEFAULT_UIDL_FORMAT, check_format, expand_format
+from pop3d.storage.importing import ImportFailed, ImportReport, locked_target, write_message
 from pop3d.storage.maildir import (
     MaildirStore,
     _Folders,

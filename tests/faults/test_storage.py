@@ -3,15 +3,13 @@ namespace) under delivery, and permissions taken away while the server lists, re
 commits. The server runs without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH (``setpriv``),
 so file modes bind it although the tests run as root.
 
-Not simulated: EIO (this kernel has no device-mapper for dm-error/dm-flakey, and a loop
-device is machine-wide); a file replaced by a directory stands in for a message that
-cannot be read. A full disk under the server itself matters only for the LOGIN-DELAY
-record, which is best effort by design (commit removes, it does not write)."""
+Real EIO from the kernel, under delivery, listing, RETR and the UPDATE commit, is in
+tests/faults/test_eio.py (a FUSE filesystem that fails on demand). A full disk under the
+server itself matters only for the LOGIN-DELAY record, which is best effort by design
+(commit removes, it does not write)."""
 
 from __future__ import annotations
 
-import errno
-import io
 import json
 import os
 import shutil
@@ -184,22 +182,3 @@ def test_read_only_folders_at_update(server: Server, maildir: Path) -> None:
     assert fresh.stat()[0] == 3
     assert fresh.ask(b"QUIT").startswith(b"+OK")
     fresh.close()
-
-
-def test_delivery_whose_new_folder_cannot_be_synced_leaves_no_duplicate(
-    lab: Lab, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """EIO from fsync(new/) after the link (simulated in-process: this machine cannot make
-    a real EIO). The MTA is told to retry, so the linked copy must go, or the retry would
-    deliver the message twice."""
-    from pop3d.storage import maildir as maildir_module
-
-    def eio(_fd: int) -> None:
-        raise OSError(errno.EIO, "Input/output error")
-
-    monkeypatch.setattr(maildir_module, "_fsync", eio)
-    store = maildir_module.MaildirStore(str(lab.root / "spool" / "%u" / "Maildir"))
-    with pytest.raises(OSError, match="Input/output"):
-        store.deliver("bob", io.BytesIO(b"Subject: x\n\nhello\n"))
-    assert len(lab.messages("bob")) == 3
-    assert list((lab.maildir("bob") / "tmp").iterdir()) == []

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pop3d.message import canonical_size
-from pop3d.storage.base import MaildropInUse, MessageGone
+from pop3d.storage.base import MaildropInUse, MessageGone, StorageError
 from pop3d.storage.maildir import MaildirStore, size_hint, uidl_for, unique_part
 from tests.support.lab import Lab
 
@@ -170,7 +170,7 @@ def test_failed_delivery_leaves_nothing(lab: Lab) -> None:
             return b"x" * 10
 
     store = store_for(lab)
-    with pytest.raises(OSError, match="Input/output"):
+    with pytest.raises(StorageError, match="cannot read the message: Input/output"):
         store.deliver("carol", Broken())  # type: ignore[arg-type]
     maildir = lab.root / "spool" / "carol" / "Maildir"
     assert list((maildir / "new").iterdir()) == []
