@@ -113,7 +113,8 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="--dovecot: the old site's pop3_uidl_format, for messages without a P field "
         "(--mbox: with X-UID headers and no X-UIDL) "
-        f"(default {DEFAULT_UIDL_FORMAT}); --imap: the old site's uidl_format, one of "
+        f"(default {DEFAULT_UIDL_FORMAT.replace('%', '%%')}); "
+        "--imap: the old site's uidl_format, one of "
         f"{', '.join(imap_import.UIDL_FORMATS)} (default {imap_import.DEFAULT_UIDL_FORMAT})",
     )
     importing.add_argument(

@@ -42,6 +42,15 @@ class Exit(Exception):
         self.message = message
 
 
+def print_usage_if_asked(argv: list[str], usage: str, page: str) -> bool:
+    """``--help`` or ``-h`` alone: the usage on standard output (Cyrus's getopt-style
+    commands have no help option; a user trying one should not get exit 64)."""
+    if argv not in (["--help"], ["-h"]):
+        return False
+    print(f"{usage}\nsee {page}")
+    return True
+
+
 def fail(program: str, code: int, message: str) -> NoReturn:
     raise Exit(code, f"{program}: {message}")
 

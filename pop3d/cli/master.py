@@ -20,6 +20,7 @@ from pop3d.cli.common import (
     config_exit,
     fail,
     load_config,
+    print_usage_if_asked,
     run,
     setup_logging,
     setup_syslog,
@@ -99,8 +100,11 @@ def _daemonize() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    arguments = sys.argv[1:] if argv is None else argv
+    if print_usage_if_asked(arguments, USAGE, "pop3d-master(8)"):
+        return 0
     try:
-        options, rest = getopt.getopt(sys.argv[1:] if argv is None else argv, GETOPT)
+        options, rest = getopt.getopt(arguments, GETOPT)
     except getopt.GetoptError as exc:
         fail(PROGRAM, EX_USAGE, f"{exc.msg}\n{USAGE}")
     if rest:

@@ -30,6 +30,7 @@ from pop3d.cli.common import (
     config_exit,
     fail,
     load_config,
+    print_usage_if_asked,
     run,
     setup_logging,
     setup_syslog,
@@ -152,7 +153,10 @@ def systemd_sockets(default_service: str) -> dict[str, list[socket.socket]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_arguments(sys.argv[1:] if argv is None else argv)
+    arguments = sys.argv[1:] if argv is None else argv
+    if print_usage_if_asked(arguments, USAGE, "pop3d(8)"):
+        return 0
+    args = parse_arguments(arguments)
     if args.kpop and args.implicit_tls:
         fail(PROGRAM, EX_USAGE, KPOP_WITH_TLS)
     if args.proxy_protocol and args.stdio:
