@@ -65,6 +65,7 @@ def _run(lab: Path) -> None:
         "RETR 50 MB, MB/s (10^6 B/s)",
         "TLS sessions/s, implicit TLS (pop3s), 2 clients",
         "TLS sessions/s, STLS, 2 clients",
+        "TLS sessions/s, pop3s, resuming, 2 clients",
         "RSS KiB per idle pop3s conn (2)",
         "logins/s, AUTH PLAIN, 2 clients",
         "logins/s, AUTH SCRAM-SHA-256, 2 clients",
