@@ -4,7 +4,7 @@ POP3 server on loopback and prints one JSON object on stdout.
     client.py sessions --port P --clients N [--procs K] --warmup S --duration S
                        [--transport plain|pop3s|stls --cafile CA]
                        [--auth pass|plain|scram-sha-256|gssapi [--ccache-dir D]]
-                       [--no-mail]
+                       [--no-mail] [--resume]
     client.py retr     --port P --user U --password W --count N [--tls --cafile CA]
                        [--gssapi integrity|confidentiality --ccache-dir D]
     client.py idle     --port P --batches N,M,... [--tls --cafile CA]
@@ -21,7 +21,10 @@ server's certificate against ``--cafile`` for the name "localhost". ``--auth pla
 which also verifies the server's signature; ``--auth gssapi``: ``AUTH GSSAPI`` (RFC 4752)
 with no security layer, by python-gssapi (MIT) from the user's ticket cache
 ``<ccache-dir>/<user>.cc``, mutual authentication checked. ``--no-mail``: no STAT/RETR,
-QUIT right after the login (a "login" rather than a session).
+QUIT right after the login (a "login" rather than a session). ``--resume`` (TLS): each
+client offers the session of its previous connection, as a polling mail client does
+(Python's ``session=``), so the server may skip the full handshake; the result counts the
+connections that were resumed.
 
 ``retr``: one client, one session per repetition; times RETR 1 from the moment the
 command is sent to the moment the final ".\\r\\n" is read, and checks the octet count;
@@ -44,6 +47,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import contextvars
 import json
 import multiprocessing
 import os
@@ -111,13 +115,40 @@ class Plan:
     mail: bool = True  # STAT and RETR 1 between the login and QUIT
     cafile: str | None = None
     ccache_dir: str | None = None  # --auth gssapi: <ccache_dir>/<user>.cc
+    resume: bool = False  # TLS: offer the previous connection's session
 
     def tls_context(self) -> ssl.SSLContext | None:
         """A client context as a mail client makes one (Python's defaults: TLS 1.2 and
         1.3, OpenSSL's default TLS 1.3 suites, certificate and name verified)."""
         if self.transport == "plain":
             return None
+        if self.resume:
+            return resuming_context(self.cafile)
         return ssl.create_default_context(cafile=self.cafile)
+
+
+# --resume: the session each client (by index) got last, and the one the connection being
+# made offers. asyncio gives no way to pass ``session=`` to its TLS; it calls
+# ``wrap_bio`` in the task that connects, so a context variable carries it there.
+_SESSIONS: dict[int, ssl.SSLSession] = {}
+_OFFER: contextvars.ContextVar[ssl.SSLSession | None] = contextvars.ContextVar(
+    "offer", default=None
+)
+
+
+class _ResumingContext(ssl.SSLContext):
+    def wrap_bio(self, *args: Any, **kwargs: Any) -> ssl.SSLObject:
+        if kwargs.get("session") is None:
+            kwargs["session"] = _OFFER.get()
+        return super().wrap_bio(*args, **kwargs)
+
+
+def resuming_context(cafile: str | None) -> ssl.SSLContext:
+    """Python's default client context (as ``ssl.create_default_context``) that offers
+    the session in ``_OFFER``."""
+    context = _ResumingContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(cafile=cafile)
+    return context
 
 
 def _tls_description(writer: asyncio.StreamWriter) -> str:
@@ -125,7 +156,8 @@ def _tls_description(writer: asyncio.StreamWriter) -> str:
     if tls is None:
         return "no TLS"
     cipher = tls.cipher()
-    return f"{tls.version()} {cipher[0] if cipher else '?'}"
+    resumed = " (resumed)" if tls.session_reused else ""
+    return f"{tls.version()} {cipher[0] if cipher else '?'}{resumed}"
 
 
 async def _continuation(reader: asyncio.StreamReader, step: str) -> bytes:
@@ -261,6 +293,8 @@ async def one_session(
 ) -> str | None:
     """One session as ``plan`` says; returns the negotiated TLS version and cipher."""
     implicit = context if plan.transport == "pop3s" else None
+    if plan.resume:
+        _OFFER.set(_SESSIONS.get(index))  # this task's own context
     reader, writer = await asyncio.wait_for(
         asyncio.open_connection(
             HOST,
@@ -292,6 +326,9 @@ async def one_session(
             if not response.startswith(b"+OK"):
                 raise ProtocolError(_reason("RETR", response.split(b"\r\n", 1)[0]))
         await _command(reader, writer, "QUIT", b"QUIT\r\n")
+        tls = writer.get_extra_info("ssl_object")
+        if plan.resume and tls is not None and tls.session is not None:
+            _SESSIONS[index] = tls.session  # with the tickets that came after the handshake
     finally:
         writer.close()
         with contextlib.suppress(OSError):
@@ -408,7 +445,9 @@ def run_sessions(args: argparse.Namespace) -> dict[str, Any]:
     clients = args.clients
     procs = max(1, min(args.procs, clients))
     groups = [list(range(args.first + p, args.first + clients, procs)) for p in range(procs)]
-    plan = Plan(args.transport, args.auth, not args.no_mail, args.cafile, args.ccache_dir)
+    plan = Plan(
+        args.transport, args.auth, not args.no_mail, args.cafile, args.ccache_dir, args.resume
+    )
     if plan.transport != "plain" and not plan.cafile:
         raise SystemExit("client.py: --transport pop3s/stls needs --cafile")
     if plan.auth.startswith("scram-"):
@@ -476,6 +515,7 @@ def run_sessions(args: argparse.Namespace) -> dict[str, Any]:
         if any(r["window_cpu"] is None for r in results)
         else sum(r["window_cpu"] for r in results),
         "tls": dict(negotiated),
+        "tls_resumed": sum(n for what, n in negotiated.items() if what.endswith("(resumed)")),
     }
 
 
@@ -797,6 +837,9 @@ def main() -> int:
     )
     sessions.add_argument("--ccache-dir", help="--auth gssapi: ticket caches <user>.cc")
     sessions.add_argument("--no-mail", action="store_true", help="no STAT/RETR: login, QUIT")
+    sessions.add_argument(
+        "--resume", action="store_true", help="TLS: offer the previous connection's session"
+    )
     retr = sub.add_parser("retr")
     retr.add_argument("--port", type=int, required=True)
     retr.add_argument("--user", required=True)

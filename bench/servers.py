@@ -410,6 +410,7 @@ class Pop3d(Server):
         self.extra_env = extra_env or {}
         self.auth_cache_ttl = auth_cache_ttl
         self.prefork = prefork
+        self.maxchild = 4000  # per service; the scale figure raises it to its crowd
         self.cpus: list[int] | None = None  # the master and its workers run on these (taskset)
         self.kerberos = kerberos
         self.root = LAB / name
@@ -477,7 +478,7 @@ class Pop3d(Server):
             "SERVICES {\n"
             + "".join(
                 f'  {name} cmd="pop3d {flags}-C {self.config}" listen="127.0.0.1:{port}" '
-                f"prefork={self.prefork} maxchild=4000\n"
+                f"prefork={self.prefork} maxchild={self.maxchild}\n"
                 for name, flags, port in services
             )
             + "}\n"
@@ -806,8 +807,8 @@ first_valid_gid = 8
 mail_location = maildir:~/Maildir
 
 # limits raised so benchmarks measure the server, not a cap
-default_process_limit = 1200
-default_client_limit = 5000
+default_process_limit = {process_limit}
+default_client_limit = {client_limit}
 protocol pop3 {{
   mail_max_userip_connections = 1000
 }}
@@ -821,7 +822,7 @@ service pop3-login {{
   }}
 }}
 service pop3 {{
-  process_limit = 1200
+  process_limit = {process_limit}
 }}
 """
 
@@ -865,6 +866,9 @@ class Dovecot(Server):
         # both servers pay the same hash per login. SCRAM-SHA-256 then cannot work in
         # Dovecot (it derives the keys from {PLAIN}): sessions figures only.
         self.argon2id = argon2id
+        # process limits (1,200: headroom above the idle figure's 1,000 sessions); the
+        # scale figure raises them to its crowd
+        self.process_limit = 1200
         self.root = LAB / "dovecot"
         self.config = self.root / "dovecot.conf"
         self.log = self.root / "log" / "dovecot.log"
@@ -903,7 +907,14 @@ class Dovecot(Server):
         else:
             ssl_settings = DOVECOT_TLS.format(cert=tls.cert, key=tls.key)
             pop3s = DOVECOT_POP3S.format(port=self.tls_port)
-        text = DOVECOT_CONF.format(lab=self.root, port=self.port, ssl=ssl_settings, pop3s=pop3s)
+        text = DOVECOT_CONF.format(
+            lab=self.root,
+            port=self.port,
+            ssl=ssl_settings,
+            pop3s=pop3s,
+            process_limit=self.process_limit,
+            client_limit=max(5000, 2 * self.process_limit),
+        )
         self.config.write_text(text + (DOVECOT_TUNED if self.tuned else ""))
         # A stale master.pid of a killed run would make Dovecot refuse to start.
         (self.root / "run" / "master.pid").unlink(missing_ok=True)

@@ -67,7 +67,8 @@ fi
 extras=""
 stamp=".venv/.installed"
 if [ "$want_test" = 1 ]; then
-    extras="[test]"
+    # bench: matplotlib, for the bench smoke test's scale chart (tests/bench)
+    extras="[test,bench]"
     stamp=".venv/.installed-test"
 fi
 digest=$(cat pyproject.toml requirements.lock | sha256sum | cut -d' ' -f1)

@@ -475,8 +475,8 @@ OPTIONS: dict[str, Option] = {
             "tls_session_timeout",
             D,
             1440 * 60,
-            "How long a TLS session can be resumed (by ticket, or by session id within "
-            "one worker), at most 24 hours as in Cyrus; 0 turns resumption off.",
+            "How long a TLS session can be resumed (by ticket, or by session id; on the "
+            "worker that issued it), at most 24 hours as in Cyrus; 0 turns resumption off.",
             unit="m",
         ),
         _o("tls_handshake_timeout", D, 30, "[pop3d] Time allowed for a TLS handshake."),

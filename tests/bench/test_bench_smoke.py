@@ -2,7 +2,9 @@
 bench mode runs end to end"): bench/run.py against pop3d and Debian's Dovecot with 2
 clients, half-second windows and one repetition, in a temporary lab folder. No figure is
 asserted: only that every mode measured something and nothing failed. The gssapi figures
-(a k5test realm) are left out here; tests/sasl covers GSSAPI itself."""
+(a k5test realm) are left out here; tests/sasl covers GSSAPI itself. The scale figure runs
+with a crowd of 20 idle connections, and its chart (bench/chart.py, matplotlib) is drawn
+from the run's results."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import pytest
 
 from tests.support.lab import ROOT
 
-FIGURES = "idle,sessions,retr,tls,sasl,workers"
+FIGURES = "idle,sessions,retr,tls,sasl,workers,scale"
 
 
 @pytest.mark.slow
@@ -44,11 +46,12 @@ def _run(lab: Path) -> None:
             "--idle", "2", "--tls-idle", "2", "--retr-count", "1",
             "--warmup", "0.2", "--duration", "0.5", "--quiet-timeout", "0", "--no-retry",
             "--workers", f"1,{cores}", "--workers-clients", "4", "--procs", "1",
+            "--scale-max", "20", "--scale-steps", "2", "--scale-clients", "2",
         ],
         env={**os.environ, "POP3D_BENCH_LAB": str(lab), "PYTHONPATH": str(ROOT)},
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=360,
         check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -62,6 +65,7 @@ def _run(lab: Path) -> None:
         "RETR 50 MB, MB/s (10^6 B/s)",
         "TLS sessions/s, implicit TLS (pop3s), 2 clients",
         "TLS sessions/s, STLS, 2 clients",
+        "TLS sessions/s, pop3s, resuming, 2 clients",
         "RSS KiB per idle pop3s conn (2)",
         "logins/s, AUTH PLAIN, 2 clients",
         "logins/s, AUTH SCRAM-SHA-256, 2 clients",
@@ -71,3 +75,28 @@ def _run(lab: Path) -> None:
         assert len(cells) == 2 and "n/a" not in cells, f"{figure}: {row!r}\n{text}"
     for workers in sorted({1, cores}):
         assert re.search(rf"^\| {workers} \| [\d,]+\.\d \|", text, re.MULTILINE), text
+    _check_scale(lab, text)
+
+
+def _check_scale(lab: Path, text: str) -> None:
+    """Both servers held the crowd (10 and 20), every connection answered NOOP, and the
+    chart was drawn, by the run and by bench/chart.py from the results JSON."""
+    assert "- no errors in the scale figure" in text, text
+    for server in ("pop3d", "dovecot"):
+        for crowd in (10, 20):
+            row = re.search(
+                rf"^\| {server} \| {crowd} \| {crowd} / {crowd} \| [\d,]+\.\d \| [\d.]+x "
+                rf"\| [\d.]+ \| [\d.]+ \|",
+                text,
+                re.MULTILINE,
+            )
+            assert row, f"{server} crowd {crowd}:\n{text}"
+    (results,) = (lab / "results").glob("*.json")
+    assert results.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
+    chart = lab / "again.png"
+    subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "chart.py"), str(results), "-o", str(chart)],
+        check=True,
+        timeout=120,
+    )
+    assert chart.read_bytes().startswith(b"\x89PNG")
