@@ -163,7 +163,7 @@ def _commit(work: Work, request: CommitUpdate) -> object:
     assert work.maildrop is not None
     removed = failed = 0
     if request.deleted or request.seen or request.record_login is not None:
-        # else: no fsync for nothing
+        # else: no fsync for nothing (and _nothing_to_commit answered on the loop)
         removed, failed = work.maildrop.commit(request.deleted, request.record_login, request.seen)
     if failed:
         log.error("session %s: %d deletions failed", work.session_id, failed)
@@ -172,6 +172,15 @@ def _commit(work: Work, request: CommitUpdate) -> object:
     work.release()
     work.deleted += removed
     return CommitResult(removed, failed)
+
+
+def _nothing_to_commit(work: Work, request: CommitUpdate) -> object | None:
+    """QUIT with no deletion, no flag and no LOGIN-DELAY record: nothing touches the disk,
+    so no thread (closing the maildrop's descriptors does not wait)."""
+    if request.deleted or request.seen or request.record_login is not None:
+        return None
+    work.release()
+    return CommitResult(0, 0)
 
 
 def _offload(_work: Work, request: Offload) -> object:
@@ -191,7 +200,7 @@ TABLE: dict[type[Request], Entry] = {
     ReleaseMaildrop: Entry(_release_maildrop, Where.LOOP),
     ClaimLogin: Entry(_claim_login, Where.IO),
     MeasureMessages: Entry(_measure, Where.IO),
-    CommitUpdate: Entry(_commit, Where.IO),
+    CommitUpdate: Entry(_commit, Where.IO, fast=_nothing_to_commit),
     Offload: Entry(_offload, Where.IO),
 }
 

@@ -51,6 +51,8 @@ class ByteChannel(TypingProtocol):
 
     async def write(self, data: bytes) -> None: ...
 
+    def hold(self, data: bytes) -> None: ...
+
     async def start_tls(self, context: SSL.Context, timeout: float) -> SSL.Connection: ...
 
     def push_layer(self, layer: SecurityLayer, trailing: bytes) -> None: ...
@@ -72,6 +74,8 @@ class _Layered:
     def __init__(self) -> None:
         self._stack = LayerStack()
         self._plain = b""  # unwrapped, not yet read: goes through a layer pushed now
+        # Wire bytes that go out in front of the next write, or at close (hold()).
+        self._held = b""
         # Counted here, where every byte passes once, for the audit trail and metrics.
         self.bytes_in = 0
         self.bytes_out = 0
@@ -99,15 +103,30 @@ class _Layered:
                 return raw
             self._plain, reply = self._stack.receive(raw)
             if reply:
-                self.bytes_out += len(reply)
-                await self._write_raw(reply)
+                await self._send(reply)
         data, self._plain = self._plain, b""
         return data
 
     async def write(self, data: bytes) -> None:
+        await self._send(self._stack.wrap(data) if self._stack else data)
+
+    def hold(self, data: bytes) -> None:
+        """Like :meth:`write`, but the bytes go out with the next write or at close, in
+        one send with them: the session's last answer and TLS's close_notify. Held bytes
+        keep their place: whatever is written later follows them."""
         raw = self._stack.wrap(data) if self._stack else data
         self.bytes_out += len(raw)
+        self._held += raw
+
+    async def _send(self, raw: bytes) -> None:
+        self.bytes_out += len(raw)
+        if self._held:
+            raw, self._held = self._held + raw, b""
         await self._write_raw(raw)
+
+    def _take_held(self) -> bytes:
+        held, self._held = self._held, b""
+        return held
 
     def push_layer(self, layer: SecurityLayer, trailing: bytes) -> None:
         """From now on every byte goes through ``layer``; ``trailing`` (received after the
@@ -138,16 +157,25 @@ class _Layered:
                         await self.write(layer.outgoing())
                     raise
                 reply = layer.outgoing()
-                if reply:
+                if done:
+                    # The handshake's last flight (TLS 1.3: the session tickets, sent
+                    # once the client's Finished is in) needs no answer: it goes out with
+                    # the first answer under TLS (the pop3s greeting), one send for both.
+                    self._held += reply
+                    self.bytes_out += len(reply)
+                elif reply:
                     await self.write(reply)
         self.push_layer(layer, b"")
         return layer.connection
 
     def _closing_bytes(self) -> bytes:
+        """What goes out last: held bytes, then the layers' goodbyes (close_notify)."""
+        held = self._take_held()
         try:
-            return self._stack.close() if self._stack else b""
+            goodbye = self._stack.close() if self._stack else b""
         except (LayerError, SSL.Error, ValueError):
-            return b""
+            goodbye = b""
+        return held + goodbye
 
 
 class Channel(_Layered, asyncio.Protocol):
