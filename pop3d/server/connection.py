@@ -95,6 +95,9 @@ class Connection:
         self.idle = False  # waiting for a command: safe to close on shutdown
         self._loop = asyncio.get_running_loop()
         self._deadline = 0.0
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._timed_out = False
+        self._task: asyncio.Task[None]  # run()'s, for the idle timeout
         self.end_reason = ""
         self._telemetry: Telemetry | None = None  # server/telemetry.py; None: not recorded
         # For the session's audit record (server/audit.py) and the metrics.
@@ -107,6 +110,9 @@ class Connection:
         self._metrics.session_started()
 
     async def run(self) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
         try:
             tls_started = None
             if self.context.options.implicit_tls:
@@ -148,6 +154,9 @@ class Connection:
                 async with asyncio.timeout(1.0):
                     await self.channel.write(INTERNAL_ERROR)
         finally:
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()  # else it holds this connection until it fires
+                self._idle_timer = None
             if self._telemetry is not None:
                 self._record()
                 self._telemetry.close()
@@ -161,6 +170,20 @@ class Connection:
 
     def _touch(self) -> None:
         self._deadline = self._loop.time() + self.context.idle_timeout
+
+    def _idle_check(self) -> None:
+        """The idle timer: one per connection, moved lazily. An answer only moves the
+        deadline; the timer, when it fires, re-arms for the deadline as it is then, and
+        ends a read still waiting past it (what asyncio.timeout_at did for every read,
+        with a timer made and cancelled each time)."""
+        self._idle_timer = None
+        if not self.idle:
+            return  # a command is running: the next wait arms the timer again
+        if self._loop.time() < self._deadline:
+            self._idle_timer = self._loop.call_at(self._deadline, self._idle_check)
+            return
+        self._timed_out = True
+        self._task.cancel()
 
     async def _drive(self, session: Session) -> None:
         handlers = _HANDLERS
@@ -209,10 +232,14 @@ class Connection:
         if self._telemetry is not None:
             self._telemetry.flush()
         self.idle = True
+        if self._idle_timer is None:
+            self._idle_timer = self._loop.call_at(self._deadline, self._idle_check)
         try:
-            async with asyncio.timeout_at(self._deadline):
-                data = await self.channel.read()
-        except TimeoutError:
+            data = await self.channel.read()
+        except asyncio.CancelledError:
+            if not self._timed_out:
+                raise
+            self._task.uncancel()  # ours: the idle timeout, not a cancellation from outside
             self.end_reason = "idle timeout"
             raise _Stop from None
         finally:
