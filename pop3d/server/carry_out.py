@@ -124,6 +124,18 @@ def _open_maildrop(work: Work, request: OpenMaildrop) -> object:
     return MaildropOpened(maildrop.uids, maildrop.sizes, maildrop.last_login, time.time())
 
 
+def _open_warm_maildrop(work: Work, request: OpenMaildrop) -> object | None:
+    """A maildrop this worker opened a moment ago is opened on the loop: its folders are
+    in the kernel's caches, and the hop to an I/O thread cost more than the open (the
+    thread gives up and takes back the GIL at each of the open's dozen system calls, each
+    time a switch to and from the loop; bench/RESULTS.md, section 7). Any other maildrop
+    (first login, a client polling every few minutes) is opened in a thread, where a cold
+    disk stalls no other session."""
+    if work.store is None or not work.store.recently_opened(request.user):
+        return None
+    return _open_maildrop(work, request)
+
+
 def _claim_login(work: Work, request: ClaimLogin) -> object:
     if work.login_gate is None:  # -X: one session per process, nothing to count against
         return None
@@ -196,7 +208,7 @@ TABLE: dict[type[Request], Entry] = {
     FetchSecrets: Entry(_fetch_secrets, Where.IO),
     ResolveUser: Entry(_resolve_user, Where.IO),
     VerifyBearer: Entry(_verify_bearer, Where.IO),
-    OpenMaildrop: Entry(_open_maildrop, Where.IO),
+    OpenMaildrop: Entry(_open_maildrop, Where.IO, fast=_open_warm_maildrop),
     ReleaseMaildrop: Entry(_release_maildrop, Where.LOOP),
     ClaimLogin: Entry(_claim_login, Where.IO),
     MeasureMessages: Entry(_measure, Where.IO),

@@ -43,3 +43,9 @@ class Maildrop(Protocol):
 
 class Store(Protocol):
     def open(self, user: str) -> Maildrop: ...
+
+    def recently_opened(self, user: str) -> bool:
+        """True if opening ``user``'s maildrop now would almost surely wait for no disk
+        (this process opened it a moment ago): drivers then open it on their event loop
+        instead of in a thread."""
+        ...
