@@ -51,7 +51,7 @@ class ByteChannel(TypingProtocol):
 
     async def write(self, data: bytes) -> None: ...
 
-    def hold(self, data: bytes) -> None: ...
+    async def write_last(self, data: bytes) -> None: ...
 
     async def start_tls(self, context: SSL.Context, timeout: float) -> SSL.Connection: ...
 
@@ -74,7 +74,8 @@ class _Layered:
     def __init__(self) -> None:
         self._stack = LayerStack()
         self._plain = b""  # unwrapped, not yet read: goes through a layer pushed now
-        # Wire bytes that go out in front of the next write, or at close (hold()).
+        # Wire bytes that go out in front of the next write, or at close: the TLS
+        # handshake's last flight, a socket's last answer (write_last()).
         self._held = b""
         # Counted here, where every byte passes once, for the audit trail and metrics.
         self.bytes_in = 0
@@ -110,13 +111,10 @@ class _Layered:
     async def write(self, data: bytes) -> None:
         await self._send(self._stack.wrap(data) if self._stack else data)
 
-    def hold(self, data: bytes) -> None:
-        """Like :meth:`write`, but the bytes go out with the next write or at close, in
-        one send with them: the session's last answer and TLS's close_notify. Held bytes
-        keep their place: whatever is written later follows them."""
-        raw = self._stack.wrap(data) if self._stack else data
-        self.bytes_out += len(raw)
-        self._held += raw
+    async def write_last(self, data: bytes) -> None:
+        """The last bytes before the close (QUIT's answer): written now here; a socket
+        channel sends them with the close instead, one send with TLS's close_notify."""
+        await self.write(data)
 
     async def _send(self, raw: bytes) -> None:
         self.bytes_out += len(raw)
@@ -293,6 +291,14 @@ class Channel(_Layered, asyncio.Protocol):
                 if goodbye:
                     self._transport.write(goodbye)
             self._transport.close()
+
+    async def write_last(self, data: bytes) -> None:
+        # Held, and written with the layers' goodbye by close(): the transport sends what
+        # it can at once and keeps the rest until it is sent, before it closes the socket.
+        # (Later writes, if any, still follow these bytes.)
+        raw = self._stack.wrap(data) if self._stack else data
+        self.bytes_out += len(raw)
+        self._held += raw
 
     def refuse(self, reply: bytes) -> None:
         """Answer once and close (over capacity, shutting down)."""

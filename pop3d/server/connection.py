@@ -220,9 +220,9 @@ class Connection:
     async def _send(self, event: Send) -> None:
         assert self.session is not None
         if self.session.state is State.CLOSED:
-            # The last answer (QUIT's): it goes out with the close, in one send with TLS's
-            # close_notify.
-            self.channel.hold(event.data)
+            # The last answer (QUIT's): on a socket it goes out with the close, in one send
+            # with TLS's close_notify.
+            await self.channel.write_last(event.data)
         else:
             await self.channel.write(event.data)
         self._touch()
