@@ -31,6 +31,8 @@ if [ "$want_test" = 1 ]; then
     # (tests/server/test_operations.py, tests/cli/test_contrib.py); the privilege-drop tests
     # make their own system account (pop3d-test) with useradd (passwd, always present)
     packages+=(systemd)
+    # strace counts a worker's sends (tests/server/test_network.py)
+    packages+=(strace)
 fi
 
 missing=()

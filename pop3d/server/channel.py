@@ -155,10 +155,12 @@ class _Layered:
                         await self.write(layer.outgoing())
                     raise
                 reply = layer.outgoing()
-                if done:
-                    # The handshake's last flight (TLS 1.3: the session tickets, sent
-                    # once the client's Finished is in) needs no answer: it goes out with
-                    # the first answer under TLS (the pop3s greeting), one send for both.
+                if done and layer.connection.get_protocol_version_name() == "TLSv1.3":
+                    # TLS 1.3's last server flight is only the session tickets, sent once
+                    # the client's Finished is in: the client waits for nothing in it, so
+                    # it goes out with the first answer under TLS (the pop3s greeting),
+                    # one send for both. (TLS 1.2's last flight is our Finished, which
+                    # the client does wait for.)
                     self._held += reply
                     self.bytes_out += len(reply)
                 elif reply:
