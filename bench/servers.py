@@ -140,13 +140,12 @@ class TLSFiles:
     key: Path
 
 
-def make_tls() -> TLSFiles:
+def make_tls(folder: Path = LAB / "tls") -> TLSFiles:
     """A private CA and one server certificate (ECDSA P-256, for "localhost" and
     127.0.0.1), made afresh for each run with pop3d's own helper, as tests/support/lab.py
     does. Both servers present the same certificate."""
     from pop3d.transport import selfsigned
 
-    folder = LAB / "tls"
     folder.mkdir(parents=True, exist_ok=True)
     ca = selfsigned.make_ca("bench CA")
     ca.write(folder / "ca.pem")

@@ -38,6 +38,8 @@ if [ "$want_test" = 1 ]; then
     # libfuse 3 (mfusepy loads it) for the filesystem that fails with EIO on demand
     # (tests/faults/test_eio.py); fuse3 has fusermount3, to unmount one by hand
     packages+=(fuse3 libfuse3-3)
+    # strace counts a worker's sends (tests/server/test_network.py)
+    packages+=(strace)
 fi
 
 missing=()

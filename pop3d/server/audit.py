@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import datetime
 import enum
+import functools
 import ipaddress
 import json
 import logging
@@ -128,6 +129,7 @@ def reason_text(text: str) -> str:
 # --- the client's address --------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=1024)  # a session's records share its peer: parsed once
 def client_address(peer: str) -> str | None:
     """The IP address in a channel's peer (``192.0.2.7:110``, ``[2001:db8::1]:110``),
     None if it is not one (``[unix socket]``, ``[stdio]``)."""

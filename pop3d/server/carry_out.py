@@ -132,6 +132,18 @@ def _open_maildrop(work: Work, request: OpenMaildrop) -> object:
     return MaildropOpened(maildrop.uids, maildrop.sizes, maildrop.last_login, time.time())
 
 
+def _open_warm_maildrop(work: Work, request: OpenMaildrop) -> object | None:
+    """A maildrop this worker opened a moment ago is opened on the loop: its folders are
+    in the kernel's caches, and the hop to an I/O thread cost more than the open (the
+    thread gives up and takes back the GIL at each of the open's dozen system calls, each
+    time a switch to and from the loop; bench/RESULTS.md, section 9). Any other maildrop
+    (first login, a client polling every few minutes) is opened in a thread, where a cold
+    disk stalls no other session."""
+    if work.store is None or not work.store.recently_opened(request.user, request.folder):
+        return None
+    return _open_maildrop(work, request)
+
+
 def _claim_login(work: Work, request: ClaimLogin) -> object:
     if work.login_gate is None:  # -X: one session per process, nothing to count against
         return None
@@ -171,7 +183,7 @@ def _commit(work: Work, request: CommitUpdate) -> object:
     assert work.maildrop is not None
     removed = failed = 0
     if request.deleted or request.seen or request.record_login is not None:
-        # else: no fsync for nothing
+        # else: no fsync for nothing (and _nothing_to_commit answered on the loop)
         removed, failed = work.maildrop.commit(request.deleted, request.record_login, request.seen)
     if failed:
         log.error("session %s: %d deletions failed", work.session_id, failed)
@@ -180,6 +192,15 @@ def _commit(work: Work, request: CommitUpdate) -> object:
     work.release()
     work.deleted += removed
     return CommitResult(removed, failed)
+
+
+def _nothing_to_commit(work: Work, request: CommitUpdate) -> object | None:
+    """QUIT with no deletion, no flag and no LOGIN-DELAY record: nothing touches the disk,
+    so no thread (closing the maildrop's descriptors does not wait)."""
+    if request.deleted or request.seen or request.record_login is not None:
+        return None
+    work.release()
+    return CommitResult(0, 0)
 
 
 def _offload(_work: Work, request: Offload) -> object:
@@ -195,11 +216,11 @@ TABLE: dict[type[Request], Entry] = {
     FetchSecrets: Entry(_fetch_secrets, Where.IO),
     ResolveUser: Entry(_resolve_user, Where.IO),
     VerifyBearer: Entry(_verify_bearer, Where.IO),
-    OpenMaildrop: Entry(_open_maildrop, Where.IO),
+    OpenMaildrop: Entry(_open_maildrop, Where.IO, fast=_open_warm_maildrop),
     ReleaseMaildrop: Entry(_release_maildrop, Where.LOOP),
     ClaimLogin: Entry(_claim_login, Where.IO),
     MeasureMessages: Entry(_measure, Where.IO),
-    CommitUpdate: Entry(_commit, Where.IO),
+    CommitUpdate: Entry(_commit, Where.IO, fast=_nothing_to_commit),
     Offload: Entry(_offload, Where.IO),
 }
 

@@ -51,6 +51,8 @@ class ByteChannel(TypingProtocol):
 
     async def write(self, data: bytes) -> None: ...
 
+    async def write_last(self, data: bytes) -> None: ...
+
     async def start_tls(self, context: SSL.Context, timeout: float) -> SSL.Connection: ...
 
     def push_layer(self, layer: SecurityLayer, trailing: bytes) -> None: ...
@@ -72,6 +74,9 @@ class _Layered:
     def __init__(self) -> None:
         self._stack = LayerStack()
         self._plain = b""  # unwrapped, not yet read: goes through a layer pushed now
+        # Wire bytes that go out in front of the next write, or at close: the TLS
+        # handshake's last flight, a socket's last answer (write_last()).
+        self._held = b""
         # Counted here, where every byte passes once, for the audit trail and metrics.
         self.bytes_in = 0
         self.bytes_out = 0
@@ -99,15 +104,27 @@ class _Layered:
                 return raw
             self._plain, reply = self._stack.receive(raw)
             if reply:
-                self.bytes_out += len(reply)
-                await self._write_raw(reply)
+                await self._send(reply)
         data, self._plain = self._plain, b""
         return data
 
     async def write(self, data: bytes) -> None:
-        raw = self._stack.wrap(data) if self._stack else data
+        await self._send(self._stack.wrap(data) if self._stack else data)
+
+    async def write_last(self, data: bytes) -> None:
+        """The last bytes before the close (QUIT's answer): written now here; a socket
+        channel sends them with the close instead, one send with TLS's close_notify."""
+        await self.write(data)
+
+    async def _send(self, raw: bytes) -> None:
         self.bytes_out += len(raw)
+        if self._held:
+            raw, self._held = self._held + raw, b""
         await self._write_raw(raw)
+
+    def _take_held(self) -> bytes:
+        held, self._held = self._held, b""
+        return held
 
     def push_layer(self, layer: SecurityLayer, trailing: bytes) -> None:
         """From now on every byte goes through ``layer``; ``trailing`` (received after the
@@ -138,16 +155,27 @@ class _Layered:
                         await self.write(layer.outgoing())
                     raise
                 reply = layer.outgoing()
-                if reply:
+                if done and layer.connection.get_protocol_version_name() == "TLSv1.3":
+                    # TLS 1.3's last server flight is only the session tickets, sent once
+                    # the client's Finished is in: the client waits for nothing in it, so
+                    # it goes out with the first answer under TLS (the pop3s greeting),
+                    # one send for both. (TLS 1.2's last flight is our Finished, which
+                    # the client does wait for.)
+                    self._held += reply
+                    self.bytes_out += len(reply)
+                elif reply:
                     await self.write(reply)
         self.push_layer(layer, b"")
         return layer.connection
 
     def _closing_bytes(self) -> bytes:
+        """What goes out last: held bytes, then the layers' goodbyes (close_notify)."""
+        held = self._take_held()
         try:
-            return self._stack.close() if self._stack else b""
+            goodbye = self._stack.close() if self._stack else b""
         except (LayerError, SSL.Error, ValueError):
-            return b""
+            goodbye = b""
+        return held + goodbye
 
 
 class Channel(_Layered, asyncio.Protocol):
@@ -265,6 +293,14 @@ class Channel(_Layered, asyncio.Protocol):
                 if goodbye:
                     self._transport.write(goodbye)
             self._transport.close()
+
+    async def write_last(self, data: bytes) -> None:
+        # Held, and written with the layers' goodbye by close(): the transport sends what
+        # it can at once and keeps the rest until it is sent, before it closes the socket.
+        # (Later writes, if any, still follow these bytes.)
+        raw = self._stack.wrap(data) if self._stack else data
+        self.bytes_out += len(raw)
+        self._held += raw
 
     def refuse(self, reply: bytes) -> None:
         """Answer once and close (over capacity, shutting down)."""

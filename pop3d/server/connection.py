@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -38,6 +40,7 @@ from pop3d.protocol.events import (
     StorageFailure,
 )
 from pop3d.protocol.session import Session
+from pop3d.protocol.states import State
 from pop3d.requests import Offload, Request
 from pop3d.security.value import TLSInfo
 from pop3d.server.audit import Login, Result, SessionEnd
@@ -55,6 +58,23 @@ audit = logging.getLogger("pop3d.audit")
 
 _STREAM_CHUNK = 256 * 1024
 INTERNAL_ERROR = b"-ERR [SYS/TEMP] Internal server error, closing the connection\r\n"
+
+
+def cached_read(fd: int, size: int, offset: int) -> bytes | None:
+    """Up to ``size`` octets at ``offset`` if the page cache holds them all, without
+    waiting for a disk (``RWF_NOWAIT``); None when that would wait (or the file system
+    cannot say), for the caller to read in a thread. Cheaper than the thread hop for the
+    common case: a message that was just delivered or listed."""
+    buffer = bytearray(size)
+    try:
+        got = os.preadv(fd, [buffer], offset, os.RWF_NOWAIT)
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            return None
+        raise
+    if got < size and got != 0:
+        return None  # part of it cached: the thread reads it whole, as it would have
+    return bytes(buffer) if got == size else b""
 
 
 class _Stop(Exception):
@@ -79,6 +99,9 @@ class Connection:
         self.idle = False  # waiting for a command: safe to close on shutdown
         self._loop = asyncio.get_running_loop()
         self._deadline = 0.0
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._timed_out = False
+        self._task: asyncio.Task[None]  # run()'s, for the idle timeout
         self.end_reason = ""
         self._telemetry: Telemetry | None = None  # server/telemetry.py; None: not recorded
         # For the session's audit record (server/audit.py) and the metrics.
@@ -91,6 +114,9 @@ class Connection:
         self._metrics.session_started()
 
     async def run(self) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
         try:
             tls_started = None
             if self.context.options.implicit_tls:
@@ -132,6 +158,9 @@ class Connection:
                 async with asyncio.timeout(1.0):
                     await self.channel.write(INTERNAL_ERROR)
         finally:
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()  # else it holds this connection until it fires
+                self._idle_timer = None
             if self._telemetry is not None:
                 self._record()
                 self._telemetry.close()
@@ -145,6 +174,20 @@ class Connection:
 
     def _touch(self) -> None:
         self._deadline = self._loop.time() + self.context.idle_timeout
+
+    def _idle_check(self) -> None:
+        """The idle timer: one per connection, moved lazily. An answer only moves the
+        deadline; the timer, when it fires, re-arms for the deadline as it is then, and
+        ends a read still waiting past it (what asyncio.timeout_at did for every read,
+        with a timer made and cancelled each time)."""
+        self._idle_timer = None
+        if not self.idle:
+            return  # a command is running: the next wait arms the timer again
+        if self._loop.time() < self._deadline:
+            self._idle_timer = self._loop.call_at(self._deadline, self._idle_check)
+            return
+        self._timed_out = True
+        self._task.cancel()
 
     async def _drive(self, session: Session) -> None:
         handlers = _HANDLERS
@@ -179,7 +222,13 @@ class Connection:
     # --- plain events -------------------------------------------------------------------
 
     async def _send(self, event: Send) -> None:
-        await self.channel.write(event.data)
+        assert self.session is not None
+        if self.session.state is State.CLOSED:
+            # The last answer (QUIT's): on a socket it goes out with the close, in one send
+            # with TLS's close_notify.
+            await self.channel.write_last(event.data)
+        else:
+            await self.channel.write(event.data)
         self._touch()
 
     async def _need_data(self, _event: Any) -> None:
@@ -187,10 +236,14 @@ class Connection:
         if self._telemetry is not None:
             self._telemetry.flush()
         self.idle = True
+        if self._idle_timer is None:
+            self._idle_timer = self._loop.call_at(self._deadline, self._idle_check)
         try:
-            async with asyncio.timeout_at(self._deadline):
-                data = await self.channel.read()
-        except TimeoutError:
+            data = await self.channel.read()
+        except asyncio.CancelledError:
+            if not self._timed_out:
+                raise
+            self._task.uncancel()  # ours: the idle timeout, not a cancellation from outside
             self.end_reason = "idle timeout"
             raise _Stop from None
         finally:
@@ -242,12 +295,10 @@ class Connection:
     async def _carry_out(self, request: Request) -> None:
         """Every request in the shared table (server/carry_out.py), where it says."""
         entry = TABLE[type(request)]
-        if entry.fast is not None:
-            answer = entry.fast(self.work, request)
-            if answer is not None:
-                self._resolve(answer)
-                return
-        if entry.where is Where.LOOP:
+        result = None if entry.fast is None else entry.fast(self.work, request)
+        if result is not None:
+            pass
+        elif entry.where is Where.LOOP:
             result = entry.run(self.work, request)
         else:
             executor = (
@@ -328,14 +379,20 @@ class Connection:
         telemetry = self._telemetry
         pending = event.preamble
         read = 0
+        fd = handle.fileno()
         while not encoder.done:
+            # What the file should still hold, else a 1-octet probe for the end (or for
+            # growth, which the check below reports).
+            want = min(on_disk - read, _STREAM_CHUNK) if on_disk > read else 1
             try:
-                # In an I/O thread: a cold or slow disk must not stall the worker, and
-                # each chunk gives every other session a turn (bench/RESULTS.md, "RETR
-                # and the event loop": one 200 MB RETR held a NOOP beside it 0.7-1.4 s).
-                chunk = await self._loop.run_in_executor(
-                    self.context.executor, handle.read, _STREAM_CHUNK
-                )
+                chunk = cached_read(fd, want, read)
+                if chunk is None:
+                    # Not all in the page cache: in an I/O thread, as a cold or slow disk
+                    # must not stall the worker (bench/RESULTS.md, "RETR and the event
+                    # loop": one 200 MB RETR held a NOOP beside it 0.7-1.4 s).
+                    chunk = await self._loop.run_in_executor(
+                        self.context.executor, os.pread, fd, want, read
+                    )
             except OSError as exc:
                 if read == 0:  # nothing was written yet: the +OK is still in ``pending``
                     raise _Unread(exc) from exc
@@ -352,6 +409,7 @@ class Connection:
                 if telemetry is not None:
                     telemetry.server(pending)
                 pending = b""
+                await asyncio.sleep(0)  # every other session gets a turn between chunks
         before = encoder.octets
         tail = encoder.finish()
         if event.body_lines is None:

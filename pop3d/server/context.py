@@ -104,6 +104,20 @@ def _warn_credential_file_still_used(config: Config, method: str) -> None:
         )
 
 
+_SETTLED_NS = 2_000_000_000
+
+
+def _no_entry(folder: str, name: str) -> bool:
+    """Nothing at all named ``name`` in ``folder`` (a link, dangling or not, is something)."""
+    try:
+        os.lstat(os.path.join(folder, name))
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
 def peer_host(peer: str | None) -> str | None:
     """The address part of a channel's ``peer`` ("192.0.2.1:110", "[2001:db8::1]:110");
     None for a peer without one (stdio)."""
@@ -245,6 +259,9 @@ class ServiceContext:
             thread_name_prefix="pop3d-pwcheck" if external else "pop3d-hash",
         )
         self._counter = itertools.count(1)
+        self._pid = os.getpid()  # a worker never forks
+        # shutdown_message(): msg/ as it was when it last held no shutdown file
+        self._no_shutdown_file: tuple[int, int, int, int] | None = None
 
     def count_logins(self, counter: LoginCounter) -> None:
         """Count this service's logins in ``counter`` (when maxlogins_* are set)."""
@@ -259,7 +276,28 @@ class ServiceContext:
         if not self.configdirectory:
             return None
         folder = os.path.join(self.configdirectory, "msg")
-        for name in (f"shutdown.{self.options.service}", "shutdown"):
+        names = (f"shutdown.{self.options.service}", "shutdown")
+        try:
+            info = os.stat(folder)
+        except FileNotFoundError:
+            return None  # no msg/: no file in it
+        except OSError:
+            info = None  # let the opens below say what is wrong
+        if info is not None:
+            # Checked once per state of msg/: creating, removing or renaming a file in it
+            # changes its mtime and ctime. Only a folder with no entry of either name (not
+            # even a dangling link) is remembered, and only once it has not changed for a
+            # few seconds, so a change within the file system's timestamp granularity of
+            # the last check is not missed.
+            state = (info.st_dev, info.st_ino, info.st_mtime_ns, info.st_ctime_ns)
+            if state == self._no_shutdown_file:
+                return None
+            if time.time_ns() - max(info.st_mtime_ns, info.st_ctime_ns) > _SETTLED_NS and all(
+                _no_entry(folder, name) for name in names
+            ):
+                self._no_shutdown_file = state
+                return None
+        for name in names:
             try:
                 with open(os.path.join(folder, name), "rb") as handle:
                     first = handle.readline(512)
@@ -282,13 +320,16 @@ class ServiceContext:
         local_address: str | None = None,
     ) -> ConnectionInfo:
         now = int(time.time())
+        # Both random parts from one read of the system's CSPRNG (secrets.randbits makes
+        # one getrandom call each).
+        random = secrets.token_bytes(16)
         session_id = (
-            f"{self.session_prefix}-{now}-{os.getpid()}-{next(self._counter)}-"
-            f"{secrets.randbits(64)}"
+            f"{self.session_prefix}-{now}-{self._pid}-{next(self._counter)}-"
+            f"{int.from_bytes(random[:8])}"
         )
         return ConnectionInfo(
             session_id=session_id,
-            challenge_token=f"{secrets.randbits(64)}.{now}",
+            challenge_token=f"{int.from_bytes(random[8:])}.{now}",
             external_ssf=self.options.external_ssf,
             tls=tls_started,
             kpop_principal=kpop_principal,

@@ -88,6 +88,12 @@ class Telemetry:
 
     def path_for(self, user: str) -> Path | None:
         """The file for ``user``, or None for a name that is not one path component."""
+        text = self._path_text(user)
+        return None if text is None else Path(text)
+
+    def _path_text(self, user: str) -> str | None:
+        # A string, not a Path: every login of a busy worker asks, and nearly every answer
+        # is "no directory" (pathlib's joins cost more than the failed open).
         if not user or user in (".", "..") or "/" in user or "\0" in user:
             return None
         settings = self.settings
@@ -95,18 +101,18 @@ class Telemetry:
             name = f"{settings.service}-{self._session_id}"
         else:
             name = f"{settings.service}-{os.getpid()}-{self._session_id}"
-        return settings.directory / user / _file_name_part(name)
+        return f"{settings.directory}/{user}/{_file_name_part(name)}"
 
     def login(self, user: str) -> bool:
         """Open the user's file if their directory exists; write the header and what was
         recorded before login. False (and nothing kept) when this session is not
         recorded."""
-        path = self.path_for(user)
-        if path is None:
+        text = self._path_text(user)
+        if text is None:
             self._discard()
             return False
         try:
-            fd = os.open(path, _FLAGS, MODE)
+            fd = os.open(text, _FLAGS, MODE)
         except FileNotFoundError:
             self._discard()  # no log/<user>/: telemetry is off for this user
             return False
@@ -114,13 +120,13 @@ class Telemetry:
             log.warning(
                 "session %s: telemetry log %s cannot be opened (%s); not recording",
                 self._session_id,
-                path,
+                text,
                 exc.strerror or exc,
             )
             self._discard()
             return False
         self._fd = fd
-        self._path = path
+        self._path = Path(text)
         prelogin = bytes(self._buffer)
         self._buffer.clear()
         # ctime() ends in no newline in Python; Cyrus's has one and adds one more.

@@ -47,3 +47,9 @@ class Maildrop(Protocol):
 
 class Store(Protocol):
     def open(self, user: str, folder: str | None = None) -> Maildrop: ...
+
+    def recently_opened(self, user: str, folder: str | None = None) -> bool:
+        """True if opening ``user``'s maildrop (``folder``: its popsubfolders folder) now
+        would almost surely wait for no disk (this process opened it a moment ago): drivers
+        then open it on their event loop instead of in a thread."""
+        ...

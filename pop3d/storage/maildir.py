@@ -71,6 +71,9 @@ _UIDL_MAP_MAX = 64 * 1024 * 1024
 _CHUNK = 256 * 1024
 _SUBDIRS = ("new", "cur")
 _delivery_counter = itertools.count(1)
+# MaildirStore.recently_opened(): how long a Maildir counts as warm, for how many users
+WARM_SECONDS = 60.0
+WARM_USERS = 10_000
 
 
 @dataclass(slots=True)
@@ -423,6 +426,24 @@ class MaildirStore:
         self.partition = partition
         self.create = create
         self.use_flags = use_flags  # popuseimapflags
+        # (user, folder) -> when this process last opened that Maildir (time.monotonic()),
+        # oldest first; at most WARM_USERS (recently_opened()).
+        self._opened: dict[tuple[str, str | None], float] = {}
+
+    def recently_opened(self, user: str, folder: str | None = None) -> bool:
+        """Whether this process opened ``user``'s Maildir (``folder``: that popsubfolders
+        folder of it) in the last :data:`WARM_SECONDS`: its folders' entries and inodes are
+        then almost surely in the kernel's caches, so opening it again waits for no disk."""
+        when = self._opened.get((user, folder))
+        return when is not None and time.monotonic() - when < WARM_SECONDS
+
+    def _note_opened(self, user: str, folder: str | None) -> None:
+        opened = self._opened
+        key = (user, folder)
+        opened.pop(key, None)
+        opened[key] = time.monotonic()
+        if len(opened) > WARM_USERS:
+            del opened[next(iter(opened))]
 
     def path_for(self, user: str) -> Path:
         local, _, domain = user.partition("@")
@@ -491,13 +512,15 @@ class MaildirStore:
             if self.use_flags:
                 entries = [entry for entry in entries if "T" not in flags_of(entry.name)]
             kept = read_uidl_map(folders.root)
-            return MaildirMaildrop(
+            drop = MaildirMaildrop(
                 path, lock_fd, entries, folders, use_flags=self.use_flags, kept=kept
             )
         except BaseException:
             os.close(lock_fd)
             folders.close()
             raise
+        self._note_opened(user, folder)
+        return drop
 
     @staticmethod
     def _scan(path: Path, folders: _Folders) -> Iterator[_Entry]:

@@ -9,6 +9,7 @@ import re
 import signal
 import socket
 import ssl
+import subprocess
 import time
 from pathlib import Path
 
@@ -280,3 +281,57 @@ def test_the_lock_is_released_before_the_quit_answer(server: Server) -> None:
             os.close(fd)
         reader.close()
         sock.close()
+
+
+def test_a_pop3s_session_costs_one_send_per_answer(tls_lab: Lab) -> None:
+    """Counted with strace on the worker: the handshake's first flight, then one send per
+    answer. The session tickets (TLS 1.3's last server flight) go out with the greeting
+    and QUIT's answer with the close_notify, each pair in one send (before: 8 sends for
+    this session, now 6)."""
+    assert tls_lab.tls is not None
+    server = start_server(tls_lab, {"pop3s": "-s"})
+    trace = tls_lab.root / "sends.txt"
+    tracer = None
+    try:
+        port = server.ports["pop3s"]
+        context = ssl.create_default_context(cafile=str(tls_lab.tls.ca))
+        context.minimum_version = ssl.TLSVersion.TLSv1_3  # tickets after the handshake
+        with (  # the worker is up and has served once (its start-up sends nothing later)
+            socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+            context.wrap_socket(raw, server_hostname="localhost") as tls,
+        ):
+            assert tls.recv(4096).startswith(b"+OK")
+        (worker,) = (
+            pid
+            for pid in worker_pids(server)
+            if b"-s" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        )
+        tracer = subprocess.Popen(
+            ["strace", "-f", "-qq", "-e", "trace=sendto,sendmsg", "-o", str(trace)]
+            + ["-p", str(worker)],
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(1.0)  # attached
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+            context.wrap_socket(raw, server_hostname="localhost") as tls,
+        ):
+            reader = tls.makefile("rb")
+            assert reader.readline().startswith(b"+OK")
+            for line in (b"USER bob", b"PASS builder", b"STAT", b"QUIT"):
+                tls.sendall(line + b"\r\n")
+                assert reader.readline().startswith(b"+OK"), line
+            assert tls.recv(4096) == b""  # the close_notify, then the end
+        time.sleep(0.5)
+    finally:
+        if tracer is not None:
+            tracer.send_signal(signal.SIGINT)
+            tracer.wait(timeout=10)
+        server.stop()
+    lines = trace.read_text().splitlines()
+    # the connection's socket is the one the handshake's first flight went out on (the
+    # I/O threads' wake-ups of the loop are sends too, on its self-pipe)
+    first = next(line for line in lines if '"\\26\\3' in line)
+    fd = first.split("sendto(", 1)[1].split(",", 1)[0]
+    sends = [line for line in lines if f"sendto({fd}," in line]
+    assert len(sends) == 6, "\n".join(lines)

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from pop3d.config.imapd import load
+from pop3d.server.context import RuntimeOptions, ServiceContext
 from tests.server.test_network import command, connect, worker_pids
 from tests.support.lab import ROOT, Lab, free_port, start_server
 
@@ -356,3 +358,39 @@ def test_socket_activation_serves_pop3_and_pop3s(tmp_path: Path) -> None:
         out, _ = process.communicate(timeout=20)
     assert process.returncode == 0, out
     assert b"socket activation: service pop3s" in out, out
+
+
+def test_shutdown_file_seen_however_msg_changes(lab: Lab) -> None:
+    """shutdown_message() remembers a msg/ without a shutdown file (one stat a connection
+    instead of two opens) and must still see every way one appears."""
+    context = ServiceContext(load(lab.config), RuntimeOptions())
+    try:
+        folder = lab.root / "config" / "msg"
+        assert context.shutdown_message() is None  # no msg/ at all
+        folder.mkdir()
+        old = time.time() - 60
+        os.utime(folder, (old, old))  # settled: this state is remembered
+        assert context.shutdown_message() is None
+        assert context.shutdown_message() is None
+        (folder / "shutdown").write_text("one\n")  # changes msg/'s mtime
+        assert context.shutdown_message() == b"-ERR [SYS/TEMP] one\r\n"
+        (folder / "shutdown").unlink()
+        os.utime(folder, (old, old))
+        assert context.shutdown_message() is None
+        # a dangling link is an entry: never remembered as "none", so the file it names
+        # counts as soon as it exists, though msg/ itself does not change
+        target = lab.root / "later"
+        (folder / "shutdown.pop3").symlink_to(target)
+        os.utime(folder, (old, old), follow_symlinks=True)
+        assert context.shutdown_message() is None
+        target.write_text("two\n")
+        assert context.shutdown_message() == b"-ERR [SYS/TEMP] two\r\n"
+        # a folder changed in the last seconds is checked every time
+        (folder / "shutdown.pop3").unlink()
+        (folder / "shutdown").write_text("three\n")
+        (folder / "shutdown").unlink()
+        assert context.shutdown_message() is None
+        (folder / "shutdown").write_text("four\n")
+        assert context.shutdown_message() == b"-ERR [SYS/TEMP] four\r\n"
+    finally:
+        context.close()

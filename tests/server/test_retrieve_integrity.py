@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from pop3d.server.connection import cached_read
 from tests.support.lab import Lab, Server, start_server
 
 LINE = b"a line of the big message, long enough to fill the pipe quickly " + b"x" * 35 + b"\n"
@@ -137,8 +138,9 @@ def test_a_client_hanging_up_mid_retr_is_not_logged_as_a_read_error(server: Serv
 @pytest.mark.slow
 def test_a_big_retr_leaves_the_other_sessions_served(tmp_path: Path) -> None:
     """Reading on the event loop never yielded while the client kept up, so a NOOP beside
-    a 100 MB RETR waited for all of it (1-2 answers in the whole RETR). Each chunk is now
-    read in an I/O thread, which gives every other session a turn."""
+    a 100 MB RETR waited for all of it (1-2 answers in the whole RETR). Every other
+    session now gets a turn after each chunk, whether it came from the page cache on the
+    loop or from a disk in an I/O thread."""
     import threading
 
     lab = Lab(tmp_path).create()
@@ -183,3 +185,45 @@ def test_a_big_retr_leaves_the_other_sessions_served(tmp_path: Path) -> None:
         b.close()
     finally:
         server.stop()
+
+
+def _evicted(path: Path) -> None:
+    """Drop the file's pages from the page cache (written back first: only clean pages
+    go), so the next read must wait for the disk."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def test_cached_read_takes_the_page_cache_only(tmp_path: Path) -> None:
+    path = tmp_path / "message"
+    data = bytes(range(256)) * 1024
+    path.write_bytes(data)
+    _evicted(path)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert cached_read(fd, len(data), 0) is None  # would wait for the disk
+        assert os.pread(fd, len(data), 0) == data  # what the I/O thread does
+        assert cached_read(fd, len(data), 0) == data
+        assert cached_read(fd, 1000, 5) == data[5:1005]
+        assert cached_read(fd, 1, len(data)) == b""  # the end
+    finally:
+        os.close(fd)
+
+
+def test_retr_of_a_message_not_in_the_page_cache(server: Server) -> None:
+    """The path through the I/O thread: every octet arrives, and the dot."""
+    path = big_message(server.lab)
+    _evicted(path)
+    sock, reader = login(server.port)
+    assert ask(sock, reader, b"RETR 4") == b"+OK Message follows\r\n"
+    body = b""
+    while not body.endswith(b"\r\n.\r\n"):
+        chunk = reader.read1(1 << 20)  # type: ignore[attr-defined]
+        assert chunk, "connection closed before the terminating dot"
+        body += chunk
+    assert body == LINE.replace(b"\n", b"\r\n") * BIG_LINES + b".\r\n"
+    sock.close()

@@ -7,13 +7,22 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 
 from pop3d.message import canonical_size
+from pop3d.protocol.events import FailureKind, MaildropOpened, OpenMaildrop, StorageFailure
+from pop3d.server.carry_out import TABLE, Work
 from pop3d.storage.base import MaildropInUse, MessageGone, StorageError
-from pop3d.storage.maildir import MaildirStore, size_hint, uidl_for, unique_part
+from pop3d.storage.maildir import (
+    WARM_SECONDS,
+    MaildirStore,
+    size_hint,
+    uidl_for,
+    unique_part,
+)
 from tests.support.lab import Lab
 
 
@@ -175,3 +184,31 @@ def test_failed_delivery_leaves_nothing(lab: Lab) -> None:
     maildir = lab.root / "spool" / "carol" / "Maildir"
     assert list((maildir / "new").iterdir()) == []
     assert list((maildir / "tmp").iterdir()) == []
+
+
+def test_a_maildrop_opened_a_moment_ago_is_opened_on_the_loop(lab: Lab) -> None:
+    """carry_out's fast path for OpenMaildrop: only a Maildir this process opened in the
+    last WARM_SECONDS is opened without a thread (a cold one may wait for a disk)."""
+    store = store_for(lab)
+    work = Work(authenticator=None, store=store)  # type: ignore[arg-type]
+    fast = TABLE[OpenMaildrop].fast
+    assert fast is not None
+    assert not store.recently_opened("bob")
+    assert fast(work, OpenMaildrop("bob")) is None  # never opened here: the thread
+    assert isinstance(TABLE[OpenMaildrop].run(work, OpenMaildrop("bob")), MaildropOpened)
+    work.release()
+    assert store.recently_opened("bob") and not store.recently_opened("alice")
+    assert isinstance(fast(work, OpenMaildrop("bob")), MaildropOpened)  # on the loop
+    # an open on the loop answers like one in a thread, [IN-USE] included
+    other = Work(authenticator=None, store=store)  # type: ignore[arg-type]
+    refused = fast(other, OpenMaildrop("bob"))
+    assert isinstance(refused, StorageFailure) and refused.kind is FailureKind.IN_USE
+    work.release()
+    # a failed open does not make a Maildir warm
+    (lab.root / "spool" / "carol").mkdir(parents=True, exist_ok=True)
+    (lab.root / "spool" / "carol" / "Maildir").symlink_to(lab.root / "elsewhere")
+    assert isinstance(TABLE[OpenMaildrop].run(work, OpenMaildrop("carol")), StorageFailure)
+    assert not store.recently_opened("carol")
+    # warm for WARM_SECONDS only
+    store._opened["bob"] = time.monotonic() - WARM_SECONDS - 1
+    assert fast(work, OpenMaildrop("bob")) is None
