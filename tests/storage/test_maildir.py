@@ -198,6 +198,7 @@ def test_a_maildrop_opened_a_moment_ago_is_opened_on_the_loop(lab: Lab) -> None:
     assert isinstance(TABLE[OpenMaildrop].run(work, OpenMaildrop("bob")), MaildropOpened)
     work.release()
     assert store.recently_opened("bob") and not store.recently_opened("alice")
+    assert not store.recently_opened("bob", "work")  # a popsubfolders folder is its own
     assert isinstance(fast(work, OpenMaildrop("bob")), MaildropOpened)  # on the loop
     # an open on the loop answers like one in a thread, [IN-USE] included
     other = Work(authenticator=None, store=store)  # type: ignore[arg-type]
@@ -210,5 +211,5 @@ def test_a_maildrop_opened_a_moment_ago_is_opened_on_the_loop(lab: Lab) -> None:
     assert isinstance(TABLE[OpenMaildrop].run(work, OpenMaildrop("carol")), StorageFailure)
     assert not store.recently_opened("carol")
     # warm for WARM_SECONDS only
-    store._opened["bob"] = time.monotonic() - WARM_SECONDS - 1
+    store._opened[("bob", None)] = time.monotonic() - WARM_SECONDS - 1
     assert fast(work, OpenMaildrop("bob")) is None
