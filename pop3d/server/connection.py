@@ -233,6 +233,13 @@ class Connection:
 
     async def _need_data(self, _event: Any) -> None:
         assert self.session is not None
+        # Cyrus checks its shutdown file before reading each command: a session already
+        # open is told at its next command, and ends without UPDATE (nothing deleted).
+        shutdown = self.context.shutdown_message()
+        if shutdown is not None:
+            await self.channel.write_last(shutdown)
+            self.end_reason = "shutdown file present"
+            raise _Stop
         if self._telemetry is not None:
             self._telemetry.flush()
         self.idle = True
