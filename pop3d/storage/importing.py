@@ -12,8 +12,6 @@ there and an interrupted one resumes.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,11 +19,11 @@ from dataclasses import dataclass, field
 from pop3d.message import SizeCounter
 from pop3d.storage.base import MaildropInUse, StorageError
 from pop3d.storage.maildir import (
-    LOCK_NAME,
     UIDL_MAP_NAME,
     MaildirStore,
     _ensure_maildir,
     _Folders,
+    lock_maildrop,
 )
 
 
@@ -51,19 +49,11 @@ def locked_target(store: MaildirStore, user: str) -> Iterator[_Folders]:
     except (OSError, StorageError) as exc:
         raise ImportFailed(f"cannot open {target}: {exc}") from exc
     try:
-        lock = os.open(
-            LOCK_NAME,
-            os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-            0o600,
-            dir_fd=folders.root,
-        )
         try:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                    raise MaildropInUse(f"{target} is in use (a POP3 session?)") from exc
-                raise
+            lock = lock_maildrop(folders.root, target)
+        except MaildropInUse as exc:
+            raise MaildropInUse(f"{target} is in use (a POP3 session?)") from exc
+        try:
             yield folders
         finally:
             os.close(lock)

@@ -490,23 +490,10 @@ class MaildirStore:
             # ELOOP/ENOTDIR: the Maildir (or new/, cur/) is a symbolic link: refused.
             raise StorageError(f"cannot open {path}: {exc.strerror}") from exc
         try:
-            lock_fd = os.open(
-                LOCK_NAME,
-                os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                0o600,
-                dir_fd=folders.root,
-            )
-        except OSError as exc:
+            lock_fd = lock_maildrop(folders.root, path)
+        except StorageError:
             folders.close()
-            raise StorageError(f"cannot open lock in {path}: {exc.strerror}") from exc
-        try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(lock_fd)
-            folders.close()
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise MaildropInUse(f"{path} is locked") from exc
-            raise StorageError(f"cannot lock {path}: {exc.strerror}") from exc
+            raise
         try:
             entries = sorted(self._scan(path, folders), key=_order_key)
             if self.use_flags:
@@ -600,6 +587,30 @@ def _read(source: BinaryIO) -> bytes:
         return source.read(_CHUNK)
     except OSError as exc:
         raise StorageError(f"cannot read the message: {exc.strerror}") from exc
+
+
+def lock_maildrop(root: int, path: Path) -> int:
+    """Take the maildrop lock of the Maildir whose root directory is open as ``root``: an
+    exclusive ``flock`` on its ``pop3d.lock``, the one lock every POP3 session and every
+    ``pop3d-admin import`` takes. The lock's descriptor, to close to release it;
+    :class:`MaildropInUse` if another holder has it, :class:`StorageError` otherwise."""
+    try:
+        lock_fd = os.open(
+            LOCK_NAME,
+            os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+            0o600,
+            dir_fd=root,
+        )
+    except OSError as exc:
+        raise StorageError(f"cannot open lock in {path}: {exc.strerror}") from exc
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(lock_fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise MaildropInUse(f"{path} is locked") from exc
+        raise StorageError(f"cannot lock {path}: {exc.strerror}") from exc
+    return lock_fd
 
 
 def _new_unique_name() -> str:
