@@ -3,7 +3,7 @@ limit at start (its workers inherit it across exec) and says how many connection
 permits per worker.
 
 What a connection costs in descriptors (counted from the code, checked by
-tests/server/test_fdlimit.py on a real worker):
+tests/server/test_scale.py on a real worker):
 
 * before login, plain or TLS: **1** (the socket; TLS is a layer over memory BIOs in the
   process, transport/tls_layer.py, so it costs no descriptor of its own);
