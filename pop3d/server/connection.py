@@ -303,11 +303,9 @@ class Connection:
         """Every request in the shared table (server/carry_out.py), where it says."""
         entry = TABLE[type(request)]
         result = None if entry.fast is None else entry.fast(self.work, request)
-        if result is not None:
-            pass
-        elif entry.where is Where.LOOP:
+        if result is None and entry.where is Where.LOOP:
             result = entry.run(self.work, request)
-        else:
+        elif result is None:
             executor = (
                 self.context.hash_executor if entry.where is Where.HASH else self.context.executor
             )
