@@ -33,6 +33,7 @@ UIDL the old server's POP3 service gave each message (issue 14).
 
 from __future__ import annotations
 
+import contextlib
 import imaplib
 import os
 import re
@@ -201,6 +202,21 @@ def connect(server: Server) -> imaplib.IMAP4:
     return connection
 
 
+@contextlib.contextmanager
+def _session(server: Server) -> Iterator[imaplib.IMAP4]:
+    """A connection to ``server`` for the block, logged out and closed after it; a lost
+    connection or a refusal from the server becomes one ImportFailed line."""
+    connection = connect(server)
+    try:
+        yield connection
+    except (OSError, imaplib.IMAP4.abort) as exc:
+        raise ImportFailed(f"connection to {server} lost: {_reason(exc)}") from None
+    except imaplib.IMAP4.error as exc:
+        raise ImportFailed(f"{server}: {_server_words(exc)}") from None
+    finally:
+        _close(connection)
+
+
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f"TLS: certificate verify failed: {exc.verify_message}"
@@ -256,8 +272,7 @@ def list_users(server: Server, credentials: Login) -> list[str]:
     """The users with an INBOX, as the administrator sees them (``LIST "" user.%``, or
     ``user/%`` under ``unixhierarchysep``); ``^`` in a name under ``.`` is Cyrus's
     stand-in for a dot."""
-    connection = connect(server)
-    try:
+    with _session(server) as connection:
         login(connection, server, credentials, "")
         separator = _separator(connection)
         status, data = connection.list('""', f"user{separator}%")
@@ -277,12 +292,6 @@ def list_users(server: Server, credentials: Login) -> list[str]:
             user = name[len("user") + len(separator) :]
             users.append(user.replace("^", ".") if separator == "." else user)
         return sorted(users)
-    except (OSError, imaplib.IMAP4.abort) as exc:
-        raise ImportFailed(f"connection to {server} lost: {_reason(exc)}") from None
-    except imaplib.IMAP4.error as exc:
-        raise ImportFailed(f"{server}: {_server_words(exc)}") from None
-    finally:
-        _close(connection)
 
 
 def _separator(connection: imaplib.IMAP4) -> str:
@@ -412,8 +421,7 @@ def import_imap(
         raise ImportFailed(
             f"uidl_format {uidl_format!r}: expected one of {', '.join(UIDL_FORMATS)}"
         )
-    connection = connect(server)
-    try:
+    with _session(server) as connection:
         login(connection, server, credentials, user)
         uidvalidity, exists = _examine(connection, server, user)
         newuidl = _pop3newuidl(connection, server)
@@ -430,12 +438,6 @@ def import_imap(
                 report=report,
                 where=f"{server} {user}",
             )
-    except (OSError, imaplib.IMAP4.abort) as exc:
-        raise ImportFailed(f"connection to {server} lost: {_reason(exc)}") from None
-    except imaplib.IMAP4.error as exc:
-        raise ImportFailed(f"{server}: {_server_words(exc)}") from None
-    finally:
-        _close(connection)
 
 
 def _copy_all(
