@@ -4,7 +4,8 @@ on free loopback ports with a private config folder.
 
 The packages are never installed (their postinst would start system services, and
 cyrus-pop3d conflicts with dovecot-pop3d): ``apt-get download`` and ``dpkg -x`` into
-``tests/.cache/cyrus`` (git-ignored; ``POP3D_CYRUS_CACHE`` names another folder), done
+``tests/.cache/cyrus`` (git-ignored; ``/var/cache/pop3d-tests/cyrus`` when the checkout
+lies under a folder the ``mail`` user cannot enter; ``POP3D_CYRUS_CACHE`` names another), done
 once by ``scripts/setup.sh --test`` (``python -m tests.support.cyrus``), so the tests need
 no network. The binaries load Cyrus's libraries from there (LD_LIBRARY_PATH) and the
 system's for the rest (libsasl2 and its sasldb plug-in, installed by setup.sh).
@@ -43,7 +44,24 @@ from pathlib import Path
 from tests.support.lab import Certificates, free_port, make_certificates
 
 ROOT = Path(__file__).resolve().parents[2]
-CACHE = Path(os.environ.get("POP3D_CYRUS_CACHE") or ROOT / "tests" / ".cache" / "cyrus")
+
+
+def _everyone_can_enter(folder: Path) -> bool:
+    """Every folder from / down to ``folder`` lets others through (o+x)."""
+    return all(os.stat(part).st_mode & 0o001 for part in (folder, *folder.parents))
+
+
+# Cyrus's master drops to RUN_AS before it runs imapd, lmtpd and pop3d, so that user must
+# reach the binaries: in the checkout where it can (the usual case), else (a checkout under
+# a root-only folder such as `mktemp -d`) in a system cache folder.
+CACHE = Path(
+    os.environ.get("POP3D_CYRUS_CACHE")
+    or (
+        ROOT / "tests" / ".cache" / "cyrus"
+        if _everyone_can_enter(ROOT)
+        else "/var/cache/pop3d-tests/cyrus"
+    )
+)
 PACKAGES = ("cyrus-common", "cyrus-imapd", "cyrus-pop3d")  # Debian 12: 3.6.1
 LIBDIR = "usr/lib/x86_64-linux-gnu"
 BINDIR = "usr/lib/cyrus/bin"
