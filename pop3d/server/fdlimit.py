@@ -7,10 +7,10 @@ tests/server/test_scale.py on a real worker):
 
 * before login, plain or TLS: **1** (the socket; TLS is a layer over memory BIOs in the
   process, transport/tls_layer.py, so it costs no descriptor of its own);
-* logged in: **5**: the socket, and the maildrop the session holds open until it ends
-  (storage/maildir.py: the Maildir, ``new/`` and ``cur/`` as directory descriptors, and
-  ``pop3d.lock`` with its flock);
-* while RETR/TOP streams a message: **6** (the message file).
+* logged in: **2**: the socket, and the maildrop's lock (``pop3d.lock`` with its flock,
+  storage/maildir.py); the Maildir's directories are opened for the command that needs
+  them and closed after it, not held by an idle session;
+* while RETR/TOP streams a message: **3** (the message file).
 
 A worker also needs descriptors that are not any connection's: standard input/output/error,
 its listening sockets, the status pipe and the login-limits socket to the master, the event
@@ -27,8 +27,8 @@ from dataclasses import dataclass
 
 RESERVED = 64
 FDS_BEFORE_LOGIN = 1
-FDS_LOGGED_IN = 5
-FDS_STREAMING = 6
+FDS_LOGGED_IN = 2
+FDS_STREAMING = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +62,7 @@ class Limit:
         return (
             f"file descriptors per process: {how}; each worker can hold "
             f"{self.logged_in_idle} logged-in sessions ({FDS_LOGGED_IN} descriptors each, "
-            f"plain or TLS: socket, Maildir, new/, cur/, lock; {self.logged_in} if all "
+            f"plain or TLS: socket and maildrop lock; {self.logged_in} if all "
             f"stream a message at once, {FDS_STREAMING} each) or {self.connections} "
             f"connections before login (1 each), {RESERVED} descriptors kept for the worker "
             "itself"

@@ -36,7 +36,9 @@ Choices, and why:
   descriptors opened with ``O_NOFOLLOW`` (the Maildir, then ``new/``, ``cur/``, ``tmp/``
   inside it) and names relative to them (``dir_fd=``): a link planted as a message, as a
   folder or as the Maildir itself is neither listed, served nor unlinked through, and a
-  link swapped in after the listing fails to open instead of being followed. Only regular
+  link swapped in after the listing fails to open instead of being followed. A session
+  opens its directories again for each command (it holds only its lock between commands)
+  and refuses any that is not the one its listing read (device and inode). Only regular
   files count as messages (a FIFO could hang a read); messages are opened ``O_NONBLOCK``
   and checked with ``fstat`` for the same reason.
 """
@@ -238,6 +240,13 @@ class _Folders:
             self.close()
             raise
 
+    def identity(self) -> dict[str, tuple[int, int]]:
+        """(device, inode) of the Maildir ("") and of each folder open here."""
+        found = {"": _identity(self.root)}
+        for name, fd in self.fds.items():
+            found[name] = _identity(fd)
+        return found
+
     def close(self) -> None:
         for fd in self.fds.values():
             os.close(fd)
@@ -247,8 +256,69 @@ class _Folders:
             self.root = -1
 
 
+def _identity(fd: int) -> tuple[int, int]:
+    info = os.fstat(fd)
+    return info.st_dev, info.st_ino
+
+
+class _Reopened:
+    """A session's Maildir directories opened again for one command, each only when first
+    needed, and each refused unless it is the very directory the listing read (its device
+    and inode): a Maildir or folder renamed away and replaced since, by a link (through any
+    component of the path, not only the last, which O_NOFOLLOW covers) or by a real
+    directory, is another directory and fails the command (StorageError). A folder that was
+    missing at the listing, or is gone now, is None."""
+
+    __slots__ = ("_identity", "_open", "_path")
+
+    def __init__(self, path: Path, identity: dict[str, tuple[int, int]]) -> None:
+        self._path = path
+        self._identity = identity
+        self._open: dict[str, int | None] = {}
+
+    def get(self, name: str) -> int | None:
+        """The folder ``name`` ("" for the Maildir itself)."""
+        if name in self._open:
+            return self._open[name]
+        wanted = self._identity.get(name)
+        fd = None
+        if wanted is not None:
+            path = self._path / name if name else self._path
+            try:
+                fd = _open_directory(path)
+            except FileNotFoundError:
+                if not name:
+                    raise StorageError(f"{path} is gone") from None
+            except OSError as exc:
+                raise StorageError(f"cannot open {path}: {exc.strerror}") from exc
+            if fd is not None and _identity(fd) != wanted:
+                os.close(fd)
+                raise StorageError(f"{path} was replaced during the session")
+        self._open[name] = fd
+        return fd
+
+    def sync(self) -> None:
+        """fsync the folders opened (the ones this command changed). Raises OSError."""
+        for name, fd in self._open.items():
+            if name and fd is not None:
+                os.fsync(fd)
+
+    def close(self) -> None:
+        for fd in self._open.values():
+            if fd is not None:
+                os.close(fd)
+        self._open.clear()
+
+
 class MaildirMaildrop:
-    """One locked, listed Maildir. Not thread-safe; one session owns it."""
+    """One locked, listed Maildir. Not thread-safe; one session owns it.
+
+    Between commands it holds only its lock: the Maildir's directories are opened for each
+    operation that needs them (:class:`_Reopened`) and checked to be the very directories the
+    listing read. An idle logged-in session so costs its socket and its lock, not five
+    descriptors, which is what lets one worker hold ten thousand of them
+    (server/fdlimit.py); opening three directories again is a few microseconds beside the
+    command that needs them."""
 
     def __init__(
         self,
@@ -263,7 +333,7 @@ class MaildirMaildrop:
         self.path = path
         self.use_flags = use_flags
         kept = kept or {}
-        self._folders: _Folders | None = folders
+        self._identity: dict[str, tuple[int, int]] | None = folders.identity()
         self._lock_fd: int | None = lock_fd
         self._entries = entries
         seen: set[str] = set()
@@ -276,49 +346,51 @@ class MaildirMaildrop:
             uids.append(uid)
         self.uids = tuple(uids)
         self.sizes = tuple(size_hint(entry.name) for entry in entries)
-        self.last_login = self._read_last_login()
+        self.last_login = _read_last_login(folders.root)
 
-    @property
-    def _dirs(self) -> _Folders:
-        if self._folders is None:
+    @contextlib.contextmanager
+    def _opened(self) -> Iterator[_Reopened]:
+        if self._identity is None:
             raise StorageError(f"{self.path} is closed")
-        return self._folders
-
-    def _read_last_login(self) -> float | None:
+        folders = _Reopened(self.path, self._identity)
         try:
-            info = os.stat(LAST_LOGIN_NAME, dir_fd=self._dirs.root, follow_symlinks=False)
-        except FileNotFoundError:
-            return None
-        return info.st_mtime if stat.S_ISREG(info.st_mode) else None
+            yield folders
+        finally:
+            folders.close()
 
-    def _locate(self, index: int) -> tuple[int, str]:
+    def _locate(self, index: int, folders: _Reopened) -> tuple[int, str]:
         """The message's folder descriptor and current name. Another agent may have
         renamed it (flags, or the move from new/ to cur/) since the listing: find it again
         by its unique part. A name that is there but no longer a regular file (a link or
         a directory put in its place) is not followed: StorageError."""
         entry = self._entries[index]
-        fds = self._dirs.fds
-        if entry.subdir in fds:
-            kind = _kind(entry.name, fds[entry.subdir])
+        fd = folders.get(entry.subdir)
+        if fd is not None:
+            kind = _kind(entry.name, fd)
             if kind == "file":
-                return fds[entry.subdir], entry.name
+                return fd, entry.name
             if kind == "other":
                 raise StorageError(f"{entry.subdir}/{entry.name} is no longer a regular file")
         for subdir in ("cur", "new"):
-            if subdir not in fds:
+            fd = folders.get(subdir)
+            if fd is None:
                 continue
-            with os.scandir(fds[subdir]) as listing:
+            with os.scandir(fd) as listing:
                 for item in listing:
                     if unique_part(item.name) == entry.unique and item.is_file(
                         follow_symlinks=False
                     ):
                         entry.subdir, entry.name = subdir, item.name
-                        return fds[subdir], item.name
+                        return fd, item.name
         raise MessageGone(f"{entry.unique} is no longer in {self.path}")
 
     def open_message(self, index: int) -> BinaryIO:
+        with self._opened() as folders:
+            return self._open_message(index, folders)
+
+    def _open_message(self, index: int, folders: _Reopened) -> BinaryIO:
         for _attempt in range(3):
-            fd, name = self._locate(index)
+            fd, name = self._locate(index, folders)
             try:
                 return _open_message(name, fd)
             except FileNotFoundError:
@@ -330,9 +402,10 @@ class MaildirMaildrop:
 
     def measure(self, indexes: tuple[int, ...]) -> list[int]:
         sizes = []
-        for index in indexes:
-            with self.open_message(index) as handle:
-                sizes.append(canonical_size(_chunks(handle)))
+        with self._opened() as folders:
+            for index in indexes:
+                with self._open_message(index, folders) as handle:
+                    sizes.append(canonical_size(_chunks(handle)))
         return sizes
 
     def commit(
@@ -342,44 +415,50 @@ class MaildirMaildrop:
         seen: tuple[int, ...] = (),
     ) -> tuple[int, int]:
         removed = failed = 0
-        if self.use_flags and seen:
-            gone = set(deleted)
-            self._mark_seen(tuple(index for index in seen if index not in gone))
-        for index in deleted:
-            try:
-                fd, name = self._locate(index)
-                os.unlink(name, dir_fd=fd)
-                removed += 1
-            except (MessageGone, FileNotFoundError):
-                removed += 1  # already gone: the client's wish is fulfilled
-            except (StorageError, OSError):
-                failed += 1
-        if deleted:
-            try:
-                for fd in self._dirs.fds.values():
-                    os.fsync(fd)
-            except OSError:
-                # Without the fsync the unlinks may not survive a crash: say so.
-                return 0, len(deleted)
-        if record_login is not None:
-            self._write_last_login(record_login)
+        with self._opened() as folders:
+            if self.use_flags and seen:
+                gone = set(deleted)
+                self._mark_seen(folders, tuple(index for index in seen if index not in gone))
+            for index in deleted:
+                try:
+                    fd, name = self._locate(index, folders)
+                    os.unlink(name, dir_fd=fd)
+                    removed += 1
+                except (MessageGone, FileNotFoundError):
+                    removed += 1  # already gone: the client's wish is fulfilled
+                except (StorageError, OSError):
+                    failed += 1
+            if deleted:
+                try:
+                    folders.sync()
+                except OSError:
+                    # Without the fsync the unlinks may not survive a crash: say so.
+                    return 0, len(deleted)
+            if record_login is not None:
+                with contextlib.suppress(StorageError):  # as a failed write: see there
+                    root = folders.get("")
+                    assert root is not None
+                    _write_last_login(root, record_login)
         return removed, failed
 
-    def _mark_seen(self, indexes: tuple[int, ...]) -> None:
+    def _mark_seen(self, folders: _Reopened, indexes: tuple[int, ...]) -> None:
         """Add S to each message (moving it from new/ to cur/); best effort, then fsync."""
-        fds = self._dirs.fds
-        if "cur" not in fds:
+        try:
+            cur = folders.get("cur")
+        except StorageError:
+            return
+        if cur is None:
             return
         touched = False
         for index in indexes:
             try:
-                fd, name = self._locate(index)
+                fd, name = self._locate(index, folders)
                 target = seen_name(name)
                 if target is None:
                     continue
-                if _kind(target, fds["cur"]) != "missing":
+                if _kind(target, cur) != "missing":
                     continue  # never replace another file
-                os.rename(name, target, src_dir_fd=fd, dst_dir_fd=fds["cur"])
+                os.rename(name, target, src_dir_fd=fd, dst_dir_fd=cur)
                 entry = self._entries[index]
                 entry.subdir, entry.name = "cur", target
                 touched = True
@@ -387,32 +466,38 @@ class MaildirMaildrop:
                 continue
         if touched:
             with contextlib.suppress(OSError):
-                for fd in fds.values():
-                    os.fsync(fd)
-
-    def _write_last_login(self, when: float) -> None:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-        try:
-            fd = os.open(LAST_LOGIN_NAME, flags, 0o600, dir_fd=self._dirs.root)
-        except OSError:
-            return  # losing LOGIN-DELAY bookkeeping must not fail a QUIT whose mail is safe
-        try:
-            os.utime(fd, (when, when))
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
+                folders.sync()
 
     def close(self) -> None:
-        if self._folders is not None:
-            self._folders.close()
-            self._folders = None
+        self._identity = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = None
 
     def __del__(self) -> None:
         self.close()
+
+
+def _read_last_login(root: int) -> float | None:
+    try:
+        info = os.stat(LAST_LOGIN_NAME, dir_fd=root, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    return info.st_mtime if stat.S_ISREG(info.st_mode) else None
+
+
+def _write_last_login(root: int, when: float) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(LAST_LOGIN_NAME, flags, 0o600, dir_fd=root)
+    except OSError:
+        return  # losing LOGIN-DELAY bookkeeping must not fail a QUIT whose mail is safe
+    try:
+        os.utime(fd, (when, when))
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 class MaildirStore:
@@ -504,8 +589,9 @@ class MaildirStore:
             )
         except BaseException:
             os.close(lock_fd)
-            folders.close()
             raise
+        finally:
+            folders.close()  # opened again per command (MaildirMaildrop._opened)
         self._note_opened(user, folder)
         return drop
 

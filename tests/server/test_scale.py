@@ -49,7 +49,7 @@ def _steady_fds(pid: int) -> int:
 
 
 def test_master_raises_the_soft_limit_and_says_what_it_permits(lab: Lab) -> None:
-    server = start_server(lab, wrapper=("prlimit", "--nofile=256:4096", "--"), maxchild=2000)
+    server = start_server(lab, wrapper=("prlimit", "--nofile=256:4096", "--"), maxchild=3000)
     try:
         (worker,) = worker_pids(server)
         assert _open_files(server.process.pid) == (4096, 4096)
@@ -58,7 +58,7 @@ def test_master_raises_the_soft_limit_and_says_what_it_permits(lab: Lab) -> None
         per_session = (4096 - fdlimit.RESERVED) // fdlimit.FDS_LOGGED_IN
         assert "file descriptors per process: raised from 256 to 4096 (the hard limit)" in log
         assert f"each worker can hold {per_session} logged-in sessions" in log
-        # maxchild=2000 on one worker is more than 4096 descriptors hold: said at start.
+        # maxchild=3000 on one worker is more than 4096 descriptors hold: said at start.
         assert f"permits {per_session} logged-in sessions per worker" in log
     finally:
         assert server.stop() == 0

@@ -213,3 +213,49 @@ def test_a_maildrop_opened_a_moment_ago_is_opened_on_the_loop(lab: Lab) -> None:
     # warm for WARM_SECONDS only
     store._opened[("bob", None)] = time.monotonic() - WARM_SECONDS - 1
     assert fast(work, OpenMaildrop("bob")) is None
+
+
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_an_idle_maildrop_holds_only_its_lock(lab: Lab) -> None:
+    """Between commands a session keeps one descriptor (the lock), not the Maildir's three
+    directories: what lets a worker hold ten thousand idle sessions (server/fdlimit.py)."""
+    before = _open_descriptors()
+    drop = store_for(lab).open("bob")
+    assert _open_descriptors() == before + 1
+    with drop.open_message(0) as handle:
+        assert handle.read(1)
+        assert _open_descriptors() == before + 2  # the message itself while it is read
+    drop.measure((0, 1))
+    drop.commit((), 1234567890.0)
+    assert _open_descriptors() == before + 1
+    drop.close()
+    assert _open_descriptors() == before
+
+
+def test_a_maildir_swapped_for_another_during_the_session_is_refused(lab: Lab) -> None:
+    """The directories opened again for a command must be the ones the listing read: bob's
+    folder replaced by a link to alice's (the Maildir's own name is no link, so O_NOFOLLOW
+    alone would not see it) serves and deletes nothing of alice's."""
+    drop = store_for(lab).open("bob")
+    spool = lab.root / "spool"
+    alice = sorted(p.name for p in lab.messages("alice"))
+    (spool / "bob").rename(spool / "bob.away")
+    (spool / "bob").symlink_to(spool / "alice")
+    with pytest.raises(StorageError, match="replaced"):
+        drop.open_message(0)
+    assert drop.commit((0, 1), None) == (0, 2)
+    drop.close()
+    assert sorted(p.name for p in lab.messages("alice")) == alice
+
+
+def test_a_folder_replaced_by_a_fresh_directory_is_refused(lab: Lab) -> None:
+    drop = store_for(lab).open("bob")
+    folder = sorted(lab.messages("bob"))[0].parent  # where message 1 is
+    folder.rename(folder.with_name("old"))
+    folder.mkdir()
+    with pytest.raises(StorageError, match="replaced"):
+        drop.measure((0,))
+    drop.close()
