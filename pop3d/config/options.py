@@ -132,6 +132,16 @@ OPTIONS: dict[str, Option] = {
             True,
             "[pop3d] Create a missing Maildir at first login or delivery.",
         ),
+        _o(
+            "maildrop_lock",
+            E,
+            "maildir",
+            "[pop3d] How a session locks its maildrop: maildir (pop3d.lock in each Maildir, "
+            "a descriptor per session; also across hosts sharing Maildirs over NFS) or "
+            "table (<configdirectory>/lock/pop3d-maildrops, no descriptor per session; one "
+            "host, or hosts sharing configdirectory).",
+            choices=("maildir", "table"),
+        ),
         # --- authentication ---------------------------------------------------------------
         _o(
             "credentials_file",

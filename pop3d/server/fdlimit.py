@@ -8,9 +8,10 @@ tests/server/test_scale.py on a real worker):
 * before login, plain or TLS: **1** (the socket; TLS is a layer over memory BIOs in the
   process, transport/tls_layer.py, so it costs no descriptor of its own);
 * logged in: **2**: the socket, and the maildrop's lock (``pop3d.lock`` with its flock,
-  storage/maildir.py); the Maildir's directories are opened for the command that needs
-  them and closed after it, not held by an idle session;
-* while RETR/TOP streams a message: **3** (the message file).
+  storage/locks.py); with ``maildrop_lock: table``, **1**: the lock is a byte in a table
+  the worker keeps one descriptor to for all its sessions. The Maildir's directories are
+  opened for the command that needs them and closed after it, not held by an idle session;
+* while RETR/TOP streams a message: one more (the message file).
 
 A worker also needs descriptors that are not any connection's: standard input/output/error,
 its listening sockets, the status pipe and the login-limits socket to the master, the event
@@ -27,8 +28,15 @@ from dataclasses import dataclass
 
 RESERVED = 64
 FDS_BEFORE_LOGIN = 1
-FDS_LOGGED_IN = 2
-FDS_STREAMING = 3
+
+
+def fds_logged_in(lock_in_maildir: bool = True) -> int:
+    """A logged-in session's descriptors: its socket, and its lock unless in the table."""
+    return 2 if lock_in_maildir else 1
+
+
+FDS_LOGGED_IN = fds_logged_in()  # with the default maildrop_lock
+FDS_STREAMING = FDS_LOGGED_IN + 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,16 +44,21 @@ class Limit:
     before: int  # the soft limit we found
     soft: int  # the soft limit now
     hard: int
+    lock_in_maildir: bool = True  # maildrop_lock: maildir (else table)
+
+    @property
+    def per_session(self) -> int:
+        return fds_logged_in(self.lock_in_maildir)
 
     @property
     def logged_in(self) -> int:
         """Logged-in sessions one worker can hold, each streaming a message (worst case)."""
-        return max(0, (self.soft - RESERVED) // FDS_STREAMING)
+        return max(0, (self.soft - RESERVED) // (self.per_session + 1))
 
     @property
     def logged_in_idle(self) -> int:
         """Logged-in sessions one worker can hold when none is streaming a message."""
-        return max(0, (self.soft - RESERVED) // FDS_LOGGED_IN)
+        return max(0, (self.soft - RESERVED) // self.per_session)
 
     @property
     def connections(self) -> int:
@@ -59,17 +72,17 @@ class Limit:
             how = f"{self.soft} (could not be raised to the hard limit {self.hard})"
         else:
             how = f"{self.soft} (the hard limit)"
+        what = "socket and maildrop lock" if self.lock_in_maildir else "the socket"
         return (
             f"file descriptors per process: {how}; each worker can hold "
-            f"{self.logged_in_idle} logged-in sessions ({FDS_LOGGED_IN} descriptors each, "
-            f"plain or TLS: socket and maildrop lock; {self.logged_in} if all "
-            f"stream a message at once, {FDS_STREAMING} each) or {self.connections} "
-            f"connections before login (1 each), {RESERVED} descriptors kept for the worker "
-            "itself"
+            f"{self.logged_in_idle} logged-in sessions ({self.per_session} descriptors each, "
+            f"plain or TLS: {what}; {self.logged_in} if all stream a message at once, "
+            f"{self.per_session + 1} each) or {self.connections} connections before login "
+            f"(1 each), {RESERVED} descriptors kept for the worker itself"
         )
 
 
-def raise_soft_limit() -> Limit:
+def raise_soft_limit(lock_in_maildir: bool = True) -> Limit:
     """Raise the soft RLIMIT_NOFILE as far as the hard limit allows (an unlimited hard
     limit: to the kernel's ``fs.nr_open``), and say what it became."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -83,7 +96,12 @@ def raise_soft_limit() -> Limit:
             new = target
         except (OSError, ValueError):
             new = soft
-    return Limit(before=soft if soft != resource.RLIM_INFINITY else target, soft=new, hard=target)
+    return Limit(
+        before=soft if soft != resource.RLIM_INFINITY else target,
+        soft=new,
+        hard=target,
+        lock_in_maildir=lock_in_maildir,
+    )
 
 
 def _nr_open() -> int:

@@ -166,7 +166,7 @@ class Master:
     def raise_fd_limit(self) -> fdlimit.Limit:
         """Raise the soft RLIMIT_NOFILE to the hard limit (the workers inherit it) and log
         what it permits; warn where a service's maxchild share cannot be held."""
-        limit = fdlimit.raise_soft_limit()
+        limit = fdlimit.raise_soft_limit(self.config.string("maildrop_lock") != "table")
         log.info("%s", limit.describe())
         for service in self.cyrus.services:
             share = self.maxchild_per_worker(service)

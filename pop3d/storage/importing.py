@@ -23,7 +23,6 @@ from pop3d.storage.maildir import (
     MaildirStore,
     _ensure_maildir,
     _Folders,
-    lock_maildrop,
 )
 
 
@@ -40,7 +39,7 @@ class ImportReport:
 
 @contextlib.contextmanager
 def locked_target(store: MaildirStore, user: str) -> Iterator[_Folders]:
-    """The user's Maildir (made if missing), its ``pop3d.lock`` held for the block; any
+    """The user's Maildir (made if missing), its maildrop lock held for the block; any
     storage error opening or writing it becomes ImportFailed."""
     target = store.path_for(user)
     try:
@@ -50,13 +49,13 @@ def locked_target(store: MaildirStore, user: str) -> Iterator[_Folders]:
         raise ImportFailed(f"cannot open {target}: {exc}") from exc
     try:
         try:
-            lock = lock_maildrop(folders.root, target)
+            lock = store.lock(folders.root, target)
         except MaildropInUse as exc:
             raise MaildropInUse(f"{target} is in use (a POP3 session?)") from exc
         try:
             yield folders
         finally:
-            os.close(lock)
+            lock.release()
     except (OSError, StorageError) as exc:
         raise ImportFailed(f"{target}: {exc}") from exc
     finally:

@@ -21,10 +21,10 @@ Choices, and why:
   to ``cur/<name>:2,S`` or within ``cur/`` adding S to the sorted flags (the unique part, so
   the UIDL, is unchanged); never over an existing name, and a message that cannot be
   renamed stays unseen without failing the QUIT.
-* **Lock**: ``flock`` on ``pop3d.lock`` in the Maildir. It is per open file description,
-  so two sessions in one worker process exclude each other too, and the kernel drops it when
-  the process dies: no stale lock after a crash. (On NFS, Linux maps flock to POSIX locks,
-  which also die with the process.)
+* **Lock**: ``flock`` on ``pop3d.lock`` in the Maildir, or with ``maildrop_lock: table`` a
+  byte lock in one table for every maildrop (storage/locks.py). Either excludes two
+  sessions in one worker process too, and the kernel drops it when the process dies: no
+  stale lock after a crash.
 * **Deletion** happens only in :meth:`MaildirMaildrop.commit` (the UPDATE state): unlink,
   then fsync the directories, so "+OK" after QUIT means the deletions are on disk.
 * **Delivery** writes ``tmp/``, fsyncs the file, links it into ``new/`` and fsyncs ``new/``:
@@ -48,7 +48,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import errno
-import fcntl
 import hashlib
 import itertools
 import os
@@ -63,9 +62,9 @@ from typing import BinaryIO
 
 from pop3d.config.imapd import Config, ConfigError, Problem
 from pop3d.message import SizeCounter, canonical_size
-from pop3d.storage.base import MaildropInUse, MessageGone, NoSuchFolder, StorageError
+from pop3d.storage.base import MessageGone, NoSuchFolder, StorageError
+from pop3d.storage.locks import TABLE_NAME, MaildropLock, lock_in_maildir, table_at
 
-LOCK_NAME = "pop3d.lock"
 LAST_LOGIN_NAME = "pop3d-lastlogin"
 # Kept UIDLs of imported messages (pop3d-admin import): "<unique part> <uidl>" lines.
 UIDL_MAP_NAME = "pop3d-uidl"
@@ -323,7 +322,7 @@ class MaildirMaildrop:
     def __init__(
         self,
         path: Path,
-        lock_fd: int,
+        lock: MaildropLock,
         entries: list[_Entry],
         folders: _Folders,
         *,
@@ -334,7 +333,7 @@ class MaildirMaildrop:
         self.use_flags = use_flags
         kept = kept or {}
         self._identity: dict[str, tuple[int, int]] | None = folders.identity()
-        self._lock_fd: int | None = lock_fd
+        self._lock: MaildropLock | None = lock
         self._entries = entries
         seen: set[str] = set()
         uids: list[str] = []
@@ -470,9 +469,9 @@ class MaildirMaildrop:
 
     def close(self) -> None:
         self._identity = None
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # releases the flock
-            self._lock_fd = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def __del__(self) -> None:
         self.close()
@@ -505,12 +504,19 @@ class MaildirStore:
     ``%d`` (domain), ``%p`` (``partition-default``) and ``%%``."""
 
     def __init__(
-        self, template: str, partition: str = "", create: bool = True, use_flags: bool = False
+        self,
+        template: str,
+        partition: str = "",
+        create: bool = True,
+        use_flags: bool = False,
+        lock_table: Path | None = None,
     ) -> None:
         self.template = template
         self.partition = partition
         self.create = create
         self.use_flags = use_flags  # popuseimapflags
+        # maildrop_lock: the table's file, or None for pop3d.lock in each Maildir
+        self.lock_table = lock_table
         # (user, folder) -> when this process last opened that Maildir (time.monotonic()),
         # oldest first; at most WARM_USERS (recently_opened()).
         self._opened: dict[tuple[str, str | None], float] = {}
@@ -529,6 +535,14 @@ class MaildirStore:
         opened[key] = time.monotonic()
         if len(opened) > WARM_USERS:
             del opened[next(iter(opened))]
+
+    def lock(self, root: int, path: Path) -> MaildropLock:
+        """The maildrop lock of the Maildir ``path``, open as ``root``, the one every POP3
+        session and every ``pop3d-admin import`` takes (storage/locks.py):
+        :class:`MaildropInUse` if another holder has it, :class:`StorageError` otherwise."""
+        if self.lock_table is None:
+            return lock_in_maildir(root, path)
+        return table_at(self.lock_table).lock(root, path)
 
     def path_for(self, user: str) -> Path:
         local, _, domain = user.partition("@")
@@ -575,7 +589,7 @@ class MaildirStore:
             # ELOOP/ENOTDIR: the Maildir (or new/, cur/) is a symbolic link: refused.
             raise StorageError(f"cannot open {path}: {exc.strerror}") from exc
         try:
-            lock_fd = lock_maildrop(folders.root, path)
+            lock = self.lock(folders.root, path)
         except StorageError:
             folders.close()
             raise
@@ -585,10 +599,10 @@ class MaildirStore:
                 entries = [entry for entry in entries if "T" not in flags_of(entry.name)]
             kept = read_uidl_map(folders.root)
             drop = MaildirMaildrop(
-                path, lock_fd, entries, folders, use_flags=self.use_flags, kept=kept
+                path, lock, entries, folders, use_flags=self.use_flags, kept=kept
             )
         except BaseException:
-            os.close(lock_fd)
+            lock.release()
             raise
         finally:
             folders.close()  # opened again per command (MaildirMaildrop._opened)
@@ -675,30 +689,6 @@ def _read(source: BinaryIO) -> bytes:
         raise StorageError(f"cannot read the message: {exc.strerror}") from exc
 
 
-def lock_maildrop(root: int, path: Path) -> int:
-    """Take the maildrop lock of the Maildir whose root directory is open as ``root``: an
-    exclusive ``flock`` on its ``pop3d.lock``, the one lock every POP3 session and every
-    ``pop3d-admin import`` takes. The lock's descriptor, to close to release it;
-    :class:`MaildropInUse` if another holder has it, :class:`StorageError` otherwise."""
-    try:
-        lock_fd = os.open(
-            LOCK_NAME,
-            os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-            0o600,
-            dir_fd=root,
-        )
-    except OSError as exc:
-        raise StorageError(f"cannot open lock in {path}: {exc.strerror}") from exc
-    try:
-        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        os.close(lock_fd)
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            raise MaildropInUse(f"{path} is locked") from exc
-        raise StorageError(f"cannot lock {path}: {exc.strerror}") from exc
-    return lock_fd
-
-
 def _new_unique_name() -> str:
     """``time.MusecPpidQcountRrandom.host``: unique across processes, hosts and restarts."""
     now = time.time()
@@ -728,4 +718,18 @@ def store_from_config(config: Config, service: str | None = None) -> MaildirStor
         partition,
         create=config.switch("maildir_create", service),
         use_flags=config.switch("popuseimapflags", service),
+        lock_table=lock_table_from_config(config, service),
     )
+
+
+def lock_table_from_config(config: Config, service: str | None = None) -> Path | None:
+    """``maildrop_lock: table``: the table's file in the configuration directory (which it
+    then needs); ``maildir``: None (storage/locks.py)."""
+    if config.string("maildrop_lock", service) != "table":
+        return None
+    configdirectory = config.string("configdirectory", service)
+    if not configdirectory:
+        raise ConfigError(
+            [Problem(config.path, 0, "maildrop_lock: table needs configdirectory to be set")]
+        )
+    return Path(configdirectory) / "lock" / TABLE_NAME

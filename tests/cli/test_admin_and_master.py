@@ -239,3 +239,22 @@ def test_master_serves_ipv4_ipv6_and_unix_listeners_and_stops_on_sigterm(lab: La
         errors = master.stderr.read()
     assert b"Traceback" not in errors
     assert not unix_path.exists()
+
+
+def test_a_lock_table_needs_a_configuration_directory(lab: Lab) -> None:
+    """maildrop_lock: table keeps its file in <configdirectory>/lock/: without one, the
+    configuration is refused at check-config and at start, not at the first login."""
+    lab.credentials.rename(lab.root / "pop3d.passwd")
+    text = lab.config.read_text().replace(f"configdirectory: {lab.root}/config\n", "")
+    lab.config.write_text(
+        text + f"credentials_file: {lab.root}/pop3d.passwd\nmaildrop_lock: table\n"
+    )
+    conf = _write_cyrus_conf(lab, free_port())
+    checked = admin(lab, "check-config", "-M", str(conf))
+    assert checked.returncode == 78
+    assert b"maildrop_lock: table needs configdirectory" in checked.stdout
+    started = subprocess.run(
+        [*MASTER, "-C", str(lab.config), "-M", str(conf)], capture_output=True, timeout=60
+    )
+    assert started.returncode == 78
+    assert b"maildrop_lock: table needs configdirectory" in started.stderr

@@ -48,31 +48,45 @@ def _steady_fds(pid: int) -> int:
     return count
 
 
-def test_master_raises_the_soft_limit_and_says_what_it_permits(lab: Lab) -> None:
-    server = start_server(lab, wrapper=("prlimit", "--nofile=256:4096", "--"), maxchild=3000)
+def _use_lock(lab: Lab, mode: str) -> bool:
+    """Set ``maildrop_lock``; whether the lock is a file in each Maildir."""
+    with lab.config.open("a") as config:
+        config.write(f"maildrop_lock: {mode}\n")
+    return mode == "maildir"
+
+
+@pytest.mark.parametrize("mode", ["maildir", "table"])
+def test_master_raises_the_soft_limit_and_says_what_it_permits(lab: Lab, mode: str) -> None:
+    per_session = (4096 - fdlimit.RESERVED) // fdlimit.fds_logged_in(_use_lock(lab, mode))
+    server = start_server(lab, wrapper=("prlimit", "--nofile=256:4096", "--"), maxchild=5000)
     try:
         (worker,) = worker_pids(server)
         assert _open_files(server.process.pid) == (4096, 4096)
         assert _open_files(worker) == (4096, 4096)  # inherited across exec
         log = server.log_text()
-        per_session = (4096 - fdlimit.RESERVED) // fdlimit.FDS_LOGGED_IN
         assert "file descriptors per process: raised from 256 to 4096 (the hard limit)" in log
         assert f"each worker can hold {per_session} logged-in sessions" in log
-        # maxchild=3000 on one worker is more than 4096 descriptors hold: said at start.
+        # maxchild=5000 on one worker is more than 4096 descriptors hold: said at start.
         assert f"permits {per_session} logged-in sessions per worker" in log
     finally:
         assert server.stop() == 0
 
 
-def test_a_connection_costs_what_the_log_says(lab: Lab) -> None:
-    """1 descriptor before login, FDS_LOGGED_IN once the maildrop is open, none after."""
+@pytest.mark.parametrize("mode", ["maildir", "table"])
+def test_a_connection_costs_what_the_log_says(lab: Lab, mode: str) -> None:
+    """1 descriptor before login; once the maildrop is open, 2 with its lock in the Maildir,
+    1 with the lock table; none after. A second session of the same user is [IN-USE]."""
+    logged_in = fdlimit.fds_logged_in(_use_lock(lab, mode))
     server = start_server(lab)
     try:
         (worker,) = worker_pids(server)
         # A first connection makes the worker finish its start-up (event loop, self-pipe,
-        # lazily opened files), however slowly a loaded machine lets it get there.
+        # lazily opened files, the lock table), however slowly a loaded machine lets it.
         warm_up, warm_reader = connect(server.port)
         assert warm_reader.readline().startswith(b"+OK")
+        assert command(warm_up, warm_reader, b"USER bob").startswith(b"+OK")
+        assert command(warm_up, warm_reader, b"PASS builder").startswith(b"+OK")
+        assert command(warm_up, warm_reader, b"QUIT").startswith(b"+OK")
         warm_up.close()
         rest = _steady_fds(worker)
         sock, reader = connect(server.port)
@@ -80,7 +94,13 @@ def test_a_connection_costs_what_the_log_says(lab: Lab) -> None:
         assert _settled_fds(worker, rest + fdlimit.FDS_BEFORE_LOGIN) == rest + 1
         assert command(sock, reader, b"USER alice").startswith(b"+OK")
         assert command(sock, reader, b"PASS wonderland").startswith(b"+OK")
-        assert _settled_fds(worker, rest + fdlimit.FDS_LOGGED_IN) == rest + fdlimit.FDS_LOGGED_IN
+        assert _settled_fds(worker, rest + logged_in) == rest + logged_in
+        again, again_reader = connect(server.port)
+        assert again_reader.readline().startswith(b"+OK")
+        assert command(again, again_reader, b"USER alice").startswith(b"+OK")
+        assert command(again, again_reader, b"PASS wonderland").startswith(b"-ERR [IN-USE]")
+        again_reader.close()  # else the makefile keeps the socket open
+        again.close()
         assert command(sock, reader, b"QUIT").startswith(b"+OK")
         sock.close()
         assert _settled_fds(worker, rest) == rest

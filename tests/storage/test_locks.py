@@ -1,0 +1,130 @@
+"""The maildrop lock both ways (storage/locks.py): pop3d.lock in each Maildir, or one byte
+per maildrop in a table the process keeps one descriptor to. Each excludes a second
+session of the same process and of another process, leaves other maildrops alone, is
+released on close and dies with its process; the table's byte names the directory itself,
+whatever path reached it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from pop3d.storage.base import MaildropInUse, StorageError
+from pop3d.storage.importing import ImportFailed, locked_target
+from pop3d.storage.locks import TABLE_NAME
+from pop3d.storage.maildir import MaildirStore
+from tests.support.lab import Lab
+
+MODES = ("maildir", "table")
+
+
+def _table(lab: Lab) -> Path:
+    return lab.root / "config" / "lock" / TABLE_NAME
+
+
+def _store(lab: Lab, mode: str, template: str = "%p/%u/Maildir") -> MaildirStore:
+    table = _table(lab) if mode == "table" else None
+    return MaildirStore(template, str(lab.root / "spool"), lock_table=table)
+
+
+def _descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_second_session_of_the_process_is_refused_until_the_first_ends(
+    lab: Lab, mode: str
+) -> None:
+    first = _store(lab, mode).open("bob")
+    with pytest.raises(MaildropInUse):
+        _store(lab, mode).open("bob")  # another store of the process: the same lock
+    other = _store(lab, mode).open("alice")  # another maildrop is not held up
+    first.close()
+    _store(lab, mode).open("bob").close()
+    other.close()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_another_process_is_refused_and_the_lock_dies_with_its_holder(lab: Lab, mode: str) -> None:
+    table = repr(str(_table(lab))) if mode == "table" else "None"
+    script = textwrap.dedent(
+        f"""
+        import time
+        from pathlib import Path
+        from pop3d.storage.maildir import MaildirStore
+        table = {table}
+        store = MaildirStore("%p/%u/Maildir", {str(lab.root / "spool")!r},
+                             lock_table=Path(table) if table else None)
+        drop = store.open("bob")
+        print("locked", flush=True)
+        time.sleep(60)
+        """
+    )
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
+    assert child.stdout is not None
+    try:
+        assert child.stdout.readline() == b"locked\n"
+        with pytest.raises(MaildropInUse):
+            _store(lab, mode).open("bob")
+        _store(lab, mode).open("alice").close()
+    finally:
+        child.kill()
+        child.wait(timeout=10)
+        child.stdout.close()
+    _store(lab, mode).open("bob").close()
+
+
+def test_a_table_lock_costs_no_descriptor_per_maildrop(lab: Lab) -> None:
+    store = _store(lab, "table")
+    store.open("carol").close()  # the table is opened once, at first use
+    before = _descriptors()
+    drops = [store.open(user) for user in ("alice", "bob", "dave", "erin")]
+    assert _descriptors() == before
+    for drop in drops:
+        drop.close()
+    assert not (lab.maildir("bob") / "pop3d.lock").exists()
+
+
+def test_the_table_names_the_maildir_not_the_path_to_it(lab: Lab) -> None:
+    """Two templates reaching bob's Maildir by different paths (one through a link in a
+    parent) lock the same maildrop."""
+    spool = lab.root / "spool"
+    (lab.root / "alias").symlink_to(spool)
+    drop = _store(lab, "table").open("bob")
+    aliased = MaildirStore(f"{lab.root}/alias/%u/Maildir", lock_table=_table(lab))
+    with pytest.raises(MaildropInUse):
+        aliased.open("bob")
+    drop.close()
+    aliased.open("bob").close()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_an_import_and_a_session_exclude_each_other(lab: Lab, mode: str) -> None:
+    store = _store(lab, mode)
+    drop = store.open("bob")
+    with pytest.raises(ImportFailed, match="in use"), locked_target(store, "bob"):
+        pass
+    drop.close()
+    with locked_target(store, "bob"), pytest.raises(MaildropInUse):
+        store.open("bob")
+    store.open("bob").close()
+
+
+def test_an_unusable_table_is_a_storage_error(lab: Lab) -> None:
+    blocker = lab.root / "config" / "lock"
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_text("a file where the lock folder should be\n")
+    store = _store(lab, "table")
+    with pytest.raises(StorageError, match="lock table") as caught:
+        store.open("bob")
+    assert not isinstance(caught.value, MaildropInUse)
+    with pytest.raises(ImportFailed):
+        with locked_target(store, "bob"):
+            pass
+    # The failed login released nothing it did not take: the maildir way still works.
+    _store(lab, "maildir").open("bob").close()
