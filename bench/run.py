@@ -95,6 +95,7 @@ class Settings:
     workers: list[int] = field(default_factory=lambda: [1, 2])  # the workers figure
     workers_clients: int = 100
     scale_max: int = 10_000  # the scale figure: its crowd at most, if the fd limit allows
+    scale_peer_max: int = 4_000  # ... and Dovecot's (a process per session)
     scale_steps: int = 4
     scale_clients: int = 100
 
@@ -1253,6 +1254,13 @@ def main() -> int:
         "file-descriptor limit lets one worker hold, up to 10,000)",
     )
     parser.add_argument(
+        "--scale-peer-max",
+        type=int,
+        default=4_000,
+        help="the scale figure's crowd at most for Dovecot, whose process per session "
+        "would take more memory than the machine has at 10,000 (default 4,000)",
+    )
+    parser.add_argument(
         "--scale-steps", type=int, default=4, help="crowd sizes measured up to the largest"
     )
     parser.add_argument(
@@ -1323,6 +1331,7 @@ def main() -> int:
         workers=[int(x) for x in args.workers.split(",")],
         workers_clients=args.workers_clients,
         scale_max=args.scale_max,
+        scale_peer_max=args.scale_peer_max,
         scale_steps=args.scale_steps,
         scale_clients=args.scale_clients,
     )

@@ -37,12 +37,14 @@ TARGET_RATE_RATIO = 0.8  # the sessions' rate with the crowd, against without
 
 def crowd_limit(session_clients: int, cap: int) -> int:
     """The largest crowd one pop3d worker can hold beside ``session_clients`` sessions
-    (each may be streaming a message) under the hard descriptor limit, at most ``cap``."""
+    (each may be streaming a message) under the hard descriptor limit, at most ``cap``,
+    with the lock table the scale run configures (``maildrop_lock: table``)."""
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY:
         hard = 1 << 20
-    room = hard - fdlimit.RESERVED - fdlimit.FDS_STREAMING * session_clients
-    return max(0, min(cap, room // fdlimit.FDS_LOGGED_IN))
+    per_session = fdlimit.fds_logged_in(lock_in_maildir=False)
+    room = hard - fdlimit.RESERVED - (per_session + 1) * session_clients
+    return max(0, min(cap, room // per_session))
 
 
 def crowd_sizes(total: int, steps: int) -> list[int]:
@@ -194,8 +196,18 @@ def scale_phase(
     procs = len(os.sched_getaffinity(0))
     for server in servers:
         points: list[dict[str, Any]] = []
-        out[server.name]["scale"] = {"crowd_max": size, "clients": clients, "points": points}
-        saved = _configure(server, size + clients)
+        server_sizes = sizes
+        if isinstance(server, Dovecot):
+            # A process per session (and a login proxy per TLS one): 10,000 would be
+            # 15,000 processes and about 13 GiB; the peer stops at --scale-peer-max.
+            cap = settings.scale_peer_max
+            server_sizes = sorted({min(n, cap) for n in sizes})
+        out[server.name]["scale"] = {
+            "crowd_max": max(server_sizes),
+            "clients": clients,
+            "points": points,
+        }
+        saved = _configure(server, max(server_sizes) + clients)
         crowd: Crowd | None = None
         try:
             server.start(settings.tls)
@@ -207,7 +219,7 @@ def scale_phase(
             out[server.name]["scale"]["prime"] = measure_sessions(
                 server, clients, quiet, spans=(0.0, max(1.0, settings.warmup))
             )
-            for crowd_size in sizes:
+            for crowd_size in server_sizes:
                 point: dict[str, Any] = {"crowd": crowd_size}
                 points.append(point)
                 if crowd_size:
@@ -238,8 +250,9 @@ def scale_phase(
 
 def _configure(server: Server, connections: int) -> tuple[Any, ...]:
     if isinstance(server, Pop3d):
-        saved: tuple[Any, ...] = (server.prefork, server.maxchild)
+        saved: tuple[Any, ...] = (server.prefork, server.maxchild, server.maildrop_lock)
         server.prefork, server.maxchild = 1, connections + 100
+        server.maildrop_lock = "table"
         return saved
     if isinstance(server, Dovecot):
         saved = (server.process_limit,)
@@ -251,7 +264,7 @@ def _configure(server: Server, connections: int) -> tuple[Any, ...]:
 
 def _restore(server: Server, saved: tuple[Any, ...]) -> None:
     if isinstance(server, Pop3d):
-        server.prefork, server.maxchild = saved
+        server.prefork, server.maxchild, server.maildrop_lock = saved
     elif isinstance(server, Dovecot):
         (server.process_limit,) = saved
 

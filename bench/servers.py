@@ -410,6 +410,9 @@ class Pop3d(Server):
         self.auth_cache_ttl = auth_cache_ttl
         self.prefork = prefork
         self.maxchild = 4000  # per service; the scale figure raises it to its crowd
+        # maildrop_lock (None: the default); the scale figure sets "table", the lock that
+        # costs a session no descriptor (older checkouts warn of the unknown option)
+        self.maildrop_lock: str | None = None
         self.cpus: list[int] | None = None  # the master and its workers run on these (taskset)
         self.kerberos = kerberos
         self.root = LAB / name
@@ -457,6 +460,8 @@ class Pop3d(Server):
             text += f"sasl_keytab: {self.kerberos.keytab}\n"
         if self.auth_cache_ttl is not None:
             text += f"auth_cache_ttl: {self.auth_cache_ttl}\n"
+        if self.maildrop_lock is not None:
+            text += f"maildrop_lock: {self.maildrop_lock}\n"
         if tls is not None:
             text += f"tls_server_cert: {tls.cert}\ntls_server_key: {tls.key}\n"
         self.config.write_text(text)
