@@ -96,6 +96,7 @@ class Settings:
     workers_clients: int = 100
     scale_max: int = 10_000  # the scale figure: its crowd at most, if the fd limit allows
     scale_peer_max: int = 4_000  # ... and Dovecot's (a process per session)
+    scale_noops: int = 1  # NOOPs per crowd connection per measured window
     scale_steps: int = 4
     scale_clients: int = 100
 
@@ -1254,6 +1255,14 @@ def main() -> int:
         "file-descriptor limit lets one worker hold, up to 10,000)",
     )
     parser.add_argument(
+        "--scale-noops",
+        type=int,
+        default=1,
+        help="NOOPs each crowd connection sends during a measured window of the scale "
+        "figure, spread over it (default 1: every connection answers once; 10,000 "
+        "connections over 10 s are then 1,000 NOOPs/s beside the sessions)",
+    )
+    parser.add_argument(
         "--scale-peer-max",
         type=int,
         default=4_000,
@@ -1332,6 +1341,7 @@ def main() -> int:
         workers_clients=args.workers_clients,
         scale_max=args.scale_max,
         scale_peer_max=args.scale_peer_max,
+        scale_noops=args.scale_noops,
         scale_steps=args.scale_steps,
         scale_clients=args.scale_clients,
     )

@@ -30,7 +30,6 @@ from pop3d.server import fdlimit
 from servers import BENCH, Dovecot, Pop3d, Server
 
 CROWD = BENCH / "crowd.py"
-NOOP_ROUNDS = 2  # NOOPs per crowd connection during each measured window
 TARGET_P99_MS = 100.0
 TARGET_RATE_RATIO = 0.8  # the sessions' rate with the crowd, against without
 
@@ -131,8 +130,8 @@ class Crowd:
             "open_seconds": max(a["open_seconds"] for a in answers),
         }
 
-    def start_noops(self, delay: float, seconds: float) -> None:
-        self._tell(f"noop {delay} {seconds} {NOOP_ROUNDS}")
+    def start_noops(self, delay: float, seconds: float, rounds: int) -> None:
+        self._tell(f"noop {delay} {seconds} {rounds}")
 
     def noop_results(self, timeout: float) -> dict[str, Any]:
         answers = self._answers(timeout)
@@ -228,7 +227,9 @@ def scale_phase(
                 point["load_before_cores"] = wait_quiet(timeout=settings.quiet_timeout)
                 if crowd_size:
                     # the load generator starts its clients about a second after it starts
-                    crowd.start_noops(1.3 + settings.warmup, settings.duration)
+                    crowd.start_noops(
+                        1.3 + settings.warmup, settings.duration, settings.scale_noops
+                    )
                 quiet = dataclasses.replace(settings, quiet_timeout=0.0)  # waited already
                 point["sessions"] = measure_sessions(server, clients, quiet)
                 if crowd_size:
@@ -315,7 +316,7 @@ def summarize_scale(mode: str, results: dict[str, list[dict[str, Any]]], s: Any)
         "",
         f"{s.scale_clients} clients run the sessions figure's session in clear text while "
         "the crowd (half plain, half STLS, each logged in with USER/PASS and idle) sends "
-        f"NOOP {NOOP_ROUNDS} times per connection, spread over the measured window; "
+        f"NOOP {s.scale_noops} time(s) per connection, spread over the measured window; "
         "latency from NOOP sent to +OK read, over every connection. pop3d: one worker holds "
         "the crowd and serves the sessions; Dovecot: a pop3 process per session (and its "
         "pop3-login process as TLS proxy for STLS ones). Server memory: the process tree "
