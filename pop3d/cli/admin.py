@@ -66,6 +66,7 @@ from pop3d.storage.base import StorageError
 from pop3d.storage.dovecot_import import DEFAULT_UIDL_FORMAT, import_dovecot
 from pop3d.storage.imap_import import LoginRefused, NoSuchMailbox, ServerUnreachable
 from pop3d.storage.importing import ImportFailed, ImportReport
+from pop3d.storage.locks import check_table
 from pop3d.storage.maildir import MaildirStore, store_from_config
 from pop3d.storage.mbox_import import import_mbox
 from pop3d.transport import tls
@@ -426,9 +427,12 @@ def _check_references(config: Config) -> list[str]:
     except (ConfigError, CredentialFileError, OSError) as exc:
         problems.append(str(exc))
     try:
-        store_from_config(config)
+        store = store_from_config(config)
     except ConfigError as exc:
         problems += [str(p) for p in exc.problems]
+    else:
+        if store.lock_table is not None and (trouble := check_table(store.lock_table)):
+            problems.append(f"{config.where('maildrop_lock')}: error: maildrop_lock: {trouble}")
     if tls.certificate_configured(config, None):
         try:
             tls.server_context(config, None)

@@ -35,6 +35,8 @@ from pop3d.server import metrics
 from pop3d.server.audit import AuditTrail
 from pop3d.server.limits import Gate, Limits, LoginCounter
 from pop3d.server.telemetry import TelemetrySettings
+from pop3d.storage.base import StorageError
+from pop3d.storage.locks import table_at
 from pop3d.storage.maildir import store_from_config
 from pop3d.transport import tls
 
@@ -140,6 +142,11 @@ class ServiceContext:
         self.servername = config.string("servername", service) or socket.gethostname()
         self.session_prefix = config.string("syslog_prefix", service) or self.servername
         self.store = store_from_config(config, service)
+        if self.store.lock_table is not None:
+            try:
+                table_at(self.store.lock_table).open()
+            except StorageError as exc:
+                raise ConfigError([Problem(config.path, 0, f"maildrop_lock: {exc}")]) from None
         credentials = CredentialFile(credentials_path(config, service))
         try:
             credentials.check()

@@ -90,6 +90,12 @@ class LockTable:
         self._held: set[int] = set()
         self._mutex = threading.Lock()
 
+    def open(self) -> None:
+        """Open (and make) the table now: a server checks at start that it can, rather
+        than failing every login. :class:`StorageError` if not."""
+        with self._mutex:
+            self._descriptor()
+
     def _descriptor(self) -> int:
         # Opened at first use, under the mutex, and kept for the process's life.
         if self._fd < 0:
@@ -154,6 +160,20 @@ class TableLock:
 def _flock(kind: int, offset: int) -> bytes:
     # struct flock: l_type, l_whence, l_start, l_len, l_pid (0: an OFD lock requires it).
     return struct.pack("@hhqqi", kind, os.SEEK_SET, offset, 1, 0)
+
+
+def check_table(path: Path) -> str | None:
+    """What stands in the way of the table at ``path``, without making anything (for
+    ``check-config``, which may run as another user than the server): None if it can be
+    opened read-write, or could be made."""
+    folder = path.parent
+    if folder.exists() and not folder.is_dir():
+        return f"cannot open the maildrop lock table {path}: {folder} is not a folder"
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        return f"cannot open the maildrop lock table {path}: not a regular file"
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        return f"cannot open the maildrop lock table {path}: not readable and writable"
+    return None
 
 
 _tables: dict[Path, LockTable] = {}

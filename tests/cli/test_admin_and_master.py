@@ -258,3 +258,20 @@ def test_a_lock_table_needs_a_configuration_directory(lab: Lab) -> None:
     )
     assert started.returncode == 78
     assert b"maildrop_lock: table needs configdirectory" in started.stderr
+
+
+def test_a_lock_table_that_cannot_be_made_stops_the_start(lab: Lab) -> None:
+    """Checked at start, not found out by every login: here a file stands where the table's
+    folder should be."""
+    (lab.root / "config" / "lock").write_text("not a folder\n")
+    with lab.config.open("a") as config:
+        config.write("maildrop_lock: table\n")
+    conf = _write_cyrus_conf(lab, free_port())
+    checked = admin(lab, "check-config", "-M", str(conf))
+    assert checked.returncode == 78
+    assert b"maildrop_lock: cannot open the maildrop lock table" in checked.stdout
+    started = subprocess.run(
+        [*MASTER, "-C", str(lab.config), "-M", str(conf)], capture_output=True, timeout=60
+    )
+    assert started.returncode == 78
+    assert b"maildrop_lock: cannot open the maildrop lock table" in started.stderr

@@ -16,7 +16,7 @@ import pytest
 
 from pop3d.storage.base import MaildropInUse, StorageError
 from pop3d.storage.importing import ImportFailed, locked_target
-from pop3d.storage.locks import TABLE_NAME
+from pop3d.storage.locks import TABLE_NAME, check_table
 from pop3d.storage.maildir import MaildirStore
 from tests.support.lab import Lab
 
@@ -128,3 +128,18 @@ def test_an_unusable_table_is_a_storage_error(lab: Lab) -> None:
             pass
     # The failed login released nothing it did not take: the maildir way still works.
     _store(lab, "maildir").open("bob").close()
+
+
+def test_check_config_sees_what_would_stop_the_table_and_makes_nothing(lab: Lab) -> None:
+    table = _table(lab)
+    assert check_table(table) is None
+    assert not table.parent.exists()  # checking made nothing
+    table.parent.mkdir(parents=True)
+    (lab.root / "elsewhere").write_text("")
+    table.symlink_to(lab.root / "elsewhere")
+    assert "not a regular file" in (check_table(table) or "")
+    table.unlink()
+    table.mkdir()
+    assert "not a regular file" in (check_table(table) or "")
+    with pytest.raises(StorageError, match="lock table"):
+        _store(lab, "table").open("bob")
