@@ -61,6 +61,7 @@ from pop3d.config import cyrus, imapd
 from pop3d.config.imapd import Config, ConfigError
 from pop3d.sasl import registry
 from pop3d.security.secret import Secret
+from pop3d.server import privileges
 from pop3d.storage import imap_import
 from pop3d.storage.base import StorageError
 from pop3d.storage.dovecot_import import DEFAULT_UIDL_FORMAT, import_dovecot
@@ -484,11 +485,26 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_passwd(config, args)
         if args.command == "users":
             return cmd_users(config, args)
+        _become_cyrus_user(config)
         if args.command == "import":
             return cmd_import(config, args)
         return cmd_deliver(config, args)
     except (CredentialFileError, ConfigError) as exc:
         fail(PROGRAM, EX_CONFIG, str(exc))
+
+
+def _become_cyrus_user(config: Config) -> None:
+    """Run as root, ``deliver`` and ``import`` become ``cyrus_user`` first, as Cyrus's own
+    tools do: the Maildirs, messages and locks they make must belong to the account the
+    server reads them as (made by root, mode 0600, the server could not open them). What
+    they read (the message on stdin, an import's source and password file) must then be
+    readable by that account. Without cyrus_user nothing changes."""
+    if os.geteuid() != 0 or config.string("cyrus_user") is None:
+        return
+    try:
+        privileges.drop(config)
+    except OSError as exc:
+        fail(PROGRAM, EX_TEMPFAIL, f"cannot become cyrus_user: {exc}")  # an MTA retries
 
 
 def entry() -> None:

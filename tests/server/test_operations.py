@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import grp
+import itertools
 import os
 import pwd
 import shutil
@@ -124,6 +125,53 @@ def test_master_started_as_root_serves_as_cyrus_user(public_root: Path) -> None:
         assert f"running as {ACCOUNT} (uid {account.pw_uid}, gid {gid})" in server.log_text()
     finally:
         assert server.stop() == 0
+
+
+def test_admin_run_as_root_makes_mail_the_server_can_read(public_root: Path) -> None:
+    """pop3d-admin deliver and import, run as root with cyrus_user set, become that account
+    first (as Cyrus's tools do): the Maildir, the message, the kept UIDLs and the lock
+    belong to it, and the server, which runs as it, serves them."""
+    account = _account()
+    lab = Lab(public_root / "lab", extra_config=f"cyrus_user: {ACCOUNT}\n").create()
+    lab.set_password("carol", USERS["carol"])  # no Maildir yet: deliver makes it
+    _chown_tree(lab.root, account.pw_uid, account.pw_gid)
+    python, env = _python_for(ACCOUNT)
+    admin = [python, "-m", "pop3d.cli.admin", "-C", str(lab.config)]
+    run_env = {**os.environ, **env}
+    message = b"From: a@example.org\r\nSubject: delivered as root\r\n\r\nbody\r\n"
+    done = subprocess.run(
+        [*admin, "deliver", "carol"], input=message, env=run_env, capture_output=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    mbox = public_root / "old.mbox"
+    mbox.write_bytes(b"From a@example.org Mon Jan  1 00:00:00 2024\nSubject: imported\n\nold\n")
+    os.chown(mbox, account.pw_uid, account.pw_gid)
+    done = subprocess.run(
+        [*admin, "import", "--mbox", str(mbox), "carol"], env=run_env, capture_output=True,
+        timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    made = [lab.root / "spool" / "carol", *(lab.root / "spool" / "carol").rglob("*")]
+    assert len(made) > 6
+    for path in made:
+        assert path.lstat().st_uid == account.pw_uid, path
+    server = start_server(lab, env=env, python=python)
+    try:
+        sock, reader, reply = _login(server.port, "carol")
+        assert reply.startswith(b"+OK"), reply
+        assert command(sock, reader, b"STAT").startswith(b"+OK 2 ")
+        for number in (1, 2):
+            assert command(sock, reader, b"RETR %d" % number).startswith(b"+OK")
+            lines = list(itertools.takewhile(_not_end, iter(reader.readline, b"")))
+            assert any(line.startswith(b"Subject: ") for line in lines), lines
+        assert command(sock, reader, b"QUIT").startswith(b"+OK")
+        sock.close()
+    finally:
+        assert server.stop() == 0
+
+
+def _not_end(line: bytes) -> bool:
+    return line != b".\r\n"
 
 
 def test_a_file_the_user_cannot_read_stops_the_master(public_root: Path) -> None:
