@@ -129,7 +129,6 @@ def reason_text(text: str) -> str:
 # --- the client's address --------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=1024)  # a session's records share its peer: parsed once
 def client_address(peer: str) -> str | None:
     """The IP address in a channel's peer (``192.0.2.7:110``, ``[2001:db8::1]:110``),
     None if it is not one (``[unix socket]``, ``[stdio]``)."""
@@ -138,6 +137,13 @@ def client_address(peer: str) -> str | None:
         host = peer[1 : peer.find("]")] if "]" in peer else ""
     elif peer.count(":") == 1:
         host = peer.partition(":")[0]
+    return _canonical_address(host)
+
+
+# Keyed by the host, not the peer: a client's sessions come from new ports each time, and
+# parsing an address is most of what a record's client field costs.
+@functools.lru_cache(maxsize=4096)
+def _canonical_address(host: str) -> str | None:
     try:
         return str(ipaddress.ip_address(host))
     except ValueError:

@@ -520,6 +520,7 @@ class MaildirStore:
         # (user, folder) -> when this process last opened that Maildir (time.monotonic()),
         # oldest first; at most WARM_USERS (recently_opened()).
         self._opened: dict[tuple[str, str | None], float] = {}
+        self._paths: dict[str, Path] = {}
 
     def recently_opened(self, user: str, folder: str | None = None) -> bool:
         """Whether this process opened ``user``'s Maildir (``folder``: that popsubfolders
@@ -545,6 +546,17 @@ class MaildirStore:
         return table_at(self.lock_table).lock(root, path)
 
     def path_for(self, user: str) -> Path:
+        """The user's Maildir (remembered for the users this process saw last: a
+        poller's every login builds the same path)."""
+        path = self._paths.get(user)
+        if path is None:
+            path = self._expand(user)
+            if len(self._paths) >= WARM_USERS:
+                self._paths.clear()
+            self._paths[user] = path
+        return path
+
+    def _expand(self, user: str) -> Path:
         local, _, domain = user.partition("@")
         values = {"u": user, "n": local, "d": domain, "p": self.partition, "%": "%"}
         out: list[str] = []
