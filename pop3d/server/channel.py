@@ -234,6 +234,7 @@ class Channel(_Layered, asyncio.Protocol):
         return False  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
+        _release_read_callback(self._transport)
         self._lost = True
         self._eof = True
         self._wake_reader()
@@ -311,6 +312,16 @@ class Channel(_Layered, asyncio.Protocol):
     @property
     def closed(self) -> bool:
         return self._lost or self._transport is None or self._transport.is_closing()
+
+
+def _release_read_callback(transport: asyncio.BaseTransport | None) -> None:
+    """Python 3.11's socket transport keeps a bound method of itself (``_read_ready_cb``):
+    a reference cycle, so every connection left its transport, socket and their extras (7
+    objects) to the cycle collector, which a worker runs rarely (server/worker.py). Python
+    3.12 drops the method when the transport closes (CPython gh-100348); this does the same
+    once the transport is done with, and nothing where the attribute is absent."""
+    if getattr(transport, "_read_ready_cb", None) is not None:
+        transport._read_ready_cb = None  # type: ignore[union-attr]
 
 
 class FdChannel(_Layered):
