@@ -49,6 +49,8 @@ class ByteChannel(TypingProtocol):
 
     async def read(self) -> bytes: ...
 
+    def readable(self) -> asyncio.Future[None] | None: ...
+
     async def write(self, data: bytes) -> None: ...
 
     async def write_last(self, data: bytes) -> None: ...
@@ -89,6 +91,14 @@ class _Layered:
 
     def _discard_raw(self) -> None:
         raise NotImplementedError
+
+    def readable(self) -> asyncio.Future[None] | None:
+        """A future done when bytes or the end of input arrive, if nothing has yet; else
+        None, and :meth:`read` (which waits by itself where this always says None). A
+        session waiting for its next command waits on this future, not inside read(): two
+        suspended coroutines fewer, 450 octets in every idle session (bench/RESULTS.md
+        section 11)."""
+        return None
 
     async def read(self) -> bytes:
         """Whatever plaintext has arrived, at least one byte; b"" at end of input. Raises
@@ -249,6 +259,12 @@ class Channel(_Layered, asyncio.Protocol):
         if self._drain_waiter is not None and not self._drain_waiter.done():
             self._drain_waiter.set_result(None)
 
+    def readable(self) -> asyncio.Future[None] | None:
+        if self._plain or self._chunks or self._eof or self._stack.peer_closed:
+            return None
+        self._read_waiter = self._loop.create_future()
+        return self._read_waiter
+
     def _wake_reader(self) -> None:
         if self._read_waiter is not None and not self._read_waiter.done():
             self._read_waiter.set_result(None)
@@ -264,6 +280,7 @@ class Channel(_Layered, asyncio.Protocol):
                 await self._read_waiter
             finally:
                 self._read_waiter = None
+        self._read_waiter = None  # readable()'s, done
         data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
         self._chunks.clear()
         self._buffered = 0

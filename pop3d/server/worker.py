@@ -56,7 +56,9 @@ class Worker:
         self.context = context
         self.maxchild = maxchild
         self.status_fd = status_fd
-        self.connections: set[Connection] = set()
+        # By the task that runs each (its done-callback is then a bound method, where a
+        # closure over the connection cost an idle session 230 octets).
+        self.connections: dict[asyncio.Task[None], Connection] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._stop_accepting = asyncio.Event()  # SIGTERM or retirement
         self._terminating = asyncio.Event()  # SIGTERM only
@@ -87,18 +89,18 @@ class Worker:
             self._idle_timer.cancel()
             self._idle_timer = None
         connection = Connection(channel, self.context)
-        self.connections.add(connection)
         self.served += 1
         task = asyncio.get_running_loop().create_task(connection.run())
+        self.connections[task] = connection
         self._tasks.add(task)
-        task.add_done_callback(lambda t: self._finished(t, connection))
+        task.add_done_callback(self._finished)
         uses = self.context.options.max_uses
         if uses is not None and self.served >= max(1, uses):  # Cyrus: -U 0 serves one
             self.retire(f"served {self.served} connections (-U {uses})")
 
-    def _finished(self, task: asyncio.Task[None], connection: Connection) -> None:
+    def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        self.connections.discard(connection)
+        self.connections.pop(task, None)
         timeout = self.context.options.reuse_timeout
         if timeout > 0 and not self.connections and not self._stop_accepting.is_set():
             delay = timeout + random.uniform(0, timeout)  # Cyrus: T + rand() % T
@@ -209,7 +211,7 @@ class Worker:
         await loop.connect_accepted_socket(lambda: Channel(self._accepted, real_peer), client)
 
     async def _drain(self) -> None:
-        for connection in list(self.connections):
+        for connection in list(self.connections.values()):
             if connection.idle:
                 connection.end_reason = "server shutting down"
                 connection.channel.close()
