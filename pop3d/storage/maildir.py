@@ -54,6 +54,7 @@ import os
 import secrets
 import socket
 import stat
+import struct
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -239,12 +240,15 @@ class _Folders:
             self.close()
             raise
 
-    def identity(self) -> dict[str, tuple[int, int]]:
-        """(device, inode) of the Maildir ("") and of each folder open here."""
-        found = {"": _identity(self.root)}
-        for name, fd in self.fds.items():
-            found[name] = _identity(fd)
-        return found
+    def identity(self) -> bytes:
+        """(device, inode) of the Maildir and of ``new/`` and ``cur/`` (zeros for a folder
+        not open here), packed: a session keeps it for its whole life, and a dict of
+        tuples of large ints would be half a kilobyte of every idle session."""
+        values: list[int] = []
+        for name in _IDENTITY_ORDER:
+            fd = self.fds.get(name) if name else self.root
+            values += _identity(fd) if fd is not None else (0, 0)
+        return _IDENTITY.pack(*values)
 
     def close(self) -> None:
         for fd in self.fds.values():
@@ -253,6 +257,11 @@ class _Folders:
         if self.root >= 0:
             os.close(self.root)
             self.root = -1
+
+
+# The folders a session's identity records, in order: the Maildir itself, new/, cur/.
+_IDENTITY_ORDER = ("", *_SUBDIRS)
+_IDENTITY = struct.Struct(f"={2 * len(_IDENTITY_ORDER)}Q")
 
 
 def _identity(fd: int) -> tuple[int, int]:
@@ -270,7 +279,7 @@ class _Reopened:
 
     __slots__ = ("_identity", "_open", "_path")
 
-    def __init__(self, path: Path, identity: dict[str, tuple[int, int]]) -> None:
+    def __init__(self, path: Path, identity: bytes) -> None:
         self._path = path
         self._identity = identity
         self._open: dict[str, int | None] = {}
@@ -279,9 +288,12 @@ class _Reopened:
         """The folder ``name`` ("" for the Maildir itself)."""
         if name in self._open:
             return self._open[name]
-        wanted = self._identity.get(name)
+        wanted: tuple[int, ...] | None = None
+        if name in _IDENTITY_ORDER:
+            slot = _IDENTITY_ORDER.index(name)
+            wanted = _IDENTITY.unpack(self._identity)[2 * slot : 2 * slot + 2]
         fd = None
-        if wanted is not None:
+        if wanted is not None and wanted != (0, 0):
             path = self._path / name if name else self._path
             try:
                 fd = _open_directory(path)
@@ -332,7 +344,7 @@ class MaildirMaildrop:
         self.path = path
         self.use_flags = use_flags
         kept = kept or {}
-        self._identity: dict[str, tuple[int, int]] | None = folders.identity()
+        self._identity: bytes | None = folders.identity()
         self._lock: MaildropLock | None = lock
         self._entries = entries
         seen: set[str] = set()
@@ -520,7 +532,6 @@ class MaildirStore:
         # (user, folder) -> when this process last opened that Maildir (time.monotonic()),
         # oldest first; at most WARM_USERS (recently_opened()).
         self._opened: dict[tuple[str, str | None], float] = {}
-        self._paths: dict[str, Path] = {}
 
     def recently_opened(self, user: str, folder: str | None = None) -> bool:
         """Whether this process opened ``user``'s Maildir (``folder``: that popsubfolders
@@ -546,17 +557,6 @@ class MaildirStore:
         return table_at(self.lock_table).lock(root, path)
 
     def path_for(self, user: str) -> Path:
-        """The user's Maildir (remembered for the users this process saw last: a
-        poller's every login builds the same path)."""
-        path = self._paths.get(user)
-        if path is None:
-            path = self._expand(user)
-            if len(self._paths) >= WARM_USERS:
-                self._paths.clear()
-            self._paths[user] = path
-        return path
-
-    def _expand(self, user: str) -> Path:
         local, _, domain = user.partition("@")
         values = {"u": user, "n": local, "d": domain, "p": self.partition, "%": "%"}
         out: list[str] = []
