@@ -42,7 +42,7 @@ def crowd_limit(session_clients: int, cap: int) -> int:
     if hard == resource.RLIM_INFINITY:
         hard = 1 << 20
     per_session = fdlimit.fds_logged_in(lock_in_maildir=False)
-    room = hard - fdlimit.RESERVED - (per_session + 1) * session_clients
+    room = hard - fdlimit.reserved(lock_in_maildir=False) - (per_session + 1) * session_clients
     return max(0, min(cap, room // per_session))
 
 

@@ -138,7 +138,7 @@ OPTIONS: dict[str, Option] = {
             "maildir",
             "[pop3d] How a session locks its maildrop: maildir (pop3d.lock in each Maildir, "
             "a descriptor per session; also across hosts sharing Maildirs over NFS) or "
-            "table (<configdirectory>/lock/pop3d-maildrops, no descriptor per session; one "
+            "table (<configdirectory>/lock/pop3d-maildrops/, no descriptor per session; one "
             "host, or hosts sharing configdirectory).",
             choices=("maildir", "table"),
         ),

@@ -36,7 +36,7 @@ from pop3d.server.audit import AuditTrail
 from pop3d.server.limits import Gate, Limits, LoginCounter
 from pop3d.server.telemetry import TelemetrySettings
 from pop3d.storage.base import StorageError
-from pop3d.storage.locks import table_at
+from pop3d.storage.locks import prepare_table
 from pop3d.storage.maildir import store_from_config
 from pop3d.transport import tls
 
@@ -144,7 +144,7 @@ class ServiceContext:
         self.store = store_from_config(config, service)
         if self.store.lock_table is not None:
             try:
-                table_at(self.store.lock_table).open()
+                prepare_table(self.store.lock_table)
             except StorageError as exc:
                 raise ConfigError([Problem(config.path, 0, f"maildrop_lock: {exc}")]) from None
         credentials = CredentialFile(credentials_path(config, service))

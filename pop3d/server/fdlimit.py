@@ -9,8 +9,9 @@ tests/server/test_scale.py on a real worker):
   process, transport/tls_layer.py, so it costs no descriptor of its own);
 * logged in: **2**: the socket, and the maildrop's lock (``pop3d.lock`` with its flock,
   storage/locks.py); with ``maildrop_lock: table``, **1**: the lock is a byte in a table
-  the worker keeps one descriptor to for all its sessions. The Maildir's directories are
-  opened for the command that needs them and closed after it, not held by an idle session;
+  whose 256 files the worker keeps open for all its sessions (counted with the reserve).
+  The Maildir's directories are opened for the command that needs them and closed after
+  it, not held by an idle session;
 * while RETR/TOP streams a message: one more (the message file).
 
 A worker also needs descriptors that are not any connection's: standard input/output/error,
@@ -26,6 +27,8 @@ from __future__ import annotations
 import resource
 from dataclasses import dataclass
 
+from pop3d.storage import locks
+
 RESERVED = 64
 FDS_BEFORE_LOGIN = 1
 
@@ -33,6 +36,11 @@ FDS_BEFORE_LOGIN = 1
 def fds_logged_in(lock_in_maildir: bool = True) -> int:
     """A logged-in session's descriptors: its socket, and its lock unless in the table."""
     return 2 if lock_in_maildir else 1
+
+
+def reserved(lock_in_maildir: bool = True) -> int:
+    """What a worker keeps for itself: RESERVED, plus the lock table's files."""
+    return RESERVED + (0 if lock_in_maildir else locks.SHARDS)
 
 
 FDS_LOGGED_IN = fds_logged_in()  # with the default maildrop_lock
@@ -51,19 +59,24 @@ class Limit:
         return fds_logged_in(self.lock_in_maildir)
 
     @property
+    def reserved(self) -> int:
+        """The worker's own descriptors: :data:`RESERVED`, and the lock table's files."""
+        return reserved(self.lock_in_maildir)
+
+    @property
     def logged_in(self) -> int:
         """Logged-in sessions one worker can hold, each streaming a message (worst case)."""
-        return max(0, (self.soft - RESERVED) // (self.per_session + 1))
+        return max(0, (self.soft - self.reserved) // (self.per_session + 1))
 
     @property
     def logged_in_idle(self) -> int:
         """Logged-in sessions one worker can hold when none is streaming a message."""
-        return max(0, (self.soft - RESERVED) // self.per_session)
+        return max(0, (self.soft - self.reserved) // self.per_session)
 
     @property
     def connections(self) -> int:
         """Connections one worker can hold before they log in."""
-        return max(0, (self.soft - RESERVED) // FDS_BEFORE_LOGIN)
+        return max(0, (self.soft - self.reserved) // FDS_BEFORE_LOGIN)
 
     def describe(self) -> str:
         if self.soft > self.before:
@@ -78,7 +91,7 @@ class Limit:
             f"{self.logged_in_idle} logged-in sessions ({self.per_session} descriptors each, "
             f"plain or TLS: {what}; {self.logged_in} if all stream a message at once, "
             f"{self.per_session + 1} each) or {self.connections} connections before login "
-            f"(1 each), {RESERVED} descriptors kept for the worker itself"
+            f"(1 each), {self.reserved} descriptors kept for the worker itself"
         )
 
 

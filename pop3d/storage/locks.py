@@ -5,18 +5,19 @@ taken by every POP3 session and every ``pop3d-admin import``, in one of two ways
 * ``maildir`` (the default): an exclusive ``flock`` on ``pop3d.lock`` in the Maildir. It
   works wherever the Maildir is, Maildirs on NFS shared by several hosts included (Linux
   maps flock to NFS byte-range locks), and costs a descriptor per session.
-* ``table``: one byte per maildrop in ``<configdirectory>/lock/pop3d-maildrops``, locked
-  with an open-file-description lock (``F_OFD_SETLK``). The process keeps one descriptor to
-  the table for all its sessions, so a logged-in session costs its socket only: what lets
-  one worker hold ten thousand of them under a hard limit of 20,000 descriptors
-  (server/fdlimit.py). It excludes only processes that see the same table: one host, or
+* ``table``: one byte per maildrop in ``<configdirectory>/lock/pop3d-maildrops/`` (256
+  files), locked with an open-file-description lock (``F_OFD_SETLK``). The process keeps
+  one descriptor per file for all its sessions, so a logged-in session costs its socket
+  only: what lets one worker hold ten thousand of them under a hard limit of 20,000
+  descriptors (server/fdlimit.py). It excludes only processes that see the same table: one host, or
   hosts sharing the configuration directory.
 
 Both are dropped by the kernel when the holder dies (no stale lock after a crash).
 
-A table lock's byte is the Maildir's device and inode hashed to 62 bits: the directory
-itself, whatever path or link named it; two maildrops sharing a byte (one chance in 2^62
-per pair) would only exclude each other. OFD locks held through one open file description
+A table lock's key is the Maildir's device and inode hashed to 62 bits: the directory
+itself, whatever path or link named it; the key picks the file (key mod 256) and is the
+byte's offset in it. Two maildrops sharing a key (one chance in 2^62 per pair) would only
+exclude each other. OFD locks held through one open file description
 never conflict with each other, so the process keeps its own set of the bytes it holds,
 under a mutex (maildrops are opened in I/O threads).
 """
@@ -37,7 +38,13 @@ from pop3d.storage.base import MaildropInUse, StorageError
 LOCK_NAME = "pop3d.lock"
 TABLE_NAME = "pop3d-maildrops"
 _BUSY = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
-_OFFSET_MASK = (1 << 62) - 1
+_KEY_MASK = (1 << 62) - 1
+# The kernel keeps an inode's byte locks in one list and walks it for every lock and
+# unlock: 10,000 sessions' locks in one file made each login's lock and its QUIT's unlock
+# cost 0.2 ms of system time (bench/RESULTS.md, section 12), still 6 % of a session's CPU
+# over 64 files. Over 256, a list is 40 locks at 10,000 sessions, for 256 descriptors a
+# process (server/fdlimit.py counts them with the worker's reserve).
+SHARDS = 256
 
 
 class MaildropLock(Protocol):
@@ -81,98 +88,115 @@ def lock_in_maildir(root: int, path: Path) -> FileLock:
 
 
 class LockTable:
-    """The ``table`` way: one file of byte locks for every maildrop. Use :func:`table_at`
-    so that a process has one per file (its set of held bytes must be the only one)."""
+    """The ``table`` way: byte locks for every maildrop, spread over :data:`SHARDS` files
+    in one folder. Use :func:`table_at` so that a process has one per folder (its set of
+    held keys must be the only one)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._fd = -1
+        self._fds: list[int] = []
         self._held: set[int] = set()
         self._mutex = threading.Lock()
 
-    def open(self) -> None:
-        """Open (and make) the table now: a server checks at start that it can, rather
-        than failing every login. :class:`StorageError` if not."""
-        with self._mutex:
-            self._descriptor()
-
-    def _descriptor(self) -> int:
+    def _descriptors(self) -> list[int]:
         # Opened at first use, under the mutex, and kept for the process's life.
-        if self._fd < 0:
+        if not self._fds:
+            fds: list[int] = []
             try:
-                self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-                self._fd = os.open(
-                    self.path,
-                    os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                    0o600,
-                )
+                self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+                flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+                for shard in range(SHARDS):
+                    fd = os.open(self.path / f"{shard:02x}", flags, 0o600)
+                    fds.append(fd)  # each one kept, to be closed if a later one fails
             except OSError as exc:
+                for fd in fds:
+                    os.close(fd)
                 raise StorageError(
                     f"cannot open the maildrop lock table {self.path}: {exc.strerror}"
                 ) from exc
-        return self._fd
+            self._fds = fds
+        return self._fds
 
     def lock(self, root: int, path: Path) -> TableLock:
         """Lock the maildrop whose Maildir is open as ``root``: :class:`MaildropInUse` if a
         session of this process or another holds it, :class:`StorageError` otherwise."""
         info = os.fstat(root)
         digest = hashlib.blake2b(struct.pack("<QQ", info.st_dev, info.st_ino), digest_size=8)
-        offset = int.from_bytes(digest.digest(), "little") & _OFFSET_MASK
+        key = int.from_bytes(digest.digest(), "little") & _KEY_MASK
         with self._mutex:
-            if offset in self._held:
+            if key in self._held:
                 raise MaildropInUse(f"{path} is locked")
-            fd = self._descriptor()
+            fds = self._descriptors()
             try:
-                fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock(fcntl.F_WRLCK, offset))
+                fcntl.fcntl(fds[key % SHARDS], fcntl.F_OFD_SETLK, _flock(fcntl.F_WRLCK, key))
             except OSError as exc:
                 if exc.errno in _BUSY:
                     raise MaildropInUse(f"{path} is locked") from exc
                 raise StorageError(f"cannot lock {path}: {exc.strerror}") from exc
-            self._held.add(offset)
-        return TableLock(self, offset)
+            self._held.add(key)
+        return TableLock(self, key)
 
-    def unlock(self, offset: int) -> None:
+    def unlock(self, key: int) -> None:
         with self._mutex:
-            if offset not in self._held:
+            if key not in self._held:
                 return
             try:
-                fcntl.fcntl(self._fd, fcntl.F_OFD_SETLK, _flock(fcntl.F_UNLCK, offset))
+                fcntl.fcntl(self._fds[key % SHARDS], fcntl.F_OFD_SETLK, _flock(fcntl.F_UNLCK, key))
             except OSError:
                 # Not seen for a byte this description holds; if it ever were, the
                 # maildrop stays locked until the process ends, never the reverse.
                 return
-            self._held.discard(offset)
+            self._held.discard(key)
 
 
 class TableLock:
-    __slots__ = ("_offset", "_table")
+    __slots__ = ("_key", "_table")
 
-    def __init__(self, table: LockTable, offset: int) -> None:
+    def __init__(self, table: LockTable, key: int) -> None:
         self._table: LockTable | None = table
-        self._offset = offset
+        self._key = key
 
     def release(self) -> None:
         if self._table is not None:
-            self._table.unlock(self._offset)
+            self._table.unlock(self._key)
             self._table = None
 
 
-def _flock(kind: int, offset: int) -> bytes:
+def _flock(kind: int, key: int) -> bytes:
     # struct flock: l_type, l_whence, l_start, l_len, l_pid (0: an OFD lock requires it).
-    return struct.pack("@hhqqi", kind, os.SEEK_SET, offset, 1, 0)
+    # The byte at ``key`` (up to 2^62: off_t has room; the file stays empty).
+    return struct.pack("@hhqqi", kind, os.SEEK_SET, key, 1, 0)
+
+
+def prepare_table(path: Path) -> None:
+    """Make the table's folder and files now, one descriptor at a time, and keep none
+    open: a server checks at start (as the user it serves as) that it can, rather than
+    failing every login; the process that locks opens them at its first lock.
+    :class:`StorageError` if not."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for shard in range(SHARDS):
+            os.close(os.open(path / f"{shard:02x}", flags, 0o600))
+    except OSError as exc:
+        raise StorageError(f"cannot open the maildrop lock table {path}: {exc.strerror}") from exc
 
 
 def check_table(path: Path) -> str | None:
     """What stands in the way of the table at ``path``, without making anything (for
     ``check-config``, which may run as another user than the server): None if it can be
     opened read-write, or could be made."""
-    folder = path.parent
-    if folder.exists() and not folder.is_dir():
-        return f"cannot open the maildrop lock table {path}: {folder} is not a folder"
-    if path.is_symlink() or (path.exists() and not path.is_file()):
-        return f"cannot open the maildrop lock table {path}: not a regular file"
-    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
-        return f"cannot open the maildrop lock table {path}: not readable and writable"
+    for folder in (path.parent, path):
+        if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+            return f"cannot open the maildrop lock table {path}: {folder} is not a folder"
+    for shard in range(SHARDS):
+        file = path / f"{shard:02x}"
+        if file.is_symlink() or (file.exists() and not file.is_file()):
+            return f"cannot open the maildrop lock table {path}: {file} is not a regular file"
+        if file.exists() and not os.access(file, os.R_OK | os.W_OK):
+            return (
+                f"cannot open the maildrop lock table {path}: {file} is not readable and writable"
+            )
     return None
 
 

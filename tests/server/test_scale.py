@@ -57,7 +57,8 @@ def _use_lock(lab: Lab, mode: str) -> bool:
 
 @pytest.mark.parametrize("mode", ["maildir", "table"])
 def test_master_raises_the_soft_limit_and_says_what_it_permits(lab: Lab, mode: str) -> None:
-    per_session = (4096 - fdlimit.RESERVED) // fdlimit.fds_logged_in(_use_lock(lab, mode))
+    in_maildir = _use_lock(lab, mode)
+    per_session = (4096 - fdlimit.reserved(in_maildir)) // fdlimit.fds_logged_in(in_maildir)
     server = start_server(lab, wrapper=("prlimit", "--nofile=256:4096", "--"), maxchild=5000)
     try:
         (worker,) = worker_pids(server)
@@ -104,7 +105,7 @@ def test_a_connection_costs_what_the_log_says(lab: Lab, mode: str) -> None:
         assert command(sock, reader, b"QUIT").startswith(b"+OK")
         sock.close()
         assert _settled_fds(worker, rest) == rest
-        assert rest < fdlimit.RESERVED
+        assert rest < fdlimit.reserved(mode == "maildir")
     finally:
         server.stop()
 
