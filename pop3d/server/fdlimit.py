@@ -88,7 +88,8 @@ class Limit:
         what = "socket and maildrop lock" if self.lock_in_maildir else "the socket"
         return (
             f"file descriptors per process: {how}; each worker can hold "
-            f"{self.logged_in_idle} logged-in sessions ({self.per_session} descriptors each, "
+            f"{self.logged_in_idle} logged-in sessions ({self.per_session} "
+            f"{'descriptor' if self.per_session == 1 else 'descriptors'} each, "
             f"plain or TLS: {what}; {self.logged_in} if all stream a message at once, "
             f"{self.per_session + 1} each) or {self.connections} connections before login "
             f"(1 each), {self.reserved} descriptors kept for the worker itself"
