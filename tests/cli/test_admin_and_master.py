@@ -241,23 +241,28 @@ def test_master_serves_ipv4_ipv6_and_unix_listeners_and_stops_on_sigterm(lab: La
     assert not unix_path.exists()
 
 
+def _refused_at_check_and_start(lab: Lab, problem: bytes) -> None:
+    """check-config and the master both refuse the configuration (exit 78), naming it."""
+    conf = _write_cyrus_conf(lab, free_port())
+    checked = admin(lab, "check-config", "-M", str(conf))
+    assert checked.returncode == 78
+    assert problem in checked.stdout
+    started = subprocess.run(
+        [*MASTER, "-C", str(lab.config), "-M", str(conf)], capture_output=True, timeout=60
+    )
+    assert started.returncode == 78
+    assert problem in started.stderr
+
+
 def test_a_lock_table_needs_a_configuration_directory(lab: Lab) -> None:
-    """maildrop_lock: table keeps its file in <configdirectory>/lock/: without one, the
+    """maildrop_lock: table keeps its files in <configdirectory>/lock/: without one, the
     configuration is refused at check-config and at start, not at the first login."""
     lab.credentials.rename(lab.root / "pop3d.passwd")
     text = lab.config.read_text().replace(f"configdirectory: {lab.root}/config\n", "")
     lab.config.write_text(
         text + f"credentials_file: {lab.root}/pop3d.passwd\nmaildrop_lock: table\n"
     )
-    conf = _write_cyrus_conf(lab, free_port())
-    checked = admin(lab, "check-config", "-M", str(conf))
-    assert checked.returncode == 78
-    assert b"maildrop_lock: table needs configdirectory" in checked.stdout
-    started = subprocess.run(
-        [*MASTER, "-C", str(lab.config), "-M", str(conf)], capture_output=True, timeout=60
-    )
-    assert started.returncode == 78
-    assert b"maildrop_lock: table needs configdirectory" in started.stderr
+    _refused_at_check_and_start(lab, b"maildrop_lock: table needs configdirectory")
 
 
 def test_a_lock_table_that_cannot_be_made_stops_the_start(lab: Lab) -> None:
@@ -266,12 +271,4 @@ def test_a_lock_table_that_cannot_be_made_stops_the_start(lab: Lab) -> None:
     (lab.root / "config" / "lock").write_text("not a folder\n")
     with lab.config.open("a") as config:
         config.write("maildrop_lock: table\n")
-    conf = _write_cyrus_conf(lab, free_port())
-    checked = admin(lab, "check-config", "-M", str(conf))
-    assert checked.returncode == 78
-    assert b"maildrop_lock: cannot open the maildrop lock table" in checked.stdout
-    started = subprocess.run(
-        [*MASTER, "-C", str(lab.config), "-M", str(conf)], capture_output=True, timeout=60
-    )
-    assert started.returncode == 78
-    assert b"maildrop_lock: cannot open the maildrop lock table" in started.stderr
+    _refused_at_check_and_start(lab, b"maildrop_lock: cannot open the maildrop lock table")
