@@ -244,7 +244,7 @@ def test_a_maildir_swapped_for_another_during_the_session_is_refused(lab: Lab) -
     alice = sorted(p.name for p in lab.messages("alice"))
     (spool / "bob").rename(spool / "bob.away")
     (spool / "bob").symlink_to(spool / "alice")
-    with pytest.raises(StorageError, match="replaced"):
+    with pytest.raises(StorageError, match="was replaced during the session"):
         drop.open_message(0)
     assert drop.commit((0, 1), None) == (0, 2)
     drop.close()
@@ -256,6 +256,6 @@ def test_a_folder_replaced_by_a_fresh_directory_is_refused(lab: Lab) -> None:
     folder = sorted(lab.messages("bob"))[0].parent  # where message 1 is
     folder.rename(folder.with_name("old"))
     folder.mkdir()
-    with pytest.raises(StorageError, match="replaced"):
+    with pytest.raises(StorageError, match="was replaced during the session"):
         drop.measure((0,))
     drop.close()
