@@ -86,6 +86,34 @@ class Maildrop:
 
 
 class Session:
+    # Slots: an idle logged-in session is mostly these objects (bench/RESULTS.md, section 14).
+    __slots__ = (
+        "_awaiting_response",
+        "_bad_commands",
+        "_challenge_spans",
+        "_close_reason",
+        "_maildrop",
+        "_notices",
+        "_out",
+        "_reader",
+        "_request",
+        "_request_sent",
+        "_state_before",
+        "_table",
+        "_task",
+        "_task_mark",
+        "_task_rule",
+        "challenge",
+        "connection",
+        "folder",
+        "security",
+        "settings",
+        "state",
+        "transcript",
+        "user",
+        "user_realm",
+    )
+
     def __init__(self, settings: SessionSettings, connection: ConnectionInfo) -> None:
         self.settings = settings
         self.connection = connection

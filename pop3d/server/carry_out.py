@@ -57,7 +57,7 @@ class Where(enum.Enum):
     HASH = "hash"  # Argon2: its own thread (server/context.py says why)
 
 
-@dataclass
+@dataclass(slots=True)
 class Work:
     authenticator: Authenticator
     store: Store | None = None

@@ -70,10 +70,13 @@ class ByteChannel(TypingProtocol):
 class _Layered:
     """What both channels share: the layer stack over raw reads and writes."""
 
-    # The address the client connected to (no port), None where there is none (stdio).
-    local_address: str | None = None
+    # Slots, here and in both channels: an idle session is mostly such objects (bench/
+    # RESULTS.md, section 14).
+    __slots__ = ("_held", "_plain", "_stack", "bytes_in", "bytes_out", "local_address")
 
     def __init__(self) -> None:
+        # The address the client connected to (no port), None where there is none (stdio).
+        self.local_address: str | None = None
         self._stack = LayerStack()
         self._plain = b""  # unwrapped, not yet read: goes through a layer pushed now
         # Wire bytes that go out in front of the next write, or at close: the TLS
@@ -190,6 +193,22 @@ class _Layered:
 
 class Channel(_Layered, asyncio.Protocol):
     """A socket connection. It is its own asyncio protocol, for its whole life."""
+
+    __slots__ = (
+        "_buffered",
+        "_chunks",
+        "_drain_waiter",
+        "_eof",
+        "_loop",
+        "_lost",
+        "_on_connected",
+        "_peer_override",
+        "_read_waiter",
+        "_reading_paused",
+        "_transport",
+        "_write_paused",
+        "peer",
+    )
 
     def __init__(
         self, on_connected: Callable[[Channel], None] | None = None, peer: str | None = None
@@ -347,6 +366,8 @@ class FdChannel(_Layered):
     non-blocking mode (restored on close), so an idle timeout can end the session: a read
     blocked in a thread could not be interrupted. Regular files never block and are read
     directly."""
+
+    __slots__ = ("_closed", "_loop", "_read_fd", "_restore", "_write_fd", "peer")
 
     def __init__(self, read_fd: int, write_fd: int) -> None:
         super().__init__()

@@ -86,6 +86,27 @@ class _Unread(Exception):
 
 
 class Connection:
+    __slots__ = (
+        "_deadline",
+        "_idle_timer",
+        "_loop",
+        "_mechanism",
+        "_metrics",
+        "_retrieved",
+        "_started",
+        "_task",
+        "_telemetry",
+        "_timed_out",
+        "_top",
+        "_user",
+        "channel",
+        "context",
+        "end_reason",
+        "idle",
+        "session",
+        "work",
+    )
+
     def __init__(self, channel: ByteChannel, context: ServiceContext) -> None:
         self.channel = channel
         self.context = context

@@ -331,6 +331,17 @@ class MaildirMaildrop:
     (server/fdlimit.py); opening three directories again is a few microseconds beside the
     command that needs them."""
 
+    __slots__ = (
+        "_entries",
+        "_identity",
+        "_lock",
+        "last_login",
+        "path",
+        "sizes",
+        "uids",
+        "use_flags",
+    )
+
     def __init__(
         self,
         path: Path,
