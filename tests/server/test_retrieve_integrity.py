@@ -202,10 +202,18 @@ def test_cached_read_takes_the_page_cache_only(tmp_path: Path) -> None:
     path = tmp_path / "message"
     data = bytes(range(256)) * 1024
     path.write_bytes(data)
-    _evicted(path)
     fd = os.open(path, os.O_RDONLY)
     try:
-        assert cached_read(fd, len(data), 0) is None  # would wait for the disk
+        # would wait for the disk: None. The kernel may keep a page that was still in a
+        # CPU's batch of new pages through one eviction (seen once under the full
+        # suite's load), so evict again a few times before calling it a failure.
+        for _ in range(20):
+            _evicted(path)
+            if cached_read(fd, len(data), 0) is None:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the page cache answered for a file just evicted")
         assert os.pread(fd, len(data), 0) == data  # what the I/O thread does
         assert cached_read(fd, len(data), 0) == data
         assert cached_read(fd, 1000, 5) == data[5:1005]
