@@ -239,6 +239,21 @@ def scale_phase(
                 if server.process is None or server.process.poll() is not None:
                     point["failed"] = f"{server.name} exited: {server.log_tail(20)}"
                     break
+            else:
+                # The rate without the crowd again, once it is gone: the machine's own
+                # speed drifts over the minutes a repetition takes (by a third in
+                # bench/RESULTS.md, section 14.3), so the crowd's points are compared with
+                # a rate taken on both sides of them.
+                out[server.name]["scale"]["crowd_cpu_s"] = crowd.close()
+                crowd = None
+                point = {"crowd": 0, "after_crowd": True}
+                points.append(point)
+                point["load_before_cores"] = wait_quiet(timeout=settings.quiet_timeout)
+                quiet = dataclasses.replace(settings, quiet_timeout=0.0)
+                point["sessions"] = measure_sessions(server, clients, quiet)
+                # not "memory": what the crowd left allocated is no crowd-less figure
+                point["memory_after_crowd"] = vars(server.memory())
+                _line(server, point, clients)
         except Exception as exc:  # a bench bug or a server failure: report it, keep going
             out[server.name]["scale"]["failed"] = f"{exc.__class__.__name__}: {exc}"[:2000]
             print(f"    FAILED {exc}", flush=True)
@@ -274,8 +289,9 @@ def _line(server: Server, point: dict[str, Any], clients: int) -> None:
     sessions = point["sessions"]
     noop = point.get("noop", {})
     opened = point.get("open", {})
+    after = " (again, the crowd closed)" if point.get("after_crowd") else ""
     print(
-        f"  {server.name}: crowd {point['crowd']} "
+        f"  {server.name}: crowd {point['crowd']}{after} "
         f"(logged in {opened.get('logged_in', 0)}, alive {noop.get('alive', '-')}): "
         f"{clients} clients {sessions.get('sessions_per_s', 0):.1f} sessions/s, "
         f"NOOP p50 {_ms(noop.get('p50_ms'))} p99 {_ms(noop.get('p99_ms'))}, errors "
@@ -319,7 +335,10 @@ def summarize_scale(mode: str, results: dict[str, list[dict[str, Any]]], s: Any)
         f"NOOP {s.scale_noops} time(s) per connection, spread over the measured window; "
         "latency from NOOP sent to +OK read, over every connection. pop3d: one worker holds "
         "the crowd and serves the sessions; Dovecot: a pop3 process per session (and its "
-        "pop3-login process as TLS proxy for STLS ones). Server memory: the process tree "
+        "pop3-login process as TLS proxy for STLS ones). The rate without a crowd is "
+        "measured before the crowd opens and again after it has closed, and its row is the "
+        "median of both (the machine's speed drifts over a repetition). Server memory: the "
+        "process tree "
         "(RSS counts shared pages once per process; PSS divides them). Medians over the "
         "repetitions.",
         "",

@@ -8,6 +8,7 @@ from the run's results."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -95,6 +96,12 @@ def _check_scale(lab: Path, text: str) -> None:
             )
             assert row, f"{server} crowd {crowd}:\n{text}"
     (results,) = (lab / "results").glob("*.json")
+    # the rate without a crowd measured again after it closed, for both servers
+    for runs in json.loads(results.read_text())["results"].values():
+        for server, (run,) in runs.items():
+            after = [p for p in run["scale"]["points"] if p.get("after_crowd")]
+            assert len(after) == 1 and after[0]["crowd"] == 0, server
+            assert after[0]["sessions"]["ok"] > 0, server
     assert results.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
     chart = lab / "again.png"
     subprocess.run(
