@@ -25,6 +25,7 @@ import random
 import signal
 import socket
 
+from pop3d.server import heap
 from pop3d.server.channel import Channel, FdChannel
 from pop3d.server.connection import Connection
 from pop3d.server.context import ServiceContext
@@ -63,6 +64,8 @@ class Worker:
         self._stop_accepting = asyncio.Event()  # SIGTERM or retirement
         self._terminating = asyncio.Event()  # SIGTERM only
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._storm = heap.StormWatch()
+        self._trim_timer: asyncio.TimerHandle | None = None
         self.served = 0
 
     def _accepted(self, channel: Channel) -> None:
@@ -92,6 +95,7 @@ class Worker:
         self.served += 1
         task = asyncio.get_running_loop().create_task(connection.run())
         self.connections[task] = connection
+        self._storm.opened(len(self.connections))
         self._tasks.add(task)
         task.add_done_callback(self._finished)
         uses = self.context.options.max_uses
@@ -101,12 +105,32 @@ class Worker:
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         self.connections.pop(task, None)
+        if self._trim_timer is None and self._storm.due(len(self.connections)):
+            self._trim_timer = asyncio.get_running_loop().call_later(heap.DELAY, self._trim)
         timeout = self.context.options.reuse_timeout
         if timeout > 0 and not self.connections and not self._stop_accepting.is_set():
             delay = timeout + random.uniform(0, timeout)  # Cyrus: T + rand() % T
             loop = asyncio.get_running_loop()
             self._idle_timer = loop.call_later(
                 delay, self.retire, f"no session for {delay:.0f} s (-T {timeout})"
+            )
+
+    def _trim(self) -> None:
+        """The end of a storm of connections: its freed memory back to the system
+        (server/heap.py)."""
+        self._trim_timer = None
+        live, peak = len(self.connections), self._storm.peak
+        if not self._storm.due(live):
+            return  # the sessions came back meanwhile
+        self._storm.trimmed(live)
+        returned = heap.trim()
+        if returned is not None:
+            log.info(
+                "worker: %d sessions, %d at the most before; %.1f MiB of freed memory "
+                "returned to the system",
+                live,
+                peak,
+                returned / (1 << 20),
             )
 
     def stop(self) -> None:
@@ -147,8 +171,9 @@ class Worker:
             await self._stop_accepting.wait()
             for server in servers:
                 server.close()
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
+        for timer in (self._idle_timer, self._trim_timer):
+            if timer is not None:
+                timer.cancel()
         await self._sessions_end_or_terminate()
         await self._drain()
         gc.collect()
