@@ -4,7 +4,7 @@ the benchmark (run.py), for working on pop3d's own cost rather than comparing se
     profile.py spy --transport plain|pop3s|stls [--clients 10] [--seconds 15] [--native]
                    [--pythonpath DIR] [--top 30]
     profile.py cpu --pythonpath DIR [--pythonpath DIR ...] [--transport plain,pop3s,stls]
-                   [--clients 10] [--seconds 8] [--rounds 3]
+                   [--clients 10] [--seconds 8] [--rounds 3] [--prefork 1] [--events]
 
 ``spy``: one pop3d (one worker), a warm-up pass so every user's password is in the
 verification cache, then the load generator's sessions (connect, greeting, USER, PASS,
@@ -20,7 +20,10 @@ the sessions the load generator completed) of one or more checkouts, each its ow
 running at once and measured in turn, the order rotating each round, so they see the
 same background load; a warm-up pass first (no Argon2id in the figures). Prints every
 value and the median per checkout and transport. The steady figure on a shared machine:
-CPU per session barely moves with other load, sessions/s does.
+CPU per session barely moves with other load, sessions/s does. ``--events``: also what
+``perf stat`` counts in the server's processes per session (context switches,
+``epoll_wait`` calls, sends, receives, accepts): where a session's CPU goes that no
+profile of Python shows (bench/RESULTS.md, section 15).
 
 Everything lives under bench/.lab/profile-* (git-ignored), next to the bench's own lab.
 """
@@ -31,6 +34,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -82,14 +86,57 @@ def _result(process: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
     return result
 
 
+# What ``cpu --events`` counts in the server's processes (perf stat): how often a worker
+# waits and is switched out, beside the sends and receives a session needs.
+EVENTS = {
+    "context-switches": "context switches",
+    "syscalls:sys_enter_epoll_wait": "epoll_wait",
+    "syscalls:sys_enter_sendto": "sends",
+    "syscalls:sys_enter_recvfrom": "receives",
+    "syscalls:sys_enter_accept4": "accept4",
+}
+
+
 def _sessions(
-    server: Pop3d, transport: str, clients: int, seconds: float, tls: TLSFiles
+    server: Pop3d,
+    transport: str,
+    clients: int,
+    seconds: float,
+    tls: TLSFiles,
+    *,
+    events: dict[str, float] | None = None,
 ) -> tuple[int, float]:
-    """(sessions completed, server CPU seconds) of one run of the load generator."""
+    """(sessions completed, server CPU seconds) of one run of the load generator;
+    ``events``: filled with the counts of EVENTS over the run."""
+    counting = _count_events(server) if events is not None else None
     before = tree_cpu(server.pid)
     result = _result(_client(server, transport, clients, (0.5, seconds), tls), seconds + 120)
     used = tree_cpu(server.pid) - before
+    if counting is not None and events is not None:
+        events.update(_counted(*counting))
     return int(result["ok"]) + int(result["warmup_ok"]), used
+
+
+def _count_events(server: Pop3d) -> tuple[subprocess.Popen[bytes], Path]:
+    out = LAB / "profile-events.txt"
+    pids = ",".join(str(pid) for pid in process_tree(server.pid))
+    command = ["perf", "stat", "-x,", "-e", ",".join(EVENTS), "-p", pids, "-o", str(out)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(0.3)  # attached before the first session
+    return process, out
+
+
+def _counted(process: subprocess.Popen[bytes], out: Path) -> dict[str, float]:
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=30)
+    counts = {}
+    for line in out.read_text().splitlines():
+        fields = line.split(",")
+        if len(fields) > 2 and fields[2] in EVENTS and fields[0].replace(".", "").isdigit():
+            counts[fields[2]] = float(fields[0])
+    if len(counts) != len(EVENTS):
+        raise RuntimeError(f"perf stat counted {sorted(counts)}: {err.decode()[-2000:]}")
+    return counts
 
 
 def _start(name: str, pythonpath: str | None, clients: int, tls: TLSFiles, prefork: int) -> Pop3d:
@@ -231,15 +278,20 @@ def cpu(args: argparse.Namespace) -> int:
     ]
     values: dict[tuple[int, str], list[float]] = {}
     rates: dict[tuple[int, str], list[float]] = {}
+    counted: dict[tuple[int, str], list[dict[str, float]]] = {}
     try:
         for round_ in range(args.rounds):
             order = list(range(len(servers)))
             order = order[round_ % len(order) :] + order[: round_ % len(order)]
             for transport in transports:
                 for i in order:
+                    events: dict[str, float] | None = {} if args.events else None
                     sessions, used = _sessions(
-                        servers[i], transport, args.clients, args.seconds, tls
+                        servers[i], transport, args.clients, args.seconds, tls, events=events
                     )
+                    if events is not None:
+                        per_session = {k: v / max(sessions, 1) for k, v in events.items()}
+                        counted.setdefault((i, transport), []).append(per_session)
                     per = 1000 * used / max(sessions, 1)
                     values.setdefault((i, transport), []).append(per)
                     rates.setdefault((i, transport), []).append(sessions / (args.seconds + 0.5))
@@ -260,6 +312,15 @@ def cpu(args: argparse.Namespace) -> int:
             f"| {args.pythonpath[i]} | {transport} | {statistics.median(runs):.2f} | {shown} "
             f"| {rate:.0f} |"
         )
+    if counted:
+        print()
+        print("| checkout | transport | " + " | ".join(EVENTS.values()) + " |")
+        print("|---|---|" + "---:|" * len(EVENTS))
+        for (i, transport), per_run in sorted(counted.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+            medians = [statistics.median(run[event] for run in per_run) for event in EVENTS]
+            shown = " | ".join(f"{value:.2f}" for value in medians)
+            print(f"| {args.pythonpath[i]} | {transport} | {shown} |")
+        print("(per session, medians of the rounds)")
     return 0
 
 
@@ -281,6 +342,9 @@ def main() -> int:
     many.add_argument("--seconds", type=float, default=8.0)
     many.add_argument("--rounds", type=int, default=3)
     many.add_argument("--prefork", type=int, default=1)
+    many.add_argument(
+        "--events", action="store_true", help="count wake-ups and syscalls per session (perf)"
+    )
     args = parser.parse_args()
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     return spy(args) if args.command == "spy" else cpu(args)
