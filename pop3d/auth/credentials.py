@@ -15,7 +15,9 @@ The file must not be readable or writable by group or others; it is refused othe
 Readers re-read it when it changes (inode, size, mtime, ctime). Writers take an exclusive
 lock on ``<file>.lock``, write a temporary file in the same directory, fsync it and rename
 it over the old one, so concurrent ``pop3d-admin`` runs cannot lose an update and a reader
-never sees half a file.
+never sees half a file. The new file keeps the old one's owner: the server reads it as
+``cyrus_user``, and a file that root rewrote as its own (mode 0600) would lock the server
+out of every password; a file (and a folder) made anew goes to the owner the writer names.
 """
 
 from __future__ import annotations
@@ -144,19 +146,37 @@ class CredentialFile:
 
 
 @contextmanager
-def _exclusive(path: Path) -> Iterator[None]:
+def _exclusive(path: Path, owner: tuple[int, int] | None = None) -> Iterator[None]:
     fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
+        if owner is not None and os.geteuid() == 0 and os.fstat(fd).st_uid != owner[0]:
+            os.fchown(fd, *owner)  # else the owner's own runs could not take the lock
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)
 
 
-def update(path: Path, user: str, change: Callable[[UserRecord | None], UserRecord | None]) -> None:
-    """Atomically replace (or with None, remove) one user's record."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with _exclusive(path):
+def update(
+    path: Path,
+    user: str,
+    change: Callable[[UserRecord | None], UserRecord | None],
+    new_owner: tuple[int, int] | None = None,
+) -> None:
+    """Atomically replace (or with None, remove) one user's record. ``new_owner`` (uid,
+    gid): who owns the file, and its folder, if this makes them as root; an existing file
+    keeps its owner and group."""
+    if not path.parent.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if new_owner is not None and os.geteuid() == 0:
+            os.chown(path.parent, *new_owner)
+    owner: tuple[int, int] | None
+    try:
+        info = os.stat(path)
+        owner = (info.st_uid, info.st_gid)
+    except FileNotFoundError:
+        owner = new_owner
+    with _exclusive(path, owner):
         try:
             st = os.stat(path)
             _check_mode(path, st)
@@ -175,14 +195,16 @@ def update(path: Path, user: str, change: Callable[[UserRecord | None], UserReco
                 out.append(item if isinstance(item, str) else format_record(item))
         if new is not None and not replaced:
             out.append(format_record(new))
-        _write_atomically(path, "\n".join(out) + "\n")
+        _write_atomically(path, "\n".join(out) + "\n", owner)
 
 
-def _write_atomically(path: Path, text: str) -> None:
+def _write_atomically(path: Path, text: str, owner: tuple[int, int] | None = None) -> None:
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            if owner is not None and os.geteuid() == 0:
+                os.fchown(handle.fileno(), *owner)  # anyone else writes it as its owner
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())

@@ -29,6 +29,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
@@ -44,6 +45,7 @@ from pop3d.auth.identity import canonical_user
 from pop3d.cli.common import (
     DEFAULT_CYRUS_CONF,
     DEFAULT_IMAPD_CONF,
+    EX_CANTCREAT,
     EX_CONFIG,
     EX_DATAERR,
     EX_NOINPUT,
@@ -196,16 +198,39 @@ def _read_password() -> Secret:
     return Secret(text.encode("utf-8"))
 
 
+def _credentials_owner(config: Config) -> tuple[int, int] | None:
+    """Who a credential file made by root should belong to: ``cyrus_user``, whom the server
+    reads it as (mode 0600). None: whoever runs this."""
+    if os.geteuid() != 0 or config.string("cyrus_user") is None:
+        return None
+    account = privileges.target(config)
+    return (account.uid, account.gid) if account is not None else None
+
+
+def _update_credentials(
+    path: Path,
+    user: str,
+    change: Callable[[credentials.UserRecord | None], credentials.UserRecord | None],
+    owner: tuple[int, int] | None,
+) -> None:
+    try:
+        credentials.update(path, user, change, owner)
+    except OSError as exc:
+        code = EX_NOPERM if isinstance(exc, PermissionError) else EX_CANTCREAT
+        fail(PROGRAM, code, f"cannot update {path}: {exc.strerror or exc}")
+
+
 def cmd_passwd(config: Config, args: argparse.Namespace) -> int:
     user = _user(config, args.user)
     path = credentials_path(config)
+    owner = _credentials_owner(config)
     if args.delete:
         found = []
 
         def remove(record: credentials.UserRecord | None) -> None:
             found.append(record is not None)
 
-        credentials.update(path, user, remove)
+        _update_credentials(path, user, remove, owner)
         if not found[0]:
             fail(PROGRAM, EX_NOUSER, f"no such user {user!r}")
         return 0
@@ -218,7 +243,7 @@ def cmd_passwd(config: Config, args: argparse.Namespace) -> int:
     )
     for warning in warnings:
         print(f"{PROGRAM}: warning: {warning}", file=sys.stderr)
-    credentials.update(path, user, lambda _old: credentials.UserRecord(user, values))
+    _update_credentials(path, user, lambda _old: credentials.UserRecord(user, values), owner)
     return 0
 
 

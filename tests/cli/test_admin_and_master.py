@@ -44,6 +44,42 @@ def test_passwd_set_and_delete(lab: Lab) -> None:
     assert admin(lab, "passwd", "erin", stdin=b"\n").returncode == 65  # empty password
 
 
+NOBODY = 65534  # Debian's nobody:nogroup
+
+
+def test_passwd_as_root_keeps_the_credential_files_owner(lab: Lab) -> None:
+    """The server reads the file as cyrus_user (mode 0600): rewritten by root as root's
+    own, it would lock the server out of every password."""
+    path = lab.credentials
+    os.chown(path, NOBODY, NOBODY)
+    assert admin(lab, "passwd", "carol", stdin=b"s3cret\n").returncode == 0
+    assert admin(lab, "passwd", "-d", "bob").returncode == 0
+    info = path.stat()
+    assert (info.st_uid, info.st_gid, info.st_mode & 0o777) == (NOBODY, NOBODY, 0o600)
+    assert Path(f"{path}.lock").stat().st_uid == NOBODY  # its own runs can take the lock
+    assert b"carol\t" in admin(lab, "users").stdout
+
+
+def test_passwd_as_root_gives_a_new_credential_file_to_cyrus_user(lab: Lab) -> None:
+    path = lab.root / "fresh" / "pop3d.passwd"
+    with lab.config.open("a") as config:
+        config.write(f"credentials_file: {path}\ncyrus_user: nobody\n")
+    assert admin(lab, "passwd", "carol", stdin=b"s3cret\n").returncode == 0
+    for made in (path, path.parent):
+        assert (made.stat().st_uid, made.stat().st_gid) == (NOBODY, NOBODY), made
+
+
+def test_passwd_that_cannot_write_says_why_without_a_traceback(lab: Lab) -> None:
+    blocker = lab.root / "a-file"
+    blocker.write_text("not a folder")
+    with lab.config.open("a") as config:
+        config.write(f"credentials_file: {blocker}/pop3d.passwd\n")
+    result = admin(lab, "passwd", "carol", stdin=b"s3cret\n")
+    assert result.returncode == 73, result.stderr
+    assert result.stderr.startswith(b"pop3d-admin: cannot update "), result.stderr
+    assert b"Traceback" not in result.stderr
+
+
 def test_deliver(lab: Lab) -> None:
     before = len(lab.messages("bob"))
     assert admin(lab, "deliver", "bob", stdin=b"Subject: x\n\nhi\n").returncode == 0
