@@ -52,6 +52,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -139,6 +140,7 @@ class Master:
         self.metrics_dir: str | None = None
         self.metrics_address: tuple[str, int] | None = None
         self._metrics_server: Any = None
+        self._metrics_lock = threading.Lock()  # scrapes against folding a dead worker
         self.worker_deaths: collections.Counter[str] = collections.Counter()
 
     def bind_all(self) -> None:
@@ -420,7 +422,8 @@ class Master:
         directory = tempfile.mkdtemp(prefix="pop3d-metrics-")  # 0700, ours
         try:
             registry = CollectorRegistry(auto_describe=True)
-            MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+            workers = MultiProcessCollector(None, path=directory)  # type: ignore[no-untyped-call]
+            registry.register(metrics.Serialised(workers, self._metrics_lock))
             registry.register(_MasterCollector(self))
             server, _thread = start_http_server(port, host, registry)
         except BaseException:
@@ -446,11 +449,14 @@ class Master:
             self.metrics_dir = None
 
     def _worker_gone(self, pid: int) -> None:
-        """Drop an exited worker's share of the gauges (its counters stay in the sums)."""
+        """An exited worker's counters into the archive, its share of the gauges dropped,
+        its files removed (server/metrics.py)."""
         if self.metrics_dir is not None:
-            from prometheus_client import multiprocess  # noqa: PLC0415
-
-            multiprocess.mark_process_dead(pid, self.metrics_dir)  # type: ignore[no-untyped-call]
+            with self._metrics_lock:
+                try:
+                    metrics.fold_dead_worker(self.metrics_dir, pid)
+                except OSError as exc:  # a full disk must not take the master down
+                    log.warning("metrics: cannot fold worker %d's counts: %s", pid, exc)
 
 
 def available_cores() -> int:

@@ -5,9 +5,11 @@ values to small memory-mapped files in a directory the master made for this run 
 down as ``PROMETHEUS_MULTIPROC_DIR`` (``prometheus_client`` chooses its storage when it is
 first imported, so the variable is in a worker's environment from its start). The master
 reads them all at each scrape, adds what only it knows (its workers, their restarts), and
-serves the text format on ``prometheus_listen`` (server/master.py). Counters of a worker
-that exited stay in the sums; its share of a gauge (sessions now) is dropped when the
-master reaps it.
+serves the text format on ``prometheus_listen`` (server/master.py). When the master reaps a
+worker, the worker's counters are folded into one archive file (they stay in the sums) and
+its files go, as does its share of a gauge (sessions now): the directory holds the live
+workers' files and the archive, not a file per worker that ever ran, which with ``-U`` or
+``-T`` recycling would be thousands, each read by every scrape.
 
 What is counted, and when: the counting happens per session, per login and per TLS
 handshake, never per chunk of a message: bytes are added when a session ends (so a scrape
@@ -23,6 +25,7 @@ name. Never a user name (unbounded, and private), never a password or token.
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -142,6 +145,48 @@ def for_service(service: str) -> ServiceMetrics:
     if not os.environ.get(ENV):
         return OFF
     return _Counting(service, _families())
+
+
+# Metric types whose values only ever add up across processes (multiprocess file names
+# start with the type).
+_ADDITIVE = ("counter", "histogram", "summary")
+
+
+def fold_dead_worker(directory: str, pid: int) -> None:
+    """A reaped worker's counts into the archive files of ``directory``, its own files
+    removed. The caller holds the lock :class:`Serialised` scrapes take: a scrape between
+    the fold and the removal would count them twice. Raises OSError."""
+    from prometheus_client import multiprocess  # noqa: PLC0415 - only when enabled
+    from prometheus_client.mmap_dict import MmapedDict  # noqa: PLC0415
+
+    multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+    for kind in _ADDITIVE:
+        dead = os.path.join(directory, f"{kind}_{pid}.db")
+        try:
+            values = list(MmapedDict.read_all_values_from_file(dead))  # type: ignore[no-untyped-call]
+        except FileNotFoundError:
+            continue
+        archive = MmapedDict(os.path.join(directory, f"{kind}_archive.db"))  # type: ignore[no-untyped-call]
+        try:
+            for key, value, timestamp, _position in values:
+                total, _ = archive.read_value(key)  # type: ignore[no-untyped-call]
+                archive.write_value(key, total + value, timestamp)  # type: ignore[no-untyped-call]
+        finally:
+            archive.close()  # type: ignore[no-untyped-call]
+        os.unlink(dead)
+
+
+class Serialised:
+    """A collector whose scrapes wait while a dead worker is folded (the endpoint is a
+    thread of the master; the folding happens in its main loop)."""
+
+    def __init__(self, collector: Any, lock: threading.Lock) -> None:
+        self._collector = collector
+        self._lock = lock
+
+    def collect(self) -> list[Any]:
+        with self._lock:
+            return list(self._collector.collect())
 
 
 def parse_listen(text: str) -> tuple[str, int]:

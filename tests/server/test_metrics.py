@@ -181,6 +181,36 @@ def test_limits_and_tls_handshakes_are_counted(tmp_path: Path) -> None:
         server.stop()
 
 
+def test_a_recycled_workers_counts_stay_and_its_files_go(tmp_path: Path) -> None:
+    """-U 1: every session has a worker of its own. Each reaped worker's counters are
+    folded into the archive: the counts add up, and the directory does not keep a file per
+    worker that ever ran (every scrape reads them all)."""
+    lab = Lab(tmp_path, extra_config=METRICS).create()
+    server = start_server(lab, {"pop3": "-U 1"})
+    recycled = 8
+    try:
+        url, directory = _endpoint(server)
+        _until(lambda: _settled(url, "pop3"), "probe")
+        before = scrape(url)
+        for _ in range(recycled):
+            _session(server.port, "alice", "wonderland")
+
+        def grew(name: str, **labels: str) -> float:
+            return value(scrape(url), name, **labels) - value(before, name, **labels)
+
+        _until(lambda: grew("pop3d_sessions_total", service="pop3") == recycled, "counted")
+        # the retired workers reaped: at most the archive and the live worker's file left
+        _until(lambda: len(list(directory.glob("counter_*.db"))) <= 2, "folded", seconds=30)
+        assert (directory / "counter_archive.db").exists()
+        assert grew("pop3d_sessions_total", service="pop3") == recycled
+        ok = {"service": "pop3", "mechanism": "USER", "result": "ok"}
+        assert grew("pop3d_logins_total", **ok) == recycled
+        assert value(scrape(url), "pop3d_sessions_current", service="pop3") == 0
+        assert "cannot fold" not in server.log_text()
+    finally:
+        assert server.stop() == 0
+
+
 def test_prometheus_listen_forms() -> None:
     assert parse_listen("9110") == ("127.0.0.1", 9110)
     assert parse_listen("0.0.0.0:9110") == ("0.0.0.0", 9110)
