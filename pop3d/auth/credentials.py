@@ -164,12 +164,9 @@ def update(
     new_owner: tuple[int, int] | None = None,
 ) -> None:
     """Atomically replace (or with None, remove) one user's record. ``new_owner`` (uid,
-    gid): who owns the file, and its folder, if this makes them as root; an existing file
-    keeps its owner and group."""
-    if not path.parent.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if new_owner is not None and os.geteuid() == 0:
-            os.chown(path.parent, *new_owner)
+    gid): who owns the file, and the folders made for it, if this makes them as root; an
+    existing file keeps its owner and group."""
+    _make_folders(path.parent, new_owner)
     owner: tuple[int, int] | None
     try:
         info = os.stat(path)
@@ -196,6 +193,19 @@ def update(
         if new is not None and not replaced:
             out.append(format_record(new))
         _write_atomically(path, "\n".join(out) + "\n", owner)
+
+
+def _make_folders(folder: Path, owner: tuple[int, int] | None) -> None:
+    """``folder`` and the parents it lacks, each given to ``owner`` when we are root: the
+    server must be able to walk down to the file."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for made in reversed(missing):
+        made.mkdir(exist_ok=True)
+        if owner is not None and os.geteuid() == 0:
+            os.chown(made, *owner)
 
 
 def _write_atomically(path: Path, text: str, owner: tuple[int, int] | None = None) -> None:

@@ -61,11 +61,11 @@ def test_passwd_as_root_keeps_the_credential_files_owner(lab: Lab) -> None:
 
 
 def test_passwd_as_root_gives_a_new_credential_file_to_cyrus_user(lab: Lab) -> None:
-    path = lab.root / "fresh" / "pop3d.passwd"
+    path = lab.root / "fresh" / "deeper" / "pop3d.passwd"
     with lab.config.open("a") as config:
         config.write(f"credentials_file: {path}\ncyrus_user: nobody\n")
     assert admin(lab, "passwd", "carol", stdin=b"s3cret\n").returncode == 0
-    for made in (path, path.parent):
+    for made in (path, path.parent, path.parent.parent):
         assert (made.stat().st_uid, made.stat().st_gid) == (NOBODY, NOBODY), made
 
 
