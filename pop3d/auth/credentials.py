@@ -149,7 +149,7 @@ class CredentialFile:
 def _exclusive(path: Path, owner: tuple[int, int] | None = None) -> Iterator[None]:
     fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        if owner is not None and os.geteuid() == 0 and os.fstat(fd).st_uid != owner[0]:
+        if owner is not None and os.fstat(fd).st_uid != owner[0]:
             os.fchown(fd, *owner)  # else the owner's own runs could not take the lock
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -165,14 +165,16 @@ def update(
 ) -> None:
     """Atomically replace (or with None, remove) one user's record. ``new_owner`` (uid,
     gid): who owns the file, and the folders made for it, if this makes them as root; an
-    existing file keeps its owner and group."""
-    _make_folders(path.parent, new_owner)
-    owner: tuple[int, int] | None
-    try:
-        info = os.stat(path)
-        owner = (info.st_uid, info.st_gid)
-    except FileNotFoundError:
-        owner = new_owner
+    existing file keeps its owner and group. Anyone but root writes as itself."""
+    root = os.geteuid() == 0
+    _make_folders(path.parent, new_owner if root else None)
+    owner: tuple[int, int] | None = None
+    if root:
+        try:
+            info = os.stat(path)
+            owner = (info.st_uid, info.st_gid)
+        except FileNotFoundError:
+            owner = new_owner
     with _exclusive(path, owner):
         try:
             st = os.stat(path)
@@ -196,15 +198,15 @@ def update(
 
 
 def _make_folders(folder: Path, owner: tuple[int, int] | None) -> None:
-    """``folder`` and the parents it lacks, each given to ``owner`` when we are root: the
-    server must be able to walk down to the file."""
+    """``folder`` and the parents it lacks, each given to ``owner``: the server must be
+    able to walk down to the file."""
     missing = []
     while not folder.exists():
         missing.append(folder)
         folder = folder.parent
     for made in reversed(missing):
         made.mkdir(exist_ok=True)
-        if owner is not None and os.geteuid() == 0:
+        if owner is not None:
             os.chown(made, *owner)
 
 
@@ -213,8 +215,8 @@ def _write_atomically(path: Path, text: str, owner: tuple[int, int] | None = Non
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            if owner is not None and os.geteuid() == 0:
-                os.fchown(handle.fileno(), *owner)  # anyone else writes it as its owner
+            if owner is not None:
+                os.fchown(handle.fileno(), *owner)
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
