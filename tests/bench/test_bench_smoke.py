@@ -110,3 +110,18 @@ def _check_scale(lab: Path, text: str) -> None:
         timeout=120,
     )
     assert chart.read_bytes().startswith(b"\x89PNG")
+
+
+def test_the_tls_memory_probe_runs() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "tls_memory.py"), "--count", "30"],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    figures = json.loads(done.stdout)
+    # Any OpenSSL holds some KiB per connection, and more after a handshake than before.
+    for library in ("bundled", "system"):
+        assert 1 < figures[f"{library}_new_kib"] < figures[f"{library}_idle_kib"] < 200, figures
