@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import gc
+import os
 import subprocess
 import sys
 import time
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -81,6 +84,108 @@ def test_reader_sees_updates(lab: Lab) -> None:
     assert store.lookup("carol") is not None
     credentials.update(lab.credentials, "carol", lambda _old: None)
     assert store.lookup("carol") is None
+
+
+def _realistic_line(name: str) -> str:
+    """A record of the size pop3d-admin writes by default (an Argon2id hash and two SCRAM
+    keys, about 470 octets), distinct per user."""
+    tag = name.encode().hex()
+    return (
+        f"{name}:{{ARGON2ID}}$argon2id$v=19$m=7168,t=5,p=1${tag:A<22}${tag:B<43}"
+        f":{{SCRAM-SHA-256}}4096${tag:C<24}${tag:D<44}${tag:E<44}"
+        f":{{SCRAM-SHA-512}}4096${tag:F<24}${tag:G<88}${tag:H<88}"
+    )
+
+
+def test_a_reader_holds_an_index_not_every_users_records(tmp_path: Path) -> None:
+    """Every worker reads the file: with the records parsed it held about 1 KiB of Python
+    objects per user (and every user's secrets); it holds where each line starts."""
+    path = tmp_path / "passwd"
+    names = [f"user{i}" for i in range(2000)]
+    path.write_text("# many\n" + "".join(_realistic_line(n) + "\n" for n in names))
+    path.chmod(0o600)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        store = CredentialFile(path)
+        store.check()
+        gc.collect()
+        held, _peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held / len(names) < 300, held / len(names)
+    for name in (names[0], names[1234], names[-1]):
+        record = store.lookup(name)
+        assert record is not None and record.name == name
+        assert f"{name}:{credentials.format_record(record).partition(':')[2]}" == (
+            _realistic_line(name)
+        )
+    assert store.lookup("user2000") is None
+    assert {r.name for r in store.users()} == set(names)
+
+
+def test_a_line_moved_by_an_edit_in_place_is_found_again(tmp_path: Path) -> None:
+    """A file edited in place between the reader's check of it and its read of the line:
+    the line the index points at now belongs to someone else, and the reader indexes the
+    file again instead of answering with the wrong record or none."""
+    path = tmp_path / "passwd"
+    path.write_text("alice:{ARGON2ID}a\nbob:{ARGON2ID}b\n")
+    path.chmod(0o600)
+    store = CredentialFile(path)
+    assert store.lookup("bob") is not None
+    with path.open("r+") as handle:  # same inode: what an editor writing in place does
+        handle.write("bob:{ARGON2ID}b\nalice:{ARGON2ID}a\n")
+    # the race: the reader's stat of the file came after this edit, its index before it
+    store._version.signature = credentials._signature(path.stat())  # type: ignore[union-attr]
+    alice, bob = store.lookup("alice"), store.lookup("bob")
+    assert alice is not None and alice.secrets == {"ARGON2ID": "a"}
+    assert bob is not None and bob.secrets == {"ARGON2ID": "b"}
+
+
+def test_a_replaced_file_leaves_no_descriptor_open(lab: Lab) -> None:
+    store = CredentialFile(lab.credentials)
+
+    def open_on_the_file() -> int:
+        count = 0
+        for fd in os.listdir("/proc/self/fd"):
+            try:  # listdir's own descriptor is gone by now
+                count += os.readlink(f"/proc/self/fd/{fd}").startswith(str(lab.credentials))
+            except FileNotFoundError:
+                pass
+        return count
+
+    before = open_on_the_file()
+    for number in range(5):
+        lab.set_password(f"new{number}", "pw")
+        assert store.lookup(f"new{number}") is not None
+    assert open_on_the_file() == before + 1  # the version read last, nothing older
+    del store
+    gc.collect()
+    assert open_on_the_file() == before
+
+
+def test_a_file_that_is_not_utf8_is_refused_with_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "passwd"
+    path.write_bytes(b"alice:{ARGON2ID}a\nb\xf6b:{ARGON2ID}b\n")
+    path.chmod(0o600)
+    with pytest.raises(CredentialFileError, match="passwd:2: not UTF-8"):
+        CredentialFile(path).check()
+    with pytest.raises(CredentialFileError, match="passwd:2: not UTF-8"):
+        credentials.update(path, "carol", lambda _old: UserRecord("carol", {"ARGON2ID": "c"}))
+
+
+def test_only_a_newline_ends_a_record(tmp_path: Path) -> None:
+    """U+2028 and U+0085 are line breaks to str.splitlines, not to the file: a user whose
+    name holds one is written and read back whole."""
+    path = tmp_path / "passwd"
+    for name in ("a\u2028b", "c\x85d"):
+        credentials.update(path, name, lambda _old, n=name: UserRecord(n, {"ARGON2ID": "x"}))
+    credentials.update(path, "e", lambda _old: UserRecord("e", {"ARGON2ID": "y"}))
+    store = CredentialFile(path)
+    store.check()
+    for name in ("a\u2028b", "c\x85d", "e"):
+        record = store.lookup(name)
+        assert record is not None and record.name == name
 
 
 def test_comments_and_unknown_schemes_survive_a_rewrite(tmp_path: Path) -> None:
