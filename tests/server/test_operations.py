@@ -4,8 +4,11 @@ shutdown file, and systemd socket activation through the real systemd-socket-act
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import functools
 import grp
+import importlib.metadata
 import itertools
 import os
 import pwd
@@ -18,10 +21,12 @@ import sys
 import sysconfig
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from pop3d.config.imapd import load
 from pop3d.server.context import RuntimeOptions, ServiceContext
@@ -48,13 +53,60 @@ def _account() -> pwd.struct_passwd:
     return pwd.getpwnam(ACCOUNT)  # another test process may have made it meanwhile
 
 
+def _runtime_distributions() -> list[importlib.metadata.Distribution]:
+    """The distributions pop3d needs at run time, its own requirements followed down
+    (markers evaluated without extras: not the test or bench tools)."""
+    seen: dict[str, importlib.metadata.Distribution] = {}
+    todo = ["pop3d"]
+    while todo:
+        name = canonicalize_name(todo.pop())
+        if name in seen:
+            continue
+        dist = importlib.metadata.distribution(name)
+        seen[name] = dist
+        for text in dist.requires or []:
+            requirement = Requirement(text)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                todo.append(requirement.name)
+    del seen[canonicalize_name("pop3d")]
+    return list(seen.values())
+
+
+@functools.cache
+def _public_site() -> Path:
+    """pop3d and what it needs at run time, copied where any account can read them: the
+    checkout and its venv may sit in a private home (a clean clone under /root), which the
+    account the master drops to cannot enter, and its workers import after the drop."""
+    folder = Path(tempfile.mkdtemp(prefix="pop3d-site-", dir="/tmp"))
+    atexit.register(shutil.rmtree, folder, True)
+    ignore = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(ROOT / "pop3d", folder / "pop3d", ignore=ignore)
+    for dist in _runtime_distributions():
+        for file in dist.files or []:
+            if file.parts[0] == "..":  # scripts, not importable
+                continue
+            source = Path(str(dist.locate_file(file)))
+            if source.is_file() and "__pycache__" not in file.parts:
+                (folder / file).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, folder / file)
+    for path in [folder, *folder.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return folder
+
+
 def _python_for(user: str) -> tuple[str, dict[str, str]]:
     """An interpreter ``user`` can run with pop3d and its dependencies importable: this
-    one, or (when it lives under a private home, as pyenv's does) the system python3 of
-    the same version with this environment's site-packages on PYTHONPATH."""
+    one; or, when it lives under a private home (as pyenv's does), the system python3 of
+    the same version with this environment's site-packages on PYTHONPATH; or, when the
+    checkout and its venv are private too, that python3 with a public copy of both."""
     site = sysconfig.get_paths()["purelib"]
-    candidates = [(sys.executable, {}), ("/usr/bin/python3", {"PYTHONPATH": f"{ROOT}:{site}"})]
-    for python, env in candidates:
+    candidates: list[tuple[str, Callable[[], dict[str, str]]]] = [
+        (sys.executable, dict),
+        ("/usr/bin/python3", lambda: {"PYTHONPATH": f"{ROOT}:{site}"}),
+        ("/usr/bin/python3", lambda: {"PYTHONPATH": str(_public_site())}),
+    ]
+    for python, make_env in candidates:
+        env = make_env()
         probe = subprocess.run(
             ["runuser", "-u", user, "--", "env", *(f"{k}={v}" for k, v in env.items()),
              python, "-c", "import pop3d.cli.master, nacl, gssapi"],
@@ -64,7 +116,7 @@ def _python_for(user: str) -> tuple[str, dict[str, str]]:
         )  # fmt: skip
         if probe.returncode == 0:
             return python, env
-    pytest.skip(f"no Python interpreter that {user} can run with pop3d's dependencies")
+    pytest.fail(f"no Python interpreter that {user} can run with pop3d's dependencies")
 
 
 @pytest.fixture
