@@ -33,6 +33,13 @@ def kerberos_wanted(config: Config, service: str | None = None) -> bool:
     return False
 
 
+def _reason(exc: krb5.Krb5Error) -> str:
+    """The library's message without the error number python-krb5 appends to it."""
+    text = " ".join(str(exc).split())
+    head, _, tail = text.rpartition(" ")
+    return head if head and tail.lstrip("-").isdigit() else text
+
+
 def acceptor_keytab(
     config: Config,
     servername: str,
@@ -48,7 +55,15 @@ def acceptor_keytab(
         return None
     configured = config.string("sasl_keytab", service)
     option = "sasl_keytab" if configured else (required_by or "sasl_mech_list")
-    context = krb5.init_context()
+    try:
+        context = krb5.init_context()
+    except krb5.Krb5Error as exc:
+        # A krb5.conf that does not parse: the library refuses every call, so no Kerberos
+        # login could work. Said now, as any other bad configuration, not at first login.
+        where = os.environ.get("KRB5_CONFIG") or "/etc/krb5.conf"
+        raise config.error(
+            option, service, f"the Kerberos library cannot start ({where}): {_reason(exc)}"
+        ) from None
     name = configured or krb5.kt_default_name(context).decode("utf-8", "replace")
     kind, colon, rest = name.partition(":")
     if colon and kind.upper() in ("FILE", "WRFILE"):
