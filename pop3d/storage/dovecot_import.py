@@ -11,6 +11,11 @@ each message's POP3 UIDL (issue 14).
   and the kept UIDL is recorded in ``pop3d-uidl`` beside it (``maildir.UIDL_MAP_NAME``).
   The unique part is never the UIDL itself: Dovecot's UIDLs do not sort in delivery order,
   and a UIDL need not be a valid Maildir name.
+* The POP3 order is kept too. Dovecot's pop3 lists by the uidlist's ``O<n>`` field (what a
+  migration into Dovecot wrote to keep the order of the server before it), those without
+  one last, each group in UID order; such a message's unique part is
+  ``<uidvalidity>.A<n>I<uid>V<uidvalidity>.dovecot`` ("A" sorts before "I"), so the message
+  numbers a client saw at Dovecot are the ones it sees here.
 * Order of writes, for a run that can be killed anywhere: the ``pop3d-uidl`` line (fsync),
   then the message in ``tmp/`` (fsync), linked into ``new/`` or ``cur/`` (fsync). A line
   without its message is ignored; a message is present only whole and with its line.
@@ -29,7 +34,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pop3d.storage.importing import ImportFailed, ImportReport, locked_target, write_message
@@ -54,6 +59,12 @@ class UidlistEntry:
     pop3_uidl: str | None
     line: int
     guid: str | None = None  # the G field; without one Dovecot's GUID is the base name
+    pop3_order: int | None = None  # the O field: Dovecot's pop3 lists these first, by it
+
+    def unique(self, uidvalidity: int) -> str:
+        """The message's unique part here: deterministic, so a second run finds it."""
+        order = "" if self.pop3_order is None else f"A{self.pop3_order:010d}"
+        return f"{uidvalidity}.{order}I{self.uid:010d}V{uidvalidity}.dovecot"
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,8 +102,21 @@ def parse_uidlist(text: str, path: str) -> Uidlist:
         last = uid
         pop3 = next((p[1:] for p in parts[1:] if p.startswith("P")), None)
         guid = next((p[1:] for p in parts[1:] if p.startswith("G")), None)
-        entries.append(UidlistEntry(uid, filename, pop3 or None, number, guid or None))
+        order = next((p[1:] for p in parts[1:] if p.startswith("O")), "")
+        entries.append(
+            UidlistEntry(uid, filename, pop3 or None, number, guid or None, _pop3_order(order))
+        )
     return Uidlist(int(fields["V"]), fields.get("G", ""), tuple(entries))
+
+
+def _pop3_order(text: str) -> int | None:
+    """An O field's value as Dovecot reads it (a 32-bit unsigned number); None where it
+    has none: no field, one that is not such a number, or the largest, which Dovecot gives
+    the messages without one."""
+    if not (text.isascii() and text.isdigit()):
+        return None
+    value = int(text)
+    return value if value < 0xFFFFFFFF else None
 
 
 def check_format(template: str) -> None:
@@ -176,8 +200,10 @@ def _import(
     }
     for entry in uidlist.entries:
         where = f"{source}: UID {entry.uid} ({entry.filename})"
-        unique = f"{uidlist.uidvalidity}.I{entry.uid:010d}V{uidlist.uidvalidity}.dovecot"
-        if unique in present:
+        unique = entry.unique(uidlist.uidvalidity)
+        # (an import by a pop3d that did not read O fields named the message without one)
+        without_order = replace(entry, pop3_order=None).unique(uidlist.uidvalidity)
+        if unique in present or without_order in present:
             result.present += 1
             continue
         uidl = entry.pop3_uidl or expand_format(

@@ -240,6 +240,45 @@ def test_flags_kept_and_an_unreadable_message_skipped(tmp_path: Path) -> None:
     ]
 
 
+def test_dovecots_pop3_order_is_kept(tmp_path: Path) -> None:
+    """A uidlist with O fields (what a migration into Dovecot wrote to keep the order of
+    the server before it): Dovecot's pop3 lists those messages first, by that order; the
+    message numbers stay the same after the move to pop3d."""
+    orders = {3: 1, 5: 7, 1: 7}  # UID -> O; UIDs 2 and 4 have none; 1 and 5 tie
+    with running_dovecot({USER: PASSWORD}, MAILDIR) as old:
+        for number in range(1, 6):
+            old.deliver(USER, _message(number))
+        _look(old.port)  # Dovecot writes its uidlist
+        old.stop()
+        maildir = old.maildir(USER)
+        uidlist = maildir / "dovecot-uidlist"
+        lines = uidlist.read_text().splitlines()
+        for index, line in enumerate(lines[1:], 1):
+            uid = int(line.split()[0])
+            if uid in orders:
+                lines[index] = line.replace(" :", f" O{orders[uid]} :", 1)
+        uidlist.write_text("\n".join(lines) + "\n")
+        for index in maildir.glob("dovecot.index*"):  # so it reads the uidlist again
+            index.unlink()
+        old.start()
+        before = _look(old.port)
+        lab = _lab(tmp_path)
+        assert _import(lab, "--dovecot", str(maildir)).startswith(f"{USER}: 5 imported")
+        again = _admin(lab, "import", "--dovecot", str(maildir), USER)
+        assert again.stdout == f"{USER}: 0 imported, 5 already there, 0 skipped\n".encode()
+    # Dovecot's order: O 1 (UID 3), the O 7 tie in UID order (1, 5), then 2 and 4
+    subjects = [next(x for x in m if x.startswith(b"Subject:")) for m in before.messages]
+    assert subjects == [b"Subject: message %d" % n for n in (3, 1, 5, 2, 4)]
+    server = start_server(lab)
+    try:
+        after = _look(server.port)
+    finally:
+        server.stop()
+    assert after.uidl == before.uidl
+    assert after.listing == before.listing
+    assert after.messages == before.messages
+
+
 def test_a_corrupt_uidlist_stops_the_import_and_changes_nothing(tmp_path: Path) -> None:
     with running_dovecot({USER: PASSWORD}, MAILDIR) as old:
         for number in (1, 2, 3):

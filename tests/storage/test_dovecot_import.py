@@ -28,12 +28,14 @@ MESSAGES = [  # uid, Dovecot file name (new/ or cur/ with flags), uidlist extens
 ]
 
 
-def _dovecot_maildir(root: Path) -> Path:
+def _dovecot_maildir(root: Path, orders: dict[int, str] | None = None) -> Path:
+    """The Dovecot Maildir of MESSAGES; ``orders``: UID -> an O field's value to add."""
     source = root / "dovecot" / "Maildir"
     for sub in ("new", "cur", "tmp"):
-        (source / sub).mkdir(parents=True)
+        (source / sub).mkdir(parents=True, exist_ok=True)
     lines = [f"3 V{UIDVALIDITY} N18 G3085f01b7f11094c501100008c4a11c1"]
-    for uid, name, ext, data in MESSAGES:
+    for uid, name, given, data in MESSAGES:
+        ext = f"{given} O{orders[uid]}".strip() if orders and uid in orders else given
         (source / name).write_bytes(data)
         base = name.split("/", 1)[1].partition(":")[0]
         lines.append(f"{uid} {ext} :{base}" if ext else f"{uid} :{base}")
@@ -134,3 +136,40 @@ def test_exact_bytes_and_an_unreadable_message_is_skipped(lab: Lab) -> None:
     )
     assert copied == sorted(data for uid, _n, _e, data in MESSAGES if uid != 5)
     assert import_dovecot(source, store, "dave").imported == 0
+
+
+def test_the_pop3_order_field() -> None:
+    parsed = parse_uidlist(
+        "3 V1 N6\n1 O2 :a\n2 :b\n3 W10 O1 P7 :c\n4 Oxyz :d\n5 O4294967295 :e\n", "uidlist"
+    )
+    # no field, one that is not a number, and the largest are what Dovecot gives "none"
+    assert [e.pop3_order for e in parsed.entries] == [2, None, 1, None, None]
+    assert parsed.entries[0].unique(1) == "1.A0000000002I0000000001V1.dovecot"
+    assert parsed.entries[1].unique(1) == "1.I0000000002V1.dovecot"
+
+
+def test_messages_with_a_pop3_order_list_first_by_it(tmp_path: Path) -> None:
+    store = MaildirStore("%p/%u/Maildir", str(tmp_path / "spool"))
+    # UIDs 1, 2, 5, 17: 17 and 2 have O 3, 5 has O 9, 1 none -> 2, 17, 5, 1
+    source = _dovecot_maildir(tmp_path, {17: "3", 2: "3", 5: "9"})
+    assert import_dovecot(source, store, "erin").imported == 4
+    drop = store.open("erin")
+    assert drop.uids == tuple(EXPECTED_UIDLS[i].decode() for i in (1, 3, 2, 0))
+    drop.close()
+    assert import_dovecot(source, store, "erin").present == 4
+
+
+def test_an_import_from_before_pop3_orders_is_not_repeated(tmp_path: Path) -> None:
+    """A mailbox imported by a pop3d that did not read O fields holds the messages under
+    names without the order: importing again must not copy them a second time."""
+    store = MaildirStore("%p/%u/Maildir", str(tmp_path / "spool"))
+    source = _dovecot_maildir(tmp_path)
+    assert import_dovecot(source, store, "fay").imported == 4
+    with_orders = _dovecot_maildir(tmp_path / "again", {1: "2", 17: "1"})
+    report = import_dovecot(with_orders, store, "fay")
+    assert (report.imported, report.present) == (0, 4)
+    assert (
+        len(list((store.path_for("fay") / "new").iterdir()))
+        + len(list((store.path_for("fay") / "cur").iterdir()))
+        == 4
+    )
