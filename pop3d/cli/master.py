@@ -30,7 +30,7 @@ from pop3d.config import cyrus
 from pop3d.config.imapd import ConfigError
 from pop3d.server import metrics, privileges
 from pop3d.server.context import RuntimeOptions, ServiceContext
-from pop3d.server.master import Master
+from pop3d.server.master import ListenError, Master
 
 PROGRAM = "pop3d-master"
 GETOPT = "C:M:p:d"  # each documented in pop3d/man/pop3d-master.8
@@ -129,8 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     master = Master(config_path, master_config, config)
     try:
         master.bind_all()
-    except OSError as exc:
-        fail(PROGRAM, EX_OSERR, f"cannot listen: {exc.strerror or exc}")
+    except ListenError as exc:
+        fail(PROGRAM, EX_OSERR, str(exc))
     listen = config.string("prometheus_listen") or ""
     if config.switch("prometheus_enabled"):
         try:

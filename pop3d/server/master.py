@@ -89,6 +89,11 @@ class Backoff:
         return min(self.cap, self.first * 2.0 ** min(self.failures - 1, 32))
 
 
+class ListenError(OSError):
+    """A service's listening socket could not be made; the message names the service, its
+    cyrus.conf line and the address."""
+
+
 def bind(service: Service) -> socket.socket:
     listen = service.listen
     sock = socket.socket(listen.family, socket.SOCK_STREAM)
@@ -144,8 +149,15 @@ class Master:
         self.worker_deaths: collections.Counter[str] = collections.Counter()
 
     def bind_all(self) -> None:
+        """Raises :class:`ListenError` naming the service that could not bind."""
         for service in self.cyrus.services:
-            self.sockets[service.name] = bind(service)
+            try:
+                self.sockets[service.name] = bind(service)
+            except OSError as exc:
+                raise ListenError(
+                    f"{service.path}:{service.line}: service {service.name} cannot listen "
+                    f"on {service.listen}: {exc.strerror or exc}"
+                ) from exc
             log.info("service %s listening on %s", service.name, service.listen)
 
     def _argv(self, service: Service) -> list[str]:

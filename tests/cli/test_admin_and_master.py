@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -161,12 +162,18 @@ def test_master_cannot_bind_a_busy_port(lab: Lab) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
-        conf = _write_cyrus_conf(lab, busy.getsockname()[1])
+        port = busy.getsockname()[1]
+        conf = _write_cyrus_conf(lab, port)
         result = subprocess.run(
             [*MASTER, "-C", str(lab.config), "-M", str(conf)], capture_output=True, timeout=60
         )
     assert result.returncode == 71
-    assert b"cannot listen" in result.stderr and b"Traceback" not in result.stderr
+    # which service, where in cyrus.conf, which address, and why
+    assert re.search(
+        rb"cyrus.conf:2: service pop3 cannot listen on 127.0.0.1:%d: Address already in use" % port,
+        result.stderr,
+    ), result.stderr
+    assert b"Traceback" not in result.stderr
 
 
 def test_master_daemonizes_with_a_pidfile(lab: Lab) -> None:
