@@ -34,7 +34,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from pop3d.storage.importing import ImportFailed, ImportReport, locked_target, write_message
@@ -119,6 +119,17 @@ def _pop3_order(text: str) -> int | None:
     return value if value < 0xFFFFFFFF else None
 
 
+_ORDERED = re.compile(r"(\d+\.)A\d{10}(I\d{10}V\d+\.dovecot)")
+
+
+def _identity(unique: str) -> str:
+    """A unique part without its POP3 order: the same message whatever order it was
+    imported with (none, by a pop3d that did not read O fields, or one the uidlist has
+    changed since), so a second run never copies it twice."""
+    match = _ORDERED.fullmatch(unique)
+    return match.group(1) + match.group(2) if match else unique
+
+
 def check_format(template: str) -> None:
     """ValueError naming what Dovecot's pop3_uidl_format uses that this importer does not."""
     rest = _VARIABLE.sub("", template)
@@ -196,14 +207,14 @@ def _import(
 ) -> ImportReport:
     result = ImportReport()
     present = {
-        unique_part(name) for subdir in ("new", "cur") for name in os.listdir(folders.fds[subdir])
+        _identity(unique_part(name))
+        for subdir in ("new", "cur")
+        for name in os.listdir(folders.fds[subdir])
     }
     for entry in uidlist.entries:
         where = f"{source}: UID {entry.uid} ({entry.filename})"
         unique = entry.unique(uidlist.uidvalidity)
-        # (an import by a pop3d that did not read O fields named the message without one)
-        without_order = replace(entry, pop3_order=None).unique(uidlist.uidvalidity)
-        if unique in present or without_order in present:
+        if _identity(unique) in present:
             result.present += 1
             continue
         uidl = entry.pop3_uidl or expand_format(
@@ -225,7 +236,7 @@ def _import(
             result.skipped.append(f"{where}: {reason}")
             report(f"{where}: skipped: {reason}")
             continue
-        present.add(unique)
+        present.add(_identity(unique))
         result.imported += 1
     return result
 

@@ -168,6 +168,14 @@ def test_an_import_from_before_pop3_orders_is_not_repeated(tmp_path: Path) -> No
     with_orders = _dovecot_maildir(tmp_path / "again", {1: "2", 17: "1"})
     report = import_dovecot(with_orders, store, "fay")
     assert (report.imported, report.present) == (0, 4)
+    # nor when the orders change between two runs
+    changed = _dovecot_maildir(tmp_path / "changed", {1: "5", 5: "1"})
+    assert import_dovecot(changed, store, "gus").imported == 4
+    changed = _dovecot_maildir(tmp_path / "changed-again", {1: "1", 5: "5", 2: "9"})
+    assert import_dovecot(changed, store, "gus").present == 4
+    drop = store.open("gus")
+    assert len(drop.uids) == 4
+    drop.close()
     assert (
         len(list((store.path_for("fay") / "new").iterdir()))
         + len(list((store.path_for("fay") / "cur").iterdir()))
