@@ -269,14 +269,7 @@ def test_dovecots_pop3_order_is_kept(tmp_path: Path) -> None:
     # Dovecot's order: O 1 (UID 3), the O 7 tie in UID order (1, 5), then 2 and 4
     subjects = [next(x for x in m if x.startswith(b"Subject:")) for m in before.messages]
     assert subjects == [b"Subject: message %d" % n for n in (3, 1, 5, 2, 4)]
-    server = start_server(lab)
-    try:
-        after = _look(server.port)
-    finally:
-        server.stop()
-    assert after.uidl == before.uidl
-    assert after.listing == before.listing
-    assert after.messages == before.messages
+    _check_served(lab, before)
 
 
 def test_a_corrupt_uidlist_stops_the_import_and_changes_nothing(tmp_path: Path) -> None:
