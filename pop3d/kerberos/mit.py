@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from ctypes import POINTER, Structure, byref, c_char_p, c_int32, c_uint, c_uint32, c_void_p
@@ -234,7 +235,11 @@ def _context(lib: ctypes.CDLL) -> Iterator[c_void_p]:
     ctx = c_void_p()
     code = lib.krb5_init_context(byref(ctx))
     if code or not ctx:
-        raise KerberosUnavailable(f"krb5_init_context failed ({code})")
+        # Without a context MIT still has the text (com_err's): say why, not just a number;
+        # a krb5.conf that does not parse is the usual cause.
+        where = os.environ.get("KRB5_CONFIG") or "/etc/krb5.conf"
+        reason = _message(lib, c_void_p(), code) if code else "no context"
+        raise KerberosUnavailable(f"the Kerberos library cannot start ({where}): {reason}")
     try:
         yield ctx
     finally:

@@ -96,6 +96,33 @@ def test_the_master_refuses_a_bad_keytab_with_exit_78(krb5_env: Realm, tmp_path:
     assert b"Traceback" not in done.stderr
 
 
+def test_the_master_refuses_a_krb5_conf_that_does_not_parse(
+    krb5_env: Realm, tmp_path: Path
+) -> None:
+    """Exit 78 saying which file and why (it said only "krb5_init_context failed (-17...)").
+    The keytab is the default one: with sasl_keytab set, the SASL keytab check would be
+    the one to refuse (sasl/keytab.py), not KPOP's."""
+    keytab = krb5_env.service_keytab(tmp_path)
+    lab = Lab(tmp_path / "lab").create()
+    bad = tmp_path / "krb5.conf"
+    bad.write_text("[libdefaults\n default_realm = \n")
+    cyrus_conf = tmp_path / "cyrus.conf"
+    cyrus_conf.write_text(
+        f'SERVICES {{\n  kpop cmd="pop3d -k -C {lab.config}" listen="127.0.0.1:1"\n}}\n'
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "pop3d.cli.master", "-C", str(lab.config), "-M", str(cyrus_conf)],
+        capture_output=True,
+        timeout=60,
+        env=dict(os.environ, KRB5_CONFIG=str(bad), KRB5_KTNAME=f"FILE:{keytab}"),
+    )
+    assert done.returncode == 78, done.stderr
+    assert b"pop3d -k: " in done.stderr, done.stderr
+    expected = f"Kerberos library cannot start ({bad}): Improper format".encode()
+    assert expected in done.stderr, done.stderr
+    assert b"Traceback" not in done.stderr
+
+
 def test_the_master_refuses_kpop_with_tls(tmp_path: Path) -> None:
     lab = Lab(tmp_path / "lab").create()
     cyrus_conf = tmp_path / "cyrus.conf"
