@@ -77,20 +77,27 @@ def test_listen_kpop_falls_back_to_1109() -> None:
         cyrus.parse_listen("no-such-service")
 
 
-def test_the_master_refuses_a_bad_keytab_with_exit_78(krb5_env: Realm, tmp_path: Path) -> None:
-    keytab = krb5_env.service_keytab(tmp_path)
-    keytab.chmod(0o644)
-    lab = Lab(tmp_path / "lab", extra_config=f"sasl_keytab: {keytab}\n").create()
+def _kpop_master(
+    lab: Lab, tmp_path: Path, env: dict[str, str]
+) -> subprocess.CompletedProcess[bytes]:
+    """pop3d-master with one ``pop3d -k`` service, run to its exit (a start-up refusal)."""
     cyrus_conf = tmp_path / "cyrus.conf"
     cyrus_conf.write_text(
         f'SERVICES {{\n  kpop cmd="pop3d -k -C {lab.config}" listen="127.0.0.1:1"\n}}\n'
     )
-    done = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-m", "pop3d.cli.master", "-C", str(lab.config), "-M", str(cyrus_conf)],
         capture_output=True,
         timeout=60,
-        env=dict(os.environ),
+        env=dict(os.environ, **env),
     )
+
+
+def test_the_master_refuses_a_bad_keytab_with_exit_78(krb5_env: Realm, tmp_path: Path) -> None:
+    keytab = krb5_env.service_keytab(tmp_path)
+    keytab.chmod(0o644)
+    lab = Lab(tmp_path / "lab", extra_config=f"sasl_keytab: {keytab}\n").create()
+    done = _kpop_master(lab, tmp_path, {})
     assert done.returncode == 78, done.stderr
     assert f"{lab.config}:".encode() in done.stderr and b"chmod 600" in done.stderr
     assert b"Traceback" not in done.stderr
@@ -106,16 +113,7 @@ def test_the_master_refuses_a_krb5_conf_that_does_not_parse(
     lab = Lab(tmp_path / "lab").create()
     bad = tmp_path / "krb5.conf"
     bad.write_text("[libdefaults\n default_realm = \n")
-    cyrus_conf = tmp_path / "cyrus.conf"
-    cyrus_conf.write_text(
-        f'SERVICES {{\n  kpop cmd="pop3d -k -C {lab.config}" listen="127.0.0.1:1"\n}}\n'
-    )
-    done = subprocess.run(
-        [sys.executable, "-m", "pop3d.cli.master", "-C", str(lab.config), "-M", str(cyrus_conf)],
-        capture_output=True,
-        timeout=60,
-        env=dict(os.environ, KRB5_CONFIG=str(bad), KRB5_KTNAME=f"FILE:{keytab}"),
-    )
+    done = _kpop_master(lab, tmp_path, {"KRB5_CONFIG": str(bad), "KRB5_KTNAME": f"FILE:{keytab}"})
     assert done.returncode == 78, done.stderr
     assert b"pop3d -k: " in done.stderr, done.stderr
     expected = f"Kerberos library cannot start ({bad}): Improper format".encode()
