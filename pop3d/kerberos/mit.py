@@ -230,6 +230,14 @@ def _self_check(lib: ctypes.CDLL) -> None:
         raise KerberosUnavailable(f"{SONAME} is not MIT krb5 as built against ({seen!r})")
 
 
+def cannot_start(reason: str) -> str:
+    """What to say when the Kerberos library will not start: the configuration it read
+    (``KRB5_CONFIG``, else the system's) and its reason, in the SASL keytab check and KPOP's
+    alike."""
+    where = os.environ.get("KRB5_CONFIG") or "/etc/krb5.conf"
+    return f"the Kerberos library cannot start ({where}): {reason}"
+
+
 @contextmanager
 def _context(lib: ctypes.CDLL) -> Iterator[c_void_p]:
     ctx = c_void_p()
@@ -237,9 +245,8 @@ def _context(lib: ctypes.CDLL) -> Iterator[c_void_p]:
     if code or not ctx:
         # Without a context MIT still has the text (com_err's): say why, not just a number;
         # a krb5.conf that does not parse is the usual cause.
-        where = os.environ.get("KRB5_CONFIG") or "/etc/krb5.conf"
         reason = _message(lib, c_void_p(), code) if code else "no context"
-        raise KerberosUnavailable(f"the Kerberos library cannot start ({where}): {reason}")
+        raise KerberosUnavailable(cannot_start(reason))
     try:
         yield ctx
     finally:

@@ -16,6 +16,7 @@ import stat
 import krb5
 
 from pop3d.config.imapd import Config, ConfigError
+from pop3d.kerberos import mit
 from pop3d.sasl import registry
 from pop3d.sasl.mechanism import Flag
 
@@ -60,10 +61,7 @@ def acceptor_keytab(
     except krb5.Krb5Error as exc:
         # A krb5.conf that does not parse: the library refuses every call, so no Kerberos
         # login could work. Said now, as any other bad configuration, not at first login.
-        where = os.environ.get("KRB5_CONFIG") or "/etc/krb5.conf"
-        raise config.error(
-            option, service, f"the Kerberos library cannot start ({where}): {_reason(exc)}"
-        ) from None
+        raise config.error(option, service, mit.cannot_start(_reason(exc))) from None
     name = configured or krb5.kt_default_name(context).decode("utf-8", "replace")
     kind, colon, rest = name.partition(":")
     if colon and kind.upper() in ("FILE", "WRFILE"):
