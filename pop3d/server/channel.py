@@ -51,6 +51,10 @@ class ByteChannel(TypingProtocol):
 
     def readable(self) -> asyncio.Future[None] | None: ...
 
+    def read_inline(self, handler: Callable[[bytes], bool] | None) -> None: ...
+
+    def write_now(self, data: bytes) -> bool: ...
+
     async def write(self, data: bytes) -> None: ...
 
     async def write_last(self, data: bytes) -> None: ...
@@ -72,13 +76,22 @@ class _Layered:
 
     # Slots, here and in both channels: an idle session is mostly such objects (bench/
     # RESULTS.md, section 14).
-    __slots__ = ("_held", "_plain", "_stack", "bytes_in", "bytes_out", "local_address")
+    __slots__ = (
+        "_failure",
+        "_held",
+        "_plain",
+        "_stack",
+        "bytes_in",
+        "bytes_out",
+        "local_address",
+    )
 
     def __init__(self) -> None:
         # The address the client connected to (no port), None where there is none (stdio).
         self.local_address: str | None = None
         self._stack = LayerStack()
         self._plain = b""  # unwrapped, not yet read: goes through a layer pushed now
+        self._failure: LayerError | None = None
         # Wire bytes that go out in front of the next write, or at close: the TLS
         # handshake's last flight, a socket's last answer (write_last()).
         self._held = b""
@@ -103,9 +116,24 @@ class _Layered:
         section 11)."""
         return None
 
+    def read_inline(self, handler: Callable[[bytes], bool] | None) -> None:
+        """While the future of :meth:`readable` is pending, plaintext that arrives may be
+        given to ``handler`` at once, from the event loop's callback, instead of to
+        :meth:`read`: the handler takes the bytes, and returns True to let the reader
+        sleep on or False to wake it. None stops this. Only a socket channel does it (a
+        NOOP answered so costs no task wake-up, no new future and no coroutine resumed:
+        bench/RESULTS.md section 19); the others always wake the reader."""
+
+    def write_now(self, data: bytes) -> bool:
+        """Write ``data`` now, without waiting, if the channel takes it without waiting
+        (no flow control holding writes back); False, and nothing written, if not."""
+        return False
+
     async def read(self) -> bytes:
         """Whatever plaintext has arrived, at least one byte; b"" at end of input. Raises
         :class:`LayerError` for a frame a layer refuses."""
+        if self._failure is not None:
+            raise self._failure  # a frame refused inline (Channel), while no one was reading
         while not self._plain:
             if self._stack.peer_closed:
                 return b""
@@ -199,6 +227,7 @@ class Channel(_Layered, asyncio.Protocol):
         "_chunks",
         "_drain_waiter",
         "_eof",
+        "_inline",
         "_loop",
         "_lost",
         "_on_connected",
@@ -223,6 +252,7 @@ class Channel(_Layered, asyncio.Protocol):
         self._reading_paused = False
         self._read_waiter: asyncio.Future[None] | None = None
         self._eof = False
+        self._inline: Callable[[bytes], bool] | None = None
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
         self._lost = False
@@ -250,6 +280,17 @@ class Channel(_Layered, asyncio.Protocol):
             self._on_connected(self)
 
     def data_received(self, data: bytes) -> None:
+        waiter = self._read_waiter
+        if (
+            self._inline is not None
+            and waiter is not None
+            and not waiter.done()
+            and not self._chunks
+            and not self._plain
+            and not self._write_paused
+        ):
+            self._receive_inline(data, self._inline)
+            return
         self._chunks.append(data)
         self._buffered += len(data)
         if self._buffered > _READ_HIGH_WATER and not self._reading_paused and self._transport:
@@ -283,6 +324,50 @@ class Channel(_Layered, asyncio.Protocol):
             return None
         self._read_waiter = self._loop.create_future()
         return self._read_waiter
+
+    def _receive_inline(self, raw: bytes, handler: Callable[[bytes], bool]) -> None:
+        """Bytes for a session waiting for its next command, served from this callback
+        (see :meth:`read_inline`). What a layer refuses, or the peer's close under a
+        layer, wakes the reader as read() would have found it."""
+        self.bytes_in += len(raw)
+        plain = raw
+        if self._stack:
+            try:
+                plain, reply = self._stack.receive(raw)
+            except LayerError as exc:
+                self._failure = exc
+                self._wake_reader()
+                return
+            if reply:
+                self._write_now(reply)  # writes are not held back (data_received checked)
+            if self._stack.peer_closed:
+                self._plain = plain
+                self._wake_reader()
+                return
+            if not plain:
+                return  # part of a record, or a record with nothing for the session
+        if not handler(plain):
+            self._wake_reader()
+
+    def write_now(self, data: bytes) -> bool:
+        if self._write_paused or self.closed:
+            return False
+        return self._write_now(self._stack.wrap(data) if self._stack else data)
+
+    def _write_now(self, raw: bytes) -> bool:
+        """Wire bytes (an answer wrapped, or a layer's own reply) out now, held bytes first;
+        False when flow control holds writes back."""
+        if self._write_paused or self.closed:
+            return False
+        assert self._transport is not None
+        self.bytes_out += len(raw)
+        if self._held:
+            raw, self._held = self._held + raw, b""
+        self._transport.write(raw)
+        return True
+
+    def read_inline(self, handler: Callable[[bytes], bool] | None) -> None:
+        self._inline = handler
 
     def _wake_reader(self) -> None:
         if self._read_waiter is not None and not self._read_waiter.done():

@@ -88,6 +88,7 @@ class _Unread(Exception):
 class Connection:
     __slots__ = (
         "_deadline",
+        "_handoff",
         "_idle_timer",
         "_loop",
         "_mechanism",
@@ -122,6 +123,9 @@ class Connection:
         self._deadline = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
         self._timed_out = False
+        # What a command served inline (_serve_inline) left for the task: the next event,
+        # or the exception that stopped it.
+        self._handoff: object = None
         self._task: asyncio.Task[None]  # run()'s, for the idle timeout
         self.end_reason = ""
         self._telemetry: Telemetry | None = None  # server/telemetry.py; None: not recorded
@@ -165,7 +169,11 @@ class Connection:
             # coroutine frame is 240 octets in every idle session.
             session, handlers = self.session, _HANDLERS
             while True:
-                event = session.next_event()
+                event = self._handoff
+                if event is None:
+                    event = session.next_event()
+                else:
+                    self._handoff = None
                 if self._telemetry is not None:
                     self._record()
                 await handlers[type(event)](self, event)
@@ -268,7 +276,17 @@ class Connection:
         try:
             waiter = self.channel.readable()
             if waiter is not None:
-                await waiter
+                if self._telemetry is None:  # the transcript is taken in run()'s loop
+                    self.channel.read_inline(self._serve_inline)
+                try:
+                    await waiter
+                finally:
+                    self.channel.read_inline(None)
+                if self._handoff is not None:
+                    if isinstance(self._handoff, Exception):
+                        failure, self._handoff = self._handoff, None
+                        raise failure
+                    return  # the session has its input; run() takes the event it left
             data = await self.channel.read()
         except asyncio.CancelledError:
             if not self._timed_out:
@@ -282,6 +300,36 @@ class Connection:
             self.end_reason = self.end_reason or "client closed the connection"
             raise _Stop
         self.session.receive_data(data)
+
+    def _serve_inline(self, data: bytes) -> bool:
+        """The channel's inline reader (ByteChannel.read_inline) while this session waits
+        for a command: feed the session, send its answers while they need no waiting, and
+        stay asleep if it wants more input (True). Anything else (a request, a login, an
+        answer that has to wait for the client to read, the last answer, the shutdown
+        file) is left in ``_handoff`` for the task, which the channel then wakes (False).
+        So NOOP, and the answers the session gives from what it holds (STAT and LIST once
+        measured, UIDL, CAPA), cost no task wake-up."""
+        session = self.session
+        assert session is not None
+        try:
+            session.receive_data(data)
+            while True:
+                event = session.next_event()
+                if event is NEED_DATA:
+                    if self.context.shutdown_message() is None:
+                        return True
+                elif (
+                    type(event) is Send
+                    and session.state is not State.CLOSED
+                    and self.channel.write_now(event.data)
+                ):
+                    self._touch()
+                    continue
+                self._handoff = event
+                return False
+        except Exception as exc:  # a bug: the task reports it as run() does its own
+            self._handoff = exc
+            return False
 
     async def _close(self, event: Close) -> None:
         self.end_reason = event.reason
