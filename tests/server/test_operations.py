@@ -377,7 +377,11 @@ def test_shutdown_file_turns_new_connections_away(lab: Lab) -> None:
         assert command(already, already_reader, b"DELE 1").startswith(b"+OK")
         folder = lab.root / "config" / "msg"
         folder.mkdir()
-        (folder / "shutdown").write_text("[ALERT] Down for maintenance until 10:00\nmore\n")
+        # Written whole, then renamed into place: the open session may check the folder
+        # at any moment (just after DELE's answer), and an empty file is a shutdown too
+        # ("Server is shutting down"), which this test does not expect.
+        (folder / "shutdown.new").write_text("[ALERT] Down for maintenance until 10:00\nmore\n")
+        (folder / "shutdown.new").rename(folder / "shutdown")
         for _ in range(4):  # whichever worker takes it
             sock, reader = connect(server.port)
             assert reader.read() == b"-ERR [SYS/TEMP] ALERT] Down for maintenance until 10:00\r\n"
