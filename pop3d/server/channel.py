@@ -338,7 +338,7 @@ class Channel(_Layered, asyncio.Protocol):
                 self._failure = exc
                 self._wake_reader()
                 return
-            if reply:
+            if reply and not self.closed:
                 self._write_now(reply)  # writes are not held back (data_received checked)
             if self._stack.peer_closed:
                 self._plain = plain
@@ -350,21 +350,20 @@ class Channel(_Layered, asyncio.Protocol):
             self._wake_reader()
 
     def write_now(self, data: bytes) -> bool:
+        # Checked before wrapping: a TLS record made and not sent would break the stream.
         if self._write_paused or self.closed:
             return False
-        return self._write_now(self._stack.wrap(data) if self._stack else data)
+        self._write_now(self._stack.wrap(data) if self._stack else data)
+        return True
 
-    def _write_now(self, raw: bytes) -> bool:
+    def _write_now(self, raw: bytes) -> None:
         """Wire bytes (an answer wrapped, or a layer's own reply) out now, held bytes first;
-        False when flow control holds writes back."""
-        if self._write_paused or self.closed:
-            return False
+        the caller has checked that the transport is open and not holding writes back."""
         assert self._transport is not None
         self.bytes_out += len(raw)
         if self._held:
             raw, self._held = self._held + raw, b""
         self._transport.write(raw)
-        return True
 
     def read_inline(self, handler: Callable[[bytes], bool] | None) -> None:
         self._inline = handler
