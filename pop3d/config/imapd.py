@@ -39,7 +39,10 @@ class Problem:
     severity: str = "error"  # or "warning"
 
     def __str__(self) -> str:
-        return f"{self.path}:{self.line}: {self.severity}: {self.message}"
+        # Line 0: a problem of the file as a whole, or of a flag or an unset option; "file:0:"
+        # would send the reader to a line that does not exist (gcc's "file: error:" form).
+        where = f"{self.path}:{self.line}" if self.line > 0 else self.path
+        return f"{where}: {self.severity}: {self.message}"
 
 
 class ConfigError(Exception):

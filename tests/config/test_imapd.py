@@ -102,3 +102,11 @@ def test_reference_cyrus_config_checks_clean() -> None:
     config = imapd.from_text(source.read_text().replace("@LAB@", "/lab"))
     unknown = [w for w in config.warnings if "unknown option" in w.message]
     assert unknown == []
+
+
+def test_a_problem_without_a_line_names_the_file_only() -> None:
+    """Line 0 is no line: an unset option, a flag, the file as a whole."""
+    assert str(imapd.Problem("/etc/imapd.conf", 7, "bad")) == "/etc/imapd.conf:7: error: bad"
+    assert str(imapd.Problem("/etc/imapd.conf", 0, "bad")) == "/etc/imapd.conf: error: bad"
+    unset = imapd.from_text("", "/etc/imapd.conf").problem_with("sasl_keytab", None, "gone")
+    assert str(unset) == "/etc/imapd.conf (sasl_keytab unset): error: gone"
