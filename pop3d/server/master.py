@@ -158,7 +158,6 @@ class Master:
                     f"{service.path}:{service.line}: service {service.name} cannot listen "
                     f"on {service.listen}: {exc.strerror or exc}"
                 ) from exc
-            log.info("service %s listening on %s", service.name, service.listen)
 
     def _argv(self, service: Service) -> list[str]:
         args = list(service.argv[1:])
@@ -249,6 +248,10 @@ class Master:
             signal.signal(signum, self._on_signal)
         self.raise_fd_limit()
         for service in self.cyrus.services:
+            # Said here, not at bind time: a start-up check after the bind (a keytab, a
+            # file cyrus_user cannot read) may still refuse to start, and the log should
+            # not say a service listens that never served; with -d it also reaches syslog.
+            log.info("service %s listening on %s", service.name, service.listen)
             workers = self.workers_of(service)
             if service.prefork <= 0:
                 log.info(

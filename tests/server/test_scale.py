@@ -69,6 +69,7 @@ def test_master_raises_the_soft_limit_and_says_what_it_permits(lab: Lab, mode: s
         assert f"each worker can hold {per_session} logged-in sessions" in log
         # maxchild=5000 on one worker is more than 4096 descriptors hold: said at start.
         assert f"permits {per_session} logged-in sessions per worker" in log
+        assert re.search(r"service \S+ listening on 127\.0\.0\.1:\d+", log), log
     finally:
         assert server.stop() == 0
 
