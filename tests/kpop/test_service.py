@@ -16,7 +16,7 @@ from pop3d.config.imapd import ConfigError, load
 from pop3d.kerberos import mit
 from pop3d.kpop import service
 from tests.support.kerberos import Realm
-from tests.support.lab import Lab
+from tests.support.lab import Lab, free_port
 
 
 def config_with(tmp_path: Path, keytab: Path | str) -> Path:
@@ -83,7 +83,7 @@ def _kpop_master(
     """pop3d-master with one ``pop3d -k`` service, run to its exit (a start-up refusal)."""
     cyrus_conf = tmp_path / "cyrus.conf"
     cyrus_conf.write_text(
-        f'SERVICES {{\n  kpop cmd="pop3d -k -C {lab.config}" listen="127.0.0.1:1"\n}}\n'
+        f'SERVICES {{\n  kpop cmd="pop3d -k -C {lab.config}" listen="127.0.0.1:{free_port()}"\n}}\n'
     )
     return subprocess.run(
         [sys.executable, "-m", "pop3d.cli.master", "-C", str(lab.config), "-M", str(cyrus_conf)],
@@ -101,6 +101,7 @@ def test_the_master_refuses_a_bad_keytab_with_exit_78(krb5_env: Realm, tmp_path:
     assert done.returncode == 78, done.stderr
     assert f"{lab.config}:".encode() in done.stderr and b"chmod 600" in done.stderr
     assert b"Traceback" not in done.stderr
+    assert b"listening" not in done.stderr  # it never served: the log does not say it did
 
 
 def test_the_master_refuses_a_krb5_conf_that_does_not_parse(
@@ -126,7 +127,8 @@ def test_the_master_refuses_kpop_with_tls(tmp_path: Path) -> None:
     lab = Lab(tmp_path / "lab").create()
     cyrus_conf = tmp_path / "cyrus.conf"
     cyrus_conf.write_text(
-        f'SERVICES {{\n  kpop cmd="pop3d -k -s -C {lab.config}" listen="127.0.0.1:1"\n}}\n'
+        f'SERVICES {{\n  kpop cmd="pop3d -k -s -C {lab.config}" '
+        f'listen="127.0.0.1:{free_port()}"\n}}\n'
     )
     done = subprocess.run(
         [sys.executable, "-m", "pop3d.cli.master", "-C", str(lab.config), "-M", str(cyrus_conf)],
