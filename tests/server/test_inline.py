@@ -98,7 +98,7 @@ def test_noop_and_stat_are_answered_without_waking_the_session(
             for _ in range(10):  # each sent after the previous answer: ten arrivals
                 assert await ask(client, b"NOOP") == b"+OK\r\n"
                 assert (await ask(client, b"STAT")).startswith(b"+OK 7 ")
-            # the wait that began after PASS is still the one the session is in
+            # the wait that began after the first STAT is still the one it is in
             assert waits.count == before
             # a command the task carries out (RETR reads a file) wakes it, once
             reader, writer = client
@@ -112,11 +112,10 @@ def test_noop_and_stat_are_answered_without_waking_the_session(
     run(test)
 
 
-def test_a_pipeline_mixing_inline_answers_and_requests_keeps_its_order(
-    lab: Lab, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_pipeline_mixing_inline_answers_and_requests_keeps_its_order(lab: Lab) -> None:
     """NOOP answered inline, RETR handed to the task with the rest of the pipeline still
-    in the session, then answered in order; DELE's deletion waits for QUIT's UPDATE."""
+    in the session, the rest answered in order after it; QUIT's UPDATE deletes what DELE
+    marked."""
 
     async def test() -> None:
         async with worker(lab) as port:
