@@ -18,7 +18,7 @@ from pop3d.server.channel import FdChannel
 from pop3d.transport import tls
 from pop3d.transport.layer import LayerError, LayerStack
 from pop3d.transport.tls_layer import TLSLayer
-from tests.support.lab import Lab, make_certificates, start_server
+from tests.support.lab import Lab, Server, make_certificates, start_server
 from tests.transport.test_tls import client_context, config_for
 
 
@@ -149,39 +149,81 @@ def test_bytes_buffered_before_the_push_go_through_the_layer(tmp_path: Path) -> 
     assert asyncio.run(scenario()) == b"CAPA\r\nQUIT\r\n"
 
 
+class _Pop3sClient:
+    """A pop3s client over a MemoryBIO, so a record can be tampered with before it goes."""
+
+    def __init__(self, port: int, ca: Path) -> None:
+        self.raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        context = ssl.create_default_context(cafile=str(ca))
+        self.tls = context.wrap_bio(self.incoming, self.outgoing, server_hostname="localhost")
+        while True:
+            try:
+                self.tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self.raw.sendall(self.outgoing.read())
+                self.incoming.write(self.raw.recv(65536))
+        self.raw.sendall(self.outgoing.read())
+
+    def answer(self, end: bytes = b"\r\n") -> bytes:
+        text = b""
+        while not text.endswith(end):
+            try:
+                text += self.tls.read(4096)
+            except ssl.SSLWantReadError:
+                self.incoming.write(self.raw.recv(65536))
+        return text
+
+    def send_tampered(self, line: bytes) -> bytes:
+        """``line`` in a record that fails its integrity check; what came back until EOF."""
+        self.tls.write(line)
+        record = bytearray(self.outgoing.read())
+        record[-1] ^= 1
+        self.raw.sendall(bytes(record))
+        self.raw.settimeout(5)
+        rest = b""
+        while chunk := self.raw.recv(65536):
+            rest += chunk
+        self.raw.close()
+        return rest
+
+
+def _ended_by_the_layer(server: Server, rest: bytes) -> None:
+    deadline = time.monotonic() + 5
+    while "security layer" not in server.log_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    log = server.log_text()
+    assert "ended: security layer: TLS:" in log, log
+    assert "Traceback" not in log
+    assert b"User name accepted" not in rest  # nothing in the record was run
+
+
 def test_a_bad_record_ends_a_real_session_with_a_log_line(tmp_path: Path) -> None:
     lab = Lab(tmp_path).create(with_tls=True)
     assert lab.tls is not None
     server = start_server(lab, {"pop3s": "-s"})
-    port = server.ports["pop3s"]
-    context = ssl.create_default_context(cafile=str(lab.tls.ca))
     try:
-        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
-        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-        client = context.wrap_bio(incoming, outgoing, server_hostname="localhost")
-        while True:
-            try:
-                client.do_handshake()
-                break
-            except ssl.SSLWantReadError:
-                raw.sendall(outgoing.read())
-                incoming.write(raw.recv(65536))
-        raw.sendall(outgoing.read())
-        client.write(b"USER alice\r\n")
-        record = bytearray(outgoing.read())
-        record[-1] ^= 1  # a failed integrity check
-        raw.sendall(bytes(record))
-        raw.settimeout(5)
-        rest = b""
-        while chunk := raw.recv(65536):
-            rest += chunk
-        raw.close()
-        deadline = time.monotonic() + 5
-        while "security layer" not in server.log_text() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        log = server.log_text()
-        assert "ended: security layer: TLS:" in log, log
-        assert "Traceback" not in log
-        assert b"User name accepted" not in rest  # nothing in the record was run
+        client = _Pop3sClient(server.ports["pop3s"], lab.tls.ca)
+        _ended_by_the_layer(server, client.send_tampered(b"USER alice\r\n"))
+    finally:
+        assert server.stop() == 0
+
+
+def test_a_bad_record_while_the_session_waits_ends_it_with_a_log_line(tmp_path: Path) -> None:
+    """The same, once a command has been answered: the session is then waiting for its
+    next one and the record reaches it through the channel's inline path
+    (server/channel.py), which must hand the layer's refusal to the session's task."""
+    lab = Lab(tmp_path).create(with_tls=True)
+    assert lab.tls is not None
+    server = start_server(lab, {"pop3s": "-s"})
+    try:
+        client = _Pop3sClient(server.ports["pop3s"], lab.tls.ca)
+        assert client.answer().startswith(b"+OK")  # the greeting
+        client.tls.write(b"CAPA\r\n")
+        client.raw.sendall(client.outgoing.read())
+        # answered: the session waits for the next command
+        assert client.answer(b"\r\n.\r\n").startswith(b"+OK")
+        _ended_by_the_layer(server, client.send_tampered(b"USER alice\r\n"))
     finally:
         assert server.stop() == 0
