@@ -3,6 +3,7 @@ context and the thread pool, built once per worker from imapd.conf and the comma
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import os
@@ -267,8 +268,11 @@ class ServiceContext:
         )
         self._counter = itertools.count(1)
         self._pid = os.getpid()  # a worker never forks
-        # shutdown_message(): msg/ as it was when it last held no shutdown file
+        # shutdown_message(): msg/ as it was when it last held no shutdown file, and the
+        # answer already found in this turn of the event loop
         self._no_shutdown_file: tuple[int, int, int, int] | None = None
+        self._turn_answer: bytes | None = None
+        self._turn_looked = False
 
     def count_logins(self, counter: LoginCounter) -> None:
         """Count this service's logins in ``counter`` (when maxlogins_* are set)."""
@@ -280,6 +284,29 @@ class ServiceContext:
         ``msg/shutdown``; while one exists, new connections get ``-ERR [SYS/TEMP]`` and its
         first line (leading ``[`` removed, as Cyrus does, so it cannot forge a response
         code), then are closed. None when there is none."""
+        # Cyrus looks before reading each command. Here the checks made in one turn of the
+        # event loop share one look, taken in that turn: a file created before the turn
+        # began is always seen (the look comes after it), one created while the turn runs
+        # is seen from the next turn, as if those sessions had begun to wait a moment
+        # earlier. A busy worker makes many checks per turn (each answer, each NOOP of an
+        # idle crowd), and each was a stat, most often of a msg/ that does not exist (an
+        # exception).
+        if self._turn_looked:
+            return self._turn_answer
+        answer = self._look_for_shutdown_file()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not called from an event loop: nothing to share with
+            return answer
+        self._turn_answer, self._turn_looked = answer, True
+        # Runs before the callbacks of the next turn's events: their checks look again.
+        loop.call_soon(self._turn_over)
+        return answer
+
+    def _turn_over(self) -> None:
+        self._turn_answer, self._turn_looked = None, False
+
+    def _look_for_shutdown_file(self) -> bytes | None:
         if not self.configdirectory:
             return None
         folder = os.path.join(self.configdirectory, "msg")

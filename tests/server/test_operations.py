@@ -4,6 +4,7 @@ shutdown file, and systemd socket activation through the real systemd-socket-act
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import functools
@@ -475,6 +476,35 @@ def test_socket_activation_serves_pop3_and_pop3s(tmp_path: Path) -> None:
         out, _ = process.communicate(timeout=20)
     assert process.returncode == 0, out
     assert b"socket activation: service pop3s" in out, out
+
+
+def test_shutdown_file_looked_for_once_per_turn_of_the_loop(lab: Lab) -> None:
+    """The checks made in one turn of a worker's event loop share one look at msg/; the
+    next turn looks again, so a file is seen by every session that begins to wait after
+    the turn in which it appeared."""
+    context = ServiceContext(load(lab.config), RuntimeOptions())
+    folder = lab.root / "config" / "msg"
+    folder.mkdir()
+
+    async def turns() -> list[bytes | None]:
+        seen = [context.shutdown_message()]
+        (folder / "shutdown").write_text("maintenance\n")
+        seen.append(context.shutdown_message())  # the same turn: the look it made
+        await asyncio.sleep(0)
+        seen.append(context.shutdown_message())  # the next turn looks again
+        (folder / "shutdown").unlink()
+        await asyncio.sleep(0)
+        seen.append(context.shutdown_message())
+        return seen
+
+    try:
+        answer = b"-ERR [SYS/TEMP] maintenance\r\n"
+        assert asyncio.run(turns()) == [None, None, answer, None]
+        # outside an event loop every call looks
+        (folder / "shutdown").write_text("maintenance\n")
+        assert context.shutdown_message() == answer
+    finally:
+        context.close()
 
 
 def test_shutdown_file_seen_however_msg_changes(lab: Lab) -> None:
