@@ -24,6 +24,13 @@ class IdentityRules:
     subfolders: bool = False  # popsubfolders: "user+folder" opens the folder .folder
 
 
+def _allowed_characters(name: str) -> bool:
+    """No path separator, colon, or C0/C1 control character (or DEL)."""
+    if name.isascii():  # every login: C calls, not a Python step per character
+        return name.isprintable() and _FORBIDDEN.isdisjoint(name)
+    return not any(ch in _FORBIDDEN or ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 for ch in name)
+
+
 def canonical_user(raw: bytes | str, rules: IdentityRules) -> str | None:
     """The canonical form of ``raw``, or None if it cannot name a user."""
     if isinstance(raw, bytes):
@@ -35,9 +42,7 @@ def canonical_user(raw: bytes | str, rules: IdentityRules) -> str | None:
         name = raw
     if not name or name != name.strip() or len(name.encode("utf-8")) > 255:
         return None
-    if name.startswith(".") or any(
-        ch in _FORBIDDEN or ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 for ch in name
-    ):
+    if name.startswith(".") or not _allowed_characters(name):
         return None
     if rules.username_tolower:
         name = name.lower()

@@ -9,6 +9,8 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pop3d.auth import credentials
 from pop3d.auth.authenticator import Authenticator
@@ -269,6 +271,16 @@ def test_verification_cache_is_keyed_by_the_stored_hash(lab: Lab) -> None:
     assert auth.verify_password("alice", Secret(b"changed")).ok
     now[0] = 61.0
     assert auth.verify_password("alice", Secret(b"changed")).ok
+
+
+@given(st.text(max_size=12) | st.text(alphabet=st.characters(max_codepoint=0xA1), max_size=12))
+def test_canonical_user_refuses_exactly_separators_and_control_characters(raw: str) -> None:
+    """What a user name may not hold: "/", ":", "\\", a C0 or C1 control character or DEL
+    (checked per character only outside ASCII)."""
+    bad = any(c in "/:\\" or ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in raw)
+    plain = bool(raw) and raw == raw.strip() and not raw.startswith(".") and "@" not in raw
+    if plain and len(raw.encode("utf-8")) <= 255:
+        assert (canonical_user(raw, IdentityRules(username_tolower=False)) is None) == bad
 
 
 @pytest.mark.parametrize(

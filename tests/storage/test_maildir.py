@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pop3d.message import canonical_size
 from pop3d.protocol.events import FailureKind, MaildropOpened, OpenMaildrop, StorageFailure
@@ -19,9 +21,12 @@ from pop3d.storage.base import MaildropInUse, MessageGone, StorageError
 from pop3d.storage.maildir import (
     WARM_SECONDS,
     MaildirStore,
+    _Entry,
+    _order_key,
     size_hint,
     uidl_for,
     unique_part,
+    valid_uidl,
 )
 from tests.support.lab import Lab
 
@@ -46,6 +51,43 @@ def test_unique_part_and_uidl() -> None:
     hashed = uidl_for(long_name)
     assert hashed == uidl_for(long_name) and 0 < len(hashed) <= 70
     assert all(0x21 <= ord(c) <= 0x7E for c in uidl_for("caf\u00e9 \u00fcml"))
+
+
+@given(st.text(max_size=80) | st.text(alphabet=st.characters(max_codepoint=0x80), max_size=80))
+def test_valid_uidl_is_rfc_1939s_definition(text: str) -> None:
+    assert valid_uidl(text) == (0 < len(text) <= 70 and all(0x21 <= ord(c) <= 0x7E for c in text))
+
+
+_NAMES = st.text(alphabet="0123456789,:=.SWMPQ2\u00b2x", max_size=30) | st.text(max_size=30)
+
+
+@given(_NAMES)
+def test_name_fields_as_defined(name: str) -> None:
+    """The listing's parsers of a Maildir file name against their plain definitions."""
+    cut = min((i for i in (name.find(","), name.find(":")) if i >= 0), default=len(name))
+    assert unique_part(name) == name[:cut]
+    fields = name.split(":", 1)[0].split(",")[1:]
+    hints = [int(f[2:]) for f in fields if f.startswith("W=") and f[2:].isdigit()]
+    assert size_hint(name) == (hints[0] if hints else None)
+    digits = ""
+    for ch in unique_part(name):
+        if ch not in "0123456789":
+            break
+        digits += ch
+    entry = _Entry("cur", name, unique_part(name))
+    assert _order_key(entry) == (int(digits or "0"), unique_part(name))
+
+
+def test_a_file_name_starting_with_a_superscript_digit_is_listed(lab: Lab) -> None:
+    """str.isdigit() takes "\u00b2", int() does not: the listing orders by ASCII digits."""
+    odd = lab.maildir("alice") / "cur" / "\u00b2.M1P1.host:2,S"
+    odd.write_bytes(b"Subject: odd\r\n\r\nbody\r\n")
+    drop = store_for(lab).open("alice")
+    try:
+        assert uidl_for("\u00b2.M1P1.host") in drop.uids
+        assert len(drop.uids) == 8
+    finally:
+        drop.close()
 
 
 def test_listing_does_not_read_messages(lab: Lab) -> None:
