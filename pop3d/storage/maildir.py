@@ -56,6 +56,7 @@ import secrets
 import socket
 import stat
 import struct
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -81,6 +82,15 @@ _delivery_counter = itertools.count(1)
 # MaildirStore.recently_opened(): how long a Maildir counts as warm, for how many users
 WARM_SECONDS = 60.0
 WARM_USERS = 10_000
+# MaildirStore's kept listings (MaildirStore._listing): only for folders of at least
+# LISTING_KEPT_FROM messages (a smaller one is listed again for less than the memory it
+# would hold), at most LISTING_KEPT_ENTRIES names per process in all (about 250 octets
+# each: some 25 MB at the most).
+LISTING_KEPT_FROM = 100
+LISTING_KEPT_ENTRIES = 100_000
+# A directory changed less than this long ago may change again within the file system's
+# timestamp granularity and keep its mtime: its listing is not kept.
+_SETTLED_NS = 2_000_000_000
 
 
 @dataclass(slots=True)
@@ -246,6 +256,23 @@ class _Folders:
         except BaseException:
             self.close()
             raise
+
+    def listing_stamp(self) -> tuple[int, ...] | None:
+        """What a listing of ``new/`` and ``cur/`` depends on: each one's device, inode,
+        mtime and ctime (every delivery, rename or removal in a directory changes its
+        mtime). None when either changed in the last seconds."""
+        values: list[int] = []
+        now = time.time_ns()
+        for name in _SUBDIRS:
+            fd = self.fds.get(name)
+            if fd is None:
+                values += (0, 0, 0, 0)
+                continue
+            info = os.fstat(fd)
+            if now - max(info.st_mtime_ns, info.st_ctime_ns) < _SETTLED_NS:
+                return None
+            values += (info.st_dev, info.st_ino, info.st_mtime_ns, info.st_ctime_ns)
+        return tuple(values)
 
     def identity(self) -> bytes:
         """(device, inode) of the Maildir and of ``new/`` and ``cur/`` (zeros for a folder
@@ -552,6 +579,13 @@ class MaildirStore:
         # (user, folder) -> when this process last opened that Maildir (time.monotonic()),
         # oldest first; at most WARM_USERS (recently_opened()).
         self._opened: dict[tuple[str, str | None], float] = {}
+        # Maildir folder path -> (its listing_stamp(), its listing as (subdir, name, unique)
+        # triples), oldest first; see _listing(). Opens run on the event loop and in I/O
+        # threads: the lock keeps the bookkeeping whole.
+        self._listings: dict[str, tuple[tuple[int, ...] | None, tuple[tuple[str, str, str], ...]]]
+        self._listings = {}
+        self._listed = 0  # names held in _listings
+        self._listings_lock = threading.Lock()
 
     def recently_opened(self, user: str, folder: str | None = None) -> bool:
         """Whether this process opened ``user``'s Maildir (``folder``: that popsubfolders
@@ -626,7 +660,7 @@ class MaildirStore:
             folders.close()
             raise
         try:
-            entries = sorted(self._scan(path, folders), key=_order_key)
+            entries = self._listing(path, folders)
             if self.use_flags:
                 entries = [entry for entry in entries if "T" not in flags_of(entry.name)]
             kept = read_uidl_map(folders.root)
@@ -640,6 +674,47 @@ class MaildirStore:
             folders.close()  # opened again per command (MaildirMaildrop._opened)
         self._note_opened(user, folder)
         return drop
+
+    def _listing(self, path: Path, folders: _Folders) -> list[_Entry]:
+        """``new/`` and ``cur/`` listed in delivery order. A big folder (LISTING_KEPT_FROM
+        names or more, seen once) whose two directories are the same and unchanged since
+        this process last listed them (listing_stamp()) is not read again: a client polling
+        a maildrop of thousands of messages with nothing new costs two fstat calls instead
+        of reading and parsing every name. The stamp is taken before the directories are
+        read, so a change while they are read makes the kept listing newer than its stamp,
+        never older: the next open sees another stamp and reads them again."""
+        key = os.fspath(path)
+        stamp = folders.listing_stamp() if key in self._listings else None
+        if stamp is not None:
+            with self._listings_lock:
+                kept = self._listings.pop(key, None)
+                if kept is not None:
+                    self._listings[key] = kept  # the newest now
+            if kept is not None and kept[0] == stamp:
+                return [_Entry(subdir, name, unique) for subdir, name, unique in kept[1]]
+        entries = sorted(self._scan(path, folders), key=_order_key)
+        big = len(entries) >= LISTING_KEPT_FROM
+        if big or key in self._listings:
+            self._keep_listing(key, stamp, entries if big else None)
+        return entries
+
+    def _keep_listing(
+        self, key: str, stamp: tuple[int, ...] | None, entries: list[_Entry] | None
+    ) -> None:
+        """Keep ``key``'s listing (newest last), or without a stamp only that the folder is
+        big, so that its next open takes a stamp first; None: forget the folder."""
+        fields = tuple((e.subdir, e.name, e.unique) for e in entries or ()) if stamp else ()
+        with self._listings_lock:
+            old = self._listings.pop(key, None)
+            if old is not None:
+                self._listed -= len(old[1])
+            if entries is None or len(fields) > LISTING_KEPT_ENTRIES:
+                return
+            self._listings[key] = (stamp if fields else None, fields)
+            self._listed += len(fields)
+            while self._listed > LISTING_KEPT_ENTRIES:  # never the one just kept
+                oldest = next(iter(self._listings))
+                self._listed -= len(self._listings.pop(oldest)[1])
 
     @staticmethod
     def _scan(path: Path, folders: _Folders) -> Iterator[_Entry]:

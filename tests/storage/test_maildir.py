@@ -9,6 +9,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -19,6 +20,7 @@ from pop3d.protocol.events import FailureKind, MaildropOpened, OpenMaildrop, Sto
 from pop3d.server.carry_out import TABLE, Work
 from pop3d.storage.base import MaildropInUse, MessageGone, StorageError
 from pop3d.storage.maildir import (
+    LISTING_KEPT_FROM,
     WARM_SECONDS,
     MaildirStore,
     _Entry,
@@ -88,6 +90,60 @@ def test_a_file_name_starting_with_a_superscript_digit_is_listed(lab: Lab) -> No
         assert len(drop.uids) == 8
     finally:
         drop.close()
+
+
+def test_a_big_maildrop_unchanged_is_not_listed_again(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder of LISTING_KEPT_FROM messages or more is read again only when new/ or cur/
+    changed: each delivery, flag change (a rename) and removal shows at the next open."""
+    store = store_for(lab)
+    cur = lab.maildir("bigbox") / "cur"
+    cur.mkdir(parents=True)
+    (cur.parent / "new").mkdir()
+    for i in range(LISTING_KEPT_FROM):
+        (cur / f"{1700000000 + i}.M{i}P1.lab,S=5:2,").write_bytes(b"hi\r\n")
+    reads: list[Path] = []
+    scan = MaildirStore._scan
+
+    def counted(path: Path, folders: Any) -> Any:
+        reads.append(path)
+        return scan(path, folders)
+
+    monkeypatch.setattr(MaildirStore, "_scan", staticmethod(counted))
+
+    def listed() -> tuple[tuple[str, ...], tuple[int | None, ...]]:
+        drop = store.open("bigbox")
+        try:
+            return drop.uids, drop.sizes
+        finally:
+            drop.close()
+
+    def settle() -> None:  # a directory changed in the last 2 s is always read again
+        time.sleep(2.2)
+
+    settle()
+    first = listed()
+    assert listed() == first and listed() == first
+    assert len(reads) == 2  # seen big, then listed with its stamp; the third kept
+    assert len(first[0]) == LISTING_KEPT_FROM
+
+    store.deliver("bigbox", io.BytesIO(b"Subject: new\r\n\r\nmail\r\n"))
+    assert len(listed()[0]) == LISTING_KEPT_FROM + 1  # new/ changed: read again
+    settle()
+    listed()
+    reads.clear()
+    assert len(listed()[0]) == LISTING_KEPT_FROM + 1 and not reads
+
+    # a rename (a flag change: same count) once the kept listing's stamp is settled
+    old = next(cur.iterdir())
+    renamed = cur / old.name.replace(",S=5:2,", ",S=5,W=77:2,S")
+    old.rename(renamed)
+    settle()
+    assert 77 in listed()[1] and reads  # another stamp: read again
+    renamed.unlink()
+    after = listed()
+    assert len(after[0]) == LISTING_KEPT_FROM and 77 not in after[1]
 
 
 def test_listing_does_not_read_messages(lab: Lab) -> None:
