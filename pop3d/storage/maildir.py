@@ -684,7 +684,8 @@ class MaildirStore:
         read, so a change while they are read makes the kept listing newer than its stamp,
         never older: the next open sees another stamp and reads them again."""
         key = os.fspath(path)
-        stamp = folders.listing_stamp() if key in self._listings else None
+        known = key in self._listings
+        stamp = folders.listing_stamp() if known else None
         if stamp is not None:
             with self._listings_lock:
                 kept = self._listings.pop(key, None)
@@ -694,7 +695,7 @@ class MaildirStore:
                 return [_Entry(subdir, name, unique) for subdir, name, unique in kept[1]]
         entries = sorted(self._scan(path, folders), key=_order_key)
         big = len(entries) >= LISTING_KEPT_FROM
-        if big or key in self._listings:
+        if big or known:
             self._keep_listing(key, stamp, entries if big else None)
         return entries
 
@@ -710,7 +711,7 @@ class MaildirStore:
                 self._listed -= len(old[1])
             if entries is None or len(fields) > LISTING_KEPT_ENTRIES:
                 return
-            self._listings[key] = (stamp if fields else None, fields)
+            self._listings[key] = (stamp, fields)  # no stamp: no fields
             self._listed += len(fields)
             while self._listed > LISTING_KEPT_ENTRIES:  # never the one just kept
                 oldest = next(iter(self._listings))
