@@ -5,6 +5,14 @@ Choices, and why:
 * **Listing** reads directory entries only (``new/`` and ``cur/``), never message bodies. A
   size comes from the ``,W=`` field of the file name (the CRLF size Dovecot and our own
   delivery write); a message without one is measured only when a command needs its size.
+* **Measured sizes are kept** in ``pop3d-sizes`` in the Maildir (Courier's
+  ``courierpop3dsizelist`` does the same): a Maildir delivered by an agent that writes no
+  ``,W=`` (Postfix's ``local`` and ``virtual``, procmail) would otherwise have every
+  message read in full by the first STAT of every session. An entry counts only while the
+  file's inode, size and mtime are those it was measured with; a message not in the
+  listing drops out at the next write. A cache: written whole under the maildrop lock
+  (``pop3d-sizes.new``, then ``rename``), without fsync; a lost or mangled one costs a
+  measurement, never a wrong answer beyond what a wrong ``,W=`` would give.
 * **UIDL** is the unique part of the file name: everything before the first "," or ":".
   Flag changes (``:2,S``) and the move from ``new/`` to ``cur/`` leave it alone, so it is
   stable across sessions and across other agents touching the Maildir. A unique part that
@@ -72,6 +80,12 @@ LAST_LOGIN_NAME = "pop3d-lastlogin"
 # Kept UIDLs of imported messages (pop3d-admin import): "<unique part> <uidl>" lines.
 UIDL_MAP_NAME = "pop3d-uidl"
 _UIDL_MAP_MAX = 64 * 1024 * 1024
+# Measured sizes (MaildirMaildrop.measure): a header line, then "<name before the ':'>
+# <inode> <octets on disk> <mtime in ns> <CRLF size>" lines.
+SIZE_CACHE_NAME = "pop3d-sizes"
+_SIZE_CACHE_NEW = "pop3d-sizes.new"
+_SIZE_CACHE_HEADER = "pop3d-sizes 1\n"
+_SIZE_CACHE_MAX = 64 * 1024 * 1024
 _CHUNK = 256 * 1024
 _SUBDIRS = ("new", "cur")
 # A maildrop's open runs these over every file name in it (a warm open runs on the event
@@ -202,6 +216,73 @@ def _kind(name: str, dir_fd: int) -> str:
     except FileNotFoundError:
         return "missing"
     return "file" if stat.S_ISREG(info.st_mode) else "other"
+
+
+# --- measured sizes kept (pop3d-sizes) ------------------------------------------------
+
+# What a measured size holds for: the file's (inode, octets, mtime in ns), then the size.
+_SizeRecord = tuple[int, int, int, int]
+
+
+def _size_key(name: str) -> str | None:
+    """A message's key in ``pop3d-sizes``: its name without the info (flags change it, the
+    move to ``cur/`` adds it), None if the name cannot be one word of an ASCII line."""
+    base = name.partition(":")[0]
+    if base.isascii() and base.isprintable() and " " not in base and base:
+        return base
+    return None
+
+
+def _size_record(info: os.stat_result, size: int) -> _SizeRecord:
+    return info.st_ino, info.st_size, info.st_mtime_ns, size
+
+
+def read_size_cache(root: int) -> dict[str, _SizeRecord]:
+    """The records in ``pop3d-sizes`` in the Maildir ``root`` (read like a message: not
+    through a link, only a regular file). A missing, unreadable or oversized file is
+    empty, a line that does not parse is skipped: it only costs measuring again."""
+    try:
+        with _open_message(SIZE_CACHE_NAME, root) as handle:
+            data = handle.read(_SIZE_CACHE_MAX + 1)
+    except OSError:
+        return {}
+    if len(data) > _SIZE_CACHE_MAX or not data.startswith(_SIZE_CACHE_HEADER.encode()):
+        return {}
+    records: dict[str, _SizeRecord] = {}
+    for line in data.decode("ascii", "replace").splitlines()[1:]:
+        fields = line.split(" ")
+        if len(fields) != 5 or _size_key(fields[0]) != fields[0]:
+            continue
+        numbers = fields[1:]
+        if all(number.isascii() and number.isdigit() for number in numbers):
+            inode, octets, mtime, size = (int(number) for number in numbers)
+            records[fields[0]] = (inode, octets, mtime, size)
+    return records
+
+
+def write_size_cache(root: int, records: dict[str, _SizeRecord]) -> None:
+    """Replace ``pop3d-sizes`` in ``root`` by ``records``. The caller holds the maildrop
+    lock, so no other writer is at work. The new file is made fresh (``O_EXCL`` after an
+    unlink: a link planted under its name is removed, never written through), then renamed
+    over the old one. No fsync: after a crash an old or empty file only costs measuring
+    again. Raises OSError."""
+    lines = [_SIZE_CACHE_HEADER]
+    lines += [f"{key} {i} {o} {m} {s}\n" for key, (i, o, m, s) in records.items()]
+    data = memoryview("".join(lines).encode("ascii"))
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(_SIZE_CACHE_NEW, dir_fd=root)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(_SIZE_CACHE_NEW, flags, 0o600, dir_fd=root)
+    try:
+        while data:
+            data = data[os.write(fd, data) :]
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(_SIZE_CACHE_NEW, dir_fd=root)
+        raise
+    os.close(fd)
+    os.replace(_SIZE_CACHE_NEW, SIZE_CACHE_NAME, src_dir_fd=root, dst_dir_fd=root)
 
 
 def _open_message(name: str, dir_fd: int) -> BinaryIO:
@@ -459,12 +540,56 @@ class MaildirMaildrop:
         raise MessageGone(f"message {index} keeps moving in {self.path}")
 
     def measure(self, indexes: tuple[int, ...]) -> list[int]:
+        """The CRLF sizes of ``indexes``: from ``pop3d-sizes`` where the file is still
+        the one measured there (one ``stat``), else by reading it; what was read is
+        written back for the next session (best effort)."""
         sizes = []
         with self._opened() as folders:
+            root = folders.get("")
+            assert root is not None  # get("") raises rather than miss the Maildir
+            kept = read_size_cache(root)
+            learned = False
             for index in indexes:
-                with self._open_message(index, folders) as handle:
-                    sizes.append(canonical_size(_chunks(handle)))
+                size = self._kept_size(index, folders, kept)
+                if size is None:
+                    size = self._measure_one(index, folders, kept)
+                    learned = True
+                sizes.append(size)
+            if learned:
+                self._keep_sizes(root, kept)
         return sizes
+
+    def _kept_size(
+        self, index: int, folders: _Reopened, kept: dict[str, _SizeRecord]
+    ) -> int | None:
+        entry = self._entries[index]
+        key = _size_key(entry.name)
+        record = kept.get(key) if key is not None else None
+        fd = folders.get(entry.subdir) if record is not None else None
+        if record is None or fd is None:
+            return None
+        try:
+            info = os.stat(entry.name, dir_fd=fd, follow_symlinks=False)
+        except OSError:
+            return None  # moved or gone: measuring finds it again, or fails as it would
+        if not stat.S_ISREG(info.st_mode) or _size_record(info, record[3]) != record:
+            return None
+        return record[3]
+
+    def _measure_one(self, index: int, folders: _Reopened, kept: dict[str, _SizeRecord]) -> int:
+        with self._open_message(index, folders) as handle:
+            info = os.fstat(handle.fileno())  # before the read: a change after shows later
+            size = canonical_size(_chunks(handle))
+        key = _size_key(self._entries[index].name)  # the name _open_message found
+        if key is not None:
+            kept[key] = _size_record(info, size)
+        return size
+
+    def _keep_sizes(self, root: int, kept: dict[str, _SizeRecord]) -> None:
+        """Write ``kept`` back, without the messages this listing no longer has."""
+        listed = {key for entry in self._entries if (key := _size_key(entry.name))}
+        with contextlib.suppress(OSError):  # a read-only Maildir, a full disk: measure again
+            write_size_cache(root, {key: kept[key] for key in kept if key in listed})
 
     def commit(
         self,
