@@ -8,7 +8,11 @@ answer."""
 
 from __future__ import annotations
 
+import os
 import re
+import select
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -148,3 +152,73 @@ def test_certificate_from_another_ca_is_refused(tmp_path: Path, served: Served) 
     assert "verify error" in err
     assert "+OK" not in out
     assert "User logged in" not in served.log()
+
+
+@pytest.mark.parametrize("command", ["k", "K"])
+def test_a_tls13_key_update_mid_session(served: Served, command: str) -> None:
+    """TLS 1.3 KeyUpdate (RFC 8446, 4.6.3) from the client between commands: ``k`` updates
+    the client's keys only, ``K`` also asks the server to update its own, which it must
+    send before its next application data (OpenSSL sends it with that data). s_client
+    sends one for a line that is the letter, and only when it runs interactively (no
+    ``-quiet``), so the lines go one at a time. ``-msg`` shows the handshake messages."""
+    command_line = [
+        *("openssl", "s_client", "-CAfile", str(served.ca), "-verify_return_error"),
+        *("-connect", f"127.0.0.1:{served.pop3s}", "-tls1_3", "-msg"),
+    ]
+    # No -crlf: with it, s_client 3.0 sends the command letter as data. The POP3 lines
+    # carry their own CRLF; "quit", not "QUIT": a line starting with Q is s_client's
+    # command to hang up. Each line waits for the answer to the one before, or two lines
+    # could reach s_client in one read and the letter would go out as data.
+    steps = [
+        (b"USER alice\r\n", b"+OK User name accepted"),
+        (b"PASS wonderland\r\n", b"+OK Mailbox locked"),
+        (f"{command}\n".encode(), b">>> "),
+        (b"STAT\r\n", b"+OK 7 "),
+        (b"NOOP\r\n", b"+OK\r\n"),
+        (b"quit\r\n", b"+OK Logging out"),
+    ]
+    client = subprocess.Popen(
+        command_line, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert client.stdin is not None and client.stdout is not None
+    received = b""
+
+    def found(wanted: bytes) -> bool:
+        if wanted in (b"<<< ", b">>> "):  # that side's KeyUpdate, in -msg's trace
+            return re.search(re.escape(wanted) + rb".*KeyUpdate", received) is not None
+        return wanted in received
+
+    def wait_for(wanted: bytes) -> None:
+        nonlocal received
+        assert client.stdout is not None
+        deadline = time.monotonic() + 20
+        while not found(wanted) and time.monotonic() < deadline:
+            ready, _, _ = select.select([client.stdout], [], [], 0.5)
+            if ready:
+                chunk = os.read(client.stdout.fileno(), 65536)
+                if not chunk:
+                    return
+                received += chunk
+
+    try:
+        wait_for(b"server ready")
+        for line, answer in steps:
+            client.stdin.write(line)
+            client.stdin.flush()
+            wait_for(answer)
+            assert found(answer), (line, received.decode(errors="replace"))
+        out, _ = client.communicate(timeout=30)
+        out = received + out
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+    text = out.decode(errors="replace")
+    assert re.search(r"^>>> .*KeyUpdate", text, re.M), text  # the client sent one
+    updates_received = [m.start() for m in re.finditer(r"^<<< .*KeyUpdate", text, re.M)]
+    assert len(updates_received) == (1 if command == "K" else 0), text
+    # "prior to sending its next Application Data record" (4.6.3): before STAT's answer
+    assert all(where < text.index("+OK 7 ") for where in updates_received), text
+    assert re.search(r"^\+OK 7 \d+\r?$", text, re.M), text  # STAT under the new keys
+    assert "+OK Logging out" in text, text
+    assert "security layer" not in served.log()
