@@ -375,9 +375,11 @@ def test_silent_kdc_is_sys_temp_and_others_are_served(
         assert other.stat()[0] == 3
         other.quit()
         # Served while the first login was still waiting on the KDC (the proof), and
-        # quickly (a loose bound: the suite shares two cores).
+        # before a loop blocked by that wait would have been freed by the timeout (3 s
+        # after the PASS, 2.7 s after this connection began): a loose bound, the suite
+        # shares two cores (2.0 was seen missed by 10 ms under a full suite's load).
         assert thread.is_alive()
-        assert time.monotonic() - started < 2.0
+        assert time.monotonic() - started < 2.5
         thread.join(30)
         assert str(answers["pass"]).startswith("-ERR [SYS/TEMP]")
         assert 2.5 < float(str(answers["took"])) < 7
