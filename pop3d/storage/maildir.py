@@ -542,7 +542,12 @@ class MaildirMaildrop:
     def measure(self, indexes: tuple[int, ...]) -> list[int]:
         """The CRLF sizes of ``indexes``: from ``pop3d-sizes`` where the file is still
         the one measured there (one ``stat``), else by reading it; what was read is
-        written back for the next session (best effort)."""
+        written back for the next session (best effort). One message (``LIST n``) is
+        just read: a client listing a big maildrop one message at a time would otherwise
+        read and parse the whole of ``pop3d-sizes`` for each."""
+        if len(indexes) == 1:
+            with self._opened() as folders:
+                return [self._measure_one(indexes[0], folders, {})]
         sizes = []
         with self._opened() as folders:
             root = folders.get("")

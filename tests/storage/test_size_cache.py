@@ -182,3 +182,16 @@ def test_a_client_sees_the_kept_sizes_in_its_next_session(lab: Lab) -> None:
     assert (lab.maildir("alice") / SIZE_CACHE_NAME).is_file()
     rewrite_keeping_inode_size_and_mtime(message(lab, 3))
     assert stat_line() == first
+
+
+def test_one_message_is_measured_without_the_size_file(lab: Lab) -> None:
+    """LIST n: the message alone is read, pop3d-sizes neither read nor written (a client
+    listing a big maildrop message by message would read the whole file each time)."""
+    path = message(lab, 1)
+    info = path.stat()
+    cache = lab.maildir("alice") / SIZE_CACHE_NAME
+    lie = f"pop3d-sizes 1\n{path.name} {info.st_ino} {info.st_size} {info.st_mtime_ns} 7\n"
+    cache.write_text(lie)
+    assert measure(lab, (1,)) == [canonical_size([path.read_bytes()])]
+    assert cache.read_text() == lie
+    assert measure(lab, (1, 3))[0] == 7  # two at once: the file is used (and trusted)
