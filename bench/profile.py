@@ -5,6 +5,7 @@ the benchmark (run.py), for working on pop3d's own cost rather than comparing se
                    [--pythonpath DIR] [--top 30]
     profile.py cpu --pythonpath DIR [--pythonpath DIR ...] [--transport plain,pop3s,stls]
                    [--clients 10] [--seconds 8] [--rounds 3] [--prefork 1] [--events]
+                   [--floor]
 
 ``spy``: one pop3d (one worker), a warm-up pass so every user's password is in the
 verification cache, then the load generator's sessions (connect, greeting, USER, PASS,
@@ -23,7 +24,9 @@ value and the median per checkout and transport. The steady figure on a shared m
 CPU per session barely moves with other load, sessions/s does. ``--events``: also what
 ``perf stat`` counts in the server's processes per session (context switches,
 ``epoll_wait`` calls, sends, receives, accepts): where a session's CPU goes that no
-profile of Python shows (bench/RESULTS.md, section 15).
+profile of Python shows (bench/RESULTS.md, section 15). ``--floor``: also bench/floor.py,
+the same sessions answered with canned lines by asyncio alone: the part of a session's
+CPU that is the event loop's, its transports' and the kernel's, not pop3d's.
 
 Everything lives under bench/.lab/profile-* (git-ignored), next to the bench's own lab.
 """
@@ -43,14 +46,25 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from servers import BENCH, LAB, Pop3d, TLSFiles, make_tls, messages, process_tree, tree_cpu
+from servers import (
+    BENCH,
+    LAB,
+    Floor,
+    Pop3d,
+    Server,
+    TLSFiles,
+    make_tls,
+    messages,
+    process_tree,
+    tree_cpu,
+)
 
 CLIENT = BENCH / "client.py"
 TRANSPORTS = ("plain", "pop3s", "stls")
 
 
 def _client(
-    server: Pop3d, transport: str, clients: int, spans: tuple[float, float], tls: TLSFiles
+    server: Server, transport: str, clients: int, spans: tuple[float, float], tls: TLSFiles
 ) -> subprocess.Popen[str]:
     """The load generator's sessions; ``spans``: (warm-up, counted) seconds."""
     warmup, seconds = spans
@@ -98,7 +112,7 @@ EVENTS = {
 
 
 def _sessions(
-    server: Pop3d,
+    server: Server,
     transport: str,
     clients: int,
     seconds: float,
@@ -117,7 +131,7 @@ def _sessions(
     return int(result["ok"]) + int(result["warmup_ok"]), used
 
 
-def _count_events(server: Pop3d) -> tuple[subprocess.Popen[bytes], Path]:
+def _count_events(server: Server) -> tuple[subprocess.Popen[bytes], Path]:
     out = LAB / "profile-events.txt"
     pids = ",".join(str(pid) for pid in process_tree(server.pid))
     command = ["perf", "stat", "-x,", "-e", ",".join(EVENTS), "-p", pids, "-o", str(out)]
@@ -148,6 +162,16 @@ def _start(name: str, pythonpath: str | None, clients: int, tls: TLSFiles, prefo
     for transport in ("plain", "pop3s"):  # every user's password in each worker's cache
         _sessions(server, transport, clients, 2.0, tls)
     return server
+
+
+def _start_floor(clients: int, tls: TLSFiles) -> Floor:
+    """bench/floor.py serving the bench's small message, warmed up as _start's servers."""
+    small, _big = messages()
+    floor = Floor(small)
+    floor.start(tls)
+    for transport in ("plain", "pop3s"):
+        _sessions(floor, transport, clients, 2.0, tls)
+    return floor
 
 
 def _tls() -> TLSFiles:
@@ -272,10 +296,14 @@ def _worker_of(workers: list[int], flag: str | None) -> int:
 def cpu(args: argparse.Namespace) -> int:
     tls = _tls()
     transports = args.transport.split(",")
-    servers = [
+    servers: list[Server] = [
         _start(f"profile-{i}", path, args.clients, tls, prefork=args.prefork)
         for i, path in enumerate(args.pythonpath)
     ]
+    labels = list(args.pythonpath)
+    if args.floor:
+        servers.append(_start_floor(args.clients, tls))
+        labels.append("floor (bench/floor.py)")
     values: dict[tuple[int, str], list[float]] = {}
     rates: dict[tuple[int, str], list[float]] = {}
     counted: dict[tuple[int, str], list[dict[str, float]]] = {}
@@ -285,10 +313,14 @@ def cpu(args: argparse.Namespace) -> int:
             order = order[round_ % len(order) :] + order[: round_ % len(order)]
             for transport in transports:
                 for i in order:
+                    if transport == "stls" and isinstance(servers[i], Floor):
+                        continue  # canned lines: no STLS
                     events: dict[str, float] | None = {} if args.events else None
                     sessions, used = _sessions(
                         servers[i], transport, args.clients, args.seconds, tls, events=events
                     )
+                    if sessions == 0:  # CPU over no session is no figure
+                        raise RuntimeError(f"{labels[i]} {transport}: no session completed")
                     if events is not None:
                         per_session = {k: v / max(sessions, 1) for k, v in events.items()}
                         counted.setdefault((i, transport), []).append(per_session)
@@ -296,7 +328,7 @@ def cpu(args: argparse.Namespace) -> int:
                     values.setdefault((i, transport), []).append(per)
                     rates.setdefault((i, transport), []).append(sessions / (args.seconds + 0.5))
                     print(
-                        f"  round {round_ + 1} {args.pythonpath[i]} {transport}: "
+                        f"  round {round_ + 1} {labels[i]} {transport}: "
                         f"{per:.3f} ms/session, {sessions / (args.seconds + 0.5):.0f}/s",
                         flush=True,
                     )
@@ -309,8 +341,7 @@ def cpu(args: argparse.Namespace) -> int:
         shown = ", ".join(f"{v:.2f}" for v in runs)
         rate = statistics.median(rates[(i, transport)])
         print(
-            f"| {args.pythonpath[i]} | {transport} | {statistics.median(runs):.2f} | {shown} "
-            f"| {rate:.0f} |"
+            f"| {labels[i]} | {transport} | {statistics.median(runs):.2f} | {shown} | {rate:.0f} |"
         )
     if counted:
         print()
@@ -319,7 +350,7 @@ def cpu(args: argparse.Namespace) -> int:
         for (i, transport), per_run in sorted(counted.items(), key=lambda kv: (kv[0][1], kv[0][0])):
             medians = [statistics.median(run[event] for run in per_run) for event in EVENTS]
             shown = " | ".join(f"{value:.2f}" for value in medians)
-            print(f"| {args.pythonpath[i]} | {transport} | {shown} |")
+            print(f"| {labels[i]} | {transport} | {shown} |")
         print("(per session, medians of the rounds)")
     return 0
 
@@ -342,6 +373,11 @@ def main() -> int:
     many.add_argument("--seconds", type=float, default=8.0)
     many.add_argument("--rounds", type=int, default=3)
     many.add_argument("--prefork", type=int, default=1)
+    many.add_argument(
+        "--floor",
+        action="store_true",
+        help="also bench/floor.py: the session answered by asyncio alone (canned lines)",
+    )
     many.add_argument(
         "--events", action="store_true", help="count wake-ups and syscalls per session (perf)"
     )

@@ -527,6 +527,32 @@ class Pop3d(Server):
 # --- Kerberos ------------------------------------------------------------------------
 
 
+class Floor(Server):
+    """bench/floor.py: canned answers to the load generator's session, on asyncio alone
+    (what a session costs before any of pop3d's own work)."""
+
+    name = "floor"
+
+    def __init__(self, message: Message) -> None:
+        self.message = message
+        self.log = LAB / "floor.log"
+
+    def start(self, tls: TLSFiles | None = None) -> None:
+        assert tls is not None  # it serves both, as the servers it stands beside
+        self.port, self.tls_port = free_port(), free_port()
+        command = [
+            sys.executable,
+            str(BENCH / "floor.py"),
+            *("--port", str(self.port), "--tls-port", str(self.tls_port)),
+            *("--message", str(self.message.path), "--cert", str(tls.cert)),
+            *("--key", str(tls.key)),
+        ]
+        LAB.mkdir(parents=True, exist_ok=True)
+        with self.log.open("wb") as out:
+            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        self._wait_ready(self.log, tls)
+
+
 class Kerberos:
     """A throwaway MIT realm for the GSSAPI figures (tests/support/kerberos.py: k5test, a
     KDC on 127.0.0.1, pop/localhost in its keytab), with principals ``bench<i>`` and

@@ -125,3 +125,30 @@ def test_the_tls_memory_probe_runs() -> None:
     # Any OpenSSL holds some KiB per connection, and more after a handshake than before.
     for library in ("bundled", "system"):
         assert 1 < figures[f"{library}_new_kib"] < figures[f"{library}_idle_kib"] < 200, figures
+
+
+@pytest.mark.slow
+def test_the_cpu_profile_runs_with_the_floor() -> None:
+    """bench/profile.py cpu, this checkout beside bench/floor.py (asyncio answering the
+    same sessions with canned lines): both measured, over plain and pop3s."""
+    lab = Path(tempfile.mkdtemp(prefix="pop3d-profile-smoke-"))
+    try:
+        done = subprocess.run(
+            [
+                sys.executable, str(ROOT / "bench" / "profile.py"), "cpu",
+                "--pythonpath", str(ROOT), "--floor", "--transport", "plain,pop3s",
+                "--clients", "2", "--rounds", "1", "--seconds", "0.5",
+            ],
+            env={**os.environ, "POP3D_BENCH_LAB": str(lab), "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(lab, ignore_errors=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = re.findall(r"^\| (.+?) \| (plain|pop3s) \| (\d+\.\d+) \|", done.stdout, re.M)
+    measured = {(name, transport) for name, transport, value in rows if float(value) > 0}
+    for name in (str(ROOT), "floor (bench/floor.py)"):
+        assert {(name, "plain"), (name, "pop3s")} <= measured, done.stdout
