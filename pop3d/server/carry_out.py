@@ -133,12 +133,13 @@ def _open_maildrop(work: Work, request: OpenMaildrop) -> object:
 
 
 def _open_warm_maildrop(work: Work, request: OpenMaildrop) -> object | None:
-    """A maildrop this worker opened a moment ago is opened on the loop: its folders are
-    in the kernel's caches, and the hop to an I/O thread cost more than the open (the
-    thread gives up and takes back the GIL at each of the open's dozen system calls, each
-    time a switch to and from the loop; bench/RESULTS.md, section 9). Any other maildrop
-    (first login, a client polling every few minutes) is opened in a thread, where a cold
-    disk stalls no other session."""
+    """A maildrop this worker opened a moment ago, and cheaply, is opened on the loop: its
+    folders are in the kernel's caches, and the hop to an I/O thread cost more than the
+    open (the thread gives up and takes back the GIL at each of the open's dozen system
+    calls, each time a switch to and from the loop; bench/RESULTS.md, section 9). Any other
+    maildrop (first login, a client polling every few minutes, one whose open took more
+    than WARM_OPEN_CPU) is opened in a thread, where a cold disk or a big listing stalls
+    no other session."""
     if work.store is None or not work.store.recently_opened(request.user, request.folder):
         return None
     return _open_maildrop(work, request)

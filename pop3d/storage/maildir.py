@@ -93,9 +93,12 @@ _SUBDIRS = ("new", "cur")
 _UNIQUE_PART = re.compile(r"[^,:]*")
 _LEADING_DIGITS = re.compile(r"[0-9]*")
 _delivery_counter = itertools.count(1)
-# MaildirStore.recently_opened(): how long a Maildir counts as warm, for how many users
+# MaildirStore.recently_opened(): how long a Maildir counts as warm, for how many users,
+# and the most CPU its last open may have taken (a warm open runs on the worker's event
+# loop, where every other session waits for it: a bigger maildrop's open goes to a thread)
 WARM_SECONDS = 60.0
 WARM_USERS = 10_000
+WARM_OPEN_CPU = 0.005
 # MaildirStore's kept listings (MaildirStore._listing): only for folders of at least
 # LISTING_KEPT_FROM messages (a smaller one is listed again for less than the memory it
 # would hold), at most LISTING_KEPT_ENTRIES names per process in all (about 250 octets
@@ -706,8 +709,8 @@ class MaildirStore:
         self.use_flags = use_flags  # popuseimapflags
         # maildrop_lock: the table's file, or None for pop3d.lock in each Maildir
         self.lock_table = lock_table
-        # (user, folder) -> when this process last opened that Maildir (time.monotonic()),
-        # oldest first; at most WARM_USERS (recently_opened()).
+        # (user, folder) -> when this process last opened that Maildir (time.monotonic())
+        # within WARM_OPEN_CPU, oldest first; at most WARM_USERS (recently_opened()).
         self._opened: dict[tuple[str, str | None], float] = {}
         # Maildir folder path -> (its listing_stamp(), its listing as (subdir, name, unique)
         # triples), oldest first; see _listing(). Opens run on the event loop and in I/O
@@ -719,15 +722,20 @@ class MaildirStore:
 
     def recently_opened(self, user: str, folder: str | None = None) -> bool:
         """Whether this process opened ``user``'s Maildir (``folder``: that popsubfolders
-        folder of it) in the last :data:`WARM_SECONDS`: its folders' entries and inodes are
-        then almost surely in the kernel's caches, so opening it again waits for no disk."""
+        folder of it) in the last :data:`WARM_SECONDS`, for at most :data:`WARM_OPEN_CPU` of
+        CPU: its folders' entries and inodes are then almost surely in the kernel's caches,
+        so opening it again waits for no disk, and it is small enough to open between two
+        other sessions' commands (a maildrop of thousands of messages, or a big
+        ``pop3d-uidl``, is not, however recently it was opened)."""
         when = self._opened.get((user, folder))
         return when is not None and time.monotonic() - when < WARM_SECONDS
 
-    def _note_opened(self, user: str, folder: str | None) -> None:
+    def _note_opened(self, user: str, folder: str | None, cpu: float) -> None:
         opened = self._opened
         key = (user, folder)
         opened.pop(key, None)
+        if cpu > WARM_OPEN_CPU:
+            return
         opened[key] = time.monotonic()
         if len(opened) > WARM_USERS:
             del opened[next(iter(opened))]
@@ -767,6 +775,7 @@ class MaildirStore:
         """The user's Maildir, or with ``folder`` (popsubfolders) that folder of it, which
         must exist (:class:`NoSuchFolder`; a folder is never created). Each is a maildrop
         of its own: its own lock, listing and kept UIDLs."""
+        started = time.thread_time()  # this thread's CPU: not the GIL's waits, not a disk's
         path = self.path_for(user) if folder is None else self.folder_path(user, folder)
         try:
             folders = _Folders(path)
@@ -802,7 +811,7 @@ class MaildirStore:
             raise
         finally:
             folders.close()  # opened again per command (MaildirMaildrop._opened)
-        self._note_opened(user, folder)
+        self._note_opened(user, folder, time.thread_time() - started)
         return drop
 
     def _listing(self, path: Path, folders: _Folders) -> list[_Entry]:

@@ -313,6 +313,25 @@ def test_a_maildrop_opened_a_moment_ago_is_opened_on_the_loop(lab: Lab) -> None:
     assert fast(work, OpenMaildrop("bob")) is None
 
 
+def test_a_maildrop_that_was_costly_to_open_is_not_opened_on_the_loop(lab: Lab) -> None:
+    """However recently opened, a maildrop whose open took more than WARM_OPEN_CPU of CPU
+    (10,000 names here: tens of milliseconds on any machine) goes to a thread: on the loop
+    every other session of the worker would wait for it. Deliveries shrinking it back make
+    it warm again."""
+    store = store_for(lab)
+    cur = lab.maildir("bob") / "cur"
+    for n in range(10_000):
+        (cur / f"{1700000000 + n}.M{n}P1.lab:2,S").write_bytes(b"Subject: x\n\nx\n")
+    store.open("bob").close()
+    assert not store.recently_opened("bob")
+    store.open("alice").close()
+    assert store.recently_opened("alice")  # the small one beside it is warm
+    for path in cur.iterdir():
+        path.unlink()
+    store.open("bob").close()
+    assert store.recently_opened("bob")
+
+
 def _open_descriptors() -> int:
     return len(os.listdir("/proc/self/fd"))
 
