@@ -85,7 +85,12 @@ _UIDL_MAP_MAX = 64 * 1024 * 1024
 SIZE_CACHE_NAME = "pop3d-sizes"
 _SIZE_CACHE_NEW = "pop3d-sizes.new"
 _SIZE_CACHE_HEADER = "pop3d-sizes 1\n"
-_SIZE_CACHE_MAX = 64 * 1024 * 1024
+# A line is at most a 255-octet name and four 20-digit numbers. A file may hold lines for
+# messages removed since it was written, up to as many again as the listing has; a bigger
+# one (planted by whoever can write the Maildir, to cost a worker seconds of parsing) is
+# not read.
+_SIZE_LINE_MAX = 340
+_SIZE_CACHE_SLACK = 2
 _CHUNK = 256 * 1024
 _SUBDIRS = ("new", "cur")
 # A maildrop's open runs these over every file name in it (a warm open runs on the event
@@ -240,16 +245,18 @@ def _size_record(info: os.stat_result, size: int) -> _SizeRecord:
     return info.st_ino, info.st_size, info.st_mtime_ns, size
 
 
-def read_size_cache(root: int) -> dict[str, _SizeRecord]:
+def read_size_cache(root: int, listed: int) -> dict[str, _SizeRecord]:
     """The records in ``pop3d-sizes`` in the Maildir ``root`` (read like a message: not
-    through a link, only a regular file). A missing, unreadable or oversized file is
-    empty, a line that does not parse is skipped: it only costs measuring again."""
+    through a link, only a regular file) of a maildrop of ``listed`` messages. A missing,
+    unreadable or oversized file is empty, a line that does not parse is skipped: it only
+    costs measuring again."""
+    limit = len(_SIZE_CACHE_HEADER) + _SIZE_CACHE_SLACK * _SIZE_LINE_MAX * listed
     try:
         with _open_message(SIZE_CACHE_NAME, root) as handle:
-            data = handle.read(_SIZE_CACHE_MAX + 1)
+            data = handle.read(limit + 1)
     except OSError:
         return {}
-    if len(data) > _SIZE_CACHE_MAX or not data.startswith(_SIZE_CACHE_HEADER.encode()):
+    if len(data) > limit or not data.startswith(_SIZE_CACHE_HEADER.encode()):
         return {}
     records: dict[str, _SizeRecord] = {}
     for line in data.decode("ascii", "replace").splitlines()[1:]:
@@ -555,7 +562,7 @@ class MaildirMaildrop:
         with self._opened() as folders:
             root = folders.get("")
             assert root is not None  # get("") raises rather than miss the Maildir
-            kept = read_size_cache(root)
+            kept = read_size_cache(root, len(self._entries))
             learned = False
             for index in indexes:
                 size = self._kept_size(index, folders, kept)

@@ -35,7 +35,7 @@ def message(lab: Lab, index: int) -> Path:
 def kept_in(lab: Lab) -> dict[str, tuple[int, int, int, int]]:
     root = os.open(lab.maildir("alice"), os.O_RDONLY | os.O_DIRECTORY)
     try:
-        return read_size_cache(root)
+        return read_size_cache(root, 1_000)
     finally:
         os.close(root)
 
@@ -195,3 +195,19 @@ def test_one_message_is_measured_without_the_size_file(lab: Lab) -> None:
     assert measure(lab, (1,)) == [canonical_size([path.read_bytes()])]
     assert cache.read_text() == lie
     assert measure(lab, (1, 3))[0] == 7  # two at once: the file is used (and trusted)
+
+
+def test_a_size_file_too_big_for_the_maildrop_is_not_read(lab: Lab) -> None:
+    """Whoever can write the Maildir could plant a file of millions of lines for a worker
+    to parse at each STAT: a file bigger than twice the longest lines of the listing is
+    ignored (and replaced), however valid its lines."""
+    path = message(lab, 1)
+    info = path.stat()
+    lie = f"{path.name} {info.st_ino} {info.st_size} {info.st_mtime_ns} 7\n"
+    cache = lab.maildir("alice") / SIZE_CACHE_NAME
+    cache.write_text("pop3d-sizes 1\n" + lie * 20)  # within the bound: read, believed
+    assert measure(lab, (1, 3))[0] == 7
+    cache.write_text("pop3d-sizes 1\n" + lie * 200)  # seven messages: far beyond it
+    truth = canonical_size([path.read_bytes()])
+    assert measure(lab, (1, 3))[0] == truth
+    assert cache.stat().st_size < 1_000  # written anew for what is listed
