@@ -568,7 +568,8 @@ class MaildirMaildrop:
                 size = self._kept_size(index, folders, kept)
                 if size is None:
                     size = self._measure_one(index, folders, kept)
-                    learned = True
+                    # a name that cannot be a line (a space in it) is measured each time
+                    learned = learned or _size_key(self._entries[index].name) is not None
                 sizes.append(size)
             if learned:
                 self._keep_sizes(root, kept)

@@ -211,3 +211,27 @@ def test_a_size_file_too_big_for_the_maildrop_is_not_read(lab: Lab) -> None:
     truth = canonical_size([path.read_bytes()])
     assert measure(lab, (1, 3))[0] == truth
     assert cache.stat().st_size < 1_000  # written anew for what is listed
+
+
+def test_a_name_that_cannot_be_kept_does_not_rewrite_the_file(lab: Lab) -> None:
+    """A name with a space cannot be a line of pop3d-sizes: it is measured each session,
+    and that alone does not rewrite the file (each rewrite is a new file, a new inode)."""
+    odd = lab.maildir("alice") / "new" / "1700000008.M8P1.lab with space"
+    odd.write_bytes(b"Subject: odd\n\nline\n")
+    drop = store_for(lab).open("alice")
+    unsized = tuple(i for i, size in enumerate(drop.sizes) if size is None)
+    drop.close()
+    assert len(unsized) == 4
+
+    def stat_all() -> list[int]:
+        drop = store_for(lab).open("alice")
+        try:
+            return drop.measure(unsized)
+        finally:
+            drop.close()
+
+    first = stat_all()
+    written = (lab.maildir("alice") / SIZE_CACHE_NAME).stat().st_ino
+    assert stat_all() == first
+    assert (lab.maildir("alice") / SIZE_CACHE_NAME).stat().st_ino == written
+    assert len(kept_in(lab)) == 3
