@@ -524,7 +524,7 @@ class Pop3d(Server):
         ]
 
 
-# --- Kerberos ------------------------------------------------------------------------
+# --- the floor ------------------------------------------------------------------------
 
 
 class Floor(Server):
@@ -551,6 +551,9 @@ class Floor(Server):
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
         self._wait_ready(self.log, tls)
+
+
+# --- Kerberos ------------------------------------------------------------------------
 
 
 class Kerberos:
