@@ -37,11 +37,25 @@ def test_every_bench_mode_runs_end_to_end() -> None:
         shutil.rmtree(lab, ignore_errors=True)
 
 
+def _bench_tool(
+    lab: Path, script: str, args: list[str], timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """One of bench/'s tools, its lab in ``lab``, this checkout's pop3d."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), *args],
+        env={**os.environ, "POP3D_BENCH_LAB": str(lab), "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def _run(lab: Path) -> None:
     cores = len(os.sched_getaffinity(0))
-    done = subprocess.run(
+    done = _bench_tool(
+        lab, "run.py",
         [
-            sys.executable, str(ROOT / "bench" / "run.py"),
             "--repeat", "1", "--cache-ttl", "default", "--figures", FIGURES,
             "--clients", "2", "--tls-clients", "2", "--sasl-clients", "2",
             "--idle", "2", "--tls-idle", "2", "--retr-count", "1",
@@ -50,11 +64,7 @@ def _run(lab: Path) -> None:
             "--scale-max", "20", "--scale-steps", "2", "--scale-clients", "2",
             "--scale-peer-max", "10",
         ],
-        env={**os.environ, "POP3D_BENCH_LAB": str(lab), "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
         timeout=360,
-        check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     (report,) = (lab / "results").glob("*.md")
@@ -133,17 +143,13 @@ def test_the_cpu_profile_runs_with_the_floor() -> None:
     same sessions with canned lines): both measured, over plain and pop3s."""
     lab = Path(tempfile.mkdtemp(prefix="pop3d-profile-smoke-"))
     try:
-        done = subprocess.run(
+        done = _bench_tool(
+            lab, "profile.py",
             [
-                sys.executable, str(ROOT / "bench" / "profile.py"), "cpu",
-                "--pythonpath", str(ROOT), "--floor", "--transport", "plain,pop3s",
+                "cpu", "--pythonpath", str(ROOT), "--floor", "--transport", "plain,pop3s",
                 "--clients", "2", "--rounds", "1", "--seconds", "0.5",
             ],
-            env={**os.environ, "POP3D_BENCH_LAB": str(lab), "PYTHONPATH": str(ROOT)},
-            capture_output=True,
-            text=True,
             timeout=300,
-            check=False,
         )  # fmt: skip
     finally:
         shutil.rmtree(lab, ignore_errors=True)
