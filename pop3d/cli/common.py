@@ -14,6 +14,7 @@ from typing import NoReturn
 from pop3d.config import imapd
 from pop3d.config.imapd import Config, ConfigError
 from pop3d.sasl import registry
+from pop3d.server.loglines import LOG_FORMAT, LineFormatter, LineHandler
 
 # sysexits.h
 EX_OK = 0
@@ -79,41 +80,6 @@ def config_exit(program: str, problems: Iterable[object]) -> Exit:
     return Exit(EX_CONFIG, "\n".join(f"{program}: {problem}" for problem in problems))
 
 
-LOG_FORMAT = "%(asctime)s %(name)s[%(process)d]: %(levelname)s %(message)s"
-
-
-class _Formatter(logging.Formatter):
-    """The standard formatter with the date and time of the current second formatted once,
-    not for every line (``localtime`` and ``strftime`` were a tenth of a worker's
-    logging cost, and a busy worker logs three lines per session), and LOG_FORMAT's line
-    put together directly: the generic path (a style object, a dict lookup per field, a
-    search of the format for ``asctime`` at every record) cost twice as much."""
-
-    def __init__(self, fmt: str) -> None:
-        super().__init__(fmt)
-        self._direct = fmt == LOG_FORMAT
-        self._second = -1
-        self._stamp = ""
-
-    def format(self, record: logging.LogRecord) -> str:
-        if not self._direct or record.exc_info or record.exc_text or record.stack_info:
-            return super().format(record)
-        record.message = record.getMessage()
-        return (
-            f"{self.formatTime(record)} {record.name}[{record.process}]: "
-            f"{record.levelname} {record.message}"
-        )
-
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        second = int(record.created)
-        if second != self._second or datefmt is not None:
-            stamp = super().formatTime(record, datefmt)
-            if datefmt is not None:
-                return stamp
-            self._stamp, self._second = stamp.rpartition(",")[0], second
-        return f"{self._stamp},{int(record.msecs):03d}"
-
-
 def setup_logging(level: int = logging.INFO) -> None:
     # What no format here shows is not collected for each record (the logging HOWTO's
     # "Optimization"): the caller's file and line (a stack walk), the thread and
@@ -121,8 +87,8 @@ def setup_logging(level: int = logging.INFO) -> None:
     logging._srcfile = None
     logging.logThreads = False
     logging.logMultiprocessing = False
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Formatter(LOG_FORMAT))
+    handler = LineHandler(sys.stderr)
+    handler.setFormatter(LineFormatter(LOG_FORMAT))
     logging.basicConfig(level=level, handlers=[handler])
 
 

@@ -39,6 +39,7 @@ import stat
 from dataclasses import dataclass
 
 from pop3d.security.value import Security
+from pop3d.server import loglines
 
 audit_log = logging.getLogger("pop3d.audit")
 log = logging.getLogger("pop3d")
@@ -302,7 +303,7 @@ class AuditTrail:
 
     def record(self, record: Record) -> None:
         failed = isinstance(record, Login) and record.result is not Result.OK
-        audit_log.log(logging.WARNING if failed else logging.INFO, "%s", syslog_line(record))
+        loglines.line(audit_log, logging.WARNING if failed else logging.INFO, syslog_line(record))
         if self.jsonl is not None:
             self.jsonl.write(json_line(record))
 

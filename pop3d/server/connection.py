@@ -47,6 +47,7 @@ from pop3d.server.audit import Login, Result, SessionEnd
 from pop3d.server.carry_out import TABLE, Where, Work
 from pop3d.server.channel import ByteChannel, ChannelClosed
 from pop3d.server.context import ServiceContext
+from pop3d.server.loglines import line
 from pop3d.server.telemetry import Telemetry
 from pop3d.storage.base import MessageGone, StorageError
 from pop3d.transport import tls
@@ -568,13 +569,11 @@ class Connection:
             return None
         self._metrics.tls_handshake(ok=True)
         info = tls.facts(connection, server_tls)
-        log.info(
-            "peer=%s TLS %s %s ssf=%d client=%s",
-            self.channel.peer,
-            info.version,
-            info.cipher,
-            info.ssf,
-            info.client_identity or "-",
+        line(
+            log,
+            logging.INFO,
+            f"peer={self.channel.peer} TLS {info.version} {info.cipher} ssf={info.ssf} "
+            f"client={info.client_identity or '-'}",
         )
         return info
 
@@ -637,11 +636,11 @@ class Connection:
         self.work.release()
 
     def _log_end(self) -> None:
-        log.info(
-            "session %s peer=%s ended: %s",
-            self._session_id,
-            self.channel.peer,
-            self.end_reason or "closed",
+        reason = self.end_reason or "closed"
+        line(
+            log,
+            logging.INFO,
+            f"session {self._session_id} peer={self.channel.peer} ended: {reason}",
         )
         bytes_in, bytes_out = self.channel.bytes_in, self.channel.bytes_out
         ended = time.time()

@@ -1,0 +1,228 @@
+"""The log's lines (server/loglines.py): LOG_FORMAT put together directly gives what
+logging's own formatting of LOG_FORMAT gives, for any record; a traceback still follows
+its line; and :func:`line` writes what ``logger.log(level, "%s", text)`` writes, itself
+when every handler on the way is a LineHandler and through logging whenever anything else
+(a filter, another handler, a level, a switched-off logger) could change the outcome."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import sys
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pop3d.server.loglines import LOG_FORMAT, LineFormatter, LineHandler, line
+
+NAMES = st.sampled_from(["pop3d", "pop3d.audit", "pop3d.master", "root"])
+LEVELS = st.sampled_from([logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR])
+
+
+def _generic() -> LineFormatter:
+    formatter = LineFormatter(LOG_FORMAT)
+    formatter.direct = False  # logging's own path, as for any other format
+    return formatter
+
+
+def _record(
+    name: str, level: int, template: str, args: tuple[object, ...], created: float
+) -> logging.LogRecord:
+    record = logging.LogRecord(name, level, __file__, 1, template, args, None)
+    record.created, record.msecs = created, int((created - int(created)) * 1000) + 0.0
+    return record
+
+
+@given(
+    name=NAMES,
+    level=LEVELS,
+    message=st.text(max_size=200),
+    args=st.lists(st.one_of(st.text(max_size=40), st.integers()), max_size=3),
+    created=st.floats(min_value=0, max_value=4e9),
+)
+def test_the_direct_line_is_logging_s_own(
+    name: str, level: int, message: str, args: list[object], created: float
+) -> None:
+    template = message.replace("%", "%%") + " %s" * len(args)
+    record = _record(name, level, template, tuple(args), created)
+    direct = LineFormatter(LOG_FORMAT)
+    assert direct.direct
+    assert direct.format(record) == _generic().format(record)
+
+
+def _fail() -> None:
+    raise ValueError("boom")
+
+
+def test_a_traceback_follows_its_line() -> None:
+    try:
+        _fail()
+    except ValueError:
+        record = logging.LogRecord("pop3d", logging.ERROR, __file__, 1, "failed", (), None)
+        record.exc_info = sys.exc_info()
+    text = LineFormatter(LOG_FORMAT).format(record)
+    first, _, rest = text.partition("\n")
+    assert first.endswith(f" pop3d[{record.process}]: ERROR failed")
+    assert "Traceback" in rest and "ValueError: boom" in rest
+
+
+def _line_handler() -> tuple[LineHandler, io.StringIO]:
+    stream = io.StringIO()
+    handler = LineHandler(stream)
+    handler.setFormatter(LineFormatter(LOG_FORMAT))
+    return handler, stream
+
+
+@given(name=NAMES, level=LEVELS, text=st.text(max_size=200), created=st.floats(0, 4e9))
+def test_a_line_written_directly_is_the_line_logging_writes(
+    name: str, level: int, text: str, created: float
+) -> None:
+    direct, direct_out = _line_handler()
+    through_logging, logged_out = _line_handler()
+    direct.write_line(name, level, created, text)
+    through_logging.handle(_record(name, level, "%s", (text,), created))
+    assert direct_out.getvalue() == logged_out.getvalue()
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture
+def records_made() -> Iterator[list[str]]:
+    """The messages of the LogRecords made meanwhile: none when line() wrote directly."""
+    made: list[str] = []
+    factory = logging.getLogRecordFactory()
+
+    def counting(*args: object, **kwargs: object) -> logging.LogRecord:
+        record = factory(*args, **kwargs)
+        made.append(record.getMessage())
+        return record
+
+    logging.setLogRecordFactory(counting)
+    try:
+        yield made
+    finally:
+        logging.setLogRecordFactory(factory)
+
+
+@pytest.fixture
+def tree() -> tuple[logging.Logger, logging.Logger]:
+    """A parent and a child logger outside logging's registry: no handler of the root's
+    (nor pytest's capture handlers, which it adds to every registered logger that does
+    not propagate) is on their way."""
+    parent = logging.Logger("pop3d", logging.INFO)
+    child = logging.Logger("pop3d.audit")
+    child.parent = parent
+    return parent, child
+
+
+def test_only_line_handlers_are_written_directly(
+    tree: tuple[logging.Logger, logging.Logger], records_made: list[str]
+) -> None:
+    parent, child = tree
+    first, first_out = _line_handler()
+    second, second_out = _line_handler()
+    parent.addHandler(first)
+    child.addHandler(second)
+    line(child, logging.INFO, "counts: retr=<1>")
+    assert records_made == []  # no LogRecord: the direct way
+    for out in (first_out, second_out):
+        assert out.getvalue().endswith(f" pop3d.audit[{os.getpid()}]: INFO counts: retr=<1>\n")
+
+
+def test_another_handler_on_the_way_gets_its_record(
+    tree: tuple[logging.Logger, logging.Logger], records_made: list[str]
+) -> None:
+    parent, child = tree
+    handler, out = _line_handler()
+    collect = _Collect()
+    child.addHandler(handler)
+    parent.addHandler(collect)
+    line(child, logging.WARNING, "badlogin: x")
+    assert records_made == ["badlogin: x"]
+    assert collect.messages == ["badlogin: x"]
+    assert out.getvalue().endswith(" WARNING badlogin: x\n")
+
+
+def test_a_logger_that_does_not_propagate_ends_the_way(
+    tree: tuple[logging.Logger, logging.Logger], records_made: list[str]
+) -> None:
+    parent, child = tree
+    handler, out = _line_handler()
+    child.addHandler(handler)
+    child.propagate = False
+    parent.addHandler(_Collect())  # not on the way: the child does not propagate
+    line(child, logging.INFO, "session s ended: QUIT")
+    assert records_made == []
+    assert out.getvalue().endswith(" INFO session s ended: QUIT\n")
+
+
+@pytest.mark.parametrize("where", ["logger", "handler"])
+def test_a_filter_sees_every_line(
+    tree: tuple[logging.Logger, logging.Logger], records_made: list[str], where: str
+) -> None:
+    parent, child = tree
+    handler, out = _line_handler()
+    parent.addHandler(handler)
+    dropped = "login: secret"
+
+    def keep(record: logging.LogRecord) -> bool:
+        return record.getMessage() != dropped
+
+    (child if where == "logger" else handler).addFilter(keep)
+    line(child, logging.INFO, dropped)
+    line(child, logging.INFO, "login: kept")
+    assert records_made == [dropped, "login: kept"]
+    assert dropped not in out.getvalue() and "login: kept" in out.getvalue()
+
+
+def test_levels_and_switched_off_loggers_are_honoured(
+    tree: tuple[logging.Logger, logging.Logger], records_made: list[str]
+) -> None:
+    parent, child = tree
+    handler, out = _line_handler()
+    quiet, quiet_out = _line_handler()
+    quiet.setLevel(logging.ERROR)
+    parent.addHandler(handler)
+    parent.addHandler(quiet)
+    line(child, logging.DEBUG, "below the logger's level")
+    line(child, logging.WARNING, "above the logger's, below one handler's")
+    child.disabled = True
+    line(child, logging.ERROR, "from a switched-off logger")
+    assert records_made == []
+    assert out.getvalue().count("\n") == 1 and "above the logger's" in out.getvalue()
+    assert quiet_out.getvalue() == ""
+
+
+def test_a_handler_with_another_format_gets_its_record(
+    tree: tuple[logging.Logger, logging.Logger], records_made: list[str]
+) -> None:
+    parent, child = tree
+    handler, out = _line_handler()
+    handler.setFormatter(LineFormatter("%(levelname)s|%(message)s"))
+    parent.addHandler(handler)
+    line(child, logging.INFO, "login: x")
+    assert records_made == ["login: x"]
+    assert out.getvalue() == "INFO|login: x\n"
+
+
+def test_a_stream_handler_of_another_kind_gets_its_record(
+    tree: tuple[logging.Logger, logging.Logger], records_made: list[str]
+) -> None:
+    parent, child = tree
+    out = io.StringIO()
+    other = logging.StreamHandler(out)  # the same formatter, but not a LineHandler
+    other.setFormatter(LineFormatter(LOG_FORMAT))
+    parent.addHandler(other)
+    line(child, logging.INFO, "login: x")
+    assert records_made == ["login: x"]
+    assert out.getvalue().endswith(" INFO login: x\n")
