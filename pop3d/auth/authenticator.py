@@ -13,9 +13,14 @@ their password changes, and a decoy built from the settings would stand out from
 them. The settings are used only while nothing is stored.
 
 The verification cache (``auth_cache_ttl``, 0 disables it) remembers successful password
-checks for a while, keyed by HMAC-SHA256 under a per-process random key of (user, stored
-hash, password). It holds no password and nothing usable outside this process; a password
-change alters the stored hash and so misses the cache at once. It is what lets a worker
+checks for a while: under a keyed BLAKE2b of (user, password), with a per-process random
+key, it keeps when the entry expires, the credential file's generation the stored hash was
+read from, and a keyed BLAKE2b of that hash. It holds no password and nothing usable
+outside this process. A poll whose file is the generation it was verified against (and
+had not changed for 2 s then: CredentialFile.settled_generation) is a hit without reading
+the user's line (one ``stat``, one BLAKE2b); after any change to the file the line is read
+again and the entry holds only while the user's stored hash is the
+one verified, so a password change misses the cache at once. It is what lets a worker
 serve frequent polls without paying Argon2 on each; see SECURITY.md for the trade-off.
 """
 
@@ -47,7 +52,7 @@ from pop3d.sasl.requests import (
     Secrets,
 )
 from pop3d.sasl.scram import DEFAULT_ITERATIONS, HASHES, ScramKeys
-from pop3d.security.secret import Secret
+from pop3d.security.secret import Secret, equal
 
 _CACHE_MAX = 100_000
 log = logging.getLogger("pop3d")
@@ -142,7 +147,8 @@ class Authenticator:
         self._decoys_lock = threading.Lock()
         self._cache_ttl = cache_ttl
         self._cache_key = secrets.token_bytes(32)
-        self._cache: dict[bytes, float] = {}
+        # login tag -> (expiry, the file's settled generation, the stored hash's tag)
+        self._cache: dict[bytes, tuple[float, int | None, bytes]] = {}
         self._cache_lock = threading.Lock()
         self._clock = clock
 
@@ -157,18 +163,21 @@ class Authenticator:
             close()
 
     def verified_recently(self, user: str, password: Secret) -> AuthResult | None:
-        """A cache hit, cheaply (one stat, one HMAC): drivers call this on the event loop
-        and go to a thread only on a miss. None: not known, ask verify_password."""
+        """A cache hit, cheaply (one stat, one BLAKE2b while the credential file is
+        unchanged): drivers call this on the event loop and go to a thread only on a
+        miss. None: not known, ask verify_password."""
         if self._password_checker is not None or self._cache_ttl <= 0:
             return None
-        record = self.credentials.lookup(user)
-        stored = record.secrets.get(SCHEME_ARGON2ID) if record else None
-        if stored is None:
+        key = self._login_tag(user, password)
+        with self._cache_lock:
+            entry = self._cache.get(key)
+        if entry is None or entry[0] < self._clock():
             return None
-        key = self._cache_tag(user, stored, password)
-        if key is not None and self._cached(key):
+        if entry[1] is not None and entry[1] == self.credentials.settled_generation():
             return AuthResult(user)
-        return None
+        generation, record = self.credentials.lookup_at(user)
+        stored = record.secrets.get(SCHEME_ARGON2ID) if record else None
+        return AuthResult(user) if self._still_holds(key, generation, stored) else None
 
     def verify_password(self, user: str, password: Secret, realm: str = "") -> AuthResult:
         if self._password_checker is not None:
@@ -181,18 +190,18 @@ class Authenticator:
                 log.error("cannot check the password of %s: %s", user, result.reason)
                 return AuthResult(None, result.reason, temporary=True)
             return AuthResult(user) if result.ok else AuthResult(None, result.reason)
-        record = self.credentials.lookup(user)
+        generation, record = self.credentials.lookup_at(user)
         stored = record.secrets.get(SCHEME_ARGON2ID) if record else None
         if stored is None:
             verify_password(password, self.decoys().argon2_hash)
             return AuthResult(None, "unknown user" if record is None else "no password set")
-        key = self._cache_tag(user, stored, password)
-        if key is not None and self._cached(key):
+        key = self._login_tag(user, password) if self._cache_ttl > 0 else None
+        if key is not None and self._still_holds(key, generation, stored):
             return AuthResult(user)
         if not verify_password(password, stored):
             return AuthResult(None, "wrong password")
         if key is not None:
-            self._remember(key)
+            self._remember(key, generation, stored)
         return AuthResult(user)
 
     def resolve_user(self, user: str) -> AuthResult:
@@ -259,27 +268,41 @@ class Authenticator:
 
     # --- cache ----------------------------------------------------------------------
 
-    def _cache_tag(self, user: str, stored: str, password: Secret) -> bytes | None:
-        if self._cache_ttl <= 0:
-            return None
-        message = b"\0".join((user.encode(), stored.encode(), password.reveal()))
-        return hmac.digest(self._cache_key, message, "sha256")  # one-shot, in C
+    def _login_tag(self, user: str, password: Secret) -> bytes:
+        # BLAKE2b in CPython's own C: HMAC through OpenSSL 3 looks its digest up by name
+        # in the provider tables at every call. A user name holds no NUL (canonical_user).
+        message = b"\0".join((user.encode(), password.reveal()))
+        return hashlib.blake2b(message, key=self._cache_key, person=b"pop3d login").digest()
 
-    def _cached(self, key: bytes) -> bool:
-        with self._cache_lock:
-            expiry = self._cache.get(key)
-            if expiry is None:
-                return False
-            if expiry < self._clock():
-                del self._cache[key]
-                return False
-            return True
+    def _stored_tag(self, stored: str) -> bytes:
+        return hashlib.blake2b(stored.encode(), key=self._cache_key, person=b"pop3d hash").digest()
 
-    def _remember(self, key: bytes) -> None:
+    def _still_holds(self, key: bytes, generation: int | None, stored: str | None) -> bool:
+        """Whether the entry under ``key`` is unexpired and was made for ``stored`` (the
+        user's hash as the file's ``generation`` holds it); it then vouches for that
+        generation (None: a file too recently changed to vouch for), so the next hit needs
+        no read of the line."""
         now = self._clock()
         with self._cache_lock:
+            entry = self._cache.get(key)
+            if entry is None:
+                return False
+            if entry[0] < now:
+                del self._cache[key]
+                return False
+        if stored is None or not equal(self._stored_tag(stored), entry[2]):
+            return False
+        with self._cache_lock:
+            if self._cache.get(key) is entry:
+                self._cache[key] = (entry[0], generation, entry[2])
+        return True
+
+    def _remember(self, key: bytes, generation: int | None, stored: str) -> None:
+        now = self._clock()
+        entry = (now + self._cache_ttl, generation, self._stored_tag(stored))
+        with self._cache_lock:
             if len(self._cache) >= _CACHE_MAX:
-                self._cache = {k: v for k, v in self._cache.items() if v >= now}
+                self._cache = {k: v for k, v in self._cache.items() if v[0] >= now}
                 if len(self._cache) >= _CACHE_MAX:
                     self._cache.clear()
-            self._cache[key] = now + self._cache_ttl
+            self._cache[key] = entry

@@ -26,6 +26,7 @@ import fcntl
 import os
 import stat
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -154,14 +155,21 @@ def _read_line(fd: int, offset: int) -> bytes:
             return data
 
 
+# A file changed less than this long ago may be changed again in place within the file
+# system's timestamp granularity, at the same size, and keep its signature.
+_SETTLED_NS = 2_000_000_000
+
+
 class _Version:
     """One version of the file as the reader opened it: the descriptor (closed when the
-    version is dropped) and where each user's line starts in it."""
+    version is dropped), where each user's line starts in it, and from when no edit in
+    place can hide behind its signature."""
 
-    __slots__ = ("__weakref__", "fd", "offsets", "signature")
+    __slots__ = ("__weakref__", "fd", "offsets", "settled_ns", "signature")
 
-    def __init__(self, fd: int, signature: tuple[int, ...], offsets: dict[str, int]) -> None:
-        self.fd, self.signature, self.offsets = fd, signature, offsets
+    def __init__(self, fd: int, st: os.stat_result, offsets: dict[str, int]) -> None:
+        self.fd, self.signature, self.offsets = fd, _signature(st), offsets
+        self.settled_ns = max(st.st_mtime_ns, st.st_ctime_ns) + _SETTLED_NS
         weakref.finalize(self, os.close, fd)
 
 
@@ -206,7 +214,7 @@ class CredentialFile:
         except BaseException:
             os.close(fd)
             raise
-        self._version = _Version(fd, _signature(st), offsets)
+        self._version = _Version(fd, st, offsets)
         self._generation += 1
 
     def _read(self, user: str) -> tuple[bool, UserRecord | None]:
@@ -225,6 +233,12 @@ class CredentialFile:
         return True, record
 
     def lookup(self, user: str) -> UserRecord | None:
+        return self.lookup_at(user)[1]
+
+    def lookup_at(self, user: str) -> tuple[int | None, UserRecord | None]:
+        """The record and the :meth:`settled_generation` of the file it was read from,
+        together: a caller that remembers what it derived from the record can tell from
+        that generation alone, later, that the record cannot have changed."""
         with self._lock:
             self._refresh()
             held, record = self._read(user)
@@ -233,7 +247,21 @@ class CredentialFile:
                 held, record = self._read(user)
                 if not held:
                     raise CredentialFileError(f"{self.path}: changed while being read")
-            return record
+            return self._settled(), record
+
+    def settled_generation(self) -> int | None:
+        """:meth:`generation`, or None while the file was changed too recently for its
+        signature to show a further edit in place (the same size, within one tick of the
+        file system's clock): nothing may be concluded from the generation then."""
+        with self._lock:
+            self._refresh()
+            return self._settled()
+
+    def _settled(self) -> int | None:
+        version = self._version
+        if version is not None and time.time_ns() < version.settled_ns:
+            return None
+        return self._generation
 
     def users(self) -> list[UserRecord]:
         with self._lock:

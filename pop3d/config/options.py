@@ -199,7 +199,7 @@ OPTIONS: dict[str, Option] = {
             D,
             300,
             "[pop3d] Remember a successful password check this "
-            "long (HMAC under a per-process key; 0 disables).",
+            "long (a keyed hash under a per-process key; 0 disables).",
         ),
         _o("admins", T, None, "Administrators, who may authorize as other users (SASL)."),
         _o("proxyservers", T, None, "Users who may proxy for others (SASL)."),

@@ -273,6 +273,64 @@ def test_verification_cache_is_keyed_by_the_stored_hash(lab: Lab) -> None:
     assert auth.verify_password("alice", Secret(b"changed")).ok
 
 
+def test_a_cache_entry_holds_across_other_users_changes_for_the_hash_verified(lab: Lab) -> None:
+    """A hit while the file is the generation an entry vouches for needs no read of the
+    user's line; after any change the line is read again, and the entry holds only for
+    the very hash it was verified against (a new salt for the same password misses)."""
+    auth = Authenticator(CredentialFile(lab.credentials), FAST_ARGON2, cache_ttl=60)
+    password = Secret(b"wonderland")
+    assert auth.verify_password("alice", password).ok
+    assert auth.verified_recently("alice", password) is not None
+    other = next(user for user in lab.users if user != "alice")
+    lab.set_password(other, "someone else's change")  # a new file, alice's line as it was
+    assert auth.verified_recently("alice", password) is not None
+    assert auth.verified_recently("alice", password) is not None
+    lab.set_password("alice", "wonderland")  # the same password, a new hash
+    assert auth.verified_recently("alice", password) is None
+    assert auth.verify_password("alice", password).ok  # Argon2 again, then cached anew
+    assert auth.verified_recently("alice", password) is not None
+    assert auth.verified_recently("alice", Secret(b"wonderlanD")) is None
+
+
+def test_a_generation_is_settled_once_no_edit_in_place_could_hide(lab: Lab) -> None:
+    """The generation vouches for the file only when its last change is more than two
+    seconds old: a second edit in place, at the same size and within one tick of the file
+    system's clock, would keep its signature."""
+    file = CredentialFile(lab.credentials)
+    lab.set_password("alice", "changed")
+    written = time.time()
+    assert file.settled_generation() is None
+    generation, record = file.lookup_at("alice")
+    assert generation is None and record is not None
+    time.sleep(max(0.0, written + 2.2 - time.time()))
+    assert file.settled_generation() == file.generation()
+    assert file.lookup_at("alice")[0] == file.generation()
+    # an entry that vouches for the settled file still expires
+    now = [0.0]
+    auth = Authenticator(file, FAST_ARGON2, cache_ttl=60, clock=lambda: now[0])
+    assert auth.verify_password("alice", Secret(b"changed")).ok
+    assert auth.verified_recently("alice", Secret(b"changed")) is not None
+    now[0] = 61.0
+    assert auth.verified_recently("alice", Secret(b"changed")) is None
+    lab.set_password("bob", "changed too")
+    assert file.settled_generation() is None
+
+
+def test_a_cache_entry_expires(lab: Lab) -> None:
+    now = [0.0]
+    auth = Authenticator(
+        CredentialFile(lab.credentials), FAST_ARGON2, cache_ttl=60, clock=lambda: now[0]
+    )
+    password = Secret(b"wonderland")
+    assert auth.verify_password("alice", password).ok
+    now[0] = 59.0
+    assert auth.verified_recently("alice", password) is not None
+    now[0] = 61.0
+    assert auth.verified_recently("alice", password) is None
+    assert auth.verify_password("alice", password).ok
+    assert auth.verified_recently("alice", password) is not None
+
+
 @given(st.text(max_size=12) | st.text(alphabet=st.characters(max_codepoint=0xA1), max_size=12))
 def test_canonical_user_refuses_exactly_separators_and_control_characters(raw: str) -> None:
     """What a user name may not hold: "/", ":", "\\", a C0 or C1 control character or DEL
