@@ -19,9 +19,9 @@ read from, and a keyed BLAKE2b of that hash. It holds no password and nothing us
 outside this process. A poll whose file is the generation it was verified against (and
 had not changed for 2 s then: CredentialFile.settled_generation) is a hit without reading
 the user's line (one ``stat``, one BLAKE2b); after any change to the file the line is read
-again and the entry holds only while the user's stored hash is the
-one verified, so a password change misses the cache at once. It is what lets a worker
-serve frequent polls without paying Argon2 on each; see SECURITY.md for the trade-off.
+again and the entry holds only while the user's stored hash is the one verified, so a
+password change misses the cache at once. It is what lets a worker serve frequent polls
+without paying Argon2 on each; see SECURITY.md for the trade-off.
 """
 
 from __future__ import annotations
