@@ -44,7 +44,7 @@ def capa(session: Session, argument: bytes) -> Outcome:
 def quit_unauthenticated(session: Session, argument: bytes) -> Outcome:
     commands.no_arguments(argument)
     session.ok("Bye")
-    session.close("QUIT")
+    session.close("QUIT", client_asked=True)
     return Outcome.OK
 
 

@@ -25,6 +25,9 @@ from pop3d.transport.layer import SecurityLayer
 @dataclass(frozen=True, slots=True)
 class Close:
     reason: str
+    # The client asked (QUIT) and waits for its answer, sending nothing more; else the
+    # session ends on its own while the client may still be talking (ByteChannel.close).
+    client_asked: bool = False
 
 
 # --- requests ---------------------------------------------------------------------------

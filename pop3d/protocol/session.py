@@ -91,6 +91,7 @@ class Session:
         "_awaiting_response",
         "_bad_commands",
         "_challenge_spans",
+        "_client_asked",
         "_close_reason",
         "_maildrop",
         "_notices",
@@ -140,6 +141,7 @@ class Session:
         self._awaiting_response = False
         self._bad_commands = 0
         self._close_reason = ""
+        self._client_asked = False
         self._state_before = self.state
         self._maildrop: Maildrop | None = None
         # The telemetry record (transcript.py): None unless the driver asked for one.
@@ -187,7 +189,7 @@ class Session:
             if self.state is State.CLOSED:
                 if self._out:
                     return self._flush()
-                return Close(self._close_reason)
+                return Close(self._close_reason, self._client_asked)
             if len(self._out) >= _FLUSH_AT:
                 return self._flush()
             line = self._reader.next_line()
@@ -228,9 +230,10 @@ class Session:
             out += line.encode() + b"\r\n"
         out += b".\r\n"
 
-    def close(self, reason: str) -> None:
+    def close(self, reason: str, *, client_asked: bool = False) -> None:
         self.state = State.CLOSED
         self._close_reason = reason
+        self._client_asked = client_asked
 
     def notice(self, event: LoginSucceeded | LoginFailed) -> None:
         self._notices.append(event)

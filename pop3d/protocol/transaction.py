@@ -147,11 +147,11 @@ def _update(session: Session) -> Task:
         session.err(
             f"[SYS/TEMP] {result.failed} of {len(deleted)} deleted messages could not be removed"
         )
-        session.close("QUIT (update failed)")
+        session.close("QUIT (update failed)", client_asked=True)
         return Outcome.FAIL
     removed = _count(result.removed, "message")
     session.ok(f"Logging out, {removed} deleted" if deleted else "Logging out")
-    session.close("QUIT")
+    session.close("QUIT", client_asked=True)
     return Outcome.OK
 
 

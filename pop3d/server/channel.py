@@ -35,6 +35,9 @@ from pop3d.transport.tls_layer import TLSHandshakeError, TLSLayer
 
 _READ_HIGH_WATER = 256 * 1024
 _READ_CHUNK = 64 * 1024
+# A lingering close (Channel.close) reads and drops at most this much, this long.
+_LINGER_SECONDS = 2.0
+_LINGER_BYTES = 1024 * 1024
 
 
 class ChannelClosed(ConnectionError):
@@ -65,7 +68,7 @@ class ByteChannel(TypingProtocol):
 
     def discard_input(self) -> None: ...
 
-    def close(self) -> None: ...
+    def close(self, *, linger: bool = False) -> None: ...
 
     @property
     def closed(self) -> bool: ...
@@ -228,6 +231,8 @@ class Channel(_Layered, asyncio.Protocol):
         "_drain_waiter",
         "_eof",
         "_inline",
+        "_linger_budget",
+        "_lingering",
         "_loop",
         "_lost",
         "_on_connected",
@@ -256,6 +261,8 @@ class Channel(_Layered, asyncio.Protocol):
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
         self._lost = False
+        self._lingering: asyncio.TimerHandle | None = None
+        self._linger_budget = 0
         self.peer = "?"
 
     # --- asyncio.Protocol -------------------------------------------------------------
@@ -280,6 +287,9 @@ class Channel(_Layered, asyncio.Protocol):
             self._on_connected(self)
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering is not None:
+            self._drop_lingering(len(data))
+            return
         waiter = self._read_waiter
         if (
             self._inline is not None
@@ -305,6 +315,8 @@ class Channel(_Layered, asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         _release_read_callback(self._transport)
+        if self._lingering is not None:
+            self._lingering.cancel()  # else its timer holds the transport until it fires
         self._lost = True
         self._eof = True
         self._wake_reader()
@@ -393,7 +405,7 @@ class Channel(_Layered, asyncio.Protocol):
         return data
 
     async def _write_raw(self, data: bytes) -> None:
-        if self._lost or self._transport is None or self._transport.is_closing():
+        if self.closed or self._transport is None:
             raise ChannelClosed("connection closed")
         self._transport.write(data)
         while self._write_paused:
@@ -407,13 +419,39 @@ class Channel(_Layered, asyncio.Protocol):
         self._chunks.clear()
         self._buffered = 0
 
-    def close(self) -> None:
-        if self._transport is not None and not self._transport.is_closing():
-            if not self._lost:
-                goodbye = self._closing_bytes()
-                if goodbye:
-                    self._transport.write(goodbye)
-            self._transport.close()
+    def close(self, *, linger: bool = False) -> None:
+        """Send what is held and the layers' goodbyes, then close. ``linger``: the server
+        ends the connection on its own while the client may still be sending (a shutdown,
+        too many bad commands, the idle timeout). Closing a socket with input unread makes
+        the kernel answer with a reset, and a reset can destroy our last answer in the
+        client's buffer before the client reads it (a pipelining client, or one whose
+        command crossed our close). So the channel half-closes instead, then reads and
+        drops what still comes until the client closes, for at most ``_LINGER_SECONDS``
+        and ``_LINGER_BYTES``: the "lingering close" of RFC 9112 section 9.6."""
+        transport = self._transport
+        if transport is None or transport.is_closing() or self._lingering is not None:
+            return
+        if not self._lost:
+            goodbye = self._closing_bytes()
+            if goodbye:
+                transport.write(goodbye)
+            if linger and not self._eof and transport.can_write_eof():
+                transport.write_eof()  # FIN once the answer is out
+                self._lingering = self._loop.call_later(_LINGER_SECONDS, transport.close)
+                self._linger_budget = _LINGER_BYTES
+                self._chunks.clear()
+                self._buffered = 0
+                self._inline = None
+                if self._reading_paused:
+                    self._reading_paused = False
+                    transport.resume_reading()
+                return
+        transport.close()
+
+    def _drop_lingering(self, size: int) -> None:
+        self._linger_budget -= size
+        if self._linger_budget < 0 and self._transport is not None:
+            self._transport.close()  # it will not stop: the reset it gets is its own doing
 
     async def write_last(self, data: bytes) -> None:
         # Held, and written with the layers' goodbye by close(): the transport sends what
@@ -431,7 +469,12 @@ class Channel(_Layered, asyncio.Protocol):
 
     @property
     def closed(self) -> bool:
-        return self._lost or self._transport is None or self._transport.is_closing()
+        return (
+            self._lost
+            or self._lingering is not None
+            or self._transport is None
+            or self._transport.is_closing()
+        )
 
 
 def _release_read_callback(transport: asyncio.BaseTransport | None) -> None:
@@ -511,7 +554,8 @@ class FdChannel(_Layered):
     def _discard_raw(self) -> None:
         pass  # nothing is read ahead
 
-    def close(self) -> None:
+    def close(self, *, linger: bool = False) -> None:
+        # A pipe has no reset to avoid: nothing to linger for.
         if self._closed:
             return
         goodbye = self._closing_bytes()

@@ -91,6 +91,7 @@ class Connection:
         "_deadline",
         "_handoff",
         "_idle_timer",
+        "_linger",
         "_loop",
         "_mechanism",
         "_metrics",
@@ -129,6 +130,10 @@ class Connection:
         self._handoff: object = None
         self._task: asyncio.Task[None]  # run()'s, for the idle timeout
         self.end_reason = ""
+        # We end the session on our own while the client may still be sending: the
+        # channel closes lingering (ByteChannel.close), so our last answer is not lost to
+        # a reset. Not after QUIT, a failed handshake or a refused layer frame.
+        self._linger = False
         self._telemetry: Telemetry | None = None  # server/telemetry.py; None: not recorded
         # For the session's audit record (server/audit.py) and the metrics.
         self._started = time.time()
@@ -189,6 +194,7 @@ class Connection:
         except Exception:
             log.exception("session %s: internal error", self._session_id)
             self.end_reason = "internal error"
+            self._linger = True
             # Tell the client, as Cyrus does with [SYS/PERM] Fatal error; nothing is lost:
             # without QUIT there is no UPDATE.
             with contextlib.suppress(Exception):
@@ -202,7 +208,7 @@ class Connection:
                 self._record()
                 self._telemetry.close()
             self._release()
-            self.channel.close()
+            self.channel.close(linger=self._linger)
             self._log_end()
 
     @property
@@ -268,6 +274,7 @@ class Connection:
         if shutdown is not None:
             await self.channel.write_last(shutdown)
             self.end_reason = "shutdown file present"
+            self._linger = True
             raise _Stop
         if self._telemetry is not None:
             self._telemetry.flush()
@@ -294,6 +301,7 @@ class Connection:
                 raise
             self._task.uncancel()  # ours: the idle timeout, not a cancellation from outside
             self.end_reason = "idle timeout"
+            self._linger = True
             raise _Stop from None
         finally:
             self.idle = False
@@ -334,6 +342,7 @@ class Connection:
 
     async def _close(self, event: Close) -> None:
         self.end_reason = event.reason
+        self._linger = not event.client_asked
         raise _Stop
 
     def _audit_login(self, method: str, user: str, result: Result, reason: str = "") -> None:
@@ -476,6 +485,7 @@ class Connection:
                 # The +OK is out and the client is counting octets: all we can do is stop.
                 log.error("session %s: read error mid-message: %s", self._session_id, exc)
                 self.end_reason = "read error while sending a message"
+                self._linger = True
                 raise _Stop from None
             if not chunk:
                 break
@@ -512,6 +522,7 @@ class Connection:
                     "none" if expected is None else expected,
                 )
                 self.end_reason = "message changed while it was sent"
+                self._linger = True
                 raise _Stop
         last = pending + tail
         await self.channel.write(last)

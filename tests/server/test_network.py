@@ -10,6 +10,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -55,6 +56,98 @@ def server_receive_queue(server_port: int, client_port: int) -> int:
         if local == f"0100007F:{server_port:04X}" and remote == f"0100007F:{client_port:04X}":
             return int(fields[4].split(":")[1], 16)
     raise AssertionError("connection not found in /proc/net/tcp")
+
+
+def server_holds_socket(server_port: int, client_port: int) -> bool:
+    """Whether a process still has the server's end of this connection open (an entry
+    with an inode; a socket closed by its process lingers in the kernel with inode 0)."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote = fields[1], fields[2]
+        if local == f"0100007F:{server_port:04X}" and remote == f"0100007F:{client_port:04X}":
+            return fields[9] != "0"
+    return False
+
+
+TOO_MANY = b"-ERR Too many bad commands, closing connection\r\n"
+
+
+def test_the_last_answer_survives_what_the_client_still_sends(server: Server) -> None:
+    """The server ends a session on its own (here: the 21st bad command) while the client
+    is still sending, 400 KiB behind it. Closing with that input unread would make the
+    kernel send a reset, which can destroy the answers before the client reads them; the
+    server half-closes and drops the rest instead, so the client reads every answer and
+    then a clean end of the connection."""
+    sock, reader = connect(server.port)
+    assert reader.readline().startswith(b"+OK")
+    pipeline = b"XYZZY\r\n" * 21 + b"NOOP\r\n" * (400 * 1024 // 6)
+    failures: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            sock.sendall(pipeline)
+        except OSError as exc:  # a reset: what the reading side reports too
+            failures.append(exc)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    try:
+        answers = reader.read()
+    finally:
+        sender.join(timeout=20)
+    assert not failures
+    assert answers == b"-ERR Unrecognized command\r\n" * 20 + TOO_MANY, answers[-200:]
+    reader.close()
+    sock.close()
+
+
+def _too_many_bad_commands(port: int):  # type: ignore[no-untyped-def]
+    """A session the server ends on its own, the client having read its last answer."""
+    sock, reader = connect(port)
+    reader.readline()
+    sock.sendall(b"XYZZY\r\n" * 21)
+    assert reader.read().endswith(TOO_MANY)
+    return sock, reader, sock.getsockname()[1]
+
+
+def _until_released(server_port: int, client_port: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while server_holds_socket(server_port, client_port) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return not server_holds_socket(server_port, client_port)
+
+
+def test_a_lingering_close_is_bounded_and_quit_does_not_linger(server: Server) -> None:
+    # A client that reads the last answer and closes frees the server's socket at once.
+    sock, reader, port = _too_many_bad_commands(server.port)
+    assert server_holds_socket(server.port, port)  # half-closed, waiting for ours
+    reader.close()
+    sock.close()
+    assert _until_released(server.port, port, 5)
+    # One that never closes does not keep it: the linger ends on its own.
+    silent, silent_reader, port = _too_many_bad_commands(server.port)
+    assert _until_released(server.port, port, 10)
+    # After QUIT the client sends nothing more: the socket is closed with the answer.
+    quitter, quitter_reader = connect(server.port)
+    quitter_reader.readline()
+    quitter.sendall(b"QUIT\r\n")
+    assert quitter_reader.read() == b"+OK Bye\r\n"
+    assert not server_holds_socket(server.port, quitter.getsockname()[1])
+    # One that goes on sending is cut off (a reset) once it has sent more than a pipelining
+    # client could mean: 32 MiB would all be read and dropped within the linger's time.
+    flood, flood_reader = connect(server.port)
+    flood_reader.readline()
+    flood.sendall(b"XYZZY\r\n" * 21)
+    assert flood_reader.readline() == b"-ERR Unrecognized command\r\n"
+    with pytest.raises(OSError):
+        flood.sendall(b"NOOP\r\n" * (32 * 1024 * 1024 // 6))
+    for client, its_reader in (
+        (silent, silent_reader),
+        (quitter, quitter_reader),
+        (flood, flood_reader),
+    ):
+        its_reader.close()
+        client.close()
 
 
 def test_pipelining_is_back_pressured(server: Server) -> None:
