@@ -38,9 +38,12 @@ import json
 import os
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -153,9 +156,18 @@ def _counted(process: subprocess.Popen[bytes], out: Path) -> dict[str, float]:
     return counts
 
 
-def _start(name: str, pythonpath: str | None, clients: int, tls: TLSFiles, prefork: int) -> Pop3d:
+def _start(
+    name: str,
+    pythonpath: str | None,
+    clients: int,
+    tls: TLSFiles,
+    prefork: int,
+    *,
+    extra_config: str = "",
+) -> Pop3d:
     env = {"PYTHONPATH": str(Path(pythonpath).resolve())} if pythonpath else {}
     server = Pop3d(clients, None, prefork=prefork, extra_env=env, name=name)
+    server.extra_config = extra_config
     small, big = messages()
     server.prepare(small, big)
     server.start(tls)
@@ -293,11 +305,38 @@ def _worker_of(workers: list[int], flag: str | None) -> int:
 # --- cpu ----------------------------------------------------------------------------------
 
 
+class _SyslogSink:
+    """``--syslog``: a unix datagram socket read and dropped by a thread, as a syslog
+    daemon reads /dev/log; every server logs to it (``syslog_socket``) as a site does."""
+
+    def __init__(self) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="bench-syslog-", dir="/tmp"))
+        self.path = self.folder / "log"  # short: sun_path is 108 octets
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(self.path))
+        self.received = 0
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                self.sock.recv(65536)
+            except OSError:
+                return
+            self.received += 1
+
+    def close(self) -> None:
+        self.sock.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
 def cpu(args: argparse.Namespace) -> int:
     tls = _tls()
     transports = args.transport.split(",")
+    sink = _SyslogSink() if args.syslog else None
+    extra = f"syslog_socket: {sink.path}\n" if sink else ""
     servers: list[Server] = [
-        _start(f"profile-{i}", path, args.clients, tls, prefork=args.prefork)
+        _start(f"profile-{i}", path, args.clients, tls, prefork=args.prefork, extra_config=extra)
         for i, path in enumerate(args.pythonpath)
     ]
     labels = list(args.pythonpath)
@@ -335,6 +374,9 @@ def cpu(args: argparse.Namespace) -> int:
     finally:
         for server in servers:
             server.stop()
+        if sink is not None:
+            print(f"  syslog: {sink.received} datagrams", flush=True)
+            sink.close()
     print("| checkout | transport | server CPU ms/session (median) | runs | sessions/s |")
     print("|---|---|---:|---|---:|")
     for (i, transport), runs in sorted(values.items(), key=lambda kv: (kv[0][1], kv[0][0])):
@@ -373,6 +415,11 @@ def main() -> int:
     many.add_argument("--seconds", type=float, default=8.0)
     many.add_argument("--rounds", type=int, default=3)
     many.add_argument("--prefork", type=int, default=1)
+    many.add_argument(
+        "--syslog",
+        action="store_true",
+        help="every server also logs to a syslog socket (syslog_socket), as sites do",
+    )
     many.add_argument(
         "--floor",
         action="store_true",

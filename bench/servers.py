@@ -415,6 +415,7 @@ class Pop3d(Server):
         self.maildrop_lock: str | None = None
         self.cpus: list[int] | None = None  # the master and its workers run on these (taskset)
         self.kerberos = kerberos
+        self.extra_config = ""  # imapd.conf lines of the run's own (profile.py --syslog)
         self.root = LAB / name
         self.config = self.root / "imapd.conf"
         self.log = self.root / "master.log"
@@ -464,7 +465,7 @@ class Pop3d(Server):
             text += f"maildrop_lock: {self.maildrop_lock}\n"
         if tls is not None:
             text += f"tls_server_cert: {tls.cert}\ntls_server_key: {tls.key}\n"
-        self.config.write_text(text)
+        self.config.write_text(text + self.extra_config)
 
     def start(self, tls: TLSFiles | None = None) -> None:
         """Clear text only (one ``pop3`` service), or with ``tls`` the certificate in

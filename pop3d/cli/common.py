@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import logging.handlers
 import os
 import sys
 import traceback
@@ -14,7 +13,13 @@ from typing import NoReturn
 from pop3d.config import imapd
 from pop3d.config.imapd import Config, ConfigError
 from pop3d.sasl import registry
-from pop3d.server.loglines import LOG_FORMAT, LineFormatter, LineHandler
+from pop3d.server.loglines import (
+    LOG_FORMAT,
+    LineFormatter,
+    LineHandler,
+    MessageFormatter,
+    SyslogLineHandler,
+)
 
 # sysexits.h
 EX_OK = 0
@@ -104,13 +109,11 @@ def setup_syslog(program: str, config: Config, ident: str, service: str | None =
     prefix = config.string("syslog_prefix", service)
     tag = f"{prefix}/{ident}" if prefix else ident
     try:
-        handler = logging.handlers.SysLogHandler(
-            address=path, facility=logging.handlers.SysLogHandler.facility_names[facility]
-        )
+        handler = SyslogLineHandler(path, SyslogLineHandler.facility_names[facility])
     except OSError as exc:
         raise Exit(EX_CONFIG, f"{program}: syslog_socket {path}: {exc.strerror or exc}") from None
     handler.ident = f"{tag}[{os.getpid()}]: "
-    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.setFormatter(MessageFormatter())
     logging.getLogger("pop3d").addHandler(handler)
 
 

@@ -7,18 +7,22 @@ and its counts: server/audit.py, server/connection.py) and four over TLS. Throug
 filter passes, the handler's lock taken twice and a formatter; under load, with the cache
 shared by ten clients' processes, that was a fifth of a plain session's CPU (bench/RESULTS.md
 section 22). :func:`line` writes such a line itself when every handler that would get it is
-a :class:`LineHandler` formatting LOG_FORMAT and nothing on the way filters: the same
-octets, to the same stream, under the same lock, through a tenth of the code. Any other
-set-up (a syslog handler from ``syslog_socket``, a filter, a test's capture handler, a
-logger switched off) gets the line through ``logging`` as before, so what reaches the log
-never depends on which way it went.
+a :class:`LineHandler` formatting LOG_FORMAT or a :class:`SyslogLineHandler` (``syslog_socket``)
+sending the message alone, and nothing on the way filters: the same octets, to the same
+stream or socket, under the same lock, through a tenth of the code. Any other set-up (a
+filter, a test's capture handler, another handler or format, a logger switched off) gets
+the line through ``logging`` as before, so what reaches the log never depends on which
+way it went.
 """
 
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import os
 import time
+from socket import socket as Socket
+from typing import TYPE_CHECKING, cast
 
 LOG_FORMAT = "%(asctime)s %(name)s[%(process)d]: %(levelname)s %(message)s"
 
@@ -83,6 +87,10 @@ class LineFormatter(logging.Formatter):
 class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """A stream handler that :func:`line` may write to directly (with LOG_FORMAT)."""
 
+    def direct(self) -> bool:
+        formatter = self.formatter
+        return isinstance(formatter, LineFormatter) and formatter.direct
+
     def write_line(self, name: str, level: int, created: float, text: str) -> None:
         formatter = self.formatter
         assert isinstance(formatter, LineFormatter)
@@ -106,10 +114,68 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
             self.release()
 
 
-def _direct_handlers(logger: logging.Logger, level: int) -> list[LineHandler] | None:
+class MessageFormatter(logging.Formatter):
+    """The message alone: syslog's datagram carries the rest (priority, the tag)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(message)s")
+
+
+class SyslogLineHandler(logging.handlers.SysLogHandler):
+    """``syslog_socket``'s handler (a unix socket), which :func:`line` may send to
+    directly when its formatter is a :class:`MessageFormatter`. Both ways make the
+    datagram ``SysLogHandler.emit`` makes (priority, ident, the message, a NUL if asked)
+    in :meth:`_send`, and send it as it does (reconnected once if the daemon restarted)."""
+
+    if TYPE_CHECKING:  # SysLogHandler's own, which typeshed does not declare
+        socket: Socket
+
+        def _connect_unixsocket(self, address: object) -> None: ...
+
+    def __init__(self, path: str, facility: int) -> None:
+        super().__init__(address=path, facility=facility)
+
+    def direct(self) -> bool:
+        return type(self.formatter) is MessageFormatter
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._send(record.levelname, self.format(record))
+        except Exception:
+            self.handleError(record)
+
+    def write_line(self, name: str, level: int, created: float, text: str) -> None:
+        self.acquire()
+        try:
+            self._send(logging.getLevelName(level), text)
+        except RecursionError:
+            raise
+        except Exception:  # the daemon gone: what logging does with it
+            self.handleError(logging.LogRecord(name, level, "", 0, "%s", (text,), None))
+        finally:
+            self.release()
+
+    def _send(self, level_name: str, message: str) -> None:
+        priority = self.encodePriority(self.facility, self.mapPriority(level_name))
+        end = "\0" if self.append_nul else ""
+        data = f"<{priority}>{self.ident}{message}{end}".encode()
+        try:
+            self.socket.send(data)
+        except OSError:
+            self.socket.close()
+            self._connect_unixsocket(self.address)
+            self.socket.send(data)
+
+
+_DIRECT = (LineHandler, SyslogLineHandler)
+
+
+def _direct_handlers(
+    logger: logging.Logger, level: int
+) -> list[LineHandler | SyslogLineHandler] | None:
     """The handlers ``logging`` would give a record of ``level`` from ``logger``
     (Logger.callHandlers), if every one of them can be written to directly; else None."""
-    handlers: list[LineHandler] = []
+    handlers: list[LineHandler | SyslogLineHandler] = []
     current: logging.Logger | None = logger
     while current is not None:
         if current.filters:
@@ -117,14 +183,12 @@ def _direct_handlers(logger: logging.Logger, level: int) -> list[LineHandler] | 
         for handler in current.handlers:
             if level < handler.level:
                 continue
-            if (
-                type(handler) is not LineHandler
-                or handler.filters
-                or not isinstance(handler.formatter, LineFormatter)
-                or not handler.formatter.direct
-            ):
+            if type(handler) not in _DIRECT or handler.filters:
                 return None
-            handlers.append(handler)
+            direct = cast(LineHandler | SyslogLineHandler, handler)
+            if not direct.direct():
+                return None
+            handlers.append(direct)
         current = current.parent if current.propagate else None
     return handlers or None  # none at all: logging's last resort decides
 

@@ -140,20 +140,23 @@ def test_the_tls_memory_probe_runs() -> None:
 @pytest.mark.slow
 def test_the_cpu_profile_runs_with_the_floor() -> None:
     """bench/profile.py cpu, this checkout beside bench/floor.py (asyncio answering the
-    same sessions with canned lines): both measured, over plain and pop3s."""
+    same sessions with canned lines): both measured, over plain and pop3s, the checkout
+    logging to a syslog socket too (--syslog)."""
     lab = Path(tempfile.mkdtemp(prefix="pop3d-profile-smoke-"))
     try:
         done = _bench_tool(
             lab, "profile.py",
             [
                 "cpu", "--pythonpath", str(ROOT), "--floor", "--transport", "plain,pop3s",
-                "--clients", "2", "--rounds", "1", "--seconds", "0.5",
+                "--clients", "2", "--rounds", "1", "--seconds", "0.5", "--syslog",
             ],
             timeout=300,
         )  # fmt: skip
     finally:
         shutil.rmtree(lab, ignore_errors=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    logged = re.search(r"^  syslog: (\d+) datagrams$", done.stdout, re.M)
+    assert logged and int(logged.group(1)) > 0, done.stdout  # every session's lines
     rows = re.findall(r"^\| (.+?) \| (plain|pop3s) \| (\d+\.\d+) \|", done.stdout, re.M)
     measured = {(name, transport) for name, transport, value in rows if float(value) > 0}
     for name in (str(ROOT), "floor (bench/floor.py)"):

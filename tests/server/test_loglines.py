@@ -9,14 +9,24 @@ from __future__ import annotations
 import io
 import logging
 import os
+import shutil
+import socket
 import sys
+import tempfile
 from collections.abc import Iterator
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pop3d.server.loglines import LOG_FORMAT, LineFormatter, LineHandler, line
+from pop3d.server.loglines import (
+    LOG_FORMAT,
+    LineFormatter,
+    LineHandler,
+    MessageFormatter,
+    SyslogLineHandler,
+    line,
+)
 
 NAMES = st.sampled_from(["pop3d", "pop3d.audit", "pop3d.master", "root"])
 LEVELS = st.sampled_from([logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR])
@@ -226,3 +236,105 @@ def test_a_stream_handler_of_another_kind_gets_its_record(
     line(child, logging.INFO, "login: x")
     assert records_made == ["login: x"]
     assert out.getvalue().endswith(" INFO login: x\n")
+
+
+# --- syslog_socket's handler ------------------------------------------------------------
+
+
+class _Daemon:
+    """A unix datagram socket bound in a fresh folder, as syslogd binds /dev/log."""
+
+    def __init__(self) -> None:
+        self.folder = tempfile.mkdtemp(prefix="syslog-", dir="/tmp")  # sun_path: 108 octets
+        self.path = os.path.join(self.folder, "log")
+        self.bind()
+
+    def bind(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.sock.settimeout(5)
+
+    def restart(self) -> None:
+        self.sock.close()
+        os.unlink(self.path)
+        self.bind()
+
+    def received(self) -> bytes:
+        return self.sock.recv(65536)
+
+    def close(self) -> None:
+        self.sock.close()
+        shutil.rmtree(self.folder)
+
+
+@pytest.fixture
+def daemon() -> Iterator[_Daemon]:
+    listening = _Daemon()
+    try:
+        yield listening
+    finally:
+        listening.close()
+
+
+def _syslog_handler(daemon: _Daemon) -> SyslogLineHandler:
+    handler = SyslogLineHandler(daemon.path, SyslogLineHandler.LOG_MAIL)
+    handler.ident = "pop3/pop3[42]: "
+    handler.setFormatter(MessageFormatter())
+    return handler
+
+
+def test_a_datagram_sent_directly_is_the_one_logging_sends(daemon: _Daemon) -> None:
+    handler = _syslog_handler(daemon)
+
+    @given(name=NAMES, level=LEVELS, text=st.text(max_size=200), nul=st.booleans())
+    def same(name: str, level: int, text: str, nul: bool) -> None:
+        handler.append_nul = nul
+        handler.write_line(name, level, 0.0, text)
+        direct = daemon.received()
+        handler.handle(_record(name, level, "%s", (text,), 0.0))
+        assert direct == daemon.received()
+        assert direct.startswith(b"<%d>pop3/pop3[42]: " % (2 << 3 | _SEVERITY[level]))
+
+    try:
+        same()
+    finally:
+        handler.close()
+
+
+_SEVERITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3}
+
+
+def test_syslog_and_the_stream_both_written_directly(
+    tree: tuple[logging.Logger, logging.Logger], records_made: list[str], daemon: _Daemon
+) -> None:
+    parent, child = tree
+    stream, out = _line_handler()
+    syslog = _syslog_handler(daemon)
+    parent.addHandler(stream)
+    parent.addHandler(syslog)
+    try:
+        line(child, logging.WARNING, "badlogin: x")
+        assert records_made == []
+        assert daemon.received() == b"<20>pop3/pop3[42]: badlogin: x\x00"
+        assert out.getvalue().endswith(" WARNING badlogin: x\n")
+        # the daemon restarted (a new socket at the path): reconnected, nothing lost
+        daemon.restart()
+        line(child, logging.INFO, "login: y")
+        assert daemon.received() == b"<22>pop3/pop3[42]: login: y\x00"
+    finally:
+        syslog.close()
+
+
+def test_a_syslog_handler_with_another_formatter_gets_its_record(
+    tree: tuple[logging.Logger, logging.Logger], records_made: list[str], daemon: _Daemon
+) -> None:
+    parent, child = tree
+    syslog = _syslog_handler(daemon)
+    syslog.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    parent.addHandler(syslog)
+    try:
+        line(child, logging.INFO, "login: x")
+        assert records_made == ["login: x"]
+        assert daemon.received() == b"<22>pop3/pop3[42]: INFO login: x\x00"
+    finally:
+        syslog.close()
