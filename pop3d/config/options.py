@@ -334,7 +334,8 @@ OPTIONS: dict[str, Option] = {
             "poptimeout",
             D,
             600,
-            "Idle timeout: time allowed to send a complete command. "
+            "Idle timeout: time allowed to send a complete command, and to take any of "
+            "an answer (a client that stops reading is timed out too). "
             "RFC 1939 asks for at least 10 minutes; Cyrus raises smaller values silently, "
             "pop3d uses them and warns.",
             unit="m",

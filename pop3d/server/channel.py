@@ -70,6 +70,10 @@ class ByteChannel(TypingProtocol):
 
     def close(self, *, linger: bool = False) -> None: ...
 
+    def abort(self) -> None: ...
+
+    def write_progress(self) -> float | None: ...
+
     @property
     def closed(self) -> bool: ...
 
@@ -131,6 +135,12 @@ class _Layered:
         """Write ``data`` now, without waiting, if the channel takes it without waiting
         (no flow control holding writes back); False, and nothing written, if not."""
         return False
+
+    def write_progress(self) -> float | None:
+        """None unless a write is waiting for the client to take our output; then the
+        event loop's time when the client last took some (0.0: not yet). A channel
+        without flow control (stdio: the caller's pipe) never says it waits."""
+        return None
 
     async def read(self) -> bytes:
         """Whatever plaintext has arrived, at least one byte; b"" at end of input. Raises
@@ -229,6 +239,7 @@ class Channel(_Layered, asyncio.Protocol):
         "_buffered",
         "_chunks",
         "_drain_waiter",
+        "_drained_at",
         "_eof",
         "_inline",
         "_linger_budget",
@@ -260,6 +271,7 @@ class Channel(_Layered, asyncio.Protocol):
         self._inline: Callable[[bytes], bool] | None = None
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
+        self._drained_at = 0.0
         self._lost = False
         self._lingering: asyncio.TimerHandle | None = None
         self._linger_budget = 0
@@ -328,6 +340,7 @@ class Channel(_Layered, asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        self._drained_at = self._loop.time()
         if self._drain_waiter is not None and not self._drain_waiter.done():
             self._drain_waiter.set_result(None)
 
@@ -427,7 +440,8 @@ class Channel(_Layered, asyncio.Protocol):
         client's buffer before the client reads it (a pipelining client, or one whose
         command crossed our close). So the channel half-closes instead, then reads and
         drops what still comes until the client closes, for at most ``_LINGER_SECONDS``
-        and ``_LINGER_BYTES``: the "lingering close" of RFC 9112 section 9.6."""
+        and ``_LINGER_BYTES``: the "lingering close" of RFC 9112 section 9.6. What the
+        client has not taken by then is dropped with the connection."""
         transport = self._transport
         if transport is None or transport.is_closing() or self._lingering is not None:
             return
@@ -437,7 +451,9 @@ class Channel(_Layered, asyncio.Protocol):
                 transport.write(goodbye)
             if linger and not self._eof and transport.can_write_eof():
                 transport.write_eof()  # FIN once the answer is out
-                self._lingering = self._loop.call_later(_LINGER_SECONDS, transport.close)
+                # then abort, not close: close() would wait for a client that does not
+                # read to take what is unsent, for ever
+                self._lingering = self._loop.call_later(_LINGER_SECONDS, transport.abort)
                 self._linger_budget = _LINGER_BYTES
                 self._chunks.clear()
                 self._buffered = 0
@@ -447,6 +463,14 @@ class Channel(_Layered, asyncio.Protocol):
                     transport.resume_reading()
                 return
         transport.close()
+
+    def write_progress(self) -> float | None:
+        return None if self._drain_waiter is None else self._drained_at
+
+    def abort(self) -> None:
+        # close() would wait, however long, for the client to take what is unsent.
+        if self._transport is not None:
+            self._transport.abort()
 
     def _drop_lingering(self, size: int) -> None:
         self._linger_budget -= size
@@ -553,6 +577,9 @@ class FdChannel(_Layered):
 
     def _discard_raw(self) -> None:
         pass  # nothing is read ahead
+
+    def abort(self) -> None:
+        self.close()  # stdio: nothing is held back to drop
 
     def close(self, *, linger: bool = False) -> None:
         # A pipe has no reset to avoid: nothing to linger for.

@@ -96,6 +96,7 @@ class Connection:
         "_mechanism",
         "_metrics",
         "_retrieved",
+        "_stalled",
         "_started",
         "_task",
         "_telemetry",
@@ -134,6 +135,7 @@ class Connection:
         # channel closes lingering (ByteChannel.close), so our last answer is not lost to
         # a reset. Not after QUIT, a failed handshake or a refused layer frame.
         self._linger = False
+        self._stalled = False  # ended for not reading: nothing more will be sent
         self._telemetry: Telemetry | None = None  # server/telemetry.py; None: not recorded
         # For the session's audit record (server/audit.py) and the metrics.
         self._started = time.time()
@@ -185,6 +187,11 @@ class Connection:
                 await handlers[type(event)](self, event)
         except _Stop:
             pass
+        except asyncio.CancelledError:
+            if not self._stalled:
+                raise
+            self._task.uncancel()  # ours: the client stopped reading
+            self.end_reason = "the client stopped reading"
         except ChannelClosed:
             self.end_reason = self.end_reason or "connection lost"
         except LayerError as exc:
@@ -208,7 +215,10 @@ class Connection:
                 self._record()
                 self._telemetry.close()
             self._release()
-            self.channel.close(linger=self._linger)
+            if self._stalled:
+                self.channel.abort()  # close() would wait for it to read what is unsent
+            else:
+                self.channel.close(linger=self._linger)
             self._log_end()
 
     @property
@@ -224,12 +234,25 @@ class Connection:
         ends a read still waiting past it (what asyncio.timeout_at did for every read,
         with a timer made and cancelled each time)."""
         self._idle_timer = None
+        deadline = self._deadline
         if not self.idle:
-            return  # a command is running: the next wait arms the timer again
-        if self._loop.time() < self._deadline:
-            self._idle_timer = self._loop.call_at(self._deadline, self._idle_check)
+            progress = self.channel.write_progress()
+            if progress is None:
+                # A command at work (an UPDATE, a hash): ours to finish, however long;
+                # looked at again in a while, in case its answer then waits on the client.
+                later = self._loop.time() + self.context.idle_timeout
+                self._idle_timer = self._loop.call_at(later, self._idle_check)
+                return
+            # An answer waiting for the client to read it: a client that takes nothing
+            # for poptimeout is as idle as one that sends nothing, and would otherwise
+            # hold its maildrop's lock and a connection for as long as it likes. Each
+            # time it takes some counts as a command would.
+            deadline = max(deadline, progress + self.context.idle_timeout)
+        if self._loop.time() < deadline:
+            self._idle_timer = self._loop.call_at(deadline, self._idle_check)
             return
         self._timed_out = True
+        self._stalled = not self.idle
         self._task.cancel()
 
     def _record(self) -> None:

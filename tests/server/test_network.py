@@ -37,6 +37,19 @@ def login(port: int, user: str = "bob", password: str = "builder"):  # type: ign
     return sock, reader, reply
 
 
+def login_once_free(port: int, user: str = "bob", password: str = "builder") -> bytes:
+    """The answer to PASS once the maildrop's lock is free (10 s at most): a session the
+    server ends can hold it a moment longer, and a real client retries."""
+    deadline = time.monotonic() + 10
+    while True:
+        sock, reader, reply = login(port, user, password)
+        reader.close()
+        sock.close()
+        if not reply.startswith(b"-ERR [IN-USE]") or time.monotonic() > deadline:
+            return bytes(reply)
+        time.sleep(0.05)
+
+
 def worker_pids(server: Server) -> list[int]:
     path = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children")
     return [int(pid) for pid in path.read_text().split()]
@@ -264,15 +277,7 @@ def test_abrupt_disconnects_leave_the_server_serving(server: Server) -> None:
         sock.close()  # RST
     # The server notices a reset at its next read or write, so the lock of the session
     # that was inside RETR can outlive the client by a moment: a real client retries.
-    deadline = time.monotonic() + 10
-    while True:
-        sock, reader, reply = login(server.port)
-        reader.close()
-        sock.close()
-        if not reply.startswith(b"-ERR [IN-USE]") or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    assert reply.startswith(b"+OK")
+    assert login_once_free(server.port).startswith(b"+OK")
 
 
 def test_stls_pipelined_injection_is_not_executed(tls_lab: Lab) -> None:
@@ -356,6 +361,64 @@ def test_a_large_message_is_streamed_not_held(server: Server) -> None:
     assert peak - before < 24 * 1024, f"worker grew {peak - before} KiB during a 64 MB RETR"
     reader.close()
     sock.close()
+
+
+def _retr_of_a_big_message(tmp_path: Path, poptimeout: str, megabytes: int):  # type: ignore[no-untyped-def]
+    """A server with ``poptimeout``, and bob's session that has just sent RETR of a
+    message of ``megabytes`` million octets (lines of 100, LF ends)."""
+    lab = Lab(tmp_path / "lab", extra_config=f"poptimeout: {poptimeout}\n").create()
+    line = b"x" * 99 + b"\n"
+    (lab.maildir("bob") / "new" / "1800000000.M1P1.big").write_bytes(line * 10_000 * megabytes)
+    server = start_server(lab)
+    sock, reader, reply = login(server.port)
+    assert reply.startswith(b"+OK")
+    sock.sendall(b"RETR 4\r\n")
+    return server, sock, reader
+
+
+def test_a_client_that_stops_reading_is_timed_out(tmp_path: Path) -> None:
+    """RETR of a message bigger than every buffer on the way, then nothing read: after
+    poptimeout the session ends (without the terminating dot, without UPDATE) and the
+    maildrop's lock is free, as for a client that stops sending."""
+    server, sock, reader = _retr_of_a_big_message(tmp_path, "1s", 40)  # and read nothing
+    try:
+        reply = login_once_free(server.port)
+        assert reply.startswith(b"+OK"), reply
+        # dropped with what is unsent: close() would keep the socket until the client read it
+        assert _until_released(server.port, sock.getsockname()[1], 5)
+        received = b""
+        with contextlib.suppress(OSError):  # dropped with what was unsent: maybe a reset
+            while chunk := reader.read1(1 << 20):
+                received += chunk
+        assert received.startswith(b"+OK Message follows\r\n")
+        assert not received.endswith(b"\r\n.\r\n")  # cut: the client knows
+        assert len(list(server.lab.maildir("bob").glob("*/*"))) == 4  # nothing deleted
+        assert "ended: the client stopped reading" in server.log_text()
+    finally:
+        server.stop()
+        sock.close()
+
+
+def test_a_client_that_reads_slowly_is_not_timed_out(tmp_path: Path) -> None:
+    """Each time the client takes some of the answer counts: a RETR that takes it several
+    times poptimeout to read, read all along, arrives whole."""
+    server, sock, reader = _retr_of_a_big_message(tmp_path, "3s", 16)
+    try:
+        received = 0
+        started = time.monotonic()
+        while True:
+            chunk = reader.read1(256 * 1024)
+            assert chunk, f"cut after {received} octets"
+            received += len(chunk)
+            if chunk.endswith(b"\r\n.\r\n"):
+                break
+            time.sleep(0.1)
+        assert received == len(b"+OK Message follows\r\n") + 16 * 10_000 * 101 + 3
+        assert time.monotonic() - started > 4.5  # well past poptimeout: the test means it
+        reader.close()
+        sock.close()
+    finally:
+        server.stop()
 
 
 def test_the_lock_is_released_before_the_quit_answer(server: Server) -> None:
