@@ -475,7 +475,7 @@ class Channel(_Layered, asyncio.Protocol):
     def _drop_lingering(self, size: int) -> None:
         self._linger_budget -= size
         if self._linger_budget < 0 and self._transport is not None:
-            self._transport.close()  # it will not stop: the reset it gets is its own doing
+            self._transport.abort()  # it will not stop: the reset it gets is its own doing
 
     async def write_last(self, data: bytes) -> None:
         # Held, and written with the layers' goodbye by close(): the transport sends what
