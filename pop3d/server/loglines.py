@@ -128,7 +128,7 @@ class SyslogLineHandler(logging.handlers.SysLogHandler):
     in :meth:`_send`, and send it as it does (reconnected once if the daemon restarted)."""
 
     if TYPE_CHECKING:  # SysLogHandler's own, which typeshed does not declare
-        socket: Socket
+        socket: Socket | None
 
         def _connect_unixsocket(self, address: object) -> None: ...
 
@@ -159,6 +159,9 @@ class SyslogLineHandler(logging.handlers.SysLogHandler):
         priority = self.encodePriority(self.facility, self.mapPriority(level_name))
         end = "\0" if self.append_nul else ""
         data = f"<{priority}>{self.ident}{message}{end}".encode()
+        if self.socket is None:  # closed (logging's shutdown): opened again, as emit() does
+            self.createSocket()
+            assert self.socket is not None
         try:
             self.socket.send(data)
         except OSError:

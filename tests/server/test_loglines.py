@@ -338,3 +338,14 @@ def test_a_syslog_handler_with_another_formatter_gets_its_record(
         assert daemon.received() == b"<22>pop3/pop3[42]: INFO login: x\x00"
     finally:
         syslog.close()
+
+
+def test_a_closed_syslog_handler_opens_its_socket_again(daemon: _Daemon) -> None:
+    """As SysLogHandler.emit does after close() (logging's shutdown closes every handler)."""
+    handler = _syslog_handler(daemon)
+    handler.close()
+    try:
+        handler.write_line("pop3d", logging.INFO, 0.0, "late: x")
+        assert daemon.received() == b"<22>pop3/pop3[42]: late: x\x00"
+    finally:
+        handler.close()
