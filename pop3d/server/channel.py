@@ -70,6 +70,8 @@ class ByteChannel(TypingProtocol):
 
     def close(self, *, linger: bool = False) -> None: ...
 
+    async def finished(self, stall: float) -> int: ...
+
     def abort(self) -> None: ...
 
     def write_progress(self) -> float | None: ...
@@ -238,6 +240,7 @@ class Channel(_Layered, asyncio.Protocol):
     __slots__ = (
         "_buffered",
         "_chunks",
+        "_closed_waiter",
         "_drain_waiter",
         "_drained_at",
         "_eof",
@@ -273,6 +276,7 @@ class Channel(_Layered, asyncio.Protocol):
         self._drain_waiter: asyncio.Future[None] | None = None
         self._drained_at = 0.0
         self._lost = False
+        self._closed_waiter: asyncio.Future[None] | None = None
         self._lingering: asyncio.TimerHandle | None = None
         self._linger_budget = 0
         self.peer = "?"
@@ -332,6 +336,8 @@ class Channel(_Layered, asyncio.Protocol):
         self._lost = True
         self._eof = True
         self._wake_reader()
+        if self._closed_waiter is not None and not self._closed_waiter.done():
+            self._closed_waiter.set_result(None)
         if self._drain_waiter is not None and not self._drain_waiter.done():
             self._drain_waiter.set_exception(ChannelClosed("connection lost"))
 
@@ -464,6 +470,37 @@ class Channel(_Layered, asyncio.Protocol):
                 return
         transport.close()
 
+    async def finished(self, stall: float) -> int:
+        """After close(): until the socket is closed, the linger over or what was left
+        unsent taken by the client. asyncio's close() waits for a client that reads
+        nothing for ever (it keeps the window shut; nothing in TCP gives up), and the
+        descriptor and the transport would outlive the session and escape ``maxchild``,
+        which counts what this returns to. So a client that takes none of what is unsent
+        for ``stall`` seconds (poptimeout: as for one that stops reading mid-session) is
+        dropped with it. Returns the octets so dropped."""
+        transport = self._transport
+        if transport is None or self._lost:
+            return 0
+        unsent = transport.get_write_buffer_size()
+        if not unsent and self._lingering is None:
+            return 0  # nothing to wait for: the socket is closed at the loop's next turn
+        self._closed_waiter = waiter = self._loop.create_future()
+        try:
+            while True:
+                await asyncio.wait((waiter,), timeout=stall)
+                if self._lost:
+                    return 0
+                left = transport.get_write_buffer_size()
+                if left >= unsent:
+                    transport.abort()
+                    return left
+                unsent = left  # it took some: as a command would, that counts
+        except asyncio.CancelledError:
+            transport.abort()  # the worker's shutdown: its grace is over
+            raise
+        finally:
+            self._closed_waiter = None
+
     def write_progress(self) -> float | None:
         return None if self._drain_waiter is None else self._drained_at
 
@@ -580,6 +617,9 @@ class FdChannel(_Layered):
 
     def abort(self) -> None:
         self.close()  # stdio: nothing is held back to drop
+
+    async def finished(self, stall: float) -> int:
+        return 0  # close() wrote what it had, blocking: nothing is left to wait for
 
     def close(self, *, linger: bool = False) -> None:
         # A pipe has no reset to avoid: nothing to linger for.

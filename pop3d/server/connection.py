@@ -220,6 +220,16 @@ class Connection:
             else:
                 self.channel.close(linger=self._linger)
             self._log_end()
+            # Counted against maxchild until the socket is closed (Worker._finished).
+            dropped = await self.channel.finished(self.context.idle_timeout)
+            if dropped:
+                log.info(
+                    "session %s peer=%s: connection dropped, %d octets of its last "
+                    "answers not taken within poptimeout",
+                    self._session_id,
+                    self.channel.peer,
+                    dropped,
+                )
 
     @property
     def _session_id(self) -> str:

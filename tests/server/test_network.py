@@ -421,6 +421,119 @@ def test_a_client_that_reads_slowly_is_not_timed_out(tmp_path: Path) -> None:
         server.stop()
 
 
+def server_send_queue(server_port: int, client_port: int) -> int:
+    """Octets the kernel holds for the server's socket that the client has not taken."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote = fields[1], fields[2]
+        if local == f"0100007F:{server_port:04X}" and remote == f"0100007F:{client_port:04X}":
+            return int(fields[4].split(":")[0], 16)
+    raise AssertionError("connection not found in /proc/net/tcp")
+
+
+def _settled(server_port: int, client_port: int) -> int:
+    """The server's send queue once the server has read what we sent and its queue has
+    stopped growing (5 s at most)."""
+    deadline = time.monotonic() + 5
+    last = -1
+    while time.monotonic() < deadline:
+        now = server_send_queue(server_port, client_port)
+        if now == last and server_receive_queue(server_port, client_port) == 0:
+            return now
+        last = now
+        time.sleep(0.02)
+    return last
+
+
+def _greeted(port: int, receive_buffer: int = 0) -> tuple[socket.socket, socket.SocketIO]:
+    """A connection the server greets with +OK, tried again for up to 10 s: with
+    maxchild 1 a connection that just ended (start_server's probe of the port) can hold
+    the one slot a moment longer."""
+    deadline = time.monotonic() + 10
+    while True:
+        sock = socket.socket()
+        if receive_buffer:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        sock.settimeout(10)
+        sock.connect(("127.0.0.1", port))
+        reader = sock.makefile("rb")
+        if reader.readline().startswith(b"+OK") or time.monotonic() > deadline:
+            return sock, reader  # type: ignore[return-value]
+        reader.close()
+        sock.close()
+        time.sleep(0.05)
+
+
+def test_a_client_that_does_not_take_the_quit_answer_is_dropped(tmp_path: Path) -> None:
+    """The kernel's buffers both ways full, some answers left in the server's own, then
+    QUIT, and nothing read: the UPDATE is done and the answers are the client's to take.
+    One that takes none of them for poptimeout is dropped, as mid-session; until then the
+    connection counts against maxchild (a client could otherwise hold any number of
+    descriptors past its sessions, for ever: asyncio's close() waits for it)."""
+    lab = Lab(tmp_path / "lab", extra_config="poptimeout: 2s\n").create()
+    (lab.maildir("bob") / "new" / "1800000000.M1P1.ten").write_bytes((b"x" * 99 + b"\n") * 140)
+    server = start_server(lab, maxchild=1)
+    sock, reader = _greeted(server.port, receive_buffer=4096)  # less for the kernel to hold
+    try:
+        port = sock.getsockname()[1]
+        sock.sendall(b"USER bob\r\nPASS builder\r\nRETR 4\r\n")
+        assert reader.readline().startswith(b"+OK") and reader.readline().startswith(b"+OK")
+        answer = len(b"".join(iter(reader.readline, b".\r\n"))) + 3
+        # From here nothing is read. Three answers at a time until the kernel takes less
+        # than half of them: then at most one and a half batches are left in the server's
+        # process, under asyncio's 64 KiB high-water mark, so QUIT is not held back by
+        # flow control (where poptimeout applies already). The first batches fill the
+        # client's own buffer too.
+        for _ in range(2):
+            sock.sendall(b"RETR 4\r\n" * 3)
+        queued = _settled(server.port, port)
+        for _ in range(2000):
+            sock.sendall(b"RETR 4\r\n" * 3)
+            now = _settled(server.port, port)
+            if now - queued < 3 * answer / 2:
+                time.sleep(1.0)  # a busy machine's server may just be late: look again
+                now = _settled(server.port, port)
+                if now - queued < 3 * answer / 2:
+                    break
+            queued = now
+        else:
+            raise AssertionError("the kernel took every answer")
+        sock.sendall(b"DELE 1\r\nQUIT\r\n")
+        deadline = time.monotonic() + 10
+        while len(lab.messages("bob")) == 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(lab.messages("bob")) == 3  # QUIT's UPDATE was done
+        quit_seen = time.monotonic()
+        # Still the client's to take: held, and counted (maxchild 1: the next is refused).
+        assert server_holds_socket(server.port, port)
+        other, other_reader = connect(server.port)
+        assert other_reader.readline().startswith(b"-ERR")
+        other_reader.close()
+        other.close()
+        assert _until_released(server.port, port, 10)
+        assert time.monotonic() - quit_seen > 1.0  # not at once: poptimeout
+        assert "connection dropped" in server.log_text()
+        # A lingering close counts too, until the client closes or the linger ends.
+        lingering, lingering_reader = _greeted(server.port)
+        lingering.sendall(b"XYZZY\r\n" * 21)
+        assert lingering_reader.read().endswith(TOO_MANY)
+        other, other_reader = connect(server.port)
+        assert other_reader.readline().startswith(b"-ERR")
+        other_reader.close()
+        other.close()
+        lingering_reader.close()
+        lingering.close()
+        again, again_reader = _greeted(server.port)  # and the slot is free again
+        again.sendall(b"QUIT\r\n")
+        assert again_reader.read() == b"+OK Bye\r\n"
+        again_reader.close()
+        again.close()
+    finally:
+        reader.close()
+        sock.close()
+        server.stop()
+
+
 def test_the_lock_is_released_before_the_quit_answer(server: Server) -> None:
     """A client that reconnects the moment it reads QUIT's +OK must not find the maildrop
     [IN-USE]: the moment the answer arrives, the lock is free (checked with flock itself)."""
