@@ -140,8 +140,7 @@ class _Layered:
 
     def write_progress(self) -> float | None:
         """None unless a write is waiting for the client to take our output; then the
-        event loop's time when the client last took some (0.0: not yet). A channel
-        without flow control (stdio: the caller's pipe) never says it waits."""
+        event loop's time when the client last took some (0.0: not yet)."""
         return None
 
     async def read(self) -> bytes:
@@ -555,7 +554,16 @@ class FdChannel(_Layered):
     blocked in a thread could not be interrupted. Regular files never block and are read
     directly."""
 
-    __slots__ = ("_closed", "_loop", "_read_fd", "_restore", "_write_fd", "peer")
+    __slots__ = (
+        "_closed",
+        "_loop",
+        "_read_fd",
+        "_restore",
+        "_write_fd",
+        "_write_waiting",
+        "_written_at",
+        "peer",
+    )
 
     def __init__(self, read_fd: int, write_fd: int) -> None:
         super().__init__()
@@ -563,6 +571,8 @@ class FdChannel(_Layered):
         self._write_fd = write_fd
         self._loop = asyncio.get_running_loop()
         self._closed = False
+        self._write_waiting = False
+        self._written_at = 0.0
         self._restore: list[tuple[int, bool]] = []
         for fd in {read_fd, write_fd}:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -606,11 +616,21 @@ class FdChannel(_Layered):
             try:
                 written = os.write(self._write_fd, view)
             except BlockingIOError:
-                await self._ready(self._write_fd, writing=True)
+                # The pipe is full: whoever is behind it (a wrapper, and its client) has
+                # stopped taking our output for now; the idle timer watches this wait.
+                self._write_waiting = True
+                try:
+                    await self._ready(self._write_fd, writing=True)
+                finally:
+                    self._write_waiting = False
                 continue
             except OSError as exc:
                 raise ChannelClosed(str(exc)) from None
+            self._written_at = self._loop.time()
             view = view[written:]
+
+    def write_progress(self) -> float | None:
+        return self._written_at if self._write_waiting else None
 
     def _discard_raw(self) -> None:
         pass  # nothing is read ahead

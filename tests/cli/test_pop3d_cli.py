@@ -107,6 +107,37 @@ def test_idle_timeout_closes_without_a_reply(lab: Lab) -> None:
     assert len(lab.messages("bob")) == 3
 
 
+def test_a_stalled_pipe_is_timed_out(lab: Lab) -> None:
+    """-X behind a pipe whose reader stops taking our output (a wrapper whose client
+    stopped reading): after poptimeout the session ends as on a socket, RETR cut and the
+    maildrop's lock freed, instead of waiting on the pipe for ever."""
+    lab.config.write_text(lab.config.read_text() + "poptimeout: 1s\n")
+    big = lab.maildir("bob") / "new" / "1800000000.M1P1.big"
+    big.write_bytes((b"x" * 99 + b"\n") * 40_000)  # 4 MB: far more than a pipe holds
+    process = subprocess.Popen(
+        [*POP3D, "-X", "-C", str(lab.config)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdin is not None and process.stdout is not None
+    assert process.stderr is not None
+    process.stdin.write(b"USER bob\r\nPASS builder\r\nDELE 1\r\nRETR 4\r\nQUIT\r\n")
+    process.stdin.flush()  # and read nothing, keeping stdout open
+    try:
+        assert process.wait(timeout=20) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    err = process.stderr.read()
+    out = process.stdout.read()
+    for stream in (process.stdin, process.stdout, process.stderr):
+        stream.close()
+    assert b"ended: the client stopped reading" in err
+    assert not out.endswith(b"\r\n.\r\n")  # RETR cut: the client can tell
+    assert len(lab.messages("bob")) == 4  # QUIT never came to UPDATE: DELE undone
+
+
 def test_x_on_a_socket_serves_tls_too(tls_lab: Lab) -> None:
     """inetd / systemd Accept=yes hand pop3d -X a connected socket: STLS works there."""
     import socket
