@@ -326,7 +326,10 @@ class Channel(_Layered, asyncio.Protocol):
     def eof_received(self) -> bool:
         self._eof = True
         self._wake_reader()
-        return False  # close our side too
+        # Keep our side open: a client may send its commands and half-close (``nc -N``,
+        # a script's shutdown(SHUT_WR)) and still read. The session answers what came
+        # before the end of input, then sees it and closes.
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         _release_read_callback(self._transport)

@@ -163,6 +163,30 @@ def test_a_lingering_close_is_bounded_and_quit_does_not_linger(server: Server) -
         client.close()
 
 
+def test_commands_sent_before_a_half_close_are_answered(server: Server) -> None:
+    """A script sends its whole session and shuts its sending side (``nc -N``, or
+    shutdown(SHUT_WR)), then reads: every command before the end of input is answered,
+    QUIT's UPDATE included; the end of input then ends the session."""
+    sock, reader = connect(server.port)
+    sock.sendall(b"USER bob\r\nPASS builder\r\nSTAT\r\nDELE 1\r\nQUIT\r\n")
+    sock.shutdown(socket.SHUT_WR)
+    answers = reader.read().splitlines()
+    assert [line[:3] for line in answers] == [b"+OK"] * 6, answers
+    assert answers[3] == b"+OK 3 6000" and answers[5].startswith(b"+OK Logging out")
+    assert len(server.lab.messages("bob")) == 2
+    reader.close()
+    sock.close()
+    # Without QUIT, the end of input ends the session without UPDATE, after the answers.
+    sock, reader = connect(server.port)
+    sock.sendall(b"USER bob\r\nPASS builder\r\nDELE 1\r\n")
+    sock.shutdown(socket.SHUT_WR)
+    answers = reader.read().splitlines()
+    assert answers[-1] == b"+OK Message 1 deleted", answers
+    reader.close()
+    sock.close()
+    assert len(server.lab.messages("bob")) == 2
+
+
 def test_pipelining_is_back_pressured(server: Server) -> None:
     """A client pipelines four million RETRs of a 20 kB message (80 GB of answers) and does
     not read. The server must stop reading (the client cannot send it all) and must not
