@@ -79,6 +79,7 @@ from pop3d.storage.locks import TABLE_NAME, MaildropLock, lock_in_maildir, table
 LAST_LOGIN_NAME = "pop3d-lastlogin"
 # Kept UIDLs of imported messages (pop3d-admin import): "<unique part> <uidl>" lines.
 UIDL_MAP_NAME = "pop3d-uidl"
+_UIDL_MAP_NEW = "pop3d-uidl.new"
 _UIDL_MAP_MAX = 64 * 1024 * 1024
 # Measured sizes (MaildirMaildrop.measure): a header line, then "<name before the ':'>
 # <inode> <octets on disk> <mtime in ns> <CRLF size>" lines.
@@ -278,21 +279,48 @@ def write_size_cache(root: int, records: dict[str, _SizeRecord]) -> None:
     again. Raises OSError."""
     lines = [_SIZE_CACHE_HEADER]
     lines += [f"{key} {i} {o} {m} {s}\n" for key, (i, o, m, s) in records.items()]
-    data = memoryview("".join(lines).encode("ascii"))
+    _replace(root, SIZE_CACHE_NAME, _SIZE_CACHE_NEW, "".join(lines).encode("ascii"))
+
+
+def write_uidl_map(root: int, kept: dict[str, str]) -> None:
+    """Replace ``pop3d-uidl`` in ``root`` by ``kept``, or remove it when ``kept`` is empty.
+    The caller holds the maildrop lock (as an import does: no line is appended meanwhile).
+    Durable, unlike ``pop3d-sizes``: a file lost or emptied by a crash would give every
+    imported message a new UIDL, and the client would fetch them all again. Raises
+    OSError."""
+    if kept:
+        data = "".join(f"{unique} {uidl}\n" for unique, uidl in kept.items())
+        _replace(root, UIDL_MAP_NAME, _UIDL_MAP_NEW, data.encode("ascii"), durable=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(UIDL_MAP_NAME, dir_fd=root)
+        os.fsync(root)
+
+
+def _replace(root: int, name: str, new_name: str, data: bytes, *, durable: bool = False) -> None:
+    """``name`` in ``root`` replaced by a file of ``data``, made fresh under ``new_name``
+    (``O_EXCL`` after an unlink: a link planted under that name is removed, never written
+    through), then renamed over it. ``durable``: on disk, contents and name, before this
+    returns. Raises OSError."""
+    view = memoryview(data)
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(_SIZE_CACHE_NEW, dir_fd=root)
+        os.unlink(new_name, dir_fd=root)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(_SIZE_CACHE_NEW, flags, 0o600, dir_fd=root)
+    fd = os.open(new_name, flags, 0o600, dir_fd=root)
     try:
-        while data:
-            data = data[os.write(fd, data) :]
+        while view:
+            view = view[os.write(fd, view) :]
+        if durable:
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         with contextlib.suppress(OSError):
-            os.unlink(_SIZE_CACHE_NEW, dir_fd=root)
+            os.unlink(new_name, dir_fd=root)
         raise
     os.close(fd)
-    os.replace(_SIZE_CACHE_NEW, SIZE_CACHE_NAME, src_dir_fd=root, dst_dir_fd=root)
+    os.replace(new_name, name, src_dir_fd=root, dst_dir_fd=root)
+    if durable:
+        os.fsync(root)
 
 
 def _open_message(name: str, dir_fd: int) -> BinaryIO:
@@ -459,6 +487,7 @@ class MaildirMaildrop:
     __slots__ = (
         "_entries",
         "_identity",
+        "_kept_any",
         "_lock",
         "last_login",
         "path",
@@ -482,6 +511,7 @@ class MaildirMaildrop:
         self.path = os.fspath(path)
         self.use_flags = use_flags
         kept = kept or {}
+        self._kept_any = bool(kept)  # pop3d-uidl has lines: UPDATE prunes the deleted's
         self._identity: bytes | None = folders.identity()
         self._lock: MaildropLock | None = lock
         self._entries = entries
@@ -618,13 +648,16 @@ class MaildirMaildrop:
             if self.use_flags and seen:
                 gone = set(deleted)
                 self._mark_seen(folders, tuple(index for index in seen if index not in gone))
+            unlinked: list[int] = []
             for index in deleted:
                 try:
                     fd, name = self._locate(index, folders)
                     os.unlink(name, dir_fd=fd)
                     removed += 1
+                    unlinked.append(index)
                 except (MessageGone, FileNotFoundError):
                     removed += 1  # already gone: the client's wish is fulfilled
+                    unlinked.append(index)
                 except (StorageError, OSError):
                     failed += 1
             if deleted:
@@ -633,12 +666,33 @@ class MaildirMaildrop:
                 except OSError:
                     # Without the fsync the unlinks may not survive a crash: say so.
                     return 0, len(deleted)
+            if unlinked and self._kept_any:
+                self._prune_kept(folders, unlinked)
             if record_login is not None:
                 with contextlib.suppress(StorageError):  # as a failed write: see there
                     root = folders.get("")
                     assert root is not None
                     _write_last_login(root, record_login)
         return removed, failed
+
+    def _prune_kept(self, folders: _Reopened, gone: list[int]) -> None:
+        """Drop the lines of the messages just removed from ``pop3d-uidl``, which every
+        open reads whole: a migrated maildrop's file shrinks as its client deletes, and
+        goes once the last imported message has. After the unlinks are on disk: a crash
+        between leaves lines for files that are gone, which the reader ignores. Best
+        effort: a line left costs reading it, never a wrong UIDL."""
+        unlinked = set(gone)
+        # A unique part another listed file still has (two files claiming one) keeps
+        # its line: that file's UIDL must not change.
+        staying = {e.unique for i, e in enumerate(self._entries) if i not in unlinked}
+        removed = {self._entries[index].unique for index in unlinked} - staying
+        with contextlib.suppress(StorageError, OSError):
+            root = folders.get("")
+            assert root is not None
+            kept = read_uidl_map(root)
+            left = {unique: uidl for unique, uidl in kept.items() if unique not in removed}
+            if len(left) < len(kept):
+                write_uidl_map(root, left)
 
     def _mark_seen(self, folders: _Reopened, indexes: tuple[int, ...]) -> None:
         """Add S to each message (moving it from new/ to cur/); best effort, then fsync."""

@@ -5,6 +5,7 @@ adds nothing; a message that cannot be read is reported and skipped."""
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import poplib
 import subprocess
@@ -181,3 +182,39 @@ def test_an_import_from_before_pop3_orders_is_not_repeated(tmp_path: Path) -> No
         + len(list((store.path_for("fay") / "cur").iterdir()))
         == 4
     )
+
+
+def test_update_prunes_the_kept_uidls_of_deleted_messages(tmp_path: Path) -> None:
+    """pop3d-uidl is read whole at every open: UPDATE drops the lines of the messages it
+    removed, the others keep their UIDLs, and the file goes with the last of them."""
+    store = MaildirStore("%p/%u/Maildir", str(tmp_path / "spool"))
+    source = _dovecot_maildir(tmp_path)
+    assert import_dovecot(source, store, "hal").imported == 4
+    sidecar = store.path_for("hal") / "pop3d-uidl"
+    assert len(sidecar.read_text().splitlines()) == 4
+    # A message delivered since, without a line, and an orphan line (an import killed
+    # between its line and its message) are left as they are.
+    with sidecar.open("a") as handle:
+        handle.write("1699990099.orphan orphan-uidl\n")
+    store.deliver("hal", io.BytesIO(b"Subject: new\n\nx\n"))
+    drop = store.open("hal")
+    uids = drop.uids
+    assert uids[:4] == tuple(u.decode() for u in EXPECTED_UIDLS)
+    assert drop.commit((1, 4), None) == (2, 0)  # the second imported one, the delivered one
+    drop.close()
+    lines = sidecar.read_text().splitlines()
+    assert len(lines) == 4 and not any("old-kept" in line for line in lines)
+    assert lines[-1] == "1699990099.orphan orphan-uidl"
+    drop = store.open("hal")
+    assert drop.uids == (uids[0], uids[2], uids[3])  # the others keep theirs
+    assert drop.commit((0, 1, 2), None) == (3, 0)
+    drop.close()
+    assert sidecar.read_text() == "1699990099.orphan orphan-uidl\n"
+    # Nothing imported left, nothing kept but the orphan: with it gone the file goes.
+    sidecar.write_text("1699990099.orphan orphan-uidl\n" * 2)
+    (store.path_for("hal") / "new" / "1699990099.orphan").write_bytes(b"Subject: o\n\n")
+    drop = store.open("hal")
+    assert drop.uids == ("orphan-uidl",)
+    assert drop.commit((0,), None) == (1, 0)
+    drop.close()
+    assert not sidecar.exists()
