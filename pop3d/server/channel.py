@@ -486,6 +486,10 @@ class Channel(_Layered, asyncio.Protocol):
         unsent = transport.get_write_buffer_size()
         if not unsent and self._lingering is None:
             return 0  # nothing to wait for: the socket is closed at the loop's next turn
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            transport.abort()  # the session was cancelled (the worker's shutdown): no wait
+            return unsent
         self._closed_waiter = waiter = self._loop.create_future()
         try:
             while True:
