@@ -646,7 +646,7 @@ class FdChannel(_Layered):
         self.close()  # stdio: nothing is held back to drop
 
     async def finished(self, stall: float) -> int:
-        return 0  # close() wrote what it had, blocking: nothing is left to wait for
+        return 0  # close() has written what the pipe took: nothing is held to wait for
 
     def close(self, *, linger: bool = False) -> None:
         # A pipe has no reset to avoid: nothing to linger for.
