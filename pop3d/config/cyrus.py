@@ -26,6 +26,26 @@ _SERVICE_KEYS = frozenset(
     {"cmd", "listen", "proto", "prefork", "maxchild", "maxforkrate", "maxfds", "babysit"}
 )
 _NAME = re.compile(r"[A-Za-z0-9_-]+")
+# The most workers a service may ask for: per core, and at least. A worker is an event loop
+# serving thousands of connections and a Python process of tens of MiB; past the cores
+# more only cost memory, and a typo (prefork=100000) would have the master start
+# processes until the machine runs out of memory.
+_WORKERS_PER_CORE = 8
+_WORKERS_AT_LEAST = 64
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity: ``taskset``, cgroup cpusets),
+    at least 1; Python 3.13's ``os.process_cpu_count()``."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no affinity call on this platform
+        return max(1, os.cpu_count() or 1)
+
+
+def most_workers() -> int:
+    """The largest ``prefork`` a service may have on this machine."""
+    return max(_WORKERS_AT_LEAST, _WORKERS_PER_CORE * available_cores())
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +183,19 @@ def _service(name: str, values: dict[str, str], path: str, number: int, out: Mas
     if prefork < 0:
         error(f"service {name}: prefork={prefork} must not be negative")
         return
+    if prefork > most_workers():
+        error(
+            f"service {name}: prefork={prefork} is more workers than this machine can use "
+            f"(at most {most_workers()}: {_WORKERS_PER_CORE} per core, {_WORKERS_AT_LEAST} "
+            "in any case; one worker serves thousands of connections)"
+        )
+        return
+    if 0 < maxchild < prefork:
+        warn(
+            f"service {name}: prefork={prefork} is more than maxchild={maxchild}: "
+            f"{maxchild} workers (each needs room for a session)"
+        )
+        prefork = maxchild
     if any(s.name == name for s in out.services):
         error(f"service {name} is defined twice")
         return

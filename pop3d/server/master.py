@@ -59,7 +59,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pop3d.config.cyrus import MasterConfig, Service
+from pop3d.config.cyrus import MasterConfig, Service, available_cores
 from pop3d.config.imapd import Config
 from pop3d.server import fdlimit, limits, metrics
 from pop3d.server.limits import LIMITS_FD_ENV
@@ -167,8 +167,11 @@ class Master:
 
     def workers_of(self, service: Service) -> int:
         """``prefork``, or where cyrus.conf leaves it out (or says 0, Cyrus's default):
-        one worker per core this process may run on."""
-        return service.prefork if service.prefork > 0 else available_cores()
+        one worker per core this process may run on, and no more than ``maxchild``."""
+        if service.prefork > 0:
+            return service.prefork  # the configuration has kept it within maxchild
+        cores = available_cores()
+        return min(cores, service.maxchild) if service.maxchild > 0 else cores
 
     def maxchild_per_worker(self, service: Service) -> int:
         """The worker's share of ``maxchild`` (-1: no limit)."""
@@ -255,9 +258,12 @@ class Master:
             workers = self.workers_of(service)
             if service.prefork <= 0:
                 log.info(
-                    "service %s: %d workers (one per core available; cyrus.conf sets no prefork)",
+                    "service %s: %d workers (one per core available%s; cyrus.conf sets no prefork)",
                     service.name,
                     workers,
+                    f", no more than maxchild={service.maxchild}"
+                    if workers < available_cores()
+                    else "",
                 )
             for index in range(workers):
                 slot = _Slot(service, index)
@@ -472,15 +478,6 @@ class Master:
                     metrics.fold_dead_worker(self.metrics_dir, pid)
                 except OSError as exc:  # a full disk must not take the master down
                     log.warning("metrics: cannot fold worker %d's counts: %s", pid, exc)
-
-
-def available_cores() -> int:
-    """The cores this process may run on (its CPU affinity: ``taskset``, cgroup cpusets),
-    at least 1; Python 3.13's ``os.process_cpu_count()``."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # no affinity call on this platform
-        return max(1, os.cpu_count() or 1)
 
 
 def _url_host(host: str, port: int) -> str:

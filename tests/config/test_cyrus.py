@@ -53,6 +53,8 @@ def test_services_section() -> None:
         ('pop3 cmd="pop3d" listen="99999"', "port 99999 is out of range"),
         ('pop3 cmd="pop3d" listen="nosuchservice"', "unknown service name"),
         ('pop3 cmd="pop3d" listen="110" prefork=x', "service pop3: prefork='x' is not a whole"),
+        # a typo must not have the master start processes until memory runs out
+        ('pop3 cmd="pop3d" listen="110" prefork=100000', "prefork=100000 is more workers than"),
         ('pop3 cmd="pop3d" listen="110" maxchild=1.5', "maxchild='1.5' is not a whole number"),
         ('pop3 cmd="pop3d" listen="110" proto=udp', "proto=udp is not supported"),
         ('pop3 cmd="pop3d listen="110"', "cannot parse entry"),
@@ -75,3 +77,21 @@ def test_unclosed_section(tmp_path) -> None:  # type: ignore[no-untyped-def]
     path.write_text('SERVICES {\n  pop3 cmd="pop3d" listen="110"\n')
     with pytest.raises(ConfigError, match="not closed"):
         cyrus.load(path)
+
+
+def test_prefork_within_what_the_machine_and_maxchild_allow() -> None:
+    most = cyrus.most_workers()
+    assert most >= 64 and most >= 8 * cyrus.available_cores()
+    text = f"""
+        SERVICES {{
+          top    cmd="pop3d" listen="1110" prefork={most}
+          capped cmd="pop3d" listen="1111" prefork=4 maxchild=2
+          fine   cmd="pop3d" listen="1112" prefork=2 maxchild=2
+        }}
+        """
+    config = cyrus.parse_text(text, "cyrus.conf")
+    assert [s.prefork for s in config.services] == [most, 2, 2]
+    assert [str(p) for p in config.problems] == [
+        "cyrus.conf:4: warning: service capped: prefork=4 is more than maxchild=2: 2 workers "
+        "(each needs room for a session)"
+    ]

@@ -133,3 +133,17 @@ def test_workers_follow_the_master_s_affinity(lab: Lab) -> None:
     if len(cores) < 2:
         pytest.skip("one core: the default is 1 either way")
     _cyrus_default_workers(lab, ("taskset", "-c", str(cores[0])), 1)
+
+
+def test_workers_without_prefork_are_no_more_than_maxchild(lab: Lab) -> None:
+    """maxchild=1 on a machine of several cores: one worker, not one worker per core
+    each holding a share of one session (which would let in one per worker)."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one core: the default is 1 either way")
+    server = start_server(lab, prefork=None, maxchild=1, workers=1)
+    try:
+        time.sleep(0.5)  # a master that started too many would have started them by now
+        assert len(worker_pids(server)) == 1
+        assert "1 workers (one per core available, no more than maxchild=1" in server.log_text()
+    finally:
+        assert server.stop() == 0
