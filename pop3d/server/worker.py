@@ -158,6 +158,11 @@ class Worker:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, self.stop)
             loop.add_signal_handler(signal.SIGHUP, self.context.reload_tls)
+        if self.status_fd is not None:
+            # Our end of the status pipe is its write end: it never reads as ready, but
+            # epoll reports an error on it once no process holds the read end, which is
+            # the master's. So a master that dies (killed, out of memory) is seen at once.
+            loop.add_reader(self.status_fd, self._master_gone)
         if self.context.options.proxy_protocol:
             acceptors = [loop.create_task(self._accept_proxied(sock)) for sock in sockets]
             await self._stop_accepting.wait()
@@ -185,6 +190,19 @@ class Worker:
             self.served,
             collected_objects() - collected_at_start,
         )
+
+    def _master_gone(self) -> None:
+        """The master closed our status pipe: it died, or it has already counted us out
+        (we retire, or it shuts down and has told us). Without a master nothing replaces
+        or stops this worker, and its listening socket would keep a new master from
+        binding the port: stop accepting, let the sessions finish, exit."""
+        assert self.status_fd is not None
+        asyncio.get_running_loop().remove_reader(self.status_fd)  # the error stays raised
+        if self._stop_accepting.is_set():
+            return  # retiring or stopping already
+        log.warning("worker: the master is gone; retiring")
+        self.status_fd = None  # nobody to tell
+        self.retire("the master is gone")
 
     async def _sessions_end_or_terminate(self) -> None:
         """Retiring: wait for every session to end by itself, unless a SIGTERM comes."""

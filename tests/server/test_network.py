@@ -291,6 +291,44 @@ def test_sigterm_stops_the_master_within_ten_seconds_and_loses_nothing(server: S
         socket.create_connection(("127.0.0.1", server.port), timeout=2).close()
 
 
+def test_workers_retire_when_the_master_dies(lab: Lab) -> None:
+    """A master killed outright (SIGKILL, the OOM killer) must not leave its workers
+    serving on their own: nothing would replace or stop them, and their listening socket
+    would keep a new master from the port. They stop accepting at once, let the sessions
+    they hold finish (QUIT's UPDATE included), then exit."""
+    server = start_server(lab)
+    (worker,) = worker_pids(server)
+    try:
+        sock, reader, reply = login(server.port)
+        assert reply.startswith(b"+OK")
+        server.process.kill()
+        server.process.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
+            except ConnectionRefusedError:
+                break  # nobody listens any more
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the orphaned worker still accepts connections")
+        assert Path(f"/proc/{worker}").exists()  # still serving its session
+        assert command(sock, reader, b"DELE 1") == b"+OK Message 1 deleted\r\n"
+        assert command(sock, reader, b"QUIT").startswith(b"+OK")
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{worker}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not Path(f"/proc/{worker}").exists(), "the worker did not exit"
+        assert len(lab.messages("bob")) == 2
+        assert "the master is gone; retiring" in server.log_text()
+        reader.close()
+        sock.close()
+    finally:
+        server.process.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker, signal.SIGKILL)  # not left behind, whatever failed
+
+
 def test_abrupt_disconnects_leave_the_server_serving(server: Server) -> None:
     for payload in (b"", b"USER bob\r\n", b"USER bob\r\nPASS builder\r\nRETR 1\r\n", b"X" * 20000):
         sock, reader = connect(server.port)
