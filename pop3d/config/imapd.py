@@ -82,6 +82,8 @@ def parse_value(option: Option, raw: str) -> object:
                 f"{option.name}: {raw!r} is not a duration (a number of "
                 f"{_unit_name(option.unit)}, or e.g. 1h30m, 45s)"
             )
+        if seconds < 0 and not option.negative:
+            raise ValueError(f"{option.name}: {raw!r} must not be negative")
         if seconds >= 0:
             _check_minimum(option, seconds, raw)
         return seconds

@@ -30,6 +30,9 @@ class Option:
     choices: tuple[str, ...] = ()
     unit: str = "s"  # DURATION: the unit of a bare number
     minimum: int | None = None
+    # DURATION: a negative value means something (popexpiretime's NEVER); elsewhere it is
+    # an error (a negative poptimeout would end every session at once).
+    negative: bool = False
 
 
 def _o(name: str, kind: Kind, default: object, doc: str, **extra: object) -> Option:
@@ -315,6 +318,7 @@ OPTIONS: dict[str, Option] = {
             "CAPA EXPIRE: days messages may stay (negative: NEVER). "
             "Advertised only; pop3d never expires mail.",
             unit="d",
+            negative=True,
         ),
         _o(
             "popminpoll",
@@ -490,7 +494,13 @@ OPTIONS: dict[str, Option] = {
             "worker that issued it), at most 24 hours as in Cyrus; 0 turns resumption off.",
             unit="m",
         ),
-        _o("tls_handshake_timeout", D, 30, "[pop3d] Time allowed for a TLS handshake."),
+        _o(
+            "tls_handshake_timeout",
+            D,
+            30,
+            "[pop3d] Time allowed for a TLS handshake.",
+            minimum=1,
+        ),
         _o(
             "kpop_handshake_timeout",
             D,

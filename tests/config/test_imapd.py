@@ -43,6 +43,24 @@ def test_bad_values_are_errors_with_file_and_line(tmp_path: Path) -> None:
     assert f"{path}:5: error: expected 'key: value'" in text
 
 
+def test_negative_durations_are_errors_where_they_mean_nothing(tmp_path: Path) -> None:
+    """A negative poptimeout ended every session at once, with only a warning; a zero
+    tls_handshake_timeout failed every handshake. popexpiretime keeps -1 (NEVER)."""
+    path = tmp_path / "imapd.conf"
+    path.write_text(
+        "poptimeout: -5\nfailedloginpause: -1\ntls_handshake_timeout: 0\npopexpiretime: -1\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        imapd.load(path)
+    text = str(caught.value)
+    assert f"{path}:1: error: poptimeout: '-5' must not be negative" in text
+    assert f"{path}:2: error: failedloginpause: '-1' must not be negative" in text
+    assert f"{path}:3: error: tls_handshake_timeout: '0' is below the minimum 1" in text
+    assert ":4:" not in text
+    path.write_text("popexpiretime: -1\n")
+    assert imapd.load(path).get("popexpiretime") == -86400
+
+
 def test_unknown_keys_warn_and_other_cyrus_keys_do_not(tmp_path: Path) -> None:
     config = imapd.from_text(
         "frobnicate: 1\nlmtpsocket: /x\nduplicatesuppression: 0\npartition-news: /n\n"
