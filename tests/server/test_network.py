@@ -61,14 +61,25 @@ def rss_kib(pid: int) -> int:
     return int(match.group(1))
 
 
-def server_receive_queue(server_port: int, client_port: int) -> int:
-    """Bytes the kernel holds for the server's socket that the server has not read."""
+def _server_queues(server_port: int, client_port: int) -> tuple[int, int]:
+    """The kernel's send and receive queues of the server's end of this connection."""
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
         local, remote = fields[1], fields[2]
         if local == f"0100007F:{server_port:04X}" and remote == f"0100007F:{client_port:04X}":
-            return int(fields[4].split(":")[1], 16)
+            send, receive = fields[4].split(":")
+            return int(send, 16), int(receive, 16)
     raise AssertionError("connection not found in /proc/net/tcp")
+
+
+def server_receive_queue(server_port: int, client_port: int) -> int:
+    """Bytes the kernel holds for the server's socket that the server has not read."""
+    return _server_queues(server_port, client_port)[1]
+
+
+def server_send_queue(server_port: int, client_port: int) -> int:
+    """Octets the kernel holds for the server's socket that the client has not taken."""
+    return _server_queues(server_port, client_port)[0]
 
 
 def server_holds_socket(server_port: int, client_port: int) -> bool:
@@ -481,16 +492,6 @@ def test_a_client_that_reads_slowly_is_not_timed_out(tmp_path: Path) -> None:
         sock.close()
     finally:
         server.stop()
-
-
-def server_send_queue(server_port: int, client_port: int) -> int:
-    """Octets the kernel holds for the server's socket that the client has not taken."""
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        local, remote = fields[1], fields[2]
-        if local == f"0100007F:{server_port:04X}" and remote == f"0100007F:{client_port:04X}":
-            return int(fields[4].split(":")[0], 16)
-    raise AssertionError("connection not found in /proc/net/tcp")
 
 
 def _settled(server_port: int, client_port: int) -> int:
