@@ -5,6 +5,7 @@ password, certificate and mail."""
 
 from __future__ import annotations
 
+import argparse
 import io
 import secrets
 import sys
@@ -65,11 +66,16 @@ def prepare(root: Path) -> str:
     return password_file.read_text().strip()
 
 
-def main() -> int:
-    if len(sys.argv) != 2:
-        print("usage: python -m pop3d.demo DIR", file=sys.stderr)
-        return 64
-    root = Path(sys.argv[1])
+def main(argv: list[str] | None = None) -> int:
+    # argparse, not sys.argv[1] taken as it comes: `python -m pop3d.demo --help` made a
+    # folder named "--help" holding a demo installation.
+    parser = argparse.ArgumentParser(
+        prog="python -m pop3d.demo",
+        description="Prepare (or keep) a self-contained pop3d installation in DIR: config, "
+        "a CA and server certificate, a demo user with a generated password, a few messages.",
+    )
+    parser.add_argument("dir", metavar="DIR", type=Path)
+    root: Path = parser.parse_args(argv).dir
     password = prepare(root)
     ca = (root / "tls" / "ca.pem").resolve()
     print(f"""

@@ -56,3 +56,17 @@ def test_demo_is_complete_and_idempotent(tmp_path: Path) -> None:
     lines = session.stdout.split(b"\r\n")
     assert b"STLS" in lines  # the demo offers STLS on the plain port ...
     assert b"-ERR [AUTH] USER/PASS is only permitted on an encrypted connection" in session.stdout
+
+
+def test_demo_answers_help_and_refuses_an_option_as_its_folder(tmp_path: Path) -> None:
+    """`python -m pop3d.demo --help` once prepared a demo installation in ./--help."""
+    for argv, code in ((["--help"], 0), (["-x"], 2), ([], 2)):
+        done = subprocess.run(
+            [sys.executable, "-m", "pop3d.demo", *argv],
+            cwd=tmp_path,
+            capture_output=True,
+            timeout=60,
+        )
+        assert done.returncode == code, (argv, done.stderr)
+        assert b"usage: python -m pop3d.demo" in done.stdout + done.stderr
+        assert list(tmp_path.iterdir()) == []
