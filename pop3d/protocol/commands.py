@@ -1,10 +1,10 @@
 """Parsing of one command line into a keyword and its arguments, strictly.
 
 RFC 1939 §3: a keyword of three or four printable ASCII characters, case-insensitive,
-followed by arguments separated by single spaces. We accept runs of spaces between arguments
-(Cyrus and Dovecot both do, and clients exist that send two), but nothing else: no tabs, no
-control characters, no trailing junk after a number. PASS is the exception the RFC allows:
-its one argument is everything after the first space, spaces included.
+followed by arguments separated by single spaces. We accept runs of spaces before and
+between arguments (Cyrus and Dovecot both do, and clients exist that send two), but nothing
+else: no tabs, no control characters, no trailing junk after a number. PASS is the exception
+the RFC allows: its one argument is everything after the first space, spaces included.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ MAX_MESSAGE_NUMBER = 2**32 - 1
 @dataclass(frozen=True, slots=True)
 class Command:
     keyword: str  # upper case
-    argument: bytes  # raw, after the single space that follows the keyword; b"" if none
+    argument: bytes  # raw, after the spaces that follow the keyword (PASS: the first only)
 
 
 class SyntaxProblem(Exception):
@@ -25,10 +25,13 @@ class SyntaxProblem(Exception):
 
 
 def parse_line(line: bytes) -> Command:
-    keyword, space, argument = line.partition(b" ")
+    keyword, _, argument = line.partition(b" ")
     if not keyword or not keyword.isalpha() or not keyword.isascii() or len(keyword) > 16:
         raise SyntaxProblem("Unrecognized command")
-    return Command(keyword.decode("ascii").upper(), argument if space else b"")
+    word = keyword.decode("ascii").upper()
+    # Cyrus skips the spaces after the first for every command but PASS (pop3d.c:768):
+    # "USER  alice" is alice, "AUTH  PLAIN" is PLAIN; a password may begin with a space.
+    return Command(word, argument if word == "PASS" else argument.lstrip(b" "))
 
 
 class ArgumentError(Exception):

@@ -14,6 +14,15 @@ def test_keyword_is_case_insensitive_and_argument_raw() -> None:
     assert command.argument == b" two  spaces "
 
 
+@pytest.mark.parametrize(
+    ("line", "argument"),
+    [(b"USER  alice", b"alice"), (b"AUTH   PLAIN", b"PLAIN"), (b"RETR  1", b"1"), (b"STAT ", b"")],
+)
+def test_spaces_after_the_keyword_are_skipped_but_for_pass(line: bytes, argument: bytes) -> None:
+    """Cyrus skips them for every command but PASS (pop3d.c:768): "USER  alice" is alice."""
+    assert commands.parse_line(line).argument == argument
+
+
 @pytest.mark.parametrize("line", [b"", b" STAT", b"ST4T", b"\xc3\xa9TAT", b"S" * 17])
 def test_lines_that_cannot_be_commands(line: bytes) -> None:
     with pytest.raises(SyntaxProblem):
