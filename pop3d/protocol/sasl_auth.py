@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-import re
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
@@ -38,9 +37,6 @@ if TYPE_CHECKING:
     from pop3d.protocol.session import Session
 
 
-_SASL_NAME = re.compile(r"[A-Z0-9_-]{1,20}")
-
-
 def offered(session: Session) -> list[str]:
     return registry.offered(
         session.settings.sasl_mechanisms, session.settings.policy, session.security
@@ -62,9 +58,11 @@ def auth(session: Session, argument: bytes) -> HandlerResult:
     name = name_raw.decode("ascii", "replace").upper()
     mechanism = registry.get(name)
     if mechanism is None or name not in available:
-        # Echo the name only when it is one (RFC 4422 §3.1: 1-20 of A-Z 0-9 - _), never
-        # client bytes at large (control characters, kilobytes: found by fuzz/).
-        shown = name if _SASL_NAME.fullmatch(name) else "That"
+        # Echo the name only when it is a mechanism's, never client bytes at large
+        # (control characters, kilobytes: found by fuzz/), nor a name-shaped word that may
+        # be an initial response sent without its mechanism: the answer goes to the
+        # telemetry log too.
+        shown = name if mechanism is not None else "That"
         session.err(f"[AUTH] {shown} is not an available mechanism; see CAPA")
         return Outcome.BAD
     initial: bytes | None = None
@@ -143,9 +141,10 @@ def _exchange(
         if answer:  # RFC 5034 §4: additional data is answered by an empty line
             result = SaslFailure("non-empty answer to additional data", result.authcid)
     if isinstance(result, SaslFailure) and unavailable:
-        return login_unavailable(session, result.authcid or "-", method, unavailable)
+        return login_unavailable(session, _logged_name(result.authcid, rules), method, unavailable)
     if isinstance(result, SaslFailure):
-        return (yield from login_failed(session, result.authcid or "-", method, result.reason))
+        name = _logged_name(result.authcid, rules)
+        return (yield from login_failed(session, name, method, result.reason))
     assert isinstance(result, Success)
     before = session.security
     if result.layer is not None:
@@ -187,6 +186,16 @@ def _response(session: Session, challenge: bytes) -> Generator[Any, Any, bytes |
     return decoded
 
 
+def _logged_name(raw: str, rules: IdentityRules) -> str:
+    """The name a failed exchange is logged under: the canonical one when the client's
+    text names a user at all, as USER's failures are, so that "DEMO" and "demo" count as
+    one user wherever failures are counted; the client's text otherwise."""
+    if not raw:
+        return "-"
+    split = split_folder(raw, rules)
+    return (None if split is None else canonical_user(split[0], rules)) or raw
+
+
 def _authorize(
     session: Session,
     result: Success,
@@ -200,6 +209,11 @@ def _authorize(
     # popsubfolders: "user+folder" in either identity (the authzid's folder first), as
     # Cyrus's popd_canon_user strips and keeps it from both
     as_cid = split_folder(result.authcid, rules)
+    if mechanism.flags & Flag.KERBEROS and as_cid is not None and as_cid != (result.authcid, None):
+        # popsubfolders: a folder comes from the authzid, never from the name the realm
+        # vouched for: principal alice+@REALM (or alice+work@REALM) is not alice.
+        reason = "principal names a folder"
+        return (yield from login_failed(session, result.authcid, method, reason))
     as_zid = split_folder(result.authzid, rules) if result.authzid else ("", None)
     authcid = None if as_cid is None else canonical_user(as_cid[0], rules)
     authzid = None if as_zid is None else canonical_user(as_zid[0], rules) if as_zid[0] else ""
@@ -244,10 +258,15 @@ def _canonical_request(
 
 
 def _base64(data: bytes) -> bytes | None:
-    """Strict base64 ("=" alone is an empty initial response, RFC 5034 §4)."""
+    """Strict base64: the alphabet, whole groups of four, no padding beyond the last group
+    and no stray bits in it (the one canonical spelling, RFC 4648 §3.5, as Cyrus's
+    sasl_decode64 demands). "=" alone is an empty response: RFC 5034 §4 defines it for the
+    initial response; as an answer to a challenge it is taken the same way, since it can
+    mean nothing else there."""
     if data == b"=":
         return b""
     try:
-        return base64.b64decode(data, validate=True)
+        decoded = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
         return None
+    return decoded if base64.b64encode(decoded) == data else None

@@ -27,6 +27,7 @@ from __future__ import annotations
 from typing import Final
 
 from pop3d.protocol.wire import OVERLONG
+from pop3d.sasl import registry
 
 REDACTED: Final = b"****"
 OVERLONG_SHOWN: Final = b"**** (line over the length limit, not kept)"
@@ -54,8 +55,12 @@ def shown_command(line: bytes | object) -> bytes:
         name, _, rest = argument.lstrip(b" ").partition(b" ")
         return keyword + (b" " + name if name else b"") + (b" " + REDACTED if rest else b"")
     if word == b"AUTH":
-        # The same split as sasl_auth.auth: "AUTH mechanism [initial-response]".
-        mechanism, _, initial = argument.partition(b" ")
+        # The same split as sasl_auth.auth: "AUTH mechanism [initial-response]". The first
+        # word is shown only when it names a mechanism this server has: a client that left
+        # the name out sent its initial response there ("AUTH AGFsaWNl...").
+        mechanism, _, initial = argument.lstrip(b" ").partition(b" ")
+        if mechanism and not registry.is_mechanism(mechanism):
+            return keyword + b" " + REDACTED
         shown = keyword + (b" " + mechanism if space else b"")
         return shown + b" " + REDACTED if initial else shown
     return REDACTED

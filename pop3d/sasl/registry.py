@@ -89,6 +89,12 @@ def names() -> frozenset[str]:
     return frozenset(_MECHANISMS)
 
 
+def is_mechanism(name: bytes) -> bool:
+    """Whether ``name`` (any case) names a mechanism of this build: what a log may show of
+    the word a client sent where a mechanism name belongs."""
+    return name.decode("ascii", "replace").upper() in _MECHANISMS
+
+
 def get(name: str) -> Mechanism | None:
     return _MECHANISMS.get(name.upper())
 

@@ -364,3 +364,25 @@ def test_the_login_realm_reaches_the_checker(lab: Lab) -> None:
         ("carol", "Example.Org"),
         ("carol@other.org", ""),
     ]
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        b"AGFsaWNlAHdvbmRlcmxhbmQ==",  # padding beyond the last group
+        b"AGFsaWNlAHdvbmRlcmxhbmQ",  # a group cut short
+        b"AGFsaWNlAHdvbmRlcmxhbmR=",  # stray bits in the last group
+    ],
+)
+def test_base64_is_taken_only_in_its_canonical_spelling(lab: Lab, spelling: bytes) -> None:
+    """RFC 4648 §3.5, as Cyrus's sasl_decode64: b64decode(validate=True) checks the
+    alphabet only, and took all three for "\\0alice\\0wonderland"."""
+    driven = drive(lab, settings_for_lab(sasl_mechanisms=("PLAIN",)))
+    driven.feed()
+    assert driven.feed(b"AUTH PLAIN " + spelling + b"\r\n") == (
+        b"-ERR [AUTH] Invalid base64 in the initial response\r\n"
+    )
+    assert driven.feed(b"AUTH PLAIN\r\n") == b"+ \r\n"
+    assert driven.feed(spelling + b"\r\n") == b"-ERR [AUTH] Invalid base64 in the response\r\n"
+    canonical = base64.b64encode(b"\0alice\0wonderland")
+    assert driven.feed(b"AUTH  PLAIN " + canonical + b"\r\n").startswith(b"+OK")

@@ -36,6 +36,10 @@ def _text(driven: Driven) -> bytes:
         (b"AUTH PLAIN AGFsaWNlAHdvbmRlcmxhbmQ=", b"AUTH PLAIN ****"),
         (b"AUTH PLAIN", b"AUTH PLAIN"),
         (b"AUTH", b"AUTH"),
+        (b"AUTH  plain AGFsaWNlAHdvbmRlcmxhbmQ=", b"AUTH plain ****"),
+        # The mechanism's name left out: its initial response where the name belongs
+        (b"AUTH AGFsaWNlAHdvbmRlcmxhbmQ=", b"AUTH ****"),
+        (b"AUTH AGFsaWNlAHdvbmRlcmxhbmRz", b"AUTH ****"),
         (b"RETR 1", b"RETR 1"),
         (b"wonderland", b"****"),
         (b"XTND secret", b"****"),
@@ -127,3 +131,17 @@ def test_nothing_is_recorded_unless_asked(lab: Lab) -> None:
     driven.session.stop_recording()
     driven.feed(b"NOOP\r\n")
     assert transcript.take() == []
+
+
+def test_an_initial_response_sent_without_its_mechanism_is_not_recorded(lab: Lab) -> None:
+    """Found probing: "AUTH <base64 of the password>" (the name left out) was kept in the
+    transcript twice, as the command and in the -ERR that echoed it."""
+    driven = drive(lab, SASL)
+    driven.session.record()
+    driven.feed()
+    blob = base64.b64encode(b"\0alice\0wonderlands")  # no padding, name-shaped
+    assert driven.feed(b"AUTH " + blob + b"\r\n") == (
+        b"-ERR [AUTH] That is not an available mechanism; see CAPA\r\n"
+    )
+    assert driven.feed(b"AUTH PLAIN " + blob + b"\r\n").startswith(b"-ERR")
+    assert blob not in _text(driven)

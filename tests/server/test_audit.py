@@ -240,7 +240,8 @@ def test_records_reach_syslog_and_the_jsonl_file(tmp_path: Path, syslog: Syslog)
     assert banned == ["127.0.0.1"] * 4 + ["203.0.113.9"]
     assert "plaintext (eve\\x1b\\x20result=\\x3cok\\x3e) [SASL(-13)" in logins[0]
     assert " PLAIN (-) [SASL(-13): authentication failure: bad identity]" in logins[2]
-    assert " PLAIN (mallory\\x29\\x20\\x5bSASL\\x28-13\\x29\\x20x\\x5d\\x20" in logins[3]
+    # (logged under its canonical spelling, as USER's failures are: lower case)
+    assert " PLAIN (mallory\\x29\\x20\\x5bsasl\\x28-13\\x29\\x20x\\x5d\\x20" in logins[3]
     last = records[-1]
     assert last.startswith("counts: retr=<1> top=<0> dele=<1> ")
     assert "user=<alice> mech=<USER>" in last and "reason=<QUIT>" in last
@@ -262,7 +263,7 @@ def test_records_reach_syslog_and_the_jsonl_file(tmp_path: Path, syslog: Syslog)
     assert objects[0]["user"] == "eve\x1b result=<ok>"
     assert objects[1]["user"] == "eve result=<ok> user=<alice>"
     assert (objects[3]["user"], objects[3]["reason"]) == ("-", "bad identity")
-    assert objects[4]["user"] == crafted
+    assert objects[4]["user"] == crafted.lower()  # canonical, as USER's failures are
     assert objects[6]["client"] == "203.0.113.9" and objects[6]["service"] == "pop3h"
     assert objects[8]["mechanism"] == "USER" and objects[8]["ssf"] == 0
     session = objects[9]
