@@ -40,7 +40,11 @@ def canonical_user(raw: bytes | str, rules: IdentityRules) -> str | None:
             return None
     else:
         name = raw
-    if not name or name != name.strip() or len(name.encode("utf-8")) > 255:
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:  # a lone surrogate: bytes that were not UTF-8 (argv)
+        return None
+    if not name or name != name.strip() or size > 255:
         return None
     if name.startswith(".") or not _allowed_characters(name):
         return None
@@ -48,7 +52,9 @@ def canonical_user(raw: bytes | str, rules: IdentityRules) -> str | None:
         name = name.lower()
     if "@" in name:
         local, _, domain = name.rpartition("@")
-        if not local or not domain:
+        # A domain is a folder of its own under maildir_path's %d: "x@.." would be the
+        # spool's parent and "y@." the same Maildir as "y".
+        if not local or not domain or domain.startswith("."):
             return None
         if rules.virtdomains:
             if rules.defaultdomain and domain.lower() == rules.defaultdomain.lower():

@@ -356,6 +356,12 @@ def test_canonical_user_refuses_exactly_separators_and_control_characters(raw: s
         ("a\x00b", None),
         ("x" * 256, None),
         ("名前", "名前"),
+        # maildir_path's %d is a folder: found probing, x@.. made a Maildir outside the
+        # partition and y@. shared y's
+        ("x@..", None),
+        ("y@.", None),
+        ("z@.example.org", None),
+        ("a\udcffb", None),  # argv's spelling of bytes that are not UTF-8
     ],
 )
 def test_canonical_user(raw: str, expected: str | None) -> None:
