@@ -19,7 +19,7 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pop3d.config.imapd import ConfigError, Problem
+from pop3d.config.imapd import ConfigError, Problem, Unreadable, lines, not_utf8, read_text
 
 _SECTIONS = frozenset({"START", "SERVICES", "EVENTS", "DAEMON"})
 _SERVICE_KEYS = frozenset(
@@ -205,9 +205,12 @@ def _service(name: str, values: dict[str, str], path: str, number: int, out: Mas
 def parse_text(text: str, path: str) -> MasterConfig:
     out = MasterConfig(path)
     section: str | None = None
-    for number, raw in enumerate(text.splitlines(), 1):
+    for number, raw in enumerate(lines(text), 1):
         line = raw.split("#", 1)[0].strip() if '"' not in raw else raw.strip()
         if not line or line.startswith("#"):
+            continue
+        if not_utf8(line):
+            out.problems.append(Problem(path, number, "not UTF-8"))
             continue
         if section is None:
             match = re.fullmatch(r"([A-Z]+)\s*\{", line)
@@ -233,10 +236,9 @@ def parse_text(text: str, path: str) -> MasterConfig:
 
 def load(path: str | Path) -> MasterConfig:
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
-        raise ConfigError([Problem(str(path), 0, f"cannot read: {reason}")]) from None
+        text = read_text(path)
+    except Unreadable as exc:
+        raise ConfigError([Problem(str(path), 0, f"cannot read: {exc}")]) from None
     config = parse_text(text, str(path))
     errors = [p for p in config.problems if p.severity == "error"]
     if errors:

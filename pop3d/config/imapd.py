@@ -10,7 +10,9 @@ and ignored, so a site's shared imapd.conf checks clean.
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +31,54 @@ _DURATION = re.compile(r"(?:\d+[dhms])+")
 _DURATION_PART = re.compile(r"(\d+)([dhms])")
 _PARTITION = re.compile(r"(?:meta|archive|search)?partition-[a-z0-9_-]+")
 _MAX_INCLUDE_DEPTH = 8
+_MAX_FILE = 4 << 20  # a config file is a few KiB; /dev/zero is not one
+
+
+class Unreadable(Exception):
+    """A config file that cannot be read as one; the text says why."""
+
+
+def read_text(path: str | Path) -> str:
+    """A config file's text, read as Cyrus reads it: bytes split into lines on LF only
+    (:func:`lines`), so bytes that are not UTF-8 matter only where a line is used, not in
+    a comment. Only a regular file of at most 4 MiB: a FIFO would hang the reader and
+    /dev/zero fill its memory. A UTF-8 byte-order mark is dropped."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise Unreadable(exc.strerror or str(exc)) from None
+    except ValueError:
+        raise Unreadable("NUL in the file name") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise Unreadable("not a regular file")
+        chunks, size = [], 0
+        while size <= _MAX_FILE and (chunk := os.read(fd, 1 << 16)):
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise Unreadable(exc.strerror or str(exc)) from None
+    finally:
+        os.close(fd)
+    if size > _MAX_FILE:
+        raise Unreadable(f"larger than {_MAX_FILE >> 20} MiB")
+    return b"".join(chunks).decode("utf-8", "surrogateescape").removeprefix("\ufeff")
+
+
+def lines(text: str) -> list[str]:
+    """``text`` split on LF only, as Cyrus's config reader does: str.splitlines() also
+    split at a form feed, a lone CR or U+2028 in a comment, and every line number after
+    it was wrong. A CR before the LF goes with the line's other trailing space."""
+    return text.split("\n")
+
+
+def not_utf8(line: str) -> bool:
+    """A line holding bytes that were not UTF-8 (:func:`read_text` kept them apart)."""
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,23 +249,20 @@ class _Parser:
 
     def parse_file(self, path: Path, depth: int = 0, origin: tuple[str, int] | None = None) -> None:
         try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, ValueError) as exc:  # ValueError: not UTF-8, or a NUL in the path
+            text = read_text(path)
+        except Unreadable as exc:
             where, line = origin or (str(path), 0)
-            if isinstance(exc, OSError):
-                reason = exc.strerror
-            elif isinstance(exc, UnicodeDecodeError):
-                reason = "not UTF-8"
-            else:
-                reason = "NUL in the file name"
-            self.problem(where, line, f"cannot read {path}: {reason}")
+            self.problem(where, line, f"cannot read {path}: {exc}")
             return
         self.parse_text(text, str(path), depth)
 
     def parse_text(self, text: str, path: str, depth: int = 0) -> None:
-        for number, raw in enumerate(text.splitlines(), 1):
+        for number, raw in enumerate(lines(text), 1):
             line = raw.strip()
             if not line or line.startswith("#"):
+                continue
+            if not_utf8(line):
+                self.problem(path, number, "not UTF-8")
                 continue
             key, sep, value = line.partition(":")
             key = key.strip().lower()

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-from pop3d.config import imapd
+from pop3d.config import cyrus, imapd
 from pop3d.config.imapd import ConfigError
 from pop3d.config.options import OPTIONS, Kind
 from pop3d.sasl import registry
@@ -128,3 +129,39 @@ def test_a_problem_without_a_line_names_the_file_only() -> None:
     assert str(imapd.Problem("/etc/imapd.conf", 0, "bad")) == "/etc/imapd.conf: error: bad"
     unset = imapd.from_text("", "/etc/imapd.conf").problem_with("sasl_keytab", None, "gone")
     assert str(unset) == "/etc/imapd.conf (sasl_keytab unset): error: gone"
+
+
+def test_lines_end_at_lf_only_and_bytes_not_utf8_matter_only_where_used(tmp_path: Path) -> None:
+    """Found probing: a form feed, a lone CR or U+2028 in a comment split the line (the
+    rest refused as 'expected key: value', every later line number off by one); a Latin-1
+    comment in a shared Cyrus imapd.conf refused the whole file without a line."""
+    conf = tmp_path / "imapd.conf"
+    conf.write_bytes(
+        b"\xef\xbb\xbf# the site's config\r\n"  # a byte-order mark, CRLF
+        b"# page\x0cbreak, a lone\rCR, a \xe2\x80\xa8 separator, Latin-1: caf\xe9\n"
+        b"servername: mail.example.org\r\n"
+        b"poptimeout: 11m\n"
+    )
+    config = imapd.load(conf)
+    assert config.string("servername") == "mail.example.org"
+    assert config.integer("poptimeout") == 660 and config.problems == []
+    conf.write_bytes(b"servername: mail.example.org\n# fine\nlistenqueue: caf\xe9\n")
+    with pytest.raises(ConfigError) as caught:
+        imapd.load(conf)
+    assert [(p.line, p.message) for p in caught.value.problems] == [(3, "not UTF-8")]
+
+
+@pytest.mark.parametrize(("name", "reason"), [("fifo", "not a regular file"), ("big", "larger")])
+def test_only_a_regular_file_of_sane_size_is_read(tmp_path: Path, name: str, reason: str) -> None:
+    """-C naming a FIFO hung pop3d (and pop3d-admin) for ever; /dev/zero filled memory."""
+    path = tmp_path / name
+    if name == "fifo":
+        os.mkfifo(path)
+    else:
+        path.write_bytes(b"# padding\n" * (500 << 10))
+    with pytest.raises(ConfigError) as caught:
+        imapd.load(path)
+    assert reason in caught.value.problems[0].message
+    with pytest.raises(ConfigError) as caught:
+        cyrus.load(path)
+    assert reason in caught.value.problems[0].message
