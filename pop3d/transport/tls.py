@@ -19,7 +19,8 @@ What a handshake yields for the layers above (:func:`facts`):
 * channel bindings (RFC 5056): ``tls-server-end-point`` (RFC 5929 §4.1, a hash of our own
   certificate, valid on every TLS version), ``tls-exporter`` on TLS 1.3 (RFC 9266: 32
   bytes exported under the label "EXPORTER-Channel-Binding", no context) and
-  ``tls-unique`` on TLS 1.2 only (RFC 9266 §3 forbids it on 1.3).
+  ``tls-unique`` on TLS 1.2 only (RFC 9266 §3 forbids it on 1.3), and only with the
+  extended master secret (RFC 7627).
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 
-# pyOpenSSL's cffi binding, for the two calls it has no public method for
-# (SSL_session_reused, SSL_get_verify_result).
+# pyOpenSSL's cffi binding, for the calls it has no public method for
+# (SSL_session_reused, SSL_get_verify_result, SSL_get_extms_support).
 from OpenSSL._util import lib as _lib
 
 from pop3d.config.imapd import Config
@@ -209,7 +210,10 @@ def facts(connection: SSL.Connection, server: ServerTLS) -> TLSInfo:
         bindings["tls-exporter"] = connection.export_keying_material(
             EXPORTER_LABEL, EXPORTER_LENGTH, b""
         )
-    elif tls_version in ("TLSv1.2", "TLSv1.1", "TLSv1"):
+    elif tls_version in ("TLSv1.2", "TLSv1.1", "TLSv1") and extended_master_secret(connection):
+        # Without the extended master secret (RFC 7627) a man in the middle can give two
+        # connections the same Finished message (the triple handshake attack, RFC 9266
+        # §1): tls-unique would then bind nothing, and SCRAM-PLUS would be relayed.
         unique = tls_unique(connection)
         if unique:
             bindings["tls-unique"] = unique
@@ -228,6 +232,10 @@ def tls_unique(connection: SSL.Connection) -> bytes | None:
     if session_reused(connection):
         return connection.get_finished()
     return connection.get_peer_finished()
+
+
+def extended_master_secret(connection: SSL.Connection) -> bool:
+    return _lib.SSL_get_extms_support(connection._ssl) == 1
 
 
 def session_reused(connection: SSL.Connection) -> bool:

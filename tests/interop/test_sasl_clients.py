@@ -430,3 +430,23 @@ def test_fetchmail_cram_md5(setup: Setup, tmp_path: Path) -> None:
     wrong = Fetchmail(tmp_path / "fm2", "localhost", setup.port, "alice", "nope")
     refused = wrong("-p", "POP3", "--auth", "cram-md5", "--sslproto", "", "--keep")
     assert refused.code == 3, refused.log  # authentication failed
+
+
+def test_tls_unique_is_refused_without_the_extended_master_secret(setup: Setup) -> None:
+    """Found probing: TLS 1.2 without RFC 7627's extended master secret let tls-unique
+    bind SCRAM-PLUS, which the triple handshake attack defeats (RFC 9266 §1)."""
+    context = ssl.create_default_context(cafile=str(setup.ca))
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    context.options |= 0x1  # SSL_OP_NO_EXTENDED_MASTER_SECRET: the client offers none
+    raw = socket.create_connection(("127.0.0.1", setup.pop3s), timeout=10)
+    session = Pop3(context.wrap_socket(raw, server_hostname="localhost"))
+    try:
+        assert session.line().startswith(b"+OK")
+        unique = client_binding("tls-unique", session.sock)
+        assert scram_login(session, "SCRAM-SHA-256-PLUS", unique) == (
+            b"-ERR [AUTH] Invalid login\r\n"
+        )
+        end_point = client_binding("tls-server-end-point", session.sock)
+        assert scram_login(session, "SCRAM-SHA-256-PLUS", end_point).startswith(b"+OK")
+    finally:
+        session.close()
