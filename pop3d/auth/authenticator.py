@@ -220,10 +220,14 @@ class Authenticator:
         values: dict[str, Secret] = {}
         decoys: set[str] = set()
         for scheme in schemes:
+            # The decoy is made for a known user too, and dropped: it is most of this
+            # call's work, and made only for unknown names it answered them 50-80 µs later
+            # (measured probing, a free oracle: the exchange can be cancelled right there).
+            decoy = self._scram_decoy(user, scheme) if scheme.startswith("SCRAM-") else None
             if scheme in stored:
                 values[scheme] = Secret(stored[scheme].encode("utf-8"))
-            elif scheme.startswith("SCRAM-"):
-                values[scheme] = Secret(self._scram_decoy(user, scheme).encode("ascii"))
+            elif decoy is not None:
+                values[scheme] = Secret(decoy.encode("ascii"))
                 decoys.add(scheme)
         return Secrets(user, record is not None, values, frozenset(decoys))
 

@@ -235,7 +235,7 @@ def tls_unique(connection: SSL.Connection) -> bytes | None:
 
 
 def extended_master_secret(connection: SSL.Connection) -> bool:
-    return _lib.SSL_get_extms_support(connection._ssl) == 1
+    return bool(_lib.SSL_get_extms_support(connection._ssl) == 1)
 
 
 def session_reused(connection: SSL.Connection) -> bool:

@@ -5,16 +5,19 @@ their password changes, so decoys built from the new settings would stand out.""
 from __future__ import annotations
 
 import base64
+import hmac
 import socket
 import time
 from pathlib import Path
+
+import pytest
 
 from pop3d.auth import credentials
 from pop3d.auth.authenticator import Authenticator
 from pop3d.auth.credentials import CredentialFile, UserRecord
 from pop3d.auth.passwords import Argon2Parameters, hash_password, phc_parameters
 from pop3d.security.secret import Secret
-from tests.support.lab import Lab, start_server
+from tests.support.lab import FAST_ARGON2, Lab, start_server
 
 
 def scram_iterations_offered(port: int, user: str) -> int:
@@ -83,3 +86,29 @@ def test_decoys_follow_the_file_when_it_changes(lab: Lab) -> None:
     lab.credentials.unlink()  # nothing stored: the settings are all there is
     assert phc_parameters(auth.decoys().argon2_hash) == Argon2Parameters(passes=3)
     assert auth.decoys().scram_shape("SCRAM-SHA-256") == (4096, 16)
+
+
+def test_known_and_unknown_names_get_the_same_hashing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found probing: the SCRAM decoy was made only for unknown names, and its three
+    HMAC-SHA512 answered them 50-80 µs later than known ones, before any password, with
+    the exchange free to cancel: a user-enumeration oracle. No time is asserted here; the
+    hashing itself is counted (the real hmac, wrapped)."""
+    lab = Lab(tmp_path / "lab").create()
+    authenticator = Authenticator(CredentialFile(lab.credentials), FAST_ARGON2)
+    made: list[bytes] = []
+    real_new = hmac.new
+
+    def counted(key: bytes, message: bytes, digest: object) -> hmac.HMAC:
+        made.append(message)
+        return real_new(key, message, digest)  # type: ignore[arg-type]
+
+    monkeypatch.setattr("pop3d.auth.authenticator.hmac.new", counted)
+    work = {}
+    for user in ("alice", "nobody-at-all"):
+        made.clear()
+        secrets = authenticator.fetch_secrets(user, ("SCRAM-SHA-256",))
+        assert secrets.known == (user == "alice")
+        work[user] = len(made)
+    assert work["alice"] == work["nobody-at-all"] > 0
