@@ -5,7 +5,8 @@ reads CAPA in 64-byte chunks and misses a name split across two, so the one it m
 (GSSAPI) must come early on the line.
 
 * enabled = ``sasl_mech_list`` when set (names this build lacks are ignored with a warning
-  when the config is read), else every mechanism that is not LEGACY (and not TOKEN unless
+  when the config is read, and OAUTHBEARER/XOAUTH2 without ``oauth_issuer`` too), else
+  every mechanism that is not LEGACY (and not TOKEN unless
   token validation is configured, not KERBEROS unless a keytab is: a site without
   Kerberos should not advertise mechanisms that can only fail);
 * offered = what :meth:`Policy.offers_mechanism` allows given each mechanism's flags: no
@@ -72,14 +73,21 @@ _MECHANISMS: dict[str, Mechanism] = {
 
 
 def config_problems(config: Config) -> list[Problem]:
-    """Warnings for ``sasl_mech_list`` names (any service's) that this build lacks."""
+    """Warnings for ``sasl_mech_list`` names (any service's) that this build lacks, or
+    that cannot work as configured (a token mechanism without ``oauth_issuer``)."""
     problems = []
     for key, setting in config.settings.items():
         if not key.endswith("sasl_mech_list") or not isinstance(setting.value, str):
             continue
+        service = key.removesuffix("sasl_mech_list").removesuffix("_") or None
         for name in setting.value.upper().split():
             if name not in _MECHANISMS:
                 message = f"{key}: SASL mechanism {name} is not offered by this build (ignored)"
+                problems.append(Problem(setting.path, setting.line, message, "warning"))
+            elif _MECHANISMS[name].flags & Flag.TOKEN and not config.string(
+                "oauth_issuer", service
+            ):
+                message = f"{key}: {name} needs oauth_issuer to check tokens (not offered)"
                 problems.append(Problem(setting.path, setting.line, message, "warning"))
     return problems
 
@@ -111,8 +119,16 @@ def enabled(
 ) -> tuple[str, ...]:
     """``kerberos``: an acceptor keytab is configured (``sasl_keytab``)."""
     if mech_list is not None:
+        # Named or not, a token mechanism is not offered without a token validator: every
+        # login through it could only fail (config_problems warns).
         wanted = {word.upper() for word in mech_list.split()}
-        return tuple(name for name in ORDER if name in wanted and name in _MECHANISMS)
+        return tuple(
+            name
+            for name in ORDER
+            if name in wanted
+            and name in _MECHANISMS
+            and (token_validation or not _MECHANISMS[name].flags & Flag.TOKEN)
+        )
     chosen = []
     for name in ORDER:
         mechanism = _MECHANISMS.get(name)

@@ -165,3 +165,15 @@ def test_only_a_regular_file_of_sane_size_is_read(tmp_path: Path, name: str, rea
     with pytest.raises(ConfigError) as caught:
         cyrus.load(path)
     assert reason in caught.value.problems[0].message
+
+
+def test_token_mechanisms_named_without_an_issuer_warn_and_are_not_offered() -> None:
+    """Found probing: sasl_mech_list naming OAUTHBEARER and XOAUTH2 without oauth_issuer
+    checked clean, and CAPA offered both, where every login could only fail."""
+    config = imapd.from_text("sasl_mech_list: PLAIN OAUTHBEARER XOAUTH2\n", "imapd.conf")
+    warnings = [str(p) for p in registry.config_problems(config)]
+    assert len(warnings) == 2 and all("needs oauth_issuer" in w for w in warnings)
+    assert registry.enabled("PLAIN OAUTHBEARER XOAUTH2") == ("PLAIN",)
+    assert registry.enabled("PLAIN OAUTHBEARER", token_validation=True) == ("OAUTHBEARER", "PLAIN")
+    served = imapd.from_text("pop3s_sasl_mech_list: OAUTHBEARER\npop3s_oauth_issuer: x\n")
+    assert registry.config_problems(served) == []
