@@ -59,6 +59,7 @@ from pop3d.cli.common import (
     load_config,
     run,
 )
+from pop3d.cli.master import command_problem, no_service_problem
 from pop3d.config import cyrus, imapd
 from pop3d.config.imapd import Config, ConfigError
 from pop3d.sasl import registry
@@ -428,9 +429,14 @@ def cmd_check_config(config_path: str, args: argparse.Namespace) -> int:
         cyrus_path = DEFAULT_CYRUS_CONF
     if cyrus_path is not None:
         try:
-            problems += [str(p) for p in cyrus.load(cyrus_path).problems]
+            master_config = cyrus.load(cyrus_path)
         except ConfigError as exc:
             problems += [str(p) for p in exc.problems]
+        else:
+            problems += [str(p) for p in master_config.problems]
+            found = [no_service_problem(master_config)]
+            found += [command_problem(service) for service in master_config.services]
+            problems += [problem for problem in found if problem is not None]
     for problem in problems:
         print(problem)
     if problems:

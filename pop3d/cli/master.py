@@ -37,6 +37,30 @@ GETOPT = "C:M:p:d"  # each documented in pop3d/man/pop3d-master.8
 USAGE = "usage: pop3d-master [-C imapd.conf] [-M cyrus.conf] [-p pidfile] [-d]"
 
 
+def command_problem(service: cyrus.Service) -> str | None:
+    """What is wrong with a service's cmd= as the master would run it (file:line), or None:
+    its pop3d options, as pop3d itself parses them. Shared with ``pop3d-admin
+    check-config``, which once passed a cmd the master then refused."""
+    try:
+        args = parse_arguments(list(service.argv[1:]))
+    except Exit as exc:
+        problem = exc.message.splitlines()[0]
+    else:
+        if args.stdio:
+            problem = "-X is not supported under the master"
+        elif args.kpop and args.implicit_tls:
+            problem = KPOP_WITH_TLS
+        else:
+            return None
+    return f"{service.path}:{service.line}: service {service.name}: {problem}"
+
+
+def no_service_problem(master_config: cyrus.MasterConfig) -> str | None:
+    if master_config.services:
+        return None
+    return f"{master_config.path}: no pop3d service in SERVICES"
+
+
 def _validate(
     config_path: str, master_config: cyrus.MasterConfig, account: privileges.Account | None
 ) -> None:
@@ -45,18 +69,11 @@ def _validate(
     problems: list[str] = []
     warned = {config_path}  # main() printed its warnings
     for service in master_config.services:
-        try:
-            args = parse_arguments(list(service.argv[1:]))
-        except Exit as exc:
-            problems.append(
-                f"{service.path}:{service.line}: service {service.name}: "
-                f"{exc.message.splitlines()[0]}"
-            )
+        problem = command_problem(service)
+        if problem is not None:
+            problems.append(problem)
             continue
-        if args.stdio or (args.kpop and args.implicit_tls):
-            problem = "-X is not supported under the master" if args.stdio else KPOP_WITH_TLS
-            problems.append(f"{service.path}:{service.line}: service {service.name}: {problem}")
-            continue
+        args = parse_arguments(list(service.argv[1:]))
         path = args.config or config_path
         config = load_config(PROGRAM, path, warn=path not in warned)
         warned.add(path)
@@ -118,10 +135,10 @@ def main(argv: list[str] | None = None) -> int:
         master_config = cyrus.load(cyrus_path)
     except ConfigError as exc:
         raise config_exit(PROGRAM, exc.problems) from None
-    for problem in master_config.problems:
-        print(f"{PROGRAM}: {problem}", file=sys.stderr)
-    if not master_config.services:
-        fail(PROGRAM, EX_CONFIG, f"{cyrus_path}: no pop3d service in SERVICES")
+    for warning in master_config.problems:
+        print(f"{PROGRAM}: {warning}", file=sys.stderr)
+    if (problem := no_service_problem(master_config)) is not None:
+        fail(PROGRAM, EX_CONFIG, problem)
     try:
         privileges.target(config)  # refuse root without cyrus_user before binding anything
     except ConfigError as exc:

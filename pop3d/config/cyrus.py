@@ -12,6 +12,7 @@ is 1109 when the file has no such line, as on Debian),
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import shlex
@@ -114,6 +115,11 @@ def parse_listen(text: str, proto: str = "tcp") -> Listen:
         return Listen(socket.AF_INET6, host, _port(port))
     if ":" in text:
         host, _, port = text.rpartition(":")
+        if host and all(c.isdigit() or c == "." for c in host):
+            try:  # a numeric address must be one: "999.1.1.1" is not a host name either
+                ipaddress.IPv4Address(host)
+            except ValueError:
+                raise ValueError(f"listen {text!r}: {host} is not an IPv4 address") from None
         return Listen(_family_of(host, proto), host, _port(port))
     return Listen(socket.AF_INET6 if proto == "tcp6" else socket.AF_INET, default_host, _port(text))
 
@@ -199,6 +205,10 @@ def _service(name: str, values: dict[str, str], path: str, number: int, out: Mas
     if any(s.name == name for s in out.services):
         error(f"service {name} is defined twice")
         return
+    for other in out.services:
+        if other.listen == listen:  # the master's second bind would fail (exit 71)
+            error(f"service {name}: listens where service {other.name} does (line {other.line})")
+            return
     out.services.append(Service(name, argv, listen, prefork, maxchild, path, number))
 
 

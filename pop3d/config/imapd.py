@@ -324,6 +324,10 @@ class _Parser:
                 f"{key}: {shown} has no effect here (ignored): {no_effect[1]}",
                 "warning",
             )
+        if option.name == "maildir_path" and isinstance(value, str):
+            trouble = maildir_template_problem(value)
+            if trouble:
+                self.problem(path, n, f"{key}: {trouble}")
         if option.name == "poptimeout" and isinstance(value, int) and value < 600:
             self.problem(
                 path,
@@ -331,6 +335,25 @@ class _Parser:
                 f"{key}: {value}s is below the 10 minutes RFC 1939 asks for",
                 "warning",
             )
+
+
+def maildir_template_problem(template: str) -> str | None:
+    """Why ``maildir_path`` cannot work, or None. Found probing, each of these checked
+    clean: an empty value (every maildrop the server's working folder), no %u or %n (all
+    users one maildrop), an unknown escape or a lone % at the end (every login failing
+    with [SYS/TEMP]), a relative path (a maildrop wherever the process started)."""
+    escapes = re.findall(r"%(.?)", template)
+    unknown = sorted({e for e in escapes if e not in "undp%" or not e})
+    if not template:
+        return "empty: it must name each user's Maildir, e.g. %p/%u/Maildir"
+    if unknown:
+        shown = ", ".join(f"%{e}" if e else "a lone % at the end" for e in unknown)
+        return f"{shown} is not one of %u %n %d %p %%"
+    if "u" not in escapes and "n" not in escapes:
+        return "names no user (%u or %n): every user would share one maildrop"
+    if not template.startswith(("/", "%p")):
+        return "must be an absolute path (or start with %p)"
+    return None
 
 
 def load(path: str | Path) -> Config:

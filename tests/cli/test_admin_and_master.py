@@ -123,6 +123,42 @@ def test_check_config_reports_every_problem_with_file_and_line(lab: Lab) -> None
     assert any(f"{cyrus_conf}:2: error: service pop3: port 99999" in line for line in lines)
 
 
+def test_check_config_refuses_what_the_master_and_the_logins_would(lab: Lab) -> None:
+    """Found probing, each said "configuration OK" and then failed: no service, a cmd the
+    master refuses, two services on one address, a numeric address that is none, and a
+    maildir_path that cannot name each user's Maildir."""
+    cyrus_conf = lab.root / "cyrus.conf"
+    text = lab.config.read_text()
+    for services, expected in (
+        ("", "no pop3d service in SERVICES"),
+        (
+            '  pop3 cmd="pop3d -Z" listen="1110"\n',
+            ":2: service pop3: pop3d: option -Z not recognized",
+        ),
+        ('  pop3 cmd="pop3d -X" listen="1110"\n', "-X is not supported under the master"),
+        (
+            '  pop3 cmd="pop3d" listen="1110"\n  pop3b cmd="pop3d" listen="1110"\n',
+            ":3: error: service pop3b: listens where service pop3 does (line 2)",
+        ),
+        ('  pop3 cmd="pop3d" listen="999.1.1.1:110"\n', "999.1.1.1 is not an IPv4 address"),
+    ):
+        cyrus_conf.write_text("SERVICES {\n" + services + "}\n")
+        result = admin(lab, "check-config", "-M", str(cyrus_conf))
+        assert result.returncode == 78 and expected in result.stdout.decode(), result.stdout
+    cyrus_conf.write_text('SERVICES {\n  pop3 cmd="pop3d" listen="1110"\n}\n')
+    for template, expected in (
+        ("", "empty"),
+        ("%p/Maildir", "names no user"),
+        ("%p/%x/Maildir", "%x is not one of"),
+        ("%p/%u/%", "a lone % at the end"),
+        ("mail/%u", "must be an absolute path"),
+    ):
+        lab.config.write_text(text + f"maildir_path: {template}\n")
+        result = admin(lab, "check-config", "-M", str(cyrus_conf))
+        assert result.returncode == 78, (template, result.stdout)
+        assert f"maildir_path: {expected}" in result.stdout.decode(), result.stdout
+
+
 def test_check_config_sees_a_group_readable_credential_file(lab: Lab) -> None:
     lab.credentials.chmod(0o660)
     cyrus_conf = lab.root / "cyrus.conf"
