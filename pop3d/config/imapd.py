@@ -324,6 +324,15 @@ class _Parser:
                 f"{key}: {shown} has no effect here (ignored): {no_effect[1]}",
                 "warning",
             )
+        # servername goes into the greeting, the APOP challenge and Kerberos's
+        # pop/<servername>: one host name, not a line's worth of text (found probing: NUL,
+        # ESC, spaces).
+        if (
+            option.name == "servername"
+            and isinstance(value, str)
+            and (not value.isascii() or not value.isprintable() or " " in value)
+        ):
+            self.problem(path, n, f"{key}: {value!r} is not a host name")
         if option.name == "maildir_path" and isinstance(value, str):
             trouble = maildir_template_problem(value)
             if trouble:

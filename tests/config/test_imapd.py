@@ -177,3 +177,12 @@ def test_token_mechanisms_named_without_an_issuer_warn_and_are_not_offered() -> 
     assert registry.enabled("PLAIN OAUTHBEARER", token_validation=True) == ("OAUTHBEARER", "PLAIN")
     served = imapd.from_text("pop3s_sasl_mech_list: OAUTHBEARER\npop3s_oauth_issuer: x\n")
     assert registry.config_problems(served) == []
+
+
+@pytest.mark.parametrize("name", ["mail example.org", "mail\x1b[2J", "mäil.example.org"])
+def test_servername_is_one_host_name(name: str) -> None:
+    """Found probing: anything went into the greeting and the APOP challenge."""
+    with pytest.raises(ConfigError) as caught:
+        imapd.from_text(f"servername: {name}\n")
+    assert "is not a host name" in str(caught.value.problems[0])
+    assert imapd.from_text("servername: mail.example.org\n").string("servername")
