@@ -155,7 +155,11 @@ def client_host(peer: str) -> str:
     """Cyrus's ``popd_clienthost``: ``name [address]``; the address stands for the name
     (no reverse lookups), ``[local]`` when there is no address."""
     address = client_address(peer)
-    return f"{address} [{address}]" if address is not None else "[local]"
+    if address is None:
+        return "[local]"
+    # Escaped like every field: an IPv6 scope ("%eth0") is free text to ip_address().
+    shown = word(address)
+    return f"{shown} [{shown}]"
 
 
 # --- the syslog line -------------------------------------------------------------------

@@ -60,7 +60,15 @@ def parse(header: bytes) -> ProxyHeader:
     return _parse_v1(header)
 
 
+_ADDRESS_CHARACTERS = frozenset("0123456789abcdefABCDEF:.")
+
+
 def _address(text: str, version: int) -> str:
+    # An address literal and nothing else: ip_address() also takes an IPv6 scope
+    # ("fe80::1%<anything but a space>"), and a scope holding a line feed went into every
+    # log line naming the peer (found probing). The PROXY spec has no scopes.
+    if not _ADDRESS_CHARACTERS.issuperset(text):
+        raise ProxyHeaderError(f"bad address {text!r}")
     try:
         address = ipaddress.ip_address(text)
     except ValueError:

@@ -64,6 +64,17 @@ def test_a_user_name_cannot_forge_a_line_or_a_field(user: str) -> None:
         assert decoded["user"] == user  # the JSON file keeps the exact name
 
 
+def test_a_scoped_peer_address_cannot_forge_a_line() -> None:
+    """ip_address() takes "fe80::1%<scope>" with any scope but a space: through a PROXY
+    header (now refused there too) a line feed in it began a forged badlogin line."""
+    peer = "[fe80::1%a\nbadlogin:_x_[203.0.113.9]:5555"
+    for result in Result:
+        line = syslog_line(_login("eve", result, peer))
+        assert line.isprintable() and "_x_[" not in line, line
+        match = FAIL2BAN.search(line)
+        assert match is None or match["host"] != "203.0.113.9", line
+
+
 def test_cyrus_formats() -> None:
     ok = syslog_line(_login("alice", Result.OK))
     assert ok.startswith(

@@ -51,6 +51,10 @@ def test_v2() -> None:
         b"PROXY TCP4 1.2.3.4 5.6.7.8 1\r\n",
         b"PROXY SCTP 1.2.3.4 5.6.7.8 1 2\r\n",
         b"PROXY " + b"x" * 200,
+        # An IPv6 scope is free text to ip_address(): a line feed in it forged log lines
+        b"PROXY TCP6 fe80::1%a\nbadlogin:_x_[203.0.113.9 ::1 5555 110\r\n",
+        b"PROXY TCP6 fe80::1%eth0 ::1 5555 110\r\n",
+        b"PROXY TCP6 ::1 fe80::1%25 5555 110\r\n",
     ],
 )
 def test_malformed_headers(bad: bytes) -> None:
