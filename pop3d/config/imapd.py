@@ -145,9 +145,16 @@ def parse_value(option: Option, raw: str) -> object:
     return text
 
 
+_MAXIMUM = 2**31 - 1  # Cyrus's int; as seconds, 68 years
+
+
 def _check_minimum(option: Option, number: int, raw: str) -> None:
     if option.minimum is not None and number < option.minimum:
         raise ValueError(f"{option.name}: {raw!r} is below the minimum {option.minimum}")
+    # Found probing: "poptimeout: 9...9" (400 digits) checked clean, then every process
+    # died converting it to a float for the event loop.
+    if number > _MAXIMUM:
+        raise ValueError(f"{option.name}: {raw!r} is above the maximum {_MAXIMUM}")
 
 
 def _unit_name(unit: str) -> str:

@@ -186,3 +186,13 @@ def test_servername_is_one_host_name(name: str) -> None:
         imapd.from_text(f"servername: {name}\n")
     assert "is not a host name" in str(caught.value.problems[0])
     assert imapd.from_text("servername: mail.example.org\n").string("servername")
+
+
+@pytest.mark.parametrize("option", ["poptimeout", "tls_handshake_timeout", "pop_line_max"])
+def test_numbers_beyond_cyrus_int_are_errors(option: str) -> None:
+    """Found probing: 400 nines checked clean and then crashed every process (exit 70,
+    OverflowError making the event loop's float)."""
+    for value in ("9" * 400, "2147483648"):
+        with pytest.raises(ConfigError) as caught:
+            imapd.from_text(f"{option}: {value}\n")
+        assert "above the maximum 2147483647" in str(caught.value.problems[0])
