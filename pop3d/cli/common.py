@@ -80,6 +80,20 @@ def run(program: str, main: object) -> NoReturn:
     sys.exit(code if isinstance(code, int) else EX_OK)
 
 
+def claim_standard_fds() -> None:
+    """Open /dev/null on whichever of descriptors 0, 1 and 2 is closed. Started with one
+    closed (``pop3d -X <&-``), the next file opened took its number: the credential file
+    became standard input and was read as the client's commands (found probing). With
+    /dev/null there, a closed input is the end of input, a closed output discards."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            opened = os.open(os.devnull, os.O_RDWR)  # the lowest free number: this one
+            if opened != fd:  # cannot happen while the lower ones are open; never leak
+                os.close(opened)
+
+
 def config_exit(program: str, problems: Iterable[object]) -> Exit:
     """Exit 78 with every configuration problem on its own line (file:line: ...)."""
     return Exit(EX_CONFIG, "\n".join(f"{program}: {problem}" for problem in problems))

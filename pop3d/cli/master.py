@@ -17,6 +17,7 @@ from pop3d.cli.common import (
     EX_OSERR,
     EX_USAGE,
     Exit,
+    claim_standard_fds,
     config_exit,
     fail,
     load_config,
@@ -117,6 +118,7 @@ def _daemonize() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    claim_standard_fds()
     arguments = sys.argv[1:] if argv is None else argv
     if print_usage_if_asked(arguments, USAGE, "pop3d-master(8)"):
         return 0

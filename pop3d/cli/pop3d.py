@@ -27,6 +27,7 @@ from pop3d.cli.common import (
     EX_OSERR,
     EX_PROTOCOL,
     EX_USAGE,
+    claim_standard_fds,
     config_exit,
     fail,
     load_config,
@@ -153,6 +154,7 @@ def systemd_sockets(default_service: str) -> dict[str, list[socket.socket]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    claim_standard_fds()
     arguments = sys.argv[1:] if argv is None else argv
     if print_usage_if_asked(arguments, USAGE, "pop3d(8)"):
         return 0

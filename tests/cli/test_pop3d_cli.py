@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -172,3 +173,18 @@ def test_x_on_a_socket_serves_tls_too(tls_lab: Lab) -> None:
             process.kill()
         assert process.stderr is not None
         process.stderr.close()
+
+
+def test_a_closed_standard_input_is_the_end_of_input(lab: Lab) -> None:
+    """Found probing: `pop3d -X <&-` opened the credential file as descriptor 0 and read
+    it as the client's commands (its bytes counted in bytes_in, two -ERR answers)."""
+    done = subprocess.run(
+        [*POP3D, "-X", "-C", str(lab.config)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=60,
+        preexec_fn=lambda: os.close(0),
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(b"+OK") and b"-ERR" not in done.stdout, done.stdout
+    assert b"bytes_in=<0>" in done.stderr, done.stderr
