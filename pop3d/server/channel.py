@@ -529,9 +529,11 @@ class Channel(_Layered, asyncio.Protocol):
         self._held += raw
 
     def refuse(self, reply: bytes) -> None:
-        """Answer once and close (over capacity, shutting down)."""
+        """Answer once (when ``reply`` is not empty) and close (over capacity, shutting
+        down)."""
         if self._transport is not None:
-            self._transport.write(reply)
+            if reply:
+                self._transport.write(reply)
             self._transport.close()
 
     @property

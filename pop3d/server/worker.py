@@ -71,8 +71,11 @@ class Worker:
     def _accepted(self, channel: Channel) -> None:
         # A retiring worker still serves what asyncio accepted before its listener closed
         # (asyncio accepts a backlog's worth at a time); only a shutdown turns them away.
+        # On pop3s the refusal is the close alone: the client speaks TLS first, and an
+        # answer in clear reached it as a handshake failure (found probing).
+        clear = not self.context.options.implicit_tls
         if 0 <= self.maxchild <= len(self.connections) or self._terminating.is_set():
-            channel.refuse(TOO_MANY)
+            channel.refuse(TOO_MANY if clear else b"")
             if not self._terminating.is_set():
                 self.context.metrics.limit_hit("maxchild")
             log.warning(
@@ -80,12 +83,12 @@ class Worker:
                 channel.peer,
                 "shutting down"
                 if self._terminating.is_set()
-                else f"{len(self.connections)} sessions (maxchild)",
+                else f"{len(self.connections)} sessions, this worker's share of maxchild",
             )
             return
         shutdown = self.context.shutdown_message()
         if shutdown is not None:  # Cyrus's <configdirectory>/msg/shutdown
-            channel.refuse(shutdown)
+            channel.refuse(shutdown if clear else b"")
             log.info("connection from %s refused: shutdown file present", channel.peer)
             return
         if self._idle_timer is not None:

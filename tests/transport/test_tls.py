@@ -362,3 +362,43 @@ def test_sighup_reloads_the_certificate_without_dropping_sessions(tmp_path: Path
         session.close()
     finally:
         server.stop()
+
+
+def test_a_refusal_on_pop3s_is_the_close_alone(tmp_path: Path) -> None:
+    """Found probing: over maxchild, or with a shutdown file, a pop3s client got the
+    -ERR in clear where its ServerHello belonged (a handshake failure)."""
+    lab = Lab(tmp_path / "lab").create(with_tls=True)
+    assert lab.tls is not None
+    server = start_server(lab, {"pop3s": "-s"}, maxchild=1)
+    port = server.ports["pop3s"]
+    context = client_context(lab.tls)
+    try:
+        held = None
+        for _ in range(50):  # start_server's own probe may hold the one slot a moment
+            raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+            try:
+                held = context.wrap_socket(raw, server_hostname="localhost")
+                break
+            except (ConnectionResetError, ssl.SSLError):
+                raw.close()
+                time.sleep(0.1)
+        assert held is not None
+        with held, socket.create_connection(("127.0.0.1", port), timeout=10) as refused:
+            assert lines_until(held, b"\r\n").startswith(b"+OK")
+            refused.sendall(b"\x16\x03\x01\x00")  # a client's first bytes
+            try:
+                assert refused.recv(1024) == b""
+            except ConnectionResetError:
+                pass
+        folder = lab.root / "config" / "msg"
+        folder.mkdir()
+        (folder / "shutdown").write_text("maintenance now\n")
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as refused:
+            try:
+                assert refused.recv(1024) == b""
+            except ConnectionResetError:
+                pass
+        log = server.log_text()
+        assert "share of maxchild" in log and "shutdown file present" in log
+    finally:
+        server.stop()
