@@ -10,6 +10,15 @@ src/lib/krb5/krb/recvauth.c does after the version strings, and nothing else:
   the enctype policy, the kvno, the authenticator, and the replay cache. We then check the
   ticket's server components again ourselves (fetchmail sends its sname as NT-UNKNOWN, so
   compare components, never the name type).
+* the authenticator must carry no checksum. KPOP clients call ``krb5_sendauth`` with no
+  application data, and MIT's mk_req_ext.c makes a checksum only over such data, so
+  theirs never has one (kpop.md §1.2). A GSSAPI initial token always has one, of type
+  0x8003 (RFC 4121 §4.1.1), over the channel bindings and the flags the client asked
+  for: without this rule the AP-REQ cut out of a client's ``AUTH GSSAPI`` token logs in
+  here, and whoever cut it gets a session without the confidentiality layer the client
+  asked for. Any other type would be over data KPOP does not have (``krb5_rd_req``
+  never checks an authenticator's checksum; recvauth leaves that to the application), so
+  it too means an AP-REQ made for another protocol.
 * ``krb5_mk_rep`` only when the client asked for mutual authentication (fetchmail always
   does: ``AP_OPTS_MUTUAL_REQUIRED``).
 * ``krb5_mk_error`` on failure, with MIT's error code but a generic e-text (MIT sends
@@ -28,10 +37,11 @@ would be the same binding with an extra dependency; API mode needs a compiler at
 
 The fence:
 
-* five MIT structs are mirrored (``krb5_data``, ``krb5_principal_data``, the head of
-  ``krb5_ticket``, ``krb5_authenticator``'s head, ``krb5_error``); :func:`library` probes the
-  layout once at load (a parsed principal must read back with MIT's magic numbers), so a
-  Heimdal or otherwise foreign library is refused before any ticket is touched;
+* six MIT structs are mirrored (``krb5_data``, ``krb5_principal_data``, the head of
+  ``krb5_ticket``, ``krb5_authenticator``'s head, ``krb5_checksum``, ``krb5_error``);
+  :func:`library` probes the layout once at load (a parsed principal must read back with
+  MIT's magic numbers), so a Heimdal or otherwise foreign library is refused before any
+  ticket is touched;
 * a fresh ``krb5_context`` per call: no state is shared between threads, so the driver may
   run any number of checks at once;
 * every pointer read is bounds-checked against the struct's own length field, and every
@@ -55,6 +65,7 @@ SONAME = "libkrb5.so.3"
 
 ERROR_TABLE_BASE_KRB5 = -1765328384
 KRB5KRB_AP_ERR_NOT_US = ERROR_TABLE_BASE_KRB5 + 35
+KRB5KRB_AP_ERR_INAPP_CKSUM = ERROR_TABLE_BASE_KRB5 + 50
 KRB_ERR_GENERIC = 60
 KV5M_PRINCIPAL = -1760647423
 KV5M_DATA = -1760647422
@@ -67,6 +78,14 @@ AP_OPTS_MUTUAL_REQUIRED = 0x20000000
 MAX_COMPONENTS = 16  # a principal with more is not one we could ever accept
 MAX_FIELD = 4096  # longest realm or component we read back
 GENERIC_TEXT = b"KPOP authentication failed"
+
+# Why an authenticator with a checksum is refused, by checksum type (the log's words; the
+# client gets the generic KRB-ERROR like every refusal). See the module docstring.
+GSS_CHECKSUM = 0x8003
+CHECKSUM_REFUSALS = {
+    GSS_CHECKSUM: "the AP-REQ of a GSSAPI token (GSS checksum 0x8003), not of a KPOP client",
+}
+OTHER_CHECKSUM = "a checksum of type {type}: KPOP clients send none, so made for another protocol"
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,10 +128,23 @@ class _Ticket(Structure):
     _fields_ = (("magic", c_int32), ("server", POINTER(_Principal)))
 
 
-class _Authenticator(Structure):
-    """Only the head: the client principal."""
+class _Checksum(Structure):
+    _fields_ = (
+        ("magic", c_int32),
+        ("checksum_type", c_int32),
+        ("length", c_uint),
+        ("contents", c_void_p),
+    )
 
-    _fields_ = (("magic", c_int32), ("client", POINTER(_Principal)))
+
+class _Authenticator(Structure):
+    """Only the head: the client principal and the checksum (NULL when there is none)."""
+
+    _fields_ = (
+        ("magic", c_int32),
+        ("client", POINTER(_Principal)),
+        ("checksum", POINTER(_Checksum)),
+    )
 
 
 class _Error(Structure):
@@ -351,6 +383,9 @@ class Acceptor:
             code = lib.krb5_auth_con_getauthenticator(ctx, auth_context, byref(authenticator))
             if code:
                 return self._reject(lib, ctx, code, "getauthenticator")
+            refusal = _checksum_refusal(authenticator)
+            if refusal is not None:
+                return self._reject(lib, ctx, KRB5KRB_AP_ERR_INAPP_CKSUM, "checksum", refusal)
             client = _unparse(lib, ctx, authenticator.contents.client)
             ap_rep = None
             if options.value & AP_OPTS_MUTUAL_REQUIRED:
@@ -374,8 +409,12 @@ class Acceptor:
                 lib.krb5_auth_con_free(ctx, auth_context)
             lib.krb5_free_principal(ctx, server)
 
-    def _reject(self, lib: ctypes.CDLL, ctx: c_void_p, code: int, step: str) -> Rejected:
-        return Rejected(f"{step}: {_message(lib, ctx, code)}", self._krb_error(lib, ctx, code))
+    def _reject(
+        self, lib: ctypes.CDLL, ctx: c_void_p, code: int, step: str, why: str | None = None
+    ) -> Rejected:
+        """``why``: our reason for the log, when MIT's text for ``code`` is not the reason."""
+        reason = why if why is not None else _message(lib, ctx, code)
+        return Rejected(f"{step}: {reason}", self._krb_error(lib, ctx, code))
 
     def _krb_error(self, lib: ctypes.CDLL, ctx: c_void_p, code: int) -> bytes:
         """A KRB-ERROR as recvauth sends it (error code relative to the krb5 table, 60 when
@@ -406,6 +445,21 @@ class Acceptor:
                 lib.krb5_free_data_contents(ctx, byref(out))
         finally:
             lib.krb5_free_principal(ctx, server)
+
+
+def _checksum_refusal(authenticator: ctypes._Pointer[_Authenticator]) -> str | None:
+    """Why this authenticator is not a KPOP client's, or None when it carries no checksum.
+    (MIT's decoder leaves both structs' magic numbers 0: the load-time self-check is the
+    layout's fence here, and the checksum's own length field is checked.)"""
+    if not authenticator:
+        raise ValueError("no authenticator")
+    checksum = authenticator.contents.checksum
+    if not checksum:
+        return None
+    if checksum.contents.length > MAX_FIELD:
+        raise ValueError(f"checksum of {checksum.contents.length} bytes")
+    kind = checksum.contents.checksum_type
+    return CHECKSUM_REFUSALS.get(kind) or OTHER_CHECKSUM.format(type=f"{kind:#x}")
 
 
 def _unparse(lib: ctypes.CDLL, ctx: c_void_p, principal: ctypes._Pointer[_Principal]) -> str:

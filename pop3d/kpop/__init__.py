@@ -11,6 +11,8 @@ What KPOP protects (SECURITY.md, "KPOP"): the login only. The client proves its 
 identity with a ticket for ``pop/<host>``, and with mutual authentication (fetchmail always
 asks) the server proves it holds that service key; MIT's replay cache refuses a captured
 AP-REQ sent again, and the ticket's lifetime and the clock skew bound when it can be used.
+An AP-REQ made for another protocol (its authenticator carries a checksum, as every GSSAPI
+token's does) is refused: it must not buy a session without the protection it was made for.
 Nothing binds the POP3 stream that follows to that exchange (fetchmail sends no checksum,
 subkey or sequence number), and the stream is not encrypted: anyone who can read the network
 reads the mail, and anyone on the path can take over the connection after the handshake.

@@ -20,13 +20,14 @@ from pop3d.kerberos import mit
 from pop3d.kerberos.mit import Acceptor
 from pop3d.kpop.handshake import Authenticated, Handshake, Refused, Rejected
 from tests.support.kerberos import Realm
-from tests.support.kpop import Outcome, drive_bytes, drive_socket
+from tests.support.kpop import Outcome, drive_bytes, drive_socket, gssapi_ap_req
 from tests.support.sendauth import SendauthResult, SendauthThread
 
 KRB5_SENDAUTH_BADAPPLVERS = -1765328179
 KRB5_SENDAUTH_REJECTED = -1765328177
-TKT_EXPIRED, REPEAT, NOT_US = 32, 34, 35
-VERSIONS_LENGTH = 4 + 19 + 4 + 9
+TKT_EXPIRED, REPEAT, NOT_US, INAPP_CKSUM = 32, 34, 35, 50
+VERSIONS = b"\0\0\0\x13KRB5_SENDAUTH_V1.0\0" + b"\0\0\0\x09KPOPV1.0\0"
+VERSIONS_LENGTH = len(VERSIONS)
 
 
 def exchange(acceptor: Acceptor, ccache: str, **options: object) -> tuple[Outcome, SendauthResult]:
@@ -102,6 +103,34 @@ def test_a_ticket_for_another_service_whose_key_we_hold(
     assert client.code == KRB5_SENDAUTH_REJECTED
     assert client.server_error == NOT_US
     assert client.server_text == b"KPOP authentication failed"  # no path, no principal
+
+
+def test_the_ap_req_of_a_gssapi_token_is_refused(
+    acceptor: Acceptor, ccache: Callable[[str], str]
+) -> None:
+    """Its authenticator has the GSS checksum (0x8003): taken as KPOP, it would give whoever
+    cut it out a session without the layer the GSSAPI client asked for."""
+    ap_req = gssapi_ap_req(ccache("alice"))
+    outcome = drive_bytes(
+        Handshake(acceptor.verify), VERSIONS + struct.pack(">I", len(ap_req)) + ap_req
+    )
+    assert isinstance(outcome.result, Refused)
+    assert "GSSAPI token" in outcome.result.reason and "0x8003" in outcome.result.reason
+    assert outcome.sent[:1] == b"\x00"
+    assert krb_error_code(outcome.sent) == INAPP_CKSUM
+    assert outcome.sent.endswith(b"KPOP authentication failed")  # the generic e-text only
+
+
+def test_an_authenticator_with_any_checksum_is_refused(
+    acceptor: Acceptor, ccache: Callable[[str], str]
+) -> None:
+    """sendauth with application data: a checksum over data KPOP does not have."""
+    outcome, client = exchange(acceptor, ccache("alice"), checksum_data=b"rlogin-style data")
+    assert isinstance(outcome.result, Refused)
+    assert "checksum of type" in outcome.result.reason
+    assert client.code == KRB5_SENDAUTH_REJECTED
+    assert client.server_error == INAPP_CKSUM
+    assert client.server_text == b"KPOP authentication failed"
 
 
 def test_a_ticket_for_another_host(krb5_env: Realm, ccache: Callable[[str], str]) -> None:

@@ -26,12 +26,12 @@ import pytest
 from pop3d.kpop.handshake import Handshake, Rejected
 from tests.support.fetchmail_kpop import FETCHED, NO_MAIL, fetchmail_kpop
 from tests.support.kerberos import Realm
-from tests.support.kpop import drive_socket
+from tests.support.kpop import drive_socket, gssapi_ap_req
 from tests.support.lab import Lab, Server, start_server
 from tests.support.sendauth import sendauth
 
 KRB5_SENDAUTH_REJECTED = -1765328177
-TKT_EXPIRED, REPEAT, NOT_US = 32, 34, 35
+TKT_EXPIRED, REPEAT, NOT_US, INAPP_CKSUM = 32, 34, 35, 50
 VERSIONS = b"\0\0\0\x13KRB5_SENDAUTH_V1.0\0" + b"\0\0\0\x09KPOPV1.0\0"
 HANDSHAKE_LIMIT = 2  # kpop_handshake_timeout in this lab
 RECEIVED = re.compile(rb"^Received: from ", re.MULTILINE)
@@ -237,6 +237,18 @@ def test_a_ticket_for_another_service_whose_key_the_keytab_holds(
         assert result.server_error == NOT_US
         assert result.server_text == b"KPOP authentication failed"
         assert until_closed(sock) == b""
+
+
+def test_the_ap_req_of_a_gssapi_token(server: Server, ccache: Callable[[str], str]) -> None:
+    """Cut out of an ``AUTH GSSAPI`` token: refused like any bad AP-REQ, and the log says why."""
+    ap_req = gssapi_ap_req(ccache("alice"))
+    with connect(server) as sock:
+        sock.sendall(VERSIONS + struct.pack(">I", len(ap_req)) + ap_req + b"USER alice\r\n")
+        reply = until_closed(sock)
+    assert reply[:1] == b"\x00"
+    assert krb_error_code(reply[1:]) == INAPP_CKSUM
+    assert reply.endswith(b"KPOP authentication failed") and b"+OK" not in reply
+    assert "the AP-REQ of a GSSAPI token (GSS checksum 0x8003)" in server.log_text()
 
 
 def test_a_replayed_ap_req(server: Server, ccache: Callable[[str], str]) -> None:

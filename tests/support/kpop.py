@@ -1,12 +1,15 @@
 """Drive a KPOP :class:`~pop3d.kpop.handshake.Handshake` synchronously: over a blocking
 socket, or over canned bytes. The driver loop is the one the handshake's docstring
 describes; Offload requests run inline (as the asyncio driver runs them in a thread), and
-an exception becomes the result, as the Offload contract says."""
+an exception becomes the result, as the Offload contract says. And the AP-REQ an attacker
+can cut out of a GSSAPI client's first token (:func:`gssapi_ap_req`)."""
 
 from __future__ import annotations
 
 import socket
 from dataclasses import dataclass, field
+
+import gssapi
 
 from pop3d.kpop.handshake import (
     NEED_DATA,
@@ -16,6 +19,10 @@ from pop3d.kpop.handshake import (
     Send,
 )
 from pop3d.requests import Offload
+
+# The head of a Kerberos initial context token (RFC 4121 §4.1) after its [APPLICATION 0]
+# tag and length: the krb5 mechanism's OID, then TOK_ID 01 00; the AP-REQ follows.
+KRB5_TOKEN_HEAD = bytes.fromhex("06092a864886f712010202") + b"\x01\x00"
 
 
 @dataclass
@@ -90,3 +97,22 @@ def drive_bytes(handshake: Handshake, data: bytes, chunk: int = 0, eof: bool = T
             return Outcome(event, bytes(sent), data, handshake.trailing_data, offloads, events)
         else:
             raise AssertionError(f"unexpected event {event!r}")
+
+
+def gssapi_ap_req(ccache: str, service: str = "pop@localhost") -> bytes:
+    """The AP-REQ of a GSSAPI client's first token (what ``AUTH GSSAPI`` carries; the
+    client asks for mutual authentication and a confidentiality layer), cut out of its
+    header as an attacker on the path would. Needs KRB5_CONFIG in ``os.environ``."""
+    flags = gssapi.RequirementFlag
+    context = gssapi.SecurityContext(
+        name=gssapi.Name(service, gssapi.NameType.hostbased_service),
+        usage="initiate",
+        mech=gssapi.MechType.kerberos,
+        creds=gssapi.Credentials(usage="initiate", store={"ccache": ccache}),
+        flags=flags.mutual_authentication | flags.integrity | flags.confidentiality,
+    )
+    token = context.step()
+    assert token is not None and token[0] == 0x60
+    start = 2 + (token[1] & 0x7F if token[1] & 0x80 else 0)
+    assert token[start : start + len(KRB5_TOKEN_HEAD)] == KRB5_TOKEN_HEAD, token[:20].hex()
+    return token[start + len(KRB5_TOKEN_HEAD) :]

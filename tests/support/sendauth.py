@@ -6,9 +6,10 @@ fetchmail (driver.c ``kerberos5_auth``) calls::
     krb5_sendauth(ctx, &auth_context, &fd, "KPOPV1.0", client, server,
                   AP_OPTS_MUTUAL_REQUIRED, NULL /* no checksum */, 0, ccache, &err_ret, 0, NULL);
 
-:func:`sendauth` does the same (``service`` and ``version`` can be changed to make bad
-clients). It blocks on the socket, so tests run it in a thread against the handshake on the
-other end of a socket pair. It runs in-process: KRB5_CONFIG must be in ``os.environ``.
+:func:`sendauth` does the same (``service``, ``version`` and ``checksum_data`` can be
+changed to make bad clients). It blocks on the socket, so tests run it in a thread against
+the handshake on the other end of a socket pair. It runs in-process: KRB5_CONFIG must be in
+``os.environ``.
 """
 
 from __future__ import annotations
@@ -86,9 +87,12 @@ def sendauth(
     version: str = "KPOPV1.0",
     options: int = AP_OPTS_MUTUAL_REQUIRED,
     clock_offset: int = 0,
+    checksum_data: bytes | None = None,
 ) -> SendauthResult:
     """``clock_offset``: seconds added to the client's clock (its authenticator's time and
-    which cached tickets it still takes for valid)."""
+    which cached tickets it still takes for valid). ``checksum_data``: sendauth's
+    ``in_data``, which puts a checksum over it in the authenticator (fetchmail passes
+    NULL)."""
     lib = _lib()
     ctx = c_void_p()
     assert lib.krb5_init_context(byref(ctx)) == 0
@@ -98,6 +102,10 @@ def sendauth(
     error = POINTER(_Error)()
     rep = c_void_p()
     fd = c_int(sock.fileno())
+    in_data = None
+    if checksum_data is not None:
+        storage = ctypes.create_string_buffer(checksum_data, len(checksum_data))
+        in_data = byref(_Data(0, len(checksum_data), ctypes.cast(storage, c_void_p)))
     try:
         assert lib.krb5_cc_resolve(ctx, ccache.encode(), byref(cc)) == 0
         code = lib.krb5_sname_to_principal(
@@ -106,7 +114,7 @@ def sendauth(
         assert code == 0, code
         code = lib.krb5_sendauth(
             ctx, byref(auth_context), byref(fd), version.encode(), None, server, options,
-            None, None, cc, byref(error), byref(rep), None,
+            in_data, None, cc, byref(error), byref(rep), None,
         )  # fmt: skip
         pointer = lib.krb5_get_error_message(ctx, code)
         message = ctypes.string_at(pointer).decode()
