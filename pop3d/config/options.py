@@ -180,7 +180,14 @@ OPTIONS: dict[str, Option] = {
             0,
             "Pause after a successful login over a connection without TLS.",
         ),
-        _o("username_tolower", S, True, "Fold user names to lower case."),
+        _o(
+            "username_tolower",
+            S,
+            True,
+            "Fold user names to lower case, Kerberos principals' too for GSSAPI, GS2-KRB5 and "
+            "GSS-SPNEGO (ALICE@REALM logs in as alice); say no where principals differ only "
+            "in case. KPOP compares the principal's name exactly.",
+        ),
         _o(
             "virtdomains",
             E,

@@ -137,18 +137,25 @@ def _password_login(
 
 def kpop_user(session: Session, argument: bytes) -> Outcome:
     """USER on a KPOP connection: the ticket's user, and no one else (Cyrus: ``USER`` must
-    be the ticket's name; Heimdal's popper: ``krb5_kuserok``)."""
+    be the ticket's name; Heimdal's popper: ``krb5_kuserok``).
+
+    Compared exactly, as Cyrus's ``strcmp(USER, pname)``: the ticket's user must already be
+    the canonical maildrop name. Kerberos names are case-sensitive, so ``ALICE@REALM`` is
+    another principal than ``alice@REALM``, and ``username_tolower`` must not hand it
+    alice's mail; such a principal cannot log in over KPOP at all."""
     if not argument:
         raise ArgumentError("Missing argument: user name")
     rules = session.settings.identity
     split = split_folder(argument, rules)
     name = None if split is None else canonical_user(split[0], rules)
     proven = session.connection.kpop_user
-    if name is None or proven is None or name != canonical_user(proven, rules):
+    if name is None or proven is None or name != proven:
         shown = name or argument.decode("utf-8", "replace")
-        session.notice(
-            LoginFailed(shown, "KPOP", f"ticket is for {session.connection.kpop_principal}")
-        )
+        reason = f"ticket is for {session.connection.kpop_principal}"
+        canonical = None if proven is None else canonical_user(proven, rules)
+        if proven is not None and canonical != proven:
+            reason += f", whose user {proven} is not the canonical name {canonical or '(none)'}"
+        session.notice(LoginFailed(shown, "KPOP", reason))
         session.err("[AUTH] The Kerberos ticket is not for this user")
         return Outcome.FAIL
     session.user = name

@@ -179,6 +179,21 @@ def test_after_the_handshake_only_the_tickets_user(
     assert "KPOP (bob) [SASL(-13)" in server.log_text()
 
 
+def test_a_principal_differing_only_in_case_gets_no_maildrop(
+    server: Server, ccache: Callable[[str], str]
+) -> None:
+    """ALICE@REALM is another principal than alice@REALM: its USER alice is refused."""
+    with connect(server) as sock:
+        result = sendauth(sock, ccache("ALICE"))
+        assert result.code == 0, result.message
+        assert line(sock).startswith(b"+OK ")
+        assert exchange(sock, b"USER alice").startswith(b"-ERR [AUTH] ")
+        assert exchange(sock, b"PASS krb_ticket").startswith(b"-ERR [AUTH] ")
+        assert exchange(sock, b"STAT").startswith(b"-ERR ")
+        assert exchange(sock, b"QUIT").startswith(b"+OK")
+    assert "whose user ALICE is not the canonical name alice" in server.log_text()
+
+
 def test_pipelined_commands_after_the_ap_req_reach_the_session(
     server: Server, ccache: Callable[[str], str]
 ) -> None:

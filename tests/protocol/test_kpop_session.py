@@ -74,6 +74,19 @@ def test_another_user_is_refused(lab: Lab) -> None:
     assert driven.feed(b"PASS builder\r\n").startswith(b"-ERR [AUTH] Must give USER")
 
 
+@pytest.mark.parametrize("user", [b"alice", b"ALICE"])
+def test_a_principal_whose_name_differs_only_in_case_is_refused(lab: Lab, user: bytes) -> None:
+    """ALICE@KRBTEST.COM is not alice: username_tolower (on here, the default) lowercases
+    USER, and KPOP compares the ticket's user exactly, as Cyrus's strcmp did."""
+    driven = kpop(lab, ("ALICE@KRBTEST.COM", "ALICE"))
+    driven.feed()
+    assert driven.feed(b"USER " + user + b"\r\n").startswith(b"-ERR [AUTH] ")
+    assert driven.feed(b"PASS krb_ticket\r\n").startswith(b"-ERR [AUTH] Must give USER")
+    assert driven.session.state is State.AUTHORIZATION
+    reason = "ticket is for ALICE@KRBTEST.COM, whose user ALICE is not the canonical name alice"
+    assert driven.notices == [ev.LoginFailed("alice", "KPOP", reason)]
+
+
 def test_a_user_unknown_to_pop3d_gets_no_maildrop(lab: Lab) -> None:
     driven = kpop(lab, ("carol@KRBTEST.COM", "carol"))
     driven.feed()

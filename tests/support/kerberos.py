@@ -3,7 +3,8 @@
 One realm per test process (xdist worker): starting a KDC costs about a second. It has:
 
 * the service principal ``pop/localhost`` in ``realm.keytab`` (what pop3d accepts with);
-* users ``alice`` and ``bob`` (passwords as in the lab) and ``carol`` (no maildrop);
+* users ``alice`` and ``bob`` (passwords as in the lab) and ``carol`` (no maildrop), and
+  ``ALICE``: another principal than ``alice`` (Kerberos names are case-sensitive);
 * ``realm.env``: KRB5_CONFIG, KRB5CCNAME (alice's ticket after :meth:`Realm.kinit`), ...
 
 The KDC listens on 127.0.0.1 only (``kdc_listen``), never on every address.
@@ -25,7 +26,12 @@ import pytest
 
 SERVICE = "pop"
 HOST = "localhost"
-PASSWORDS = {"alice": "wonderland", "bob": "builder", "carol": "carol-secret"}
+PASSWORDS = {
+    "alice": "wonderland",
+    "bob": "builder",
+    "carol": "carol-secret",
+    "ALICE": "looking-glass",
+}
 
 _LOOPBACK_KDC = {
     "realms": {
