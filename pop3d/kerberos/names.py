@@ -14,7 +14,8 @@ GSS-SPNEGO and KPOP.
    MIT's escapes (``\\@``, ``\\/``): refusing those means we never have to unescape.
 
 Whatever a rule produces must still be a plain user name (no ``/``, ``@``, ``\\``, control
-characters): the identity rules canonicalise it afterwards like every other login.
+characters); anything else is ignored, and rule 2 decides. The identity rules canonicalise
+the result afterwards like every other login (KPOP then compares it exactly).
 """
 
 from __future__ import annotations

@@ -15,9 +15,10 @@ The exchange:
 4. the client's wrapped choice: exactly one offered bit, its maximum buffer (non-zero with a
    layer), then the authorization identity.
 
-Principal -> user: ``user@REALM`` for the default realm and the ``loginrealms``; anything
-else (another realm, an instance such as ``alice/admin``) is refused. MIT ``auth_to_local``
-rules are not consulted (python-gssapi does not expose ``gss_localname``).
+Principal -> user: :func:`pop3d.kerberos.names.local_user`, as for every Kerberos login:
+krb5.conf's ``auth_to_local`` rules (MIT's ``krb5_aname_to_localname`` through our ctypes
+binding, as python-gssapi has no ``gss_localname``), else MIT's DEFAULT rule for the default
+realm, then ``user@REALM`` for the ``loginrealms``; anything else is refused.
 
 Channel bindings over TLS: the acceptor is given ``tls-server-end-point`` (see
 :mod:`pop3d.sasl.kerberos`); a client that sends another binding fails in the library, one
