@@ -59,7 +59,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from ctypes import POINTER, Structure, byref, c_char_p, c_int32, c_uint, c_uint32, c_void_p
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 SONAME = "libkrb5.so.3"
 
@@ -99,6 +99,9 @@ class Accepted:
 class Rejected:
     reason: str  # for the log: MIT's error text
     krb_error: bytes  # a KRB-ERROR for the client (generic e-text); b"" if none could be made
+    # Our keytab could not be read (gone, unreadable, corrupt, empty since the start-up
+    # check): the server's fault, whatever the client sent; the log must not blame it.
+    unavailable: bool = False
 
 
 class KerberosUnavailable(Exception):
@@ -336,9 +339,15 @@ class Acceptor:
             else:
                 code = lib.krb5_kt_resolve(ctx, self.keytab.encode(), byref(keytab))
             if code:
-                return self._reject(lib, ctx, code, "keytab")
+                return replace(self._reject(lib, ctx, code, "keytab"), unavailable=True)
             try:
-                return self._verify(lib, ctx, keytab, ap_req)
+                result = self._verify(lib, ctx, keytab, ap_req)
+                if isinstance(result, Rejected):
+                    # Only now, off the good path: is it our keytab rather than the ticket?
+                    fault = _keytab_fault(lib, ctx, keytab)
+                    if fault is not None:
+                        return replace(result, reason=f"keytab: {fault}", unavailable=True)
+                return result
             finally:
                 lib.krb5_kt_close(ctx, keytab)
 
@@ -445,6 +454,24 @@ class Acceptor:
                 lib.krb5_free_data_contents(ctx, byref(out))
         finally:
             lib.krb5_free_principal(ctx, server)
+
+
+def _keytab_fault(lib: ctypes.CDLL, ctx: c_void_p, keytab: c_void_p) -> str | None:
+    """Why ``keytab`` gives no key at all (MIT's text), or None when its first entry reads.
+    (``krb5_kt_have_content`` would not do: it takes a keytab it cannot open for a full one.)"""
+    cursor = c_void_p()
+    code = lib.krb5_kt_start_seq_get(ctx, keytab, byref(cursor))
+    if code:
+        return _message(lib, ctx, code)
+    try:
+        entry = _KeytabEntry()
+        code = lib.krb5_kt_next_entry(ctx, keytab, byref(entry), byref(cursor))
+        if code:
+            return "no key can be read from it" if code == KRB5_KT_END else _message(lib, ctx, code)
+        lib.krb5_free_keytab_entry_contents(ctx, byref(entry))
+        return None
+    finally:
+        lib.krb5_kt_end_seq_get(ctx, keytab, byref(cursor))
 
 
 def _checksum_refusal(authenticator: ctypes._Pointer[_Authenticator]) -> str | None:

@@ -75,9 +75,11 @@ class Authenticated:
 
 @dataclass(frozen=True, slots=True)
 class Refused:
-    """The handshake failed: close the connection. ``reason`` is for the log only."""
+    """The handshake failed: close the connection. ``reason`` is for the log only;
+    ``unavailable``: the server's own keytab failed, not the client."""
 
     reason: str
+    unavailable: bool = False
 
 
 Event = Send | Offload | Authenticated | Refused | _NeedData
@@ -130,7 +132,7 @@ class Handshake:
             )
         elif isinstance(result, Rejected):
             self._finish(
-                Refused(f"ticket refused: {result.reason}"),
+                Refused(f"ticket refused: {result.reason}", result.unavailable),
                 _frame(result.krb_error) if result.krb_error else b"",
             )
         else:

@@ -217,11 +217,14 @@ def login_failed(session: Session, name: str, method: str, reason: str) -> Task:
     return Outcome.FAIL
 
 
-def login_unavailable(session: Session, name: str, method: str, reason: str) -> Outcome:
-    """The password could not be checked at all (the checker's backend is down or too
-    slow): no verdict on the password, so no failed-login pause and no [AUTH]."""
-    session.notice(LoginFailed(name, method, reason))
-    session.err("[SYS/TEMP] Unable to check the password now, try again later")
+def login_unavailable(
+    session: Session, name: str, method: str, reason: str, checked: str = "the password"
+) -> Outcome:
+    """The credentials could not be checked at all (the password checker's backend is down
+    or too slow, the Kerberos keytab is unusable): no verdict on them, so no failed-login
+    pause, no [AUTH], and no wrong-password line for fail2ban to blame the client with."""
+    session.notice(LoginFailed(name, method, reason, unavailable=True))
+    session.err(f"[SYS/TEMP] Unable to check {checked} now, try again later")
     return Outcome.FAIL
 
 

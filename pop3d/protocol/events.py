@@ -177,6 +177,9 @@ class LoginFailed:
     # The credentials were good and the login failed after them (maildrop locked,
     # LOGIN-DELAY): the audit trail must not count it as a guessed password.
     authenticated: bool = False
+    # No verdict at all: the server could not check the credentials (its password checker
+    # or its keytab failed). Not the client's fault, so not logged as a wrong password.
+    unavailable: bool = False
 
 
 Event = Send | Close | Request | LoginSucceeded | LoginFailed | _NeedData

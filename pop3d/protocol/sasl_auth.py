@@ -142,6 +142,9 @@ def _exchange(
             result = SaslFailure("non-empty answer to additional data", result.authcid)
     if isinstance(result, SaslFailure) and unavailable:
         return login_unavailable(session, _logged_name(result.authcid, rules), method, unavailable)
+    if isinstance(result, SaslFailure) and result.temporary:  # the server's keytab failed
+        name = _logged_name(result.authcid, rules)
+        return login_unavailable(session, name, method, result.reason, "the credentials")
     if isinstance(result, SaslFailure):
         name = _logged_name(result.authcid, rules)
         return (yield from login_failed(session, name, method, result.reason))

@@ -42,6 +42,7 @@ from pop3d.sasl.kerberos import (
     KRB5,
     Accepted,
     Acceptor,
+    AcceptorUnavailable,
     KerberosError,
     channel_bound,
     gssapi_bindings,
@@ -77,6 +78,8 @@ def establish(
         if not token:
             raise MalformedResponse("empty context token")
         result = yield Offload(functools.partial(acceptor.step, token), what)
+        if isinstance(result, AcceptorUnavailable):
+            return Failure(f"{what}: {result}", temporary=True)
         if isinstance(result, KerberosError):
             return Failure(f"{what}: {result}")
         if isinstance(result, Exception):

@@ -43,6 +43,12 @@ class KerberosError(Exception):
     """The exchange cannot go on; the text is for the audit log only."""
 
 
+class AcceptorUnavailable(KerberosError):
+    """Our own credentials cannot be had (the keytab went missing, unreadable, corrupt, or
+    without our key since the start-up check): the server's fault, whatever the client
+    sent, so no verdict on the client."""
+
+
 def _gss_text(exc: Exception) -> str:
     text = str(exc) or type(exc).__name__
     return " ".join(text.split())[:300]
@@ -87,10 +93,14 @@ class Acceptor:
     def step(self, token: bytes) -> Accepted:
         """Blocking. Raises ``KerberosError`` for anything the client or the keytab did
         wrong (python-gssapi raises GSSError subclasses, and ValueError/TypeError for some
-        malformed input)."""
-        try:
-            if self._creds is None:
+        malformed input); ``AcceptorUnavailable`` when our own credentials cannot be had,
+        before the client's token is looked at."""
+        if self._creds is None:
+            try:
                 self._creds = self._acquire()
+            except (gr.GSSError, ValueError, TypeError) as exc:
+                raise AcceptorUnavailable(f"acceptor credentials: {_gss_text(exc)}") from None
+        try:
             result = gr.accept_sec_context(
                 token,
                 acceptor_creds=self._creds,

@@ -46,6 +46,9 @@ class Success:
 class Failure:
     reason: str  # for the audit log only; the client always gets the same text
     authcid: str = ""  # who tried, when known (for the log)
+    # No verdict: the server could not check the credentials (its keytab is unusable). The
+    # session answers -ERR [SYS/TEMP], and the log does not blame the client.
+    temporary: bool = False
 
 
 Step: TypeAlias = Challenge | Request

@@ -49,6 +49,7 @@ class Result(enum.StrEnum):
     OK = "ok"
     FAIL = "fail"  # the credentials (or the identity they name) were refused
     REFUSED = "refused"  # authenticated, then not let in: maildrop locked, LOGIN-DELAY
+    UNAVAILABLE = "unavailable"  # no verdict: the server could not check (checker, keytab)
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +204,7 @@ def syslog_line(record: Record) -> str:
         # fail2ban's cyrus-imap filter: badlogin: \S+ ?\[<HOST>\] \S+ .*?SASL\(-13\): ...
         why = f"SASL(-13): authentication failure: {reason_text(record.reason)}"
     else:
-        why = reason_text(record.reason)  # not a wrong password: no SASL(-13)
+        why = reason_text(record.reason)  # not a wrong password (nor the client's): no SASL(-13)
     return f"badlogin: {host} {mechanism} ({word(record.user)}) [{why}] {tail}"
 
 

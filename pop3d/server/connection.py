@@ -404,7 +404,10 @@ class Connection:
         self._audit_login(event.method, event.user, Result.OK, folder)
 
     async def _login_failed(self, event: LoginFailed) -> None:
-        result = Result.REFUSED if event.authenticated else Result.FAIL
+        if event.unavailable:
+            result = Result.UNAVAILABLE
+        else:
+            result = Result.REFUSED if event.authenticated else Result.FAIL
         self._audit_login(event.method, event.user, result, event.reason)
 
     # --- requests -----------------------------------------------------------------------
@@ -643,7 +646,8 @@ class Connection:
                         break
                     elif isinstance(event, Refused):
                         self.end_reason = f"KPOP: {event.reason}"
-                        self._audit_login("KPOP", "", Result.FAIL, event.reason)
+                        result = Result.UNAVAILABLE if event.unavailable else Result.FAIL
+                        self._audit_login("KPOP", "", result, event.reason)
                         return None
                     else:  # NEED_DATA
                         handshake.receive_data(await self.channel.read())

@@ -11,6 +11,7 @@ import struct
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -179,6 +180,28 @@ def test_a_missing_keytab_is_a_refusal(krb5_env: Realm, ccache: Callable[[str], 
     assert isinstance(outcome.result, Refused)
     assert client.code == KRB5_SENDAUTH_REJECTED
     assert client.server_text == b"KPOP authentication failed"
+
+
+@pytest.mark.parametrize("spoiled", ["removed", "garbage", "empty"])
+def test_a_keytab_spoiled_after_the_start_is_the_servers_fault(
+    krb5_env: Realm, ccache: Callable[[str], str], tmp_path: Path, spoiled: str
+) -> None:
+    keytab = tmp_path / "pop.keytab"
+    contents = {"garbage": b"\x05\x02" + bytes(range(256)), "empty": b"\x05\x02"}
+    if spoiled in contents:
+        keytab.write_bytes(contents[spoiled])
+    outcome, client = exchange(Acceptor(keytab=f"FILE:{keytab}", host="localhost"), ccache("alice"))
+    assert isinstance(outcome.result, Refused) and outcome.result.unavailable
+    assert outcome.result.reason.startswith("ticket refused: keytab: ")
+    assert client.server_text == b"KPOP authentication failed"  # no path on the wire
+
+
+def test_a_bad_ticket_is_the_clients_fault(
+    acceptor: Acceptor, ccache: Callable[[str], str]
+) -> None:
+    """The control: a good keytab, a ticket for a service we do not answer for."""
+    outcome, _client = exchange(acceptor, ccache("alice"), service="host")
+    assert isinstance(outcome.result, Refused) and not outcome.result.unavailable
 
 
 def test_flipped_bytes_in_a_real_ap_req(

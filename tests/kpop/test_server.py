@@ -10,6 +10,7 @@ other sessions are served meanwhile, and the log has no traceback.
 
 from __future__ import annotations
 
+import base64
 import poplib
 import re
 import shutil
@@ -26,7 +27,7 @@ import pytest
 from pop3d.kpop.handshake import Handshake, Rejected
 from tests.support.fetchmail_kpop import FETCHED, NO_MAIL, fetchmail_kpop
 from tests.support.kerberos import Realm
-from tests.support.kpop import drive_socket, gssapi_ap_req
+from tests.support.kpop import drive_socket, gssapi_ap_req, gssapi_first_token
 from tests.support.lab import Lab, Server, start_server
 from tests.support.sendauth import sendauth
 
@@ -280,6 +281,47 @@ def test_a_replayed_ap_req(server: Server, ccache: Callable[[str], str]) -> None
     assert reply[:1] == b"\x00"
     assert krb_error_code(reply[1:]) == REPEAT
     assert "Request is a replay" in server.log_text()
+
+
+@pytest.mark.parametrize("spoiled", ["removed", "garbage"])
+def test_the_keytab_spoiled_under_the_running_server(
+    server: Server, ccache: Callable[[str], str], spoiled: str
+) -> None:
+    """The server's fault, not the client's: GSSAPI answers -ERR [SYS/TEMP], KPOP its
+    KRB-ERROR, and neither login is logged as a failure fail2ban would count."""
+    keytab = server.lab.root.parent / "pop.keytab"  # what both services were started with
+    saved = keytab.read_bytes()
+    token = gssapi_first_token(ccache("alice"))
+    ap_req = captured_ap_req(ccache("alice"))
+    seen = len(server.log_text())
+    try:
+        keytab.unlink()
+        if spoiled == "garbage":
+            keytab.write_bytes(b"\x05\x02" + bytes(range(256)))
+            keytab.chmod(0o600)
+        with socket.create_connection(("127.0.0.1", server.ports["pop3"]), timeout=15) as sock:
+            assert line(sock).startswith(b"+OK ")
+            answer = exchange(sock, b"AUTH GSSAPI " + base64.b64encode(token))
+            assert (
+                answer
+                == b"-ERR [SYS/TEMP] Unable to check the credentials now, try again later\r\n"
+            )
+            assert exchange(sock, b"QUIT").startswith(b"+OK")
+        with connect(server) as sock:
+            sock.sendall(VERSIONS + ap_req)
+            reply = until_closed(sock)
+        assert reply[:1] == b"\x00"
+        krb_error_code(reply[1:])
+    finally:
+        keytab.write_bytes(saved)
+        keytab.chmod(0o600)
+    failures = [entry for entry in server.log_text()[seen:].splitlines() if "badlogin:" in entry]
+    assert [("GSSAPI" in entry, "KPOP" in entry) for entry in failures] == [
+        (True, False),
+        (False, True),
+    ]
+    for entry in failures:
+        assert "result=<unavailable>" in entry and "SASL(-13)" not in entry, entry
 
 
 def test_a_silent_client_is_closed_and_others_are_served_meanwhile(

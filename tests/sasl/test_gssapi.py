@@ -190,6 +190,7 @@ def test_ticket_for_another_service(krb5_env: Realm, ticket_caches: dict[str, Pa
     peer = GssapiClient(initiator(ticket_caches["alice"], service="host@localhost"))
     result = run(GSSAPI(), context(krb5_env), peer.initial(), peer.respond)
     assert isinstance(result, Failure) and "does not match" in result.reason
+    assert not result.temporary  # the client's doing
 
 
 def test_keytab_without_our_key(
@@ -199,6 +200,23 @@ def test_keytab_without_our_key(
     peer = GssapiClient(initiator(ticket_caches["alice"]))
     result = run(GSSAPI(), context(krb5_env, keytab=str(other)), peer.initial(), peer.respond)
     assert isinstance(result, Failure)
+
+
+@pytest.mark.parametrize("spoiled", ["removed", "garbage", "without our key"])
+def test_a_keytab_spoiled_after_the_start_is_the_servers_fault(
+    krb5_env: Realm, ticket_caches: dict[str, Path], tmp_path: Path, spoiled: str
+) -> None:
+    """No verdict on the client (the session answers -ERR [SYS/TEMP] and logs no failed
+    login): our own credentials cannot be had, whatever the client sent."""
+    keytab = tmp_path / "pop.keytab"
+    if spoiled == "garbage":
+        keytab.write_bytes(b"\x05\x02" + bytes(range(256)))
+    elif spoiled == "without our key":
+        keytab = krb5_env.service_keytab(tmp_path, service="host")
+    peer = GssapiClient(initiator(ticket_caches["alice"]))
+    result = run(GSSAPI(), context(krb5_env, keytab=str(keytab)), peer.initial(), peer.respond)
+    assert isinstance(result, Failure) and result.temporary, result
+    assert "acceptor credentials" in result.reason
 
 
 def test_default_keytab_from_the_environment(

@@ -99,10 +99,10 @@ def drive_bytes(handshake: Handshake, data: bytes, chunk: int = 0, eof: bool = T
             raise AssertionError(f"unexpected event {event!r}")
 
 
-def gssapi_ap_req(ccache: str, service: str = "pop@localhost") -> bytes:
-    """The AP-REQ of a GSSAPI client's first token (what ``AUTH GSSAPI`` carries; the
-    client asks for mutual authentication and a confidentiality layer), cut out of its
-    header as an attacker on the path would. Needs KRB5_CONFIG in ``os.environ``."""
+def gssapi_first_token(ccache: str, service: str = "pop@localhost") -> bytes:
+    """A GSSAPI client's first token (what ``AUTH GSSAPI`` carries; the client asks for
+    mutual authentication and a confidentiality layer). Needs KRB5_CONFIG in
+    ``os.environ``."""
     flags = gssapi.RequirementFlag
     context = gssapi.SecurityContext(
         name=gssapi.Name(service, gssapi.NameType.hostbased_service),
@@ -112,7 +112,15 @@ def gssapi_ap_req(ccache: str, service: str = "pop@localhost") -> bytes:
         flags=flags.mutual_authentication | flags.integrity | flags.confidentiality,
     )
     token = context.step()
-    assert token is not None and token[0] == 0x60
+    assert token is not None
+    return token
+
+
+def gssapi_ap_req(ccache: str, service: str = "pop@localhost") -> bytes:
+    """The AP-REQ of :func:`gssapi_first_token`, cut out of its header as an attacker on
+    the path would."""
+    token = gssapi_first_token(ccache, service)
+    assert token[0] == 0x60
     start = 2 + (token[1] & 0x7F if token[1] & 0x80 else 0)
     assert token[start : start + len(KRB5_TOKEN_HEAD)] == KRB5_TOKEN_HEAD, token[:20].hex()
     return token[start + len(KRB5_TOKEN_HEAD) :]
