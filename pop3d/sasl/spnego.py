@@ -43,6 +43,12 @@ class GSSSpnego(Mechanism):
         user = identify(context, accepted)  # also: the negotiated mechanism is Kerberos
         if isinstance(user, Failure):
             return user
+        if not accepted.flags & gr.RequirementFlag.mutual_authentication:
+            # Every SPNEGO client asks for it (Cyrus SASL, SSPI, MIT). A context without it
+            # may be a KPOP client's AP-REQ, which has no checksum and so no flags: MIT
+            # accepts the missing checksum and then checks no channel binding, and over TLS
+            # a captured one logged in (found probing). GS2 refuses it the same way.
+            return Failure("GSS-SPNEGO needs mutual authentication", user)
         final = accepted.token or None
         if accepted.flags & gr.RequirementFlag.confidentiality:
             confidential, ssf = True, acceptor.confidentiality_ssf()

@@ -4,6 +4,7 @@ python-gssapi initiator playing the client."""
 from __future__ import annotations
 
 import dataclasses
+import socket
 from pathlib import Path
 
 import gssapi.raw as gr
@@ -16,6 +17,7 @@ from pop3d.sasl.mechanism import Context, Failure, Success
 from pop3d.sasl.spnego import GSSSpnego
 from tests.sasl.kerberos_client import assert_malformed, initiator, run
 from tests.support.kerberos import Realm
+from tests.support.sendauth import SendauthThread
 
 pytestmark = pytest.mark.usefixtures("krb5_env")
 
@@ -163,9 +165,13 @@ def test_parse_header() -> None:
 
 
 def spnego_login(
-    realm: Realm, ccache: Path, ctx: Context | None = None, binding: bytes | None = None
+    realm: Realm,
+    ccache: Path,
+    ctx: Context | None = None,
+    binding: bytes | None = None,
+    flags: int | None = None,
 ) -> tuple[Success | Failure, object]:
-    client = initiator(ccache, mech=SPNEGO, binding=binding)
+    client = initiator(ccache, mech=SPNEGO, binding=binding, flags=flags)
     token = client.step()
 
     def respond(challenge: bytes) -> bytes:
@@ -215,6 +221,48 @@ def test_spnego_channel_binding(krb5_env: Realm, ticket_caches: dict[str, Path])
     strict = dataclasses.replace(ctx, require_channel_binding=True)
     result, _ = spnego_login(krb5_env, ticket_caches["alice"], strict)
     assert isinstance(result, Failure)
+
+
+def _der(tag: int, body: bytes) -> bytes:
+    size = len(body)
+    if size < 0x80:
+        return bytes([tag, size]) + body
+    octets = size.to_bytes((size.bit_length() + 7) // 8, "big")
+    return bytes([tag, 0x80 | len(octets)]) + octets + body
+
+
+def kpop_ap_req(ccache: Path) -> bytes:
+    """The AP-REQ a KPOP client (krb5_sendauth, as fetchmail calls it) sends: no checksum
+    in its authenticator, so no GSS flags."""
+    ours, theirs = socket.socketpair()
+    thread = SendauthThread(theirs, f"FILE:{ccache}")
+    thread.start()
+    with ours, theirs:
+        ours.settimeout(10)
+        received = b""
+        while len(received) < 36:  # the two version strings, framed
+            received += ours.recv(4096)
+        ours.sendall(b"\0")  # versions accepted: the AP-REQ follows, framed
+        while len(received) < 40 or len(received) < 40 + int.from_bytes(received[36:40]):
+            received += ours.recv(65536)
+        size = int.from_bytes(received[36:40])
+        ours.shutdown(socket.SHUT_RDWR)
+    thread.join(10)
+    return received[40 : 40 + size]
+
+
+def test_spnego_refuses_a_kpop_ap_req(krb5_env: Realm, ticket_caches: dict[str, Path]) -> None:
+    """Found probing: over TLS a KPOP client's AP-REQ, captured and wrapped in a GSS header
+    inside a SPNEGO NegTokenInit, logged in by GSS-SPNEGO: MIT takes the missing checksum
+    (MS-KILE) and then checks no channel binding. Every real SPNEGO client asks for mutual
+    authentication; a context without it is refused, as GS2 refuses it."""
+    krb5_oid = bytes.fromhex("06092a864886f712010202")
+    inner = _der(0x60, krb5_oid + b"\x01\x00" + kpop_ap_req(ticket_caches["alice"]))
+    init = _der(0x30, _der(0xA0, _der(0x30, krb5_oid)) + _der(0xA2, _der(0x04, inner)))
+    token = _der(0x60, bytes.fromhex("06062b0601050502") + _der(0xA0, init))
+    ctx = context(krb5_env, channel_bindings={}, ssf=256, min_ssf=0, max_ssf=0)
+    result = run(GSSSpnego(), ctx, token, lambda _challenge: b"")
+    assert isinstance(result, Failure) and "mutual" in result.reason, result
 
 
 def test_spnego_refuses_a_bare_kerberos_token(
