@@ -228,7 +228,13 @@ def login_unavailable(
     return Outcome.FAIL
 
 
-def open_maildrop(session: Session, identity: str, method: str, folder: str | None = None) -> Task:
+def open_maildrop(
+    session: Session,
+    identity: str,
+    method: str,
+    folder: str | None = None,
+    authenticated_as: str = "",
+) -> Task:
     """The login steps after the credentials: limits, the maildrop (``folder``: the
     popsubfolders folder of it), LOGIN-DELAY. Login limits count ``identity``, whatever the
     folder; each folder is a maildrop of its own, with its own lock."""
@@ -280,6 +286,6 @@ def open_maildrop(session: Session, identity: str, method: str, folder: str | No
         session.err(f"[LOGIN-DELAY] Logins must be at least {login_delay.describe(min_poll)} apart")
         return Outcome.FAIL
     session.enter_transaction(identity, opened)
-    session.notice(LoginSucceeded(identity, method, folder))
+    session.notice(LoginSucceeded(identity, method, folder, authenticated_as))
     session.ok(f"Mailbox locked and ready SESSIONID=<{session.connection.session_id}>")
     return Outcome.OK

@@ -167,6 +167,9 @@ class LoginSucceeded:
     user: str
     method: str
     folder: str | None = None  # popsubfolders: the folder opened instead of the INBOX
+    # Who authenticated, where that is not ``user`` alone: an admin acting as the user
+    # (a SASL authzid), or the Kerberos principal that mapped to the user.
+    authenticated_as: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -226,20 +226,22 @@ def _authorize(
     target = authzid or authcid
     if target != authcid and authcid not in session.settings.proxy_authorizers:
         return (yield from login_failed(session, authcid, method, f"may not act as {target}"))
+    # The audit trail names who authenticated whenever the user alone does not say it.
+    acting = result.principal or (authcid if target != authcid else "")
     if target == authcid and mechanism.flags & Flag.KERBEROS:
         # The realm vouched for this user (the principal mapped to a local name under the
         # site's rules): Kerberos users live in the KDC, not in our credential file.
-        return (yield from open_maildrop(session, target, method, folder))
+        return (yield from open_maildrop(session, target, method, folder, acting))
     if target == authcid == password_checked:
         # The authenticator checked this user's password a moment ago (with an external
         # checker the user may live only in saslauthd's backend or the KDC): as for
         # USER/PASS, no second look-up in the credential file.
-        return (yield from open_maildrop(session, target, method, folder))
+        return (yield from open_maildrop(session, target, method, folder, acting))
     known = yield ResolveUser(target)
     assert isinstance(known, AuthResult)
     if known.identity is None:
         return (yield from login_failed(session, target, method, known.reason))
-    return (yield from open_maildrop(session, known.identity, method, folder))
+    return (yield from open_maildrop(session, known.identity, method, folder, acting))
 
 
 def _canonical_request(

@@ -87,7 +87,7 @@ class GS2KRB5(Mechanism):
         user = identify(context, accepted)
         if isinstance(user, Failure):
             return user
-        return Success(user, authzid, final=accepted.token or None)
+        return Success(user, authzid, final=accepted.token or None, principal=accepted.principal)
 
 
 def family() -> list[GS2KRB5]:

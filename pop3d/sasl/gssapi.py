@@ -159,7 +159,7 @@ class GSSAPI(Mechanism):
         if not layer_bit & mask:
             return Failure(f"client chose layer {layer_bit} of offered {mask:#x}", user)
         if layer_bit == LAYER_NONE:
-            return Success(user, authzid)
+            return Success(user, authzid, principal=accepted.principal)
         confidential = layer_bit == LAYER_CONFIDENTIALITY
         try:
             layer = GSSAPILayer(
@@ -171,4 +171,4 @@ class GSSAPI(Mechanism):
             )
         except ValueError as exc:
             return Failure(f"GSSAPI layer: {exc}", user)
-        return Success(user, authzid, layer=layer)
+        return Success(user, authzid, layer=layer, principal=accepted.principal)

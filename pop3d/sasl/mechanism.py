@@ -40,6 +40,9 @@ class Success:
     # A negotiated security layer (GSSAPI integrity/confidentiality): after the +OK every
     # byte both ways goes through it, and its SSF joins the connection's security value.
     layer: SecurityLayer | None = None
+    # The Kerberos principal that authenticated, for the audit trail: several principals
+    # may map to one user (krb5.conf's auth_to_local rules).
+    principal: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -61,7 +61,7 @@ class GSSSpnego(Mechanism):
                 # No layer and no encrypting transport: the session after it would be open
                 # to hijacking; GSS-SPNEGO is for protected connections or with a layer.
                 return Failure("GSS-SPNEGO without a layer needs TLS", user)
-            return Success(user, "", final=final)
+            return Success(user, "", final=final, principal=accepted.principal)
         if ssf < context.min_ssf:
             return Failure(f"GSS-SPNEGO layer of SSF {ssf} is below sasl_minimum_layer", user)
         # Above sasl_maximum_layer (over TLS the net maximum is 0) the layer is kept: the
@@ -75,4 +75,4 @@ class GSSSpnego(Mechanism):
             )
         except ValueError as exc:
             return Failure(f"GSS-SPNEGO layer: {exc}", user)
-        return Success(user, "", final=final, layer=layer)
+        return Success(user, "", final=final, layer=layer, principal=accepted.principal)

@@ -65,6 +65,9 @@ class Login:
     user: str
     result: Result
     reason: str = ""
+    # Who authenticated when ``user`` alone does not say it (an admin acting as the user,
+    # the Kerberos principal); "" otherwise, and then the lines carry no such field.
+    authid: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,7 +198,8 @@ def syslog_line(record: Record) -> str:
             f"duration=<{record.duration:.3f}> reason=<{value(record.reason)}>"
         )
     mechanism = word(_CYRUS_MECHANISM.get(record.mechanism, record.mechanism))
-    tail = f"{common} result=<{record.result}> reason=<{value(record.reason)}>"
+    authid = f" authid=<{value(record.authid)}>" if record.authid else ""
+    tail = f"{common}{authid} result=<{record.result}> reason=<{value(record.reason)}>"
     if record.result is Result.OK:
         tls = "+TLS" if record.security is not None and record.security.tls_active else ""
         # Cyrus has SESSIONID=<> at the end of its line: the common fields repeat it.
@@ -235,6 +239,8 @@ def json_line(record: Record) -> str:
     if isinstance(record, Login):
         fields["result"] = str(record.result)
         fields["reason"] = record.reason or None
+        if record.authid:
+            fields["authid"] = record.authid
     else:
         fields.update(
             reason=record.reason,

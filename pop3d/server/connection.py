@@ -378,7 +378,9 @@ class Connection:
         self._linger = not event.client_asked
         raise _Stop
 
-    def _audit_login(self, method: str, user: str, result: Result, reason: str = "") -> None:
+    def _audit_login(
+        self, method: str, user: str, result: Result, reason: str = "", authid: str = ""
+    ) -> None:
         mechanism = method.removeprefix("AUTH ")
         self.context.audit.record(
             Login(
@@ -391,6 +393,7 @@ class Connection:
                 user=user,
                 result=result,
                 reason=reason,
+                authid=authid,
             )
         )
         self._metrics.login(mechanism, result)
@@ -401,7 +404,7 @@ class Connection:
         self._mechanism = event.method.removeprefix("AUTH ")
         # Cyrus's loginlog adds pop.subfolder; the user stays the one who logged in
         folder = f"folder {event.folder}" if event.folder is not None else ""
-        self._audit_login(event.method, event.user, Result.OK, folder)
+        self._audit_login(event.method, event.user, Result.OK, folder, event.authenticated_as)
 
     async def _login_failed(self, event: LoginFailed) -> None:
         if event.unavailable:

@@ -254,6 +254,23 @@ def test_a_tampered_frame_ends_the_session_and_nothing_in_it_runs(kerberized: Ke
     assert "Traceback" not in k.log()
 
 
+def test_the_audit_trail_names_the_principal(kerberized: Kerberized) -> None:
+    """Several principals may map to one user (krb5.conf auth_to_local): the login line
+    says which one authenticated (found probing: it said only the user)."""
+    k = kerberized
+    wire = Wire(k.server.port)
+    answer = authenticate(k, wire, GssapiClient(ctx=initiator(k.ccache), layer=1))
+    assert answer.startswith(b"+OK"), answer
+    wire.send(b"QUIT")
+    assert wire.line().startswith(b"+OK")
+    principal = k.realm.principal("alice")
+    deadline = time.monotonic() + 10
+    while f"authid=<{principal}>" not in k.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    lines = [line for line in k.log().splitlines() if f"authid=<{principal}>" in line]
+    assert lines and " alice GSSAPI User logged in " in lines[-1], lines
+
+
 def test_a_layer_that_was_not_offered_is_refused(kerberized: Kerberized) -> None:
     k = kerberized
     wire = Wire(k.server.port)

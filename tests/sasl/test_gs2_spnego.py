@@ -71,7 +71,8 @@ def test_framing_round_trip(krb5_env: Realm, ticket_caches: dict[str, Path]) -> 
 
 def test_gs2_krb5(krb5_env: Realm, ticket_caches: dict[str, Path]) -> None:
     result, final = gs2_login(krb5_env, ticket_caches["alice"], b"n,,", b"n,,", plus=False)
-    assert result == Success("alice", "", final=final) and final
+    assert result == Success("alice", "", final=final, principal=krb5_env.principal("alice"))
+    assert final
 
 
 def test_gs2_authzid(krb5_env: Realm, ticket_caches: dict[str, Path]) -> None:

@@ -45,7 +45,7 @@ def login(
 
 def test_no_layer(krb5_env: Realm, ticket_caches: dict[str, Path]) -> None:
     result, peer = login(krb5_env, ticket_caches["alice"])
-    assert result == Success("alice", "")
+    assert result == Success("alice", "", principal=krb5_env.principal("alice"))
     assert peer.offered == LAYER_NONE | LAYER_INTEGRITY | LAYER_CONFIDENTIALITY
     assert peer.server_max == 65536
 
@@ -61,7 +61,7 @@ def test_initial_response_may_be_absent(krb5_env: Realm, ticket_caches: dict[str
         return peer.respond(challenge)
 
     result = run(GSSAPI(), context(krb5_env), None, respond)
-    assert result == Success("bob", "")
+    assert result == Success("bob", "", principal=krb5_env.principal("bob"))
 
 
 @pytest.mark.parametrize("layer", [LAYER_INTEGRITY, LAYER_CONFIDENTIALITY])
@@ -98,7 +98,7 @@ def test_tls_meets_the_minimum(krb5_env: Realm, ticket_caches: dict[str, Path]) 
     layers = Policy(minimum_ssf=56, maximum_ssf=512).layer_range(Security(TLS_256))
     ctx = context(krb5_env, ssf=256, min_ssf=layers.low, max_ssf=layers.high)
     result, peer = login(krb5_env, ticket_caches["alice"], ctx)
-    assert result == Success("alice", "")
+    assert result == Success("alice", "", principal=krb5_env.principal("alice"))
     assert peer.offered == LAYER_NONE | LAYER_INTEGRITY | LAYER_CONFIDENTIALITY
 
 
@@ -106,7 +106,7 @@ def test_maximum_zero_offers_no_layer_and_no_buffer(
     krb5_env: Realm, ticket_caches: dict[str, Path]
 ) -> None:
     result, peer = login(krb5_env, ticket_caches["alice"], context(krb5_env, max_ssf=0))
-    assert result == Success("alice", "")
+    assert result == Success("alice", "", principal=krb5_env.principal("alice"))
     assert (peer.offered, peer.server_max) == (LAYER_NONE, 0)
 
 
@@ -224,7 +224,7 @@ def test_default_keytab_from_the_environment(
 ) -> None:
     monkeypatch.setenv("KRB5_KTNAME", f"FILE:{krb5_env.keytab}")
     result, _ = login(krb5_env, ticket_caches["alice"], context(krb5_env, keytab=None))
-    assert result == Success("alice", "")
+    assert result == Success("alice", "", principal=krb5_env.principal("alice"))
 
 
 def test_replayed_ap_req(krb5_env: Realm, ticket_caches: dict[str, Path]) -> None:
@@ -275,10 +275,10 @@ def test_channel_binding_verified(krb5_env: Realm, ticket_caches: dict[str, Path
     ctx = context(krb5_env, channel_bindings={"tls-server-end-point": BINDING})
     good = b"tls-server-end-point:" + BINDING
     result, _ = login(krb5_env, ticket_caches["alice"], ctx, binding=good)
-    assert result == Success("alice", "")
+    assert result == Success("alice", "", principal=krb5_env.principal("alice"))
     strict = dataclasses.replace(ctx, require_channel_binding=True)
     result, _ = login(krb5_env, ticket_caches["alice"], strict, binding=good)
-    assert result == Success("alice", "")
+    assert result == Success("alice", "", principal=krb5_env.principal("alice"))
 
 
 @pytest.mark.parametrize(
@@ -300,7 +300,7 @@ def test_channel_binding_mismatch(
 def test_channel_binding_required(krb5_env: Realm, ticket_caches: dict[str, Path]) -> None:
     ctx = context(krb5_env, channel_bindings={"tls-server-end-point": BINDING})
     result, _ = login(krb5_env, ticket_caches["alice"], ctx)  # MIT's rule: unbound passes
-    assert result == Success("alice", "")
+    assert result == Success("alice", "", principal=krb5_env.principal("alice"))
     strict = dataclasses.replace(ctx, require_channel_binding=True)
     result, _ = login(krb5_env, ticket_caches["alice"], strict)
     assert isinstance(result, Failure) and "bind" in result.reason
@@ -314,7 +314,7 @@ def test_context_without_integrity_offers_no_layer(
     sec = initiator(ticket_caches["alice"], flags=int(gr.RequirementFlag.mutual_authentication))
     peer = GssapiClient(sec)
     result = run(GSSAPI(), context(krb5_env), peer.initial(), peer.respond)
-    assert result == Success("alice", "")
+    assert result == Success("alice", "", principal=krb5_env.principal("alice"))
     assert peer.offered is not None and peer.offered & LAYER_NONE
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from pop3d.protocol import events as ev
 from pop3d.protocol.states import State
 from pop3d.sasl.mechanism import Failure, Success
 from pop3d.sasl.plain import Plain
@@ -41,6 +42,10 @@ def test_plain_authzid_is_decided_by_the_session(tmp_path: Path, admin: bool) ->
     if admin:
         assert out.startswith(b"+OK Mailbox locked and ready")
         assert driven.session.user == "ursel"
+        # the audit trail names who authenticated, not only whose maildrop (found probing)
+        assert [n for n in driven.notices if isinstance(n, ev.LoginSucceeded)] == [
+            ev.LoginSucceeded("ursel", "AUTH PLAIN", None, authenticated_as="kurt")
+        ]
     else:
         assert out == b"-ERR [AUTH] Invalid login\r\n"
         assert driven.session.state is State.AUTHORIZATION

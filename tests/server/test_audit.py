@@ -75,6 +75,15 @@ def test_a_scoped_peer_address_cannot_forge_a_line() -> None:
         assert match is None or match["host"] != "203.0.113.9", line
 
 
+def test_the_authenticating_identity_is_a_field_when_it_is_not_the_user() -> None:
+    acting = Login(1.0, "pop3", "s", "192.0.2.7:1", TLS, "PLAIN", "ursel", Result.OK, "", "kurt")
+    line = syslog_line(acting)
+    assert " ursel PLAIN+TLS User logged in " in line and " authid=<kurt> " in line
+    assert json.loads(json_line(acting))["authid"] == "kurt"
+    alone = _login("ursel", Result.OK)
+    assert "authid" not in syslog_line(alone) and "authid" not in json_line(alone)
+
+
 def test_cyrus_formats() -> None:
     ok = syslog_line(_login("alice", Result.OK))
     assert ok.startswith(
