@@ -69,9 +69,15 @@ from pop3d.storage import imap_import
 from pop3d.storage.base import StorageError
 from pop3d.storage.dovecot_import import DEFAULT_UIDL_FORMAT, import_dovecot
 from pop3d.storage.imap_import import LoginRefused, NoSuchMailbox, ServerUnreachable
-from pop3d.storage.importing import ImportFailed, ImportReport
+from pop3d.storage.importing import (
+    ImportFailed,
+    ImportReport,
+    SourcePath,
+    SourceRefused,
+    source_exists,
+)
 from pop3d.storage.locks import check_table
-from pop3d.storage.maildir import MaildirStore, store_from_config
+from pop3d.storage.maildir import store_from_config
 from pop3d.storage.mbox_import import import_mbox
 from pop3d.transport import tls
 
@@ -269,7 +275,8 @@ def cmd_deliver(config: Config, args: argparse.Namespace) -> int:
 
 def cmd_import(config: Config, args: argparse.Namespace) -> int:
     """Exit 0 when every message is in (some may have been there already), 65 (EX_DATAERR)
-    when some could not be read (reported and skipped), 78/75 when the import stopped (with
+    when some could not be read (reported and skipped) or the source was refused (a link, a
+    FIFO, too large: storage/importing.py), 78/75 when the import stopped (with
     --all: for some user; the others went on); --imap: 69 (EX_UNAVAILABLE) no connection,
     77 (EX_NOPERM) login refused, 67 (EX_NOUSER) no such mailbox."""
     if args.imap is not None:
@@ -285,17 +292,18 @@ def cmd_import(config: Config, args: argparse.Namespace) -> int:
     if args.all == (args.user is not None):
         fail(PROGRAM, EX_USAGE, "import: name one USER, or --all")
     if not args.all:
-        return _import_one(config, args, _user(config, args.user), Path(template))
+        source = SourcePath.given(Path(template))
+        return _import_one(config, args, _user(config, args.user), source)
     if "%u" not in template and "%n" not in template:
         fail(PROGRAM, EX_USAGE, f"import --all: {template!r} names no user (%u or %n)")
     names = sorted(r.name for r in credentials.CredentialFile(credentials_path(config)).users())
     try:
-        sources = {user: MaildirStore(template).path_for(user) for user in names}
+        sources = {user: SourcePath.from_template(template, user) for user in names}
     except StorageError as exc:
         fail(PROGRAM, EX_USAGE, f"import --all: {exc}")
     worst = 0
     for user, source in sources.items():
-        if not source.exists():
+        if not source_exists(source):
             print(f"{user}: nothing at {source}")
             continue
         try:
@@ -311,7 +319,7 @@ def cmd_import(config: Config, args: argparse.Namespace) -> int:
 _SEVERITY: dict[int, int] = collections.defaultdict(lambda: 2, {0: 0, EX_DATAERR: 1})
 
 
-def _import_one(config: Config, args: argparse.Namespace, user: str, source: Path) -> int:
+def _import_one(config: Config, args: argparse.Namespace, user: str, source: SourcePath) -> int:
     uidl_format = args.uidl_format or DEFAULT_UIDL_FORMAT
     try:
         store = store_from_config(config)
@@ -326,6 +334,8 @@ def _import_one(config: Config, args: argparse.Namespace, user: str, source: Pat
             )
         else:
             result = import_dovecot(source, store, user, uidl_format, _report)
+    except SourceRefused as exc:
+        fail(PROGRAM, EX_DATAERR, f"import refused: {exc}")
     except ImportFailed as exc:
         fail(PROGRAM, EX_TEMPFAIL, f"import stopped: {exc}")
     _summary(user, result)

@@ -24,6 +24,12 @@ each message's POP3 UIDL (issue 14).
 * The source is only read: nothing there is written, renamed or locked. The whole uidlist
   is parsed before anything is written: a corrupt one stops the import with file:line and
   reason, the target unchanged. A message that cannot be read is reported and skipped.
+* The source is a user's: nothing of it is opened through a symbolic link (storage/
+  importing.py, SourcePath). A linked source folder, ``new/``, ``cur/`` or uidlist, or a
+  uidlist that is no regular file or is over 64 MiB, stops the import before anything is
+  written (SourceRefused); a message that is a link, no regular file or over
+  ``MESSAGE_MAX`` is reported and skipped. ``new/`` and ``cur/`` are opened once: what is
+  copied is what was listed, whatever is renamed in the source meanwhile.
 * The bytes are copied exactly; flags (``:2,<flags>`` of a message in ``cur/``) are kept;
   so is the ``,W=`` size Dovecot's LIST gave (2 short for a message without a final line
   end, which Dovecot does not count), so LIST answers what it answered.
@@ -37,10 +43,25 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pop3d.storage.importing import ImportFailed, ImportReport, locked_target, write_message
+from pop3d.storage.importing import (
+    FOLDER,
+    MESSAGE_MAX,
+    REGULAR_FILE,
+    ImportFailed,
+    ImportReport,
+    SourcePath,
+    locked_target,
+    open_regular_file,
+    open_source_directory,
+    read_capped,
+    refusal,
+    source_error,
+    write_message,
+)
 from pop3d.storage.maildir import (
     MaildirStore,
     _Folders,
+    _open_directory,
     _open_message,
     size_hint,
     unique_part,
@@ -48,7 +69,9 @@ from pop3d.storage.maildir import (
 )
 
 DEFAULT_UIDL_FORMAT = "%08Xu%08Xv"
-_CHUNK = 256 * 1024
+UIDLIST_NAME = "dovecot-uidlist"
+# A uidlist line is some 60 octets: a million messages fit several times over.
+UIDLIST_MAX = 64 * 1024 * 1024
 _VARIABLE = re.compile(r"%(0?)(\d*)([XLU]*)([uvfg%])")
 
 
@@ -158,51 +181,96 @@ def expand_format(template: str, uid: int, uidvalidity: int, filename: str, guid
     return _VARIABLE.sub(one, template)
 
 
-def _source_files(source: Path) -> dict[str, tuple[str, str]]:
+def _source_folders(source: int, shown: str) -> dict[str, int]:
+    """``new/`` and ``cur/`` of the source (directory fd ``source``), each a directory fd,
+    never through a link; a missing one is left out."""
+    folders: dict[str, int] = {}
+    try:
+        for subdir in ("new", "cur"):
+            try:
+                folders[subdir] = _open_directory(subdir, source)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise source_error(f"{shown}/{subdir}", subdir, source, exc, FOLDER) from None
+    except BaseException:
+        for fd in folders.values():
+            os.close(fd)
+        raise
+    return folders
+
+
+def _source_files(folders: dict[str, int], shown: str) -> dict[str, tuple[str, str]]:
     """base name (before ":") -> (subdir, file name) in the source's new/ and cur/."""
     found: dict[str, tuple[str, str]] = {}
-    for subdir in ("new", "cur"):
+    for subdir, fd in folders.items():
         try:
-            names = os.listdir(source / subdir)
-        except FileNotFoundError:
-            continue
+            names = os.listdir(fd)
         except OSError as exc:
-            raise ImportFailed(f"cannot list {source / subdir}: {exc.strerror}") from exc
+            raise ImportFailed(f"cannot list {shown}/{subdir}: {exc.strerror}") from exc
         for name in names:
             found.setdefault(name.partition(":")[0], (subdir, name))
     return found
 
 
+def _read_uidlist(source: int, shown: str) -> str:
+    with open_regular_file(UIDLIST_NAME, source, shown) as handle:
+        try:
+            data = read_capped(handle, UIDLIST_MAX, shown)
+        except OSError as exc:
+            raise ImportFailed(f"{shown}: {exc.strerror}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ImportFailed(f"{shown}: not UTF-8") from None
+
+
 def import_dovecot(
-    source: Path,
+    source: Path | SourcePath,
     store: MaildirStore,
     user: str,
     uidl_format: str = DEFAULT_UIDL_FORMAT,
     report: Callable[[str], None] = lambda _line: None,
 ) -> ImportReport:
+    """``source``: a Path is one named on the command line (SourcePath.given)."""
     try:
         check_format(uidl_format)
     except ValueError as exc:
         raise ImportFailed(str(exc)) from None
-    uidlist_path = source / "dovecot-uidlist"
+    where = SourcePath.given(source) if isinstance(source, Path) else source
+    shown = str(where)
+    folder = open_source_directory(where)
     try:
-        text = uidlist_path.read_bytes().decode("utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
-        raise ImportFailed(f"{uidlist_path}: {reason}") from None
-    uidlist = parse_uidlist(text, str(uidlist_path))
-    files = _source_files(source)
-    with locked_target(store, user) as folders:
-        return _import(source, uidlist, files, folders, uidl_format, report=report)
+        text = _read_uidlist(folder, f"{shown}/{UIDLIST_NAME}")
+        uidlist = parse_uidlist(text, f"{shown}/{UIDLIST_NAME}")
+        subfolders = _source_folders(folder, shown)
+    finally:
+        os.close(folder)
+    try:
+        files = _source_files(subfolders, shown)
+        with locked_target(store, user) as folders:
+            return _import(
+                shown,
+                uidlist,
+                files,
+                sources=subfolders,
+                folders=folders,
+                uidl_format=uidl_format,
+                report=report,
+            )
+    finally:
+        for fd in subfolders.values():
+            os.close(fd)
 
 
 def _import(
-    source: Path,
+    shown: str,
     uidlist: Uidlist,
     files: dict[str, tuple[str, str]],
+    *,
+    sources: dict[str, int],
     folders: _Folders,
     uidl_format: str,
-    *,
     report: Callable[[str], None],
 ) -> ImportReport:
     result = ImportReport()
@@ -212,7 +280,7 @@ def _import(
         for name in os.listdir(folders.fds[subdir])
     }
     for entry in uidlist.entries:
-        where = f"{source}: UID {entry.uid} ({entry.filename})"
+        where = f"{shown}: UID {entry.uid} ({entry.filename})"
         unique = entry.unique(uidlist.uidvalidity)
         if _identity(unique) in present:
             result.present += 1
@@ -231,7 +299,7 @@ def _import(
         elif located is None:
             reason = "no such file in new/ or cur/"
         if reason is None and located is not None:
-            reason = _copy(source, located, unique, uidl, folders)
+            reason = _copy(sources[located[0]], located, unique, uidl, folders)
         if reason is not None:
             result.skipped.append(f"{where}: {reason}")
             report(f"{where}: skipped: {reason}")
@@ -242,20 +310,21 @@ def _import(
 
 
 def _copy(
-    source: Path, located: tuple[str, str], unique: str, uidl: str, folders: _Folders
+    directory: int, located: tuple[str, str], unique: str, uidl: str, folders: _Folders
 ) -> str | None:
-    """Copy one message; None, or why it was skipped (a source that cannot be read). Errors
+    """Copy one message from ``directory`` (the source's new/ or cur/); None, or why it was
+    skipped (a source that cannot be read: a link, no regular file, too large). Errors
     writing the target propagate: the import stops."""
     subdir, name = located
     try:
-        directory = os.open(source / subdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            with _open_message(name, directory) as handle:
-                data = handle.read()  # whole: a message is copied complete or not at all
-        finally:
-            os.close(directory)
+        with _open_message(name, directory) as handle:
+            if os.fstat(handle.fileno()).st_size > MESSAGE_MAX:
+                return f"{subdir}/{name}: larger than {MESSAGE_MAX} bytes"
+            data = handle.read(MESSAGE_MAX + 1)  # whole: copied complete or not at all
     except OSError as exc:
-        return f"cannot read {subdir}/{name}: {exc.strerror}"
+        return f"cannot read {subdir}/{name}: {refusal(name, directory, exc, REGULAR_FILE)[1]}"
+    if len(data) > MESSAGE_MAX:
+        return f"{subdir}/{name}: larger than {MESSAGE_MAX} bytes"
     _, sep, info = name.partition(":")
     destination = "cur" if subdir == "cur" and sep else "new"
     write_message(

@@ -54,6 +54,10 @@ DEFAULT_TIMEOUT = 60.0
 POP3NEWUIDL = "/shared/vendor/cmu/cyrus-imapd/pop3newuidl"
 _BATCH_COUNT = 64
 _BATCH_BYTES = 16 * 1024 * 1024
+# --cyrus-config and its @include files are the administrator's (followed, a pipe allowed:
+# "<(ssh old cat /etc/imapd.conf)"), but never read whole past this: an imapd.conf is a
+# few kilobytes, /dev/zero is not.
+_CONFIG_MAX = 16 * 1024 * 1024
 # The IMAP system flags a Maildir name can carry (\Recent is not stored; keywords are lost).
 _FLAGS = {"\\draft": "D", "\\flagged": "F", "\\answered": "R", "\\seen": "S", "\\deleted": "T"}
 _UID = re.compile(rb"\bUID (\d+)")
@@ -149,9 +153,13 @@ def uidl_format_from_config(path: Path) -> str:
 
 def _find_option(path: Path, key: str, depth: int) -> tuple[str, str] | None:
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        with path.open("rb") as handle:
+            data = handle.read(_CONFIG_MAX + 1)
     except OSError as exc:
         raise ImportFailed(f"cannot read {path}: {exc.strerror}") from None
+    if len(data) > _CONFIG_MAX:
+        raise ImportFailed(f"{path}: larger than {_CONFIG_MAX} bytes, not an imapd.conf")
+    text = data.decode("utf-8", "replace")
     found: tuple[str, str] | None = None
     for number, raw in enumerate(text.splitlines(), 1):
         name, sep, value = raw.strip().partition(":")

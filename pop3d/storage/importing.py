@@ -7,14 +7,27 @@ without its message is ignored by the reader (``maildir.read_uidl_map`` serves l
 for files that exist); a message is present only whole and with its line. Each importer
 derives a deterministic unique part per source message, so a second run recognises what is
 there and an interrupted one resumes.
+
+The source belongs to a user (a Dovecot Maildir or an mbox in a home folder), and the
+import runs with more rights than they have (root, or ``cyrus_user``, who can read every
+Maildir and the credential file). So nothing of it is opened through a symbolic link: the
+source folder and each folder between it and the part of the path the administrator wrote
+out (:class:`SourcePath`), ``new/`` and ``cur/``, the uidlist, every message and the mbox
+are opened relative to directory file descriptors with ``O_NOFOLLOW``, the way
+``storage/maildir.py`` opens a spool; only directories and regular files are accepted, opened
+``O_NONBLOCK`` (a FIFO cannot hang the import), and what is read whole has a size cap.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
 
 from pop3d.message import SizeCounter
 from pop3d.storage.base import MaildropInUse, StorageError
@@ -23,11 +36,177 @@ from pop3d.storage.maildir import (
     MaildirStore,
     _ensure_maildir,
     _Folders,
+    _open_directory,
 )
+
+# The most an import reads of one message: it holds a message whole (copied complete or not
+# at all), and a sparse file a user plants costs no disk, only the importer's memory.
+MESSAGE_MAX = 256 * 1024 * 1024
+_FOLLOWED_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_REGULAR_FILE = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+FOLDER = "a folder"
+REGULAR_FILE = "a regular file"
 
 
 class ImportFailed(Exception):
     """The import cannot start or go on (corrupt uidlist, target unusable)."""
+
+
+class SourceRefused(ImportFailed):
+    """The source, or a part of it the import needs whole, is not what an import reads: a
+    symbolic link, a FIFO, a device, a file larger than its cap. Nothing was imported."""
+
+
+@dataclass(frozen=True, slots=True)
+class SourcePath:
+    """Where an import reads. ``followed`` is the administrator's part of the path, resolved
+    as any path is (a link there is theirs: ``/var/mail`` is one on many systems); each of
+    ``parts`` after it is opened in the one before without following a link. The source
+    itself is always among ``parts``: even a path typed on the command line may end in a
+    user's home folder, where that user can swap a link in between the typing and the run."""
+
+    followed: Path
+    parts: tuple[str, ...]
+
+    def __str__(self) -> str:
+        return str(self.followed.joinpath(*self.parts))
+
+    @classmethod
+    def given(cls, path: Path) -> SourcePath:
+        """A path named on the command line: only its last component is not followed."""
+        if path.name in ("", ".", ".."):
+            return cls(path, ())  # "." or "/": a folder the administrator stands in or names
+        return cls(path.parent, (path.name,))
+
+    @classmethod
+    def from_template(cls, template: str, user: str) -> SourcePath:
+        """``template`` (``/home/%u/Maildir``) for ``user``: the folders before the first
+        one holding a variable are the administrator's; from that one on, every folder is
+        one a user may own, and none is followed (MaildirStore.path_for's variables; its
+        StorageError for an unknown one)."""
+        parts = Path(template).parts
+        first = next((i for i, part in enumerate(parts) if "%" in part), len(parts) - 1)
+        first = max(0, min(first, len(parts) - 1))
+        expanded = MaildirStore(os.path.join(*parts[first:])).path_for(user)
+        return cls(Path(*parts[:first]), expanded.parts)
+
+
+def _what(mode: int, wanted: str) -> str:
+    """Why a file of ``mode`` is not read where ``wanted`` ("a folder", "a regular file")
+    is: what it is, and that."""
+    if stat.S_ISLNK(mode):
+        return "a symbolic link, not followed"
+    if stat.S_ISDIR(mode):
+        kind = "a folder"
+    elif stat.S_ISREG(mode):
+        kind = "a regular file"
+    elif stat.S_ISFIFO(mode):
+        kind = "a FIFO"
+    elif stat.S_ISSOCK(mode):
+        kind = "a socket"
+    elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        kind = "a device"
+    else:
+        kind = "neither a file nor a folder"
+    return f"{kind}, not {wanted}"
+
+
+def refusal(name: str, dir_fd: int | None, exc: OSError, wanted: str) -> tuple[bool, str]:
+    """Why ``name`` in ``dir_fd`` did not open as ``wanted`` ("a folder", "a regular file"):
+    (True, what it is) when that is the reason (a link, a FIFO), else (False, the error)."""
+    if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EINVAL, errno.EISDIR):
+        try:
+            info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except OSError:
+            pass
+        else:
+            return True, _what(info.st_mode, wanted)
+    return False, exc.strerror or str(exc)
+
+
+def source_error(
+    shown: str, name: str, dir_fd: int | None, exc: OSError, wanted: str
+) -> ImportFailed:
+    refused, reason = refusal(name, dir_fd, exc, wanted)
+    return (SourceRefused if refused else ImportFailed)(f"{shown}: {reason}")
+
+
+def _walk(followed: Path, parts: tuple[str, ...]) -> int:
+    """The directory at ``followed`` (followed as any path) then ``parts`` in it, each opened
+    without following a link: a directory fd."""
+    try:
+        fd = os.open(followed, _FOLLOWED_DIRECTORY)
+    except OSError as exc:
+        raise source_error(str(followed), str(followed), None, exc, FOLDER) from None
+    where = followed
+    for part in parts:
+        where = where / part
+        if part == "..":  # only a template's expansion can put it here (a user "..")
+            os.close(fd)
+            raise SourceRefused(f"{where}: '..' where no link is followed")
+        try:
+            inner = _open_directory(part, fd)
+        except OSError as exc:
+            raise source_error(str(where), part, fd, exc, FOLDER) from None
+        finally:
+            os.close(fd)
+        fd = inner
+    return fd
+
+
+def open_source_directory(source: SourcePath) -> int:
+    """The source folder (a Dovecot Maildir) as a directory fd; :class:`SourceRefused` when
+    it, or a folder on the way that is not the administrator's, is a link or no folder."""
+    return _walk(source.followed, source.parts)
+
+
+def open_source_file(source: SourcePath) -> BinaryIO:
+    """The source file (an mbox), buffered; :class:`SourceRefused` when it is a link, a
+    FIFO, a device or a folder, or a folder on the way is a link."""
+    if not source.parts:
+        return open_regular_file(str(source.followed), None, str(source))
+    folder = _walk(source.followed, source.parts[:-1])
+    try:
+        return open_regular_file(source.parts[-1], folder, str(source))
+    finally:
+        os.close(folder)
+
+
+def open_regular_file(name: str, dir_fd: int | None, shown: str) -> BinaryIO:
+    """``name`` in ``dir_fd`` (without one: the administrator's path, followed), buffered:
+    not through a link, and only a regular file (``O_NONBLOCK``, then ``fstat``: a FIFO
+    opens without waiting for a writer, and is refused)."""
+    flags = _REGULAR_FILE if dir_fd is None else _REGULAR_FILE | os.O_NOFOLLOW
+    try:
+        fd = os.open(name, flags, dir_fd=dir_fd)
+    except OSError as exc:
+        raise source_error(shown, name, dir_fd, exc, REGULAR_FILE) from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISREG(mode):
+            os.set_blocking(fd, True)
+            return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    os.close(fd)
+    raise SourceRefused(f"{shown}: {_what(mode, REGULAR_FILE)}")
+
+
+def source_exists(source: SourcePath) -> bool:
+    """Whether there is anything at ``source``, a link too (the import then says it refuses
+    it). Only for ``--all``'s "nothing at": the import opens it again, as above."""
+    return os.path.lexists(str(source))
+
+
+def read_capped(handle: BinaryIO, limit: int, shown: str) -> bytes:
+    """The whole of ``handle``, at most ``limit`` bytes (SourceRefused beyond)."""
+    if os.fstat(handle.fileno()).st_size > limit:
+        raise SourceRefused(f"{shown}: larger than {limit} bytes")
+    data = handle.read(limit + 1)
+    if len(data) > limit:  # grew since the fstat
+        raise SourceRefused(f"{shown}: larger than {limit} bytes")
+    return data
 
 
 @dataclass

@@ -34,6 +34,11 @@ message's POP3 UIDL (issue 14).
 * A message whose header does not parse (empty, or a line before the blank line that is
   neither a field nor a continuation) is reported and skipped. A file that does not start
   with ``From `` stops the import before anything is written. The source is only read.
+* The mbox is a user's: it is opened without following a link (nor any folder between it
+  and the administrator's part of the path, storage/importing.py, SourcePath), and only a
+  regular file is read (a FIFO cannot hang the import). Lines are read in pieces of at most
+  ``_PIECE`` octets and a message is held whole only up to ``MESSAGE_MAX`` octets: a larger
+  one (a sparse file costs a user no disk) is reported and skipped, never read into memory.
 """
 
 from __future__ import annotations
@@ -48,7 +53,15 @@ from pathlib import Path
 from typing import BinaryIO
 
 from pop3d.storage.dovecot_import import DEFAULT_UIDL_FORMAT, check_format, expand_format
-from pop3d.storage.importing import ImportFailed, ImportReport, locked_target, write_message
+from pop3d.storage.importing import (
+    MESSAGE_MAX,
+    ImportFailed,
+    ImportReport,
+    SourcePath,
+    locked_target,
+    open_source_file,
+    write_message,
+)
 from pop3d.storage.maildir import (
     MaildirStore,
     _Folders,
@@ -64,42 +77,57 @@ _STATUS_FLAGS = {"R": "S"}
 _X_STATUS_FLAGS = {"A": "R", "F": "F", "T": "D", "D": "T"}
 # Dovecot's mbox_hide_headers (src/lib-storage/index/mbox/mbox-storage.c): never served
 _HIDDEN = frozenset(b"content-length status x-imap x-imapbase x-keywords x-status x-uid".split())
+# The most read at once: a longer line comes in pieces, so no line is ever held whole
+_PIECE = 256 * 1024
 
 
-def messages(handle: BinaryIO) -> Iterator[tuple[bytes, bytes]]:
-    """(the ``From `` line, the message's bytes as stored), in file order. A message ends
-    at a ``From `` line after an empty line, except inside the body a valid
-    ``Content-Length:`` gives (Dovecot writes one and escapes nothing in the body)."""
+def messages(handle: BinaryIO, limit: int = MESSAGE_MAX) -> Iterator[tuple[bytes, bytes | None]]:
+    """(the ``From `` line, the message's bytes as stored, or None for one over ``limit``
+    octets, which is never held whole), in file order. A message ends at a ``From `` line
+    after an empty line, except inside the body a valid ``Content-Length:`` gives (Dovecot
+    writes one and escapes nothing in the body)."""
     separator: bytes | None = None
     lines: list[bytes] = []
+    size = 0  # of the message so far; over limit, its lines are let go
     previous_empty = True
+    line_start = True  # the next piece starts a line (not the rest of a long one)
+    in_separator = False  # the rest of a long From line: dropped with it
     in_header = False
     length: int | None = None
-    while raw := handle.readline():
-        if raw.startswith(b"From ") and previous_empty:
+    while raw := handle.readline(_PIECE):
+        starts_line, line_start = line_start, raw.endswith(b"\n")
+        if in_separator:
+            in_separator = not line_start
+            continue
+        if starts_line and raw.startswith(b"From ") and previous_empty:
             if separator is not None:
-                yield separator, b"".join(lines[:-1] if lines else lines)
-            elif lines:
-                raise ValueError("does not start with a 'From ' line")
-            separator, lines = raw, []
+                yield separator, None if size > limit else b"".join(lines[:-1])
+            separator, lines, size = raw, [], 0
             previous_empty, in_header, length = False, True, None
+            in_separator = not line_start
             continue
         if separator is None:
             raise ValueError("does not start with a 'From ' line")
-        lines.append(raw)
-        previous_empty = raw in (b"\n", b"\r\n")
-        if in_header and (match := _CONTENT_LENGTH.fullmatch(raw)):
+        size += len(raw)
+        if size > limit:
+            lines = []
+        else:
+            lines.append(raw)
+        previous_empty = starts_line and raw in (b"\n", b"\r\n")
+        if in_header and starts_line and (match := _CONTENT_LENGTH.fullmatch(raw)):
             length = int(match[1])
         if in_header and previous_empty:
             in_header = False
-            body = None if length is None else _body(handle, length)
+            room = limit - size
+            body = None if length is None or length > room else _body(handle, length)
             if body:
                 lines.append(body)
-                previous_empty = False
+                size += len(body)
+                previous_empty, line_start = False, True
     if separator is not None:
-        if lines and lines[-1] in (b"\n", b"\r\n"):
+        if previous_empty and lines:
             lines.pop()
-        yield separator, b"".join(lines)
+        yield separator, None if size > limit else b"".join(lines)
 
 
 def _body(handle: BinaryIO, length: int) -> bytes | None:
@@ -191,7 +219,7 @@ def _served(folders: _Folders) -> set[str]:
 
 
 def import_mbox(
-    source: Path,
+    source: Path | SourcePath,
     store: MaildirStore,
     user: str,
     report: Callable[[str], None] = lambda _line: None,
@@ -203,10 +231,9 @@ def import_mbox(
         check_format(uidl_format)
     except ValueError as exc:
         raise ImportFailed(str(exc)) from None
-    try:
-        handle = open(source, "rb")  # noqa: SIM115 - closed below
-    except OSError as exc:
-        raise ImportFailed(f"{source}: {exc.strerror}") from None
+    where = SourcePath.given(source) if isinstance(source, Path) else source
+    source = Path(str(where))  # for messages only: it is opened once, here
+    handle = open_source_file(where)
     with handle:
         try:
             first = handle.read(5)
@@ -246,6 +273,11 @@ def _import(
     try:
         for number, (separator, stored) in enumerate(messages(handle), 1):
             lead = max(lead, from_line_time(separator))
+            if stored is None:
+                reason = f"larger than {MESSAGE_MAX} bytes"
+                result.skipped.append(f"{source}: message {number}: {reason}")
+                report(f"{source}: message {number}: skipped: {reason}")
+                continue
             fields = header_fields(stored)
             if fields is None:
                 reason = "the header does not parse"
