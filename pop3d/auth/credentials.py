@@ -72,6 +72,18 @@ def format_record(record: UserRecord) -> str:
     return record.name + "".join(f":{{{k}}}{v}" for k, v in record.secrets.items())
 
 
+def _unusable(path: Path, reason: str) -> str:
+    """An error about the file as a whole, named with the option that names it (its default
+    is in configdirectory): whoever reads the message knows what to fix."""
+    return f"credentials_file {path}: {reason}"
+
+
+def _check_regular(path: Path, st: os.stat_result) -> None:
+    # a directory would fail the first read, a FIFO would hang it
+    if not stat.S_ISREG(st.st_mode):
+        raise CredentialFileError(_unusable(path, "not a regular file"))
+
+
 def _check_mode(path: Path, st: os.stat_result) -> None:
     if st.st_mode & _FORBIDDEN_MODE & ~(stat.S_IXGRP | stat.S_IXOTH):
         raise CredentialFileError(
@@ -201,16 +213,22 @@ class CredentialFile:
             st = os.stat(self.path)
             if not force and self._version and _signature(st) == self._version.signature:
                 return
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             if self._version is not None:
                 self._generation += 1
             self._version = None
             return
+        except OSError as exc:
+            raise CredentialFileError(_unusable(self.path, exc.strerror or str(exc))) from None
         try:
             st = os.fstat(fd)  # the version opened, should the file be replaced meanwhile
+            _check_regular(self.path, st)
             _check_mode(self.path, st)
             offsets = _index(_read_all(fd), self.path)
+        except OSError as exc:
+            os.close(fd)
+            raise CredentialFileError(_unusable(self.path, exc.strerror or str(exc))) from None
         except BaseException:
             os.close(fd)
             raise

@@ -74,6 +74,7 @@ from pop3d.storage.importing import (
     ImportReport,
     SourcePath,
     SourceRefused,
+    SourceUnreadable,
     source_exists,
 )
 from pop3d.storage.locks import check_table
@@ -186,6 +187,11 @@ def _config(path: str) -> Config:
 
 
 def _user(config: Config, raw: str) -> str:
+    try:
+        raw.encode("utf-8")
+    except UnicodeEncodeError:  # argv bytes that are not UTF-8 arrive as surrogate escapes
+        shown = os.fsencode(raw).decode("ascii", "backslashreplace")
+        fail(PROGRAM, EX_DATAERR, f"user name '{shown}' is not valid UTF-8")
     user = canonical_user(raw, identity_rules(config))
     if user is None:
         fail(PROGRAM, EX_DATAERR, f"{raw!r} is not a valid user name")
@@ -193,16 +199,26 @@ def _user(config: Config, raw: str) -> str:
 
 
 def _read_password() -> Secret:
-    if sys.stdin.isatty():
-        first = getpass.getpass("New password: ")
-        if first != getpass.getpass("Again: "):
-            fail(PROGRAM, EX_DATAERR, "the passwords differ")
-        text = first
-    else:
-        text = sys.stdin.readline().rstrip("\r\n")
-    if not text:
+    """A password typed twice on a terminal, else the first line of standard input. Only
+    UTF-8: the SCRAM keys are derived from it as text (RFC 5802's SASLprep), and clients
+    send what their users type in UTF-8; other bytes are refused rather than stored as a
+    password no SCRAM login could match."""
+    if sys.stdin is None:
+        fail(PROGRAM, EX_NOINPUT, "no password: standard input is closed")
+    try:
+        if sys.stdin.isatty():
+            first = getpass.getpass("New password: ")
+            if first != getpass.getpass("Again: "):
+                fail(PROGRAM, EX_DATAERR, "the passwords differ")
+            data = first.encode("utf-8")
+        else:
+            data = sys.stdin.buffer.readline().rstrip(b"\r\n")
+            data.decode("utf-8")
+    except UnicodeError:
+        fail(PROGRAM, EX_DATAERR, "the password is not valid UTF-8")
+    if not data:
         fail(PROGRAM, EX_DATAERR, "empty password")
-    return Secret(text.encode("utf-8"))
+    return Secret(data)
 
 
 def _credentials_owner(config: Config) -> tuple[int, int] | None:
@@ -263,6 +279,8 @@ def cmd_users(config: Config, _args: argparse.Namespace) -> int:
 
 def cmd_deliver(config: Config, args: argparse.Namespace) -> int:
     user = _user(config, args.user)
+    if sys.stdin is None:  # started with descriptor 0 closed: there is no message
+        fail(PROGRAM, EX_NOINPUT, f"no message to deliver to {user}: standard input is closed")
     store = credentials.CredentialFile(credentials_path(config))
     if store.lookup(user) is None:
         fail(PROGRAM, EX_NOUSER, f"no such user {user!r}")
@@ -276,7 +294,8 @@ def cmd_deliver(config: Config, args: argparse.Namespace) -> int:
 def cmd_import(config: Config, args: argparse.Namespace) -> int:
     """Exit 0 when every message is in (some may have been there already), 65 (EX_DATAERR)
     when some could not be read (reported and skipped) or the source was refused (a link, a
-    FIFO, too large: storage/importing.py), 78/75 when the import stopped (with
+    FIFO, too large, not an mbox, a uidlist that does not parse: storage/importing.py), 66
+    (EX_NOINPUT) when it is missing or unreadable, 78/75 when the import stopped (with
     --all: for some user; the others went on); --imap: 69 (EX_UNAVAILABLE) no connection,
     77 (EX_NOPERM) login refused, 67 (EX_NOUSER) no such mailbox."""
     if args.imap is not None:
@@ -336,6 +355,8 @@ def _import_one(config: Config, args: argparse.Namespace, user: str, source: Sou
             result = import_dovecot(source, store, user, uidl_format, _report)
     except SourceRefused as exc:
         fail(PROGRAM, EX_DATAERR, f"import refused: {exc}")
+    except SourceUnreadable as exc:
+        fail(PROGRAM, EX_NOINPUT, f"import stopped: {exc}")
     except ImportFailed as exc:
         fail(PROGRAM, EX_TEMPFAIL, f"import stopped: {exc}")
     _summary(user, result)
@@ -466,8 +487,10 @@ def _check_references(config: Config) -> list[str]:
                 f"{config.where('credentials_file')}: warning: {path} does not "
                 "exist yet (no user can log in)"
             )
-    except (ConfigError, CredentialFileError, OSError) as exc:
+    except ConfigError as exc:
         problems.append(str(exc))
+    except (CredentialFileError, OSError) as exc:
+        problems.append(str(config.problem_with("credentials_file", None, str(exc))))
     try:
         store = store_from_config(config)
     except ConfigError as exc:

@@ -152,7 +152,8 @@ class ServiceContext:
         try:
             credentials.check()
         except (CredentialFileError, OSError) as exc:
-            raise ConfigError([Problem(config.path, 0, str(exc))]) from None
+            problem = config.problem_with("credentials_file", service, str(exc))
+            raise ConfigError([problem]) from None
         try:
             decoy_key = server_secret.load_or_create(secret_path(config, service))
         except server_secret.ServerSecretError as exc:

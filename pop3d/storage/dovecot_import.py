@@ -50,6 +50,7 @@ from pop3d.storage.importing import (
     ImportFailed,
     ImportReport,
     SourcePath,
+    SourceRefused,
     locked_target,
     open_regular_file,
     open_source_directory,
@@ -99,29 +100,29 @@ class Uidlist:
 
 def parse_uidlist(text: str, path: str) -> Uidlist:
     """A version 3 ``dovecot-uidlist``: ``3 V<uidvalidity> N<next> G<guid>``, then
-    ``<uid> [<ext>...] :<filename>`` lines. ImportFailed at the first line that does not
+    ``<uid> [<ext>...] :<filename>`` lines. SourceRefused at the first line that does not
     parse."""
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     if not lines:
-        raise ImportFailed(f"{path}:1: empty uidlist")
+        raise SourceRefused(f"{path}:1: empty uidlist")
     header = lines[0].split(" ")
     if header[0] != "3":
-        raise ImportFailed(f"{path}:1: uidlist version {header[0]!r} (only 3 is supported)")
+        raise SourceRefused(f"{path}:1: uidlist version {header[0]!r} (only 3 is supported)")
     fields = {item[:1]: item[1:] for item in header[1:] if item}
     if not fields.get("V", "").isdigit():
-        raise ImportFailed(f"{path}:1: no V<uidvalidity> in the header")
+        raise SourceRefused(f"{path}:1: no V<uidvalidity> in the header")
     entries: list[UidlistEntry] = []
     last = 0
     for number, line in enumerate(lines[1:], 2):
         head, sep, filename = line.partition(" :")
         parts = head.split(" ")
         if not sep or not parts[0].isdigit() or not filename or "/" in filename:
-            raise ImportFailed(f"{path}:{number}: not '<uid> [ext...] :<filename>'")
+            raise SourceRefused(f"{path}:{number}: not '<uid> [ext...] :<filename>'")
         uid = int(parts[0])
         if uid <= last:
-            raise ImportFailed(f"{path}:{number}: UID {uid} is not above the previous {last}")
+            raise SourceRefused(f"{path}:{number}: UID {uid} is not above the previous {last}")
         last = uid
         pop3 = next((p[1:] for p in parts[1:] if p.startswith("P")), None)
         guid = next((p[1:] for p in parts[1:] if p.startswith("G")), None)
@@ -222,7 +223,7 @@ def _read_uidlist(source: int, shown: str) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
-        raise ImportFailed(f"{shown}: not UTF-8") from None
+        raise SourceRefused(f"{shown}: not UTF-8") from None
 
 
 def import_dovecot(

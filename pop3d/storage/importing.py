@@ -54,7 +54,13 @@ class ImportFailed(Exception):
 
 class SourceRefused(ImportFailed):
     """The source, or a part of it the import needs whole, is not what an import reads: a
-    symbolic link, a FIFO, a device, a file larger than its cap. Nothing was imported."""
+    symbolic link, a FIFO, a device, a file larger than its cap, a file that is not an mbox
+    or a uidlist that does not parse. Nothing was imported; running again will not help."""
+
+
+class SourceUnreadable(ImportFailed):
+    """The source, or its uidlist, does not exist or may not be read. Nothing was
+    imported."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +134,11 @@ def source_error(
     shown: str, name: str, dir_fd: int | None, exc: OSError, wanted: str
 ) -> ImportFailed:
     refused, reason = refusal(name, dir_fd, exc, wanted)
-    return (SourceRefused if refused else ImportFailed)(f"{shown}: {reason}")
+    if refused:
+        return SourceRefused(f"{shown}: {reason}")
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EACCES, errno.EPERM):
+        return SourceUnreadable(f"{shown}: {reason}")
+    return ImportFailed(f"{shown}: {reason}")
 
 
 def _walk(followed: Path, parts: tuple[str, ...]) -> int:

@@ -58,6 +58,7 @@ from pop3d.storage.importing import (
     ImportFailed,
     ImportReport,
     SourcePath,
+    SourceRefused,
     locked_target,
     open_source_file,
     write_message,
@@ -240,7 +241,7 @@ def import_mbox(
         except OSError as exc:
             raise ImportFailed(f"{source}: {exc.strerror}") from None
         if first not in (b"", b"From "):
-            raise ImportFailed(f"{source}: not an mbox (does not start with 'From ')")
+            raise SourceRefused(f"{source}: not an mbox (does not start with 'From ')")
         handle.seek(0)
         with locked_target(store, user) as folders:
             return _import(
@@ -314,7 +315,7 @@ def _import(
             served.add(uidl)
             result.imported += 1
     except ValueError as exc:
-        raise ImportFailed(f"{source}: {exc}") from exc
+        raise SourceRefused(f"{source}: {exc}") from exc
     except OSError as exc:
         raise ImportFailed(f"{source}: {exc.strerror}") from exc
     return result

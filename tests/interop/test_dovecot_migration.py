@@ -286,10 +286,10 @@ def test_a_corrupt_uidlist_stops_the_import_and_changes_nothing(tmp_path: Path) 
         target = lab.root / "spool"
         untouched = _tree(target)
         done = _admin(lab, "import", "--dovecot", str(old.maildir(USER)), USER)
-        assert done.returncode == 75, done.stderr  # EX_TEMPFAIL: nothing was written
+        assert done.returncode == 65, done.stderr  # EX_DATAERR: nothing was written
         assert done.stdout == b""
         assert (
-            f"import stopped: {uidlist}:3: not '<uid> [ext...] :<filename>'".encode() in done.stderr
+            f"import refused: {uidlist}:3: not '<uid> [ext...] :<filename>'".encode() in done.stderr
         ), done.stderr
         assert _tree(target) == untouched
 
@@ -453,12 +453,12 @@ def test_import_all_users_from_a_template(tmp_path: Path) -> None:
             "dave: 1 imported, 0 already there, 0 skipped",
             f"erin: nothing at {old.root / 'home' / 'erin' / 'Maildir'}",
         ]
-        # one user's import stops (a corrupt uidlist): reported, the others go on, exit 75
+        # one user's import stops (a corrupt uidlist): reported, the others go on, exit 65
         (old.maildir("dave") / "dovecot-uidlist").write_text("3 V1 N2\nx :y\n")
         again = _admin(lab, "import", "--dovecot", template, "--all")
-        assert again.returncode == 75, again.stderr
+        assert again.returncode == 65, again.stderr
         assert f"{USER}: 0 imported, 3 already there, 0 skipped" in again.stdout.decode()
-        assert b"import stopped: " in again.stderr and b"dovecot-uidlist:2:" in again.stderr
+        assert b"import refused: " in again.stderr and b"dovecot-uidlist:2:" in again.stderr
     server = start_server(lab)
     try:
         for user, password in users.items():
