@@ -77,12 +77,16 @@ class RetrieveMessage(Request):
     ``expected_octets``: the message's size as the session knows it (LIST/STAT; the
     canonical size, before dot-stuffing), None if it has none. For RETR the driver checks
     what it sends against it: a message changed underneath (truncated, emptied) must not go
-    out looking complete."""
+    out looking complete. ``announced``: the client has been told that size (STAT or
+    LIST); RFC 1939 makes it exact, so a message whose size proves wrong (a wrong ``,W=``
+    in its name) is then refused for the rest of the session. Until then the driver sends
+    it whole and answers its real size (an int) for the session to list from then on."""
 
     index: int
     body_lines: int | None
     preamble: bytes
     expected_octets: int | None = None
+    announced: bool = True
 
 
 @dataclass(frozen=True, slots=True)

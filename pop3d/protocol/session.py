@@ -62,11 +62,22 @@ class Maildrop:
     """The session's view of the maildrop snapshot taken at login. Messages delivered later
     are not in it, so they are neither shown nor deleted (RFC 1939 §8)."""
 
-    __slots__ = ("deleted", "last_login", "login_time", "retrieved", "sizes", "uids")
+    __slots__ = (
+        "deleted",
+        "last_login",
+        "login_time",
+        "retrieved",
+        "sizes",
+        "sizes_shown",
+        "uids",
+    )
 
     def __init__(self, opened: MaildropOpened) -> None:
         self.uids = opened.uids
         self.sizes: list[int | None] = list(opened.sizes)
+        # STAT or LIST answered: the client holds sizes it may check RETR against, so they
+        # stand for the rest of the session (one flag for all: STAT gives only the sum)
+        self.sizes_shown = False
         self.deleted = bytearray(len(opened.uids))
         self.retrieved = bytearray(len(opened.uids))  # RETR went out whole
         self.login_time = opened.now

@@ -42,6 +42,7 @@ def stat(session: Session, argument: bytes) -> Task:
     if sizes is None:
         return Outcome.FAIL
     session.ok(f"{len(sizes)} {sum(sizes)}")
+    session.maildrop.sizes_shown = True
     return Outcome.OK
 
 
@@ -54,6 +55,7 @@ def list_(session: Session, argument: bytes) -> Task:
         if sizes is None:
             return Outcome.FAIL
         session.ok(f"{number} {sizes[0]}")
+        drop.sizes_shown = True
         return Outcome.OK
     live = drop.live()
     sizes = yield from _sizes(session, live)
@@ -61,6 +63,7 @@ def list_(session: Session, argument: bytes) -> Task:
         return Outcome.FAIL
     session.ok(f"{_count(len(live), 'message')} ({sum(sizes)} octets)")
     session.lines(f"{index + 1} {size}" for index, size in zip(live, sizes, strict=True))
+    drop.sizes_shown = True
     return Outcome.OK
 
 
@@ -87,8 +90,10 @@ def top(session: Session, argument: bytes) -> Task:
 
 def _retrieve(session: Session, number: int, index: int, body_lines: int | None) -> Task:
     what = "Message" if body_lines is None else "Top of message"
+    drop = session.maildrop
+    preamble = f"+OK {what} follows\r\n".encode()
     result = yield RetrieveMessage(
-        index, body_lines, f"+OK {what} follows\r\n".encode(), session.maildrop.sizes[index]
+        index, body_lines, preamble, drop.sizes[index], announced=drop.sizes_shown
     )
     if isinstance(result, StorageFailure):
         if result.kind is FailureKind.PERMANENT:
@@ -96,8 +101,10 @@ def _retrieve(session: Session, number: int, index: int, body_lines: int | None)
         else:
             session.err(f"[SYS/TEMP] Unable to read message {number}")
         return Outcome.FAIL
+    if isinstance(result, int):  # its size was wrong, and the client had not been told it
+        drop.sizes[index] = result
     if body_lines is None:
-        session.maildrop.retrieved[index] = 1
+        drop.retrieved[index] = 1
     return Outcome.OK
 
 

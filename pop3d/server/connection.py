@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import logging
 import os
 import time
@@ -24,7 +25,7 @@ from pop3d.kerberos import mit
 from pop3d.kerberos.mit import Acceptor
 from pop3d.kerberos.names import local_user
 from pop3d.kpop.handshake import Authenticated, Handshake, Refused
-from pop3d.message import MessageEncoder
+from pop3d.message import MessageEncoder, canonical_size
 from pop3d.protocol.events import (
     NEED_DATA,
     Close,
@@ -84,6 +85,23 @@ class _Stop(Exception):
 
 class _Unread(Exception):
     """A message's first read failed: nothing of it (not even the +OK) has gone out."""
+
+
+class _WrongSize(Exception):
+    """RETR found, before anything went out, that the size the client was given is wrong
+    (logged): the answer is -ERR."""
+
+
+def _canonical_size_of(fd: int) -> int:
+    """The canonical size of the open file ``fd``, read from its start (its offset is
+    left alone: RETR reads with pread)."""
+    return canonical_size(iter(functools.partial(_read_from, fd, [0]), b""))
+
+
+def _read_from(fd: int, offset: list[int]) -> bytes:
+    chunk = os.pread(fd, _STREAM_CHUNK, offset[0])
+    offset[0] += len(chunk)
+    return chunk
 
 
 class Connection:
@@ -458,20 +476,38 @@ class Connection:
                 log.error("session %s: cannot read message: %s", self._session_id, exc)
                 self._resolve(StorageFailure(FailureKind.TEMPORARY, str(exc)))
                 return
+            resized: int | None = None  # the session lists the message with this size now
             if expected is not None and not self._could_be(expected, on_disk):
-                # Emptied or cut down before anything went out: say so while we still can.
-                log.error(
-                    "session %s: message %s is %d octets on disk, which cannot make the %d "
-                    "announced; answering -ERR",
-                    self._session_id,
-                    self._uid(event.index),
-                    on_disk,
-                    expected,
-                )
-                self._resolve(StorageFailure(FailureKind.TEMPORARY, "message changed on disk"))
-                return
+                try:
+                    real = await self._loop.run_in_executor(
+                        self.context.executor, _canonical_size_of, handle.fileno()
+                    )
+                except OSError:
+                    real = None  # the stream's first read reports it
+                if real is not None and await self._corrected(event.index, handle, real):
+                    if event.announced:
+                        self._resolve(StorageFailure(FailureKind.TEMPORARY, "wrong size hint"))
+                        return
+                    expected = resized = real  # not told yet: it goes out whole
+                else:
+                    # Emptied or cut down before anything went out: say so while we can.
+                    log.error(
+                        "session %s: message %s is %d octets on disk, which cannot make "
+                        "the %d announced; answering -ERR",
+                        self._session_id,
+                        self._uid(event.index),
+                        on_disk,
+                        expected,
+                    )
+                    failure = StorageFailure(FailureKind.TEMPORARY, "message changed on disk")
+                    self._resolve(failure)
+                    return
             try:
-                await self._stream(event, handle, expected, on_disk)
+                streamed = await self._stream(event, handle, expected, on_disk)
+                resized = streamed if streamed is not None else resized
+            except _WrongSize:
+                self._resolve(StorageFailure(FailureKind.TEMPORARY, "wrong size hint"))
+                return
             except _Unread as exc:
                 # Still time for an -ERR: the session goes on, so a client can skip an
                 # unreadable message (and QUIT its deletions) instead of being cut off.
@@ -492,17 +528,61 @@ class Connection:
         else:
             self._top += 1
         self._touch()
-        self._resolve(None)
+        self._resolve(resized)
+
+    async def _corrected(self, index: int, handle: Any, real: int) -> bool:
+        """Whether the message's size was wrong because its name's size hint is (the file
+        is ``real`` octets in canonical form): the store then corrects the name, so every
+        later session lists and serves it right, and this is logged as the store's fault,
+        once (the name no longer says it). A name the store cannot correct is logged each
+        session and stays wrong (a read-only Maildir); one gone meanwhile is not judged."""
+        assert self.work.maildrop is not None
+        maildrop = self.work.maildrop
+        try:
+            inode = os.fstat(handle.fileno()).st_ino
+            renamed = await self._loop.run_in_executor(
+                self.context.executor, maildrop.correct_size_hint, index, inode, real
+            )
+        except MessageGone:
+            return False
+        except (StorageError, OSError) as exc:
+            log.error(
+                "session %s: message %s is %d octets, not what its name says, and the name "
+                "cannot be corrected: %s",
+                self._session_id,
+                self._uid(index),
+                real,
+                exc,
+            )
+            return True
+        if renamed is None:
+            return False  # no size in its name: the file changed since it was measured
+        log.error(
+            "session %s: message %s: its file name gave a wrong size; it is %d octets: "
+            "renamed %s to %s",
+            self._session_id,
+            self._uid(index),
+            real,
+            *renamed,
+        )
+        return True
 
     async def _stream(
         self, event: RetrieveMessage, handle: Any, expected: int | None, on_disk: int
-    ) -> None:
+    ) -> int | None:
         """Write the preamble and the encoded message; for RETR (``expected`` or not) end
         the connection without the terminating dot if the octets do not add up, so the
-        client knows the message it got is incomplete."""
+        client knows the message it got is incomplete. -> the message's real size when it
+        went out whole although its size hint was wrong, else None.
+
+        A message read whole as it is on disk whose size is still not ``expected`` has a
+        wrong size hint in its name (:meth:`_corrected`): if the client was not told that
+        size it gets the message whole; if it was, :class:`_WrongSize` while nothing has
+        gone out, else the connection ends without the dot, as for a changed message."""
         encoder = MessageEncoder(event.body_lines)
         telemetry = self._telemetry
         pending = event.preamble
+        wrote = False
         read = 0
         fd = handle.fileno()
         while not encoder.done:
@@ -535,15 +615,41 @@ class Connection:
                 if telemetry is not None:
                     telemetry.server(pending)
                 pending = b""
+                wrote = True
                 await asyncio.sleep(0)  # every other session gets a turn between chunks
         before = encoder.octets
         tail = encoder.finish()
+        resized: int | None = None
         if event.body_lines is None:
             sent = encoder.octets
             # A size hint written by Dovecot (,W=) does not count the line end we add to
             # a message without a final one (DESIGN.md, Storage): that is not a change.
             appended = sent - before >= 2
             matches = expected is None or sent == expected or (appended and sent == expected + 2)
+            # Read whole as the file is, and still not the size expected: the name's is wrong
+            wrong_hint = read == on_disk and not matches
+            wrong_hint = wrong_hint and await self._corrected(event.index, handle, sent)
+            if wrong_hint and not event.announced:
+                matches = True
+                resized = sent
+            elif wrong_hint and not wrote:
+                raise _WrongSize
+            elif wrong_hint:
+                cut = pending + tail[: -len(MessageEncoder.TERMINATOR)]
+                await self.channel.write(cut)
+                if telemetry is not None:
+                    telemetry.server(cut)
+                log.error(
+                    "session %s: message %s was announced as %d octets and is %d; closing "
+                    "without the terminating dot",
+                    self._session_id,
+                    self._uid(event.index),
+                    expected,
+                    sent,
+                )
+                self.end_reason = "a message's size was announced wrong"
+                self._linger = True
+                raise _Stop
             if read != on_disk or not matches:
                 cut = pending + tail[: -len(MessageEncoder.TERMINATOR)]
                 await self.channel.write(cut)
@@ -567,6 +673,7 @@ class Connection:
         await self.channel.write(last)
         if telemetry is not None:
             telemetry.server(last)
+        return resized
 
     def _uid(self, index: int) -> str:
         maildrop = self.work.maildrop

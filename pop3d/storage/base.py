@@ -35,6 +35,12 @@ class Maildrop(Protocol):
 
     def open_message(self, index: int) -> BinaryIO: ...
 
+    def correct_size_hint(self, index: int, inode: int, size: int) -> tuple[str, str] | None:
+        """Make the size the store keeps in the message's name (``inode``: the file the
+        caller measured) say ``size``, the canonical size found by reading it: -> (old
+        name, new name), None if its name holds no size or that one already."""
+        ...
+
     def commit(
         self, deleted: tuple[int, ...], record_login: float | None, seen: tuple[int, ...] = ()
     ) -> tuple[int, int]:

@@ -5,6 +5,8 @@ Choices, and why:
 * **Listing** reads directory entries only (``new/`` and ``cur/``), never message bodies. A
   size comes from the ``,W=`` field of the file name (the CRLF size Dovecot and our own
   delivery write); a message without one is measured only when a command needs its size.
+  A ``W=`` that RETR proves wrong is corrected in the name
+  (:meth:`MaildirMaildrop.correct_size_hint`), as Dovecot renames such a file.
 * **Measured sizes are kept** in ``pop3d-sizes`` in the Maildir (Courier's
   ``courierpop3dsizelist`` does the same): a Maildir delivered by an agent that writes no
   ``,W=`` (Postfix's ``local`` and ``virtual``, procmail) would otherwise have every
@@ -93,11 +95,15 @@ _SIZE_CACHE_HEADER = "pop3d-sizes 1\n"
 _SIZE_LINE_MAX = 340
 _SIZE_CACHE_SLACK = 2
 _CHUNK = 256 * 1024
+# A ,W= of more digits than this is not a size (1 PB and more): it is not taken as one.
+_SIZE_HINT_DIGITS = 15
 _SUBDIRS = ("new", "cur")
 # A maildrop's open runs these over every file name in it (a warm open runs on the event
 # loop): regular expressions, not a Python step per character.
 _UNIQUE_PART = re.compile(r"[^,:]*")
 _LEADING_DIGITS = re.compile(r"[0-9]*")
+# size_hint(): the first "," field before the info (":") that is "W=" and digits
+_SIZE_HINT = re.compile(rf"[^:]*?,W=([0-9]{{1,{_SIZE_HINT_DIGITS}}})(?=[,:]|\Z)")
 _delivery_counter = itertools.count(1)
 # MaildirStore.recently_opened(): how long a Maildir counts as warm, for how many users,
 # and the most CPU its last open may have taken (a warm open runs on the worker's event
@@ -186,14 +192,37 @@ def read_uidl_map(root: int) -> dict[str, str]:
 
 
 def size_hint(name: str) -> int | None:
-    """The ``W=`` (CRLF size) field of a Maildir name, if present."""
+    """The ``W=`` (CRLF size) field of a Maildir name, if present: ASCII digits only
+    (``str.isdigit`` also takes other scripts' digits, which ``int`` reads as numbers, and
+    superscripts, which it refuses) and at most :data:`_SIZE_HINT_DIGITS` of them (a bigger
+    number is no message's size, and LIST and STAT would report it). A field refused is
+    no hint: the message is measured."""
     if ",W=" not in name:
         return None
-    base = name.split(":", 1)[0]
-    for field in base.split(",")[1:]:
-        if field.startswith("W=") and field[2:].isdigit():
-            return int(field[2:])
-    return None
+    match = _SIZE_HINT.match(name)
+    return int(match.group(1)) if match is not None else None
+
+
+def _valid_hint(fields: list[str]) -> tuple[int, int | None]:
+    """The position among a name's ``,`` fields of the first ``W=`` that is a size hint,
+    and its value; (0, None) if there is none (field 0 is the unique part)."""
+    for position, field in enumerate(fields[1:], 1):
+        if field.startswith("W="):
+            digits = field[2:]
+            if digits.isascii() and digits.isdigit() and len(digits) <= _SIZE_HINT_DIGITS:
+                return position, int(digits)
+    return 0, None
+
+
+def with_size_hint(name: str, size: int) -> str:
+    """``name``, which has a size hint, with the ``W=`` field :func:`size_hint` reads
+    saying ``size``; the unique part, the other fields and the info are kept."""
+    base, sep, info = name.partition(":")
+    fields = base.split(",")
+    position, _hint = _valid_hint(fields)
+    assert position, f"{name!r} has no size hint"
+    fields[position] = f"W={size}"
+    return ",".join(fields) + sep + info
 
 
 def _order_key(entry: _Entry) -> tuple[int, str]:
@@ -621,6 +650,33 @@ class MaildirMaildrop:
         if not stat.S_ISREG(info.st_mode) or _size_record(info, record[3]) != record:
             return None
         return record[3]
+
+    def correct_size_hint(self, index: int, inode: int, size: int) -> tuple[str, str] | None:
+        """The message ``index``, whose file (``inode``) the caller read and found ``size``
+        octets in canonical form, renamed so that its ``,W=`` says ``size``, as Dovecot
+        renames a file whose ``W=`` proved wrong: the name is what every later session
+        lists, so a wrong one would be listed, and its RETR refused, for ever. The rename
+        stays in the message's folder, keeps the unique part (so the UIDL) and the flags,
+        never replaces another name, and is synced before this returns. The caller holds
+        the maildrop lock, as for every change a session makes.
+
+        -> (old name, new name); None if the name has no ``W=`` or says ``size`` already.
+        Raises :class:`StorageError` (also when the file is no longer the one measured)
+        or OSError."""
+        entry = self._entries[index]
+        with self._opened() as folders:
+            fd, name = self._locate(index, folders)
+            if size_hint(name) in (None, size):
+                return None
+            if os.stat(name, dir_fd=fd, follow_symlinks=False).st_ino != inode:
+                raise StorageError(f"{entry.subdir}/{name} is no longer the file measured")
+            target = with_size_hint(name, size)
+            if _kind(target, fd) != "missing":
+                raise StorageError(f"{entry.subdir}/{target} exists already")
+            os.rename(name, target, src_dir_fd=fd, dst_dir_fd=fd)
+            entry.name = target
+            os.fsync(fd)
+        return name, target
 
     def _measure_one(self, index: int, folders: _Reopened, kept: dict[str, _SizeRecord]) -> int:
         with self._open_message(index, folders) as handle:

@@ -235,3 +235,88 @@ def test_retr_of_a_message_not_in_the_page_cache(server: Server) -> None:
         body += chunk
     assert body == LINE.replace(b"\n", b"\r\n") * BIG_LINES + b".\r\n"
     sock.close()
+
+
+def read_multiline(reader: socket.SocketIO) -> bytes:
+    """A multi-line answer's lines after the status line, up to the dot (excluded)."""
+    lines = []
+    while (line := reader.readline()) != b".\r\n":
+        assert line, "connection closed before the terminating dot"
+        lines.append(line)
+    return b"".join(lines)
+
+
+SMALL = b"Subject: b\n\nhello\n"  # 18 octets on disk, 21 canonical
+
+
+def wrongly_sized(lab: Lab, unique: str, hint: int, data: bytes = SMALL) -> Path:
+    path = lab.maildir("bob") / "cur" / f"{unique},S={len(data)},W={hint}:2,S"
+    path.write_bytes(data)
+    return path
+
+
+def test_a_wrong_size_hint_is_corrected_and_the_message_served_next_session(
+    server: Server,
+) -> None:
+    """A ,W= too big (25 for 21: the end of the RETR shows it) or too small for the file
+    (5: seen before the read). The session that announced it answers -ERR and goes on;
+    the name is corrected, logged once, and the next session lists and serves it right."""
+    canonical = len(SMALL.replace(b"\n", b"\r\n"))
+    wrongly_sized(server.lab, "1800000002.M1P1.host", 25)
+    wrongly_sized(server.lab, "1800000003.M1P1.host", 5)
+    sock, reader = login(server.port)
+    assert ask(sock, reader, b"LIST 4") == b"+OK 4 25\r\n"
+    assert ask(sock, reader, b"RETR 4") == b"-ERR [SYS/TEMP] Unable to read message 4\r\n"
+    assert ask(sock, reader, b"LIST 5") == b"+OK 5 5\r\n"  # what the session announced
+    assert ask(sock, reader, b"RETR 5") == b"-ERR [SYS/TEMP] Unable to read message 5\r\n"
+    assert ask(sock, reader, b"NOOP") == b"+OK\r\n"
+    assert ask(sock, reader, b"QUIT").startswith(b"+OK")
+    sock.close()
+    names = sorted(path.name for path in (server.lab.maildir("bob") / "cur").iterdir())
+    assert f"1800000002.M1P1.host,S=18,W={canonical}:2,S" in names
+    assert f"1800000003.M1P1.host,S=18,W={canonical}:2,S" in names
+    for _session in range(2):
+        sock, reader = login(server.port)
+        assert ask(sock, reader, b"LIST 4") == f"+OK 4 {canonical}\r\n".encode()
+        assert ask(sock, reader, b"LIST 5") == f"+OK 5 {canonical}\r\n".encode()
+        for number in (b"4", b"5"):
+            assert ask(sock, reader, b"RETR " + number) == b"+OK Message follows\r\n"
+            assert read_multiline(reader) == SMALL.replace(b"\n", b"\r\n")
+        assert ask(sock, reader, b"QUIT").startswith(b"+OK")
+        sock.close()
+    log = log_when(server, r"ended: QUIT(?s:.*)ended: QUIT(?s:.*)ended: QUIT")
+    assert log.count("its file name gave a wrong size") == 2, log
+    assert "changed while it was sent" not in log
+
+
+def test_a_wrong_size_hint_not_yet_announced_does_not_cost_the_message(server: Server) -> None:
+    """RETR before any STAT or LIST: the client holds no size, so it gets the message
+    whole, and LIST from then on says its real size."""
+    canonical = len(SMALL.replace(b"\n", b"\r\n"))
+    wrongly_sized(server.lab, "1800000002.M1P1.host", 25)
+    sock, reader = login(server.port)
+    assert ask(sock, reader, b"RETR 4") == b"+OK Message follows\r\n"
+    assert read_multiline(reader) == SMALL.replace(b"\n", b"\r\n")
+    assert ask(sock, reader, b"LIST 4") == f"+OK 4 {canonical}\r\n".encode()
+    sock.close()
+    log_when(server, r"its file name gave a wrong size; it is 21 octets")
+
+
+def test_a_big_message_whose_announced_size_proves_wrong_ends_without_the_dot(
+    server: Server,
+) -> None:
+    size = BIG_LINES * (len(LINE) + 1)
+    wrongly_sized(server.lab, "1800000002.M1P1.host", size + 1, LINE * BIG_LINES)
+    sock, reader = login(server.port)
+    assert ask(sock, reader, b"LIST 4") == f"+OK 4 {size + 1}\r\n".encode()
+    assert ask(sock, reader, b"RETR 4") == b"+OK Message follows\r\n"
+    received = reader.read()  # to EOF: the server must close
+    assert len(received) == size  # every octet (no line starts with a dot), then no dot
+    assert not received.endswith(b"\r\n.\r\n")
+    sock.close()
+    log = log_when(server, r"ended: a message's size was announced wrong")
+    assert f"was announced as {size + 1} octets and is {size}" in log
+    assert "changed while it was sent" not in log
+    sock, reader = login(server.port)
+    assert ask(sock, reader, b"LIST 4") == f"+OK 4 {size}\r\n".encode()
+    sock.close()

@@ -29,6 +29,7 @@ from pop3d.storage.maildir import (
     uidl_for,
     unique_part,
     valid_uidl,
+    with_size_hint,
 )
 from tests.support.lab import Lab
 
@@ -69,7 +70,11 @@ def test_name_fields_as_defined(name: str) -> None:
     cut = min((i for i in (name.find(","), name.find(":")) if i >= 0), default=len(name))
     assert unique_part(name) == name[:cut]
     fields = name.split(":", 1)[0].split(",")[1:]
-    hints = [int(f[2:]) for f in fields if f.startswith("W=") and f[2:].isdigit()]
+    hints = [
+        int(f[2:])
+        for f in fields
+        if f.startswith("W=") and f[2:] and set(f[2:]) <= set("0123456789") and len(f) <= 17
+    ]
     assert size_hint(name) == (hints[0] if hints else None)
     digits = ""
     for ch in unique_part(name):
@@ -78,6 +83,69 @@ def test_name_fields_as_defined(name: str) -> None:
         digits += ch
     entry = _Entry("cur", name, unique_part(name))
     assert _order_key(entry) == (int(digits or "0"), unique_part(name))
+
+
+def test_a_size_hint_is_ascii_digits_of_a_sane_length() -> None:
+    """str.isdigit() takes other scripts' digits, which int() reads (",W=\u0661\u0662" was
+    12) or refuses (a superscript failed the whole listing); 32 nines were listed as is."""
+    assert size_hint("1.a.h,W=\u0661\u0662") is None
+    assert size_hint("1.a.h,W=²") is None
+    assert size_hint("1.a.h,W=" + "9" * 32) is None
+    assert size_hint("1.a.h,W=" + "9" * 15) == 10**15 - 1
+    assert size_hint("1.a.h,W=\u0661,S=3,W=21:2,S") == 21
+    corrected = with_size_hint("1.a.h,W=\u0661,S=3,W=25,W=9:2,FS", 21)
+    assert corrected == "1.a.h,W=\u0661,S=3,W=21,W=9:2,FS"
+
+
+def test_a_message_whose_size_hint_is_refused_is_measured(lab: Lab) -> None:
+    data = b"Subject: b\n\nhello\n"
+    for unique, hint in (("1000000002.b1.h", "\u0661\u0662"), ("1000000002.b2.h", "9" * 32)):
+        (lab.maildir("bob") / "cur" / f"{unique},W={hint}").write_bytes(data)
+    drop = store_for(lab).open("bob")
+    try:
+        refused = (drop.uids.index("1000000002.b1.h"), drop.uids.index("1000000002.b2.h"))
+        assert [drop.sizes[index] for index in refused] == [None, None]
+        assert drop.measure(refused) == [21, 21]
+    finally:
+        drop.close()
+
+
+def test_a_wrong_size_hint_is_corrected_in_the_name_only(lab: Lab) -> None:
+    """The rename keeps the folder, the unique part and the flags; it never replaces
+    another file, nor renames a file other than the one measured."""
+    cur = lab.maildir("bob") / "cur"
+    wrong = cur / "1000000002.b.h,S=18,W=25:2,S"
+    wrong.write_bytes(b"Subject: b\n\nhello\n")
+    inode = wrong.stat().st_ino
+    drop = store_for(lab).open("bob")
+    try:
+        index = drop.uids.index("1000000002.b.h")
+        assert drop.sizes[index] == 25
+        with pytest.raises(StorageError, match="no longer the file measured"):
+            drop.correct_size_hint(index, inode + 1, 21)
+        (cur / "1000000002.b.h,S=18,W=21:2,S").mkdir()
+        with pytest.raises(StorageError, match="exists already"):
+            drop.correct_size_hint(index, inode, 21)
+        (cur / "1000000002.b.h,S=18,W=21:2,S").rmdir()
+        assert wrong.exists()
+        renamed = ("1000000002.b.h,S=18,W=25:2,S", "1000000002.b.h,S=18,W=21:2,S")
+        assert drop.correct_size_hint(index, inode, 21) == renamed
+        assert drop.correct_size_hint(index, inode, 21) is None  # says so already
+        with drop.open_message(index) as handle:  # the session finds it at its new name
+            assert handle.read() == b"Subject: b\n\nhello\n"
+    finally:
+        drop.close()
+    assert not wrong.exists()
+    assert (cur / renamed[1]).stat().st_ino == inode
+    drop = store_for(lab).open("bob")
+    try:
+        assert drop.sizes[drop.uids.index("1000000002.b.h")] == 21
+        unsized = next(p for p in lab.messages("bob") if p.name.startswith("1700000002."))
+        assert "," not in unsized.name  # no size in its name: nothing to correct
+        index = drop.uids.index(unsized.name)
+        assert drop.correct_size_hint(index, unsized.stat().st_ino, 1) is None
+    finally:
+        drop.close()
 
 
 def test_a_file_name_starting_with_a_superscript_digit_is_listed(lab: Lab) -> None:
