@@ -60,8 +60,9 @@ class ClaimLogin(Request):
 
 @dataclass(frozen=True, slots=True)
 class MeasureMessages(Request):
-    """Compute canonical sizes of messages that had no size hint. -> tuple of ints in the
-    order asked, or :class:`StorageFailure`"""
+    """Compute canonical sizes of messages that had no size hint. -> tuple in the order
+    asked of ints, or None for a message that could not be measured (gone since the login,
+    unreadable: logged), or :class:`StorageFailure` (the maildrop itself failed)"""
 
     indexes: tuple[int, ...]
 

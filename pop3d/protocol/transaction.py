@@ -23,7 +23,13 @@ if TYPE_CHECKING:
 
 
 def _sizes(session: Session, indexes: list[int]) -> Generator[Request, Any, list[int] | None]:
-    """Sizes of ``indexes``, measuring those that had no hint. None if that failed."""
+    """Sizes of ``indexes``, measuring those that had no hint. None if that failed.
+
+    A message that cannot be measured (another agent removed it after the login, or it
+    cannot be read) costs only itself: it keeps its number, as RFC 1939 fixes the
+    listing at login (a STAT count one short would have clients that fetch 1..count miss
+    the last message), and counts 0 octets, all it can give in this session (RETR of it
+    answers -ERR). The size stands for the session, as every size announced does."""
     sizes = session.maildrop.sizes
     missing = tuple(index for index in indexes if sizes[index] is None)
     if missing:
@@ -32,7 +38,7 @@ def _sizes(session: Session, indexes: list[int]) -> Generator[Request, Any, list
             session.err("[SYS/TEMP] Unable to read the maildrop")
             return None
         for index, size in zip(missing, measured, strict=True):
-            sizes[index] = size
+            sizes[index] = 0 if size is None else size
     return [size for size in (sizes[index] for index in indexes) if size is not None]
 
 

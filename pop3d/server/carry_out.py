@@ -42,7 +42,14 @@ from pop3d.sasl.requests import (
 )
 from pop3d.security.secret import Secret
 from pop3d.server.limits import Claim, Exceeded, Gate
-from pop3d.storage.base import Maildrop, MaildropInUse, NoSuchFolder, StorageError, Store
+from pop3d.storage.base import (
+    Maildrop,
+    MaildropInUse,
+    MessageGone,
+    NoSuchFolder,
+    StorageError,
+    Store,
+)
 
 log = logging.getLogger("pop3d")
 
@@ -174,10 +181,28 @@ def _release_maildrop(work: Work, _request: ReleaseMaildrop) -> object:
 def _measure(work: Work, request: MeasureMessages) -> object:
     assert work.maildrop is not None
     try:
-        return tuple(work.maildrop.measure(request.indexes))
+        measured = work.maildrop.measure(request.indexes)
     except (StorageError, OSError) as exc:
         log.error("session %s: cannot measure messages: %s", work.session_id, exc)
         return StorageFailure(FailureKind.TEMPORARY, str(exc))
+    sizes: list[int | None] = []
+    for index, size in zip(request.indexes, measured, strict=True):
+        if isinstance(size, MessageGone):
+            log.info(
+                "session %s: message %s went away since the login; listed as 0 octets: %s",
+                work.session_id,
+                work.maildrop.uids[index],
+                size,
+            )
+        elif isinstance(size, StorageError):
+            log.error(
+                "session %s: message %s cannot be measured; listed as 0 octets: %s",
+                work.session_id,
+                work.maildrop.uids[index],
+                size,
+            )
+        sizes.append(None if isinstance(size, StorageError) else size)
+    return tuple(sizes)
 
 
 def _commit(work: Work, request: CommitUpdate) -> object:

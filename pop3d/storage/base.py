@@ -31,7 +31,10 @@ class Maildrop(Protocol):
     sizes: tuple[int | None, ...]
     last_login: float | None
 
-    def measure(self, indexes: tuple[int, ...]) -> list[int]: ...
+    def measure(self, indexes: tuple[int, ...]) -> list[int | StorageError]:
+        """Each message's canonical size, or the error that kept it from being measured
+        (:class:`MessageGone`: gone since the listing); raises for the maildrop itself."""
+        ...
 
     def open_message(self, index: int) -> BinaryIO: ...
 

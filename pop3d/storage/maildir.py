@@ -608,31 +608,49 @@ class MaildirMaildrop:
                 raise StorageError(f"cannot open {name} in {self.path}: {exc.strerror}") from exc
         raise MessageGone(f"message {index} keeps moving in {self.path}")
 
-    def measure(self, indexes: tuple[int, ...]) -> list[int]:
+    def measure(self, indexes: tuple[int, ...]) -> list[int | StorageError]:
         """The CRLF sizes of ``indexes``: from ``pop3d-sizes`` where the file is still
         the one measured there (one ``stat``), else by reading it; what was read is
         written back for the next session (best effort). One message (``LIST n``) is
         just read: a client listing a big maildrop one message at a time would otherwise
-        read and parse the whole of ``pop3d-sizes`` for each."""
-        if len(indexes) == 1:
-            with self._opened() as folders:
-                return [self._measure_one(indexes[0], folders, {})]
-        sizes = []
+        read and parse the whole of ``pop3d-sizes`` for each.
+
+        A message that cannot be measured (gone since the listing: :class:`MessageGone`;
+        unreadable) has its error in its place: it must not cost the others their sizes.
+        Raises :class:`StorageError` only for the maildrop itself (a folder replaced)."""
+        sizes: list[int | StorageError] = []
         with self._opened() as folders:
             root = folders.get("")
             assert root is not None  # get("") raises rather than miss the Maildir
+            for subdir in _SUBDIRS:  # a folder replaced fails the command, not a message
+                folders.get(subdir)
+            if len(indexes) == 1:
+                return [self._measure_or_error(indexes[0], folders, {})]
             kept = read_size_cache(root, len(self._entries))
             learned = False
             for index in indexes:
-                size = self._kept_size(index, folders, kept)
+                size: int | StorageError | None = self._kept_size(index, folders, kept)
                 if size is None:
-                    size = self._measure_one(index, folders, kept)
+                    size = self._measure_or_error(index, folders, kept)
                     # a name that cannot be a line (a space in it) is measured each time
-                    learned = learned or _size_key(self._entries[index].name) is not None
+                    measured = not isinstance(size, StorageError)
+                    key = _size_key(self._entries[index].name)
+                    learned = learned or (measured and key is not None)
                 sizes.append(size)
             if learned:
                 self._keep_sizes(root, kept)
         return sizes
+
+    def _measure_or_error(
+        self, index: int, folders: _Reopened, kept: dict[str, _SizeRecord]
+    ) -> int | StorageError:
+        try:
+            return self._measure_one(index, folders, kept)
+        except StorageError as exc:  # MessageGone among them
+            return exc
+        except OSError as exc:
+            entry = self._entries[index]
+            return StorageError(f"cannot read {entry.subdir}/{entry.name}: {exc.strerror}")
 
     def _kept_size(
         self, index: int, folders: _Reopened, kept: dict[str, _SizeRecord]

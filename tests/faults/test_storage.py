@@ -107,14 +107,25 @@ def test_an_unreadable_maildrop_is_sys_temp_and_the_session_goes_on(
 
 
 def test_a_message_unreadable_when_it_is_measured(server: Server, maildir: Path) -> None:
-    """bob's second message has no ,W= size: LIST measures it, and cannot."""
+    """bob's second message has no ,W= size: LIST measures it, and cannot. It costs only
+    itself (STAT and LIST failed for the whole session): listed as 0 octets, a size that
+    stands for the session, and measured again by the next."""
     second = next((maildir / "new").glob("1700000002.*"))
     client = logged_in(server)
+    watch = LogWatch(server)
     second.chmod(0)
-    assert client.ask(b"LIST") == b"-ERR [SYS/TEMP] Unable to read the maildrop"
-    assert client.ask(b"LIST 1") == b"+OK 1 1000"  # the others are still served
-    assert client.ask(b"NOOP") == b"+OK"
+    assert client.ask(b"LIST") == b"+OK 3 messages (4000 octets)"
+    assert client.multiline() == [b"1 1000", b"2 0", b"3 3000"]
+    assert client.ask(b"STAT") == b"+OK 3 4000"
+    assert client.ask(b"RETR 2") == b"-ERR [SYS/TEMP] Unable to read message 2"
+    assert client.ask(b"RETR 1") == b"+OK Message follows"  # the others are still served
+    assert len(b"\r\n".join(client.multiline())) + 2 == 1000
     second.chmod(0o600)
+    assert client.ask(b"LIST 2") == b"+OK 2 0"
+    assert client.ask(b"QUIT").startswith(b"+OK")
+    client.close()
+    watch.wait_for(r"ERROR session \S+: message 1700000002\.\S+ cannot be measured; listed as 0")
+    client = logged_in(server)
     assert client.ask(b"LIST 2") == b"+OK 2 2000"
     assert client.ask(b"QUIT").startswith(b"+OK")
     client.close()

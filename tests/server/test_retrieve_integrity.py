@@ -320,3 +320,38 @@ def test_a_big_message_whose_announced_size_proves_wrong_ends_without_the_dot(
     sock, reader = login(server.port)
     assert ask(sock, reader, b"LIST 4") == f"+OK 4 {size}\r\n".encode()
     sock.close()
+
+
+def test_a_message_gone_or_unreadable_after_login_costs_only_itself(server: Server) -> None:
+    """Messages without ,W= are measured at the first STAT or LIST. One removed by another
+    agent after the login (message 2), or that cannot be read (message 5: a directory
+    now where the file was), made every STAT and LIST of the session -ERR. Each keeps its
+    number and counts 0 octets, its RETR is refused, and the rest of the session works."""
+    maildir = server.lab.maildir("bob")
+    data = b"Subject: unsized\n\nbody\n"
+    for unique in ("1800000002.M1P1.host", "1800000003.M1P1.host"):
+        (maildir / "cur" / unique).write_bytes(data)
+    sizes = {1: 1000, 2: 0, 3: 3000, 4: len(data.replace(b"\n", b"\r\n")), 5: 0}
+    sock, reader = login(server.port)
+    next(p for p in server.lab.messages("bob") if p.name.startswith("1700000002.")).unlink()
+    (maildir / "cur" / "1800000003.M1P1.host").unlink()
+    (maildir / "cur" / "1800000003.M1P1.host").mkdir()
+    for _twice in range(2):
+        assert ask(sock, reader, b"STAT") == f"+OK 5 {sum(sizes.values())}\r\n".encode()
+        assert ask(sock, reader, b"LIST").startswith(b"+OK 5 messages")
+        listed = read_multiline(reader).decode()
+        assert listed == "".join(f"{n} {size}\r\n" for n, size in sizes.items())
+    assert ask(sock, reader, b"LIST 2") == b"+OK 2 0\r\n"
+    assert ask(sock, reader, b"RETR 2") == b"-ERR Message 2 is no longer in the maildrop\r\n"
+    assert ask(sock, reader, b"RETR 5") == b"-ERR [SYS/TEMP] Unable to read message 5\r\n"
+    assert ask(sock, reader, b"RETR 4") == b"+OK Message follows\r\n"
+    assert read_multiline(reader) == data.replace(b"\n", b"\r\n")
+    assert ask(sock, reader, b"UIDL").startswith(b"+OK")
+    assert read_multiline(reader).count(b"\r\n") == 5
+    assert ask(sock, reader, b"DELE 2") == b"+OK Message 2 deleted\r\n"
+    assert ask(sock, reader, b"QUIT") == b"+OK Logging out, 1 message deleted\r\n"
+    sock.close()
+    log = log_when(server, r"ended: QUIT")
+    assert re.search(r"INFO session \S+: message 1700000002\.M2P1\.lab went away since", log)
+    assert re.search(r"ERROR session \S+: message 1800000003\.M1P1\.host cannot be measured", log)
+    assert log.count("cannot be measured") == 1  # the size stands for the session

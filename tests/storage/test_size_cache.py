@@ -7,7 +7,10 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from pop3d.message import canonical_size
+from pop3d.storage.base import MessageGone, StorageError
 from pop3d.storage.maildir import SIZE_CACHE_NAME, MaildirStore, read_size_cache
 from tests.support.lab import USERS, Lab
 
@@ -235,3 +238,29 @@ def test_a_name_that_cannot_be_kept_does_not_rewrite_the_file(lab: Lab) -> None:
     assert stat_all() == first
     assert (lab.maildir("alice") / SIZE_CACHE_NAME).stat().st_ino == written
     assert len(kept_in(lab)) == 3
+
+
+def test_a_message_that_cannot_be_measured_costs_only_itself(lab: Lab) -> None:
+    """Gone since the listing, or no longer a regular file: its error in its place, the
+    others measured (and kept); a folder replaced is still the maildrop's failure."""
+    gone, readable, unreadable = (message(lab, index) for index in UNSIZED)
+    drop = store_for(lab).open("alice")
+    try:
+        gone.unlink()
+        unreadable.unlink()
+        unreadable.mkdir()
+        sizes = drop.measure(UNSIZED)
+        assert isinstance(sizes[0], MessageGone)
+        assert sizes[1] == canonical_size([readable.read_bytes()])
+        assert isinstance(sizes[2], StorageError) and "no longer a regular file" in str(sizes[2])
+        assert list(kept_in(lab)) == [readable.name]
+        assert isinstance(drop.measure((1,))[0], MessageGone)  # LIST n's way too
+        cur = lab.maildir("alice") / "cur"
+        cur.rename(lab.maildir("alice") / "cur.old")
+        cur.mkdir()
+        with pytest.raises(StorageError, match="replaced"):
+            drop.measure(UNSIZED)
+        with pytest.raises(StorageError, match="replaced"):
+            drop.measure((3,))
+    finally:
+        drop.close()
