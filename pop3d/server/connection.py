@@ -233,6 +233,8 @@ class Connection:
                 self._record()
                 self._telemetry.close()
             self._release()
+            if self.session is not None:
+                self.session.abandon()
             if self._stalled:
                 self.channel.abort()  # close() would wait for it to read what is unsent
             else:

@@ -19,6 +19,7 @@ from pop3d.config import imapd
 from pop3d.config.imapd import ConfigError
 from pop3d.transport import selfsigned, tls
 from pop3d.transport.tls_layer import TLSHandshakeError, TLSLayer
+from tests.server.test_network import rss_kib, worker_pids
 from tests.support.lab import Certificates, Lab, make_certificates, start_server
 
 
@@ -400,5 +401,35 @@ def test_a_refusal_on_pop3s_is_the_close_alone(tmp_path: Path) -> None:
                 pass
         log = server.log_text()
         assert "share of maxchild" in log and "shutdown file present" in log
+    finally:
+        server.stop()
+
+
+def _stls_then_reset(port: int) -> None:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        reader = sock.makefile("rb")
+        assert reader.readline().startswith(b"+OK")
+        sock.sendall(b"STLS\r\n")
+        assert reader.readline().startswith(b"+OK")
+        reader.close()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+
+
+def test_an_stls_that_never_completes_leaves_nothing_behind(tls_lab: Lab) -> None:
+    """Found probing: each STLS whose handshake never finished (the client gone after the
+    +OK) kept its session alive with the STLS command's suspended handler, 1.3 KB a
+    connection, linear; the same on pop3s, or a finished STLS, kept nothing."""
+    server = start_server(tls_lab)
+    try:
+        (worker,) = worker_pids(server)
+        for _ in range(300):  # the worker's own first growth (allocator arenas, caches)
+            _stls_then_reset(server.port)
+        time.sleep(0.5)
+        before = rss_kib(worker)
+        for _ in range(800):
+            _stls_then_reset(server.port)
+        time.sleep(0.5)
+        grown = rss_kib(worker) - before
+        assert grown < 400, f"the worker grew {grown} KiB over 800 unfinished STLS"
     finally:
         server.stop()
