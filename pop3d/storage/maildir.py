@@ -214,6 +214,17 @@ def _valid_hint(fields: list[str]) -> tuple[int, int | None]:
     return 0, None
 
 
+def stored_size(name: str) -> int | None:
+    """The ``,S=`` field of a Maildir name: the file's size in octets as delivered (ASCII
+    digits only, as :func:`size_hint`); None without one."""
+    for field in name.partition(":")[0].split(",")[1:]:
+        if field.startswith("S="):
+            digits = field[2:]
+            if digits.isascii() and digits.isdigit() and len(digits) <= _SIZE_HINT_DIGITS:
+                return int(digits)
+    return None
+
+
 def with_size_hint(name: str, size: int) -> str:
     """``name``, which has a size hint, with the ``W=`` field :func:`size_hint` reads
     saying ``size``; the unique part, the other fields and the info are kept."""
@@ -686,8 +697,16 @@ class MaildirMaildrop:
             fd, name = self._locate(index, folders)
             if size_hint(name) in (None, size):
                 return None
-            if os.stat(name, dir_fd=fd, follow_symlinks=False).st_ino != inode:
+            info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            if info.st_ino != inode:
                 raise StorageError(f"{entry.subdir}/{name} is no longer the file measured")
+            # Only a file that is still what was delivered has a wrong name: one that is
+            # not the size its S= says, or is empty, was cut short (a crash's ext4
+            # artefact), and renaming it would serve the rest as a whole message (found
+            # probing). It stays refused, as a message changed on disk.
+            delivered = stored_size(name)
+            if info.st_size == 0 or (delivered is not None and delivered != info.st_size):
+                return None
             target = with_size_hint(name, size)
             if _kind(target, fd) != "missing":
                 raise StorageError(f"{entry.subdir}/{target} exists already")
