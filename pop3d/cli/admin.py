@@ -316,11 +316,17 @@ def cmd_import(config: Config, args: argparse.Namespace) -> int:
     if "%u" not in template and "%n" not in template:
         fail(PROGRAM, EX_USAGE, f"import --all: {template!r} names no user (%u or %n)")
     names = sorted(r.name for r in credentials.CredentialFile(credentials_path(config)).users())
+    # The names a single import would refuse ("a/b", ".", "/x"): each part of a template's
+    # expansion must be one folder of that user's (found probing: "a/b" read a's home).
+    refused = [name for name in names if canonical_user(name, identity_rules(config)) != name]
+    for name in refused:
+        print(f"{name}: not a valid user name, not imported", file=sys.stderr)
+    names = [name for name in names if name not in refused]
     try:
         sources = {user: SourcePath.from_template(template, user) for user in names}
     except StorageError as exc:
         fail(PROGRAM, EX_USAGE, f"import --all: {exc}")
-    worst = 0
+    worst = EX_DATAERR if refused else 0
     for user, source in sources.items():
         if not source_exists(source):
             print(f"{user}: nothing at {source}")

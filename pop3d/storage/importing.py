@@ -94,7 +94,11 @@ class SourcePath:
         first = next((i for i, part in enumerate(parts) if "%" in part), len(parts) - 1)
         first = max(0, min(first, len(parts) - 1))
         expanded = MaildirStore(os.path.join(*parts[first:])).path_for(user)
-        return cls(Path(*parts[:first]), expanded.parts)
+        # Every part of the expansion is a folder under the administrator's part: an empty
+        # %d ("%d/%n" for a user without a domain) gave "/bob" and the walk began at the
+        # root (found probing); a name holding "/" is refused by the caller.
+        inside = tuple(part for part in expanded.parts if part != "/")
+        return cls(Path(*parts[:first]), inside)
 
 
 def _what(mode: int, wanted: str) -> str:

@@ -184,6 +184,27 @@ def test_a_template_splits_at_the_first_variable() -> None:
     assert SourcePath.given(Path("/var/mail/bob")) == SourcePath(Path("/var/mail"), ("bob",))
 
 
+def test_an_empty_variable_keeps_the_template_s_folder() -> None:
+    """Found probing: "%d/%n" for a user without a domain expanded to "/bob", and the walk
+    began at the root instead of under the administrator's folder."""
+    source = SourcePath.from_template("/srv/mail/%d/%n", "bob")
+    assert source == SourcePath(Path("/srv/mail"), ("bob",))
+    assert str(source) == "/srv/mail/bob"
+
+
+def test_import_all_skips_names_a_single_import_would_refuse(lab: Lab) -> None:
+    """Found probing: a credential file's "a/b" read a's home under --all."""
+    home = lab.root / "home"
+    (home / "alice" / "b").mkdir(parents=True)
+    (home / "alice" / "b" / "mbox").write_bytes(b"From x Thu Nov  2 10:00:00 2023\n\nhi\n")
+    with lab.credentials.open("a") as credentials:
+        credentials.write(lab.credentials.read_text().splitlines()[-1].replace("bob", "alice/b", 1))
+        credentials.write("\n")
+    result = _admin(lab, "import", "--mbox", str(home / "%u" / "mbox"), "--all")
+    assert result.returncode == 65, result.stderr
+    assert b"alice/b: not a valid user name, not imported" in result.stderr
+
+
 def test_an_oversized_mbox_message_is_skipped_and_long_lines_come_whole(tmp_path: Path) -> None:
     """A message is held only up to its cap (a sparse mbox costs a user no disk); a line
     longer than a read piece is neither cut nor taken for a separator at a piece's start."""
