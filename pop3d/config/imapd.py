@@ -50,7 +50,10 @@ def read_text(path: str | Path) -> str:
     except ValueError:
         raise Unreadable("NUL in the file name") from None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        info = os.fstat(fd)
+        if stat.S_ISCHR(info.st_mode) and info.st_rdev == os.stat(os.devnull).st_rdev:
+            return ""  # "@include: /dev/null", a way to include nothing (found probing)
+        if not stat.S_ISREG(info.st_mode):
             raise Unreadable("not a regular file")
         chunks, size = [], 0
         while size <= _MAX_FILE and (chunk := os.read(fd, 1 << 16)):

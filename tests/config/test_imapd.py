@@ -196,3 +196,11 @@ def test_numbers_beyond_cyrus_int_are_errors(option: str) -> None:
         with pytest.raises(ConfigError) as caught:
             imapd.from_text(f"{option}: {value}\n")
         assert "above the maximum 2147483647" in str(caught.value.problems[0])
+
+
+def test_an_include_of_dev_null_includes_nothing(tmp_path: Path) -> None:
+    """Found probing: the regular-file rule (a FIFO hung the reader) refused /dev/null,
+    which Cyrus reads as an empty file."""
+    conf = tmp_path / "imapd.conf"
+    conf.write_text("@include: /dev/null\nservername: x\n")
+    assert imapd.load(conf).string("servername") == "x"
