@@ -120,6 +120,13 @@ def messages(handle: BinaryIO, limit: int = MESSAGE_MAX) -> Iterator[tuple[bytes
         if in_header and previous_empty:
             in_header = False
             room = limit - size
+            if length is not None and length > room and _skip_body(handle, length):
+                # Too big to hold, yet a valid Content-Length: the whole body is this one
+                # message, skipped; splitting it at "From " lines inside it imported a
+                # message planted there (found probing).
+                size, lines = limit + 1, []
+                previous_empty, line_start = False, True
+                continue
             body = None if length is None or length > room else _body(handle, length)
             if body:
                 lines.append(body)
@@ -129,6 +136,21 @@ def messages(handle: BinaryIO, limit: int = MESSAGE_MAX) -> Iterator[tuple[bytes
         if previous_empty and lines:
             lines.pop()
         yield separator, None if size > limit else b"".join(lines)
+
+
+def _skip_body(handle: BinaryIO, length: int) -> bool:
+    """Past the next ``length`` bytes, unread, if they end where a message may (as
+    :func:`_body` checks); else False, the file position unchanged."""
+    start = handle.tell()
+    if start + length > os.fstat(handle.fileno()).st_size:
+        return False
+    handle.seek(start + length)
+    after = handle.read(7)
+    if after in (b"", b"\n") or after.startswith(b"\nFrom "):
+        handle.seek(start + length)
+        return True
+    handle.seek(start)
+    return False
 
 
 def _body(handle: BinaryIO, length: int) -> bytes | None:

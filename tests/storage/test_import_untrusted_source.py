@@ -205,6 +205,24 @@ def test_import_all_skips_names_a_single_import_would_refuse(lab: Lab) -> None:
     assert b"alice/b: not a valid user name, not imported" in result.stderr
 
 
+def test_an_oversized_body_of_a_valid_content_length_is_skipped_whole(tmp_path: Path) -> None:
+    """Found probing: a body over the cap was split at the "From " lines inside it, so a
+    message planted in the body of a big one was imported as a message of its own."""
+    planted = b"x\n\nFrom attacker Thu Nov  2 10:00:00 2023\nSubject: injected\n\nfake\n"
+    body = planted + b"y" * 200 + b"\n"
+    path = tmp_path / "mbox"
+    path.write_bytes(
+        b"From a Thu Nov  2 10:00:00 2023\nSubject: big\nContent-Length: "
+        + str(len(body)).encode()
+        + b"\n\n"
+        + body
+        + b"\nFrom b Thu Nov  2 10:00:01 2023\nSubject: next\n\nhello\n"
+    )
+    with path.open("rb") as handle:
+        found = list(messages(handle, limit=150))
+    assert [data for _, data in found] == [None, b"Subject: next\n\nhello\n"], found
+
+
 def test_an_oversized_mbox_message_is_skipped_and_long_lines_come_whole(tmp_path: Path) -> None:
     """A message is held only up to its cap (a sparse mbox costs a user no disk); a line
     longer than a read piece is neither cut nor taken for a separator at a piece's start."""
