@@ -168,10 +168,10 @@ class Session:
 
     def abandon(self) -> None:
         """The connection is gone with a command in flight (an STLS whose handshake never
-        finished, a client gone during a password check): drop it. Its generator's frame
-        refers to this session and the session to the generator, a cycle only the
-        collector frees, which in a worker runs rarely: failed STLS handshakes grew a
-        worker by 1.3 KB each (found probing)."""
+        finished, a client gone during a password check): close it. Left suspended, the
+        STLS command's generator kept this session and what it refers to alive after the
+        connection ended: unfinished STLS handshakes grew a worker by 1.3 KB each (found
+        probing; tests/transport/test_tls.py)."""
         task, self._task, self._task_rule, self._request = self._task, None, None, None
         if task is not None:
             task.close()
