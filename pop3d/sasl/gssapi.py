@@ -129,6 +129,16 @@ class GSSAPI(Mechanism):
         user = identify(context, accepted)
         if isinstance(user, Failure):
             return user
+        try:
+            return (yield from self._negotiate_layer(context, acceptor, accepted, user))
+        except MalformedResponse as problem:
+            # As the exchange driver words it, but naming who: the realm vouched for the
+            # user before the malformed message (found probing: logged as "-").
+            return Failure(f"malformed: {problem}", user)
+
+    def _negotiate_layer(
+        self, context: Context, acceptor: Acceptor, accepted: Accepted, user: str
+    ) -> Run:
         if accepted.token:
             answer = yield Challenge(accepted.token)
             if answer:

@@ -144,6 +144,8 @@ def test_bad_choice(
     if outcome is MalformedResponse:
         result, _ = login(krb5_env, ticket_caches["alice"], choice_override=choice)
         assert_malformed(result)
+        # the realm vouched for alice before the malformed choice: the log says so
+        assert isinstance(result, Failure) and result.authcid == "alice"
     else:
         result, _ = login(krb5_env, ticket_caches["alice"], choice_override=choice)
         assert isinstance(result, Failure)
@@ -156,7 +158,9 @@ def test_unwrapped_choice_is_malformed(krb5_env: Realm, ticket_caches: dict[str,
         answer = peer.respond(challenge)
         return b"\x01\x00\x00\x00" if peer.offered is not None else answer
 
-    assert_malformed(run(GSSAPI(), context(krb5_env), peer.initial(), respond))
+    result = run(GSSAPI(), context(krb5_env), peer.initial(), respond)
+    assert_malformed(result)
+    assert isinstance(result, Failure) and result.authcid == "alice"
 
 
 def test_data_after_the_last_context_token(krb5_env: Realm, ticket_caches: dict[str, Path]) -> None:
