@@ -19,7 +19,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from pop3d.kerberos import mit
 from pop3d.kerberos.mit import Acceptor
@@ -637,10 +637,6 @@ class Connection:
             elif wrong_hint and not wrote:
                 raise _WrongSize
             elif wrong_hint:
-                cut = pending + tail[: -len(MessageEncoder.TERMINATOR)]
-                await self.channel.write(cut)
-                if telemetry is not None:
-                    telemetry.server(cut)
                 log.error(
                     "session %s: message %s was announced as %d octets and is %d; closing "
                     "without the terminating dot",
@@ -649,14 +645,8 @@ class Connection:
                     expected,
                     sent,
                 )
-                self.end_reason = "a message's size was announced wrong"
-                self._linger = True
-                raise _Stop
+                await self._end_without_dot(pending, tail, "a message's size was announced wrong")
             if read != on_disk or not matches:
-                cut = pending + tail[: -len(MessageEncoder.TERMINATOR)]
-                await self.channel.write(cut)
-                if telemetry is not None:
-                    telemetry.server(cut)
                 log.error(
                     "session %s: message %s changed while it was sent (%d octets read of "
                     "%d on disk, %d sent of %s announced); closing without the "
@@ -668,14 +658,23 @@ class Connection:
                     sent,
                     "none" if expected is None else expected,
                 )
-                self.end_reason = "message changed while it was sent"
-                self._linger = True
-                raise _Stop
+                await self._end_without_dot(pending, tail, "message changed while it was sent")
         last = pending + tail
         await self.channel.write(last)
         if telemetry is not None:
             telemetry.server(last)
         return resized
+
+    async def _end_without_dot(self, pending: bytes, tail: bytes, reason: str) -> NoReturn:
+        """Send what is left of the message but its terminating dot, and end the session:
+        a client that got an incomplete message can tell (RFC 1939 gives no other way)."""
+        cut = pending + tail[: -len(MessageEncoder.TERMINATOR)]
+        await self.channel.write(cut)
+        if self._telemetry is not None:
+            self._telemetry.server(cut)
+        self.end_reason = reason
+        self._linger = True
+        raise _Stop
 
     def _uid(self, index: int) -> str:
         maildrop = self.work.maildrop
