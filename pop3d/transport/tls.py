@@ -107,6 +107,8 @@ def openssl_reason(exc: SSL.Error) -> str:
         reasons = [str(entry[-1]) for entry in details if isinstance(entry, tuple) and entry]
         if reasons:
             return "; ".join(reasons)
+        # An empty queue: e.g. a write on a connection that already failed
+        return "OpenSSL gave no reason"
     return str(exc) or exc.__class__.__name__
 
 

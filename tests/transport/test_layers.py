@@ -112,6 +112,20 @@ def test_an_oversize_record_raises_layer_error(pair: tuple[LayerStack, TLSLayer,
         stack.receive(header + b"\0" * 32)
 
 
+def test_an_answer_after_a_refused_record_raises_layer_error(
+    pair: tuple[LayerStack, TLSLayer, Client],
+) -> None:
+    """After a record failed its checks the connection is dead: wrapping an answer for it
+    (the driver's error reply) is refused as a LayerError with a reason, never pyOpenSSL's
+    own exception escaping the layer."""
+    stack, _layer, _client = pair
+    header = bytes([23, 3, 3]) + (16384 + 2048 + 1).to_bytes(2, "big")
+    with pytest.raises(LayerError):
+        stack.receive(header + b"\0" * 32)
+    with pytest.raises(LayerError, match=r"^TLS: \w"):
+        stack.wrap(b"-ERR [SYS/TEMP] Internal server error\r\n")
+
+
 def test_close_notify_ends_input(pair: tuple[LayerStack, TLSLayer, Client]) -> None:
     stack, _layer, client = pair
     with pytest.raises(ssl.SSLWantReadError):
