@@ -51,6 +51,7 @@ def run(
             rewritten = canonical(step)
             if rewritten is None:
                 steps.close()
-                return Failure("bad identity")
+                # the refused name still goes to the log (escaped there), as USER's does
+                return Failure("bad identity", authcid=str(getattr(step, "user", "")))
             step = rewritten
         value = yield step

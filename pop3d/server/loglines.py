@@ -27,6 +27,29 @@ from typing import TYPE_CHECKING, cast
 LOG_FORMAT = "%(asctime)s %(name)s[%(process)d]: %(levelname)s %(message)s"
 
 
+def printable(text: str) -> str:
+    """``text`` with every character that is not printable (line ends, ESC, NUL, the C1
+    controls, U+2028...) written as ``\\xNN``/``\\uNNNN``: the message of a log line is
+    one line whatever a client put into it. Log lines quote what clients and local users
+    choose (a certificate's name, a Kerberos principal, a Maildir file name, an error's
+    text), and a line end in one of them would otherwise write a line of its own, one a
+    log reader (fail2ban) takes for the server's. Applied where a line is put together,
+    so no caller has to remember it; a traceback after its line keeps its own lines."""
+    if text.isprintable():
+        return text  # the common case, without a loop
+    out = []
+    for ch in text:
+        if ch.isprintable():
+            out.append(ch)
+        elif (code := ord(ch)) < 0x100:
+            out.append(f"\\x{code:02x}")
+        elif code < 0x10000:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    return "".join(out)
+
+
 class _Process:
     """The process id, as LogRecord takes it, without a system call per line
     (pop3d-master -d forks: a forked child asks again)."""
@@ -68,7 +91,11 @@ class LineFormatter(logging.Formatter):
     def line(
         self, *, created: float, msecs: float, name: str, pid: int | None, level: str, text: str
     ) -> str:
-        return f"{self._stamp(created, msecs)} {name}[{pid}]: {level} {text}"
+        return f"{self._stamp(created, msecs)} {name}[{pid}]: {level} {printable(text)}"
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = printable(record.message)
+        return super().formatMessage(record)
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         if datefmt is not None:
@@ -120,6 +147,9 @@ class MessageFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(message)s")
 
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return printable(record.message)
+
 
 class SyslogLineHandler(logging.handlers.SysLogHandler):
     """``syslog_socket``'s handler (a unix socket), which :func:`line` may send to
@@ -147,7 +177,7 @@ class SyslogLineHandler(logging.handlers.SysLogHandler):
     def write_line(self, name: str, level: int, created: float, text: str) -> None:
         self.acquire()
         try:
-            self._send(logging.getLevelName(level), text)
+            self._send(logging.getLevelName(level), printable(text))
         except RecursionError:
             raise
         except Exception:  # the daemon gone: what logging does with it

@@ -10,12 +10,14 @@ left either."""
 
 from __future__ import annotations
 
+import poplib
 from pathlib import Path
 
 import pytest
 
 from pop3d.storage.base import StorageError
 from pop3d.storage.maildir import MaildirStore
+from tests.support.lab import Lab, Server
 
 
 def maildir_with_outside(tmp_path: Path) -> tuple[MaildirStore, Path, Path]:
@@ -96,3 +98,29 @@ def test_delivery_into_a_symlinked_new_folder_is_refused(tmp_path: Path) -> None
     with pytest.raises(OSError):
         store.deliver("eve", io.BytesIO(b"Subject: x\n\nhi\n"))
     assert sorted(p.name for p in outside.iterdir()) == ["1700000000.M1P1.secret"]
+
+
+def test_a_message_file_name_writes_no_log_line_of_its_own(server: Server, lab: Lab) -> None:
+    """A Maildir's file names are the user's to choose: one with a line end and a terminal
+    escape in it, listed and then swapped for a folder before RETR, is named in the error
+    line escaped, not as a second line the user wrote (which fail2ban would take for the
+    server's)."""
+    forged = "2026-12-04 07:43:17,766 pop3d[1]: ERROR FORGED \x1b[31mred"
+    message = lab.maildir("bob") / "new" / f"1800000001.M1P1Q1.lab\n{forged}"
+    message.write_bytes(b"Subject: x\r\n\r\nbody\r\n")
+    box = poplib.POP3("127.0.0.1", server.port, timeout=20)
+    try:
+        box.user("bob")
+        box.pass_("builder")
+        count = len(box.list()[1])
+        message.unlink()
+        message.mkdir()
+        with pytest.raises(poplib.error_proto, match="SYS/TEMP"):
+            box.retr(count)
+        box.quit()
+    finally:
+        box.close()
+    log = server.log_text()
+    assert "\\x0a2026-12-04 07:43:17,766 pop3d[1]: ERROR FORGED \\x1b[31mred" in log
+    assert not any(entry.startswith("2026-12-04 07:43:17,766") for entry in log.splitlines())
+    assert "\x1b" not in log

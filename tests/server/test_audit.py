@@ -218,7 +218,7 @@ def test_records_reach_syslog_and_the_jsonl_file(tmp_path: Path, syslog: Syslog)
         assert c.ask(b"PASS nope").startswith(b"-ERR")
         c.quit()
         # 2: AUTH PLAIN whose authcid carries a CR (the identity rules stop it: it is
-        # logged as "-"), then one with what the rules let through
+        # logged escaped, as a refused USER is), then one with what the rules let through
         c = Client(server.port)
         blob = base64.b64encode(b"\0mallory\rresult=<ok>\nlogin: x\0nope")
         assert c.ask(b"AUTH PLAIN " + blob).startswith(b"-ERR")
@@ -259,7 +259,10 @@ def test_records_reach_syslog_and_the_jsonl_file(tmp_path: Path, syslog: Syslog)
     banned = [m["host"] for r in logins if (m := FAIL2BAN.search(r))]
     assert banned == ["127.0.0.1"] * 4 + ["203.0.113.9"]
     assert "plaintext (eve\\x1b\\x20result=\\x3cok\\x3e) [SASL(-13)" in logins[0]
-    assert " PLAIN (-) [SASL(-13): authentication failure: bad identity]" in logins[2]
+    assert (
+        " PLAIN (mallory\\x0dresult=\\x3cok\\x3e\\x0alogin:\\x20x) "
+        "[SASL(-13): authentication failure: bad identity]"
+    ) in logins[2]
     # (logged under its canonical spelling, as USER's failures are: lower case)
     assert " PLAIN (mallory\\x29\\x20\\x5bsasl\\x28-13\\x29\\x20x\\x5d\\x20" in logins[3]
     last = records[-1]
@@ -282,7 +285,8 @@ def test_records_reach_syslog_and_the_jsonl_file(tmp_path: Path, syslog: Syslog)
     ]
     assert objects[0]["user"] == "eve\x1b result=<ok>"
     assert objects[1]["user"] == "eve result=<ok> user=<alice>"
-    assert (objects[3]["user"], objects[3]["reason"]) == ("-", "bad identity")
+    assert objects[3]["user"] == "mallory\rresult=<ok>\nlogin: x"
+    assert objects[3]["reason"] == "bad identity"
     assert objects[4]["user"] == crafted.lower()  # canonical, as USER's failures are
     assert objects[6]["client"] == "203.0.113.9" and objects[6]["service"] == "pop3h"
     assert objects[8]["mechanism"] == "USER" and objects[8]["ssf"] == 0

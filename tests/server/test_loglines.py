@@ -26,6 +26,7 @@ from pop3d.server.loglines import (
     MessageFormatter,
     SyslogLineHandler,
     line,
+    printable,
 )
 
 NAMES = st.sampled_from(["pop3d", "pop3d.audit", "pop3d.master", "root"])
@@ -349,3 +350,44 @@ def test_a_closed_syslog_handler_opens_its_socket_again(daemon: _Daemon) -> None
         assert daemon.received() == b"<22>pop3/pop3[42]: late: x\x00"
     finally:
         handler.close()
+
+
+# --- one line per message, whatever is in it ----------------------------------------------
+
+_FORGED = "x\n2026-12-04 07:43:17,766 pop3d[1]: ERROR FORGED\r\x1b[31m\u2028\x85"
+_SHOWN = "x\\x0a2026-12-04 07:43:17,766 pop3d[1]: ERROR FORGED\\x0d\\x1b[31m\\u2028\\x85"
+
+
+@given(text=st.text(max_size=80))
+def test_a_message_is_one_printable_line(text: str) -> None:
+    shown = printable(text)
+    assert shown.isprintable()
+    assert shown == text or not text.isprintable()
+
+
+def test_line_ends_and_escapes_in_a_message_are_shown_not_written(
+    tree: tuple[logging.Logger, logging.Logger], daemon: _Daemon
+) -> None:
+    """Every way a line is made: :func:`line` directly, logging's own path with the
+    text as an argument (a formatter of another format), and syslog both ways."""
+    parent, child = tree
+    stream, out = _line_handler()
+    other, other_out = _line_handler()
+    other.setFormatter(LineFormatter("%(levelname)s|%(message)s"))
+    syslog = _syslog_handler(daemon)
+    for handler in (stream, syslog):
+        parent.addHandler(handler)
+    try:
+        line(child, logging.ERROR, f"cannot open message: {_FORGED}")
+        assert out.getvalue().endswith(f" ERROR cannot open message: {_SHOWN}\n")
+        assert out.getvalue().count("\n") == 1
+        assert daemon.received() == f"<19>pop3/pop3[42]: cannot open message: {_SHOWN}\0".encode()
+        child.error("principal %s refused", _FORGED)  # through logging: a template and args
+        assert out.getvalue().splitlines()[1].endswith(f" ERROR principal {_SHOWN} refused")
+        assert daemon.received() == f"<19>pop3/pop3[42]: principal {_SHOWN} refused\0".encode()
+        parent.removeHandler(stream)
+        parent.addHandler(other)
+        child.warning("peer %s", _FORGED)
+        assert other_out.getvalue() == f"WARNING|peer {_SHOWN}\n"
+    finally:
+        syslog.close()
