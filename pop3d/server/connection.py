@@ -92,6 +92,11 @@ class _WrongSize(Exception):
     (logged): the answer is -ERR."""
 
 
+class _Changed(Exception):
+    """RETR found, before anything went out, that the message is not what was listed (cut
+    short or grown on disk; logged): the answer is -ERR and the session goes on."""
+
+
 def _canonical_size_of(fd: int) -> int:
     """The canonical size of the open file ``fd``, read from its start (its offset is
     left alone: RETR reads with pread)."""
@@ -510,6 +515,9 @@ class Connection:
             except _WrongSize:
                 self._resolve(StorageFailure(FailureKind.TEMPORARY, "wrong size hint"))
                 return
+            except _Changed:
+                self._resolve(StorageFailure(FailureKind.TEMPORARY, "message changed on disk"))
+                return
             except _Unread as exc:
                 # Still time for an -ERR: the session goes on, so a client can skip an
                 # unreadable message (and QUIT its deletions) instead of being cut off.
@@ -559,6 +567,11 @@ class Connection:
             return True
         if renamed is None:
             return False  # no size in its name: the file changed since it was measured
+        if renamed[0] == renamed[1]:
+            # The name says the size already: corrected since this session listed it (by
+            # an earlier RETR of this session, logged then, or by another session), so
+            # the size this session knows is the old name's.
+            return True
         log.error(
             "session %s: message %s: its file name gave a wrong size; it is %d octets: "
             "renamed %s to %s",
@@ -572,9 +585,10 @@ class Connection:
     async def _stream(
         self, event: RetrieveMessage, handle: Any, expected: int | None, on_disk: int
     ) -> int | None:
-        """Write the preamble and the encoded message; for RETR (``expected`` or not) end
-        the connection without the terminating dot if the octets do not add up, so the
-        client knows the message it got is incomplete. -> the message's real size when it
+        """Write the preamble and the encoded message; for RETR (``expected`` or not), if
+        the octets do not add up, raise :class:`_Changed` while nothing has gone out, else
+        end the connection without the terminating dot, so the client knows the message
+        it got is incomplete. -> the message's real size when it
         went out whole although its size hint was wrong, else None.
 
         A message read whole as it is on disk whose size is still not ``expected`` has a
@@ -649,15 +663,21 @@ class Connection:
             if read != on_disk or not matches:
                 log.error(
                     "session %s: message %s changed while it was sent (%d octets read of "
-                    "%d on disk, %d sent of %s announced); closing without the "
-                    "terminating dot",
+                    "%d on disk, %d sent of %s announced); %s",
                     self._session_id,
                     self._uid(event.index),
                     read,
                     on_disk,
                     sent,
                     "none" if expected is None else expected,
+                    "closing without the terminating dot" if wrote else "answering -ERR",
                 )
+                if not wrote:
+                    # Nothing has gone out, not even the +OK: an -ERR the client can skip
+                    # (RFC 1939 lets RETR fail), and the session, with its deletions,
+                    # goes on. A file cut short stays so, and would otherwise end every
+                    # session at this message, its DELEs never committed (found probing).
+                    raise _Changed
                 await self._end_without_dot(pending, tail, "message changed while it was sent")
         last = pending + tail
         await self.channel.write(last)

@@ -689,14 +689,18 @@ class MaildirMaildrop:
         never replaces another name, and is synced before this returns. The caller holds
         the maildrop lock, as for every change a session makes.
 
-        -> (old name, new name); None if the name has no ``W=`` or says ``size`` already.
-        Raises :class:`StorageError` (also when the file is no longer the one measured)
-        or OSError."""
+        -> (old name, new name); (name, name) if the name says ``size`` already (corrected
+        since the listing); None if the name has no ``W=``, or the file cannot be the
+        message delivered. Raises :class:`StorageError` (also when the file is no longer
+        the one measured) or OSError."""
         entry = self._entries[index]
         with self._opened() as folders:
             fd, name = self._locate(index, folders)
-            if size_hint(name) in (None, size):
+            hint = size_hint(name)
+            if hint is None:
                 return None
+            if hint == size:
+                return name, name
             info = os.stat(name, dir_fd=fd, follow_symlinks=False)
             if info.st_ino != inode:
                 raise StorageError(f"{entry.subdir}/{name} is no longer the file measured")

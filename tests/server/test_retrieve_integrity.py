@@ -327,6 +327,48 @@ def test_a_message_cut_short_is_not_renamed_into_a_whole_one(server: Server) -> 
     assert "its file name gave a wrong size" not in server.log_text()
 
 
+def test_a_message_cut_short_is_refused_and_the_session_goes_on(server: Server) -> None:
+    """Found probing: a file cut to 90 % (a crash's artefact; its size still fits its W=
+    at a glance) was streamed, found short at its end, and the session cut off without
+    the dot, though not an octet of it had gone out: every poll ended there, its DELEs
+    never committed, the messages after it never reached. Now -ERR [SYS/TEMP], and the
+    session goes on, in every session."""
+    data = SMALL * 10
+    cur = server.lab.maildir("bob") / "cur"
+    cut = cur / f"1800000002.M1P1.host,S={len(data)},W={len(data) * 7 // 6}:2,S"
+    cut.write_bytes(data[: len(data) * 9 // 10])
+    for _session in range(2):
+        sock, reader = _login_when_free(server.port)
+        assert ask(sock, reader, b"LIST 4").startswith(b"+OK 4 ")
+        assert ask(sock, reader, b"RETR 4") == b"-ERR [SYS/TEMP] Unable to read message 4\r\n"
+        assert ask(sock, reader, b"RETR 1") == b"+OK Message follows\r\n"
+        read_multiline(reader)
+        assert ask(sock, reader, b"QUIT").startswith(b"+OK")
+        sock.close()
+    assert cut.exists()
+    log = log_when(server, r"ended: QUIT(?s:.*)ended: QUIT")
+    assert log.count("changed while it was sent") == 2 and "answering -ERR" in log
+    assert "closing without the terminating dot" not in log
+
+
+def test_a_retry_after_a_wrong_size_hint_gets_the_same_answer(server: Server) -> None:
+    """Found probing: RETR of a message whose W= proved wrong answers -ERR [SYS/TEMP] (the
+    name is corrected for later sessions); a client retrying it in the same session (RFC
+    3206: SYS/TEMP may succeed later) was sent the message and cut off without the dot.
+    The size it was told is still wrong: the same -ERR, and the session goes on."""
+    wrongly_sized(server.lab, "1800000002.M1P1.host", 25)
+    sock, reader = login(server.port)
+    assert ask(sock, reader, b"LIST 4") == b"+OK 4 25\r\n"
+    for _retry in range(2):
+        assert ask(sock, reader, b"RETR 4") == b"-ERR [SYS/TEMP] Unable to read message 4\r\n"
+    assert ask(sock, reader, b"DELE 1") == b"+OK Message 1 deleted\r\n"
+    assert ask(sock, reader, b"QUIT") == b"+OK Logging out, 1 message deleted\r\n"
+    sock.close()
+    log = log_when(server, r"ended: QUIT")
+    assert log.count("its file name gave a wrong size") == 1, log
+    assert "changed while it was sent" not in log
+
+
 def test_a_wrong_size_hint_not_yet_announced_does_not_cost_the_message(server: Server) -> None:
     """RETR before any STAT or LIST: the client holds no size, so it gets the message
     whole, and LIST from then on says its real size."""

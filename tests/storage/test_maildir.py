@@ -130,7 +130,7 @@ def test_a_wrong_size_hint_is_corrected_in_the_name_only(lab: Lab) -> None:
         assert wrong.exists()
         renamed = ("1000000002.b.h,S=18,W=25:2,S", "1000000002.b.h,S=18,W=21:2,S")
         assert drop.correct_size_hint(index, inode, 21) == renamed
-        assert drop.correct_size_hint(index, inode, 21) is None  # says so already
+        assert drop.correct_size_hint(index, inode, 21) == (renamed[1], renamed[1])  # already
         with drop.open_message(index) as handle:  # the session finds it at its new name
             assert handle.read() == b"Subject: b\n\nhello\n"
     finally:
