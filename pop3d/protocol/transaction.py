@@ -129,6 +129,9 @@ def rset(session: Session, argument: bytes) -> Outcome:
     commands.no_arguments(argument)
     drop = session.maildrop
     drop.deleted[:] = bytes(len(drop.deleted))
+    # and what was retrieved, which popuseimapflags marks seen at QUIT: Cyrus's RSET
+    # clears both (pop3d.c:966-969)
+    drop.retrieved[:] = bytes(len(drop.retrieved))
     session.ok()
     return Outcome.OK
 

@@ -84,3 +84,27 @@ def test_a_real_session(lab: Lab) -> None:
         client.quit()
     finally:
         server.stop()
+
+
+def test_rset_forgets_what_was_retrieved(lab: Lab) -> None:
+    """RSET clears the seen marks as well as the deleted ones, as Cyrus's does
+    (pop3d.c:966-969): RETR, RSET, QUIT leaves the message unseen in new/; a RETR after
+    the RSET marks it again."""
+    lab.config.write_text(lab.config.read_text() + "popuseimapflags: yes\n")
+    server = start_server(lab)
+    try:
+        client = poplib.POP3("127.0.0.1", server.port, timeout=30)
+        client.user("alice")
+        client.pass_("wonderland")
+        client.retr(1)
+        client.retr(2)
+        client.dele(2)
+        client.rset()
+        client.retr(3)
+        client.quit()
+        cur = sorted(os.listdir(lab.maildir("alice") / "cur"))
+        assert len(cur) == 1
+        assert cur[0].startswith("1700000003.M3P1.lab,") and cur[0].endswith(":2,S")
+        assert len(os.listdir(lab.maildir("alice") / "new")) == 6
+    finally:
+        server.stop()
