@@ -10,7 +10,7 @@ never to the protocol above them).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pop3d.requests import Request
 from pop3d.security.secret import Secret
@@ -34,7 +34,9 @@ class VerifyApop(Request):
 
     user: str
     challenge: str
-    digest: str  # 32 lower-case hex digits
+    # 32 lower-case hex digits. Kept out of repr (a traceback, a log of the request): with
+    # the challenge beside it, it is enough to guess the password offline.
+    digest: str = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
