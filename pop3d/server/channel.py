@@ -31,6 +31,7 @@ from typing import cast
 from OpenSSL import SSL
 
 from pop3d.transport.layer import LayerError, LayerStack, SecurityLayer
+from pop3d.transport.peer import peer_text
 from pop3d.transport.tls_layer import TLSHandshakeError, TLSLayer
 
 _READ_HIGH_WATER = 256 * 1024
@@ -289,8 +290,7 @@ class Channel(_Layered, asyncio.Protocol):
         if self._peer_override:
             self.peer = self._peer_override
         elif isinstance(peer, tuple) and len(peer) >= 2:
-            host = f"[{peer[0]}]" if ":" in str(peer[0]) else str(peer[0])
-            self.peer = f"{host}:{peer[1]}"
+            self.peer = peer_text(str(peer[0]), peer[1])
         elif peer:
             self.peer = str(peer)
         else:

@@ -30,6 +30,7 @@ from pop3d.server.channel import Channel, FdChannel
 from pop3d.server.connection import Connection
 from pop3d.server.context import ServiceContext
 from pop3d.transport import proxy
+from pop3d.transport.peer import peer_text
 
 log = logging.getLogger("pop3d")
 
@@ -233,7 +234,9 @@ class Worker:
             address = client.getpeername()
         except OSError:
             address = None
-        peer = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else "a local peer"
+        peer = (
+            peer_text(str(address[0]), address[1]) if isinstance(address, tuple) else "a local peer"
+        )
         try:
             async with asyncio.timeout(PROXY_HEADER_TIMEOUT):
                 header = await read_proxy_header(loop, client)

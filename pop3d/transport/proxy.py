@@ -13,6 +13,8 @@ import ipaddress
 import struct
 from dataclasses import dataclass
 
+from pop3d.transport.peer import peer_text
+
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 V1_MAX = 107  # the longest valid v1 line, CRLF included
 V2_MAX = 16 + 536  # a generous bound on address block plus TLVs we accept
@@ -31,8 +33,7 @@ class ProxyHeader:
     def peer(self) -> str | None:
         if self.source is None:
             return None
-        host, port = self.source
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return peer_text(*self.source)
 
 
 def header_length(prefix: bytes) -> int:
