@@ -208,8 +208,12 @@ def _apop_login(
     return (yield from open_maildrop(session, result.identity, "APOP", folder))
 
 
-def login_failed(session: Session, name: str, method: str, reason: str) -> Task:
-    session.notice(LoginFailed(name, method, reason))
+def login_failed(
+    session: Session, name: str, method: str, reason: str, *, authenticated: bool = False
+) -> Task:
+    """``authenticated``: the credentials proved who the client is, and what it asked for
+    after them was refused (an authorization identity): not a guessed password."""
+    session.notice(LoginFailed(name, method, reason, authenticated=authenticated))
     if session.settings.failed_login_pause > 0:
         yield Pause(session.settings.failed_login_pause)
     # One text for unknown user and wrong password, so the answer tells nothing.

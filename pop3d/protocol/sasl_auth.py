@@ -221,11 +221,22 @@ def _authorize(
     authcid = None if as_cid is None else canonical_user(as_cid[0], rules)
     authzid = None if as_zid is None else canonical_user(as_zid[0], rules) if as_zid[0] else ""
     if as_cid is None or as_zid is None or authcid is None or authzid is None:
-        return (yield from login_failed(session, result.authcid, method, "bad identity"))
+        # (Credentials the mechanism accepted: what fails is the name they are used
+        # under, so the audit trail does not count a guessed password, as Cyrus logs
+        # SASL(-14), an authorization failure, not SASL(-13).)
+        return (
+            yield from login_failed(
+                session, result.authcid, method, "bad identity", authenticated=True
+            )
+        )
     folder = as_zid[1] or as_cid[1] or requested_folder
     target = authzid or authcid
     if target != authcid and authcid not in session.settings.proxy_authorizers:
-        return (yield from login_failed(session, authcid, method, f"may not act as {target}"))
+        return (
+            yield from login_failed(
+                session, authcid, method, f"may not act as {target}", authenticated=True
+            )
+        )
     # The audit trail names who authenticated whenever the user alone does not say it.
     acting = result.principal or (authcid if target != authcid else "")
     if target == authcid and mechanism.flags & Flag.KERBEROS:

@@ -388,3 +388,25 @@ def test_base64_is_taken_only_in_its_canonical_spelling(lab: Lab, spelling: byte
     assert driven.feed(spelling + b"\r\n") == b"-ERR [AUTH] Invalid base64 in the response\r\n"
     canonical = base64.b64encode(b"\0alice\0wonderland")
     assert driven.feed(b"AUTH  PLAIN " + canonical + b"\r\n").startswith(b"+OK")
+
+
+def test_good_credentials_used_under_a_name_they_may_not_use_are_not_a_wrong_password(
+    lab: Lab,
+) -> None:
+    """PLAIN with alice's right password asking for bob, or for a name the identity rules
+    refuse: the login fails as ever ([AUTH], the failed-login pause), but the notice says
+    the credentials were good, so the audit trail logs it as refused, not as a guessed
+    password fail2ban would count (Cyrus: SASL(-14), an authorization failure)."""
+    driven = drive(lab, settings_for_lab(sasl_mechanisms=("PLAIN",)))
+    driven.feed()
+    for authzid in ("bob", "bob/x"):
+        out = driven.feed(b"AUTH PLAIN " + _b64(f"{authzid}\0alice\0wonderland") + b"\r\n")
+        assert out == b"-ERR [AUTH] Invalid login\r\n"
+    out = driven.feed(b"AUTH PLAIN " + _b64("bob\0alice\0wrong") + b"\r\n")
+    assert out == b"-ERR [AUTH] Invalid login\r\n"
+    failed = [(n.reason, n.authenticated) for n in driven.notices if isinstance(n, ev.LoginFailed)]
+    assert failed == [
+        ("may not act as bob", True),
+        ("bad identity", True),
+        ("wrong password", False),
+    ]
