@@ -379,9 +379,24 @@ def _open_message(name: str, dir_fd: int) -> BinaryIO:
     raise OSError(errno.EINVAL, "not a regular file")
 
 
+def _make_folders(path: Path) -> None:
+    """``path`` and the folders above it that are missing, each 0700: ``Path.mkdir``
+    gives only the last one the mode it is asked for, so ``<spool>/<user>/`` above a
+    Maildir was 0755 (listing who has mail; found probing)."""
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        if path.parent == path:
+            break
+        path = path.parent
+    for folder in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # made meanwhile: a delivery, a login
+            folder.mkdir(mode=0o700)
+
+
 def _ensure_maildir(path: Path) -> None:
     try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _make_folders(path)
         root = _open_directory(path)
     except OSError as exc:
         raise StorageError(f"cannot create {path}: {exc.strerror}") from exc

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import subprocess
 import sys
 import textwrap
@@ -444,3 +445,16 @@ def test_a_folder_replaced_by_a_fresh_directory_is_refused(lab: Lab) -> None:
     with pytest.raises(StorageError, match="was replaced during the session"):
         drop.measure((0,))
     drop.close()
+
+
+def test_folders_made_at_the_first_login_are_the_user_s_alone(tmp_path: Path) -> None:
+    """Every folder made for a first login is 0700, not only the Maildir itself: the user's
+    folder above it was 0755 (Path.mkdir gives parents the umask's mode), so anyone on
+    the host could list who has mail."""
+    spool = tmp_path / "spool"
+    spool.mkdir(mode=0o755)
+    store = MaildirStore(str(spool / "%u" / "deep" / "Maildir"))
+    store.open("newcomer").close()
+    for folder in ("newcomer", "newcomer/deep", "newcomer/deep/Maildir"):
+        assert stat.S_IMODE((spool / folder).stat().st_mode) == 0o700, folder
+    assert stat.S_IMODE(spool.stat().st_mode) == 0o755  # what was there is left alone
