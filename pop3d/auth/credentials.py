@@ -22,9 +22,11 @@ out of every password; a file (and a folder) made anew goes to the owner the wri
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import stat
+import tempfile
 import threading
 import time
 import weakref
@@ -302,11 +304,43 @@ class CredentialFile:
             self._refresh(force=True)
 
 
+# The credential file's folder belongs to the server's account (cyrus_user), and so does
+# anything in it; the administrator runs ``pop3d-admin passwd`` as root. So nothing there
+# is followed or trusted as root: a link planted as the lock file had its target (say
+# /etc/shadow) given to the server's account, and the file itself could be a link to a
+# file root reads (found probing). Opened without following links, regular files only,
+# and a file with other names (a hard link) is never given away.
+_NO_FOLLOW = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def _own_regular_file(fd: int, name: str) -> os.stat_result:
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+        raise CredentialFileError(
+            f"{name} is not a regular file with one name (a link planted in its folder?); "
+            "refusing to use it: remove it"
+        )
+    return info
+
+
+def _open_no_follow(name: str, flags: int, mode: int = 0o600) -> int:
+    try:
+        return os.open(name, flags | _NO_FOLLOW, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise CredentialFileError(
+                f"{name} is a symbolic link; refusing to follow it: remove it"
+            ) from None
+        raise
+
+
 @contextmanager
 def _exclusive(path: Path, owner: tuple[int, int] | None = None) -> Iterator[None]:
-    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    lock = f"{path}.lock"
+    fd = _open_no_follow(lock, os.O_RDWR | os.O_CREAT)
     try:
-        if owner is not None and os.fstat(fd).st_uid != owner[0]:
+        info = _own_regular_file(fd, lock)
+        if owner is not None and info.st_uid != owner[0]:
             os.fchown(fd, *owner)  # else the owner's own runs could not take the lock
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -328,17 +362,21 @@ def update(
     owner: tuple[int, int] | None = None
     if root:
         try:
-            info = os.stat(path)
+            info = os.stat(path, follow_symlinks=False)
             owner = (info.st_uid, info.st_gid)
         except FileNotFoundError:
             owner = new_owner
     with _exclusive(path, owner):
+        lines: list[str | UserRecord]
+        users: dict[str, UserRecord]
         try:
-            st = os.stat(path)
-            _check_mode(path, st)
-            lines, users = parse(path.read_bytes(), path)
+            fd = _open_no_follow(str(path), os.O_RDONLY)
         except FileNotFoundError:
             lines, users = ["# pop3d credentials: see pop3d/auth/credentials.py"], {}
+        else:
+            with os.fdopen(fd, "rb") as handle:
+                _check_mode(path, _own_regular_file(fd, str(path)))
+                lines, users = parse(handle.read(), path)
         new = change(users.get(user))
         out: list[str] = []
         replaced = False
@@ -364,12 +402,15 @@ def _make_folders(folder: Path, owner: tuple[int, int] | None) -> None:
     for made in reversed(missing):
         made.mkdir(exist_ok=True)
         if owner is not None:
-            os.chown(made, *owner)
+            # the link itself if one took the folder's place meanwhile, never its target
+            os.chown(made, *owner, follow_symlinks=False)
 
 
 def _write_atomically(path: Path, text: str, owner: tuple[int, int] | None = None) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    # An unpredictable name, made O_EXCL (mkstemp): a name planted in the folder can
+    # neither be followed nor block the update.
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    temporary = Path(name)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             if owner is not None:

@@ -70,6 +70,36 @@ def test_passwd_as_root_gives_a_new_credential_file_to_cyrus_user(lab: Lab) -> N
         assert (made.stat().st_uid, made.stat().st_gid) == (NOBODY, NOBODY), made
 
 
+@pytest.mark.parametrize("planted", ["symlink", "hard link"])
+@pytest.mark.parametrize("at", ["lock", "file"])
+def test_passwd_as_root_follows_nothing_the_server_s_account_planted(
+    lab: Lab, planted: str, at: str
+) -> None:
+    """Found probing: the credential file's folder is the server account's (cyrus_user),
+    and root's `passwd` opened `<file>.lock` following a link the account put there, and
+    gave the link's target to it (with /etc/shadow as the target: root). Nor is the file
+    itself read through a link (root would read what the link names). Refused, exit 78,
+    the target untouched."""
+    path = lab.credentials
+    os.chown(path, NOBODY, NOBODY)
+    os.chown(path.parent, NOBODY, NOBODY)
+    target = lab.root / "roots-own"
+    target.write_text("root secret\n")
+    target.chmod(0o600)
+    name = Path(f"{path}.lock") if at == "lock" else path
+    name.unlink(missing_ok=True)
+    if planted == "symlink":
+        name.symlink_to(target)
+    else:
+        os.link(target, name)
+    result = admin(lab, "passwd", "carol", stdin=b"s3cret\n")
+    assert result.returncode == 78, result.stderr
+    assert b"refusing" in result.stderr and b"Traceback" not in result.stderr
+    info = target.stat()
+    assert (info.st_uid, info.st_mode & 0o777) == (0, 0o600)
+    assert target.read_text() == "root secret\n"
+
+
 def test_passwd_that_cannot_write_says_why_without_a_traceback(lab: Lab) -> None:
     blocker = lab.root / "a-file"
     blocker.write_text("not a folder")
