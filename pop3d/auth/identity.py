@@ -46,7 +46,9 @@ def canonical_user(raw: bytes | str, rules: IdentityRules) -> str | None:
         return None
     if not name or name != name.strip() or size > 255:
         return None
-    if name.startswith(".") or not _allowed_characters(name):
+    # "#" first: the credential file's line for it would be a comment (`pop3d-admin passwd
+    # '#x'` added a user no login could find nor passwd -d remove; found probing)
+    if name.startswith((".", "#")) or not _allowed_characters(name):
         return None
     if rules.username_tolower:
         name = name.lower()

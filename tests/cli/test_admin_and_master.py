@@ -42,6 +42,7 @@ def test_passwd_set_and_delete(lab: Lab) -> None:
     missing = admin(lab, "passwd", "-d", "carol")
     assert missing.returncode == 67 and b"no such user 'carol'" in missing.stderr
     assert admin(lab, "passwd", "../x", stdin=b"pw\n").returncode == 65
+    assert admin(lab, "passwd", "#x", stdin=b"pw\n").returncode == 65  # a comment line
     assert admin(lab, "passwd", "erin", stdin=b"\n").returncode == 65  # empty password
 
 
