@@ -205,6 +205,15 @@ OPTIONS: dict[str, Option] = {
         ),
         _o("argon2_passes", N, 5, "[pop3d] Argon2id passes for new password hashes.", minimum=1),
         _o(
+            "password_checks_waiting",
+            N,
+            128,
+            "[pop3d] Password checks (Argon2, or a password checker) a worker lets wait; "
+            "past it a login gets -ERR [SYS/TEMP] at once, so a flood of passwords costs a "
+            "bounded queue. A check whose client is gone is dropped.",
+            minimum=1,
+        ),
+        _o(
             "auth_cache_ttl",
             D,
             300,

@@ -33,6 +33,7 @@ from pop3d.protocol.events import (
 )
 from pop3d.requests import Offload, Request
 from pop3d.sasl.requests import (
+    AuthResult,
     BearerResult,
     FetchSecrets,
     ResolveUser,
@@ -90,6 +91,12 @@ class Entry:
     where: Where
     # Tried on the event loop first; a result other than None answers without a thread.
     fast: Callable[[Work, Any], object | None] | None = None
+    # Where.HASH: the answer when too many checks already wait for the thread (no verdict)
+    busy: Callable[[Any], object] | None = None
+
+
+def _too_many_checks(_request: VerifyPassword) -> object:
+    return AuthResult(None, "too many password checks waiting", temporary=True)
 
 
 def _verify_password(work: Work, request: VerifyPassword) -> object:
@@ -237,7 +244,9 @@ def _offload(_work: Work, request: Offload) -> object:
 
 
 TABLE: dict[type[Request], Entry] = {
-    VerifyPassword: Entry(_verify_password, Where.HASH, fast=_recently_verified),
+    VerifyPassword: Entry(
+        _verify_password, Where.HASH, fast=_recently_verified, busy=_too_many_checks
+    ),
     VerifyApop: Entry(_verify_apop, Where.IO),
     FetchSecrets: Entry(_fetch_secrets, Where.IO),
     ResolveUser: Entry(_resolve_user, Where.IO),

@@ -73,6 +73,8 @@ class ByteChannel(TypingProtocol):
 
     async def finished(self, stall: float) -> int: ...
 
+    def lost(self) -> asyncio.Future[None] | None: ...
+
     def abort(self) -> None: ...
 
     def write_progress(self) -> float | None: ...
@@ -142,6 +144,12 @@ class _Layered:
     def write_progress(self) -> float | None:
         """None unless a write is waiting for the client to take our output; then the
         event loop's time when the client last took some (0.0: not yet)."""
+        return None
+
+    def lost(self) -> asyncio.Future[None] | None:
+        """A future done once the connection is gone for good (a reset, a close the
+        server saw by failing to send), None where a channel cannot tell (stdio). A
+        half-close is not that: such a client still reads its answers."""
         return None
 
     async def read(self) -> bytes:
@@ -249,6 +257,7 @@ class Channel(_Layered, asyncio.Protocol):
         "_lingering",
         "_loop",
         "_lost",
+        "_lost_waiter",
         "_on_connected",
         "_peer_override",
         "_read_waiter",
@@ -276,6 +285,7 @@ class Channel(_Layered, asyncio.Protocol):
         self._drain_waiter: asyncio.Future[None] | None = None
         self._drained_at = 0.0
         self._lost = False
+        self._lost_waiter: asyncio.Future[None] | None = None  # lost()'s
         self._closed_waiter: asyncio.Future[None] | None = None
         self._lingering: asyncio.TimerHandle | None = None
         self._linger_budget = 0
@@ -340,8 +350,17 @@ class Channel(_Layered, asyncio.Protocol):
         self._wake_reader()
         if self._closed_waiter is not None and not self._closed_waiter.done():
             self._closed_waiter.set_result(None)
+        if self._lost_waiter is not None and not self._lost_waiter.done():
+            self._lost_waiter.set_result(None)
         if self._drain_waiter is not None and not self._drain_waiter.done():
             self._drain_waiter.set_exception(ChannelClosed("connection lost"))
+
+    def lost(self) -> asyncio.Future[None] | None:
+        if self._lost_waiter is None:
+            self._lost_waiter = self._loop.create_future()
+            if self._lost:
+                self._lost_waiter.set_result(None)
+        return self._lost_waiter
 
     def pause_writing(self) -> None:
         self._write_paused = True

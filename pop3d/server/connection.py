@@ -45,7 +45,7 @@ from pop3d.protocol.states import State
 from pop3d.requests import Offload, Request
 from pop3d.security.value import TLSInfo
 from pop3d.server.audit import Login, Result, SessionEnd
-from pop3d.server.carry_out import TABLE, Where, Work
+from pop3d.server.carry_out import TABLE, Entry, Where, Work
 from pop3d.server.channel import ByteChannel, ChannelClosed
 from pop3d.server.context import ServiceContext
 from pop3d.server.loglines import line
@@ -450,16 +450,42 @@ class Connection:
         result = None if entry.fast is None else entry.fast(self.work, request)
         if result is None and entry.where is Where.LOOP:
             result = entry.run(self.work, request)
+        elif result is None and entry.where is Where.HASH:
+            result = await self._check(entry, request)
         elif result is None:
-            executor = (
-                self.context.hash_executor if entry.where is Where.HASH else self.context.executor
-            )
+            executor = self.context.executor
             result = await self._loop.run_in_executor(executor, entry.run, self.work, request)
         if isinstance(request, CommitUpdate):
             # UPDATE is done: if the client is gone before it reads the answer, the log
             # must still say QUIT was processed (its deletions are), not "connection lost".
             self.end_reason = "QUIT (the client did not wait for the answer)"
         self._resolve(result)
+
+    async def _check(self, entry: Entry, request: Request) -> object:
+        """A password check on the worker's hash thread (Argon2, or the threads asking a
+        password checker). Found probing: a client sending PASS and resetting, over and
+        over, queued an Argon2 hash per connection (costing the client nothing) and held
+        a session, counted against maxchild, until its hash had run: seconds of CPU
+        later, with every new connection refused meanwhile. Now a check whose client is
+        gone before it starts is dropped, and past ``password_checks_waiting`` checks the
+        answer is "no verdict" at once (-ERR [SYS/TEMP], logged result=<unavailable>)."""
+        context = self.context
+        if context.hashes_waiting >= context.hashes_waiting_max:
+            assert entry.busy is not None
+            return entry.busy(request)
+        context.hashes_waiting += 1
+        try:
+            check = self._loop.run_in_executor(context.hash_executor, entry.run, self.work, request)
+            lost = self.channel.lost()
+            if lost is None:
+                return await check
+            await asyncio.wait((check, lost), return_when=asyncio.FIRST_COMPLETED)
+            if not check.done():
+                check.cancel()  # still queued: never run (running: its answer is dropped)
+                raise ChannelClosed("connection lost while its password waited to be checked")
+            return check.result()
+        finally:
+            context.hashes_waiting -= 1
 
     async def _retrieve(self, event: RetrieveMessage) -> None:
         assert self.work.maildrop is not None

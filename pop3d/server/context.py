@@ -263,6 +263,12 @@ class ServiceContext:
         # here: the "hash" thread waits on a daemon or a KDC instead, and one slow answer
         # must not queue every other password login of the worker behind it.
         external = self.authenticator.has_password_checker
+        # Checks handed to hash_executor and not yet answered, and how many may be
+        # (password_checks_waiting): 128 is about 3 s of Argon2 at the default cost here
+        # (20-25 ms a hash), far above what the bench's 100 clients of uncached logins
+        # keep waiting; past it a login gets no verdict at once (Connection._check).
+        self.hashes_waiting = 0
+        self.hashes_waiting_max = config.integer("password_checks_waiting", service)
         self.hash_executor = ThreadPoolExecutor(
             max_workers=8 if external else 1,
             thread_name_prefix="pop3d-pwcheck" if external else "pop3d-hash",
