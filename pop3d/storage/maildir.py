@@ -20,6 +20,13 @@ Choices, and why:
   stable across sessions and across other agents touching the Maildir. A unique part that
   is not a valid RFC 1939 unique-id (1-70 characters 0x21-0x7E) is replaced by a digest of
   itself, which is just as stable.
+* **Twins**: two files claiming one unique part (another agent's mistake, a restore, a
+  copy) are two messages, told apart by inode: a rename keeps it. The first listed has the
+  unique part's UIDL, the others one of the unique part and the inode, and each file's
+  UIDL is pinned in ``pop3d-uidl`` (:func:`pin_key`) the first time it is given, so that
+  it stays when the other is deleted (the one left must not take a UIDL a client holds for
+  the message deleted) and when flags change. A twin renamed since the listing is found by
+  its inode, never as a file another listed message names; in doubt it is gone.
 * **Kept UIDLs**: messages ``pop3d-admin import`` brought from another server are served
   with the UIDL that server gave them, from ``pop3d-uidl`` in the Maildir (``<unique part>
   <uidl>`` lines; see DESIGN.md, Storage). A unique part not listed there keeps the rule
@@ -169,25 +176,60 @@ def valid_uidl(text: str) -> bool:
     return 0 < len(text) <= 70 and text.isascii() and text.isprintable() and " " not in text
 
 
-def read_uidl_map(root: int) -> dict[str, str]:
+class UidlMap(dict[str, str]):
+    """``pop3d-uidl`` read: unique part (or pin key, :func:`pin_key`) -> UIDL, and in
+    ``pinned`` the prefixes of its pin keys, so that opening a maildrop with pins looks up
+    only the files they may be about, and one without none."""
+
+    __slots__ = ("pinned",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pinned: set[str] = set()
+
+
+def pin_key(unique: str, inode: int) -> str:
+    """The ``pop3d-uidl`` key pinning the UIDL of the file ``inode`` whose unique part is
+    ``unique`` (one of two files or more claiming it). A rename keeps the inode, so flag
+    changes and the move to ``cur/`` keep the key; a unique part has no "/", so no key of
+    an imported message's line is a pin key."""
+    return f"{uidl_for(unique)}/{inode}"
+
+
+def _pin_prefix(key: str) -> str | None:
+    """The unique part's UIDL that ``key`` is a pin key of, None if it is none."""
+    prefix, sep, inode = key.rpartition("/")
+    if sep and inode.isascii() and inode.isdigit() and len(inode) <= 20 and valid_uidl(prefix):
+        return prefix
+    return None
+
+
+def read_uidl_map(root: int) -> UidlMap:
     """The kept UIDLs in ``pop3d-uidl`` in the Maildir ``root`` (a directory fd): not through
     a link, only a regular file, at most 64 MiB; lines that do not parse are ignored, a
-    later line for the same unique part wins. Missing: {}."""
+    later line for the same key wins. Missing: empty."""
+    found = UidlMap()
     try:
         handle = _open_message(UIDL_MAP_NAME, root)
     except FileNotFoundError:
-        return {}
+        return found
     except OSError as exc:
         raise StorageError(f"cannot open {UIDL_MAP_NAME}: {exc.strerror}") from exc
     with handle:
         data = handle.read(_UIDL_MAP_MAX + 1)
     if len(data) > _UIDL_MAP_MAX:
         raise StorageError(f"{UIDL_MAP_NAME} is larger than {_UIDL_MAP_MAX} bytes")
-    found: dict[str, str] = {}
     for line in data.decode("ascii", "replace").splitlines():
-        unique, sep, uidl = line.partition(" ")
-        if sep and valid_uidl(unique) and valid_uidl(uidl):
-            found[unique] = uidl
+        key, sep, uidl = line.partition(" ")
+        if not sep or not valid_uidl(uidl):
+            continue
+        if "/" in key:  # never in a unique part: a pin (pin_key)
+            prefix = _pin_prefix(key)
+            if prefix is not None:
+                found[key] = uidl
+                found.pinned.add(prefix)
+        elif valid_uidl(key):
+            found[key] = uidl
     return found
 
 
@@ -529,6 +571,114 @@ class _Reopened:
         self._open.clear()
 
 
+def _inode_of(entry: _Entry, folders: _Folders) -> int | None:
+    fd = folders.fds.get(entry.subdir)
+    try:
+        info = os.stat(entry.name, dir_fd=fd, follow_symlinks=False) if fd is not None else None
+    except OSError:
+        return None  # gone since the listing: its twins are not pinned this time
+    return info.st_ino if info is not None and stat.S_ISREG(info.st_mode) else None
+
+
+def _spare_uidl(entry: _Entry, inode: int | None, taken: set[str]) -> str:
+    """A UIDL for the file ``inode`` of a unique part whose own UIDL another file has: of
+    the unique part and the inode, which flag changes and the move to ``cur/`` keep (the
+    name, flags and all, without an inode; some other if that is taken too)."""
+    base = f"{entry.unique}/{inode}" if inode is not None else f"{entry.subdir}/{entry.name}"
+    uid = uidl_for(base)
+    for count in itertools.count(2):
+        if uid not in taken:
+            break
+        uid = uidl_for(f"{base}/{count}")
+    return uid
+
+
+def _twin_uidls(
+    entries: list[_Entry], kept: dict[str, str], folders: _Folders
+) -> tuple[list[str], dict[int, int | None], dict[str, str]]:
+    """The UIDLs of a listing in which two files or more claim one unique part (another
+    agent's mistake, a restore, a copy), or a unique part has pins: (UIDLs, the inode of
+    each such file by index, the pins to record). The files of one unique part are put in
+    a fixed order in ``entries`` (their place in the directory is not one).
+
+    Each of them is told apart by its inode, and its UIDL is pinned in ``pop3d-uidl``
+    under :func:`pin_key` the first time it is given: the unique part's own UIDL to the
+    first listed (the one a lone file has), a spare one (:func:`_spare_uidl`) to the
+    others. A file whose pin is found keeps its UIDL whatever became of the other (deleted:
+    the one left does not take over the unique part's UIDL, which a client that leaves
+    mail on the server holds for the message deleted) and whatever its flags are now
+    (RFC 1939 §7: the same unique-id across sessions). The files of a unique part are
+    pinned only when each could be looked up and has an inode of its own: a file gone
+    since the listing, or seen twice (moved from new/ to cur/ while they were listed, or
+    hard linked), keeps the rule without pins."""
+    uids: list[str] = []
+    inodes: dict[int, int | None] = {}
+    pins: dict[str, str] = {}
+    taken: set[str] = set()
+    start = 0
+    while start < len(entries):
+        unique = entries[start].unique
+        end = start + 1
+        while end < len(entries) and entries[end].unique == unique:
+            end += 1
+        own = kept.get(unique) or uidl_for(unique)
+        lone = end - start == 1
+        if not lone:  # new/ first, as listed, then by name, not as the directory has them
+            entries[start:end] = sorted(entries[start:end], key=_twin_order)
+        if lone and own not in taken and not _has_pins(unique, kept):
+            uids.append(own)
+            taken.add(own)
+            start = end
+            continue
+        run = range(start, end)
+        found = {index: _inode_of(entries[index], folders) for index in run}
+        inodes.update(found)
+        given: dict[int, str] = {}
+        for index, inode in found.items():  # pinned first: they keep what they had
+            pinned = kept.get(pin_key(unique, inode)) if inode is not None else None
+            if pinned is not None and pinned not in taken:
+                given[index] = pinned
+                taken.add(pinned)
+        for index, inode in found.items():
+            if index not in given:
+                uid = own if own not in taken else _spare_uidl(entries[index], inode, taken)
+                given[index] = uid
+                taken.add(uid)
+        known = {inode: index for index, inode in found.items() if inode is not None}
+        if not lone and len(known) == len(found):
+            for inode, index in known.items():
+                key = pin_key(unique, inode)
+                if kept.get(key) != given[index]:
+                    pins[key] = given[index]
+        uids += (given[index] for index in run)
+        start = end
+    return uids, inodes, pins
+
+
+def _twin_order(entry: _Entry) -> tuple[bool, str]:
+    return entry.subdir != "new", entry.name
+
+
+def _has_pins(unique: str, kept: dict[str, str]) -> bool:
+    return isinstance(kept, UidlMap) and uidl_for(unique) in kept.pinned
+
+
+def _pin(root: int, kept: dict[str, str], pins: dict[str, str]) -> dict[str, str]:
+    """``kept`` with ``pins``, written to ``pop3d-uidl`` (durably: a lost pin is a UIDL
+    that changes) before any session gives these UIDLs; the caller holds the maildrop
+    lock. Best effort: a Maildir that cannot be written (read-only, full) gives the same
+    UIDLs for as long as the twins are all there, as without pins."""
+    updated = UidlMap()
+    updated.update(kept)
+    updated.update(pins)
+    updated.pinned = (kept.pinned if isinstance(kept, UidlMap) else set()) | {
+        key.rpartition("/")[0] for key in pins
+    }
+    with contextlib.suppress(OSError):
+        write_uidl_map(root, updated)
+    return updated
+
+
 class MaildirMaildrop:
     """One locked, listed Maildir. Not thread-safe; one session owns it.
 
@@ -542,6 +692,7 @@ class MaildirMaildrop:
     __slots__ = (
         "_entries",
         "_identity",
+        "_inodes",
         "_kept_any",
         "_lock",
         "last_login",
@@ -566,19 +717,24 @@ class MaildirMaildrop:
         self.path = os.fspath(path)
         self.use_flags = use_flags
         kept = kept or {}
-        self._kept_any = bool(kept)  # pop3d-uidl has lines: UPDATE prunes the deleted's
         self._identity: bytes | None = folders.identity()
         self._lock: MaildropLock | None = lock
         self._entries = entries
-        seen: set[str] = set()
-        uids: list[str] = []
-        for entry in entries:
-            uid = kept.get(entry.unique) or uidl_for(entry.unique)
-            if uid in seen:  # two files claiming one unique name: keep both, distinctly
-                uid = uidl_for(f"{entry.subdir}/{entry.name}")
-            seen.add(uid)
-            uids.append(uid)
+        uids = [kept.get(entry.unique) or uidl_for(entry.unique) for entry in entries]
+        # Two files claiming one unique part have one UIDL so far.
+        odd = len(set(uids)) < len(uids)
+        if not odd and isinstance(kept, UidlMap) and kept.pinned:
+            odd = any(uidl_for(entry.unique) in kept.pinned for entry in entries)
+        # Message index -> its file's inode, for the files of a unique part that two or
+        # more files claim (or claimed), None for any other maildrop: _locate() tells them
+        # apart by it.
+        self._inodes: dict[int, int | None] | None = None
+        if odd:
+            uids, self._inodes, pins = _twin_uidls(entries, kept, folders)
+            if pins:
+                kept = _pin(folders.root, kept, pins)
         self.uids = tuple(uids)
+        self._kept_any = bool(kept)  # pop3d-uidl has lines: UPDATE prunes the deleted's
         self.sizes = tuple(size_hint(entry.name) for entry in entries)
         self.last_login = _read_last_login(folders.root)
 
@@ -596,27 +752,53 @@ class MaildirMaildrop:
         """The message's folder descriptor and current name. Another agent may have
         renamed it (flags, or the move from new/ to cur/) since the listing: find it again
         by its unique part. A name that is there but no longer a regular file (a link or
-        a directory put in its place) is not followed: StorageError."""
+        a directory put in its place) is not followed: StorageError.
+
+        The search never takes a file another listed message names, nor one of two
+        files claiming the unique part: serving or, at UPDATE, unlinking it would be
+        another message's (found probing: with a twin of the message listed, RETR served
+        the twin and DELE removed it). A message whose unique part two files claimed at
+        the listing (``_inodes``) is the file with its inode, under its name or renamed."""
         entry = self._entries[index]
+        inode = self._inodes.get(index, -1) if self._inodes is not None else -1
         fd = folders.get(entry.subdir)
         if fd is not None:
-            kind = _kind(entry.name, fd)
-            if kind == "file":
-                return fd, entry.name
-            if kind == "other":
-                raise StorageError(f"{entry.subdir}/{entry.name} is no longer a regular file")
+            try:
+                info = os.stat(entry.name, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                pass
+            else:
+                if not stat.S_ISREG(info.st_mode):
+                    raise StorageError(f"{entry.subdir}/{entry.name} is no longer a regular file")
+                if inode in (-1, info.st_ino):
+                    return fd, entry.name
+        if inode is None:  # a twin that could not be told apart at the listing
+            raise MessageGone(f"{entry.unique} is no longer in {self.path}")
+        others: set[tuple[str, str]] = set()
+        if inode != -1:
+            others = {
+                (other.subdir, other.name)
+                for position, other in enumerate(self._entries)
+                if other.unique == entry.unique and position != index
+            }
+        found: list[tuple[str, int, str]] = []
         for subdir in ("cur", "new"):
             fd = folders.get(subdir)
             if fd is None:
                 continue
             with os.scandir(fd) as listing:
-                for item in listing:
-                    if unique_part(item.name) == entry.unique and item.is_file(
-                        follow_symlinks=False
-                    ):
-                        entry.subdir, entry.name = subdir, item.name
-                        return fd, item.name
-        raise MessageGone(f"{entry.unique} is no longer in {self.path}")
+                found += (
+                    (subdir, fd, item.name)
+                    for item in listing
+                    if unique_part(item.name) == entry.unique
+                    and (subdir, item.name) not in others
+                    and item.is_file(follow_symlinks=False)
+                    and inode in (-1, item.stat(follow_symlinks=False).st_ino)
+                )
+        if len(found) != 1:  # gone, or a twin appeared since the listing: which is it?
+            raise MessageGone(f"{entry.unique} is no longer in {self.path}")
+        entry.subdir, fd, entry.name = found[0]
+        return fd, entry.name
 
     def open_message(self, index: int) -> BinaryIO:
         with self._opened() as folders:
@@ -798,11 +980,27 @@ class MaildirMaildrop:
         # its line: that file's UIDL must not change.
         staying = {e.unique for i, e in enumerate(self._entries) if i not in unlinked}
         removed = {self._entries[index].unique for index in unlinked} - staying
+        # A pin goes with its file, and all of a unique part's with the last of its files.
+        # A file left alone keeps its pin even when it is the unique part's own UIDL: a
+        # copy restored beside it later must not take that UIDL from it.
+        unpinned = {uidl_for(unique) for unique in removed}
+        inodes = self._inodes or {}
+        dropped = {
+            pin_key(self._entries[index].unique, inode)
+            for index in unlinked
+            if (inode := inodes.get(index)) is not None
+        }
         with contextlib.suppress(StorageError, OSError):
             root = folders.get("")
             assert root is not None
             kept = read_uidl_map(root)
-            left = {unique: uidl for unique, uidl in kept.items() if unique not in removed}
+            left = {
+                key: uidl
+                for key, uidl in kept.items()
+                if key not in removed
+                and key not in dropped
+                and not ("/" in key and key.rpartition("/")[0] in unpinned)
+            }
             if len(left) < len(kept):
                 write_uidl_map(root, left)
 

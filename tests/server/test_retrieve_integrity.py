@@ -435,3 +435,60 @@ def test_a_message_gone_or_unreadable_after_login_costs_only_itself(server: Serv
     assert re.search(r"INFO session \S+: message 1700000002\.M2P1\.lab went away since", log)
     assert re.search(r"ERROR session \S+: message 1800000003\.M1P1\.host cannot be measured", log)
     assert log.count("cannot be measured") == 1  # the size stands for the session
+
+
+TWIN_A = b"Subject: A\n\nmessage A\n"
+TWIN_B = b"Subject: B\n\nmessage B\n"
+
+
+def twins(lab: Lab) -> tuple[Path, Path]:
+    """Two files claiming one unique part (another agent's mistake, a restore, a copy):
+    two messages, 1 (A, in new/) and 2 (B, in cur/), before bob's three."""
+    a = lab.maildir("bob") / "new" / "1500000000.X.host"
+    b = lab.maildir("bob") / "cur" / "1500000000.X.host:2,S"
+    a.write_bytes(TWIN_A)
+    b.write_bytes(TWIN_B)
+    return a, b
+
+
+def uidls(sock: socket.socket, reader: socket.SocketIO) -> list[str]:
+    assert ask(sock, reader, b"UIDL").startswith(b"+OK")
+    return [line.split(" ")[1] for line in read_multiline(reader).decode().splitlines()]
+
+
+def test_a_message_removed_by_another_agent_is_not_its_twin(server: Server) -> None:
+    """Found probing: with A removed by another agent, RETR 1 served B as message 1, and
+    DELE 1, QUIT unlinked B, which the client never deleted."""
+    a, b = twins(server.lab)
+    sock, reader = login(server.port)
+    a.unlink()
+    assert ask(sock, reader, b"RETR 1") == b"-ERR Message 1 is no longer in the maildrop\r\n"
+    assert ask(sock, reader, b"RETR 2") == b"+OK Message follows\r\n"
+    assert read_multiline(reader) == TWIN_B.replace(b"\n", b"\r\n")
+    assert ask(sock, reader, b"DELE 1") == b"+OK Message 1 deleted\r\n"
+    assert ask(sock, reader, b"QUIT") == b"+OK Logging out, 1 message deleted\r\n"
+    sock.close()
+    assert b.read_bytes() == TWIN_B
+
+
+def test_a_twins_uidl_stays_when_the_other_is_deleted_and_its_flags_change(
+    server: Server,
+) -> None:
+    """RFC 1939 §7. Found probing: once the client had deleted A, B took A's UIDL in the
+    next session, so a client that leaves mail on the server, holding that UIDL for A,
+    never fetched B; and B's UIDL held its flags, which other agents change."""
+    a, b = twins(server.lab)
+    sock, reader = login(server.port)
+    first = uidls(sock, reader)
+    assert first[0] == "1500000000.X.host" and len(set(first)) == 5
+    assert ask(sock, reader, b"DELE 1") == b"+OK Message 1 deleted\r\n"
+    assert ask(sock, reader, b"QUIT") == b"+OK Logging out, 1 message deleted\r\n"
+    sock.close()
+    assert not a.exists() and b.exists()
+    b.rename(b.with_name("1500000000.X.host:2,RS"))  # flags changed by another agent
+    sock, reader = _login_when_free(server.port)
+    assert uidls(sock, reader) == first[1:]  # B keeps its UIDL; A's is not given again
+    assert ask(sock, reader, b"RETR 1") == b"+OK Message follows\r\n"
+    assert read_multiline(reader) == TWIN_B.replace(b"\n", b"\r\n")
+    assert ask(sock, reader, b"QUIT").startswith(b"+OK")
+    sock.close()
