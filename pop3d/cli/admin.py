@@ -66,7 +66,7 @@ from pop3d.sasl import registry
 from pop3d.security.secret import Secret
 from pop3d.server import privileges
 from pop3d.storage import imap_import
-from pop3d.storage.base import StorageError
+from pop3d.storage.base import StorageError, UnacceptableMessage
 from pop3d.storage.dovecot_import import DEFAULT_UIDL_FORMAT, import_dovecot
 from pop3d.storage.imap_import import LoginRefused, NoSuchMailbox, ServerUnreachable
 from pop3d.storage.importing import (
@@ -286,6 +286,8 @@ def cmd_deliver(config: Config, args: argparse.Namespace) -> int:
         fail(PROGRAM, EX_NOUSER, f"no such user {user!r}")
     try:
         store_from_config(config).deliver(user, sys.stdin.buffer)
+    except UnacceptableMessage as exc:  # permanent: the MTA bounces it (EX_DATAERR)
+        fail(PROGRAM, EX_DATAERR, f"message to {user} refused, not stored: {exc}")
     except (OSError, StorageError) as exc:
         fail(PROGRAM, EX_TEMPFAIL, f"delivery to {user} failed, message not stored: {exc}")
     return 0

@@ -22,6 +22,12 @@ class MessageGone(StorageError):
     """The message was removed by someone else after the listing was taken."""
 
 
+class UnacceptableMessage(ValueError):
+    """A message offered for delivery that no client should be served (empty, or with NUL
+    octets, which RFC 5322 forbids and Cyrus's lmtpd refuses): nothing was stored, and
+    delivering it again will not help."""
+
+
 class UnknownUser(StorageError):
     """Delivery to a user that has no maildrop and may not get one."""
 

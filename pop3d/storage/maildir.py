@@ -82,7 +82,7 @@ from typing import BinaryIO
 
 from pop3d.config.imapd import Config, ConfigError, Problem
 from pop3d.message import SizeCounter, canonical_size
-from pop3d.storage.base import MessageGone, NoSuchFolder, StorageError
+from pop3d.storage.base import MessageGone, NoSuchFolder, StorageError, UnacceptableMessage
 from pop3d.storage.locks import TABLE_NAME, MaildropLock, lock_in_maildir, table_at
 
 LAST_LOGIN_NAME = "pop3d-lastlogin"
@@ -1063,6 +1063,19 @@ def _write_last_login(root: int, when: float) -> None:
         os.close(fd)
 
 
+def _servable(chunk: bytes) -> bytes:
+    """A delivered message's octets, unless no client should be served them: NUL, which
+    RFC 5322 forbids and Cyrus's lmtpd refuses (554 5.6.0)."""
+    if b"\0" in chunk:
+        raise UnacceptableMessage("the message contains NUL octets")
+    return chunk
+
+
+def _not_empty(size: int) -> None:
+    if size == 0:
+        raise UnacceptableMessage("the message is empty")
+
+
 class MaildirStore:
     """Where each user's Maildir is: ``template`` with ``%u`` (user), ``%n`` (local part),
     ``%d`` (domain), ``%p`` (``partition-default``) and ``%%``."""
@@ -1269,9 +1282,10 @@ class MaildirStore:
             size = 0
             with os.fdopen(fd, "wb") as handle:
                 while chunk := _read(source):
-                    handle.write(chunk)
+                    handle.write(_servable(chunk))
                     counter.feed(chunk)
                     size += len(chunk)
+                _not_empty(size)
                 handle.flush()
                 doing = f"sync tmp/{unique}"
                 os.fsync(handle.fileno())

@@ -120,6 +120,27 @@ def test_deliver(lab: Lab) -> None:
     assert unknown.returncode == 67
 
 
+@pytest.mark.parametrize(
+    ("message", "why"),
+    [
+        (b"", b"the message is empty"),
+        (b"Subject: x\n\nnul\0here\n", b"the message contains NUL octets"),
+    ],
+)
+def test_deliver_refuses_what_no_client_should_be_served(
+    lab: Lab, message: bytes, why: bytes
+) -> None:
+    """Found probing: an empty message, or one with NUL octets (RFC 5322 forbids them;
+    Cyrus's lmtpd refuses them, 554 5.6.0), was stored and served as is. Refused for good
+    (EX_DATAERR: the MTA bounces it rather than trying again), nothing left in tmp/ or new/."""
+    before = len(lab.messages("bob"))
+    result = admin(lab, "deliver", "bob", stdin=message)
+    assert result.returncode == 65, result.stderr
+    assert b"refused, not stored: " + why in result.stderr
+    assert len(lab.messages("bob")) == before
+    assert list((lab.maildir("bob") / "tmp").iterdir()) == []
+
+
 def test_deliver_failure_is_tempfail_and_stores_nothing(lab: Lab) -> None:
     new = lab.maildir("bob") / "new"
     new.chmod(0o500)
