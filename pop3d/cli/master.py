@@ -13,6 +13,7 @@ from pathlib import Path
 from pop3d.cli.common import (
     DEFAULT_CYRUS_CONF,
     DEFAULT_IMAPD_CONF,
+    EX_CANTCREAT,
     EX_CONFIG,
     EX_OSERR,
     EX_USAGE,
@@ -28,7 +29,7 @@ from pop3d.cli.common import (
 )
 from pop3d.cli.pop3d import KPOP_WITH_TLS, parse_arguments
 from pop3d.config import cyrus
-from pop3d.config.imapd import ConfigError
+from pop3d.config.imapd import Config, ConfigError
 from pop3d.server import metrics, privileges
 from pop3d.server.context import RuntimeOptions, ServiceContext
 from pop3d.server.master import ListenError, Master
@@ -99,10 +100,17 @@ def _validate(
 
 
 def _write_pidfile(path: Path) -> None:
-    """Atomically: whoever reads the file sees no file or the whole pid, never half."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}")
-    temporary.write_text(f"{os.getpid()}\n")
-    os.replace(temporary, path)
+    """Atomically: whoever reads the file sees no file or the whole pid, never half.
+    Called as root, before the drop, as Cyrus's master writes its own: the pid file's
+    folder (/run) is root's, and a pid file cyrus_user could write would let a worker
+    taken over name the process an init script's ``kill $(cat ...)`` hits. Exit 73 if it
+    cannot be written."""
+    try:
+        temporary = path.with_name(f".{path.name}.{os.getpid()}")
+        temporary.write_text(f"{os.getpid()}\n")
+        os.replace(temporary, path)
+    except OSError as exc:
+        fail(PROGRAM, EX_CANTCREAT, f"cannot write the pid file {path}: {exc.strerror or exc}")
 
 
 def _daemonize() -> None:
@@ -156,6 +164,28 @@ def main(argv: list[str] | None = None) -> int:
             metrics.parse_listen(listen)
         except ValueError as exc:
             fail(PROGRAM, EX_CONFIG, f"{config_path}: {exc}")
+    if "-d" in flags:
+        _daemonize()  # before the pid file: it names the daemon
+    pidfile = Path(flags["-p"]) if "-p" in flags else None
+    if pidfile is not None:
+        _write_pidfile(pidfile)
+    try:
+        return _serve(master, config_path, master_config, config, listen)
+    finally:
+        if pidfile is not None:
+            # Left behind if cyrus_user may not remove it from its folder (root's /run):
+            # the init system's to remove then, as with Cyrus, whose master never does.
+            with contextlib.suppress(OSError):
+                pidfile.unlink(missing_ok=True)
+
+
+def _serve(
+    master: Master,
+    config_path: str,
+    master_config: cyrus.MasterConfig,
+    config: Config,
+    listen: str,
+) -> int:
     # Bound (as root for ports below 1024); now become cyrus_user before any worker
     # exists, and check every service as that user: a file it cannot read stops us here.
     try:
@@ -165,21 +195,12 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         fail(PROGRAM, EX_OSERR, f"cannot give up root: {exc}")
     _validate(config_path, master_config, account)
-    if "-d" in flags:
-        _daemonize()
     setup_syslog(PROGRAM, config, PROGRAM)  # after -d: the tag carries the pid
     try:
         master.start_metrics()  # after -d too: the endpoint is a thread
     except OSError as exc:
         fail(PROGRAM, EX_OSERR, f"cannot serve metrics on {listen}: {exc.strerror or exc}")
-    if "-p" in flags:
-        _write_pidfile(Path(flags["-p"]))
-    try:
-        return master.run()
-    finally:
-        if "-p" in flags:
-            with contextlib.suppress(OSError):  # a root-owned directory after the drop
-                Path(flags["-p"]).unlink(missing_ok=True)
+    return master.run()
 
 
 def entry() -> None:

@@ -298,6 +298,33 @@ def test_master_daemonizes_with_a_pidfile(lab: Lab) -> None:
     assert not pidfile.exists()
 
 
+def _master_exit(
+    lab: Lab, *flags: str, conf: Path | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    """The master run with ``flags`` until it exits by itself, on a port of its own (a
+    port another test took meanwhile is tried again)."""
+    for _attempt in range(5):
+        cyrus_conf = conf or _write_cyrus_conf(lab, free_port())
+        result = subprocess.run(
+            [*MASTER, "-C", str(lab.config), "-M", str(cyrus_conf), *flags],
+            capture_output=True,
+            timeout=60,
+        )
+        if result.returncode != 71 or b"service pop3 cannot listen" not in result.stderr:
+            break
+    return result
+
+
+def test_a_pid_file_that_cannot_be_written_is_one_line_and_exit_73(lab: Lab) -> None:
+    pidfile = lab.root / "missing" / "master.pid"
+    result = _master_exit(lab, "-p", str(pidfile))
+    assert result.returncode == 73, result.stderr
+    assert result.stderr == (
+        b"pop3d-master: cannot write the pid file %s: No such file or directory\n"
+        % str(pidfile).encode()
+    )
+
+
 def _free_port_v6() -> int:
     with socket.socket(socket.AF_INET6) as sock:
         sock.bind(("::1", 0))

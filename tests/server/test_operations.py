@@ -258,6 +258,55 @@ def test_root_without_cyrus_user_refuses_to_serve(lab: Lab) -> None:
     assert alone.stdout == b""  # not a byte to the client
 
 
+def test_the_pid_file_is_written_as_root_before_the_drop(public_root: Path) -> None:
+    """-p in a folder only root may write (/run): written before the master becomes
+    cyrus_user, root's, readable by all; left there at exit, since cyrus_user may not
+    remove it (pop3d-master(8)). It was written after the drop: a traceback, exit 70."""
+    account = _account()
+    lab = Lab(public_root / "lab", extra_config=f"cyrus_user: {ACCOUNT}\n").create()
+    _chown_tree(lab.root, account.pw_uid, account.pw_gid)
+    run = public_root / "run"
+    run.mkdir(mode=0o755)
+    pidfile = run / "pop3d-master.pid"
+    python, env = _python_for(ACCOUNT)
+    for _attempt in range(5):  # exit 71: another test took the port free_port() found
+        port = free_port()
+        (lab.root / "cyrus.conf").write_text(
+            f'SERVICES {{\n  pop3 cmd="pop3d" listen="127.0.0.1:{port}" prefork=1\n}}\n'
+        )
+        master = subprocess.Popen(
+            [python, "-m", "pop3d.cli.master", "-C", str(lab.config),
+             "-M", str(lab.root / "cyrus.conf"), "-p", str(pidfile)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env={**os.environ, **env},
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 30
+            answered = False
+            while not answered and master.poll() is None and time.monotonic() < deadline:
+                with contextlib.suppress(OSError):
+                    sock, reader = connect(port)
+                    with sock:
+                        answered = reader.readline().startswith(b"+OK")
+                time.sleep(0.05)
+            if master.poll() == 71:
+                continue
+            assert answered, master.poll()
+            assert int(pidfile.read_text()) == master.pid
+            status = pidfile.stat()
+            assert (status.st_uid, status.st_mode & 0o777) == (0, 0o644)
+            master.send_signal(signal.SIGTERM)
+            assert master.wait(timeout=15) == 0
+            break
+        finally:
+            if master.poll() is None:
+                master.kill()
+            errors = master.communicate(timeout=15)[1]
+    assert b"Traceback" not in errors, errors
+    assert pidfile.exists()  # cyrus_user may not remove it from root's folder
+
+
 def _master(
     lab: Lab, python: str = sys.executable, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
