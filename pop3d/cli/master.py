@@ -8,6 +8,7 @@ import getopt
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from pop3d.cli.common import (
@@ -104,11 +105,24 @@ def _write_pidfile(path: Path) -> None:
     Called as root, before the drop, as Cyrus's master writes its own: the pid file's
     folder (/run) is root's, and a pid file cyrus_user could write would let a worker
     taken over name the process an init script's ``kill $(cat ...)`` hits. Exit 73 if it
-    cannot be written."""
+    cannot be written.
+
+    The folder may be one others can write (/tmp, a misconfigured /run/pop3d), and root
+    follows their links there: the temporary has a name no one can guess, made O_EXCL and
+    O_NOFOLLOW (mkstemp), and the rename replaces a link planted at ``path`` rather than
+    writing through it. A predictable ``.NAME.PID`` opened with O_TRUNC let a local user
+    have root overwrite any file with the pid (found probing)."""
     try:
-        temporary = path.with_name(f".{path.name}.{os.getpid()}")
-        temporary.write_text(f"{os.getpid()}\n")
-        os.replace(temporary, path)
+        fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w") as out:
+                os.fchmod(fd, 0o644)  # not mkstemp's 0600: monitoring reads it as itself
+                out.write(f"{os.getpid()}\n")
+            os.replace(temporary, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
     except OSError as exc:
         fail(PROGRAM, EX_CANTCREAT, f"cannot write the pid file {path}: {exc.strerror or exc}")
 

@@ -325,6 +325,58 @@ def test_a_pid_file_that_cannot_be_written_is_one_line_and_exit_73(lab: Lab) -> 
     )
 
 
+def test_the_pid_file_is_written_through_no_planted_link(lab: Lab) -> None:
+    """In a folder others may write: links planted at every name the temporary could
+    have had (it was ``.NAME.PID``) and at the pid file's own name are never written
+    through. The pid file ends up a regular file of the master's, the links' targets as
+    they were."""
+    folder = lab.root / "run"
+    folder.mkdir()
+    folder.chmod(0o1777)
+    victim, other = lab.root / "victim", lab.root / "other"
+    for file in (victim, other):
+        file.write_text("precious\n")
+        file.chmod(0o600)
+    pidfile = folder / "master.pid"
+    pidfile.symlink_to(other)
+    last = int(Path("/proc/sys/kernel/ns_last_pid").read_text())
+    for pid in range(last + 1, last + 3000):  # whatever this test's children are numbered
+        (folder / f".master.pid.{pid}").symlink_to(victim)
+    planted = set(folder.iterdir())
+    master = None
+    for _attempt in range(5):
+        port = free_port()
+        conf = _write_cyrus_conf(lab, port)
+        master = subprocess.Popen(
+            [*MASTER, "-C", str(lab.config), "-M", str(conf), "-p", str(pidfile)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 30
+        while master.poll() is None and time.monotonic() < deadline:
+            if not pidfile.is_symlink():
+                break
+            time.sleep(0.05)
+        if master.poll() != 71:
+            break
+    assert master is not None
+    try:
+        assert master.poll() is None, master.communicate(timeout=15)[1]
+        assert not pidfile.is_symlink() and pidfile.is_file()
+        assert pidfile.read_text() == f"{master.pid}\n"
+        assert pidfile.stat().st_mode & 0o777 == 0o644
+        assert victim.read_text() == other.read_text() == "precious\n"
+        assert set(folder.iterdir()) == planted  # the temporary renamed, nothing else left
+        master.send_signal(signal.SIGTERM)
+        assert master.wait(timeout=15) == 0
+    finally:
+        if master.poll() is None:
+            master.kill()
+        errors = master.communicate(timeout=15)[1]
+    assert b"Traceback" not in errors, errors
+    assert not pidfile.exists()
+
+
 def _free_port_v6() -> int:
     with socket.socket(socket.AF_INET6) as sock:
         sock.bind(("::1", 0))
