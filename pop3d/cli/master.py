@@ -16,6 +16,7 @@ from pop3d.cli.common import (
     DEFAULT_IMAPD_CONF,
     EX_CANTCREAT,
     EX_CONFIG,
+    EX_OK,
     EX_OSERR,
     EX_USAGE,
     Exit,
@@ -127,16 +128,44 @@ def _write_pidfile(path: Path) -> None:
         fail(PROGRAM, EX_CANTCREAT, f"cannot write the pid file {path}: {exc.strerror or exc}")
 
 
-def _daemonize() -> None:
-    if os.fork() > 0:
-        os._exit(0)
-    os.setsid()
-    if os.fork() > 0:
-        os._exit(0)
+def _daemonize() -> int:
+    """Fork: in the child, the leader of a new session, return the pipe's end on which it
+    says it is ready (:func:`_ready`). The parent waits for that and exits 0, or, if the
+    daemon exits first, exits with its status; the daemon's error went to standard error,
+    which it keeps until it is ready. Cyrus's master waits on its startup pipe the same
+    way: a parent that exited 0 at the fork reported a daemon that then died of a taken
+    metrics port or a pid file it could not write (found probing). One fork, as Cyrus:
+    the parent must be the daemon's to read its exit status, and the daemon never opens
+    a terminal that could become its controlling one."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    reading, writing = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(reading)
+        os.setsid()
+        return writing
+    os.close(writing)
+    if os.read(reading, 1):
+        os._exit(EX_OK)  # not sys.exit: the sockets and their clean-up are the daemon's
+    code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    if code < 0:
+        print(f"{PROGRAM}: the daemon was killed by signal {-code} as it started", file=sys.stderr)
+        code = 128 - code
+    os._exit(code)
+
+
+def _ready(started: int) -> None:
+    """Standard input, output and error on /dev/null, then tell the parent: once it has
+    exited, nothing of the daemon holds the terminal or a caller's pipes."""
+    sys.stdout.flush()
+    sys.stderr.flush()
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
     os.close(devnull)
+    os.write(started, b"\n")
+    os.close(started)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,13 +207,13 @@ def main(argv: list[str] | None = None) -> int:
             metrics.parse_listen(listen)
         except ValueError as exc:
             fail(PROGRAM, EX_CONFIG, f"{config_path}: {exc}")
-    if "-d" in flags:
-        _daemonize()  # before the pid file: it names the daemon
+    # Detached before the pid file, which names the daemon
+    started = _daemonize() if "-d" in flags else None
     pidfile = Path(flags["-p"]) if "-p" in flags else None
     if pidfile is not None:
         _write_pidfile(pidfile)
     try:
-        return _serve(master, config_path, master_config, config, listen)
+        return _serve(master, config_path, master_config, config, listen, started=started)
     finally:
         if pidfile is not None:
             # Left behind if cyrus_user may not remove it from its folder (root's /run):
@@ -199,6 +228,8 @@ def _serve(
     master_config: cyrus.MasterConfig,
     config: Config,
     listen: str,
+    *,
+    started: int | None,
 ) -> int:
     # Bound (as root for ports below 1024); now become cyrus_user before any worker
     # exists, and check every service as that user: a file it cannot read stops us here.
@@ -214,6 +245,8 @@ def _serve(
         master.start_metrics()  # after -d too: the endpoint is a thread
     except OSError as exc:
         fail(PROGRAM, EX_OSERR, f"cannot serve metrics on {listen}: {exc.strerror or exc}")
+    if started is not None:
+        _ready(started)
     return master.run()
 
 

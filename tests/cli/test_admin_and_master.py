@@ -278,9 +278,7 @@ def test_master_daemonizes_with_a_pidfile(lab: Lab) -> None:
             break
     assert result.returncode == 0, result.stderr
     deadline = time.monotonic() + 20
-    while not pidfile.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    pid = int(pidfile.read_text())
+    pid = int(pidfile.read_text())  # -d returns once the daemon has started
     try:
         while time.monotonic() < deadline:
             try:
@@ -323,6 +321,29 @@ def test_a_pid_file_that_cannot_be_written_is_one_line_and_exit_73(lab: Lab) -> 
         b"pop3d-master: cannot write the pid file %s: No such file or directory\n"
         % str(pidfile).encode()
     )
+
+
+def test_detached_master_that_cannot_start_says_so_and_exits_with_its_status(lab: Lab) -> None:
+    """-d exits only once the daemon runs: a failure after the fork (a pid file it cannot
+    write, the metrics port taken) is its error on -d's standard error and its exit
+    status, not exit 0 from a daemon that then died with its error on /dev/null."""
+    pidfile = lab.root / "missing" / "master.pid"
+    result = _master_exit(lab, "-d", "-p", str(pidfile))
+    assert result.returncode == 73, result.stderr
+    assert b"pop3d-master: cannot write the pid file %s" % str(pidfile).encode() in result.stderr
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        metrics_port = busy.getsockname()[1]
+        with lab.config.open("a") as config:
+            config.write(f"prometheus_enabled: yes\nprometheus_listen: 127.0.0.1:{metrics_port}\n")
+        result = _master_exit(lab, "-d")
+    assert result.returncode == 71, result.stderr
+    assert (
+        b"pop3d-master: cannot serve metrics on 127.0.0.1:%d: Address already in use\n"
+        % metrics_port
+    ) in result.stderr
+    assert b"Traceback" not in result.stderr
 
 
 def test_the_pid_file_is_written_through_no_planted_link(lab: Lab) -> None:
