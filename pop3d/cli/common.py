@@ -111,11 +111,20 @@ def setup_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, handlers=[handler])
 
 
-def setup_syslog(program: str, config: Config, ident: str, service: str | None = None) -> None:
+def setup_syslog(
+    program: str,
+    config: Config,
+    ident: str,
+    service: str | None = None,
+    *,
+    required: bool = True,
+) -> None:
     """``syslog_socket``: every ``pop3d`` log line also goes to syslog, tagged as Cyrus tags
     its own (``<syslog_prefix>/<service>[pid]: ...``, the form fail2ban's cyrus filters
     expect), at ``syslog_facility``. Messages go out as they are: the audit trail escapes
-    every field it writes (server/audit.py)."""
+    every field it writes (server/audit.py). A socket that does not answer is exit 78 if
+    ``required``; else (a worker the master started after the daemon went away: the
+    master checked the socket at its own start) the handler keeps trying it."""
     path = config.string("syslog_socket", service)
     if not path:
         return
@@ -124,6 +133,8 @@ def setup_syslog(program: str, config: Config, ident: str, service: str | None =
     tag = f"{prefix}/{ident}" if prefix else ident
     try:
         handler = SyslogLineHandler(path, SyslogLineHandler.facility_names[facility])
+        if required and handler.connect_error is not None:
+            raise handler.connect_error
     except OSError as exc:
         raise Exit(EX_CONFIG, f"{program}: syslog_socket {path}: {exc.strerror or exc}") from None
     handler.ident = f"{tag}[{os.getpid()}]: "

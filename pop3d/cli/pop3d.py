@@ -178,7 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         raise config_exit(PROGRAM, exc.problems) from None
     except OSError as exc:
         fail(PROGRAM, EX_OSERR, f"cannot give up root: {exc}")
-    setup_syslog(PROGRAM, config, service, service)
+    # Under the master, which checked syslog_socket at its start, a worker started while
+    # the daemon is away serves anyway: a restart of syslog must not stop the service.
+    setup_syslog(PROGRAM, config, service, service, required=not under_master)
     if args.debug:
         _run_debug_command(config.string("debug_command", service), service)
     base = RuntimeOptions(

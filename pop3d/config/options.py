@@ -90,7 +90,9 @@ OPTIONS: dict[str, Option] = {
             None,
             "[pop3d] Also log to syslog through this unix socket (e.g. /dev/log): logins "
             "as Cyrus's login:/badlogin: lines, session ends as counts: lines. Unset: "
-            "stderr only.",
+            "stderr only. A socket that does not answer at start is exit 78; a daemon "
+            "that goes away later is said on stderr (at most once a minute), tried again "
+            "at every line, and the service goes on.",
         ),
         _o(
             "syslog_facility",

@@ -17,9 +17,11 @@ way it went.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import logging.handlers
 import os
+import sys
 import time
 from socket import socket as Socket
 from typing import TYPE_CHECKING, cast
@@ -155,15 +157,81 @@ class SyslogLineHandler(logging.handlers.SysLogHandler):
     """``syslog_socket``'s handler (a unix socket), which :func:`line` may send to
     directly when its formatter is a :class:`MessageFormatter`. Both ways make the
     datagram ``SysLogHandler.emit`` makes (priority, ident, the message, a NUL if asked)
-    in :meth:`_send`, and send it as it does (reconnected once if the daemon restarted)."""
+    in :meth:`_send`, and send it as it does (reconnected once if the daemon restarted).
+
+    A daemon that cannot be reached is not logging's traceback for every line (thirty
+    lines each on standard error, found probing): see :meth:`handleError`."""
 
     if TYPE_CHECKING:  # SysLogHandler's own, which typeshed does not declare
         socket: Socket | None
 
         def _connect_unixsocket(self, address: object) -> None: ...
 
+    NOTICE_EVERY = 60.0  # seconds between two notices that the daemon is still away
+
     def __init__(self, path: str, facility: int) -> None:
+        # What kept the socket from connecting when it was made: SysLogHandler drops it
+        # (as openlog(3) does), which left a wrong syslog_socket unnoticed at start.
+        self.connect_error: OSError | None = None
+        self.away = False  # a line failed to go out, none has since
+        self._noticed = -self.NOTICE_EVERY  # time.monotonic() of the last notice
+        self._announced = False  # the current absence was said on standard error
         super().__init__(address=path, facility=facility)
+
+    def createSocket(self) -> None:
+        self.unixsocket = True
+        try:
+            self._connect_unixsocket(self.address)
+        except OSError as exc:
+            self.connect_error = exc
+        else:
+            self.connect_error = None
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        """A line that could not be sent (the daemon stopped or not yet back): said on
+        standard error when first seen and at most every NOTICE_EVERY seconds while it
+        lasts, without a traceback; the line itself is on standard error already, through
+        the stream's handler. Every line tries the socket again (:meth:`_send`), so
+        syslog gets lines again as soon as the daemon answers. Anything but an OSError
+        is a bug, reported as logging reports it."""
+        error = sys.exc_info()[1]
+        if not isinstance(error, OSError):
+            super().handleError(record)
+            return
+        self.away = True
+        now = time.monotonic()
+        if now - self._noticed < self.NOTICE_EVERY:
+            return
+        self._noticed = now
+        self._announced = True
+        self._notice(
+            logging.WARNING,
+            f"syslog_socket {self.address}: {error.strerror or error}: log lines go to "
+            "standard error only until it answers again",
+        )
+
+    def _back(self) -> None:
+        self.away = False
+        if self._announced:
+            self._announced = False
+            self._notice(logging.INFO, f"syslog_socket {self.address}: sending again")
+
+    @staticmethod
+    def _notice(level: int, text: str) -> None:
+        """Straight to standard error, as a log line of LOG_FORMAT: through logging it
+        would come back to this handler."""
+        created = time.time()
+        out = _NOTICES.line(
+            created=created,
+            msecs=(created - int(created)) * 1000,
+            name="pop3d",
+            pid=_Process.pid,
+            level=logging.getLevelName(level),
+            text=text,
+        )
+        with contextlib.suppress(OSError, ValueError):  # standard error closed or full
+            sys.stderr.write(out + "\n")
+            sys.stderr.flush()
 
     def direct(self) -> bool:
         return type(self.formatter) is MessageFormatter
@@ -198,8 +266,11 @@ class SyslogLineHandler(logging.handlers.SysLogHandler):
             self.socket.close()
             self._connect_unixsocket(self.address)
             self.socket.send(data)
+        if self.away:
+            self._back()
 
 
+_NOTICES = LineFormatter(LOG_FORMAT)
 _DIRECT = (LineHandler, SyslogLineHandler)
 
 

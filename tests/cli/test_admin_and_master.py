@@ -346,6 +346,20 @@ def test_detached_master_that_cannot_start_says_so_and_exits_with_its_status(lab
     assert b"Traceback" not in result.stderr
 
 
+def test_a_syslog_socket_that_does_not_answer_stops_the_start(lab: Lab) -> None:
+    """Exit 78 naming the socket; it started anyway, with a traceback for every line."""
+    absent = lab.root / "absent.sock"
+    with lab.config.open("a") as config:
+        config.write(f"syslog_socket: {absent}\n")
+    for flags in ((), ("-d",)):
+        result = _master_exit(lab, *flags)
+        assert result.returncode == 78, result.stderr
+        assert result.stderr.endswith(
+            b"pop3d-master: syslog_socket %s: No such file or directory\n" % str(absent).encode()
+        )
+        assert b"Logging error" not in result.stderr and b"Traceback" not in result.stderr
+
+
 def test_the_pid_file_is_written_through_no_planted_link(lab: Lab) -> None:
     """In a folder others may write: links planted at every name the temporary could
     have had (it was ``.NAME.PID``) and at the pid file's own name are never written

@@ -13,7 +13,9 @@ import shutil
 import socket
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -28,6 +30,8 @@ from pop3d.server.loglines import (
     line,
     printable,
 )
+from tests.server.test_network import command, login
+from tests.support.lab import Lab, start_server
 
 NAMES = st.sampled_from(["pop3d", "pop3d.audit", "pop3d.master", "root"])
 LEVELS = st.sampled_from([logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR])
@@ -391,3 +395,66 @@ def test_line_ends_and_escapes_in_a_message_are_shown_not_written(
         assert other_out.getvalue() == f"WARNING|peer {_SHOWN}\n"
     finally:
         syslog.close()
+
+
+# --- a syslog daemon that goes away -------------------------------------------------------
+
+
+def _stop(daemon: _Daemon) -> None:
+    daemon.sock.close()
+    os.unlink(daemon.path)
+
+
+def test_a_syslog_daemon_away_is_one_notice_not_a_traceback_per_line(
+    daemon: _Daemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Both ways a line goes out, twenty times each while the daemon is away: one line on
+    standard error (logging printed a thirty-line traceback per line), every line tried
+    again, and syslog gets lines as soon as the daemon is back."""
+    handler = _syslog_handler(daemon)
+    try:
+        _stop(daemon)
+        for n in range(20):
+            handler.write_line("pop3d", logging.INFO, 0.0, f"login: {n}")
+            handler.handle(_record("pop3d", logging.INFO, "%s", (f"counts: {n}",), 0.0))
+        errors = capsys.readouterr().err
+        assert "Traceback" not in errors and "Logging error" not in errors, errors
+        assert len(errors.splitlines()) == 1, errors
+        assert errors.endswith(
+            f" WARNING syslog_socket {daemon.path}: No such file or directory: log lines go "
+            "to standard error only until it answers again\n"
+        )
+        daemon.bind()
+        handler.write_line("pop3d", logging.INFO, 0.0, "login: back")
+        assert daemon.received() == b"<22>pop3/pop3[42]: login: back\x00"
+        assert capsys.readouterr().err.endswith(
+            f" INFO syslog_socket {daemon.path}: sending again\n"
+        )
+    finally:
+        handler.close()
+
+
+def test_a_master_whose_syslog_goes_away_keeps_serving(tmp_path: Path, daemon: _Daemon) -> None:
+    lab = Lab(tmp_path / "lab", extra_config=f"syslog_socket: {daemon.path}\n").create()
+    server = start_server(lab)
+    try:
+        _stop(daemon)
+        for _ in range(3):
+            sock, reader, reply = login(server.port)
+            with sock:
+                assert reply.startswith(b"+OK"), reply
+                assert command(sock, reader, b"QUIT").startswith(b"+OK")
+        daemon.bind()
+        sock, reader, reply = login(server.port, "alice", "wonderland")
+        with sock:
+            assert reply.startswith(b"+OK"), reply
+            assert command(sock, reader, b"QUIT").startswith(b"+OK")
+        deadline = time.monotonic() + 10
+        while b"login: " not in (received := daemon.received()):
+            assert time.monotonic() < deadline, received
+        assert b" alice " in received
+    finally:
+        assert server.stop() == 0
+    log = server.log_text()
+    assert "Traceback" not in log and "Logging error" not in log, log
+    assert 1 <= log.count(f"syslog_socket {daemon.path}: No such file") <= 2, log
