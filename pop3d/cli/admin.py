@@ -462,7 +462,7 @@ def cmd_check_config(config_path: str, args: argparse.Namespace) -> int:
     except ConfigError as exc:
         problems += [str(p) for p in exc.problems]
     if config is not None:
-        problems += _check_references(config)
+        problems += _references_as_the_server(config)
     cyrus_path = args.cyrus_conf
     if cyrus_path is None and Path(DEFAULT_CYRUS_CONF).exists():
         cyrus_path = DEFAULT_CYRUS_CONF
@@ -482,6 +482,43 @@ def cmd_check_config(config_path: str, args: argparse.Namespace) -> int:
         return EX_CONFIG
     print("configuration OK")
     return 0
+
+
+def _references_as_the_server(config: Config) -> list[str]:
+    """:func:`_check_references` as the account the server reads those files as: run as
+    root with ``cyrus_user`` set, in a child that becomes that account first (found
+    probing: a TLS key only root could read was "configuration OK", and the master then
+    refused to start, exit 78)."""
+    try:
+        account = privileges.target(config)
+    except ConfigError:
+        account = None  # named among the settings' own problems already
+    if os.geteuid() != 0 or account is None:
+        return _check_references(config)
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover (a child: its result comes back through the pipe)
+        status = 0
+        try:
+            os.close(read_end)
+            try:
+                privileges.drop(config)
+                found = _check_references(config)
+            except Exception as exc:
+                found = [f"cannot check the files as cyrus_user {account.user}: {exc}"]
+            with os.fdopen(write_end, "w", encoding="utf-8") as out:
+                out.write("\n".join(found))
+        except BaseException:
+            status = 70
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end, encoding="utf-8") as answer:
+        text = answer.read()
+    _pid, status = os.waitpid(child, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        return [f"cannot check the files as cyrus_user {account.user}"]
+    return [line for line in text.split("\n") if line]
 
 
 def _check_references(config: Config) -> list[str]:

@@ -25,6 +25,7 @@ What a handshake yields for the layers above (:func:`facts`):
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -149,6 +150,13 @@ def server_context(config: Config, service: str | None) -> SSL.Context:
         raise config.error(
             "tls_ciphers", service, f"tls_ciphers: OpenSSL accepts none of {ciphers!r}"
         ) from None
+    for option, path in (("tls_server_cert", cert), ("tls_server_key", key)):
+        # OpenSSL's own words for a file it cannot open are "system lib", twice
+        try:
+            os.close(os.open(str(path), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC))
+        except OSError as exc:
+            message = f"cannot read {path}: {exc.strerror or exc}"
+            raise config.error(option, service, message) from None
     try:
         context.use_certificate_chain_file(str(cert))
         context.use_privatekey_file(str(key))

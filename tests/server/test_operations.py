@@ -592,3 +592,23 @@ def test_shutdown_file_seen_however_msg_changes(lab: Lab) -> None:
         assert context.shutdown_message() == b"-ERR [SYS/TEMP] four\r\n"
     finally:
         context.close()
+
+
+def test_check_config_as_root_reads_the_files_as_cyrus_user(public_root: Path) -> None:
+    """Found probing: run as root, check-config read the files as root, so a TLS key only
+    root can read was "configuration OK", and the master (whose workers load it as
+    cyrus_user) then refused to start, exit 78. It checks them as cyrus_user now."""
+    account = _account()
+    lab = Lab(public_root / "lab", extra_config=f"cyrus_user: {ACCOUNT}\n").create(with_tls=True)
+    _chown_tree(lab.root, account.pw_uid, account.pw_gid)
+    cyrus_conf = lab.root / "cyrus.conf"
+    cyrus_conf.write_text('SERVICES {\n  pop3 cmd="pop3d" listen="127.0.0.1:1110"\n}\n')
+    command = [sys.executable, "-m", "pop3d.cli.admin", "-C", str(lab.config)]
+    command += ["check-config", "-M", str(cyrus_conf)]
+    clean = subprocess.run(command, capture_output=True, timeout=60, check=False)
+    assert (clean.returncode, clean.stdout.strip()) == (0, b"configuration OK"), clean
+    assert lab.tls is not None
+    os.chown(lab.tls.key, 0, 0)  # root's alone (mode 0600): the account cannot read it
+    refused = subprocess.run(command, capture_output=True, timeout=60, check=False)
+    assert refused.returncode == 78, refused
+    assert f"cannot read {lab.tls.key}: Permission denied".encode() in refused.stdout
