@@ -128,7 +128,9 @@ def _parse_v2(header: bytes) -> ProxyHeader:
         source = str(ipaddress.IPv6Address(body[0:16]))
         destination = str(ipaddress.IPv6Address(body[16:32]))
         source_port, destination_port = struct.unpack("!HH", body[32:36])
-    elif family == 0x00:
+    elif family in (0x00, 0x31, 0x32):
+        # UNSPEC, or a client of the proxy on a unix socket (spec 2.2: valid, with no
+        # address of ours to give): the connection's own endpoints stand, as for LOCAL
         return ProxyHeader(None, None)
     else:
         raise ProxyHeaderError(f"PROXY v2: unsupported family 0x{family:02x}")

@@ -40,6 +40,13 @@ def test_v2() -> None:
     assert proxy.parse(data).source == ("192.0.2.10", 56324)
     local = v2(command=0x20)
     assert proxy.parse(local).source is None
+    # a client of the proxy on a unix socket (AF_UNIX, stream or datagram): 216 octets of
+    # paths, valid, and no address of ours to take (found probing: it was refused)
+    for family in (0x31, 0x32):
+        body = b"/run/client.sock".ljust(108, b"\0") + b"/run/pop3.sock".ljust(108, b"\0")
+        unix = proxy.V2_SIGNATURE + bytes([0x21, family]) + struct.pack("!H", len(body)) + body
+        assert proxy.header_length(unix + b"+OK") == len(unix)
+        assert proxy.parse(unix).source is None
 
 
 @pytest.mark.parametrize(
