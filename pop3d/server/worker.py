@@ -172,6 +172,13 @@ class Worker:
             await self._stop_accepting.wait()
             for acceptor in acceptors:
                 acceptor.cancel()
+            # Closed as server.close() closes them below: an orphan's open listener kept a
+            # new master from the port, and the kernel went on completing connections
+            # nobody would accept (found probing). After the cancellations have run, so
+            # no reader is left registered on a closed descriptor.
+            await asyncio.gather(*acceptors, return_exceptions=True)
+            for sock in sockets:
+                sock.close()
         else:
             servers = [
                 await loop.create_server(lambda: Channel(self._accepted), sock=sock, backlog=1024)

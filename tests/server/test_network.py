@@ -302,15 +302,24 @@ def test_sigterm_stops_the_master_within_ten_seconds_and_loses_nothing(server: S
         socket.create_connection(("127.0.0.1", server.port), timeout=2).close()
 
 
-def test_workers_retire_when_the_master_dies(lab: Lab) -> None:
+@pytest.mark.parametrize("flags", ["", "-H"])
+def test_workers_retire_when_the_master_dies(lab: Lab, flags: str) -> None:
     """A master killed outright (SIGKILL, the OOM killer) must not leave its workers
     serving on their own: nothing would replace or stop them, and their listening socket
     would keep a new master from the port. They stop accepting at once, let the sessions
-    they hold finish (QUIT's UPDATE included), then exit."""
-    server = start_server(lab)
+    they hold finish (QUIT's UPDATE included), then exit. With -H the worker accepts by
+    hand, and its listener stayed open: new connections hung without a greeting."""
+    server = start_server(lab, {"pop3": flags})
     (worker,) = worker_pids(server)
     try:
-        sock, reader, reply = login(server.port)
+        if flags == "-H":
+            sock, reader = connect(server.port)
+            sock.sendall(b"PROXY TCP4 203.0.113.9 127.0.0.1 4711 110\r\n")
+            assert reader.readline().startswith(b"+OK")
+            assert command(sock, reader, b"USER bob").startswith(b"+OK")
+            reply = command(sock, reader, b"PASS builder")
+        else:
+            sock, reader, reply = login(server.port)
         assert reply.startswith(b"+OK")
         server.process.kill()
         server.process.wait(timeout=10)
@@ -323,6 +332,10 @@ def test_workers_retire_when_the_master_dies(lab: Lab) -> None:
             time.sleep(0.05)
         else:
             raise AssertionError("the orphaned worker still accepts connections")
+        with socket.socket() as successor:  # a new master could bind the port
+            successor.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            successor.bind(("127.0.0.1", server.port))
+            successor.listen()
         assert Path(f"/proc/{worker}").exists()  # still serving its session
         assert command(sock, reader, b"DELE 1") == b"+OK Message 1 deleted\r\n"
         assert command(sock, reader, b"QUIT").startswith(b"+OK")
