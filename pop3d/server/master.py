@@ -206,7 +206,12 @@ class Master:
         sock = self.sockets[service.name]
         status_read, status_write = os.pipe()
         os.set_blocking(status_read, False)
-        limits_ours, limits_theirs = limits.pair()
+        try:
+            limits_ours, limits_theirs = limits.pair()
+        except OSError:  # out of descriptors: the pipe must not leak at each retry
+            os.close(status_read)
+            os.close(status_write)
+            raise
         env = dict(
             os.environ,
             CYRUS_SERVICE=service.name,
@@ -318,13 +323,7 @@ class Master:
             if process is None:
                 if slot.restart_at and now >= slot.restart_at:
                     slot.restart_at = 0.0
-                    try:
-                        self._spawn(slot)
-                    except OSError as exc:
-                        log.error("service %s: cannot start a worker: %s", slot.service.name, exc)
-                        slot.started = now
-                        delay = self.backoff[slot.service.name].after_death(0.0, fatal=True)
-                        slot.restart_at = now + delay
+                    self._respawn(slot, now)
                 continue
             if self._retires(slot):
                 log.info(
@@ -336,7 +335,7 @@ class Master:
                 self._close_status(slot)
                 self.retiring.append(process)
                 slot.process = None
-                self._spawn(slot)
+                self._respawn(slot, now)
                 continue
             code = process.poll()
             if code is None:
@@ -346,6 +345,23 @@ class Master:
             self._worker_gone(process.pid)
             self.worker_deaths[slot.service.name] += 1
             self._schedule_restart(slot, process.pid, code, now)
+
+    def _respawn(self, slot: _Slot, now: float) -> None:
+        """Start the slot's next worker; one that cannot start (no descriptor, no memory,
+        no process left to fork) is tried again after the longest pause, the master
+        serving on: a failed start on the retirement path once took every service down."""
+        try:
+            self._spawn(slot)
+        except OSError as exc:
+            slot.started = now
+            delay = self.backoff[slot.service.name].after_death(0.0, fatal=True)
+            slot.restart_at = now + delay
+            log.error(
+                "service %s: cannot start a worker: %s; trying again in %.2f s",
+                slot.service.name,
+                exc,
+                delay,
+            )
 
     def _schedule_restart(self, slot: _Slot, pid: int, code: int, now: float) -> None:
         name = slot.service.name

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import signal
 import socket
 import time
@@ -77,6 +78,44 @@ def test_a_crash_looping_service_is_backed_off_and_the_others_keep_serving(lab: 
         assert waited > 5, waited
     finally:
         assert server.stop() == 0
+
+
+def test_a_successor_that_cannot_start_does_not_take_the_master_down(lab: Lab) -> None:
+    """A worker retires (-U) when the master has no descriptor left for its successor's
+    pipes: the master logs it and tries again after the longest pause. It once died of
+    the OSError (exit 70), every service with it."""
+    server = start_server(lab, {"pop3": "-U 2", "other": ""})
+    master = server.process.pid
+    soft, hard = resource.prlimit(master, resource.RLIMIT_NOFILE)
+    try:
+        (retiring,) = workers_of(server, "pop3")
+        used = len(os.listdir(f"/proc/{master}/fd"))
+        resource.prlimit(master, resource.RLIMIT_NOFILE, (used, hard))
+        assert serves(server.port)  # the second connection after start_server's probe
+        deadline = time.monotonic() + 10
+        while "cannot start a worker" not in server.log_text():
+            assert server.process.poll() is None, server.log_text()
+            assert time.monotonic() < deadline, server.log_text()
+            time.sleep(0.05)
+        assert "Too many open files; trying again in 30.00 s" in server.log_text()
+        assert serves(server.ports["other"])
+        resource.prlimit(master, resource.RLIMIT_NOFILE, (soft, hard))
+        deadline = time.monotonic() + 40  # the pause, then the start
+        while not set(workers_of(server, "pop3")) - {retiring}:
+            assert server.process.poll() is None, server.log_text()
+            assert time.monotonic() < deadline, server.log_text()
+            time.sleep(0.1)
+        deadline = time.monotonic() + 10
+        while True:  # the new worker may still be importing
+            with contextlib.suppress(OSError):
+                if serves(server.port):
+                    break
+            assert time.monotonic() < deadline, server.log_text()
+            time.sleep(0.1)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            resource.prlimit(master, resource.RLIMIT_NOFILE, (soft, hard))
+        assert server.stop() == 0, server.log_text()
 
 
 def test_backoff_doubles_to_its_cap_and_a_long_life_resets_it() -> None:
