@@ -35,6 +35,7 @@ from pop3d.config.imapd import Config, ConfigError
 from pop3d.server import metrics, privileges
 from pop3d.server.context import RuntimeOptions, ServiceContext
 from pop3d.server.master import ListenError, Master
+from pop3d.server.worker import hold_hangup
 
 PROGRAM = "pop3d-master"
 GETOPT = "C:M:p:d"  # each documented in pop3d/man/pop3d-master.8
@@ -169,6 +170,7 @@ def _ready(started: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    hold_hangup()  # until Master.run's handler is in place
     claim_standard_fds()
     arguments = sys.argv[1:] if argv is None else argv
     if print_usage_if_asked(arguments, USAGE, "pop3d-master(8)"):

@@ -40,7 +40,13 @@ from pop3d.config.imapd import ConfigError
 from pop3d.server import privileges
 from pop3d.server.context import RuntimeOptions, ServiceContext
 from pop3d.server.limits import LIMITS_FD_ENV, LocalLimits, MasterLimits
-from pop3d.server.worker import STATUS_FD_ENV, Worker, serve_stdio
+from pop3d.server.worker import (
+    STATUS_FD_ENV,
+    Worker,
+    hold_hangup,
+    release_hangup,
+    serve_stdio,
+)
 
 PROGRAM = "pop3d"
 # every flag, as getopt takes them; pop3d/man/pop3d.8 documents each (a test checks)
@@ -154,6 +160,7 @@ def systemd_sockets(default_service: str) -> dict[str, list[socket.socket]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    hold_hangup()  # until the loop's handler is in place
     claim_standard_fds()
     arguments = sys.argv[1:] if argv is None else argv
     if print_usage_if_asked(arguments, USAGE, "pop3d(8)"):
@@ -277,6 +284,7 @@ async def _serve_activated(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop)
     loop.add_signal_handler(signal.SIGHUP, reload)
+    release_hangup()
     await asyncio.gather(*serving)
 
 

@@ -587,6 +587,7 @@ class FdChannel(_Layered):
         "_loop",
         "_read_fd",
         "_restore",
+        "_waiter",
         "_write_fd",
         "_write_waiting",
         "_written_at",
@@ -602,6 +603,7 @@ class FdChannel(_Layered):
         self._write_waiting = False
         self._written_at = 0.0
         self._restore: list[tuple[int, bool]] = []
+        self._waiter: asyncio.Future[None] | None = None
         for fd in {read_fd, write_fd}:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 self._restore.append((fd, os.get_blocking(fd)))
@@ -621,9 +623,11 @@ class FdChannel(_Layered):
                 waiter.set_result(None)
 
         add(fd, wake)
+        self._waiter = waiter
         try:
             await waiter
         finally:
+            self._waiter = None
             remove(fd)
 
     async def _read_raw(self) -> bytes:
@@ -678,6 +682,10 @@ class FdChannel(_Layered):
             with contextlib.suppress(OSError):
                 os.write(self._write_fd, goodbye)
         self._closed = True
+        # A read or write waiting for the pipe ends now, as a socket's does when closed:
+        # SIGTERM under -X closes an idle session this way (it waited for its client).
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
         for fd, blocking in self._restore:
             with contextlib.suppress(OSError):
                 os.set_blocking(fd, blocking)

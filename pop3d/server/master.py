@@ -18,7 +18,8 @@ the master with exit 78 and a file:line message instead of a crash loop.
 
 SIGTERM/SIGINT: workers are told to stop (they close idle sessions at once and let busy
 ones finish); whatever is left after 9.5 s is killed; the master exits 0 within 10 s.
-SIGHUP is passed on (TLS certificate reload).
+SIGHUP is passed on (TLS certificate reload); one that comes while the master or a worker
+is starting is held until its handler is in place (worker.hold_hangup).
 
 A worker that dies is replaced after a pause that grows per service: 0.25 s after the
 first death, doubling with each further one, at most 30 s; a worker that lived 10 s or more
@@ -63,7 +64,7 @@ from pop3d.config.cyrus import MasterConfig, Service, available_cores
 from pop3d.config.imapd import Config
 from pop3d.server import fdlimit, limits, metrics
 from pop3d.server.limits import LIMITS_FD_ENV
-from pop3d.server.worker import RETIRING, STATUS_FD_ENV
+from pop3d.server.worker import RETIRING, STATUS_FD_ENV, release_hangup
 
 log = logging.getLogger("pop3d.master")
 
@@ -223,6 +224,9 @@ class Master:
         env.pop(metrics.ENV, None)  # one from our own environment is not ours to fill
         if self.metrics_dir is not None:
             env[metrics.ENV] = self.metrics_dir
+        # The worker starts with SIGHUP held (worker.hold_hangup): our handler does not
+        # survive exec, and the default action killed workers still importing.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
         try:
             slot.process = subprocess.Popen(
                 self._argv(service),
@@ -234,6 +238,7 @@ class Master:
             limits_ours.close()
             raise
         finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             os.close(status_write)
             limits_theirs.close()
         # Kept until the worker's end closes (it exits), retiring or not: see _limits_io.
@@ -254,6 +259,7 @@ class Master:
     def run(self) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._on_signal)
+        release_hangup()  # held since main(): a reload asked meanwhile is passed on now
         self.raise_fd_limit()
         for service in self.cyrus.services:
             # Said here, not at bind time: a start-up check after the bind (a keytab, a

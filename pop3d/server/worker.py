@@ -51,6 +51,20 @@ RETIRING = b"R"
 YOUNG_COLLECTION_THRESHOLD = 50_000
 
 
+def hold_hangup() -> None:
+    """Block SIGHUP until :func:`release_hangup`, once its handler is in place. Its default
+    action ends the process: a reload asked of a process still starting (importing,
+    reading its configuration) killed it, and a worker the master had just replaced died
+    again, its back-off growing (found probing). Blocked, not ignored: a reload asked
+    meanwhile is delivered to the handler. The mask survives fork and exec, so the master
+    starts its workers with it held."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+
+
+def release_hangup() -> None:
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
+
+
 class Worker:
     def __init__(
         self, context: ServiceContext, maxchild: int = -1, status_fd: int | None = None
@@ -162,6 +176,7 @@ class Worker:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, self.stop)
             loop.add_signal_handler(signal.SIGHUP, self.context.reload_tls)
+            release_hangup()
         if self.status_fd is not None:
             # Our end of the status pipe is its write end: it never reads as ready, but
             # epoll reports an error on it once no process holds the read end, which is
@@ -345,7 +360,9 @@ async def serve_stdio(context: ServiceContext) -> bool:
     """One session on stdin/stdout (``-X``; inetd, xinetd, systemd ``Accept=yes``). If
     stdin is a socket the full TCP channel is used, else the pipes (TLS works on both: it
     is a layer of the channel). False if the session never started: the ``-s`` handshake
-    failed, which the caller reports with its exit status."""
+    failed, which the caller reports with its exit status. Signals as in a worker:
+    SIGTERM/SIGINT end the session as a shutdown ends a worker's, SIGHUP re-reads the
+    certificate."""
     loop = asyncio.get_running_loop()
     shutdown = context.shutdown_message()
     if shutdown is not None:  # Cyrus's <configdirectory>/msg/shutdown
@@ -358,14 +375,33 @@ async def serve_stdio(context: ServiceContext) -> bool:
     except OSError:  # not a socket: a pipe, a file or a terminal
         os.close(duplicate)
         connection = Connection(FdChannel(0, 1), context)
-        await connection.run()
-        return connection.session is not None
-    done: asyncio.Future[Connection] = loop.create_future()
+    else:
+        done: asyncio.Future[Connection] = loop.create_future()
 
-    def accepted(channel: Channel) -> None:
-        done.set_result(Connection(channel, context))
+        def accepted(channel: Channel) -> None:
+            done.set_result(Connection(channel, context))
 
-    await loop.connect_accepted_socket(lambda: Channel(accepted), sock)
-    connection = await done
-    await connection.run()
+        await loop.connect_accepted_socket(lambda: Channel(accepted), sock)
+        connection = await done
+    session = loop.create_task(connection.run())
+
+    def stop() -> None:
+        """A worker's shutdown for its one session: closed if waiting for a command,
+        else given the grace period to finish it (it was killed by the signal, without
+        a line saying the session ended: found probing)."""
+        if connection.idle:
+            connection.end_reason = "server shutting down"
+            connection.channel.close()
+        else:
+            loop.call_later(SHUTDOWN_GRACE, give_up)
+
+    def give_up() -> None:
+        connection.end_reason = connection.end_reason or "server shutting down"
+        session.cancel()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop)
+    loop.add_signal_handler(signal.SIGHUP, context.reload_tls)
+    release_hangup()
+    await asyncio.wait({session})
     return connection.session is not None

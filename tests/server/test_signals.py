@@ -1,0 +1,135 @@
+"""SIGHUP asks for a reload and nothing else: from the moment a process starts (the master
+reading its configuration, a worker importing) until its handler is in place, it is held,
+not acted on by its default action, which ended the process (found probing). And pop3d -X
+handles SIGHUP and SIGTERM as its manual page says."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from tests.server.test_master_backoff import serves
+from tests.support.lab import Lab, free_port
+
+
+def _hangups(pid: int, seconds: float) -> None:
+    """SIGHUP every 10 ms, as a reload script run in a loop would."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        os.kill(pid, signal.SIGHUP)
+        time.sleep(0.01)
+
+
+def _until_served(port: int, master: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 20
+    while True:
+        assert master.poll() is None, log.read_text()
+        with contextlib.suppress(OSError):
+            if serves(port):
+                return
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
+
+
+def test_sighup_while_the_master_and_its_workers_start_is_a_reload(lab: Lab) -> None:
+    port = free_port()
+    cyrus_conf = lab.root / "cyrus.conf"
+    cyrus_conf.write_text(
+        f'SERVICES {{\n  pop3 cmd="pop3d -C {lab.config}" listen="127.0.0.1:{port}" prefork=1\n}}\n'
+    )
+    log = lab.root / "master.log"
+    with log.open("ab") as handle:
+        master = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pop3d.cli.master",
+                "-C",
+                str(lab.config),
+                "-M",
+                str(cyrus_conf),
+            ],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    try:
+        # Bound: the master is past its imports and checks its configuration now; its
+        # workers come next.
+        deadline = time.monotonic() + 20
+        while True:
+            assert master.poll() is None, log.read_text()
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+                break
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.005)
+        _hangups(master.pid, 3.0)
+        _until_served(port, master, log)
+        # A worker killed is replaced 0.25 s later; the reloads go on while it starts.
+        (worker,) = worker_pids_of(master.pid)
+        os.kill(worker, signal.SIGKILL)
+        _hangups(master.pid, 3.0)
+        _until_served(port, master, log)
+        text = log.read_text()
+        assert "killed by SIGHUP" not in text, text
+        assert text.count("worker 0 started") == 2, text
+    finally:
+        if master.poll() is None:
+            master.send_signal(signal.SIGTERM)
+        assert master.wait(timeout=15) == 0, log.read_text()
+
+
+def worker_pids_of(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _line(process: subprocess.Popen[bytes]) -> bytes:
+    assert process.stdout is not None
+    return process.stdout.readline()
+
+
+def _x_session(lab: Lab) -> subprocess.Popen[bytes]:
+    """pop3d -X logged in as bob, waiting for a command."""
+    process = subprocess.Popen(
+        lab.pop3d_x(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    watchdog = threading.Timer(30, process.kill)
+    watchdog.start()
+    assert process.stdin is not None
+    assert _line(process).startswith(b"+OK")
+    process.stdin.write(b"USER bob\r\nPASS builder\r\n")
+    process.stdin.flush()
+    assert _line(process).startswith(b"+OK")
+    assert _line(process).startswith(b"+OK")
+    watchdog.cancel()
+    return process
+
+
+def test_pop3d_x_sighup_leaves_the_session_and_sigterm_ends_it_with_exit_0(lab: Lab) -> None:
+    process = _x_session(lab)
+    watchdog = threading.Timer(30, process.kill)  # every read below is bounded by it
+    watchdog.start()
+    try:
+        assert process.stdin is not None
+        process.send_signal(signal.SIGHUP)
+        process.stdin.write(b"DELE 1\r\n")
+        process.stdin.flush()
+        assert _line(process) == b"+OK Message 1 deleted\r\n"
+        process.send_signal(signal.SIGTERM)
+        assert _line(process) == b""  # closed, without UPDATE
+        assert process.wait(timeout=15) == 0
+        assert process.stderr is not None
+        assert b"ended: server shutting down" in process.stderr.read()
+        assert len(lab.messages("bob")) == 3
+    finally:
+        watchdog.cancel()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
