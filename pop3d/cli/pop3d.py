@@ -18,6 +18,7 @@ import os
 import re
 import signal
 import socket
+import stat
 import subprocess
 import sys
 from dataclasses import dataclass, replace
@@ -145,8 +146,14 @@ def systemd_sockets(default_service: str) -> dict[str, list[socket.socket]]:
     services: dict[str, list[socket.socket]] = {}
     for index in range(int(count)):
         fd = 3 + index
-        sock = socket.socket(fileno=fd)
-        if sock.type != socket.SOCK_STREAM:
+        # Looked at before a socket object is made of it: socket.socket() of a file or of
+        # a descriptor that is not open raised a traceback (found probing).
+        try:
+            is_socket = stat.S_ISSOCK(os.fstat(fd).st_mode)
+        except OSError:
+            fail(PROGRAM, EX_USAGE, f"LISTEN_FDS={count}, but fd {fd} is not open")
+        sock = socket.socket(fileno=fd) if is_socket else None
+        if sock is None or sock.type != socket.SOCK_STREAM:
             fail(PROGRAM, EX_USAGE, f"systemd passed fd {fd}, which is not a stream socket")
         os.set_inheritable(fd, False)
         label = labels[index] if index < len(labels) else ""

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.support.lab import Lab
+from tests.support.lab import Lab, free_port
 
 POP3D = [sys.executable, "-m", "pop3d"]
 
@@ -188,3 +189,45 @@ def test_a_closed_standard_input_is_the_end_of_input(lab: Lab) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(b"+OK") and b"-ERR" not in done.stdout, done.stdout
     assert b"bytes_in=<0>" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize(
+    ("passed", "count", "message"),
+    [
+        ("file", 1, b"pop3d: systemd passed fd 3, which is not a stream socket"),
+        ("udp", 1, b"pop3d: systemd passed fd 3, which is not a stream socket"),
+        ("tcp", 2, b"pop3d: LISTEN_FDS=2, but fd 4 is not open"),
+    ],
+)
+def test_socket_activation_with_what_is_not_a_listening_socket(
+    lab: Lab, passed: str, count: int, message: bytes
+) -> None:
+    """fd 3 a file or a datagram socket, or LISTEN_FDS counting one descriptor too many:
+    one line and exit 64, not a traceback."""
+    if passed == "file":
+        handed: socket.socket | None = None
+        fd = os.open(lab.config, os.O_RDONLY)
+    else:
+        kind = socket.SOCK_DGRAM if passed == "udp" else socket.SOCK_STREAM
+        handed = socket.socket(socket.AF_INET, kind)
+        handed.bind(("127.0.0.1", free_port()))
+        if passed == "tcp":
+            handed.listen()
+        fd = handed.fileno()
+    try:
+        # LISTEN_PID must be pop3d's own pid: the shell's, which exec keeps
+        script = f'export LISTEN_PID=$$ LISTEN_FDS={count}; exec "$@" 3<&{fd}'
+        result = subprocess.run(
+            ["bash", "-c", script, "bash", *POP3D, "-C", str(lab.config)],
+            pass_fds=(fd,),
+            capture_output=True,
+            timeout=60,
+        )
+    finally:
+        if handed is None:
+            os.close(fd)
+        else:
+            handed.close()
+    assert result.returncode == 64, result.stderr
+    assert message in result.stderr
+    assert b"Traceback" not in result.stderr
