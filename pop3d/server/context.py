@@ -9,6 +9,7 @@ import logging
 import os
 import secrets
 import socket
+import stat
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -108,6 +109,20 @@ def _warn_credential_file_still_used(config: Config, method: str) -> None:
 
 
 _SETTLED_NS = 2_000_000_000
+
+
+def _first_octets(path: str) -> bytes:
+    """The first 512 octets of a shutdown file. Opened non-blocking and read only if a
+    regular file, as config files are (config/imapd.py): a FIFO of that name blocked the
+    worker in open(), every session of the service frozen with it (found probing), and
+    a read of /dev/zero or a FIFO with a writer would not end either."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(0, "not a regular file")
+        return os.read(fd, 512)
+    finally:
+        os.close(fd)
 
 
 def _no_entry(folder: str, name: str) -> bool:
@@ -340,12 +355,11 @@ class ServiceContext:
                 return None
         for name in names:
             try:
-                with open(os.path.join(folder, name), "rb") as handle:
-                    first = handle.readline(512)
+                first = _first_octets(os.path.join(folder, name))
             except FileNotFoundError:
                 continue
             except OSError as exc:  # there, but unreadable: still a shutdown
-                log.warning("shutdown file %s/%s: %s", folder, name, exc)
+                log.warning("shutdown file %s/%s: %s", folder, name, exc.strerror or exc)
                 first = b""
             text = first.split(b"\n")[0].rstrip(b"\r").lstrip(b"[")
             text = bytes(c for c in text if 32 <= c < 127 or c >= 128)

@@ -470,6 +470,31 @@ def test_shutdown_file_under_x(lab: Lab) -> None:
     assert done.stdout == b"-ERR [SYS/TEMP] Back soon\r\n"
 
 
+def test_a_fifo_as_shutdown_file_is_a_shutdown_not_a_hang(lab: Lab) -> None:
+    """A FIFO under a shutdown file's name blocked the worker in open(): every connection
+    of the service hung until SIGTERM. It is now a shutdown file that cannot be read:
+    the default message and a warning; its removal ends it."""
+    folder = lab.root / "config" / "msg"
+    folder.mkdir()
+    os.mkfifo(folder / "shutdown")
+    server = start_server(lab)
+    try:
+        for _ in range(2):
+            sock, reader = connect(server.port)  # 10 s timeout on every read
+            assert reader.read() == b"-ERR [SYS/TEMP] Server is shutting down\r\n"
+            sock.close()
+        assert "shutdown file" in server.log_text() and "not a regular file" in server.log_text()
+        (folder / "shutdown").unlink()
+        sock, reader = connect(server.port)
+        assert reader.readline().startswith(b"+OK")
+        sock.close()
+    finally:
+        server.stop()
+    os.mkfifo(folder / "shutdown.pop3")
+    done = subprocess.run(lab.pop3d_x(), input=b"CAPA\r\n", capture_output=True, timeout=30)
+    assert done.stdout == b"-ERR [SYS/TEMP] Server is shutting down\r\n"
+
+
 # --- systemd socket activation ------------------------------------------------------------
 
 
