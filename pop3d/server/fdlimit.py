@@ -96,6 +96,16 @@ class Limit:
         )
 
 
+def current(lock_in_maildir: bool = True) -> Limit:
+    """The limit this process has now (a worker: what the master raised it to)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = _nr_open()
+    if hard == resource.RLIM_INFINITY:
+        hard = _nr_open()
+    return Limit(before=soft, soft=soft, hard=hard, lock_in_maildir=lock_in_maildir)
+
+
 def raise_soft_limit(lock_in_maildir: bool = True) -> Limit:
     """Raise the soft RLIMIT_NOFILE as far as the hard limit allows (an unlimited hard
     limit: to the kernel's ``fs.nr_open``), and say what it became."""

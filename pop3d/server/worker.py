@@ -18,14 +18,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import logging
 import os
 import random
 import signal
 import socket
+from typing import Any
 
-from pop3d.server import heap
+from pop3d.server import fdlimit, heap
 from pop3d.server.channel import Channel, FdChannel
 from pop3d.server.connection import Connection
 from pop3d.server.context import ServiceContext
@@ -36,6 +38,16 @@ log = logging.getLogger("pop3d")
 
 SHUTDOWN_GRACE = 8.0
 PROXY_HEADER_TIMEOUT = 10.0
+# -H: out of descriptors, accepting waits this long before it tries again (asyncio's own
+# accept loop waits the same, constants.ACCEPT_RETRY_DELAY).
+ACCEPT_RETRY_DELAY = 1.0
+# Seconds between two "connection refused" lines; the refusals between are counted in
+# the next one.
+REFUSALS_LOGGED_EVERY = 1.0
+# Connections asyncio accepts per wake-up (serve()), and the kernel's queue of connections
+# not yet accepted.
+ACCEPT_BATCH = 32
+LISTEN_QUEUE = 1024
 TOO_MANY = b"-ERR [SYS/TEMP] Too many connections, try again later\r\n"
 # The master's end of this pipe learns that a worker retires (server/master.py).
 STATUS_FD_ENV = "POP3D_STATUS_FD"
@@ -71,7 +83,20 @@ class Worker:
     ) -> None:
         self.context = context
         self.maxchild = maxchild
+        # What the descriptor limit lets this worker hold logged in, each session sending
+        # a message at once (server/fdlimit.py): past it a connection is refused as past
+        # maxchild, so no session's descriptor is the one missing. Found probing: with
+        # maxchild above it, the worker ran out of descriptors, and asyncio's accept loop logged
+        # "out of system resource" with a traceback thousands of times a second (a
+        # CPython 3.11 bug), a core spinning and the disk filling, until sessions ended.
+        lock_in_maildir = context.config.string("maildrop_lock") != "table"
+        self.capacity = fdlimit.current(lock_in_maildir).logged_in
         self.status_fd = status_fd
+        self._proxied_waiting = 0  # -H: accepted, their PROXY header not read yet
+        # Refusals are logged once a REFUSALS_LOGGED_EVERY at most, with a count: a flood
+        # of connections must not become a flood of log lines.
+        self._refusals_unlogged = 0
+        self._refusal_logged_at = -REFUSALS_LOGGED_EVERY
         # By the task that runs each (its done-callback is then a bound method, where a
         # closure over the connection cost an idle session 230 octets).
         self.connections: dict[asyncio.Task[None], Connection] = {}
@@ -89,17 +114,12 @@ class Worker:
         # On pop3s the refusal is the close alone: the client speaks TLS first, and an
         # answer in clear reached it as a handshake failure (found probing).
         clear = not self.context.options.implicit_tls
-        if 0 <= self.maxchild <= len(self.connections) or self._terminating.is_set():
+        full = self._full(len(self.connections))
+        if full or self._terminating.is_set():
             channel.refuse(TOO_MANY if clear else b"")
             if not self._terminating.is_set():
                 self.context.metrics.limit_hit("maxchild")
-            log.warning(
-                "connection from %s refused: %s",
-                channel.peer,
-                "shutting down"
-                if self._terminating.is_set()
-                else f"{len(self.connections)} sessions, this worker's share of maxchild",
-            )
+            self._refused(channel.peer, "shutting down" if self._terminating.is_set() else full)
             return
         shutdown = self.context.shutdown_message()
         if shutdown is not None:  # Cyrus's <configdirectory>/msg/shutdown
@@ -119,6 +139,42 @@ class Worker:
         uses = self.context.options.max_uses
         if uses is not None and self.served >= max(1, uses):  # Cyrus: -U 0 serves one
             self.retire(f"served {self.served} connections (-U {uses})")
+
+    def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """Out of descriptors all the same (another process's share of fs.file-max, files
+        the I/O threads hold), asyncio's accept loop reports it once per connection it
+        tries, a traceback each (CPython 3.11 does not stop after the first): counted into
+        the refusal line instead. Anything else as asyncio would."""
+        exception = context.get("exception")
+        if context.get("message") == "socket.accept() out of system resource" and isinstance(
+            exception, OSError
+        ):
+            self._refused("a client", f"cannot accept: {exception.strerror}")
+            return
+        loop.default_exception_handler(context)
+
+    def _full(self, held: int) -> str:
+        """Why a worker holding ``held`` connections takes no more ("" if it does)."""
+        if 0 <= self.maxchild <= held:
+            return f"{held} sessions, this worker's share of maxchild"
+        if held >= self.capacity:
+            return f"{held} sessions, all this worker's file-descriptor limit permits"
+        return ""
+
+    def _refused(self, peer: str, why: str) -> None:
+        self._refusals_unlogged += 1
+        now = asyncio.get_running_loop().time()
+        if now - self._refusal_logged_at < REFUSALS_LOGGED_EVERY:
+            return
+        more = self._refusals_unlogged - 1
+        self._refusals_unlogged = 0
+        self._refusal_logged_at = now
+        log.warning(
+            "connection from %s refused: %s%s",
+            peer,
+            why,
+            f" ({more} more refused since the last such line)" if more else "",
+        )
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -195,10 +251,19 @@ class Worker:
             for sock in sockets:
                 sock.close()
         else:
+            # asyncio accepts up to ``backlog`` connections per wake-up before any of them
+            # reaches _accepted(), which refuses past capacity: a batch of 1,024 took a
+            # worker near its limit past it. A batch fits in the descriptors kept for the
+            # worker itself (fdlimit.RESERVED); the kernel's queue is set long again after.
             servers = [
-                await loop.create_server(lambda: Channel(self._accepted), sock=sock, backlog=1024)
+                await loop.create_server(
+                    lambda: Channel(self._accepted), sock=sock, backlog=ACCEPT_BATCH
+                )
                 for sock in sockets
             ]
+            for sock in sockets:
+                sock.listen(LISTEN_QUEUE)
+            loop.set_exception_handler(self._loop_exception)
             await self._stop_accepting.wait()
             for server in servers:
                 server.close()
@@ -245,10 +310,36 @@ class Worker:
         loop = asyncio.get_running_loop()
         sock.setblocking(False)
         while True:
-            client, _address = await loop.sock_accept(sock)
+            try:
+                client, address = await loop.sock_accept(sock)
+            except OSError as exc:
+                # Found probing: out of descriptors once, this loop ended with the error
+                # and the worker never accepted again, its listener still open. Out of
+                # resources: wait a moment, as asyncio's own accept loop does; anything
+                # else (a connection reset before it was taken) concerns that one alone.
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    self._refused("a client", f"cannot accept: {exc.strerror}")
+                    await asyncio.sleep(ACCEPT_RETRY_DELAY)
+                continue
+            # Connections still sending their header count too (each holds a descriptor
+            # for up to PROXY_HEADER_TIMEOUT): unrefused, a flood of silent connections
+            # ran the worker out of descriptors.
+            full = self._full(len(self.connections) + self._proxied_waiting)
+            if full or self._terminating.is_set():
+                client.close()
+                if not self._terminating.is_set():
+                    self.context.metrics.limit_hit("maxchild")
+                peer = peer_text(str(address[0]), address[1]) if isinstance(address, tuple) else "?"
+                self._refused(peer, full or "shutting down")
+                continue
+            self._proxied_waiting += 1
             task = loop.create_task(self._proxied(client))
             self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(self._proxied_done)
+
+    def _proxied_done(self, task: asyncio.Task[None]) -> None:
+        self._proxied_waiting -= 1
+        self._tasks.discard(task)
 
     async def _proxied(self, client: socket.socket) -> None:
         loop = asyncio.get_running_loop()
