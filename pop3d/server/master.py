@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import logging
 import os
 import selectors
@@ -95,6 +96,23 @@ class ListenError(OSError):
     cyrus.conf line and the address."""
 
 
+def _replace_stale_socket(path: Path) -> None:
+    """Remove a unix socket nobody listens on (a master that was killed left it); one a
+    server still answers on is another master's: OSError (EADDRINUSE), exit 71. It was
+    unlinked and taken over, and whichever master stopped first removed the other's path
+    (found probing)."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(str(path))
+    except OSError:
+        path.unlink(missing_ok=True)  # refused: nobody there
+        return
+    finally:
+        probe.close()
+    raise OSError(errno.EADDRINUSE, f"another server is listening on {path}")
+
+
 def bind(service: Service) -> socket.socket:
     listen = service.listen
     sock = socket.socket(listen.family, socket.SOCK_STREAM)
@@ -102,8 +120,14 @@ def bind(service: Service) -> socket.socket:
         if listen.family == socket.AF_UNIX:
             path = Path(listen.host)
             if path.is_socket():
-                path.unlink()
-            sock.bind(listen.host)
+                _replace_stale_socket(path)
+            # Any local user may connect, as to a TCP port: Cyrus binds with umask 0 too
+            # (under root's umask only root could connect; found probing)
+            umask = os.umask(0)
+            try:
+                sock.bind(listen.host)
+            finally:
+                os.umask(umask)
         else:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if listen.family == socket.AF_INET6:

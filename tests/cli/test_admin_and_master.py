@@ -517,3 +517,46 @@ def test_a_lock_table_that_cannot_be_made_stops_the_start(lab: Lab) -> None:
     with lab.config.open("a") as config:
         config.write("maildrop_lock: table\n")
     _refused_at_check_and_start(lab, b"maildrop_lock: cannot open the maildrop lock table")
+
+
+def test_a_unix_socket_is_anyone_s_and_not_taken_from_a_live_master(lab: Lab) -> None:
+    """Found probing: a second master on the same unix socket path unlinked the first one's
+    live socket and bound its own (whichever stopped first removed the other's path), and
+    the socket had root's umask, so only root could connect. Now the second one exits 71
+    naming the path, the first serves on, and the socket is 0777 as Cyrus binds it; a
+    socket nobody listens on (a killed master's) is replaced."""
+    unix_path = lab.root / "pop3.sock"
+    conf = lab.root / "cyrus.conf"
+    conf.write_text(f'SERVICES {{\n  pop3local cmd="pop3d" listen="{unix_path}" prefork=1\n}}\n')
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(unix_path))  # bound, never listening: what a killed master leaves
+    stale.close()
+    first = subprocess.Popen(
+        [*MASTER, "-C", str(lab.config), "-M", str(conf)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        user, password = next(iter(lab.users.items()))
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                stat = _login_and_stat(socket.AF_UNIX, str(unix_path), user, password)
+                break
+            except (ConnectionRefusedError, FileNotFoundError):
+                assert time.monotonic() < deadline and first.poll() is None
+                time.sleep(0.05)
+        assert stat.startswith(b"+OK ")
+        assert unix_path.stat().st_mode & 0o777 == 0o777
+        second = subprocess.run(
+            [*MASTER, "-C", str(lab.config), "-M", str(conf)], capture_output=True, timeout=60
+        )
+        assert second.returncode == 71, second.stderr
+        assert b"another server is listening on" in second.stderr
+        assert _login_and_stat(socket.AF_UNIX, str(unix_path), user, password).startswith(b"+OK")
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=15) == 0
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
