@@ -1311,7 +1311,26 @@ class MaildirStore:
         # and tmp/ is never listed.
         with contextlib.suppress(OSError):
             os.unlink(unique, dir_fd=tmp)
+        _clean_tmp(tmp)
         return path / "new" / final
+
+
+# A file in tmp/ older than this is a delivery that died (killed, the machine down): the
+# Maildir convention (cr.yp.to/proto/maildir.html) removes it after 36 hours, as Dovecot
+# does. Nothing else ever would (found probing: killed deliveries stayed for good).
+TMP_ABANDONED_AFTER = 36 * 3600
+
+
+def _clean_tmp(tmp: int) -> None:
+    """Remove abandoned deliveries from tmp/ (a directory fd): regular files not changed
+    for TMP_ABANDONED_AFTER, never following a link. Best effort, after a delivery."""
+    cutoff = time.time() - TMP_ABANDONED_AFTER
+    with contextlib.suppress(OSError), os.scandir(tmp) as listing:
+        for item in listing:
+            with contextlib.suppress(OSError):
+                info = item.stat(follow_symlinks=False)
+                if stat.S_ISREG(info.st_mode) and info.st_mtime < cutoff:
+                    os.unlink(item.name, dir_fd=tmp)
 
 
 def _read(source: BinaryIO) -> bytes:

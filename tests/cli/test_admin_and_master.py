@@ -141,6 +141,25 @@ def test_deliver_refuses_what_no_client_should_be_served(
     assert list((lab.maildir("bob") / "tmp").iterdir()) == []
 
 
+def test_deliver_removes_deliveries_abandoned_in_tmp(lab: Lab) -> None:
+    """Found probing: a delivery killed mid-way left its file in tmp/ for good. A delivery
+    removes files in tmp/ unchanged for 36 hours (the Maildir convention), nothing
+    younger, and never what a link points at."""
+    tmp = lab.maildir("bob") / "tmp"
+    old, young, target = tmp / "1.M1P1.dead", tmp / "2.M2P2.writing", lab.root / "elsewhere"
+    for path in (old, young, target):
+        path.write_bytes(b"Subject: x\n\npart")
+    link = tmp / "3.M3P3.link"
+    link.symlink_to(target)
+    long_ago = time.time() - 37 * 3600
+    for path in (old, target):
+        os.utime(path, (long_ago, long_ago))
+    os.utime(link, (long_ago, long_ago), follow_symlinks=False)
+    assert admin(lab, "deliver", "bob", stdin=b"Subject: x\n\nhi\n").returncode == 0
+    assert sorted(p.name for p in tmp.iterdir()) == [young.name, link.name]
+    assert target.exists()
+
+
 def test_deliver_failure_is_tempfail_and_stores_nothing(lab: Lab) -> None:
     new = lab.maildir("bob") / "new"
     new.chmod(0o500)
