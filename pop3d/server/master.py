@@ -320,10 +320,29 @@ class Master:
             if self._reload:
                 self._reload = False
                 self._signal_all(signal.SIGHUP)
+                self._restart_waiting_now()
             self._reap()
             self._limits_io(0.1)
         self._shutdown()
         return self.exit_code
+
+    def _restart_waiting_now(self) -> None:
+        """SIGHUP: a worker waiting out its restart pause is started now. Found probing:
+        a configuration or certificate broken after start made every replacement exit 78
+        and wait 30 s, clients hanging meanwhile, and fixing the file and asking for a
+        reload changed nothing until the pause ended (Cyrus's master re-reads on SIGHUP).
+        A worker that fails again waits again: the operator's reload, not a crash loop."""
+        now = time.monotonic()
+        for slot in self.slots:
+            if slot.process is None and slot.restart_at > now:
+                log.info(
+                    "service %s: reload: starting worker %d now, not in %.1f s",
+                    slot.service.name,
+                    slot.index,
+                    slot.restart_at - now,
+                )
+                slot.restart_at = now
+                self.backoff[slot.service.name].failures = 0
 
     def _limits_io(self, timeout: float) -> None:
         """Answer the workers' login claims for up to ``timeout`` seconds (the loop's

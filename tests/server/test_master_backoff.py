@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import resource
 import signal
 import socket
@@ -129,3 +130,35 @@ def test_backoff_doubles_to_its_cap_and_a_long_life_resets_it() -> None:
     assert Backoff().after_death(lived=0.0, fatal=False) == 0.25
     many = Backoff()
     assert all(many.after_death(0.0) <= 30.0 for _ in range(5000))
+
+
+def test_a_reload_starts_a_worker_waiting_out_its_pause_now(lab: Lab) -> None:
+    """Found probing: a configuration broken after start made the next worker exit 78 and
+    the service wait 30 s, and fixing the file and sending SIGHUP changed nothing until
+    the pause ended. The reload starts it now."""
+    server = start_server(lab, {"pop3": "", "other": ""})
+    good = lab.config.read_text()
+    try:
+        deadline = time.monotonic() + 20
+        while not (serves(server.port) and serves(server.ports["other"])):  # both started
+            assert time.monotonic() < deadline, server.log_text()
+            time.sleep(0.1)
+        lab.config.write_text(good + "poptimeout: soon\n")  # every new worker: exit 78
+        os.kill(wait_for_worker(server, "pop3", server.ports["other"], timeout=20), signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while not re.search(r"service pop3 worker 0 .* exited with 78", server.log_text()):
+            assert time.monotonic() < deadline, server.log_text()
+            time.sleep(0.1)
+        lab.config.write_text(good)
+        os.kill(server.process.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 15  # not the 30 s pause
+        while True:
+            with contextlib.suppress(OSError):
+                if serves(server.port):
+                    break
+            assert time.monotonic() < deadline, server.log_text()
+            time.sleep(0.1)
+        assert "reload: starting worker" in server.log_text()
+    finally:
+        lab.config.write_text(good)
+        assert server.stop() == 0
