@@ -437,6 +437,18 @@ def _free_port_v6() -> int:
         return int(sock.getsockname()[1])
 
 
+def _stat_once_served(
+    family: int, address: object, user: str, password: str, deadline: float
+) -> bytes:
+    """STAT's answer from the first session the listener serves (it may not be up yet)."""
+    while True:
+        try:
+            return _login_and_stat(family, address, user, password)
+        except (ConnectionRefusedError, FileNotFoundError):
+            assert time.monotonic() < deadline, f"no answer on {address}"
+            time.sleep(0.05)
+
+
 def _login_and_stat(family: int, address: object, user: str, password: str) -> bytes:
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.settimeout(20)
@@ -485,14 +497,7 @@ def test_master_serves_ipv4_ipv6_and_unix_listeners_and_stops_on_sigterm(lab: La
     try:
         deadline = time.monotonic() + 30
         for family, address in targets:
-            while True:
-                try:
-                    stat = _login_and_stat(family, address, user, password)
-                    break
-                except (ConnectionRefusedError, FileNotFoundError):
-                    assert time.monotonic() < deadline, f"no answer on {address}"
-                    time.sleep(0.05)
-            assert stat.startswith(b"+OK ")
+            assert _stat_once_served(family, address, user, password, deadline).startswith(b"+OK ")
         master.send_signal(signal.SIGTERM)
         assert master.wait(timeout=15) == 0
     finally:
@@ -558,13 +563,7 @@ def test_a_unix_socket_is_anyone_s_and_not_taken_from_a_live_master(lab: Lab) ->
     try:
         user, password = next(iter(lab.users.items()))
         deadline = time.monotonic() + 30
-        while True:
-            try:
-                stat = _login_and_stat(socket.AF_UNIX, str(unix_path), user, password)
-                break
-            except (ConnectionRefusedError, FileNotFoundError):
-                assert time.monotonic() < deadline and first.poll() is None
-                time.sleep(0.05)
+        stat = _stat_once_served(socket.AF_UNIX, str(unix_path), user, password, deadline)
         assert stat.startswith(b"+OK ")
         assert unix_path.stat().st_mode & 0o777 == 0o777
         second = subprocess.run(
