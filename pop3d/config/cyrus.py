@@ -8,6 +8,9 @@ line, ``name key=value key="quoted value" ...``, ``#`` comments. ``START``, ``EV
 ``listen`` takes Cyrus's forms: ``"110"``, ``"pop3"`` (a name from /etc/services; ``"kpop"``
 is 1109 when the file has no such line, as on Debian),
 ``"127.0.0.1:1110"``, ``"[::1]:1110"``, ``"host:port"``, or ``"/path"`` (a unix socket).
+As in Cyrus's master, a port alone means every address of every family ``proto`` allows
+(``tcp``: IPv4 and IPv6, ``tcp4``, ``tcp6``), and a host name every address it resolves to:
+the master binds each (server/master.py).
 """
 
 from __future__ import annotations
@@ -51,16 +54,18 @@ def most_workers() -> int:
 
 @dataclass(frozen=True, slots=True)
 class Listen:
-    family: int  # socket.AF_INET, AF_INET6, AF_UNIX
-    host: str  # address, or the socket path for AF_UNIX
+    # AF_INET/AF_INET6 for an address or a name proto limits to one family, AF_UNSPEC for a
+    # name (or, host "", every address) of either, AF_UNIX for a socket path
+    family: int
+    host: str  # address, name, "" (every address), or the socket path for AF_UNIX
     port: int
 
     def __str__(self) -> str:
         if self.family == socket.AF_UNIX:
             return self.host
-        if self.family == socket.AF_INET6:
+        if ":" in self.host:
             return f"[{self.host}]:{self.port}"
-        return f"{self.host}:{self.port}"
+        return f"{self.host or '*'}:{self.port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,27 +112,36 @@ def _port(text: str) -> int:
 def parse_listen(text: str, proto: str = "tcp") -> Listen:
     if text.startswith("/"):
         return Listen(socket.AF_UNIX, text, 0)
-    default_host = "::" if proto == "tcp6" else "0.0.0.0"  # noqa: S104 - Cyrus's default
-    if text.startswith("["):
+    bracketed = text.startswith("[")
+    if bracketed:
         host, sep, port = text[1:].partition("]:")
         if not sep:
             raise ValueError(f"listen {text!r}: expected [address]:port")
-        return Listen(socket.AF_INET6, host, _port(port))
-    if ":" in text:
+    else:
         host, _, port = text.rpartition(":")
-        if host and all(c.isdigit() or c == "." for c in host):
-            try:  # a numeric address must be one: "999.1.1.1" is not a host name either
-                ipaddress.IPv4Address(host)
-            except ValueError:
-                raise ValueError(f"listen {text!r}: {host} is not an IPv4 address") from None
-        return Listen(_family_of(host, proto), host, _port(port))
-    return Listen(socket.AF_INET6 if proto == "tcp6" else socket.AF_INET, default_host, _port(text))
+    if bracketed or ":" in host:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"listen {text!r}: {host} is not an IPv6 address") from None
+        if proto == "tcp4":
+            raise ValueError(f"listen {text!r}: an IPv6 address, but proto=tcp4")
+        return Listen(socket.AF_INET6, host, _port(port))
+    if host and all(c.isdigit() or c == "." for c in host):
+        try:  # a numeric address must be one: "999.1.1.1" is not a host name either
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ValueError(f"listen {text!r}: {host} is not an IPv4 address") from None
+        if proto == "tcp6":
+            raise ValueError(f"listen {text!r}: an IPv4 address, but proto=tcp6")
+        return Listen(socket.AF_INET, host, _port(port))
+    # A name or every address: whatever proto's families resolve it to (Cyrus's master
+    # binds each; binding 0.0.0.0 alone left a default service unreachable over IPv6, and
+    # "localhost" reachable on 127.0.0.1 but not ::1).
+    return Listen(_FAMILIES[proto], host, _port(port))
 
 
-def _family_of(host: str, proto: str) -> int:
-    if proto == "tcp6" or (":" in host):
-        return socket.AF_INET6
-    return socket.AF_INET
+_FAMILIES = {"tcp": socket.AF_UNSPEC, "tcp4": socket.AF_INET, "tcp6": socket.AF_INET6}
 
 
 def _entry(line: str, path: str, number: int) -> tuple[str, dict[str, str]]:
@@ -188,6 +202,9 @@ def _service(name: str, values: dict[str, str], path: str, number: int, out: Mas
         return
     if prefork < 0:
         error(f"service {name}: prefork={prefork} must not be negative")
+        return
+    if maxchild < -1:
+        error(f"service {name}: maxchild={maxchild}: -1 (no limit) or a number of sessions")
         return
     if prefork > most_workers():
         error(

@@ -61,7 +61,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pop3d.config.cyrus import MasterConfig, Service, available_cores
+from pop3d.config.cyrus import Listen, MasterConfig, Service, available_cores
 from pop3d.config.imapd import Config
 from pop3d.server import fdlimit, limits, metrics
 from pop3d.server.limits import LIMITS_FD_ENV
@@ -113,32 +113,109 @@ def _replace_stale_socket(path: Path) -> None:
     raise OSError(errno.EADDRINUSE, f"another server is listening on {path}")
 
 
-def bind(service: Service) -> socket.socket:
-    listen = service.listen
-    sock = socket.socket(listen.family, socket.SOCK_STREAM)
+def addresses(listen: Listen) -> list[tuple[int, tuple[Any, ...]]]:
+    """Every (family, address) a TCP ``listen`` stands for, as Cyrus's master resolves it:
+    a port alone every address of each family the service's proto allows, a name each
+    address it resolves to (raises socket.gaierror if none)."""
+    found = socket.getaddrinfo(
+        listen.host or None, listen.port, listen.family, socket.SOCK_STREAM, 0, socket.AI_PASSIVE
+    )
+    unique: dict[tuple[int, tuple[Any, ...]], None] = {}
+    for family, _type, _proto, _name, address in found:
+        unique[(family, address)] = None
+    return list(unique)
+
+
+# What says an address is not this host's to bind (IPv6 turned off, a name's address on
+# no interface); skipped when another address of the service binds, as Cyrus's master
+# skips them. Anything else (the port taken, not permitted) stops the master.
+_NOT_HERE = frozenset({errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL})
+
+
+def bind(service: Service) -> list[socket.socket]:
+    """The service's listening sockets: one for a unix socket, one per address of a TCP
+    ``listen`` (raises OSError, socket.gaierror for a name that resolves to nothing)."""
+    if service.listen.family == socket.AF_UNIX:
+        return [_bind_unix(service.listen.host)]
+    return bind_each(service, addresses(service.listen))
+
+
+def bind_each(service: Service, found: list[tuple[int, tuple[Any, ...]]]) -> list[socket.socket]:
+    bound: list[socket.socket] = []
+    skipped: list[OSError] = []
     try:
-        if listen.family == socket.AF_UNIX:
-            path = Path(listen.host)
-            if path.is_socket():
-                _replace_stale_socket(path)
-            # Any local user may connect, as to a TCP port: Cyrus binds with umask 0 too
-            # (under root's umask only root could connect; found probing)
-            umask = os.umask(0)
+        for family, address in found:
             try:
-                sock.bind(listen.host)
-            finally:
-                os.umask(umask)
-        else:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if listen.family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind((listen.host, listen.port))
+                bound.append(_bind_tcp(family, address))
+            except OSError as exc:
+                if exc.errno not in _NOT_HERE:
+                    raise
+                skipped.append(exc)
+    except BaseException:
+        for sock in bound:
+            sock.close()
+        raise
+    if not bound:
+        raise skipped[0]
+    for problem in skipped:
+        log.warning(
+            "service %s: not listening on an address of %s: %s",
+            service.name,
+            service.listen,
+            problem,
+        )
+    return bound
+
+
+def _bind_tcp(family: int, address: tuple[Any, ...]) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:  # each family its own socket, as Cyrus binds them
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
         sock.listen(1024)
     except OSError:
         sock.close()
         raise
     sock.set_inheritable(True)
     return sock
+
+
+def _bind_unix(where: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        path = Path(where)
+        if path.is_socket():
+            _replace_stale_socket(path)
+        # Any local user may connect, as to a TCP port: Cyrus binds with umask 0 too
+        # (under root's umask only root could connect; found probing)
+        umask = os.umask(0)
+        try:
+            sock.bind(where)
+        finally:
+            os.umask(umask)
+        sock.listen(1024)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def where(sockets: list[socket.socket]) -> str:
+    """The addresses a service's sockets listen on, for the log: the port taken where
+    cyrus.conf said 0 or a name, each family's address."""
+    shown = []
+    for sock in sockets:
+        name = sock.getsockname()
+        if sock.family == socket.AF_UNIX:
+            shown.append(str(name))
+        elif sock.family == socket.AF_INET6:
+            shown.append(f"[{name[0]}]:{name[1]}")
+        else:
+            shown.append(f"{name[0]}:{name[1]}")
+    return ", ".join(shown)
 
 
 @dataclass
@@ -156,7 +233,7 @@ class Master:
         self.imapd_conf = imapd_conf
         self.cyrus = cyrus
         self.config = config
-        self.sockets: dict[str, socket.socket] = {}
+        self.sockets: dict[str, list[socket.socket]] = {}
         self.slots: list[_Slot] = []
         self.backoff: dict[str, Backoff] = {s.name: Backoff() for s in cyrus.services}
         self.retiring: list[subprocess.Popen[bytes]] = []
@@ -178,7 +255,7 @@ class Master:
         for service in self.cyrus.services:
             try:
                 self.sockets[service.name] = bind(service)
-            except OSError as exc:
+            except OSError as exc:  # socket.gaierror included: a name that resolves to nothing
                 raise ListenError(
                     f"{service.path}:{service.line}: service {service.name} cannot listen "
                     f"on {service.listen}: {exc.strerror or exc}"
@@ -228,7 +305,7 @@ class Master:
     def _spawn(self, slot: _Slot) -> None:
         service = slot.service
         per_worker = self.maxchild_per_worker(service)
-        sock = self.sockets[service.name]
+        sockets = self.sockets[service.name]
         status_read, status_write = os.pipe()
         os.set_blocking(status_read, False)
         try:
@@ -241,7 +318,7 @@ class Master:
             os.environ,
             CYRUS_SERVICE=service.name,
             CYRUS_ID=str(slot.index),
-            POP3D_LISTEN_FDS=str(sock.fileno()),
+            POP3D_LISTEN_FDS=",".join(str(sock.fileno()) for sock in sockets),
             POP3D_MAXCHILD=str(per_worker),
             **{STATUS_FD_ENV: str(status_write), LIMITS_FD_ENV: str(limits_theirs.fileno())},
         )
@@ -254,7 +331,11 @@ class Master:
         try:
             slot.process = subprocess.Popen(
                 self._argv(service),
-                pass_fds=(sock.fileno(), status_write, limits_theirs.fileno()),
+                pass_fds=(
+                    *(sock.fileno() for sock in sockets),
+                    status_write,
+                    limits_theirs.fileno(),
+                ),
                 env=env,
             )
         except BaseException:
@@ -289,7 +370,7 @@ class Master:
             # Said here, not at bind time: a start-up check after the bind (a keytab, a
             # file cyrus_user cannot read) may still refuse to start, and the log should
             # not say a service listens that never served; with -d it also reaches syslog.
-            log.info("service %s listening on %s", service.name, service.listen)
+            log.info("service %s listening on %s", service.name, where(self.sockets[service.name]))
             workers = self.workers_of(service)
             if service.prefork <= 0:
                 log.info(
@@ -466,8 +547,9 @@ class Master:
     def _shutdown(self) -> None:
         workers = self._workers()
         log.info("stopping: %d workers", len(workers))
-        for sock in self.sockets.values():
-            sock.close()
+        for sockets in self.sockets.values():
+            for sock in sockets:
+                sock.close()
         self._signal_all(signal.SIGTERM)
         deadline = time.monotonic() + STOP_DEADLINE
         # Keep answering login claims while the workers finish their sessions.

@@ -40,7 +40,9 @@ def test_services_section() -> None:
     )
     assert config.services[1].listen.family == socket.AF_INET6
     assert config.services[2].listen.family == socket.AF_UNIX
-    assert str(config.services[3].listen) == "0.0.0.0:1110"
+    # a port alone: every address of both families, as Cyrus's master binds it
+    assert config.services[3].listen == cyrus.Listen(socket.AF_UNSPEC, "", 1110)
+    assert str(config.services[3].listen) == "*:1110"
     assert [str(p) for p in config.problems] == [
         "cyrus.conf:9: warning: service imap: imapd is not pop3d (skipped)"
     ]
@@ -58,6 +60,10 @@ def test_services_section() -> None:
         ('pop3 cmd="pop3d" listen="110" maxchild=1.5', "maxchild='1.5' is not a whole number"),
         ('pop3 cmd="pop3d" listen="110" proto=udp', "proto=udp is not supported"),
         ('pop3 cmd="pop3d listen="110"', "cannot parse entry"),
+        ('pop3 cmd="pop3d" listen="110" maxchild=-5', "maxchild=-5: -1 (no limit) or a number"),
+        ('pop3 cmd="pop3d" listen="[::1]:110" proto=tcp4', "an IPv6 address, but proto=tcp4"),
+        ('pop3 cmd="pop3d" listen="127.0.0.1:110" proto=tcp6', "an IPv4 address, but proto=tcp6"),
+        ('pop3 cmd="pop3d" listen="[nohost]:110"', "nohost is not an IPv6 address"),
         # found by fuzz/cyrus_conf.py: a quote inside the quoted cmd raised ValueError
         ('pop3 cmd=\'pop3d "x\' listen="110"', "cannot parse cmd: No closing quotation"),
     ],
@@ -95,3 +101,22 @@ def test_prefork_within_what_the_machine_and_maxchild_allow() -> None:
         "cyrus.conf:4: warning: service capped: prefork=4 is more than maxchild=2: 2 workers "
         "(each needs room for a session)"
     ]
+
+
+@pytest.mark.parametrize(
+    ("text", "proto", "expected"),
+    [
+        ("110", "tcp", (socket.AF_UNSPEC, "", 110)),
+        ("110", "tcp4", (socket.AF_INET, "", 110)),
+        ("110", "tcp6", (socket.AF_INET6, "", 110)),
+        ("localhost:110", "tcp", (socket.AF_UNSPEC, "localhost", 110)),
+        ("localhost:110", "tcp6", (socket.AF_INET6, "localhost", 110)),
+        ("127.0.0.1:110", "tcp", (socket.AF_INET, "127.0.0.1", 110)),
+        ("[::1]:110", "tcp", (socket.AF_INET6, "::1", 110)),
+        ("::1:110", "tcp", (socket.AF_INET6, "::1", 110)),  # Cyrus splits at the last colon
+    ],
+)
+def test_listen_families_follow_proto(
+    text: str, proto: str, expected: tuple[int, str, int]
+) -> None:
+    assert cyrus.parse_listen(text, proto) == cyrus.Listen(*expected)
