@@ -11,7 +11,7 @@ from pop3d.auth.credentials import SCHEME_PLAIN_B64
 from pop3d.auth.identity import IdentityRules
 from pop3d.auth.passwords import Argon2Parameters
 from pop3d.config.imapd import Config, ConfigError, Problem
-from pop3d.sasl import registry
+from pop3d.sasl import keytab, registry
 
 
 def credentials_path(config: Config, service: str | None = None) -> Path:
@@ -50,6 +50,15 @@ def identity_rules(config: Config, service: str | None = None) -> IdentityRules:
         loginrealms=frozenset((config.string("loginrealms", service) or "").lower().split()),
         subfolders=config.switch("popsubfolders", service),
     )
+
+
+def users_beyond_credential_file(config: Config) -> bool:
+    """Whether a user the credential file does not name may still log in: passwords are
+    checked by saslauthd or the KDC (``sasl_pwcheck_method``), or a Kerberos mechanism is
+    on (the realm vouches for its users). Mail for such a user must then be accepted:
+    refused, a Kerberos site's MTA bounced every message (found probing)."""
+    method = config.string("sasl_pwcheck_method") or "auxprop"
+    return method != "auxprop" or keytab.kerberos_wanted(config)
 
 
 def argon2_parameters(config: Config, service: str | None = None) -> Argon2Parameters:

@@ -40,6 +40,7 @@ from pop3d.auth.from_config import (
     credentials_path,
     identity_rules,
     needed_schemes,
+    users_beyond_credential_file,
 )
 from pop3d.auth.identity import canonical_user
 from pop3d.cli.common import (
@@ -282,7 +283,7 @@ def cmd_deliver(config: Config, args: argparse.Namespace) -> int:
     if sys.stdin is None:  # started with descriptor 0 closed: there is no message
         fail(PROGRAM, EX_NOINPUT, f"no message to deliver to {user}: standard input is closed")
     store = credentials.CredentialFile(credentials_path(config))
-    if store.lookup(user) is None:
+    if store.lookup(user) is None and not users_beyond_credential_file(config):
         fail(PROGRAM, EX_NOUSER, f"no such user {user!r}")
     try:
         store_from_config(config).deliver(user, sys.stdin.buffer)

@@ -121,6 +121,28 @@ def test_deliver(lab: Lab) -> None:
 
 
 @pytest.mark.parametrize(
+    "setting",
+    [
+        "sasl_pwcheck_method: saslauthd",
+        "sasl_pwcheck_method: kerberos5",
+        "sasl_mech_list: GSSAPI PLAIN",
+        "sasl_keytab: /etc/pop.keytab",
+    ],
+)
+def test_deliver_to_a_user_who_logs_in_without_the_credential_file(lab: Lab, setting: str) -> None:
+    """Users saslauthd, the KDC or a Kerberos mechanism vouch for have no line in the
+    credential file, and their mail is accepted: it was exit 67, and the MTA bounced it."""
+    with lab.config.open("a") as config:
+        config.write(setting + "\n")
+    lab.credentials.unlink()  # such a site may have none at all
+    delivered = admin(lab, "deliver", "dave", stdin=b"Subject: x\n\nhi\n")
+    assert delivered.returncode == 0, delivered.stderr
+    assert len(lab.messages("dave")) == 1
+    refused = admin(lab, "deliver", "#x", stdin=b"Subject: x\n\nhi\n")
+    assert refused.returncode == 65, refused.stderr  # still a name the rules accept
+
+
+@pytest.mark.parametrize(
     ("message", "why"),
     [
         (b"", b"the message is empty"),
