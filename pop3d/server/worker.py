@@ -457,7 +457,9 @@ async def serve_stdio(context: ServiceContext) -> bool:
     loop = asyncio.get_running_loop()
     shutdown = context.shutdown_message()
     if shutdown is not None:  # Cyrus's <configdirectory>/msg/shutdown
-        os.write(1, shutdown)
+        # With -s, as on a pop3s listener, the close alone: the client speaks TLS first.
+        if not context.options.implicit_tls:
+            os.write(1, shutdown)
         log.info("session refused: shutdown file present")
         return True
     duplicate = os.dup(0)

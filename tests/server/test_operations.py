@@ -470,6 +470,17 @@ def test_shutdown_file_under_x(lab: Lab) -> None:
     assert done.stdout == b"-ERR [SYS/TEMP] Back soon\r\n"
 
 
+def test_shutdown_file_under_x_with_implicit_tls_is_a_close(tls_lab: Lab) -> None:
+    """Under -X -s the client speaks TLS first: an -ERR in clear where its ServerHello
+    belongs read as a handshake failure. The close alone, as on a pop3s listener."""
+    folder = tls_lab.root / "config" / "msg"
+    folder.mkdir()
+    (folder / "shutdown").write_text("Back soon\n")
+    done = subprocess.run(tls_lab.pop3d_x("-s"), input=b"", capture_output=True, timeout=30)
+    assert done.stdout == b""
+    assert b"shutdown file present" in done.stderr
+
+
 def test_a_fifo_as_shutdown_file_is_a_shutdown_not_a_hang(lab: Lab) -> None:
     """A FIFO under a shutdown file's name blocked the worker in open(): every connection
     of the service hung until SIGTERM. It is now a shutdown file that cannot be read:
