@@ -6,7 +6,7 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import NoReturn
 
@@ -142,10 +142,16 @@ def setup_syslog(
     logging.getLogger("pop3d").addHandler(handler)
 
 
-def load_config(program: str, path: str | None, warn: bool = True) -> Config:
+def load_config(
+    program: str,
+    path: str | None,
+    warn: bool = True,
+    report: Callable[[str], None] | None = None,
+) -> Config:
     """imapd.conf or exit 78 with every problem on its own line (file:line: ...).
     Warnings are printed only with ``warn``: a process whose parent already printed them
-    (a worker of pop3d-master) passes False, so each is printed once, not once a process."""
+    (a worker of pop3d-master) passes False, so each is printed once, not once a process;
+    ``report`` takes them instead of standard error (the master's reload logs them)."""
     target = Path(path or DEFAULT_IMAPD_CONF)
     try:
         config = imapd.load(target)
@@ -154,5 +160,8 @@ def load_config(program: str, path: str | None, warn: bool = True) -> Config:
     config.problems.extend(registry.config_problems(config))
     if warn:
         for problem in config.warnings:
-            print(f"{program}: {problem}", file=sys.stderr)
+            if report is not None:
+                report(str(problem))
+            else:
+                print(f"{program}: {problem}", file=sys.stderr)
     return config

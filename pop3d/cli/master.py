@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from pop3d.cli.common import (
@@ -35,11 +36,14 @@ from pop3d.config.imapd import Config, ConfigError
 from pop3d.server import metrics, privileges
 from pop3d.server.context import RuntimeOptions, ServiceContext
 from pop3d.server.master import ListenError, Master
+from pop3d.server.reload import Loaded, ReloadRefused
 from pop3d.server.worker import hold_hangup
 
 PROGRAM = "pop3d-master"
 GETOPT = "C:M:p:d"  # each documented in pop3d/man/pop3d-master.8
 USAGE = "usage: pop3d-master [-C imapd.conf] [-M cyrus.conf] [-p pidfile] [-d]"
+
+log = logging.getLogger("pop3d.master")
 
 
 def command_problem(service: cyrus.Service) -> str | None:
@@ -66,13 +70,19 @@ def no_service_problem(master_config: cyrus.MasterConfig) -> str | None:
     return f"{master_config.path}: no pop3d service in SERVICES"
 
 
-def _validate(
-    config_path: str, master_config: cyrus.MasterConfig, account: privileges.Account | None
-) -> None:
+def _check(
+    config_path: str,
+    master_config: cyrus.MasterConfig,
+    account: privileges.Account | None,
+    report: Callable[[str], None] | None = None,
+) -> tuple[list[str], dict[str, Config]]:
     """Build every service's context once, exactly as its workers will (as the user they
-    run as: a file that user cannot read is named here, not in a worker's crash loop)."""
+    run as: a file that user cannot read is named here, not in a worker's crash loop).
+    The problems, and each service's configuration. ``report``: where a reload's warnings
+    go (at start they are printed)."""
     problems: list[str] = []
-    warned = {config_path}  # main() printed its warnings
+    configs: dict[str, Config] = {}
+    warned = {config_path}  # its warnings were told as it was read (main(), the reload)
     for service in master_config.services:
         problem = command_problem(service)
         if problem is not None:
@@ -80,8 +90,13 @@ def _validate(
             continue
         args = parse_arguments(list(service.argv[1:]))
         path = args.config or config_path
-        config = load_config(PROGRAM, path, warn=path not in warned)
+        try:
+            config = load_config(PROGRAM, path, warn=path not in warned, report=report)
+        except Exit as exc:  # a reload's: at start the first one ends the master anyway
+            problems += [line.removeprefix(f"{PROGRAM}: ") for line in exc.message.splitlines()]
+            continue
         warned.add(path)
+        configs[service.name] = config
         options = RuntimeOptions(
             service=service.name,
             implicit_tls=args.implicit_tls,
@@ -98,8 +113,38 @@ def _validate(
             f"pop3d runs as cyrus_user {account.user} (uid {account.uid}, gid {account.gid}): "
             "every file it needs must be readable by that user"
         )
-    if problems:
-        raise config_exit(PROGRAM, problems)
+    return problems, configs
+
+
+def _reloader(
+    config_path: str, cyrus_path: str, account: privileges.Account | None
+) -> Callable[[], Loaded]:
+    """The master's SIGHUP check (server/reload.py): both files read again and checked as
+    at start; ReloadRefused with what start-up would have refused."""
+
+    def check() -> Loaded:
+        def warn(message: str) -> None:
+            log.warning("reload: %s", message)
+
+        try:
+            config = load_config(PROGRAM, config_path, report=warn)
+            master_config = cyrus.load(cyrus_path)
+        except Exit as exc:
+            raise ReloadRefused(
+                [line.removeprefix(f"{PROGRAM}: ") for line in exc.message.splitlines()]
+            ) from None
+        except ConfigError as exc:
+            raise ReloadRefused([str(p) for p in exc.problems]) from None
+        for problem in master_config.problems:
+            warn(str(problem))
+        if (missing := no_service_problem(master_config)) is not None:
+            raise ReloadRefused([missing])
+        problems, configs = _check(config_path, master_config, account, report=warn)
+        if problems:
+            raise ReloadRefused(problems)
+        return Loaded(master_config, config, configs)
+
+    return check
 
 
 def _write_pidfile(path: Path) -> None:
@@ -215,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     if pidfile is not None:
         _write_pidfile(pidfile)
     try:
-        return _serve(master, config_path, master_config, config, listen, started=started)
+        return _serve(master, config_path, cyrus_path, listen, started=started)
     finally:
         if pidfile is not None:
             # Left behind if cyrus_user may not remove it from its folder (root's /run):
@@ -227,21 +272,25 @@ def main(argv: list[str] | None = None) -> int:
 def _serve(
     master: Master,
     config_path: str,
-    master_config: cyrus.MasterConfig,
-    config: Config,
+    cyrus_path: str,
     listen: str,
     *,
     started: int | None,
 ) -> int:
     # Bound (as root for ports below 1024); now become cyrus_user before any worker
     # exists, and check every service as that user: a file it cannot read stops us here.
+    master_config, config = master.cyrus, master.config
     try:
         account = privileges.drop(config)
     except ConfigError as exc:
         raise config_exit(PROGRAM, exc.problems) from None
     except OSError as exc:
         fail(PROGRAM, EX_OSERR, f"cannot give up root: {exc}")
-    _validate(config_path, master_config, account)
+    problems, configs = _check(config_path, master_config, account)
+    if problems:
+        raise config_exit(PROGRAM, problems)
+    master.loaded = Loaded(master_config, config, configs)
+    master.check = _reloader(config_path, cyrus_path, account)
     setup_syslog(PROGRAM, config, PROGRAM)  # after -d: the tag carries the pid
     try:
         master.start_metrics()  # after -d too: the endpoint is a thread

@@ -18,8 +18,10 @@ the master with exit 78 and a file:line message instead of a crash loop.
 
 SIGTERM/SIGINT: workers are told to stop (they close idle sessions at once and let busy
 ones finish); whatever is left after 9.5 s is killed; the master exits 0 within 10 s.
-SIGHUP is passed on (TLS certificate reload); one that comes while the master or a worker
-is starting is held until its handler is in place (worker.hold_hangup).
+SIGHUP reloads (server/reload.py): the configuration re-read and checked, fresh workers
+for a changed one, the certificates re-read for an unchanged one, nothing for a broken one;
+one that comes while the master or a worker is starting is held until its handler is in
+place (worker.hold_hangup).
 
 A worker that dies is replaced after a pause that grows per service: 0.25 s after the
 first death, doubling with each further one, at most 30 s; a worker that lived 10 s or more
@@ -56,7 +58,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,7 +67,14 @@ from pop3d.config.cyrus import Listen, MasterConfig, Service, available_cores
 from pop3d.config.imapd import Config
 from pop3d.server import fdlimit, limits, metrics
 from pop3d.server.limits import LIMITS_FD_ENV
-from pop3d.server.worker import RETIRING, STATUS_FD_ENV, release_hangup
+from pop3d.server.reload import Loaded, ReloadRefused
+from pop3d.server.worker import (
+    HELD_AT_START,
+    RETIRE_SIGNAL,
+    RETIRING,
+    STATUS_FD_ENV,
+    release_hangup,
+)
 
 log = logging.getLogger("pop3d.master")
 
@@ -229,14 +238,25 @@ class _Slot:
 
 
 class Master:
-    def __init__(self, imapd_conf: str, cyrus: MasterConfig, config: Config) -> None:
+    def __init__(
+        self,
+        imapd_conf: str,
+        cyrus: MasterConfig,
+        config: Config,
+    ) -> None:
         self.imapd_conf = imapd_conf
         self.cyrus = cyrus
         self.config = config
+        # SIGHUP: ``check`` re-reads and checks the configuration (raises ReloadRefused),
+        # ``loaded`` is the one in effect (server/reload.py; the command sets both).
+        # Without them a SIGHUP only has the workers re-read their certificates.
+        self.check: Callable[[], Loaded] | None = None
+        self.loaded: Loaded | None = None
         self.sockets: dict[str, list[socket.socket]] = {}
         self.slots: list[_Slot] = []
         self.backoff: dict[str, Backoff] = {s.name: Backoff() for s in cyrus.services}
         self.retiring: list[subprocess.Popen[bytes]] = []
+        self._retired_status: dict[int, int] = {}  # pid -> status pipe, retired by a reload
         self._stop = False
         self._reload = False
         self.exit_code = 0
@@ -325,9 +345,9 @@ class Master:
         env.pop(metrics.ENV, None)  # one from our own environment is not ours to fill
         if self.metrics_dir is not None:
             env[metrics.ENV] = self.metrics_dir
-        # The worker starts with SIGHUP held (worker.hold_hangup): our handler does not
-        # survive exec, and the default action killed workers still importing.
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+        # The worker starts with SIGHUP and RETIRE_SIGNAL held (worker.hold_hangup): our
+        # handler does not survive exec, and the default action killed workers importing.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_AT_START)
         try:
             slot.process = subprocess.Popen(
                 self._argv(service),
@@ -370,42 +390,134 @@ class Master:
             # Said here, not at bind time: a start-up check after the bind (a keytab, a
             # file cyrus_user cannot read) may still refuse to start, and the log should
             # not say a service listens that never served; with -d it also reaches syslog.
-            log.info("service %s listening on %s", service.name, where(self.sockets[service.name]))
-            workers = self.workers_of(service)
-            if service.prefork <= 0:
-                log.info(
-                    "service %s: %d workers (one per core available%s; cyrus.conf sets no prefork)",
-                    service.name,
-                    workers,
-                    f", no more than maxchild={service.maxchild}"
-                    if workers < available_cores()
-                    else "",
-                )
-            for index in range(workers):
-                slot = _Slot(service, index)
-                self.slots.append(slot)
-                try:
-                    self._spawn(slot)
-                except OSError as exc:  # e.g. cyrus_user cannot run the interpreter
-                    log.error(
-                        "service %s: cannot start a worker: %s (the interpreter and the "
-                        "pop3d package must be readable by the user pop3d runs as, uid %d)",
-                        service.name,
-                        exc,
-                        os.getuid(),
-                    )
-                    self._stop = True
-                    self.exit_code = 71  # EX_OSERR
-                    break
+            if not self._start_service(service, at_start=True):
+                break
         while not self._stop:
             if self._reload:
                 self._reload = False
-                self._signal_all(signal.SIGHUP)
-                self._restart_waiting_now()
+                self._reload_now()
             self._reap()
             self._limits_io(0.1)
         self._shutdown()
         return self.exit_code
+
+    def _start_service(self, service: Service, *, at_start: bool) -> bool:
+        """Start the service's workers; False if one could not start at start-up (the
+        master then stops, exit 71). After a reload such a worker is tried again later."""
+        log.info("service %s listening on %s", service.name, where(self.sockets[service.name]))
+        workers = self.workers_of(service)
+        if service.prefork <= 0:
+            log.info(
+                "service %s: %d workers (one per core available%s; cyrus.conf sets no prefork)",
+                service.name,
+                workers,
+                f", no more than maxchild={service.maxchild}"
+                if workers < available_cores()
+                else "",
+            )
+        for index in range(workers):
+            slot = _Slot(service, index)
+            self.slots.append(slot)
+            if not at_start:
+                self._respawn(slot, time.monotonic())
+                continue
+            try:
+                self._spawn(slot)
+            except OSError as exc:  # e.g. cyrus_user cannot run the interpreter
+                log.error(
+                    "service %s: cannot start a worker: %s (the interpreter and the "
+                    "pop3d package must be readable by the user pop3d runs as, uid %d)",
+                    service.name,
+                    exc,
+                    os.getuid(),
+                )
+                self._stop = True
+                self.exit_code = 71  # EX_OSERR
+                return False
+        return True
+
+    def _reload_now(self) -> None:
+        """SIGHUP (server/reload.py): a changed configuration that checks out replaces the
+        workers; otherwise the workers re-read their certificates and the configuration in
+        effect stays."""
+        if self.check is None or self.loaded is None:
+            self._signal_all(signal.SIGHUP)
+            self._restart_waiting_now()
+            return
+        try:
+            fresh = self.check()
+            if fresh.same_as(self.loaded):
+                log.info("reload: configuration unchanged; workers re-read their certificates")
+                self._signal_all(signal.SIGHUP)
+                self._restart_waiting_now()
+                return
+            self.loaded.refuse_restart_only(fresh)
+            sockets = self._sockets_for(fresh.cyrus)
+        except ReloadRefused as exc:
+            for problem in exc.problems:
+                log.error("reload refused, serving on as before: %s", problem)
+            self._signal_all(signal.SIGHUP)  # a renewed certificate is still taken
+            return
+        self._replace_workers(fresh, sockets)
+
+    def _sockets_for(self, cyrus: MasterConfig) -> dict[str, list[socket.socket]]:
+        """Each service's sockets under ``cyrus``: those of a service in effect that listens
+        where it does, else bound now (as cyrus_user: a port below 1024 cannot be, and the
+        reload is refused, naming it). All or nothing."""
+        ours = {service.listen: self.sockets[service.name] for service in self.cyrus.services}
+        sockets: dict[str, list[socket.socket]] = {}
+        made: list[socket.socket] = []
+        for service in cyrus.services:
+            if service.listen in ours:
+                sockets[service.name] = ours[service.listen]
+                continue
+            try:
+                sockets[service.name] = bind(service)
+            except OSError as exc:
+                for sock in made:
+                    sock.close()
+                raise ReloadRefused(
+                    [
+                        f"{service.path}:{service.line}: service {service.name} cannot listen "
+                        f"on {service.listen}: {exc.strerror or exc}"
+                    ]
+                ) from None
+            made += sockets[service.name]
+        return sockets
+
+    def _replace_workers(self, fresh: Loaded, sockets: dict[str, list[socket.socket]]) -> None:
+        """Every worker retires (RETIRE_SIGNAL: it stops accepting and lets its sessions
+        end as they would), fresh workers start on the new configuration, and what no
+        service listens on any more is closed."""
+        log.info("reload: configuration changed; replacing %d workers", len(self.slots))
+        for slot in self.slots:
+            if slot.process is None:
+                continue
+            slot.process.send_signal(RETIRE_SIGNAL)
+            self.retiring.append(slot.process)
+            # Left open until it exits (its RETIRING goes unread): closed now, the worker
+            # would take it for its master's death.
+            if slot.status is not None:
+                self._retired_status[slot.process.pid] = slot.status
+                slot.status = None
+        kept = {id(sock) for group in sockets.values() for sock in group}
+        for name, group in self.sockets.items():
+            for sock in group:
+                if id(sock) not in kept:
+                    log.info("service %s: no longer listening on %s", name, where([sock]))
+                    sock.close()
+        paths = {s.listen.host for s in fresh.cyrus.services if s.listen.family == socket.AF_UNIX}
+        for service in self.cyrus.services:
+            if service.listen.family == socket.AF_UNIX and service.listen.host not in paths:
+                with contextlib.suppress(OSError):
+                    Path(service.listen.host).unlink(missing_ok=True)
+        self.cyrus, self.config, self.loaded = fresh.cyrus, fresh.config, fresh
+        self.sockets = sockets
+        self.slots = []
+        self.backoff = {s.name: Backoff() for s in fresh.cyrus.services}
+        self.raise_fd_limit()
+        for service in fresh.cyrus.services:
+            self._start_service(service, at_start=False)
 
     def _restart_waiting_now(self) -> None:
         """SIGHUP: a worker waiting out its restart pause is started now. Found probing:
@@ -441,6 +553,8 @@ class Master:
             code = retired.poll()
             if code is not None:
                 self.retiring.remove(retired)
+                if (status := self._retired_status.pop(retired.pid, None)) is not None:
+                    os.close(status)
                 self._worker_gone(retired.pid)
                 log.log(
                     logging.INFO if code == 0 else logging.WARNING,
@@ -562,6 +676,9 @@ class Master:
                 process.wait()
         for slot in self.slots:
             self._close_status(slot)
+        for status in self._retired_status.values():
+            os.close(status)
+        self._retired_status.clear()
         for key in list(self.selector.get_map().values()):
             self.selector.unregister(key.fileobj)
             assert isinstance(key.fileobj, socket.socket)

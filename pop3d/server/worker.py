@@ -52,6 +52,10 @@ TOO_MANY = b"-ERR [SYS/TEMP] Too many connections, try again later\r\n"
 # The master's end of this pipe learns that a worker retires (server/master.py).
 STATUS_FD_ENV = "POP3D_STATUS_FD"
 RETIRING = b"R"
+# The master's word that its configuration changed: retire, fresh workers take our place
+# (server/reload.py). Held from the start, as SIGHUP is: its default action ends a process.
+RETIRE_SIGNAL = signal.SIGUSR2
+HELD_AT_START = frozenset({signal.SIGHUP, RETIRE_SIGNAL})
 # The cyclic collector's first threshold (CPython's default is 700 allocations). A worker
 # holding thousands of idle sessions has a large old generation, and every full collection
 # walks all of it with the event loop stopped: 300 to 430 ms over 266,000 objects beside
@@ -69,12 +73,12 @@ def hold_hangup() -> None:
     reading its configuration) killed it, and a worker the master had just replaced died
     again, its back-off growing (found probing). Blocked, not ignored: a reload asked
     meanwhile is delivered to the handler. The mask survives fork and exec, so the master
-    starts its workers with it held."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    starts its workers with it held. RETIRE_SIGNAL likewise."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, HELD_AT_START)
 
 
 def release_hangup() -> None:
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_AT_START)
 
 
 class Worker:
@@ -232,6 +236,9 @@ class Worker:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, self.stop)
             loop.add_signal_handler(signal.SIGHUP, self.context.reload_tls)
+            loop.add_signal_handler(
+                RETIRE_SIGNAL, self.retire, "the master reloaded its configuration"
+            )
             release_hangup()
         if self.status_fd is not None:
             # Our end of the status pipe is its write end: it never reads as ready, but
