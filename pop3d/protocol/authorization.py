@@ -252,6 +252,9 @@ def open_maildrop(
                     identity,
                     method,
                     f"maxlogins_per_{refused.what}: {refused.count} of {refused.limit}",
+                    # good credentials over a limit: refused, never a failed password that
+                    # fail2ban bans (a whole office behind one address; found probing)
+                    authenticated=True,
                 )
             )
             if refused.what == "user":

@@ -139,7 +139,11 @@ def _exchange(
         if answer is None:
             return Outcome.FAIL
         if answer:  # RFC 5034 §4: additional data is answered by an empty line
-            result = SaslFailure("non-empty answer to additional data", result.authcid)
+            # Refused, but the credentials were proven: not a failed password fail2ban
+            # counts (found probing)
+            result = SaslFailure(
+                "non-empty answer to additional data", result.authcid, authenticated=True
+            )
     if isinstance(result, SaslFailure) and unavailable:
         return login_unavailable(session, _logged_name(result.authcid, rules), method, unavailable)
     if isinstance(result, SaslFailure) and result.temporary:  # the server's keytab failed
@@ -147,7 +151,11 @@ def _exchange(
         return login_unavailable(session, name, method, result.reason, "the credentials")
     if isinstance(result, SaslFailure):
         name = _logged_name(result.authcid, rules)
-        return (yield from login_failed(session, name, method, result.reason))
+        return (
+            yield from login_failed(
+                session, name, method, result.reason, authenticated=result.authenticated
+            )
+        )
     assert isinstance(result, Success)
     before = session.security
     if result.layer is not None:

@@ -165,9 +165,13 @@ class GSSAPI(Mechanism):
         layer_bit, max_out = choice[0], int.from_bytes(choice[1:4], "big")
         authzid = utf8(choice[4:], "authorization identity")
         if layer_bit not in (LAYER_NONE, LAYER_INTEGRITY, LAYER_CONFIDENTIALITY):
-            return Failure(f"layer choice {layer_bit:#x} is not exactly one layer", user)
+            return Failure(
+                f"layer choice {layer_bit:#x} is not exactly one layer", user, authenticated=True
+            )
         if not layer_bit & mask:
-            return Failure(f"client chose layer {layer_bit} of offered {mask:#x}", user)
+            return Failure(
+                f"client chose layer {layer_bit} of offered {mask:#x}", user, authenticated=True
+            )
         if layer_bit == LAYER_NONE:
             return Success(user, authzid, principal=accepted.principal)
         confidential = layer_bit == LAYER_CONFIDENTIALITY
@@ -180,5 +184,5 @@ class GSSAPI(Mechanism):
                 max_out=max_out,
             )
         except ValueError as exc:
-            return Failure(f"GSSAPI layer: {exc}", user)
+            return Failure(f"GSSAPI layer: {exc}", user, authenticated=True)
         return Success(user, authzid, layer=layer, principal=accepted.principal)

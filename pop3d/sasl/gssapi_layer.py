@@ -28,6 +28,12 @@ from pop3d.sasl.kerberos import unwrap, wrap, wrap_size_limit
 from pop3d.transport.layer import LayerError
 
 INTEGRITY_SSF = 1
+# The least plaintext a wrap token must be able to carry. Each token costs a wrap call and
+# its header on the event loop, so a client's tiny buffer made a RETR a hundred times the
+# work: a buffer of 61 octets (one octet a token) turned 6.3 MB into 409 MB and 18 s of a
+# worker's CPU, every other session of the worker waiting up to a second (found probing).
+# Clients offer 64 KiB or more (Cyrus SASL, MIT, SSPI, Java).
+SMALLEST_CHUNK = 1024
 
 
 class GSSAPILayer:
@@ -56,8 +62,11 @@ class GSSAPILayer:
             chunk = wrap_size_limit(context, max_out, confidential)
         except gr.GSSError as exc:
             raise ValueError(f"wrap size limit: {exc}") from None
-        if chunk <= 0:
-            raise ValueError(f"the peer's buffer of {max_out} octets holds no data")
+        if chunk < SMALLEST_CHUNK:
+            raise ValueError(
+                f"the peer's buffer of {max_out} octets holds {max(chunk, 0)} octets of data, "
+                f"fewer than the {SMALLEST_CHUNK} a token must carry"
+            )
         self._chunk = chunk
 
     def __repr__(self) -> str:

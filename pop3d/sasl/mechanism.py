@@ -52,6 +52,9 @@ class Failure:
     # No verdict: the server could not check the credentials (its keytab is unusable). The
     # session answers -ERR [SYS/TEMP], and the log does not blame the client.
     temporary: bool = False
+    # The credentials were proven and what followed was refused (a security layer the
+    # server will not run): logged as refused, not as a failed password fail2ban counts.
+    authenticated: bool = False
 
 
 Step: TypeAlias = Challenge | Request

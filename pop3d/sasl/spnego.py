@@ -74,5 +74,5 @@ class GSSSpnego(Mechanism):
                 acceptor.context, confidential=confidential, ssf=ssf, max_in=size, max_out=size
             )
         except ValueError as exc:
-            return Failure(f"GSS-SPNEGO layer: {exc}", user)
+            return Failure(f"GSS-SPNEGO layer: {exc}", user, authenticated=True)
         return Success(user, "", final=final, layer=layer, principal=accepted.principal)

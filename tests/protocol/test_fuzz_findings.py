@@ -8,7 +8,9 @@ import base64
 import re
 
 import pytest
+import scramp
 
+from pop3d.protocol import events as ev
 from tests.support.drive import drive, settings_for_lab
 from tests.support.lab import Lab
 
@@ -44,3 +46,22 @@ def test_auth_with_an_unknown_mechanism_echoes_nothing_unsafe(lab: Lab, name: by
     for line in status_lines(out):
         assert STATUS_LINE.fullmatch(line), line
         assert len(line) + 2 <= 512
+
+
+def test_scram_proven_then_a_wrong_final_answer_is_refused_not_a_bad_password(lab: Lab) -> None:
+    """The server-final message proves the password was right; a client that answers it
+    with anything but an empty line is refused (RFC 5034 §4), but was logged as a failed
+    password, which fail2ban counts (found probing)."""
+    driven = drive(lab, settings_for_lab(sasl_mechanisms=("SCRAM-SHA-256",)))
+    driven.feed()
+    client = scramp.ScramClient(["SCRAM-SHA-256"], "alice", lab.users["alice"])
+    first = base64.b64encode(client.get_client_first().encode())
+    challenge = driven.feed(b"AUTH SCRAM-SHA-256 " + first + b"\r\n")
+    client.set_server_first(base64.b64decode(challenge.removeprefix(b"+ ").strip()).decode())
+    final = base64.b64encode(client.get_client_final().encode())
+    server_final = driven.feed(final + b"\r\n")
+    client.set_server_final(base64.b64decode(server_final.removeprefix(b"+ ").strip()).decode())
+    assert driven.feed(base64.b64encode(b"abc") + b"\r\n") == b"-ERR [AUTH] Invalid login\r\n"
+    (failed,) = driven.notices
+    assert isinstance(failed, ev.LoginFailed)
+    assert (failed.user, failed.authenticated) == ("alice", True)

@@ -133,6 +133,7 @@ def test_unoffered_layer_is_refused(krb5_env: Realm, ticket_caches: dict[str, Pa
         (b"\x08\x00\x10\x00", Failure),  # no such layer
         (b"\x00\x00\x10\x00", Failure),  # none at all
         (b"\x02\x00\x00\x00", Failure),  # a layer, but no room for a single frame
+        (b"\x04\x00\x00\x3d", Failure),  # 61 octets: one octet of data a token
         (b"\x01\x00\x10", MalformedResponse),  # three octets
         (b"", MalformedResponse),
         (b"\x01\x00\x00\x00\xff\xfe", MalformedResponse),  # authzid not UTF-8
@@ -149,6 +150,8 @@ def test_bad_choice(
     else:
         result, _ = login(krb5_env, ticket_caches["alice"], choice_override=choice)
         assert isinstance(result, Failure)
+        # the realm proved alice: a choice refused is not a failed password for fail2ban
+        assert (result.authcid, result.authenticated) == ("alice", True)
 
 
 def test_unwrapped_choice_is_malformed(krb5_env: Realm, ticket_caches: dict[str, Path]) -> None:

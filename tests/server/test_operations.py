@@ -406,7 +406,13 @@ def test_maxlogins_hold_across_workers_and_die_with_a_worker(tmp_path: Path) -> 
             d.close()
             time.sleep(0.1)
         assert reply.startswith(b"+OK Mailbox locked"), reply
-        assert "maxlogins_per_user 1 reached" in server.log_text()
+        log = server.log_text()
+        assert "maxlogins_per_user 1 reached" in log
+        # Good credentials over a limit are refused, not failed passwords fail2ban bans
+        # (its cyrus-imap filter wants SASL(-13) on a badlogin: line); found probing.
+        over = [line for line in log.splitlines() if "reason=<maxlogins_per_" in line]
+        assert len(over) == 2, over  # alice's (user) and carol's (host)
+        assert all("result=<refused>" in line and "SASL(" not in line for line in over)
         for sock in (c, d):
             sock.close()
     finally:
