@@ -9,6 +9,7 @@ the RFC allows: its one argument is everything after the first space, spaces inc
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 MAX_MESSAGE_NUMBER = 2**32 - 1
@@ -24,14 +25,33 @@ class SyntaxProblem(Exception):
     """The line cannot be a command at all (control characters, an empty keyword)."""
 
 
+# Cyrus's Uisspace less the line end, already taken off: a keyword ends at the first of
+# these and its argument starts after it (pop3d.c:765), so "USER<TAB>alice" is alice there
+# (RFC 1939 says one space; clients that send a tab worked with Cyrus; found probing).
+WHITESPACE = b" \t\v\f"
+_FIRST_WHITESPACE = re.compile(rb"[ \t\v\f]")
+
+
+def split_keyword(line: bytes) -> tuple[bytes, bytes, bytes]:
+    """(keyword, separator, argument), as line.partition(b" ") with Cyrus's whitespace."""
+    keyword, space, argument = line.partition(b" ")
+    if keyword.isalpha():  # no tab in it: the common case, without the search
+        return keyword, space, argument
+    found = _FIRST_WHITESPACE.search(line)
+    if found is None:
+        return line, b"", b""
+    at = found.start()
+    return line[:at], line[at : at + 1], line[at + 1 :]
+
+
 def parse_line(line: bytes) -> Command:
-    keyword, _, argument = line.partition(b" ")
+    keyword, _, argument = split_keyword(line)
     if not keyword or not keyword.isalpha() or not keyword.isascii() or len(keyword) > 16:
         raise SyntaxProblem("Unrecognized command")
     word = keyword.decode("ascii").upper()
-    # Cyrus skips the spaces after the first for every command but PASS (pop3d.c:768):
+    # Cyrus skips the whitespace after the first for every command but PASS (pop3d.c:768):
     # "USER  alice" is alice, "AUTH  PLAIN" is PLAIN; a password may begin with a space.
-    return Command(word, argument if word == "PASS" else argument.lstrip(b" "))
+    return Command(word, argument if word == "PASS" else argument.lstrip(WHITESPACE))
 
 
 class ArgumentError(Exception):

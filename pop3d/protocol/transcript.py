@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from pop3d.protocol.commands import WHITESPACE, split_keyword
 from pop3d.protocol.wire import OVERLONG
 from pop3d.sasl import registry
 
@@ -44,7 +45,8 @@ def shown_command(line: bytes | object) -> bytes:
     if line is OVERLONG:
         return OVERLONG_SHOWN
     assert isinstance(line, bytes)
-    keyword, space, argument = line.partition(b" ")
+    keyword, space, argument = split_keyword(line)  # as the session reads it
+    argument = argument.lstrip(WHITESPACE)
     word = keyword.upper()
     if word in _OPEN_COMMANDS:
         return line
@@ -52,13 +54,13 @@ def shown_command(line: bytes | object) -> bytes:
         return keyword + b" " + REDACTED if space else keyword
     if word == b"APOP":
         # "APOP name digest": the name stays; anything after it is hidden.
-        name, _, rest = argument.lstrip(b" ").partition(b" ")
+        name, _, rest = argument.partition(b" ")
         return keyword + (b" " + name if name else b"") + (b" " + REDACTED if rest else b"")
     if word == b"AUTH":
         # The same split as sasl_auth.auth: "AUTH mechanism [initial-response]". The first
         # word is shown only when it names a mechanism this server has: a client that left
         # the name out sent its initial response there ("AUTH AGFsaWNl...").
-        mechanism, _, initial = argument.lstrip(b" ").partition(b" ")
+        mechanism, _, initial = argument.partition(b" ")
         if mechanism and not registry.is_mechanism(mechanism):
             return keyword + b" " + REDACTED
         shown = keyword + (b" " + mechanism if space else b"")

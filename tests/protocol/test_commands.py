@@ -16,11 +16,25 @@ def test_keyword_is_case_insensitive_and_argument_raw() -> None:
 
 @pytest.mark.parametrize(
     ("line", "argument"),
-    [(b"USER  alice", b"alice"), (b"AUTH   PLAIN", b"PLAIN"), (b"RETR  1", b"1"), (b"STAT ", b"")],
+    [
+        (b"USER  alice", b"alice"),
+        (b"AUTH   PLAIN", b"PLAIN"),
+        (b"RETR  1", b"1"),
+        (b"STAT ", b""),
+        # any of Cyrus's whitespace ends the keyword (pop3d.c:765, Uisspace)
+        (b"USER\talice", b"alice"),
+        (b"list\t \x0b1", b"1"),
+        (b"NOOP\x0c", b""),
+    ],
 )
 def test_spaces_after_the_keyword_are_skipped_but_for_pass(line: bytes, argument: bytes) -> None:
     """Cyrus skips them for every command but PASS (pop3d.c:768): "USER  alice" is alice."""
     assert commands.parse_line(line).argument == argument
+
+
+def test_a_password_keeps_its_whitespace_after_a_tab() -> None:
+    command = commands.parse_line(b"PASS\t secret\t")
+    assert (command.keyword, command.argument) == ("PASS", b" secret\t")
 
 
 @pytest.mark.parametrize("line", [b"", b" STAT", b"ST4T", b"\xc3\xa9TAT", b"S" * 17])

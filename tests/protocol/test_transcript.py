@@ -31,6 +31,10 @@ def _text(driven: Driven) -> bytes:
         (b"PASS wonderland", b"PASS ****"),
         (b"pass  two words", b"pass ****"),
         (b"PASS", b"PASS"),
+        (b"PASS\twonderland", b"PASS ****"),  # a tab ends the keyword, as a space does
+        (b"pass\x0b\twonderland", b"pass ****"),
+        (b"APOP\talice c4c9334bac560ecc979e58001b3e22fb", b"APOP alice ****"),
+        (b"AUTH\tPLAIN AGFsaWNlAHdvbmRlcmxhbmQ=", b"AUTH PLAIN ****"),
         (b"APOP alice c4c9334bac560ecc979e58001b3e22fb", b"APOP alice ****"),
         (b"APOP alice", b"APOP alice"),
         (b"AUTH PLAIN AGFsaWNlAHdvbmRlcmxhbmQ=", b"AUTH PLAIN ****"),
