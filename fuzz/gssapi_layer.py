@@ -19,7 +19,7 @@ of the negotiated protection and within max_in, all of it comes out and nothing 
 to the data, with the negotiated protection.
 
 Input: byte 0 flags (bit 0: a confidentiality layer, else integrity; bits 1-2: max_in
-65536, 100, 1100, 4096; bits 3-4: max_out, the same choices), byte 1 the chunking, then
+65536, 100, 400, 1024; bits 3-4: max_out, the same choices), byte 1 the chunking, then
 segments separated by ``fuzz.support.SASL_SEPARATOR``, each an op byte and its operand:
   op & 3 == 0  raw bytes onto the wire;
   op & 3 == 1  a frame the initiator wraps around the operand (bit 2: with the other
@@ -64,7 +64,7 @@ with atheris.instrument_imports(include=["pop3d"]):
     from tests.sasl.kerberos_client import run
 
 HEADER = 2
-SIZES = (65536, 100, 1100, 4096)  # 100 as max_out: a buffer below SMALLEST_CHUNK
+SIZES = (65536, 100, 400, 1024)  # 100 as max_out: a buffer below SMALLEST_CHUNK
 KRB5_OID = bytes.fromhex("2a864886f712010202")
 KG_CONTEXT = bytes.fromhex("025ea108")  # MIT's magic for a serialised krb5 mech context
 

@@ -138,7 +138,7 @@ def test_reordered_frames(krb5_env: Realm, ticket_caches: dict[str, Path]) -> No
         layer.unwrap(second + first)
 
 
-@pytest.mark.parametrize("max_out", [1100, 4000, 65536])
+@pytest.mark.parametrize("max_out", [400, 1024, 65536])
 def test_wrap_fits_the_peer_buffer(
     krb5_env: Realm, ticket_caches: dict[str, Path], confidential: bool, max_out: int
 ) -> None:
@@ -159,13 +159,13 @@ def test_wrap_fits_the_peer_buffer(
     assert layer.wrap(b"") == b""
 
 
-@pytest.mark.parametrize("max_out", [16, 61, 1000])
+@pytest.mark.parametrize("max_out", [16, 61, 200])
 def test_peer_buffer_too_small(
     krb5_env: Realm, ticket_caches: dict[str, Path], confidential: bool, max_out: int
 ) -> None:
     """A buffer holding less than SMALLEST_CHUNK octets of data a token is refused: one
     octet a token made a RETR a hundred times the CPU, stalling the worker (found probing)."""
-    with pytest.raises(ValueError, match="fewer than the 1024 a token must carry"):
+    with pytest.raises(ValueError, match="fewer than the 256 a token must carry"):
         pair(krb5_env, ticket_caches["alice"], confidential=confidential, max_out=max_out)
 
 
