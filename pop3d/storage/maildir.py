@@ -267,14 +267,17 @@ def stored_size(name: str) -> int | None:
     return None
 
 
-def with_size_hint(name: str, size: int) -> str:
+def with_size_hint(name: str, size: int, stored: int | None = None) -> str:
     """``name``, which has a size hint, with the ``W=`` field :func:`size_hint` reads
-    saying ``size``; the unique part, the other fields and the info are kept."""
+    saying ``size`` (and its ``S=`` field ``stored``, if given and present); the unique
+    part, the other fields and the info are kept."""
     base, sep, info = name.partition(":")
     fields = base.split(",")
     position, _hint = _valid_hint(fields)
     assert position, f"{name!r} has no size hint"
     fields[position] = f"W={size}"
+    if stored is not None:
+        fields[1:] = [f"S={stored}" if f.startswith("S=") else f for f in fields[1:]]
     return ",".join(fields) + sep + info
 
 
@@ -901,14 +904,16 @@ class MaildirMaildrop:
             info = os.stat(name, dir_fd=fd, follow_symlinks=False)
             if info.st_ino != inode:
                 raise StorageError(f"{entry.subdir}/{name} is no longer the file measured")
-            # Only a file that is still what was delivered has a wrong name: one that is
-            # not the size its S= says, or is empty, was cut short (a crash's ext4
+            # A file smaller than its S= says, or empty, was cut short (a crash's ext4
             # artefact), and renaming it would serve the rest as a whole message (found
-            # probing). It stays refused, as a message changed on disk.
+            # probing): it stays refused, as a message changed on disk. One larger was
+            # rewritten in place (a filter adding a header): both sizes are corrected, as
+            # Dovecot corrects them, where it stayed refused for ever (found probing).
             delivered = stored_size(name)
-            if info.st_size == 0 or (delivered is not None and delivered != info.st_size):
+            if info.st_size == 0 or (delivered is not None and delivered > info.st_size):
                 return None
-            target = with_size_hint(name, size)
+            grown = delivered is not None and delivered < info.st_size
+            target = with_size_hint(name, size, info.st_size if grown else None)
             if _kind(target, fd) != "missing":
                 raise StorageError(f"{entry.subdir}/{target} exists already")
             os.rename(name, target, src_dir_fd=fd, dst_dir_fd=fd)

@@ -299,6 +299,29 @@ def test_a_wrong_size_hint_is_corrected_and_the_message_served_next_session(
     assert "changed while it was sent" not in log
 
 
+def test_a_message_rewritten_larger_in_place_is_corrected_and_served(server: Server) -> None:
+    """Found probing: a file larger than its S= and W= say (a filter rewrote it in place,
+    adding a header) was refused in every session, [SYS/TEMP] telling the client to try
+    again for ever. Not cut short: both sizes are corrected, as Dovecot corrects them."""
+    cur = server.lab.maildir("bob") / "cur"
+    grown = cur / "1800000002.M1P1.host,S=10,W=11:2,S"
+    grown.write_bytes(SMALL)
+    canonical = len(SMALL.replace(b"\n", b"\r\n"))
+    sock, reader = login(server.port)
+    assert ask(sock, reader, b"LIST 4") == b"+OK 4 11\r\n"
+    assert ask(sock, reader, b"RETR 4") == b"-ERR [SYS/TEMP] Unable to read message 4\r\n"
+    assert ask(sock, reader, b"QUIT").startswith(b"+OK")
+    sock.close()
+    assert not grown.exists()
+    assert (cur / f"1800000002.M1P1.host,S={len(SMALL)},W={canonical}:2,S").exists()
+    sock, reader = _login_when_free(server.port)
+    assert ask(sock, reader, b"LIST 4") == f"+OK 4 {canonical}\r\n".encode()
+    assert ask(sock, reader, b"RETR 4") == b"+OK Message follows\r\n"
+    assert read_multiline(reader) == SMALL.replace(b"\n", b"\r\n")
+    assert ask(sock, reader, b"QUIT").startswith(b"+OK")
+    sock.close()
+
+
 def test_a_message_cut_short_is_not_renamed_into_a_whole_one(server: Server) -> None:
     """Found probing: a file cut short after its delivery (its S= says more than it holds)
     or emptied (a crash's ext4 artefact) had its W= "corrected" to what was left, and was
