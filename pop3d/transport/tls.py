@@ -205,12 +205,23 @@ def server_context(config: Config, service: str | None) -> SSL.Context:
     return context
 
 
-def _select_alpn(
-    _connection: SSL.Connection, offered: list[bytes]
-) -> bytes | SSL._NoOverlappingProtocols:
-    """ALPN "pop3" when the client offers it; otherwise no ALPN at all (the handshake goes
-    on), as Python's ssl did."""
-    return b"pop3" if b"pop3" in offered else SSL.NO_OVERLAPPING_PROTOCOLS
+class NotPop3(SSL.Error):
+    """The client asked for application protocols, none of them POP3."""
+
+
+def _select_alpn(_connection: SSL.Connection, offered: list[bytes]) -> bytes:
+    """ALPN "pop3" when the client offers it (a client offering none gets no ALPN). One
+    that offers only others meant another service: the handshake ends with a fatal
+    no_application_protocol alert (RFC 7301 §3.2), which is also what keeps an attacker
+    from passing an HTTPS or IMAP client's TLS session off to us (the ALPACA attack,
+    nginx's mail proxy refuses the same way). It went on without ALPN, as Python's ssl
+    does (found probing)."""
+    if b"pop3" in offered:
+        return b"pop3"
+    # pyOpenSSL answers an exception with SSL_TLSEXT_ERR_ALERT_FATAL and raises it from
+    # do_handshake: the layer's handshake failure (TLSHandshakeError), its alert sent.
+    shown = b", ".join(offered)[:100].decode("ascii", "backslashreplace")
+    raise NotPop3(f"the client asked for application protocol {shown}, not pop3")
 
 
 def facts(connection: SSL.Connection, server: ServerTLS) -> TLSInfo:

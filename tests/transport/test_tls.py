@@ -93,18 +93,34 @@ def test_channel_bindings_match_the_client_side(tmp_path: Path, version: ssl.TLS
     assert facts.ssf >= 128
 
 
-@pytest.mark.parametrize(
-    ("offered", "chosen"), [(["imap", "pop3"], "pop3"), (["imap"], None), ([], None)]
-)
+@pytest.mark.parametrize(("offered", "chosen"), [(["imap", "pop3"], "pop3"), ([], None)])
 def test_alpn_pop3(tmp_path: Path, offered: list[str], chosen: str | None) -> None:
-    """ALPN "pop3" when the client offers it; a client offering only others still gets its
-    handshake, without ALPN."""
+    """ALPN "pop3" when the client offers it; no ALPN to a client that offers none."""
     certs = make_certificates(tmp_path)
     context = client_context(certs)
     if offered:
         context.set_alpn_protocols(offered)
     _, client_side = handshake(tls.server_tls(config_for(certs), None), context)
     assert client_side.selected_alpn_protocol() == chosen
+
+
+@pytest.mark.parametrize("offered", [["imap"], ["http/1.1", "h2"]])
+def test_alpn_for_another_protocol_is_refused(tmp_path: Path, offered: list[str]) -> None:
+    """Found probing: a client asking only for other protocols got a POP3 session. RFC 7301
+    §3.2: a fatal no_application_protocol alert (and no cross-protocol session: ALPACA)."""
+    certs = make_certificates(tmp_path)
+    context = client_context(certs)
+    context.set_alpn_protocols(offered)
+    layer = TLSLayer(tls.server_tls(config_for(certs), None).context)
+    from_server, from_client = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client_side = context.wrap_bio(from_server, from_client, server_hostname="localhost")
+    with pytest.raises(ssl.SSLWantReadError):
+        client_side.do_handshake()
+    with pytest.raises(TLSHandshakeError, match=f"application protocol {offered[0]}"):
+        layer.handshake(from_client.read())
+    from_server.write(layer.outgoing())  # the alert
+    with pytest.raises(ssl.SSLError, match="alert no application protocol"):
+        client_side.do_handshake()
 
 
 def _client_certificate(tmp_path: Path, ca: selfsigned.Issued) -> selfsigned.Issued:
