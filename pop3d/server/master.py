@@ -458,6 +458,9 @@ class Master:
                 log.error("reload refused, serving on as before: %s", problem)
             self._signal_all(signal.SIGHUP)  # a renewed certificate is still taken
             return
+        except Exception as exc:  # a check failing in a way no start-up check foresaw
+            log.error("reload failed, serving on as before: %s: %s", type(exc).__name__, exc)
+            return
         self._replace_workers(fresh, sockets)
 
     def _sockets_for(self, cyrus: MasterConfig) -> dict[str, list[socket.socket]]:
