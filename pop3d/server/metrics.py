@@ -25,7 +25,9 @@ name. Never a user name (unbounded, and private), never a password or token.
 from __future__ import annotations
 
 import os
+import struct
 import threading
+import time
 from typing import Any
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -166,6 +168,8 @@ def fold_dead_worker(directory: str, pid: int) -> None:
             values = list(MmapedDict.read_all_values_from_file(dead))  # type: ignore[no-untyped-call]
         except FileNotFoundError:
             continue
+        except struct.error:  # it died making the file: empty, nothing counted in it
+            values = []
         archive = MmapedDict(os.path.join(directory, f"{kind}_archive.db"))  # type: ignore[no-untyped-call]
         try:
             for key, value, timestamp, _position in values:
@@ -174,6 +178,10 @@ def fold_dead_worker(directory: str, pid: int) -> None:
         finally:
             archive.close()  # type: ignore[no-untyped-call]
         os.unlink(dead)
+
+
+# How long a scrape waits for a worker's file being made (see Serialised.collect).
+SCRAPE_PATIENCE = 0.5
 
 
 class Serialised:
@@ -185,8 +193,18 @@ class Serialised:
         self._lock = lock
 
     def collect(self) -> list[Any]:
-        with self._lock:
-            return list(self._collector.collect())
+        # A worker making its file (prometheus_client opens it, then sizes it) leaves it
+        # empty for an instant, and the reader fails on an empty file: the scrape was a
+        # 500 (seen in CI, -U 1 starting a worker a session). A moment later it reads.
+        deadline = time.monotonic() + SCRAPE_PATIENCE
+        while True:
+            with self._lock:
+                try:
+                    return list(self._collector.collect())
+                except struct.error:
+                    if time.monotonic() > deadline:
+                        raise
+            time.sleep(0.01)
 
 
 def parse_listen(text: str) -> tuple[str, int]:

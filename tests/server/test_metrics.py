@@ -221,3 +221,34 @@ def test_prometheus_listen_forms() -> None:
         except ValueError:
             continue
         raise AssertionError(bad)
+
+
+def test_a_scrape_waits_out_a_worker_file_being_made(tmp_path: Path) -> None:
+    """Seen in CI: a worker's counter file exists empty for an instant (prometheus_client
+    opens it, then sizes it), and a scrape reading it then was a 500."""
+    from prometheus_client.mmap_dict import MmapedDict
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    from pop3d.server import metrics
+
+    made = tmp_path / "counter_4242.db"
+    made.touch()  # as a worker leaves it between its open and its sizing
+    timer = threading.Timer(0.05, lambda: MmapedDict(str(made)).close())
+    timer.start()
+    try:
+        scrape = metrics.Serialised(
+            MultiProcessCollector(None, path=str(tmp_path)), threading.Lock()
+        )
+        assert scrape.collect() == []
+    finally:
+        timer.join()
+
+
+def test_a_worker_dead_while_making_its_file_is_folded(tmp_path: Path) -> None:
+    """A worker killed between making its file and sizing it left it empty: folding it
+    raised struct.error, which no caller expected (the master's loop)."""
+    from pop3d.server import metrics
+
+    (tmp_path / "counter_4242.db").touch()
+    metrics.fold_dead_worker(str(tmp_path), 4242)
+    assert not (tmp_path / "counter_4242.db").exists()
