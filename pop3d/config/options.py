@@ -106,7 +106,10 @@ OPTIONS: dict[str, Option] = {
             T,
             None,
             "[pop3d] Also append every login attempt and session end to this file as one "
-            "JSON object per line (created 0640; reopened when logrotate moves it).",
+            "JSON object per line (created 0640; reopened when logrotate moves it). Only a "
+            "regular file is written, never through a symbolic link: anything else at the "
+            "path (a FIFO, a link) is one log line and the records are not written there; "
+            "sessions go on.",
         ),
         _o(
             "prometheus_enabled",

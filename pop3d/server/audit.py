@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import datetime
 import enum
+import errno
 import functools
 import ipaddress
 import json
@@ -254,12 +255,35 @@ def json_line(record: Record) -> str:
     return json.dumps(fields, ensure_ascii=True, separators=(",", ":")) + "\n"
 
 
+# Not through a link, and without waiting: a FIFO planted at the path (by whoever can write
+# the log folder, once logrotate has moved the file away) blocked the worker in open() until
+# a reader came, and every session of the worker with it (found probing).
+_JSONL_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def _not_a_regular_file(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        kind = "a symbolic link (not followed)"
+    elif stat.S_ISFIFO(mode):
+        kind = "a FIFO"
+    elif stat.S_ISSOCK(mode):
+        kind = "a socket"
+    elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        kind = "a device"
+    elif stat.S_ISDIR(mode):
+        kind = "a folder"
+    else:
+        kind = "something else"
+    return f"{kind}, not a regular file"
+
+
 class JsonLines:
     """``audit_jsonl_file``: appended to by every worker. Each record is one ``write`` on
     an ``O_APPEND`` descriptor, so the lines of concurrent workers never interleave. The
-    file is reopened when it was moved (logrotate), as ``WatchedFileHandler`` does. A
-    record that cannot be written costs the session nothing: one log line, then silence
-    until a write works again."""
+    file is reopened when it was moved (logrotate), as ``WatchedFileHandler`` does. Only a
+    regular file is written, never through a symbolic link. A record that cannot be
+    written costs the session nothing: one log line, then silence until a write works
+    again."""
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -269,11 +293,22 @@ class JsonLines:
         self._open()
 
     def _open(self) -> None:
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        try:
+            fd = os.open(self.path, _JSONL_FLAGS, 0o640)
+        except OSError as exc:
+            # ELOOP: a link (O_NOFOLLOW); ENXIO: a FIFO with no reader, or a socket
+            if exc.errno not in (errno.ELOOP, errno.ENXIO):
+                raise
+            try:
+                mode = os.lstat(self.path).st_mode
+            except OSError:
+                raise exc from None
+            raise OSError(exc.errno, _not_a_regular_file(mode)) from None
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             os.close(fd)
-            raise OSError(f"{self.path}: not a regular file")
+            raise OSError(errno.EINVAL, _not_a_regular_file(info.st_mode))
+        os.set_blocking(fd, True)
         self._close()
         self._fd = fd
         self._identity = (info.st_dev, info.st_ino)
@@ -286,7 +321,7 @@ class JsonLines:
     def write(self, line: str) -> None:
         try:
             try:
-                info = os.stat(self.path)
+                info = os.lstat(self.path)
                 moved = (info.st_dev, info.st_ino) != self._identity
             except FileNotFoundError:
                 moved = True
@@ -295,7 +330,12 @@ class JsonLines:
             os.write(self._fd, line.encode("ascii"))
         except OSError as exc:
             if not self._failing:
-                log.error("audit_jsonl_file %s: cannot write: %s", self.path, exc)
+                log.error(
+                    "audit_jsonl_file %s: cannot write: %s; records are not written to it "
+                    "until it can be again",
+                    self.path,
+                    exc.strerror or exc,
+                )
             self._failing = True
             return
         self._failing = False

@@ -263,9 +263,8 @@ class ServiceContext:
         try:
             self.audit = AuditTrail(service, jsonl)
         except OSError as exc:
-            raise ConfigError(
-                [config.problem_with("audit_jsonl_file", service, f"{jsonl}: {exc}")]
-            ) from None
+            why = f"{jsonl}: {exc.strerror or exc}"
+            raise ConfigError([config.problem_with("audit_jsonl_file", service, why)]) from None
         self.metrics = metrics.for_service(service)
         # Blocking steps run off the event loop. Argon2 gets one thread of its own: it is
         # CPU-bound (a second thread per worker buys nothing on a core the other workers

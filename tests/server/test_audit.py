@@ -6,20 +6,21 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import queue
 import re
 import socket
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from pop3d.security.value import Security, TLSInfo
 from pop3d.server.audit import Login, Result, SessionEnd, json_line, syslog_line
-from tests.support.lab import Lab, start_server
+from tests.support.lab import Lab, Server, start_server
 
 # fail2ban's filter.d/cyrus-imap.conf (after its prefix line): what sites already run.
 FAIL2BAN = re.compile(
@@ -294,3 +295,70 @@ def test_records_reach_syslog_and_the_jsonl_file(tmp_path: Path, syslog: Syslog)
     assert (session["retrieved"], session["deleted"]) == (1, 1)
     assert (session["bytes_in"], session["bytes_out"]) == (c.sent, c.received)
     assert all(o["session"] == session["session"] for o in objects[8:10])
+
+
+# --- what stands at audit_jsonl_file's path ----------------------------------------------
+
+
+def _jsonl_server(tmp_path: Path) -> tuple[Server, Path]:
+    """A master whose workers append to audit.jsonl, its probe's record already there."""
+    jsonl = tmp_path / "audit.jsonl"
+    lab = Lab(tmp_path / "lab", extra_config=f"audit_jsonl_file: {jsonl}\n").create()
+    server = start_server(lab)
+    _wait_for(lambda: jsonl.exists() and jsonl.read_text() != "", "the probe's record")
+    return server, jsonl
+
+
+def _wait_for(check: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 10
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+def _failed_login(port: int) -> None:
+    c = Client(port)
+    assert c.ask(b"USER alice").startswith(b"+OK")
+    assert c.ask(b"PASS nope").startswith(b"-ERR")
+    c.quit()
+
+
+def test_a_fifo_at_the_jsonl_path_is_refused_not_waited_on(tmp_path: Path) -> None:
+    """A FIFO planted where logrotate moved the file from blocked the worker in open()
+    until a reader came: every session of the worker hung (found probing)."""
+    server, jsonl = _jsonl_server(tmp_path)
+    try:
+        jsonl.rename(tmp_path / "audit.jsonl.1")
+        os.mkfifo(jsonl)
+        for _ in range(3):
+            _failed_login(server.port)  # each answered: Client's 10 s timeout
+        refused = f"audit_jsonl_file {jsonl}: cannot write: a FIFO, not a regular file"
+        _wait_for(lambda: refused in server.log_text(), "the warning")
+        reader = os.open(jsonl, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            assert os.read(reader, 65536) == b""  # nothing was written into it
+        finally:
+            os.close(reader)
+    finally:
+        assert server.stop() == 0
+    assert server.log_text().count(refused) == 1  # once, not once per record
+
+
+def test_a_link_at_the_jsonl_path_is_not_followed(tmp_path: Path) -> None:
+    server, jsonl = _jsonl_server(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_text("")
+    try:
+        jsonl.rename(tmp_path / "audit.jsonl.1")
+        jsonl.symlink_to(elsewhere)
+        _failed_login(server.port)
+        refused = f"audit_jsonl_file {jsonl}: cannot write: a symbolic link (not followed)"
+        _wait_for(lambda: refused in server.log_text(), "the warning")
+        assert elsewhere.read_text() == ""
+        # the link gone, the next record creates the file again
+        jsonl.unlink()
+        _failed_login(server.port)
+        _wait_for(lambda: jsonl.exists() and '"result":"fail"' in jsonl.read_text(), "record")
+    finally:
+        assert server.stop() == 0
+    assert jsonl.is_file() and not jsonl.is_symlink()
