@@ -115,7 +115,9 @@ OPTIONS: dict[str, Option] = {
             "prometheus_enabled",
             S,
             False,
-            "Serve Prometheus metrics from pop3d-master at prometheus_listen (/metrics).",
+            "Serve Prometheus metrics from pop3d-master at prometheus_listen (/metrics). A "
+            "connection has 10 seconds in all, from accept to the end of the answer "
+            "(Prometheus's own default scrape_timeout), and is then closed, whatever it sent.",
         ),
         _o(
             "prometheus_listen",

@@ -37,9 +37,9 @@ once, not after the crash pause; it then finishes its sessions and exits 0 on it
 retiring worker still gets SIGHUP and SIGTERM.
 
 Metrics (``prometheus_enabled``): the master makes a private directory for the workers'
-counters (server/metrics.py), serves ``/metrics`` on ``prometheus_listen`` from a thread,
-adds its own figures (workers by state, workers that died), and removes the directory when
-it stops.
+counters (server/metrics.py), serves ``/metrics`` on ``prometheus_listen`` from a thread
+(server/metrics_http.py: each connection closed after a few seconds), adds its own figures
+(workers by state, workers that died), and removes the directory when it stops.
 """
 
 from __future__ import annotations
@@ -701,8 +701,10 @@ class Master:
         endpoint is a thread."""
         if not self.config.switch("prometheus_enabled"):
             return
-        from prometheus_client import CollectorRegistry, start_http_server  # noqa: PLC0415
+        from prometheus_client import CollectorRegistry, make_wsgi_app  # noqa: PLC0415
         from prometheus_client.multiprocess import MultiProcessCollector  # noqa: PLC0415
+
+        from pop3d.server import metrics_http  # noqa: PLC0415
 
         host, port = metrics.parse_listen(
             self.config.string("prometheus_listen") or "127.0.0.1:9110"
@@ -713,7 +715,7 @@ class Master:
             workers = MultiProcessCollector(None, path=directory)  # type: ignore[no-untyped-call]
             registry.register(metrics.Serialised(workers, self._metrics_lock))
             registry.register(_MasterCollector(self))
-            server, _thread = start_http_server(port, host, registry)
+            server = metrics_http.serve(host, port, make_wsgi_app(registry))
         except BaseException:
             shutil.rmtree(directory, ignore_errors=True)
             raise

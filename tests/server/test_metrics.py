@@ -3,11 +3,13 @@ client during a load run of a few hundred sessions over two workers; the counts 
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import ssl
 import threading
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +17,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from pop3d.server.metrics import parse_listen
+from pop3d.server.metrics_http import SCRAPE_TIMEOUT
 from tests.support.lab import Lab, Server, start_server
 
 METRICS = "prometheus_enabled: yes\nprometheus_listen: 127.0.0.1:0\n"
@@ -209,6 +212,48 @@ def test_a_recycled_workers_counts_stay_and_its_files_go(tmp_path: Path) -> None
         assert "cannot fold" not in server.log_text()
     finally:
         assert server.stop() == 0
+
+
+def test_a_scrape_connection_that_does_not_finish_is_closed(tmp_path: Path) -> None:
+    """The endpoint set no timeout: a connection that sent half a request held one of the
+    master's threads for as long as its client liked, a hundred of them a hundred threads
+    (found probing). Now each connection has SCRAPE_TIMEOUT seconds in all: one that went
+    quiet and one that sends an octet a second are both closed, unlogged, and a scrape
+    still answers."""
+    lab = Lab(tmp_path, extra_config=METRICS).create()
+    server = start_server(lab)
+    try:
+        url, _directory = _endpoint(server)
+        host, port = urllib.parse.urlsplit(url).netloc.rsplit(":", 1)
+        quiet = socket.create_connection((host, int(port)), timeout=10)
+        quiet.sendall(b"GET /metrics HTTP/1.1\r\nX: ")
+        dripping = socket.create_connection((host, int(port)), timeout=10)
+        dripping.sendall(b"GET /metrics HTTP/1.1\r\n")
+        quiet.setblocking(False)
+        dripping.setblocking(False)
+        # Bounded well past the timeout: a loaded machine may start the thread late.
+        deadline = time.monotonic() + SCRAPE_TIMEOUT + 20
+        while not (_closed_by_server(quiet) and _closed_by_server(dripping)):
+            assert time.monotonic() < deadline, "still open"
+            with contextlib.suppress(OSError):  # reset: closed, as the next look says
+                dripping.send(b"X")
+            time.sleep(1)
+        quiet.close()
+        dripping.close()
+        assert value(scrape(url), "pop3d_workers", service="pop3") == 1
+    finally:
+        assert server.stop() == 0
+    assert "Traceback" not in server.log_text()
+
+
+def _closed_by_server(sock: socket.socket) -> bool:
+    """Whether a non-blocking socket's peer closed it."""
+    try:
+        return sock.recv(1024) == b""
+    except BlockingIOError:
+        return False
+    except ConnectionResetError:
+        return True
 
 
 def test_prometheus_listen_forms() -> None:
