@@ -89,7 +89,9 @@ OPTIONS: dict[str, Option] = {
             T,
             None,
             "[pop3d] Also log to syslog through this unix socket (e.g. /dev/log): logins "
-            "as Cyrus's login:/badlogin: lines, session ends as counts: lines. Unset: "
+            "as Cyrus's login:/badlogin: lines, session ends as counts: lines (a name or "
+            "reason a client chose escaped, and cut past 256 characters, 1,024 for a reason, "
+            "with ...(+N) for the N left out: see pop3d(8)). Unset: "
             "stderr only. A socket that does not answer at start is exit 78; a daemon "
             "that goes away later is said on stderr (at most once a minute), tried again "
             "at every line, and the service goes on.",

@@ -24,6 +24,17 @@ position become ``\\xHH``/``\\uHHHH``: a positional word loses spaces too, a
 parentheses (so no user name or reason can spell ``[SASL(-13): ...`` for fail2ban). In the JSON file
 ``json.dumps`` escapes, ASCII only. A user name that the identity rules refuse still
 reaches the record (as a failed attempt): the escaping, not the rules, protects the log.
+
+Length: a client chooses how long its name is. An AUTH PLAIN identity of 48,000 ``\\x01``
+octets made a badlogin line of 384,000 characters (the name twice, escaped), which syslog
+refused (the record lost there) and which a daemon that cuts long lines would cut before
+fail2ban's ``SASL(-13)``. So a field is cut once escaped past :data:`FIELD_LIMIT`
+characters (a reason past :data:`REASON_LIMIT`), never inside one character's escape, and
+ends in ``...(+N)``, N the characters left out; no field can spell that marker, its
+parentheses are escaped. A name of up to 255 characters with nothing to escape, what the
+identity rules accept unless it holds spaces or brackets, is never cut. In the JSON file a
+name is cut past :data:`FIELD_LIMIT` characters before escaping, so every name the rules
+accept (at most 255 octets) is kept whole there.
 """
 
 from __future__ import annotations
@@ -99,23 +110,40 @@ _WORD = frozenset(' \\<>[]()"')
 # Brackets and parentheses too: no value may spell "[SASL(-13): ..." for fail2ban.
 _VALUE = _REASON = frozenset("\\<>[]()")
 
+# Escaped characters per field. The badlogin line puts the name before "SASL(-13)": with
+# names this short, fail2ban's part of the line stays within the first kilobyte, which
+# even a syslog daemon that keeps RFC 3164's 1,024 octets passes on.
+FIELD_LIMIT = 256
+# A reason comes after it, and can quote a name (OAUTHBEARER's "token is for ..., not ...").
+REASON_LIMIT = 1024
 
-def _escape(text: str, special: frozenset[str]) -> str:
-    if text.isprintable() and special.isdisjoint(text) and text.isascii():
+
+def _escape(text: str, special: frozenset[str], limit: int = FIELD_LIMIT) -> str:
+    if len(text) <= limit and text.isprintable() and special.isdisjoint(text) and text.isascii():
         return text  # the common case, without a loop
-    out = []
-    for ch in text:
+    out: list[str] = []
+    size = 0
+    for index, ch in enumerate(text):
         code = ord(ch)
         if ch in special or not ch.isprintable():
             if code < 0x100:
-                out.append(f"\\x{code:02x}")
+                piece = f"\\x{code:02x}"
             elif code < 0x10000:
-                out.append(f"\\u{code:04x}")
+                piece = f"\\u{code:04x}"
             else:
-                out.append(f"\\U{code:08x}")
+                piece = f"\\U{code:08x}"
         else:
-            out.append(ch)
+            piece = ch
+        size += len(piece)
+        if size > limit:
+            return "".join(out) + _cut_marker(len(text) - index)
+        out.append(piece)
     return "".join(out)
+
+
+def _cut_marker(left_out: int) -> str:
+    """What ends a field cut short: ``left_out`` characters of it are not written."""
+    return f"...(+{left_out})"
 
 
 def word(text: str) -> str:
@@ -123,13 +151,13 @@ def word(text: str) -> str:
     return _escape(text, _WORD) if text else "-"
 
 
-def value(text: object) -> str:
+def value(text: object, limit: int = FIELD_LIMIT) -> str:
     """The inside of ``key=<value>``."""
-    return _escape(str(text), _VALUE)
+    return _escape(str(text), _VALUE, limit)
 
 
 def reason_text(text: str) -> str:
-    return _escape(text, _REASON)
+    return _escape(text, _REASON, REASON_LIMIT)
 
 
 # --- the client's address --------------------------------------------------------------
@@ -196,11 +224,12 @@ def syslog_line(record: Record) -> str:
         return (
             f"counts: retr=<{record.retrieved}> top=<{record.top}> dele=<{record.deleted}> "
             f"{common} bytes_in=<{record.bytes_in}> bytes_out=<{record.bytes_out}> "
-            f"duration=<{record.duration:.3f}> reason=<{value(record.reason)}>"
+            f"duration=<{record.duration:.3f}> reason=<{value(record.reason, REASON_LIMIT)}>"
         )
     mechanism = word(_CYRUS_MECHANISM.get(record.mechanism, record.mechanism))
     authid = f" authid=<{value(record.authid)}>" if record.authid else ""
-    tail = f"{common}{authid} result=<{record.result}> reason=<{value(record.reason)}>"
+    reason = value(record.reason, REASON_LIMIT)
+    tail = f"{common}{authid} result=<{record.result}> reason=<{reason}>"
     if record.result is Result.OK:
         tls = "+TLS" if record.security is not None and record.security.tls_active else ""
         # Cyrus has SESSIONID=<> at the end of its line: the common fields repeat it.
@@ -214,6 +243,14 @@ def syslog_line(record: Record) -> str:
 
 
 # --- the JSON line ---------------------------------------------------------------------
+
+
+def _cut(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters before JSON's escaping (at most six characters
+    each, twelve for one beyond the BMP, so bounded too)."""
+    if len(text) <= limit:
+        return text
+    return text[:limit] + _cut_marker(len(text) - limit)
 
 
 def json_line(record: Record) -> str:
@@ -235,16 +272,16 @@ def json_line(record: Record) -> str:
         "layer": f"{layer.mechanism}/{layer.ssf}" if layer else None,
         "kpop_principal": security.kpop_principal if security is not None else None,
         "mechanism": record.mechanism or None,
-        "user": record.user or None,
+        "user": _cut(record.user, FIELD_LIMIT) or None,
     }
     if isinstance(record, Login):
         fields["result"] = str(record.result)
-        fields["reason"] = record.reason or None
+        fields["reason"] = _cut(record.reason, REASON_LIMIT) or None
         if record.authid:
-            fields["authid"] = record.authid
+            fields["authid"] = _cut(record.authid, FIELD_LIMIT)
     else:
         fields.update(
-            reason=record.reason,
+            reason=_cut(record.reason, REASON_LIMIT),
             retrieved=record.retrieved,
             top=record.top,
             deleted=record.deleted,

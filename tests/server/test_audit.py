@@ -362,3 +362,57 @@ def test_a_link_at_the_jsonl_path_is_not_followed(tmp_path: Path) -> None:
     finally:
         assert server.stop() == 0
     assert jsonl.is_file() and not jsonl.is_symlink()
+
+
+# --- a name as long as the client likes ----------------------------------------------------
+
+
+def test_a_long_name_is_cut_where_it_is_written_and_a_normal_one_is_not() -> None:
+    longest = "a" * 255  # the most the identity rules accept, nothing to escape
+    line = syslog_line(_login(longest, Result.FAIL))
+    assert f" PLAIN ({longest}) [SASL(-13)" in line and f" user=<{longest}> " in line
+    assert "...(+" not in line
+    assert json.loads(json_line(_login(longest, Result.FAIL)))["user"] == longest
+    # Cut between two escapes, never inside one; what is left out is counted.
+    line = syslog_line(_login("\x01" * 1000, Result.FAIL))
+    name = re.search(r"user=<([^>]*)>", line)
+    assert name is not None
+    assert name[1] == "\\x01" * 64 + "...(+936)"
+    assert json.loads(json_line(_login("é" * 300, Result.FAIL)))["user"] == "é" * 256 + "...(+44)"
+
+
+def test_a_very_long_name_makes_one_short_line_fail2ban_still_reads(
+    tmp_path: Path, syslog: Syslog
+) -> None:
+    """AUTH PLAIN with an identity of 48,000 \\x01 octets (its line past the command line's
+    limit, as a SASL continuation): the record was one line of 384,000 characters, which
+    syslog refused, losing it (and the server said the syslog socket was not answering),
+    and which a syslog daemon that cuts long lines cut before fail2ban's SASL(-13)."""
+    jsonl = tmp_path / "audit.jsonl"
+    lab = Lab(
+        tmp_path / "lab",
+        extra_config=f"syslog_socket: {syslog.path}\naudit_jsonl_file: {jsonl}\n",
+    ).create()
+    server = start_server(lab)
+    try:
+        _audit_lines(syslog, 1)  # the readiness probe's
+        _wait_for(lambda: jsonl.exists() and jsonl.read_text() != "", "the probe's record")
+        c = Client(server.port)
+        assert c.ask(b"AUTH PLAIN") == b"+ "
+        blob = base64.b64encode(b"\0" + b"\x01" * 48_000 + b"\0nope")
+        assert c.ask(blob).startswith(b"-ERR [AUTH]")
+        c.quit()
+        badlogin, counts = _audit_lines(syslog, 2)
+    finally:
+        assert server.stop() == 0
+    record = badlogin.split("]: ", 1)[1].rstrip("\x00")
+    assert len(record) < 1024, len(record)
+    assert record.count("...(+47936)") == 2  # the name and the user=<> field, cut alike
+    match = FAIL2BAN.search(record)
+    assert match is not None and match["host"] == "127.0.0.1", record
+    assert counts.split("]: ", 1)[1].startswith("counts: ")
+    assert "syslog_socket" not in server.log_text()
+    objects = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    login = objects[-2]
+    assert login["result"] == "fail" and login["user"].endswith("...(+47744)")
+    assert len(jsonl.read_text().splitlines()[-2]) < 4096
