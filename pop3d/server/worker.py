@@ -49,6 +49,9 @@ REFUSALS_LOGGED_EVERY = 1.0
 ACCEPT_BATCH = 32
 LISTEN_QUEUE = 1024
 TOO_MANY = b"-ERR [SYS/TEMP] Too many connections, try again later\r\n"
+# How long a worker that stops accepting waits for connections already accepted to reach
+# it (normally a loop iteration or two).
+IN_FLIGHT_PATIENCE = 1.0
 # The master's end of this pipe learns that a worker retires (server/master.py).
 STATUS_FD_ENV = "POP3D_STATUS_FD"
 RETIRING = b"R"
@@ -111,12 +114,20 @@ class Worker:
         self._storm = heap.StormWatch()
         self._trim_timer: asyncio.TimerHandle | None = None
         self.served = 0
+        # Accepted by asyncio, their Channel made, not yet handed to _accepted (a loop
+        # iteration or two later): a retiring worker waits for them (see serve()).
+        self._accepts_in_flight = 0
+
+    def _new_channel(self) -> Channel:
+        self._accepts_in_flight += 1
+        return Channel(self._accepted)
 
     def _accepted(self, channel: Channel) -> None:
         # A retiring worker still serves what asyncio accepted before its listener closed
         # (asyncio accepts a backlog's worth at a time); only a shutdown turns them away.
         # On pop3s the refusal is the close alone: the client speaks TLS first, and an
         # answer in clear reached it as a handshake failure (found probing).
+        self._accepts_in_flight -= 1
         clear = not self.context.options.implicit_tls
         full = self._full(len(self.connections))
         if full or self._terminating.is_set():
@@ -263,15 +274,24 @@ class Worker:
             # worker near its limit past it. A batch fits in the descriptors kept for the
             # worker itself (fdlimit.RESERVED); the kernel's queue is set long again after.
             servers = [
-                await loop.create_server(
-                    lambda: Channel(self._accepted), sock=sock, backlog=ACCEPT_BATCH
-                )
+                await loop.create_server(self._new_channel, sock=sock, backlog=ACCEPT_BATCH)
                 for sock in sockets
             ]
             for sock in sockets:
                 sock.listen(LISTEN_QUEUE)
             loop.set_exception_handler(self._loop_exception)
             await self._stop_accepting.wait()
+            for sock in sockets:
+                loop.remove_reader(sock.fileno())  # accept nothing more
+            # The connections of the listener's last wake-up are still on their way to
+            # _accepted (a task each, a turn of the loop or two). Closing the servers
+            # under them dropped them (asyncio attaches no transport to a closed server):
+            # reset, greeting unsent (found probing: a reload under load reset a few
+            # connections in ten thousand). Closed once they are in.
+            await asyncio.sleep(0)
+            deadline = loop.time() + IN_FLIGHT_PATIENCE
+            while self._accepts_in_flight > 0 and loop.time() < deadline:
+                await asyncio.sleep(0.001)
             for server in servers:
                 server.close()
         for timer in (self._idle_timer, self._trim_timer):
