@@ -79,6 +79,8 @@ from pop3d.server.worker import (
 log = logging.getLogger("pop3d.master")
 
 STOP_DEADLINE = 9.5
+# Replaced workers still finishing their sessions a reload allows, per worker serving.
+RETIRING_PER_WORKER = 2
 FATAL_EXITS = frozenset({64, 78})
 
 
@@ -212,6 +214,49 @@ def _bind_unix(where: str) -> socket.socket:
     return sock
 
 
+def _listening(
+    service: Service, held: dict[tuple[object, ...], socket.socket]
+) -> tuple[list[socket.socket], bool]:
+    """A reload's sockets for ``service``: those in ``held`` where it listens (taken out of
+    it: one socket serves one service), or new ones (True). ReloadRefused if it cannot."""
+    wanted = _wanted_at(service)
+    if wanted and all(at in held for at in wanted):
+        return [held.pop(at) for at in wanted], False
+    try:
+        return bind(service), True
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        if exc.errno == errno.EADDRINUSE:
+            why += " (a service listens there under the configuration in effect, or another"
+            why += " server does; the master's own addresses change at a restart)"
+        raise ReloadRefused(
+            [
+                f"{service.path}:{service.line}: service {service.name} cannot listen "
+                f"on {service.listen}: {why}"
+            ]
+        ) from None
+
+
+def _bound_at(sock: socket.socket) -> tuple[object, ...]:
+    """Where a listening socket is bound, as :func:`_wanted_at` names it."""
+    name = sock.getsockname()
+    if sock.family == socket.AF_UNIX:
+        return (socket.AF_UNIX, os.path.normpath(str(name)))
+    return (int(sock.family), name[0], name[1])
+
+
+def _wanted_at(service: Service) -> list[tuple[object, ...]]:
+    """Where ``service`` would listen; [] if its name does not resolve (bind says why)."""
+    listen = service.listen
+    if listen.family == socket.AF_UNIX:
+        return [(socket.AF_UNIX, os.path.normpath(listen.host))]
+    try:
+        found = addresses(listen)
+    except OSError:
+        return []
+    return [(int(family), address[0], address[1]) for family, address in found]
+
+
 def where(sockets: list[socket.socket]) -> str:
     """The addresses a service's sockets listen on, for the log: the port taken where
     cyrus.conf said 0 or a name, each family's address."""
@@ -259,6 +304,7 @@ class Master:
         self._retired_status: dict[int, int] = {}  # pid -> status pipe, retired by a reload
         self._stop = False
         self._reload = False
+        self._stray_retire = False
         self.exit_code = 0
         # maxlogins_per_host/_per_user: one table for all workers (server/limits.py)
         self.logins = limits.LoginTable()
@@ -378,11 +424,16 @@ class Master:
     def _on_signal(self, signum: int, _frame: object) -> None:
         if signum == signal.SIGHUP:
             self._reload = True
+        elif signum == RETIRE_SIGNAL:
+            # The master's word to its workers, not to itself: sent to the master (a
+            # `pkill -USR2 pop3d`) its default action ended it, every service down
+            # (found probing). Noted in the loop: no logging inside a handler.
+            self._stray_retire = True
         else:
             self._stop = True
 
     def run(self) -> int:
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, RETIRE_SIGNAL):
             signal.signal(signum, self._on_signal)
         release_hangup()  # held since main(): a reload asked meanwhile is passed on now
         self.raise_fd_limit()
@@ -396,6 +447,9 @@ class Master:
             if self._reload:
                 self._reload = False
                 self._reload_now()
+            if self._stray_retire:
+                self._stray_retire = False
+                log.warning("%s is for workers; the master ignores it", RETIRE_SIGNAL.name)
             self._reap()
             self._limits_io(0.1)
         self._shutdown()
@@ -452,6 +506,7 @@ class Master:
                 self._restart_waiting_now()
                 return
             self.loaded.refuse_restart_only(fresh)
+            self._refuse_if_retiring_too_many()
             sockets = self._sockets_for(fresh.cyrus)
         except ReloadRefused as exc:
             for problem in exc.problems:
@@ -463,29 +518,37 @@ class Master:
             return
         self._replace_workers(fresh, sockets)
 
+    def _refuse_if_retiring_too_many(self) -> None:
+        """Each changed reload leaves the workers it replaced until their last session ends
+        (poptimeout for an idle one): reloads in a row stacked processes, 27 and 727 MB
+        after ten (found probing). Past twice the workers serving, a reload waits."""
+        most = RETIRING_PER_WORKER * max(len(self.slots), 1)
+        if len(self.retiring) >= most:
+            raise ReloadRefused(
+                [
+                    f"{len(self.retiring)} replaced workers are still finishing their sessions "
+                    f"(at most {most}); reload again once fewer are"
+                ]
+            )
+
     def _sockets_for(self, cyrus: MasterConfig) -> dict[str, list[socket.socket]]:
-        """Each service's sockets under ``cyrus``: those of a service in effect that listens
-        where it does, else bound now (as cyrus_user: a port below 1024 cannot be, and the
-        reload is refused, naming it). All or nothing."""
-        ours = {service.listen: self.sockets[service.name] for service in self.cyrus.services}
+        """Each service's sockets under ``cyrus``: those the master holds where the service
+        listens (the same addresses however cyrus.conf spells them: "localhost:110" for
+        "127.0.0.1:110", a service renamed), else bound now (as cyrus_user: a port below
+        1024 cannot be, and the reload is refused, naming it). All or nothing."""
+        held = {_bound_at(sock): sock for group in self.sockets.values() for sock in group}
         sockets: dict[str, list[socket.socket]] = {}
         made: list[socket.socket] = []
-        for service in cyrus.services:
-            if service.listen in ours:
-                sockets[service.name] = ours[service.listen]
-                continue
-            try:
-                sockets[service.name] = bind(service)
-            except OSError as exc:
-                for sock in made:
-                    sock.close()
-                raise ReloadRefused(
-                    [
-                        f"{service.path}:{service.line}: service {service.name} cannot listen "
-                        f"on {service.listen}: {exc.strerror or exc}"
-                    ]
-                ) from None
-            made += sockets[service.name]
+        try:
+            for service in cyrus.services:
+                found, new = _listening(service, held)
+                sockets[service.name] = found
+                if new:
+                    made += found
+        except BaseException:
+            for sock in made:
+                sock.close()
+            raise
         return sockets
 
     def _replace_workers(self, fresh: Loaded, sockets: dict[str, list[socket.socket]]) -> None:
@@ -509,9 +572,16 @@ class Master:
                 if id(sock) not in kept:
                     log.info("service %s: no longer listening on %s", name, where([sock]))
                     sock.close()
-        paths = {s.listen.host for s in fresh.cyrus.services if s.listen.family == socket.AF_UNIX}
+        paths = {
+            os.path.normpath(s.listen.host)
+            for s in fresh.cyrus.services
+            if s.listen.family == socket.AF_UNIX
+        }
         for service in self.cyrus.services:
-            if service.listen.family == socket.AF_UNIX and service.listen.host not in paths:
+            if (
+                service.listen.family == socket.AF_UNIX
+                and os.path.normpath(service.listen.host) not in paths
+            ):
                 with contextlib.suppress(OSError):
                     Path(service.listen.host).unlink(missing_ok=True)
         self.cyrus, self.config, self.loaded = fresh.cyrus, fresh.config, fresh

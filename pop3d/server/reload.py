@@ -64,12 +64,13 @@ class Loaded:
         """Raise ReloadRefused naming what ``other`` changes that only a restart may
         change (see above)."""
         changed = [name for name in MASTER_ONCE if self.config.get(name) != other.config.get(name)]
+        # Compared across every service, not service by service: a service renamed (or a
+        # new one beside it) with another maildrop_lock held a maildrop the old workers
+        # still held, two sessions on it at once (found probing).
         changed += [
-            f"{name} (service {service})"
-            for service, config in other.services.items()
-            if service in self.services
+            name
             for name in SHARED_BY_WORKERS
-            if self.services[service].get(name, service) != config.get(name, service)
+            if _everywhere(self, name) != _everywhere(other, name)
         ]
         if changed:
             raise ReloadRefused(
@@ -79,6 +80,10 @@ class Loaded:
 
 def _services(loaded: Loaded) -> list[tuple[object, ...]]:
     return [(s.name, s.argv, s.listen, s.prefork, s.maxchild) for s in loaded.cyrus.services]
+
+
+def _everywhere(loaded: Loaded, name: str) -> set[object]:
+    return {config.get(name, service) for service, config in loaded.services.items()}
 
 
 def _values(config: Config) -> dict[str, object]:

@@ -116,7 +116,7 @@ def test_a_configuration_that_would_not_start_is_refused_and_nothing_changes(lab
         # What only a restart may change is refused too, named.
         _edit(lab.config, "allowplaintext: banana", "allowplaintext: yes")
         lab.config.write_text(lab.config.read_text() + "maildrop_lock: table\n")
-        _reload(server, "maildrop_lock (service pop3) changed: restart pop3d-master")
+        _reload(server, "maildrop_lock changed: restart pop3d-master")
         assert _workers(server) == workers
         # A service whose cmd pop3d refuses: the same refusal as at start.
         _edit(lab.config, "maildrop_lock: table\n", "")
@@ -187,3 +187,60 @@ def _serves(port: int) -> bool:
         return _login_answer(port).startswith(b"+OK")
     except OSError:
         return False
+
+
+def test_a_service_renamed_or_respelled_keeps_its_socket_and_the_lock_rule(lab: Lab) -> None:
+    """Found probing: the restart-only rule compared services by name, so renaming one
+    while changing maildrop_lock let two sessions hold one maildrop; and a listen spelled
+    another way ("localhost" for "127.0.0.1") was refused, its own socket in the way."""
+    server = start_server(lab)
+    try:
+        assert _login_answer(server.port).startswith(b"+OK")
+        cyrus_conf = lab.root / "cyrus.conf"
+        _edit(cyrus_conf, "  pop3 cmd=", "  pop3r cmd=")
+        lab.config.write_text(lab.config.read_text() + "maildrop_lock: table\n")
+        _reload(server, "maildrop_lock changed: restart pop3d-master to change it")
+        _edit(lab.config, "maildrop_lock: table\n", "poptimeout: 20m\n")
+        _edit(cyrus_conf, 'listen="127.0.0.1:', 'listen="localhost:')
+        _reload(server, "reload: configuration changed")
+        assert "cannot listen" not in server.log_text()
+        _until(lambda: _serves(server.port), server)
+    finally:
+        server.stop()
+
+
+def test_replaced_workers_still_serving_hold_off_more_reloads(lab: Lab) -> None:
+    """Found probing: changed reloads in a row, each leaving the workers it replaced to
+    their idle sessions, stacked processes (27, 727 MB after ten). Past twice the workers
+    serving, a reload is refused until they have finished."""
+    server = start_server(lab)
+    held = []
+    try:
+        for timeout in range(11, 13):  # two replacements, each leaving a session behind
+            held.append(Session(server.port))
+            lab.config.write_text(lab.config.read_text() + f"poptimeout: {timeout}m\n")
+            _reload(server, "reload: configuration changed")
+        held.append(Session(server.port))
+        lab.config.write_text(lab.config.read_text() + "poptimeout: 13m\n")
+        _reload(server, "2 replaced workers are still finishing their sessions (at most 2)")
+        for session in held:  # their sessions end: the retired workers go, a reload works
+            assert session("QUIT").startswith(b"+OK")
+            session.close()
+        _until(lambda: server.log_text().count("retired worker") >= 2, server)
+        _reload(server, "reload: configuration changed")
+    finally:
+        for session in held:
+            session.close()
+        server.stop()
+
+
+def test_the_workers_signal_sent_to_the_master_is_ignored(lab: Lab) -> None:
+    """Found probing: SIGUSR2 (a worker's word to retire) sent to the master ended it."""
+    server = start_server(lab)
+    try:
+        server.process.send_signal(signal.SIGUSR2)
+        _until(lambda: "SIGUSR2 is for workers; the master ignores it" in server.log_text(), server)
+        assert _login_answer(server.port).startswith(b"+OK")
+        assert server.process.poll() is None
+    finally:
+        assert server.stop() == 0
