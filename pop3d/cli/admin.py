@@ -42,7 +42,7 @@ from pop3d.auth.from_config import (
     needed_schemes,
     users_beyond_credential_file,
 )
-from pop3d.auth.identity import canonical_user
+from pop3d.auth.identity import canonical_user, split_folder
 from pop3d.cli.common import (
     DEFAULT_CYRUS_CONF,
     DEFAULT_IMAPD_CONF,
@@ -280,6 +280,12 @@ def cmd_users(config: Config, _args: argparse.Namespace) -> int:
 
 def cmd_deliver(config: Config, args: argparse.Namespace) -> int:
     user = _user(config, args.user)
+    rules = identity_rules(config)
+    if rules.subfolders and split_folder(args.user, rules) != (args.user, None):
+        # A login as this name opens another user's folder or INBOX, so a Maildir made
+        # for it would be one no login could open (found probing, with users beyond the
+        # credential file: "demo+folder" was stored in spool/demo+folder, exit 0).
+        fail(PROGRAM, EX_NOUSER, f"no such user {user!r}: with popsubfolders it names a folder")
     if sys.stdin is None:  # started with descriptor 0 closed: there is no message
         fail(PROGRAM, EX_NOINPUT, f"no message to deliver to {user}: standard input is closed")
     store = credentials.CredentialFile(credentials_path(config))

@@ -142,6 +142,22 @@ def test_deliver_to_a_user_who_logs_in_without_the_credential_file(lab: Lab, set
     assert refused.returncode == 65, refused.stderr  # still a name the rules accept
 
 
+@pytest.mark.parametrize("name", ["demo+folder", "demo+", "demo+folder@example.org", "demo+.x"])
+def test_deliver_refuses_a_name_popsubfolders_splits(lab: Lab, name: str) -> None:
+    """Found probing: with users beyond the credential file, "demo+folder" was stored
+    (exit 0) in a Maildir of its own that no login opens: logging in as demo+folder opens
+    demo's folder .folder, demo+ demo's INBOX. Refused as no such user, as before users
+    beyond the file were accepted, so the MTA bounces it; a plain name still delivers."""
+    with lab.config.open("a") as config:
+        config.write("sasl_pwcheck_method: saslauthd\npopsubfolders: yes\n")
+    refused = admin(lab, "deliver", name, stdin=b"Subject: x\n\nhi\n")
+    assert refused.returncode == 67, refused.stderr
+    assert b"popsubfolders" in refused.stderr
+    assert sorted(p.name for p in (lab.root / "spool").iterdir()) == ["alice", "bob"]
+    assert admin(lab, "deliver", "demo", stdin=b"Subject: x\n\nhi\n").returncode == 0
+    assert len(lab.messages("demo")) == 1
+
+
 @pytest.mark.parametrize(
     ("message", "why"),
     [
