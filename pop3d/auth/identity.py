@@ -2,7 +2,7 @@
 
 A user name reaches the file system (the Maildir path template) and the logs, so the rules
 are strict: 1-255 octets of UTF-8, no control characters, no "/", ":" or "\\", no leading
-".", no surrounding spaces. ``username_tolower`` (Cyrus, default on) folds case; with
+".", "#" or "-", no surrounding spaces. ``username_tolower`` (Cyrus, default on) folds case; with
 ``virtdomains`` the ``defaultdomain`` is dropped so "alice@example.org" and "alice" are one
 user when example.org is the default domain. Without ``virtdomains``, a realm listed in
 ``loginrealms`` is dropped the same way (Kerberos and SASL logins arrive as user@REALM).
@@ -47,8 +47,11 @@ def canonical_user(raw: bytes | str, rules: IdentityRules) -> str | None:
     if not name or name != name.strip() or size > 255:
         return None
     # "#" first: the credential file's line for it would be a comment (`pop3d-admin passwd
-    # '#x'` added a user no login could find nor passwd -d remove; found probing)
-    if name.startswith((".", "#")) or not _allowed_characters(name):
+    # '#x'` added a user no login could find nor passwd -d remove; found probing). "-"
+    # first: on a command line (an MTA's `pop3d-admin deliver ${user}`, a site's scripts)
+    # it reads as an option; "--help" had deliver print its help, exit 0, and the mail was
+    # lost (found probing).
+    if name.startswith((".", "#", "-")) or not _allowed_characters(name):
         return None
     if rules.username_tolower:
         name = name.lower()

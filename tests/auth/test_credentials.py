@@ -334,9 +334,9 @@ def test_a_cache_entry_expires(lab: Lab) -> None:
 @given(st.text(max_size=12) | st.text(alphabet=st.characters(max_codepoint=0xA1), max_size=12))
 def test_canonical_user_refuses_exactly_separators_and_control_characters(raw: str) -> None:
     """What a user name may not hold: "/", ":", "\\", a C0 or C1 control character or DEL
-    (checked per character only outside ASCII). (Nor start with "." or "#".)"""
+    (checked per character only outside ASCII). (Nor start with ".", "#" or "-".)"""
     bad = any(c in "/:\\" or ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in raw)
-    plain = bool(raw) and raw == raw.strip() and not raw.startswith((".", "#"))
+    plain = bool(raw) and raw == raw.strip() and not raw.startswith((".", "#", "-"))
     plain = plain and "@" not in raw
     if plain and len(raw.encode("utf-8")) <= 255:
         assert (canonical_user(raw, IdentityRules(username_tolower=False)) is None) == bad
@@ -353,6 +353,9 @@ def test_canonical_user_refuses_exactly_separators_and_control_characters(raw: s
         ("../etc", None),
         (".hidden", None),
         ("#comment", None),  # a comment line in the credential file
+        ("--help", None),  # an option on a command line (`deliver ${user}`)
+        ("-x", None),
+        ("a-b", "a-b"),
         ("a/b", None),
         ("a:b", None),
         ("a\x00b", None),

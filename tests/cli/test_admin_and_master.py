@@ -142,6 +142,26 @@ def test_deliver_to_a_user_who_logs_in_without_the_credential_file(lab: Lab, set
     assert refused.returncode == 65, refused.stderr  # still a name the rules accept
 
 
+@pytest.mark.parametrize("setting", ["", "sasl_pwcheck_method: saslauthd\n"])
+def test_deliver_after_double_dash_takes_the_user_literally(lab: Lab, setting: str) -> None:
+    """The man page's Postfix line passes `deliver -- ${user}`: found probing, without the
+    `--` a recipient named --help had deliver print its help, exit 0, the message lost.
+    After it, --help is a name, and a name beginning with "-" names nobody (exit 65, also
+    where any name saslauthd vouches for is accepted); a real user still delivers."""
+    with lab.config.open("a") as config:
+        config.write(setting)
+    for name in ("--help", "-h", "-x"):
+        refused = admin(lab, "deliver", "--", name, stdin=b"Subject: x\n\nhi\n")
+        assert refused.returncode == 65, (name, refused.stdout, refused.stderr)
+        assert refused.stdout == b""
+    assert sorted(p.name for p in (lab.root / "spool").iterdir()) == ["alice", "bob"]
+    before = len(lab.messages("alice"))
+    delivered = admin(lab, "deliver", "--", "alice", stdin=b"Subject: x\n\nhi\n")
+    assert delivered.returncode == 0, delivered.stderr
+    assert len(lab.messages("alice")) == before + 1
+    assert admin(lab, "passwd", "--", "-x", stdin=b"pw\n").returncode == 65
+
+
 @pytest.mark.parametrize("name", ["demo+folder", "demo+", "demo+folder@example.org", "demo+.x"])
 def test_deliver_refuses_a_name_popsubfolders_splits(lab: Lab, name: str) -> None:
     """Found probing: with users beyond the credential file, "demo+folder" was stored
