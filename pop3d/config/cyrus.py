@@ -96,7 +96,8 @@ def is_pop3d_command(argv: tuple[str, ...]) -> bool:
 
 
 def _port(text: str) -> int:
-    if text.isdigit():
+    # ASCII only: str.isdigit() and int() take any script's digits, and "٢٥٠١٠" was a port
+    if text.isascii() and text.isdigit():
         port = int(text)
         if not 0 < port < 65536:
             raise ValueError(f"port {port} is out of range")
@@ -121,9 +122,13 @@ def parse_listen(text: str, proto: str = "tcp") -> Listen:
         host, _, port = text.rpartition(":")
     if bracketed or ":" in host:
         try:
-            ipaddress.IPv6Address(host)
+            address = ipaddress.IPv6Address(host)
         except ValueError:
             raise ValueError(f"listen {text!r}: {host} is not an IPv6 address") from None
+        if address.ipv4_mapped is not None:  # an IPV6_V6ONLY socket cannot bind it (EINVAL)
+            raise ValueError(
+                f"listen {text!r}: an IPv4-mapped address; write {address.ipv4_mapped}:{port}"
+            )
         if proto == "tcp4":
             raise ValueError(f"listen {text!r}: an IPv6 address, but proto=tcp4")
         return Listen(socket.AF_INET6, host, _port(port))
@@ -223,10 +228,19 @@ def _service(name: str, values: dict[str, str], path: str, number: int, out: Mas
         error(f"service {name} is defined twice")
         return
     for other in out.services:
-        if other.listen == listen:  # the master's second bind would fail (exit 71)
+        if _same_place(other.listen, listen):  # the master's second bind would fail (exit 71)
             error(f"service {name}: listens where service {other.name} does (line {other.line})")
             return
     out.services.append(Service(name, argv, listen, prefork, maxchild, path, number))
+
+
+def _same_place(one: Listen, other: Listen) -> bool:
+    """Written alike, or one unix socket path spelled two ways ("/x//s", "/x/./s"). TCP
+    addresses spelled apart that overlap ("[0::1]" and "[::1]", a port alone and an address
+    on it) are found once resolved, by ``pop3d-admin check-config``."""
+    if one.family == other.family == socket.AF_UNIX:
+        return os.path.normpath(one.host) == os.path.normpath(other.host)
+    return one == other
 
 
 def parse_text(text: str, path: str) -> MasterConfig:

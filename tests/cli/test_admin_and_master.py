@@ -288,6 +288,51 @@ def test_check_config_refuses_what_the_master_and_the_logins_would(lab: Lab) -> 
         assert f"maildir_path: {expected}" in result.stdout.decode(), result.stdout
 
 
+@pytest.mark.parametrize(
+    ("first", "second", "expected"),
+    [
+        ("25010", "127.0.0.1:25010", "listen 127.0.0.1:25010 overlaps service one's *:25010"),
+        ("127.0.0.1:25010", "25010", "listen *:25010 overlaps service one's 127.0.0.1:25010"),
+        ("[::1]:25010", "[0::1]:25010", "listen [0::1]:25010 overlaps service one's [::1]:25010"),
+        ("25010", "25010 proto=tcp6", "listen *:25010 overlaps service one's *:25010"),
+        ("[::]:25010", "[::1]:25010 proto=tcp6", "overlaps service one's [::]:25010"),
+        ("nonexist.invalid:25010", None, "service one: listen nonexist.invalid:25010: no address"),
+        ("[::1%lo]:25010", None, "service one: listen [::1%lo]:25010: no address"),
+    ],
+)
+def test_check_config_resolves_listen_as_the_master_binds_it(
+    lab: Lab, first: str, second: str | None, expected: str
+) -> None:
+    """Found probing: each was "configuration OK", and the master then exited 71: two
+    services whose addresses overlap once resolved (a port alone is each family's
+    wildcard), a name that resolves to nothing, a scope on an address that takes none.
+    Each is an error at the line of the service, exit 78; services apart are OK."""
+    cyrus_conf = lab.root / "cyrus.conf"
+
+    def entry(name: str, listen: str) -> str:
+        address, _, flags = listen.partition(" ")
+        return f'  {name} cmd="pop3d" listen="{address}" {flags}\n'
+
+    services = entry("one", first) + (entry("two", second) if second is not None else "")
+    cyrus_conf.write_text("SERVICES {\n" + services + "}\n")
+    result = admin(lab, "check-config", "-M", str(cyrus_conf))
+    line = 2 if second is None else 3
+    assert result.returncode == 78, result.stdout
+    assert f"{cyrus_conf}:{line}: error: " in result.stdout.decode(), result.stdout
+    assert expected in result.stdout.decode(), result.stdout
+    cyrus_conf.write_text(
+        "SERVICES {\n"
+        + entry("one", "127.0.0.1:25010")
+        + entry("two", "127.0.0.2:25010")
+        + entry("three", "[::1]:25010")
+        + entry("four", "25011 proto=tcp4")
+        + entry("five", "25011 proto=tcp6")
+        + "}\n"
+    )
+    fine = admin(lab, "check-config", "-M", str(cyrus_conf))
+    assert fine.returncode == 0 and fine.stdout.endswith(b"configuration OK\n"), fine.stdout
+
+
 def test_check_config_sees_a_group_readable_credential_file(lab: Lab) -> None:
     lab.credentials.chmod(0o660)
     cyrus_conf = lab.root / "cyrus.conf"

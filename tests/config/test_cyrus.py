@@ -64,6 +64,14 @@ def test_services_section() -> None:
         ('pop3 cmd="pop3d" listen="[::1]:110" proto=tcp4', "an IPv6 address, but proto=tcp4"),
         ('pop3 cmd="pop3d" listen="127.0.0.1:110" proto=tcp6', "an IPv4 address, but proto=tcp6"),
         ('pop3 cmd="pop3d" listen="[nohost]:110"', "nohost is not an IPv6 address"),
+        # found probing: any script's digits were a port ("٢٥٠١٠" was 25010)
+        ('pop3 cmd="pop3d" listen="\u0662\u0665\u0660\u0661\u0660"', "unknown service name"),
+        ('pop3 cmd="pop3d" listen="127.0.0.1:\uff11\uff11\uff10"', "unknown service name"),
+        # found probing: an IPV6_V6ONLY socket cannot bind it, and the master exited 71
+        (
+            'pop3 cmd="pop3d" listen="[::ffff:127.0.0.1]:110"',
+            "an IPv4-mapped address; write 127.0.0.1:110",
+        ),
         # found by fuzz/cyrus_conf.py: a quote inside the quoted cmd raised ValueError
         ('pop3 cmd=\'pop3d "x\' listen="110"', "cannot parse cmd: No closing quotation"),
     ],
@@ -76,6 +84,20 @@ def test_errors_carry_file_and_line(tmp_path, line: str, message: str) -> None: 
     assert f"{path}:2: error:" in str(caught.value)
     assert message in str(caught.value)
     assert "invalid literal" not in str(caught.value)  # never Python's own words
+
+
+def test_one_unix_socket_path_spelled_two_ways_is_listened_on_once(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Found probing: "/x/s1" and "/x//s1" were two services, and the master's second
+    bind found the first's socket there (exit 71)."""
+    path = tmp_path / "cyrus.conf"
+    path.write_text(
+        'SERVICES {\n  one cmd="pop3d" listen="/x/s1"\n  two cmd="pop3d" listen="/x/.//s1"\n}\n'
+    )
+    with pytest.raises(ConfigError) as caught:
+        cyrus.load(path)
+    assert f"{path}:3: error: service two: listens where service one does (line 2)" in str(
+        caught.value
+    )
 
 
 def test_unclosed_section(tmp_path) -> None:  # type: ignore[no-untyped-def]
