@@ -1,3 +1,3 @@
-from pop3d.cli.pop3d import entry
+from pop3d.cli import start
 
-entry()
+start.pop3d()

@@ -3,6 +3,11 @@ of a cyrus.conf. Foreground by default; -d detaches."""
 
 from __future__ import annotations
 
+from pop3d.cli import start
+
+if __name__ == "__main__":  # python -m pop3d.cli.master: held before the imports below (start.py)
+    start.hold()
+
 import contextlib
 import getopt
 import logging

@@ -11,6 +11,11 @@ handshake exits 76 (EX_PROTOCOL): no session took place.
 
 from __future__ import annotations
 
+from pop3d.cli import start
+
+if __name__ == "__main__":  # python -m pop3d.cli.pop3d: held before the imports below (start.py)
+    start.hold()
+
 import asyncio
 import getopt
 import logging

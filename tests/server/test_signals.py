@@ -13,10 +13,15 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 from pathlib import Path
 
+import pytest
+
+from pop3d.cli import start
+from pop3d.server import worker
 from tests.server.test_master_backoff import serves
-from tests.support.lab import Lab, free_port
+from tests.support.lab import ROOT, Lab, free_port
 
 
 def _hangups(pid: int, seconds: float) -> None:
@@ -133,3 +138,96 @@ def test_pop3d_x_sighup_leaves_the_session_and_sigterm_ends_it_with_exit_0(lab: 
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def _console_script(name: str) -> list[str]:
+    """What pip's wrapper for ``name`` in pyproject.toml runs: its target, imported and
+    called (the installed wrapper is the one made at the last ``pip install -e``)."""
+    with (ROOT / "pyproject.toml").open("rb") as handle:
+        target = tomllib.load(handle)["project"]["scripts"][name]
+    module, _, function = target.partition(":")
+    return [
+        sys.executable,
+        "-c",
+        f"import sys; from {module} import {function}; sys.exit({function}())",
+    ]
+
+
+def _held_or_importing(pid: int) -> bool:
+    """SIGHUP held, or pop3d's imports begun (an extension module of a library mapped)
+    without it. Maps first: a library mapped while SIGHUP, read afterwards, is not held
+    was never held before that library."""
+    with open(f"/proc/{pid}/maps") as maps:
+        importing = any("site-packages/" in line and ".so" in line for line in maps)
+    with open(f"/proc/{pid}/status") as status:
+        blocked = next(int(line.split()[1], 16) for line in status if line.startswith("SigBlk"))
+    return importing or bool(blocked & (1 << (signal.SIGHUP - 1)))
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "python -m pop3d.cli.master",
+        "pop3d-master",
+        "python -m pop3d",
+        "pop3d",
+        "python -m pop3d.cli.pop3d",
+    ],
+)
+def test_sighup_from_the_first_import_never_ends_the_process(lab: Lab, entry: str) -> None:
+    """Found probing: the entries held SIGHUP in main(), after 0.3 s of imports, and a
+    reload asked meanwhile ended the master (exit 129). Hangups every 10 ms from the moment
+    the process holds SIGHUP or begins importing its libraries, for a second: it serves,
+    and SIGTERM ends it with 0. (Python's own start, before any of pop3d's code, cannot
+    hold it: the hangups begin after it.)"""
+    program = entry.removeprefix("python -m ")
+    argv = _console_script(entry) if program == entry else [sys.executable, "-m", program]
+    master = program in ("pop3d.cli.master", "pop3d-master")
+    port = free_port()
+    if master:
+        cyrus_conf = lab.root / "cyrus.conf"
+        cyrus_conf.write_text(
+            f'SERVICES {{\n  pop3 cmd="pop3d -C {lab.config}" listen="127.0.0.1:{port}" '
+            "prefork=1\n}\n"
+        )
+        argv += ["-C", str(lab.config), "-M", str(cyrus_conf)]
+    else:
+        argv += ["-X", "-C", str(lab.config)]
+    log = lab.root / "process.log"
+    with log.open("ab") as handle:
+        process = subprocess.Popen(
+            argv,
+            stdin=None if master else subprocess.PIPE,
+            stdout=handle if master else subprocess.PIPE,
+            stderr=handle,
+        )
+    try:
+        deadline = time.monotonic() + 20
+        while not _held_or_importing(process.pid):
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+        _hangups(process.pid, 1.0)
+        assert process.poll() is None, (process.returncode, log.read_text())
+        if master:
+            _until_served(port, process, log)
+            process.send_signal(signal.SIGTERM)
+        else:
+            watchdog = threading.Timer(30, process.kill)
+            watchdog.start()
+            try:
+                assert _line(process).startswith(b"+OK"), log.read_text()
+                assert process.stdin is not None
+                process.stdin.write(b"QUIT\r\n")
+                process.stdin.flush()
+                assert _line(process).startswith(b"+OK"), log.read_text()
+            finally:
+                watchdog.cancel()
+        assert process.wait(timeout=15) == 0, log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_the_entries_hold_what_a_worker_holds() -> None:
+    assert start.HELD_AT_START == worker.HELD_AT_START

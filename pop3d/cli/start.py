@@ -1,0 +1,36 @@
+"""Where ``pop3d`` and ``pop3d-master`` start (console scripts, ``python -m pop3d``): SIGHUP
+and SIGUSR2 are held before anything else is imported.
+
+Their default action ends the process, and the master's or pop3d's imports take 0.3 s: a
+reload asked in that time killed a master still starting, exit 129 (found probing), where
+the manual pages promise a SIGHUP while starting never ends a process. ``main()`` held
+them too late. This module imports nothing but :mod:`signal`, so the signals are held from
+pop3d's first statement; only Python's own start comes before it. ``python -m
+pop3d.cli.master`` and ``python -m pop3d.cli.pop3d`` hold them at the top of those modules.
+"""
+
+import signal
+
+# server/worker.py's HELD_AT_START (SIGHUP, and RETIRE_SIGNAL), which cannot be imported
+# before the signals are held: tests/server/test_signals.py checks they are the same.
+HELD_AT_START = frozenset({signal.SIGHUP, signal.SIGUSR2})
+
+
+def hold() -> None:
+    """Blocked, not ignored, as worker.hold_hangup: one asked meanwhile reaches the handler
+    the master or pop3d installs, which releases them."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, HELD_AT_START)
+
+
+def master() -> None:
+    hold()
+    from pop3d.cli import master as command  # noqa: PLC0415 - only once the signals are held
+
+    command.entry()
+
+
+def pop3d() -> None:
+    hold()
+    from pop3d.cli import pop3d as command  # noqa: PLC0415 - only once the signals are held
+
+    command.entry()
