@@ -27,7 +27,6 @@ import collections
 import getpass
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -61,13 +60,12 @@ from pop3d.cli.common import (
     load_config,
     run,
 )
-from pop3d.cli.master import command_problem, no_service_problem
+from pop3d.cli.master import command_problem, listen_problems, no_service_problem
 from pop3d.config import cyrus, imapd
-from pop3d.config.imapd import Config, ConfigError, Problem
+from pop3d.config.imapd import Config, ConfigError
 from pop3d.sasl import registry
 from pop3d.security.secret import Secret
 from pop3d.server import privileges
-from pop3d.server.master import addresses
 from pop3d.storage import imap_import
 from pop3d.storage.base import StorageError, UnacceptableMessage
 from pop3d.storage.dovecot_import import DEFAULT_UIDL_FORMAT, import_dovecot
@@ -485,68 +483,13 @@ def cmd_check_config(config_path: str, args: argparse.Namespace) -> int:
             found = [no_service_problem(master_config)]
             found += [command_problem(service) for service in master_config.services]
             problems += [problem for problem in found if problem is not None]
-            problems += _listen_problems(master_config)
+            problems += listen_problems(master_config)
     for problem in problems:
         print(problem)
     if problems:
         return EX_CONFIG
     print("configuration OK")
     return 0
-
-
-# Where a TCP socket is bound: (family, address, scope, port)
-_Place = tuple[int, str, int, int]
-_WILDCARDS = frozenset({"0.0.0.0", "::"})  # noqa: S104 - compared with, never bound
-
-
-def _listen_problems(master_config: cyrus.MasterConfig) -> list[str]:
-    """Each TCP service's addresses resolved as the master will resolve them: a name that
-    resolves to nothing, and a service bound where an earlier one is (the same address and
-    port, or that family's wildcard on the port), which the master's bind refuses, exit 71.
-    Found probing: "110" beside "127.0.0.1:110", "[::1]:110" beside "[0::1]:110", and
-    "nonexist.invalid:110" were "configuration OK"."""
-    problems: list[str] = []
-    bound: list[tuple[cyrus.Service, list[_Place]]] = []
-    for service in master_config.services:
-        if service.listen.family == socket.AF_UNIX:
-            continue  # compared as parsed (cyrus.py): a path is the same however resolved
-        try:
-            found = addresses(service.listen)
-        except OSError as exc:  # socket.gaierror
-            problems.append(
-                str(
-                    Problem(
-                        service.path,
-                        service.line,
-                        f"service {service.name}: listen {service.listen}: no address to "
-                        f"bind ({exc.strerror or exc})",
-                    )
-                )
-            )
-            continue
-        places = [(family, address[0], _scope(address), address[1]) for family, address in found]
-        for other, taken in bound:
-            if any(_overlap(mine, theirs) for mine in places for theirs in taken):
-                message = (
-                    f"service {service.name}: listen {service.listen} overlaps service "
-                    f"{other.name}'s {other.listen} (line {other.line}): the master could not "
-                    "bind both"
-                )
-                problems.append(str(Problem(service.path, service.line, message)))
-                break
-        bound.append((service, places))
-    return problems
-
-
-def _scope(address: tuple[object, ...]) -> int:
-    scope = address[3] if len(address) == 4 else 0
-    return scope if isinstance(scope, int) else 0
-
-
-def _overlap(one: _Place, other: _Place) -> bool:
-    if one[0] != other[0] or one[3] != other[3]:
-        return False
-    return one[1:3] == other[1:3] or one[1] in _WILDCARDS or other[1] in _WILDCARDS
 
 
 def _references_as_the_server(config: Config) -> list[str]:

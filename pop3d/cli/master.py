@@ -12,6 +12,7 @@ import contextlib
 import getopt
 import logging
 import os
+import socket
 import sys
 import tempfile
 from collections.abc import Callable
@@ -37,10 +38,10 @@ from pop3d.cli.common import (
 )
 from pop3d.cli.pop3d import KPOP_WITH_TLS, parse_arguments
 from pop3d.config import cyrus
-from pop3d.config.imapd import Config, ConfigError
+from pop3d.config.imapd import Config, ConfigError, Problem
 from pop3d.server import metrics, privileges
 from pop3d.server.context import RuntimeOptions, ServiceContext
-from pop3d.server.master import ListenError, Master
+from pop3d.server.master import ListenError, Master, addresses
 from pop3d.server.reload import Loaded, ReloadRefused
 from pop3d.server.worker import hold_hangup
 
@@ -73,6 +74,62 @@ def no_service_problem(master_config: cyrus.MasterConfig) -> str | None:
     if master_config.services:
         return None
     return f"{master_config.path}: no pop3d service in SERVICES"
+
+
+# Where a TCP socket is bound: (family, address, scope, port)
+_Place = tuple[int, str, int, int]
+_WILDCARDS = frozenset({"0.0.0.0", "::"})  # noqa: S104 - compared with, never bound
+
+
+def listen_problems(master_config: cyrus.MasterConfig) -> list[str]:
+    """Each TCP service's addresses resolved as the master will resolve them: a name that
+    resolves to nothing, and a service bound where an earlier one is (the same address and
+    port, or that family's wildcard on the port), which the master's bind refuses, exit 71.
+    Found probing: "110" beside "127.0.0.1:110", "[::1]:110" beside "[0::1]:110", and
+    "nonexist.invalid:110" were "configuration OK". Shared with ``pop3d-admin
+    check-config``; the master refuses them at start too (exit 78, not a bind's 71)."""
+    problems: list[str] = []
+    bound: list[tuple[cyrus.Service, list[_Place]]] = []
+    for service in master_config.services:
+        if service.listen.family == socket.AF_UNIX:
+            continue  # compared as parsed (cyrus.py): a path is the same however resolved
+        try:
+            found = addresses(service.listen)
+        except OSError as exc:  # socket.gaierror
+            problems.append(
+                str(
+                    Problem(
+                        service.path,
+                        service.line,
+                        f"service {service.name}: listen {service.listen}: no address to "
+                        f"bind ({exc.strerror or exc})",
+                    )
+                )
+            )
+            continue
+        places = [(family, address[0], _scope(address), address[1]) for family, address in found]
+        for other, taken in bound:
+            if any(_overlap(mine, theirs) for mine in places for theirs in taken):
+                message = (
+                    f"service {service.name}: listen {service.listen} overlaps service "
+                    f"{other.name}'s {other.listen} (line {other.line}): the master could not "
+                    "bind both"
+                )
+                problems.append(str(Problem(service.path, service.line, message)))
+                break
+        bound.append((service, places))
+    return problems
+
+
+def _scope(address: tuple[object, ...]) -> int:
+    scope = address[3] if len(address) == 4 else 0
+    return scope if isinstance(scope, int) else 0
+
+
+def _overlap(one: _Place, other: _Place) -> bool:
+    if one[0] != other[0] or one[3] != other[3]:
+        return False
+    return one[1:3] == other[1:3] or one[1] in _WILDCARDS or other[1] in _WILDCARDS
 
 
 def _check(
@@ -144,6 +201,8 @@ def _reloader(
             warn(str(problem))
         if (missing := no_service_problem(master_config)) is not None:
             raise ReloadRefused([missing])
+        if listening := listen_problems(master_config):
+            raise ReloadRefused(listening)
         problems, configs = _check(config_path, master_config, account, report=warn)
         if problems:
             raise ReloadRefused(problems)
@@ -244,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROGRAM}: {warning}", file=sys.stderr)
     if (problem := no_service_problem(master_config)) is not None:
         fail(PROGRAM, EX_CONFIG, problem)
+    if listening := listen_problems(master_config):  # as check-config says them
+        raise config_exit(PROGRAM, listening)
     try:
         privileges.target(config)  # refuse root without cyrus_user before binding anything
     except ConfigError as exc:

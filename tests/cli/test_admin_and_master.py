@@ -320,6 +320,12 @@ def test_check_config_resolves_listen_as_the_master_binds_it(
     assert result.returncode == 78, result.stdout
     assert f"{cyrus_conf}:{line}: error: " in result.stdout.decode(), result.stdout
     assert expected in result.stdout.decode(), result.stdout
+    # The master refuses it the same way, before it binds anything (it was a bind's 71)
+    started = subprocess.run(
+        [*MASTER, "-C", str(lab.config), "-M", str(cyrus_conf)], capture_output=True, timeout=60
+    )
+    assert started.returncode == 78, started.stderr
+    assert expected in started.stderr.decode(), started.stderr
     cyrus_conf.write_text(
         "SERVICES {\n"
         + entry("one", "127.0.0.1:25010")

@@ -123,6 +123,11 @@ def test_a_configuration_that_would_not_start_is_refused_and_nothing_changes(lab
         cyrus_conf = lab.root / "cyrus.conf"
         _edit(cyrus_conf, 'cmd="pop3d ', 'cmd="pop3d -Z ')
         _reload(server, f"reload refused, serving on as before: {cyrus_conf}:2: service pop3:")
+        # ... and a listen the master could not bind, refused as check-config says it
+        _edit(cyrus_conf, 'cmd="pop3d -Z ', 'cmd="pop3d ')
+        _edit(cyrus_conf, 'listen="127.0.0.1:', 'listen="nonexist.invalid:')
+        _reload(server, "listen nonexist.invalid:")
+        assert "no address to bind" in server.log_text()
         assert _workers(server) == workers
         assert _login_answer(server.port).startswith(b"+OK")
         assert server.process.poll() is None
