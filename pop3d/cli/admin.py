@@ -199,6 +199,18 @@ def _user(config: Config, raw: str) -> str:
     return user
 
 
+def _account(config: Config, raw: str) -> str:
+    """:func:`_user` for a name that gets a password or a Maildir of its own: with
+    popsubfolders, one that names a folder ("user+folder") is refused, exit 65. A login as
+    it opens the user's folder, never this name's own: a password set or mail imported
+    under it could not be reached (found probing)."""
+    user = _user(config, raw)
+    rules = identity_rules(config)
+    if rules.subfolders and split_folder(raw, rules) != (raw, None):
+        fail(PROGRAM, EX_DATAERR, f"{raw!r} names a folder (popsubfolders), not a user")
+    return user
+
+
 def _read_password() -> Secret:
     """A password typed twice on a terminal, else the first line of standard input. Only
     UTF-8: the SCRAM keys are derived from it as text (RFC 5802's SASLprep), and clients
@@ -245,7 +257,7 @@ def _update_credentials(
 
 
 def cmd_passwd(config: Config, args: argparse.Namespace) -> int:
-    user = _user(config, args.user)
+    user = _user(config, args.user) if args.delete else _account(config, args.user)
     path = credentials_path(config)
     owner = _credentials_owner(config)
     if args.delete:
@@ -321,7 +333,7 @@ def cmd_import(config: Config, args: argparse.Namespace) -> int:
         fail(PROGRAM, EX_USAGE, "import: name one USER, or --all")
     if not args.all:
         source = SourcePath.given(Path(template))
-        return _import_one(config, args, _user(config, args.user), source)
+        return _import_one(config, args, _account(config, args.user), source)
     if "%u" not in template and "%n" not in template:
         fail(PROGRAM, EX_USAGE, f"import --all: {template!r} names no user (%u or %n)")
     names = sorted(r.name for r in credentials.CredentialFile(credentials_path(config)).users())

@@ -687,3 +687,24 @@ def test_a_unix_socket_is_anyone_s_and_not_taken_from_a_live_master(lab: Lab) ->
         if first.poll() is None:
             first.kill()
             first.wait()
+
+
+@pytest.mark.parametrize("name", ["demo+folder", "demo+"])
+def test_passwd_and_import_refuse_a_name_popsubfolders_splits(lab: Lab, name: str) -> None:
+    """Found probing: with popsubfolders a login as demo+folder opens demo's folder, so a
+    password set for that name, or mail imported under it, could never be reached. Refused
+    (exit 65), nothing written; deleting such a line (an older file's) still works."""
+    with lab.config.open("a") as config:
+        config.write("popsubfolders: yes\n")
+    before = lab.credentials.read_bytes()
+    refused = admin(lab, "passwd", name, stdin=b"s3cret\n")
+    assert refused.returncode == 65, refused.stderr
+    assert b"names a folder (popsubfolders), not a user" in refused.stderr
+    assert lab.credentials.read_bytes() == before
+    source = lab.root / "old.mbox"
+    source.write_bytes(b"From a@b Thu Jan  1 00:00:00 1970\nSubject: x\n\nhi\n")
+    imported = admin(lab, "import", "--mbox", str(source), name)
+    assert imported.returncode == 65, imported.stderr
+    assert sorted(p.name for p in (lab.root / "spool").iterdir()) == ["alice", "bob"]
+    missing = admin(lab, "passwd", "-d", name)
+    assert missing.returncode == 67, missing.stderr  # looked for, not refused as a name
