@@ -2,12 +2,12 @@
 pop3d/protocol/commands.py).
 
 Invariant: over any bytes in any chunking, ``LineReader`` yields exactly what a one-shot
-reference framing yields (lines without their CRLF or LF, OVERLONG once for each line
-over the limit, which is never run in pieces), never holds more than the limit while it
-waits for a line end, and ``discard_buffered`` leaves nothing behind; every line either
-parses into a keyword of 1-16 ASCII letters or raises SyntaxProblem, and every argument
-parser raises only ArgumentError and returns numbers within 0..2**32-1 equal to the
-decimal value of the token.
+reference framing yields (lines without their CRLF or LF, OVERLONG once for each limit's
+worth of octets of a line over the limit, which is never run in pieces), never holds more
+than the limit while it waits for a line end, and ``discard_buffered`` leaves nothing
+behind; every line either parses into a keyword of 1-16 ASCII letters or raises
+SyntaxProblem, and every argument parser raises only ArgumentError and returns numbers
+within 0..2**32-1 equal to the decimal value of the token.
 
 Input: byte 0 picks the line limit, byte 1 the chunking, the rest is the client stream.
 
@@ -35,16 +35,16 @@ Framed = list[bytes | object]
 
 def reference(stream: bytes, limit: int) -> Framed:
     """The framing of the whole stream at once: split at LF; a line whose length with its
-    LF exceeds the limit is OVERLONG; an unterminated tail at or over the limit too."""
+    LF exceeds the limit is OVERLONG once for each ``limit`` octets before its LF; an
+    unterminated tail at or over the limit too."""
     out: Framed = []
     *lines, tail = stream.split(b"\n")
     for line in lines:
         if len(line) + 1 > limit:
-            out.append(OVERLONG)
+            out += [OVERLONG] * (len(line) // limit)
         else:
             out.append(line[:-1] if line.endswith(b"\r") else line)
-    if len(tail) >= limit:
-        out.append(OVERLONG)
+    out += [OVERLONG] * (len(tail) // limit)
     return out
 
 

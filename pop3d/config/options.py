@@ -375,7 +375,8 @@ OPTIONS: dict[str, Option] = {
             N,
             8192,
             "[pop3d] Longest command line in octets, CRLF "
-            "included; longer lines are refused whole.",
+            "included; longer lines are refused whole, each pop_line_max octets of one "
+            "counting as a bad command (pop_bad_commands_max).",
             minimum=64,
         ),
         _o(

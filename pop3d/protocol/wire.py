@@ -25,19 +25,41 @@ class LineReader:
     """Accumulates bytes; :meth:`next_line` returns one line without its CRLF or LF, the
     :data:`OVERLONG` marker, or ``None`` when no complete line is buffered.
 
-    ``limit`` counts the line with its line ending. Memory stays bounded by the limit plus the
-    largest chunk fed, because the driver only reads more when the session asks for it.
+    ``limit`` counts the line with its line ending. A line over it is never run in pieces:
+    nothing of it is kept, and it counts as one overlong line for each ``limit`` octets
+    before its end, as Cyrus runs each 8,191 octets of a long line as a command of its own.
+    So a client that streams octets and never a line end meets the bad-command limit (one
+    that did was read for as long as it liked, found probing). The count depends only on
+    the line, not on how it arrives. Memory stays bounded by the limit plus the largest
+    chunk fed, because the driver only reads more when the session asks for it.
     """
 
-    __slots__ = ("_buffer", "_discarding", "_scan_from", "limit")
+    __slots__ = ("_buffer", "_due", "_limit", "_reported", "_scan_from", "_seen")
 
     def __init__(self, limit: int) -> None:
         if limit < 3:
             raise ValueError("line limit must allow at least one character and CRLF")
-        self.limit = limit
+        self._limit = limit
         self._buffer = bytearray()
-        self._discarding = False
         self._scan_from = 0
+        # Of the overlong line being dropped: its octets so far (-1: none is), and how many
+        # times it was reported; OVERLONGs owed once its end was found.
+        self._seen = -1
+        self._reported = 0
+        self._due = 0
+
+    @property
+    def limit(self) -> int:
+        return self._limit
+
+    @limit.setter
+    def limit(self, limit: int) -> None:
+        """The session's limit changes with its state (an AUTH exchange reads longer lines).
+        A line being dropped goes on counting under the new one from where it is: an AUTH
+        answer cut off at the exchange's limit, then streamed on, meets the command limit."""
+        self._limit = limit
+        if self._seen >= 0:
+            self._reported = self._seen // limit
 
     def feed(self, data: bytes) -> None:
         self._buffer += data
@@ -48,7 +70,8 @@ class LineReader:
         taken = bytes(self._buffer)
         self._buffer.clear()
         self._scan_from = 0
-        self._discarding = False
+        self._seen = -1
+        self._due = 0
         return taken
 
     @property
@@ -56,31 +79,43 @@ class LineReader:
         return len(self._buffer)
 
     def next_line(self) -> bytes | _Overlong | None:
+        if self._due:
+            self._due -= 1
+            return OVERLONG
         buffer = self._buffer
         newline = buffer.find(b"\n", self._scan_from)
-        if self._discarding:
+        if self._seen >= 0:  # dropping an overlong line
             if newline < 0:
+                self._seen += len(buffer)
                 buffer.clear()
-                self._scan_from = 0
-                return None
+                return self._report_due()
+            self._seen += newline
             del buffer[: newline + 1]
-            self._discarding = False
-            self._scan_from = 0
+            self._due = self._seen // self.limit - self._reported
+            self._seen = -1
             return self.next_line()
         if newline < 0:
             if len(buffer) >= self.limit:
                 # Keep nothing of an overlong line: report it now, drop the rest as it comes.
+                self._seen, self._reported = len(buffer), 0
                 buffer.clear()
                 self._scan_from = 0
-                self._discarding = True
-                return OVERLONG
+                return self._report_due()
             self._scan_from = len(buffer)
             return None
         self._scan_from = 0
         if newline + 1 > self.limit:
             del buffer[: newline + 1]
+            self._due = newline // self.limit - 1
             return OVERLONG
         end = newline - 1 if newline > 0 and buffer[newline - 1] == 0x0D else newline
         line = bytes(buffer[:end])
         del buffer[: newline + 1]
         return line
+
+    def _report_due(self) -> _Overlong | None:
+        """Once for each ``limit`` octets of the line being dropped, without its end yet."""
+        if self._seen // self.limit > self._reported:
+            self._reported += 1
+            return OVERLONG
+        return None

@@ -231,3 +231,27 @@ def test_socket_activation_with_what_is_not_a_listening_socket(
     assert result.returncode == 64, result.stderr
     assert message in result.stderr
     assert b"Traceback" not in result.stderr
+
+
+def test_octets_without_a_line_end_meet_the_bad_command_limit(lab: Lab) -> None:
+    """Found probing: `pop3d -X </dev/zero` read for as long as the input lasted, a core
+    busy, no answer (an overlong line was dropped to its end, counted once). Each 8,192
+    octets of a line now count as an overlong line, as Cyrus runs each 8,191 as a command:
+    the bad-command limit ends the session while the stream goes on."""
+    session = subprocess.Popen(
+        lab.pop3d_x(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert session.stdin is not None and session.stdout is not None
+    try:
+        with pytest.raises(BrokenPipeError):  # it closes its end while we still write
+            for _chunk in range(1000):  # 8 MB at most, never a line end
+                session.stdin.write(b"\0" * 8192)
+                session.stdin.flush()
+        assert session.wait(timeout=30) == 0
+        answers = session.stdout.read().split(b"\r\n")
+        assert answers[0].startswith(b"+OK")
+        assert answers.count(b"-ERR Line too long (limit 8192 octets)") >= 20
+    finally:
+        if session.poll() is None:
+            session.kill()
+            session.wait()

@@ -27,15 +27,19 @@ def test_only_the_cr_before_lf_is_stripped() -> None:
     assert lines_of(reader) == [b"STAT\r", b"A\rB"]
 
 
-def test_overlong_line_is_reported_once_and_never_executed_in_pieces() -> None:
+def test_overlong_line_is_reported_per_limit_and_never_executed_in_pieces() -> None:
+    """Once for each ``limit`` octets before its end (Cyrus runs each 8,191 octets as a
+    command): a client streaming octets without a line end meets the bad-command limit."""
     reader = LineReader(16)
     reader.feed(b"X" * 40)
-    assert lines_of(reader) == [OVERLONG]
-    reader.feed(b"NOOP" * 10)  # still the same line: discarded, nothing reported
-    assert lines_of(reader) == []
+    assert lines_of(reader) == [OVERLONG, OVERLONG]
+    reader.feed(b"NOOP" * 10)  # still the same line: discarded, never run as NOOP
+    assert lines_of(reader) == [OVERLONG] * 3
     reader.feed(b"\r\nQUIT\r\n")
     assert lines_of(reader) == [b"QUIT"]
     assert reader.buffered == 0
+    reader.feed(b"Y" * 47 + b"\r\nNOOP\r\n")  # whole at once: counted the same (48 // 16)
+    assert lines_of(reader) == [OVERLONG] * 3 + [b"NOOP"]
 
 
 def test_limit_counts_the_line_ending() -> None:
