@@ -55,11 +55,16 @@ def canonical_user(raw: bytes | str, rules: IdentityRules) -> str | None:
         return None
     if rules.username_tolower:
         name = name.lower()
+        # Lower case can be longer: "\u0130" (2 octets) is "i\u0307" (3). Measured again,
+        # or 127 of them (254 octets) made a 381-octet name: stored by passwd, then too
+        # long for a file name at every delivery and login (found probing).
+        if len(name.encode("utf-8")) > 255:
+            return None
     if "@" in name:
         local, _, domain = name.rpartition("@")
         # A domain is a folder of its own under maildir_path's %d: "x@.." would be the
-        # spool's parent and "y@." the same Maildir as "y".
-        if not local or not domain or domain.startswith("."):
+        # spool's parent, "y@." the same Maildir as "y", and "x@y." another than "x@y".
+        if not local or not domain or domain.startswith(".") or domain.endswith("."):
             return None
         if rules.virtdomains:
             if rules.defaultdomain and domain.lower() == rules.defaultdomain.lower():

@@ -366,6 +366,11 @@ def test_canonical_user_refuses_exactly_separators_and_control_characters(raw: s
         ("x@..", None),
         ("y@.", None),
         ("z@.example.org", None),
+        ("x@y.", None),  # another Maildir than x@y's (found probing)
+        # 254 octets, 381 in lower case: refused (found probing: stored by passwd, then
+        # a file name too long at every delivery and login)
+        ("\u0130" * 127, None),
+        ("\u0130" * 85, "i\u0307" * 85),  # 170 octets, 255 in lower case: kept
         ("a\udcffb", None),  # argv's spelling of bytes that are not UTF-8
     ],
 )
