@@ -211,6 +211,11 @@ def _account(config: Config, raw: str) -> str:
     return user
 
 
+# The longest password passwd takes: more than any login line of the default pop_line_max
+# (8,192 octets, "PASS " and CRLF included) could carry is of no use to anyone.
+LONGEST_PASSWORD = 8185
+
+
 def _read_password() -> Secret:
     """A password typed twice on a terminal, else the first line of standard input. Only
     UTF-8: the SCRAM keys are derived from it as text (RFC 5802's SASLprep), and clients
@@ -225,12 +230,16 @@ def _read_password() -> Secret:
                 fail(PROGRAM, EX_DATAERR, "the passwords differ")
             data = first.encode("utf-8")
         else:
-            data = sys.stdin.buffer.readline().rstrip(b"\r\n")
+            # Read no further than a password can be: a line with no end (</dev/zero)
+            # grew until MemoryError, a traceback, exit 70 (found probing).
+            data = sys.stdin.buffer.readline(LONGEST_PASSWORD + 3).rstrip(b"\r\n")
             data.decode("utf-8")
     except UnicodeError:
         fail(PROGRAM, EX_DATAERR, "the password is not valid UTF-8")
     if not data:
         fail(PROGRAM, EX_DATAERR, "empty password")
+    if len(data) > LONGEST_PASSWORD:
+        fail(PROGRAM, EX_DATAERR, f"the password is longer than {LONGEST_PASSWORD} octets")
     return Secret(data)
 
 

@@ -708,3 +708,17 @@ def test_passwd_and_import_refuse_a_name_popsubfolders_splits(lab: Lab, name: st
     assert sorted(p.name for p in (lab.root / "spool").iterdir()) == ["alice", "bob"]
     missing = admin(lab, "passwd", "-d", name)
     assert missing.returncode == 67, missing.stderr  # looked for, not refused as a name
+
+
+def test_passwd_reads_no_further_than_a_password_can_be(lab: Lab) -> None:
+    """Found probing: `passwd x </dev/zero` read one endless line until MemoryError (a
+    traceback, exit 70). Now at most what a login line could carry is read; longer is
+    refused, exit 65, nothing stored."""
+    before = lab.credentials.read_bytes()
+    endless = admin(lab, "passwd", "carol", stdin=b"\0" * (1 << 20))  # a MiB, no line end
+    assert endless.returncode == 65, endless.stderr
+    assert b"the password is longer than 8185 octets" in endless.stderr
+    assert b"Traceback" not in endless.stderr
+    assert lab.credentials.read_bytes() == before
+    longest = admin(lab, "passwd", "carol", stdin=b"p" * 8185 + b"\n")
+    assert longest.returncode == 0, longest.stderr
