@@ -60,7 +60,13 @@ from pop3d.cli.common import (
     load_config,
     run,
 )
-from pop3d.cli.master import command_problem, listen_problems, no_service_problem
+from pop3d.cli.master import (
+    check_services,
+    command_problem,
+    listen_problems,
+    metrics_problem,
+    no_service_problem,
+)
 from pop3d.config import cyrus, imapd
 from pop3d.config.imapd import Config, ConfigError
 from pop3d.sasl import registry
@@ -489,8 +495,12 @@ def cmd_check_config(config_path: str, args: argparse.Namespace) -> int:
         problems += [str(p) for p in config.problems + registry.config_problems(config)]
     except ConfigError as exc:
         problems += [str(p) for p in exc.problems]
+    references: list[str] = []
     if config is not None:
-        problems += _references_as_the_server(config)
+        references = _references_as_the_server(config)
+        problems += references
+        if (problem := metrics_problem(config, config_path)) is not None:
+            problems.append(problem)
     cyrus_path = args.cyrus_conf
     if cyrus_path is None and Path(DEFAULT_CYRUS_CONF).exists():
         cyrus_path = DEFAULT_CYRUS_CONF
@@ -505,6 +515,14 @@ def cmd_check_config(config_path: str, args: argparse.Namespace) -> int:
             found += [command_problem(service) for service in master_config.services]
             problems += [problem for problem in found if problem is not None]
             problems += listen_problems(master_config)
+            if config is not None and not references:
+                # What the master checks before its workers start: every service's
+                # context built as they will build it, each with its own -C file (found
+                # probing: a service's broken -C, a pop3d -s without a certificate were
+                # "configuration OK", then the master exited 78). Not after a file the
+                # server's account cannot read: that is said once, above.
+                built, _configs = check_services(config_path, master_config, None)
+                problems += [problem for problem in built if problem not in problems]
     for problem in problems:
         print(problem)
     if problems:

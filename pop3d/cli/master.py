@@ -81,6 +81,17 @@ _Place = tuple[int, str, int, int]
 _WILDCARDS = frozenset({"0.0.0.0", "::"})  # noqa: S104 - compared with, never bound
 
 
+def metrics_problem(config: Config, config_path: str) -> str | None:
+    """A ``prometheus_listen`` the master cannot serve on (shared with check-config)."""
+    if not config.switch("prometheus_enabled"):
+        return None
+    try:
+        metrics.parse_listen(config.string("prometheus_listen") or "")
+    except ValueError as exc:
+        return f"{config_path}: {exc}"
+    return None
+
+
 def listen_problems(master_config: cyrus.MasterConfig) -> list[str]:
     """Each TCP service's addresses resolved as the master will resolve them: a name that
     resolves to nothing, and a service bound where an earlier one is (the same address and
@@ -132,7 +143,7 @@ def _overlap(one: _Place, other: _Place) -> bool:
     return one[1:3] == other[1:3] or one[1] in _WILDCARDS or other[1] in _WILDCARDS
 
 
-def _check(
+def check_services(
     config_path: str,
     master_config: cyrus.MasterConfig,
     account: privileges.Account | None,
@@ -203,7 +214,7 @@ def _reloader(
             raise ReloadRefused([missing])
         if listening := listen_problems(master_config):
             raise ReloadRefused(listening)
-        problems, configs = _check(config_path, master_config, account, report=warn)
+        problems, configs = check_services(config_path, master_config, account, report=warn)
         if problems:
             raise ReloadRefused(problems)
         return Loaded(master_config, config, configs)
@@ -315,11 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     except ListenError as exc:
         fail(PROGRAM, EX_OSERR, str(exc))
     listen = config.string("prometheus_listen") or ""
-    if config.switch("prometheus_enabled"):
-        try:
-            metrics.parse_listen(listen)
-        except ValueError as exc:
-            fail(PROGRAM, EX_CONFIG, f"{config_path}: {exc}")
+    if (problem := metrics_problem(config, config_path)) is not None:
+        fail(PROGRAM, EX_CONFIG, problem)
     # Detached before the pid file, which names the daemon
     started = _daemonize() if "-d" in flags else None
     pidfile = Path(flags["-p"]) if "-p" in flags else None
@@ -352,7 +360,7 @@ def _serve(
         raise config_exit(PROGRAM, exc.problems) from None
     except OSError as exc:
         fail(PROGRAM, EX_OSERR, f"cannot give up root: {exc}")
-    problems, configs = _check(config_path, master_config, account)
+    problems, configs = check_services(config_path, master_config, account)
     if problems:
         raise config_exit(PROGRAM, problems)
     master.loaded = Loaded(master_config, config, configs)

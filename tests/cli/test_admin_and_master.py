@@ -722,3 +722,30 @@ def test_passwd_reads_no_further_than_a_password_can_be(lab: Lab) -> None:
     assert lab.credentials.read_bytes() == before
     longest = admin(lab, "passwd", "carol", stdin=b"p" * 8185 + b"\n")
     assert longest.returncode == 0, longest.stderr
+
+
+@pytest.mark.parametrize(
+    ("flags", "extra", "problem"),
+    [
+        # a service's own -C file, broken
+        ("-C {root}/other.conf", "", b"poptimeout: 'banana' is not a duration"),
+        ("-s", "", b"TLS"),  # implicit TLS without a certificate
+        ("", "prometheus_enabled: yes\nprometheus_listen: nonsense\n", b"prometheus_listen"),
+    ],
+)
+def test_check_config_refuses_what_the_master_refuses_at_start(
+    lab: Lab, flags: str, extra: str, problem: bytes
+) -> None:
+    """Found probing: each was "configuration OK", and the master then exited 78."""
+    (lab.root / "other.conf").write_text(lab.config.read_text() + "poptimeout: banana\n")
+    with lab.config.open("a") as config:
+        config.write(extra)
+    conf = _write_cyrus_conf(lab, free_port(), flags.format(root=lab.root))
+    checked = admin(lab, "check-config", "-M", str(conf))
+    assert checked.returncode == 78, checked.stdout
+    assert problem in checked.stdout, checked.stdout
+    started = subprocess.run(
+        [*MASTER, "-C", str(lab.config), "-M", str(conf)], capture_output=True, timeout=60
+    )
+    assert started.returncode == 78, started.stderr
+    assert problem in started.stderr, started.stderr
