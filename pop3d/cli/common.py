@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -67,17 +68,35 @@ def run(program: str, main: object) -> NoReturn:
     assert callable(main)
     try:
         code = main()
+        if sys.stdout is not None:
+            sys.stdout.flush()  # here, where a failure is ours to report, not at exit
     except Exit as exc:
         if exc.message:
             print(exc.message, file=sys.stderr)
         sys.exit(exc.code)
     except KeyboardInterrupt:
         sys.exit(130)
+    except OSError as exc:
+        if exc.errno not in _OUTPUT_LOST:
+            _bug(program)
+        # Every command turns its own files' errors into an Exit; what is left is its
+        # output: `users >/dev/full`, a closed pipe. Found probing: a traceback, exit 70.
+        sys.stdout = None  # nothing more to flush at exit
+        print(f"{program}: cannot write its output: {exc.strerror or exc}", file=sys.stderr)
+        sys.exit(EX_IOERR)
     except Exception:
-        traceback.print_exc()
-        print(f"{program}: internal error (a bug: please report it)", file=sys.stderr)
-        sys.exit(EX_SOFTWARE)
+        _bug(program)
     sys.exit(code if isinstance(code, int) else EX_OK)
+
+
+# Errors that say output went nowhere: a full disk or device, a closed pipe or descriptor.
+_OUTPUT_LOST = frozenset({errno.ENOSPC, errno.EPIPE, errno.EIO, errno.EBADF, errno.EDQUOT})
+
+
+def _bug(program: str) -> NoReturn:
+    traceback.print_exc()
+    print(f"{program}: internal error (a bug: please report it)", file=sys.stderr)
+    sys.exit(EX_SOFTWARE)
 
 
 def claim_standard_fds() -> None:

@@ -749,3 +749,19 @@ def test_check_config_refuses_what_the_master_refuses_at_start(
     )
     assert started.returncode == 78, started.stderr
     assert problem in started.stderr, started.stderr
+
+
+@pytest.mark.parametrize("command", [["users"], ["man", "pop3d"]])
+def test_output_that_cannot_be_written_is_one_line_and_exit_74(
+    lab: Lab, command: list[str]
+) -> None:
+    """Found probing: `users >/dev/full` was a traceback and exit 70, "a bug"."""
+    with open("/dev/full", "wb") as full:
+        result = subprocess.run(
+            [sys.executable, "-m", "pop3d.cli.admin", "-C", str(lab.config), *command],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            timeout=60,
+        )
+    assert result.returncode == 74, result.stderr
+    assert result.stderr == b"pop3d-admin: cannot write its output: No space left on device\n"
