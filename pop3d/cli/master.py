@@ -222,6 +222,19 @@ def _reloader(
     return check
 
 
+def _running_master(path: Path) -> int | None:
+    """The pid a pid file names, if that process is alive and a pop3d master: a second
+    master given the same file overwrote it, and removed it when it stopped, leaving the
+    first without one (found probing; Cyrus's master locks its pid file and refuses)."""
+    try:
+        pid = int(path.read_text(encoding="ascii", errors="replace").strip() or "0")
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes() if pid > 0 else b""
+    except (OSError, ValueError):
+        return None
+    mine = pid == os.getpid()
+    return pid if not mine and b"pop3d" in cmdline and b"master" in cmdline else None
+
+
 def _write_pidfile(path: Path) -> None:
     """Atomically: whoever reads the file sees no file or the whole pid, never half.
     Called as root, before the drop, as Cyrus's master writes its own: the pid file's
@@ -247,6 +260,12 @@ def _write_pidfile(path: Path) -> None:
             raise
     except OSError as exc:
         fail(PROGRAM, EX_CANTCREAT, f"cannot write the pid file {path}: {exc.strerror or exc}")
+
+
+def _claim_pidfile(path: Path) -> None:
+    if (other := _running_master(path)) is not None:
+        fail(PROGRAM, EX_CANTCREAT, f"pid file {path}: pop3d-master (pid {other}) is running")
+    _write_pidfile(path)
 
 
 def _daemonize() -> int:
@@ -332,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     started = _daemonize() if "-d" in flags else None
     pidfile = Path(flags["-p"]) if "-p" in flags else None
     if pidfile is not None:
-        _write_pidfile(pidfile)
+        _claim_pidfile(pidfile)
     try:
         return _serve(master, config_path, cyrus_path, listen, started=started)
     finally:
@@ -340,7 +359,8 @@ def main(argv: list[str] | None = None) -> int:
             # Left behind if cyrus_user may not remove it from its folder (root's /run):
             # the init system's to remove then, as with Cyrus, whose master never does.
             with contextlib.suppress(OSError):
-                pidfile.unlink(missing_ok=True)
+                if pidfile.read_text(encoding="ascii").strip() == str(os.getpid()):
+                    pidfile.unlink()  # ours still: another master's is not ours to take
 
 
 def _serve(

@@ -394,6 +394,7 @@ def test_master_cannot_bind_a_busy_port(lab: Lab) -> None:
 
 def test_master_daemonizes_with_a_pidfile(lab: Lab) -> None:
     pidfile = lab.root / "master.pid"
+    _write_cyrus_conf(lab, free_port()).rename(lab.root / "second.conf")
     for _attempt in range(5):  # the master binds before it forks: a taken port is exit 71
         port = free_port()
         conf = _write_cyrus_conf(lab, port)
@@ -417,6 +418,12 @@ def test_master_daemonizes_with_a_pidfile(lab: Lab) -> None:
                 time.sleep(0.05)
         else:
             pytest.fail("daemonized master never answered")
+        # A second master given the same pid file refuses it: it overwrote it, and
+        # removed it when it stopped, leaving the first without one (found probing).
+        second = _master_exit(lab, "-p", str(pidfile), conf=lab.root / "second.conf")
+        assert second.returncode == 73, second.stderr
+        assert f"pop3d-master (pid {pid}) is running".encode() in second.stderr
+        assert pidfile.read_text() == f"{pid}\n"
     finally:
         os.kill(pid, signal.SIGTERM)
     while pidfile.exists() and time.monotonic() < deadline + 10:
