@@ -57,6 +57,7 @@ from pop3d.cli.common import (
     EX_USAGE,
     Exit,
     fail,
+    file_named,
     load_config,
     run,
 )
@@ -630,6 +631,7 @@ def cmd_man(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    args.config = file_named(PROGRAM, "-C", args.config)
     if args.command == "man":
         return cmd_man(args)
     if args.command == "check-config":

@@ -161,6 +161,14 @@ def setup_syslog(
     logging.getLogger("pop3d").addHandler(handler)
 
 
+def file_named(program: str, flag: str, value: str) -> str:
+    """A file argument: an empty one (an unset $CONF in a script) is a usage error, where
+    it meant the default file, /etc/imapd.conf, the system's (found probing)."""
+    if not value:
+        fail(program, EX_USAGE, f"{flag} '': an empty file name")
+    return value
+
+
 def load_config(
     program: str,
     path: str | None,

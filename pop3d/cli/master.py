@@ -30,6 +30,7 @@ from pop3d.cli.common import (
     claim_standard_fds,
     config_exit,
     fail,
+    file_named,
     load_config,
     print_usage_if_asked,
     run,
@@ -320,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
         fail(PROGRAM, EX_USAGE, f"{exc.msg}\n{USAGE}")
     if rest:
         fail(PROGRAM, EX_USAGE, f"unexpected argument {rest[0]!r}\n{USAGE}")
-    flags = dict(options)
+    flags = {flag: file_named(PROGRAM, flag, value) for flag, value in options if flag != "-d"}
+    flags.update((flag, "") for flag, _value in options if flag == "-d")
     config_path = flags.get("-C", DEFAULT_IMAPD_CONF)
     cyrus_path = flags.get("-M", DEFAULT_CYRUS_CONF)
     setup_logging(logging.INFO)

@@ -36,6 +36,7 @@ from pop3d.cli.common import (
     claim_standard_fds,
     config_exit,
     fail,
+    file_named,
     load_config,
     print_usage_if_asked,
     run,
@@ -95,7 +96,7 @@ def parse_arguments(argv: list[str]) -> Arguments:
     args = Arguments()
     for flag, value in options:
         if flag == "-C":
-            args.config = value
+            args.config = file_named(PROGRAM, flag, value)
         elif flag == "-U":
             args.uses = _count(flag, value)
         elif flag == "-T":

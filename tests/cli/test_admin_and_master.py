@@ -772,3 +772,22 @@ def test_output_that_cannot_be_written_is_one_line_and_exit_74(
         )
     assert result.returncode == 74, result.stderr
     assert result.stderr == b"pop3d-admin: cannot write its output: No space left on device\n"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["pop3d.cli.admin", "-C", "", "users"],
+        ["pop3d.cli.master", "-C", ""],
+        ["pop3d.cli.master", "-M", ""],
+        ["pop3d", "-X", "-C", ""],
+    ],
+)
+def test_an_empty_file_argument_is_a_usage_error(command: list[str]) -> None:
+    """Found probing: `-C ''` (an unset $CONF in a script) meant /etc/imapd.conf, the
+    system's configuration: `pop3d-admin -C "$CONF" passwd` edited its credential file."""
+    result = subprocess.run(
+        [sys.executable, "-m", *command], capture_output=True, timeout=60, stdin=subprocess.DEVNULL
+    )
+    assert result.returncode == 64, result.stderr
+    assert result.stderr.endswith(b": an empty file name\n"), result.stderr
