@@ -75,7 +75,7 @@ from pop3d.security.secret import Secret
 from pop3d.server import privileges
 from pop3d.storage import imap_import
 from pop3d.storage.base import StorageError, UnacceptableMessage
-from pop3d.storage.dovecot_import import DEFAULT_UIDL_FORMAT, import_dovecot
+from pop3d.storage.dovecot_import import DEFAULT_UIDL_FORMAT, check_format, import_dovecot
 from pop3d.storage.imap_import import LoginRefused, NoSuchMailbox, ServerUnreachable
 from pop3d.storage.importing import (
     ImportFailed,
@@ -383,6 +383,10 @@ _SEVERITY: dict[int, int] = collections.defaultdict(lambda: 2, {0: 0, EX_DATAERR
 
 def _import_one(config: Config, args: argparse.Namespace, user: str, source: SourcePath) -> int:
     uidl_format = args.uidl_format or DEFAULT_UIDL_FORMAT
+    try:  # a command-line error, before anything is read: not an import that stopped (75)
+        check_format(uidl_format)
+    except ValueError as exc:
+        fail(PROGRAM, EX_USAGE, f"--uidl-format: {exc}")
     try:
         store = store_from_config(config)
         if args.mbox is not None:

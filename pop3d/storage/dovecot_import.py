@@ -73,6 +73,7 @@ DEFAULT_UIDL_FORMAT = "%08Xu%08Xv"
 UIDLIST_NAME = "dovecot-uidlist"
 # A uidlist line is some 60 octets: a million messages fit several times over.
 UIDLIST_MAX = 64 * 1024 * 1024
+UIDL_LONGEST = 70  # RFC 1939's unique-id: 1*70 characters
 _VARIABLE = re.compile(r"%(0?)(\d*)([XLU]*)([uvfg%])")
 
 
@@ -155,10 +156,18 @@ def _identity(unique: str) -> str:
 
 
 def check_format(template: str) -> None:
-    """ValueError naming what Dovecot's pop3_uidl_format uses that this importer does not."""
+    """ValueError naming what Dovecot's pop3_uidl_format uses that this importer does not,
+    or a width no UIDL has (RFC 1939: at most 70 characters; %999999999u built a string
+    of a gigabyte, found probing)."""
     rest = _VARIABLE.sub("", template)
     if "%" in rest:
         raise ValueError(f"pop3_uidl_format {template!r}: only %u %v %f %g %% are supported")
+    for _zero, width, _modifiers, _key in _VARIABLE.findall(template):
+        if width and (len(width) > 3 or int(width) > UIDL_LONGEST):
+            raise ValueError(
+                f"pop3_uidl_format {template[:40]!r}: a width of {width[:10]}, where a UIDL "
+                f"has at most {UIDL_LONGEST} characters"
+            )
 
 
 def expand_format(template: str, uid: int, uidvalidity: int, filename: str, guid: str) -> str:

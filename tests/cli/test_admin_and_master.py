@@ -791,3 +791,20 @@ def test_an_empty_file_argument_is_a_usage_error(command: list[str]) -> None:
     )
     assert result.returncode == 64, result.stderr
     assert result.stderr.endswith(b": an empty file name\n"), result.stderr
+
+
+@pytest.mark.parametrize("template", ["%Z", "%999999999u", "%071u"])
+@pytest.mark.parametrize("kind", ["--mbox", "--dovecot"])
+def test_a_bad_uidl_format_is_a_usage_error(lab: Lab, kind: str, template: str) -> None:
+    """Found probing: --uidl-format %Z was exit 75 ("import stopped": run it again), and
+    %999999999u built a string of a gigabyte."""
+    source = lab.root / "source"
+    if kind == "--mbox":
+        source.write_bytes(b"From a@b Thu Jan  1 00:00:00 1970\nSubject: x\n\nhi\n")
+    else:
+        for sub in ("new", "cur", "tmp"):
+            (source / sub).mkdir(parents=True)
+        (source / "new" / "1.M1P1.host").write_bytes(b"Subject: x\n\nhi\n")
+    result = admin(lab, "import", kind, str(source), "--uidl-format", template, "alice")
+    assert result.returncode == 64, result.stderr
+    assert result.stderr.startswith(b"pop3d-admin: --uidl-format: "), result.stderr
