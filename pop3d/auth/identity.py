@@ -10,6 +10,7 @@ user when example.org is the default domain. Without ``virtdomains``, a realm li
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 
 _FORBIDDEN = frozenset("/:\\")
@@ -25,10 +26,23 @@ class IdentityRules:
 
 
 def _allowed_characters(name: str) -> bool:
-    """No path separator, colon, or C0/C1 control character (or DEL)."""
+    """No path separator, colon, or C0/C1 control character (or DEL); beyond ASCII, no
+    character that shows nothing or moves the text: format characters (a zero-width space,
+    a right-to-left override, a BOM), other spaces, line and paragraph separators, private
+    use. "x\u200b" made a Maildir that `users` and every log line showed as "x" (found
+    probing)."""
     if name.isascii():  # every login: C calls, not a Python step per character
         return name.isprintable() and _FORBIDDEN.isdisjoint(name)
-    return not any(ch in _FORBIDDEN or ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 for ch in name)
+    return not any(
+        ch in _FORBIDDEN
+        or ord(ch) < 0x20
+        or 0x7F <= ord(ch) < 0xA0
+        or (ord(ch) > 0x7F and unicodedata.category(ch) in _UNSEEN)
+        for ch in name
+    )
+
+
+_UNSEEN = frozenset({"Cf", "Zs", "Zl", "Zp", "Co"})
 
 
 def canonical_user(raw: bytes | str, rules: IdentityRules) -> str | None:

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 import tracemalloc
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -334,8 +335,17 @@ def test_a_cache_entry_expires(lab: Lab) -> None:
 @given(st.text(max_size=12) | st.text(alphabet=st.characters(max_codepoint=0xA1), max_size=12))
 def test_canonical_user_refuses_exactly_separators_and_control_characters(raw: str) -> None:
     """What a user name may not hold: "/", ":", "\\", a C0 or C1 control character or DEL
-    (checked per character only outside ASCII). (Nor start with ".", "#" or "-".)"""
-    bad = any(c in "/:\\" or ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in raw)
+    (checked per character only outside ASCII), and beyond ASCII a character that shows
+    nothing (format characters, spaces, separators, private use). (Nor start with ".",
+    "#" or "-".)"""
+    unseen = {"Cf", "Zs", "Zl", "Zp", "Co"}
+    bad = any(
+        c in "/:\\"
+        or ord(c) < 0x20
+        or 0x7F <= ord(c) < 0xA0
+        or (ord(c) > 0x7F and unicodedata.category(c) in unseen)
+        for c in raw
+    )
     plain = bool(raw) and raw == raw.strip() and not raw.startswith((".", "#", "-"))
     plain = plain and "@" not in raw
     if plain and len(raw.encode("utf-8")) <= 255:
@@ -372,6 +382,11 @@ def test_canonical_user_refuses_exactly_separators_and_control_characters(raw: s
         ("\u0130" * 127, None),
         ("\u0130" * 85, "i\u0307" * 85),  # 170 octets, 255 in lower case: kept
         ("a\udcffb", None),  # argv's spelling of bytes that are not UTF-8
+        # shows nothing: "x\u200b" made a Maildir shown as "x" (found probing)
+        ("x\u200b", None),
+        ("a\u202eb", None),
+        ("\ufeffx", None),
+        ("a\u00a0b", None),
     ],
 )
 def test_canonical_user(raw: str, expected: str | None) -> None:
