@@ -10,6 +10,7 @@ pop3d.cli.master`` and ``python -m pop3d.cli.pop3d`` hold them at the top of tho
 """
 
 import signal
+from typing import NoReturn
 
 # server/worker.py's HELD_AT_START (SIGHUP, and RETIRE_SIGNAL), which cannot be imported
 # before the signals are held: tests/server/test_signals.py checks they are the same.
@@ -24,13 +25,23 @@ def hold() -> None:
 
 def master() -> None:
     hold()
-    from pop3d.cli import master as command  # noqa: PLC0415 - only once the signals are held
-
+    try:
+        from pop3d.cli import master as command  # noqa: PLC0415 - once the signals are held
+    except KeyboardInterrupt:
+        _interrupted()
     command.entry()
 
 
 def pop3d() -> None:
     hold()
-    from pop3d.cli import pop3d as command  # noqa: PLC0415 - only once the signals are held
-
+    try:
+        from pop3d.cli import pop3d as command  # noqa: PLC0415 - once the signals are held
+    except KeyboardInterrupt:
+        _interrupted()
     command.entry()
+
+
+def _interrupted() -> NoReturn:
+    """Ctrl-C during the imports, before the command's own handling (exit 130) is in
+    place: it printed a KeyboardInterrupt traceback (found probing)."""
+    raise SystemExit(130)

@@ -231,3 +231,25 @@ def test_sighup_from_the_first_import_never_ends_the_process(lab: Lab, entry: st
 
 def test_the_entries_hold_what_a_worker_holds() -> None:
     assert start.HELD_AT_START == worker.HELD_AT_START
+
+
+@pytest.mark.parametrize("name", ["pop3d-master", "pop3d"])
+def test_ctrl_c_while_starting_is_exit_130_without_a_traceback(name: str) -> None:
+    """Found probing: a SIGINT during the imports printed KeyboardInterrupt's traceback."""
+    process = subprocess.Popen(
+        _console_script(name), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while not _held_or_importing(process.pid):
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.001)
+        process.send_signal(signal.SIGINT)
+        _out, errors = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert b"Traceback" not in errors, errors
+    assert process.returncode in (130, 64, 78), errors  # interrupted, or done already
