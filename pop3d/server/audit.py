@@ -52,6 +52,7 @@ from dataclasses import dataclass
 
 from pop3d.security.value import Security
 from pop3d.server import loglines
+from pop3d.storage.importing import not_what_was_wanted
 
 audit_log = logging.getLogger("pop3d.audit")
 log = logging.getLogger("pop3d")
@@ -298,22 +299,6 @@ def json_line(record: Record) -> str:
 _JSONL_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
-def _not_a_regular_file(mode: int) -> str:
-    if stat.S_ISLNK(mode):
-        kind = "a symbolic link (not followed)"
-    elif stat.S_ISFIFO(mode):
-        kind = "a FIFO"
-    elif stat.S_ISSOCK(mode):
-        kind = "a socket"
-    elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        kind = "a device"
-    elif stat.S_ISDIR(mode):
-        kind = "a folder"
-    else:
-        kind = "something else"
-    return f"{kind}, not a regular file"
-
-
 class JsonLines:
     """``audit_jsonl_file``: appended to by every worker. Each record is one ``write`` on
     an ``O_APPEND`` descriptor, so the lines of concurrent workers never interleave. The
@@ -340,11 +325,11 @@ class JsonLines:
                 mode = os.lstat(self.path).st_mode
             except OSError:
                 raise exc from None
-            raise OSError(exc.errno, _not_a_regular_file(mode)) from None
+            raise OSError(exc.errno, not_what_was_wanted(mode, "a regular file")) from None
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             os.close(fd)
-            raise OSError(errno.EINVAL, _not_a_regular_file(info.st_mode))
+            raise OSError(errno.EINVAL, not_what_was_wanted(info.st_mode, "a regular file"))
         os.set_blocking(fd, True)
         self._close()
         self._fd = fd

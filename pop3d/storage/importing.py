@@ -101,9 +101,9 @@ class SourcePath:
         return cls(Path(*parts[:first]), inside)
 
 
-def _what(mode: int, wanted: str) -> str:
+def not_what_was_wanted(mode: int, wanted: str) -> str:
     """Why a file of ``mode`` is not read where ``wanted`` ("a folder", "a regular file")
-    is: what it is, and that."""
+    is: what it is, and that (the audit trail's JSON file says it the same way)."""
     if stat.S_ISLNK(mode):
         return "a symbolic link, not followed"
     if stat.S_ISDIR(mode):
@@ -130,7 +130,7 @@ def refusal(name: str, dir_fd: int | None, exc: OSError, wanted: str) -> tuple[b
         except OSError:
             pass
         else:
-            return True, _what(info.st_mode, wanted)
+            return True, not_what_was_wanted(info.st_mode, wanted)
     return False, exc.strerror or str(exc)
 
 
@@ -204,7 +204,7 @@ def open_regular_file(name: str, dir_fd: int | None, shown: str) -> BinaryIO:
         os.close(fd)
         raise
     os.close(fd)
-    raise SourceRefused(f"{shown}: {_what(mode, REGULAR_FILE)}")
+    raise SourceRefused(f"{shown}: {not_what_was_wanted(mode, REGULAR_FILE)}")
 
 
 def source_exists(source: SourcePath) -> bool:

@@ -352,7 +352,7 @@ def test_a_link_at_the_jsonl_path_is_not_followed(tmp_path: Path) -> None:
         jsonl.rename(tmp_path / "audit.jsonl.1")
         jsonl.symlink_to(elsewhere)
         _failed_login(server.port)
-        refused = f"audit_jsonl_file {jsonl}: cannot write: a symbolic link (not followed)"
+        refused = f"audit_jsonl_file {jsonl}: cannot write: a symbolic link, not followed"
         _wait_for(lambda: refused in server.log_text(), "the warning")
         assert elsewhere.read_text() == ""
         # the link gone, the next record creates the file again
