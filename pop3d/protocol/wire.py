@@ -34,7 +34,7 @@ class LineReader:
     chunk fed, because the driver only reads more when the session asks for it.
     """
 
-    __slots__ = ("_buffer", "_due", "_limit", "_reported", "_scan_from", "_seen")
+    __slots__ = ("_buffer", "_due", "_limit", "_line_limit", "_reported", "_scan_from", "_seen")
 
     def __init__(self, limit: int) -> None:
         if limit < 3:
@@ -45,6 +45,7 @@ class LineReader:
         # Of the overlong line being dropped: its octets so far (-1: none is), and how many
         # times it was reported; OVERLONGs owed once its end was found.
         self._seen = -1
+        self._line_limit = limit
         self._reported = 0
         self._due = 0
 
@@ -55,11 +56,10 @@ class LineReader:
     @limit.setter
     def limit(self, limit: int) -> None:
         """The session's limit changes with its state (an AUTH exchange reads longer lines).
-        A line being dropped goes on counting under the new one from where it is: an AUTH
-        answer cut off at the exchange's limit, then streamed on, meets the command limit."""
+        A line being dropped is counted to its end under the limit it began under: counted
+        under the new one from where it was, its count depended on how it arrived (found
+        probing)."""
         self._limit = limit
-        if self._seen >= 0:
-            self._reported = self._seen // limit
 
     def feed(self, data: bytes) -> None:
         self._buffer += data
@@ -91,13 +91,13 @@ class LineReader:
                 return self._report_due()
             self._seen += newline
             del buffer[: newline + 1]
-            self._due = self._seen // self.limit - self._reported
+            self._due = self._seen // self._line_limit - self._reported
             self._seen = -1
             return self.next_line()
         if newline < 0:
             if len(buffer) >= self.limit:
                 # Keep nothing of an overlong line: report it now, drop the rest as it comes.
-                self._seen, self._reported = len(buffer), 0
+                self._seen, self._reported, self._line_limit = len(buffer), 0, self._limit
                 buffer.clear()
                 self._scan_from = 0
                 return self._report_due()
@@ -115,7 +115,7 @@ class LineReader:
 
     def _report_due(self) -> _Overlong | None:
         """Once for each ``limit`` octets of the line being dropped, without its end yet."""
-        if self._seen // self.limit > self._reported:
+        if self._seen // self._line_limit > self._reported:
             self._reported += 1
             return OVERLONG
         return None

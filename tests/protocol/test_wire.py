@@ -83,3 +83,20 @@ def test_any_split_gives_the_same_lines(lines: list[bytes], cuts: list[int]) -> 
             assert result == line
         else:
             assert result is OVERLONG
+
+
+def test_a_line_is_counted_under_the_limit_it_began_under() -> None:
+    """The session lowers the limit after the first OVERLONG of an AUTH answer; the rest of
+    that line is counted as it began, whether it came with the first part or after (found
+    probing: 1 against 8 answers for one 128 KiB line)."""
+    line = b"A" * 130 + b"\r\n"
+    whole = LineReader(64)
+    whole.feed(line)
+    assert whole.next_line() is OVERLONG
+    whole.limit = 16  # what the session does once the exchange ends
+    split = LineReader(64)
+    split.feed(line[:64])
+    assert split.next_line() is OVERLONG
+    split.limit = 16
+    split.feed(line[64:])
+    assert lines_of(whole) == lines_of(split) == [OVERLONG]  # 131 // 64 = 2 in all
