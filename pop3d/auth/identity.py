@@ -34,15 +34,28 @@ def _allowed_characters(name: str) -> bool:
     if name.isascii():  # every login: C calls, not a Python step per character
         return name.isprintable() and _FORBIDDEN.isdisjoint(name)
     return not any(
-        ch in _FORBIDDEN
-        or ord(ch) < 0x20
-        or 0x7F <= ord(ch) < 0xA0
-        or (ord(ch) > 0x7F and unicodedata.category(ch) in _UNSEEN)
-        for ch in name
+        ch in _FORBIDDEN or ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 or _unseen(ch) for ch in name
     )
 
 
-_UNSEEN = frozenset({"Cf", "Zs", "Zl", "Zp", "Co"})
+# Categories of characters that show nothing: format characters (but for the joiners below),
+# spaces, separators, private use, surrogates, and code points not assigned (noncharacters
+# among them), whose look no one can tell.
+_UNSEEN = frozenset({"Cf", "Zs", "Zl", "Zp", "Co", "Cs", "Cn"})
+# Format characters that real names hold: ZWNJ and ZWJ in Persian, Sinhala, Indic scripts
+# (PRECIS allows them in context; refused, such users could not log in: found probing).
+_JOINERS = frozenset("\u200c\u200d")
+# Letters, symbols and marks that show as nothing: Hangul fillers, the braille blank, the
+# combining grapheme joiner, variation selectors (found probing: "x\u3164" listed as "x").
+_BLANK = frozenset("\u115f\u1160\u3164\uffa0\u2800\u034f\u180b\u180c\u180d\u180f")
+
+
+def _unseen(ch: str) -> bool:
+    if ord(ch) <= 0x7F or ch in _JOINERS:
+        return False
+    if ch in _BLANK or "\ufe00" <= ch <= "\ufe0f" or "\U000e0100" <= ch <= "\U000e01ef":
+        return True
+    return unicodedata.category(ch) in _UNSEEN
 
 
 def canonical_user(raw: bytes | str, rules: IdentityRules) -> str | None:

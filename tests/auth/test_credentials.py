@@ -338,12 +338,15 @@ def test_canonical_user_refuses_exactly_separators_and_control_characters(raw: s
     (checked per character only outside ASCII), and beyond ASCII a character that shows
     nothing (format characters, spaces, separators, private use). (Nor start with ".",
     "#" or "-".)"""
-    unseen = {"Cf", "Zs", "Zl", "Zp", "Co"}
+    unseen = {"Cf", "Zs", "Zl", "Zp", "Co", "Cs", "Cn"}
     bad = any(
         c in "/:\\"
         or ord(c) < 0x20
         or 0x7F <= ord(c) < 0xA0
-        or (ord(c) > 0x7F and unicodedata.category(c) in unseen)
+        or (ord(c) > 0x7F and c not in "\u200c\u200d" and unicodedata.category(c) in unseen)
+        or c in "\u115f\u1160\u3164\uffa0\u2800\u034f\u180b\u180c\u180d\u180f"
+        or "\ufe00" <= c <= "\ufe0f"
+        or "\U000e0100" <= c <= "\U000e01ef"
         for c in raw
     )
     plain = bool(raw) and raw == raw.strip() and not raw.startswith((".", "#", "-"))
@@ -387,6 +390,16 @@ def test_canonical_user_refuses_exactly_separators_and_control_characters(raw: s
         ("a\u202eb", None),
         ("\ufeffx", None),
         ("a\u00a0b", None),
+        ("x\u3164", None),  # a Hangul filler, and others that show nothing (found probing)
+        ("x\u034f", None),
+        ("x\ufe0f", None),
+        ("x\u0378", None),  # not assigned
+        # joiners real names hold: Persian with ZWNJ, Sinhala with ZWJ
+        (
+            "\u0639\u0644\u06cc\u200c\u0631\u0636\u0627",
+            "\u0639\u0644\u06cc\u200c\u0631\u0636\u0627",
+        ),
+        ("\u0dc1\u0dca\u200d\u0dbb\u0dd3", "\u0dc1\u0dca\u200d\u0dbb\u0dd3"),
     ],
 )
 def test_canonical_user(raw: str, expected: str | None) -> None:
