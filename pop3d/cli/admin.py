@@ -636,6 +636,8 @@ def cmd_man(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     args.config = file_named(PROGRAM, "-C", args.config)
+    if getattr(args, "cyrus_conf", None) is not None:
+        args.cyrus_conf = file_named(PROGRAM, "-M", args.cyrus_conf)
     if args.command == "man":
         return cmd_man(args)
     if args.command == "check-config":

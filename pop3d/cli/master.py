@@ -229,11 +229,21 @@ def _running_master(path: Path) -> int | None:
     first without one (found probing; Cyrus's master locks its pid file and refuses)."""
     try:
         pid = int(path.read_text(encoding="ascii", errors="replace").strip() or "0")
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes() if pid > 0 else b""
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if pid > 0 else []
     except (OSError, ValueError):
         return None
-    mine = pid == os.getpid()
-    return pid if not mine and b"pop3d" in cmdline and b"master" in cmdline else None
+    return pid if pid != os.getpid() and any(map(_names_the_master, argv)) else None
+
+
+def _names_the_master(arg: bytes) -> bool:
+    """An argument a pop3d master runs with: the console script, ``-m pop3d.cli.master``,
+    or start.py's entry. Not a word anywhere: a process reading /var/log/pop3d-master.log
+    whose pid a stale pid file named kept the master from starting (found probing)."""
+    return (
+        os.path.basename(arg) == b"pop3d-master"
+        or arg == b"pop3d.cli.master"
+        or b"from pop3d.cli.start import master" in arg
+    )
 
 
 def _write_pidfile(path: Path) -> None:

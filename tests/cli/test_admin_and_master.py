@@ -778,6 +778,7 @@ def test_output_that_cannot_be_written_is_one_line_and_exit_74(
     "command",
     [
         ["pop3d.cli.admin", "-C", "", "users"],
+        ["pop3d.cli.admin", "check-config", "-M", ""],
         ["pop3d.cli.master", "-C", ""],
         ["pop3d.cli.master", "-M", ""],
         ["pop3d", "-X", "-C", ""],
@@ -808,3 +809,32 @@ def test_a_bad_uidl_format_is_a_usage_error(lab: Lab, kind: str, template: str) 
     result = admin(lab, "import", kind, str(source), "--uidl-format", template, "alice")
     assert result.returncode == 64, result.stderr
     assert result.stderr.startswith(b"pop3d-admin: --uidl-format: "), result.stderr
+
+
+def test_a_stale_pid_file_naming_another_program_is_taken(lab: Lab) -> None:
+    """Found probing: a stale pid file whose pid now belongs to a program with "pop3d" and
+    "master" among its words (a log viewer of /var/log/pop3d-master.log) kept the master
+    from starting, exit 73."""
+    other = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)", "/var/log/pop3d-master.log"]
+    )
+    pidfile = lab.root / "master.pid"
+    pidfile.write_text(f"{other.pid}\n")
+    conf = _write_cyrus_conf(lab, free_port())
+    master = subprocess.Popen(
+        [*MASTER, "-C", str(lab.config), "-M", str(conf), "-p", str(pidfile)],
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while pidfile.read_text() != f"{master.pid}\n":
+            assert master.poll() is None, master.stderr.read() if master.stderr else b""
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        master.send_signal(signal.SIGTERM)
+        assert master.wait(timeout=15) == 0
+    finally:
+        for process in (master, other):
+            if process.poll() is None:
+                process.kill()
+                process.wait()
