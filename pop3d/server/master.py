@@ -179,23 +179,17 @@ def bind_each(service: Service, found: list[tuple[int, tuple[Any, ...]]]) -> lis
 
 
 def _bind_tcp(family: int, address: tuple[Any, ...]) -> socket.socket:
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
+    def bind_it(sock: socket.socket) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if family == socket.AF_INET6:  # each family its own socket, as Cyrus binds them
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(address)
-        sock.listen(1024)
-    except OSError:
-        sock.close()
-        raise
-    sock.set_inheritable(True)
-    return sock
+
+    return _listening_socket(family, bind_it)
 
 
 def _bind_unix(where: str) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
+    def bind_it(sock: socket.socket) -> None:
         path = Path(where)
         if path.is_socket():
             _replace_stale_socket(path)
@@ -206,6 +200,16 @@ def _bind_unix(where: str) -> socket.socket:
             sock.bind(where)
         finally:
             os.umask(umask)
+
+    return _listening_socket(socket.AF_UNIX, bind_it)
+
+
+def _listening_socket(family: int, bind_it: Callable[[socket.socket], None]) -> socket.socket:
+    """A socket of ``family`` bound by ``bind_it``, listening, passed on to the workers;
+    closed if any of it fails."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        bind_it(sock)
         sock.listen(1024)
     except OSError:
         sock.close()
