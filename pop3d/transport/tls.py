@@ -26,6 +26,7 @@ What a handshake yields for the layers above (:func:`facts`):
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -153,10 +154,18 @@ def server_context(config: Config, service: str | None) -> SSL.Context:
     for option, path in (("tls_server_cert", cert), ("tls_server_key", key)):
         # OpenSSL's own words for a file it cannot open are "system lib", twice
         try:
-            os.close(os.open(str(path), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC))
+            fd = os.open(str(path), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            try:
+                regular = stat.S_ISREG(os.fstat(fd).st_mode)
+            finally:
+                os.close(fd)
         except OSError as exc:
             message = f"cannot read {path}: {exc.strerror or exc}"
             raise config.error(option, service, message) from None
+        if not regular:
+            # OpenSSL would wait on a FIFO for ever: check-config, the master's start, a
+            # worker's SIGHUP all hung (found probing)
+            raise config.error(option, service, f"{path} is not a regular file")
     try:
         context.use_certificate_chain_file(str(cert))
         context.use_privatekey_file(str(key))

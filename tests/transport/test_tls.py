@@ -4,6 +4,7 @@ TLS, hostile handshakes, certificate reload."""
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import signal
 import socket
@@ -447,5 +448,36 @@ def test_an_stls_that_never_completes_leaves_nothing_behind(tls_lab: Lab) -> Non
         time.sleep(0.5)
         grown = rss_kib(worker) - before
         assert grown < 400, f"the worker grew {grown} KiB over 800 unfinished STLS"
+    finally:
+        server.stop()
+
+
+def test_a_fifo_as_the_certificate_is_refused_not_waited_on(tmp_path: Path) -> None:
+    """Found probing: a FIFO at tls_server_cert had OpenSSL wait on it for ever: check-config
+    hung, and so would the master's start and a worker's SIGHUP. Refused at once, named;
+    on SIGHUP the worker keeps the certificate it has and serves on."""
+    lab = Lab(tmp_path / "lab").create(with_tls=True)
+    assert lab.tls is not None
+    server = start_server(lab, {"pop3s": "-s"})
+    port = server.ports["pop3s"]
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            with client_context(lab.tls).wrap_socket(raw, server_hostname="localhost") as first:
+                assert lines_until(first, b"\r\n").startswith(b"+OK")  # the worker is up
+        saved = lab.tls.cert.read_bytes()
+        lab.tls.cert.unlink()
+        os.mkfifo(lab.tls.cert)
+        server.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        while "TLS reload failed, keeping the old certificate" not in server.log_text():
+            assert time.monotonic() < deadline, server.log_text()
+            time.sleep(0.05)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            with client_context(lab.tls).wrap_socket(raw, server_hostname="localhost") as session:
+                assert lines_until(session, b"\r\n").startswith(b"+OK")  # served, as before
+        with pytest.raises(ConfigError, match="is not a regular file"):
+            tls.server_tls(config_for(lab.tls), None)
+        lab.tls.cert.unlink()
+        lab.tls.cert.write_bytes(saved)
     finally:
         server.stop()
