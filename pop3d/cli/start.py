@@ -4,11 +4,13 @@ and SIGUSR2 are held before anything else is imported.
 Their default action ends the process, and the master's or pop3d's imports take 0.3 s: a
 reload asked in that time killed a master still starting, exit 129 (found probing), where
 the manual pages promise a SIGHUP while starting never ends a process. ``main()`` held
-them too late. This module imports nothing but :mod:`signal`, so the signals are held from
-pop3d's first statement; only Python's own start comes before it. ``python -m
-pop3d.cli.master`` and ``python -m pop3d.cli.pop3d`` hold them at the top of those modules.
+them too late. This module imports nothing but :mod:`signal` (and :mod:`importlib`, loaded
+with Python itself), so the signals are held from pop3d's first statement; only Python's
+own start comes before it. ``python -m pop3d.cli.master`` and ``python -m pop3d.cli.pop3d``
+hold them at the top of those modules.
 """
 
+import importlib
 import signal
 from typing import NoReturn
 
@@ -24,21 +26,20 @@ def hold() -> None:
 
 
 def master() -> None:
-    hold()
-    try:
-        from pop3d.cli import master as command  # noqa: PLC0415 - once the signals are held
-    except KeyboardInterrupt:
-        _interrupted()
-    command.entry()
+    _start("master")
 
 
 def pop3d() -> None:
+    _start("pop3d")
+
+
+def _start(command: str) -> None:
     hold()
-    try:
-        from pop3d.cli import pop3d as command  # noqa: PLC0415 - once the signals are held
+    try:  # only once the signals are held
+        module = importlib.import_module(f"pop3d.cli.{command}")
     except KeyboardInterrupt:
         _interrupted()
-    command.entry()
+    module.entry()
 
 
 def _interrupted() -> NoReturn:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.lab import Lab, free_port
+from tests.support.lab import Lab, free_port, login_and_stat, stat_once_served
 
 ADMIN = [sys.executable, "-m", "pop3d.cli.admin"]
 MASTER = [sys.executable, "-m", "pop3d.cli.master"]
@@ -553,30 +553,6 @@ def _free_port_v6() -> int:
         return int(sock.getsockname()[1])
 
 
-def _stat_once_served(
-    family: int, address: object, user: str, password: str, deadline: float
-) -> bytes:
-    """STAT's answer from the first session the listener serves (it may not be up yet)."""
-    while True:
-        try:
-            return _login_and_stat(family, address, user, password)
-        except (ConnectionRefusedError, FileNotFoundError):
-            assert time.monotonic() < deadline, f"no answer on {address}"
-            time.sleep(0.05)
-
-
-def _login_and_stat(family: int, address: object, user: str, password: str) -> bytes:
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.settimeout(20)
-        sock.connect(address)
-        reader = sock.makefile("rb")
-        assert reader.readline().startswith(b"+OK")
-        sock.sendall(f"USER {user}\r\nPASS {password}\r\nSTAT\r\nQUIT\r\n".encode())
-        answers = [reader.readline() for _ in range(4)]
-    assert all(a.startswith(b"+OK") for a in answers), answers
-    return answers[2]
-
-
 def test_master_serves_ipv4_ipv6_and_unix_listeners_and_stops_on_sigterm(lab: Lab) -> None:
     """Every listen= form of cyrus.conf, served by one master; SIGTERM ends it with 0 and
     removes the unix socket it made."""
@@ -613,7 +589,7 @@ def test_master_serves_ipv4_ipv6_and_unix_listeners_and_stops_on_sigterm(lab: La
     try:
         deadline = time.monotonic() + 30
         for family, address in targets:
-            assert _stat_once_served(family, address, user, password, deadline).startswith(b"+OK ")
+            assert stat_once_served(family, address, user, password, deadline).startswith(b"+OK ")
         master.send_signal(signal.SIGTERM)
         assert master.wait(timeout=15) == 0
     finally:
@@ -679,7 +655,7 @@ def test_a_unix_socket_is_anyone_s_and_not_taken_from_a_live_master(lab: Lab) ->
     try:
         user, password = next(iter(lab.users.items()))
         deadline = time.monotonic() + 30
-        stat = _stat_once_served(socket.AF_UNIX, str(unix_path), user, password, deadline)
+        stat = stat_once_served(socket.AF_UNIX, str(unix_path), user, password, deadline)
         assert stat.startswith(b"+OK ")
         assert unix_path.stat().st_mode & 0o777 == 0o777
         second = subprocess.run(
@@ -687,7 +663,7 @@ def test_a_unix_socket_is_anyone_s_and_not_taken_from_a_live_master(lab: Lab) ->
         )
         assert second.returncode == 71, second.stderr
         assert b"another server is listening on" in second.stderr
-        assert _login_and_stat(socket.AF_UNIX, str(unix_path), user, password).startswith(b"+OK")
+        assert login_and_stat(socket.AF_UNIX, str(unix_path), user, password).startswith(b"+OK")
         first.send_signal(signal.SIGTERM)
         assert first.wait(timeout=15) == 0
     finally:

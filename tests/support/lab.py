@@ -255,3 +255,28 @@ def _start_server(
                 raise RuntimeError(f"pop3d-master did not listen:\n{server.log_text()}")
             time.sleep(0.05)
     return server
+
+
+def stat_once_served(
+    family: int, address: object, user: str, password: str, deadline: float
+) -> bytes:
+    """STAT's answer from the first session the listener at ``address`` serves (it may not
+    be up yet: refused connections are tried again until ``deadline``)."""
+    while True:
+        try:
+            return login_and_stat(family, address, user, password)
+        except (ConnectionRefusedError, FileNotFoundError):
+            assert time.monotonic() < deadline, f"no answer on {address}"
+            time.sleep(0.05)
+
+
+def login_and_stat(family: int, address: object, user: str, password: str) -> bytes:
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.settimeout(20)
+        sock.connect(address)
+        reader = sock.makefile("rb")
+        assert reader.readline().startswith(b"+OK")
+        sock.sendall(f"USER {user}\r\nPASS {password}\r\nSTAT\r\nQUIT\r\n".encode())
+        answers = [reader.readline() for _ in range(4)]
+    assert all(a.startswith(b"+OK") for a in answers), answers
+    return answers[2]
