@@ -29,6 +29,7 @@ import logging
 import socket
 import threading
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -186,41 +187,68 @@ def pair() -> tuple[socket.socket, socket.socket]:
     return ours, theirs
 
 
-def answer(table: LoginTable, owner: socket.socket) -> bool:
-    """The master: read one datagram from a worker's channel and answer it. False when the
-    worker has gone (end of file): its logins are then forgotten."""
-    try:
-        data = owner.recv(_MAX_MESSAGE)
-    except BlockingIOError:
-        return True
-    except OSError:
-        data = b""
-    if not data:
-        dropped = table.drop_owner(owner)
-        if dropped:
-            log.info("login limits: a worker exited holding %d logins; released", dropped)
-        return False
-    try:
-        message = json.loads(data)
-        if message[0] == "release":
-            table.release(owner, int(message[1]))
-            return True
-        _verb, ticket, service, host, user, per_host, per_user = message
-        refused = table.claim(
-            owner,
-            int(ticket),
-            str(service),
-            str(host),
-            str(user),
-            limits=Limits(per_host, per_user),
-        )
-    except (ValueError, TypeError, IndexError, KeyError) as exc:
-        log.error("login limits: bad message from a worker (%s); ignored", exc)
-        refused = None
+def answer(table: LoginTable, ready: Iterable[socket.socket]) -> list[socket.socket]:
+    """The master: read every datagram waiting on the workers' channels in ``ready`` and
+    answer them; the channels whose worker has gone (end of file) are returned, their
+    logins forgotten.
+
+    Releases are counted before claims, whichever channel they came by: a session's
+    release is sent before its client reads "+OK" to QUIT, so a claim that client's next
+    session makes through another worker can be waiting in the same wake-up; answered
+    first, it met a place still taken (found in CI: a reconnecting client refused
+    "Too many open sessions" for the session it had just ended)."""
+    claims: list[tuple[socket.socket, object]] = []
+    gone: list[socket.socket] = []
+    for owner in ready:
+        for message in _waiting(owner):
+            if message is None:
+                gone.append(owner)
+                dropped = table.drop_owner(owner)
+                if dropped:
+                    log.info("login limits: a worker exited holding %d logins; released", dropped)
+            elif isinstance(message, list) and message[:1] == ["release"]:
+                try:
+                    table.release(owner, int(message[1]))
+                except (ValueError, TypeError, IndexError) as exc:
+                    log.error("login limits: bad message from a worker (%s); ignored", exc)
+            else:
+                claims.append((owner, message))
+    for owner, message in claims:
+        if owner not in gone:
+            _answer_claim(table, owner, message)
+    return gone
+
+
+def _waiting(owner: socket.socket) -> list[object]:
+    """Every datagram queued on ``owner``, decoded (None: end of file, the last item)."""
+    messages: list[object] = []
+    while True:
+        try:
+            data = owner.recv(_MAX_MESSAGE)
+        except BlockingIOError:
+            return messages
+        except OSError:
+            data = b""
+        if not data:
+            messages.append(None)
+            return messages
+        try:
+            messages.append(json.loads(data))
+        except ValueError:
+            messages.append(data)  # answered as a claim: its worker waits for a reply
+
+
+def _answer_claim(table: LoginTable, owner: socket.socket, message: object) -> None:
+    refused: Exceeded | None = None
+    match message:
+        case [_verb, int(ticket), str(service), str(host), str(user), int(per_host), int(per_user)]:
+            limits = Limits(per_host, per_user)
+            refused = table.claim(owner, ticket, service, host, user, limits=limits)
+        case _:
+            log.error("login limits: bad message from a worker (%.80r); ignored", message)
     reply = None if refused is None else [refused.what, refused.count, refused.limit, refused.name]
     with contextlib.suppress(OSError):
         owner.send(json.dumps(reply).encode())
-    return True
 
 
 @dataclass(frozen=True, slots=True)

@@ -617,12 +617,11 @@ class Master:
     def _limits_io(self, timeout: float) -> None:
         """Answer the workers' login claims for up to ``timeout`` seconds (the loop's
         pause); a worker that exited has its logins forgotten."""
-        for key, _events in self.selector.select(timeout):
-            channel = key.fileobj
-            assert isinstance(channel, socket.socket)
-            if not limits.answer(self.logins, channel):
-                self.selector.unregister(channel)
-                channel.close()
+        ready = [key.fileobj for key, _events in self.selector.select(timeout)]
+        channels = [channel for channel in ready if isinstance(channel, socket.socket)]
+        for channel in limits.answer(self.logins, channels):
+            self.selector.unregister(channel)
+            channel.close()
 
     def _reap(self) -> None:
         now = time.monotonic()
