@@ -23,7 +23,7 @@ from pop3d.protocol.authorization import (
     open_maildrop,
 )
 from pop3d.protocol.events import InstallLayer
-from pop3d.protocol.states import AWAIT_RESPONSE, HandlerResult, Outcome, Task
+from pop3d.protocol.states import AWAIT_RESPONSE, AwaitResponse, HandlerResult, Outcome, Task
 from pop3d.protocol.wire import OVERLONG
 from pop3d.requests import Request
 from pop3d.sasl import exchange, registry
@@ -134,16 +134,6 @@ def _exchange(
             if isinstance(step, VerifyPassword) and isinstance(reply, AuthResult):
                 password_checked = reply.identity
                 unavailable = reply.reason if reply.temporary else ""
-    if isinstance(result, Success) and result.final is not None:
-        answer = yield from _response(session, result.final)
-        if answer is None:
-            return Outcome.FAIL
-        if answer:  # RFC 5034 §4: additional data is answered by an empty line
-            # Refused, but the credentials were proven: not a failed password fail2ban
-            # counts (found probing)
-            result = SaslFailure(
-                "non-empty answer to additional data", result.authcid, authenticated=True
-            )
     if isinstance(result, SaslFailure) and unavailable:
         return login_unavailable(session, _logged_name(result.authcid, rules), method, unavailable)
     if isinstance(result, SaslFailure) and result.temporary:  # the server's keytab failed
@@ -162,7 +152,7 @@ def _exchange(
         # Recorded now so the audit line of this login names the layer; undone below if
         # the login fails after all (RFC 4422 §3.7: a layer only follows a success).
         session.security = before.with_layer(LayerInfo(mechanism.name, result.layer.ssf))
-    outcome = yield from _authorize(
+    outcome = yield from _authorize_then_finish(
         session,
         result,
         mechanism,
@@ -176,6 +166,39 @@ def _exchange(
         # The +OK is queued and goes out in clear before the request reaches the driver.
         yield InstallLayer(result.layer, session.take_trailing_data())
     return outcome
+
+
+def _authorize_then_finish(
+    session: Session,
+    result: Success,
+    mechanism: Mechanism,
+    method: str,
+    password_checked: str | None,
+    *,
+    requested_folder: str | None,
+) -> Task:
+    """Authorization is decided before the additional data with success (SCRAM's ``v=``,
+    DIGEST-MD5's ``rspauth``, a final GSS token) goes out: that data tells the client its
+    login worked (RFC 5802 §5), so a refused authorization identity must end the exchange
+    without it, as libsasl does (found probing: alice asking for bob got v=, and -ERR only
+    after answering it)."""
+    granted = yield from _authorize(
+        session, result, mechanism, method, password_checked, requested_folder=requested_folder
+    )
+    if isinstance(granted, Outcome):
+        return granted
+    if result.final is not None:
+        answer = yield from _response(session, result.final)
+        if answer is None:
+            return Outcome.FAIL
+        if answer:  # RFC 5034 §4: additional data is answered by an empty line
+            # Refused, but the credentials were proven: not a failed password fail2ban
+            # counts (found probing)
+            reason = "non-empty answer to additional data"
+            return (
+                yield from login_failed(session, granted.user, method, reason, authenticated=True)
+            )
+    return (yield from open_maildrop(session, granted.user, method, granted.folder, granted.acting))
 
 
 def _response(session: Session, challenge: bytes) -> Generator[Any, Any, bytes | None]:
@@ -207,6 +230,16 @@ def _logged_name(raw: str, rules: IdentityRules) -> str:
     return (None if split is None else canonical_user(split[0], rules)) or raw
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Granted:
+    """Whom proven credentials may log in as: the maildrop's user and folder, and who
+    authenticated where ``user`` alone does not say it (for the audit trail)."""
+
+    user: str
+    folder: str | None
+    acting: str
+
+
 def _authorize(
     session: Session,
     result: Success,
@@ -215,7 +248,8 @@ def _authorize(
     password_checked: str | None = None,
     *,
     requested_folder: str | None = None,
-) -> Task:
+) -> Generator[Request | AwaitResponse, Any, _Granted | Outcome]:
+    """The grant, or the Outcome of a refusal already answered."""
     rules = session.settings.identity
     # popsubfolders: "user+folder" in either identity (the authzid's folder first), as
     # Cyrus's popd_canon_user strips and keeps it from both
@@ -250,17 +284,17 @@ def _authorize(
     if target == authcid and mechanism.flags & Flag.KERBEROS:
         # The realm vouched for this user (the principal mapped to a local name under the
         # site's rules): Kerberos users live in the KDC, not in our credential file.
-        return (yield from open_maildrop(session, target, method, folder, acting))
+        return _Granted(target, folder, acting)
     if target == authcid == password_checked:
         # The authenticator checked this user's password a moment ago (with an external
         # checker the user may live only in saslauthd's backend or the KDC): as for
         # USER/PASS, no second look-up in the credential file.
-        return (yield from open_maildrop(session, target, method, folder, acting))
+        return _Granted(target, folder, acting)
     known = yield ResolveUser(target)
     assert isinstance(known, AuthResult)
     if known.identity is None:
         return (yield from login_failed(session, target, method, known.reason))
-    return (yield from open_maildrop(session, known.identity, method, folder, acting))
+    return _Granted(known.identity, folder, acting)
 
 
 def _canonical_request(

@@ -1,0 +1,102 @@
+"""The end of an AUTH exchange, driven through a real session against the lab's Maildir and
+credential file: who proven credentials may act as, decided before the server says they
+were right, and what the audit trail keeps of it."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+
+from pop3d.protocol import events as ev
+from pop3d.sasl.digest_md5 import compute
+from tests.support.drive import Driven, drive, settings_for_lab
+from tests.support.lab import Lab
+
+INVALID = b"-ERR [AUTH] Invalid login\r\n"
+
+
+def _decoded(challenge: bytes) -> bytes:
+    assert challenge.startswith(b"+ "), challenge
+    return base64.b64decode(challenge.removeprefix(b"+ ").strip())
+
+
+def _line(message: bytes) -> bytes:
+    return base64.b64encode(message) + b"\r\n"
+
+
+def _session(lab: Lab, mechanism: str, admins: frozenset[str] = frozenset()) -> Driven:
+    settings = settings_for_lab(sasl_mechanisms=(mechanism,), proxy_authorizers=admins)
+    driven = drive(lab, settings)
+    driven.feed()
+    return driven
+
+
+def _scram_to_final(driven: Driven, user: str, password: str, header: bytes) -> bytes:
+    """SCRAM-SHA-256 from the client's side (RFC 5802 §3) up to its final message; what
+    the server answers that."""
+    bare = b"n=" + user.encode() + b",r=client-nonce"
+    server_first = _decoded(driven.feed(b"AUTH SCRAM-SHA-256 " + _line(header + bare)))
+    fields = dict(part.split(b"=", 1) for part in server_first.split(b","))
+    salted = hashlib.pbkdf2_hmac(
+        "sha256", password.encode(), base64.b64decode(fields[b"s"]), int(fields[b"i"])
+    )
+    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+    without_proof = b"c=" + base64.b64encode(header) + b",r=" + fields[b"r"]
+    auth_message = bare + b"," + server_first + b"," + without_proof
+    signature = hmac.new(hashlib.sha256(client_key).digest(), auth_message, "sha256").digest()
+    proof = bytes(a ^ b for a, b in zip(client_key, signature, strict=True))
+    return driven.feed(_line(without_proof + b",p=" + base64.b64encode(proof)))
+
+
+def _digest_md5_response(driven: Driven, user: str, password: str, authzid: str) -> bytes:
+    """DIGEST-MD5 from the client's side (RFC 2831 §2.1.2): what the server answers the
+    digest-response."""
+    challenge = _decoded(driven.feed(b"AUTH DIGEST-MD5\r\n"))
+    found = re.search(rb'nonce="([^"]+)"', challenge)
+    assert found is not None
+    nonce, cnonce, uri = found.group(1), b"client-nonce", b"pop/lab.test"
+    response, _ = compute(
+        f"{user}:lab.test:{password}".encode(),
+        nonce=nonce,
+        cnonce=cnonce,
+        nc=b"00000001",
+        qop=b"auth",
+        digest_uri=uri,
+        authzid=authzid.encode(),
+    )
+    message = (
+        f'charset=utf-8,username="{user}",realm="lab.test",nonce="{nonce.decode()}",'
+        f'nc=00000001,cnonce="{cnonce.decode()}",digest-uri="{uri.decode()}",'
+        f'response={response.decode()},qop=auth,authzid="{authzid}"'
+    ).encode()
+    return driven.feed(_line(message))
+
+
+def _failures(driven: Driven) -> list[tuple[str, str, bool]]:
+    return [
+        (n.user, n.reason, n.authenticated) for n in driven.notices if isinstance(n, ev.LoginFailed)
+    ]
+
+
+def test_scram_refuses_an_authorization_identity_before_the_server_signature(lab: Lab) -> None:
+    """RFC 5802 §5: v= tells the client it logged in. alice may not act as bob: the answer
+    to her right proof is -ERR, with no v= to answer first (found probing: v=, an empty
+    line, then -ERR). An admin acting as bob still gets v=, then +OK."""
+    driven = _session(lab, "SCRAM-SHA-256")
+    assert _scram_to_final(driven, "alice", "wonderland", b"n,a=bob,") == INVALID
+    assert _failures(driven) == [("alice", "may not act as bob", True)]
+    admin = _session(lab, "SCRAM-SHA-256", admins=frozenset({"alice"}))
+    assert _decoded(_scram_to_final(admin, "alice", "wonderland", b"n,a=bob,")).startswith(b"v=")
+    assert admin.feed(b"\r\n").startswith(b"+OK Mailbox locked and ready")
+
+
+def test_digest_md5_refuses_an_authorization_identity_before_rspauth(lab: Lab) -> None:
+    driven = _session(lab, "DIGEST-MD5")
+    assert _digest_md5_response(driven, "alice", "wonderland", "bob") == INVALID
+    assert _failures(driven) == [("alice", "may not act as bob", True)]
+    admin = _session(lab, "DIGEST-MD5", admins=frozenset({"alice"}))
+    rspauth = _digest_md5_response(admin, "alice", "wonderland", "bob")
+    assert _decoded(rspauth).startswith(b"rspauth=")
+    assert admin.feed(b"\r\n").startswith(b"+OK Mailbox locked and ready")
