@@ -209,11 +209,21 @@ def _apop_login(
 
 
 def login_failed(
-    session: Session, name: str, method: str, reason: str, *, authenticated: bool = False
+    session: Session,
+    name: str,
+    method: str,
+    reason: str,
+    *,
+    authenticated: bool = False,
+    authenticated_as: str = "",
 ) -> Task:
     """``authenticated``: the credentials proved who the client is, and what it asked for
     after them was refused (an authorization identity): not a guessed password."""
-    session.notice(LoginFailed(name, method, reason, authenticated=authenticated))
+    session.notice(
+        LoginFailed(
+            name, method, reason, authenticated=authenticated, authenticated_as=authenticated_as
+        )
+    )
     if session.settings.failed_login_pause > 0:
         yield Pause(session.settings.failed_login_pause)
     # One text for unknown user and wrong password, so the answer tells nothing.

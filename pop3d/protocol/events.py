@@ -188,6 +188,8 @@ class LoginFailed:
     # No verdict at all: the server could not check the credentials (its password checker
     # or its keytab failed). Not the client's fault, so not logged as a wrong password.
     unavailable: bool = False
+    # As LoginSucceeded's: who authenticated, where ``user`` alone does not say it.
+    authenticated_as: str = ""
 
 
 Event = Send | Close | Request | LoginSucceeded | LoginFailed | _NeedData

@@ -22,7 +22,7 @@ from pop3d.protocol.authorization import (
     login_unavailable,
     open_maildrop,
 )
-from pop3d.protocol.events import InstallLayer
+from pop3d.protocol.events import InstallLayer, LoginFailed
 from pop3d.protocol.states import AWAIT_RESPONSE, AwaitResponse, HandlerResult, Outcome, Task
 from pop3d.protocol.wire import OVERLONG
 from pop3d.requests import Request
@@ -125,7 +125,7 @@ def _exchange(
             break
         if isinstance(step, Challenge):
             response = yield from _response(session, step.data)
-            if response is None:
+            if isinstance(response, _Ended):
                 steps.close()
                 return Outcome.FAIL
             reply = response
@@ -189,34 +189,60 @@ def _authorize_then_finish(
         return granted
     if result.final is not None:
         answer = yield from _response(session, result.final)
-        if answer is None:
+        if isinstance(answer, _Ended):
+            # Only wrong guesses were logged, so a client that cancelled here, holding
+            # the proof its guess was right, left no trace of it (found probing).
+            reason = f"{answer.how} after the credentials were proven"
+            session.notice(
+                LoginFailed(
+                    granted.user,
+                    method,
+                    reason,
+                    authenticated=True,
+                    authenticated_as=granted.acting,
+                )
+            )
             return Outcome.FAIL
         if answer:  # RFC 5034 §4: additional data is answered by an empty line
             # Refused, but the credentials were proven: not a failed password fail2ban
             # counts (found probing)
             reason = "non-empty answer to additional data"
             return (
-                yield from login_failed(session, granted.user, method, reason, authenticated=True)
+                yield from login_failed(
+                    session,
+                    granted.user,
+                    method,
+                    reason,
+                    authenticated=True,
+                    authenticated_as=granted.acting,
+                )
             )
     return (yield from open_maildrop(session, granted.user, method, granted.folder, granted.acting))
 
 
-def _response(session: Session, challenge: bytes) -> Generator[Any, Any, bytes | None]:
-    """Send one challenge and read the answer: the decoded bytes, or None when the
-    exchange ended here (cancelled, too long, not base64), the -ERR already queued."""
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Ended:
+    """The client ended the exchange at a challenge (its -ERR is queued)."""
+
+    how: str  # for the audit trail
+
+
+def _response(session: Session, challenge: bytes) -> Generator[Any, Any, bytes | _Ended]:
+    """Send one challenge and read the answer: the decoded bytes, or how the exchange
+    ended here."""
     session.continuation(base64.b64encode(challenge))
     line = yield AWAIT_RESPONSE
     if line is OVERLONG:
         session.err("[AUTH] Response too long")
-        return None
+        return _Ended("response too long")
     assert isinstance(line, bytes)
     if line.startswith(b"*"):
         session.err("[AUTH] Authentication cancelled")
-        return None
+        return _Ended("cancelled")
     decoded = _base64(line) if line else b""
     if decoded is None:
         session.err("[AUTH] Invalid base64 in the response")
-        return None
+        return _Ended("response not base64")
     return decoded
 
 

@@ -436,7 +436,7 @@ class Connection:
             result = Result.UNAVAILABLE
         else:
             result = Result.REFUSED if event.authenticated else Result.FAIL
-        self._audit_login(event.method, event.user, result, event.reason)
+        self._audit_login(event.method, event.user, result, event.reason, event.authenticated_as)
 
     # --- requests -----------------------------------------------------------------------
 

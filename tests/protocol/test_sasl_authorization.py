@@ -5,12 +5,11 @@ were right, and what the audit trail keeps of it."""
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import re
 
 from pop3d.protocol import events as ev
 from pop3d.sasl.digest_md5 import compute
+from tests.support import scram_client
 from tests.support.drive import Driven, drive, settings_for_lab
 from tests.support.lab import Lab
 
@@ -34,20 +33,10 @@ def _session(lab: Lab, mechanism: str, admins: frozenset[str] = frozenset()) -> 
 
 
 def _scram_to_final(driven: Driven, user: str, password: str, header: bytes) -> bytes:
-    """SCRAM-SHA-256 from the client's side (RFC 5802 §3) up to its final message; what
-    the server answers that."""
-    bare = b"n=" + user.encode() + b",r=client-nonce"
+    """SCRAM-SHA-256 up to the client's final message; what the server answers that."""
+    bare = scram_client.client_first_bare(user)
     server_first = _decoded(driven.feed(b"AUTH SCRAM-SHA-256 " + _line(header + bare)))
-    fields = dict(part.split(b"=", 1) for part in server_first.split(b","))
-    salted = hashlib.pbkdf2_hmac(
-        "sha256", password.encode(), base64.b64decode(fields[b"s"]), int(fields[b"i"])
-    )
-    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
-    without_proof = b"c=" + base64.b64encode(header) + b",r=" + fields[b"r"]
-    auth_message = bare + b"," + server_first + b"," + without_proof
-    signature = hmac.new(hashlib.sha256(client_key).digest(), auth_message, "sha256").digest()
-    proof = bytes(a ^ b for a, b in zip(client_key, signature, strict=True))
-    return driven.feed(_line(without_proof + b",p=" + base64.b64encode(proof)))
+    return driven.feed(_line(scram_client.client_final(password, header, bare, server_first)))
 
 
 def _digest_md5_response(driven: Driven, user: str, password: str, authzid: str) -> bytes:
@@ -100,3 +89,26 @@ def test_digest_md5_refuses_an_authorization_identity_before_rspauth(lab: Lab) -
     rspauth = _digest_md5_response(admin, "alice", "wonderland", "bob")
     assert _decoded(rspauth).startswith(b"rspauth=")
     assert admin.feed(b"\r\n").startswith(b"+OK Mailbox locked and ready")
+
+
+def _failed_after_proof(driven: Driven) -> list[tuple[str, str, bool, str]]:
+    return [
+        (n.user, n.reason, n.authenticated, n.authenticated_as)
+        for n in driven.notices
+        if isinstance(n, ev.LoginFailed)
+    ]
+
+
+def test_an_exchange_ended_after_the_proof_is_in_the_audit_trail(lab: Lab) -> None:
+    """Only wrong guesses were logged: a client that cancelled after v= (its guess proven
+    right) left no record at all (found probing). Now a refusal, never a wrong password."""
+    driven = _session(lab, "SCRAM-SHA-256")
+    assert _decoded(_scram_to_final(driven, "alice", "wonderland", b"n,,")).startswith(b"v=")
+    assert driven.feed(b"*\r\n") == b"-ERR [AUTH] Authentication cancelled\r\n"
+    admin = _session(lab, "DIGEST-MD5", admins=frozenset({"alice"}))
+    assert _decoded(_digest_md5_response(admin, "alice", "wonderland", "bob"))
+    assert admin.feed(b"not base64!\r\n") == b"-ERR [AUTH] Invalid base64 in the response\r\n"
+    assert _failed_after_proof(driven) + _failed_after_proof(admin) == [
+        ("alice", "cancelled after the credentials were proven", True, ""),
+        ("bob", "response not base64 after the credentials were proven", True, "alice"),
+    ]

@@ -20,6 +20,7 @@ import pytest
 
 from pop3d.security.value import Security, TLSInfo
 from pop3d.server.audit import Login, Result, SessionEnd, json_line, syslog_line
+from tests.support import scram_client
 from tests.support.lab import Lab, Server, start_server
 
 # fail2ban's filter.d/cyrus-imap.conf (after its prefix line): what sites already run.
@@ -416,3 +417,43 @@ def test_a_very_long_name_makes_one_short_line_fail2ban_still_reads(
     login = objects[-2]
     assert login["result"] == "fail" and login["user"].endswith("...(+47744)")
     assert len(jsonl.read_text().splitlines()[-2]) < 4096
+
+
+# --- credentials proven, the login refused --------------------------------------------------
+
+
+def test_an_exchange_cancelled_after_the_proof_is_a_refused_login(
+    tmp_path: Path, syslog: Syslog
+) -> None:
+    """SCRAM's v= tells the client its password was right; cancelling then left no record
+    (only wrong guesses were logged; found probing). It is a refusal, naming who proved it,
+    and nothing fail2ban counts."""
+    jsonl = tmp_path / "audit.jsonl"
+    lab = Lab(
+        tmp_path / "lab",
+        extra_config=(f"syslog_socket: {syslog.path}\naudit_jsonl_file: {jsonl}\nadmins: alice\n"),
+    ).create()
+    server = start_server(lab)
+    try:
+        _audit_lines(syslog, 1)  # the readiness probe's
+        c = Client(server.port)
+        header = b"n,a=bob,"
+        bare = scram_client.client_first_bare("alice")
+        first = base64.b64encode(header + bare)
+        server_first = base64.b64decode(c.ask(b"AUTH SCRAM-SHA-256 " + first)[2:])
+        final = scram_client.client_final("wonderland", header, bare, server_first)
+        assert base64.b64decode(c.ask(base64.b64encode(final))[2:]).startswith(b"v=")
+        assert c.ask(b"*") == b"-ERR [AUTH] Authentication cancelled"
+        c.quit()
+        badlogin, _counts = _audit_lines(syslog, 2)
+    finally:
+        assert server.stop() == 0
+    record = badlogin.split("]: ", 1)[1].rstrip("\x00")
+    assert record.startswith(
+        "badlogin: 127.0.0.1 [127.0.0.1] SCRAM-SHA-256 (bob) "
+        "[cancelled after the credentials were proven] "
+    ), record
+    assert "authid=<alice> result=<refused>" in record
+    assert FAIL2BAN.search(record) is None
+    login = json.loads(jsonl.read_text().splitlines()[-2])
+    assert (login["user"], login["authid"], login["result"]) == ("bob", "alice", "refused")
