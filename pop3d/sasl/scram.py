@@ -28,6 +28,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
 from dataclasses import dataclass
 
 from pop3d.sasl import gs2_header, saslname
@@ -50,6 +51,9 @@ from pop3d.security.secret import Secret, equal
 
 HASHES = {"SHA-1": "sha1", "SHA-256": "sha256", "SHA-512": "sha512"}
 DEFAULT_ITERATIONS = 4096  # Cyrus's and Dovecot's; scram_iterations raises it
+# RFC 5802 §7's c-nonce: printable, no ",". It goes back to the client in the server's
+# first message, so a space, a control character or DEL was echoed (found probing).
+_PRINTABLE = re.compile(rb"[\x21-\x2b\x2d-\x7e]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +135,7 @@ class Scram(Mechanism):
         except (SASLprepError, UnicodeDecodeError):
             raise MalformedResponse("user name fails SASLprep") from None
         client_nonce = first[b"r"]
-        if not user or not client_nonce or not client_nonce.isascii() or b"," in client_nonce:
+        if not user or not _PRINTABLE.fullmatch(client_nonce):
             raise MalformedResponse("empty user name or bad nonce")
         secrets = yield FetchSecrets(user, (self.scheme,))
         assert isinstance(secrets, Secrets)

@@ -119,6 +119,14 @@ def test_saslname_that_is_not_utf8_is_malformed(client_first: bytes) -> None:
         Scram("SHA-256", plus=False).run(Context("lab.test"), client_first).send(None)
 
 
+@pytest.mark.parametrize("nonce", [b"ab c", b"ab\x01c", b"ab\x7fc", b"ab\tc", b"ab\xc3\xa9"])
+def test_a_client_nonce_that_is_not_printable_is_malformed(nonce: bytes) -> None:
+    """RFC 5802 §7: c-nonce is ``printable`` (%x21-2B / %x2D-7E); a space, a control
+    character or DEL was taken and echoed in the server's first message (found probing)."""
+    with pytest.raises(MalformedResponse, match="bad nonce"):
+        Scram("SHA-256", plus=False).run(Context("lab.test"), b"n,,n=user,r=" + nonce).send(None)
+
+
 @pytest.mark.usefixtures("scramp_exporter")
 @pytest.mark.parametrize("binding_type", ["tls-exporter", "tls-server-end-point"])
 def test_on_tls13_the_client_binds_to_the_exporter_or_the_certificate(
