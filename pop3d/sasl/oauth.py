@@ -12,9 +12,10 @@ a GS2 header ("n" or "y": the mechanism has no channel binding, so "p=" is refus
 
     user=someuser@example.com^Aauth=Bearer <token>^A^A
 
-On a refused token the server sends an error as one more challenge and fails the exchange
-after the client's answer, which for OAUTHBEARER must be the single byte 0x01 (RFC 7628
-§3.2.2, §4.3) and for XOAUTH2 is an empty response. OAUTHBEARER's error is
+On a refused token (a token for a user the server does not know is one) the server sends an
+error as one more challenge and fails the exchange after the client's answer, which for
+OAUTHBEARER must be the single byte 0x01 (RFC 7628 §3.2.2, §4.3) and for XOAUTH2 is an
+empty response. OAUTHBEARER's error is
 ``{"status":"invalid_token","schemes":"bearer"}`` (with ``"scope"`` when one is required);
 XOAUTH2 sends the same with the HTTP status Google uses ("401"; "400", "403").
 
@@ -43,7 +44,9 @@ from pop3d.sasl.mechanism import (
     Success,
 )
 from pop3d.sasl.requests import (
+    AuthResult,
     BearerResult,
+    ResolveUser,
     VerifyBearer,
 )
 from pop3d.security.secret import Secret
@@ -125,7 +128,14 @@ class _BearerMechanism(Mechanism):
             reason = f"token is for {result.identity!r}, not {named!r}"
             who = result.identity
         else:
-            return Success(result.identity, named)
+            # A good token for a user we do not know is refused as a bad one is (RFC 7628
+            # §3.2.2: the error challenge, the client's answer, the failure): refused at
+            # once, the two could be told apart (found probing).
+            known = yield ResolveUser(result.identity)
+            assert isinstance(known, AuthResult)
+            if known.identity is not None:
+                return Success(result.identity, named)
+            status, reason, who = INVALID_TOKEN, known.reason, result.identity
         answer = yield Challenge(self._error(status, context.oauth_scope))
         if not self._answer_ok(answer):
             reason += "; then a wrong answer to the error challenge"

@@ -1,15 +1,19 @@
 """The end of an AUTH exchange, driven through a real session against the lab's Maildir and
 credential file: who proven credentials may act as, decided before the server says they
-were right, and what the audit trail keeps of it."""
+were right; what the audit trail keeps of it; refusals the client must not tell apart."""
 
 from __future__ import annotations
 
 import base64
 import re
+import time
 
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from pop3d.auth.tokens import TokenValidator
 from pop3d.protocol import events as ev
 from pop3d.sasl.digest_md5 import compute
-from tests.support import scram_client
+from tests.support import jwt, scram_client
 from tests.support.drive import Driven, drive, settings_for_lab
 from tests.support.lab import Lab
 
@@ -112,3 +116,32 @@ def test_an_exchange_ended_after_the_proof_is_in_the_audit_trail(lab: Lab) -> No
         ("alice", "cancelled after the credentials were proven", True, ""),
         ("bob", "response not base64 after the credentials were proven", True, "alice"),
     ]
+
+
+def test_a_good_token_for_an_unknown_user_is_answered_as_a_bad_token_is(lab: Lab) -> None:
+    """RFC 7628 §3.2.2: the error challenge, the client's 0x01, then -ERR. A validly signed
+    token for a user pop3d does not know got -ERR at once (found probing)."""
+    key = ed25519.Ed25519PrivateKey.generate()
+    validator = TokenValidator(
+        issuer="https://issuer.lab.test",
+        audience="pop3d",
+        jwks={"keys": [jwt.jwk(key, "k1")]},
+        user_claim="sub",
+    )
+
+    def token(user: str, audience: str = "pop3d") -> bytes:
+        now = int(time.time())
+        claims = {"iss": "https://issuer.lab.test", "aud": audience, "sub": user}
+        made = jwt.token(key, "EdDSA", {"kid": "k1"}, claims | {"iat": now, "exp": now + 60})
+        return b"n,,\x01auth=Bearer " + made.encode() + b"\x01\x01"
+
+    transcripts = []
+    for message in (token("nobody"), token("alice", audience="imap"), token("alice")):
+        driven = _session(lab, "OAUTHBEARER")
+        driven.work.token_validator = validator
+        transcripts.append(
+            [driven.feed(b"AUTH OAUTHBEARER " + _line(message)), driven.feed(_line(b"\x01"))]
+        )
+    error = _line(b'{"status":"invalid_token","schemes":"bearer"}')
+    assert transcripts[0] == transcripts[1] == [b"+ " + error, INVALID]
+    assert transcripts[2][0].startswith(b"+OK Mailbox locked and ready")

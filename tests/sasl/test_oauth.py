@@ -3,7 +3,8 @@ vectors/sasl/make_oauth.py), errors as the extra challenge, authzid checks and e
 malformed client message.
 
 VerifyBearer is answered by a real TokenValidator (tests/support's runner does not know
-the request yet, so :func:`replay` here is its counterpart)."""
+the request yet, so :func:`replay` here is its counterpart), ResolveUser by a real
+Authenticator over a credential file holding the users the tokens name."""
 
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pop3d.auth import credentials, schemes
+from pop3d.auth.authenticator import Authenticator
+from pop3d.auth.credentials import CredentialFile
 from pop3d.auth.tokens import TokenValidator, read_jwks
 from pop3d.sasl import requests as rq
 from pop3d.sasl.mechanism import (
@@ -33,6 +37,7 @@ from pop3d.sasl.oauth import OAuthBearer, XOAuth2
 from pop3d.security.secret import Secret
 from tests.support import jwt, sasl_run, sasl_vectors
 from tests.support.jwt import b64url
+from tests.support.lab import FAST_ARGON2
 
 CASES = sasl_vectors.load("oauth.json")
 # What vectors/sasl/make_oauth.py signed its tokens for.
@@ -56,11 +61,28 @@ def vector_validator() -> TokenValidator:
     )
 
 
+# Every user a good token here names, but "nobody@lab.test".
+KNOWN_USERS = ("alice@lab.test", "a,b=c@lab.test", "user@example.com", "someuser@example.com")
+_KNOWN: dict[str, Authenticator] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _known_users(tmp_path_factory: pytest.TempPathFactory) -> None:
+    path = tmp_path_factory.mktemp("oauth") / "passwd"
+    values, _ = schemes.derive(Secret(b"unused"), set(), FAST_ARGON2)
+    for user in KNOWN_USERS:
+        credentials.update(path, user, lambda _old, user=user: credentials.UserRecord(user, values))
+    _KNOWN["users"] = Authenticator(CredentialFile(path), FAST_ARGON2)
+
+
 def resolve(validator: TokenValidator, request: object) -> object:
-    """The driver's part: VerifyBearer goes to the validator; nothing else is asked."""
+    """The driver's part: VerifyBearer goes to the validator, ResolveUser to the
+    authenticator; nothing else is asked."""
     if isinstance(request, rq.VerifyBearer):
         assert isinstance(request.token, Secret)
         return validator.verify(request.token)
+    if isinstance(request, rq.ResolveUser):
+        return _KNOWN["users"].resolve_user(request.user)
     raise AssertionError(f"unexpected request {request!r}")
 
 
@@ -151,7 +173,8 @@ def test_oauthbearer_success() -> None:
     result, challenges, requests = exchange(OAuthBearer(), oauthbearer(token))
     assert result == Success("alice@lab.test", "alice@lab.test")
     assert challenges == []
-    (request,) = requests
+    request, lookup = requests
+    assert lookup == rq.ResolveUser("alice@lab.test")
     assert isinstance(request, rq.VerifyBearer)
     assert request.user_hint == "alice@lab.test"
     assert request.token.reveal() == token.encode()
@@ -224,6 +247,26 @@ def test_refused_tokens_get_the_error_challenge(
     result, challenges, _ = exchange(XOAuth2(), xoauth2(token), [b""], validator, scope)
     assert json.loads(challenges[0]) == expected | {"status": http}
     assert isinstance(result, Failure)
+
+
+@pytest.mark.parametrize("mechanism", [OAuthBearer(), XOAuth2()], ids=["oauthbearer", "xoauth2"])
+def test_a_good_token_for_an_unknown_user_is_refused_as_a_bad_token_is(
+    mechanism: Mechanism,
+) -> None:
+    """RFC 7628 §3.2.2: the error challenge, the client's answer, then the failure. A
+    good token whose user pop3d does not know was failed at once (the session found the
+    user unknown after the mechanism's success), so the two could be told apart (found
+    probing)."""
+    oauth = isinstance(mechanism, OAuthBearer)
+    answer, error = (b"\x01", OAUTHBEARER_ERROR) if oauth else (b"", XOAUTH2_ERROR)
+    reasons = []
+    for token in (make_token(email="nobody@lab.test"), make_token(aud="x")):
+        message = oauthbearer(token, "n,,") if oauth else xoauth2(token, "")
+        result, challenges, _ = exchange(mechanism, message, [answer])
+        assert challenges == [error]
+        assert isinstance(result, Failure)
+        reasons.append(result.reason)
+    assert reasons[0] == "unknown user" and "wrong answer" not in reasons[1]
 
 
 def test_error_challenge_with_the_configured_scope() -> None:
