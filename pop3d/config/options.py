@@ -340,8 +340,9 @@ OPTIONS: dict[str, Option] = {
             "popexpiretime",
             D,
             -1,
-            "CAPA EXPIRE: days messages may stay (negative: NEVER). "
-            "Advertised only; pop3d never expires mail.",
+            "CAPA EXPIRE: days messages may stay (negative: NEVER). A part of a day "
+            "counts as a whole one (12h is EXPIRE 1; only 0 is EXPIRE 0, 'do not leave "
+            "mail on the server'). Advertised only; pop3d never expires mail.",
             unit="d",
             negative=True,
         ),

@@ -38,7 +38,11 @@ def _permitted(action: Action, text: str) -> Callable[[Session], str | None]:
 
 def _expire(session: Session) -> str:
     expire = session.settings.expire_seconds
-    return "EXPIRE NEVER" if expire < 0 else f"EXPIRE {expire // 86400}"
+    if expire < 0:
+        return "EXPIRE NEVER"
+    # Part of a day counts as a day: RFC 2449 §6.7's EXPIRE 0 tells the client to leave
+    # nothing on the server, which a popexpiretime of 12h does not mean (found probing).
+    return f"EXPIRE {-(-expire // 86400)}"
 
 
 def _login_delay(session: Session) -> str | None:

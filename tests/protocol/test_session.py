@@ -410,3 +410,23 @@ def test_good_credentials_used_under_a_name_they_may_not_use_are_not_a_wrong_pas
         ("bad identity", True),
         ("wrong password", False),
     ]
+
+
+@pytest.mark.parametrize(
+    ("seconds", "advertised"),
+    [
+        (-1, b"EXPIRE NEVER"),
+        (0, b"EXPIRE 0"),
+        (12 * 3600, b"EXPIRE 1"),
+        (86400, b"EXPIRE 1"),
+        (86401, b"EXPIRE 2"),
+    ],
+)
+def test_capa_expire_counts_part_of_a_day_as_a_day(
+    lab: Lab, seconds: int, advertised: bytes
+) -> None:
+    """RFC 2449 §6.7: EXPIRE 0 means "do not leave mail on the server"; a popexpiretime of
+    12h said so (found probing). Only 0 says it now."""
+    driven = drive(lab, settings_for_lab(expire_seconds=seconds))
+    driven.feed()
+    assert advertised in driven.feed(b"CAPA\r\n").split(b"\r\n")
