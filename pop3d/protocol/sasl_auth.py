@@ -318,6 +318,12 @@ def _authorize(
         return _Granted(target, folder, acting)
     known = yield ResolveUser(target)
     assert isinstance(known, AuthResult)
+    if known.identity is None and target != authcid:
+        # An admin's proven credentials asking for a user that does not exist: refused to
+        # the admin, logged as a refusal, not as a guessed password under the name asked
+        # for (found probing); the client's answer is every failure's.
+        reason = f"may not act as {target}: {known.reason}"
+        return (yield from login_failed(session, authcid, method, reason, authenticated=True))
     if known.identity is None:
         return (yield from login_failed(session, target, method, known.reason))
     return _Granted(known.identity, folder, acting)

@@ -145,3 +145,20 @@ def test_a_good_token_for_an_unknown_user_is_answered_as_a_bad_token_is(lab: Lab
     error = _line(b'{"status":"invalid_token","schemes":"bearer"}')
     assert transcripts[0] == transcripts[1] == [b"+ " + error, INVALID]
     assert transcripts[2][0].startswith(b"+OK Mailbox locked and ready")
+
+
+def test_an_admin_asking_for_a_user_that_does_not_exist_is_refused_not_failed(lab: Lab) -> None:
+    """bob (admins) with his right password asking for nosuch: logged as a guessed password
+    for nosuch, bob unnamed (found probing). Now a refusal of bob's; the client still gets
+    what every failure gets, so it learns nothing of nosuch."""
+    driven = _session(lab, "PLAIN", admins=frozenset({"bob"}))
+    answers = [
+        driven.feed(b"AUTH PLAIN " + _line(plain))
+        for plain in (b"nosuch\0bob\0builder", b"alice\0bob\0wrong", b"\0nosuch\0builder")
+    ]
+    assert answers == [INVALID] * 3
+    assert _failures(driven) == [
+        ("bob", "may not act as nosuch: unknown user", True),
+        ("bob", "wrong password", False),
+        ("nosuch", "unknown user", False),
+    ]

@@ -457,3 +457,26 @@ def test_an_exchange_cancelled_after_the_proof_is_a_refused_login(
     assert FAIL2BAN.search(record) is None
     login = json.loads(jsonl.read_text().splitlines()[-2])
     assert (login["user"], login["authid"], login["result"]) == ("bob", "alice", "refused")
+
+
+def test_an_admin_asking_for_a_user_that_does_not_exist_is_a_refusal_of_the_admin(
+    tmp_path: Path, syslog: Syslog
+) -> None:
+    """It was 'badlogin ... PLAIN (nosuch) [SASL(-13)...]': bob unnamed, and his right
+    password a guess fail2ban counts (found probing)."""
+    lab = Lab(tmp_path / "lab", extra_config=f"syslog_socket: {syslog.path}\nadmins: bob\n")
+    server = start_server(lab.create())
+    try:
+        _audit_lines(syslog, 1)  # the readiness probe's
+        c = Client(server.port)
+        blob = base64.b64encode(b"nosuch\0bob\0builder")
+        assert c.ask(b"AUTH PLAIN " + blob) == b"-ERR [AUTH] Invalid login"
+        c.quit()
+        badlogin, _counts = _audit_lines(syslog, 2)
+    finally:
+        assert server.stop() == 0
+    record = badlogin.split("]: ", 1)[1].rstrip("\x00")
+    assert record.startswith(
+        "badlogin: 127.0.0.1 [127.0.0.1] PLAIN (bob) [may not act as nosuch: unknown user] "
+    ), record
+    assert "result=<refused>" in record and FAIL2BAN.search(record) is None
