@@ -299,10 +299,32 @@ def write_message(
 
 
 def _append_uidl(root: int, unique: str, uidl: str) -> None:
-    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(UIDL_MAP_NAME, flags, 0o600, dir_fd=root)
+    append_line(root, UIDL_MAP_NAME, f"{unique} {uidl}\n".encode("ascii"))
+
+
+def append_line(root: int, name: str, line: bytes) -> None:
+    """``line`` appended to ``name`` in the Maildir ``root`` and fsynced: whole, or not at
+    all. A write cut short (ENOSPC part-way through a line) is cut back to the old size: a
+    torn line left there had the next run's line glued to it, the two read as one line that
+    does not parse, and that run's message was served under a UIDL no client knew (found
+    probing). A torn last line found there (a crash of the machine mid-write) is cut off
+    first: it was never whole, and a part of a line may read as another whole one."""
+    flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(name, flags, 0o600, dir_fd=root)
     try:
-        os.write(fd, f"{unique} {uidl}\n".encode("ascii"))
-        os.fsync(fd)
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            size = os.pread(fd, size, 0).rfind(b"\n") + 1
+            os.ftruncate(fd, size)
+        try:
+            view = memoryview(line)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)
+                os.fsync(fd)
+            raise
     finally:
         os.close(fd)

@@ -56,6 +56,41 @@ def test_delivery_to_a_full_filesystem_is_tempfail_and_leaves_nothing(tmp_path: 
     assert len(lab.messages("bob")) == 3
 
 
+def test_an_import_onto_a_full_filesystem_leaves_no_torn_uidl_line(tmp_path: Path) -> None:
+    """Found probing: the kept-UIDL line was one os.write whose count was not looked at; a
+    full disk cut it short, the next run's line was glued to it, and that message was
+    served under a UIDL no client had."""
+    unshare = shutil.which("unshare")
+    if unshare is None or os.geteuid() != 0:
+        pytest.skip("needs root and unshare to mount a private tmpfs")
+    lab = Lab(tmp_path / "lab").create()
+    source = tmp_path / "dovecot"
+    for sub in ("new", "cur", "tmp"):
+        (source / sub).mkdir(parents=True)
+    uidlist = ["3 V1700000000 N3 G0"]
+    for uid in (1, 2):
+        (source / "new" / f"1699990000.M{uid}P1.old").write_bytes(b"Subject: %d\n\nx\n" % uid)
+        uidlist.append(f"{uid} :1699990000.M{uid}P1.old")
+    (source / "dovecot-uidlist").write_text("\n".join(uidlist) + "\n")
+    done = subprocess.run(
+        [unshare, "--mount", "--propagation", "private", sys.executable, "-m"]
+        + ["tests.faults.full_import", str(lab.config), str(lab.maildir("bob").parent)]
+        + [str(source)],
+        capture_output=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    if report["mount"] != "ok":
+        pytest.skip(f"cannot mount a tmpfs: {report['mount']}")
+    assert report["full"]["code"] == 75, report["full"]
+    assert "No space left on device" in report["full"]["stderr"]
+    assert report["after_full"] == report["before"]  # cut back: no torn line
+    assert report["again"]["code"] == 0, report["again"]
+    assert report["uidls"] == ["000000016553f100", "000000026553f100"]
+
+
 # --- permissions under a running server ---------------------------------------------------
 
 
