@@ -97,13 +97,18 @@ class Uidlist:
     uidvalidity: int
     guid: str
     entries: tuple[UidlistEntry, ...]
+    # "file:line: why", for each line Dovecot too would pass over (a file listed again)
+    dropped: tuple[str, ...] = ()
 
 
 def parse_uidlist(text: str, path: str) -> Uidlist:
     """A version 3 ``dovecot-uidlist``: ``3 V<uidvalidity> N<next> G<guid>``, then
-    ``<uid> [<ext>...] :<filename>`` lines. SourceRefused at the first line that does not
-    parse."""
-    lines = text.split("\n")
+    ``<uid> [<ext>...] :<filename>`` lines, each ended by LF or CRLF (a uidlist copied
+    through a tool that wrote CRLF had every file name end in CR: no message was found).
+    A file listed again keeps only its later line, as Dovecot keeps it (maildir-uidlist.c,
+    "Duplicate file entry"): two lines for one file copied it twice. SourceRefused at the
+    first line that does not parse."""
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
     if lines and lines[-1] == "":
         lines.pop()
     if not lines:
@@ -114,7 +119,8 @@ def parse_uidlist(text: str, path: str) -> Uidlist:
     fields = {item[:1]: item[1:] for item in header[1:] if item}
     if not fields.get("V", "").isdigit():
         raise SourceRefused(f"{path}:1: no V<uidvalidity> in the header")
-    entries: list[UidlistEntry] = []
+    by_file: dict[str, UidlistEntry] = {}  # in UID order: a later line's is higher
+    dropped: list[str] = []
     last = 0
     for number, line in enumerate(lines[1:], 2):
         head, sep, filename = line.partition(" :")
@@ -128,10 +134,17 @@ def parse_uidlist(text: str, path: str) -> Uidlist:
         pop3 = next((p[1:] for p in parts[1:] if p.startswith("P")), None)
         guid = next((p[1:] for p in parts[1:] if p.startswith("G")), None)
         order = next((p[1:] for p in parts[1:] if p.startswith("O")), "")
-        entries.append(
-            UidlistEntry(uid, filename, pop3 or None, number, guid or None, _pop3_order(order))
+        base = filename.partition(":")[0]
+        earlier = by_file.pop(base, None)
+        if earlier is not None:
+            dropped.append(
+                f"{path}:{number}: {base} listed again (UID {earlier.uid}, line "
+                f"{earlier.line}): taken once, as UID {uid}, as Dovecot takes it"
+            )
+        by_file[base] = UidlistEntry(
+            uid, filename, pop3 or None, number, guid or None, _pop3_order(order)
         )
-    return Uidlist(int(fields["V"]), fields.get("G", ""), tuple(entries))
+    return Uidlist(int(fields["V"]), fields.get("G", ""), tuple(by_file.values()), tuple(dropped))
 
 
 def _pop3_order(text: str) -> int | None:
@@ -284,6 +297,8 @@ def _import(
     report: Callable[[str], None],
 ) -> ImportReport:
     result = ImportReport()
+    for line in uidlist.dropped:
+        report(line)
     present = {
         _identity(unique_part(name))
         for subdir in ("new", "cur")

@@ -84,6 +84,29 @@ def test_a_corrupt_uidlist_names_its_line() -> None:
         parse_uidlist("1 1 3\n", "uidlist")
 
 
+def test_a_crlf_uidlist_and_a_file_listed_twice(tmp_path: Path) -> None:
+    """Found probing: a uidlist with CRLF line ends had every file name end in CR (nothing
+    found, every message skipped), and a file listed on two lines was copied twice. Dovecot
+    keeps the later line's UID for it (maildir-uidlist.c), and so does the import."""
+    source = tmp_path / "Maildir"
+    for sub in ("new", "cur", "tmp"):
+        (source / sub).mkdir(parents=True)
+    (source / "cur" / "1699990001.M1P1.old:2,S").write_bytes(b"Subject: a\n\nx\n")
+    (source / "new" / "1699990002.M2P1.old").write_bytes(b"Subject: b\n\ny\n")
+    (source / "dovecot-uidlist").write_bytes(
+        b"3 V1700000000 N4 G0\r\n1 :1699990001.M1P1.old\r\n2 :1699990002.M2P1.old\r\n"
+        b"3 :1699990001.M1P1.old\r\n"
+    )
+    store = MaildirStore("%p/%u/Maildir", str(tmp_path / "spool"))
+    lines: list[str] = []
+    report = import_dovecot(source, store, "ivy", report=lines.append)
+    assert (report.imported, report.skipped) == (2, []), report
+    assert len(lines) == 1 and "dovecot-uidlist:4: 1699990001.M1P1.old listed again" in lines[0]
+    drop = store.open("ivy")
+    assert drop.uids == ("000000026553f100", "000000036553f100")
+    drop.close()
+
+
 def test_import_then_uidl_over_a_real_server_byte_for_byte(lab: Lab) -> None:
     source = _dovecot_maildir(lab.root)
     before = _tree(source)
