@@ -415,8 +415,9 @@ def _report(line: str) -> None:
 
 
 def _summary(user: str, result: ImportReport) -> None:
+    unlisted = f" ({result.unlisted} not in dovecot-uidlist)" if result.unlisted else ""
     print(
-        f"{user}: {result.imported} imported, {result.present} already there, "
+        f"{user}: {result.imported} imported{unlisted}, {result.present} already there, "
         f"{len(result.skipped)} skipped"
     )
 

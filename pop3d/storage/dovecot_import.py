@@ -16,6 +16,9 @@ each message's POP3 UIDL (issue 14).
   one last, each group in UID order; such a message's unique part is
   ``<uidvalidity>.A<n>I<uid>V<uidvalidity>.dovecot`` ("A" sorts before "I"), so the message
   numbers a client saw at Dovecot are the ones it sees here.
+* A file in ``new/`` or ``cur/`` the uidlist does not name (an MTA delivered it since
+  Dovecot last listed the folder: no client has a UIDL for it) is imported after the
+  others, keeping its unique part, with the UIDL pop3d gives any file.
 * Order of writes, for a run that can be killed anywhere: the ``pop3d-uidl`` line (fsync),
   then the message in ``tmp/`` (fsync), linked into ``new/`` or ``cur/`` (fsync). A line
   without its message is ignored; a message is present only whole and with its line.
@@ -65,6 +68,7 @@ from pop3d.storage.maildir import (
     _open_directory,
     _open_message,
     size_hint,
+    uidl_for,
     unique_part,
     valid_uidl,
 )
@@ -331,7 +335,53 @@ def _import(
             continue
         present.add(_identity(unique))
         result.imported += 1
+    listed = {entry.filename.partition(":")[0] for entry in uidlist.entries}
+    for base, located in sorted(files.items()):
+        if base not in listed and not located[1].startswith("."):
+            _copy_unlisted(
+                shown,
+                located,
+                sources=sources,
+                folders=folders,
+                present=present,
+                result=result,
+                report=report,
+            )
     return result
+
+
+def _copy_unlisted(
+    shown: str,
+    located: tuple[str, str],
+    *,
+    sources: dict[str, int],
+    folders: _Folders,
+    present: set[str],
+    result: ImportReport,
+    report: Callable[[str], None],
+) -> None:
+    """A message the uidlist does not name: delivered (by Postfix, procmail) since Dovecot
+    last listed the folder, so no client has its UIDL yet. It keeps its unique part and
+    gets the UIDL pop3d gives any file (maildir.uidl_for); it was passed over, and the
+    import said it was done (found probing)."""
+    subdir, name = located
+    unique = unique_part(name)
+    where = f"{shown}: {subdir}/{name} (not in {UIDLIST_NAME})"
+    if unique in present:
+        result.present += 1
+        return
+    reason = (
+        _copy(sources[subdir], located, unique, uidl_for(unique), folders)
+        if unique
+        else "no Maildir unique part in its name"
+    )
+    if reason is not None:
+        result.skipped.append(f"{where}: {reason}")
+        report(f"{where}: skipped: {reason}")
+        return
+    present.add(unique)
+    result.imported += 1
+    result.unlisted += 1
 
 
 def _copy(

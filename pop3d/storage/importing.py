@@ -227,6 +227,7 @@ def read_capped(handle: BinaryIO, limit: int, shown: str) -> bytes:
 class ImportReport:
     imported: int = 0
     present: int = 0  # already in the target: skipped
+    unlisted: int = 0  # of those imported, files the source's index did not name
     skipped: list[str] = field(default_factory=list)  # "file: reason"
 
 

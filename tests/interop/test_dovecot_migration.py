@@ -174,6 +174,31 @@ def test_maildir_moves_without_a_download(
     _switch_and_check(tmp_path, lab, fetch, before)
 
 
+def test_mail_delivered_since_dovecot_last_listed_the_folder_comes_too(tmp_path: Path) -> None:
+    """Found probing: a message Postfix or procmail put in new/ after Dovecot last wrote its
+    uidlist was passed over, and the import said it was done. It comes with the UIDL pop3d
+    gives any file (no client has one for it: Dovecot had not listed it), after the rest."""
+    with running_dovecot({USER: PASSWORD}, MAILDIR) as old:
+        for number in (1, 2, 3):
+            old.deliver(USER, _message(number))
+        before = _look(old.port)
+        unlisted = f"{int(time.time()) + 1}.M1P999.postfix"
+        (old.maildir(USER) / "new" / unlisted).write_bytes(_message(4))
+        assert unlisted not in (old.maildir(USER) / "dovecot-uidlist").read_text()
+        lab = _lab(tmp_path)
+        source = ("--dovecot", str(old.maildir(USER)))
+        done = f"{USER}: 4 imported (1 not in dovecot-uidlist), 0 already there, 0 skipped\n"
+        assert _import(lab, *source) == done
+        assert _import(lab, *source) == f"{USER}: 0 imported, 4 already there, 0 skipped\n"
+    server = start_server(lab)
+    try:
+        after = _look(server.port)
+    finally:
+        server.stop()
+    assert after.uidl == [*before.uidl, f"4 {unlisted}".encode()]
+    assert after.messages == [*before.messages, _message(4).splitlines()]
+
+
 def test_saved_uidls_survive_a_format_change(tmp_path: Path) -> None:
     """pop3_save_uidl = yes froze the UIDLs clients saw (the P field); the site then changed
     pop3_uidl_format: old messages keep the saved UIDL, newer ones have the new format."""
