@@ -22,8 +22,9 @@ each message's POP3 UIDL (issue 14).
 * Order of writes, for a run that can be killed anywhere: the ``pop3d-uidl`` line (fsync),
   then the message in ``tmp/`` (fsync), linked into ``new/`` or ``cur/`` (fsync). A line
   without its message is ignored; a message is present only whole and with its line.
-  A message whose unique part is already in the target is skipped: a second run adds
-  nothing, an interrupted one resumes.
+  A message ``pop3d-imported`` names (by its base file name; importing.ImportedRecord),
+  or whose unique part is in the target, is skipped: a second run adds nothing, brings
+  back nothing deleted since, and an interrupted one resumes.
 * The source is only read: nothing there is written, renamed or locked. The whole uidlist
   is parsed before anything is written: a corrupt one stops the import with file:line and
   reason, the target unchanged. A message that cannot be read is reported and skipped.
@@ -50,6 +51,7 @@ from pop3d.storage.importing import (
     FOLDER,
     MESSAGE_MAX,
     REGULAR_FILE,
+    ImportedRecord,
     ImportFailed,
     ImportReport,
     SourcePath,
@@ -60,6 +62,7 @@ from pop3d.storage.importing import (
     read_capped,
     refusal,
     source_error,
+    source_key,
     write_message,
 )
 from pop3d.storage.maildir import (
@@ -303,6 +306,7 @@ def _import(
     result = ImportReport()
     for line in uidlist.dropped:
         report(line)
+    record = ImportedRecord(folders.root)
     present = {
         _identity(unique_part(name))
         for subdir in ("new", "cur")
@@ -311,7 +315,8 @@ def _import(
     for entry in uidlist.entries:
         where = f"{shown}: UID {entry.uid} ({entry.filename})"
         unique = entry.unique(uidlist.uidvalidity)
-        if _identity(unique) in present:
+        key = source_key("dovecot", entry.filename.partition(":")[0])
+        if record.has(key, in_target=_identity(unique) in present):
             result.present += 1
             continue
         uidl = entry.pop3_uidl or expand_format(
@@ -333,6 +338,7 @@ def _import(
             result.skipped.append(f"{where}: {reason}")
             report(f"{where}: skipped: {reason}")
             continue
+        record.add(key)
         present.add(_identity(unique))
         result.imported += 1
     listed = {entry.filename.partition(":")[0] for entry in uidlist.entries}
@@ -344,6 +350,7 @@ def _import(
                 sources=sources,
                 folders=folders,
                 present=present,
+                record=record,
                 result=result,
                 report=report,
             )
@@ -357,6 +364,7 @@ def _copy_unlisted(
     sources: dict[str, int],
     folders: _Folders,
     present: set[str],
+    record: ImportedRecord,
     result: ImportReport,
     report: Callable[[str], None],
 ) -> None:
@@ -367,7 +375,8 @@ def _copy_unlisted(
     subdir, name = located
     unique = unique_part(name)
     where = f"{shown}: {subdir}/{name} (not in {UIDLIST_NAME})"
-    if unique in present:
+    key = source_key("dovecot", name.partition(":")[0])
+    if record.has(key, in_target=unique in present):
         result.present += 1
         return
     reason = (
@@ -379,6 +388,7 @@ def _copy_unlisted(
         result.skipped.append(f"{where}: {reason}")
         report(f"{where}: skipped: {reason}")
         return
+    record.add(key)
     present.add(unique)
     result.imported += 1
     result.unlisted += 1

@@ -26,8 +26,9 @@ UIDL the old server's POP3 service gave each message (issue 14).
   \\Draft D, \\Deleted T (not listed by pop3d with ``popuseimapflags``, as Cyrus's pop3d
   hides \\Deleted with it); a message with a flag goes to ``cur/``, else to ``new/``.
 * **Resumable, idempotent**: the unique part is a function of UIDVALIDITY and UID, and the
-  write order is that of :mod:`pop3d.storage.importing`: a message already there is
-  skipped, a killed run resumes. A mailbox whose UIDVALIDITY changed is a new mailbox: its
+  write order is that of :mod:`pop3d.storage.importing`: a message ``pop3d-imported``
+  names (by UIDVALIDITY and UID) or already there is skipped, so nothing deleted since
+  comes back, and a killed run resumes. A mailbox whose UIDVALIDITY changed is a new mailbox: its
   messages come again, with the new UIDLs the old server would also have served.
 """
 
@@ -44,7 +45,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pop3d.security.secret import Secret
-from pop3d.storage.importing import ImportFailed, ImportReport, locked_target, write_message
+from pop3d.storage.importing import (
+    ImportedRecord,
+    ImportFailed,
+    ImportReport,
+    locked_target,
+    source_key,
+    write_message,
+)
 from pop3d.storage.maildir import MaildirStore, _Folders, unique_part, valid_uidl
 
 UIDL_FORMATS = ("uidonly", "cyrus", "dovecot", "courier")
@@ -442,6 +450,7 @@ def import_imap(
                 messages,
                 folders,
                 unique_of=lambda uid: f"{uidvalidity}.I{uid:010d}V{uidvalidity}.imap",
+                key_of=lambda uid: source_key("imap", f"{uidvalidity}.{uid}"),
                 uidl_of=lambda uid: uidl(uidl_format, newuidl is not False, uidvalidity, uid),
                 report=report,
                 where=f"{server} {user}",
@@ -454,15 +463,21 @@ def _copy_all(
     folders: _Folders,
     *,
     unique_of: Callable[[int], str],
+    key_of: Callable[[int], str],
     uidl_of: Callable[[int], str],
     report: Callable[[str], None],
     where: str,
 ) -> ImportReport:
     result = ImportReport()
+    record = ImportedRecord(folders.root)
     present = {
         unique_part(name) for subdir in ("new", "cur") for name in os.listdir(folders.fds[subdir])
     }
-    missing = [message for message in messages if unique_of(message.uid) not in present]
+    missing = [
+        message
+        for message in messages
+        if not record.has(key_of(message.uid), in_target=unique_of(message.uid) in present)
+    ]
     result.present = len(messages) - len(missing)
     for batch in _batches(missing):
         bodies = _fetch_bodies(connection, batch)
@@ -482,5 +497,6 @@ def _copy_all(
                 destination="cur" if message.flags else "new",
                 info=f":2,{message.flags}" if message.flags else "",
             )
+            record.add(key_of(message.uid))
             result.imported += 1
     return result

@@ -4,9 +4,11 @@ crash-safe write of one imported message with the UIDL it keeps.
 Order of writes, for a run that can be killed anywhere: the ``pop3d-uidl`` line (fsync),
 then the message in ``tmp/`` (fsync), linked into ``new/`` or ``cur/`` (fsync). A line
 without its message is ignored by the reader (``maildir.read_uidl_map`` serves lines only
-for files that exist); a message is present only whole and with its line. Each importer
-derives a deterministic unique part per source message, so a second run recognises what is
-there and an interrupted one resumes.
+for files that exist); a message is present only whole and with its line. Then a line
+naming the source message in ``pop3d-imported`` (fsync, :class:`ImportedRecord`): a second
+run skips what it names, so mail deleted at pop3d since stays deleted. Each importer derives
+a deterministic unique part per source message, so a run killed before that line finds the
+message there, names it, and goes on: each message once.
 
 The source belongs to a user (a Dovecot Maildir or an mbox in a home folder), and the
 import runs with more rights than they have (root, or ``cyrus_user``, who can read every
@@ -28,6 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
+from urllib.parse import quote
 
 from pop3d.message import SizeCounter
 from pop3d.storage.base import MaildropInUse, StorageError
@@ -37,11 +40,15 @@ from pop3d.storage.maildir import (
     _ensure_maildir,
     _Folders,
     _open_directory,
+    _open_message,
 )
 
 # The most an import reads of one message: it holds a message whole (copied complete or not
 # at all), and a sparse file a user plants costs no disk, only the importer's memory.
 MESSAGE_MAX = 256 * 1024 * 1024
+# What earlier runs imported into a Maildir (ImportedRecord): a line a message, forever
+IMPORTED_NAME = "pop3d-imported"
+_IMPORTED_MAX = 64 * 1024 * 1024
 _FOLLOWED_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _REGULAR_FILE = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
 FOLDER = "a folder"
@@ -229,6 +236,53 @@ class ImportReport:
     present: int = 0  # already in the target: skipped
     unlisted: int = 0  # of those imported, files the source's index did not name
     skipped: list[str] = field(default_factory=list)  # "file: reason"
+
+
+class ImportedRecord:
+    """``pop3d-imported`` in the target Maildir: a line for each source message an import
+    copied there, ``<source kind> <its identity there>`` (:func:`source_key`), appended and
+    fsynced once the message is in. A message it names is not copied again. The target's
+    files and ``pop3d-uidl`` cannot say it: UPDATE removes both, and judging by them a
+    second run brought back what the user had deleted at pop3d since (found probing).
+
+    A message found in the target but not named here (a run killed between the message and
+    its line, or a Maildir imported before there was a record) is named when a run finds
+    it, so a killed run, run again, copies each message once. Read like ``pop3d-uidl``: not
+    through a link, a regular file only, capped; a last line without its line end was
+    never written whole and is not taken."""
+
+    def __init__(self, root: int) -> None:
+        self._root = root
+        self._keys: set[str] = set()
+        try:
+            handle = _open_message(IMPORTED_NAME, root)
+        except FileNotFoundError:
+            return
+        with handle:
+            data = handle.read(_IMPORTED_MAX + 1)
+        if len(data) > _IMPORTED_MAX:
+            raise StorageError(f"{IMPORTED_NAME} is larger than {_IMPORTED_MAX} bytes")
+        self._keys.update(data.decode("ascii", "replace").split("\n")[:-1])
+
+    def has(self, key: str, *, in_target: bool) -> bool:
+        """Whether the message ``key`` was imported before: named here, or ``in_target``
+        (its file or UIDL is there), and named now."""
+        if key in self._keys:
+            return True
+        if in_target:
+            self.add(key)
+        return in_target
+
+    def add(self, key: str) -> None:
+        if key not in self._keys:
+            append_line(self._root, IMPORTED_NAME, f"{key}\n".encode("ascii"))
+            self._keys.add(key)
+
+
+def source_key(kind: str, identity: str) -> str:
+    """A line of :class:`ImportedRecord`: ``identity`` (a file name, a UIDL) escaped to
+    printable ASCII without spaces, so no name can span two lines or read as another."""
+    return f"{kind} {quote(identity.encode('utf-8', 'surrogateescape'), safe='')}"
 
 
 @contextlib.contextmanager

@@ -22,8 +22,10 @@ message's POP3 UIDL (issue 14).
   %f and %g are empty for an mbox); else the SHA-256 of the copied bytes in hex, with
   ``-<n>`` added for the n-th identical copy. So the UIDL is a function of the mbox alone:
   a second import recognises each message.
-* A message whose UIDL the target already serves (its ``pop3d-uidl`` line with its file,
-  or a file's own UIDL) is skipped: a second run adds nothing, an interrupted one resumes.
+* A message ``pop3d-imported`` names (by the SHA-256 of its bytes and which copy of them
+  it is; importing.ImportedRecord), or whose UIDL or unique part the target has, is
+  skipped: a second run adds nothing, brings back nothing deleted since, and an
+  interrupted one resumes.
   The write order, lock and sidecar are those of the Dovecot import.
 * Each message gets the unique part ``<time>.I<n>H<digest>.mbox``: the ``From `` line's
   date (UTC; kept non-decreasing, so mbox order holds) and its position, so it lists in
@@ -55,12 +57,14 @@ from typing import BinaryIO
 from pop3d.storage.dovecot_import import DEFAULT_UIDL_FORMAT, check_format, expand_format
 from pop3d.storage.importing import (
     MESSAGE_MAX,
+    ImportedRecord,
     ImportFailed,
     ImportReport,
     SourcePath,
     SourceRefused,
     locked_target,
     open_source_file,
+    source_key,
     write_message,
 )
 from pop3d.storage.maildir import (
@@ -232,13 +236,13 @@ def maildir_flags(fields: dict[str, str]) -> str:
     return "".join(sorted(flags))
 
 
-def _served(folders: _Folders) -> set[str]:
-    """Every UIDL the target serves now."""
+def _served(folders: _Folders) -> tuple[set[str], set[str]]:
+    """The unique parts in the target now, and every UIDL it serves."""
     kept = read_uidl_map(folders.root)
     uniques = {
         unique_part(name) for subdir in ("new", "cur") for name in os.listdir(folders.fds[subdir])
     }
-    return {kept.get(unique) or uidl_for(unique) for unique in uniques}
+    return uniques, {kept.get(unique) or uidl_for(unique) for unique in uniques}
 
 
 def import_mbox(
@@ -289,9 +293,11 @@ def _import(
 ) -> ImportReport:
     result = ImportReport()
     uidvalidity: int | None = None
-    served = _served(folders)
+    record = ImportedRecord(folders.root)
+    uniques, served = _served(folders)
     taken: set[str] = set()  # UIDLs given to earlier messages of this mbox
-    copies: dict[str, int] = {}
+    copies: dict[str, int] = {}  # of each digest, among the UIDLs made of it
+    occurrences: dict[str, int] = {}  # of each digest, in the mbox
     lead = 0
     try:
         for number, (separator, stored) in enumerate(messages(handle), 1):
@@ -314,6 +320,10 @@ def _import(
             flags = maildir_flags(fields)
             data = without_hidden(stored)
             digest = hashlib.sha256(data).hexdigest()
+            # The record names a message by its bytes (those a client is served), not its
+            # UIDL, which --uidl-format and the X-UIDL choice change between two runs
+            occurrences[digest] = occurrences.get(digest, 0) + 1
+            key = source_key("mbox", f"{digest}-{occurrences[digest]}")
             uid = fields.get("x-uid", "")
             uidl = fields.get("x-uidl", "") if reuse_xuidl else ""
             if (not valid_uidl(uidl) or uidl in taken) and uidvalidity and uid.isdigit():
@@ -322,10 +332,12 @@ def _import(
                 copies[digest] = copies.get(digest, 0) + 1
                 uidl = digest if copies[digest] == 1 else f"{digest}-{copies[digest]}"
             taken.add(uidl)
-            if uidl in served:
+            unique = f"{lead}.I{number:010d}H{digest[:16]}.mbox"
+            # its file, there under another UIDL (a run with other options, before the
+            # record), is it too: copied again, it stopped the run on a name taken
+            if record.has(key, in_target=uidl in served or unique in uniques):
                 result.present += 1
                 continue
-            unique = f"{lead}.I{number:010d}H{digest[:16]}.mbox"
             write_message(
                 folders,
                 unique,
@@ -334,6 +346,7 @@ def _import(
                 destination="cur" if flags else "new",
                 info=f":2,{flags}" if flags else "",
             )
+            record.add(key)
             served.add(uidl)
             result.imported += 1
     except ValueError as exc:

@@ -275,6 +275,26 @@ def test_second_run_adds_nothing_and_the_source_is_untouched(tmp_path: Path, cyr
     assert source_state(cyrus, "carol") == before  # no \Seen set, nothing removed
 
 
+def test_mail_deleted_at_pop3d_is_not_brought_back(tmp_path: Path, cyrus: Cyrus) -> None:
+    """Found probing: a second run judged what was there by the target's files, which UPDATE
+    removes: the mail the user had deleted at pop3d came back from the old server."""
+    lab = make_lab(tmp_path)
+    assert admin_import(lab, cyrus, "carol").returncode == 0
+    server = start_server(lab)
+    try:
+        client = pop3d_session(lab, server.port, "carol")
+        kept = client.uidl()[1][1:]
+        client.dele(1)
+        client.quit()
+        again = admin_import(lab, cyrus, "carol")
+        assert again.stdout == "carol: 0 imported, 5 already there, 0 skipped\n", again.stderr
+        client = pop3d_session(lab, server.port, "carol")
+        assert [line.split()[1] for line in client.uidl()[1]] == [line.split()[1] for line in kept]
+        client.quit()
+    finally:
+        server.stop()
+
+
 def test_a_killed_run_resumes_without_duplicates(tmp_path: Path, cyrus: Cyrus) -> None:
     lab = make_lab(tmp_path)
     secret = lab.root / "admin.pw"

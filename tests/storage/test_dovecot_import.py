@@ -146,6 +146,83 @@ def test_import_then_uidl_over_a_real_server_byte_for_byte(lab: Lab) -> None:
     drop.close()
 
 
+def test_mail_deleted_at_pop3d_is_not_brought_back_by_a_second_run(lab: Lab) -> None:
+    """Found probing: a second run judged what was there by the target's files and
+    pop3d-uidl, which UPDATE removes: the mail a user had deleted came back. The target
+    keeps a record of what was imported (pop3d-imported)."""
+    source = _dovecot_maildir(lab.root)
+    lab.reset_maildrop("carol")
+    lab.set_password("carol", "secret")
+    assert _admin(lab, "import", "--dovecot", str(source), "carol").returncode == 0
+    server = start_server(lab)
+    try:
+        client = poplib.POP3("127.0.0.1", server.port, timeout=30)
+        client.user("carol")
+        client.pass_("secret")
+        client.dele(1)
+        client.dele(3)
+        client.quit()
+        again = _admin(lab, "import", "--dovecot", str(source), "carol")
+        assert again.stdout == b"carol: 0 imported, 4 already there, 0 skipped\n", again.stderr
+        client = poplib.POP3("127.0.0.1", server.port, timeout=30)
+        client.user("carol")
+        client.pass_("secret")
+        assert client.uidl()[1] == [b"1 " + EXPECTED_UIDLS[1], b"2 " + EXPECTED_UIDLS[3]]
+        client.quit()
+    finally:
+        server.stop()
+    # A Maildir imported before there was a record: what is there is recorded as found
+    record = lab.maildir("carol") / "pop3d-imported"
+    lines = record.read_text().splitlines()
+    assert len(lines) == 4 and all(line.startswith("dovecot ") for line in lines)
+    record.unlink()
+    assert _admin(lab, "import", "--dovecot", str(source), "carol").stdout.startswith(
+        b"carol: 2 imported, 2 already there"
+    )
+    assert sorted(record.read_text().splitlines()) == sorted(lines)
+
+
+def test_an_import_killed_again_and_again_then_run_again_has_each_message_once(
+    tmp_path: Path,
+) -> None:
+    """Killed (SIGKILL) at any point, a run leaves what it wrote whole; the next one copies
+    each message it had not finished, once, with its UIDL; and the record of what was
+    imported, written as the runs went, keeps what the user deleted since from coming
+    back (it came back: found probing)."""
+    source = tmp_path / "dovecot" / "Maildir"
+    for sub in ("new", "cur", "tmp"):
+        (source / sub).mkdir(parents=True)
+    lines = [f"3 V{UIDVALIDITY} N81 G0"]
+    for uid in range(1, 81):
+        (source / "new" / f"1699990000.M{uid}P1.old").write_bytes(b"Subject: %d\n\nx\n" % uid)
+        lines.append(f"{uid} :1699990000.M{uid}P1.old")
+    (source / "dovecot-uidlist").write_text("\n".join(lines) + "\n")
+    store = MaildirStore("%p/%u/Maildir", str(tmp_path / "spool"))
+    config = tmp_path / "imapd.conf"
+    config.write_text(f"configdirectory: {tmp_path}/config\npartition-default: {tmp_path}/spool\n")
+    command = [*ADMIN, "-C", str(config), "import", "--dovecot", str(source), "kim"]
+    target = store.path_for("kim")
+    for reached in (1, 15, 30, 45, 60, 75):
+        running = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while running.poll() is None:
+            if (target / "new").is_dir() and len(os.listdir(target / "new")) >= reached:
+                running.kill()
+                break
+        running.wait()
+    done = subprocess.run(command, capture_output=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    drop = store.open("kim")
+    expected = tuple(f"{uid:08x}6553f100" for uid in range(1, 81))
+    assert drop.uids == expected
+    assert drop.commit(tuple(range(0, 80, 2)), None) == (40, 0)  # the user deletes half
+    drop.close()
+    again = subprocess.run(command, capture_output=True, timeout=60, check=False)
+    assert again.stdout == b"kim: 0 imported, 80 already there, 0 skipped\n", again.stderr
+    drop = store.open("kim")
+    assert drop.uids == expected[1::2]
+    drop.close()
+
+
 def test_exact_bytes_and_an_unreadable_message_is_skipped(lab: Lab) -> None:
     source = _dovecot_maildir(lab.root)
     os.unlink(source / "cur" / "1699990005.M5P1.old:2,")

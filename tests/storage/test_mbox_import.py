@@ -113,6 +113,27 @@ def test_an_unparsable_message_is_skipped_and_a_later_one_added(tmp_path: Path) 
     drop.close()
 
 
+def test_mail_deleted_since_is_not_brought_back_whatever_the_uidl_options(tmp_path: Path) -> None:
+    """Found probing: a second run judged what was there by the UIDLs the target served, and
+    UPDATE removes those of the messages it deletes: the mail came back. The record names a
+    message by its bytes, so a run with other UIDL options does not copy it again either."""
+    source = _mbox(tmp_path, [*STORED, ONE])  # ONE twice: two messages, the same bytes
+    store = MaildirStore("%p/%u/Maildir", str(tmp_path / "spool"))
+    assert import_mbox(source, store, "ida").imported == 5
+    drop = store.open("ida")
+    uids = drop.uids
+    assert drop.commit((0, 2, 4), None) == (3, 0)
+    drop.close()
+    for again in (
+        import_mbox(source, store, "ida"),
+        import_mbox(source, store, "ida", reuse_xuidl=False),
+    ):
+        assert (again.imported, again.present) == (0, 5)
+    drop = store.open("ida")
+    assert drop.uids == (uids[1], uids[3])
+    drop.close()
+
+
 def test_content_length_bodies_hidden_headers_and_x_uid(tmp_path: Path) -> None:
     """As Dovecot writes an mbox: X-IMAPbase in the first message, X-UID, Status,
     X-Keywords and Content-Length in each, and a body "From " line not escaped."""
