@@ -6,7 +6,7 @@
     pop3d-admin [-C imapd.conf] deliver USER < message   atomic Maildir delivery (an MDA)
     pop3d-admin [-C imapd.conf] import --dovecot MAILDIR [--uidl-format F] USER
                                                          copy a Dovecot Maildir, UIDLs kept
-    pop3d-admin [-C imapd.conf] import --mbox FILE [--uidl-format F] [--no-xuidl] USER
+    pop3d-admin [-C imapd.conf] import --mbox FILE [--uidl-format F] [--xuidl] USER
                                                          copy an mbox, X-UIDL or X-UID kept
     pop3d-admin [-C imapd.conf] import (--dovecot|--mbox) TEMPLATE --all
                                                          every user (%u in TEMPLATE)
@@ -137,11 +137,17 @@ def _parser() -> argparse.ArgumentParser:
         "--imap: the old site's uidl_format, one of "
         f"{', '.join(imap_import.UIDL_FORMATS)} (default {imap_import.DEFAULT_UIDL_FORMAT})",
     )
-    importing.add_argument(
+    xuidl = importing.add_mutually_exclusive_group()
+    xuidl.add_argument(
+        "--xuidl",
+        action="store_true",
+        help="--mbox: the old site served X-UIDL headers as UIDLs (Dovecot's "
+        "pop3_reuse_xuidl = yes): keep each valid one no earlier message took",
+    )
+    xuidl.add_argument(
         "--no-xuidl",
         action="store_true",
-        help="--mbox: the old site did not serve X-UIDL headers (Dovecot's "
-        "pop3_reuse_xuidl = no, its default): ignore them",
+        help="--mbox: ignore X-UIDL headers (the default, as Dovecot's pop3_reuse_xuidl)",
     )
     importing.add_argument(
         "--cyrus-config",
@@ -335,6 +341,8 @@ def cmd_import(config: Config, args: argparse.Namespace) -> int:
     (EX_NOINPUT) when it is missing or unreadable, 78/75 when the import stopped (with
     --all: for some user; the others went on); --imap: 69 (EX_UNAVAILABLE) no connection,
     77 (EX_NOPERM) login refused, 67 (EX_NOUSER) no such mailbox."""
+    if (args.xuidl or args.no_xuidl) and args.mbox is None:
+        fail(PROGRAM, EX_USAGE, "--xuidl and --no-xuidl are for --mbox")
     if args.imap is not None:
         return _import_imap(config, args)
     for name in ("cyrus_config", "admin", "password_file", "imap_ca"):
@@ -342,8 +350,6 @@ def cmd_import(config: Config, args: argparse.Namespace) -> int:
             fail(PROGRAM, EX_USAGE, f"--{name.replace('_', '-')} is for --imap")
     if args.imap_tls != "none":
         fail(PROGRAM, EX_USAGE, "--imap-tls is for --imap")
-    if args.no_xuidl and args.mbox is None:
-        fail(PROGRAM, EX_USAGE, "--no-xuidl is for --mbox")
     template = args.mbox if args.mbox is not None else args.dovecot
     if args.all == (args.user is not None):
         fail(PROGRAM, EX_USAGE, "import: name one USER, or --all")
@@ -396,7 +402,7 @@ def _import_one(config: Config, args: argparse.Namespace, user: str, source: Sou
                 user,
                 _report,
                 uidl_format=uidl_format,
-                reuse_xuidl=not args.no_xuidl,
+                reuse_xuidl=args.xuidl,
             )
         else:
             result = import_dovecot(source, store, user, uidl_format, _report)

@@ -14,14 +14,17 @@ message's POP3 UIDL (issue 14).
   the bytes and the size a client gets stay the old server's. Everything else is copied
   exactly, line ends included. A message carrying ``X-IMAP`` is the folder's pseudo-message
   ("DON'T DELETE THIS MESSAGE"), never served: it is not imported.
-* The UIDL kept, in this order: the ``X-UIDL:`` header's value where it is a valid RFC 1939
-  unique-id and no earlier message of the mbox took it (Dovecot's ``pop3_reuse_xuidl``;
-  ``reuse_xuidl=False`` when the old site did not serve them); else, where the mbox carries
+* The UIDL kept, in this order: with ``reuse_xuidl`` (the old site served them, Dovecot's
+  ``pop3_reuse_xuidl = yes``) the ``X-UIDL:`` header's value where it is a valid RFC 1939
+  unique-id and no earlier message of the mbox took it; else, where the mbox carries
   Dovecot's (or UW-IMAP's) UIDs, ``X-UID:`` and the UIDVALIDITY of ``X-IMAPbase:``/
   ``X-IMAP:``, what Dovecot's ``pop3_uidl_format`` made of them (``%08Xu%08Xv`` by default;
   %f and %g are empty for an mbox); else the SHA-256 of the copied bytes in hex, with
   ``-<n>`` added for the n-th identical copy. So the UIDL is a function of the mbox alone:
   a second import recognises each message.
+* ``X-UIDL`` is not taken by default, as Dovecot does not take it (``pop3_reuse_xuidl =
+  no``): any sender can write one, and one equal to a UIDL the target serves had the
+  message taken for one already there, never imported (found probing).
 * A message ``pop3d-imported`` names (by the SHA-256 of its bytes and which copy of them
   it is; importing.ImportedRecord), or whose UIDL or unique part the target has, is
   skipped: a second run adds nothing, brings back nothing deleted since, and an
@@ -252,7 +255,7 @@ def import_mbox(
     report: Callable[[str], None] = lambda _line: None,
     *,
     uidl_format: str = DEFAULT_UIDL_FORMAT,
-    reuse_xuidl: bool = True,
+    reuse_xuidl: bool = False,
 ) -> ImportReport:
     try:
         check_format(uidl_format)

@@ -326,11 +326,12 @@ def test_a_corrupt_uidlist_stops_the_import_and_changes_nothing(tmp_path: Path) 
     ("settings", "with_xuidl", "args"),
     [
         ("", False, ()),  # %08Xu%08Xv of the X-UID and X-IMAPbase headers Dovecot wrote
-        ("pop3_reuse_xuidl = yes\n", True, ()),
-        ("", True, ("--no-xuidl",)),  # X-UIDL headers Dovecot did not serve (its default)
+        ("pop3_reuse_xuidl = yes\n", True, ("--xuidl",)),
+        ("", True, ()),  # X-UIDL headers Dovecot did not serve (its default)
+        ("", True, ("--no-xuidl",)),
         ("pop3_uidl_format = %v.%u\n", False, ("--uidl-format", "%v.%u")),
     ],
-    ids=["x-uid", "x-uidl", "x-uidl-ignored", "custom"],
+    ids=["x-uid", "x-uidl", "x-uidl-ignored", "x-uidl-ignored-as-asked", "custom"],
 )
 def test_mbox_moves_without_a_download(
     tmp_path: Path, settings: str, with_xuidl: bool, args: tuple[str, ...]
@@ -342,7 +343,7 @@ def test_mbox_moves_without_a_download(
         fetch = _fetch_all_from_dovecot(tmp_path, old, 5)
         before = _look(old.port)
         served_xuidl = [line.split()[1].startswith(b"old-popper-") for line in before.uidl]
-        assert served_xuidl == [with_xuidl and not args] * 5
+        assert served_xuidl == ["--xuidl" in args] * 5
         lab = _lab(tmp_path)
         mbox = old.mbox(USER)
         untouched = mbox.read_bytes()

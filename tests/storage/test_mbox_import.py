@@ -7,6 +7,7 @@ skipped."""
 from __future__ import annotations
 
 import hashlib
+import io
 import poplib
 import subprocess
 import sys
@@ -72,7 +73,7 @@ def test_import_then_uidl_and_retr_over_a_real_server(lab: Lab) -> None:
     before = source.read_bytes()
     lab.reset_maildrop("erin")
     lab.set_password("erin", "secret")
-    result = _admin(lab, "import", "--mbox", str(source), "erin")
+    result = _admin(lab, "import", "--mbox", str(source), "--xuidl", "erin")
     assert result.returncode == 0, result.stderr
     assert result.stdout == b"erin: 4 imported, 0 already there, 0 skipped\n"
     again = _admin(lab, "import", "--mbox", str(source), "erin")
@@ -101,12 +102,12 @@ def test_an_unparsable_message_is_skipped_and_a_later_one_added(tmp_path: Path) 
     source = _mbox(tmp_path, [ONE, broken, TWO_STORED])
     store = MaildirStore("%p/%u/Maildir", str(tmp_path / "spool"))
     lines: list[str] = []
-    report = import_mbox(source, store, "fred", report=lines.append)
+    report = import_mbox(source, store, "fred", report=lines.append, reuse_xuidl=True)
     assert (report.imported, report.present) == (2, 0)
     assert len(report.skipped) == 1 and "message 2" in report.skipped[0]
     assert lines and "header does not parse" in lines[0]
     _mbox(tmp_path, [ONE, broken, TWO_STORED, THREE])  # new mail arrived in the mbox
-    again = import_mbox(source, store, "fred")
+    again = import_mbox(source, store, "fred", reuse_xuidl=True)
     assert (again.imported, again.present, len(again.skipped)) == (1, 2, 1)
     drop = store.open("fred")
     assert drop.uids == ("old-uidl-1", _sha(TWO).decode(), _sha(SERVED[2]).decode())
@@ -126,12 +127,35 @@ def test_mail_deleted_since_is_not_brought_back_whatever_the_uidl_options(tmp_pa
     drop.close()
     for again in (
         import_mbox(source, store, "ida"),
-        import_mbox(source, store, "ida", reuse_xuidl=False),
+        import_mbox(source, store, "ida", reuse_xuidl=True),
     ):
         assert (again.imported, again.present) == (0, 5)
     drop = store.open("ida")
     assert drop.uids == (uids[1], uids[3])
     drop.close()
+
+
+def test_x_uidl_is_not_taken_unless_asked(lab: Lab) -> None:
+    """Found probing: X-UIDL was taken by default, where Dovecot's default does not take it,
+    and any sender can write one: one equal to the UIDL of a message the user already had
+    made the import take the new message for it, never imported, hidden from the client."""
+    lab.reset_maildrop("erin")
+    lab.set_password("erin", "secret")
+    store = MaildirStore("%p/%u/Maildir", str(lab.root / "spool"))
+    there = store.deliver("erin", io.BytesIO(b"Subject: mine\n\nx\n")).name.partition(",")[0]
+    forged = b"X-UIDL: " + there.encode() + b"\nSubject: forged\n\nhidden?\n"
+    source = _mbox(lab.root, [forged])
+    result = _admin(lab, "import", "--mbox", str(source), "erin")
+    assert result.stdout == b"erin: 1 imported, 0 already there, 0 skipped\n", result.stderr
+    server = start_server(lab)
+    try:
+        client = poplib.POP3("127.0.0.1", server.port, timeout=30)
+        client.user("erin")
+        client.pass_("secret")
+        assert [line.split()[1] for line in client.uidl()[1]] == [_sha(forged), there.encode()]
+        client.quit()
+    finally:
+        server.stop()
 
 
 def test_content_length_bodies_hidden_headers_and_x_uid(tmp_path: Path) -> None:
