@@ -1,8 +1,10 @@
 """Import an mbox (``/var/mail/<user>``) into a user's Maildir, keeping or fixing each
 message's POP3 UIDL (issue 14).
 
-* A message starts at a line beginning ``From `` at the start of the file or after an
-  empty line; that line is dropped, and so is the empty line before the next one. Where the
+* A message starts at a ``From_`` line (storage/mbox_from.py: ``From ``, a sender and a
+  date, as Dovecot takes one) at the start of the file or after any line; that line is
+  dropped, and so is the line end before the next one (or the end of the file), as
+  Dovecot drops them: the empty line before a ``From_`` line is the separator's. Where the
   header has a ``Content-Length:`` that ends the body exactly there (at the end of the
   file, or at an empty line and a ``From `` line), the body is that many bytes, whatever
   lines it holds: Dovecot writes Content-Length and does not escape ``From `` lines. Body
@@ -57,6 +59,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from pop3d.message import canonical_size
 from pop3d.storage.dovecot_import import DEFAULT_UIDL_FORMAT, check_format, expand_format
 from pop3d.storage.importing import (
     MESSAGE_MAX,
@@ -78,6 +81,7 @@ from pop3d.storage.maildir import (
     unique_part,
     valid_uidl,
 )
+from pop3d.storage.mbox_from import is_from_line
 
 _CONTENT_LENGTH = re.compile(rb"content-length:[ \t]*(\d{1,15})[ \t]*\r?\n", re.IGNORECASE)
 _FIELD = re.compile(rb"[!-9;-~]+:")
@@ -91,9 +95,13 @@ _PIECE = 256 * 1024
 
 def messages(handle: BinaryIO, limit: int = MESSAGE_MAX) -> Iterator[tuple[bytes, bytes | None]]:
     """(the ``From `` line, the message's bytes as stored, or None for one over ``limit``
-    octets, which is never held whole), in file order. A message ends at a ``From `` line
-    after an empty line, except inside the body a valid ``Content-Length:`` gives (Dovecot
-    writes one and escapes nothing in the body)."""
+    octets, which is never held whole), in file order. A message ends at a ``From_`` line
+    (:func:`mbox_from.is_from_line`: a sender and a date, as Dovecot takes one, an empty
+    line before it or not), except inside the body a valid ``Content-Length:`` gives
+    (Dovecot writes one and escapes nothing in the body); the line end before it, or before
+    the end of the file, is the separator's, as Dovecot has it. A body line that only
+    began with ``From `` after an empty line split a message in two, and the report named
+    a message Dovecot never had (found probing)."""
     separator: bytes | None = None
     lines: list[bytes] = []
     size = 0  # of the message so far; over limit, its lines are let go
@@ -107,9 +115,9 @@ def messages(handle: BinaryIO, limit: int = MESSAGE_MAX) -> Iterator[tuple[bytes
         if in_separator:
             in_separator = not line_start
             continue
-        if starts_line and raw.startswith(b"From ") and previous_empty:
+        if starts_line and raw.startswith(b"From ") and (separator is None or is_from_line(raw)):
             if separator is not None:
-                yield separator, None if size > limit else b"".join(lines[:-1])
+                yield separator, None if size > limit else _without_line_end(lines)
             separator, lines, size = raw, [], 0
             previous_empty, in_header, length = False, True, None
             in_separator = not line_start
@@ -140,9 +148,15 @@ def messages(handle: BinaryIO, limit: int = MESSAGE_MAX) -> Iterator[tuple[bytes
                 size += len(body)
                 previous_empty, line_start = False, True
     if separator is not None:
-        if previous_empty and lines:
-            lines.pop()
-        yield separator, None if size > limit else b"".join(lines)
+        yield separator, None if size > limit else _without_line_end(lines)
+
+
+def _without_line_end(lines: list[bytes]) -> bytes:
+    """The message of ``lines`` without its last line end (LF or CRLF): the separator's."""
+    data = b"".join(lines)
+    if data.endswith(b"\n"):
+        data = data[:-2] if data.endswith(b"\r\n") else data[:-1]
+    return data
 
 
 def _skip_body(handle: BinaryIO, length: int) -> bool:
@@ -152,8 +166,7 @@ def _skip_body(handle: BinaryIO, length: int) -> bool:
     if start + length > os.fstat(handle.fileno()).st_size:
         return False
     handle.seek(start + length)
-    after = handle.read(7)
-    if after in (b"", b"\n") or after.startswith(b"\nFrom "):
+    if _ends_message(handle):
         handle.seek(start + length)
         return True
     handle.seek(start)
@@ -167,12 +180,24 @@ def _body(handle: BinaryIO, length: int) -> bytes | None:
     if start + length > os.fstat(handle.fileno()).st_size:
         return None  # never read a bogus length's worth into memory
     body = handle.read(length)
-    after = handle.read(7)
-    if len(body) == length and (after in (b"", b"\n") or after.startswith(b"\nFrom ")):
+    if len(body) == length and _ends_message(handle):
         handle.seek(start + length)
         return body
     handle.seek(start)
     return None
+
+
+def _ends_message(handle: BinaryIO) -> bool:
+    """Whether what is next ends a message: the end of the file, or a line end and then
+    the end of the file or a ``From_`` line. Reads on: the caller seeks back."""
+    after = handle.read(1)
+    if after == b"\r":
+        after = handle.read(1)
+    return after == b"" or (after == b"\n" and _from_or_end(handle.readline(_PIECE)))
+
+
+def _from_or_end(line: bytes) -> bool:
+    return line == b"" or is_from_line(line)
 
 
 def header_fields(data: bytes) -> dict[str, str] | None:
@@ -348,6 +373,9 @@ def _import(
                 data,
                 destination="cur" if flags else "new",
                 info=f":2,{flags}" if flags else "",
+                # Dovecot's LIST leaves out the line end RETR adds to a message without
+                # one (the one before a From_ line or the end of the file is not its own)
+                listed=None if data.endswith(b"\n") else canonical_size([data]) - 2,
             )
             record.add(key)
             served.add(uidl)

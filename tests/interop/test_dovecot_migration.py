@@ -358,6 +358,39 @@ def test_mbox_moves_without_a_download(
     _switch_and_check(tmp_path, lab, fetch, before)
 
 
+@pytest.mark.parametrize(
+    "mbox",
+    [
+        # a body line beginning "From " after an empty line, with no date: no separator
+        b"From alice@example.com Thu Nov  2 10:00:00 2023\nSubject: one\n\nHello\n\n"
+        b"From the desk of Bob: greetings\nregards\n\n"
+        b"From bob@example.com Thu Nov  2 11:00:00 2023\nSubject: two\n\nsecond\n",
+        # a From_ line with its sender and date, with no empty line before it: a separator;
+        # the line end before it and the file's last are the separators'
+        b"From a@b Thu Nov  2 10:00:00 2023\nSubject: one\n\nHello\n"
+        b"From b@b Thu Nov  2 11:00:00 2023\nSubject: two\n\nsecond\n",
+        b"From a@b Thu, 2 Nov 2023 10:00:00\r\nSubject: one\r\n\r\nFrom me, hi\r\n\r\n"
+        b"From b@b  Thu Nov 2 11:00 CET 2023\r\nSubject: two\r\n\r\nsecond\r\n\r\n",
+    ],
+    ids=["from-the-desk", "no-empty-line", "other-dates-crlf"],
+)
+def test_an_mbox_splits_where_dovecot_splits_it(tmp_path: Path, mbox: bytes) -> None:
+    """Found probing: a body line beginning "From " after an empty line split a message
+    (and the report named a message Dovecot never had), and a real From_ line without an
+    empty line before it did not. Dovecot (mbox_from_parse) is the judge."""
+    with running_dovecot({USER: PASSWORD}, MBOX) as old:
+        (old.home(USER) / "mail").mkdir(exist_ok=True)
+        os.chown(old.home(USER) / "mail", MAIL_UID, MAIL_GID)
+        old.mbox(USER).write_bytes(mbox)
+        os.chown(old.mbox(USER), MAIL_UID, MAIL_GID)
+        before = _look(old.port)  # Dovecot writes X-UID headers into the mbox
+        assert len(before.uidl) == 2
+        lab = _lab(tmp_path)
+        done = _admin(lab, "import", "--mbox", str(old.mbox(USER)), USER)
+        assert (done.returncode, done.stderr) == (0, b"")
+    _check_served(lab, before)
+
+
 # --- an import killed part way, then resumed -------------------------------------------
 
 

@@ -135,7 +135,7 @@ def test_a_source_named_on_the_command_line_is_not_followed_if_a_link(lab: Lab) 
     assert b"/home/Maildir: a symbolic link, not followed" in result.stderr
     (lab.root / "admins-link").symlink_to(lab.root / "real")
     mbox = lab.root / "real" / "mbox"
-    mbox.write_bytes(b"From a@b Thu Nov  2 10:00:00 2023\n" + MESSAGE)
+    mbox.write_bytes(b"From a@b Thu Nov  2 10:00:00 2023\n" + MESSAGE + b"\n")
     _no_maildrop(lab, "bob")
     result = _admin(lab, "import", "--mbox", str(lab.root / "admins-link" / "mbox"), "bob")
     assert result.returncode == 0, result.stderr
@@ -216,7 +216,7 @@ def test_an_oversized_body_of_a_valid_content_length_is_skipped_whole(tmp_path: 
         + str(len(body)).encode()
         + b"\n\n"
         + body
-        + b"\nFrom b Thu Nov  2 10:00:01 2023\nSubject: next\n\nhello\n"
+        + b"\nFrom b Thu Nov  2 10:00:01 2023\nSubject: next\n\nhello\n\n"
     )
     with path.open("rb") as handle:
         found = list(messages(handle, limit=150))
@@ -231,7 +231,7 @@ def test_an_oversized_mbox_message_is_skipped_and_long_lines_come_whole(tmp_path
     path.write_bytes(
         b"From a Thu Nov  2 10:00:00 2023\nSubject: big\n\n" + b"y" * 5000 + b"\n\n"
         b"From b Thu Nov  2 10:00:01 2023\nSubject: long\n\n" + long_line + b"\n"
-        b"From c Thu Nov  2 10:00:02 2023\nSubject: last\n\nend\n"
+        b"From c Thu Nov  2 10:00:02 2023\nSubject: last\n\nend\n\n"
     )
     with path.open("rb") as handle:
         found = [stored for _separator, stored in messages(handle, limit=4096 * 1024)]

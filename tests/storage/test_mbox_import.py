@@ -168,7 +168,7 @@ def test_content_length_bodies_hidden_headers_and_x_uid(tmp_path: Path) -> None:
         b"From a@b  Thu Nov  2 10:00:00 2023\nSubject: one\nX-IMAPbase: 1700000000 0000000008\n"
         b"X-UID: 7   \nStatus: RO\nX-Keywords:   \nContent-Length: %d\n\n%s\n"
         b"From a@b  Thu Nov  2 10:00:01 2023\nSubject: two\nX-UID: 8\nContent-Length: 999\n"
-        b"X-Status: D\n\n%s" % (len(body_one), body_one, body_two)
+        b"X-Status: D\n\n%s\n" % (len(body_one), body_one, body_two)
     )
     with path.open("rb") as handle:
         found = [data for _sep, data in messages(handle)]
