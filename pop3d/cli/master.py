@@ -362,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     # Detached before the pid file, which names the daemon
     started = _daemonize() if "-d" in flags else None
     pidfile = Path(flags["-p"]) if "-p" in flags else None
+    master.catch_signals()
     if pidfile is not None:
         _claim_pidfile(pidfile)
     try:

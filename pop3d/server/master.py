@@ -436,17 +436,24 @@ class Master:
         else:
             self._stop = True
 
-    def run(self) -> int:
+    def catch_signals(self) -> None:
+        """From here a SIGTERM or SIGINT is a clean stop (exit 0, the pid file removed), not
+        the signal's default death: main() calls this before it writes the pid file, so an
+        init system that stops the master as soon as the file names it gets the clean stop
+        (seen in CI: under load a SIGTERM sent then killed the master, -15)."""
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, RETIRE_SIGNAL):
             signal.signal(signum, self._on_signal)
+
+    def run(self) -> int:
+        self.catch_signals()
         release_hangup()  # held since main(): a reload asked meanwhile is passed on now
         self.raise_fd_limit()
         for service in self.cyrus.services:
             # Said here, not at bind time: a start-up check after the bind (a keytab, a
             # file cyrus_user cannot read) may still refuse to start, and the log should
             # not say a service listens that never served; with -d it also reaches syslog.
-            if not self._start_service(service, at_start=True):
-                break
+            if self._stop or not self._start_service(service, at_start=True):
+                break  # (stopped before the services started: catch_signals)
         while not self._stop:
             if self._reload:
                 self._reload = False

@@ -814,3 +814,37 @@ def test_a_stale_pid_file_naming_another_program_is_taken(lab: Lab) -> None:
             if process.poll() is None:
                 process.kill()
                 process.wait()
+
+
+def test_a_sigterm_as_soon_as_the_pid_file_names_the_master_is_a_clean_stop(lab: Lab) -> None:
+    """An init system stops a master once its pid file names it. The file was written
+    before the master's handlers were in place, and the checks between (every service's
+    context built) take a while: a SIGTERM sent then killed it, -15, the file left behind
+    (seen in CI). Twelve services make that stretch long enough to hit every time."""
+    pidfile = lab.root / "master.pid"
+    conf = lab.root / "cyrus.conf"
+    conf.write_text(
+        "SERVICES {\n"
+        + "".join(
+            f'  pop3-{n} cmd="pop3d" listen="127.0.0.1:{free_port()}" prefork=1\n'
+            for n in range(12)
+        )
+        + "}\n"
+    )
+    master = subprocess.Popen(
+        [*MASTER, "-C", str(lab.config), "-M", str(conf), "-p", str(pidfile)],
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not pidfile.exists() or pidfile.read_text() != f"{master.pid}\n":
+            assert master.poll() is None, master.stderr.read() if master.stderr else b""
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        master.send_signal(signal.SIGTERM)
+        assert master.wait(timeout=30) == 0
+        assert not pidfile.exists()
+    finally:
+        if master.poll() is None:
+            master.kill()
+            master.wait()
