@@ -52,6 +52,11 @@ from pop3d.security.policy import Action
 from pop3d.security.value import Security
 
 _FLUSH_AT = 64 * 1024
+# Answers to pipelined commands go out together, but no more than this many commands' worth
+# at once: the driver lets its other sessions in between two sends (input_waiting), and a
+# send covering a whole read of pipelined commands (64 KiB of answers: 400 CAPAs) made
+# that turn long (found probing).
+_FLUSH_AFTER_COMMANDS = 32
 
 
 class NoSuchMessage(Exception):
@@ -115,6 +120,7 @@ class Session:
         "_task",
         "_task_mark",
         "_task_rule",
+        "_unflushed",
         "challenge",
         "connection",
         "folder",
@@ -141,6 +147,7 @@ class Session:
         self.folder: str | None = None  # the popsubfolders folder USER named
         self._reader = LineReader(settings.line_limit)
         self._out = bytearray()
+        self._unflushed = 0  # commands and responses read since the last Send
         # A list, not a deque: an empty deque holds a 64-slot block (760 octets in every
         # idle session, bench/RESULTS.md section 11); there are rarely two notices.
         self._notices: list[LoginSucceeded | LoginFailed] = []
@@ -165,6 +172,11 @@ class Session:
 
     def receive_data(self, data: bytes) -> None:
         self._reader.feed(data)
+
+    @property
+    def input_waiting(self) -> bool:
+        """Received octets not yet read as a command (pipelined commands, or part of one)."""
+        return self._reader.buffered > 0
 
     def abandon(self) -> None:
         """The connection is gone with a command in flight (an STLS whose handshake never
@@ -196,6 +208,7 @@ class Session:
                 if line is None:
                     return self._flush() if self._out else NEED_DATA
                 self._awaiting_response = False
+                self._unflushed += 1
                 if self.transcript is not None:
                     self.transcript.heard(shown_response(line))
                 self._advance(line)
@@ -211,11 +224,12 @@ class Session:
                 if self._out:
                     return self._flush()
                 return Close(self._close_reason, self._client_asked)
-            if len(self._out) >= _FLUSH_AT:
+            if len(self._out) >= _FLUSH_AT or self._unflushed >= _FLUSH_AFTER_COMMANDS:
                 return self._flush()
             line = self._reader.next_line()
             if line is None:
                 return self._flush() if self._out else NEED_DATA
+            self._unflushed += 1
             self._dispatch(line)
 
     def resolve(self, result: object) -> None:
@@ -378,6 +392,7 @@ class Session:
     def _flush(self) -> Send:
         data = bytes(self._out)
         self._out.clear()
+        self._unflushed = 0
         if self.transcript is not None:
             spans = self._challenge_spans
             self.transcript.said(hide_spans(data, spans) if spans else data)

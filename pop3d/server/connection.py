@@ -59,6 +59,9 @@ log = logging.getLogger("pop3d")
 audit = logging.getLogger("pop3d.audit")
 
 _STREAM_CHUNK = 256 * 1024
+# What _serve_inline leaves in _handoff when it stops to let the other sessions in: the
+# task goes on with the session's next event.
+_YIELDED = object()
 INTERNAL_ERROR = b"-ERR [SYS/TEMP] Internal server error, closing the connection\r\n"
 
 
@@ -323,6 +326,13 @@ class Connection:
         else:
             await self.channel.write(event.data)
         self._touch()
+        if self.session.input_waiting:
+            # Pipelined commands wait (a Send answers at most 32): the other sessions'
+            # turn first. A client pipelining CAPA and reading as fast as the answers
+            # came kept the loop for a whole read (256 KiB: 43,000 commands, 1.7 s; LIST
+            # of 200 messages, 5.7 s), every other session of the worker waiting (found
+            # probing). A client sending one command at a time never waits here.
+            await asyncio.sleep(0)
 
     async def _need_data(self, _event: Any) -> None:
         assert self.session is not None
@@ -352,6 +362,8 @@ class Connection:
                     if isinstance(self._handoff, Exception):
                         failure, self._handoff = self._handoff, None
                         raise failure
+                    if self._handoff is _YIELDED:
+                        self._handoff = None  # run() asks the session for its next event
                     return  # the session has its input; run() takes the event it left
             data = await self.channel.read()
         except asyncio.CancelledError:
@@ -391,8 +403,12 @@ class Connection:
                     and self.channel.write_now(event.data)
                 ):
                     self._touch()
-                    continue
-                self._handoff = event
+                    if not session.input_waiting:
+                        continue
+                    # more pipelined commands: the other sessions' turn first (_send)
+                    self._handoff = _YIELDED
+                    return False
+                self._handoff = event  # the task goes on from here, in the loop's next turn
                 return False
         except Exception as exc:  # a bug: the task reports it as run() does its own
             self._handoff = exc

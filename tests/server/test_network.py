@@ -682,3 +682,57 @@ def test_a_pop3s_session_costs_one_send_per_answer(tls_lab: Lab) -> None:
     fd = first.split("sendto(", 1)[1].split(",", 1)[0]
     sends = [line for line in lines if f"sendto({fd}," in line]
     assert len(sends) == 6, "\n".join(lines)
+
+
+def test_a_pipelining_client_that_reads_fast_does_not_hold_the_worker(server: Server) -> None:
+    """Found probing: a client pipelining CAPA (before any login) and reading the answers
+    as fast as they came had its whole read (256 KiB: some 40,000 commands) served in one
+    turn of the event loop, every other session of the worker waiting a second or more
+    for each answer. A session now lets the others in every few answers."""
+    victim, victim_reader, reply = login(server.port)
+    assert reply.startswith(b"+OK")
+    attacker = socket.create_connection(("127.0.0.1", server.port))
+    attacker.settimeout(30)
+    attacker.recv(4096)  # the greeting
+    stop = threading.Event()
+    answered = [0]
+
+    def flood() -> None:
+        burst = b"CAPA\r\n" * 43_690  # a little under 256 KiB: one read of the worker's
+        with contextlib.suppress(OSError):
+            while not stop.is_set():
+                attacker.sendall(burst)
+
+    def drain() -> None:
+        with contextlib.suppress(OSError):
+            while not stop.is_set():
+                data = attacker.recv(1 << 20)
+                if not data:
+                    return
+                answered[0] += data.count(b"\r\n.\r\n")
+
+    threads = [threading.Thread(target=flood), threading.Thread(target=drain)]
+    for thread in threads:
+        thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while answered[0] < 20_000 and time.monotonic() < deadline:
+            time.sleep(0.01)  # until the flood is well under way
+        assert answered[0] >= 20_000, "the attack never got going"
+        waits = []
+        for _ in range(15):
+            started = time.monotonic()
+            assert command(victim, victim_reader, b"NOOP") == b"+OK\r\n"
+            waits.append(time.monotonic() - started)
+        during = answered[0]
+    finally:
+        stop.set()
+        attacker.shutdown(socket.SHUT_RDWR)
+        for thread in threads:
+            thread.join(10)
+        attacker.close()
+    assert during > 20_000
+    waits.sort()
+    # Before: a median of 1.2 s; now a few milliseconds (a generous bound for a busy CI).
+    assert waits[len(waits) // 2] < 0.25, waits
+    victim.close()
