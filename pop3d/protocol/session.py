@@ -68,6 +68,7 @@ class Maildrop:
     are not in it, so they are neither shown nor deleted (RFC 1939 §8)."""
 
     __slots__ = (
+        "_totals",
         "deleted",
         "last_login",
         "login_time",
@@ -87,9 +88,36 @@ class Maildrop:
         self.retrieved = bytearray(len(opened.uids))  # RETR went out whole
         self.login_time = opened.now
         self.last_login = opened.last_login
+        # STAT's count and octets, kept once every live message's size is known: a STAT
+        # went over the whole maildrop each time (0.9 ms at 10,000 messages), and 32 of
+        # them pipelined held the worker's other sessions 30 ms (found probing).
+        self._totals: tuple[int, int] | None = None
 
     def live(self) -> list[int]:
         return [index for index, gone in enumerate(self.deleted) if not gone]
+
+    @property
+    def totals(self) -> tuple[int, int] | None:
+        """(messages, octets) not deleted, if known without going over the maildrop."""
+        return self._totals
+
+    @totals.setter
+    def totals(self, totals: tuple[int, int]) -> None:
+        self._totals = totals
+
+    def delete(self, index: int) -> None:
+        self.deleted[index] = 1
+        if self._totals is not None:
+            count, octets = self._totals
+            self._totals = (count - 1, octets - (self.sizes[index] or 0))
+
+    def undelete_all(self) -> None:
+        self.deleted[:] = bytes(len(self.deleted))
+        self._totals = None
+
+    def set_size(self, index: int, size: int) -> None:
+        self.sizes[index] = size
+        self._totals = None
 
     def index_of(self, number: int) -> int:
         """Message number (1-based, on the wire) -> index into the listing (0-based)."""

@@ -30,7 +30,8 @@ def _sizes(session: Session, indexes: list[int]) -> Generator[Request, Any, list
     listing at login (a STAT count one short would have clients that fetch 1..count miss
     the last message), and counts 0 octets, all it can give in this session (RETR of it
     answers -ERR). The size stands for the session, as every size announced does."""
-    sizes = session.maildrop.sizes
+    drop = session.maildrop
+    sizes = drop.sizes
     missing = tuple(index for index in indexes if sizes[index] is None)
     if missing:
         measured = yield MeasureMessages(missing)
@@ -38,17 +39,21 @@ def _sizes(session: Session, indexes: list[int]) -> Generator[Request, Any, list
             session.err("[SYS/TEMP] Unable to read the maildrop")
             return None
         for index, size in zip(missing, measured, strict=True):
-            sizes[index] = 0 if size is None else size
+            drop.set_size(index, 0 if size is None else size)
     return [size for size in (sizes[index] for index in indexes) if size is not None]
 
 
 def stat(session: Session, argument: bytes) -> Task:
     commands.no_arguments(argument)
-    sizes = yield from _sizes(session, session.maildrop.live())
-    if sizes is None:
-        return Outcome.FAIL
-    session.ok(f"{len(sizes)} {sum(sizes)}")
-    session.maildrop.sizes_shown = True
+    drop = session.maildrop
+    totals = drop.totals
+    if totals is None:
+        sizes = yield from _sizes(session, drop.live())
+        if sizes is None:
+            return Outcome.FAIL
+        totals = drop.totals = (len(sizes), sum(sizes))
+    session.ok(f"{totals[0]} {totals[1]}")
+    drop.sizes_shown = True
     return Outcome.OK
 
 
@@ -108,7 +113,7 @@ def _retrieve(session: Session, number: int, index: int, body_lines: int | None)
             session.err(f"[SYS/TEMP] Unable to read message {number}")
         return Outcome.FAIL
     if isinstance(result, int):  # its size was wrong, and the client had not been told it
-        drop.sizes[index] = result
+        drop.set_size(index, result)
     if body_lines is None:
         drop.retrieved[index] = 1
     return Outcome.OK
@@ -120,7 +125,7 @@ def dele(session: Session, argument: bytes) -> Outcome:
         session.err("[SYS/PERM] This maildrop is read-only here")
         return Outcome.FAIL
     drop = session.maildrop
-    drop.deleted[drop.index_of(number)] = 1
+    drop.delete(drop.index_of(number))
     session.ok(f"Message {number} deleted")
     return Outcome.OK
 
@@ -128,7 +133,7 @@ def dele(session: Session, argument: bytes) -> Outcome:
 def rset(session: Session, argument: bytes) -> Outcome:
     commands.no_arguments(argument)
     drop = session.maildrop
-    drop.deleted[:] = bytes(len(drop.deleted))
+    drop.undelete_all()
     # and what was retrieved, which popuseimapflags marks seen at QUIT: Cyrus's RSET
     # clears both (pop3d.c:966-969)
     drop.retrieved[:] = bytes(len(drop.retrieved))

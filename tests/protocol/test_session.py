@@ -430,3 +430,20 @@ def test_capa_expire_counts_part_of_a_day_as_a_day(
     driven = drive(lab, settings_for_lab(expire_seconds=seconds))
     driven.feed()
     assert advertised in driven.feed(b"CAPA\r\n").split(b"\r\n")
+
+
+def test_stat_follows_dele_rset_and_a_corrected_size(lab: Lab) -> None:
+    """STAT's totals are kept once known, not summed over the maildrop at each STAT (found
+    probing: 32 pipelined STATs in a big maildrop held the worker): they must still follow
+    every DELE and RSET (a size corrected at RETR: tests/server/test_retrieve_integrity.py)."""
+    driven = drive(lab)
+    login(driven, "bob", "builder")
+    sizes = [int(line.split()[1]) for line in driven.feed(b"LIST\r\n").split(b"\r\n")[1:4]]
+    assert driven.feed(b"STAT\r\n") == f"+OK 3 {sum(sizes)}\r\n".encode()
+    driven.feed(b"DELE 2\r\n")
+    assert driven.feed(b"STAT\r\n") == f"+OK 2 {sizes[0] + sizes[2]}\r\n".encode()
+    driven.feed(b"DELE 1\r\n")
+    assert driven.feed(b"STAT\r\n") == f"+OK 1 {sizes[2]}\r\n".encode()
+    driven.feed(b"RSET\r\n")
+    assert driven.feed(b"STAT\r\n") == f"+OK 3 {sum(sizes)}\r\n".encode()
+    driven.feed(b"QUIT\r\n")

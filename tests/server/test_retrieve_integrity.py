@@ -401,6 +401,9 @@ def test_a_wrong_size_hint_not_yet_announced_does_not_cost_the_message(server: S
     assert ask(sock, reader, b"RETR 4") == b"+OK Message follows\r\n"
     assert read_multiline(reader) == SMALL.replace(b"\n", b"\r\n")
     assert ask(sock, reader, b"LIST 4") == f"+OK 4 {canonical}\r\n".encode()
+    assert ask(sock, reader, b"STAT") == f"+OK 4 {6000 + canonical}\r\n".encode()
+    assert ask(sock, reader, b"DELE 4") == b"+OK Message 4 deleted\r\n"
+    assert ask(sock, reader, b"STAT") == b"+OK 3 6000\r\n"
     sock.close()
     log_when(server, r"its file name gave a wrong size; it is 21 octets")
 
