@@ -157,7 +157,17 @@ def _check_minimum(option: Option, number: int, raw: str) -> None:
     # Found probing: "poptimeout: 9...9" (400 digits) checked clean, then every process
     # died converting it to a float for the event loop.
     if number > _MAXIMUM:
-        raise ValueError(f"{option.name}: {raw!r} is above the maximum {_MAXIMUM}")
+        raise ValueError(f"{option.name}: {raw!r} is above the maximum {_maximum_text(option)}")
+
+
+def _maximum_text(option: Option) -> str:
+    """A duration's maximum in seconds and in its own unit: "24856d is above the maximum
+    2147483647" read as days (found probing)."""
+    if option.kind is not Kind.DURATION:
+        return str(_MAXIMUM)
+    if option.unit == "s":
+        return f"{_MAXIMUM} seconds"
+    return f"{_MAXIMUM} seconds ({_MAXIMUM // _UNITS[option.unit]} {_unit_name(option.unit)})"
 
 
 def _unit_name(unit: str) -> str:

@@ -204,3 +204,12 @@ def test_an_include_of_dev_null_includes_nothing(tmp_path: Path) -> None:
     conf = tmp_path / "imapd.conf"
     conf.write_text("@include: /dev/null\nservername: x\n")
     assert imapd.load(conf).string("servername") == "x"
+
+
+def test_a_duration_too_long_is_told_in_its_own_unit() -> None:
+    """Found probing: "popexpiretime: 24856d" was refused as "above the maximum
+    2147483647", seconds read as days."""
+    with pytest.raises(ConfigError) as caught:
+        imapd.from_text("popexpiretime: 24856d\n")
+    assert "above the maximum 2147483647 seconds (24855 days)" in str(caught.value.problems[0])
+    assert imapd.from_text("popexpiretime: 24855d\n")
