@@ -63,7 +63,9 @@ class ByteChannel(TypingProtocol):
 
     async def write_last(self, data: bytes) -> None: ...
 
-    async def start_tls(self, context: SSL.Context, timeout: float) -> SSL.Connection: ...
+    async def start_tls(
+        self, context: SSL.Context, timeout: float, *, implicit: bool = False
+    ) -> SSL.Connection: ...
 
     def push_layer(self, layer: SecurityLayer, trailing: bytes) -> None: ...
 
@@ -200,10 +202,17 @@ class _Layered:
         self._plain = b""
         self._discard_raw()
 
-    async def start_tls(self, context: SSL.Context, timeout: float) -> SSL.Connection:
-        """Drop what arrived in clear, run a server handshake, push TLS on the stack.
-        Raises :class:`TLSHandshakeError`, ``TimeoutError`` or :class:`ChannelClosed`."""
-        self.discard_input()
+    async def start_tls(
+        self, context: SSL.Context, timeout: float, *, implicit: bool = False
+    ) -> SSL.Connection:
+        """Drop what arrived in clear (after STLS: RFC 2595's injection), run a server
+        handshake, push TLS on the stack. ``implicit`` (pop3s): nothing is dropped, what
+        arrived is the ClientHello: dropped, a client that sent it before the session
+        began to read waited for the timeout (``pop3d -X -s`` from inetd on a socket,
+        every connection; found probing). Raises :class:`TLSHandshakeError`,
+        ``TimeoutError`` or :class:`ChannelClosed`."""
+        if not implicit:
+            self.discard_input()
         layer = TLSLayer(context)
         async with asyncio.timeout(timeout):
             done = False

@@ -179,7 +179,7 @@ class Connection:
         try:
             tls_started = None
             if self.context.options.implicit_tls:
-                tls_started = await self._handshake()
+                tls_started = await self._handshake(implicit=True)
                 if tls_started is None:
                     return
             kpop = None
@@ -774,14 +774,14 @@ class Connection:
         )
         self._resolve(None)
 
-    async def _handshake(self) -> TLSInfo | None:
+    async def _handshake(self, *, implicit: bool = False) -> TLSInfo | None:
         server_tls = self.context.tls
         if server_tls is None:
             self.end_reason = "TLS requested but not configured"
             return None
         try:
             connection = await self.channel.start_tls(
-                server_tls.context, self.context.tls_handshake_timeout
+                server_tls.context, self.context.tls_handshake_timeout, implicit=implicit
             )
         except (TLSHandshakeError, ConnectionError, TimeoutError, OSError) as exc:
             self.end_reason = f"TLS handshake failed: {exc.__class__.__name__}: {exc}"

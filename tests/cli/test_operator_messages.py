@@ -4,6 +4,7 @@ own line, TLS over inetd-style pipes (``pop3d -X -s``) that works and fails loud
 from __future__ import annotations
 
 import os
+import socket
 import ssl
 import subprocess
 import sys
@@ -120,3 +121,35 @@ def test_a_failed_handshake_over_pipes_exits_non_zero(tls_lab: Lab) -> None:
     assert result.returncode != 0
     assert b"TLS handshake failed" in result.stderr, result.stderr
     assert b"+OK" not in result.stdout
+
+
+def test_implicit_tls_on_an_inetd_socket_with_the_client_hello_sent_at_once(
+    tls_lab: Lab,
+) -> None:
+    """inetd (or systemd Accept=yes) hands pop3d -X -s the connected socket; the client
+    sends its ClientHello at once, before the interpreter has started. That ClientHello
+    was dropped as STLS drops plaintext, and the handshake waited for its timeout: pop3s
+    from inetd never worked (found probing)."""
+    assert tls_lab.tls is not None
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        accepted, _ = listener.accept()
+    context = ssl.create_default_context(cafile=str(tls_lab.tls.ca))
+    client.settimeout(20)
+    with accepted:
+        process = subprocess.Popen(
+            tls_lab.pop3d_x("-s"), stdin=accepted, stdout=accepted, stderr=subprocess.PIPE
+        )
+    try:
+        with context.wrap_socket(client, server_hostname="localhost") as tls:
+            reader = tls.makefile("rb")
+            assert reader.readline().startswith(b"+OK")
+            tls.sendall(b"USER bob\r\nPASS builder\r\nSTAT\r\nQUIT\r\n")
+            answers = [reader.readline() for _ in range(4)]
+            assert answers[2] == b"+OK 3 6000\r\n", answers
+            assert answers[3].startswith(b"+OK")
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
