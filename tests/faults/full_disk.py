@@ -44,14 +44,20 @@ def fill(folder: Path) -> None:
             assert exc.errno == 28, exc  # ENOSPC
 
 
-def main(config: str, spool: str, maildir_name: str) -> None:
-    spool_dir = Path(spool)
+def mounted_small(spool: str) -> bool:
+    """A small tmpfs over ``spool``; if it cannot be mounted, why, on stdout (JSON)."""
     mounted = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", f"size={TMPFS_SIZE},mode=0700", "tmpfs", spool],
         capture_output=True,
     )
     if mounted.returncode != 0:
         print(json.dumps({"mount": mounted.stderr.decode(errors="replace")}))
+    return mounted.returncode == 0
+
+
+def main(config: str, spool: str, maildir_name: str) -> None:
+    spool_dir = Path(spool)
+    if not mounted_small(spool):
         return
     maildir = spool_dir / maildir_name
     report: dict[str, object] = {"mount": "ok"}

@@ -17,9 +17,8 @@ import sys
 from pathlib import Path
 
 from pop3d.storage.maildir import MaildirStore
-from tests.faults.full_disk import fill
+from tests.faults.full_disk import fill, mounted_small
 
-TMPFS_SIZE = "256k"
 # Lines of messages that are not there (ignored by the reader) up to a few octets short of
 # a page: the next line's first octets fit in the page the file has, the rest needs another.
 _ROOM = 6
@@ -37,12 +36,7 @@ def imported(config: str, source: str) -> dict[str, object]:
 
 def main(config: str, spool: str, source: str) -> None:
     spool_dir = Path(spool)
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={TMPFS_SIZE},mode=0700", "tmpfs", spool],
-        capture_output=True,
-    )
-    if mounted.returncode != 0:
-        print(json.dumps({"mount": mounted.stderr.decode(errors="replace")}))
+    if not mounted_small(spool):
         return
     maildir = spool_dir / "Maildir"
     for sub in ("tmp", "new", "cur"):
