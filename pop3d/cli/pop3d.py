@@ -81,7 +81,9 @@ class Arguments:
 
 
 def _count(flag: str, value: str, upper: int = 2**31 - 1) -> int:
-    if not re.fullmatch(r"\d+", value) or int(value) > upper:
+    # ASCII digits only: \d and int() take any script's, so -p '٢٥٦' was -p 256 (found
+    # probing), a number nobody reading the command line or cyrus.conf would see.
+    if not re.fullmatch(r"[0-9]+", value) or int(value) > upper:
         fail(PROGRAM, EX_USAGE, f"{flag} {value!r}: expected a whole number 0..{upper}\n{USAGE}")
     return int(value)
 

@@ -266,6 +266,10 @@ def test_check_config_refuses_what_the_master_and_the_logins_would(lab: Lab) -> 
         ),
         ('  pop3 cmd="pop3d -X" listen="1110"\n', "-X is not supported under the master"),
         (
+            '  pop3 cmd="pop3d -U \u0661" listen="1110"\n',
+            ":2: service pop3: pop3d: -U '\u0661': expected a whole number",
+        ),
+        (
             '  pop3 cmd="pop3d" listen="1110"\n  pop3b cmd="pop3d" listen="1110"\n',
             ":3: error: service pop3b: listens where service pop3 does (line 2)",
         ),

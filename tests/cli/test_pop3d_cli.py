@@ -27,6 +27,10 @@ def run(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
         (["-U", "many"], 64, b"pop3d: -U 'many': expected a whole number"),
         (["-p", "-1"], 64, b"pop3d: -p '-1': expected a whole number"),
         (["-T", "1.5"], 64, b"pop3d: -T '1.5'"),
+        # digits of other scripts, which \d and int() take: -p was 256 (found probing)
+        (["-X", "-p", "\u0662\u0665\u0666"], 64, b"': expected a whole number 0..65535"),
+        (["-X", "-U", "\u07c9"], 64, b"': expected a whole number"),
+        (["-X", "-T", "\u0967"], 64, b"': expected a whole number"),
         (["extra"], 64, b"pop3d: unexpected argument 'extra'"),
         (["-k", "-s", "-X"], 64, b"pop3d: -k (KPOP) and -s (TLS) cannot be combined"),
         (["-H", "-X"], 64, b"pop3d: -H (PROXY protocol) needs a listening socket, not -X"),
