@@ -63,6 +63,13 @@ LISTEN_FDS_ENV = "POP3D_LISTEN_FDS"
 KPOP_WITH_TLS = (
     "-k (KPOP) and -s (TLS) cannot be combined: KPOP clients speak Kerberos on the bare connection"
 )
+# The service name that speaks TLS from the first byte without -s: a socket so named
+# under socket activation, or CYRUS_SERVICE.
+IMPLICIT_TLS_SERVICE = "pop3s"
+KPOP_ON_POP3S = (
+    f"-k (KPOP) on a service named {IMPLICIT_TLS_SERVICE}, which speaks TLS from the first "
+    "byte: KPOP clients speak Kerberos on the bare connection"
+)
 MAXCHILD_ENV = "POP3D_MAXCHILD"
 log = logging.getLogger("pop3d")
 
@@ -190,8 +197,12 @@ def main(argv: list[str] | None = None) -> int:
     under_master = LISTEN_FDS_ENV in os.environ
     # Under pop3d-master (listening sockets handed down) the master has printed the
     # configuration's warnings already: every worker repeating them says nothing new.
-    config = load_config(PROGRAM, args.config, warn=not under_master)
     activated = {} if under_master or args.stdio else systemd_sockets(service)
+    # A pop3s socket beside a pop3 one in a socket unit: KPOP waited inside TLS for a
+    # client that never speaks TLS (found probing), as -k with -s would.
+    if args.kpop and IMPLICIT_TLS_SERVICE in (activated or {service: []}):
+        fail(PROGRAM, EX_USAGE, KPOP_ON_POP3S)
+    config = load_config(PROGRAM, args.config, warn=not under_master)
     # Started as root (inetd, systemd): become cyrus_user before reading the files a
     # session needs, so a file that user cannot read is reported now, as that user.
     try:
@@ -217,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     contexts: dict[str, ServiceContext] = {}
     try:
         for name in activated or {service: []}:
-            tls = base.implicit_tls or name == "pop3s"
+            tls = base.implicit_tls or name == IMPLICIT_TLS_SERVICE
             options = replace(base, service=name, implicit_tls=tls)
             try:
                 contexts[name] = ServiceContext(config, options)

@@ -237,6 +237,36 @@ def test_socket_activation_with_what_is_not_a_listening_socket(
     assert b"Traceback" not in result.stderr
 
 
+def test_kpop_on_a_socket_named_pop3s_is_refused(lab: Lab) -> None:
+    """Found probing: socket activation with a pop3 and a pop3s socket and -k ran KPOP
+    inside TLS, the handshake waiting for a client that speaks Kerberos in clear. Refused
+    as -k with -s is, before the configuration is read; likewise -k under CYRUS_SERVICE
+    pop3s."""
+    handed = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    handed.bind(("127.0.0.1", free_port()))
+    handed.listen()
+    fd = handed.fileno()
+    script = f'export LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=pop3s; exec "$@" 3<&{fd}'
+    try:
+        activated = subprocess.run(
+            ["bash", "-c", script, "bash", *POP3D, "-k", "-C", str(lab.config)],
+            pass_fds=(fd,),
+            capture_output=True,
+            timeout=60,
+        )
+    finally:
+        handed.close()
+    under_x = subprocess.run(
+        [*POP3D, "-X", "-k", "-C", str(lab.config)],
+        env={**os.environ, "CYRUS_SERVICE": "pop3s"},
+        capture_output=True,
+        timeout=60,
+    )
+    for result in (activated, under_x):
+        assert result.returncode == 64, result.stderr
+        assert b"pop3d: -k (KPOP) on a service named pop3s" in result.stderr, result.stderr
+
+
 def test_octets_without_a_line_end_meet_the_bad_command_limit(lab: Lab) -> None:
     """Found probing: `pop3d -X </dev/zero` read for as long as the input lasted, a core
     busy, no answer (an overlong line was dropped to its end, counted once). Each 8,192
