@@ -135,9 +135,74 @@ def _run_debug_command(template: str | None, service: str) -> None:
     subprocess.run(command, shell=True, check=False)  # noqa: S602 - the admin's own command
 
 
+def _ascii_number(text: str) -> int | None:
+    """A descriptor or pid from the environment: str.isdigit() takes '²', which int() then
+    refuses with a traceback."""
+    return int(text) if re.fullmatch(r"[0-9]+", text.strip()) else None
+
+
+NOT_OPEN = "is not open"
+NOT_LISTENING = "is a stream socket that is not listening (a connection)"
+
+
+def _not_listening(fd: int) -> str | None:
+    """What descriptor ``fd`` is, if not a listening stream socket (None if it is): a
+    connection handed where a listener was expected was taken for one, and the first
+    client's arrival ended pop3d with a traceback (found probing)."""
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        return NOT_OPEN
+    if not stat.S_ISSOCK(mode):
+        return "is not a stream socket"
+    with socket.socket(fileno=os.dup(fd)) as probe:  # the duplicate is closed, not fd
+        if probe.type != socket.SOCK_STREAM:
+            return "is not a stream socket"
+        if not probe.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            return NOT_LISTENING
+    return None
+
+
 def _listening_sockets() -> list[socket.socket]:
+    """The sockets pop3d-master hands its workers. The variable is the master's own, yet
+    set by hand it gave a traceback (0, standard input) or "cannot write its output"
+    (a descriptor not open): found probing."""
     value = os.environ.get(LISTEN_FDS_ENV, "")
-    return [socket.socket(fileno=int(item)) for item in value.split(",") if item.strip().isdigit()]
+    sockets: list[socket.socket] = []
+    for item in value.split(","):
+        fd = _ascii_number(item)
+        if fd is None:
+            continue
+        problem = _not_listening(fd)
+        if problem is not None:
+            fail(
+                PROGRAM,
+                EX_USAGE,
+                f"{LISTEN_FDS_ENV}={value}: fd {fd} {problem}; the variable is "
+                "pop3d-master's, for its workers",
+            )
+        sockets.append(socket.socket(fileno=fd))
+    return sockets
+
+
+def _standard_input_problem() -> str | None:
+    """Why -X cannot serve a session on standard input (None if it can): a datagram
+    socket gave a traceback, and a listening socket took the greeting and pop3d exited 0,
+    serving nobody (found probing). Pipes, files and terminals are served as pipes."""
+    if not stat.S_ISSOCK(os.fstat(0).st_mode):
+        return None
+    with socket.socket(fileno=os.dup(0)) as probe:
+        if probe.type != socket.SOCK_STREAM:
+            return (
+                "standard input is a socket that is not a stream (a datagram socket?): "
+                "-X serves a connection (inetd: stream, not dgram)"
+            )
+        if probe.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            return (
+                "standard input is a listening socket: use socket activation without -X, "
+                "or inetd nowait"
+            )
+    return None
 
 
 # names systemd gives sockets that were not named (FileDescriptorName=): no service
@@ -155,21 +220,26 @@ def systemd_sockets(default_service: str) -> dict[str, list[socket.socket]]:
     pid = os.environ.pop("LISTEN_PID", "")
     count = os.environ.pop("LISTEN_FDS", "")
     names = os.environ.pop("LISTEN_FDNAMES", "")
-    if not pid.isdigit() or int(pid) != os.getpid() or not count.isdigit():
+    listen_pid, listen_fds = _ascii_number(pid), _ascii_number(count)
+    if listen_pid != os.getpid() or listen_fds is None:
         return {}
     labels = names.split(":") if names else []
     services: dict[str, list[socket.socket]] = {}
-    for index in range(int(count)):
+    for index in range(listen_fds):
         fd = 3 + index
         # Looked at before a socket object is made of it: socket.socket() of a file or of
         # a descriptor that is not open raised a traceback (found probing).
-        try:
-            is_socket = stat.S_ISSOCK(os.fstat(fd).st_mode)
-        except OSError:
+        problem = _not_listening(fd)
+        if problem == NOT_OPEN:
             fail(PROGRAM, EX_USAGE, f"LISTEN_FDS={count}, but fd {fd} is not open")
-        sock = socket.socket(fileno=fd) if is_socket else None
-        if sock is None or sock.type != socket.SOCK_STREAM:
-            fail(PROGRAM, EX_USAGE, f"systemd passed fd {fd}, which is not a stream socket")
+        if problem is not None:
+            hint = (
+                ": a socket unit with Accept=yes passes each connection, serve those with pop3d -X"
+                if problem == NOT_LISTENING
+                else ""
+            )
+            fail(PROGRAM, EX_USAGE, f"systemd passed fd {fd}, which {problem}{hint}")
+        sock = socket.socket(fileno=fd)
         os.set_inheritable(fd, False)
         label = labels[index] if index < len(labels) else ""
         name = (
@@ -192,6 +262,10 @@ def main(argv: list[str] | None = None) -> int:
         fail(PROGRAM, EX_USAGE, KPOP_WITH_TLS)
     if args.proxy_protocol and args.stdio:
         fail(PROGRAM, EX_USAGE, "-H (PROXY protocol) needs a listening socket, not -X")
+    if args.stdio:
+        problem = _standard_input_problem()
+        if problem is not None:
+            fail(PROGRAM, EX_USAGE, problem)
     setup_logging(logging.INFO)
     service = os.environ.get("CYRUS_SERVICE", "pop3")
     under_master = LISTEN_FDS_ENV in os.environ

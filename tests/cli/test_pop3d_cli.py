@@ -201,6 +201,8 @@ def test_a_closed_standard_input_is_the_end_of_input(lab: Lab) -> None:
         ("file", 1, b"pop3d: systemd passed fd 3, which is not a stream socket"),
         ("udp", 1, b"pop3d: systemd passed fd 3, which is not a stream socket"),
         ("tcp", 2, b"pop3d: LISTEN_FDS=2, but fd 4 is not open"),
+        # Accept=yes without -X: a traceback at the first connection (found probing)
+        ("connection", 1, b"fd 3, which is a stream socket that is not listening"),
     ],
 )
 def test_socket_activation_with_what_is_not_a_listening_socket(
@@ -208,9 +210,14 @@ def test_socket_activation_with_what_is_not_a_listening_socket(
 ) -> None:
     """fd 3 a file or a datagram socket, or LISTEN_FDS counting one descriptor too many:
     one line and exit 64, not a traceback."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
     if passed == "file":
         handed: socket.socket | None = None
         fd = os.open(lab.config, os.O_RDONLY)
+    elif passed == "connection":
+        handed, _ = listener.accept()
+        fd = handed.fileno()
     else:
         kind = socket.SOCK_DGRAM if passed == "udp" else socket.SOCK_STREAM
         handed = socket.socket(socket.AF_INET, kind)
@@ -232,9 +239,59 @@ def test_socket_activation_with_what_is_not_a_listening_socket(
             os.close(fd)
         else:
             handed.close()
+        client.close()
+        listener.close()
     assert result.returncode == 64, result.stderr
     assert message in result.stderr
     assert b"Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("udp", b"pop3d: standard input is a socket that is not a stream"),
+        ("listening", b"pop3d: standard input is a listening socket: use socket activation"),
+    ],
+)
+def test_x_on_what_is_not_a_connection(lab: Lab, kind: str, message: bytes) -> None:
+    """Found probing: a datagram socket on standard input gave a traceback (exit 70); a
+    listening socket took the greeting, and pop3d exited 0 having served nobody."""
+    if kind == "udp":
+        stdin = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        stdin.bind(("127.0.0.1", 0))
+    else:
+        stdin = socket.create_server(("127.0.0.1", 0))
+    with stdin:
+        result = subprocess.run(
+            [*POP3D, "-X", "-C", str(lab.config)],
+            stdin=stdin.fileno(),
+            capture_output=True,
+            timeout=60,
+        )
+    assert result.returncode == 64, result.stderr
+    assert message in result.stderr, result.stderr
+    assert b"Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("0", b"pop3d: POP3D_LISTEN_FDS=0: fd 0 is not a stream socket"),
+        ("99", b"pop3d: POP3D_LISTEN_FDS=99: fd 99 is not open"),
+    ],
+)
+def test_worker_variable_naming_no_listening_socket(lab: Lab, value: str, message: bytes) -> None:
+    """POP3D_LISTEN_FDS is pop3d-master's, for its workers; set by hand it gave a traceback
+    or "cannot write its output" (found probing)."""
+    result = subprocess.run(
+        [*POP3D, "-C", str(lab.config)],
+        env={**os.environ, "POP3D_LISTEN_FDS": value},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=60,
+    )
+    assert result.returncode == 64, result.stderr
+    assert message in result.stderr, result.stderr
 
 
 def test_kpop_on_a_socket_named_pop3s_is_refused(lab: Lab) -> None:
