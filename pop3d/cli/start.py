@@ -17,12 +17,16 @@ from typing import NoReturn
 # server/worker.py's HELD_AT_START (SIGHUP, and RETIRE_SIGNAL), which cannot be imported
 # before the signals are held: tests/server/test_signals.py checks they are the same.
 HELD_AT_START = frozenset({signal.SIGHUP, signal.SIGUSR2})
+# pop3d's alone: SIGTERM's default action ended a pop3d still importing, exit 143 and
+# nothing said, where pop3d(8) promises 0 after SIGTERM (found probing). Held through the
+# imports only, which cannot block; pop3d's main() then takes it (pop3d.py).
+HELD_WHILE_IMPORTING = frozenset({signal.SIGTERM})
 
 
-def hold() -> None:
+def hold(also: frozenset[signal.Signals] = frozenset()) -> None:
     """Blocked, not ignored, as worker.hold_hangup: one asked meanwhile reaches the handler
     the master or pop3d installs, which releases them."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, HELD_AT_START)
+    signal.pthread_sigmask(signal.SIG_BLOCK, HELD_AT_START | also)
 
 
 def master() -> None:
@@ -30,11 +34,11 @@ def master() -> None:
 
 
 def pop3d() -> None:
-    _start("pop3d")
+    _start("pop3d", HELD_WHILE_IMPORTING)
 
 
-def _start(command: str) -> None:
-    hold()
+def _start(command: str, also: frozenset[signal.Signals] = frozenset()) -> None:
+    hold(also)
     try:  # only once the signals are held
         module = importlib.import_module(f"pop3d.cli.{command}")
     except KeyboardInterrupt:
