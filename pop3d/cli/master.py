@@ -37,7 +37,7 @@ from pop3d.cli.common import (
     setup_logging,
     setup_syslog,
 )
-from pop3d.cli.pop3d import IMPLICIT_TLS_SERVICE, KPOP_ON_POP3S, KPOP_WITH_TLS, parse_arguments
+from pop3d.cli.pop3d import KPOP_WITH_TLS, parse_arguments
 from pop3d.config import cyrus
 from pop3d.config.imapd import Config, ConfigError, Problem
 from pop3d.server import metrics, privileges
@@ -66,8 +66,6 @@ def command_problem(service: cyrus.Service) -> str | None:
             problem = "-X is not supported under the master"
         elif args.kpop and args.implicit_tls:
             problem = KPOP_WITH_TLS
-        elif args.kpop and service.name == IMPLICIT_TLS_SERVICE:  # its CYRUS_SERVICE
-            problem = KPOP_ON_POP3S
         else:
             return None
     return f"{service.path}:{service.line}: service {service.name}: {problem}"

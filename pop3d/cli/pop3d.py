@@ -63,11 +63,14 @@ LISTEN_FDS_ENV = "POP3D_LISTEN_FDS"
 KPOP_WITH_TLS = (
     "-k (KPOP) and -s (TLS) cannot be combined: KPOP clients speak Kerberos on the bare connection"
 )
-# The service name that speaks TLS from the first byte without -s: a socket so named
-# under socket activation, or CYRUS_SERVICE.
+# The name of an activated socket that speaks TLS from the first byte (one process serves
+# every socket of the unit, so -s cannot say which). Under the master and with -X, -s
+# alone decides, as in Cyrus: the master's checks build a service as -s says, and a
+# "pop3s" entry without -s had workers turn TLS on anyway, a missing certificate found
+# only by workers exiting 78 over and over (found probing).
 IMPLICIT_TLS_SERVICE = "pop3s"
 KPOP_ON_POP3S = (
-    f"-k (KPOP) on a service named {IMPLICIT_TLS_SERVICE}, which speaks TLS from the first "
+    f"-k (KPOP) with a socket named {IMPLICIT_TLS_SERVICE}, which speaks TLS from the first "
     "byte: KPOP clients speak Kerberos on the bare connection"
 )
 MAXCHILD_ENV = "POP3D_MAXCHILD"
@@ -285,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     activated = {} if under_master or args.stdio else systemd_sockets(service)
     # A pop3s socket beside a pop3 one in a socket unit: KPOP waited inside TLS for a
     # client that never speaks TLS (found probing), as -k with -s would.
-    if args.kpop and IMPLICIT_TLS_SERVICE in (activated or {service: []}):
+    if args.kpop and IMPLICIT_TLS_SERVICE in activated:
         fail(PROGRAM, EX_USAGE, KPOP_ON_POP3S)
     config = load_config(PROGRAM, args.config, warn=not under_master)
     # Started as root (inetd, systemd): become cyrus_user before reading the files a
@@ -313,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     contexts: dict[str, ServiceContext] = {}
     try:
         for name in activated or {service: []}:
-            tls = base.implicit_tls or name == IMPLICIT_TLS_SERVICE
+            tls = base.implicit_tls or (name == IMPLICIT_TLS_SERVICE and bool(activated))
             options = replace(base, service=name, implicit_tls=tls)
             try:
                 contexts[name] = ServiceContext(config, options)

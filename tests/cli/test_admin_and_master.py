@@ -266,10 +266,6 @@ def test_check_config_refuses_what_the_master_and_the_logins_would(lab: Lab) -> 
         ),
         ('  pop3 cmd="pop3d -X" listen="1110"\n', "-X is not supported under the master"),
         (
-            '  pop3s cmd="pop3d -k" listen="1995"\n',
-            ":2: service pop3s: -k (KPOP) on a service named pop3s",
-        ),
-        (
             '  pop3 cmd="pop3d -U \u0661" listen="1110"\n',
             ":2: service pop3: pop3d: -U '\u0661': expected a whole number",
         ),
