@@ -148,22 +148,32 @@ NOT_OPEN = "is not open"
 NOT_LISTENING = "is a stream socket that is not listening (a connection)"
 
 
+def _socket_kind(fd: int) -> str:
+    """What descriptor ``fd`` is: "closed", "not a socket", "datagram", "listening" or
+    "connection" (a stream socket that is not listening)."""
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        return "closed"
+    if not stat.S_ISSOCK(mode):
+        return "not a socket"
+    with socket.socket(fileno=os.dup(fd)) as probe:  # the duplicate is closed, not fd
+        if probe.type != socket.SOCK_STREAM:
+            return "datagram"
+        listening = probe.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+    return "listening" if listening else "connection"
+
+
 def _not_listening(fd: int) -> str | None:
     """What descriptor ``fd`` is, if not a listening stream socket (None if it is): a
     connection handed where a listener was expected was taken for one, and the first
     client's arrival ended pop3d with a traceback (found probing)."""
-    try:
-        mode = os.fstat(fd).st_mode
-    except OSError:
+    kind = _socket_kind(fd)
+    if kind == "closed":
         return NOT_OPEN
-    if not stat.S_ISSOCK(mode):
-        return "is not a stream socket"
-    with socket.socket(fileno=os.dup(fd)) as probe:  # the duplicate is closed, not fd
-        if probe.type != socket.SOCK_STREAM:
-            return "is not a stream socket"
-        if not probe.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
-            return NOT_LISTENING
-    return None
+    if kind == "connection":
+        return NOT_LISTENING
+    return None if kind == "listening" else "is not a stream socket"
 
 
 def _listening_sockets() -> list[socket.socket]:
@@ -192,19 +202,17 @@ def _standard_input_problem() -> str | None:
     """Why -X cannot serve a session on standard input (None if it can): a datagram
     socket gave a traceback, and a listening socket took the greeting and pop3d exited 0,
     serving nobody (found probing). Pipes, files and terminals are served as pipes."""
-    if not stat.S_ISSOCK(os.fstat(0).st_mode):
-        return None
-    with socket.socket(fileno=os.dup(0)) as probe:
-        if probe.type != socket.SOCK_STREAM:
-            return (
-                "standard input is a socket that is not a stream (a datagram socket?): "
-                "-X serves a connection (inetd: stream, not dgram)"
-            )
-        if probe.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
-            return (
-                "standard input is a listening socket: use socket activation without -X, "
-                "or inetd nowait"
-            )
+    kind = _socket_kind(0)
+    if kind == "datagram":
+        return (
+            "standard input is a socket that is not a stream (a datagram socket?): "
+            "-X serves a connection (inetd: stream, not dgram)"
+        )
+    if kind == "listening":
+        return (
+            "standard input is a listening socket: use socket activation without -X, "
+            "or inetd nowait"
+        )
     return None
 
 
