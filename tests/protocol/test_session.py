@@ -446,4 +446,8 @@ def test_stat_follows_dele_rset_and_a_corrected_size(lab: Lab) -> None:
     assert driven.feed(b"STAT\r\n") == f"+OK 1 {sizes[2]}\r\n".encode()
     driven.feed(b"RSET\r\n")
     assert driven.feed(b"STAT\r\n") == f"+OK 3 {sum(sizes)}\r\n".encode()
+    driven.feed(b"DELE 3\r\nRSET\r\nDELE 1\r\n")
+    assert driven.feed(b"STAT\r\n") == f"+OK 2 {sizes[1] + sizes[2]}\r\n".encode()
+    driven.feed(b"RSET\r\nRSET\r\n")
+    assert driven.feed(b"STAT\r\n") == f"+OK 3 {sum(sizes)}\r\n".encode()
     driven.feed(b"QUIT\r\n")
