@@ -92,10 +92,13 @@ class Arguments:
 
 def _count(flag: str, value: str, upper: int = 2**31 - 1) -> int:
     # ASCII digits only: \d and int() take any script's, so -p '٢٥٦' was -p 256 (found
-    # probing), a number nobody reading the command line or cyrus.conf would see.
-    if not re.fullmatch(r"[0-9]+", value) or int(value) > upper:
+    # probing), a number nobody reading the command line or cyrus.conf would see. Its
+    # length checked before int(), which refuses 4,300 digits with a traceback (found
+    # re-probing).
+    digits = value.lstrip("0") or "0"
+    if not re.fullmatch(r"[0-9]+", value) or len(digits) > len(str(upper)) or int(digits) > upper:
         fail(PROGRAM, EX_USAGE, f"{flag} {value!r}: expected a whole number 0..{upper}\n{USAGE}")
-    return int(value)
+    return int(digits)
 
 
 def parse_arguments(argv: list[str]) -> Arguments:

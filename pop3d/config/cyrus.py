@@ -166,11 +166,15 @@ def _entry(line: str, path: str, number: int) -> tuple[str, dict[str, str]]:
 
 
 def _whole_number(values: dict[str, str], key: str, default: str) -> int:
+    """ASCII digits, a minus sign allowed (maxchild=-1): int() also takes any script's
+    digits, "_" and "+", so prefork="٢" started two workers that nobody reading the file
+    would count (found re-probing); a number of more than ten digits is refused before
+    int(), which refuses 4,300 with a traceback."""
     text = values.get(key, default)
-    try:
-        return int(text.strip())
-    except ValueError:
-        raise ValueError(f"{key}={text!r} is not a whole number") from None
+    stripped = text.strip()
+    if not re.fullmatch(r"-?[0-9]{1,10}", stripped):
+        raise ValueError(f"{key}={text!r} is not a whole number")
+    return int(stripped)
 
 
 def _service(name: str, values: dict[str, str], path: str, number: int, out: MasterConfig) -> None:

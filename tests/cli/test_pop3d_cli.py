@@ -31,6 +31,9 @@ def run(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
         (["-X", "-p", "\u0662\u0665\u0666"], 64, b"': expected a whole number 0..65535"),
         (["-X", "-U", "\u07c9"], 64, b"': expected a whole number"),
         (["-X", "-T", "\u0967"], 64, b"': expected a whole number"),
+        (["-X", "-U", "1" * 5000], 64, b"': expected a whole number"),  # int()'s 4,300
+        # leading zeros are still a number (it gets as far as the configuration)
+        (["-X", "-U", "0" * 5000 + "7", "-C", "/nonexistent/imapd.conf"], 78, b"cannot read"),
         (["extra"], 64, b"pop3d: unexpected argument 'extra'"),
         (["-k", "-s", "-X"], 64, b"pop3d: -k (KPOP) and -s (TLS) cannot be combined"),
         (["-H", "-X"], 64, b"pop3d: -H (PROXY protocol) needs a listening socket, not -X"),

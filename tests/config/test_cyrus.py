@@ -58,6 +58,9 @@ def test_services_section() -> None:
         # a typo must not have the master start processes until memory runs out
         ('pop3 cmd="pop3d" listen="110" prefork=100000', "prefork=100000 is more workers than"),
         ('pop3 cmd="pop3d" listen="110" maxchild=1.5', "maxchild='1.5' is not a whole number"),
+        ('pop3 cmd="pop3d" listen="110" prefork="\u0662"', "prefork='\u0662' is not a whole"),
+        ('pop3 cmd="pop3d" listen="110" maxchild=1_0', "maxchild='1_0' is not a whole number"),
+        (f'pop3 cmd="pop3d" listen="110" maxchild={"9" * 5000}', "is not a whole number"),
         ('pop3 cmd="pop3d" listen="110" proto=udp', "proto=udp is not supported"),
         ('pop3 cmd="pop3d listen="110"', "cannot parse entry"),
         ('pop3 cmd="pop3d" listen="110" maxchild=-5', "maxchild=-5: -1 (no limit) or a number"),
