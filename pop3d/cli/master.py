@@ -6,12 +6,13 @@ from __future__ import annotations
 from pop3d.cli import start
 
 if __name__ == "__main__":  # python -m pop3d.cli.master: held before the imports below (start.py)
-    start.hold()
+    start.hold(start.MASTER_HELD_WHILE_IMPORTING)
 
 import contextlib
 import getopt
 import logging
 import os
+import signal
 import socket
 import sys
 import tempfile
@@ -297,6 +298,11 @@ def _daemonize() -> int:
         os.setsid()
         return writing
     os.close(writing)
+    # A stop asked of this parent is the daemon's: it stops (exit 0, its own handlers or
+    # start.py's) and this parent then exits with its status. Left to start.py's handler,
+    # the parent said "stopped" and exited 0 while the daemon went on serving.
+    for signum in start.MASTER_HELD_WHILE_IMPORTING:
+        signal.signal(signum, lambda signum, _frame: os.kill(pid, signum))
     if os.read(reading, 1):
         os._exit(EX_OK)  # not sys.exit: the sockets and their clean-up are the daemon's
     code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
@@ -321,6 +327,7 @@ def _ready(started: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     hold_hangup()  # until Master.run's handler is in place
+    start.stop_while_starting(PROGRAM, start.MASTER_HELD_WHILE_IMPORTING)  # catch_signals'
     claim_standard_fds()
     arguments = sys.argv[1:] if argv is None else argv
     if print_usage_if_asked(arguments, USAGE, "pop3d-master(8)"):

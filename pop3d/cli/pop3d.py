@@ -265,19 +265,9 @@ def systemd_sockets(default_service: str) -> dict[str, list[socket.socket]]:
     return services
 
 
-def _stopped_while_starting(signum: int, frame: object) -> None:
-    """SIGTERM before the loop's handler is in place: nothing is served yet, so the stop
-    is exit 0 at once. Raised here rather than held until the loop runs: a start-up that
-    blocks (a debug_command, a file on a hung mount) must still stop, and the debug
-    command must not inherit it held."""
-    os.write(2, f"{PROGRAM}: stopped by SIGTERM while starting\n".encode())
-    raise SystemExit(EX_OK)
-
-
 def main(argv: list[str] | None = None) -> int:
     hold_hangup()  # until the loop's handler is in place
-    signal.signal(signal.SIGTERM, _stopped_while_starting)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, start.HELD_WHILE_IMPORTING)
+    start.stop_while_starting(PROGRAM, start.HELD_WHILE_IMPORTING)
     claim_standard_fds()
     arguments = sys.argv[1:] if argv is None else argv
     if print_usage_if_asked(arguments, USAGE, "pop3d(8)"):

@@ -11,16 +11,19 @@ hold them at the top of those modules.
 """
 
 import importlib
+import os
 import signal
 from typing import NoReturn
 
 # server/worker.py's HELD_AT_START (SIGHUP, and RETIRE_SIGNAL), which cannot be imported
 # before the signals are held: tests/server/test_signals.py checks they are the same.
 HELD_AT_START = frozenset({signal.SIGHUP, signal.SIGUSR2})
-# pop3d's alone: SIGTERM's default action ended a pop3d still importing, exit 143 and
-# nothing said, where pop3d(8) promises 0 after SIGTERM (found probing). Held through the
-# imports only, which cannot block; pop3d's main() then takes it (pop3d.py).
+# Stops held through the imports only, which cannot block; main() then takes them
+# (stop_while_starting). Their default action ended a process still importing with nothing
+# said, where the manual pages promise exit 0: pop3d 143 after SIGTERM, the master -15
+# after SIGTERM and 130 after SIGINT (found probing). pop3d's SIGINT stays Ctrl-C's 130.
 HELD_WHILE_IMPORTING = frozenset({signal.SIGTERM})
+MASTER_HELD_WHILE_IMPORTING = frozenset({signal.SIGTERM, signal.SIGINT})
 
 
 def hold(also: frozenset[signal.Signals] = frozenset()) -> None:
@@ -29,8 +32,25 @@ def hold(also: frozenset[signal.Signals] = frozenset()) -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, HELD_AT_START | also)
 
 
+def stop_while_starting(program: str, stops: frozenset[signal.Signals]) -> None:
+    """From here until the command's own handlers replace it, each of ``stops`` ends the
+    process at once, exit 0 with a line saying so: nothing is served yet. Raised rather
+    than held until those handlers are in place: a start-up that blocks (a debug_command,
+    a file on a hung mount) must still stop, and what it runs must not inherit them held
+    (the master's workers are spawned with its mask)."""
+
+    def stopped(signum: int, _frame: object) -> None:
+        name = signal.Signals(signum).name
+        os.write(2, f"{program}: stopped by {name} while starting\n".encode())
+        raise SystemExit(0)
+
+    for signum in stops:
+        signal.signal(signum, stopped)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
+
+
 def master() -> None:
-    _start("master")
+    _start("master", MASTER_HELD_WHILE_IMPORTING)
 
 
 def pop3d() -> None:
