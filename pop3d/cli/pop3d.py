@@ -26,6 +26,7 @@ import socket
 import stat
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, replace
 
 from pop3d.cli.common import (
@@ -138,7 +139,41 @@ def _run_debug_command(template: str | None, service: str) -> None:
         return
     values = iter((sys.argv[0], str(os.getpid()), service))
     command = re.sub(r"%[sd]", lambda _m: next(values, ""), template)
-    subprocess.run(command, shell=True, check=False)  # noqa: S602 - the admin's own command
+    # Its own process group: a stop (start.stop_while_starting raises SystemExit inside the
+    # wait) killed only the shell, and what it ran (a `sleep`, a debugger) went on orphaned,
+    # holding pop3d's standard input and output: under inetd, the client's connection
+    # (found probing). The whole group is ended before pop3d goes on.
+    process = subprocess.Popen(command, shell=True, start_new_session=True)  # noqa: S602 - the admin's own
+    try:
+        process.wait()
+    except BaseException:
+        _end_group(process)
+        raise
+
+
+DEBUG_COMMAND_GRACE = 1.0  # seconds between SIGTERM and SIGKILL for the group
+
+
+def _end_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to ``process``'s group, SIGKILL to what is left of it after the grace."""
+    deadline = time.monotonic() + DEBUG_COMMAND_GRACE
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, signum)
+        except ProcessLookupError:
+            break  # the group is gone
+        while time.monotonic() < deadline and _group_alive(process):
+            time.sleep(0.01)
+    process.wait()
+
+
+def _group_alive(process: subprocess.Popen[bytes]) -> bool:
+    process.poll()  # the shell, reaped once it has exited: a zombie still counts for killpg
+    try:
+        os.killpg(process.pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _ascii_number(text: str) -> int | None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -87,6 +89,48 @@ def test_debug_command_runs_with_program_pid_and_service(lab: Lab, tmp_path: Pat
     assert result.returncode == 0
     words = out.read_text().split()
     assert words[1].isdigit() and words[2] == "pop3"
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's is reaped by whoever adopted it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_sigterm_during_debug_command_ends_what_it_started(lab: Lab, tmp_path: Path) -> None:
+    """Found probing: pop3d stopped while its debug_command ran killed only the shell; a
+    command it started (here a `sleep`) went on orphaned, holding pop3d's standard input
+    and output (under inetd, the client's connection). The whole group ends with pop3d."""
+    started = tmp_path / "sleep.pid"
+    lab.config.write_text(
+        lab.config.read_text() + f"debug_command: sleep 25 & echo $! > {started}; wait\n"
+    )
+    process = subprocess.Popen(
+        [*POP3D, "-D", "-X", "-C", str(lab.config)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    sleeper = 0
+    try:
+        deadline = time.monotonic() + 20
+        while not (started.exists() and started.read_text().strip()):
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.01)
+        sleeper = int(started.read_text())
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=15)
+        assert process.returncode == 0, err
+        assert not _running(sleeper), "the debug command's sleep outlived pop3d"
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if sleeper and _running(sleeper):
+            os.kill(sleeper, signal.SIGKILL)
 
 
 def test_idle_timeout_closes_without_a_reply(lab: Lab) -> None:
