@@ -17,6 +17,7 @@ if __name__ == "__main__":  # python -m pop3d.cli.pop3d: held before the imports
     start.hold(start.HELD_WHILE_IMPORTING)
 
 import asyncio
+import contextlib
 import getopt
 import logging
 import os
@@ -24,7 +25,6 @@ import re
 import signal
 import socket
 import stat
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -139,38 +139,60 @@ def _run_debug_command(template: str | None, service: str) -> None:
         return
     values = iter((sys.argv[0], str(os.getpid()), service))
     command = re.sub(r"%[sd]", lambda _m: next(values, ""), template)
-    # Its own process group: a stop (start.stop_while_starting raises SystemExit inside the
-    # wait) killed only the shell, and what it ran (a `sleep`, a debugger) went on orphaned,
-    # holding pop3d's standard input and output: under inetd, the client's connection
-    # (found probing). The whole group is ended before pop3d goes on.
-    process = subprocess.Popen(command, shell=True, start_new_session=True)  # noqa: S602 - the admin's own
+    # Its own session and process group: a stop (start.stop_while_starting raises
+    # SystemExit inside the wait) killed only the shell, and what it ran (a `sleep`, a
+    # debugger) went on orphaned, holding pop3d's standard input and output: under inetd,
+    # the client's connection (found probing). The whole group is ended before pop3d goes
+    # on. Spawned with the stops held, so none comes between the spawn and the wait that
+    # ends the group (a SIGTERM inside subprocess.Popen, before it returned, left the
+    # command orphaned: seen in a test run); the command starts with no signal held, SIGPIPE at
+    # its default.
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
     try:
-        process.wait()
+        shell = os.posix_spawn(
+            "/bin/sh",
+            ["sh", "-c", command],
+            os.environ,
+            setsid=True,
+            setsigmask=(),
+            setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
+        )
+    except OSError as exc:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        print(f"{PROGRAM}: cannot run debug_command: {exc}", file=sys.stderr)
+        return
+    try:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)  # a stop asked meanwhile: now
+        os.waitpid(shell, 0)
     except BaseException:
-        _end_group(process)
+        _end_group(shell)
         raise
 
 
+_STOPS = frozenset({signal.SIGTERM, signal.SIGINT})
 DEBUG_COMMAND_GRACE = 1.0  # seconds between SIGTERM and SIGKILL for the group
 
 
-def _end_group(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM to ``process``'s group, SIGKILL to what is left of it after the grace."""
+def _end_group(leader: int) -> None:
+    """SIGTERM to the group ``leader`` leads, SIGKILL to what is left of it after the
+    grace; the leader reaped."""
     deadline = time.monotonic() + DEBUG_COMMAND_GRACE
     for signum in (signal.SIGTERM, signal.SIGKILL):
         try:
-            os.killpg(process.pid, signum)
+            os.killpg(leader, signum)
         except ProcessLookupError:
             break  # the group is gone
-        while time.monotonic() < deadline and _group_alive(process):
+        while time.monotonic() < deadline and _group_alive(leader):
             time.sleep(0.01)
-    process.wait()
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(leader, 0)
 
 
-def _group_alive(process: subprocess.Popen[bytes]) -> bool:
-    process.poll()  # the shell, reaped once it has exited: a zombie still counts for killpg
+def _group_alive(leader: int) -> bool:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(leader, os.WNOHANG)  # reaped once it has exited: a zombie counts for killpg
     try:
-        os.killpg(process.pid, 0)
+        os.killpg(leader, 0)
     except ProcessLookupError:
         return False
     return True
