@@ -52,6 +52,7 @@ from pop3d.server.worker import (
     STATUS_FD_ENV,
     Worker,
     hold_hangup,
+    ignore_retire,
     release_hangup,
     serve_stdio,
 )
@@ -456,6 +457,7 @@ async def _serve_activated(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop)
     loop.add_signal_handler(signal.SIGHUP, reload)
+    ignore_retire(loop)
     release_hangup()
     await asyncio.gather(*serving)
 

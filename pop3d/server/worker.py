@@ -84,6 +84,17 @@ def release_hangup() -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_AT_START)
 
 
+def ignore_retire(loop: asyncio.AbstractEventLoop) -> None:
+    """RETIRE_SIGNAL where no master replaces this process (-X, socket activation): it
+    means nothing here, and its default action ended a session mid-way (``pkill -USR2
+    pop3d`` meant for a master's workers; found probing). Said, then ignored."""
+
+    def ignored() -> None:
+        log.info("SIGUSR2 ignored: it is pop3d-master's word to its workers, and none is here")
+
+    loop.add_signal_handler(RETIRE_SIGNAL, ignored)
+
+
 class Worker:
     def __init__(
         self, context: ServiceContext, maxchild: int = -1, status_fd: int | None = None
@@ -522,6 +533,7 @@ async def serve_stdio(context: ServiceContext) -> bool:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop)
     loop.add_signal_handler(signal.SIGHUP, context.reload_tls)
+    ignore_retire(loop)
     release_hangup()
     await asyncio.wait({session})
     return connection.session is not None

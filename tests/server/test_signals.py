@@ -129,6 +129,12 @@ def test_pop3d_x_sighup_leaves_the_session_and_sigterm_ends_it_with_exit_0(lab: 
         process.stdin.write(b"DELE 1\r\n")
         process.stdin.flush()
         assert _line(process) == b"+OK Message 1 deleted\r\n"
+        # pop3d-master's word to its workers means nothing here: it ended the session
+        # (a `pkill -USR2 pop3d` meant for a master's workers; found probing)
+        process.send_signal(signal.SIGUSR2)
+        process.stdin.write(b"NOOP\r\n")
+        process.stdin.flush()
+        assert _line(process) == b"+OK\r\n"
         process.send_signal(signal.SIGTERM)
         assert _line(process) == b""  # closed, without UPDATE
         assert process.wait(timeout=15) == 0
