@@ -171,8 +171,7 @@ def _held_or_importing(pid: int) -> bool:
     """SIGHUP held, or pop3d's imports begun (an extension module of a library mapped)
     without it. Maps first: a library mapped while SIGHUP, read afterwards, is not held
     was never held before that library."""
-    with open(f"/proc/{pid}/maps") as maps:
-        importing = any("site-packages/" in line and ".so" in line for line in maps)
+    importing = _importing(pid)
     with open(f"/proc/{pid}/status") as status:
         blocked = next(int(line.split()[1], 16) for line in status if line.startswith("SigBlk"))
     return importing or bool(blocked & (1 << (signal.SIGHUP - 1)))
@@ -275,52 +274,15 @@ def _importing(pid: int) -> bool:
         return any("site-packages/" in line and ".so" in line for line in maps)
 
 
-@pytest.mark.parametrize("entry", ["pop3d", "python -m pop3d", "python -m pop3d.cli.pop3d"])
-def test_sigterm_while_importing_is_exit_0(lab: Lab, entry: str) -> None:
-    """Found probing: a SIGTERM in pop3d's 0.3 s of imports ended it with 143 and nothing
-    said, where pop3d(8) promises 0 after SIGTERM. Held through the imports, it stops
-    pop3d at main()'s start: exit 0 and a line saying so."""
+def _entry_argv(entry: str) -> list[str]:
     program = entry.removeprefix("python -m ")
-    argv = _console_script(entry) if program == entry else [sys.executable, "-m", program]
-    process = subprocess.Popen(
-        [*argv, "-X", "-C", str(lab.config)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while not _importing(process.pid):
-            assert process.poll() is None and time.monotonic() < deadline
-        process.send_signal(signal.SIGTERM)
-        _, err = process.communicate(timeout=15)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert process.returncode == 0, err
-    assert b"Traceback" not in err, err
+    return _console_script(entry) if program == entry else [sys.executable, "-m", program]
 
 
-@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
-@pytest.mark.parametrize("entry", ["pop3d-master", "python -m pop3d.cli.master"])
-def test_the_master_stopped_while_importing_is_exit_0(
-    lab: Lab, entry: str, stop: signal.Signals
-) -> None:
-    """Found probing: a SIGTERM in the master's 0.3 s of imports ended it with -15, a
-    SIGINT with 130, nothing said, where pop3d-master(8) says exit 0 is stopped by either.
-    Held through the imports, they stop it at main()'s start: exit 0, a line saying so."""
-    program = entry.removeprefix("python -m ")
-    argv = _console_script(entry) if program == entry else [sys.executable, "-m", program]
-    cyrus_conf = lab.root / "cyrus.conf"
-    cyrus_conf.write_text(
-        f'SERVICES {{\n  pop3 cmd="pop3d -C {lab.config}" listen="127.0.0.1:{free_port()}"\n}}\n'
-    )
+def _stopped_while_importing(argv: list[str], stop: signal.Signals) -> tuple[int, bytes]:
+    """Start ``argv``, send ``stop`` once its imports have begun: (exit status, stderr)."""
     process = subprocess.Popen(
-        [*argv, "-C", str(lab.config), "-M", str(cyrus_conf)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     try:
         deadline = time.monotonic() + 20
@@ -332,6 +294,36 @@ def test_the_master_stopped_while_importing_is_exit_0(
         if process.poll() is None:
             process.kill()
             process.wait()
-    assert process.returncode == 0, err
+    return process.returncode, err
+
+
+@pytest.mark.parametrize("entry", ["pop3d", "python -m pop3d", "python -m pop3d.cli.pop3d"])
+def test_sigterm_while_importing_is_exit_0(lab: Lab, entry: str) -> None:
+    """Found probing: a SIGTERM in pop3d's 0.3 s of imports ended it with 143 and nothing
+    said, where pop3d(8) promises 0 after SIGTERM. Held through the imports, it stops
+    pop3d at main()'s start: exit 0 and a line saying so."""
+    code, err = _stopped_while_importing(
+        [*_entry_argv(entry), "-X", "-C", str(lab.config)], signal.SIGTERM
+    )
+    assert code == 0, err
+    assert b"Traceback" not in err, err
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+@pytest.mark.parametrize("entry", ["pop3d-master", "python -m pop3d.cli.master"])
+def test_the_master_stopped_while_importing_is_exit_0(
+    lab: Lab, entry: str, stop: signal.Signals
+) -> None:
+    """Found probing: a SIGTERM in the master's 0.3 s of imports ended it with -15, a
+    SIGINT with 130, nothing said, where pop3d-master(8) says exit 0 is stopped by either.
+    Held through the imports, they stop it at main()'s start: exit 0, a line saying so."""
+    cyrus_conf = lab.root / "cyrus.conf"
+    cyrus_conf.write_text(
+        f'SERVICES {{\n  pop3 cmd="pop3d -C {lab.config}" listen="127.0.0.1:{free_port()}"\n}}\n'
+    )
+    code, err = _stopped_while_importing(
+        [*_entry_argv(entry), "-C", str(lab.config), "-M", str(cyrus_conf)], stop
+    )
+    assert code == 0, err
     assert f"stopped by {stop.name}".encode() in err, err
     assert b"Traceback" not in err, err
