@@ -5,7 +5,7 @@ the benchmark (run.py), for working on pop3d's own cost rather than comparing se
                    [--pythonpath DIR] [--top 30]
     profile.py cpu --pythonpath DIR [--pythonpath DIR ...] [--transport plain,pop3s,stls]
                    [--clients 10] [--seconds 8] [--rounds 3] [--prefork 1] [--events]
-                   [--floor]
+                   [--floor] [--interpreter PYTHON ...]
 
 ``spy``: one pop3d (one worker), a warm-up pass so every user's password is in the
 verification cache, then the load generator's sessions (connect, greeting, USER, PASS,
@@ -20,7 +20,10 @@ the sessions the load generator completed) of one or more checkouts, each its ow
 (``--pythonpath``: the folder holding its ``pop3d`` package; "." is this checkout), all
 running at once and measured in turn, the order rotating each round, so they see the
 same background load; a warm-up pass first (no Argon2id in the figures). Prints every
-value and the median per checkout and transport. The steady figure on a shared machine:
+value and the median per checkout and transport. ``--interpreter``: run each checkout's
+pop3d on each of these Pythons (a virtualenv's ``bin/python`` holding pop3d's
+dependencies), side by side in the same rotation: how the interpreter's own build (PGO,
+LTO, a shared libpython) moves the figure. The steady figure on a shared machine:
 CPU per session barely moves with other load, sessions/s does. ``--events``: also what
 ``perf stat`` counts in the server's processes per session (context switches,
 ``epoll_wait`` calls, sends, receives, accepts): where a session's CPU goes that no
@@ -164,9 +167,10 @@ def _start(
     prefork: int,
     *,
     extra_config: str = "",
+    python: str = sys.executable,
 ) -> Pop3d:
     env = {"PYTHONPATH": str(Path(pythonpath).resolve())} if pythonpath else {}
-    server = Pop3d(clients, None, prefork=prefork, extra_env=env, name=name)
+    server = Pop3d(clients, None, prefork=prefork, extra_env=env, name=name, python=python)
     server.extra_config = extra_config
     small, big = messages()
     server.prepare(small, big)
@@ -184,6 +188,17 @@ def _start_floor(clients: int, tls: TLSFiles) -> Floor:
     for transport in ("plain", "pop3s"):
         _sessions(floor, transport, clients, 2.0, tls)
     return floor
+
+
+def _version_of(python: str) -> str:
+    """``python`` as a label: its path and version (``/usr/bin/python3.11 3.11.2``)."""
+    version = subprocess.run(
+        [python, "-c", "import platform; print(platform.python_version())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    return f"{python} {version}"
 
 
 def _tls() -> TLSFiles:
@@ -335,11 +350,24 @@ def cpu(args: argparse.Namespace) -> int:
     transports = args.transport.split(",")
     sink = _SyslogSink() if args.syslog else None
     extra = f"syslog_socket: {sink.path}\n" if sink else ""
+    interpreters = args.interpreter or [sys.executable]
+    runs = [(path, python) for path in args.pythonpath for python in interpreters]
     servers: list[Server] = [
-        _start(f"profile-{i}", path, args.clients, tls, prefork=args.prefork, extra_config=extra)
-        for i, path in enumerate(args.pythonpath)
+        _start(
+            f"profile-{i}",
+            path,
+            args.clients,
+            tls,
+            prefork=args.prefork,
+            extra_config=extra,
+            python=python,
+        )
+        for i, (path, python) in enumerate(runs)
     ]
-    labels = list(args.pythonpath)
+    labels = [
+        path if len(interpreters) == 1 else f"{path} on {_version_of(python)}"
+        for path, python in runs
+    ]
     if args.floor:
         servers.append(_start_floor(args.clients, tls))
         labels.append("floor (bench/floor.py)")
@@ -415,6 +443,11 @@ def main() -> int:
     many.add_argument("--seconds", type=float, default=8.0)
     many.add_argument("--rounds", type=int, default=3)
     many.add_argument("--prefork", type=int, default=1)
+    many.add_argument(
+        "--interpreter",
+        action="append",
+        help="run each checkout on this Python too (a virtualenv's bin/python); repeatable",
+    )
     many.add_argument(
         "--syslog",
         action="store_true",

@@ -24,4 +24,31 @@ fi
 # Dovecot's default_client_limit.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
-exec .venv/bin/python bench/run.py "$@"
+# --interpreter PYTHON (before run.py's own options): the servers, pop3d and the load
+# generator run on that Python instead of the project's virtualenv, in a virtualenv of its
+# own made once under bench/.lab/ with pop3d installed as scripts/setup.sh --test does. The
+# interpreter's build moves pop3d's CPU figures (RESULTS.md section 29: a Python built
+# without PGO and LTO, with a shared libpython, spends about 6 % more per session than
+# Debian's python3, which is what scripts/setup.sh uses on a fresh Debian 12).
+python=.venv/bin/python
+if [ "${1:-}" = "--interpreter" ]; then
+    if [ $# -lt 2 ] || ! "$2" -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null; then
+        echo "bench: --interpreter needs a Python 3.11 or later (got '${2:-}')" >&2
+        exit 64
+    fi
+    version=$("$2" -c 'import platform, sys; print(platform.python_version() + "-" + sys.prefix.replace("/", "_"))')
+    venv="bench/.lab/venv-$version"
+    digest=$(cat pyproject.toml requirements.lock | sha256sum | cut -d' ' -f1)
+    if [ ! -x "$venv/bin/python" ] || [ "$(cat "$venv/.installed" 2>/dev/null)" != "$digest" ]; then
+        mkdir -p bench/.lab
+        "$2" -m venv "$venv"
+        "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
+        # test: k5test and the clients' libraries the SASL and GSSAPI figures use
+        "$venv/bin/python" -m pip install -q -e ".[test,bench]" -c requirements.lock
+        echo "$digest" > "$venv/.installed"
+    fi
+    python="$venv/bin/python"
+    shift 2
+fi
+
+exec "$python" bench/run.py "$@"

@@ -399,12 +399,15 @@ class Pop3d(Server):
         *,
         name: str = "pop3d",
         kerberos: Kerberos | None = None,
+        python: str = sys.executable,
     ) -> None:
         """``name``: "pop3d", or another name for a second installation (--pop3d-baseline:
         another checkout, through PYTHONPATH in ``extra_env``), with a folder of its own.
         ``kerberos``: the bench realm; GSSAPI is then enabled (its keytab, servername
-        localhost)."""
+        localhost). ``python``: the interpreter the master and its workers run on (a
+        virtualenv's, with pop3d's dependencies): the bench's own by default."""
         self.name = name
+        self.python = python
         self.users = users
         self.extra_env = extra_env or {}
         self.auth_cache_ttl = auth_cache_ttl
@@ -494,7 +497,7 @@ class Pop3d(Server):
             self.process = subprocess.Popen(
                 [
                     *pinned,
-                    sys.executable,
+                    self.python,
                     "-m",
                     "pop3d.cli.master",
                     "-C",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -141,7 +142,9 @@ def test_the_tls_memory_probe_runs() -> None:
 def test_the_cpu_profile_runs_with_the_floor() -> None:
     """bench/profile.py cpu, this checkout beside bench/floor.py (asyncio answering the
     same sessions with canned lines): both measured, over plain and pop3s, the checkout
-    logging to a syslog socket too (--syslog)."""
+    logging to a syslog socket too (--syslog), and run on two interpreters
+    (--interpreter; here the same one twice: what matters is that each is a server of its
+    own, labelled with its Python)."""
     lab = Path(tempfile.mkdtemp(prefix="pop3d-profile-smoke-"))
     try:
         done = _bench_tool(
@@ -149,6 +152,7 @@ def test_the_cpu_profile_runs_with_the_floor() -> None:
             [
                 "cpu", "--pythonpath", str(ROOT), "--floor", "--transport", "plain,pop3s",
                 "--clients", "2", "--rounds", "1", "--seconds", "0.5", "--syslog",
+                "--interpreter", sys.executable, "--interpreter", sys.executable,
             ],
             timeout=300,
         )  # fmt: skip
@@ -159,5 +163,8 @@ def test_the_cpu_profile_runs_with_the_floor() -> None:
     assert logged and int(logged.group(1)) > 0, done.stdout  # every session's lines
     rows = re.findall(r"^\| (.+?) \| (plain|pop3s) \| (\d+\.\d+) \|", done.stdout, re.M)
     measured = {(name, transport) for name, transport, value in rows if float(value) > 0}
-    for name in (str(ROOT), "floor (bench/floor.py)"):
+    on_python = f"{ROOT} on {sys.executable} {platform.python_version()}"
+    for name in (on_python, "floor (bench/floor.py)"):
         assert {(name, "plain"), (name, "pop3s")} <= measured, done.stdout
+    # one row per server: the checkout twice (one per interpreter), the floor once
+    assert sum(1 for name, transport, _ in rows if transport == "plain") == 3, done.stdout
