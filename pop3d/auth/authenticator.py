@@ -44,6 +44,7 @@ from pop3d.auth.passwords import (
     Argon2Parameters,
     apop_matches,
     decoy_hash,
+    password_forms,
     phc_parameters,
     verify_password,
 )
@@ -192,13 +193,16 @@ class Authenticator:
             return AuthResult(user) if result.ok else AuthResult(None, result.reason)
         generation, record = self.credentials.lookup_at(user)
         stored = record.secrets.get(SCHEME_ARGON2ID) if record else None
+        forms = password_forms(password)  # SASLprep's form first, then as sent
         if stored is None:
-            verify_password(password, self.decoys().argon2_hash)
+            decoy = self.decoys().argon2_hash
+            for form in forms:  # as many runs as a wrong password of a real user costs
+                verify_password(form, decoy)
             return AuthResult(None, "unknown user" if record is None else "no password set")
         key = self._login_tag(user, password) if self._cache_ttl > 0 else None
         if key is not None and self._still_holds(key, generation, stored):
             return AuthResult(user)
-        if not verify_password(password, stored):
+        if not any(verify_password(form, stored) for form in forms):
             return AuthResult(None, "wrong password")
         if key is not None:
             self._remember(key, generation, stored)

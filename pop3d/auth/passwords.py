@@ -33,6 +33,7 @@ import nacl.pwhash.argon2id as sodium_argon2id
 from cryptography.exceptions import InvalidKey
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
+from pop3d.sasl.saslprep import SASLprepError, saslprep
 from pop3d.security.secret import Secret, equal
 
 
@@ -72,6 +73,39 @@ def _sodium_accepts(p: Argon2Parameters) -> bool:
         sodium_argon2id.OPSLIMIT_MIN <= p.passes <= sodium_argon2id.OPSLIMIT_MAX
         and sodium_argon2id.MEMLIMIT_MIN <= p.memory_kib * 1024 <= sodium_argon2id.MEMLIMIT_MAX
     )
+
+
+def password_forms(password: Secret) -> tuple[Secret, ...]:
+    """The forms of a password to try against a stored Argon2id hash, in order.
+
+    RFC 4616 §2 (PLAIN; USER/PASS carries the same string): the presented and the stored
+    password are prepared with SASLprep (RFC 4013) before they are compared, so the same
+    password typed as U+2168 or as "IX", with a no-break space or a soft hyphen, decomposed
+    or not, is one password, as it already is for SCRAM. ``pop3d-admin passwd`` hashes the
+    prepared form (:func:`stored_form`). A hash stored before it did, of a password that
+    SASLprep changes, is still found by trying the password as sent second: two Argon2id
+    runs, only for such passwords, and as many for a user who does not exist (the decoy
+    is tried with every form), so the count tells nothing about the account.
+
+    A password in ASCII is its own prepared form (SASLprep maps and normalises nothing
+    there, and refuses only the control characters), and so is one that SASLprep refuses
+    or that is not UTF-8: those are tried as sent, once."""
+    raw = password.reveal()
+    if raw.isascii():
+        return (password,)
+    try:
+        prepared = saslprep(raw.decode("utf-8")).encode("utf-8")
+    except (UnicodeDecodeError, SASLprepError):
+        return (password,)
+    if prepared == raw:
+        return (password,)
+    return (Secret(prepared), password)
+
+
+def stored_form(password: Secret) -> Secret:
+    """What ``pop3d-admin passwd`` hashes: the SASLprep form of the password where it has
+    one (:func:`password_forms`)."""
+    return password_forms(password)[0]
 
 
 def verify_password(password: Secret, phc: str) -> bool:
