@@ -1,6 +1,15 @@
-"""CAPA (RFC 2449 §6): the capability lines as data, in Cyrus's order. Each entry says in
-which states it is listed and computes its line from the session (None leaves it out), so
-"what is offered when" reads as a table, and every security gate in it is the policy's."""
+"""CAPA (RFC 2449 §6): the capability lines as data, in Cyrus's order. Each entry computes
+its line from the session (None leaves it out), so "what is offered when" reads as a table,
+and every security gate in it is the policy's.
+
+Every line is listed in both states: RFC 2449 §5, "Capabilities available in the
+AUTHORIZATION state MUST be announced in both states", and the descriptions of SASL (§6.3),
+USER (§6.8) and STLS (RFC 2595 §4) say "both / no". Cyrus and Dovecot leave SASL, STLS and
+USER out after login (found probing); a client that asks again after login is told what it
+was told before, as the RFCs have it, though those commands are refused in TRANSACTION.
+IMPLEMENTATION alone depends on the state: with ``serverinfo`` off or ``min`` the site keeps
+the version from clients that have not logged in (RFC 2449 §6.9 points to the Security
+Considerations for this), as Cyrus does."""
 
 from __future__ import annotations
 
@@ -17,8 +26,6 @@ if TYPE_CHECKING:
 @dataclass(frozen=True, slots=True)
 class Capability:
     line: Callable[[Session], str | None]
-    before_login: bool = True
-    after_login: bool = True
 
 
 def _sasl(session: Session) -> str | None:
@@ -62,23 +69,21 @@ def _implementation(session: Session) -> str | None:
 
 
 CAPABILITIES: tuple[Capability, ...] = (
-    Capability(_sasl, after_login=False),
-    Capability(_permitted(Action.OFFER_STLS, "STLS"), after_login=False),
+    Capability(_sasl),
+    Capability(_permitted(Action.OFFER_STLS, "STLS")),
     Capability(_expire),
     Capability(_login_delay),
     *(Capability(_fixed(name)) for name in ("TOP", "UIDL", "PIPELINING", "RESP-CODES")),
     Capability(_fixed("AUTH-RESP-CODE")),
-    Capability(_permitted(Action.PLAINTEXT_LOGIN, "USER"), after_login=False),
+    Capability(_permitted(Action.PLAINTEXT_LOGIN, "USER")),
     Capability(_implementation),
 )
 
 
 def lines(session: Session) -> list[str]:
-    before = session.state.unauthenticated
     out = []
     for capability in CAPABILITIES:
-        if capability.before_login if before else capability.after_login:
-            line = capability.line(session)
-            if line is not None:
-                out.append(line)
+        line = capability.line(session)
+        if line is not None:
+            out.append(line)
     return out
