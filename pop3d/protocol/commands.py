@@ -105,4 +105,20 @@ def top_arguments(argument: bytes) -> tuple[int, int]:
         raise ArgumentError("Missing argument: TOP needs a message number and a line count")
     if len(tokens) > 2:
         raise ArgumentError("Unexpected extra argument")
-    return parse_number(tokens[0]), parse_number(tokens[1], "number of lines")
+    return parse_number(tokens[0]), _line_count(tokens[1])
+
+
+def _line_count(token: bytes) -> int:
+    """TOP's line count: any 1*DIGIT. RFC 1939: "If the number of lines requested by the
+    POP3 client is greater than than the number of lines in the body, then the POP3 server
+    sends the entire message" (found probing: a count past 2**32-1 was refused, as Cyrus
+    refuses it). A count no body can reach stands for all of them, so int() never sees a
+    kilobyte of digits."""
+    if not token.isdigit() or not token.isascii():
+        raise ArgumentError("Invalid number of lines")
+    digits = token.lstrip(b"0") or b"0"
+    return int(digits) if len(digits) <= 18 else ALL_LINES
+
+
+# More lines than any message has (a message of 2**60 octets could not reach it)
+ALL_LINES = 10**18

@@ -138,6 +138,11 @@ def test_top(served: Served) -> None:
             assert lines == stored[: blank + 1 + body_lines], (number, body_lines)
         _, lines, _ = pop.top(2, 3)
         assert lines[-3:] == [b".", b"..", b".leading dot"]
+        # more lines than any body has, past 2**32 too: the whole message (RFC 1939)
+        whole = pop.retr(2)[1]
+        for count in (2**32, 10**40):
+            response, lines, _ = pop.top(2, count)
+            assert (response, lines) == (b"+OK Top of message follows", whole), count
         assert pop.quit() == b"+OK Logging out"
 
 

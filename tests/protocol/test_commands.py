@@ -59,6 +59,15 @@ def test_top_arguments_are_strict(argument: bytes, message: str) -> None:
         commands.top_arguments(argument)
 
 
+def test_a_line_count_past_every_body_means_the_whole_message() -> None:
+    # RFC 1939 TOP: more lines than the body has is the entire message, however many
+    assert commands.top_arguments(b"1 4294967296") == (1, 4294967296)
+    assert commands.top_arguments(b"1 " + b"9" * 5000) == (1, commands.ALL_LINES)
+    assert commands.top_arguments(b"1 " + b"0" * 100 + b"7") == (1, 7)
+    with pytest.raises(ArgumentError, match="Invalid number of lines"):
+        commands.top_arguments(b"1 +5")
+
+
 def test_message_numbers() -> None:
     assert commands.message_number(b"007") == 7
     assert commands.message_number(b"4294967295") == 4294967295
