@@ -69,17 +69,36 @@ def _start_tls(session: Session) -> Task:
     return Outcome.OK
 
 
-def login_permitted(session: Session, action: Action) -> bool:
+def login_permitted(
+    session: Session, action: Action, attempt: tuple[str, str] | None = None
+) -> bool:
+    """The policy's word on ``action`` here, its reason the -ERR. ``attempt``: (user,
+    method) of a login the refusal ends, recorded without a verdict (found probing: USER,
+    AUTH and APOP refused on a clear connection left no record, though the client's
+    credentials may have crossed it already, pipelined behind)."""
     decision = session.settings.policy.permits(action, session.security)
     if not decision.allowed:
+        if attempt is not None:
+            name, method = attempt
+            session.notice(LoginFailed(name, method, decision.reason, abandoned=True))
         session.err(f"[AUTH] {decision.reason}")
     return decision.allowed
+
+
+def _named(session: Session, raw: bytes, method: str = "USER") -> tuple[str, str]:
+    """(the user a refused attempt is recorded under, ``method``): the canonical name when
+    ``raw`` is one, the client's text otherwise (escaped by the audit trail), as USER's
+    own failures are logged."""
+    rules = session.settings.identity
+    split = split_folder(raw, rules)
+    name = None if split is None else canonical_user(split[0], rules)
+    return (name or raw.decode("utf-8", "replace") or "-", method)
 
 
 def user(session: Session, argument: bytes) -> Outcome:
     if not argument:
         raise ArgumentError("Missing argument: user name")
-    if not login_permitted(session, Action.PLAINTEXT_LOGIN):
+    if not login_permitted(session, Action.PLAINTEXT_LOGIN, attempt=_named(session, argument)):
         return Outcome.FAIL
     rules = session.settings.identity
     split = split_folder(argument, rules)
@@ -178,7 +197,11 @@ def kpop_pass(session: Session, argument: bytes) -> Task:
 
 
 def apop(session: Session, argument: bytes) -> HandlerResult:
-    if not login_permitted(session, Action.APOP):
+    try:  # the name the refusal below is recorded under; the syntax is checked after it
+        first = (commands.split_arguments(argument) or [b""])[0]
+    except ArgumentError:
+        first = b""
+    if not login_permitted(session, Action.APOP, attempt=_named(session, first, "APOP")):
         return Outcome.FAIL
     if session.challenge is None:
         session.err("APOP is not enabled on this server")

@@ -190,6 +190,10 @@ class LoginFailed:
     unavailable: bool = False
     # As LoginSucceeded's: who authenticated, where ``user`` alone does not say it.
     authenticated_as: str = ""
+    # No verdict either: the attempt ended before its credentials were judged (the
+    # client cancelled an AUTH exchange or broke it, or the policy refused the attempt on
+    # this connection). Recorded so every attempt is, yet no guessed password.
+    abandoned: bool = False
 
 
 Event = Send | Close | Request | LoginSucceeded | LoginFailed | _NeedData

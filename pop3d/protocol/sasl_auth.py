@@ -52,11 +52,14 @@ def auth(session: Session, argument: bytes) -> HandlerResult:
         session.ok("List of supported mechanisms follows")
         session.lines(available)
         return Outcome.STAY
-    if not login_permitted(session, Action.SASL):
-        return Outcome.FAIL
     name_raw, _, initial_raw = argument.partition(b" ")
     name = name_raw.decode("ascii", "replace").upper()
     mechanism = registry.get(name)
+    # recorded under the mechanism's name only: a word that names none may be an initial
+    # response sent without its mechanism (a secret)
+    method = f"AUTH {name}" if mechanism is not None else "AUTH"
+    if not login_permitted(session, Action.SASL, attempt=("-", method)):
+        return Outcome.FAIL
     if mechanism is None or name not in available:
         # Echo the name only when it is a mechanism's, never client bytes at large
         # (control characters, kilobytes: found by fuzz/), nor a name-shaped word that may
@@ -117,6 +120,7 @@ def _exchange(
     # (so no second look-up below), or no verdict at all (-ERR [SYS/TEMP]).
     password_checked: str | None = None
     unavailable = ""
+    named = ""  # the user the exchange has asked about so far (SCRAM's n=, PLAIN's authcid)
     while True:
         try:
             step = steps.send(reply)
@@ -127,9 +131,14 @@ def _exchange(
             response = yield from _response(session, step.data)
             if isinstance(response, _Ended):
                 steps.close()
+                # No verdict, yet an attempt: a SCRAM client that had the salt and the
+                # iterations of a name, then cancelled, left no record (found probing).
+                name = _logged_name(named, rules)
+                session.notice(LoginFailed(name, method, response.how, abandoned=True))
                 return Outcome.FAIL
             reply = response
         else:
+            named = str(getattr(step, "user", "") or named)
             reply = yield step
             if isinstance(step, VerifyPassword) and isinstance(reply, AuthResult):
                 password_checked = reply.identity

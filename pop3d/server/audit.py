@@ -63,6 +63,10 @@ class Result(enum.StrEnum):
     FAIL = "fail"  # the credentials (or the identity they name) were refused
     REFUSED = "refused"  # authenticated, then not let in: maildrop locked, LOGIN-DELAY
     UNAVAILABLE = "unavailable"  # no verdict: the server could not check (checker, keytab)
+    # no verdict: the client ended the exchange before its credentials were judged (a
+    # cancel, an answer that is not base64 or is too long), or the policy refused the
+    # attempt before any was looked at (USER/PASS, AUTH or APOP in clear)
+    ABANDONED = "abandoned"
 
 
 @dataclass(frozen=True, slots=True)

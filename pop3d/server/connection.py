@@ -450,6 +450,8 @@ class Connection:
     async def _login_failed(self, event: LoginFailed) -> None:
         if event.unavailable:
             result = Result.UNAVAILABLE
+        elif event.abandoned:
+            result = Result.ABANDONED
         else:
             result = Result.REFUSED if event.authenticated else Result.FAIL
         self._audit_login(event.method, event.user, result, event.reason, event.authenticated_as)

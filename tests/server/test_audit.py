@@ -480,3 +480,74 @@ def test_an_admin_asking_for_a_user_that_does_not_exist_is_a_refusal_of_the_admi
         "badlogin: 127.0.0.1 [127.0.0.1] PLAIN (bob) [may not act as nosuch: unknown user] "
     ), record
     assert "result=<refused>" in record and FAIL2BAN.search(record) is None
+
+
+def test_every_attempt_ended_before_a_verdict_is_recorded_as_abandoned(
+    tmp_path: Path, syslog: Syslog
+) -> None:
+    """An AUTH the client cancelled or broke before its credentials were judged, and a
+    login the policy refused on a clear connection, left no record at all (found probing:
+    a SCRAM client had alice's salt and iterations, then cancelled). Each is one record,
+    result=<abandoned>, under the name the exchange had asked about, and nothing fail2ban
+    counts."""
+    jsonl = tmp_path / "audit.jsonl"
+    lab = Lab(
+        tmp_path / "lab", extra_config=f"syslog_socket: {syslog.path}\naudit_jsonl_file: {jsonl}\n"
+    ).create()
+    server = start_server(lab)
+    try:
+        _audit_lines(syslog, 1)  # the readiness probe's
+        c = Client(server.port)
+        first = base64.b64encode(b"n,," + scram_client.client_first_bare("alice"))
+        assert c.ask(b"AUTH SCRAM-SHA-256 " + first).startswith(b"+ ")
+        assert c.ask(b"*") == b"-ERR [AUTH] Authentication cancelled"
+        assert c.ask(b"AUTH PLAIN") == b"+ "
+        assert c.ask(b"not base64!") == b"-ERR [AUTH] Invalid base64 in the response"
+        c.quit()
+        records = [line.split("]: ", 1)[1].rstrip("\x00") for line in _audit_lines(syslog, 3)]
+    finally:
+        assert server.stop() == 0
+    assert records[0].startswith(
+        "badlogin: 127.0.0.1 [127.0.0.1] SCRAM-SHA-256 (alice) [cancelled] "
+    ), records
+    assert records[1].startswith(
+        "badlogin: 127.0.0.1 [127.0.0.1] PLAIN (-) [response not base64] "
+    ), records
+    for record in records[:2]:
+        assert "result=<abandoned>" in record and FAIL2BAN.search(record) is None, record
+    logins = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    logins = [r for r in logins if r["event"] == "login"]
+    assert [(r["user"], r["result"]) for r in logins[-2:]] == [
+        ("alice", "abandoned"),
+        ("-", "abandoned"),
+    ]
+
+
+def test_a_login_the_policy_refuses_in_clear_is_recorded(tmp_path: Path, syslog: Syslog) -> None:
+    """tls_required: USER, AUTH and APOP are refused on a clear connection, the client's
+    credentials perhaps already sent behind them: recorded, without a verdict."""
+    lab = Lab(
+        tmp_path / "lab",
+        extra_config=f"syslog_socket: {syslog.path}\ntls_required: yes\nallowapop: yes\n",
+    ).create(with_tls=True)
+    server = start_server(lab)
+    try:
+        c = Client(server.port)
+        assert c.ask(b"USER Alice").startswith(b"-ERR [AUTH] ")
+        assert c.ask(b"AUTH PLAIN " + base64.b64encode(b"\0alice\0wonderland")).startswith(
+            b"-ERR [AUTH] "
+        )
+        assert c.ask(b"APOP bob " + b"0" * 32).startswith(b"-ERR [AUTH] ")
+        c.quit()
+        lines = [line.split("]: ", 1)[1].rstrip("\x00") for line in _audit_lines(syslog, 4)]
+    finally:
+        assert server.stop() == 0
+    # the readiness probe (a login refused in clear too, by now) may come first
+    records = [r for r in lines if r.startswith("badlogin:")][-3:]
+    assert [r.split(" [", 2)[1].split("] ", 1)[1].split(" [", 1)[0] for r in records] == [
+        "plaintext (alice)",
+        "PLAIN (-)",
+        "APOP (bob)",
+    ], records
+    for record in records:
+        assert "result=<abandoned>" in record and FAIL2BAN.search(record) is None, record
