@@ -336,7 +336,7 @@ class Session:
 
     def _dispatch(self, line: bytes | object) -> None:
         if self.transcript is not None:
-            self.transcript.heard(shown_command(line))
+            self.transcript.heard(shown_command(line, self.state))
         mark = len(self._out)
         if line is OVERLONG:
             self.err(f"Line too long (limit {self._reader.limit} octets)")

@@ -17,7 +17,12 @@ What is hidden (``****``), in every state:
   ``+ `` challenge the server sends (GSSAPI and KPOP tokens, SCRAM salts and signatures, a
   CRAM-MD5 or DIGEST-MD5 challenge);
 * a line whose first word is not a POP3 command this server knows (a password typed at the
-  wrong prompt is one), and a line over the length limit (its text was never kept).
+  wrong prompt is one), and a line over the length limit (its text was never kept);
+* before login, the argument of every command but USER's where USER is valid (the user
+  name): a password typed at the wrong prompt may begin with a command's name ("List my
+  Secret-2024", "top secret"), and no command there but USER takes an argument, so an
+  argument there is either a secret or a mistake. After login the arguments are message
+  numbers and line counts, shown whole.
 
 Lines are recorded with a CRLF ending, whatever ending the client used.
 """
@@ -27,6 +32,7 @@ from __future__ import annotations
 from typing import Final
 
 from pop3d.protocol.commands import WHITESPACE, split_keyword
+from pop3d.protocol.states import State
 from pop3d.protocol.wire import OVERLONG
 from pop3d.sasl import registry
 
@@ -40,18 +46,28 @@ _OPEN_COMMANDS: Final = frozenset(
 )
 
 
-def shown_command(line: bytes | object) -> bytes:
-    """A command line as the telemetry log shows it (without its line end)."""
+def shown_command(line: bytes | object, state: State) -> bytes:
+    """A command line, read in ``state``, as the telemetry log shows it (without its line
+    end)."""
     if line is OVERLONG:
         return OVERLONG_SHOWN
     assert isinstance(line, bytes)
     keyword, space, argument = split_keyword(line)  # as the session reads it
     argument = argument.lstrip(WHITESPACE)
     word = keyword.upper()
+    if state.unauthenticated and word in _OPEN_COMMANDS:
+        if word == b"USER" and state is State.AUTHORIZATION:
+            return line
+        # Found probing: "List my Secret-2024", a password sent at the PASS prompt, was
+        # written whole; the name alone says which command it was taken for.
+        return keyword + b" " + REDACTED if argument else keyword
     if word in _OPEN_COMMANDS:
         return line
     if word == b"PASS":
         return keyword + b" " + REDACTED if space else keyword
+    if state is State.AUTHORIZATION_USER and word in (b"APOP", b"AUTH"):
+        # Refused after USER ("Must give PASS command"): the words after it are no name.
+        return keyword + b" " + REDACTED if argument else keyword
     if word == b"APOP":
         # "APOP name digest": the name stays; anything after it is hidden.
         name, _, rest = argument.partition(b" ")

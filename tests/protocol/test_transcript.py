@@ -10,6 +10,7 @@ import hmac
 
 import pytest
 
+from pop3d.protocol.states import State
 from pop3d.protocol.transcript import shown_command, shown_response
 from pop3d.protocol.wire import OVERLONG
 from tests.support.drive import Driven, drive, settings_for_lab
@@ -44,7 +45,6 @@ def _text(driven: Driven) -> bytes:
         # The mechanism's name left out: its initial response where the name belongs
         (b"AUTH AGFsaWNlAHdvbmRlcmxhbmQ=", b"AUTH ****"),
         (b"AUTH AGFsaWNlAHdvbmRlcmxhbmRz", b"AUTH ****"),
-        (b"RETR 1", b"RETR 1"),
         (b"wonderland", b"****"),
         (b"XTND secret", b"****"),
         (b"\x00junk", b"****"),
@@ -52,7 +52,48 @@ def _text(driven: Driven) -> bytes:
     ],
 )
 def test_command_lines_are_shown_without_secrets(line: object, shown: bytes) -> None:
-    assert shown_command(line) == shown
+    for state in (State.AUTHORIZATION, State.TRANSACTION):
+        assert shown_command(line, state) == shown
+
+
+A, U, T = State.AUTHORIZATION, State.AUTHORIZATION_USER, State.TRANSACTION
+
+
+@pytest.mark.parametrize(
+    ("state", "line", "shown"),
+    [
+        # Found probing: a password sent as a bare line at the PASS prompt was written
+        # whole when its first word was a command's name.
+        (U, b"List my Secret-2024", b"List ****"),
+        (U, b"top secret", b"top ****"),
+        (U, b"user friendly horse", b"user ****"),  # USER again is refused after USER
+        (U, b"stat\tsecret", b"stat ****"),
+        (U, b"Quit smoking 2024", b"Quit ****"),
+        (U, b"Apop my secret", b"Apop ****"),
+        (U, b"auth PLAIN secret", b"auth ****"),
+        (A, b"Retr 1 secret", b"Retr ****"),
+        (A, b"CAPA extra words", b"CAPA ****"),
+        # What is valid there is shown as it was
+        (A, b"USER alice", b"USER alice"),
+        (A, b"CAPA", b"CAPA"),
+        (U, b"CAPA", b"CAPA"),
+        (U, b"STLS", b"STLS"),
+        (U, b"QUIT", b"QUIT"),
+        (U, b"LIST", b"LIST"),
+        (U, b"PASS wonderland", b"PASS ****"),
+        (A, b"APOP alice c4c9334bac560ecc979e58001b3e22fb", b"APOP alice ****"),
+        (A, b"AUTH PLAIN AGFsaWNlAHdvbmRlcmxhbmQ=", b"AUTH PLAIN ****"),
+        # After login the arguments are message numbers and line counts
+        (T, b"RETR 1", b"RETR 1"),
+        (T, b"TOP 1 10", b"TOP 1 10"),
+        (T, b"LIST my Secret-2024", b"LIST my Secret-2024"),
+        (T, b"wonderland", b"****"),
+    ],
+)
+def test_before_login_only_what_cannot_be_a_secret_is_shown(
+    state: State, line: bytes, shown: bytes
+) -> None:
+    assert shown_command(line, state) == shown
 
 
 def test_answers_during_an_exchange_are_hidden_but_the_cancel() -> None:
@@ -112,6 +153,19 @@ def test_auth_exchanges_hide_arguments_answers_and_challenges(lab: Lab) -> None:
     assert other.feed(b"AUTH PLAIN " + blob + b"\r\nNOOP\r\n").startswith(b"+OK")
     text = _text(other)
     assert blob not in text and b"C: AUTH PLAIN ****\r\n" in text and b"C: NOOP\r\n" in text
+
+
+def test_a_password_at_the_pass_prompt_named_like_a_command_is_hidden(lab: Lab) -> None:
+    driven = drive(lab)
+    driven.session.record()
+    driven.feed()
+    assert driven.feed(b"USER alice\r\nList my wonderland\r\n").endswith(
+        b"-ERR LIST is not valid in the AUTHORIZATION state\r\n"
+    )
+    assert driven.feed(b"PASS wonderland\r\n").startswith(b"+OK")
+    driven.release()
+    text = _text(driven)
+    assert b"wonderland" not in text and b"C: List ****\r\n" in text
 
 
 def test_apop_digest_is_hidden(lab: Lab) -> None:
