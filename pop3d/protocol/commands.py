@@ -20,6 +20,20 @@ class Command:
     keyword: str  # upper case
     argument: bytes  # raw, after the spaces that follow the keyword (PASS: the first only)
 
+    def __repr__(self) -> str:
+        # A repr reaches tracebacks, debuggers and log lines: PASS's password, APOP's
+        # digest and AUTH's initial response were shown there (found probing), as was a
+        # password sent at the wrong prompt ("LIST my Secret-2024"). Only what cannot be
+        # a secret is shown, as pop3d.security.secret.Secret shows nothing.
+        argument, keyword = self.argument, self.keyword
+        numbers = argument.translate(None, WHITESPACE).isdigit()  # a PIN is digits too
+        if not argument or keyword == "USER" or (numbers and keyword not in _SECRET_BEARING):
+            return f"Command(keyword={keyword!r}, argument={argument!r})"
+        return f"Command(keyword={keyword!r}, argument=<redacted>)"
+
+
+_SECRET_BEARING = frozenset({"PASS", "APOP", "AUTH"})
+
 
 class SyntaxProblem(Exception):
     """The line cannot be a command at all (control characters, an empty keyword)."""

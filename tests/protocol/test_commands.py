@@ -15,6 +15,31 @@ def test_keyword_is_case_insensitive_and_argument_raw() -> None:
 
 
 @pytest.mark.parametrize(
+    ("line", "shown"),
+    [
+        (b"PASS hunter2-secret", "Command(keyword='PASS', argument=<redacted>)"),
+        (b"PASS 123456", "Command(keyword='PASS', argument=<redacted>)"),
+        (
+            b"APOP alice c4c9334bac560ecc979e58001b3e22fb",
+            "Command(keyword='APOP', argument=<redacted>)",
+        ),
+        (b"AUTH PLAIN AGFsaWNlAHdvbmRlcmxhbmQ=", "Command(keyword='AUTH', argument=<redacted>)"),
+        (b"AUTH AGFsaWNlAHdvbmRlcmxhbmQ=", "Command(keyword='AUTH', argument=<redacted>)"),
+        # a password sent at the wrong prompt
+        (b"List my Secret-2024", "Command(keyword='LIST', argument=<redacted>)"),
+        (b"USER alice", "Command(keyword='USER', argument=b'alice')"),
+        (b"TOP 1  10", "Command(keyword='TOP', argument=b'1  10')"),
+        (b"STAT", "Command(keyword='STAT', argument=b'')"),
+        (b"PASS", "Command(keyword='PASS', argument=b'')"),
+    ],
+)
+def test_repr_shows_no_argument_that_can_be_a_secret(line: bytes, shown: str) -> None:
+    """Found probing: the repr (a traceback's locals, a debugger) showed PASS's password
+    and APOP's digest, which the APOP verification request keeps out of its own."""
+    assert repr(commands.parse_line(line)) == shown
+
+
+@pytest.mark.parametrize(
     ("line", "argument"),
     [
         (b"USER  alice", b"alice"),
