@@ -29,6 +29,7 @@ Writes are buffered (:data:`WRITE_AT`) and made on the event loop, like Cyrus's 
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import time
@@ -39,6 +40,7 @@ log = logging.getLogger("pop3d")
 
 PRELOGIN_LIMIT = 64 * 1024
 WRITE_AT = 256 * 1024
+_DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
 MODE = 0o600  # Cyrus uses 0644; these files hold mail (SECURITY.md)
 
@@ -88,12 +90,13 @@ class Telemetry:
 
     def path_for(self, user: str) -> Path | None:
         """The file for ``user``, or None for a name that is not one path component."""
-        text = self._path_text(user)
-        return None if text is None else Path(text)
+        names = self._names(user)
+        return None if names is None else Path(names[0], names[1])
 
-    def _path_text(self, user: str) -> str | None:
-        # A string, not a Path: every login of a busy worker asks, and nearly every answer
-        # is "no directory" (pathlib's joins cost more than the failed open).
+    def _names(self, user: str) -> tuple[str, str] | None:
+        """(the user's directory, the file's name in it). Strings, not Paths: every login
+        of a busy worker asks, and nearly every answer is "no directory" (pathlib's joins
+        cost more than the failed open)."""
         if not user or user in (".", "..") or "/" in user or "\0" in user:
             return None
         settings = self.settings
@@ -101,30 +104,37 @@ class Telemetry:
             name = f"{settings.service}-{self._session_id}"
         else:
             name = f"{settings.service}-{os.getpid()}-{self._session_id}"
-        return f"{settings.directory}/{user}/{_file_name_part(name)}"
+        return f"{settings.directory}/{user}", _file_name_part(name)
 
     def login(self, user: str) -> bool:
         """Open the user's file if their directory exists; write the header and what was
         recorded before login. False (and nothing kept) when this session is not
         recorded."""
-        text = self._path_text(user)
-        if text is None:
+        names = self._names(user)
+        if names is None:
             self._discard()
             return False
+        directory, name = names
+        text = f"{directory}/{name}"
         try:
-            fd = os.open(text, _FLAGS, MODE)
+            # Neither name is followed if it is a symbolic link: the file holds the user's
+            # mail, and O_NOFOLLOW on the file alone let a link at log/<user> send it
+            # wherever the link pointed (found probing).
+            directory_fd = os.open(directory, _DIRECTORY_FLAGS)
         except FileNotFoundError:
             self._discard()  # no log/<user>/: telemetry is off for this user
             return False
         except OSError as exc:
-            log.warning(
-                "session %s: telemetry log %s cannot be opened (%s); not recording",
-                self._session_id,
-                text,
-                exc.strerror or exc,
-            )
-            self._discard()
-            return False
+            reason = exc.strerror or str(exc)
+            if exc.errno in (errno.ENOTDIR, errno.ELOOP):
+                reason = "not a directory; a symbolic link is not followed"
+            return self._not_opened(directory, reason)
+        try:
+            fd = os.open(name, _FLAGS, MODE, dir_fd=directory_fd)
+        except OSError as exc:
+            return self._not_opened(text, exc.strerror or str(exc))
+        finally:
+            os.close(directory_fd)
         self._fd = fd
         self._path = Path(text)
         prelogin = bytes(self._buffer)
@@ -140,6 +150,16 @@ class Telemetry:
             self._last = None
         self._write()
         return self._fd is not None
+
+    def _not_opened(self, text: str, reason: str) -> bool:
+        log.warning(
+            "session %s: telemetry log %s cannot be opened (%s); not recording",
+            self._session_id,
+            text,
+            reason,
+        )
+        self._discard()
+        return False
 
     def pieces(self, pieces: list[tuple[bool, bytes]]) -> None:
         """Pieces from the session's transcript: (from the client?, bytes)."""

@@ -36,6 +36,35 @@ def test_a_user_name_that_is_not_one_path_component_is_not_recorded(
     assert not telemetry.login(user)
 
 
+@pytest.mark.parametrize("kind", ["link", "dangling link", "fifo"])
+def test_a_user_directory_that_is_a_link_is_not_followed(
+    tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found probing: log/<user> as a symbolic link was followed (O_NOFOLLOW covered the
+    file's own name), and the session, mail included, written where the link pointed."""
+    (tmp_path / "log").mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    where = tmp_path / "log" / "bob"
+    if kind == "link":
+        where.symlink_to(elsewhere)
+    elif kind == "dangling link":
+        where.symlink_to(tmp_path / "nowhere")
+    else:
+        os.mkfifo(where)
+    telemetry = Telemetry(_settings(tmp_path, prelogin=True), "sid")
+    telemetry.pieces([(False, b"+OK ready\r\n")])
+    assert not telemetry.login("bob")
+    telemetry.pieces([(False, b"+OK 1 2\r\n")])
+    telemetry.close()
+    assert list(elsewhere.iterdir()) == [] and not (tmp_path / "nowhere").exists()
+    [record] = caplog.records
+    assert record.getMessage() == (
+        f"session sid: telemetry log {where} cannot be opened (not a directory; a symbolic "
+        "link is not followed); not recording"
+    )
+
+
 def test_names_and_markers(tmp_path: Path) -> None:
     (tmp_path / "log" / "bob@example.org").mkdir(parents=True)
     telemetry = Telemetry(_settings(tmp_path), "lab/x-1-2")
