@@ -31,11 +31,11 @@ from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 
 # pyOpenSSL's cffi binding, for the calls it has no public method for
-# (SSL_session_reused, SSL_get_verify_result, SSL_get_extms_support).
+# (SSL_session_reused, SSL_get_verify_result, SSL_get_extms_support, the subject's CN).
+from OpenSSL._util import ffi as _ffi
 from OpenSSL._util import lib as _lib
 
 from pop3d.config.imapd import Config
@@ -280,18 +280,48 @@ def client_identity(connection: SSL.Connection, source: str) -> str | None:
         return None
     if _lib.SSL_get_verify_result(connection._ssl) != 0:  # X509_V_OK
         return None
+    if source != "email":
+        return _common_name(connection)
     certificate = connection.get_peer_certificate(as_cryptography=True)
     if certificate is None:
         return None
     try:
-        if source == "email":
-            names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-            emails = names.value.get_values_for_type(x509.RFC822Name)
-            return emails[0] if emails else None
-        common = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        emails = names.value.get_values_for_type(x509.RFC822Name)
     except x509.ExtensionNotFound:
         return None
     except ValueError:  # verified by OpenSSL, yet too odd for cryptography to read
         return None
-    value = common[0].value if common else None
-    return value if isinstance(value, str) else None
+    return emails[0] if emails else None
+
+
+_NID_COMMON_NAME = _lib.OBJ_txt2nid(b"CN")
+
+
+def _common_name(connection: SSL.Connection) -> str | None:
+    """The subject's first CN, as OpenSSL reads it (in UTF-8 whatever its string type).
+    Not through ``cryptography``: its Name warns (a UserWarning, two raw lines on standard
+    error, found probing) for a CN over 64 characters, which RFC 5280's upper bound makes
+    nonconforming but a CA the site trusts may still issue."""
+    peer = connection.get_peer_certificate()
+    if peer is None:
+        return None
+    subject = _lib.X509_get_subject_name(peer._x509)
+    if subject == _ffi.NULL:
+        return None
+    index = _lib.X509_NAME_get_index_by_NID(subject, _NID_COMMON_NAME, -1)
+    if index < 0:
+        return None
+    data = _lib.X509_NAME_ENTRY_get_data(_lib.X509_NAME_get_entry(subject, index))
+    out = _ffi.new("unsigned char **")
+    length = _lib.ASN1_STRING_to_UTF8(out, data)
+    if length < 0:  # verified by OpenSSL, yet not text it can convert
+        return None
+    try:
+        value = bytes(_ffi.buffer(out[0], length))
+    finally:
+        _lib.OPENSSL_free(out[0])
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return None

@@ -3,6 +3,7 @@ TLS, hostile handshakes, certificate reload."""
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import os
 import re
@@ -14,6 +15,10 @@ import warnings
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL
 
 from pop3d.config import imapd
@@ -149,6 +154,44 @@ def test_client_certificate_identity(tmp_path: Path, source: str, expected: str)
     # optional: a client without a certificate is still served, with no identity
     server_side, _ = handshake(server_tls, client_context(certs))
     assert tls.facts(server_side, server_tls).client_identity is None
+
+
+@pytest.mark.parametrize("name", ["c" * 70 + "@lab.test", "Åsa Łukasiewicz"])
+def test_a_client_certificate_name_is_read_without_a_warning(tmp_path: Path, name: str) -> None:
+    """Found probing: a CN over RFC 5280's 64 characters, which a trusted CA may still
+    issue, made cryptography warn when its Name was read: two raw lines on standard error
+    in the master's log, once per worker. The name is read by OpenSSL, in UTF-8."""
+    ca = selfsigned.make_ca("client CA")
+    ca.write(tmp_path / "client-ca.pem")
+    key = ec.generate_private_key(ec.SECP256R1())
+    with warnings.catch_warnings():  # cryptography warns as it builds such a name, too
+        warnings.simplefilter("ignore", UserWarning)
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name, _validate=False)])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(ca.certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)
+        .sign(ca.key, hashes.SHA256())
+    )
+    selfsigned.Issued(certificate, key).write(tmp_path / "client.pem", tmp_path / "client.key")
+    certs = make_certificates(tmp_path / "server")
+    config = config_for(
+        certs,
+        f"tls_client_certs: require\ntls_client_ca_file: {tmp_path / 'client-ca.pem'}\n",
+    )
+    server_tls = tls.server_tls(config, None)
+    context = client_context(certs)
+    context.load_cert_chain(tmp_path / "client.pem", tmp_path / "client.key")
+    server_side, _ = handshake(server_tls, context)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert tls.facts(server_side, server_tls).client_identity == name
 
 
 def test_a_client_certificate_from_another_ca_is_refused(tmp_path: Path) -> None:
