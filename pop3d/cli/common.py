@@ -7,9 +7,10 @@ import logging
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TextIO
 
 from pop3d.config import imapd
 from pop3d.config.imapd import Config, ConfigError
@@ -128,6 +129,31 @@ def setup_logging(level: int = logging.INFO) -> None:
     handler = LineHandler(sys.stderr)
     handler.setFormatter(LineFormatter(LOG_FORMAT))
     logging.basicConfig(level=level, handlers=[handler])
+    warnings.showwarning = _log_warning
+
+
+def _log_warning(  # noqa: PLR0917 - warnings.showwarning's signature
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """A Python warning as one log line of pop3d's (and to syslog with it). Python writes
+    one to standard error as two lines, the second the source line, outside the log's
+    format: a library's warning (cryptography's, for a certificate name over 64
+    characters) was two raw lines in the master's log, once per worker (found probing).
+    A warning meant for a file of its own goes there, as logging.captureWarnings does."""
+    if file is not None:
+        _show_warning(message, category, filename, lineno, file, line)
+        return
+    logging.getLogger("pop3d").warning(
+        "%s: %s (%s:%d)", category.__name__, message, filename, lineno
+    )
+
+
+_show_warning = warnings.showwarning
 
 
 def setup_syslog(

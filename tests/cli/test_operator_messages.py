@@ -4,6 +4,7 @@ own line, TLS over inetd-style pipes (``pop3d -X -s``) that works and fails loud
 from __future__ import annotations
 
 import os
+import re
 import socket
 import ssl
 import subprocess
@@ -153,3 +154,25 @@ def test_implicit_tls_on_an_inetd_socket_with_the_client_hello_sent_at_once(
         if process.poll() is None:
             process.kill()
         process.communicate()
+
+
+def test_a_python_warning_is_one_log_line() -> None:
+    """Found probing: a library's warning (cryptography's, for a client certificate's name
+    over 64 characters) reached the master's log as Python prints it, two raw lines
+    outside the log's format, once per worker."""
+    script = (
+        "import warnings\n"
+        "from pop3d.cli.common import setup_logging\n"
+        "setup_logging()\n"
+        "warnings.warn('a name\\nwith a line end', UserWarning)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, timeout=60, check=True
+    )
+    lines = result.stderr.decode().splitlines()
+    assert len(lines) == 1, lines
+    assert re.fullmatch(
+        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} pop3d\[\d+\]: WARNING UserWarning: "
+        r"a name\\x0awith a line end \(<string>:4\)",
+        lines[0],
+    ), lines
