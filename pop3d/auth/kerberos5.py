@@ -149,6 +149,11 @@ class Kerberos5Checker:
             return _refused("realm not in loginrealms" if user else "empty login")
         if not password:
             return _refused("empty password")
+        if b"\0" in password.reveal():
+            # libkrb5 takes the password as a C string: "wonderland\0anything" would be
+            # checked as "wonderland". Refused before the KDC and before anything about the
+            # user is known, so the answer cannot tell a real user from an unknown one.
+            return _refused("password contains a NUL octet")
         if realm and realm.lower() not in self.login_realms:
             return _refused("realm not in loginrealms")
         if self._closed:

@@ -96,6 +96,16 @@ def test_names_that_are_not_principals_of_ours(checker: Kerberos5Checker) -> Non
     assert check(checker, "alice", "").reason == "empty password"
 
 
+def test_a_password_with_a_nul_is_refused(checker: Kerberos5Checker) -> None:
+    """Found probing: libkrb5 takes the password as a C string, so alice logged in with
+    'wonderland\\0anything'. Refused before the KDC, for a real user as for an unknown one."""
+    for user in ("alice", "nobody"):
+        assert check(checker, user, "wonderland\0anything") == Kerberos5Result(
+            False, "password contains a NUL octet"
+        )
+    assert check(checker, "alice", "wonderland").ok
+
+
 def test_login_realm_in_its_configured_spelling(krb5_env: Realm, tmp_path: Path) -> None:
     """alice@krbtest.com with loginrealms KRBTEST.COM asks for alice@KRBTEST.COM."""
     keytab = str(krb5_env.service_keytab(tmp_path))
@@ -260,7 +270,7 @@ def kdc_lab(kerberos_realm: Realm, tmp_path_factory: pytest.TempPathFactory) -> 
         root / "lab",
         extra_config=(
             f"sasl_keytab: {keytab}\nsasl_pwcheck_method: kerberos5\nkerberos5_timeout: 3\n"
-            "sasl_mech_list: PLAIN SCRAM-SHA-256\n"
+            "sasl_mech_list: PLAIN LOGIN SCRAM-SHA-256\n"
         ),
         users={"alice": "apop-only", "bob": "apop-only"},
     ).create()
@@ -320,6 +330,30 @@ def test_user_pass(
     got, messages = user_pass(kdc_server.port, user, password)
     assert got.startswith(answer)
     assert messages == count
+
+
+def auth_login(port: int, user: str, password: str) -> str:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        reader = sock.makefile("rb")
+        reader.readline()
+        sock.sendall(b"AUTH LOGIN\r\n")
+        for field in (user, password):
+            assert reader.readline().startswith(b"+ ")
+            sock.sendall(base64.b64encode(field.encode()) + b"\r\n")
+        answer = reader.readline().decode().rstrip("\r\n")
+        sock.sendall(b"QUIT\r\n")
+        return answer
+
+
+def test_a_password_with_a_nul_logs_no_one_in(kdc_server: Server) -> None:
+    """alice's password is wonderland: what follows a NUL is part of the password, not cut
+    off by libkrb5 (found probing: both logged in)."""
+    assert user_pass(kdc_server.port, "alice", "wonderland\0anything") == (
+        "-ERR [AUTH] Invalid login",
+        None,
+    )
+    assert auth_login(kdc_server.port, "alice", "wonderland\0junk").startswith("-ERR [AUTH]")
+    assert auth_login(kdc_server.port, "alice", "wonderland").startswith("+OK")
 
 
 @pytest.mark.parametrize(
