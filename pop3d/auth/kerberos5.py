@@ -24,6 +24,17 @@ private ``MEMORY:`` cache we destroy afterwards: no environment cache is ever re
 written. Step 2 goes through GSSAPI, the same acceptor path as the GSSAPI mechanism
 (:mod:`pop3d.sasl.kerberos`), over that memory cache.
 
+**Unknown users.** The KDC refuses a principal it does not know in one round trip, at
+once; a known one with a wrong password costs a string-to-key of the password (PBKDF2 for
+the AES enctypes: most of the time of a check) and, in a realm that asks for
+pre-authentication, a second round trip. So for an unknown principal the checker does that
+work itself (:meth:`Kerberos5Checker._decoy`): the same string-to-key, through libkrb5, of
+the password as sent, salted as the name would be, with the enctype and parameters the KDC
+gives our own service principal (asking it is the second round trip); the answer's time
+then does not say whether the user exists. Whether a realm asks for pre-authentication is
+learnt from its known principals' wrong passwords (the KDC's error says), so a realm that
+does not ask is sent no second request once that is seen.
+
 **Time.** libkrb5 has no overall deadline for its KDC exchanges (MIT 1.20 keeps retrying for
 about half a minute against a silent KDC), so each check runs in a daemon thread of its own
 and the caller waits ``timeout`` seconds at most: past it the answer is "unavailable" (the
@@ -56,9 +67,17 @@ DEFAULT_TIMEOUT = 10.0
 DEFAULT_MAX_PENDING = 16
 TICKET_LIFETIME = 300  # seconds: the TGT and service ticket are thrown away at once
 
+_PRINCIPAL_UNKNOWN = -1765328378  # KRB5KDC_ERR_C_PRINCIPAL_UNKNOWN
+# A known principal's wrong password, by whether the KDC asked for pre-authentication first
+# (an exchange of two requests) or sent a reply the password's key could not open (one).
+_PREAUTH_ASKED = {-1765328360: True, -1765328353: False}
+# What a decoy is shaped like when the KDC could not be asked: MIT's first default enctype,
+# aes256-cts-hmac-sha1-96, with RFC 3962's default parameters (4096 iterations).
+_DEFAULT_SHAPE: tuple[int, bytes | None] = (18, None)
+
 # Kerberos error codes (krb5/krb5_err.h) that are the user's answer, not the KDC's trouble.
 _REFUSALS = {
-    -1765328378: "unknown principal",  # KRB5KDC_ERR_C_PRINCIPAL_UNKNOWN
+    _PRINCIPAL_UNKNOWN: "unknown principal",
     -1765328360: "wrong password",  # KRB5KDC_ERR_PREAUTH_FAILED
     -1765328353: "wrong password",  # KRB5KRB_AP_ERR_BAD_INTEGRITY (no preauth required)
     -1765328174: "wrong password",  # KRB5_PREAUTH_FAILED (the client side gave up)
@@ -137,6 +156,11 @@ class Kerberos5Checker:
         self.timeout = timeout
         self._slots = threading.BoundedSemaphore(max_pending)
         self._closed = False
+        # Per realm, for the decoys: (enctype, s2kparams) of our service principal as the
+        # KDC last gave them, and whether a known principal's wrong password last cost the
+        # pre-authentication round trip (assumed until the KDC shows otherwise).
+        self._shapes: dict[bytes, tuple[int, bytes | None]] = {}
+        self._preauth: dict[bytes, bool] = {}
 
     def __repr__(self) -> str:
         return f"Kerberos5Checker({self.service}/{self.servername}, keytab={self.keytab!r})"
@@ -198,7 +222,8 @@ class Kerberos5Checker:
         try:
             context = krb5.init_context()
             realm_bytes = realm.encode("utf-8") if realm else krb5.get_default_realm(context)
-            client = krb5.build_principal(context, realm_bytes, [user.encode("utf-8")])
+            name = user.encode("utf-8")
+            client = krb5.build_principal(context, realm_bytes, [name])
             principal = f"{user}@{realm_bytes.decode('utf-8', 'replace')}"
             cache = krb5.cc_new_unique(context, b"MEMORY")
         except (krb5.Krb5Error, UnicodeError) as exc:
@@ -212,6 +237,10 @@ class Kerberos5Checker:
                 krb5.get_init_creds_opt_set_out_ccache(context, options, cache)
                 krb5.get_init_creds_password(context, client, options, password.reveal())
             except krb5.Krb5Error as exc:
+                if exc.err_code == _PRINCIPAL_UNKNOWN:
+                    self._decoy(context, realm_bytes, name, password)
+                elif exc.err_code in _PREAUTH_ASKED:
+                    self._preauth[realm_bytes] = _PREAUTH_ASKED[exc.err_code]
                 refusal = _REFUSALS.get(exc.err_code)
                 if refusal is not None:
                     return _refused(f"{principal}: {refusal}")
@@ -233,6 +262,28 @@ class Kerberos5Checker:
         finally:
             with contextlib.suppress(krb5.Krb5Error):
                 krb5.cc_destroy(context, cache)
+
+    def _decoy(self, context: krb5.Context, realm: bytes, name: bytes, password: Secret) -> None:
+        """The work a wrong password of a known principal costs, for an unknown one: a
+        string-to-key (the one libkrb5 runs in the exchange, salted the usual way, realm
+        then name) and, where the realm asks for pre-authentication, a second request to
+        the KDC: the one that learns the key shape from our service principal, a name we
+        know it has. A shape learnt before serves where no second request is due, and
+        the default one when the KDC cannot tell (that principal not in this realm)."""
+        shape = self._shapes.get(realm)
+        if shape is None or self._preauth.get(realm, True):
+            reference = krb5.build_principal(
+                context, realm, [self.service.encode("utf-8"), self.servername.encode("utf-8")]
+            )
+            try:
+                info = krb5.get_etype_info(context, reference)
+            except krb5.Krb5Error:
+                pass
+            else:
+                if info.salt is not None:  # None: the KDC sent no etype-info
+                    shape = self._shapes[realm] = (info.etype, info.s2kparams)
+        enctype, params = shape or _DEFAULT_SHAPE
+        krb5.c_string_to_key(context, enctype, password.reveal(), realm + name, params)
 
     def _verify(self, cache_name: bytes, principal: str) -> None:
         """Step 2: a service ticket for our keytab principal, got with the new TGT and
