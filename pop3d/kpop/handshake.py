@@ -76,10 +76,13 @@ class Authenticated:
 @dataclass(frozen=True, slots=True)
 class Refused:
     """The handshake failed: close the connection. ``reason`` is for the log only;
-    ``unavailable``: the server's own keytab failed, not the client."""
+    ``unavailable``: the server's own keytab failed, not the client. ``presented``: an
+    AP-REQ came whole and was checked, so a credential was refused; otherwise the peer
+    never offered one (it closed, spoke another protocol, sent an oversized length)."""
 
     reason: str
     unavailable: bool = False
+    presented: bool = False
 
 
 Event = Send | Offload | Authenticated | Refused | _NeedData
@@ -102,6 +105,12 @@ class Handshake:
         self._pending: list[Event] = []
         self._waiting = False  # an Offload is out; next_event answers NEED_DATA until resolve
         self.result: Authenticated | Refused | None = None
+
+    @property
+    def checking(self) -> bool:
+        """An AP-REQ is being checked (its Offload is out): a time limit now leaves a
+        presented credential without a verdict."""
+        return self._waiting
 
     @property
     def trailing_data(self) -> bytes:
@@ -132,11 +141,11 @@ class Handshake:
             )
         elif isinstance(result, Rejected):
             self._finish(
-                Refused(f"ticket refused: {result.reason}", result.unavailable),
+                Refused(f"ticket refused: {result.reason}", result.unavailable, presented=True),
                 _frame(result.krb_error) if result.krb_error else b"",
             )
         else:
-            self._finish(Refused(f"ticket check failed: {result!r}"), b"")
+            self._finish(Refused(f"ticket check failed: {result!r}", presented=True), b"")
 
     def next_event(self) -> Event:
         if self._pending:

@@ -821,14 +821,24 @@ class Connection:
                         break
                     elif isinstance(event, Refused):
                         self.end_reason = f"KPOP: {event.reason}"
-                        result = Result.UNAVAILABLE if event.unavailable else Result.FAIL
-                        self._audit_login("KPOP", "", result, event.reason)
+                        if event.unavailable:
+                            self._audit_login("KPOP", "", Result.UNAVAILABLE, event.reason)
+                        elif event.presented:
+                            self._audit_login("KPOP", "", Result.FAIL, event.reason)
+                        # Else no ticket was offered (a health check's connect and close,
+                        # a port scan, an HTTP request): like a failed TLS handshake, only
+                        # the session's end is logged. A badlogin had fail2ban ban the
+                        # prober for a login never tried (found probing).
                         return None
                     else:  # NEED_DATA
                         handshake.receive_data(await self.channel.read())
         except TimeoutError:
             self.end_reason = f"KPOP: no handshake within {self.context.kpop_timeout:g} s"
-            self._audit_login("KPOP", "", Result.FAIL, "time limit")
+            if handshake.checking:
+                # A ticket came and got no verdict in time (the thread pool busy): the
+                # server's failing, not the client's, as for a keytab that fails.
+                reason = "time limit while the ticket was checked"
+                self._audit_login("KPOP", "", Result.UNAVAILABLE, reason)
             return None
         rules = self.context.settings.identity
         user = await self._loop.run_in_executor(  # MIT's auth_to_local reads krb5.conf

@@ -88,7 +88,7 @@ def test_trailing_data_goes_to_the_pop3_session() -> None:
 
 def test_rejected_sends_the_krb_error_and_refuses() -> None:
     out = drive_bytes(Handshake(fake_verify), VERSIONS + frame(b"forged") + b"USER x\r\n")
-    assert out.result == Refused("ticket refused: bad ticket")
+    assert out.result == Refused("ticket refused: bad ticket", presented=True)
     assert out.sent == b"\x00" + frame(b"KRB-ERROR")
     assert out.trailing == b""  # nothing of a refused connection reaches POP3
 
@@ -97,6 +97,7 @@ def test_a_verifier_exception_is_a_refusal_not_a_crash() -> None:
     out = drive_bytes(Handshake(fake_verify), VERSIONS + frame(b"raise"))
     assert isinstance(out.result, Refused)
     assert "libkrb5 went away" in out.result.reason
+    assert out.result.presented  # a ticket came: its refusal is a credential's
     assert out.sent == b"\x00"
 
 
@@ -106,6 +107,7 @@ def test_wrong_sendauth_version_answers_01() -> None:
     assert out.sent == b"\x01"
     assert isinstance(out.result, Refused)
     assert "sendauth version" in out.result.reason
+    assert not out.result.presented
     assert out.offloads == 0
 
 
@@ -115,6 +117,7 @@ def test_wrong_application_version_answers_02() -> None:
     assert out.sent == b"\x02"
     assert isinstance(out.result, Refused)
     assert "application version" in out.result.reason
+    assert not out.result.presented
     assert out.offloads == 0
 
 
@@ -143,13 +146,14 @@ def test_a_length_prefix_over_the_cap_fails_at_once(prefix: bytes, length: int) 
     out = drive_bytes(Handshake(fake_verify), prefix + struct.pack(">I", length), eof=False)
     assert isinstance(out.result, Refused)
     assert "cap" in out.result.reason
+    assert not out.result.presented
     assert out.sent == (b"\x00" if prefix == VERSIONS else b"")
     assert out.offloads == 0
 
 
 def test_a_message_at_the_cap_is_read() -> None:
     out = drive_bytes(Handshake(fake_verify), VERSIONS + frame(b"\x6e" * MAX_MESSAGE))
-    assert out.result == Refused("ticket refused: bad ticket")
+    assert out.result == Refused("ticket refused: bad ticket", presented=True)
     assert out.offloads == 1
 
 
@@ -159,6 +163,7 @@ def test_a_truncated_ap_req_is_refused_when_the_peer_closes(cut: int) -> None:
     out = drive_bytes(Handshake(fake_verify), whole[: len(VERSIONS) + cut])
     assert isinstance(out.result, Refused)
     assert "closed" in out.result.reason
+    assert not out.result.presented
     assert out.sent == b"\x00"
     assert out.offloads == 0
 
@@ -174,6 +179,7 @@ def test_kerberos_4_is_refused_without_an_answer() -> None:
     out = drive_bytes(Handshake(fake_verify), b"AUTHV0.1KPOPV0.1\x00\x00\x00\x10" + b"t" * 16)
     assert isinstance(out.result, Refused)
     assert "Kerberos 4" in out.result.reason
+    assert not out.result.presented
     assert out.sent == b""
 
 
@@ -181,6 +187,7 @@ def test_kerberos_4_is_refused_without_an_answer() -> None:
 def test_silence_or_a_fragment_then_close(data: bytes) -> None:
     out = drive_bytes(Handshake(fake_verify), data)
     assert isinstance(out.result, Refused)
+    assert not out.result.presented
     assert out.sent == b""
 
 

@@ -324,11 +324,61 @@ def test_the_keytab_spoiled_under_the_running_server(
         assert "result=<unavailable>" in entry and "SASL(-13)" not in entry, entry
 
 
+def session_lines(server: Server, port: int) -> list[str]:
+    """The log lines of the connection from our ``port``, once its end is logged (after
+    its audit records)."""
+    peer = f"127.0.0.1:{port}"
+    deadline = time.monotonic() + 10
+    while f"peer={peer} ended:" not in (log := server.log_text()):
+        assert time.monotonic() < deadline, f"no end logged for {peer}"
+        time.sleep(0.05)
+    return [entry for entry in log.splitlines() if re.search(rf"\b{re.escape(peer)}\b", entry)]
+
+
+@pytest.mark.parametrize(
+    "probe",
+    [
+        b"",  # a health check's connect and close
+        b"GET / HTTP/1.0\r\n\r\n",
+        b"\0\0\0\x13KRB5_SENDAUTH_V9.9\0" + b"\0\0\0\x09KPOPV1.0\0",
+        VERSIONS,  # then nothing
+    ],
+    ids=["connect-close", "http", "bad-version", "no-ap-req"],
+)
+def test_a_connection_that_offers_no_ticket_is_not_a_failed_login(
+    server: Server, probe: bytes
+) -> None:
+    """It was 'badlogin: ... KPOP (-) [SASL(-13): ...]', which fail2ban counts: health
+    checks and port scans had their host banned (found probing). Now, like a failed TLS
+    handshake, the session's end only."""
+    with connect(server) as sock:
+        port = sock.getsockname()[1]
+        sock.sendall(probe)
+        sock.shutdown(socket.SHUT_WR)
+        until_closed(sock)
+    entries = session_lines(server, port)
+    assert [entry for entry in entries if "ended: KPOP: " in entry], entries
+    assert not [entry for entry in entries if "badlogin:" in entry or "SASL(-13)" in entry]
+
+
+def test_a_refused_ticket_is_a_failed_login(server: Server, ccache: Callable[[str], str]) -> None:
+    with connect(server) as sock:
+        port = sock.getsockname()[1]
+        assert sendauth(sock, ccache("alice"), service="host").server_error == NOT_US
+        until_closed(sock)
+    failures = [entry for entry in session_lines(server, port) if "badlogin:" in entry]
+    assert len(failures) == 1 and "result=<fail>" in failures[0], failures
+    assert re.search(
+        r"KPOP \(-\) \[SASL\(-13\): authentication failure: ticket refused", failures[0]
+    )
+
+
 def test_a_silent_client_is_closed_and_others_are_served_meanwhile(
     server: Server, ccache: Callable[[str], str]
 ) -> None:
     started = time.monotonic()
     with connect(server) as silent:
+        silent_port = silent.getsockname()[1]
         # meanwhile: a plain POP3 session and a KPOP login on the same master
         pop = poplib.POP3("127.0.0.1", server.ports["pop3"], timeout=10)
         pop.user("bob")
@@ -342,6 +392,8 @@ def test_a_silent_client_is_closed_and_others_are_served_meanwhile(
     waited = time.monotonic() - started
     assert HANDSHAKE_LIMIT - 0.5 <= waited < HANDSHAKE_LIMIT + 5
     assert f"no handshake within {HANDSHAKE_LIMIT} s" in server.log_text()
+    # No ticket came: not a failed login (it was one, "time limit", which fail2ban counted)
+    assert not [entry for entry in session_lines(server, silent_port) if "badlogin:" in entry]
 
 
 def test_an_expired_ticket(krb5_env: Realm, tmp_path: Path) -> None:
