@@ -174,7 +174,14 @@ def kpop_user(session: Session, argument: bytes) -> Outcome:
         canonical = None if proven is None else canonical_user(proven, rules)
         if proven is not None and canonical != proven:
             reason += f", whose user {proven} is not the canonical name {canonical or '(none)'}"
-        session.notice(LoginFailed(shown, "KPOP", reason))
+        if proven is None:
+            session.notice(LoginFailed(shown, "KPOP", reason))
+        else:
+            # The ticket proved who the client is; the name asked for is another's: filed
+            # under the ticket's user, as an admin's may-not-act-as, and a refusal, not a
+            # failed password fail2ban counts under the other user's name (found probing).
+            reason = f"may not act as {shown}: {reason}"
+            session.notice(LoginFailed(proven, "KPOP", reason, authenticated=True))
         session.err("[AUTH] The Kerberos ticket is not for this user")
         return Outcome.FAIL
     session.user = name
@@ -192,7 +199,9 @@ def kpop_pass(session: Session, argument: bytes) -> Task:
     result = yield ResolveUser(name)
     assert isinstance(result, AuthResult)
     if result.identity is None:
-        return (yield from login_failed(session, name, "KPOP", result.reason))
+        # The ticket proved this user: one without a maildrop here is refused, not a
+        # failed login fail2ban counts (the client's answer is every failure's)
+        return (yield from login_failed(session, name, "KPOP", result.reason, authenticated=True))
     return (yield from open_maildrop(session, result.identity, "KPOP", folder))
 
 

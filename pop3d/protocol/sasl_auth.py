@@ -334,7 +334,13 @@ def _authorize(
         reason = f"may not act as {target}: {known.reason}"
         return (yield from login_failed(session, authcid, method, reason, authenticated=True))
     if known.identity is None:
-        return (yield from login_failed(session, target, method, known.reason))
+        # A verified client certificate (EXTERNAL) proved who the client is, and the name
+        # it carries has no user here: refused, not a guessed password fail2ban counts
+        # (found probing); the client's answer is every failure's.
+        proven = bool(mechanism.flags & Flag.TRANSPORT_IDENTITY)
+        return (
+            yield from login_failed(session, target, method, known.reason, authenticated=proven)
+        )
     return _Granted(known.identity, folder, acting)
 
 

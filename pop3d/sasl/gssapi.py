@@ -113,7 +113,10 @@ def identify(context: Context, accepted: Accepted) -> str | Failure:
         return Failure("client did not bind to the TLS channel", accepted.principal)
     user = accepted.user
     if user is None:
-        return Failure(f"principal {accepted.principal} maps to no local user", accepted.principal)
+        # The realm proved the principal; it is the name that has no use here: refused,
+        # not a failed password fail2ban counts (found probing: x/admin@REALM was one).
+        reason = f"principal {accepted.principal} maps to no local user"
+        return Failure(reason, accepted.principal, authenticated=True)
     return user
 
 

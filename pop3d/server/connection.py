@@ -851,7 +851,8 @@ class Connection:
         )
         if user is None:
             self.end_reason = f"KPOP: principal {event.principal} is not a local user"
-            self._audit_login("KPOP", event.principal, Result.FAIL, "not a local user")
+            # The ticket proved the principal: a refusal, not a failed login fail2ban counts
+            self._audit_login("KPOP", event.principal, Result.REFUSED, "not a local user")
             await self.channel.write(b"-ERR [AUTH] This Kerberos principal has no mailbox here\r\n")
             return None
         audit.info(

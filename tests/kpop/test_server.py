@@ -177,7 +177,11 @@ def test_after_the_handshake_only_the_tickets_user(
         assert exchange(sock, b"PASS krb_ticket").startswith(b"+OK")
         assert exchange(sock, b"STAT").startswith(b"+OK ")
         assert exchange(sock, b"QUIT").startswith(b"+OK")
-    assert "KPOP (bob) [SASL(-13)" in server.log_text()
+        port = sock.getsockname()[1]
+    # Filed under the ticket's user, a refusal: not a failed login of bob's fail2ban counts
+    (record,) = [entry for entry in session_lines(server, port) if "badlogin:" in entry]
+    assert "KPOP (alice) [may not act as bob: ticket is for alice@" in record, record
+    assert "result=<refused>" in record and "SASL(-13)" not in record
 
 
 def test_a_principal_differing_only_in_case_gets_no_maildrop(
@@ -192,7 +196,67 @@ def test_a_principal_differing_only_in_case_gets_no_maildrop(
         assert exchange(sock, b"PASS krb_ticket").startswith(b"-ERR [AUTH] ")
         assert exchange(sock, b"STAT").startswith(b"-ERR ")
         assert exchange(sock, b"QUIT").startswith(b"+OK")
+        port = sock.getsockname()[1]
     assert "whose user ALICE is not the canonical name alice" in server.log_text()
+    # The ticket proved ALICE: it was 'KPOP (alice) [SASL(-13): ...' (found probing)
+    (record,) = [entry for entry in session_lines(server, port) if "badlogin:" in entry]
+    assert "KPOP (ALICE) [may not act as alice: ticket is for ALICE@" in record, record
+    assert "result=<refused>" in record and "SASL(-13)" not in record
+
+
+@pytest.fixture(scope="module")
+def unmapped(kerberos_realm: Realm) -> str:
+    """A principal with an instance: no local user under the realm's rules."""
+    kerberos_realm.k5.addprinc("x/admin", "instance-secret")
+    return "x/admin"
+
+
+def instance_ccache(realm: Realm, principal: str, folder: Path) -> str:
+    cache = folder / "instance.cc"
+    env = dict(realm.env, KRB5CCNAME=f"FILE:{cache}")
+    subprocess.run(
+        ["kinit", principal], input=b"instance-secret\n", env=env, check=True, capture_output=True
+    )
+    return f"FILE:{cache}"
+
+
+def test_a_proven_principal_without_a_user_is_refused_not_failed(
+    server: Server, krb5_env: Realm, unmapped: str, tmp_path: Path
+) -> None:
+    """The realm proved x/admin, which maps to no local user: over KPOP and GSSAPI alike a
+    refusal, not 'SASL(-13)' for fail2ban (found probing); the client's answers unchanged."""
+    cache = instance_ccache(krb5_env, unmapped, tmp_path)
+    with connect(server) as sock:
+        kpop_port = sock.getsockname()[1]
+        assert sendauth(sock, cache).code == 0
+        assert line(sock) == b"-ERR [AUTH] This Kerberos principal has no mailbox here\r\n"
+    token = gssapi_first_token(cache)
+    with socket.create_connection(("127.0.0.1", server.ports["pop3"]), timeout=15) as sock:
+        gssapi_port = sock.getsockname()[1]
+        assert line(sock).startswith(b"+OK ")
+        answer = exchange(sock, b"AUTH GSSAPI " + base64.b64encode(token))
+        assert answer == b"-ERR [AUTH] Invalid login\r\n"
+        assert exchange(sock, b"QUIT").startswith(b"+OK")
+    for port, text in [(kpop_port, "KPOP ("), (gssapi_port, "GSSAPI (")]:
+        (record,) = [entry for entry in session_lines(server, port) if "badlogin:" in entry]
+        assert text in record and "x/admin@" in record, record
+        assert "result=<refused>" in record and "SASL(-13)" not in record, record
+
+
+def test_a_tickets_user_without_a_maildrop_is_refused_not_failed(
+    server: Server, ccache: Callable[[str], str]
+) -> None:
+    """carol has a principal and no user here: USER carol is hers, PASS finds no one."""
+    with connect(server) as sock:
+        assert sendauth(sock, ccache("carol")).code == 0
+        assert line(sock).startswith(b"+OK ")
+        assert exchange(sock, b"USER carol").startswith(b"+OK")
+        assert exchange(sock, b"PASS krb_ticket") == b"-ERR [AUTH] Invalid login\r\n"
+        assert exchange(sock, b"QUIT").startswith(b"+OK")
+        port = sock.getsockname()[1]
+    (record,) = [entry for entry in session_lines(server, port) if "badlogin:" in entry]
+    assert "KPOP (carol) " in record, record
+    assert "result=<refused>" in record and "SASL(-13)" not in record
 
 
 def test_pipelined_commands_after_the_ap_req_reach_the_session(

@@ -69,7 +69,9 @@ def test_another_user_is_refused(lab: Lab) -> None:
     refused = driven.feed(b"USER bob\r\n")
     assert refused == b"-ERR [AUTH] The Kerberos ticket is not for this user\r\n"
     assert driven.session.state is State.AUTHORIZATION
-    assert driven.notices == [ev.LoginFailed("bob", "KPOP", "ticket is for alice@KRBTEST.COM")]
+    # Under the ticket's user, a refusal: not a failed login of bob's (found probing)
+    reason = "may not act as bob: ticket is for alice@KRBTEST.COM"
+    assert driven.notices == [ev.LoginFailed("alice", "KPOP", reason, authenticated=True)]
     # and bob's password does not help: PASS without an accepted USER
     assert driven.feed(b"PASS builder\r\n").startswith(b"-ERR [AUTH] Must give USER")
 
@@ -83,8 +85,11 @@ def test_a_principal_whose_name_differs_only_in_case_is_refused(lab: Lab, user: 
     assert driven.feed(b"USER " + user + b"\r\n").startswith(b"-ERR [AUTH] ")
     assert driven.feed(b"PASS krb_ticket\r\n").startswith(b"-ERR [AUTH] Must give USER")
     assert driven.session.state is State.AUTHORIZATION
-    reason = "ticket is for ALICE@KRBTEST.COM, whose user ALICE is not the canonical name alice"
-    assert driven.notices == [ev.LoginFailed("alice", "KPOP", reason)]
+    reason = (
+        f"may not act as {user.decode().lower()}: ticket is for ALICE@KRBTEST.COM, "
+        "whose user ALICE is not the canonical name alice"
+    )
+    assert driven.notices == [ev.LoginFailed("ALICE", "KPOP", reason, authenticated=True)]
 
 
 def test_a_user_unknown_to_pop3d_gets_no_maildrop(lab: Lab) -> None:
@@ -92,7 +97,8 @@ def test_a_user_unknown_to_pop3d_gets_no_maildrop(lab: Lab) -> None:
     driven.feed()
     assert driven.feed(b"USER carol\r\n").startswith(b"+OK ")
     assert driven.feed(b"PASS krb_ticket\r\n") == b"-ERR [AUTH] Invalid login\r\n"
-    assert driven.notices == [ev.LoginFailed("carol", "KPOP", "unknown user")]
+    # The ticket proved carol: refused, not a failed login fail2ban counts (found probing)
+    assert driven.notices == [ev.LoginFailed("carol", "KPOP", "unknown user", authenticated=True)]
     assert not lab.maildir("carol").exists()
 
 

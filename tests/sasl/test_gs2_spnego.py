@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import socket
+import subprocess
 from pathlib import Path
 
 import gssapi.raw as gr
@@ -283,3 +284,29 @@ def test_spnego_garbage(krb5_env: Realm, token: bytes) -> None:
 
 def test_framing_names_kerberos() -> None:
     assert framed(b"")[2:] == b"\x06\x09" + bytes(KRB5)  # type: ignore[call-overload]
+
+
+@pytest.fixture(scope="module")
+def instance_cache(kerberos_realm: Realm, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """bob/admin's TGT: a principal the realm proves that maps to no local user."""
+    kerberos_realm.k5.addprinc("bob/admin", "instance-secret")
+    cache = tmp_path_factory.mktemp("instance") / "bob-admin.cc"
+    env = dict(kerberos_realm.env, KRB5CCNAME=f"FILE:{cache}")
+    subprocess.run(
+        ["kinit", "bob/admin"], input=b"instance-secret\n", env=env, check=True, capture_output=True
+    )
+    return cache
+
+
+@pytest.mark.parametrize("mechanism", ["GS2-KRB5", "GSS-SPNEGO"])
+def test_a_principal_without_a_user_is_a_refusal(
+    krb5_env: Realm, instance_cache: Path, mechanism: str
+) -> None:
+    """The realm proved bob/admin; the name has no user here: refused, not a failed
+    password fail2ban counts (found probing)."""
+    if mechanism == "GS2-KRB5":
+        result, _ = gs2_login(krb5_env, instance_cache, b"n,,", b"n,,", plus=False)
+    else:
+        result, _ = spnego_login(krb5_env, instance_cache)
+    assert isinstance(result, Failure) and "maps to no local user" in result.reason, result
+    assert result.authenticated and result.authcid.startswith("bob/admin@")

@@ -259,6 +259,8 @@ def test_principal_with_an_instance_is_refused(
     )
     result, _ = login(krb5_env, cache)
     assert isinstance(result, Failure) and "alice/admin@" in result.reason
+    # The realm proved it: a refusal, not a failed password (found probing)
+    assert result.authenticated
 
 
 def test_principal_mapping() -> None:

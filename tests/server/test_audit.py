@@ -10,6 +10,7 @@ import os
 import queue
 import re
 import socket
+import ssl
 import tempfile
 import threading
 import time
@@ -20,6 +21,7 @@ import pytest
 
 from pop3d.security.value import Security, TLSInfo
 from pop3d.server.audit import Login, Result, SessionEnd, json_line, syslog_line
+from pop3d.transport import selfsigned
 from tests.support import scram_client
 from tests.support.lab import Lab, Server, start_server
 
@@ -551,3 +553,59 @@ def test_a_login_the_policy_refuses_in_clear_is_recorded(tmp_path: Path, syslog:
     ], records
     for record in records:
         assert "result=<abandoned>" in record and FAIL2BAN.search(record) is None, record
+
+
+def _record_of(syslog: Syslog, port: int, kind: str) -> str:
+    """The next audit record of ``kind`` (login, badlogin, counts) for the connection from
+    our ``port``, without syslog's prefix; the readiness probes' records, whenever they
+    come, are passed over."""
+    while True:
+        line = syslog.lines.get(timeout=10)
+        match = AUDIT.match(line)
+        if match and match[1] == kind and f" peer=<127.0.0.1:{port}> " in line:
+            return line.split("]: ", 1)[1].rstrip("\x00")
+
+
+def _client_certificate_server(
+    tmp_path: Path, syslog: Syslog, names: dict[str, str]
+) -> tuple[Server, dict[str, ssl.SSLContext]]:
+    """A master with pop3s asking for client certificates, and a client context for each
+    certificate ``names`` maps to its subject's common name (from the trusted CA)."""
+    ca = selfsigned.make_ca("client CA")
+    ca.write(tmp_path / "client-ca.pem")
+    extra = (
+        f"syslog_socket: {syslog.path}\ntls_client_certs: optional\n"
+        f"tls_client_ca_file: {tmp_path / 'client-ca.pem'}\n"
+    )
+    lab = Lab(tmp_path / "lab", extra_config=extra).create(with_tls=True)
+    assert lab.tls is not None
+    contexts = {}
+    for key, common_name in names.items():
+        issued = selfsigned.issue(ca, common_name, client=True)
+        issued.write(tmp_path / f"{key}.pem", tmp_path / f"{key}.key")
+        context = ssl.create_default_context(cafile=lab.tls.ca)
+        context.load_cert_chain(tmp_path / f"{key}.pem", tmp_path / f"{key}.key")
+        contexts[key] = context
+    return start_server(lab, {"pop3": "", "pop3s": "-s"}), contexts
+
+
+def test_a_verified_certificate_naming_no_user_is_a_refusal(tmp_path: Path, syslog: Syslog) -> None:
+    """The certificate proved who the client is; its name has no user here. It was
+    'EXTERNAL (nosuchuser) [SASL(-13): ...' for fail2ban (found probing); the client's
+    answer is every failure's still."""
+    server, contexts = _client_certificate_server(tmp_path, syslog, {"nouser": "nosuchuser"})
+    try:
+        raw = socket.create_connection(("127.0.0.1", server.ports["pop3s"]), timeout=10)
+        port = raw.getsockname()[1]
+        with contexts["nouser"].wrap_socket(raw, server_hostname="localhost") as sock:
+            reader = sock.makefile("rb")
+            assert reader.readline().startswith(b"+OK ")
+            sock.sendall(b"AUTH EXTERNAL =\r\n")
+            assert reader.readline() == b"-ERR [AUTH] Invalid login\r\n"
+            sock.sendall(b"QUIT\r\n")
+            assert reader.readline().startswith(b"+OK")
+        record = _record_of(syslog, port, "badlogin")
+    finally:
+        assert server.stop() == 0
+    assert record.startswith("badlogin: 127.0.0.1 [127.0.0.1] EXTERNAL (nosuchuser) "), record
+    assert "result=<refused>" in record and FAIL2BAN.search(record) is None
