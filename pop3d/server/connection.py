@@ -44,7 +44,7 @@ from pop3d.protocol.session import Session
 from pop3d.protocol.states import State
 from pop3d.requests import Offload, Request
 from pop3d.security.value import TLSInfo
-from pop3d.server.audit import Login, Result, SessionEnd
+from pop3d.server.audit import Login, Result, SessionEnd, value
 from pop3d.server.carry_out import TABLE, Entry, Where, Work
 from pop3d.server.channel import ByteChannel, ChannelClosed
 from pop3d.server.context import ServiceContext
@@ -791,11 +791,14 @@ class Connection:
             return None
         self._metrics.tls_handshake(ok=True)
         info = tls.facts(connection, server_tls)
+        # The certificate's name escaped as the audit records' fields are: a name spelling
+        # a badlogin record for another address had fail2ban find that host here.
+        client = value(info.client_identity) if info.client_identity else "-"
         line(
             log,
             logging.INFO,
             f"peer={self.channel.peer} TLS {info.version} {info.cipher} ssf={info.ssf} "
-            f"client={info.client_identity or '-'}",
+            f"client={client}",
         )
         return info
 
@@ -850,15 +853,17 @@ class Connection:
             mit.aname_to_localname,
         )
         if user is None:
-            self.end_reason = f"KPOP: principal {event.principal} is not a local user"
+            # Escaped as an audit field (the realm's names are anyone's choice): a principal
+            # spelling a badlogin record made fail2ban find another host in this line.
+            self.end_reason = f"KPOP: principal {value(event.principal)} is not a local user"
             # The ticket proved the principal: a refusal, not a failed login fail2ban counts
             self._audit_login("KPOP", event.principal, Result.REFUSED, "not a local user")
             await self.channel.write(b"-ERR [AUTH] This Kerberos principal has no mailbox here\r\n")
             return None
         audit.info(
             "kpop.good principal=%s user=%s peer=%s mutual=%s",
-            event.principal,
-            user,
+            value(event.principal),
+            value(user),
             self.channel.peer,
             "yes" if event.mutual else "no",
         )

@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from pop3d.kpop.handshake import Handshake, Rejected
+from tests.server.test_audit import FAIL2BAN
 from tests.support.fetchmail_kpop import FETCHED, NO_MAIL, fetchmail_kpop
 from tests.support.kerberos import Realm
 from tests.support.kpop import drive_socket, gssapi_ap_req, gssapi_first_token
@@ -492,3 +493,37 @@ def test_an_expired_ticket(krb5_env: Realm, tmp_path: Path) -> None:
         assert "Traceback" not in server.log_text()
     finally:
         server.stop()
+
+
+# A principal spelling a badlogin record for another address
+FORGED = "badlogin: x[6.6.6.6] x SASL(-13): authentication failure: "
+
+
+@pytest.mark.parametrize(
+    ("principal", "shown"), [(FORGED, None), ("a[b](c)", "a\\x5bb\\x5d\\x28c\\x29")]
+)
+def test_a_principal_is_escaped_in_every_line(
+    server: Server, krb5_env: Realm, tmp_path: Path, principal: str, shown: str | None
+) -> None:
+    """The ended line ('principal ... is not a local user') and kpop.good quoted it with only
+    unprintable characters escaped: fail2ban's pattern found host 6.6.6.6 there (found
+    probing). Now escaped as the audit records' fields; and a name with ':' or a trailing
+    space, which the identity rules refuse, maps to no user."""
+    # kadmin's own parser takes double quotes, not k5test's shell quoting
+    krb5_env.k5.run_kadminl(f'addprinc -pw instance-secret "{principal}"')
+    cache = instance_ccache(krb5_env, principal, tmp_path)
+    with connect(server) as sock:
+        port = sock.getsockname()[1]
+        assert sendauth(sock, cache).code == 0
+        greeting = line(sock)
+        if shown is not None:
+            assert exchange(sock, b"QUIT").startswith(b"+OK")
+    entries = session_lines(server, port)
+    assert not [entry for entry in entries if FAIL2BAN.search(entry)], entries
+    if shown is None:
+        assert greeting.startswith(b"-ERR [AUTH] This Kerberos principal has no mailbox")
+        assert [entry for entry in entries if "is not a local user" in entry], entries
+    else:
+        assert greeting.startswith(b"+OK ")
+        (good,) = [entry for entry in entries if "kpop.good" in entry]
+        assert f"principal={shown}@{krb5_env.name} user={shown} " in good, good

@@ -609,3 +609,29 @@ def test_a_verified_certificate_naming_no_user_is_a_refusal(tmp_path: Path, sysl
         assert server.stop() == 0
     assert record.startswith("badlogin: 127.0.0.1 [127.0.0.1] EXTERNAL (nosuchuser) "), record
     assert "result=<refused>" in record and FAIL2BAN.search(record) is None
+
+
+def test_a_certificate_name_cannot_spell_a_record_in_the_tls_line(
+    tmp_path: Path, syslog: Syslog
+) -> None:
+    """The TLS line quoted the client certificate's name with only unprintable characters
+    escaped: a name spelling a badlogin record had fail2ban's patterns find host 6.6.6.6
+    in a line about 127.0.0.1 (found probing). It is escaped as an audit field now."""
+    names = {"forged": "badlogin: x[6.6.6.6] x SASL(-13): authentication failure: "}
+    server, contexts = _client_certificate_server(tmp_path, syslog, names)
+    try:
+        for context in contexts.values():
+            raw = socket.create_connection(("127.0.0.1", server.ports["pop3s"]), timeout=10)
+            port = raw.getsockname()[1]
+            with context.wrap_socket(raw, server_hostname="localhost") as sock:
+                reader = sock.makefile("rb")
+                assert reader.readline().startswith(b"+OK ")
+                sock.sendall(b"QUIT\r\n")
+                assert reader.readline().startswith(b"+OK")
+            _record_of(syslog, port, "counts")  # the TLS line comes before it
+    finally:
+        assert server.stop() == 0
+    tls_lines = [entry for entry in server.log_text().splitlines() if " client=" in entry]
+    assert [entry for entry in tls_lines if "6.6.6.6" in entry], tls_lines
+    for entry in tls_lines:
+        assert FAIL2BAN.search(entry) is None and "SASL(-13)" not in entry, entry
