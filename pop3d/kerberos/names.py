@@ -13,29 +13,20 @@ GSS-SPNEGO and KPOP.
    Cyrus's KPOP) unless a rule maps it, an empty name, a realm we do not serve, a name with
    MIT's escapes (``\\@``, ``\\/``): refusing those means we never have to unescape.
 
-Whatever a rule produces must still be a plain user name: one the identity rules
-(:mod:`pop3d.auth.identity`) accept as it is, without ``@``; anything else is ignored, and
-rule 2 decides. The identity rules canonicalise the result afterwards like every other
-login (KPOP then compares it exactly).
+Whatever a rule produces must still be a plain user name (no ``/``, ``@``, ``\\``, control
+characters); anything else is ignored, and rule 2 decides. The identity rules canonicalise
+the result afterwards like every other login (KPOP then compares it exactly).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from pop3d.auth.identity import IdentityRules, canonical_user
-
 AuthToLocal = Callable[[str], "str | None"]
-
-# The identity rules without their folding: the name must be one they keep as it is.
-_AS_IS = IdentityRules(username_tolower=False)
 
 
 def _plain(name: str) -> bool:
-    """A name the identity rules accept unchanged, without "@" (a realm or domain is the
-    mapping's to drop). It took "a:b" and "alice " too, which every other login refuses
-    (found probing)."""
-    return "@" not in name and canonical_user(name, _AS_IS) == name
+    return bool(name) and name.isprintable() and not any(ch in name for ch in "/@\\\0")
 
 
 def local_user(

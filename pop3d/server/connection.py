@@ -21,6 +21,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
 
+from pop3d.auth.identity import IdentityRules, canonical_user
 from pop3d.kerberos import mit
 from pop3d.kerberos.mit import Acceptor
 from pop3d.kerberos.names import local_user
@@ -57,6 +58,9 @@ from pop3d.transport.tls_layer import TLSHandshakeError
 
 log = logging.getLogger("pop3d")
 audit = logging.getLogger("pop3d.audit")
+# The identity rules without their folding: a KPOP principal's user must be one they keep
+# as it is (KPOP compares it with USER's canonical name exactly).
+_NAME_AS_IS = IdentityRules(username_tolower=False)
 
 _STREAM_CHUNK = 256 * 1024
 # What _serve_inline leaves in _handoff when it stops to let the other sessions in: the
@@ -852,6 +856,11 @@ class Connection:
             rules.loginrealms,
             mit.aname_to_localname,
         )
+        if user is not None and canonical_user(user, _NAME_AS_IS) != user:
+            # A name the identity rules would refuse or change ("a:b", "alice ", brackets
+            # spelling a log record) is no user: USER could never name it, and the session
+            # would carry it into every line (found probing)
+            user = None
         if user is None:
             # Escaped as an audit field (the realm's names are anyone's choice): a principal
             # spelling a badlogin record made fail2ban find another host in this line.
