@@ -1,8 +1,8 @@
 """The GS2 header (RFC 5801 §4) that SCRAM (RFC 5802 §7) and GS2-KRB5 share: the
 channel-binding flag (``n``, ``y`` or ``p=<type>``) and the authorization identity, and the
-checks both mechanisms make of it: a -PLUS mechanism needs a binding the connection has, a
-plain one must not ask for one, and ``y`` ("I could have bound, but the server offered no
--PLUS") while we did offer -PLUS is a downgrade."""
+checks both mechanisms make of it: a -PLUS mechanism needs a binding the connection has (a
+plain one that asks for one gets it checked all the same), and ``y`` ("I could have bound,
+but the server offered no -PLUS") while we did offer -PLUS is a downgrade."""
 
 from __future__ import annotations
 
@@ -44,8 +44,10 @@ def binding_data(header: Header, context: Context, plus: bool) -> bytes:
     """The connection's channel-binding data the client must prove (b"" without one).
     Raises MalformedResponse for a mismatch of flag, mechanism and connection."""
     if header.binding is not None:
-        if not plus:
-            raise MalformedResponse("channel binding requested on a non-PLUS mechanism")
+        # A binding under the plain name is verified as one under -PLUS: libsasl2 2.1.28's
+        # client (Cyrus's pop3test, what Cyrus sites' tools link) asks for SCRAM-SHA-256
+        # and sends p=tls-unique, which was refused as malformed (found probing). Nothing
+        # is downgraded: the client binds, and a binding that does not match still fails.
         data = context.channel_bindings.get(header.binding)
         if data is None:
             raise MalformedResponse(f"channel binding {header.binding} is not available")

@@ -131,6 +131,42 @@ def test_pop3test_over_pop3s(setup: Setup) -> None:
     assert "Authenticated." in out and "+OK 7 28700" in out, out
 
 
+def test_pop3test_plus_binds_over_tls12_and_is_refused_over_tls13(
+    setup: Setup, tmp_path: Path
+) -> None:
+    """pop3test -m SCRAM-SHA-256-PLUS (libsasl2 2.1.28) sends AUTH SCRAM-SHA-256 with
+    p=tls-unique: refused as malformed before (found probing). Over TLS 1.2 (the extended
+    master secret on) the binding is verified and the login works; over TLS 1.3, where
+    tls-unique is not defined (RFC 9266), the login fails, saying why in the log."""
+    lab = Lab(
+        tmp_path / "lab",
+        extra_config=(
+            "servername: localhost\n"
+            "sasl_mech_list: SCRAM-SHA-256-PLUS SCRAM-SHA-256\n"
+            "tls_versions: tls1_2\n"
+        ),
+    ).create(with_tls=True)
+    assert lab.tls is not None
+    server = start_server(lab, {"pop3s": "-s"})
+    try:
+        for port, ca in ((server.ports["pop3s"], lab.tls.ca), (setup.pop3s, setup.ca)):
+            args = ["-s", "-p", str(port), "-m", "SCRAM-SHA-256-PLUS", "-a", "alice"]
+            done = run(
+                [POP3TEST, *args, "-u", "alice", "-w", "wonderland", "localhost"],
+                input=b"STAT\r\nQUIT\r\n",
+                env={"SSL_CERT_FILE": str(ca), "PATH": "/usr/bin:/bin"},
+            )
+            out = done.stdout.decode(errors="replace") + done.stderr.decode(errors="replace")
+            if port == server.ports["pop3s"]:
+                assert "TLSv1.2" in out and "Authenticated." in out, out
+                assert "+OK 7 28700" in out, out
+            else:
+                assert "TLSv1.3" in out and "Authenticated." not in out, out
+    finally:
+        server.stop()
+    assert "channel binding tls-unique is not available" in setup.server.log_text()
+
+
 # --- curl --------------------------------------------------------------------------------
 
 

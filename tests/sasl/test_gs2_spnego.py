@@ -142,7 +142,7 @@ def test_gs2_downgrade(krb5_env: Realm, ticket_caches: dict[str, Path]) -> None:
         (b"x,,abcd", False),
         (b"n,b=alice,abcd", False),
         (b"n,a=al=ZZice,abcd", False),
-        (b"p=tls-unique,,abcd", False),  # binding on the non-PLUS mechanism
+        (b"p=tls-exporter,,abcd", False),  # on the plain name, one this connection lacks
         (b"n,,abcd", True),  # -PLUS without one
         (b"p=tls-exporter,,abcd", True),  # one this connection lacks
         (b"p=,,abcd", True),

@@ -37,13 +37,15 @@ def scramp_exchange(
     server_bindings: dict[str, bytes] | None = None,
     plus_offered: bool = False,
     tamper: object = None,
+    server_plus: bool | None = None,
 ) -> Success | Failure:
     """A whole exchange between our server mechanism and scramp's client."""
     case = sasl_vectors.Case("x", "test", True, name, "user", "pencil", "success", [])
     authenticator = sasl_run.authenticator_for(tmp_path, case)
     client = scramp.ScramClient([name], "user", password, channel_binding=binding)
     hash_name = name.removeprefix("SCRAM-").removesuffix("-PLUS")
-    mechanism = Scram(hash_name, name.endswith("-PLUS"))
+    plus = name.endswith("-PLUS") if server_plus is None else server_plus
+    mechanism = Scram(hash_name, plus)
     context = Context("lab.test", channel_bindings=server_bindings or {}, plus_offered=plus_offered)
 
     def respond(challenge: bytes) -> bytes:
@@ -96,6 +98,30 @@ def test_plus_with_channel_bindings(tmp_path: Path, name: str, binding_type: str
         server_bindings={binding_type: data},
     )
     assert isinstance(mitm, Failure) and mitm.reason == "channel binding mismatch"
+
+
+def test_a_binding_sent_under_the_plain_name_is_verified(tmp_path: Path) -> None:
+    """libsasl2 2.1.28's client (Cyrus's pop3test -m SCRAM-SHA-256-PLUS) sends AUTH
+    SCRAM-SHA-256 with p=tls-unique: it was refused as malformed (found probing). The
+    binding is checked as under -PLUS: the right one logs in, a wrong or a missing one
+    does not."""
+    data = b"\x01" * 32
+
+    def exchange(directory: str, sent: bytes, bindings: dict[str, bytes]) -> object:
+        return scramp_exchange(
+            tmp_path / directory,
+            "SCRAM-SHA-256-PLUS",
+            binding=("tls-unique", sent),
+            server_bindings=bindings,
+            plus_offered=True,
+            server_plus=False,
+        )
+
+    assert isinstance(exchange("ok", data, {"tls-unique": data}), Success)
+    mitm = exchange("mitm", b"\x02" * 32, {"tls-unique": data})
+    assert isinstance(mitm, Failure) and mitm.reason == "channel binding mismatch"
+    lacking = exchange("lacking", data, {"tls-server-end-point": data})
+    assert isinstance(lacking, Failure) and "not available" in lacking.reason
 
 
 def test_plus_refuses_a_binding_the_connection_lacks(tmp_path: Path) -> None:
