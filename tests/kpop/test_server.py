@@ -11,6 +11,7 @@ other sessions are served meanwhile, and the log has no traceback.
 from __future__ import annotations
 
 import base64
+import os
 import poplib
 import re
 import shutil
@@ -534,3 +535,26 @@ def test_a_principal_is_escaped_in_every_line(
         assert greeting.startswith(b"+OK ")
         (good,) = [entry for entry in entries if "kpop.good" in entry]
         assert f"principal={shown}@{krb5_env.name} user={shown} " in good, good
+
+
+@pytest.mark.parametrize(
+    ("sent", "status"),
+    [
+        (b"GET / HTTP/1.1\r\n\r\n", 76),  # not a KPOP handshake: no session took place
+        (b"", 76),  # nothing at all
+    ],
+)
+def test_pop3d_x_k_exits_76_when_the_handshake_fails(
+    kerberos_realm: Realm, tmp_path: Path, sent: bytes, status: int
+) -> None:
+    """pop3d(8): with -X and -k, a KPOP handshake that failed is exit 76 (EX_PROTOCOL), as
+    a failed TLS handshake is with -s (the page named only -s; found probing)."""
+    keytab = tmp_path / "pop.keytab"
+    shutil.copyfile(kerberos_realm.keytab, keytab)
+    keytab.chmod(0o600)
+    extra = f"servername: localhost\nsasl_keytab: {keytab}\nkpop_handshake_timeout: 2\n"
+    lab = Lab(tmp_path / "lab", extra_config=extra).create()
+    env = dict(os.environ, KRB5_CONFIG=str(kerberos_realm.krb5_conf), KRB5RCACHEDIR=str(tmp_path))
+    done = subprocess.run(lab.pop3d_x("-k"), input=sent, capture_output=True, timeout=60, env=env)
+    assert done.returncode == status, done.stderr
+    assert b"Traceback" not in done.stderr
