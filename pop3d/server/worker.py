@@ -489,9 +489,9 @@ async def serve_stdio(context: ServiceContext) -> bool:
     """One session on stdin/stdout (``-X``; inetd, xinetd, systemd ``Accept=yes``). If
     stdin is a socket the full TCP channel is used, else the pipes (TLS works on both: it
     is a layer of the channel). False if the session never started: the ``-s`` (TLS) or
-    ``-k`` (KPOP) handshake failed, which the caller reports with its exit status. Signals as in a worker:
-    SIGTERM/SIGINT end the session as a shutdown ends a worker's, SIGHUP re-reads the
-    certificate."""
+    ``-k`` (KPOP) handshake failed, which the caller reports with its exit status. Signals
+    as in a worker: SIGTERM/SIGINT end the session as a shutdown ends a worker's, SIGHUP
+    re-reads the certificate."""
     loop = asyncio.get_running_loop()
     shutdown = context.shutdown_message()
     if shutdown is not None:  # Cyrus's <configdirectory>/msg/shutdown
