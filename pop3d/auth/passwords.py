@@ -75,6 +75,11 @@ def _sodium_accepts(p: Argon2Parameters) -> bool:
     )
 
 
+# RFC 4616 §2: a server MUST take authcid and passwd of up to 255 octets; longer
+# passwords are compared as sent (password_forms).
+PREPARED_MAX_OCTETS = 255
+
+
 def password_forms(password: Secret) -> tuple[Secret, ...]:
     """The forms of a password to try against a stored Argon2id hash, in order.
 
@@ -89,9 +94,13 @@ def password_forms(password: Secret) -> tuple[Secret, ...]:
 
     A password in ASCII is its own prepared form (SASLprep maps and normalises nothing
     there, and refuses only the control characters), and so is one that SASLprep refuses
-    or that is not UTF-8: those are tried as sent, once."""
+    or that is not UTF-8: those are tried as sent, once. So is one longer than the 255
+    octets RFC 4616 asks a server to take: SASLprep runs in Python over what NFKC makes
+    of it, up to 18 characters for one, and 64 KiB of U+FDFA in an AUTH PLAIN answer
+    cost 0.7 s of the hashing thread per attempt, the queue of password checks behind it
+    (found probing)."""
     raw = password.reveal()
-    if raw.isascii():
+    if raw.isascii() or len(raw) > PREPARED_MAX_OCTETS:
         return (password,)
     try:
         prepared = saslprep(raw.decode("utf-8")).encode("utf-8")

@@ -12,6 +12,7 @@ import pytest
 
 from pop3d.auth import authenticator as authenticator_module
 from pop3d.auth import credentials
+from pop3d.auth import passwords as passwords_module
 from pop3d.auth.authenticator import Authenticator
 from pop3d.auth.credentials import CredentialFile, UserRecord
 from pop3d.auth.passwords import hash_password, password_forms
@@ -43,6 +44,28 @@ def test_the_forms_tried() -> None:
     for one in ("secret", NFC_ALREADY, "bell\u0007", PREPARED):
         assert [f.reveal() for f in password_forms(Secret(one.encode()))] == [one.encode()]
     assert [f.reveal() for f in password_forms(Secret(b"\xff\xfe"))] == [b"\xff\xfe"]
+
+
+def test_a_password_past_rfc_4616s_255_octets_is_not_prepared(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SASLprep runs in Python over what NFKC makes of the password (U+FDFA is 18
+    characters): 64 KiB of it in an AUTH PLAIN answer cost 0.7 s of the hashing thread per
+    attempt (found probing). Past 255 octets the password is tried as sent, unprepared."""
+    prepared: list[str] = []
+    real = passwords_module.saslprep
+
+    def counted(text: str) -> str:
+        prepared.append(text)
+        return real(text)
+
+    monkeypatch.setattr(passwords_module, "saslprep", counted)
+    at_the_bound = ("\ufdfa" * 85).encode()  # 255 octets
+    assert len(password_forms(Secret(at_the_bound))) == 2 and len(prepared) == 1
+    past_it = ("\ufdfa" * 86).encode()
+    assert [f.reveal() for f in password_forms(Secret(past_it))] == [past_it]
+    assert [f.reveal() for f in password_forms(Secret(past_it * 200))] == [past_it * 200]
+    assert len(prepared) == 1
 
 
 def test_a_password_stored_by_passwd_matches_every_spelling(lab: Lab) -> None:

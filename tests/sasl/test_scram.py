@@ -11,6 +11,7 @@ import scramp
 import scramp.core
 
 from pop3d.sasl.mechanism import Context, Failure, MalformedResponse, Success
+from pop3d.sasl.requests import FetchSecrets
 from pop3d.sasl.saslprep import SASLprepError, saslprep
 from pop3d.sasl.scram import Scram
 from tests.support import sasl_run, sasl_vectors
@@ -143,6 +144,21 @@ def test_saslname_that_is_not_utf8_is_malformed(client_first: bytes) -> None:
     # UnicodeDecodeError out of the exchange (and so out of the session).
     with pytest.raises(MalformedResponse, match="not UTF-8"):
         Scram("SHA-256", plus=False).run(Context("lab.test"), client_first).send(None)
+
+
+def test_a_user_name_past_255_octets_is_refused_before_saslprep() -> None:
+    """SASLprep runs in Python on the event loop: a name of 64 KiB of U+FDFA (18 characters
+    each after NFKC) held every session of the worker for 0.7 s (found probing)."""
+    at_the_bound = ("\ufdfa" * 85).encode()  # 255 octets: prepared, then refused as a name
+    steps = Scram("SHA-256", plus=False).run(
+        Context("lab.test"), b"n,,n=" + at_the_bound + b",r=abc"
+    )
+    assert isinstance(steps.send(None), FetchSecrets)
+    long = ("\ufdfa" * 86).encode()
+    with pytest.raises(MalformedResponse, match="longer than 255 octets"):
+        Scram("SHA-256", plus=False).run(Context("lab.test"), b"n,,n=" + long + b",r=abc").send(
+            None
+        )
 
 
 @pytest.mark.parametrize("nonce", [b"ab c", b"ab\x01c", b"ab\x7fc", b"ab\tc", b"ab\xc3\xa9"])
