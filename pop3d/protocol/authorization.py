@@ -99,7 +99,7 @@ def user(session: Session, argument: bytes) -> Outcome:
     if not argument:
         raise ArgumentError("Missing argument: user name")
     if not login_permitted(session, Action.PLAINTEXT_LOGIN, attempt=_named(session, argument)):
-        return Outcome.FAIL
+        return Outcome.BAD  # recorded: counted, as an abandoned AUTH is
     rules = session.settings.identity
     split = split_folder(argument, rules)
     name = None if split is None else canonical_user(split[0], rules)
@@ -211,7 +211,7 @@ def apop(session: Session, argument: bytes) -> HandlerResult:
     except ArgumentError:
         first = b""
     if not login_permitted(session, Action.APOP, attempt=_named(session, first, "APOP")):
-        return Outcome.FAIL
+        return Outcome.BAD  # recorded: counted, as an abandoned AUTH is
     if session.challenge is None:
         session.err("APOP is not enabled on this server")
         return Outcome.BAD

@@ -59,7 +59,7 @@ def auth(session: Session, argument: bytes) -> HandlerResult:
     # response sent without its mechanism (a secret)
     method = f"AUTH {name}" if mechanism is not None else "AUTH"
     if not login_permitted(session, Action.SASL, attempt=("-", method)):
-        return Outcome.FAIL
+        return Outcome.BAD  # recorded: counted as _exchange's abandoned attempts are
     if mechanism is None or name not in available:
         # Echo the name only when it is a mechanism's, never client bytes at large
         # (control characters, kilobytes: found by fuzz/), nor a name-shaped word that may
@@ -135,7 +135,10 @@ def _exchange(
                 # iterations of a name, then cancelled, left no record (found probing).
                 name = _logged_name(named, rules)
                 session.notice(LoginFailed(name, method, response.how, abandoned=True))
-                return Outcome.FAIL
+                # Counted as a bad command: without a pause or a count, '*' after AUTH made
+                # a record every few octets, thousands a second (found probing), enough to
+                # trip a syslog rate limit that then dropped the client's own badlogins
+                return Outcome.BAD
             reply = response
         else:
             named = str(getattr(step, "user", "") or named)

@@ -635,3 +635,29 @@ def test_a_certificate_name_cannot_spell_a_record_in_the_tls_line(
     assert [entry for entry in tls_lines if "6.6.6.6" in entry], tls_lines
     for entry in tls_lines:
         assert FAIL2BAN.search(entry) is None and "SASL(-13)" not in entry, entry
+
+
+def test_abandoned_attempts_count_as_bad_commands(tmp_path: Path) -> None:
+    """AUTH then '*' made a record every few octets, thousands a second on one connection
+    (found probing: enough to trip a syslog rate limit that then drops the client's own
+    badlogin lines). Each abandoned attempt now counts toward the bad-command limit: the
+    connection ends after as many records as that limit allows."""
+    jsonl = tmp_path / "audit.jsonl"
+    lab = Lab(tmp_path / "lab", extra_config=f"audit_jsonl_file: {jsonl}\n").create()
+    server = start_server(lab)
+    try:
+        c = Client(server.port)
+        answers = []
+        for _ in range(40):
+            if c.ask(b"AUTH PLAIN") != b"+ ":
+                break
+            answers.append(c.ask(b"*"))
+            if not answers[-1].startswith(b"-ERR [AUTH] Authentication cancelled"):
+                break
+        assert answers[-1] == b"-ERR Too many bad commands, closing connection", answers
+        assert c.sock.recv(100) == b""
+    finally:
+        assert server.stop() == 0
+    logins = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    abandoned = [r for r in logins if r["event"] == "login" and r["result"] == "abandoned"]
+    assert 1 <= len(abandoned) <= 21, len(abandoned)  # the limit is 20 bad commands
