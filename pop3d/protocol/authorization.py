@@ -29,6 +29,8 @@ from pop3d.security.secret import Secret
 from pop3d.security.value import TLSInfo
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from pop3d.protocol.session import Session
 
 _HEX = frozenset(b"0123456789abcdefABCDEF")
@@ -70,16 +72,17 @@ def _start_tls(session: Session) -> Task:
 
 
 def login_permitted(
-    session: Session, action: Action, attempt: tuple[str, str] | None = None
+    session: Session, action: Action, attempt: Callable[[], tuple[str, str]] | None = None
 ) -> bool:
-    """The policy's word on ``action`` here, its reason the -ERR. ``attempt``: (user,
+    """The policy's word on ``action`` here, its reason the -ERR. ``attempt``: the (user,
     method) of a login the refusal ends, recorded without a verdict (found probing: USER,
     AUTH and APOP refused on a clear connection left no record, though the client's
-    credentials may have crossed it already, pipelined behind)."""
+    credentials may have crossed it already, pipelined behind); asked only on a refusal,
+    so a permitted USER does not canonicalise its name twice."""
     decision = session.settings.policy.permits(action, session.security)
     if not decision.allowed:
         if attempt is not None:
-            name, method = attempt
+            name, method = attempt()
             session.notice(LoginFailed(name, method, decision.reason, abandoned=True))
         session.err(f"[AUTH] {decision.reason}")
     return decision.allowed
@@ -95,10 +98,20 @@ def _named(session: Session, raw: bytes, method: str = "USER") -> tuple[str, str
     return (name or raw.decode("utf-8", "replace") or "-", method)
 
 
+def _apop_named(session: Session, argument: bytes) -> tuple[str, str]:
+    try:  # the name a refusal is recorded under; the syntax is checked after the policy
+        first = (commands.split_arguments(argument) or [b""])[0]
+    except ArgumentError:
+        first = b""
+    return _named(session, first, "APOP")
+
+
 def user(session: Session, argument: bytes) -> Outcome:
     if not argument:
         raise ArgumentError("Missing argument: user name")
-    if not login_permitted(session, Action.PLAINTEXT_LOGIN, attempt=_named(session, argument)):
+    if not login_permitted(
+        session, Action.PLAINTEXT_LOGIN, attempt=lambda: _named(session, argument)
+    ):
         return Outcome.BAD  # recorded: counted, as an abandoned AUTH is
     rules = session.settings.identity
     split = split_folder(argument, rules)
@@ -206,11 +219,7 @@ def kpop_pass(session: Session, argument: bytes) -> Task:
 
 
 def apop(session: Session, argument: bytes) -> HandlerResult:
-    try:  # the name the refusal below is recorded under; the syntax is checked after it
-        first = (commands.split_arguments(argument) or [b""])[0]
-    except ArgumentError:
-        first = b""
-    if not login_permitted(session, Action.APOP, attempt=_named(session, first, "APOP")):
+    if not login_permitted(session, Action.APOP, attempt=lambda: _apop_named(session, argument)):
         return Outcome.BAD  # recorded: counted, as an abandoned AUTH is
     if session.challenge is None:
         session.err("APOP is not enabled on this server")

@@ -58,7 +58,7 @@ def auth(session: Session, argument: bytes) -> HandlerResult:
     # recorded under the mechanism's name only: a word that names none may be an initial
     # response sent without its mechanism (a secret)
     method = f"AUTH {name}" if mechanism is not None else "AUTH"
-    if not login_permitted(session, Action.SASL, attempt=("-", method)):
+    if not login_permitted(session, Action.SASL, attempt=lambda: ("-", method)):
         return Outcome.BAD  # recorded: counted as _exchange's abandoned attempts are
     if mechanism is None or name not in available:
         # Echo the name only when it is a mechanism's, never client bytes at large
