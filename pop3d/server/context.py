@@ -111,6 +111,10 @@ def _warn_credential_file_still_used(config: Config, method: str) -> None:
 _SETTLED_NS = 2_000_000_000
 
 
+_RESPONSE_MAX = 512  # RFC 2449 §4, CRLF included
+_SHUTDOWN_PREFIX = b"-ERR [SYS/TEMP] "
+
+
 def _first_octets(path: str) -> bytes:
     """The first 512 octets of a shutdown file. Opened non-blocking and read only if a
     regular file, as config files are (config/imapd.py): a FIFO of that name blocked the
@@ -362,7 +366,15 @@ class ServiceContext:
                 first = b""
             text = first.split(b"\n")[0].rstrip(b"\r").lstrip(b"[")
             text = bytes(c for c in text if 32 <= c < 127 or c >= 128)
-            return b"-ERR [SYS/TEMP] " + (text or b"Server is shutting down") + b"\r\n"
+            # RFC 2449 §4: a response line is at most 512 octets, CRLF included; a long
+            # first line made 530 (found probing). Cut where a UTF-8 character begins.
+            room = _RESPONSE_MAX - len(_SHUTDOWN_PREFIX) - 2
+            if len(text) > room:
+                cut = room
+                while cut > 0 and 0x80 <= text[cut] < 0xC0:  # a continuation octet
+                    cut -= 1
+                text = text[:cut]
+            return _SHUTDOWN_PREFIX + (text or b"Server is shutting down") + b"\r\n"
         return None
 
     def connection_info(

@@ -477,6 +477,20 @@ def test_shutdown_file_under_x(lab: Lab) -> None:
     assert done.stdout == b"-ERR [SYS/TEMP] Back soon\r\n"
 
 
+@pytest.mark.parametrize("first_line", ["x" * 600, "x" + "\u00e9" * 300])
+def test_a_long_shutdown_message_is_cut_to_a_response_line(lab: Lab, first_line: str) -> None:
+    """RFC 2449 §4: 512 octets at most, CRLF included (a 600-character first line made a
+    530-octet answer, found probing); cut between two UTF-8 characters."""
+    folder = lab.root / "config" / "msg"
+    folder.mkdir()
+    (folder / "shutdown").write_text(first_line + "\n")
+    done = subprocess.run(lab.pop3d_x(), input=b"CAPA\r\n", capture_output=True, timeout=30)
+    answer = done.stdout
+    assert answer.startswith(b"-ERR [SYS/TEMP] ") and answer.endswith(b"\r\n"), answer
+    assert 500 <= len(answer) <= 512, len(answer)
+    assert answer[16:-2].decode("utf-8") in first_line
+
+
 def test_shutdown_file_under_x_with_implicit_tls_is_a_close(tls_lab: Lab) -> None:
     """Under -X -s the client speaks TLS first: an -ERR in clear where its ServerHello
     belongs read as a handshake failure. The close alone, as on a pop3s listener."""
