@@ -255,12 +255,16 @@ class Connection:
             # Counted against maxchild until the socket is closed (Worker._finished).
             dropped = await self.channel.finished(self.context.idle_timeout)
             if dropped:
+                # A shutdown's grace period cuts the wait short too: the line named
+                # poptimeout for a RETR cut off by SIGTERM (found probing)
+                shutting_down = self.end_reason == "server shutting down"
                 log.info(
                     "session %s peer=%s: connection dropped, %d octets of its last "
-                    "answers not taken within poptimeout",
+                    "answers not taken %s",
                     self._session_id,
                     self.channel.peer,
                     dropped,
+                    "before the server shut down" if shutting_down else "within poptimeout",
                 )
 
     @property

@@ -417,6 +417,10 @@ class Worker:
                 connection.channel.close()
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=SHUTDOWN_GRACE)
+            for connection in self.connections.values():
+                # cut off by the grace period: its end line said "closed", and the last
+                # answers it could not flush were blamed on poptimeout (found probing)
+                connection.end_reason = connection.end_reason or "server shutting down"
             for task in pending:
                 task.cancel()
             if pending:

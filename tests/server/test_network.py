@@ -767,3 +767,35 @@ def test_a_pipelining_client_that_reads_fast_does_not_hold_the_worker(
     # A median of a few milliseconds now; the bound is generous for a busy CI.
     assert waits[len(waits) // 2] < 0.05, waits
     victim.close()
+
+
+def test_an_answer_cut_off_by_sigterm_is_not_blamed_on_poptimeout(lab: Lab) -> None:
+    """A RETR the client stopped reading, then SIGTERM: the grace period cuts the wait for
+    the last answer short, and the line said it was 'not taken within poptimeout' (found
+    probing); it now names the shutdown."""
+    body = (b"x" * 78 + b"\n") * 250_000
+    (lab.maildir("bob") / "new" / f"9999999999.M9P9.big,S={len(body)}").write_bytes(body)
+    server = start_server(lab)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills at once
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", server.port))
+    reader = sock.makefile("rb")
+    try:
+        assert reader.readline().startswith(b"+OK")
+        assert command(sock, reader, b"USER bob").startswith(b"+OK")
+        assert command(sock, reader, b"PASS builder").startswith(b"+OK")
+        count = int(command(sock, reader, b"STAT").split()[1])
+        assert command(sock, reader, b"LIST %d" % count).split()[2] == b"%d" % (
+            len(body) * 80 // 79
+        )
+        sock.sendall(b"RETR %d\r\n" % count)  # the big one (the newest), never read
+        time.sleep(0.5)
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=30) == 0
+    finally:
+        reader.close()
+        sock.close()
+    text = server.log_text()
+    assert "answers not taken before the server shut down" in text, text[-2000:]
+    assert "within poptimeout" not in text
