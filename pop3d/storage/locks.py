@@ -20,6 +20,17 @@ byte's offset in it. Two maildrops sharing a key (one chance in 2^62 per pair) w
 exclude each other. OFD locks held through one open file description
 never conflict with each other, so the process keeps its own set of the bytes it holds,
 under a mutex (maildrops are opened in I/O threads).
+
+A lock is on a file, and a name can be made to point elsewhere: ``pop3d.lock`` unlinked
+or renamed over, the table's folder removed (the next locker makes a new one). Two
+checks keep two holders from locking two different files for one maildrop. A locker
+checks, after locking, that the name is still the file it locked, and opens again if not
+(a few times, then :class:`StorageError`). A table checks that at every lock, so a
+process whose table went away moves to the new one, taking again every byte it holds
+there. And a holder that finds its file gone takes the lock again on the new file before
+an UPDATE (:meth:`MaildropLock.reassert`); if another holder has it by then, the UPDATE
+is not carried out. What stays open (SECURITY.md): between the removal and that moment,
+a second session can open the maildrop and read it.
 """
 
 from __future__ import annotations
@@ -45,19 +56,59 @@ _KEY_MASK = (1 << 62) - 1
 # over 64 files. Over 256, a list is 40 locks at 10,000 sessions, for 256 descriptors a
 # process (server/fdlimit.py counts them with the worker's reserve).
 SHARDS = 256
+# A name changing under every one of these attempts is not a race but someone doing it
+# on purpose: refuse rather than spin.
+_ATTEMPTS = 8
 
 
 class MaildropLock(Protocol):
+    def reassert(self, root: int) -> bool:
+        """Whether the lock is still the one every other locker sees, taking it again on
+        the file that now bears its name if not (the Maildir open as ``root``): False if
+        another holder has that one, or it cannot be had."""
+        ...
+
     def release(self) -> None: ...
+
+
+def _names(fd: int, name: str | Path, dir_fd: int | None = None) -> bool:
+    """Whether ``name`` (not followed) is the file open as ``fd``: not when it was
+    unlinked or renamed over since it was opened."""
+    try:
+        there = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise StorageError(f"cannot check the lock {name}: {exc.strerror}") from exc
+    mine = os.fstat(fd)
+    # st_nlink: a name that is still the inode is a link to it, but NFS may show an
+    # unlinked open file under its old attributes for a while.
+    return (there.st_dev, there.st_ino) == (mine.st_dev, mine.st_ino) and mine.st_nlink > 0
 
 
 class FileLock:
     """``flock`` on the Maildir's ``pop3d.lock``; closing the descriptor releases it."""
 
-    __slots__ = ("_fd",)
+    __slots__ = ("_fd", "_path")
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, path: Path) -> None:
         self._fd = fd
+        self._path = path
+
+    def reassert(self, root: int) -> bool:
+        if self._fd < 0:
+            return False
+        if _names(self._fd, LOCK_NAME, root):
+            return True
+        # Ours is held on a file nobody else can open any more: take the one they can,
+        # before letting go of ours, so the maildrop is never without a holder here.
+        try:
+            fresh = lock_in_maildir(root, self._path)
+        except StorageError:
+            return False
+        os.close(self._fd)
+        self._fd, fresh._fd = fresh._fd, -1
+        return True
 
     def release(self) -> None:
         if self._fd >= 0:
@@ -68,23 +119,31 @@ class FileLock:
 def lock_in_maildir(root: int, path: Path) -> FileLock:
     """The ``maildir`` way: the Maildir open as ``root`` locked through its ``pop3d.lock``.
     :class:`MaildropInUse` if another holder has it, :class:`StorageError` otherwise."""
-    try:
-        fd = os.open(
-            LOCK_NAME,
-            os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-            0o600,
-            dir_fd=root,
-        )
-    except OSError as exc:
-        raise StorageError(f"cannot open lock in {path}: {exc.strerror}") from exc
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
+    for _ in range(_ATTEMPTS):
+        try:
+            fd = os.open(
+                LOCK_NAME,
+                os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                0o600,
+                dir_fd=root,
+            )
+        except OSError as exc:
+            raise StorageError(f"cannot open lock in {path}: {exc.strerror}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if _names(fd, LOCK_NAME, root):
+                return FileLock(fd, path)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in _BUSY:
+                raise MaildropInUse(f"{path} is locked") from exc
+            raise StorageError(f"cannot lock {path}: {exc.strerror}") from exc
+        except BaseException:
+            os.close(fd)
+            raise
+        # Unlinked or replaced between the open and the flock: a lock nobody else sees.
         os.close(fd)
-        if exc.errno in _BUSY:
-            raise MaildropInUse(f"{path} is locked") from exc
-        raise StorageError(f"cannot lock {path}: {exc.strerror}") from exc
-    return FileLock(fd)
+    raise StorageError(f"cannot lock {path}: its {LOCK_NAME} keeps being replaced")
 
 
 class LockTable:
@@ -96,6 +155,9 @@ class LockTable:
         self.path = path
         self._fds: list[int] = []
         self._held: set[int] = set()
+        # Held keys that another process took while the table was being replaced: their
+        # sessions hold nothing others can see (TableLock.reassert says so).
+        self._lost: set[int] = set()
         self._mutex = threading.Lock()
 
     def _descriptors(self) -> list[int]:
@@ -117,28 +179,76 @@ class LockTable:
             self._fds = fds
         return self._fds
 
+    def _current(self, shard: int) -> bool:
+        return _names(self._fds[shard], self.path / f"{shard:02x}")
+
+    def _reopen(self) -> None:
+        """The table was removed or replaced: open the one others now lock and take every
+        byte held here again in it, before closing the old files (which releases them
+        there), so no moment passes with a held maildrop free in the new table."""
+        old, self._fds = self._fds, []
+        try:
+            fds = self._descriptors()
+        except StorageError:
+            self._fds = old
+            raise
+        for key in self._held - self._lost:
+            try:
+                fcntl.fcntl(fds[key % SHARDS], fcntl.F_OFD_SETLK, _flock(fcntl.F_WRLCK, key))
+            except OSError:
+                self._lost.add(key)
+        for fd in old:
+            os.close(fd)
+
     def lock(self, root: int, path: Path) -> TableLock:
         """Lock the maildrop whose Maildir is open as ``root``: :class:`MaildropInUse` if a
         session of this process or another holds it, :class:`StorageError` otherwise."""
         info = os.fstat(root)
         digest = hashlib.blake2b(struct.pack("<QQ", info.st_dev, info.st_ino), digest_size=8)
         key = int.from_bytes(digest.digest(), "little") & _KEY_MASK
+        shard = key % SHARDS
         with self._mutex:
             if key in self._held:
                 raise MaildropInUse(f"{path} is locked")
-            fds = self._descriptors()
+            for _ in range(_ATTEMPTS):
+                fds = self._descriptors()
+                try:
+                    fcntl.fcntl(fds[shard], fcntl.F_OFD_SETLK, _flock(fcntl.F_WRLCK, key))
+                except OSError as exc:
+                    if exc.errno in _BUSY:
+                        raise MaildropInUse(f"{path} is locked") from exc
+                    raise StorageError(f"cannot lock {path}: {exc.strerror}") from exc
+                # Checked after locking: a table replaced before the check is seen; one
+                # replaced after it finds this byte when its locker moves over (_reopen).
+                try:
+                    current = self._current(shard)
+                except StorageError:
+                    fcntl.fcntl(fds[shard], fcntl.F_OFD_SETLK, _flock(fcntl.F_UNLCK, key))
+                    raise
+                if current:
+                    self._held.add(key)
+                    return TableLock(self, key)
+                fcntl.fcntl(fds[shard], fcntl.F_OFD_SETLK, _flock(fcntl.F_UNLCK, key))
+                self._reopen()
+        raise StorageError(f"cannot lock {path}: the lock table {self.path} keeps being replaced")
+
+    def reassert(self, key: int) -> bool:
+        with self._mutex:
             try:
-                fcntl.fcntl(fds[key % SHARDS], fcntl.F_OFD_SETLK, _flock(fcntl.F_WRLCK, key))
-            except OSError as exc:
-                if exc.errno in _BUSY:
-                    raise MaildropInUse(f"{path} is locked") from exc
-                raise StorageError(f"cannot lock {path}: {exc.strerror}") from exc
-            self._held.add(key)
-        return TableLock(self, key)
+                if key in self._held and not self._current(key % SHARDS):
+                    self._reopen()
+            except StorageError:
+                return False
+            return key in self._held and key not in self._lost
 
     def unlock(self, key: int) -> None:
         with self._mutex:
             if key not in self._held:
+                return
+            if key in self._lost:
+                # Another process's byte now: not ours to unlock.
+                self._lost.discard(key)
+                self._held.discard(key)
                 return
             try:
                 fcntl.fcntl(self._fds[key % SHARDS], fcntl.F_OFD_SETLK, _flock(fcntl.F_UNLCK, key))
@@ -155,6 +265,9 @@ class TableLock:
     def __init__(self, table: LockTable, key: int) -> None:
         self._table: LockTable | None = table
         self._key = key
+
+    def reassert(self, root: int) -> bool:
+        return self._table is not None and self._table.reassert(self._key)
 
     def release(self) -> None:
         if self._table is not None:

@@ -944,6 +944,14 @@ class MaildirMaildrop:
     ) -> tuple[int, int]:
         removed = failed = 0
         with self._opened() as folders:
+            try:
+                root = folders.get("")
+            except StorageError:
+                root = None  # the Maildir itself gone or replaced: nothing here is ours
+            if root is None or (self._lock is not None and not self._lock.reassert(root)):
+                # Or our lock file was removed or replaced and another session now holds
+                # the one in its place: its UPDATE, not ours (storage/locks.py).
+                return 0, len(deleted)
             if self.use_flags and seen:
                 gone = set(deleted)
                 self._mark_seen(folders, tuple(index for index in seen if index not in gone))

@@ -7,6 +7,7 @@ whatever path reached it."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -149,3 +150,121 @@ def test_check_config_sees_what_would_stop_the_table_and_makes_nothing(lab: Lab)
     table.rename(lab.root / "moved")
     table.symlink_to(lab.root / "moved")
     assert "is not a folder" in (check_table(table) or "")
+
+
+class _Holder:
+    """Another process with a store of the lab, driven a line at a time: ``open USER``,
+    ``commit`` (delete the first message of what it opened), each answered on stdout."""
+
+    SCRIPT = textwrap.dedent(
+        """
+        import sys
+        from pathlib import Path
+        from pop3d.storage.base import StorageError
+        from pop3d.storage.maildir import MaildirStore
+        spool, table = sys.argv[1], sys.argv[2]
+        store = MaildirStore("%p/%u/Maildir", spool, lock_table=Path(table) if table else None)
+        drops = []
+        for line in sys.stdin:
+            verb, _, user = line.split(" ")[0], None, line.split(" ")[-1].strip()
+            if verb == "open":
+                try:
+                    drops.append(store.open(user))
+                    print("opened", flush=True)
+                except StorageError as exc:
+                    print(type(exc).__name__, flush=True)
+            else:
+                print(*drops[0].commit((0,), None), flush=True)
+        """
+    )
+
+    def __init__(self, lab: Lab, mode: str) -> None:
+        table = str(_table(lab)) if mode == "table" else ""
+        self.child = subprocess.Popen(
+            [sys.executable, "-c", self.SCRIPT, str(lab.root / "spool"), table],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def ask(self, line: str) -> str:
+        assert self.child.stdin is not None and self.child.stdout is not None
+        self.child.stdin.write(line + "\n")
+        self.child.stdin.flush()
+        return self.child.stdout.readline().strip()
+
+    def end(self) -> None:
+        self.child.kill()
+        self.child.wait(timeout=10)
+        for stream in (self.child.stdin, self.child.stdout):
+            if stream is not None:
+                stream.close()
+
+
+def _remove_the_lock(lab: Lab, how: str) -> None:
+    """What a hostile hand or a careless cleanup does to the file a holder has locked."""
+    lock = lab.maildir("bob") / "pop3d.lock"
+    if how == "unlink":
+        lock.unlink()
+    elif how == "rename":
+        lab.maildir("bob").joinpath("planted").write_text("")
+        lab.maildir("bob").joinpath("planted").rename(lock)
+    else:
+        shutil.rmtree(lab.root / "config" / "lock")
+
+
+REMOVALS = (("maildir", "unlink"), ("maildir", "rename"), ("table", "rmtree"))
+
+
+@pytest.mark.parametrize(("mode", "how"), REMOVALS)
+def test_a_holder_whose_lock_file_went_takes_the_new_one_before_its_update(
+    lab: Lab, mode: str, how: str
+) -> None:
+    holder = _Holder(lab, mode)
+    try:
+        assert holder.ask("open bob") == "opened"
+        _remove_the_lock(lab, how)
+        before = len(lab.messages("bob"))
+        assert holder.ask("commit") == "1 0"
+        assert len(lab.messages("bob")) == before - 1
+        # The holder now holds the file a new locker finds.
+        with pytest.raises(MaildropInUse):
+            _store(lab, mode).open("bob")
+    finally:
+        holder.end()
+
+
+@pytest.mark.parametrize(("mode", "how"), REMOVALS)
+def test_a_holder_whose_lock_another_took_in_the_new_file_carries_out_nothing(
+    lab: Lab, mode: str, how: str
+) -> None:
+    holder = _Holder(lab, mode)
+    try:
+        assert holder.ask("open bob") == "opened"
+        _remove_the_lock(lab, how)
+        # The limit SECURITY.md states: the second session gets the maildrop...
+        second = _store(lab, mode).open("bob")
+        before = len(lab.messages("bob"))
+        # ...and the first, finding it held, does not carry out its UPDATE.
+        assert holder.ask("commit") == "0 1"
+        assert len(lab.messages("bob")) == before
+        second.close()
+    finally:
+        holder.end()
+
+
+def test_a_process_whose_table_went_moves_its_held_locks_to_the_new_one(lab: Lab) -> None:
+    """Any lock the process takes after the table was removed brings the maildrops it holds
+    into the new table, before another process can take them there."""
+    holder = _Holder(lab, "table")
+    try:
+        assert holder.ask("open bob") == "opened"
+        _remove_the_lock(lab, "rmtree")
+        assert holder.ask("open alice") == "opened"
+        with pytest.raises(MaildropInUse):
+            _store(lab, "table").open("bob")
+        with pytest.raises(MaildropInUse):
+            _store(lab, "table").open("alice")
+        _store(lab, "table").open("carol").close()
+    finally:
+        holder.end()
