@@ -17,7 +17,6 @@ SIGTERM while retiring turns into the shutdown above.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import gc
 import logging
@@ -447,32 +446,34 @@ def collected_objects() -> int:
 async def read_proxy_header(
     loop: asyncio.AbstractEventLoop, client: socket.socket
 ) -> proxy.ProxyHeader:
-    """Read exactly the PROXY header: peek until its length is known, then consume it.
+    """Read exactly the PROXY header, whatever writes it arrives in, and not one byte of
+    the TLS or POP3 data behind it (that is not ours to take): peek at what is there, and
+    take only what is known to be header.
 
-    Waiting is event-driven, not polled: after a partial peek the bytes stay in the socket
-    (they must, the TLS or POP3 data behind the header is not ours to take), so the socket
-    would stay readable; the receive low-water mark (``SO_RCVLOWAT``) is raised past what
-    is there, and the socket becomes readable again only when more arrives, or at EOF or an
-    error. A thousand half-sent headers cost no CPU until their timeout."""
-    seen = 0
-    try:
-        while True:
-            await _readable(loop, client)
-            prefix = client.recv(proxy.V2_MAX, socket.MSG_PEEK)
-            if not prefix:
+    Waiting is event-driven, not polled: while the header is incomplete every byte that
+    came is header, and taking it leaves the socket unreadable until more arrives, or at
+    EOF or an error. A thousand half-sent headers cost no CPU until their timeout. (Raising
+    ``SO_RCVLOWAT`` over bytes left unread did that on TCP only: poll on a Linux unix
+    stream socket ignores it, so it stayed readable and looked closed.)"""
+    header = b""
+    while True:
+        await _readable(loop, client)
+        # Readable with nothing to peek can only be EOF: everything earlier was taken.
+        peeked = client.recv(proxy.V2_MAX, socket.MSG_PEEK)
+        if not peeked:
+            if not header:
                 raise proxy.ProxyHeaderError("connection closed before the header")
-            if len(prefix) == seen:  # readable without more bytes: the peer closed
-                raise proxy.ProxyHeaderError(f"connection closed after {seen} octets of the header")
-            seen = len(prefix)
-            length = proxy.header_length(prefix)
-            if length != proxy.NEED_MORE and seen >= length:
-                return proxy.parse(client.recv(length))
-            wanted = seen + 1 if length == proxy.NEED_MORE else length
-            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, wanted)
-    finally:
-        if seen:
-            with contextlib.suppress(OSError):  # asyncio must see every byte as before
-                client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+            raise proxy.ProxyHeaderError(
+                f"connection closed after {len(header)} octets of the header"
+            )
+        length = proxy.header_length(header + peeked)
+        if length == proxy.NEED_MORE or len(header) + len(peeked) < length:
+            header += client.recv(len(peeked))
+            continue
+        header += client.recv(length - len(header))
+        if len(header) == length:
+            return proxy.parse(header)
+        # A short read leaves the rest queued, so the socket is still readable: loop.
 
 
 async def _readable(loop: asyncio.AbstractEventLoop, client: socket.socket) -> None:

@@ -166,6 +166,7 @@ def start_server(
     python: str = sys.executable,
     maxchild: int = 2000,
     workers: int | None = None,
+    sockets: Mapping[str, Path] | None = None,
 ) -> Server:
     """Start pop3d-master with ``services`` (name -> extra pop3d flags) and wait until
     every port accepts connections. ``env`` is added to the master's environment (its
@@ -173,10 +174,17 @@ def start_server(
     master (``setpriv ...`` to drop capabilities, which its workers inherit); ``python``:
     the interpreter to run it with (and its workers); ``prefork=None`` leaves ``prefork``
     out of cyrus.conf, and ``workers`` is then how many worker processes to wait for per
-    service (default 1). A port free_port() found can be taken by another test's
-    connection before the master binds it: then the master exits 71 and we try new
-    ports."""
-    options = {"wrapper": wrapper, "python": python, "maxchild": maxchild, "workers": workers}
+    service (default 1); ``sockets`` maps a service to the unix socket it listens on
+    instead of a port (it is then not in ``ports``). A port free_port() found can be
+    taken by another test's connection before the master binds it: then the master exits
+    71 and we try new ports."""
+    options = {
+        "wrapper": wrapper,
+        "python": python,
+        "maxchild": maxchild,
+        "workers": workers,
+        "sockets": sockets or {},
+    }
     for attempt in range(5):
         try:
             return _start_server(lab, services or {"pop3": ""}, prefork, env or {}, **options)
@@ -200,12 +208,14 @@ def _start_server(
     python: str = sys.executable,
     maxchild: int = 2000,
     workers: int | None = None,
+    sockets: Mapping[str, Path],
 ) -> Server:
-    ports = {name: free_port() for name in services}
+    ports = {name: free_port() for name in services if name not in sockets}
     lines = ["SERVICES {"]
     for name, flags in services.items():
+        listen = sockets[name] if name in sockets else f"127.0.0.1:{ports[name]}"
         lines.append(
-            f'  {name} cmd="pop3d {flags} -C {lab.config}" listen="127.0.0.1:{ports[name]}" '
+            f'  {name} cmd="pop3d {flags} -C {lab.config}" listen="{listen}" '
             + ("" if prefork is None else f"prefork={prefork} ")
             + f"maxchild={maxchild}"
         )
@@ -249,6 +259,23 @@ def _start_server(
                     f"pop3d-master exited {process.returncode}:\n{server.log_text()}"
                 )
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+                break
+            if time.monotonic() > deadline:
+                server.stop()
+                raise RuntimeError(f"pop3d-master did not listen:\n{server.log_text()}")
+            time.sleep(0.05)
+    for path in sockets.values():
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"pop3d-master exited {process.returncode}:\n{server.log_text()}"
+                )
+            with (
+                contextlib.suppress(OSError),
+                socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock,
+            ):
+                sock.settimeout(0.5)
+                sock.connect(str(path))
                 break
             if time.monotonic() > deadline:
                 server.stop()
