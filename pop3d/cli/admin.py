@@ -509,7 +509,7 @@ def cmd_check_config(config_path: str, args: argparse.Namespace) -> int:
         problems += [str(p) for p in exc.problems]
     references: list[str] = []
     if config is not None:
-        references = _references_as_the_server(config)
+        references = _as_the_server(config, lambda: _check_references(config))
         problems += references
         if (problem := metrics_problem(config, config_path)) is not None:
             problems.append(problem)
@@ -533,7 +533,11 @@ def cmd_check_config(config_path: str, args: argparse.Namespace) -> int:
                 # probing: a service's broken -C, a pop3d -s without a certificate were
                 # "configuration OK", then the master exited 78). Not after a file the
                 # server's account cannot read: that is said once, above.
-                built, _configs = check_services(config_path, master_config, None)
+                # As the server's account, as the master does: built as root, a service
+                # makes its files (the server secret, the lock table) root's.
+                built = _as_the_server(
+                    config, lambda: check_services(config_path, master_config, None)[0]
+                )
                 problems += [problem for problem in built if problem not in problems]
     for problem in problems:
         print(problem)
@@ -543,17 +547,21 @@ def cmd_check_config(config_path: str, args: argparse.Namespace) -> int:
     return 0
 
 
-def _references_as_the_server(config: Config) -> list[str]:
-    """:func:`_check_references` as the account the server reads those files as: run as
-    root with ``cyrus_user`` set, in a child that becomes that account first (found
+def _as_the_server(config: Config, check: Callable[[], list[str]]) -> list[str]:
+    """``check``'s problems, found as the account the server runs as. Run as root with
+    ``cyrus_user`` set, in a child that becomes that account first, as the master does
+    before its own checks: a file only that account must read is read as it (found
     probing: a TLS key only root could read was "configuration OK", and the master then
-    refused to start, exit 78)."""
+    refused to start, exit 78), and what building a service makes on first use (the
+    server secret, the maildrop lock table) is made as the master would make it. Made by
+    root, mode 0600, the master could not read it and exited 78: found probing, contrib's
+    ExecStartPre kept a fresh install with cyrus_user down for good."""
     try:
         account = privileges.target(config)
     except ConfigError:
         account = None  # named among the settings' own problems already
     if os.geteuid() != 0 or account is None:
-        return _check_references(config)
+        return check()
     read_end, write_end = os.pipe()
     child = os.fork()
     if child == 0:  # pragma: no cover (a child: its result comes back through the pipe)
@@ -562,11 +570,12 @@ def _references_as_the_server(config: Config) -> list[str]:
             os.close(read_end)
             try:
                 privileges.drop(config)
-                found = _check_references(config)
+                found = check()
             except Exception as exc:
                 found = [f"cannot check the files as cyrus_user {account.user}: {exc}"]
             with os.fdopen(write_end, "w", encoding="utf-8") as out:
                 out.write("\n".join(found))
+            sys.stderr.flush()  # a service's -C file's warnings; os._exit flushes nothing
         except BaseException:
             status = 70
         finally:

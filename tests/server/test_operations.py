@@ -669,3 +669,38 @@ def test_check_config_as_root_reads_the_files_as_cyrus_user(public_root: Path) -
     refused = subprocess.run(command, capture_output=True, timeout=60, check=False)
     assert refused.returncode == 78, refused
     assert f"cannot read {lab.tls.key}: Permission denied".encode() in refused.stdout
+
+
+def test_check_config_as_root_makes_no_file_the_master_cannot_read(public_root: Path) -> None:
+    """Found probing: as root with cyrus_user set, check-config built each service as root,
+    which made the server secret (and maildrop_lock: table's files) root's, mode 0600; the
+    master, which checks as cyrus_user, could not read them and exited 78, and contrib's
+    unit, running check-config before the master, never came up. Built as cyrus_user now:
+    what it makes is that account's, and the master starts."""
+    account = _account()
+    extra = f"cyrus_user: {ACCOUNT}\nmaildrop_lock: table\n"
+    lab = Lab(public_root / "lab", extra_config=extra).create()
+    secret, table = lab.root / "config" / "pop3d.secret", lab.root / "config" / "lock"
+    secret.unlink(missing_ok=True)
+    shutil.rmtree(table, ignore_errors=True)
+    _chown_tree(lab.root, account.pw_uid, account.pw_gid)
+    before = set(lab.root.rglob("*"))
+    cyrus_conf = lab.root / "cyrus.conf"
+    cyrus_conf.write_text(f'SERVICES {{\n  pop3 cmd="pop3d" listen="127.0.0.1:{free_port()}"\n}}\n')
+    command_line = [sys.executable, "-m", "pop3d.cli.admin", "-C", str(lab.config)]
+    checked = subprocess.run(
+        [*command_line, "check-config", "-M", str(cyrus_conf)], capture_output=True, timeout=60
+    )
+    assert (checked.returncode, checked.stdout.strip()) == (0, b"configuration OK"), checked
+    made = set(lab.root.rglob("*")) - before - {cyrus_conf}
+    assert secret in made and table in made, made
+    assert {path: path.stat().st_uid for path in made} == dict.fromkeys(made, account.pw_uid)
+    python, env = _python_for(ACCOUNT)
+    server = start_server(lab, env=env, python=python)
+    try:
+        sock, reader, reply = _login(server.port, "alice")
+        assert reply.startswith(b"+OK"), reply
+        assert command(sock, reader, b"QUIT").startswith(b"+OK")
+        sock.close()
+    finally:
+        assert server.stop() == 0
