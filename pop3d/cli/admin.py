@@ -555,11 +555,14 @@ def _as_the_server(config: Config, check: Callable[[], list[str]]) -> list[str]:
     refused to start, exit 78), and what building a service makes on first use (the
     server secret, the maildrop lock table) is made as the master would make it. Made by
     root, mode 0600, the master could not read it and exited 78: found probing, contrib's
-    ExecStartPre kept a fresh install with cyrus_user down for good."""
+    ExecStartPre kept a fresh install with cyrus_user down for good.
+
+    An account the master could not become (no such user or group, root's) is the one
+    problem then, as it is the master's."""
     try:
         account = privileges.target(config)
-    except ConfigError:
-        account = None  # named among the settings' own problems already
+    except ConfigError as exc:
+        return [str(p) for p in exc.problems]
     if os.geteuid() != 0 or account is None:
         return check()
     read_end, write_end = os.pipe()

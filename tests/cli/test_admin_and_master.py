@@ -738,6 +738,30 @@ def test_check_config_refuses_what_the_master_refuses_at_start(
     assert problem in started.stderr, started.stderr
 
 
+@pytest.mark.parametrize(
+    ("setting", "problem"),
+    [
+        ("cyrus_user: nosuchuserxyz", b"cyrus_user 'nosuchuserxyz': no such user"),
+        ("cyrus_user: nobody\ncyrus_group: nosuchgroupxyz", b"'nosuchgroupxyz': no such group"),
+    ],
+)
+def test_check_config_refuses_an_account_the_master_cannot_become(
+    lab: Lab, setting: str, problem: bytes
+) -> None:
+    """Found probing: "configuration OK", and the master (and deliver) then exited 78."""
+    with lab.config.open("a") as config:
+        config.write(setting + "\n")
+    conf = _write_cyrus_conf(lab, free_port())
+    checked = admin(lab, "check-config", "-M", str(conf))
+    assert checked.returncode == 78, checked.stdout
+    assert problem in checked.stdout, checked.stdout
+    started = subprocess.run(
+        [*MASTER, "-C", str(lab.config), "-M", str(conf)], capture_output=True, timeout=60
+    )
+    assert started.returncode == 78, started.stderr
+    assert problem in started.stderr, started.stderr
+
+
 @pytest.mark.parametrize("command", [["users"], ["man", "pop3d"]])
 def test_output_that_cannot_be_written_is_one_line_and_exit_74(
     lab: Lab, command: list[str]
