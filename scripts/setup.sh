@@ -40,6 +40,9 @@ if [ "$want_test" = 1 ]; then
     packages+=(fuse3 libfuse3-3)
     # strace counts a worker's sends (tests/server/test_network.py)
     packages+=(strace)
+    # HAProxy, the PROXY protocol's own producer, in front of pop3d -H
+    # (tests/interop/test_haproxy.py starts its own in the foreground)
+    packages+=(haproxy)
 fi
 
 missing=()
@@ -51,8 +54,21 @@ if [ "${#missing[@]}" -gt 0 ]; then
     sudo_cmd=()
     [ "$(id -u)" -ne 0 ] && sudo_cmd=(sudo)
     export DEBIAN_FRONTEND=noninteractive
+    # No package's system service starts during the install (haproxy, krb5-kdc,
+    # saslauthd): the tests start their own on loopback, and a system haproxy or KDC left
+    # running is nothing this set-up asked for (policy-rc.d, as bench/install-dovecot.sh)
+    policy=/usr/sbin/policy-rc.d
+    made_policy=0
+    if [ "$(id -u)" -eq 0 ] && [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\n# pop3d set-up: no service starts during the install\nexit 101\n' >"$policy"
+        chmod 755 "$policy"
+        made_policy=1
+    fi
     "${sudo_cmd[@]}" apt-get update -qq
-    "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    status=0
+    "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || status=$?
+    [ "$made_policy" = 1 ] && rm -f "$policy"
+    [ "$status" = 0 ] || exit "$status"
 fi
 
 # The bench's smoke test (tests/bench) measures against Debian's Dovecot, and the migration
