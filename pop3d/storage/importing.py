@@ -37,7 +37,6 @@ from pop3d.storage.base import MaildropInUse, StorageError
 from pop3d.storage.maildir import (
     UIDL_MAP_NAME,
     MaildirStore,
-    _ensure_maildir,
     _Folders,
     _open_directory,
     _open_message,
@@ -289,10 +288,11 @@ def source_key(kind: str, identity: str) -> str:
 def locked_target(store: MaildirStore, user: str) -> Iterator[_Folders]:
     """The user's Maildir (made if missing), its maildrop lock held for the block; any
     storage error opening or writing it becomes ImportFailed."""
-    target = store.path_for(user)
+    where = store.location(user)
+    target = where.path
     try:
-        _ensure_maildir(target)
-        folders = _Folders(target, ("tmp", "new", "cur"))
+        where.make()
+        folders = _Folders(where, ("tmp", "new", "cur"))
     except (OSError, StorageError) as exc:
         raise ImportFailed(f"cannot open {target}: {exc}") from exc
     try:

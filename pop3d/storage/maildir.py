@@ -51,7 +51,9 @@ Choices, and why:
 * **No symbolic links, no races**: a Maildir may belong to its user (``/home/%u/Maildir``)
   while pop3d can read more than they can. Every operation works on directory file
   descriptors opened with ``O_NOFOLLOW`` (the Maildir, then ``new/``, ``cur/``, ``tmp/``
-  inside it) and names relative to them (``dir_fd=``): a link planted as a message, as a
+  inside it; the Maildir reached one folder at a time from the first one the template fills
+  in per user, :class:`MaildirLocation`) and names relative to them (``dir_fd=``): a link
+  planted as a message, as a
   folder or as the Maildir itself is neither listed, served nor unlinked through, and a
   link swapped in after the listing fails to open instead of being followed. A session
   opens its directories again for each command (it holds only its lock between commands)
@@ -439,22 +441,86 @@ def _make_folders(path: Path) -> None:
             folder.mkdir(mode=0o700)
 
 
-def _ensure_maildir(path: Path) -> None:
-    try:
-        _make_folders(path)
-        root = _open_directory(path)
-    except OSError as exc:
-        raise StorageError(f"cannot create {path}: {exc.strerror}") from exc
-    try:
-        for sub in ("tmp", "new", "cur"):
+_FOLLOWED_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+# A template's escapes that differ per user: the first path component holding one, and
+# every one after it, may belong to the user (/home/%u/Maildir)
+_PER_USER_ESCAPE = re.compile(r"%[und]")
+
+
+@dataclass(frozen=True, slots=True)
+class MaildirLocation:
+    """Where a Maildir is: ``followed``, the administrator's part of the path (resolved as
+    any path is: a link there is theirs, /var/mail is one on many systems), then ``parts``,
+    each opened in the one before without following a link. The parts begin at the first
+    folder the template fills in per user (``/home/%u/Maildir``: ``alice``, ``Maildir``):
+    from there on a folder may be its user's, who could otherwise replace one with a link
+    to another user's and be served, and have deleted, that user's mail (found probing:
+    O_NOFOLLOW on the whole path guards its last component only)."""
+
+    followed: Path
+    parts: tuple[str, ...]
+
+    @property
+    def path(self) -> Path:
+        return self.followed.joinpath(*self.parts)
+
+    def open(self) -> int:
+        """The Maildir as a directory fd. FileNotFoundError when a folder on the way is
+        missing; OSError (ELOOP) naming it when one in ``parts`` is a link or no folder."""
+        fd = os.open(self.followed, _FOLLOWED_DIRECTORY)
+        for index, part in enumerate(self.parts):
             try:
-                os.mkdir(sub, 0o700, dir_fd=root)
-            except FileExistsError:
-                pass
+                inner = _open_directory(part, fd)
+            except FileNotFoundError:
+                os.close(fd)
+                raise
             except OSError as exc:
-                raise StorageError(f"cannot create {path / sub}: {exc.strerror}") from exc
-    finally:
-        os.close(root)
+                where = self.followed.joinpath(*self.parts[: index + 1])
+                reason = _not_followed(part, fd) or exc.strerror
+                os.close(fd)
+                raise OSError(exc.errno, f"{where}: {reason}") from None
+            os.close(fd)
+            fd = inner
+        return fd
+
+    def make(self) -> None:
+        """The Maildir and its tmp/, new/, cur/, and any folder missing on the way, each
+        0700; made in the folder opened before it, never through a link (StorageError)."""
+        try:
+            _make_folders(self.followed)
+            fd = os.open(self.followed, _FOLLOWED_DIRECTORY)
+        except OSError as exc:
+            raise StorageError(f"cannot create {self.path}: {exc.strerror}") from exc
+        try:
+            for index, part in enumerate(self.parts):
+                where = self.followed.joinpath(*self.parts[: index + 1])
+                try:
+                    with contextlib.suppress(FileExistsError):  # made meanwhile, or before
+                        os.mkdir(part, 0o700, dir_fd=fd)
+                    inner = _open_directory(part, fd)
+                except OSError as exc:
+                    reason = _not_followed(part, fd) or exc.strerror
+                    raise StorageError(f"cannot create {self.path}: {where}: {reason}") from exc
+                os.close(fd)
+                fd = inner
+            for sub in ("tmp", "new", "cur"):
+                try:
+                    os.mkdir(sub, 0o700, dir_fd=fd)
+                except FileExistsError:
+                    pass
+                except OSError as exc:
+                    raise StorageError(f"cannot create {self.path / sub}: {exc.strerror}") from exc
+        finally:
+            os.close(fd)
+
+
+def _not_followed(name: str, dir_fd: int) -> str | None:
+    """ "a symbolic link, not followed" when ``name`` in ``dir_fd`` is one, else None."""
+    try:
+        info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        return None
+    return "a symbolic link, not followed" if stat.S_ISLNK(info.st_mode) else None
 
 
 class _Folders:
@@ -463,8 +529,8 @@ class _Folders:
 
     __slots__ = ("fds", "root")
 
-    def __init__(self, path: Path, names: tuple[str, ...] = _SUBDIRS) -> None:
-        self.root = _open_directory(path)
+    def __init__(self, where: MaildirLocation, names: tuple[str, ...] = _SUBDIRS) -> None:
+        self.root = where.open()
         self.fds: dict[str, int] = {}
         try:
             for name in names:
@@ -1147,10 +1213,13 @@ class MaildirStore:
         return table_at(self.lock_table).lock(root, path)
 
     def path_for(self, user: str) -> Path:
+        return self.location(user).path
+
+    def _expand(self, text: str, user: str) -> str:
         local, _, domain = user.partition("@")
         values = {"u": user, "n": local, "d": domain, "p": self.partition, "%": "%"}
         out: list[str] = []
-        chars = iter(self.template)
+        chars = iter(text)
         for ch in chars:
             if ch != "%":
                 out.append(ch)
@@ -1159,37 +1228,63 @@ class MaildirStore:
             if key not in values:
                 raise StorageError(f"maildir template {self.template!r}: unknown %{key}")
             out.append(values[key])
-        return Path("".join(out))
+        return "".join(out)
+
+    def location(self, user: str, folder: str | None = None) -> MaildirLocation:
+        """The user's Maildir (with ``folder``: its Maildir++ folder ``.<folder>``,
+        popsubfolders), split where the template first fills in a per-user value."""
+        components = self.template.split("/")
+        first = next(
+            (
+                index
+                for index, component in enumerate(components)
+                if _PER_USER_ESCAPE.search(component.replace("%%", ""))
+            ),
+            len(components) - 1,  # no per-user folder: the last is not followed, as before
+        )
+        head = self._expand("/".join(components[:first]), user)
+        followed = Path(head or ("/" if self.template.startswith("/") else "."))
+        # An empty value (%d of a user without a domain) leaves no folder of its own
+        parts = tuple(
+            part for part in self._expand("/".join(components[first:]), user).split("/") if part
+        )
+        if folder is not None:
+            # The login already took only a valid folder name; this refuses anything that
+            # would not be one entry inside the Maildir all the same.
+            if not folder or folder.startswith(".") or "/" in folder or "\0" in folder:
+                raise StorageError(f"folder name {folder!r} refused")
+            parts += (f".{folder}",)
+        if any(part in (".", "..") for part in parts):
+            raise StorageError(f"maildrop path {followed.joinpath(*parts)} refused")
+        return MaildirLocation(followed, parts)
 
     def folder_path(self, user: str, folder: str) -> Path:
-        """The Maildir++ folder ``.<folder>`` of the user's Maildir (popsubfolders). The
-        login already took only a valid folder name; this refuses anything that would not
-        be one entry inside the Maildir all the same."""
-        if not folder or folder.startswith(".") or "/" in folder or "\0" in folder:
-            raise StorageError(f"folder name {folder!r} refused")
-        return self.path_for(user) / f".{folder}"
+        """The Maildir++ folder ``.<folder>`` of the user's Maildir (popsubfolders)."""
+        return self.location(user, folder).path
 
     def open(self, user: str, folder: str | None = None) -> MaildirMaildrop:
         """The user's Maildir, or with ``folder`` (popsubfolders) that folder of it, which
         must exist (:class:`NoSuchFolder`; a folder is never created). Each is a maildrop
         of its own: its own lock, listing and kept UIDLs."""
         started = time.thread_time()  # this thread's CPU: not the GIL's waits, not a disk's
-        path = self.path_for(user) if folder is None else self.folder_path(user, folder)
+        where = self.location(user, folder)
+        path = where.path
         try:
-            folders = _Folders(path)
+            folders = _Folders(where)
         except FileNotFoundError:
             if folder is not None:
                 raise NoSuchFolder(f"{path} does not exist") from None
             if not self.create:
                 raise StorageError(f"{path} does not exist") from None
             # First login: make the Maildir (only now, not on every login).
-            _ensure_maildir(path)
+            where.make()
             try:
-                folders = _Folders(path)
+                folders = _Folders(where)
             except OSError as exc:
                 raise StorageError(f"cannot open {path}: {exc.strerror}") from exc
         except OSError as exc:
-            # ELOOP/ENOTDIR: the Maildir (or new/, cur/) is a symbolic link: refused.
+            # ELOOP/ENOTDIR: the Maildir, a user's folder above it, or new/, cur/ is a
+            # symbolic link: refused.
             raise StorageError(f"cannot open {path}: {exc.strerror}") from exc
         try:
             lock = self.lock(folders.root, path)
@@ -1271,11 +1366,14 @@ class MaildirStore:
     def deliver(self, user: str, source: BinaryIO) -> Path:
         """Store one message durably in ``new/``; returns its path. On any error nothing is
         left in ``new/`` and the exception propagates (the MTA keeps the message)."""
-        path = self.path_for(user)
-        _ensure_maildir(path)
-        folders = _Folders(path, ("tmp", "new"))
+        where = self.location(user)
+        where.make()
         try:
-            return self._deliver(path, folders, source)
+            folders = _Folders(where, ("tmp", "new"))
+        except OSError as exc:
+            raise StorageError(f"cannot open {where.path}: {exc.strerror}") from exc
+        try:
+            return self._deliver(where.path, folders, source)
         finally:
             folders.close()
 
