@@ -6,6 +6,9 @@ from __future__ import annotations
 import os
 import poplib
 
+import pytest
+
+from pop3d.storage.base import MessageGone
 from pop3d.storage.maildir import MaildirStore, flags_of, seen_name
 from tests.support.lab import Lab, start_server
 
@@ -108,3 +111,33 @@ def test_rset_forgets_what_was_retrieved(lab: Lab) -> None:
         assert len(os.listdir(lab.maildir("alice") / "new")) == 6
     finally:
         server.stop()
+
+
+def test_a_trashed_twin_is_not_served_or_deleted_for_a_vanished_message(lab: Lab) -> None:
+    """A trashed file (hidden) claiming the unique part of a listed message is another
+    message: with the listed file removed by another agent, RETR served the trashed one
+    and DELE unlinked it (found probing). Now the message is gone, as any vanished one."""
+    maildir = lab.maildir("alice")
+    listed = maildir / "new" / "1700000009.M9P1.lab"
+    listed.write_bytes(b"Subject: listed\n\nlisted\n")
+    trashed = maildir / "cur" / "1700000009.M9P1.lab:2,T"
+    trashed.write_bytes(b"Subject: trashed\n\nanother message\n")
+    store = MaildirStore("%p/%u/Maildir", str(lab.root / "spool"), use_flags=True)
+    drop = store.open("alice")
+    index = drop.uids.index("1700000009.M9P1.lab")
+    with drop.open_message(index) as handle:
+        assert b"listed" in handle.read()
+    listed.unlink()
+    with pytest.raises(MessageGone):
+        drop.open_message(index)
+    assert drop.commit((index,), None) == (1, 0)  # gone already: as the client wished
+    drop.close()
+    assert trashed.read_bytes() == b"Subject: trashed\n\nanother message\n"
+    # renamed by another agent (flags), the listed file is still found
+    listed.write_bytes(b"Subject: listed\n\nlisted\n")
+    drop = store.open("alice")
+    index = drop.uids.index("1700000009.M9P1.lab")
+    listed.rename(maildir / "cur" / "1700000009.M9P1.lab:2,S")
+    with drop.open_message(index) as handle:
+        assert b"listed" in handle.read()
+    drop.close()
