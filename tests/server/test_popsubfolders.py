@@ -187,6 +187,30 @@ def test_a_missing_folder_answers_as_cyrus_and_the_session_goes_on(
         pop.close()
 
 
+def test_a_maildir_linked_to_another_users_opens_none_of_its_folders(
+    server: Server, lab: Lab
+) -> None:
+    """alice with her Maildir a link to bob's: ``alice+work`` opened bob's ``.work`` (the
+    link was no longer the path's last component) and DELE removed bob's mail at QUIT
+    (found probing). Refused now as her Maildir is: [SYS/TEMP], nothing of bob's touched."""
+    bobs = _folder(lab, "bob", "work", [("1800000009.M9P1.bob", b"Subject: bob's\n\nbob\n")])
+    alices = lab.maildir("alice")
+    alices.rename(alices.with_name("Maildir.real"))
+    alices.symlink_to(lab.maildir("bob"))
+    try:
+        for name in ("alice+work", "alice"):
+            pop = _connect(server)
+            try:
+                pop.user(name)
+                _expect_error(b"-ERR [SYS/TEMP] Unable to open maildrop", pop.pass_, "wonderland")
+            finally:
+                pop.quit()
+    finally:
+        alices.unlink()
+        alices.with_name("Maildir.real").rename(alices)
+    assert [p.name for p in (bobs / "new").iterdir()] == ["1800000009.M9P1.bob"]
+
+
 def test_a_plus_without_a_folder_is_the_inbox(server: Server, lab: Lab) -> None:
     pop = _connect(server)
     try:
