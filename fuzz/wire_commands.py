@@ -2,8 +2,9 @@
 pop3d/protocol/commands.py).
 
 Invariant: over any bytes in any chunking, ``LineReader`` yields exactly what a one-shot
-reference framing yields (lines without their CRLF or LF, OVERLONG once for each limit's
-worth of octets of a line over the limit, which is never run in pieces), never holds more
+reference framing yields (lines without their CRLF or LF, for a line over the limit, which
+is never run in pieces, OVERLONG then OVERLONG_REST for each further limit's worth of its
+octets), never holds more
 than the limit while it waits for a line end, and ``discard_buffered`` leaves nothing
 behind; every line either parses into a keyword of 1-16 ASCII letters or raises
 SyntaxProblem, and every argument parser raises only ArgumentError and returns numbers
@@ -27,7 +28,7 @@ import atheris
 with atheris.instrument_imports(include=["pop3d"]):
     from fuzz.support import check, chunks
     from pop3d.protocol import commands
-    from pop3d.protocol.wire import OVERLONG, LineReader
+    from pop3d.protocol.wire import OVERLONG, OVERLONG_REST, LineReader
 
 LIMITS = (3, 4, 5, 8, 16, 64, 255, 8192)
 Framed = list[bytes | object]
@@ -35,17 +36,22 @@ Framed = list[bytes | object]
 
 def reference(stream: bytes, limit: int) -> Framed:
     """The framing of the whole stream at once: split at LF; a line whose length with its
-    LF exceeds the limit is OVERLONG once for each ``limit`` octets before its LF; an
-    unterminated tail at or over the limit too."""
+    LF exceeds the limit counts once for each ``limit`` octets before its LF (OVERLONG,
+    then OVERLONG_REST); an unterminated tail at or over the limit too."""
     out: Framed = []
     *lines, tail = stream.split(b"\n")
     for line in lines:
         if len(line) + 1 > limit:
-            out += [OVERLONG] * (len(line) // limit)
+            out += _overlong(len(line) // limit)
         else:
             out.append(line[:-1] if line.endswith(b"\r") else line)
-    out += [OVERLONG] * (len(tail) // limit)
+    out += _overlong(len(tail) // limit)
     return out
+
+
+def _overlong(count: int) -> Framed:
+    """The first answered, the rest only counted."""
+    return [OVERLONG, *[OVERLONG_REST] * (count - 1)] if count else []
 
 
 def parse(line: bytes) -> None:

@@ -24,7 +24,7 @@ from pop3d.protocol.authorization import (
 )
 from pop3d.protocol.events import InstallLayer, LoginFailed
 from pop3d.protocol.states import AWAIT_RESPONSE, AwaitResponse, HandlerResult, Outcome, Task
-from pop3d.protocol.wire import OVERLONG
+from pop3d.protocol.wire import OVERLONG, OVERLONG_REST
 from pop3d.requests import Request
 from pop3d.sasl import exchange, registry
 from pop3d.sasl.mechanism import Challenge, Context, Flag, Mechanism, Success
@@ -244,7 +244,7 @@ def _response(session: Session, challenge: bytes) -> Generator[Any, Any, bytes |
     ended here."""
     session.continuation(base64.b64encode(challenge))
     line = yield AWAIT_RESPONSE
-    if line is OVERLONG:
+    if line is OVERLONG or line is OVERLONG_REST:
         session.err("[AUTH] Response too long")
         return _Ended("response too long")
     assert isinstance(line, bytes)

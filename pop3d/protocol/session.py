@@ -46,7 +46,7 @@ from pop3d.protocol.settings import ConnectionInfo, SessionSettings
 from pop3d.protocol.states import READS_RESPONSES, AwaitResponse, Outcome, Rule, State, Task
 from pop3d.protocol.table import KNOWN_COMMANDS, KPOP_TABLE, TABLE
 from pop3d.protocol.transcript import Transcript, hide_spans, shown_command, shown_response
-from pop3d.protocol.wire import OVERLONG, LineReader
+from pop3d.protocol.wire import OVERLONG, OVERLONG_REST, LineReader
 from pop3d.requests import Request
 from pop3d.security.policy import Action
 from pop3d.security.value import Security
@@ -335,6 +335,9 @@ class Session:
     # --- dispatch -----------------------------------------------------------------------
 
     def _dispatch(self, line: bytes | object) -> None:
+        if line is OVERLONG_REST:  # of a line already answered: counted, not answered
+            self._bad(len(self._out))
+            return
         if self.transcript is not None:
             self.transcript.heard(shown_command(line, self.state))
         mark = len(self._out)

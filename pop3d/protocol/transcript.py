@@ -33,7 +33,7 @@ from typing import Final
 
 from pop3d.protocol.commands import WHITESPACE, split_keyword
 from pop3d.protocol.states import State
-from pop3d.protocol.wire import OVERLONG
+from pop3d.protocol.wire import OVERLONG, OVERLONG_REST
 from pop3d.sasl import registry
 
 REDACTED: Final = b"****"
@@ -86,7 +86,7 @@ def shown_command(line: bytes | object, state: State) -> bytes:
 
 def shown_response(line: bytes | object) -> bytes:
     """A line read during an AUTH exchange: only the cancel is shown."""
-    if line is OVERLONG:
+    if line is OVERLONG or line is OVERLONG_REST:
         return OVERLONG_SHOWN
     return b"*" if line == b"*" else REDACTED
 

@@ -3,7 +3,8 @@
 A line longer than the limit is reported once as :data:`OVERLONG` and the rest of it, up to
 and including its LF, is discarded. It is never executed in pieces (Cyrus splits such a line
 at 8191 bytes and runs the remainder as a second command: see
-reference/cyrus/long_line_before_auth.txt).
+reference/cyrus/long_line_before_auth.txt). Each further ``limit`` octets of it is
+:data:`OVERLONG_REST`: a bad command to count, with no answer of its own.
 """
 
 from __future__ import annotations
@@ -18,16 +19,29 @@ class _Overlong:
         return "OVERLONG"
 
 
+class _OverlongRest:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "OVERLONG_REST"
+
+
 OVERLONG: Final = _Overlong()
+# One line is one command, answered once (RFC 1939's pairing: a client counting answers
+# took the second "Line too long" of one 200 KB line for its next command's, found
+# probing); the rest of an overlong line only counts toward the bad-command limit.
+OVERLONG_REST: Final = _OverlongRest()
 
 
 class LineReader:
     """Accumulates bytes; :meth:`next_line` returns one line without its CRLF or LF, the
-    :data:`OVERLONG` marker, or ``None`` when no complete line is buffered.
+    :data:`OVERLONG` or :data:`OVERLONG_REST` marker, or ``None`` when no complete line is
+    buffered.
 
     ``limit`` counts the line with its line ending. A line over it is never run in pieces:
-    nothing of it is kept, and it counts as one overlong line for each ``limit`` octets
-    before its end, as Cyrus runs each 8,191 octets of a long line as a command of its own.
+    nothing of it is kept, and it counts as one bad command for each ``limit`` octets
+    before its end (OVERLONG for the first, OVERLONG_REST for each after it), as Cyrus runs
+    each 8,191 octets of a long line as a command of its own.
     So a client that streams octets and never a line end meets the bad-command limit (one
     that did was read for as long as it liked, found probing). The count depends only on
     the line, not on how it arrives. Memory stays bounded by the limit plus the largest
@@ -78,10 +92,10 @@ class LineReader:
     def buffered(self) -> int:
         return len(self._buffer)
 
-    def next_line(self) -> bytes | _Overlong | None:
+    def next_line(self) -> bytes | _Overlong | _OverlongRest | None:
         if self._due:
             self._due -= 1
-            return OVERLONG
+            return OVERLONG_REST
         buffer = self._buffer
         newline = buffer.find(b"\n", self._scan_from)
         if self._seen >= 0:  # dropping an overlong line
@@ -113,9 +127,9 @@ class LineReader:
         del buffer[: newline + 1]
         return line
 
-    def _report_due(self) -> _Overlong | None:
+    def _report_due(self) -> _Overlong | _OverlongRest | None:
         """Once for each ``limit`` octets of the line being dropped, without its end yet."""
         if self._seen // self._line_limit > self._reported:
             self._reported += 1
-            return OVERLONG
+            return OVERLONG if self._reported == 1 else OVERLONG_REST
         return None

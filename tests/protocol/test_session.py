@@ -173,6 +173,23 @@ def test_bad_command_budget_closes_the_session(lab: Lab) -> None:
     assert driven.closed == "too many bad commands"
 
 
+def test_an_overlong_line_is_answered_once_and_counted_per_limit(lab: Lab) -> None:
+    """One line, one answer (RFC 1939): a 100 KB line was twelve "Line too long" answers,
+    and a client counting answers took the second for its NOOP's (found probing). Its
+    12 x 8,192 octets still count as bad commands: a second such line meets the limit."""
+    driven = drive(lab, settings_for_lab(bad_command_limit=20))
+    login(driven)
+    line = b"NOOP " + b"x" * 100_000 + b"\r\n"
+    out = driven.feed(line + b"NOOP\r\n")
+    assert out == b"-ERR Line too long (limit 8192 octets)\r\n+OK\r\n"
+    out = driven.feed(line)
+    assert out == (
+        b"-ERR Line too long (limit 8192 octets)\r\n"
+        b"-ERR Too many bad commands, closing connection\r\n"
+    )
+    assert driven.closed == "too many bad commands"
+
+
 def test_answers_come_back_one_per_command_in_order(lab: Lab) -> None:
     driven = drive(lab)
     driven.feed()

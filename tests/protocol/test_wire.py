@@ -3,7 +3,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pop3d.protocol.wire import OVERLONG, LineReader
+from pop3d.protocol.wire import OVERLONG, OVERLONG_REST, LineReader
 
 
 def lines_of(reader: LineReader) -> list[object]:
@@ -29,17 +29,20 @@ def test_only_the_cr_before_lf_is_stripped() -> None:
 
 def test_overlong_line_is_reported_per_limit_and_never_executed_in_pieces() -> None:
     """Once for each ``limit`` octets before its end (Cyrus runs each 8,191 octets as a
-    command): a client streaming octets without a line end meets the bad-command limit."""
+    command): a client streaming octets without a line end meets the bad-command limit.
+    Only the first is answered (OVERLONG); the others (OVERLONG_REST) are only counted."""
     reader = LineReader(16)
     reader.feed(b"X" * 40)
-    assert lines_of(reader) == [OVERLONG, OVERLONG]
+    assert lines_of(reader) == [OVERLONG, OVERLONG_REST]
     reader.feed(b"NOOP" * 10)  # still the same line: discarded, never run as NOOP
-    assert lines_of(reader) == [OVERLONG] * 3
+    assert lines_of(reader) == [OVERLONG_REST] * 3
     reader.feed(b"\r\nQUIT\r\n")
     assert lines_of(reader) == [b"QUIT"]
     assert reader.buffered == 0
     reader.feed(b"Y" * 47 + b"\r\nNOOP\r\n")  # whole at once: counted the same (48 // 16)
-    assert lines_of(reader) == [OVERLONG] * 3 + [b"NOOP"]
+    assert lines_of(reader) == [OVERLONG] + [OVERLONG_REST] * 2 + [b"NOOP"]
+    reader.feed(b"Z" * 20)  # the next overlong line is answered again
+    assert lines_of(reader) == [OVERLONG]
 
 
 def test_limit_counts_the_line_ending() -> None:
@@ -99,4 +102,4 @@ def test_a_line_is_counted_under_the_limit_it_began_under() -> None:
     assert split.next_line() is OVERLONG
     split.limit = 16
     split.feed(line[64:])
-    assert lines_of(whole) == lines_of(split) == [OVERLONG]  # 131 // 64 = 2 in all
+    assert lines_of(whole) == lines_of(split) == [OVERLONG_REST]  # 131 // 64 = 2 in all
