@@ -13,7 +13,8 @@ saslauthd's ``-a kerberos5`` with it):
    likes, the one the client just sent included. So the new TGT is used to get a service
    ticket for ``pop/<servername>`` (a GSS context is initiated to ``pop@<servername>``) and
    that ticket is accepted with the keytab. Only the real KDC knows our service key; a
-   spoofed one cannot make a ticket that decrypts, and the login fails.
+   spoofed one cannot make a ticket that decrypts, and the login fails. A keytab we
+   cannot use (gone, unreadable, corrupt, without our key) judges nothing: "unavailable".
 
 Why pykrb5 (``krb5.get_init_creds_password``) for step 1 rather than gssapi's
 ``acquire_cred_with_password``: it answers with the Kerberos error code itself (so a wrong
@@ -119,6 +120,11 @@ class _Unverified(Exception):
 
 class _KdcGone(Exception):
     """Step 2 could not reach the KDC for the service ticket."""
+
+
+class _NoVerdict(Exception):
+    """Step 2 could not judge the ticket for a reason of our own (our keytab or our
+    memory cache): the password may well be right."""
 
 
 _KDC_UNREACH = -1765328228  # KRB5_KDC_UNREACH
@@ -250,6 +256,8 @@ class Kerberos5Checker:
                 self._verify(cache_name, principal)
             except _KdcGone as exc:
                 return _unavailable(f"{principal}: service ticket: {exc}")
+            except _NoVerdict as exc:
+                return _unavailable(f"{principal}: {exc}")
             except _Unverified as exc:
                 log.error(
                     "kerberos5: the KDC's ticket for %s did not verify with the keytab "
@@ -287,11 +295,22 @@ class Kerberos5Checker:
 
     def _verify(self, cache_name: bytes, principal: str) -> None:
         """Step 2: a service ticket for our keytab principal, got with the new TGT and
-        accepted with the keytab. Raises ``_Unverified``, or ``GSSError`` subclasses for
-        a KDC that cannot be reached (the caller's catch-all makes that unavailable)."""
+        accepted with the keytab. Raises ``_Unverified`` (a refusal), ``_KdcGone`` or
+        ``_NoVerdict``."""
         target = gr.import_name(
             f"{self.service}@{self.servername}".encode(), gr.NameType.hostbased_service
         )
+        try:
+            acceptor = gr.acquire_cred_from(
+                {b"keytab": self.keytab.encode()}, target, mechs=[KRB5], usage="accept"
+            ).creds
+        except gr.GSSError as exc:
+            # Gone, unreadable, corrupt, or without pop/<servername> since the start-up
+            # check: no ticket could verify, so no verdict on the password, as GSSAPI
+            # answers for the same keytab (found probing: every user's right password was
+            # a SASL(-13) that fail2ban counted). Unlike KPOP's, whose tickets may name any
+            # host, our principal is fixed: no key for it is never the client's doing.
+            raise _NoVerdict(f"keytab: {_text(exc)}") from None
         try:
             initiator = gr.acquire_cred_from(
                 {b"ccache": cache_name},
@@ -299,11 +318,8 @@ class Kerberos5Checker:
                 mechs=[KRB5],
                 usage="initiate",
             ).creds
-            acceptor = gr.acquire_cred_from(
-                {b"keytab": self.keytab.encode()}, target, mechs=[KRB5], usage="accept"
-            ).creds
-        except gr.GSSError as exc:
-            raise _Unverified(f"credentials: {_text(exc)}") from None
+        except gr.GSSError as exc:  # the memory cache we wrote a moment ago
+            raise _NoVerdict(f"credentials cache: {_text(exc)}") from None
         try:
             started = gr.init_sec_context(target, creds=initiator, mech=KRB5, flags=[])
         except gr.GSSError as exc:

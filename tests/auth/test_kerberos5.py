@@ -184,14 +184,39 @@ def test_login_realm_in_its_configured_spelling(krb5_env: Realm, tmp_path: Path)
         made.close()
 
 
-def test_a_keytab_without_our_key_verifies_nothing(krb5_env: Realm, tmp_path: Path) -> None:
-    """The AS exchange succeeds but the ticket cannot be checked: refused, never ok."""
-    keytab = krb5_env.service_keytab(tmp_path, service="host")
+def spoil_keytab(keytab: Path, how: str, realm: Realm) -> None:
+    """What can become of a keytab checked at start: removed, emptied, overwritten with
+    garbage, or replaced by one that holds other keys (host/localhost only)."""
+    keytab.unlink()
+    if how == "empty":
+        keytab.write_bytes(b"")
+    elif how == "garbage":
+        keytab.write_bytes(b"\x05\x02" + bytes(range(256)))
+    elif how == "without our key":
+        shutil.move(realm.service_keytab(keytab.parent / "other", service="host"), keytab)
+    if keytab.exists():
+        keytab.chmod(0o600)
+
+
+@pytest.mark.parametrize("how", ["removed", "empty", "garbage", "without our key"])
+def test_a_keytab_that_cannot_verify_is_no_verdict(
+    krb5_env: Realm, tmp_path: Path, how: str
+) -> None:
+    """The KDC took the password, but no ticket can be checked with this keytab: never ok,
+    and no refusal either (found probing: every right password was a SASL(-13) fail2ban
+    counted); the server's fault, as GSSAPI takes the same keytab. A keytab without our
+    key is one of them: our principal is fixed, so that is never the client's doing."""
+    keytab = krb5_env.service_keytab(tmp_path)
+    (tmp_path / "other").mkdir()
+    spoil_keytab(keytab, how, krb5_env)
     made = Kerberos5Checker("localhost", str(keytab), timeout=5)
     try:
         result = check(made, "alice", "wonderland")
-        assert not result.ok and not result.unavailable
-        assert "not verified with the keytab" in result.reason
+        assert not result.ok and result.unavailable, result
+        assert f"alice@{krb5_env.name}: keytab: " in result.reason
+        # a wrong password is still the KDC's refusal, keytab or not
+        wrong = check(made, "alice", "not-wonderland")
+        assert not wrong.ok and not wrong.unavailable
     finally:
         made.close()
 
@@ -397,6 +422,40 @@ def test_user_pass(
     got, messages = user_pass(kdc_server.port, user, password)
     assert got.startswith(answer)
     assert messages == count
+
+
+@pytest.mark.parametrize("how", ["removed", "empty", "garbage"])
+def test_a_keytab_spoiled_under_the_server_is_sys_temp(
+    kerberos_realm: Realm, kdc_server: Server, kdc_lab: Lab, how: str
+) -> None:
+    """A right password the server cannot verify: -ERR [SYS/TEMP] and a record without
+    SASL(-13), as GSSAPI and KPOP answer for the same keytab (it was [AUTH] and a badlogin
+    fail2ban counted, for every user, found probing); the KDC's refusals stay [AUTH]."""
+    keytab = kdc_lab.root.parent / "pop.keytab"  # what the server was started with
+    saved = keytab.read_bytes()
+    # the worker is up (it checks the keytab as it starts, after the port opens)
+    assert user_pass(kdc_server.port, "bob", "builder")[0].startswith("+OK")
+    seen = len(kdc_server.log_text())
+    try:
+        spoil_keytab(keytab, how, kerberos_realm)
+        assert user_pass(kdc_server.port, "alice", "wonderland") == (
+            "-ERR [SYS/TEMP] Unable to check the password now, try again later",
+            None,
+        )
+        assert user_pass(kdc_server.port, "alice", "not-wonderland")[0].startswith("-ERR [AUTH]")
+    finally:
+        keytab.unlink(missing_ok=True)
+        keytab.write_bytes(saved)
+        keytab.chmod(0o600)
+    assert user_pass(kdc_server.port, "alice", "wonderland")[0].startswith("+OK")
+    deadline = time.monotonic() + 5
+    while kdc_server.log_text()[seen:].count("badlogin:") < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    failures = [e for e in kdc_server.log_text()[seen:].splitlines() if "badlogin:" in e]
+    assert len(failures) == 2, failures
+    assert "result=<unavailable>" in failures[0] and "SASL(-13)" not in failures[0]
+    assert "keytab: " in failures[0]
+    assert "result=<fail>" in failures[1] and "wrong password" in failures[1]
 
 
 def auth_login(port: int, user: str, password: str) -> str:
