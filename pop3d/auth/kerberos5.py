@@ -59,7 +59,7 @@ from dataclasses import dataclass
 import gssapi.raw as gr
 import krb5
 
-from pop3d.sasl.kerberos import KRB5
+from pop3d.sasl.kerberos import KRB5, lacks_ticket_key
 from pop3d.security.secret import Secret
 
 log = logging.getLogger("pop3d")
@@ -261,7 +261,7 @@ class Kerberos5Checker:
             except _Unverified as exc:
                 log.error(
                     "kerberos5: the KDC's ticket for %s did not verify with the keytab "
-                    "(a spoofed KDC, or a stale keytab): %s",
+                    "(a spoofed KDC, or a keytab not from this realm's KDC): %s",
                     principal,
                     exc,
                 )
@@ -330,7 +330,15 @@ class Kerberos5Checker:
             raise _Unverified("service ticket: no token")
         try:
             accepted = gr.accept_sec_context(started.token, acceptor_creds=acceptor)
-        except (gr.GSSError, ValueError, TypeError) as exc:
+        except gr.GSSError as exc:
+            if lacks_ticket_key(exc):
+                # A key changed at the KDC and not in the keytab: the KDC took the password,
+                # and the keytab cannot say whether that was the real KDC (found probing: a
+                # key rotation refused every right password). A spoofed KDC can choose the
+                # kvno, but could as well not answer: no verdict either way.
+                raise _NoVerdict(f"keytab lacks the ticket's key: {_text(exc)}") from None
+            raise _Unverified(f"accept: {_text(exc)}") from None
+        except (ValueError, TypeError) as exc:
             raise _Unverified(f"accept: {_text(exc)}") from None
         if accepted.more_steps:
             raise _Unverified("accept: more steps asked for")

@@ -65,6 +65,9 @@ SONAME = "libkrb5.so.3"
 
 ERROR_TABLE_BASE_KRB5 = -1765328384
 KRB5KRB_AP_ERR_NOT_US = ERROR_TABLE_BASE_KRB5 + 35
+# The keytab holds the ticket's server principal, but not under the ticket's kvno or
+# enctype: MIT's "kvno N not found in keytab; keytab (or ticket) is likely out of date".
+KRB5KRB_AP_ERR_BADKEYVER = ERROR_TABLE_BASE_KRB5 + 44
 KRB5KRB_AP_ERR_INAPP_CKSUM = ERROR_TABLE_BASE_KRB5 + 50
 KRB_ERR_GENERIC = 60
 KV5M_PRINCIPAL = -1760647423
@@ -380,6 +383,15 @@ class Acceptor:
                 ctx, byref(auth_context), byref(data), server, keytab, byref(options),
                 byref(ticket),
             )  # fmt: skip
+            if code == KRB5KRB_AP_ERR_BADKEYVER:
+                # Our principal, sealed under a key the keytab lacks: a key changed at the
+                # KDC and not here (or dropped here while tickets for it live). No verdict
+                # on the client, whose ticket the KDC issued (found probing: every login
+                # during a key rotation was a failure fail2ban counted). The kvno is in
+                # clear, so anyone can have this answer: it gives nothing (SECURITY.md).
+                rejected = self._reject(lib, ctx, code, "rd_req")
+                reason = f"keytab lacks the ticket's key: {rejected.reason}"
+                return replace(rejected, reason=reason, unavailable=True)
             if code:
                 return self._reject(lib, ctx, code, "rd_req")
             _realm, components = _components(ticket.contents.server)

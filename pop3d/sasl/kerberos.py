@@ -13,6 +13,7 @@ the mechanisms run :meth:`Acceptor.step` through an ``Offload`` request, never i
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -38,6 +39,8 @@ K5_MIN_SSF = 56  # Cyrus's figure when the library cannot tell (single DES)
 # TLS 1.3, where tls-unique is not.
 GSSAPI_BINDING = "tls-server-end-point"
 
+log = logging.getLogger("pop3d")
+
 
 class KerberosError(Exception):
     """The exchange cannot go on; the text is for the audit log only."""
@@ -45,13 +48,84 @@ class KerberosError(Exception):
 
 class AcceptorUnavailable(KerberosError):
     """Our own credentials cannot be had (the keytab went missing, unreadable, corrupt, or
-    without our key since the start-up check): the server's fault, whatever the client
-    sent, so no verdict on the client."""
+    without our key since the start-up check), or lack the key the client's ticket is
+    sealed with: the server's fault, so no verdict on the client."""
 
 
 def _gss_text(exc: Exception) -> str:
     text = str(exc) or type(exc).__name__
     return " ".join(text.split())[:300]
+
+
+def lacks_ticket_key(exc: gr.GSSError) -> bool:
+    """The keytab holds the ticket's server but not the key it is sealed with (its kvno or
+    enctype): MIT's KRB5KRB_AP_ERR_BADKEYVER. The krb5 mechanism's minor status is that
+    code (python-gssapi gives it unsigned); through SPNEGO MIT's mechglue gives a number of
+    its own instead, and the KRB-ERROR of the failure token is what tells it."""
+    badkeyver = mit.KRB5KRB_AP_ERR_BADKEYVER
+    if getattr(exc, "min_code", 0) in (badkeyver, badkeyver & 0xFFFFFFFF):
+        return True
+    token = getattr(exc, "token", None)
+    relative = badkeyver - mit.ERROR_TABLE_BASE_KRB5
+    return isinstance(token, bytes) and krb_error_code(token) == relative
+
+
+def krb_error_code(token: bytes) -> int | None:
+    """The error-code of the KRB-ERROR in an acceptor's failure token: the krb5
+    mechanism's error token (RFC 4121 §4.1, TOK_ID 03 00), alone or as the responseToken
+    of SPNEGO's negTokenResp (RFC 4178 §4.2.2). None when it holds none."""
+    try:
+        tag, body, _ = _der(token)
+        if tag == 0xA1:  # negTokenResp
+            _, response, _ = _der(body)
+            inner = _tagged(response).get(2)
+            if inner is None:
+                return None
+            _, token, _ = _der(inner)  # OCTET STRING
+            tag, body, _ = _der(token)
+        if tag != 0x60:  # [APPLICATION 0]: the mechanism's OID, then its token
+            return None
+        _, _mech, at = _der(body)
+        if body[at : at + 2] != b"\x03\x00":
+            return None
+        tag, error, _ = _der(body, at + 2)
+        if tag != 0x7E:  # KRB-ERROR, [APPLICATION 30]
+            return None
+        _, fields, _ = _der(error)
+        code = _tagged(fields).get(6)
+        if code is None:
+            return None
+        tag, value, _ = _der(code)
+        return int.from_bytes(value, "big", signed=True) if tag == 0x02 and value else None
+    except (IndexError, ValueError):
+        return None
+
+
+def _der(data: bytes, at: int = 0) -> tuple[int, bytes, int]:
+    """(tag, contents, end) of the DER element at ``at``; IndexError or ValueError when
+    there is none (single-octet tags: all the ones read here are)."""
+    tag, length = data[at], data[at + 1]
+    at += 2
+    if length & 0x80:
+        size = length & 0x7F
+        if not 1 <= size <= 3:
+            raise ValueError("DER length")
+        length = int.from_bytes(data[at : at + size], "big")
+        at += size
+    if at + length > len(data):
+        raise ValueError("DER element past its end")
+    return tag, data[at : at + length], at + length
+
+
+def _tagged(sequence: bytes) -> dict[int, bytes]:
+    """A SEQUENCE's context-tagged fields: [n] -> the element inside it."""
+    fields: dict[int, bytes] = {}
+    at = 0
+    while at < len(sequence):
+        tag, contents, at = _der(sequence, at)
+        if tag & 0xE0 == 0xA0:
+            fields[tag & 0x1F] = contents
+    return fields
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,12 +168,12 @@ class Acceptor:
         """Blocking. Raises ``KerberosError`` for anything the client or the keytab did
         wrong (python-gssapi raises GSSError subclasses, and ValueError/TypeError for some
         malformed input); ``AcceptorUnavailable`` when our own credentials cannot be had,
-        before the client's token is looked at."""
+        before the client's token is looked at, or the keytab lacks its ticket's key."""
         if self._creds is None:
             try:
                 self._creds = self._acquire()
             except (gr.GSSError, ValueError, TypeError) as exc:
-                raise AcceptorUnavailable(f"acceptor credentials: {_gss_text(exc)}") from None
+                raise self._unavailable(f"acceptor credentials: {_gss_text(exc)}") from None
         try:
             result = gr.accept_sec_context(
                 token,
@@ -108,6 +182,15 @@ class Acceptor:
                 channel_bindings=self._bindings,
             )
         except (gr.GSSError, ValueError, TypeError, OverflowError) as exc:
+            if isinstance(exc, gr.GSSError) and lacks_ticket_key(exc):
+                # A key changed at the KDC and not in the keytab (or dropped from it while
+                # tickets for it live): the KDC issued this ticket, so no verdict on the
+                # client (found probing: a key rotation had fail2ban ban every Kerberos
+                # user). The kvno is in clear, so anyone can have this answer: it gives
+                # nothing (SECURITY.md).
+                raise self._unavailable(
+                    f"keytab lacks the ticket's key: {_gss_text(exc)}"
+                ) from None
             raise KerberosError(f"accept: {_gss_text(exc)}") from None
         self._context = result.context
         out = result.token or b""
@@ -122,6 +205,11 @@ class Acceptor:
         except (gr.GSSError, UnicodeDecodeError, mit.KerberosUnavailable) as exc:
             raise KerberosError(f"client name: {_gss_text(exc)}") from None
         return Accepted(out, True, principal, user, int(result.flags), result.mech)
+
+    def _unavailable(self, reason: str) -> AcceptorUnavailable:
+        # The operator's to mend (the record says only "unavailable", at WARNING)
+        log.error("%s: cannot check Kerberos tickets: %s", self._name, reason)
+        return AcceptorUnavailable(reason)
 
     def _acquire(self) -> gr.Creds:
         name = gr.import_name(self._name.encode("utf-8"), gr.NameType.hostbased_service)

@@ -833,6 +833,13 @@ class Connection:
                     elif isinstance(event, Refused):
                         self.end_reason = f"KPOP: {event.reason}"
                         if event.unavailable:
+                            # The keytab's fault, the operator's to mend: the record alone
+                            # (a WARNING) says only that this login got no verdict.
+                            log.error(
+                                "session %s: KPOP: cannot check tickets: %s",
+                                self._session_id,
+                                event.reason,
+                            )
                             self._audit_login("KPOP", "", Result.UNAVAILABLE, event.reason)
                         elif event.presented:
                             self._audit_login("KPOP", "", Result.FAIL, event.reason)

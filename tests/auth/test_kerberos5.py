@@ -25,7 +25,7 @@ import pytest
 
 from pop3d.auth.kerberos5 import Kerberos5Checker, Kerberos5Result
 from pop3d.security.secret import Secret
-from tests.support.kerberos import Realm, kerberos_realm, make_realm
+from tests.support.kerberos import ROTATED_HOST, Realm, kerberos_realm, make_realm
 from tests.support.lab import Lab, Server, start_server
 
 __all__ = ["kerberos_realm"]
@@ -217,6 +217,23 @@ def test_a_keytab_that_cannot_verify_is_no_verdict(
         # a wrong password is still the KDC's refusal, keytab or not
         wrong = check(made, "alice", "not-wonderland")
         assert not wrong.ok and not wrong.unavailable
+    finally:
+        made.close()
+
+
+def test_a_key_rotated_at_the_kdc_and_not_in_the_keytab_is_no_verdict(
+    krb5_env: Realm, tmp_path: Path
+) -> None:
+    """The KDC took the password and sealed the service ticket under a kvno the keytab
+    lacks: the password may well be right (found probing: a key rotation refused every
+    right password, each a SASL(-13) fail2ban counted)."""
+    made = Kerberos5Checker(ROTATED_HOST, str(krb5_env.stale_keytab(tmp_path)), timeout=5)
+    try:
+        result = check(made, "alice", "wonderland")
+        assert not result.ok and result.unavailable, result
+        assert "keytab lacks the ticket's key" in result.reason
+        assert "kvno 2 not found in keytab" in result.reason
+        assert not check(made, "alice", "not-wonderland").unavailable
     finally:
         made.close()
 

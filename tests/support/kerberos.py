@@ -26,6 +26,7 @@ import pytest
 
 SERVICE = "pop"
 HOST = "localhost"
+ROTATED_HOST = "rotated.test"  # pop/rotated.test: its key changed at the KDC after export
 PASSWORDS = {
     "alice": "wonderland",
     "bob": "builder",
@@ -83,6 +84,23 @@ class Realm:
         """A keytab with only ``service/host`` (mode 0600), as a site would give pop3d."""
         path = folder / f"{service}.keytab"
         self.k5.run_kadminl(f"ktadd -k {path} -norandkey {service}/{host}")
+        os.chmod(path, 0o600)
+        return path
+
+    def stale_keytab(self, folder: Path) -> Path:
+        """A keytab with only ``pop/rotated.test`` (mode 0600), whose key the KDC has
+        changed since (``cpw -randkey``: a key rotation without updating the keytab), so
+        every ticket the KDC issues for it has a kvno the keytab lacks. Its own principal,
+        made once per realm, so the other tests' ``pop/localhost`` is left alone."""
+        made = Path(self.k5.tmpdir) / "rotated.keytab"
+        principal = f"{SERVICE}/{ROTATED_HOST}"
+        if not made.exists():
+            self.k5.run_kadminl(f"addprinc -randkey {principal}")
+            self.k5.run_kadminl(f"ktadd -k {made}.new -norandkey {principal}")
+            self.k5.run_kadminl(f"cpw -randkey {principal}")
+            os.rename(f"{made}.new", made)
+        path = folder / f"{SERVICE}-stale.keytab"
+        shutil.copyfile(made, path)
         os.chmod(path, 0o600)
         return path
 
