@@ -154,7 +154,7 @@ def _password_login(
     result = yield VerifyPassword(name, password, realm)
     assert isinstance(result, AuthResult)
     if result.temporary:
-        return login_unavailable(session, name, "USER", result.reason)
+        return (yield from login_unavailable(session, name, "USER", result.reason))
     if result.identity is None:
         yield from login_failed(session, name, "USER", result.reason)
         return Outcome.FAIL
@@ -273,12 +273,21 @@ def login_failed(
 
 
 def login_unavailable(
-    session: Session, name: str, method: str, reason: str, checked: str = "the password"
-) -> Outcome:
+    session: Session,
+    name: str,
+    method: str,
+    reason: str,
+    checked: str = "the password",
+    *,
+    pause: bool = False,
+) -> Task:
     """The credentials could not be checked at all (the password checker's backend is down
-    or too slow, the Kerberos keytab is unusable): no verdict on them, so no failed-login
-    pause, no [AUTH], and no wrong-password line for fail2ban to blame the client with."""
+    or too slow, the Kerberos keytab is unusable): no verdict on them, so no [AUTH], and no
+    wrong-password line for fail2ban to blame the client with. No failed-login pause either,
+    unless ``pause``: an answer a client can have at will must cost what a refusal costs."""
     session.notice(LoginFailed(name, method, reason, unavailable=True))
+    if pause and session.settings.failed_login_pause > 0:
+        yield Pause(session.settings.failed_login_pause)
     session.err(f"[SYS/TEMP] Unable to check {checked} now, try again later")
     return Outcome.FAIL
 

@@ -147,10 +147,17 @@ def _exchange(
                 password_checked = reply.identity
                 unavailable = reply.reason if reply.temporary else ""
     if isinstance(result, SaslFailure) and unavailable:
-        return login_unavailable(session, _logged_name(result.authcid, rules), method, unavailable)
+        name = _logged_name(result.authcid, rules)
+        return (yield from login_unavailable(session, name, method, unavailable))
     if isinstance(result, SaslFailure) and result.temporary:  # the server's keytab failed
         name = _logged_name(result.authcid, rules)
-        return login_unavailable(session, name, method, result.reason, "the credentials")
+        # Paused like a refused ticket: a ticket's kvno is in clear, so any client can have
+        # this answer (and its error line) at will, without the pause as fast as it sends.
+        return (
+            yield from login_unavailable(
+                session, name, method, result.reason, "the credentials", pause=True
+            )
+        )
     if isinstance(result, SaslFailure):
         name = _logged_name(result.authcid, rules)
         return (

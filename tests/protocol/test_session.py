@@ -356,6 +356,27 @@ def test_no_verdict_from_the_checker_is_a_temporary_failure(lab: Lab) -> None:
     assert reasons == ["backend down"] * 3
 
 
+def test_a_keytab_that_cannot_check_tickets_costs_the_failed_login_pause(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """-ERR [SYS/TEMP] and no verdict, as for a checker that is down, but after the pause a
+    refused ticket costs: any client can have this answer at will (a ticket sealed under a
+    kvno the keytab lacks; here the keytab is gone), and without the pause it made a record
+    and an error line as fast as it could send tickets."""
+    settings = settings_for_lab(
+        sasl_mechanisms=("GSSAPI",),
+        keytab=str(tmp_path / "gone.keytab"),
+        failed_login_pause=3.0,
+    )
+    driven = drive(lab, settings)
+    driven.feed()
+    out = driven.feed(b"AUTH GSSAPI " + base64.b64encode(b"\x60\x03any") + b"\r\n")
+    assert out == b"-ERR [SYS/TEMP] Unable to check the credentials now, try again later\r\n"
+    assert [r for r in driven.requests if isinstance(r, ev.Pause)] == [ev.Pause(3.0)]
+    failed = [n for n in driven.notices if isinstance(n, ev.LoginFailed)]
+    assert len(failed) == 1 and failed[0].unavailable, failed
+
+
 def test_a_user_the_checker_vouches_for_needs_no_credential_file_entry(lab: Lab) -> None:
     lab.reset_maildrop("carol")
     for login in (
