@@ -150,7 +150,11 @@ class GSSAPI(Mechanism):
         conf_ssf = acceptor.confidentiality_ssf()
         mask = offer_mask(context, accepted.flags, conf_ssf)
         if not mask:
-            return Failure("no security layer within sasl_minimum_layer..maximum", user)
+            # The realm vouched for the user; it is the policy that refuses: not a failed
+            # password fail2ban counts (found probing: minimum 56, maximum 100 and an
+            # aes256 context, SSF 256, was a SASL(-13)).
+            reason = "no security layer within sasl_minimum_layer..maximum"
+            return Failure(reason, user, authenticated=True)
         max_in = min(context.max_buffer, MAX_BUFFER) if mask & ~LAYER_NONE else 0
         offer = bytes([mask]) + max_in.to_bytes(3, "big")
         try:

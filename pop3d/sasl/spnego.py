@@ -55,15 +55,20 @@ class GSSSpnego(Mechanism):
         elif accepted.flags & gr.RequirementFlag.integrity:
             confidential, ssf = False, INTEGRITY_SSF
         else:
+            # These refusals are the policy's, after the realm vouched for the user: not
+            # failed passwords fail2ban counts (as GSSAPI's layer refusals).
             if context.min_ssf > 0:
-                return Failure("GSS-SPNEGO without a layer is below sasl_minimum_layer", user)
+                reason = "GSS-SPNEGO without a layer is below sasl_minimum_layer"
+                return Failure(reason, user, authenticated=True)
             if context.ssf < 2:
                 # No layer and no encrypting transport: the session after it would be open
                 # to hijacking; GSS-SPNEGO is for protected connections or with a layer.
-                return Failure("GSS-SPNEGO without a layer needs TLS", user)
+                reason = "GSS-SPNEGO without a layer needs TLS"
+                return Failure(reason, user, authenticated=True)
             return Success(user, "", final=final, principal=accepted.principal)
         if ssf < context.min_ssf:
-            return Failure(f"GSS-SPNEGO layer of SSF {ssf} is below sasl_minimum_layer", user)
+            reason = f"GSS-SPNEGO layer of SSF {ssf} is below sasl_minimum_layer"
+            return Failure(reason, user, authenticated=True)
         # Above sasl_maximum_layer (over TLS the net maximum is 0) the layer is kept: the
         # client's flags impose it and it cannot be declined without desynchronising, and
         # a second layer inside TLS costs CPU, not safety. Refusing would make GSS-SPNEGO

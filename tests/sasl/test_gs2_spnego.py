@@ -205,6 +205,8 @@ def test_spnego_layer_below_the_minimum(krb5_env: Realm, ticket_caches: dict[str
     ctx = context(krb5_env, channel_bindings={}, min_ssf=100_000)
     result, _ = spnego_login(krb5_env, ticket_caches["alice"], ctx)
     assert isinstance(result, Failure) and "below" in result.reason
+    # the realm proved alice: the policy's refusal, not a failed password for fail2ban
+    assert (result.authcid, result.authenticated) == ("alice", True)
 
 
 def test_a_key_rotated_at_the_kdc_and_not_in_the_keytab_is_the_servers_fault(

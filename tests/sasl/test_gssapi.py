@@ -110,11 +110,17 @@ def test_maximum_zero_offers_no_layer_and_no_buffer(
     assert (peer.offered, peer.server_max) == (LAYER_NONE, 0)
 
 
+@pytest.mark.parametrize(("low", "high"), [(512, 512), (56, 100)])
 def test_nothing_acceptable_fails_before_the_offer(
-    krb5_env: Realm, ticket_caches: dict[str, Path]
+    krb5_env: Realm, ticket_caches: dict[str, Path], low: int, high: int
 ) -> None:
-    result, peer = login(krb5_env, ticket_caches["alice"], context(krb5_env, min_ssf=512))
+    """56..100 and an aes256 context (SSF 256): integrity is below, confidentiality above.
+    The realm proved alice; the policy refuses: not a failed password fail2ban counts
+    (found probing: it was SASL(-13))."""
+    ctx = context(krb5_env, min_ssf=low, max_ssf=high)
+    result, peer = login(krb5_env, ticket_caches["alice"], ctx)
     assert isinstance(result, Failure) and "no security layer" in result.reason
+    assert (result.authcid, result.authenticated) == ("alice", True)
     assert peer.offered is None
 
 
