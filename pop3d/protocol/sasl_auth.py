@@ -129,6 +129,12 @@ def _exchange(
             break
         if isinstance(step, Challenge):
             response = yield from _response(session, step.data)
+            if isinstance(response, _Ended) and step.proven:
+                steps.close()
+                # The realm proved the user before this challenge (GSSAPI's layer offer;
+                # found probing: it was "GSSAPI (-) [cancelled] result=<abandoned>").
+                user = _logged_name(step.proven, rules)
+                return _ended_after_proof(session, user, method, response, step.principal)
             if isinstance(response, _Ended):
                 steps.close()
                 # No verdict, yet an attempt: a SCRAM client that had the salt and the
@@ -211,17 +217,7 @@ def _authorize_then_finish(
         if isinstance(answer, _Ended):
             # Only wrong guesses were logged, so a client that cancelled here, holding
             # the proof its guess was right, left no trace of it (found probing).
-            reason = f"{answer.how} after the credentials were proven"
-            session.notice(
-                LoginFailed(
-                    granted.user,
-                    method,
-                    reason,
-                    authenticated=True,
-                    authenticated_as=granted.acting,
-                )
-            )
-            return Outcome.FAIL
+            return _ended_after_proof(session, granted.user, method, answer, granted.acting)
         if answer:  # RFC 5034 §4: additional data is answered by an empty line
             # Refused, but the credentials were proven: not a failed password fail2ban
             # counts (found probing)
@@ -244,6 +240,17 @@ class _Ended:
     """The client ended the exchange at a challenge (its -ERR is queued)."""
 
     how: str  # for the audit trail
+
+
+def _ended_after_proof(
+    session: Session, user: str, method: str, ended: _Ended, acting: str
+) -> Outcome:
+    """The client ended the exchange once its credentials were proven (after SCRAM's v=,
+    DIGEST-MD5's rspauth, GSSAPI's layer offer): a refusal under the user they proved, not
+    an attempt by no one, nor a guessed password."""
+    reason = f"{ended.how} after the credentials were proven"
+    session.notice(LoginFailed(user, method, reason, authenticated=True, authenticated_as=acting))
+    return Outcome.FAIL
 
 
 def _response(session: Session, challenge: bytes) -> Generator[Any, Any, bytes | _Ended]:

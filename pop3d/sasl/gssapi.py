@@ -143,7 +143,7 @@ class GSSAPI(Mechanism):
         self, context: Context, acceptor: Acceptor, accepted: Accepted, user: str
     ) -> Run:
         if accepted.token:
-            answer = yield Challenge(accepted.token)
+            answer = yield Challenge(accepted.token, user, accepted.principal)
             if answer:
                 raise MalformedResponse("data after the last context token")
 
@@ -162,7 +162,7 @@ class GSSAPI(Mechanism):
         except gr.GSSError as exc:
             return Failure(f"GSSAPI: cannot wrap the offer: {exc}", user)
 
-        reply = yield Challenge(wrapped)
+        reply = yield Challenge(wrapped, user, accepted.principal)
         try:
             choice, _encrypted = unwrap(acceptor.context, reply)
         except (gr.GSSError, ValueError, TypeError):

@@ -30,6 +30,12 @@ class Flag(enum.Flag):
 @dataclass(frozen=True, slots=True)
 class Challenge:
     data: bytes
+    # A challenge sent once the client's credentials are proven but before the exchange's
+    # Success (GSSAPI's mutual-authentication token and layer offer): the user they proved
+    # and the principal, so a client that ends the exchange here is recorded as that
+    # user's refused login, as one cancelling at SCRAM's v= is.
+    proven: str = ""
+    principal: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -86,3 +86,34 @@ def test_no_layer_within_the_minimum_and_maximum_is_a_refusal(
     record = record_of(server, port)
     assert " GSSAPI (alice) [no security layer within " in record, record
     assert "result=<refused>" in record and FAIL2BAN.search(record) is None
+
+
+@pytest.mark.parametrize("at", ["mutual-authentication token", "layer offer"])
+def test_a_cancel_after_the_realm_proved_the_user_is_a_refusal(
+    server: Server, ccache: Path, kerberos_realm: Realm, at: str
+) -> None:
+    """Found probing: '*' at the layer offer, the context established and alice proven, was
+    'GSSAPI (-) [cancelled] result=<abandoned>', the principal lost. As a cancel after
+    SCRAM's v=: a refusal under alice, naming the principal, nothing fail2ban counts."""
+    client = GssapiClient(initiator(ccache))
+    with socket.create_connection(("127.0.0.1", server.port), timeout=15) as sock:
+        port = sock.getsockname()[1]
+        reader = sock.makefile("rb")
+        assert reader.readline().startswith(b"+OK")
+        sock.sendall(b"AUTH GSSAPI " + base64.b64encode(client.initial()) + b"\r\n")
+        challenges = 0
+        while (answer := reader.readline()).startswith(b"+ "):
+            challenges += 1
+            if (at == "layer offer") == (challenges == 2):
+                sock.sendall(b"*\r\n")
+                continue
+            reply = client.respond(base64.b64decode(answer[2:]))
+            sock.sendall(base64.b64encode(reply) + b"\r\n")
+        assert answer == b"-ERR [AUTH] Authentication cancelled\r\n"
+        sock.sendall(b"QUIT\r\n")
+        assert reader.readline().startswith(b"+OK")
+    assert challenges == (2 if at == "layer offer" else 1)
+    record = record_of(server, port)
+    assert " GSSAPI (alice) [cancelled after the credentials were proven] " in record, record
+    assert f"authid=<{kerberos_realm.principal('alice')}> result=<refused>" in record
+    assert FAIL2BAN.search(record) is None
