@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import logging
@@ -180,17 +181,26 @@ class Authenticator:
         stored = record.secrets.get(SCHEME_ARGON2ID) if record else None
         return AuthResult(user) if self._still_holds(key, generation, stored) else None
 
+    def start_password_check(
+        self, user: str, password: Secret, realm: str = ""
+    ) -> AuthResult | Callable[[], AuthResult]:
+        """:meth:`verify_password`, handed over now without blocking: its answer when that
+        is known at once, else the blocking call that gives it. A password checker that
+        can begin a check ahead (kerberos5: its KDC exchange runs in threads of its own)
+        begins it here, so its time limit and its place among the checks in flight count
+        from the hand-over, not from when a thread of the driver's pool gets to the wait;
+        anything else runs whole in the returned call."""
+        start = getattr(self._password_checker, "start", None)
+        if start is None:
+            return functools.partial(self.verify_password, user, password, realm)
+        started = start(user, password, realm)
+        if callable(started):
+            return lambda: self._judged(user, started())
+        return self._judged(user, started)
+
     def verify_password(self, user: str, password: Secret, realm: str = "") -> AuthResult:
         if self._password_checker is not None:
-            # sasl_pwcheck_method: saslauthd or kerberos5. The backend decides, and its
-            # timing is its own: no dummy Argon2 (both outcomes already take the same path)
-            # and no cache (nothing here would notice a password change or a locked
-            # account). No verdict (a backend down) is a temporary failure, not a refusal.
-            result = self._password_checker(user, password, realm)
-            if result.unavailable:
-                log.error("cannot check the password of %s: %s", user, result.reason)
-                return AuthResult(None, result.reason, temporary=True)
-            return AuthResult(user) if result.ok else AuthResult(None, result.reason)
+            return self._judged(user, self._password_checker(user, password, realm))
         generation, record = self.credentials.lookup_at(user)
         stored = record.secrets.get(SCHEME_ARGON2ID) if record else None
         forms = password_forms(password)  # SASLprep's form first, then as sent
@@ -207,6 +217,16 @@ class Authenticator:
         if key is not None:
             self._remember(key, generation, stored)
         return AuthResult(user)
+
+    def _judged(self, user: str, result: PasswordCheck) -> AuthResult:
+        """A password checker's answer (sasl_pwcheck_method: saslauthd or kerberos5). The
+        backend decides, and its timing is its own: no dummy Argon2 (both outcomes already
+        take the same path) and no cache (nothing here would notice a password change or a
+        locked account). No verdict (a backend down) is a temporary failure, not a refusal."""
+        if result.unavailable:
+            log.error("cannot check the password of %s: %s", user, result.reason)
+            return AuthResult(None, result.reason, temporary=True)
+        return AuthResult(user) if result.ok else AuthResult(None, result.reason)
 
     def resolve_user(self, user: str) -> AuthResult:
         """Whether ``user`` exists (for logins proven by something other than a password)."""

@@ -93,6 +93,18 @@ class Entry:
     fast: Callable[[Work, Any], object | None] | None = None
     # Where.HASH: the answer when too many checks already wait for the thread (no verdict)
     busy: Callable[[Any], object] | None = None
+    # Where.HASH: called on the loop when the check is handed over (past ``busy``): the
+    # answer when known at once, else a Started whose call the thread runs instead of
+    # ``run``. A check that waits on threads of its own (a KDC's answer) begins here, so
+    # its time limit and its place among the pending checks count from the hand-over.
+    start: Callable[[Work, Any], object] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """A check begun by ``Entry.start``: ``wait`` blocks until its answer."""
+
+    wait: Callable[[], object]
 
 
 def _too_many_checks(_request: VerifyPassword) -> object:
@@ -101,6 +113,11 @@ def _too_many_checks(_request: VerifyPassword) -> object:
 
 def _verify_password(work: Work, request: VerifyPassword) -> object:
     return work.authenticator.verify_password(request.user, request.password, request.realm)
+
+
+def _start_password_check(work: Work, request: VerifyPassword) -> object:
+    started = work.authenticator.start_password_check(request.user, request.password, request.realm)
+    return started if isinstance(started, AuthResult) else Started(started)
 
 
 def _recently_verified(work: Work, request: VerifyPassword) -> object | None:
@@ -245,7 +262,11 @@ def _offload(_work: Work, request: Offload) -> object:
 
 TABLE: dict[type[Request], Entry] = {
     VerifyPassword: Entry(
-        _verify_password, Where.HASH, fast=_recently_verified, busy=_too_many_checks
+        _verify_password,
+        Where.HASH,
+        fast=_recently_verified,
+        busy=_too_many_checks,
+        start=_start_password_check,
     ),
     VerifyApop: Entry(_verify_apop, Where.IO),
     FetchSecrets: Entry(_fetch_secrets, Where.IO),

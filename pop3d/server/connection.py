@@ -46,7 +46,7 @@ from pop3d.protocol.states import State
 from pop3d.requests import Offload, Request
 from pop3d.security.value import TLSInfo
 from pop3d.server.audit import Login, Result, SessionEnd, value
-from pop3d.server.carry_out import TABLE, Entry, Where, Work
+from pop3d.server.carry_out import TABLE, Entry, Started, Where, Work
 from pop3d.server.channel import ByteChannel, ChannelClosed
 from pop3d.server.context import ServiceContext
 from pop3d.server.loglines import line
@@ -499,9 +499,15 @@ class Connection:
         if context.hashes_waiting >= context.hashes_waiting_max:
             assert entry.busy is not None
             return entry.busy(request)
+        job: Callable[[], object] = functools.partial(entry.run, self.work, request)
+        if entry.start is not None:
+            started = entry.start(self.work, request)
+            if not isinstance(started, Started):
+                return started  # known at once (kerberos5: max_pending checks wait)
+            job = started.wait
         context.hashes_waiting += 1
         try:
-            check = self._loop.run_in_executor(context.hash_executor, entry.run, self.work, request)
+            check = self._loop.run_in_executor(context.hash_executor, job)
             lost = self.channel.lost()
             if lost is None:
                 return await check

@@ -343,6 +343,33 @@ def test_a_silent_kdc_is_unavailable_within_the_timeout(
         made.close()
 
 
+def test_a_checks_time_and_slot_count_from_its_start(
+    kerberos_realm: Realm,
+    silent_kdc: SilentKdc,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """start() takes the slot and starts the clock; the wait, however late it comes, ends
+    at the deadline. A driver hands a check over at start() and waits in its pool, so a
+    wait queued there behind others' no longer adds its own timeout to theirs."""
+    monkeypatch.setenv("KRB5_CONFIG", str(silent_kdc.krb5_conf))
+    keytab = str(kerberos_realm.service_keytab(tmp_path))
+    made = Kerberos5Checker("localhost", keytab, timeout=1, max_pending=1)
+    try:
+        wait = made.start("alice", Secret(b"wonderland"))
+        assert callable(wait)
+        refused = made.start("bob", Secret(b"builder"))  # the one slot is alice's
+        assert isinstance(refused, Kerberos5Result) and "too many checks" in refused.reason
+        time.sleep(1.2)  # the caller's pool gets to the wait late
+        started = time.monotonic()
+        assert wait() == Kerberos5Result(
+            False, "kerberos5 unavailable: no answer within 1 s", unavailable=True
+        )
+        assert time.monotonic() - started < 0.2
+    finally:
+        made.close()
+
+
 def test_a_stopped_kdc_is_unavailable_at_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -565,6 +592,61 @@ def test_silent_kdc_is_sys_temp_and_others_are_served(
         assert server.stop() == 0
     log = server.log_text()
     assert "no answer within 3 s" in log and "Traceback" not in log
+
+
+def test_logins_beyond_the_pending_limit_are_answered_at_once(
+    kerberos_realm: Realm, silent_kdc: SilentKdc, tmp_path: Path
+) -> None:
+    """20 logins at once against a KDC that never answers, 16 checks per worker allowed to
+    wait on it: 16 answers -ERR [SYS/TEMP] at kerberos5_timeout (2 s), 4 at once. Found
+    probing: the checks waited for one of the worker's 8 checking threads before their
+    timeout started and before they took a slot, so of 20 logins 8 took twice the timeout
+    and none was answered at once."""
+    keytab = kerberos_realm.service_keytab(tmp_path)
+    lab = Lab(
+        tmp_path / "lab",
+        extra_config=(
+            f"sasl_keytab: {keytab}\nsasl_pwcheck_method: kerberos5\nkerberos5_timeout: 2\n"
+        ),
+    ).create()
+    lab.config.write_text(
+        lab.config.read_text().replace("servername: lab.test", "servername: localhost")
+    )
+    env = {
+        "KRB5_CONFIG": str(silent_kdc.krb5_conf),
+        "KRB5RCACHEDIR": kerberos_realm.env["KRB5RCACHEDIR"],
+    }
+    server = start_server(lab, env=env)
+    try:
+        poplib.POP3("127.0.0.1", server.port, timeout=30).quit()  # the worker is up
+        answers: list[tuple[float, str]] = []
+
+        def login() -> None:
+            client = poplib.POP3("127.0.0.1", server.port, timeout=30)
+            client.user("alice")
+            started = time.monotonic()
+            try:
+                client.pass_("wonderland")
+            except poplib.error_proto as exc:
+                answers.append((time.monotonic() - started, exc.args[0].decode()))
+            client.quit()
+
+        threads = [threading.Thread(target=login) for _ in range(20)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    finally:
+        assert server.stop() == 0
+    assert len(answers) == 20
+    assert {answer for _took, answer in answers} == {
+        "-ERR [SYS/TEMP] Unable to check the password now, try again later"
+    }
+    took = sorted(took for took, _answer in answers)
+    assert took[-1] < 2 + 1.5, took  # none waits for a thread before its own timeout
+    assert took[3] < 1 and took[4] > 1.5, took  # the 4 beyond the 16 pending, at once
+    log = server.log_text()
+    assert log.count("too many checks waiting for the KDC") >= 4, log
 
 
 # --- start-up ------------------------------------------------------------------------------
