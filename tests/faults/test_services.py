@@ -1,10 +1,9 @@
 """What pop3d depends on goes away: the KDC, the keytab, saslauthd, a readable certificate.
 Each time a clear error (exit 78 with file:line at start, a log line at run time) and the
 server keeps serving what it can, with real daemons: an MIT KDC (k5test), Cyrus saslauthd,
-Cyrus's pop3test as the GSSAPI client.
-
-Not covered: ``sasl_pwcheck_method: kerberos5`` (password checks against the KDC) does not
-exist in pop3d; a KDC outage can only affect clients getting tickets."""
+Cyrus's pop3test as the GSSAPI client. ``sasl_pwcheck_method: kerberos5``, which asks the
+KDC at each password login, has its outages and keytab faults tested in
+tests/auth/test_kerberos5.py and tests/server/test_kerberos_key_rotation.py."""
 
 from __future__ import annotations
 
