@@ -13,7 +13,7 @@
     pop3d-admin [-C imapd.conf] import --imap HOST[:PORT] [--imap-tls starttls|imaps|none]
                 [--admin NAME] --password-file FILE [--uidl-format F | --cyrus-config FILE]
                 (USER | --all)                          copy INBOXes from Cyrus, UIDLs kept
-    pop3d-admin [-C imapd.conf] check-config [-M cyrus.conf]
+    pop3d-admin [-C imapd.conf] check-config [-M cyrus.conf] [--strict]
     pop3d-admin man [PAGE]                               the manual pages (list, or show one)
 
 Exit codes follow sysexits; ``deliver`` answers 75 (EX_TEMPFAIL) on any storage error, so
@@ -25,11 +25,13 @@ from __future__ import annotations
 import argparse
 import collections
 import getpass
+import json
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -69,7 +71,7 @@ from pop3d.cli.master import (
     no_service_problem,
 )
 from pop3d.config import cyrus, imapd
-from pop3d.config.imapd import Config, ConfigError
+from pop3d.config.imapd import Config, ConfigError, Problem
 from pop3d.sasl import registry
 from pop3d.security.secret import Secret
 from pop3d.server import privileges
@@ -190,6 +192,12 @@ def _parser() -> argparse.ArgumentParser:
         dest="cyrus_conf",
         default=None,
         help=f"cyrus.conf (default {DEFAULT_CYRUS_CONF} if it exists)",
+    )
+    check.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 78 on a warning too (by default only an error the master or a login "
+        "would refuse is)",
     )
     manual = commands.add_parser("man", help="list the manual pages, or show one")
     manual.add_argument("page", nargs="?", help="pop3d, pop3d-master, pop3d-admin, pop3d.conf")
@@ -499,20 +507,43 @@ def _password_file(path: str) -> Secret:
     return Secret(password)
 
 
+@dataclass(frozen=True, slots=True)
+class _Found:
+    """A line check-config prints: an error (what the master, a worker or every login
+    would refuse) or a warning (what they run with, saying so)."""
+
+    text: str
+    warning: bool = False
+
+
+def _from_problems(problems: Iterable[Problem]) -> list[_Found]:
+    return [_Found(str(p), p.severity == "warning") for p in problems]
+
+
+def _errors(lines: Iterable[str]) -> list[_Found]:
+    return [_Found(line) for line in lines]
+
+
 def cmd_check_config(config_path: str, args: argparse.Namespace) -> int:
-    problems: list[str] = []
+    """Every error and warning, one a line; exit 78 if there was an error (or, with
+    --strict, a warning), else "configuration OK" and 0. A warning is no refusal: the
+    master and pop3d start with it (DESIGN.md: a Cyrus site's files must start). Found
+    probing: any warning was exit 78, so contrib's unit, whose ExecStartPre runs this,
+    would not start on the stock Debian cyrus.conf (imapd is not pop3d) or 'poptimeout: 5',
+    which the master runs."""
+    found: list[_Found] = []
     config: Config | None = None
     try:
         config = imapd.load(config_path)
-        problems += [str(p) for p in config.problems + registry.config_problems(config)]
+        found += _from_problems(config.problems + registry.config_problems(config))
     except ConfigError as exc:
-        problems += [str(p) for p in exc.problems]
-    references: list[str] = []
+        found += _from_problems(exc.problems)
+    references: list[_Found] = []
     if config is not None:
         references = _as_the_server(config, lambda: _check_references(config))
-        problems += references
+        found += references
         if (problem := metrics_problem(config, config_path)) is not None:
-            problems.append(problem)
+            found.append(_Found(problem))
     cyrus_path = args.cyrus_conf
     if cyrus_path is None and Path(DEFAULT_CYRUS_CONF).exists():
         cyrus_path = DEFAULT_CYRUS_CONF
@@ -520,14 +551,14 @@ def cmd_check_config(config_path: str, args: argparse.Namespace) -> int:
         try:
             master_config = cyrus.load(cyrus_path)
         except ConfigError as exc:
-            problems += [str(p) for p in exc.problems]
+            found += _from_problems(exc.problems)
         else:
-            problems += [str(p) for p in master_config.problems]
-            found = [no_service_problem(master_config)]
-            found += [command_problem(service) for service in master_config.services]
-            problems += [problem for problem in found if problem is not None]
-            problems += listen_problems(master_config)
-            if config is not None and not references:
+            found += _from_problems(master_config.problems)
+            problems = [no_service_problem(master_config)]
+            problems += [command_problem(service) for service in master_config.services]
+            found += _errors(problem for problem in problems if problem is not None)
+            found += _errors(listen_problems(master_config))
+            if config is not None and not any(not f.warning for f in references):
                 # What the master checks before its workers start: every service's
                 # context built as they will build it, each with its own -C file (found
                 # probing: a service's broken -C, a pop3d -s without a certificate were
@@ -536,19 +567,31 @@ def cmd_check_config(config_path: str, args: argparse.Namespace) -> int:
                 # As the server's account, as the master does: built as root, a service
                 # makes its files (the server secret, the lock table) root's.
                 built = _as_the_server(
-                    config, lambda: check_services(config_path, master_config, None)[0]
+                    config, lambda: _errors(check_services(config_path, master_config, None)[0])
                 )
-                problems += [problem for problem in built if problem not in problems]
-    for problem in problems:
-        print(problem)
-    if problems:
+                said = {f.text for f in found}
+                found += [f for f in built if f.text not in said]
+    for line in found:
+        print(line.text)
+    errors = sum(not f.warning for f in found)
+    warnings = len(found) - errors
+    if errors or (warnings and args.strict):
+        if not errors:
+            print(f"{_count(warnings, 'warning')}, refused with --strict")
         return EX_CONFIG
-    print("configuration OK")
+    if warnings:
+        print(f"configuration OK, with {_count(warnings, 'warning')}")
+    else:
+        print("configuration OK")
     return 0
 
 
-def _as_the_server(config: Config, check: Callable[[], list[str]]) -> list[str]:
-    """``check``'s problems, found as the account the server runs as. Run as root with
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
+def _as_the_server(config: Config, check: Callable[[], list[_Found]]) -> list[_Found]:
+    """``check``'s findings, found as the account the server runs as. Run as root with
     ``cyrus_user`` set, in a child that becomes that account first, as the master does
     before its own checks: a file only that account must read is read as it (found
     probing: a TLS key only root could read was "configuration OK", and the master then
@@ -562,7 +605,7 @@ def _as_the_server(config: Config, check: Callable[[], list[str]]) -> list[str]:
     try:
         account = privileges.target(config)
     except ConfigError as exc:
-        return [str(p) for p in exc.problems]
+        return _from_problems(exc.problems)
     if os.geteuid() != 0 or account is None:
         return check()
     read_end, write_end = os.pipe()
@@ -575,9 +618,9 @@ def _as_the_server(config: Config, check: Callable[[], list[str]]) -> list[str]:
                 privileges.drop(config)
                 found = check()
             except Exception as exc:
-                found = [f"cannot check the files as cyrus_user {account.user}: {exc}"]
+                found = [_Found(f"cannot check the files as cyrus_user {account.user}: {exc}")]
             with os.fdopen(write_end, "w", encoding="utf-8") as out:
-                out.write("\n".join(found))
+                json.dump([[f.text, f.warning] for f in found], out)
             sys.stderr.flush()  # a service's -C file's warnings; os._exit flushes nothing
         except BaseException:
             status = 70
@@ -588,38 +631,42 @@ def _as_the_server(config: Config, check: Callable[[], list[str]]) -> list[str]:
         text = answer.read()
     _pid, status = os.waitpid(child, 0)
     if os.waitstatus_to_exitcode(status) != 0:
-        return [f"cannot check the files as cyrus_user {account.user}"]
-    return [line for line in text.split("\n") if line]
+        return [_Found(f"cannot check the files as cyrus_user {account.user}")]
+    return [_Found(str(line), bool(warning)) for line, warning in json.loads(text)]
 
 
-def _check_references(config: Config) -> list[str]:
+def _check_references(config: Config) -> list[_Found]:
     """Problems with what the settings point at: files, modes, certificates."""
-    problems: list[str] = []
+    found: list[_Found] = []
     try:
         path = credentials_path(config)
         credentials.CredentialFile(path).check()
         if not path.exists():
-            problems.append(
-                f"{config.where('credentials_file')}: warning: {path} does not "
-                "exist yet (no user can log in)"
+            found.append(
+                _Found(
+                    f"{config.where('credentials_file')}: warning: {path} does not "
+                    "exist yet (no user can log in)",
+                    warning=True,
+                )
             )
     except ConfigError as exc:
-        problems.append(str(exc))
+        found += _from_problems(exc.problems)
     except (CredentialFileError, OSError) as exc:
-        problems.append(str(config.problem_with("credentials_file", None, str(exc))))
+        found.append(_Found(str(config.problem_with("credentials_file", None, str(exc)))))
     try:
         store = store_from_config(config)
     except ConfigError as exc:
-        problems += [str(p) for p in exc.problems]
+        found += _from_problems(exc.problems)
     else:
         if store.lock_table is not None and (trouble := check_table(store.lock_table)):
-            problems.append(f"{config.where('maildrop_lock')}: error: maildrop_lock: {trouble}")
+            where = config.where("maildrop_lock")
+            found.append(_Found(f"{where}: error: maildrop_lock: {trouble}"))
     if tls.certificate_configured(config, None):
         try:
             tls.server_context(config, None)
         except ConfigError as exc:
-            problems += [str(p) for p in exc.problems]
-    return problems
+            found += _from_problems(exc.problems)
+    return found
 
 
 def manual_pages() -> dict[str, Path]:

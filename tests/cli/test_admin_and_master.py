@@ -252,6 +252,66 @@ def test_check_config_reports_every_problem_with_file_and_line(lab: Lab) -> None
     assert any(f"{cyrus_conf}:2: error: service pop3: port 99999" in line for line in lines)
 
 
+def test_check_config_warnings_are_said_and_exit_0_as_the_master_runs_them(lab: Lab) -> None:
+    """Found probing: any warning was exit 78, and contrib's unit runs check-config before
+    the master (RestartPreventExitStatus=78): one cyrus.conf serving Cyrus's master too
+    (imapd is not pop3d), 'poptimeout: 5' and an unknown option kept pop3d down though the
+    master runs them. Now they are printed and exit 0; --strict refuses them; an error
+    whose text holds ': warning: ' is still an error."""
+    with lab.config.open("a") as config:
+        config.write("poptimeout: 5\nfrobnicate: 1\n")
+    for _attempt in range(5):  # exit 71: another test took the port free_port() found
+        port = free_port()
+        conf = lab.root / "cyrus.conf"
+        conf.write_text(
+            "SERVICES {\n"
+            '  imap cmd="imapd" listen="imap" prefork=0\n'
+            f'  pop3 cmd="pop3d" listen="127.0.0.1:{port}" prefork=1\n'
+            '  lmtpunix cmd="lmtpd" listen="/run/cyrus/socket/lmtp" prefork=0\n'
+            "}\n"
+        )
+        checked = admin(lab, "check-config", "-M", str(conf))
+        lines = checked.stdout.decode().splitlines()
+        assert checked.returncode == 0, lines
+        assert lines[-1] == "configuration OK, with 4 warnings", lines
+        assert f"{conf}:2: warning: service imap: imapd is not pop3d (skipped)" in lines
+        assert any(": warning: poptimeout: 300s is below" in line for line in lines), lines
+        strict = admin(lab, "check-config", "-M", str(conf), "--strict")
+        assert strict.returncode == 78, strict.stdout
+        refusal = [*lines[:-1], "4 warnings, refused with --strict"]
+        assert strict.stdout.decode().splitlines() == refusal
+        master = subprocess.Popen(
+            [*MASTER, "-C", str(lab.config), "-M", str(conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            deadline = time.monotonic() + 20
+            while master.poll() is None:
+                try:
+                    answer = login_and_stat(socket.AF_INET, ("127.0.0.1", port), "bob", "builder")
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.05)
+        finally:
+            if master.poll() is None:
+                master.send_signal(signal.SIGTERM)
+            code = master.wait(timeout=15)
+            assert master.stderr is not None
+            errors = master.stderr.read()
+            master.stderr.close()
+        if code == 71 and b"Address already in use" in errors:
+            continue
+        assert code == 0, errors
+        assert answer.startswith(b"+OK 3 "), answer
+        break
+    lab.config.write_text(lab.config.read_text() + "allowplaintext: maybe: warning: x\n")
+    refused = admin(lab, "check-config", "-M", str(conf))
+    assert refused.returncode == 78, refused.stdout
+    assert b": error: allowplaintext: 'maybe: warning: x' is not a switch" in refused.stdout
+
+
 def test_check_config_refuses_what_the_master_and_the_logins_would(lab: Lab) -> None:
     """Found probing, each said "configuration OK" and then failed: no service, a cmd the
     master refuses, two services on one address, a numeric address that is none, and a
