@@ -50,9 +50,11 @@ from pop3d.server.context import RuntimeOptions, ServiceContext
 from pop3d.server.limits import LIMITS_FD_ENV, LocalLimits, MasterLimits
 from pop3d.server.worker import (
     STATUS_FD_ENV,
+    STOP_SIGNALS,
     Worker,
     hold_hangup,
     ignore_retire,
+    ignore_strays,
     release_hangup,
     serve_stdio,
 )
@@ -148,7 +150,7 @@ def _run_debug_command(template: str | None, service: str) -> None:
     # ends the group (a SIGTERM inside subprocess.Popen, before it returned, left the
     # command orphaned: seen in a test run); the command starts with no signal held, SIGPIPE at
     # its default.
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         shell = os.posix_spawn(
             "/bin/sh",
@@ -170,7 +172,6 @@ def _run_debug_command(template: str | None, service: str) -> None:
         raise
 
 
-_STOPS = frozenset({signal.SIGTERM, signal.SIGINT})
 DEBUG_COMMAND_GRACE = 1.0  # seconds between SIGTERM and SIGKILL for the group
 
 
@@ -454,10 +455,11 @@ async def _serve_activated(
         for context in contexts.values():
             context.reload_tls()
 
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in STOP_SIGNALS:
         loop.add_signal_handler(signum, stop)
     loop.add_signal_handler(signal.SIGHUP, reload)
     ignore_retire(loop)
+    ignore_strays(loop)
     release_hangup()
     await asyncio.gather(*serving)
 

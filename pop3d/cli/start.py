@@ -1,5 +1,6 @@
-"""Where ``pop3d`` and ``pop3d-master`` start (console scripts, ``python -m pop3d``): SIGHUP
-and SIGUSR2 are held before anything else is imported.
+"""Where ``pop3d`` and ``pop3d-master`` start (console scripts, ``python -m pop3d``): SIGHUP,
+SIGUSR2 and the signals pop3d ignores (SIGUSR1 ...) are held before anything else is
+imported.
 
 Their default action ends the process, and the master's or pop3d's imports take 0.3 s: a
 reload asked in that time killed a master still starting, exit 129 (found probing), where
@@ -15,15 +16,31 @@ import os
 import signal
 from typing import NoReturn
 
-# server/worker.py's HELD_AT_START (SIGHUP, and RETIRE_SIGNAL), which cannot be imported
-# before the signals are held: tests/server/test_signals.py checks they are the same.
-HELD_AT_START = frozenset({signal.SIGHUP, signal.SIGUSR2})
+# server/worker.py's HELD_AT_START (SIGHUP, RETIRE_SIGNAL and IGNORED_SIGNALS), which
+# cannot be imported before the signals are held: tests/server/test_signals.py checks they
+# are the same.
+HELD_AT_START: frozenset[int] = frozenset(
+    {
+        signal.SIGHUP,
+        signal.SIGUSR2,
+        signal.SIGUSR1,
+        signal.SIGALRM,
+        signal.SIGVTALRM,
+        signal.SIGPROF,
+        signal.SIGIO,
+        signal.SIGPWR,
+        signal.SIGSTKFLT,
+        signal.SIGXCPU,
+        *range(signal.SIGRTMIN, signal.SIGRTMAX + 1),
+    }
+)
 # Stops held through the imports only, which cannot block; main() then takes them
 # (stop_while_starting). Their default action ended a process still importing with nothing
 # said, where the manual pages promise exit 0: pop3d 143 after SIGTERM, the master -15
 # after SIGTERM and 130 after SIGINT (found probing). pop3d's SIGINT stays Ctrl-C's 130.
-HELD_WHILE_IMPORTING = frozenset({signal.SIGTERM})
-MASTER_HELD_WHILE_IMPORTING = frozenset({signal.SIGTERM, signal.SIGINT})
+# SIGQUIT is a stop as SIGTERM is (worker.STOP_SIGNALS).
+HELD_WHILE_IMPORTING = frozenset({signal.SIGTERM, signal.SIGQUIT})
+MASTER_HELD_WHILE_IMPORTING = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT})
 
 
 def hold(also: frozenset[signal.Signals] = frozenset()) -> None:

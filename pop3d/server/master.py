@@ -16,8 +16,11 @@ Before any worker starts, the master builds each service's context once, the way
 will: a bad option, a missing certificate or a group-readable credential file stops
 the master with exit 78 and a file:line message instead of a crash loop.
 
-SIGTERM/SIGINT: workers are told to stop (they close idle sessions at once and let busy
-ones finish); whatever is left after 9.5 s is killed; the master exits 0 within 10 s.
+SIGTERM/SIGINT/SIGQUIT (Cyrus's master stops on each): workers are told to stop (they
+close idle sessions at once and let busy ones finish); whatever is left after 9.5 s is
+killed; the master exits 0 within 10 s. SIGUSR1, SIGUSR2 (the workers' own) and the
+other signals whose default action would end it (worker.IGNORED_SIGNALS) are logged and
+ignored.
 SIGHUP reloads (server/reload.py): the configuration re-read and checked, fresh workers
 for a changed one, the certificates re-read for an unchanged one, nothing for a broken one;
 one that comes while the master or a worker is starting is held until its handler is in
@@ -70,10 +73,13 @@ from pop3d.server.limits import LIMITS_FD_ENV
 from pop3d.server.reload import Loaded, ReloadRefused
 from pop3d.server.worker import (
     HELD_AT_START,
+    IGNORED_SIGNALS,
     RETIRE_SIGNAL,
     RETIRING,
     STATUS_FD_ENV,
+    STOP_SIGNALS,
     release_hangup,
+    signal_name,
 )
 
 log = logging.getLogger("pop3d.master")
@@ -307,8 +313,9 @@ class Master:
         self.retiring: list[subprocess.Popen[bytes]] = []
         self._retired_status: dict[int, int] = {}  # pid -> status pipe, retired by a reload
         self._stop = False
+        self._stopped_by: int | None = None  # the signal, for the log
         self._reload = False
-        self._stray_retire = False
+        self._strays: set[int] = set()  # RETIRE_SIGNAL, IGNORED_SIGNALS: logged in run()
         self.exit_code = 0
         # maxlogins_per_host/_per_user: one table for all workers (server/limits.py)
         self.logins = limits.LoginTable()
@@ -395,8 +402,9 @@ class Master:
         env.pop(metrics.ENV, None)  # one from our own environment is not ours to fill
         if self.metrics_dir is not None:
             env[metrics.ENV] = self.metrics_dir
-        # The worker starts with SIGHUP and RETIRE_SIGNAL held (worker.hold_hangup): our
-        # handler does not survive exec, and the default action killed workers importing.
+        # The worker starts with SIGHUP, RETIRE_SIGNAL and IGNORED_SIGNALS held
+        # (worker.hold_hangup): our handlers do not survive exec, and the default action
+        # killed workers importing.
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_AT_START)
         try:
             slot.process = subprocess.Popen(
@@ -428,20 +436,24 @@ class Master:
     def _on_signal(self, signum: int, _frame: object) -> None:
         if signum == signal.SIGHUP:
             self._reload = True
-        elif signum == RETIRE_SIGNAL:
-            # The master's word to its workers, not to itself: sent to the master (a
-            # `pkill -USR2 pop3d`) its default action ended it, every service down
-            # (found probing). Noted in the loop: no logging inside a handler.
-            self._stray_retire = True
-        else:
+        elif signum in STOP_SIGNALS:
             self._stop = True
+            self._stopped_by = self._stopped_by or signum
+        else:
+            # RETIRE_SIGNAL is the master's word to its workers, not to itself: sent to
+            # the master (a `pkill -USR2 pop3d`) its default action ended it, every service
+            # down (found probing); SIGUSR1 and the others did the same. Noted in the loop:
+            # no logging inside a handler.
+            self._strays.add(signum)
 
     def catch_signals(self) -> None:
-        """From here a SIGTERM or SIGINT is a clean stop (exit 0, the pid file removed), not
-        the signal's default death: main() calls this before it writes the pid file, so an
-        init system that stops the master as soon as the file names it gets the clean stop
-        (seen in CI: under load a SIGTERM sent then killed the master, -15)."""
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, RETIRE_SIGNAL):
+        """From here a SIGTERM, SIGINT or SIGQUIT is a clean stop (exit 0, the pid file
+        removed), not the signal's default death, and IGNORED_SIGNALS are logged and
+        ignored: main() calls this before it writes the pid file, so an init system that
+        stops the master as soon as the file names it gets the clean stop (seen in CI:
+        under load a SIGTERM sent then killed the master, -15), and no signal leaves the
+        file naming a master that died without a word."""
+        for signum in STOP_SIGNALS | {signal.SIGHUP, RETIRE_SIGNAL} | IGNORED_SIGNALS:
             signal.signal(signum, self._on_signal)
 
     def run(self) -> int:
@@ -458,9 +470,12 @@ class Master:
             if self._reload:
                 self._reload = False
                 self._reload_now()
-            if self._stray_retire:
-                self._stray_retire = False
-                log.warning("%s is for workers; the master ignores it", RETIRE_SIGNAL.name)
+            strays, self._strays = self._strays, set()
+            for signum in sorted(strays):
+                if signum == RETIRE_SIGNAL:
+                    log.warning("%s is for workers; the master ignores it", RETIRE_SIGNAL.name)
+                else:
+                    log.warning("%s ignored: it means nothing to pop3d-master", signal_name(signum))
             self._reap()
             self._limits_io(0.1)
         self._shutdown()
@@ -743,7 +758,10 @@ class Master:
 
     def _shutdown(self) -> None:
         workers = self._workers()
-        log.info("stopping: %d workers", len(workers))
+        if self._stopped_by is not None:
+            log.info("stopping on %s: %d workers", signal_name(self._stopped_by), len(workers))
+        else:
+            log.info("stopping: %d workers", len(workers))
         for sockets in self.sockets.values():
             for sock in sockets:
                 sock.close()

@@ -1,7 +1,7 @@
 """A worker process: one asyncio loop serving every connection accepted on its listening
 sockets (thousands per process, where Cyrus forks one process per connection).
 
-Shutdown (SIGTERM/SIGINT): stop accepting, close sessions that are waiting for a command
+Shutdown (SIGTERM/SIGINT/SIGQUIT): stop accepting, close sessions that are waiting for a command
 (nothing is lost: a session without QUIT deletes nothing), let sessions in the middle of a
 command finish it, and give up on stragglers after ``grace`` seconds. SIGHUP re-reads the
 TLS certificate and key.
@@ -57,7 +57,31 @@ RETIRING = b"R"
 # The master's word that its configuration changed: retire, fresh workers take our place
 # (server/reload.py). Held from the start, as SIGHUP is: its default action ends a process.
 RETIRE_SIGNAL = signal.SIGUSR2
-HELD_AT_START = frozenset({signal.SIGHUP, RETIRE_SIGNAL})
+# A stop, as in Cyrus: its services and its master shut down cleanly on SIGQUIT as on
+# SIGTERM and SIGINT (lib/signals.c, master/master.c). Its default action (a core dump) ended
+# a worker, or the master with every service, its pid file left, with nothing logged
+# (found probing).
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT})
+# What else would end a process by its default action and means nothing to pop3d: logged
+# and ignored. SIGUSR1 ended the master and its service the same way (Cyrus's services turn
+# debug logging on and off with it; nothing here does), so did the timers no code here
+# sets and the real-time signals. Not here: SIGPIPE and SIGXFSZ, which Python ignores (the
+# write that caused one fails and says so), and the faults (SIGSEGV, SIGBUS, SIGILL,
+# SIGFPE, SIGABRT, SIGTRAP, SIGSYS), which no handler can carry on from.
+IGNORED_SIGNALS: frozenset[int] = frozenset(
+    {
+        signal.SIGUSR1,
+        signal.SIGALRM,
+        signal.SIGVTALRM,
+        signal.SIGPROF,
+        signal.SIGIO,
+        signal.SIGPWR,
+        signal.SIGSTKFLT,
+        signal.SIGXCPU,
+        *range(signal.SIGRTMIN, signal.SIGRTMAX + 1),
+    }
+)
+HELD_AT_START: frozenset[int] = frozenset({signal.SIGHUP, RETIRE_SIGNAL}) | IGNORED_SIGNALS
 # The cyclic collector's first threshold (CPython's default is 700 allocations). A worker
 # holding thousands of idle sessions has a large old generation, and every full collection
 # walks all of it with the event loop stopped: 300 to 430 ms over 266,000 objects beside
@@ -75,7 +99,7 @@ def hold_hangup() -> None:
     reading its configuration) killed it, and a worker the master had just replaced died
     again, its back-off growing (found probing). Blocked, not ignored: a reload asked
     meanwhile is delivered to the handler. The mask survives fork and exec, so the master
-    starts its workers with it held. RETIRE_SIGNAL likewise."""
+    starts its workers with it held. RETIRE_SIGNAL and IGNORED_SIGNALS likewise."""
     signal.pthread_sigmask(signal.SIG_BLOCK, HELD_AT_START)
 
 
@@ -92,6 +116,26 @@ def ignore_retire(loop: asyncio.AbstractEventLoop) -> None:
         log.info("SIGUSR2 ignored: it is pop3d-master's word to its workers, and none is here")
 
     loop.add_signal_handler(RETIRE_SIGNAL, ignored)
+
+
+def signal_name(signum: int) -> str:
+    """SIGUSR1; a real-time signal as ``kill -l`` names it (SIGRTMIN+1), which is no
+    member of signal.Signals."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"SIGRTMIN+{signum - signal.SIGRTMIN}"
+
+
+def ignore_strays(loop: asyncio.AbstractEventLoop) -> None:
+    """Each of IGNORED_SIGNALS logged and ignored (see there). Before release_hangup: they
+    are held until then."""
+
+    def ignored(signum: int) -> None:
+        log.warning("%s ignored: it means nothing to pop3d", signal_name(signum))
+
+    for signum in IGNORED_SIGNALS:
+        loop.add_signal_handler(signum, ignored, signum)
 
 
 class Worker:
@@ -254,12 +298,13 @@ class Worker:
         log.debug("collector: %d start-up objects frozen", tune_collector())
         collected_at_start = collected_objects()
         if signals:
-            for signum in (signal.SIGTERM, signal.SIGINT):
+            for signum in STOP_SIGNALS:
                 loop.add_signal_handler(signum, self.stop)
             loop.add_signal_handler(signal.SIGHUP, self.context.reload_tls)
             loop.add_signal_handler(
                 RETIRE_SIGNAL, self.retire, "the master reloaded its configuration"
             )
+            ignore_strays(loop)
             release_hangup()
         if self.status_fd is not None:
             # Our end of the status pipe is its write end: it never reads as ready, but
@@ -535,10 +580,11 @@ async def serve_stdio(context: ServiceContext) -> bool:
         connection.end_reason = connection.end_reason or "server shutting down"
         session.cancel()
 
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in STOP_SIGNALS:
         loop.add_signal_handler(signum, stop)
     loop.add_signal_handler(signal.SIGHUP, context.reload_tls)
     ignore_retire(loop)
+    ignore_strays(loop)
     release_hangup()
     await asyncio.wait({session})
     return connection.session is not None

@@ -21,14 +21,14 @@ import pytest
 from pop3d.cli import start
 from pop3d.server import worker
 from tests.server.test_master_backoff import serves
-from tests.support.lab import ROOT, Lab, free_port
+from tests.support.lab import ROOT, Lab, free_port, start_server
 
 
-def _hangups(pid: int, seconds: float) -> None:
-    """SIGHUP every 10 ms, as a reload script run in a loop would."""
+def _hangups(pid: int, seconds: float, signum: int = signal.SIGHUP) -> None:
+    """SIGHUP (or ``signum``) every 10 ms, as a reload script run in a loop would."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        os.kill(pid, signal.SIGHUP)
+        os.kill(pid, signum)
         time.sleep(0.01)
 
 
@@ -80,7 +80,7 @@ def test_sighup_while_the_master_and_its_workers_start_is_a_reload(lab: Lab) -> 
         # A worker killed is replaced 0.25 s later; the reloads go on while it starts.
         (worker,) = worker_pids_of(master.pid)
         # The stops the master held while importing are not left held for its workers
-        assert not _blocked(worker) & {signal.SIGTERM, signal.SIGINT}, _blocked(worker)
+        assert not _blocked(worker) & start.MASTER_HELD_WHILE_IMPORTING, _blocked(worker)
         os.kill(worker, signal.SIGKILL)
         _hangups(master.pid, 3.0)
         _until_served(port, master, log)
@@ -242,6 +242,59 @@ def test_sighup_from_the_first_import_never_ends_the_process(lab: Lab, entry: st
             process.wait()
 
 
+@pytest.mark.parametrize("entry", ["python -m pop3d.cli.master", "python -m pop3d"])
+def test_sigusr1_from_the_first_import_never_ends_the_process(lab: Lab, entry: str) -> None:
+    """SIGUSR1 means nothing to pop3d, and is held as SIGHUP is until its handler logs it:
+    its default action ended a process still starting."""
+    master = entry.endswith("master")
+    argv = [sys.executable, "-m", entry.removeprefix("python -m ")]
+    port = free_port()
+    if master:
+        cyrus_conf = lab.root / "cyrus.conf"
+        cyrus_conf.write_text(
+            f'SERVICES {{\n  pop3 cmd="pop3d -C {lab.config}" listen="127.0.0.1:{port}" '
+            "prefork=1\n}\n"
+        )
+        argv += ["-C", str(lab.config), "-M", str(cyrus_conf)]
+    else:
+        argv += ["-X", "-C", str(lab.config)]
+    log = lab.root / "process.log"
+    with log.open("ab") as handle:
+        process = subprocess.Popen(
+            argv,
+            stdin=None if master else subprocess.PIPE,
+            stdout=handle if master else subprocess.PIPE,
+            stderr=handle,
+        )
+    try:
+        deadline = time.monotonic() + 20
+        while not _held_or_importing(process.pid):
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+        _hangups(process.pid, 1.0, signal.SIGUSR1)
+        assert process.poll() is None, (process.returncode, log.read_text())
+        if master:
+            _until_served(port, process, log)
+            process.send_signal(signal.SIGTERM)
+        else:
+            watchdog = threading.Timer(30, process.kill)
+            watchdog.start()
+            try:
+                assert _line(process).startswith(b"+OK"), log.read_text()
+                assert process.stdin is not None
+                process.stdin.write(b"QUIT\r\n")
+                process.stdin.flush()
+                assert _line(process).startswith(b"+OK"), log.read_text()
+            finally:
+                watchdog.cancel()
+        assert process.wait(timeout=15) == 0, log.read_text()
+        assert "SIGUSR1 ignored: it means nothing to pop3d" in log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 def test_the_entries_hold_what_a_worker_holds() -> None:
     assert start.HELD_AT_START == worker.HELD_AT_START
 
@@ -297,19 +350,20 @@ def _stopped_while_importing(argv: list[str], stop: signal.Signals) -> tuple[int
     return process.returncode, err
 
 
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGQUIT], ids=lambda s: s.name)
 @pytest.mark.parametrize("entry", ["pop3d", "python -m pop3d", "python -m pop3d.cli.pop3d"])
-def test_sigterm_while_importing_is_exit_0(lab: Lab, entry: str) -> None:
+def test_sigterm_while_importing_is_exit_0(lab: Lab, entry: str, stop: signal.Signals) -> None:
     """Found probing: a SIGTERM in pop3d's 0.3 s of imports ended it with 143 and nothing
     said, where pop3d(8) promises 0 after SIGTERM. Held through the imports, it stops
-    pop3d at main()'s start: exit 0 and a line saying so."""
-    code, err = _stopped_while_importing(
-        [*_entry_argv(entry), "-X", "-C", str(lab.config)], signal.SIGTERM
-    )
+    pop3d at main()'s start: exit 0 and a line saying so. SIGQUIT is a stop too."""
+    code, err = _stopped_while_importing([*_entry_argv(entry), "-X", "-C", str(lab.config)], stop)
     assert code == 0, err
     assert b"Traceback" not in err, err
 
 
-@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+@pytest.mark.parametrize(
+    "stop", [signal.SIGTERM, signal.SIGINT, signal.SIGQUIT], ids=lambda s: s.name
+)
 @pytest.mark.parametrize("entry", ["pop3d-master", "python -m pop3d.cli.master"])
 def test_the_master_stopped_while_importing_is_exit_0(
     lab: Lab, entry: str, stop: signal.Signals
@@ -327,3 +381,130 @@ def test_the_master_stopped_while_importing_is_exit_0(
     assert code == 0, err
     assert f"stopped by {stop.name}".encode() in err, err
     assert b"Traceback" not in err, err
+
+
+# Each signal whose default action ends a process and which pop3d ignores, as `kill -l`
+# names it (the real-time ones are no members of signal.Signals).
+STRAYS = {
+    "SIGUSR1": signal.SIGUSR1,
+    "SIGALRM": signal.SIGALRM,
+    "SIGVTALRM": signal.SIGVTALRM,
+    "SIGPROF": signal.SIGPROF,
+    "SIGIO": signal.SIGIO,
+    "SIGPWR": signal.SIGPWR,
+    "SIGSTKFLT": signal.SIGSTKFLT,
+    "SIGXCPU": signal.SIGXCPU,
+    "SIGRTMIN": signal.SIGRTMIN,
+    "SIGRTMIN+1": signal.SIGRTMIN + 1,
+    "SIGRTMAX": signal.SIGRTMAX,
+}
+
+
+def _wait_for(log: Path, text: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 20
+    while text not in log.read_text():
+        assert process.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, (text, log.read_text())
+        time.sleep(0.02)
+
+
+def test_the_master_stops_on_sigquit_and_logs_and_ignores_sigusr1(lab: Lab) -> None:
+    """Found probing: SIGUSR1 and SIGQUIT ended the master by their default action, no line
+    logged, its pid file left naming it; its workers then retired and the service was down.
+    SIGQUIT is a clean stop now, as in Cyrus's master (master.c: sigquit_handler), and
+    SIGUSR1 and every other signal whose default action would end it are logged and
+    ignored, by the master and by its workers, which serve on."""
+    pidfile = lab.root / "master.pid"
+    log = lab.root / "master.log"
+    for _attempt in range(5):  # exit 71: another test took the port free_port() found
+        port = free_port()
+        cyrus_conf = lab.root / "cyrus.conf"
+        cyrus_conf.write_text(
+            f'SERVICES {{\n  pop3 cmd="pop3d" listen="127.0.0.1:{port}" prefork=1\n}}\n'
+        )
+        with log.open("wb") as handle:
+            master = subprocess.Popen(
+                [sys.executable, "-m", "pop3d.cli.master", "-C", str(lab.config),
+                 "-M", str(cyrus_conf), "-p", str(pidfile)],
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 20
+            while master.poll() is None and time.monotonic() < deadline:
+                with contextlib.suppress(OSError):
+                    if serves(port):
+                        break
+                time.sleep(0.05)
+            if master.poll() == 71 and "Address already in use" in log.read_text():
+                continue
+            assert serves(port), log.read_text()
+            (worker,) = worker_pids_of(master.pid)
+            for name, signum in STRAYS.items():
+                os.kill(master.pid, signum)
+                _wait_for(log, f"{name} ignored: it means nothing to pop3d-master", master)
+                os.kill(worker, signum)
+                _wait_for(log, f"{name} ignored: it means nothing to pop3d\n", master)
+            assert serves(port), log.read_text()
+            assert worker_pids_of(master.pid) == [worker]  # the same worker, serving on
+            assert pidfile.read_text() == f"{master.pid}\n"
+            os.kill(master.pid, signal.SIGQUIT)
+            assert master.wait(timeout=15) == 0, log.read_text()
+        finally:
+            if master.poll() is None:
+                master.kill()
+                master.wait()
+        break
+    text = log.read_text()
+    assert "stopping on SIGQUIT: 1 workers" in text, text
+    assert "Traceback" not in text and "worker done: " in text, text
+    assert not pidfile.exists()
+
+
+def test_a_worker_stops_on_sigquit_as_on_sigterm(lab: Lab) -> None:
+    """Its session waiting for a command is closed without UPDATE (nothing deleted), and
+    the master starts another worker. SIGQUIT's default action was a core dump."""
+    server = start_server(lab)
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=20) as sock:
+            reader = sock.makefile("rb")
+            assert reader.readline().startswith(b"+OK")
+            sock.sendall(b"USER bob\r\nPASS builder\r\nDELE 1\r\n")
+            assert all(reader.readline().startswith(b"+OK") for _ in range(3))
+            (worker,) = worker_pids_of(server.process.pid)
+            os.kill(worker, signal.SIGQUIT)
+            assert reader.readline() == b""  # closed, without UPDATE
+        assert len(lab.messages("bob")) == 3
+        _wait_for(server.log, f"worker 0 (pid {worker}) exited with 0", server.process)
+        text = server.log_text()
+        assert "ended: server shutting down" in text and "Traceback" not in text, text
+    finally:
+        assert server.stop() == 0
+
+
+def test_pop3d_x_ignores_sigusr1_and_stops_on_sigquit(lab: Lab) -> None:
+    process = _x_session(lab)
+    watchdog = threading.Timer(30, process.kill)  # every read below is bounded by it
+    watchdog.start()
+    try:
+        assert process.stdin is not None
+        for signum in STRAYS.values():
+            process.send_signal(signum)
+        process.stdin.write(b"DELE 1\r\n")
+        process.stdin.flush()
+        assert _line(process) == b"+OK Message 1 deleted\r\n"
+        process.send_signal(signal.SIGQUIT)
+        assert _line(process) == b""  # closed, without UPDATE
+        assert process.wait(timeout=15) == 0
+        assert process.stderr is not None
+        errors = process.stderr.read().decode()
+        assert "ended: server shutting down" in errors, errors
+        for name in STRAYS:
+            assert f"{name} ignored: it means nothing to pop3d\n" in errors, (name, errors)
+        assert len(lab.messages("bob")) == 3
+    finally:
+        watchdog.cancel()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
