@@ -376,11 +376,19 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(master, config_path, cyrus_path, listen, started=started)
     finally:
         if pidfile is not None:
-            # Left behind if cyrus_user may not remove it from its folder (root's /run):
-            # the init system's to remove then, as with Cyrus, whose master never does.
-            with contextlib.suppress(OSError):
-                if pidfile.read_text(encoding="ascii").strip() == str(os.getpid()):
-                    pidfile.unlink()  # ours still: another master's is not ours to take
+            _release_pidfile(pidfile)
+
+
+def _release_pidfile(path: Path) -> None:
+    """Remove the pid file if it names us still: another master's is not ours to take.
+    Left behind if cyrus_user may not remove it from its folder (root's /run): the init
+    system's to remove then, as with Cyrus, whose master never does. Read as bytes: after
+    the drop, a codec Python imports on first use may be one cyrus_user cannot read
+    (found probing: read_text(encoding="ascii") raised LookupError, a traceback and exit
+    70 in place of the master's exit status)."""
+    with contextlib.suppress(OSError):
+        if path.read_bytes().strip() == str(os.getpid()).encode():
+            path.unlink()
 
 
 def _serve(

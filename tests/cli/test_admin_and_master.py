@@ -495,6 +495,48 @@ def test_master_daemonizes_with_a_pidfile(lab: Lab) -> None:
     assert not pidfile.exists()
 
 
+def test_the_pid_file_is_removed_when_no_codec_can_be_imported(lab: Lab) -> None:
+    """Found probing: after the drop to cyrus_user, the master removing its pid file read it
+    with read_text(encoding="ascii"); the codec, imported on first use, was one the account
+    could not read, so it stopped with LookupError's traceback, exit 70, the file left.
+    Here no codec can be imported from the master's start, as there after the drop."""
+    pidfile = lab.root / "master.pid"
+    without_codecs = (
+        "import sys; sys.modules['encodings.ascii'] = None; "
+        "from pop3d.cli.start import master; master()"
+    )
+    for _attempt in range(5):  # exit 71: another test took the port free_port() found
+        port = free_port()
+        conf = _write_cyrus_conf(lab, port)
+        master = subprocess.Popen(
+            [sys.executable, "-c", without_codecs, "-C", str(lab.config), "-M", str(conf),
+             "-p", str(pidfile)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 20
+            while master.poll() is None and not pidfile.exists():
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            if master.poll() is None:
+                stat_once_served(socket.AF_INET, ("127.0.0.1", port), "bob", "builder", deadline)
+                master.send_signal(signal.SIGTERM)
+            code = master.wait(timeout=15)
+        finally:
+            if master.poll() is None:
+                master.kill()
+                master.wait()
+            assert master.stderr is not None
+            errors = master.stderr.read()
+            master.stderr.close()
+        if code != 71 or b"Address already in use" not in errors:
+            break
+    assert code == 0, errors
+    assert b"Traceback" not in errors, errors
+    assert not pidfile.exists()
+
+
 def _master_exit(
     lab: Lab, *flags: str, conf: Path | None = None
 ) -> subprocess.CompletedProcess[bytes]:
