@@ -69,6 +69,7 @@ from pop3d.cli.master import (
     listen_problems,
     metrics_problem,
     no_service_problem,
+    worker_start_problem,
 )
 from pop3d.config import cyrus, imapd
 from pop3d.config.imapd import Config, ConfigError, Problem
@@ -540,6 +541,7 @@ def cmd_check_config(config_path: str, args: argparse.Namespace) -> int:
         found += _from_problems(exc.problems)
     references: list[_Found] = []
     if config is not None:
+        found += _worker_start(config)
         references = _as_the_server(config, lambda: _check_references(config))
         found += references
         if (problem := metrics_problem(config, config_path)) is not None:
@@ -588,6 +590,17 @@ def cmd_check_config(config_path: str, args: argparse.Namespace) -> int:
 
 def _count(number: int, noun: str) -> str:
     return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
+def _worker_start(config: Config) -> list[_Found]:
+    """Whether cyrus_user can run this interpreter and import pop3d, as the master asks
+    before anything else (cli/master.py)."""
+    try:
+        account = privileges.target(config)
+    except ConfigError:
+        return []  # said by _as_the_server, as the master's one problem
+    problem = worker_start_problem(config, account)
+    return [] if problem is None else [_Found(str(problem))]
 
 
 def _as_the_server(config: Config, check: Callable[[], list[_Found]]) -> list[_Found]:

@@ -12,8 +12,10 @@ import contextlib
 import getopt
 import logging
 import os
+import re
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
@@ -191,6 +193,63 @@ def check_services(
     return problems, configs
 
 
+# What a worker imports before it serves (python -m pop3d), and where it found pop3d.
+_WORKER_IMPORTS = "import pop3d.cli.pop3d, pop3d; print(pop3d.__file__)"
+WORKER_START_TIMEOUT = 60.0
+
+
+def worker_start_problem(config: Config, account: privileges.Account | None) -> Problem | None:
+    """Why the master, once it is ``account``, could not start a worker, or None: this
+    interpreter, run as that account with the environment workers get, must import pop3d
+    from where the master did. Asked as root, before anything is bound or written; nothing
+    to ask when root is not given up. Found probing: with the virtualenv in root's private
+    home, check-config said "configuration OK"; the master, become cyrus_user, logged
+    "cannot start a worker: Permission denied", died with a traceback (exit 70) and left
+    its pid file, which cyrus_user may not remove. Shared with check-config."""
+    if account is None or os.geteuid() != 0:
+        return None
+    interpreter = sys.executable
+    real = os.path.realpath(interpreter)
+    shown = interpreter if real == interpreter else f"{interpreter} (that is {real})"
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # pop3d/cli/..
+    try:
+        done = subprocess.run(
+            [interpreter, "-c", _WORKER_IMPORTS],
+            user=account.uid,
+            group=account.gid,
+            extra_groups=os.getgrouplist(account.user, account.gid),
+            env=privileges.environment(account),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=WORKER_START_TIMEOUT,
+            check=False,
+        )
+    except OSError as exc:
+        why = f"cannot run the interpreter {shown}: {exc.strerror or exc}"
+    except subprocess.TimeoutExpired:
+        why = f"the interpreter {shown} did not import pop3d in {WORKER_START_TIMEOUT:.0f} s"
+    else:
+        found = os.path.dirname(done.stdout.decode("utf-8", "replace").strip())
+        if done.returncode != 0:
+            why = f"cannot import pop3d from {package} with {shown}: {_error_in(done.stderr)}"
+        elif os.path.realpath(found) == os.path.realpath(package):
+            return None
+        else:  # this one it cannot read; the one it can is not the one that was checked
+            why = f"imports pop3d from {found}, not from {package}, with {shown}"
+    message = (
+        f"cyrus_user {account.user} (uid {account.uid}) {why}: the interpreter, its "
+        "libraries and the pop3d package must be readable by the user pop3d runs as"
+    )
+    return config.problem_with("cyrus_user", None, message)
+
+
+def _error_in(stderr: bytes) -> str:
+    """The line of a failed interpreter's standard error that names its error."""
+    lines = [line.strip() for line in stderr.decode("utf-8", "replace").splitlines()]
+    named = [line for line in lines if re.match(r"[\w.]*(Error|Exception)\b", line)]
+    return (named or [line for line in lines if line] or ["no error said"])[-1]
+
+
 def _reloader(
     config_path: str, cyrus_path: str, account: privileges.Account | None
 ) -> Callable[[], Loaded]:
@@ -355,9 +414,11 @@ def main(argv: list[str] | None = None) -> int:
     if listening := listen_problems(master_config):  # as check-config says them
         raise config_exit(PROGRAM, listening)
     try:
-        privileges.target(config)  # refuse root without cyrus_user before binding anything
+        account = privileges.target(config)  # root without cyrus_user: before any bind
     except ConfigError as exc:
         raise config_exit(PROGRAM, exc.problems) from None
+    if (cannot := worker_start_problem(config, account)) is not None:
+        raise config_exit(PROGRAM, [cannot])
     master = Master(config_path, master_config, config)
     try:
         master.bind_all()

@@ -97,7 +97,13 @@ def drop(config: Config) -> Account | None:
         pass
     else:  # pragma: no cover - the kernel would have to be broken
         raise OSError("root could be regained after setuid")
-    os.environ["HOME"] = pwd.getpwuid(account.uid).pw_dir
-    os.environ["USER"] = os.environ["LOGNAME"] = account.user
+    os.environ.update(environment(account))
     log.info("running as %s (uid %d, gid %d)", account.user, account.uid, account.gid)
     return account
+
+
+def environment(account: Account) -> dict[str, str]:
+    """This process's environment as :func:`drop` leaves it for ``account``, which its
+    children (the master's workers) inherit."""
+    home = pwd.getpwuid(account.uid).pw_dir
+    return {**os.environ, "HOME": home, "USER": account.user, "LOGNAME": account.user}

@@ -242,6 +242,98 @@ def test_a_file_the_user_cannot_read_stops_the_master(public_root: Path) -> None
     assert f"pop3d runs as cyrus_user {ACCOUNT}" in done.stderr
 
 
+def test_an_interpreter_the_user_cannot_run_stops_the_master_before_it_binds(
+    public_root: Path,
+) -> None:
+    """Found probing: with the virtualenv in root's private home, check-config said
+    "configuration OK", and the master, become cyrus_user, logged "cannot start a worker:
+    Permission denied" and died with a traceback (exit 70), its pid file left in root's
+    folder. Root runs the interpreter here through a folder only root may enter: the
+    master says so before it binds or writes anything, exit 78, as check-config does."""
+    account = _account()
+    lab = Lab(public_root / "lab", extra_config=f"cyrus_user: {ACCOUNT}\n").create()
+    _chown_tree(lab.root, account.pw_uid, account.pw_gid)
+    python, env = _python_for(ACCOUNT)
+    private = public_root / "private"
+    private.mkdir(mode=0o700)
+    # The interpreter's whole prefix, so a virtualenv is still one (pyvenv.cfg beside bin/)
+    (private / "prefix").symlink_to(Path(python).parent.parent)
+    interpreter = private / "prefix" / "bin" / Path(python).name
+    run = public_root / "run"
+    run.mkdir(mode=0o755)
+    pidfile = run / "pop3d-master.pid"
+    port = free_port()
+    (lab.root / "cyrus.conf").write_text(
+        f'SERVICES {{\n  pop3 cmd="pop3d" listen="127.0.0.1:{port}" prefork=1\n}}\n'
+    )
+    done = subprocess.run(
+        [str(interpreter), "-m", "pop3d.cli.master", "-C", str(lab.config),
+         "-M", str(lab.root / "cyrus.conf"), "-p", str(pidfile)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **env},
+    )  # fmt: skip
+    said = f"{lab.config}:{len(lab.config.read_text().splitlines())}: error: cyrus_user "
+    said += f"{ACCOUNT} (uid {account.pw_uid}) cannot run the interpreter {interpreter} "
+    assert done.returncode == 78, done.stderr
+    assert done.stderr.startswith(f"pop3d-master: {said}"), done.stderr
+    assert ": Permission denied: the interpreter, its libraries and" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not pidfile.exists()
+    with pytest.raises(ConnectionRefusedError):  # nothing was bound
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    checked = subprocess.run(
+        [str(interpreter), "-m", "pop3d.cli.admin", "-C", str(lab.config), "check-config",
+         "-M", str(lab.root / "cyrus.conf")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **env},
+    )  # fmt: skip
+    assert checked.returncode == 78, checked.stdout
+    assert said in checked.stdout, checked.stdout
+    # The same interpreter, reached where the account may: it starts
+    public = subprocess.run(
+        [python, "-m", "pop3d.cli.admin", "-C", str(lab.config), "check-config",
+         "-M", str(lab.root / "cyrus.conf")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **env},
+    )  # fmt: skip
+    assert public.returncode == 0, public.stdout
+
+
+def test_a_package_the_user_cannot_read_stops_the_master(public_root: Path) -> None:
+    """The interpreter runs, but the pop3d the master imported is in a folder only root may
+    enter: the account would import another one, or none."""
+    account = _account()
+    lab = Lab(public_root / "lab", extra_config=f"cyrus_user: {ACCOUNT}\n").create()
+    _chown_tree(lab.root, account.pw_uid, account.pw_gid)
+    python, env = _python_for(ACCOUNT)
+    private = public_root / "private"
+    private.mkdir(mode=0o700)
+    shutil.copytree(ROOT / "pop3d", private / "pop3d", ignore=shutil.ignore_patterns("__pycache__"))
+    path = os.pathsep.join(filter(None, [str(private), env.get("PYTHONPATH", "")]))
+    (lab.root / "cyrus.conf").write_text(
+        f'SERVICES {{\n  pop3 cmd="pop3d" listen="127.0.0.1:{free_port()}"\n}}\n'
+    )
+    done = subprocess.run(  # from /: no pop3d in the working folder, first on sys.path
+        [python, "-m", "pop3d.cli.master", "-C", str(lab.config),
+         "-M", str(lab.root / "cyrus.conf")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **env, "PYTHONPATH": path},
+        cwd="/",
+    )  # fmt: skip
+    assert done.returncode == 78, done.stderr
+    assert f"cyrus_user {ACCOUNT} (uid {account.pw_uid}) " in done.stderr, done.stderr
+    assert f"from {private / 'pop3d'}" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_root_without_cyrus_user_refuses_to_serve(lab: Lab) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root")
@@ -660,13 +752,15 @@ def test_check_config_as_root_reads_the_files_as_cyrus_user(public_root: Path) -
     _chown_tree(lab.root, account.pw_uid, account.pw_gid)
     cyrus_conf = lab.root / "cyrus.conf"
     cyrus_conf.write_text('SERVICES {\n  pop3 cmd="pop3d" listen="127.0.0.1:1110"\n}\n')
-    command = [sys.executable, "-m", "pop3d.cli.admin", "-C", str(lab.config)]
+    python, env = _python_for(ACCOUNT)  # one the account can run: check-config checks it
+    command = [python, "-m", "pop3d.cli.admin", "-C", str(lab.config)]
     command += ["check-config", "-M", str(cyrus_conf)]
-    clean = subprocess.run(command, capture_output=True, timeout=60, check=False)
+    run_env = {**os.environ, **env}
+    clean = subprocess.run(command, capture_output=True, timeout=60, check=False, env=run_env)
     assert (clean.returncode, clean.stdout.strip()) == (0, b"configuration OK"), clean
     assert lab.tls is not None
     os.chown(lab.tls.key, 0, 0)  # root's alone (mode 0600): the account cannot read it
-    refused = subprocess.run(command, capture_output=True, timeout=60, check=False)
+    refused = subprocess.run(command, capture_output=True, timeout=60, check=False, env=run_env)
     assert refused.returncode == 78, refused
     assert f"cannot read {lab.tls.key}: Permission denied".encode() in refused.stdout
 
@@ -687,15 +781,18 @@ def test_check_config_as_root_makes_no_file_the_master_cannot_read(public_root: 
     before = set(lab.root.rglob("*"))
     cyrus_conf = lab.root / "cyrus.conf"
     cyrus_conf.write_text(f'SERVICES {{\n  pop3 cmd="pop3d" listen="127.0.0.1:{free_port()}"\n}}\n')
-    command_line = [sys.executable, "-m", "pop3d.cli.admin", "-C", str(lab.config)]
+    python, env = _python_for(ACCOUNT)  # one the account can run: check-config checks it
+    command_line = [python, "-m", "pop3d.cli.admin", "-C", str(lab.config)]
     checked = subprocess.run(
-        [*command_line, "check-config", "-M", str(cyrus_conf)], capture_output=True, timeout=60
+        [*command_line, "check-config", "-M", str(cyrus_conf)],
+        capture_output=True,
+        timeout=60,
+        env={**os.environ, **env},
     )
     assert (checked.returncode, checked.stdout.strip()) == (0, b"configuration OK"), checked
     made = set(lab.root.rglob("*")) - before - {cyrus_conf}
     assert secret in made and table in made, made
     assert {path: path.stat().st_uid for path in made} == dict.fromkeys(made, account.pw_uid)
-    python, env = _python_for(ACCOUNT)
     server = start_server(lab, env=env, python=python)
     try:
         sock, reader, reply = _login(server.port, "alice")
