@@ -79,7 +79,13 @@ from pop3d.server import privileges
 from pop3d.storage import imap_import
 from pop3d.storage.base import StorageError, UnacceptableMessage
 from pop3d.storage.dovecot_import import DEFAULT_UIDL_FORMAT, check_format, import_dovecot
-from pop3d.storage.imap_import import LoginRefused, NoSuchMailbox, ServerUnreachable
+from pop3d.storage.imap_import import (
+    CertificatesRefused,
+    CertificatesUnreadable,
+    LoginRefused,
+    NoSuchMailbox,
+    ServerUnreachable,
+)
 from pop3d.storage.importing import (
     ImportFailed,
     ImportReport,
@@ -165,7 +171,10 @@ def _parser() -> argparse.ArgumentParser:
         "only on loopback or a trusted network)",
     )
     importing.add_argument(
-        "--imap-ca", metavar="FILE", help="--imap: CA certificates (default: the system's)"
+        "--imap-ca",
+        metavar="FILE",
+        help="--imap with --imap-tls starttls or imaps: CA certificates, PEM (default: the "
+        "system's)",
     )
     importing.add_argument(
         "--admin",
@@ -349,7 +358,8 @@ def cmd_import(config: Config, args: argparse.Namespace) -> int:
     FIFO, too large, not an mbox, a uidlist that does not parse: storage/importing.py), 66
     (EX_NOINPUT) when it is missing or unreadable, 78/75 when the import stopped (with
     --all: for some user; the others went on); --imap: 69 (EX_UNAVAILABLE) no connection,
-    77 (EX_NOPERM) login refused, 67 (EX_NOUSER) no such mailbox."""
+    77 (EX_NOPERM) login refused, 67 (EX_NOUSER) no such mailbox, 66 an --imap-ca that
+    cannot be read, 65 one without a certificate."""
     if (args.xuidl or args.no_xuidl) and args.mbox is None:
         fail(PROGRAM, EX_USAGE, "--xuidl and --no-xuidl are for --mbox")
     if args.imap is not None:
@@ -446,6 +456,9 @@ def _import_imap(config: Config, args: argparse.Namespace) -> int:
         fail(PROGRAM, EX_USAGE, "import --imap needs --password-file (never a password in argv)")
     if args.uidl_format is not None and args.cyrus_config is not None:
         fail(PROGRAM, EX_USAGE, "give --uidl-format or --cyrus-config, not both")
+    if args.imap_ca is not None and args.imap_tls == "none":
+        # Nothing would check a certificate with it: it was passed over without a word
+        fail(PROGRAM, EX_USAGE, "--imap-ca needs --imap-tls starttls or imaps")
     uidl_format = args.uidl_format or imap_import.DEFAULT_UIDL_FORMAT
     if uidl_format not in imap_import.UIDL_FORMATS:
         choices = ", ".join(imap_import.UIDL_FORMATS)
@@ -454,6 +467,11 @@ def _import_imap(config: Config, args: argparse.Namespace) -> int:
         host, port = imap_import.parse_address(args.imap, args.imap_tls)
     except ValueError as exc:
         fail(PROGRAM, EX_USAGE, f"--imap {exc}")
+    if args.imap_ca is not None:
+        try:  # here, once, not at each user's connection
+            imap_import.tls_context(args.imap_ca)
+        except ImportFailed as exc:
+            fail(PROGRAM, _imap_exit(exc), f"--imap-ca {exc}")
     try:
         if args.cyrus_config is not None:
             uidl_format = imap_import.uidl_format_from_config(Path(args.cyrus_config))
@@ -486,6 +504,10 @@ def _import_imap(config: Config, args: argparse.Namespace) -> int:
 
 
 def _imap_exit(exc: ImportFailed) -> int:
+    if isinstance(exc, CertificatesUnreadable):
+        return EX_NOINPUT  # as an unreadable --password-file
+    if isinstance(exc, CertificatesRefused):
+        return EX_DATAERR  # as a --password-file with nothing in it
     if isinstance(exc, ServerUnreachable):
         return EX_UNAVAILABLE
     if isinstance(exc, LoginRefused):

@@ -40,6 +40,7 @@ import os
 import re
 import socket
 import ssl
+import stat
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +85,14 @@ class LoginRefused(ImportFailed):
 
 class NoSuchMailbox(ImportFailed):
     """The user has no INBOX there."""
+
+
+class CertificatesUnreadable(ImportFailed):
+    """The CA file is missing, cannot be read, or is not a regular file."""
+
+
+class CertificatesRefused(ImportFailed):
+    """The CA file holds nothing OpenSSL loads as a certificate."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,11 +205,36 @@ def _text(data: Sequence[object]) -> str:
     return " ".join(parts) or "(no text)"
 
 
+def tls_context(ca_file: str | None) -> ssl.SSLContext:
+    """What a TLS connection checks the server's certificate with: the system's CAs, or
+    those of ``ca_file``. CertificatesUnreadable or CertificatesRefused, one line each:
+    a missing file, a folder or text that holds no certificate was OpenSSL's error with a
+    traceback, exit 70, and a FIFO would have it wait for ever (found probing)."""
+    if ca_file is not None:
+        try:
+            fd = os.open(ca_file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            try:
+                regular = stat.S_ISREG(os.fstat(fd).st_mode)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise CertificatesUnreadable(f"{ca_file}: {exc.strerror or exc}") from None
+        if not regular:
+            raise CertificatesUnreadable(f"{ca_file}: not a regular file")
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except ssl.SSLError as exc:  # its text ends in OpenSSL's source line: of no use here
+        said = re.sub(r"\s*\(_ssl\.c:\d+\)$", "", str(exc))
+        raise CertificatesRefused(f"{ca_file}: no CA certificate in it ({said})") from None
+    except OSError as exc:  # changed since it was looked at
+        raise CertificatesUnreadable(f"{ca_file}: {exc.strerror or exc}") from None
+
+
 def connect(server: Server) -> imaplib.IMAP4:
     """A connection, TLS as asked; ServerUnreachable when there is none."""
     context = None
     if server.tls != "none":
-        context = ssl.create_default_context(cafile=server.ca_file)
+        context = tls_context(server.ca_file)
     try:
         if server.tls == "imaps":
             return imaplib.IMAP4_SSL(

@@ -5,13 +5,14 @@ not an mbox. Found probing: each of these ended in a traceback or the wrong exit
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.support.lab import Lab
+from tests.support.lab import Lab, free_port, make_certificates
 
 ADMIN = [sys.executable, "-m", "pop3d.cli.admin"]
 NOT_UTF8 = b"a\xffb"
@@ -111,4 +112,44 @@ def test_import_exit_codes_for_a_missing_or_unusable_source(lab: Lab, tmp_path: 
         _admin(lab, "import", "--dovecot", str(maildir), "alice"),
         65,
         f"import refused: {maildir}/dovecot-uidlist:2: not '<uid> [ext...] :<filename>'",
+    )
+
+
+def test_an_imap_ca_file_it_cannot_use_is_one_line(lab: Lab, tmp_path: Path) -> None:
+    """Found probing: --imap-ca naming no file, a folder or text that is no certificate was
+    OpenSSL's error with a traceback, exit 70 ("internal error"), and --imap-ca without TLS
+    was passed over without a word. Now one line each: 66 as for a --password-file it
+    cannot read, 65 as for one with nothing in it, 64 without TLS; a FIFO is refused, not
+    waited on for ever. A usable file gets as far as the connection (69: nobody there)."""
+    password = tmp_path / "password"
+    password.write_text("secret\n")
+    server = f"127.0.0.1:{free_port()}"
+
+    def imported(ca: Path, *tls: str) -> subprocess.CompletedProcess[bytes]:
+        tls = tls or ("--imap-tls", "imaps")
+        return _admin(lab, "import", "--imap", server, *tls, "--imap-ca", str(ca),
+                      "--password-file", str(password), "alice")  # fmt: skip
+
+    missing = tmp_path / "nonexistent.pem"
+    _one_line(imported(missing), 66, f"--imap-ca {missing}: No such file or directory")
+    _one_line(imported(tmp_path), 66, f"--imap-ca {tmp_path}: not a regular file")
+    fifo = tmp_path / "fifo.pem"
+    os.mkfifo(fifo)
+    _one_line(imported(fifo), 66, f"--imap-ca {fifo}: not a regular file")
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("garbage\n")
+    refused = imported(garbage)  # OpenSSL's words in brackets: "no certificate or crl found"
+    assert refused.returncode == 65, refused.stderr
+    assert refused.stderr.startswith(
+        f"pop3d-admin: --imap-ca {garbage}: no CA certificate".encode()
+    )
+    assert refused.stderr.count(b"\n") == 1 and b"Traceback" not in refused.stderr
+    ca = make_certificates(tmp_path / "tls").ca
+    _one_line(
+        imported(ca, "--imap-tls", "none"), 64, "--imap-ca needs --imap-tls starttls or imaps"
+    )
+    _one_line(
+        imported(ca, "--imap-tls", "starttls"),
+        69,
+        f"import stopped: cannot connect to {server}: Connection refused",
     )
