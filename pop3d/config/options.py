@@ -167,7 +167,8 @@ OPTIONS: dict[str, Option] = {
             S,
             False,
             "Allow USER/PASS and plaintext SASL on connections "
-            "without TLS or an external layer of strength > 1.",
+            "without TLS or an external layer of strength > 1 (TLS with a NULL cipher, "
+            "strength 0, counts as no TLS).",
         ),
         _o(
             "allowapop",

@@ -6,9 +6,10 @@ may carry a credential (:meth:`Policy.permits`), which SASL mechanisms are offer
 (:meth:`Policy.offers_mechanism`), which security layers a mechanism may negotiate
 (:meth:`Policy.layer_range`), whether a login pays the plaintext pause. Cyrus semantics:
 
-* a connection is *protected* when TLS is active, an external layer of strength > 1 was
-  declared with ``-p ssf`` (a TLS-terminating proxy, an IPsec link), or a SASL
-  confidentiality layer is in place;
+* a connection is *protected* (:func:`confidential`) when the layer below the session
+  has a strength (SSF) above 1: a TLS cipher, an external layer declared with ``-p ssf``
+  (a TLS-terminating proxy, an IPsec link), or a SASL confidentiality layer. A TLS session
+  with a NULL cipher (SSF 0) is not: it has integrity at most;
 * ``tls_required`` refuses every login until TLS is active (``-p`` does not satisfy it);
 * ``allowplaintext`` lets passwords travel over an unprotected connection;
 * ``sasl_minimum_layer``: logins that negotiate no layer of their own (USER/PASS, APOP)
@@ -32,6 +33,17 @@ import enum
 from dataclasses import dataclass
 
 from pop3d.security.value import Security
+
+
+def confidential(security: Security) -> bool:
+    """Whether the layers below the session keep a password secret: libsasl counts an
+    external layer as lifting ``SASL_SEC_NOPLAINTEXT`` only at an SSF above 1, and Cyrus
+    hands it TLS's cipher bits as that SSF. So a TLS session counts by its cipher: one
+    with a NULL cipher (``tls_ciphers: eNULL:@SECLEVEL=0``, SSF 0) sends a password in
+    clear, and counted as protected it was offered USER/PASS and PLAIN under
+    ``allowplaintext: no`` (found probing). TLS replaces ``-p`` once negotiated
+    (:attr:`Security.transport_ssf`)."""
+    return security.transport_ssf > 1 or (security.layer is not None and security.layer.ssf > 1)
 
 
 class Action(enum.Enum):
@@ -89,7 +101,15 @@ class Policy:
             return Decision(False, "STLS is not available on this connection")
         if self.tls_required and not security.tls_active:
             return Decision(False, self._needs_tls_text(action))
-        if action is Action.PLAINTEXT_LOGIN and not (security.encrypted or self.allow_plaintext):
+        if action is Action.PLAINTEXT_LOGIN and not (
+            confidential(security) or self.allow_plaintext
+        ):
+            if security.tls_active:  # a NULL cipher: STLS or pop3s would not help
+                return Decision(
+                    False,
+                    f"{action.value} is only permitted on an encrypted connection; this "
+                    f"connection's TLS cipher does not encrypt (ssf {security.ssf})",
+                )
             return Decision(False, self._needs_tls_text(action))
         if action is not Action.SASL and security.ssf < self.minimum_ssf:
             return Decision(
@@ -129,7 +149,7 @@ class Policy:
     def password_exposed(self, security: Security) -> bool:
         """The password just crossed a connection without confidentiality
         (``plaintextloginpause`` applies)."""
-        return not security.encrypted
+        return not confidential(security)
 
     def _needs_tls_text(self, action: Action) -> str:
         hint = "use STLS first" if self.starttls_offered else "connect with TLS (pop3s)"

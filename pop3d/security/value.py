@@ -56,16 +56,6 @@ class Security:
         return self.transport_ssf + (self.layer.ssf if self.layer is not None else 0)
 
     @property
-    def encrypted(self) -> bool:
-        """Confidentiality below the POP3 session: TLS, a declared external layer of more
-        than integrity, or a SASL confidentiality layer."""
-        return (
-            self.tls is not None
-            or self.external_ssf > 1
-            or (self.layer is not None and self.layer.ssf > 1)
-        )
-
-    @property
     def channel_bindings(self) -> dict[str, bytes]:
         return dict(self.tls.channel_bindings) if self.tls is not None else {}
 

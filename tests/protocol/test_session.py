@@ -114,21 +114,27 @@ def test_stls_forgets_a_user_given_before_it(lab: Lab) -> None:
 
 
 @pytest.mark.parametrize(
-    ("policy", "external_ssf", "tls", "allowed"),
+    ("policy", "external_ssf", "tls_ssf", "allowed"),
     [
-        (Policy(), 0, False, False),
-        (Policy(allow_plaintext=True), 0, False, True),
-        (Policy(), 2, False, True),  # -p 2: an external layer counts as protected
-        (Policy(), 1, False, False),  # ssf 1 is integrity only
-        (Policy(), 0, True, True),
-        (Policy(allow_plaintext=True, tls_required=True), 56, False, False),
-        (Policy(tls_required=True), 0, True, True),
+        (Policy(), 0, None, False),
+        (Policy(allow_plaintext=True), 0, None, True),
+        (Policy(), 2, None, True),  # -p 2: an external layer counts as protected
+        (Policy(), 1, None, False),  # ssf 1 is integrity only
+        (Policy(), 0, 256, True),
+        (Policy(allow_plaintext=True, tls_required=True), 56, None, False),
+        (Policy(tls_required=True), 0, 256, True),
+        # TLS with a NULL cipher (found probing): integrity at most, as -p 0 or -p 1 is;
+        # TLS replaces -p once negotiated, so a NULL cipher inside -p 256 is no better
+        (Policy(), 0, 0, False),
+        (Policy(tls_required=True), 0, 0, False),
+        (Policy(), 256, 0, False),
+        (Policy(allow_plaintext=True), 0, 0, True),
     ],
 )
 def test_plaintext_login_policy(
-    lab: Lab, policy: Policy, external_ssf: int, tls: bool, allowed: bool
+    lab: Lab, policy: Policy, external_ssf: int, tls_ssf: int | None, allowed: bool
 ) -> None:
-    started = TLSInfo("TLSv1.3", "x", 256) if tls else None
+    started = None if tls_ssf is None else TLSInfo("TLSv1.2", "x", tls_ssf)
     driven = drive(lab, settings_for_lab(policy=policy), tls=started, external_ssf=external_ssf)
     driven.feed()
     out = driven.feed(b"USER alice\r\n")
@@ -139,6 +145,20 @@ def test_plaintext_login_policy(
     else:
         assert out.startswith(b"-ERR [AUTH] USER/PASS is only permitted on an encrypted")
         assert b"USER" not in capa.split(b"\r\n")
+
+
+@pytest.mark.parametrize(("tls_ssf", "paused"), [(None, True), (0, True), (128, False)])
+def test_plaintextloginpause_counts_a_null_cipher_as_clear(
+    lab: Lab, tls_ssf: int | None, paused: bool
+) -> None:
+    """A password sent inside TLS with a NULL cipher crossed in clear: it pays the pause."""
+    started = None if tls_ssf is None else TLSInfo("TLSv1.2", "x", tls_ssf)
+    policy = Policy(allow_plaintext=True)
+    settings = settings_for_lab(policy=policy, plaintext_login_pause=5.0)
+    driven = drive(lab, settings, tls=started)
+    assert b"+OK Mailbox locked and ready" in login(driven)
+    pauses = [r for r in driven.requests if isinstance(r, ev.Pause)]
+    assert pauses == ([ev.Pause(5.0)] if paused else [])
 
 
 def test_failed_login_pauses_and_hides_the_reason(lab: Lab) -> None:

@@ -352,6 +352,37 @@ def test_tls_required(tmp_path: Path) -> None:
         server.stop()
 
 
+def test_a_null_cipher_is_no_protection(tmp_path: Path) -> None:
+    """Found probing: a TLS session with a NULL cipher (ssf 0) counted as encrypted, so
+    with allowplaintext: no USER/PASS and PLAIN were offered and taken in clear. libsasl
+    counts an external layer as protection only above ssf 1, and so do we."""
+    lab = Lab(
+        tmp_path / "lab",
+        extra_config="allowplaintext: no\ntls_ciphers: eNULL:@SECLEVEL=0\ntls_versions: tls1_2\n",
+    ).create(with_tls=True)
+    assert lab.tls is not None
+    server = start_server(lab, {"pop3s": "-s"})
+    context = client_context(lab.tls, ssl.TLSVersion.TLSv1_2)
+    context.set_ciphers("eNULL:@SECLEVEL=0")
+    try:
+        with socket.create_connection(("127.0.0.1", server.ports["pop3s"]), timeout=10) as raw:
+            with context.wrap_socket(raw, server_hostname="localhost") as secure:
+                cipher = secure.cipher()
+                assert cipher is not None and "NULL" in cipher[0]
+                lines_until(secure, b"\r\n")
+                capa = ask(secure, b"CAPA", multiline=True).split(b"\r\n")
+                assert b"USER" not in capa
+                (sasl,) = [line for line in capa if line.startswith(b"SASL ")]
+                assert b"SCRAM-SHA-256" in sasl.split() and b"PLAIN" not in sasl.split()
+                refused = ask(secure, b"USER alice")
+                assert refused.startswith(b"-ERR [AUTH] USER/PASS is only permitted on an")
+                assert b"TLS cipher does not encrypt (ssf 0)" in refused
+                assert ask(secure, b"AUTH PLAIN").startswith(b"-ERR")
+    finally:
+        server.stop()
+    assert "ssf=0" in server.log_text()
+
+
 @pytest.mark.parametrize(("ssf", "allowed"), [("2", True), ("1", False)])
 def test_external_ssf_counts_as_protected(tmp_path: Path, ssf: str, allowed: bool) -> None:
     lab = Lab(tmp_path / "lab", extra_config="allowplaintext: no\n").create()
