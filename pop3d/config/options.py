@@ -494,7 +494,13 @@ OPTIONS: dict[str, Option] = {
         ),
         _o("tls_required", S, False, "Refuse every login until TLS is active."),
         _o("tls_server_cert", T, None, "PEM certificate chain for pop3s and STLS."),
-        _o("tls_server_key", T, None, "PEM private key for tls_server_cert."),
+        _o(
+            "tls_server_key",
+            T,
+            None,
+            "PEM private key for tls_server_cert, not encrypted: pop3d never asks for a "
+            "passphrase (an encrypted key is a configuration error, exit 78).",
+        ),
         _o("tls_client_ca_file", T, None, "PEM CA bundle to verify client certificates."),
         _o("tls_client_ca_dir", T, None, "Hashed CA directory to verify client certificates."),
         _o(

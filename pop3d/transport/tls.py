@@ -30,7 +30,9 @@ import stat
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from OpenSSL import SSL
 
 # pyOpenSSL's cffi binding, for the calls it has no public method for
@@ -56,6 +58,24 @@ DEFAULT_CIPHERS = (
 
 # Cyrus caps tls_session_timeout at 24 hours (tls.c: "maximum value is 1440 minutes").
 MAX_SESSION_LIFETIME = 1440 * 60
+
+# What a certificate's key can be (pyOpenSSL's Context.use_privatekey takes these).
+_PrivateKey = (
+    rsa.RSAPrivateKey
+    | ec.EllipticCurvePrivateKey
+    | ed25519.Ed25519PrivateKey
+    | ed448.Ed448PrivateKey
+    | dsa.DSAPrivateKey
+)
+_PRIVATE_KEY_TYPES = (
+    rsa.RSAPrivateKey,
+    ec.EllipticCurvePrivateKey,
+    ed25519.Ed25519PrivateKey,
+    ed448.Ed448PrivateKey,
+    dsa.DSAPrivateKey,
+)
+# A PEM key or CRL file is a few KiB (a CRL of a large CA a few MiB); /dev/zero is none.
+_MAX_FILE = 64 << 20
 
 EXPORTER_LABEL = b"EXPORTER-Channel-Binding"  # RFC 9266 §2
 EXPORTER_LENGTH = 32
@@ -151,24 +171,11 @@ def server_context(config: Config, service: str | None) -> SSL.Context:
         raise config.error(
             "tls_ciphers", service, f"tls_ciphers: OpenSSL accepts none of {ciphers!r}"
         ) from None
-    for option, path in (("tls_server_cert", cert), ("tls_server_key", key)):
-        # OpenSSL's own words for a file it cannot open are "system lib", twice
-        try:
-            fd = os.open(str(path), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-            try:
-                regular = stat.S_ISREG(os.fstat(fd).st_mode)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            message = f"cannot read {path}: {exc.strerror or exc}"
-            raise config.error(option, service, message) from None
-        if not regular:
-            # OpenSSL would wait on a FIFO for ever: check-config, the master's start, a
-            # worker's SIGHUP all hung (found probing)
-            raise config.error(option, service, f"{path} is not a regular file")
+    _read_regular(config, service, "tls_server_cert", str(cert))
+    private_key = _private_key(config, service, str(key))
     try:
         context.use_certificate_chain_file(str(cert))
-        context.use_privatekey_file(str(key))
+        context.use_privatekey(private_key)
         context.check_privatekey()
     except SSL.Error as exc:
         raise config.error(
@@ -212,6 +219,56 @@ def server_context(config: Config, service: str | None) -> SSL.Context:
         context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
     context.set_options(options)
     return context
+
+
+def _read_regular(config: Config, service: str | None, option: str, path: str) -> bytes:
+    """The file's bytes (at most :data:`_MAX_FILE`), or :class:`ConfigError` naming it."""
+    # OpenSSL's own words for a file it cannot open are "system lib", twice
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise config.error(option, service, f"cannot read {path}: {exc.strerror or exc}") from None
+    except ValueError:
+        raise config.error(option, service, f"cannot read {path!r}: NUL in the name") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            # OpenSSL would wait on a FIFO for ever: check-config, the master's start, a
+            # worker's SIGHUP all hung (found probing)
+            raise config.error(option, service, f"{path} is not a regular file")
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            data = handle.read(_MAX_FILE + 1)
+    except OSError as exc:
+        raise config.error(option, service, f"cannot read {path}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(data) > _MAX_FILE:
+        raise config.error(option, service, f"{path} is larger than {_MAX_FILE >> 20} MiB")
+    return data
+
+
+def _private_key(config: Config, service: str | None, path: str) -> _PrivateKey:
+    """tls_server_key, decoded by cryptography, never by OpenSSL: OpenSSL asks for the
+    passphrase of an encrypted key on /dev/tty, so a master started from a terminal
+    blocked at its start or its SIGHUP check, a worker's SIGHUP blocked its event loop,
+    and check-config waited, or took a typed passphrase and said OK for a key the
+    service could not load (found probing). cryptography is given no passphrase and
+    says the key is encrypted."""
+    data = _read_regular(config, service, "tls_server_key", path)
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except TypeError:
+        raise config.error(
+            "tls_server_key",
+            service,
+            f"{path}: the key is encrypted; pop3d cannot read a passphrase (store it "
+            "decrypted, e.g. openssl pkey -in KEY -out NEW, readable by pop3d alone)",
+        ) from None
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise config.error("tls_server_key", service, f"cannot load key {path}: {exc}") from None
+    if not isinstance(key, _PRIVATE_KEY_TYPES):
+        kind = type(key).__name__
+        raise config.error("tls_server_key", service, f"{path}: {kind} is no certificate's key")
+    return key
 
 
 class NotPop3(SSL.Error):
