@@ -36,7 +36,8 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, r
 from OpenSSL import SSL
 
 # pyOpenSSL's cffi binding, for the calls it has no public method for
-# (SSL_session_reused, SSL_get_verify_result, SSL_get_extms_support, the subject's CN).
+# (SSL_session_reused, SSL_get_verify_result, SSL_get_extms_support, the subject's CN), or
+# only a deprecated one (the passphrase callback).
 from OpenSSL._util import ffi as _ffi
 from OpenSSL._util import lib as _lib
 
@@ -74,6 +75,13 @@ _PRIVATE_KEY_TYPES = (
     ed448.Ed448PrivateKey,
     dsa.DSAPrivateKey,
 )
+# OpenSSL asks for the passphrase of a PEM block marked encrypted on /dev/tty unless the
+# context has a callback; this one has none to give. The key is never OpenSSL's to read
+# (_private_key), but the certificate chain file is, and a block in it can say it is
+# encrypted: check-config, a master's start or SIGHUP, a worker's reload waited on a
+# terminal for a passphrase.
+_NO_PASSPHRASE = _ffi.callback("int (*)(char *, int, int, void *)", lambda *_: -1)
+
 # A PEM key or CRL file is a few KiB (a CRL of a large CA a few MiB); /dev/zero is none.
 _MAX_FILE = 64 << 20
 
@@ -143,6 +151,7 @@ def server_context(config: Config, service: str | None) -> SSL.Context:
             "tls_server_cert", service, "TLS needs tls_server_cert and tls_server_key"
         )
     context = SSL.Context(SSL.TLS_SERVER_METHOD)
+    _lib.SSL_CTX_set_default_passwd_cb(context._context, _NO_PASSPHRASE)
     versions_text = config.string("tls_versions", service) or ""
     versions = []
     for word in versions_text.split():

@@ -3,6 +3,7 @@ check-config and at SIGHUP."""
 
 from __future__ import annotations
 
+import base64
 import os
 import pty
 import select
@@ -48,6 +49,18 @@ def encrypt(key_path: Path, traditional: bool = False) -> None:
             serialization.BestAvailableEncryption(b"secret"),
         )
     )
+
+
+def check_config(lab: Lab) -> list[str]:
+    return [sys.executable, "-m", "pop3d.cli.admin", "-C", str(lab.config), "check-config"]
+
+
+def pop3s_only(folder: Path) -> Path:
+    """A cyrus.conf with one pop3s service (check-config reads /etc/cyrus.conf without one)."""
+    path = folder / "cyrus.conf"
+    listen = f"127.0.0.1:{free_port()}"
+    path.write_text(f'SERVICES {{\n  pop3s cmd="pop3d -s" listen="{listen}"\n}}\n')
+    return path
 
 
 def on_a_terminal(argv: list[str], timeout: float = 20.0) -> tuple[int | None, str]:
@@ -101,11 +114,8 @@ def test_check_config_and_the_master_refuse_an_encrypted_key_on_a_terminal(
     lab = Lab(tmp_path / "lab").create(with_tls=True)
     assert lab.tls is not None
     encrypt(lab.tls.key)
-    cyrus_conf = tmp_path / "cyrus.conf"
-    listen = f"127.0.0.1:{free_port()}"
-    cyrus_conf.write_text(f'SERVICES {{\n  pop3s cmd="pop3d -s" listen="{listen}"\n}}\n')
-    admin = [sys.executable, "-m", "pop3d.cli.admin", "-C", str(lab.config), "check-config"]
-    status, output = on_a_terminal([*admin, "-M", str(cyrus_conf)])
+    cyrus_conf = pop3s_only(tmp_path)
+    status, output = on_a_terminal([*check_config(lab), "-M", str(cyrus_conf)])
     assert status == 78, output
     assert ENCRYPTED in output and "pass phrase" not in output.lower()
     master = [sys.executable, "-m", "pop3d.cli.master", "-C", str(lab.config)]
@@ -141,3 +151,18 @@ def test_sighup_with_an_encrypted_key_keeps_the_old_certificate(tmp_path: Path) 
                 assert lines_until(session, b"\r\n").startswith(b"+OK")
     finally:
         assert server.stop() == 0
+
+
+def test_a_certificate_block_marked_encrypted_is_refused_on_a_terminal(tmp_path: Path) -> None:
+    """OpenSSL reads the certificate chain file itself, and asked on /dev/tty for the
+    passphrase of a block marked encrypted: check-config waited for one."""
+    lab = Lab(tmp_path / "lab").create(with_tls=True)
+    assert lab.tls is not None
+    body = base64.encodebytes(bytes(48)).decode()
+    lab.tls.cert.write_text(
+        "-----BEGIN CERTIFICATE-----\nProc-Type: 4,ENCRYPTED\n"
+        f"DEK-Info: AES-128-CBC,{'00' * 16}\n\n{body}-----END CERTIFICATE-----\n"
+    )
+    status, output = on_a_terminal([*check_config(lab), "-M", str(pop3s_only(tmp_path))])
+    assert status == 78, output
+    assert "cannot load certificate" in output and "bad password read" in output
