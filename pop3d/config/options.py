@@ -499,7 +499,9 @@ OPTIONS: dict[str, Option] = {
             T,
             None,
             "PEM private key for tls_server_cert, not encrypted: pop3d never asks for a "
-            "passphrase (an encrypted key is a configuration error, exit 78).",
+            "passphrase (an encrypted key is a configuration error, exit 78). Others may "
+            "not read or write it (0600, or 0640 with a group such as Debian's ssl-cert); "
+            "a key they may is refused, exit 78.",
         ),
         _o("tls_client_ca_file", T, None, "PEM CA bundle to verify client certificates."),
         _o("tls_client_ca_dir", T, None, "Hashed CA directory to verify client certificates."),

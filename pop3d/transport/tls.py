@@ -230,8 +230,13 @@ def server_context(config: Config, service: str | None) -> SSL.Context:
     return context
 
 
-def _read_regular(config: Config, service: str | None, option: str, path: str) -> bytes:
-    """The file's bytes (at most :data:`_MAX_FILE`), or :class:`ConfigError` naming it."""
+def _read_regular(
+    config: Config, service: str | None, option: str, path: str, *, secret: bool = False
+) -> bytes:
+    """The file's bytes (at most :data:`_MAX_FILE`), or :class:`ConfigError` naming it.
+    A ``secret`` others may read or write is refused, as the credential file and the keytab
+    are (found probing: a key of mode 0644 was taken); its group may read it, for Debian's
+    ssl-cert group (0640 root:ssl-cert), whose members are the services meant to."""
     # OpenSSL's own words for a file it cannot open are "system lib", twice
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -240,10 +245,18 @@ def _read_regular(config: Config, service: str | None, option: str, path: str) -
     except ValueError:
         raise config.error(option, service, f"cannot read {path!r}: NUL in the name") from None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
             # OpenSSL would wait on a FIFO for ever: check-config, the master's start, a
             # worker's SIGHUP all hung (found probing)
             raise config.error(option, service, f"{path} is not a regular file")
+        if secret and mode & (stat.S_IROTH | stat.S_IWOTH):
+            raise config.error(
+                option,
+                service,
+                f"{path}: mode {stat.S_IMODE(mode):04o} lets others read or write it; "
+                "refusing to use it (chmod o-rw: 0600, or 0640 with a group such as ssl-cert)",
+            )
         with os.fdopen(os.dup(fd), "rb") as handle:
             data = handle.read(_MAX_FILE + 1)
     except OSError as exc:
@@ -262,7 +275,7 @@ def _private_key(config: Config, service: str | None, path: str) -> _PrivateKey:
     and check-config waited, or took a typed passphrase and said OK for a key the
     service could not load (found probing). cryptography is given no passphrase and
     says the key is encrypted."""
-    data = _read_regular(config, service, "tls_server_key", path)
+    data = _read_regular(config, service, "tls_server_key", path, secret=True)
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except TypeError:

@@ -1,5 +1,5 @@
 """tls_server_key: an encrypted key is refused, never asked a passphrase for, at start, in
-check-config and at SIGHUP."""
+check-config and at SIGHUP; a key others may read is refused."""
 
 from __future__ import annotations
 
@@ -166,3 +166,22 @@ def test_a_certificate_block_marked_encrypted_is_refused_on_a_terminal(tmp_path:
     status, output = on_a_terminal([*check_config(lab), "-M", str(pop3s_only(tmp_path))])
     assert status == 78, output
     assert "cannot load certificate" in output and "bad password read" in output
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o604, 0o602, 0o666])
+def test_a_key_others_may_read_or_write_is_refused(tmp_path: Path, mode: int) -> None:
+    """Found probing: a key of mode 0644 was taken, where the credential file and the keytab
+    are refused when others can read them. Refused at start, in check-config (exit 78,
+    naming the key) and at SIGHUP; its group may read it (Debian's ssl-cert group:
+    /etc/ssl/private keys are 0640 root:ssl-cert)."""
+    lab = Lab(tmp_path / "lab").create(with_tls=True)
+    assert lab.tls is not None
+    for allowed in (0o600, 0o640, 0o660):
+        lab.tls.key.chmod(allowed)
+        assert tls.server_tls(imapd.load(lab.config), None).context is not None
+    lab.tls.key.chmod(mode)
+    with pytest.raises(ConfigError, match=f"mode 0{mode:o} lets others read or write it"):
+        tls.server_tls(imapd.load(lab.config), None)
+    status, output = on_a_terminal([*check_config(lab), "-M", str(pop3s_only(tmp_path))])
+    assert status == 78, output
+    assert f"{lab.tls.key}: mode 0{mode:o} lets others read or write it" in output
