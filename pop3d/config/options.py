@@ -506,6 +506,17 @@ OPTIONS: dict[str, Option] = {
         _o("tls_client_ca_file", T, None, "PEM CA bundle to verify client certificates."),
         _o("tls_client_ca_dir", T, None, "Hashed CA directory to verify client certificates."),
         _o(
+            "tls_crl_file",
+            T,
+            None,
+            "PEM file of certificate revocation lists, checked as Cyrus does for every "
+            "certificate of a client's chain (CRL_CHECK and CRL_CHECK_ALL): it must hold a "
+            "current CRL of each CA that issues client certificates or intermediates, or "
+            "those certificates do not verify (an expired CRL fails them all: renew it, then "
+            "SIGHUP re-reads it, as it does the certificate). A file that cannot be read or "
+            "holds no CRL is a configuration error, exit 78 (Cyrus logs it and checks none).",
+        ),
+        _o(
             "tls_client_certs",
             E,
             "off",

@@ -26,6 +26,7 @@ What a handshake yields for the layers above (:func:`facts`):
 from __future__ import annotations
 
 import os
+import re
 import stat
 from dataclasses import dataclass
 
@@ -33,7 +34,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
-from OpenSSL import SSL
+from OpenSSL import SSL, crypto
 
 # pyOpenSSL's cffi binding, for the calls it has no public method for
 # (SSL_session_reused, SSL_get_verify_result, SSL_get_extms_support, the subject's CN), or
@@ -84,6 +85,8 @@ _NO_PASSPHRASE = _ffi.callback("int (*)(char *, int, int, void *)", lambda *_: -
 
 # A PEM key or CRL file is a few KiB (a CRL of a large CA a few MiB); /dev/zero is none.
 _MAX_FILE = 64 << 20
+
+_CRL_BLOCK = re.compile(rb"-----BEGIN X509 CRL-----.+?-----END X509 CRL-----", re.DOTALL)
 
 EXPORTER_LABEL = b"EXPORTER-Channel-Binding"  # RFC 9266 §2
 EXPORTER_LENGTH = 32
@@ -215,6 +218,9 @@ def server_context(config: Config, service: str | None) -> SSL.Context:
         if mode == "require":
             verify |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
         context.set_verify(verify)
+    crl_file = config.string("tls_crl_file", service)
+    if crl_file:
+        _load_crls(context, config, service, crl_file)
     # Sessions resume (by ticket, or by id from this worker's cache) for at most
     # tls_session_timeout, as Cyrus does; 0 turns resumption off. The session id context
     # names this server to OpenSSL's cache: without one, OpenSSL refuses to resume a
@@ -293,6 +299,30 @@ def _private_key(config: Config, service: str | None, path: str) -> _PrivateKey:
     return key
 
 
+def _load_crls(context: SSL.Context, config: Config, service: str | None, path: str) -> None:
+    """Every PEM CRL in ``path`` into the context's store, checked for each certificate of
+    a client's chain, as Cyrus's tls.c does (X509_STORE_add_crl for each,
+    X509_V_FLAG_CRL_CHECK | X509_V_FLAG_CRL_CHECK_ALL). The option was read and ignored: a
+    revoked client certificate logged in with EXTERNAL (found probing). Unlike Cyrus, which
+    logs a CRL file it cannot open and then checks nothing, a file that cannot be read or
+    holds no CRL is a configuration error: a site that revokes certificates must not lose
+    the revocations to a typo."""
+    data = _read_regular(config, service, "tls_crl_file", path)
+    blocks = _CRL_BLOCK.findall(data)
+    if not blocks:
+        message = f"{path} holds no PEM CRL (-----BEGIN X509 CRL-----)"
+        raise config.error("tls_crl_file", service, message)
+    store = context.get_cert_store()
+    assert store is not None  # a new context has one
+    for number, block in enumerate(blocks, 1):
+        try:
+            store.add_crl(x509.load_pem_x509_crl(block))
+        except ValueError as exc:
+            message = f"{path}: CRL {number} of {len(blocks)} cannot be read: {exc}"
+            raise config.error("tls_crl_file", service, message) from None
+    store.set_flags(crypto.X509StoreFlags.CRL_CHECK | crypto.X509StoreFlags.CRL_CHECK_ALL)
+
+
 class NotPop3(SSL.Error):
     """The client asked for application protocols, none of them POP3."""
 
@@ -341,6 +371,16 @@ def tls_unique(connection: SSL.Connection) -> bytes | None:
     if session_reused(connection):
         return connection.get_finished()
     return connection.get_peer_finished()
+
+
+def verify_problem(connection: SSL.Connection) -> str | None:
+    """Why the client's certificate did not verify ("certificate revoked"), or None: a
+    failed handshake's OpenSSL reason is only "certificate verify failed", where Cyrus logs
+    the verification's own error."""
+    result = _lib.SSL_get_verify_result(connection._ssl)
+    if result == 0:  # X509_V_OK
+        return None
+    return str(_ffi.string(_lib.X509_verify_cert_error_string(result)).decode(errors="replace"))
 
 
 def extended_master_secret(connection: SSL.Connection) -> bool:

@@ -39,7 +39,7 @@ from OpenSSL._util import ffi as _ffi
 from OpenSSL._util import lib as _lib
 
 from pop3d.transport.layer import LayerError
-from pop3d.transport.tls import openssl_reason
+from pop3d.transport.tls import openssl_reason, verify_problem
 
 # One TLS record's plaintext is at most 16 KiB; read a few at a time.
 _READ_SIZE = 64 * 1024
@@ -87,7 +87,10 @@ class TLSLayer:
         except SSL.WantReadError:
             return False
         except SSL.Error as exc:
-            raise TLSHandshakeError(openssl_reason(exc)) from None
+            reason = openssl_reason(exc)
+            if (problem := verify_problem(self.connection)) is not None:
+                reason += f" (client certificate: {problem})"
+            raise TLSHandshakeError(reason) from None
         self.handshake_done = True
         return True
 
