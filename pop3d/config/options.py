@@ -504,7 +504,13 @@ OPTIONS: dict[str, Option] = {
             "a key they may is refused, exit 78.",
         ),
         _o("tls_client_ca_file", T, None, "PEM CA bundle to verify client certificates."),
-        _o("tls_client_ca_dir", T, None, "Hashed CA directory to verify client certificates."),
+        _o(
+            "tls_client_ca_dir",
+            T,
+            None,
+            "Hashed CA directory (openssl rehash) to verify client certificates; it must hold "
+            "at least one.",
+        ),
         _o(
             "tls_crl_file",
             T,
@@ -520,7 +526,11 @@ OPTIONS: dict[str, Option] = {
             "tls_client_certs",
             E,
             "off",
-            "Ask for client certificates.",
+            "Ask for client certificates, naming the CAs of tls_client_ca_file and "
+            "tls_client_ca_dir in the request. optional: a client may send none, and one "
+            "that does not verify (another CA's, expired, revoked) gives the session no "
+            "identity: EXTERNAL is not offered, a password login is (Cyrus ends such a "
+            "handshake). require: a handshake without a certificate that verifies fails.",
             choices=("off", "optional", "require"),
         ),
         _o(

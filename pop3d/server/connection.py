@@ -808,11 +808,15 @@ class Connection:
         # The certificate's name escaped as the audit records' fields are: a name spelling
         # a badlogin record for another address had fail2ban find that host here.
         client = value(info.client_identity) if info.client_identity else "-"
+        # tls_client_certs: optional goes on with a certificate that did not verify: say
+        # why, or "EXTERNAL is not offered" would have no reason anywhere.
+        unverified = tls.verify_problem(connection)
         line(
             log,
             logging.INFO,
             f"peer={self.channel.peer} TLS {info.version} {info.cipher} ssf={info.ssf} "
-            f"client={client}",
+            f"client={client}"
+            + (f" (client certificate not verified: {unverified})" if unverified else ""),
         )
         return info
 

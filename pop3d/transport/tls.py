@@ -83,6 +83,10 @@ _PRIVATE_KEY_TYPES = (
 # terminal for a passphrase.
 _NO_PASSPHRASE = _ffi.callback("int (*)(char *, int, int, void *)", lambda *_: -1)
 
+# tls_client_certs: optional: a client certificate that does not verify leaves the
+# handshake going (SSL_get_verify_result keeps why); see _ask_for_client_certificates.
+_GO_ON_UNVERIFIED = _ffi.callback("int (*)(int, X509_STORE_CTX *)", lambda _ok, _store: 1)
+
 # A PEM key or CRL file is a few KiB (a CRL of a large CA a few MiB); /dev/zero is none.
 _MAX_FILE = 64 << 20
 
@@ -198,26 +202,7 @@ def server_context(config: Config, service: str | None) -> SSL.Context:
     context.set_alpn_select_callback(_select_alpn)
     mode = config.string("tls_client_certs", service) or "off"
     if mode != "off":
-        ca_file = config.string("tls_client_ca_file", service)
-        ca_dir = config.string("tls_client_ca_dir", service)
-        if not ca_file and not ca_dir:
-            raise config.error(
-                "tls_client_certs",
-                service,
-                "tls_client_certs needs tls_client_ca_file or tls_client_ca_dir",
-            )
-        try:
-            context.load_verify_locations(ca_file or None, ca_dir or None)
-        except SSL.Error as exc:
-            raise config.error(
-                "tls_client_ca_file",
-                service,
-                f"cannot load client CAs: {openssl_reason(exc)}",
-            ) from None
-        verify = SSL.VERIFY_PEER
-        if mode == "require":
-            verify |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
-        context.set_verify(verify)
+        _ask_for_client_certificates(context, config, service, require=mode == "require")
     crl_file = config.string("tls_crl_file", service)
     if crl_file:
         _load_crls(context, config, service, crl_file)
@@ -297,6 +282,103 @@ def _private_key(config: Config, service: str | None, path: str) -> _PrivateKey:
         kind = type(key).__name__
         raise config.error("tls_server_key", service, f"{path}: {kind} is no certificate's key")
     return key
+
+
+def _ask_for_client_certificates(
+    context: SSL.Context, config: Config, service: str | None, *, require: bool
+) -> None:
+    """Verify client certificates against tls_client_ca_file and tls_client_ca_dir, and
+    name those CAs in the CertificateRequest, as Cyrus does
+    (SSL_CTX_set_client_CA_list(SSL_load_client_CA_file(...)); from the directory too,
+    which Cyrus does not read for names). None were named: a client holding several
+    certificates could not choose, and one that sent another CA's had its handshake
+    aborted (found probing).
+
+    ``require``: a handshake without a certificate that verifies fails, as in Cyrus.
+    ``optional``: one whose certificate does not verify (another CA's, expired, revoked)
+    goes on without a client identity, so a password login is still possible and
+    EXTERNAL is not. Cyrus's verify callback returns OpenSSL's verdict, which aborts such
+    a handshake with optional too; asking for a certificate the client may decline and
+    then refusing the one it sends would make certificates anything but optional."""
+    ca_file = config.string("tls_client_ca_file", service)
+    ca_dir = config.string("tls_client_ca_dir", service)
+    if not ca_file and not ca_dir:
+        raise config.error(
+            "tls_client_certs",
+            service,
+            "tls_client_certs needs tls_client_ca_file or tls_client_ca_dir",
+        )
+    authorities: dict[bytes, x509.Certificate] = {}  # by DER subject, as OpenSSL dedupes
+    if ca_file:
+        data = _read_regular(config, service, "tls_client_ca_file", ca_file)
+        try:
+            found = x509.load_pem_x509_certificates(data)
+        except ValueError:
+            message = f"{ca_file} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+            raise config.error("tls_client_ca_file", service, message) from None
+        authorities.update((c.subject.public_bytes(), c) for c in found)
+    if ca_dir:
+        for certificate in _hashed_directory(config, service, ca_dir):
+            authorities.setdefault(certificate.subject.public_bytes(), certificate)
+    try:
+        context.load_verify_locations(ca_file or None, ca_dir or None)
+    except SSL.Error as exc:
+        raise config.error(
+            "tls_client_ca_file" if ca_file else "tls_client_ca_dir",
+            service,
+            f"cannot load client CAs: {openssl_reason(exc)}",
+        ) from None
+    for certificate in authorities.values():
+        context.add_client_ca(certificate)
+    if require:
+        context.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT)
+    else:
+        # Not pyOpenSSL's set_verify with a callback: its wrapper resets the error of a
+        # certificate the callback accepts to X509_V_OK, and SSL_get_verify_result (which
+        # client_identity reads, here and from a resumed session) would then vouch for
+        # it. This one leaves OpenSSL's verdict in place.
+        _lib.SSL_CTX_set_verify(context._context, SSL.VERIFY_PEER, _GO_ON_UNVERIFIED)
+
+
+# A hashed CA directory's names: 8 hex digits (the subject's hash), a dot, a number.
+_HASHED_NAME = re.compile(r"[0-9a-f]{8}\.[0-9]+")
+
+
+def _hashed_directory(config: Config, service: str | None, folder: str) -> list[x509.Certificate]:
+    """The certificates OpenSSL can find in a hashed directory (c_rehash, openssl rehash):
+    those under a hashed name. A directory that is missing or holds none is an error: no
+    client certificate could verify (found probing: a missing one checked clean)."""
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError as exc:
+        message = f"cannot read {folder}: {exc.strerror or exc}"
+        raise config.error("tls_client_ca_dir", service, message) from None
+    found: list[x509.Certificate] = []
+    for name in names:
+        if not _HASHED_NAME.fullmatch(name):
+            continue
+        try:
+            fd = os.open(os.path.join(folder, name), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            continue  # a dangling link: OpenSSL finds nothing there either
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                continue
+            with os.fdopen(os.dup(fd), "rb") as handle:
+                data = handle.read(_MAX_FILE)
+        finally:
+            os.close(fd)
+        try:
+            found += x509.load_pem_x509_certificates(data)
+        except ValueError:
+            continue  # not PEM: OpenSSL's lookup skips it too
+    if not found:
+        raise config.error(
+            "tls_client_ca_dir",
+            service,
+            f"{folder} holds no PEM certificate under a hashed name (run openssl rehash {folder})",
+        )
+    return found
 
 
 def _load_crls(context: SSL.Context, config: Config, service: str | None, path: str) -> None:

@@ -4,7 +4,9 @@ not verify."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import re
 import signal
 import socket
 import ssl
@@ -15,6 +17,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from OpenSSL import SSL, crypto
 
 from pop3d.config import imapd
 from pop3d.config.imapd import ConfigError
@@ -169,3 +172,142 @@ def test_sighup_reads_a_new_crl(tmp_path: Path) -> None:
     finally:
         server.stop()
     assert "certificate revoked" in server.log_text()
+
+
+def ca_names_sent(server_tls: tls.ServerTLS, client: SSL.Context | None = None) -> list[str]:
+    """The CA names our CertificateRequest carries, as a pyOpenSSL client reads them."""
+    client = client or SSL.Context(SSL.TLS_CLIENT_METHOD)
+    server_side = SSL.Connection(server_tls.context, None)
+    server_side.set_accept_state()
+    client_side = SSL.Connection(client, None)
+    client_side.set_connect_state()
+    for _ in range(10):
+        for one, other in ((client_side, server_side), (server_side, client_side)):
+            with contextlib.suppress(SSL.WantReadError):
+                one.do_handshake()
+            with contextlib.suppress(SSL.WantReadError):
+                other.bio_write(one.bio_read(65536))
+    return sorted(str(name.CN) for name in client_side.get_client_ca_list())
+
+
+def hashed(folder: Path, *authorities: selfsigned.Issued) -> Path:
+    """A CA directory as openssl rehash makes it: <subject hash>.0 for each."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for issued in authorities:
+        subject_hash = crypto.X509.from_cryptography(issued.certificate).subject_name_hash()
+        issued.write(folder / f"{subject_hash:08x}.0")
+    (folder / "README").write_text("not a certificate, and not under a hashed name\n")
+    return folder
+
+
+@pytest.mark.parametrize("mode", ["optional", "require"])
+def test_the_certificate_request_names_the_client_cas(tmp_path: Path, mode: str) -> None:
+    """Found probing: no CA names were sent, so a client with several certificates could not
+    tell which one we take. Cyrus sends those of tls_client_ca_file; we send those of
+    tls_client_ca_dir too."""
+    first, second = client_pki(tmp_path / "a", "first CA"), client_pki(tmp_path / "b", "second CA")
+    folder = hashed(tmp_path / "dir", client_pki(tmp_path / "c", "third CA").ca, second.ca)
+    first.ca_file.write_bytes(first.ca_file.read_bytes() + second.ca_file.read_bytes())
+    server = make_certificates(tmp_path / "server")
+    client = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    if mode == "require":  # a certificate every configuration below trusts
+        second.issue("alice")
+        client.use_certificate_chain_file(str(tmp_path / "b" / "alice.pem"))
+        client.use_privatekey_file(str(tmp_path / "b" / "alice.key"))
+    for extra, names in (
+        (f"tls_client_ca_file: {first.ca_file}\n", ["first CA", "second CA"]),
+        (f"tls_client_ca_dir: {folder}\n", ["second CA", "third CA"]),
+        (
+            f"tls_client_ca_file: {first.ca_file}\ntls_client_ca_dir: {folder}\n",
+            ["first CA", "second CA", "third CA"],
+        ),
+    ):
+        config = config_for(server, f"tls_client_certs: {mode}\n{extra}")
+        assert ca_names_sent(tls.server_tls(config, None), client) == names
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("tls_client_ca_dir: {tmp}/missing", "cannot read {tmp}/missing: No such file"),
+        ("tls_client_ca_dir: {tmp}/empty", "{tmp}/empty holds no PEM certificate under a hashed"),
+        ("tls_client_ca_file: {tmp}/empty/notes", "{tmp}/empty/notes holds no PEM certificate"),
+    ],
+)
+def test_client_cas_that_cannot_verify_anything_are_a_config_error(
+    tmp_path: Path, setting: str, message: str
+) -> None:
+    """Found probing: tls_client_ca_dir: /nonexistent checked clean (OpenSSL reads the
+    directory only when it looks a certificate up), so no client certificate could ever
+    verify."""
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes").write_text("nothing here\n")
+    server = make_certificates(tmp_path / "server")
+    config = config_for(server, "tls_client_certs: optional\n" + setting.format(tmp=tmp_path))
+    with pytest.raises(ConfigError, match=re.escape(message.format(tmp=tmp_path))) as caught:
+        tls.server_tls(config, None)
+    assert "imapd.conf:4: error: " in str(caught.value)
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_optional_goes_on_without_an_identity_for_a_certificate_that_does_not_verify(
+    tmp_path: Path, version: ssl.TLSVersion
+) -> None:
+    """Found probing: with tls_client_certs: optional, a client offering another CA's
+    certificate had its handshake aborted (unknown_ca), though it could have logged in
+    with a password. Now such a handshake (another CA's, revoked) completes with no
+    client identity, on a resumed session too; a certificate that verifies still names
+    its user."""
+    pki, stranger = client_pki(tmp_path / "pki"), client_pki(tmp_path / "other", "other CA")
+    pki.revoke(pki.issue("revoked"))
+    pki.issue("alice")
+    stranger.issue("bob")
+    server = make_certificates(tmp_path / "server")
+    config = config_for(
+        server,
+        f"tls_client_certs: optional\ntls_client_ca_file: {pki.ca_file}\n"
+        f"tls_crl_file: {pki.crl_file}\n",
+    )
+    server_tls = tls.server_tls(config, None)
+    for pki_of, name, identity, problem in (
+        (stranger, "bob", None, "unable to verify the first certificate"),
+        (pki, "revoked", None, "certificate revoked"),
+        (pki, "alice", "alice", None),
+    ):
+        client = pki_of.client(server, name)
+        client.minimum_version = client.maximum_version = version
+        server_side, client_side = handshake(server_tls, client)
+        assert tls.facts(server_side, server_tls).client_identity == identity
+        assert tls.verify_problem(server_side) == problem
+        server_side, resumed = handshake(server_tls, client, session=client_side.session)
+        assert resumed.session_reused
+        assert tls.facts(server_side, server_tls).client_identity == identity
+
+
+def test_optional_lets_a_password_in_and_keeps_external_out(tmp_path: Path) -> None:
+    """End to end, on pop3s: another CA's certificate gets a session, USER/PASS logs in,
+    EXTERNAL is neither offered nor accepted, and the log says why."""
+    stranger = client_pki(tmp_path / "other", "other CA")
+    stranger.issue("alice")
+    pki = client_pki(tmp_path / "pki")
+    lab = Lab(
+        tmp_path / "lab",
+        extra_config=f"tls_client_certs: optional\ntls_client_ca_file: {pki.ca_file}\n",
+    ).create(with_tls=True)
+    assert lab.tls is not None
+    server = start_server(lab, {"pop3s": "-s"})
+    context = stranger.client(lab.tls, "alice")
+    try:
+        with socket.create_connection(("127.0.0.1", server.ports["pop3s"]), timeout=10) as raw:
+            with context.wrap_socket(raw, server_hostname="localhost") as secure:
+                assert lines_until(secure, b"\r\n").startswith(b"+OK")
+                capa = ask(secure, b"CAPA", multiline=True).split(b"\r\n")
+                (sasl,) = [line for line in capa if line.startswith(b"SASL ")]
+                assert b"EXTERNAL" not in sasl.split()
+                assert ask(secure, b"AUTH EXTERNAL =").startswith(b"-ERR")
+                assert ask(secure, b"USER alice").startswith(b"+OK")
+                assert ask(secure, b"PASS wonderland").startswith(b"+OK")
+    finally:
+        server.stop()
+    log = server.log_text()
+    assert "client=- (client certificate not verified: unable to verify the first" in log
