@@ -20,6 +20,7 @@ from pop3d.config.options import (
     NO_EFFECT,
     OPTIONS,
     OTHER_CYRUS_OPTIONS,
+    RENAMED,
     Kind,
     Option,
 )
@@ -245,14 +246,14 @@ class Config:
 
 def _resolve_key(key: str) -> tuple[Option | None, bool]:
     """(option, known): the option a key sets, directly or through a service prefix."""
-    option = OPTIONS.get(key)
+    option = OPTIONS.get(RENAMED.get(key, key))
     if option is not None:
         return option, True
     if key in OTHER_CYRUS_OPTIONS or _PARTITION.fullmatch(key):
         return None, True
     prefix, _, rest = key.partition("_")
     if prefix and rest:
-        option = OPTIONS.get(rest)
+        option = OPTIONS.get(RENAMED.get(rest, rest))
         if option is not None:
             return option, True
         if rest in OTHER_CYRUS_OPTIONS:
@@ -335,6 +336,15 @@ class _Parser:
                 "passwords and AUTH exchanges included, and pop3d does not log secrets",
                 "warning",
             )
+        if not key.endswith(option.name):  # one of Cyrus's older names (RENAMED)
+            older = key if key in RENAMED else key.partition("_")[2]
+            newer = key.removesuffix(older) + option.name
+            self.problem(
+                path,
+                n,
+                f"{key}: Cyrus's older name (deprecated since 2.5.0), read as {newer}: rename it",
+                "warning",
+            )
         no_effect = NO_EFFECT.get(option.name)
         if no_effect is not None and (no_effect[0] is None or value != no_effect[0]):
             shown = ("yes" if value else "no") if isinstance(value, bool) else value
@@ -385,12 +395,33 @@ def maildir_template_problem(template: str) -> str | None:
     return None
 
 
+def _take_older_names(config: Config) -> None:
+    """An older name's value (RENAMED) is the newer name's where that is not set, as
+    Cyrus's libconfig has it (config_option_deprecate): a newer name set for the service
+    or for all of them wins, and the older one is then ignored, with a warning."""
+    given = dict(config.settings)
+    for key, setting in given.items():
+        older = key if key in RENAMED else key.partition("_")[2]
+        if older not in RENAMED:
+            continue
+        newer = RENAMED[older]
+        target = key.removesuffix(older) + newer
+        if target in given or newer in given:
+            winner = given.get(target) or given[newer]
+            message = f"{key} ignored: {target if target in given else newer} is set"
+            where = f" ({winner.path}:{winner.line})"
+            config.problems.append(Problem(setting.path, setting.line, message + where, "warning"))
+            continue
+        config.settings[target] = setting
+
+
 def load(path: str | Path) -> Config:
     """Parse ``path``. Raises :class:`ConfigError` listing every error; warnings are kept in
     ``config.problems`` for the caller to print."""
     config = Config(path=str(path))
     parser = _Parser(config)
     parser.parse_file(Path(path))
+    _take_older_names(config)
     if config.errors:
         raise ConfigError(config.errors + config.warnings)
     return config
@@ -399,6 +430,7 @@ def load(path: str | Path) -> Config:
 def from_text(text: str, path: str = "<text>") -> Config:
     config = Config(path=path)
     _Parser(config).parse_text(text, path)
+    _take_older_names(config)
     if config.errors:
         raise ConfigError(config.errors + config.warnings)
     return config

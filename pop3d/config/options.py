@@ -590,6 +590,18 @@ NO_EFFECT: dict[str, tuple[object, str]] = {
     ),
 }
 
+# Cyrus's older names of TLS options (lib/imapoptions: Deprecated-Since 2.5.0, Replaced-By):
+# read as the newer name, with a warning, as Cyrus's libconfig reads them. They were
+# accepted and ignored, so tls_cipher_list: NULL-SHA256 was silently not the cipher list,
+# and tls_ca_file named no CA (found probing). old -> new.
+RENAMED: dict[str, str] = {
+    "tls_ca_file": "tls_client_ca_file",
+    "tls_ca_path": "tls_client_ca_dir",
+    "tls_cert_file": "tls_server_cert",
+    "tls_cipher_list": "tls_ciphers",
+    "tls_key_file": "tls_server_key",
+}
+
 # Options the other Cyrus daemons read (every name declared in Cyrus's lib/imapoptions, plus
 # older ones and libsasl pass-throughs). A site's imapd.conf is shared by all of them, so
 # these are accepted without a warning and ignored.

@@ -19,7 +19,7 @@ if __name__ == "__main__" and not __package__:  # python pop3d/man/generate.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from pop3d import __version__
-from pop3d.config.options import OPTIONS, Kind, Option
+from pop3d.config.options import OPTIONS, RENAMED, Kind, Option
 
 PAGE = Path(__file__).with_name("pop3d.conf.5")
 
@@ -157,12 +157,22 @@ The configuration.
 """
 
 
+def older_names_text(option: Option) -> str | None:
+    older = sorted(old for old, new in RENAMED.items() if new == option.name)
+    if not older:
+        return None
+    names = ", ".join(f"\\fB{escape(name)}\\fR" for name in older)
+    return f"Also read under Cyrus's older name {names}, with a warning, where this one is not set."
+
+
 def entry(option: Option) -> str:
+    older = older_names_text(option)
     return "\n".join(
         (
             ".TP",
             f"\\fB{escape(option.name)}:\\fR {default_text(option)}",
             escape(option.doc),
+            *((".br", older) if older else ()),
             ".br",
             type_text(option),
         )

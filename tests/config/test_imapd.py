@@ -213,3 +213,39 @@ def test_a_duration_too_long_is_told_in_its_own_unit() -> None:
         imapd.from_text("popexpiretime: 24856d\n")
     assert "above the maximum 2147483647 seconds (24855 days)" in str(caught.value.problems[0])
     assert imapd.from_text("popexpiretime: 24855d\n")
+
+
+@pytest.mark.parametrize(
+    ("older", "newer"),
+    [
+        ("tls_ca_file", "tls_client_ca_file"),
+        ("tls_ca_path", "tls_client_ca_dir"),
+        ("tls_cert_file", "tls_server_cert"),
+        ("tls_cipher_list", "tls_ciphers"),
+        ("tls_key_file", "tls_server_key"),
+    ],
+)
+def test_cyrus_older_tls_names_are_read_as_the_newer_ones(older: str, newer: str) -> None:
+    """Found probing: tls_cipher_list (Cyrus's name for tls_ciphers before 2.5.0) and the
+    other older TLS names were accepted and ignored. Cyrus's libconfig reads them as the
+    newer name, with a warning, unless the newer one is set (for the service or for all)."""
+    config = imapd.from_text(f"{older}: /old\npop3s_{older}: /old-pop3s\n", "t.conf")
+    assert config.string(newer) == "/old"
+    assert config.string(newer, "pop3s") == "/old-pop3s"
+    assert config.where(newer, "pop3s") == "t.conf:2"
+    assert [str(w) for w in config.warnings] == [
+        f"t.conf:1: warning: {older}: Cyrus's older name (deprecated since 2.5.0), read as "
+        f"{newer}: rename it",
+        f"t.conf:2: warning: pop3s_{older}: Cyrus's older name (deprecated since 2.5.0), read "
+        f"as pop3s_{newer}: rename it",
+    ]
+    # The newer name wins wherever it is set, before or after the older one
+    config = imapd.from_text(f"pop3s_{older}: /old-pop3s\n{older}: /old\n{newer}: /new\n")
+    assert config.string(newer) == config.string(newer, "pop3s") == "/new"
+    ignored = [str(w) for w in config.warnings if "ignored" in str(w)]
+    assert ignored == [
+        f"<text>:1: warning: pop3s_{older} ignored: {newer} is set (<text>:3)",
+        f"<text>:2: warning: {older} ignored: {newer} is set (<text>:3)",
+    ]
+    config = imapd.from_text(f"{older}: /old\npop3s_{newer}: /new-pop3s\n")
+    assert (config.string(newer), config.string(newer, "pop3s")) == ("/old", "/new-pop3s")
