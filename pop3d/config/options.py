@@ -544,6 +544,25 @@ OPTIONS: dict[str, Option] = {
         _o("tls_ciphers", T, None, "OpenSSL cipher list for TLS 1.2."),
         _o("tls_prefer_server_ciphers", S, True, "Choose the cipher by the server's order."),
         _o(
+            "tls_eccurve",
+            T,
+            None,
+            "Groups for the (EC)DHE key exchange, TLS 1.3's included: one name as in Cyrus "
+            "(prime256v1, secp384r1, X25519) or a colon-separated list, in order of "
+            "preference. Unset: OpenSSL's own list (Cyrus's default is prime256v1 alone). "
+            "A name OpenSSL does not know is a configuration error (Cyrus ignores it).",
+        ),
+        _o(
+            "tls_server_dhparam",
+            T,
+            None,
+            "PEM DH parameters for the DHE cipher suites of TLS 1.2 (e.g. openssl genpkey "
+            "-genparam -algorithm DH -pkeyopt group:ffdhe3072). Unset, OpenSSL chooses a DHE "
+            "suite only with a client offering an RFC 7919 group. Parameters below the "
+            "security level (2048 bits by default) are a configuration error. Cyrus 3.13 "
+            "ignores this option and lets OpenSSL choose.",
+        ),
+        _o(
             "tls_session_timeout",
             D,
             1440 * 60,

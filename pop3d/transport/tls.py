@@ -199,6 +199,7 @@ def server_context(config: Config, service: str | None) -> SSL.Context:
             service,
             f"cannot load certificate {cert} / key {key}: {openssl_reason(exc)}",
         ) from None
+    _key_exchange(context, config, service)
     context.set_alpn_select_callback(_select_alpn)
     mode = config.string("tls_client_certs", service) or "off"
     if mode != "off":
@@ -282,6 +283,35 @@ def _private_key(config: Config, service: str | None, path: str) -> _PrivateKey:
         kind = type(key).__name__
         raise config.error("tls_server_key", service, f"{path}: {kind} is no certificate's key")
     return key
+
+
+def _key_exchange(context: SSL.Context, config: Config, service: str | None) -> None:
+    """tls_eccurve and tls_server_dhparam, which were accepted and ignored (found probing).
+
+    tls_eccurve: the (EC)DHE groups, as Cyrus sets them (SSL_CTX_set1_curves, which
+    limits TLS 1.3's key shares too); a name OpenSSL does not know is an error here,
+    where Cyrus quietly keeps OpenSSL's list. tls_server_dhparam: DH parameters for TLS
+    1.2's DHE suites. Cyrus 3.13 ignores it and calls SSL_CTX_set_dh_auto, which
+    pyOpenSSL's binding lacks; without parameters OpenSSL chooses a DHE suite only with a
+    client offering an RFC 7919 group."""
+    groups = config.string("tls_eccurve", service)
+    if groups:
+        try:
+            accepted = _lib.SSL_CTX_set1_curves_list(context._context, groups.encode("ascii"))
+        except UnicodeEncodeError:
+            accepted = 0
+        if accepted != 1:
+            _lib.ERR_clear_error()
+            message = f"tls_eccurve: OpenSSL knows no group {groups!r} (e.g. X25519, secp384r1)"
+            raise config.error("tls_eccurve", service, message)
+    parameters = config.string("tls_server_dhparam", service)
+    if parameters:
+        _read_regular(config, service, "tls_server_dhparam", parameters)
+        try:
+            context.load_tmp_dh(parameters)
+        except SSL.Error as exc:
+            message = f"cannot use DH parameters {parameters}: {openssl_reason(exc)}"
+            raise config.error("tls_server_dhparam", service, message) from None
 
 
 def _ask_for_client_certificates(

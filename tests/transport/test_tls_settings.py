@@ -3,13 +3,26 @@ work refused when they are read, not at the first handshake."""
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import ssl
+import subprocess
 from pathlib import Path
 
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+from OpenSSL import SSL
+from OpenSSL._util import lib as _lib
+
 from pop3d.config import imapd
-from pop3d.transport import tls
-from tests.support.lab import make_certificates
-from tests.transport.test_tls import client_context, handshake
+from pop3d.config.imapd import ConfigError
+from pop3d.config.options import OPTIONS, RENAMED
+from pop3d.transport import selfsigned, tls
+from tests.support.lab import Certificates, make_certificates
+from tests.transport.test_tls import client_context, config_for, handshake
 from tests.transport.test_tls_client_certs import client_pki
 
 
@@ -35,3 +48,127 @@ def test_cyrus_older_tls_names_take_effect(tmp_path: Path) -> None:
     assert tls.facts(server_side, server_tls).client_identity == "alice"
     server_side, _ = handshake(server_tls, client_context(server))
     assert server_side.get_protocol_version_name() == "TLSv1.2"
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+@pytest.mark.parametrize(("setting", "group"), [("secp384r1", "secp384r1"), ("P-521", "secp521r1")])
+def test_tls_eccurve_sets_the_key_exchange_group(
+    tmp_path: Path, version: ssl.TLSVersion, setting: str, group: str
+) -> None:
+    """Found probing: tls_eccurve (Cyrus: SSL_CTX_set1_curves) was accepted and ignored."""
+    server = make_certificates(tmp_path)
+    server_tls = tls.server_tls(config_for(server, f"tls_eccurve: {setting}\n"), None)
+    server_side, _ = handshake(server_tls, client_context(server, version))
+    assert server_side.get_group_name() == group
+
+
+def test_an_unknown_tls_eccurve_is_a_config_error(tmp_path: Path) -> None:
+    server = make_certificates(tmp_path)
+    with pytest.raises(ConfigError, match="imapd.conf:3: error: tls_eccurve: OpenSSL knows no"):
+        tls.server_tls(config_for(server, "tls_eccurve: brainpoolP999\n"), None)
+
+
+def rsa_certificates(folder: Path) -> Certificates:
+    """A server certificate with an RSA key: DHE suites authenticate with RSA."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ca = selfsigned.make_ca("lab RSA CA")
+    ca.write(folder / "ca.pem")
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca.certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), False)
+        .sign(ca.key, hashes.SHA256())
+    )
+    (folder / "cert.pem").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    (folder / "key.pem").touch(mode=0o600)
+    (folder / "key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return Certificates(folder / "ca.pem", folder / "cert.pem", folder / "key.pem")
+
+
+def dhe_client(groups: bytes = b"P-256") -> SSL.Context:
+    """A TLS 1.2 client offering DHE alone and no RFC 7919 group (most DHE clients)."""
+    context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    context.set_max_proto_version(SSL.TLS1_2_VERSION)
+    context.set_cipher_list(b"DHE-RSA-AES128-GCM-SHA256")
+    assert _lib.SSL_CTX_set1_curves_list(context._context, groups) == 1
+    return context
+
+
+def pyopenssl_handshake(server_tls: tls.ServerTLS, client: SSL.Context) -> SSL.Connection:
+    server_side = SSL.Connection(server_tls.context, None)
+    server_side.set_accept_state()
+    client_side = SSL.Connection(client, None)
+    client_side.set_connect_state()
+    for _ in range(10):
+        for one, other in ((client_side, server_side), (server_side, client_side)):
+            with contextlib.suppress(SSL.WantReadError):
+                one.do_handshake()
+            with contextlib.suppress(SSL.WantReadError):
+                other.bio_write(one.bio_read(65536))
+    return server_side
+
+
+def test_tls_server_dhparam_gives_dhe_its_parameters(tmp_path: Path) -> None:
+    """Found probing: tls_server_dhparam was accepted and ignored, so a DHE suite was
+    chosen only with a client offering an RFC 7919 group."""
+    server = rsa_certificates(tmp_path / "server")
+    parameters = tmp_path / "dh.pem"
+    subprocess.run(
+        ["openssl", "genpkey", "-genparam", "-algorithm", "DH", "-pkeyopt", "group:ffdhe2048"]
+        + ["-out", str(parameters)],
+        check=True,
+    )
+    extra = "tls_ciphers: DHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256\n"
+    with pytest.raises(SSL.Error, match="no shared cipher"):
+        pyopenssl_handshake(tls.server_tls(config_for(server, extra), None), dhe_client())
+    extra += f"tls_server_dhparam: {parameters}\n"
+    server_side = pyopenssl_handshake(tls.server_tls(config_for(server, extra), None), dhe_client())
+    assert server_side.get_cipher_name() == "DHE-RSA-AES128-GCM-SHA256"
+
+
+def test_weak_or_unreadable_dh_parameters_are_a_config_error(tmp_path: Path) -> None:
+    server = rsa_certificates(tmp_path / "server")
+    weak = tmp_path / "dh1024.pem"
+    subprocess.run(
+        ["openssl", "dhparam", "-dsaparam", "-out", str(weak), "1024"],
+        check=True,
+        capture_output=True,
+    )
+    for path, message in (
+        (weak, "dh key too small"),
+        (server.cert, "no start line"),
+        (tmp_path / "missing.pem", "cannot read"),
+    ):
+        with pytest.raises(ConfigError, match=f"imapd.conf:3: error: .*{message}"):
+            tls.server_tls(config_for(server, f"tls_server_dhparam: {path}\n"), None)
+
+
+def test_every_tls_option_of_cyrus_server_engine_is_read() -> None:
+    """Cyrus's tls_init_serverengine (imap/tls.c) reads these; each takes effect here, under
+    its name or as an older name of one. tls_sessions_db and tls_sessions_db_path (Cyrus's
+    session cache shared by processes) change no protection and are ignored quietly, as
+    the other daemons' options are: pyOpenSSL has no external session cache."""
+    read_by_cyrus = {
+        "tls_server_cert", "tls_server_key", "tls_client_ca_file", "tls_client_ca_dir",
+        "tls_client_certs", "tls_versions", "tls_ciphers", "tls_prefer_server_ciphers",
+        "tls_eccurve", "tls_crl_file", "tls_session_timeout", "tls_server_dhparam",
+        "tls_required",
+    }  # fmt: skip
+    assert read_by_cyrus <= set(OPTIONS)
+    assert set(RENAMED.values()) <= read_by_cyrus
+    assert set(RENAMED) == {
+        "tls_ca_file", "tls_ca_path", "tls_cert_file", "tls_cipher_list", "tls_key_file"
+    }  # fmt: skip
