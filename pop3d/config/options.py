@@ -540,7 +540,16 @@ OPTIONS: dict[str, Option] = {
             "[pop3d] Which part of a verified client certificate names the user for SASL EXTERNAL.",
             choices=("cn", "email"),
         ),
-        _o("tls_versions", T, "tls1_2 tls1_3", "TLS versions to accept, space separated."),
+        _o(
+            "tls_versions",
+            T,
+            "tls1_2 tls1_3",
+            "TLS versions to accept, space separated (tls1_0 to tls1_3); one not listed is "
+            "off, between two listed ones too, as in Cyrus. The TLS settings are tried in a "
+            "handshake in memory when read: versions the security level forbids (tls1_0 and "
+            "tls1_1 unless tls_ciphers lowers it), ciphers it drops or the certificate's key "
+            "cannot use, with which no handshake can complete, are a configuration error.",
+        ),
         _o("tls_ciphers", T, None, "OpenSSL cipher list for TLS 1.2."),
         _o("tls_prefer_server_ciphers", S, True, "Choose the cipher by the server's order."),
         _o(

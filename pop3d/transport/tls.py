@@ -25,6 +25,7 @@ What a handshake yields for the layers above (:func:`facts`):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import stat
@@ -50,6 +51,13 @@ _VERSIONS = {
     "tls1_1": SSL.TLS1_1_VERSION,
     "tls1_2": SSL.TLS1_2_VERSION,
     "tls1_3": SSL.TLS1_3_VERSION,
+}
+
+_VERSION_OFF = {
+    SSL.TLS1_VERSION: SSL.OP_NO_TLSv1,
+    SSL.TLS1_1_VERSION: SSL.OP_NO_TLSv1_1,
+    SSL.TLS1_2_VERSION: SSL.OP_NO_TLSv1_2,
+    SSL.TLS1_3_VERSION: SSL.OP_NO_TLSv1_3,
 }
 
 # Python's ssl default for TLS 1.2 (what pop3d offered before pyOpenSSL, so the cipher a
@@ -175,6 +183,12 @@ def server_context(config: Config, service: str | None) -> SSL.Context:
     context.set_max_proto_version(max(versions))
     # OP_ALL: OpenSSL's interoperability work-arounds, as Python's ssl sets them.
     options = SSL.OP_ALL | SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION
+    # A version between two listed ones is off too, as in Cyrus (an SSL_OP_NO_* for each
+    # version not listed): tls1_1 tls1_3 negotiated TLS 1.2 with a TLS 1.2 client (found
+    # probing). OpenSSL then offers the versions on each side of the gap.
+    for version, option in _VERSION_OFF.items():
+        if version not in versions:
+            options |= option
     if config.switch("tls_prefer_server_ciphers", service):
         options |= SSL.OP_CIPHER_SERVER_PREFERENCE
     # Give an idle connection's record buffers back (Python's ssl does the same): an idle
@@ -219,6 +233,7 @@ def server_context(config: Config, service: str | None) -> SSL.Context:
         options |= SSL.OP_NO_TICKET
         context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
     context.set_options(options)
+    _check_a_handshake_completes(context, config, service)
     return context
 
 
@@ -433,6 +448,57 @@ def _load_crls(context: SSL.Context, config: Config, service: str | None, path: 
             message = f"{path}: CRL {number} of {len(blocks)} cannot be read: {exc}"
             raise config.error("tls_crl_file", service, message) from None
     store.set_flags(crypto.X509StoreFlags.CRL_CHECK | crypto.X509StoreFlags.CRL_CHECK_ALL)
+
+
+def _check_a_handshake_completes(context: SSL.Context, config: Config, service: str | None) -> None:
+    """One handshake in memory against a client that accepts anything OpenSSL can do
+    (every version, every cipher, security level 0, no certificate check), or a
+    :class:`ConfigError` with OpenSSL's reason. Settings each valid alone can leave
+    nothing between them, and checked clean, then every handshake failed (found
+    probing): tls_versions: tls1_0 tls1_1 (OpenSSL's security level allows neither),
+    tls_ciphers: NULL-SHA256 with tls1_2 (a name it knows and then drops), a cipher
+    list for another kind of key than the certificate's."""
+    client_context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    client_context.set_cipher_list(b"ALL:COMPLEMENTOFALL:@SECLEVEL=0")
+    client_context.set_min_proto_version(SSL.TLS1_VERSION)
+    groups = config.string("tls_eccurve", service)
+    if groups:  # the question is what this server can do, not the client's defaults
+        _lib.SSL_CTX_set1_curves_list(client_context._context, groups.encode("ascii"))
+    server = SSL.Connection(context, None)
+    server.set_accept_state()
+    server.set_verify(SSL.VERIFY_NONE)  # whether clients have certificates is theirs
+    client = SSL.Connection(client_context, None)
+    client.set_connect_state()
+    failure: SSL.Error | None = None
+    done: set[SSL.Connection] = set()
+    for _ in range(8):  # a full handshake is 2 to 4 flights; a HelloRetryRequest adds one
+        for one, other in ((client, server), (server, client)):
+            try:
+                one.do_handshake()
+                done.add(one)
+            except SSL.WantReadError:
+                pass
+            except SSL.Error as exc:
+                failure = failure or exc
+            with contextlib.suppress(SSL.WantReadError):
+                other.bio_write(one.bio_read(1 << 16))
+        if failure is not None or len(done) == 2:
+            break
+    if failure is None and len(done) == 2:
+        return
+    reason = openssl_reason(failure) if failure is not None else "the handshake did not end"
+    blamed = "tls_server_cert"
+    if "protocol" in reason or "version" in reason:
+        blamed = "tls_versions"
+    elif "cipher" in reason:
+        blamed = "tls_ciphers"
+    elif "group" in reason or "curve" in reason:
+        blamed = "tls_eccurve"
+    message = (
+        "no TLS handshake can complete with these settings (tls_versions, tls_ciphers, "
+        f"tls_eccurve and the certificate's key): {reason}"
+    )
+    raise config.error(blamed, service, message)
 
 
 class NotPop3(SSL.Error):

@@ -21,9 +21,11 @@ from pop3d.config import imapd
 from pop3d.config.imapd import ConfigError
 from pop3d.config.options import OPTIONS, RENAMED
 from pop3d.transport import selfsigned, tls
-from tests.support.lab import Certificates, make_certificates
+from pop3d.transport.tls_layer import TLSHandshakeError
+from tests.support.lab import Certificates, Lab, make_certificates
 from tests.transport.test_tls import client_context, config_for, handshake
 from tests.transport.test_tls_client_certs import client_pki
+from tests.transport.test_tls_server_key import check_config, on_a_terminal, pop3s_only
 
 
 def test_cyrus_older_tls_names_take_effect(tmp_path: Path) -> None:
@@ -172,3 +174,39 @@ def test_every_tls_option_of_cyrus_server_engine_is_read() -> None:
     assert set(RENAMED) == {
         "tls_ca_file", "tls_ca_path", "tls_cert_file", "tls_cipher_list", "tls_key_file"
     }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("extra", "line", "reason"),
+    [
+        ("tls_versions: tls1_0 tls1_1\n", 3, "no protocols available"),
+        ("tls_ciphers: NULL-SHA256\ntls_versions: tls1_2\n", 3, "no shared cipher"),
+        ("tls_versions: tls1_2\ntls_ciphers: ECDHE-RSA-AES128-GCM-SHA256\n", 4, "no shared"),
+    ],
+)
+def test_settings_no_handshake_can_complete_with_are_a_config_error(
+    tmp_path: Path, extra: str, line: int, reason: str
+) -> None:
+    """Found probing: each of these checked clean, then every handshake failed: TLS 1.0
+    and 1.1 alone (OpenSSL's security level allows neither), a cipher OpenSSL knows and
+    the security level drops, ciphers for another kind of key than the certificate's (an
+    ECDSA one here). A handshake in memory when the settings are read finds them."""
+    server = make_certificates(tmp_path)
+    with pytest.raises(ConfigError, match="no TLS handshake can complete") as caught:
+        tls.server_tls(config_for(server, extra), None)
+    assert f"imapd.conf:{line}: error: " in str(caught.value)
+    assert reason in str(caught.value)
+    lab = Lab(tmp_path / "lab", extra_config=extra).create(with_tls=True)
+    status, output = on_a_terminal([*check_config(lab), "-M", str(pop3s_only(tmp_path))])
+    assert status == 78 and "no TLS handshake can complete" in output, output
+
+
+def test_a_version_between_two_listed_ones_is_off(tmp_path: Path) -> None:
+    """Found probing: tls_versions: tls1_1 tls1_3 negotiated TLS 1.2, which it does not
+    list. Cyrus turns off each version not listed (SSL_OP_NO_TLSv1_2), and so do we."""
+    server = make_certificates(tmp_path)
+    server_tls = tls.server_tls(config_for(server, "tls_versions: tls1_1 tls1_3\n"), None)
+    with pytest.raises((ssl.SSLError, TLSHandshakeError)):
+        handshake(server_tls, client_context(server, ssl.TLSVersion.TLSv1_2))
+    server_side, _ = handshake(server_tls, client_context(server))
+    assert server_side.get_protocol_version_name() == "TLSv1.3"
