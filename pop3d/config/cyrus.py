@@ -29,7 +29,12 @@ _SECTIONS = frozenset({"START", "SERVICES", "EVENTS", "DAEMON"})
 _SERVICE_KEYS = frozenset(
     {"cmd", "listen", "proto", "prefork", "maxchild", "maxforkrate", "maxfds", "babysit"}
 )
-_NAME = re.compile(r"[A-Za-z0-9_-]+")
+# An entry's name: ASCII letters and digits, as Cyrus's master/masterconf.c reads it
+# (process_section: "bad character '%c' in name", EX_CONFIG). A service's name is also the
+# prefix of its imapd.conf keys, split at the first "_" (pop3s_tls_required): a service
+# "pop3_s" had its own "pop3_s_tls_required: yes" read as the unknown option
+# "s_tls_required" of a service "pop3", and took plaintext logins (found probing).
+_NAME = re.compile(r"[A-Za-z0-9]+")
 # The most workers a service may ask for: per core, and at least. A worker is an event loop
 # serving thousands of connections and a Python process of tens of MiB; past the cores
 # more only cost memory, and a typo (prefork=100000) would have the master start
@@ -154,8 +159,14 @@ def _entry(line: str, path: str, number: int) -> tuple[str, dict[str, str]]:
         tokens = shlex.split(line, comments=True, posix=True)
     except ValueError as exc:
         raise ValueError(f"cannot parse entry: {exc}") from None
-    if not tokens or not _NAME.fullmatch(tokens[0]):
+    if not tokens or not tokens[0]:
         raise ValueError(f"expected an entry name, got {line.strip()!r}")
+    if not _NAME.fullmatch(tokens[0]):
+        bad = next((c for c in tokens[0] if not (c.isascii() and c.isalnum())), "")
+        raise ValueError(
+            f"bad character {bad!r} in the name {tokens[0]!r}: letters and digits only, as "
+            "in Cyrus (a service's name prefixes its imapd.conf keys up to the first '_')"
+        )
     values: dict[str, str] = {}
     for token in tokens[1:]:
         key, sep, value = token.partition("=")

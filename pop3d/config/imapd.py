@@ -21,6 +21,7 @@ from pop3d.config.options import (
     OPTIONS,
     OTHER_CYRUS_OPTIONS,
     RENAMED,
+    SERVER_WIDE,
     Kind,
     Option,
 )
@@ -193,7 +194,10 @@ class Config:
 
     def setting(self, name: str, service: str | None = None) -> Setting | None:
         if service:
-            found = self.settings.get(f"{service}_{name}")
+            # Keys are read in lower case; a service may be named in any case in
+            # cyrus.conf (POP3S), and Cyrus compares its prefix case-insensitively
+            # (libconfig.c config_read_file, strncasecmp with config_ident).
+            found = self.settings.get(f"{service.lower()}_{name}")
             if found is not None:
                 return found
         return self.settings.get(name)
@@ -323,6 +327,14 @@ class _Parser:
                 "warning",
             )
         self.config.settings[key] = Setting(parsed, path, number)
+        if key != option.name and option.name in SERVER_WIDE:
+            self.problem(
+                path,
+                number,
+                f"{key}: {option.name} is read once for the whole server, not per service "
+                "(ignored)",
+                "warning",
+            )
         self.check_semantics(option, key, parsed, path, number)
 
     def check_semantics(self, option: Option, key: str, value: object, path: str, n: int) -> None:

@@ -630,6 +630,13 @@ RENAMED: dict[str, str] = {
     "tls_key_file": "tls_server_key",
 }
 
+# Options read once for the whole server, never for one service: the account pop3d-master
+# becomes (and pop3d-admin with it), the metrics endpoint the master serves. A
+# service-prefixed form (pop3s_cyrus_user) applies to nothing, and is said to.
+SERVER_WIDE = frozenset(
+    {"cyrus_user", "cyrus_group", "allow_root", "prometheus_enabled", "prometheus_listen"}
+)
+
 # Options the other Cyrus daemons read (every name declared in Cyrus's lib/imapoptions, plus
 # older ones and libsasl pass-throughs). A site's imapd.conf is shared by all of them, so
 # these are accepted without a warning and ignored.

@@ -106,8 +106,18 @@ cyrus.conf:
 .B pop3s_allowplaintext: yes
 applies to the service
 .B pop3s
-and wins over
+(or
+.BR POP3S ,
+as Cyrus compares them) and wins over
 .BR allowplaintext .
+.BR cyrus_user ,
+.BR cyrus_group ,
+.BR allow_root ,
+.B prometheus_enabled
+and
+.B prometheus_listen
+are read once for the whole server: given for one service, they are a warning and
+ignored.
 .PP
 The file is read strictly: a value that does not parse is an error naming its
 .IR file : line ,

@@ -846,6 +846,17 @@ def _both_refuse(lab: Lab, conf: Path, problem: bytes) -> None:
     assert problem in started.stderr, started.stderr
 
 
+def test_a_service_name_with_an_underscore_is_refused(lab: Lab) -> None:
+    """Found probing: a service pop3_s was served, and its own pop3_s_tls_required and
+    pop3_s_allowplaintext were unknown options (imapd.conf splits a key's service prefix
+    at the first "_"), so it took plaintext logins. Cyrus's master refuses the name."""
+    with lab.config.open("a") as config:
+        config.write("pop3_s_allowplaintext: no\n")
+    conf = lab.root / "cyrus.conf"
+    conf.write_text(f'SERVICES {{\n  pop3_s cmd="pop3d" listen="127.0.0.1:{free_port()}"\n}}\n')
+    _both_refuse(lab, conf, f"{conf}:2: error: bad character '_' in the name 'pop3_s'".encode())
+
+
 @pytest.mark.parametrize(
     ("setting", "problem"),
     [
@@ -955,7 +966,7 @@ def test_a_sigterm_as_soon_as_the_pid_file_names_the_master_is_a_clean_stop(lab:
     conf.write_text(
         "SERVICES {\n"
         + "".join(
-            f'  pop3-{n} cmd="pop3d" listen="127.0.0.1:{free_port()}" prefork=1\n'
+            f'  pop3x{n} cmd="pop3d" listen="127.0.0.1:{free_port()}" prefork=1\n'
             for n in range(12)
         )
         + "}\n"

@@ -75,6 +75,10 @@ def test_services_section() -> None:
             'pop3 cmd="pop3d" listen="[::ffff:127.0.0.1]:110"',
             "an IPv4-mapped address; write 127.0.0.1:110",
         ),
+        # found probing: a name is its imapd.conf keys' prefix, split at the first "_", so
+        # pop3_s's own pop3_s_tls_required was no setting of its; Cyrus's master refuses both
+        ('pop3_s cmd="pop3d" listen="110"', "bad character '_' in the name 'pop3_s'"),
+        ('pop3-s cmd="pop3d" listen="110"', "bad character '-' in the name 'pop3-s'"),
         # found by fuzz/cyrus_conf.py: a quote inside the quoted cmd raised ValueError
         ('pop3 cmd=\'pop3d "x\' listen="110"', "cannot parse cmd: No closing quotation"),
     ],

@@ -32,6 +32,26 @@ def test_service_prefix_wins() -> None:
     assert config.where("allowplaintext", "pop3s") == "<text>:2"
 
 
+def test_a_service_named_in_capitals_has_its_prefixed_keys() -> None:
+    """Keys are read in lower case and Cyrus compares a service's prefix case-insensitively:
+    a service POP3S in cyrus.conf ignored its own pop3s_allowplaintext."""
+    config = imapd.from_text("allowplaintext: yes\npop3s_allowplaintext: no\n")
+    assert config.switch("allowplaintext", "POP3S") is False
+    assert config.where("allowplaintext", "Pop3S") == "<text>:2"
+
+
+def test_a_server_wide_option_for_one_service_is_said_to_apply_to_none() -> None:
+    """pop3d-master reads cyrus_user and its metrics endpoint once, for every service:
+    pop3s_cyrus_user was accepted without a word and applied to nothing."""
+    config = imapd.from_text("pop3s_cyrus_user: mail\npop3s_prometheus_listen: 9111\n")
+    assert [str(p) for p in config.warnings] == [
+        f"<text>:{n}: warning: pop3s_{name}: {name} is read once for the whole server, not "
+        "per service (ignored)"
+        for n, name in ((1, "cyrus_user"), (2, "prometheus_listen"))
+    ]
+    assert config.string("cyrus_user") is None
+
+
 def test_bad_values_are_errors_with_file_and_line(tmp_path: Path) -> None:
     path = tmp_path / "imapd.conf"
     path.write_text("allowplaintext: maybe\n\npoptimeout: soon\nserverinfo: loud\nnocolon\n")
