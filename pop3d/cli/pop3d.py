@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass, replace
 
 from pop3d.cli.common import (
+    EX_CONFIG,
     EX_OK,
     EX_OSERR,
     EX_PROTOCOL,
@@ -44,6 +45,7 @@ from pop3d.cli.common import (
     setup_logging,
     setup_syslog,
 )
+from pop3d.config import cyrus
 from pop3d.config.imapd import ConfigError
 from pop3d.server import privileges
 from pop3d.server.context import RuntimeOptions, ServiceContext
@@ -315,11 +317,11 @@ def systemd_sockets(default_service: str) -> dict[str, list[socket.socket]]:
         sock = socket.socket(fileno=fd)
         os.set_inheritable(fd, False)
         label = labels[index] if index < len(labels) else ""
-        name = (
-            label
-            if re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]{0,63}", label) and label not in _UNNAMED
-            else default_service
-        )
+        name = default_service if label in _UNNAMED or not label else label
+        # A name that is not a service's was served as the default service, with that
+        # service's settings instead of its own (pop3_s_tls_required for "pop3_s").
+        if (problem := cyrus.name_problem(name)) is not None:
+            fail(PROGRAM, EX_CONFIG, f"systemd socket fd {fd} (FileDescriptorName=): {problem}")
         services.setdefault(name, []).append(sock)
     return services
 
@@ -342,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
             fail(PROGRAM, EX_USAGE, problem)
     setup_logging(logging.INFO)
     service = os.environ.get("CYRUS_SERVICE", "pop3")
+    if (problem := cyrus.name_problem(service)) is not None:
+        fail(PROGRAM, EX_CONFIG, f"CYRUS_SERVICE: {problem}")
     under_master = LISTEN_FDS_ENV in os.environ
     # Under pop3d-master (listening sockets handed down) the master has printed the
     # configuration's warnings already: every worker repeating them says nothing new.

@@ -154,6 +154,20 @@ def parse_listen(text: str, proto: str = "tcp") -> Listen:
 _FAMILIES = {"tcp": socket.AF_UNSPEC, "tcp4": socket.AF_INET, "tcp6": socket.AF_INET6}
 
 
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a service's name, or None: cyrus.conf's, and the one pop3d is
+    given without the master (``CYRUS_SERVICE``, a systemd socket's name)."""
+    if _NAME.fullmatch(name):
+        return None
+    if not name:
+        return "an empty name"
+    bad = next((c for c in name if not (c.isascii() and c.isalnum())), "")
+    return (
+        f"bad character {bad!r} in the name {name!r}: letters and digits only, as in "
+        "Cyrus (a service's name prefixes its imapd.conf keys up to the first '_')"
+    )
+
+
 def _entry(line: str, path: str, number: int) -> tuple[str, dict[str, str]]:
     try:
         tokens = shlex.split(line, comments=True, posix=True)
@@ -161,12 +175,8 @@ def _entry(line: str, path: str, number: int) -> tuple[str, dict[str, str]]:
         raise ValueError(f"cannot parse entry: {exc}") from None
     if not tokens or not tokens[0]:
         raise ValueError(f"expected an entry name, got {line.strip()!r}")
-    if not _NAME.fullmatch(tokens[0]):
-        bad = next((c for c in tokens[0] if not (c.isascii() and c.isalnum())), "")
-        raise ValueError(
-            f"bad character {bad!r} in the name {tokens[0]!r}: letters and digits only, as "
-            "in Cyrus (a service's name prefixes its imapd.conf keys up to the first '_')"
-        )
+    if (problem := name_problem(tokens[0])) is not None:
+        raise ValueError(problem)
     values: dict[str, str] = {}
     for token in tokens[1:]:
         key, sep, value = token.partition("=")

@@ -363,6 +363,42 @@ def test_kpop_on_a_socket_named_pop3s_is_refused(lab: Lab) -> None:
     assert b"pop3d: -k (KPOP) with a socket named pop3s" in result.stderr, result.stderr
 
 
+@pytest.mark.parametrize("name", ["pop3_s", "pop3-s"])
+def test_a_service_name_cyrus_conf_could_not_hold_is_refused(lab: Lab, name: str) -> None:
+    """Found probing: a service named pop3_s was served though its own pop3_s_ keys were
+    read as some other service's options; cyrus.conf now refuses the name, and so does
+    pop3d when it is given one without the master: CYRUS_SERVICE, or a systemd socket's
+    name (which was served as the default service, with that service's settings)."""
+    with lab.config.open("a") as config:
+        config.write(f"{name}_tls_required: yes\n")
+    given = subprocess.run(
+        [*POP3D, "-X", "-C", str(lab.config)],
+        input=b"QUIT\r\n",
+        env={**os.environ, "CYRUS_SERVICE": name},
+        capture_output=True,
+        timeout=60,
+    )
+    assert given.returncode == 78, given.stderr
+    assert f"pop3d: CYRUS_SERVICE: bad character {name[4]!r} in the name".encode() in given.stderr
+    assert given.stdout == b""
+    handed = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    handed.bind(("127.0.0.1", free_port()))
+    handed.listen()
+    fd = handed.fileno()
+    script = f'export LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES={name}; exec "$@" 3<&{fd}'
+    try:
+        activated = subprocess.run(
+            ["bash", "-c", script, "bash", *POP3D, "-C", str(lab.config)],
+            pass_fds=(fd,),
+            capture_output=True,
+            timeout=60,
+        )
+    finally:
+        handed.close()
+    assert activated.returncode == 78, activated.stderr
+    assert b"pop3d: systemd socket fd 3 (FileDescriptorName=): bad character" in activated.stderr
+
+
 def test_only_s_makes_pop3s_under_the_master_and_with_x(lab: Lab) -> None:
     """CYRUS_SERVICE pop3s without -s is plain POP3, as in Cyrus and as the master's
     checks assume: the workers of a "pop3s" entry without -s turned TLS on by its name,
