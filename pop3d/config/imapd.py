@@ -375,6 +375,8 @@ class _Parser:
             and (not value.isascii() or not value.isprintable() or " " in value)
         ):
             self.problem(path, n, f"{key}: {value!r} is not a host name")
+        if option.path and isinstance(value, str) and (trouble := path_problem(option, value)):
+            self.problem(path, n, f"{key}: {trouble}")
         if option.name == "maildir_path" and isinstance(value, str):
             trouble = maildir_template_problem(value)
             if trouble:
@@ -386,6 +388,28 @@ class _Parser:
                 f"{key}: {value}s is below the 10 minutes RFC 1939 asks for",
                 "warning",
             )
+
+
+def path_problem(option: Option, value: str) -> str | None:
+    """Why a file or folder option's value cannot be used, or None. A relative path is
+    relative to whatever folder a process starts in, which differs between them: found
+    probing, "partition-default: spool" checked clean, and pop3d-admin deliver, run by
+    Postfix's pipe in its queue folder, stored mail there, where no login looked."""
+    name = value
+    if option.name in ("tls_server_cert", "tls_server_key") and value == "disabled":
+        return None  # Cyrus's word for "no TLS here" (tls.c)
+    if option.name == "sasl_keytab":
+        kind, colon, rest = value.partition(":")
+        if colon and kind.upper() in ("FILE", "WRFILE"):
+            name = rest
+        elif colon and not kind.startswith("/"):
+            return None  # not a file keytab: the keytab check refuses it, saying so
+    if not name.startswith("/"):
+        return (
+            f"{value!r} is not an absolute path (a relative one names another file in each "
+            "process, relative to the folder it started in)"
+        )
+    return None
 
 
 def maildir_template_problem(template: str) -> str | None:

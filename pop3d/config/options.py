@@ -33,6 +33,8 @@ class Option:
     # DURATION: a negative value means something (popexpiretime's NEVER); elsewhere it is
     # an error (a negative poptimeout would end every session at once).
     negative: bool = False
+    # STRING: names a file or folder, and must be absolute (see imapd.path_problem).
+    path: bool = False
 
 
 def _o(name: str, kind: Kind, default: object, doc: str, **extra: object) -> Option:
@@ -64,6 +66,7 @@ OPTIONS: dict[str, Option] = {
             None,
             "Cyrus state directory: per-user telemetry logs "
             "(log/<user>/), the credential file by default, shutdown files.",
+            path=True,
         ),
         _o("syslog_prefix", T, None, "Prefix of session ids and log lines."),
         _o(
@@ -95,6 +98,7 @@ OPTIONS: dict[str, Option] = {
             "stderr only. A socket that does not answer at start is exit 78; a daemon "
             "that goes away later is said on stderr (at most once a minute), tried again "
             "at every line, and the service goes on.",
+            path=True,
         ),
         _o(
             "syslog_facility",
@@ -112,6 +116,7 @@ OPTIONS: dict[str, Option] = {
             "regular file is written, never through a symbolic link: anything else at the "
             "path (a FIFO, a link) is one log line and the records are not written there; "
             "sessions go on.",
+            path=True,
         ),
         _o(
             "prometheus_enabled",
@@ -130,7 +135,7 @@ OPTIONS: dict[str, Option] = {
             "loopback or a management network.",
         ),
         # --- storage ----------------------------------------------------------------------
-        _o("partition-default", T, None, "Mail spool root; %p in maildir_path."),
+        _o("partition-default", T, None, "Mail spool root; %p in maildir_path.", path=True),
         _o(
             "maildir_path",
             T,
@@ -161,6 +166,7 @@ OPTIONS: dict[str, Option] = {
             None,
             "[pop3d] The credential file (default "
             "<configdirectory>/pop3d.passwd); see pop3d/auth/credentials.py.",
+            path=True,
         ),
         _o(
             "allowplaintext",
@@ -247,6 +253,7 @@ OPTIONS: dict[str, Option] = {
             "Keytab holding the pop/<servername> key for GSSAPI, GS2-KRB5 and GSS-SPNEGO "
             "(default: KRB5_KTNAME, else the system keytab). Setting it enables those "
             "mechanisms; it must be readable by pop3d and by nobody in its group or beyond.",
+            path=True,
         ),
         _o(
             "sasl_gssapi_channel_binding",
@@ -270,6 +277,7 @@ OPTIONS: dict[str, Option] = {
             None,
             "[pop3d] 32 random bytes that key the SCRAM decoys for unknown users (default: "
             "pop3d.secret beside the credential file; made on first start).",
+            path=True,
         ),
         _o(
             "sasl_line_max",
@@ -292,6 +300,7 @@ OPTIONS: dict[str, Option] = {
             T,
             "/var/run/saslauthd/mux",
             "Path of saslauthd's socket (the socket itself, as in Cyrus).",
+            path=True,
         ),
         # --- OAuth 2.0 bearer tokens (OAUTHBEARER, XOAUTH2) --------------------------------
         _o(
@@ -311,6 +320,7 @@ OPTIONS: dict[str, Option] = {
             T,
             None,
             "[pop3d] Local JWKS file with the issuer's public keys (RSA, EC, Ed25519).",
+            path=True,
         ),
         _o(
             "oauth_algorithms",
@@ -493,7 +503,7 @@ OPTIONS: dict[str, Option] = {
             "Offer STLS when a certificate is configured (Cyrus 3.13 defaults to off).",
         ),
         _o("tls_required", S, False, "Refuse every login until TLS is active."),
-        _o("tls_server_cert", T, None, "PEM certificate chain for pop3s and STLS."),
+        _o("tls_server_cert", T, None, "PEM certificate chain for pop3s and STLS.", path=True),
         _o(
             "tls_server_key",
             T,
@@ -502,14 +512,18 @@ OPTIONS: dict[str, Option] = {
             "passphrase (an encrypted key is a configuration error, exit 78). Others may "
             "not read or write it (0600, or 0640 with a group such as Debian's ssl-cert); "
             "a key they may is refused, exit 78.",
+            path=True,
         ),
-        _o("tls_client_ca_file", T, None, "PEM CA bundle to verify client certificates."),
+        _o(
+            "tls_client_ca_file", T, None, "PEM CA bundle to verify client certificates.", path=True
+        ),
         _o(
             "tls_client_ca_dir",
             T,
             None,
             "Hashed CA directory (openssl rehash) to verify client certificates; it must hold "
             "at least one.",
+            path=True,
         ),
         _o(
             "tls_crl_file",
@@ -521,6 +535,7 @@ OPTIONS: dict[str, Option] = {
             "those certificates do not verify (an expired CRL fails them all: renew it, then "
             "SIGHUP re-reads it, as it does the certificate). A file that cannot be read or "
             "holds no CRL is a configuration error, exit 78 (Cyrus logs it and checks none).",
+            path=True,
         ),
         _o(
             "tls_client_certs",
@@ -570,6 +585,7 @@ OPTIONS: dict[str, Option] = {
             "suite only with a client offering an RFC 7919 group. Parameters below the "
             "security level (2048 bits by default) are a configuration error. Cyrus 3.13 "
             "ignores this option and lets OpenSSL choose.",
+            path=True,
         ),
         _o(
             "tls_session_timeout",

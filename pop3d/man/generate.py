@@ -67,6 +67,8 @@ def type_text(option: Option) -> str:
         text = f"duration, a bare number in {_UNIT_NAMES[option.unit]}"
     else:
         text = {Kind.SWITCH: "switch", Kind.INT: "integer", Kind.STRING: "string"}[kind]
+    if option.path:
+        text = "an absolute path"
     if option.minimum is not None:
         minimum = option.minimum
         text += f"; at least {duration(minimum) if kind is Kind.DURATION else minimum}"
@@ -138,6 +140,11 @@ are this implementation's own; the others keep Cyrus's meaning, with differences
 .TP
 .B integer
 A decimal number.
+.TP
+.B an absolute path
+A file or folder, from
+.BR / :
+a relative one is an error (it would be relative to the folder each process starts in).
 .TP
 .B duration
 A bare number, counted in the option's unit (seconds unless its entry says otherwise), or

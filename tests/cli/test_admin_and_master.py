@@ -846,6 +846,26 @@ def _both_refuse(lab: Lab, conf: Path, problem: bytes) -> None:
     assert problem in started.stderr, started.stderr
 
 
+def test_a_relative_partition_is_refused_where_mail_would_be_stored(lab: Lab) -> None:
+    """Found probing: a relative partition-default checked clean, and deliver, run by
+    Postfix's pipe in its queue folder, stored mail under it, where no login looked."""
+    text = lab.config.read_text().replace(f"partition-default: {lab.root}/spool", "")
+    lab.config.write_text(text + "partition-default: spool\n")
+    conf = _write_cyrus_conf(lab, free_port())
+    _both_refuse(lab, conf, b"partition-default: 'spool' is not an absolute path")
+    elsewhere = lab.root / "queue"
+    elsewhere.mkdir()
+    delivered = subprocess.run(
+        [*ADMIN, "-C", str(lab.config), "deliver", "alice"],
+        input=b"Subject: x\n\nhi\n",
+        cwd=elsewhere,
+        capture_output=True,
+        timeout=60,
+    )
+    assert delivered.returncode == 78, delivered.stderr
+    assert list(elsewhere.iterdir()) == []
+
+
 def test_a_service_name_with_an_underscore_is_refused(lab: Lab) -> None:
     """Found probing: a service pop3_s was served, and its own pop3_s_tls_required and
     pop3_s_allowplaintext were unknown options (imapd.conf splits a key's service prefix

@@ -52,6 +52,39 @@ def test_a_server_wide_option_for_one_service_is_said_to_apply_to_none() -> None
     assert config.string("cyrus_user") is None
 
 
+PATH_OPTIONS = (
+    "configdirectory partition-default credentials_file server_secret_file syslog_socket "
+    "audit_jsonl_file sasl_keytab sasl_saslauthd_path oauth_jwks_file tls_server_cert "
+    "tls_server_key tls_client_ca_file tls_client_ca_dir"
+).split()
+
+
+@pytest.mark.parametrize("option", PATH_OPTIONS)
+def test_a_relative_path_is_an_error(option: str) -> None:
+    """Found probing: "partition-default: spool" checked clean, and deliver, run by
+    Postfix's pipe in its queue folder, stored mail there, where no login looked; a
+    relative maildir_path was already refused."""
+    with pytest.raises(ConfigError) as caught:
+        imapd.from_text(f"pop3s_{option}: ./x\n{option}: x\n")
+    assert [str(p) for p in caught.value.problems] == [
+        f"<text>:{n}: error: {key}: {value!r} is not an absolute path (a relative one names "
+        "another file in each process, relative to the folder it started in)"
+        for n, key, value in ((1, f"pop3s_{option}", "./x"), (2, option, "x"))
+    ]
+    assert imapd.from_text(f"{option}: /x\n").string(option) == "/x"
+
+
+def test_a_disabled_certificate_and_other_keytab_kinds_are_no_relative_paths() -> None:
+    """Cyrus's "disabled" certificate, a keytab of another kind (refused later, by name)."""
+    config = imapd.from_text(
+        "tls_server_cert: disabled\ntls_server_key: disabled\nsasl_keytab: MEMORY:x\n"
+        "pop3s_sasl_keytab: FILE:/etc/k\n"
+    )
+    assert config.string("sasl_keytab", "pop3s") == "FILE:/etc/k"
+    with pytest.raises(ConfigError, match="'FILE:k' is not an absolute path"):
+        imapd.from_text("sasl_keytab: FILE:k\n")
+
+
 def test_bad_values_are_errors_with_file_and_line(tmp_path: Path) -> None:
     path = tmp_path / "imapd.conf"
     path.write_text("allowplaintext: maybe\n\npoptimeout: soon\nserverinfo: loud\nnocolon\n")
