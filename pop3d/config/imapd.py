@@ -29,8 +29,15 @@ from pop3d.config.options import (
 _TRUE = frozenset({"1", "yes", "on", "t", "true"})
 _FALSE = frozenset({"0", "no", "off", "f", "false"})
 _UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
-_DURATION = re.compile(r"(?:\d+[dhms])+")
-_DURATION_PART = re.compile(r"(\d+)([dhms])")
+# Numbers as Cyrus reads them, ASCII digits only ([0-9]: \d and int() also take any
+# script's digits, and "argon2_passes: \u0665" was 5). An integer as strtol(p, &end, 0) in
+# libconfig.c: a sign, then 0x hexadecimal, 0 octal or decimal; a duration as
+# config_parseduration: an optional "-", then numbers each with a unit (d, h, m, s), the
+# last one's unit the option's own if it has none.
+_INTEGER = re.compile(r"([+-]?)(?:0[xX]([0-9a-fA-F]+)|(0[0-7]*)|([1-9][0-9]*))")
+_DURATION = re.compile(r"(-?)((?:[0-9]+[dhms])+)")
+_DURATION_PART = re.compile(r"([0-9]+)([dhms])")
+_DIGITS_MAX = 20  # past any value an option may have: int() of 4,300 digits raises
 _PARTITION = re.compile(r"(?:meta|archive|search)?partition-[a-z0-9_-]+")
 _MAX_INCLUDE_DEPTH = 8
 _MAX_FILE = 4 << 20  # a config file is a few KiB; /dev/zero is not one
@@ -124,10 +131,12 @@ def parse_value(option: Option, raw: str) -> object:
             return False
         raise ValueError(f"{option.name}: {raw!r} is not a switch (yes/no, on/off, 1/0)")
     if option.kind is Kind.INT:
-        try:
-            number = int(text, 10)
-        except ValueError:
-            raise ValueError(f"{option.name}: {raw!r} is not an integer") from None
+        number = parse_integer(text)
+        if number is None:
+            raise ValueError(
+                f"{option.name}: {raw!r} is not an integer (decimal, 0x hexadecimal or, with "
+                "a leading 0, octal, as Cyrus reads it)"
+            )
         _check_minimum(option, number, raw)
         return number
     if option.kind is Kind.DURATION:
@@ -139,6 +148,9 @@ def parse_value(option: Option, raw: str) -> object:
             )
         if seconds < 0 and not option.negative:
             raise ValueError(f"{option.name}: {raw!r} must not be negative")
+        if seconds < -_MAXIMUM:
+            minimum = _maximum_text(option)
+            raise ValueError(f"{option.name}: {raw!r} is below the minimum -{minimum}")
         if seconds >= 0:
             _check_minimum(option, seconds, raw)
         return seconds
@@ -176,12 +188,39 @@ def _unit_name(unit: str) -> str:
     return {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}[unit]
 
 
+def _number(digits: str, base: int) -> int:
+    digits = digits.lstrip("0") or "0"
+    return int(digits, base) if len(digits) <= _DIGITS_MAX else base**_DIGITS_MAX
+
+
+def parse_integer(text: str) -> int | None:
+    """``text`` as Cyrus's strtol(p, &end, 0) reads a whole value: "010" is 8 and "0x10"
+    16; None if it is not one ("08", "1_0", "\u0665", "0x")."""
+    match = _INTEGER.fullmatch(text)
+    if match is None:
+        return None
+    sign, hexadecimal, octal, decimal = match.groups()
+    if hexadecimal is not None:
+        number = _number(hexadecimal, 16)
+    elif octal is not None:
+        number = _number(octal, 8)
+    else:
+        number = _number(decimal, 10)
+    return -number if sign == "-" else number
+
+
 def parse_duration(text: str, unit: str) -> int | None:
-    if re.fullmatch(r"-?\d+", text):
-        return int(text) * _UNITS[unit]
-    if _DURATION.fullmatch(text):
-        return sum(int(n) * _UNITS[u] for n, u in _DURATION_PART.findall(text))
-    return None
+    """Seconds, as Cyrus's config_parseduration reads ``text``: "1h30m", "-1d", "90"
+    (in ``unit``), "1h30" (the last number in ``unit``); None if it is not a duration
+    ("1 h", "1H", "+5", "\u0661\u0660")."""
+    if text and text[-1] in "0123456789":
+        text += unit
+    match = _DURATION.fullmatch(text)
+    if match is None:
+        return None
+    sign, parts = match.groups()
+    seconds = sum(_number(n, 10) * _UNITS[u] for n, u in _DURATION_PART.findall(parts))
+    return -seconds if sign else seconds
 
 
 @dataclass
@@ -327,6 +366,16 @@ class _Parser:
                 "warning",
             )
         self.config.settings[key] = Setting(parsed, path, number)
+        octal = re.fullmatch(r"[+-]?0([0-7]+)", value)
+        if octal is not None and option.kind is Kind.INT and len(octal.group(1).lstrip("0")) > 1:
+            # pop3d read "010" as 10 before it read numbers as Cyrus does ("07" is 7 either way)
+            self.problem(
+                path,
+                number,
+                f"{key}: {value} is octal, {parsed} (a leading 0, as Cyrus reads it): write "
+                f"{parsed} if that is meant",
+                "warning",
+            )
         if key != option.name and option.name in SERVER_WIDE:
             self.problem(
                 path,

@@ -139,7 +139,14 @@ are this implementation's own; the others keep Cyrus's meaning, with differences
 .BR 0 ", " no ", " off ", " f ", " false .
 .TP
 .B integer
-A decimal number.
+A number as Cyrus reads it (C's strtol with base 0), in ASCII digits: decimal,
+.B 0x
+hexadecimal, or octal after a leading
+.B 0
+.RB ( 010
+is 8, and a warning says so;
+.B 08
+is an error).
 .TP
 .B an absolute path
 A file or folder, from
@@ -153,8 +160,14 @@ numbers with units:
 .RB ( d ,
 .BR h ,
 .BR m ,
-.BR s ).
-A negative value is written as a bare number.
+.BR s ,
+in lower case, digits in ASCII), as Cyrus's config_parseduration reads them: a last number
+without a unit is in the option's unit
+.RB ( 1h30
+of a minutes option is 1h30m), and a leading
+.B \\-
+makes the whole negative
+.RB ( \\-1d ).
 .TP
 .B one of
 One of the listed words, case-insensitive.

@@ -251,6 +251,58 @@ def test_numbers_beyond_cyrus_int_are_errors(option: str) -> None:
         assert "above the maximum 2147483647" in str(caught.value.problems[0])
 
 
+def test_integers_are_read_as_cyrus_reads_them() -> None:
+    """strtol(p, &end, 0), as libconfig.c reads an integer option: pop3d refused 0x10."""
+    for text, number in (("5", 5), ("+5", 5), ("0x10", 16), ("0X1f", 31), ("0", 0), ("07", 7)):
+        config = imapd.from_text(f"pop_bad_commands_max: {text}\n")
+        assert config.integer("pop_bad_commands_max") == number, text
+        assert config.problems == [], text
+
+
+def test_a_leading_zero_is_octal_as_in_cyrus_and_said() -> None:
+    """pop3d read "010" as 10, Cyrus as 8: now 8, with a warning, since it changed."""
+    config = imapd.from_text("pop3s_argon2_passes: 010\n")
+    assert config.integer("argon2_passes", "pop3s") == 8
+    assert [str(p) for p in config.problems] == [
+        "<text>:1: warning: pop3s_argon2_passes: 010 is octal, 8 (a leading 0, as Cyrus reads "
+        "it): write 8 if that is meant"
+    ]
+
+
+def test_what_cyrus_would_not_read_as_an_integer_is_an_error() -> None:
+    """Found probing: Python's int() took any script's digits and "_": "argon2_passes: \u0665"
+    was 5. Cyrus reads ASCII digits only, and "08" is no octal number."""
+    for text in ("\u0665", "\uff13", "1_0", "08", "0x", "5.0", "0b1", "+", "5k"):
+        with pytest.raises(ConfigError) as caught:
+            imapd.from_text(f"argon2_passes: {text}\n")
+        assert str(caught.value.problems[0]) == (
+            f"<text>:1: error: argon2_passes: {text!r} is not an integer (decimal, 0x "
+            "hexadecimal or, with a leading 0, octal, as Cyrus reads it)"
+        )
+
+
+def test_durations_are_read_as_cyrus_reads_them() -> None:
+    """config_parseduration (libconfig.c): "1h30" and "-1d" were refused here."""
+    for option, text, seconds in (
+        ("poptimeout", "1h30", 5400),  # the last number in the option's unit, minutes
+        ("poptimeout", "30m1", 1860),
+        ("poptimeout", "010", 600),  # decimal: config_parseduration counts in tens
+        ("failedloginpause", "1s1m", 61),
+        ("popexpiretime", "-1d", -86400),
+        ("popexpiretime", "-2", -172800),
+    ):
+        assert imapd.from_text(f"{option}: {text}\n").integer(option) == seconds, text
+
+
+def test_what_cyrus_would_not_read_as_a_duration_is_an_error() -> None:
+    """Found probing: \\d took any script's digits ("poptimeout: \u0661\u0660" was 10
+    minutes)."""
+    for text in ("\u0661\u0660", "\uff11\uff10", "1_0", "1H", "+5", "1 h", "1h-5m", "-"):
+        with pytest.raises(ConfigError) as caught:
+            imapd.from_text(f"poptimeout: {text}\n")
+        assert f"poptimeout: {text!r} is not a duration" in str(caught.value.problems[0])
+
+
 def test_an_include_of_dev_null_includes_nothing(tmp_path: Path) -> None:
     """Found probing: the regular-file rule (a FIFO hung the reader) refused /dev/null,
     which Cyrus reads as an empty file."""
