@@ -415,15 +415,8 @@ class _Parser:
                 f"{key}: {shown} has no effect here (ignored): {no_effect[1]}",
                 "warning",
             )
-        # servername goes into the greeting, the APOP challenge and Kerberos's
-        # pop/<servername>: one host name, not a line's worth of text (found probing: NUL,
-        # ESC, spaces).
-        if (
-            option.name == "servername"
-            and isinstance(value, str)
-            and (not value.isascii() or not value.isprintable() or " " in value)
-        ):
-            self.problem(path, n, f"{key}: {value!r} is not a host name")
+        if option.name in _WORDS and isinstance(value, str) and (trouble := _word_problem(value)):
+            self.problem(path, n, f"{key}: {trouble}")
         if option.path and isinstance(value, str) and (trouble := path_problem(option, value)):
             self.problem(path, n, f"{key}: {trouble}")
         if option.name == "maildir_path" and isinstance(value, str):
@@ -437,6 +430,31 @@ class _Parser:
                 f"{key}: {value}s is below the 10 minutes RFC 1939 asks for",
                 "warning",
             )
+
+
+# Values that go into protocol lines: servername into the greeting, the APOP challenge
+# <...@servername> and Kerberos's pop/<servername>; syslog_prefix (servername without it)
+# into each session id, SESSIONID=<...> in the login's +OK and the syslog tag. One word
+# of printable ASCII, and short enough that each line stays within RFC 2449's 512 octets:
+# found probing, CR, ESC, NUL and ">" went into those lines, and a 3 MB syslog_prefix
+# made a 3 MB answer. 128 is Cyrus's own limit on a session id's prefix (lib/sessionid.c
+# prints it with %.128s); the greeting, with servername twice, stays within 330 octets.
+_WORDS = frozenset({"servername", "syslog_prefix"})
+_WORD_MAX = 128
+_WORD = re.compile(r"[!-;=?-~]+")  # printable ASCII but space, < and >
+
+
+def _word_problem(value: str) -> str | None:
+    """Why ``value`` cannot be servername or syslog_prefix, or None. The length first:
+    a value of megabytes is not repeated in the message."""
+    if len(value) > _WORD_MAX:
+        return f"{len(value)} characters, more than {_WORD_MAX} (it goes into protocol lines)"
+    if not _WORD.fullmatch(value):
+        return (
+            f"{value!r} is not one word of printable ASCII without < or > (it goes into "
+            "protocol lines)"
+        )
+    return None
 
 
 def path_problem(option: Option, value: str) -> str | None:

@@ -51,7 +51,8 @@ OPTIONS: dict[str, Option] = {
             "servername",
             T,
             None,
-            "Host name in the greeting and APOP challenge (default: the system host name).",
+            "Host name in the greeting and APOP challenge (default: the system host name): "
+            "printable ASCII without spaces, < or >, at most 128 characters.",
         ),
         _o(
             "serverinfo",
@@ -68,7 +69,14 @@ OPTIONS: dict[str, Option] = {
             "(log/<user>/), the credential file by default, shutdown files.",
             path=True,
         ),
-        _o("syslog_prefix", T, None, "Prefix of session ids and log lines."),
+        _o(
+            "syslog_prefix",
+            T,
+            None,
+            "Prefix of session ids (SESSIONID=<...> in the login's answer; default: "
+            "servername) and of the syslog tag: printable ASCII without spaces, < or >, at "
+            "most 128 characters (Cyrus cuts a session id's prefix there).",
+        ),
         _o(
             "telemetry_bysessionid",
             S,

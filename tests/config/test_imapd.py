@@ -237,8 +237,32 @@ def test_servername_is_one_host_name(name: str) -> None:
     """Found probing: anything went into the greeting and the APOP challenge."""
     with pytest.raises(ConfigError) as caught:
         imapd.from_text(f"servername: {name}\n")
-    assert "is not a host name" in str(caught.value.problems[0])
+    assert "is not one word of printable ASCII" in str(caught.value.problems[0])
     assert imapd.from_text("servername: mail.example.org\n").string("servername")
+
+
+def test_what_goes_into_protocol_lines_is_one_short_word() -> None:
+    """Found probing: syslog_prefix went into SESSIONID=<...> unchecked (CR, ESC, NUL, ">"
+    passed, and a 3 MB prefix made a 3 MB answer line), servername's ">" closed the APOP
+    challenge's brackets. Both are one word of printable ASCII without < and >, at most
+    128 characters (Cyrus's limit on a session id's prefix), so every line they go into
+    stays within RFC 2449's 512 octets."""
+    for option in ("servername", "syslog_prefix"):
+        for value in ("a\rb", "a\x1bb", "a\0b", "a>b", "<a", "a b"):
+            with pytest.raises(ConfigError) as caught:
+                imapd.from_text(f"pop3s_{option}: {value}\n")
+            assert str(caught.value.problems[0]) == (
+                f"<text>:1: error: pop3s_{option}: {value!r} is not one word of printable "
+                "ASCII without < or > (it goes into protocol lines)"
+            )
+        with pytest.raises(ConfigError) as caught:
+            imapd.from_text(f"{option}: {'x' * 129}\n")
+        assert str(caught.value) == (
+            f"<text>:1: error: {option}: 129 characters, more than 128 (it goes into "
+            "protocol lines)"
+        )
+        longest = "m-a.i_l:9/" + "x" * 118
+        assert imapd.from_text(f"{option}: {longest}\n").string(option) == longest
 
 
 @pytest.mark.parametrize("option", ["poptimeout", "tls_handshake_timeout", "pop_line_max"])
