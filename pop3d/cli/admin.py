@@ -62,6 +62,7 @@ from pop3d.cli.common import (
     file_named,
     load_config,
     run,
+    syslog_problem,
 )
 from pop3d.cli.master import (
     check_services,
@@ -566,11 +567,10 @@ def cmd_check_config(config_path: str, args: argparse.Namespace) -> int:
         found += _worker_start(config)
         references = _as_the_server(config, lambda: _check_references(config))
         found += references
-        if (problem := metrics_problem(config, config_path)) is not None:
-            found.append(_Found(problem))
     cyrus_path = args.cyrus_conf
     if cyrus_path is None and Path(DEFAULT_CYRUS_CONF).exists():
         cyrus_path = DEFAULT_CYRUS_CONF
+    master_config: cyrus.MasterConfig | None = None
     if cyrus_path is not None:
         try:
             master_config = cyrus.load(cyrus_path)
@@ -595,6 +595,8 @@ def cmd_check_config(config_path: str, args: argparse.Namespace) -> int:
                 )
                 said = {f.text for f in found}
                 found += [f for f in built if f.text not in said]
+    if config is not None and (problem := metrics_problem(config, master_config)) is not None:
+        found.append(_Found(problem))
     for line in found:
         print(line.text)
     errors = sum(not f.warning for f in found)
@@ -701,6 +703,8 @@ def _check_references(config: Config) -> list[_Found]:
             tls.server_context(config, None)
         except ConfigError as exc:
             found += _from_problems(exc.problems)
+    if (trouble := syslog_problem(config)) is not None:
+        found.append(_Found(trouble))
     return found
 
 

@@ -173,18 +173,45 @@ def setup_syslog(
     path = config.string("syslog_socket", service)
     if not path:
         return
-    facility = config.string("syslog_facility", service) or "local6"
     prefix = config.string("syslog_prefix", service)
     tag = f"{prefix}/{ident}" if prefix else ident
     try:
-        handler = SyslogLineHandler(path, SyslogLineHandler.facility_names[facility])
+        handler = _syslog_handler(config, service, path)
         if required and handler.connect_error is not None:
             raise handler.connect_error
     except OSError as exc:
-        raise Exit(EX_CONFIG, f"{program}: syslog_socket {path}: {exc.strerror or exc}") from None
+        raise Exit(EX_CONFIG, f"{program}: {_syslog_problem(config, service, exc)}") from None
     handler.ident = f"{tag}[{os.getpid()}]: "
     handler.setFormatter(MessageFormatter())
     logging.getLogger("pop3d").addHandler(handler)
+
+
+def _syslog_handler(config: Config, service: str | None, path: str) -> SyslogLineHandler:
+    facility = config.string("syslog_facility", service) or "local6"
+    return SyslogLineHandler(path, SyslogLineHandler.facility_names[facility])
+
+
+def _syslog_problem(config: Config, service: str | None, exc: OSError) -> str:
+    path = config.string("syslog_socket", service)
+    message = f"syslog_socket {path}: {exc.strerror or exc}"
+    return str(config.problem_with("syslog_socket", service, message))
+
+
+def syslog_problem(config: Config) -> str | None:
+    """What :func:`setup_syslog` refuses at pop3d-master's start, said for check-config
+    (found probing: a syslog_socket where nothing listens was "configuration OK", and the
+    master then exited 78)."""
+    path = config.string("syslog_socket")
+    if not path:
+        return None
+    try:
+        handler = _syslog_handler(config, None, path)
+    except OSError as exc:
+        return _syslog_problem(config, None, exc)
+    handler.close()
+    if handler.connect_error is not None:
+        return _syslog_problem(config, None, handler.connect_error)
+    return None
 
 
 def file_named(program: str, flag: str, value: str) -> str:

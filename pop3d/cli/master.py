@@ -85,14 +85,43 @@ _Place = tuple[int, str, int, int]
 _WILDCARDS = frozenset({"0.0.0.0", "::"})  # noqa: S104 - compared with, never bound
 
 
-def metrics_problem(config: Config, config_path: str) -> str | None:
-    """A ``prometheus_listen`` the master cannot serve on (shared with check-config)."""
+def metrics_problem(config: Config, master_config: cyrus.MasterConfig | None = None) -> str | None:
+    """A ``prometheus_listen`` the master cannot serve on (shared with check-config): one
+    that does not parse, resolves to nothing, or (given cyrus.conf) is where a service
+    listens. Found probing: on a service's address and port it was "configuration OK",
+    and the master, its services bound, then failed to bind it (exit 71)."""
     if not config.switch("prometheus_enabled"):
         return None
+    text = config.string("prometheus_listen") or ""
+
+    def problem(message: str) -> str:
+        return str(config.problem_with("prometheus_listen", None, message))
+
     try:
-        metrics.parse_listen(config.string("prometheus_listen") or "")
+        host, port = metrics.parse_listen(text)
     except ValueError as exc:
-        return f"{config_path}: {exc}"
+        return problem(str(exc))
+    if master_config is None or port == 0:  # port 0: a free one, whichever it is
+        return None
+    try:  # the address metrics_http.serve binds: the first one
+        family, _type, _proto, _name, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except OSError as exc:  # socket.gaierror
+        return problem(f"prometheus_listen {text}: no address to bind ({exc.strerror or exc})")
+    mine = (family, str(address[0]), _scope(address), port)
+    for service in master_config.services:
+        if service.listen.family == socket.AF_UNIX:
+            continue
+        try:
+            found = addresses(service.listen)
+        except OSError:
+            continue  # said by listen_problems
+        if any(_overlap(mine, (f, a[0], _scope(a), a[1])) for f, a in found):
+            return problem(
+                f"prometheus_listen {text}: service {service.name} listens there "
+                f"({service.path}:{service.line}): the master could not bind both"
+            )
     return None
 
 
@@ -275,6 +304,8 @@ def _reloader(
             raise ReloadRefused([missing])
         if listening := listen_problems(master_config):
             raise ReloadRefused(listening)
+        if (unservable := metrics_problem(config, master_config)) is not None:
+            raise ReloadRefused([unservable])
         problems, configs = check_services(config_path, master_config, account, report=warn)
         if problems:
             raise ReloadRefused(problems)
@@ -413,6 +444,8 @@ def main(argv: list[str] | None = None) -> int:
         fail(PROGRAM, EX_CONFIG, problem)
     if listening := listen_problems(master_config):  # as check-config says them
         raise config_exit(PROGRAM, listening)
+    if (problem := metrics_problem(config, master_config)) is not None:  # before any bind
+        fail(PROGRAM, EX_CONFIG, problem)
     try:
         account = privileges.target(config)  # root without cyrus_user: before any bind
     except ConfigError as exc:
@@ -425,8 +458,6 @@ def main(argv: list[str] | None = None) -> int:
     except ListenError as exc:
         fail(PROGRAM, EX_OSERR, str(exc))
     listen = config.string("prometheus_listen") or ""
-    if (problem := metrics_problem(config, config_path)) is not None:
-        fail(PROGRAM, EX_CONFIG, problem)
     # Detached before the pid file, which names the daemon
     started = _daemonize() if "-d" in flags else None
     pidfile = Path(flags["-p"]) if "-p" in flags else None

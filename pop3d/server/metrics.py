@@ -25,6 +25,7 @@ name. Never a user name (unbounded, and private), never a password or token.
 from __future__ import annotations
 
 import os
+import re
 import struct
 import threading
 import time
@@ -219,6 +220,8 @@ def parse_listen(text: str) -> tuple[str, int]:
         host, port = inside, rest[1:]
     elif ":" in text:
         host, _, port = text.rpartition(":")
-    if not port.isdigit() or not 0 <= int(port) < 65536 or not host:
+    # ASCII digits, at most five: isdigit() and int() take any script's ("\u0669\u0661\u0661\u0660"
+    # was 9110), and int() of 4,300 digits raises
+    if not re.fullmatch(r"[0-9]{1,5}", port) or not 0 <= int(port) < 65536 or not host:
         raise ValueError(f"prometheus_listen {text!r}: expected host:port, [v6]:port or a port")
     return host, int(port)

@@ -1497,6 +1497,11 @@ def store_from_config(config: Config, service: str | None = None) -> MaildirStor
                 )
             ]
         )
+    if "%p" in template and (trouble := _partition_problem(partition)):
+        # Found probing: a partition-default that is a file checked clean, and every
+        # login and delivery then failed. A missing one is made at the first delivery.
+        message = f"partition-default {partition}: {trouble}"
+        raise ConfigError([config.problem_with("partition-default", service, message)])
     return MaildirStore(
         template,
         partition,
@@ -1504,6 +1509,16 @@ def store_from_config(config: Config, service: str | None = None) -> MaildirStor
         use_flags=config.switch("popuseimapflags", service),
         lock_table=lock_table_from_config(config, service),
     )
+
+
+def _partition_problem(partition: str) -> str | None:
+    try:
+        info = os.stat(partition)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None if stat.S_ISDIR(info.st_mode) else "not a folder"
 
 
 def lock_table_from_config(config: Config, service: str | None = None) -> Path | None:

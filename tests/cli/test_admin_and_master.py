@@ -592,11 +592,13 @@ def test_a_syslog_socket_that_does_not_answer_stops_the_start(lab: Lab) -> None:
     absent = lab.root / "absent.sock"
     with lab.config.open("a") as config:
         config.write(f"syslog_socket: {absent}\n")
+    line = len(lab.config.read_text().splitlines())
     for flags in ((), ("-d",)):
         result = _master_exit(lab, *flags)
         assert result.returncode == 78, result.stderr
         assert result.stderr.endswith(
-            b"pop3d-master: syslog_socket %s: No such file or directory\n" % str(absent).encode()
+            f"pop3d-master: {lab.config}:{line}: error: syslog_socket {absent}: No such file "
+            "or directory\n".encode()
         )
         assert b"Logging error" not in result.stderr and b"Traceback" not in result.stderr
 
@@ -864,6 +866,24 @@ def test_a_relative_partition_is_refused_where_mail_would_be_stored(lab: Lab) ->
     )
     assert delivered.returncode == 78, delivered.stderr
     assert list(elsewhere.iterdir()) == []
+
+
+def test_check_config_refuses_what_the_master_cannot_log_to_or_serve_on(lab: Lab) -> None:
+    """Found probing, each "configuration OK": a syslog_socket nothing listens on (the
+    master exited 78), prometheus_listen where a service listens (the master bound the
+    service, then failed on the endpoint: exit 71), a partition-default that is a file
+    (every login and delivery failed)."""
+    port = free_port()
+    conf = _write_cyrus_conf(lab, port)
+    text = lab.config.read_text()
+    lab.config.write_text(text + f"syslog_socket: {lab.root}/nosock\n")
+    _both_refuse(lab, conf, f"syslog_socket {lab.root}/nosock: No such file".encode())
+    lab.config.write_text(text + f"prometheus_enabled: yes\nprometheus_listen: 127.0.0.1:{port}\n")
+    _both_refuse(lab, conf, f"prometheus_listen 127.0.0.1:{port}: service pop3 listens".encode())
+    spool = lab.root / "spoolfile"
+    spool.write_text("")
+    lab.config.write_text(text.replace(f"{lab.root}/spool\n", f"{spool}\n"))
+    _both_refuse(lab, conf, f"partition-default {spool}: not a folder".encode())
 
 
 def test_a_service_name_with_an_underscore_is_refused(lab: Lab) -> None:

@@ -14,6 +14,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pop3d.server.metrics import parse_listen
@@ -266,6 +267,14 @@ def test_prometheus_listen_forms() -> None:
         except ValueError:
             continue
         raise AssertionError(bad)
+
+
+def test_prometheus_listen_ports_are_ascii_digits() -> None:
+    """isdigit() and int() took any script's digits ("\u0669\u0661\u0661\u0660" was
+    9110), and int() of 5,000 digits raised its own error."""
+    for bad in ("\u0669\u0661\u0661\u0660", "127.0.0.1:\uff19\uff11\uff11\uff10", "1" * 5000):
+        with pytest.raises(ValueError, match="expected host:port, \\[v6\\]:port or a port"):
+            parse_listen(bad)
 
 
 def test_a_scrape_waits_out_a_worker_file_being_made(tmp_path: Path) -> None:
