@@ -120,16 +120,36 @@ class Setting:
     line: int
 
 
+def parse_switch(text: str) -> bool | None:
+    """``text`` as Cyrus's config_parse_switch reads it, by its first letters and in their
+    case: 0, n, f or "of" is no ("nope", "false"), 1, y, t or "on" yes ("yes", "true");
+    None for anything else ("Yes", "oui", "")."""
+    if text[:1] in ("0", "n", "f") or text[:2] == "of":
+        return False
+    if text[:1] in ("1", "y", "t") or text[:2] == "on":
+        return True
+    return None
+
+
+# Cyrus reads a switch's words as on/off for an enum (libconfig.c, OPT_ENUM): "virtdomains:
+# yes" is on.
+_ENUM_SWITCH = {
+    **dict.fromkeys(("1", "yes", "t", "true"), "on"),
+    **dict.fromkeys(("0", "no", "f", "false"), "off"),
+}
+
+
 def parse_value(option: Option, raw: str) -> object:
     """The typed value of ``raw`` for ``option``; ValueError with a message if it is not."""
     text = raw.strip()
     if option.kind is Kind.SWITCH:
-        lowered = text.lower()
-        if lowered in _TRUE:
-            return True
-        if lowered in _FALSE:
-            return False
-        raise ValueError(f"{option.name}: {raw!r} is not a switch (yes/no, on/off, 1/0)")
+        switch = parse_switch(text)
+        if switch is None:
+            raise ValueError(
+                f"{option.name}: {raw!r} is not a switch (yes/no, on/off, 1/0, true/false, "
+                "in lower case)"
+            )
+        return switch
     if option.kind is Kind.INT:
         number = parse_integer(text)
         if number is None:
@@ -156,6 +176,7 @@ def parse_value(option: Option, raw: str) -> object:
         return seconds
     if option.kind is Kind.ENUM:
         lowered = text.lower()
+        lowered = _ENUM_SWITCH.get(lowered, lowered)
         if lowered not in option.choices:
             raise ValueError(f"{option.name}: {raw!r} is not one of {', '.join(option.choices)}")
         return lowered
@@ -366,6 +387,14 @@ class _Parser:
                 "warning",
             )
         self.config.settings[key] = Setting(parsed, path, number)
+        if option.kind is Kind.SWITCH and value not in _TRUE | _FALSE:
+            self.problem(
+                path,
+                number,
+                f"{key}: {value!r} is read as {'yes' if parsed else 'no'} (Cyrus reads a "
+                "switch by its first letters)",
+                "warning",
+            )
         octal = re.fullmatch(r"[+-]?0([0-7]+)", value)
         if octal is not None and option.kind is Kind.INT and len(octal.group(1).lstrip("0")) > 1:
             # pop3d read "010" as 10 before it read numbers as Cyrus does ("07" is 7 either way)

@@ -137,6 +137,13 @@ are this implementation's own; the others keep Cyrus's meaning, with differences
 .B switch
 .BR 1 ", " yes ", " on ", " t ", " true ;
 .BR 0 ", " no ", " off ", " f ", " false .
+As Cyrus reads a switch, by its first letters, in lower case: a value starting with
+.BR 1 ", " y ", " t " or " on
+is yes, with
+.BR 0 ", " n ", " f " or " of
+no, with a warning for a spelling other than those words;
+.B Yes
+is an error.
 .TP
 .B integer
 A number as Cyrus reads it (C's strtol with base 0), in ASCII digits: decimal,
@@ -170,7 +177,12 @@ makes the whole negative
 .RB ( \\-1d ).
 .TP
 .B one of
-One of the listed words, case-insensitive.
+One of the listed words, case-insensitive; as in Cyrus, a switch's words stand for
+.B on
+.RB ( 1 ", " yes ", " t ", " true )
+and
+.B off
+.RB ( 0 ", " no ", " f ", " false ).
 .SH OPTIONS"""
 
 FOOTER = """\

@@ -97,6 +97,40 @@ def test_bad_values_are_errors_with_file_and_line(tmp_path: Path) -> None:
     assert f"{path}:5: error: expected 'key: value'" in text
 
 
+def test_switches_are_read_by_their_first_letters_as_cyrus_reads_them() -> None:
+    """config_parse_switch (libconfig.c) reads 0, n, f, "of" as no and 1, y, t, "on" as
+    yes, in lower case: "y" and "n" were refused here, and "Yes" taken, which Cyrus
+    refuses. A spelling other than the usual words is read as Cyrus reads it, and said."""
+    for text, value in (("yes", True), ("on", True), ("1", True), ("t", True), ("off", False)):
+        config = imapd.from_text(f"allowplaintext: {text}\n")
+        assert config.switch("allowplaintext") is value and config.problems == [], text
+    for text, value in (("y", True), ("n", False), ("nope", False), ("of", False), ("10", True)):
+        config = imapd.from_text(f"pop3s_allowplaintext: {text}\n")
+        assert config.switch("allowplaintext", "pop3s") is value, text
+        assert [str(p) for p in config.problems] == [
+            f"<text>:1: warning: pop3s_allowplaintext: {text!r} is read as "
+            f"{'yes' if value else 'no'} (Cyrus reads a switch by its first letters)"
+        ]
+    for text in ("Yes", "NO", "On", "True", "oui", "o", "+1", "2"):
+        with pytest.raises(ConfigError) as caught:
+            imapd.from_text(f"allowplaintext: {text}\n")
+        assert str(caught.value.problems[0]) == (
+            f"<text>:1: error: allowplaintext: {text!r} is not a switch (yes/no, on/off, 1/0, "
+            "true/false, in lower case)"
+        )
+
+
+def test_an_enum_takes_a_switch_s_words_for_on_and_off_as_cyrus_does() -> None:
+    """libconfig.c reads 1, yes, t, true as "on" and 0, no, f, false as "off" for an enum:
+    a Cyrus site's "virtdomains: yes" kept pop3d from starting."""
+    config = imapd.from_text("virtdomains: yes\nserverinfo: 0\ntls_client_certs: false\n")
+    assert config.string("virtdomains") == "on"
+    assert config.string("serverinfo") == "off"
+    assert config.string("tls_client_certs") == "off"
+    with pytest.raises(ConfigError, match="'true' is not one of off, optional, require"):
+        imapd.from_text("tls_client_certs: true\n")
+
+
 def test_negative_durations_are_errors_where_they_mean_nothing(tmp_path: Path) -> None:
     """A negative poptimeout ended every session at once, with only a warning; a zero
     tls_handshake_timeout failed every handshake. popexpiretime keeps -1 (NEVER)."""
