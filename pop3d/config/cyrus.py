@@ -279,11 +279,21 @@ def parse_text(text: str, path: str) -> MasterConfig:
             out.problems.append(Problem(path, number, "not UTF-8"))
             continue
         if section is None:
-            match = re.fullmatch(r"([A-Z]+)\s*\{", line)
-            if not match or match.group(1) not in _SECTIONS:
+            # Cyrus's masterconf_getsection compares a section's name case-insensitively
+            # but for its first letter, which must be as written: "Services {" is
+            # SERVICES, and "services {" a section Cyrus skips, every service in it.
+            match = re.fullmatch(r"([A-Za-z]+)\s*\{", line)
+            name = match.group(1).upper() if match else ""
+            if name not in _SECTIONS:
                 out.problems.append(Problem(path, number, f"expected a section, got {line!r}"))
                 continue
-            section = match.group(1)
+            if match and not match.group(1)[0].isupper():
+                message = (
+                    f"section {match.group(1)!r}: Cyrus's master reads {name} only with a "
+                    "capital first letter, and skips this one"
+                )
+                out.problems.append(Problem(path, number, message))  # its entries checked
+            section = name
             continue
         if line == "}":
             section = None

@@ -107,6 +107,21 @@ def test_one_unix_socket_path_spelled_two_ways_is_listened_on_once(tmp_path) -> 
     )
 
 
+def test_section_names_are_read_as_cyrus_reads_them() -> None:
+    """masterconf_getsection compares a section's name case-insensitively but for its
+    first letter: "Services {" is SERVICES (pop3d refused it as no section), and Cyrus skips
+    "services {", every service in it, so it is an error, not a section pop3d serves."""
+    entry = '\n  pop3 cmd="pop3d" listen="1110"\n}\n'
+    for header in ("Services {", "SeRvIcEs{", "SERVICES {"):
+        config = cyrus.parse_text(header + entry, "cyrus.conf")
+        assert [s.name for s in config.services] == ["pop3"] and config.problems == [], header
+    config = cyrus.parse_text("services {" + entry, "cyrus.conf")
+    assert [str(p) for p in config.problems] == [
+        "cyrus.conf:1: error: section 'services': Cyrus's master reads SERVICES only with a "
+        "capital first letter, and skips this one"
+    ]
+
+
 def test_unclosed_section(tmp_path) -> None:  # type: ignore[no-untyped-def]
     path = tmp_path / "cyrus.conf"
     path.write_text('SERVICES {\n  pop3 cmd="pop3d" listen="110"\n')
