@@ -355,6 +355,15 @@ class _Parser:
             if not sep or not key or not re.fullmatch(r"@?[a-z0-9_.-]+", key):
                 self.problem(path, number, f"expected 'key: value', got {raw.strip()!r}")
                 continue
+            # Cyrus's config_read_file refuses both ("empty option value", "invalid
+            # directive"), and a shared imapd.conf that pop3d read kept every other Cyrus
+            # daemon from starting.
+            if not value:
+                self.problem(path, number, f"{key}: an empty value (Cyrus refuses one)")
+                continue
+            if key.startswith("@") and key != "@include":
+                self.problem(path, number, f"{key}: not a directive (Cyrus has @include only)")
+                continue
             if key == "@include":
                 if depth >= _MAX_INCLUDE_DEPTH:
                     self.problem(path, number, "@include nested too deeply")

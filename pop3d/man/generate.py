@@ -124,6 +124,10 @@ ignored.
 The file is read strictly: a value that does not parse is an error naming its
 .IR file : line ,
 and the server does not start (exit 78).
+As in Cyrus, so is an empty value
+.RB ( "servername:" ),
+and a directive other than
+.BR @include .
 An unknown key is a warning.
 The keys of the other Cyrus daemons (imapd, lmtpd ...\\&) are accepted without a warning and
 ignored, so a site's shared imapd.conf checks clean with

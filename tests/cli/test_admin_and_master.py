@@ -340,7 +340,7 @@ def test_check_config_refuses_what_the_master_and_the_logins_would(lab: Lab) -> 
         assert result.returncode == 78 and expected in result.stdout.decode(), result.stdout
     cyrus_conf.write_text('SERVICES {\n  pop3 cmd="pop3d" listen="1110"\n}\n')
     for template, expected in (
-        ("", "empty"),
+        ("", "an empty value"),
         ("%p/Maildir", "names no user"),
         ("%p/%x/Maildir", "%x is not one of"),
         ("%p/%u/%", "a lone % at the end"),

@@ -178,6 +178,21 @@ def test_include(tmp_path: Path) -> None:
         imapd.load(tmp_path / "imapd.conf")
 
 
+def test_an_empty_value_and_an_unknown_directive_are_errors_as_in_cyrus() -> None:
+    """config_read_file refuses both ("empty option value", "invalid directive"): pop3d
+    took "servername:" for unset and warned of "@frob", and a shared imapd.conf it read
+    kept Cyrus's own daemons from starting."""
+    with pytest.raises(ConfigError) as caught:
+        imapd.from_text("servername:\n@frob: x\n@include:   \nfrob:\n@Include_x: y\n")
+    assert [str(p) for p in caught.value.problems] == [
+        "<text>:1: error: servername: an empty value (Cyrus refuses one)",
+        "<text>:2: error: @frob: not a directive (Cyrus has @include only)",
+        "<text>:3: error: @include: an empty value (Cyrus refuses one)",
+        "<text>:4: error: frob: an empty value (Cyrus refuses one)",
+        "<text>:5: error: @include_x: not a directive (Cyrus has @include only)",
+    ]
+
+
 def test_include_of_a_name_with_nul_is_a_config_error(tmp_path: Path) -> None:
     # Found by fuzz/imapd_conf.py: open() raised ValueError (embedded null byte).
     (tmp_path / "imapd.conf").write_text("@include: a\0b\n")
