@@ -328,6 +328,7 @@ def _resolve_key(key: str) -> tuple[Option | None, bool]:
 class _Parser:
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.seen: dict[str, tuple[str, int]] = {}  # every key, known or not: where set
 
     def problem(self, path: str, line: int, message: str, severity: str = "error") -> None:
         self.config.problems.append(Problem(path, line, message, severity))
@@ -355,15 +356,25 @@ class _Parser:
             if not sep or not key or not re.fullmatch(r"@?[a-z0-9_.-]+", key):
                 self.problem(path, number, f"expected 'key: value', got {raw.strip()!r}")
                 continue
-            # Cyrus's config_read_file refuses both ("empty option value", "invalid
-            # directive"), and a shared imapd.conf that pop3d read kept every other Cyrus
-            # daemon from starting.
+            # Cyrus's config_read_file refuses each of these ("empty option value",
+            # "invalid directive", "option was specified twice"), and a shared imapd.conf
+            # that pop3d read kept every other Cyrus daemon from starting.
             if not value:
                 self.problem(path, number, f"{key}: an empty value (Cyrus refuses one)")
                 continue
             if key.startswith("@") and key != "@include":
                 self.problem(path, number, f"{key}: not a directive (Cyrus has @include only)")
                 continue
+            if key != "@include":
+                if (earlier := self.seen.get(key)) is not None:
+                    self.problem(
+                        path,
+                        number,
+                        f"{key} set again (first at {earlier[0]}:{earlier[1]}); Cyrus refuses "
+                        "an option set twice",
+                    )
+                    continue
+                self.seen[key] = (path, number)
             if key == "@include":
                 if depth >= _MAX_INCLUDE_DEPTH:
                     self.problem(path, number, "@include nested too deeply")
@@ -387,14 +398,6 @@ class _Parser:
         except ValueError as exc:
             self.problem(path, number, str(exc))
             return
-        if key in self.config.settings:
-            earlier = self.config.settings[key]
-            self.problem(
-                path,
-                number,
-                f"{key} set again (first at {earlier.path}:{earlier.line})",
-                "warning",
-            )
         self.config.settings[key] = Setting(parsed, path, number)
         if option.kind is Kind.SWITCH and value not in _TRUE | _FALSE:
             self.problem(

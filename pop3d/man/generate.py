@@ -126,8 +126,12 @@ The file is read strictly: a value that does not parse is an error naming its
 and the server does not start (exit 78).
 As in Cyrus, so is an empty value
 .RB ( "servername:" ),
-and a directive other than
-.BR @include .
+a directive other than
+.BR @include ,
+and a key set twice, in the file or a file it includes (a service's
+.B pop3s_poptimeout
+is another key than
+.BR poptimeout ).
 An unknown key is a warning.
 The keys of the other Cyrus daemons (imapd, lmtpd ...\\&) are accepted without a warning and
 ignored, so a site's shared imapd.conf checks clean with

@@ -193,6 +193,30 @@ def test_an_empty_value_and_an_unknown_directive_are_errors_as_in_cyrus() -> Non
     ]
 
 
+def test_a_key_set_twice_is_an_error_as_in_cyrus(tmp_path: Path) -> None:
+    """config_read_file stops at "option was specified twice", whatever the option (its
+    own, another daemon's, one it does not know), across @include too: pop3d warned and
+    took the last, so a shared imapd.conf it started with kept Cyrus's daemons down.
+    A service's own key is another key."""
+    (tmp_path / "extra.conf").write_text("poptimeout: 20m\n")
+    path = tmp_path / "imapd.conf"
+    path.write_text(
+        "poptimeout: 10m\npop3s_poptimeout: 15m\n@include: extra.conf\nServerName: a\n"
+        "servername: b\nlmtpsocket: /x\nlmtpsocket: /y\nfrob: 1\nfrob: 2\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        imapd.load(path)
+    assert [str(p) for p in caught.value.problems if p.severity == "error"] == [
+        f"{tmp_path}/extra.conf:1: error: poptimeout set again (first at {path}:1); Cyrus "
+        "refuses an option set twice",
+        f"{path}:5: error: servername set again (first at {path}:4); Cyrus refuses an option "
+        "set twice",
+        f"{path}:7: error: lmtpsocket set again (first at {path}:6); Cyrus refuses an option "
+        "set twice",
+        f"{path}:9: error: frob set again (first at {path}:8); Cyrus refuses an option set twice",
+    ]
+
+
 def test_include_of_a_name_with_nul_is_a_config_error(tmp_path: Path) -> None:
     # Found by fuzz/imapd_conf.py: open() raised ValueError (embedded null byte).
     (tmp_path / "imapd.conf").write_text("@include: a\0b\n")

@@ -198,7 +198,7 @@ def test_tls_ended_at_haproxy_counts_only_with_p(tls_lab: Lab) -> None:
     password is refused on that hop, and accepted where the operator vouches for it with
     ``-p``."""
     assert tls_lab.tls is not None
-    tls_lab.config.write_text(tls_lab.config.read_text() + "allowplaintext: no\n")
+    tls_lab.configure("allowplaintext: no\n")
     folder = tls_lab.root / "haproxy"
     folder.mkdir()
     (folder / "haproxy.pem").write_bytes(

@@ -223,10 +223,10 @@ def test_replaced_workers_still_serving_hold_off_more_reloads(lab: Lab) -> None:
     try:
         for timeout in range(11, 13):  # two replacements, each leaving a session behind
             held.append(Session(server.port))
-            lab.config.write_text(lab.config.read_text() + f"poptimeout: {timeout}m\n")
+            lab.configure(f"poptimeout: {timeout}m\n")
             _reload(server, "reload: configuration changed")
         held.append(Session(server.port))
-        lab.config.write_text(lab.config.read_text() + "poptimeout: 13m\n")
+        lab.configure("poptimeout: 13m\n")
         _reload(server, "2 replaced workers are still finishing their sessions (at most 2)")
         for session in held:  # their sessions end: the retired workers go, a reload works
             assert session("QUIT").startswith(b"+OK")

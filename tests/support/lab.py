@@ -45,6 +45,27 @@ allow_root: yes
 # (a test of the privilege drop sets cyrus_user, which then wins).
 
 
+def merged(text: str, settings: str) -> str:
+    """imapd.conf ``text`` with each line of ``settings`` in place of the line that sets
+    its key, or added at the end: a key set twice is an error, as in Cyrus."""
+    lines = text.splitlines(keepends=True)
+    for line in settings.splitlines():
+        key = _key(line)
+        for index, old in enumerate(lines):
+            if key is not None and _key(old) == key:
+                lines[index] = line + "\n"
+                break
+        else:
+            lines.append(line + "\n")
+    return "".join(lines)
+
+
+def _key(line: str) -> str | None:
+    key, colon, _value = line.partition(":")
+    key = key.strip().lower()
+    return key if colon and key and not key.startswith(("#", "@")) else None
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -83,11 +104,16 @@ class Lab:
         if with_tls:
             self.tls = make_certificates(self.root / "tls")
             text += f"tls_server_cert: {self.tls.cert}\ntls_server_key: {self.tls.key}\n"
-        self.config.write_text(text + self.extra_config)
+        self.config.write_text(merged(text, self.extra_config))
         for user, password in self.users.items():
             self.set_password(user, password, apop=True)
             self.reset_maildrop(user)
         return self
+
+    def configure(self, settings: str) -> None:
+        """Set each ``key: value`` line of ``settings`` in imapd.conf, in place of the line
+        that sets that key if there is one."""
+        self.config.write_text(merged(self.config.read_text(), settings))
 
     def set_password(self, user: str, password: str, apop: bool = False) -> None:
         """Argon2id (cheap parameters), SCRAM keys for every hash, and with ``apop`` the
