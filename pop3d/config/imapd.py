@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,6 +83,29 @@ def lines(text: str) -> list[str]:
     split at a form feed, a lone CR or U+2028 in a comment, and every line number after
     it was wrong. A CR before the LF goes with the line's other trailing space."""
     return text.split("\n")
+
+
+def _joined_lines(text: str) -> Iterator[tuple[int, str, int | None]]:
+    """(first line number, line, last line number) of each line of ``text``, a line
+    that ends with a backslash joined to the next without it, as Cyrus's
+    config_read_file does (a comment's too). The last line number is None for a line
+    continued past the end of the file, which Cyrus drops."""
+    physical = lines(text)
+    if physical and not physical[-1]:
+        physical.pop()  # what follows the last LF is no line
+    first, pending = 0, None
+    for number, raw in enumerate(physical, 1):
+        if pending is None:
+            first, pending = number, raw
+        else:
+            pending += raw
+        if pending.endswith("\\"):
+            pending = pending[:-1]
+            continue
+        yield first, pending, number
+        pending = None
+    if pending is not None:
+        yield first, pending, None
 
 
 def not_utf8(line: str) -> bool:
@@ -343,8 +367,24 @@ class _Parser:
         self.parse_text(text, str(path), depth)
 
     def parse_text(self, text: str, path: str, depth: int = 0) -> None:
-        for number, raw in enumerate(lines(text), 1):
+        for number, raw, last in _joined_lines(text):
             line = raw.strip()
+            if last is None and line and not line.startswith("#"):
+                self.problem(
+                    path,
+                    number,
+                    "the last line ends with \\, which continues it past the end of the "
+                    "file (Cyrus drops the line)",
+                )
+                continue
+            if line.startswith("#") and last is not None and last > number:
+                self.problem(
+                    path,
+                    number,
+                    f"a comment ending with \\ goes on to line {last}, which is part of it "
+                    "(as Cyrus reads it)",
+                    "warning",
+                )
             if not line or line.startswith("#"):
                 continue
             if not_utf8(line):

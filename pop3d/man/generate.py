@@ -103,6 +103,9 @@ Keys are case-insensitive; blank lines and lines starting with
 are ignored;
 .BI "@include: " file
 reads another file there (a relative name is relative to the including file).
+As in Cyrus, a line that ends with
+.B \\e
+goes on to the next, the backslash left out; a comment's too, which a warning points out.
 An option may be given for one service only, prefixed with the service's name in
 cyrus.conf:
 .B pop3s_allowplaintext: yes

@@ -217,6 +217,40 @@ def test_a_key_set_twice_is_an_error_as_in_cyrus(tmp_path: Path) -> None:
     ]
 
 
+def test_a_line_ending_with_a_backslash_goes_on_to_the_next_as_in_cyrus(tmp_path: Path) -> None:
+    """Cyrus's config_read_file joins a line ending with \\ to the next (the backslash
+    dropped): pop3d read each half as a line of its own. Problems are told at the first
+    line; a comment goes on too, which is said, and a line continued past the end of the
+    file, which Cyrus drops, is an error."""
+    path = tmp_path / "imapd.conf"
+    path.write_text(
+        "sasl_mech_list: PLAIN \\\n  SCRAM-SHA-256\nservername: mail.\\\nexample.org\n"
+        "# servername: x \\\npoptimeout: 20m\npoptim\\\neout: banana\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        imapd.load(path)
+    assert [str(p) for p in caught.value.problems] == [
+        f"{path}:7: error: poptimeout: 'banana' is not a duration (a number of minutes, or "
+        "e.g. 1h30m, 45s)",
+        f"{path}:5: warning: a comment ending with \\ goes on to line 6, which is part of it "
+        "(as Cyrus reads it)",
+    ]
+    path.write_text(path.read_text().replace("poptim\\\neout: banana\n", ""))
+    config = imapd.load(path)
+    assert config.string("sasl_mech_list") == "PLAIN   SCRAM-SHA-256"
+    assert config.string("servername") == "mail.example.org"
+    assert config.setting("poptimeout") is None  # in the comment
+    path.write_text("servername: a\nallowplaintext: yes\\\n")
+    with pytest.raises(ConfigError) as caught:
+        imapd.load(path)
+    assert str(caught.value.problems[0]) == (
+        f"{path}:2: error: the last line ends with \\, which continues it past the end of the "
+        "file (Cyrus drops the line)"
+    )
+    path.write_text("servername: a\n# the end \\\n")  # a comment: nothing dropped
+    assert imapd.load(path).problems == []
+
+
 def test_include_of_a_name_with_nul_is_a_config_error(tmp_path: Path) -> None:
     # Found by fuzz/imapd_conf.py: open() raised ValueError (embedded null byte).
     (tmp_path / "imapd.conf").write_text("@include: a\0b\n")
