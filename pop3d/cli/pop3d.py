@@ -46,7 +46,7 @@ from pop3d.cli.common import (
     setup_syslog,
 )
 from pop3d.config import cyrus
-from pop3d.config.imapd import ConfigError
+from pop3d.config.imapd import DEBUG_COMMAND_MAX, ConfigError, fill_debug_command
 from pop3d.server import privileges
 from pop3d.server.context import RuntimeOptions, ServiceContext
 from pop3d.server.limits import LIMITS_FD_ENV, LocalLimits, MasterLimits
@@ -142,8 +142,16 @@ def _run_debug_command(template: str | None, service: str) -> None:
     if not template:
         print(f"{PROGRAM}: -D given but debug_command is not set", file=sys.stderr)
         return
-    values = iter((sys.argv[0], str(os.getpid()), service))
-    command = re.sub(r"%[sd]", lambda _m: next(values, ""), template)
+    command = fill_debug_command(template, sys.argv[0], os.getpid(), service)
+    if len(command.encode("utf-8", "surrogateescape")) > DEBUG_COMMAND_MAX:
+        # Cyrus's snprintf cuts it there, and runs what is left: a command cut short
+        # could do anything. Not run.
+        print(
+            f"{PROGRAM}: debug_command filled in is longer than Cyrus's {DEBUG_COMMAND_MAX} "
+            "octets: not run",
+            file=sys.stderr,
+        )
+        return
     # Its own session and process group: a stop (start.stop_while_starting raises
     # SystemExit inside the wait) killed only the shell, and what it ran (a `sleep`, a
     # debugger) went on orphaned, holding pop3d's standard input and output: under inetd,

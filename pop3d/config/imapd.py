@@ -500,6 +500,10 @@ class _Parser:
             self.problem(path, n, f"{key}: {trouble}")
         if option.path and isinstance(value, str) and (trouble := path_problem(option, value)):
             self.problem(path, n, f"{key}: {trouble}")
+        if option.name == "debug_command" and isinstance(value, str):
+            trouble = debug_command_problem(value)
+            if trouble:
+                self.problem(path, n, f"{key}: {trouble}")
         if option.name == "maildir_path" and isinstance(value, str):
             trouble = maildir_template_problem(value)
             if trouble:
@@ -558,6 +562,51 @@ def path_problem(option: Option, value: str) -> str | None:
             "process, relative to the folder it started in)"
         )
     return None
+
+
+# debug_command is a printf format: Cyrus runs snprintf(buf, 1024, debug_command,
+# argv[0], getpid(), service) (master/service.c). Each conversion takes the next of those
+# three, a string, a number and a string; one that does not fit its argument, or a
+# fourth, is undefined in C, so refused here.
+_CONVERSION = re.compile(r"%(?:%|([-+ #0]*[0-9]*(?:\.[0-9]*)?)(hh|h|ll|l|j|z|t|L|q|\*)?(.?))")
+_DEBUG_ARGUMENTS = (("program name", "s"), ("process id", "diouxX"), ("service name", "s"))
+DEBUG_COMMAND_MAX = 1023  # octets: what Cyrus's 1,024-octet buffer holds
+
+
+def debug_command_problem(template: str) -> str | None:
+    """Why Cyrus's snprintf could not fill ``template`` in, or None."""
+    taken = 0
+    for match in _CONVERSION.finditer(template):
+        if match.group(0) == "%%":
+            continue
+        _flags, modifier, conversion = match.groups()
+        if taken == len(_DEBUG_ARGUMENTS):
+            return (
+                f"{match.group(0)!r} is a fourth conversion: Cyrus fills in three (the "
+                "program name %s, the process id %d, the service name %s; %% is a %)"
+            )
+        name, conversions = _DEBUG_ARGUMENTS[taken]
+        if not modifier and not conversion:
+            return "a lone % at the end (%% is a %)"
+        if modifier or conversion not in conversions:
+            shown = ", ".join(f"%{c}" for c in conversions)
+            return f"{match.group(0)!r} takes the {name}, which needs {shown} (%% is a %)"
+        taken += 1
+    return None
+
+
+def fill_debug_command(template: str, program: str, pid: int, service: str) -> str:
+    """``template`` filled in as snprintf does (checked by :func:`debug_command_problem`):
+    each conversion, flags, width and precision included, takes the next argument; %%
+    is a %. Python's % operator formats a C conversion as C does."""
+    values = iter((program, pid, service))
+
+    def one(match: re.Match[str]) -> str:
+        if match.group(0) == "%%":
+            return "%"
+        return match.group(0) % next(values)
+
+    return _CONVERSION.sub(one, template)
 
 
 def maildir_template_problem(template: str) -> str | None:

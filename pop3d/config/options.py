@@ -453,8 +453,10 @@ OPTIONS: dict[str, Option] = {
             "debug_command",
             T,
             None,
-            "Command run by -D: %s is the program name, %d the "
-            "process id, the second %s the service name.",
+            "Command run by -D, a printf format Cyrus fills in with snprintf: %s is the "
+            "program name, %d the process id, the second %s the service name, %% a percent "
+            "sign (flags, width and precision as in C; a conversion that does not fit, or a "
+            "fourth, is an error). Not run if longer than Cyrus's 1023 octets once filled in.",
         ),
         _o(
             "maxlogins_per_user",

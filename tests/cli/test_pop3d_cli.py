@@ -91,6 +91,30 @@ def test_debug_command_runs_with_program_pid_and_service(lab: Lab, tmp_path: Pat
     assert words[1].isdigit() and words[2] == "pop3"
 
 
+def test_debug_command_is_filled_in_as_snprintf_does(lab: Lab, tmp_path: Path) -> None:
+    """Found probing: %% stayed %% and %%s had a value put in it; Cyrus's snprintf makes
+    %% a % and fills conversions with their flags, width and precision."""
+    out = tmp_path / "debug.txt"
+    lab.configure(f"debug_command: echo '%%s|%.3s|%05d|%-6s|100%%' > {out}\n")
+    result = run("-D", "-X", "-C", str(lab.config), stdin=b"QUIT\r\n")
+    assert result.returncode == 0, result.stderr
+    first, program, pid, service, last = out.read_text().rstrip("\n").split("|")
+    assert (first, service, last) == ("%s", "pop3  ", "100%")
+    assert len(program) == 3
+    assert pid.isdigit() and len(pid) >= 5
+
+
+def test_a_debug_command_longer_than_cyrus_would_run_is_not_run(lab: Lab, tmp_path: Path) -> None:
+    """Cyrus's snprintf cuts it at 1,023 octets and runs what is left, which could be
+    anything; pop3d says so and runs nothing."""
+    out = tmp_path / "debug.txt"
+    lab.configure(f"debug_command: echo {'x' * 1100} > {out}\n")
+    result = run("-D", "-X", "-C", str(lab.config), stdin=b"QUIT\r\n")
+    assert result.returncode == 0, result.stderr
+    assert b"debug_command filled in is longer than Cyrus's 1023 octets: not run" in result.stderr
+    assert not out.exists()
+
+
 def _running(pid: int) -> bool:
     """Alive and not a zombie (an orphan's is reaped by whoever adopted it)."""
     try:

@@ -251,6 +251,26 @@ def test_a_line_ending_with_a_backslash_goes_on_to_the_next_as_in_cyrus(tmp_path
     assert imapd.load(path).problems == []
 
 
+def test_debug_command_is_a_format_cyrus_can_fill_in() -> None:
+    """Cyrus fills debug_command in with snprintf(buf, 1024, debug_command, argv[0],
+    getpid(), service): a conversion that does not fit its argument, or a fourth, is
+    undefined in C, and refused here at its line."""
+    fine = "gdb %s %#x # %%s %-8.3s|100%%"
+    assert imapd.from_text(f"debug_command: {fine}\n").string("debug_command") == fine
+    for template, trouble in (
+        ("gdb %d", "'%d' takes the program name, which needs %s (%% is a %)"),
+        ("gdb %s %s", "'%s' takes the process id, which needs %d, %i, %o, %u, %x, %X (%% is a %)"),
+        ("gdb %s %ld %s", "'%ld' takes the process id"),
+        ("gdb %s %d %s %s", "'%s' is a fourth conversion: Cyrus fills in three"),
+        ("gdb %s %*d", "'%*d' takes the process id"),
+        ("echo 100%", "a lone % at the end (%% is a %)"),
+        ("gdb %n", "'%n' takes the program name"),
+    ):
+        with pytest.raises(ConfigError) as caught:
+            imapd.from_text(f"debug_command: {template}\n")
+        assert f"<text>:1: error: debug_command: {trouble}" in str(caught.value.problems[0])
+
+
 def test_include_of_a_name_with_nul_is_a_config_error(tmp_path: Path) -> None:
     # Found by fuzz/imapd_conf.py: open() raised ValueError (embedded null byte).
     (tmp_path / "imapd.conf").write_text("@include: a\0b\n")
