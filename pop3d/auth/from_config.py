@@ -35,10 +35,16 @@ def secret_path(config: Config, service: str | None = None) -> Path:
 
 def needed_schemes(config: Config) -> set[str]:
     """What the enabled login methods need stored: SCRAM keys per enabled SCRAM hash, and
-    the plaintext equivalent only when APOP or a legacy mechanism that needs it is on."""
-    wanted = registry.credentials_for(registry.enabled(config.string("sasl_mech_list")))
-    if config.switch("allowapop"):
-        wanted.add(SCHEME_PLAIN_B64)
+    the plaintext equivalent only when APOP or a legacy mechanism that needs it is on, on
+    any service: one credential file serves them all. pop3d-admin passwd once
+    read the unprefixed settings only, so with pop3s_allowapop: yes no password it set
+    could log in with APOP on pop3s."""
+    wanted: set[str] = set()
+    for service in (None, *config.services()):
+        mechanisms = registry.enabled(config.string("sasl_mech_list", service))
+        wanted |= registry.credentials_for(mechanisms)
+        if config.switch("allowapop", service):
+            wanted.add(SCHEME_PLAIN_B64)
     return wanted
 
 
@@ -56,9 +62,13 @@ def users_beyond_credential_file(config: Config) -> bool:
     """Whether a user the credential file does not name may still log in: passwords are
     checked by saslauthd or the KDC (``sasl_pwcheck_method``), or a Kerberos mechanism is
     on (the realm vouches for its users). Mail for such a user must then be accepted:
-    refused, a Kerberos site's MTA bounced every message (found probing)."""
-    method = config.string("sasl_pwcheck_method") or "auxprop"
-    return method != "auxprop" or keytab.kerberos_wanted(config)
+    refused, a Kerberos site's MTA bounced every message (found probing). On any service:
+    pop3s_sasl_pwcheck_method: saslauthd has pop3s's users beyond the file too."""
+    return any(
+        (config.string("sasl_pwcheck_method", service) or "auxprop") != "auxprop"
+        or keytab.kerberos_wanted(config, service)
+        for service in (None, *config.services())
+    )
 
 
 def argon2_parameters(config: Config, service: str | None = None) -> Argon2Parameters:

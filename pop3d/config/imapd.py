@@ -286,6 +286,11 @@ class Config:
                 return found
         return self.settings.get(name)
 
+    def services(self) -> list[str]:
+        """The services some key is set for (pop3s, for pop3s_allowapop), in file order."""
+        found = (key.partition("_")[0] for key in self.settings if key not in OPTIONS)
+        return list(dict.fromkeys(found))
+
     def get(self, name: str, service: str | None = None) -> object:
         option = OPTIONS[name]
         found = self.setting(name, service)

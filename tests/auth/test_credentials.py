@@ -413,6 +413,29 @@ def test_login_realms_are_dropped_without_virtdomains() -> None:
     assert canonical_user("@lab.test", rules) is None
 
 
+def test_admin_passwd_writes_what_any_service_needs(tmp_path: Path) -> None:
+    """One credential file serves every service: passwd read the unprefixed settings
+    only, so with pop3s_allowapop: yes no password it set could log in with APOP on
+    pop3s."""
+    conf = tmp_path / "imapd.conf"
+    run = [sys.executable, "-m", "pop3d.cli.admin", "-C", str(conf)]
+    base = f"configdirectory: {tmp_path}\nargon2_memory: 64\nargon2_passes: 1\n"
+    for extra, expected in (
+        ("pop3s_allowapop: yes\n", {"ARGON2ID", "PLAIN.B64", "SCRAM-SHA-256", "SCRAM-SHA-512"}),
+        (
+            "sasl_mech_list: PLAIN SCRAM-SHA-1\nPOP3S_sasl_mech_list: CRAM-MD5\n",
+            {"ARGON2ID", "SCRAM-SHA-1", "PLAIN.B64"},
+        ),
+    ):
+        conf.write_text(base + extra)
+        result = subprocess.run(
+            [*run, "passwd", "amy"], input=b"pw\n", capture_output=True, timeout=60
+        )
+        assert result.returncode == 0, result.stderr
+        record = CredentialFile(tmp_path / "pop3d.passwd").lookup("amy")
+        assert record is not None and set(record.secrets) == expected, extra
+
+
 def test_default_domain_is_dropped_with_virtdomains() -> None:
     rules = IdentityRules(virtdomains=True, defaultdomain="example.org")
     assert canonical_user("alice@EXAMPLE.org", rules) == "alice"

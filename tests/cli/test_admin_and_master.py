@@ -127,6 +127,9 @@ def test_deliver(lab: Lab) -> None:
         "sasl_pwcheck_method: kerberos5",
         "sasl_mech_list: GSSAPI PLAIN",
         "sasl_keytab: /etc/pop.keytab",
+        # one service's: its users log in without the file too
+        "pop3s_sasl_pwcheck_method: saslauthd",
+        "pop3s_sasl_mech_list: GSSAPI PLAIN",
     ],
 )
 def test_deliver_to_a_user_who_logs_in_without_the_credential_file(lab: Lab, setting: str) -> None:
