@@ -396,10 +396,17 @@ class _Parser:
                 self.problem(path, number, "not UTF-8")
                 continue
             key, sep, value = line.partition(":")
-            key = key.strip().lower()
+            key = key.lower()
             value = value.strip()
-            if not sep or not key or not re.fullmatch(r"@?[a-z0-9_.-]+", key):
-                self.problem(path, number, f"expected 'key: value', got {raw.strip()!r}")
+            # An option's name as config_read_file reads one: ASCII letters, digits, "-"
+            # and "_", the ":" right after it ("invalid option name" else)
+            if not sep or not re.fullmatch(r"@?[a-z0-9_-]+", key):
+                self.problem(
+                    path,
+                    number,
+                    "expected 'key: value' (a name of letters, digits, - and _, then ':'), "
+                    f"got {raw.strip()!r}",
+                )
                 continue
             # Cyrus's config_read_file refuses each of these ("empty option value",
             # "invalid directive", "option was specified twice"), and a shared imapd.conf

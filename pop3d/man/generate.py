@@ -98,7 +98,12 @@ option table in the source, so it lists exactly what the code reads.
 .PP
 One option per line:
 .IB key : " value\\fR."
-Keys are case-insensitive; blank lines and lines starting with
+Keys are ASCII letters, digits,
+.B \\-
+and
+.BR _ ,
+with the colon right after them, as Cyrus reads them, and case-insensitive; blank lines
+and lines starting with
 .B #
 are ignored;
 .BI "@include: " file

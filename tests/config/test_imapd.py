@@ -178,6 +178,20 @@ def test_include(tmp_path: Path) -> None:
         imapd.load(tmp_path / "imapd.conf")
 
 
+def test_an_option_name_is_what_cyrus_reads_as_one() -> None:
+    """config_read_file reads a name of ASCII letters, digits, "-" and "_", the ":" right
+    after it ("invalid option name" else): pop3d took "allowplaintext : yes" and
+    "tls.foo: x", which stop Cyrus's daemons."""
+    for line in ("allowplaintext : yes", "tls.foo: x", "\u00e9t\u00e9: x", "poptimeout\t: 10"):
+        with pytest.raises(ConfigError) as caught:
+            imapd.from_text(f"{line}\n")
+        assert str(caught.value.problems[0]) == (
+            "<text>:1: error: expected 'key: value' (a name of letters, digits, - and _, then "
+            f"':'), got {line!r}"
+        )
+    assert imapd.from_text("  AllowPlainText:yes\n").switch("allowplaintext") is True
+
+
 def test_an_empty_value_and_an_unknown_directive_are_errors_as_in_cyrus() -> None:
     """config_read_file refuses both ("empty option value", "invalid directive"): pop3d
     took "servername:" for unset and warned of "@frob", and a shared imapd.conf it read
