@@ -91,8 +91,9 @@ def test_metrics_add_up_across_workers_under_load(tmp_path: Path) -> None:
         url, directory = _endpoint(server)
         assert url.startswith("http://127.0.0.1:")
         assert directory.is_dir()
-        before = scrape(url)
-        assert value(before, "pop3d_workers", service="pop3") == 2
+        # start_server waits for the workers' processes; the master counts one when its
+        # start returns, which can be a moment later (seen under load: 1 of 2)
+        _until(lambda: value(scrape(url), "pop3d_workers", service="pop3") == 2, "workers")
         _until(lambda: _settled(url, "pop3"), "probe")
         before = scrape(url)
         totals = [[0, 0] for _ in range(THREADS)]
