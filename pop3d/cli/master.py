@@ -3,6 +3,7 @@ of a cyrus.conf. Foreground by default; -d detaches."""
 
 from __future__ import annotations
 
+from pop3d import __version__
 from pop3d.cli import start
 
 if __name__ == "__main__":  # python -m pop3d.cli.master: held before the imports below (start.py)
@@ -222,8 +223,9 @@ def check_services(
     return problems, configs
 
 
-# What a worker imports before it serves (python -m pop3d), and where it found pop3d.
-_WORKER_IMPORTS = "import pop3d.cli.pop3d, pop3d; print(pop3d.__file__)"
+# What a worker imports before it serves (python -m pop3d), and where it found pop3d and
+# which version.
+_WORKER_IMPORTS = "import pop3d.cli.pop3d, pop3d; print(pop3d.__version__, pop3d.__file__)"
 WORKER_START_TIMEOUT = 60.0
 
 
@@ -258,13 +260,19 @@ def worker_start_problem(config: Config, account: privileges.Account | None) -> 
     except subprocess.TimeoutExpired:
         why = f"the interpreter {shown} did not import pop3d in {WORKER_START_TIMEOUT:.0f} s"
     else:
-        found = os.path.dirname(done.stdout.decode("utf-8", "replace").strip())
+        version, _, where = done.stdout.decode("utf-8", "replace").strip().partition(" ")
+        found = os.path.dirname(where)
         if done.returncode != 0:
             why = f"cannot import pop3d from {package} with {shown}: {_error_in(done.stderr)}"
-        elif os.path.realpath(found) == os.path.realpath(package):
+        elif os.path.realpath(found) == os.path.realpath(package) or version == __version__:
+            # Another copy of this version will do (a checkout the master was started in,
+            # which the account cannot read, beside the same release installed)
             return None
-        else:  # this one it cannot read; the one it can is not the one that was checked
-            why = f"imports pop3d from {found}, not from {package}, with {shown}"
+        else:  # this one it cannot read; the one it can is another release
+            why = (
+                f"imports pop3d {version} from {found}, not {__version__} from {package}, "
+                f"with {shown}"
+            )
     message = (
         f"cyrus_user {account.user} (uid {account.uid}) {why}: the interpreter, its "
         "libraries and the pop3d package must be readable by the user pop3d runs as"

@@ -309,7 +309,7 @@ def test_check_config_warnings_are_said_and_exit_0_as_the_master_runs_them(lab: 
         assert code == 0, errors
         assert answer.startswith(b"+OK 3 "), answer
         break
-    lab.config.write_text(lab.config.read_text() + "allowplaintext: maybe: warning: x\n")
+    lab.configure("allowplaintext: maybe: warning: x\n")
     refused = admin(lab, "check-config", "-M", str(conf))
     assert refused.returncode == 78, refused.stdout
     assert b": error: allowplaintext: 'maybe: warning: x' is not a switch" in refused.stdout

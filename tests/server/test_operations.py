@@ -307,7 +307,8 @@ def test_an_interpreter_the_user_cannot_run_stops_the_master_before_it_binds(
 
 def test_a_package_the_user_cannot_read_stops_the_master(public_root: Path) -> None:
     """The interpreter runs, but the pop3d the master imported is in a folder only root may
-    enter: the account would import another one, or none."""
+    enter: the account would import another release (here the one it can read, which the
+    copy's version tells apart), or none. Another copy of the same release would do."""
     account = _account()
     lab = Lab(public_root / "lab", extra_config=f"cyrus_user: {ACCOUNT}\n").create()
     _chown_tree(lab.root, account.pw_uid, account.pw_gid)
@@ -315,6 +316,8 @@ def test_a_package_the_user_cannot_read_stops_the_master(public_root: Path) -> N
     private = public_root / "private"
     private.mkdir(mode=0o700)
     shutil.copytree(ROOT / "pop3d", private / "pop3d", ignore=shutil.ignore_patterns("__pycache__"))
+    init = private / "pop3d" / "__init__.py"
+    init.write_text(init.read_text().replace('__version__ = "', '__version__ = "0.0.0+private.'))
     path = os.pathsep.join(filter(None, [str(private), env.get("PYTHONPATH", "")]))
     (lab.root / "cyrus.conf").write_text(
         f'SERVICES {{\n  pop3 cmd="pop3d" listen="127.0.0.1:{free_port()}"\n}}\n'
