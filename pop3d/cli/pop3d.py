@@ -325,7 +325,11 @@ def systemd_sockets(default_service: str) -> dict[str, list[socket.socket]]:
         sock = socket.socket(fileno=fd)
         os.set_inheritable(fd, False)
         label = labels[index] if index < len(labels) else ""
-        name = default_service if label in _UNNAMED or not label else label
+        # Without FileDescriptorName= systemd names a socket after its unit, "pop3d.socket"
+        # (systemd.socket(5)): unnamed too. Refused as a bad service name for a day (found
+        # probing: every unit without that line stopped at start, exit 78).
+        unnamed = not label or label in _UNNAMED or label.endswith(".socket")
+        name = default_service if unnamed else label
         # A name that is not a service's was served as the default service, with that
         # service's settings instead of its own (pop3_s_tls_required for "pop3_s").
         if (problem := cyrus.name_problem(name)) is not None:

@@ -387,6 +387,30 @@ def test_kpop_on_a_socket_named_pop3s_is_refused(lab: Lab) -> None:
     assert b"pop3d: -k (KPOP) with a socket named pop3s" in result.stderr, result.stderr
 
 
+def test_a_socket_named_after_its_unit_is_the_default_service(lab: Lab) -> None:
+    """A socket unit without FileDescriptorName= gives its socket the unit's name,
+    "pop3d.socket" (systemd.socket(5)): the default service, as an unnamed socket is. For
+    a day it was refused as a service name with a '.', exit 78 (found probing)."""
+    handed = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    handed.bind(("127.0.0.1", 0))
+    handed.listen()
+    port, fd = handed.getsockname()[1], handed.fileno()
+    script = f'export LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=pop3d.socket; exec "$@" 3<&{fd}'
+    served = subprocess.Popen(
+        ["bash", "-c", script, "bash", *POP3D, "-C", str(lab.config)],
+        pass_fds=(fd,),
+        stderr=subprocess.PIPE,
+    )
+    handed.close()
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            assert sock.makefile("rb").readline().startswith(b"+OK"), served.poll()
+    finally:
+        served.terminate()
+        _out, errors = served.communicate(timeout=30)
+    assert b"bad character" not in errors, errors
+
+
 @pytest.mark.parametrize("name", ["pop3_s", "pop3-s"])
 def test_a_service_name_cyrus_conf_could_not_hold_is_refused(lab: Lab, name: str) -> None:
     """Found probing: a service named pop3_s was served though its own pop3_s_ keys were
