@@ -5,6 +5,7 @@ enabled login methods need."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from pop3d.auth.credentials import SCHEME_PLAIN_B64
@@ -33,14 +34,15 @@ def secret_path(config: Config, service: str | None = None) -> Path:
     return credentials_path(config, service).with_name("pop3d.secret")
 
 
-def needed_schemes(config: Config) -> set[str]:
+def needed_schemes(config: Config, services: Iterable[str] | None = None) -> set[str]:
     """What the enabled login methods need stored: SCRAM keys per enabled SCRAM hash, and
     the plaintext equivalent only when APOP or a legacy mechanism that needs it is on, on
-    any service: one credential file serves them all. pop3d-admin passwd once
-    read the unprefixed settings only, so with pop3s_allowapop: yes no password it set
-    could log in with APOP on pop3s."""
+    any of pop3d's ``services`` (default: every service some key is set for): one
+    credential file serves them all. pop3d-admin passwd once read the unprefixed settings
+    only, so with pop3s_allowapop: yes no password it set could log in with APOP on
+    pop3s."""
     wanted: set[str] = set()
-    for service in (None, *config.services()):
+    for service in (None, *(config.services() if services is None else services)):
         mechanisms = registry.enabled(config.string("sasl_mech_list", service))
         wanted |= registry.credentials_for(mechanisms)
         if config.switch("allowapop", service):
@@ -58,7 +60,7 @@ def identity_rules(config: Config, service: str | None = None) -> IdentityRules:
     )
 
 
-def users_beyond_credential_file(config: Config) -> bool:
+def users_beyond_credential_file(config: Config, services: Iterable[str] | None = None) -> bool:
     """Whether a user the credential file does not name may still log in: passwords are
     checked by saslauthd or the KDC (``sasl_pwcheck_method``), or a Kerberos mechanism is
     on (the realm vouches for its users). Mail for such a user must then be accepted:
@@ -67,7 +69,7 @@ def users_beyond_credential_file(config: Config) -> bool:
     return any(
         (config.string("sasl_pwcheck_method", service) or "auxprop") != "auxprop"
         or keytab.kerberos_wanted(config, service)
-        for service in (None, *config.services())
+        for service in (None, *(config.services() if services is None else services))
     )
 
 

@@ -312,7 +312,7 @@ def cmd_passwd(config: Config, args: argparse.Namespace) -> int:
             fail(PROGRAM, EX_NOUSER, f"no such user {user!r}")
         return 0
     password = _read_password()
-    wanted = needed_schemes(config)
+    wanted = needed_schemes(config, pop3d_services(config))
     if args.no_legacy:
         wanted.discard(SCHEME_PLAIN_B64)
     values, warnings = schemes.derive(
@@ -322,6 +322,22 @@ def cmd_passwd(config: Config, args: argparse.Namespace) -> int:
         print(f"{PROGRAM}: warning: {warning}", file=sys.stderr)
     _update_credentials(path, user, lambda _old: credentials.UserRecord(user, values), owner)
     return 0
+
+
+# The services of Cyrus's own daemons in its stock cyrus.conf: a key prefixed with one of
+# these (imap_sasl_mech_list) in a shared imapd.conf is that daemon's, not pop3d's.
+_OTHER_DAEMONS = frozenset(
+    "imap imaps lmtp lmtpunix sieve nntp nntps http https idled notify squatter".split()
+)
+
+
+def pop3d_services(config: Config) -> list[str]:
+    """The services whose prefixed keys passwd and deliver follow: every one some key is
+    set for, but Cyrus's own daemons'. Found probing: a shared imapd.conf's
+    imap_sasl_mech_list: CRAM-MD5 made passwd store a plaintext equivalent, and
+    imap_sasl_pwcheck_method: saslauthd made deliver take mail for any name. (Which
+    services are pop3d's only cyrus.conf knows, and passwd and deliver are not given one.)"""
+    return [name for name in config.services() if name.lower() not in _OTHER_DAEMONS]
 
 
 def cmd_users(config: Config, _args: argparse.Namespace) -> int:
@@ -342,7 +358,9 @@ def cmd_deliver(config: Config, args: argparse.Namespace) -> int:
     if sys.stdin is None:  # started with descriptor 0 closed: there is no message
         fail(PROGRAM, EX_NOINPUT, f"no message to deliver to {user}: standard input is closed")
     store = credentials.CredentialFile(credentials_path(config))
-    if store.lookup(user) is None and not users_beyond_credential_file(config):
+    if store.lookup(user) is None and not users_beyond_credential_file(
+        config, pop3d_services(config)
+    ):
         fail(PROGRAM, EX_NOUSER, f"no such user {user!r}")
     try:
         store_from_config(config).deliver(user, sys.stdin.buffer)

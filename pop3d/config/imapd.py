@@ -287,8 +287,13 @@ class Config:
         return self.settings.get(name)
 
     def services(self) -> list[str]:
-        """The services some key is set for (pop3s, for pop3s_allowapop), in file order."""
-        found = (key.partition("_")[0] for key in self.settings if key not in OPTIONS)
+        """The services some key is set for (pop3s, for pop3s_allowapop), in file order.
+        Which of them are pop3d's only cyrus.conf says: imap_sasl_mech_list is one too."""
+        found = (
+            key.partition("_")[0]
+            for key in self.settings
+            if key not in OPTIONS and key not in RENAMED  # tls_ca_file is no tls_ service's
+        )
         return list(dict.fromkeys(found))
 
     def get(self, name: str, service: str | None = None) -> object:

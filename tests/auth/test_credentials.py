@@ -436,6 +436,37 @@ def test_admin_passwd_writes_what_any_service_needs(tmp_path: Path) -> None:
         assert record is not None and set(record.secrets) == expected, extra
 
 
+def test_other_daemons_keys_in_a_shared_imapd_conf_are_not_pop3ds(tmp_path: Path) -> None:
+    """A key prefixed with a service of Cyrus's own daemons (imap_, lmtp_, sieve_) is that
+    daemon's: imap_sasl_mech_list: CRAM-MD5 made passwd store a plaintext equivalent, and
+    imap_sasl_pwcheck_method: saslauthd made deliver take mail for any name (found
+    probing). An older option's name (tls_ca_file) names no service tls either."""
+    conf = tmp_path / "imapd.conf"
+    run = [sys.executable, "-m", "pop3d.cli.admin", "-C", str(conf)]
+    base = (
+        f"configdirectory: {tmp_path}\npartition-default: {tmp_path}/spool\n"
+        "argon2_memory: 64\nargon2_passes: 1\n"
+    )
+    conf.write_text(
+        base + "imap_sasl_mech_list: PLAIN CRAM-MD5\nimap_sasl_pwcheck_method: saslauthd\n"
+        "lmtp_allowapop: yes\ntls_ca_file: /etc/ssl/certs/ca-certificates.crt\n"
+    )
+    done = subprocess.run([*run, "passwd", "amy"], input=b"pw\n", capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    record = CredentialFile(tmp_path / "pop3d.passwd").lookup("amy")
+    assert record is not None and set(record.secrets) == {
+        "ARGON2ID",
+        "SCRAM-SHA-256",
+        "SCRAM-SHA-512",
+    }
+    mail = b"Subject: x\n\nx\n"
+    done = subprocess.run(
+        [*run, "deliver", "nosuchuser"], input=mail, capture_output=True, timeout=60
+    )
+    assert done.returncode == 67, done.stderr  # EX_NOUSER: the MTA bounces it
+    assert not (tmp_path / "spool" / "nosuchuser").exists()
+
+
 def test_default_domain_is_dropped_with_virtdomains() -> None:
     rules = IdentityRules(virtdomains=True, defaultdomain="example.org")
     assert canonical_user("alice@EXAMPLE.org", rules) == "alice"
