@@ -22,6 +22,7 @@ import gssapi
 import gssapi.raw as gr
 
 from pop3d.kerberos import mit
+from pop3d.kerberos.alarm import Alarm
 from pop3d.kerberos.names import local_user
 from pop3d.sasl.mechanism import Context
 
@@ -40,6 +41,7 @@ K5_MIN_SSF = 56  # Cyrus's figure when the library cannot tell (single DES)
 GSSAPI_BINDING = "tls-server-end-point"
 
 log = logging.getLogger("pop3d")
+_KEYTAB_ALARM = Alarm(log)
 
 
 class KerberosError(Exception):
@@ -207,8 +209,9 @@ class Acceptor:
         return Accepted(out, True, principal, user, int(result.flags), result.mech)
 
     def _unavailable(self, reason: str) -> AcceptorUnavailable:
-        # The operator's to mend (the record says only "unavailable", at WARNING)
-        log.error("%s: cannot check Kerberos tickets: %s", self._name, reason)
+        # The operator's to mend (the record says only "unavailable", at WARNING); a line a
+        # minute at most, as a client can name a key that never was (kerberos/alarm.py)
+        _KEYTAB_ALARM("%s: cannot check Kerberos tickets: %s", self._name, reason)
         return AcceptorUnavailable(reason)
 
     def _acquire(self) -> gr.Creds:

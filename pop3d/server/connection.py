@@ -23,6 +23,7 @@ from typing import Any, NoReturn
 
 from pop3d.auth.identity import IdentityRules, canonical_user
 from pop3d.kerberos import mit
+from pop3d.kerberos.alarm import Alarm
 from pop3d.kerberos.mit import Acceptor
 from pop3d.kerberos.names import local_user
 from pop3d.kpop.handshake import Authenticated, Handshake, Refused
@@ -57,6 +58,7 @@ from pop3d.transport.layer import LayerError
 from pop3d.transport.tls_layer import TLSHandshakeError
 
 log = logging.getLogger("pop3d")
+_KPOP_KEYTAB_ALARM = Alarm(log)
 audit = logging.getLogger("pop3d.audit")
 # The identity rules without their folding: a KPOP principal's user must be one they keep
 # as it is (KPOP compares it with USER's canonical name exactly).
@@ -844,8 +846,9 @@ class Connection:
                         self.end_reason = f"KPOP: {event.reason}"
                         if event.unavailable:
                             # The keytab's fault, the operator's to mend: the record alone
-                            # (a WARNING) says only that this login got no verdict.
-                            log.error(
+                            # (a WARNING) says only that this login got no verdict. A line a
+                            # minute at most: a client can name a key that never was.
+                            _KPOP_KEYTAB_ALARM(
                                 "session %s: KPOP: cannot check tickets: %s",
                                 self._session_id,
                                 event.reason,

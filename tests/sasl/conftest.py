@@ -38,3 +38,13 @@ def krb5_env(kerberos_realm: Realm, monkeypatch: pytest.MonkeyPatch) -> Iterator
     monkeypatch.setenv("KRB5_KTNAME", "FILE:/nonexistent/pop3d-test.keytab")
     monkeypatch.setenv("KRB5CCNAME", "FILE:/nonexistent/pop3d-test.ccache")
     yield kerberos_realm
+
+
+@pytest.fixture(autouse=True)
+def _keytab_alarm_anew(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test its own once-a-minute keytab alarm (kerberos/alarm.py): one test's line
+    held back another's in the same process."""
+    from pop3d.kerberos.alarm import Alarm
+    from pop3d.sasl import kerberos
+
+    monkeypatch.setattr(kerberos, "_KEYTAB_ALARM", Alarm(kerberos.log))

@@ -120,8 +120,10 @@ def test_a_key_rotated_at_the_kdc_and_not_in_the_keytab(
     ], failures
     for entry in failures:
         assert "result=<unavailable>" in entry and not FAIL2BAN.search(entry), entry
+    # GSS-SPNEGO's line is held back: one a minute from a worker's ticket checks, as a
+    # client can name a key that never was (kerberos/alarm.py); its record is above
     errors = [entry for entry in log.splitlines() if " ERROR " in entry]
-    assert len(errors) == 4, errors
+    assert len(errors) == 3, errors
     for entry in errors:
         assert f"pop/{ROTATED_HOST}@{kerberos_realm.name} kvno 2 not found in keytab" in entry
     assert "Traceback" not in server.log_text()
