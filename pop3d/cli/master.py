@@ -102,6 +102,13 @@ def metrics_problem(config: Config, master_config: cyrus.MasterConfig | None = N
         host, port = metrics.parse_listen(text)
     except ValueError as exc:
         return problem(str(exc))
+    if 0 < port < 1024 and config.string("cyrus_user"):
+        # The endpoint is served once the master is cyrus_user, which may not bind such a
+        # port: check-config said OK, the master exited 71 (found probing)
+        return problem(
+            f"prometheus_listen {text}: port {port} is below 1024, and the master serves "
+            "metrics after becoming cyrus_user, which cannot bind it"
+        )
     if master_config is None or port == 0:  # port 0: a free one, whichever it is
         return None
     try:  # the address metrics_http.serve binds: the first one

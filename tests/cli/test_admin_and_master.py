@@ -883,6 +883,12 @@ def test_check_config_refuses_what_the_master_cannot_log_to_or_serve_on(lab: Lab
     _both_refuse(lab, conf, f"syslog_socket {lab.root}/nosock: No such file".encode())
     lab.config.write_text(text + f"prometheus_enabled: yes\nprometheus_listen: 127.0.0.1:{port}\n")
     _both_refuse(lab, conf, f"prometheus_listen 127.0.0.1:{port}: service pop3 listens".encode())
+    # a port below 1024: the master serves metrics as cyrus_user, who cannot bind it
+    # (found re-probing: "configuration OK", then the master exited 71)
+    lab.config.write_text(
+        text + "cyrus_user: nobody\nprometheus_enabled: yes\nprometheus_listen: 127.0.0.1:910\n"
+    )
+    _both_refuse(lab, conf, b"prometheus_listen 127.0.0.1:910: port 910 is below 1024")
     spool = lab.root / "spoolfile"
     spool.write_text("")
     lab.config.write_text(text.replace(f"{lab.root}/spool\n", f"{spool}\n"))
