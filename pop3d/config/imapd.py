@@ -163,9 +163,13 @@ _ENUM_SWITCH = {
 }
 
 
+# What Cyrus's libconfig takes for blanks around a value (Uisspace): ASCII only
+_BLANKS = " \t\r\n\v\f"
+
+
 def parse_value(option: Option, raw: str) -> object:
     """The typed value of ``raw`` for ``option``; ValueError with a message if it is not."""
-    text = raw.strip()
+    text = raw.strip(_BLANKS)
     if option.kind is Kind.SWITCH:
         switch = parse_switch(text)
         if switch is None:
@@ -378,7 +382,7 @@ class _Parser:
 
     def parse_text(self, text: str, path: str, depth: int = 0) -> None:
         for number, raw, last in _joined_lines(text):
-            line = raw.strip()
+            line = raw.strip(_BLANKS)
             if last is None and line and not line.startswith("#"):
                 self.problem(
                     path,
@@ -401,11 +405,15 @@ class _Parser:
                 self.problem(path, number, "not UTF-8")
                 continue
             key, sep, value = line.partition(":")
+            # Lower-cased only once it is ASCII: the Kelvin sign lower-cases to "k", and
+            # "tls_\u212aey_file" was read as tls_key_file (found re-probing). Only ASCII
+            # blanks end a value, as Cyrus's Uisspace: "20\xa0" is no number.
+            ascii_name = key.isascii()
             key = key.lower()
-            value = value.strip()
+            value = value.strip(_BLANKS)
             # An option's name as config_read_file reads one: ASCII letters, digits, "-"
             # and "_", the ":" right after it ("invalid option name" else)
-            if not sep or not re.fullmatch(r"@?[a-z0-9_-]+", key):
+            if not sep or not ascii_name or not re.fullmatch(r"@?[a-z0-9_-]+", key):
                 self.problem(
                     path,
                     number,

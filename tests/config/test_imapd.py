@@ -519,3 +519,13 @@ def test_cyrus_older_tls_names_are_read_as_the_newer_ones(older: str, newer: str
     ]
     config = imapd.from_text(f"{older}: /old\npop3s_{newer}: /new-pop3s\n")
     assert (config.string(newer), config.string(newer, "pop3s")) == ("/old", "/new-pop3s")
+
+
+def test_names_and_blanks_are_ascii_as_in_cyrus() -> None:
+    """Found re-probing: the Kelvin sign (U+212A) lower-cases to "k", so "tls_\u212aey_file"
+    was read as tls_key_file, and Python's strip() took a no-break space after a number
+    ("poptimeout: 20\u00a0" was 20 minutes); Cyrus's libconfig reads ASCII only."""
+    for text in ("tls_\u212aey_file: /etc/ssl/x.pem\n", "poptimeout: 20\u00a0\n"):
+        with pytest.raises(imapd.ConfigError):
+            imapd.from_text(text)
+    assert imapd.from_text("poptimeout: 20 \t\n").integer("poptimeout") == 20 * 60
