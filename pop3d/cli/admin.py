@@ -608,11 +608,19 @@ def cmd_check_config(config_path: str, args: argparse.Namespace) -> int:
                 # server's account cannot read: that is said once, above.
                 # As the server's account, as the master does: built as root, a service
                 # makes its files (the server secret, the lock table) root's.
+                # A service's own -C file's warnings are this report's too: printed by
+                # the master's code as "pop3d-master: ...", --strict passed them over
+                # (found re-probing)
+                heard: list[str] = []
                 built = _as_the_server(
-                    config, lambda: _errors(check_services(config_path, master_config, None)[0])
+                    config,
+                    lambda: _errors(
+                        check_services(config_path, master_config, None, report=heard.append)[0]
+                    ),
                 )
                 said = {f.text for f in found}
                 found += [f for f in built if f.text not in said]
+                found += [_Found(text, warning=True) for text in heard if text not in said]
     if config is not None and (problem := metrics_problem(config, master_config)) is not None:
         found.append(_Found(problem))
     for line in found:

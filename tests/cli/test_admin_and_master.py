@@ -1037,3 +1037,20 @@ def test_a_sigterm_as_soon_as_the_pid_file_names_the_master_is_a_clean_stop(lab:
         if master.poll() is None:
             master.kill()
             master.wait()
+
+
+def test_check_config_counts_the_warnings_of_a_services_own_file(lab: Lab) -> None:
+    """Found re-probing: a warning in a service's own -C file was printed by the master's
+    code ("pop3d-master: ...", on standard error) and not counted, so --strict said
+    "configuration OK"."""
+    other = lab.root / "other.conf"
+    other.write_text(lab.config.read_text() + "frobnicate: 1\n")
+    conf = _write_cyrus_conf(lab, free_port(), f"-C {other}")
+    checked = admin(lab, "check-config", "-M", str(conf))
+    assert checked.returncode == 0, checked.stdout
+    lines = checked.stdout.decode().splitlines()
+    assert any(f"{other}:" in line and "frobnicate" in line for line in lines), lines
+    assert lines[-1] == "configuration OK, with 1 warning", lines
+    assert b"pop3d-master" not in checked.stderr, checked.stderr
+    strict = admin(lab, "check-config", "-M", str(conf), "--strict")
+    assert strict.returncode == 78, strict.stdout
