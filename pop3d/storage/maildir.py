@@ -442,9 +442,11 @@ def _make_folders(path: Path) -> None:
 
 
 _FOLLOWED_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-# A template's escapes that differ per user: the first path component holding one, and
-# every one after it, may belong to the user (/home/%u/Maildir)
-_PER_USER_ESCAPE = re.compile(r"%[und]")
+# A template's escapes naming the user: the first path component holding one, and every
+# one after it, may belong to the user (/home/%u/Maildir). A domain's folder (%d) before it
+# is the administrator's, as the folders above it are: an alias domain made as a link
+# (/var/mail/example.net -> example.org) is followed (refused for a day, found re-probing).
+_PER_USER_ESCAPE = re.compile(r"%[un]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -452,7 +454,7 @@ class MaildirLocation:
     """Where a Maildir is: ``followed``, the administrator's part of the path (resolved as
     any path is: a link there is theirs, /var/mail is one on many systems), then ``parts``,
     each opened in the one before without following a link. The parts begin at the first
-    folder the template fills in per user (``/home/%u/Maildir``: ``alice``, ``Maildir``):
+    folder the template names the user in (``/home/%u/Maildir``: ``alice``, ``Maildir``):
     from there on a folder may be its user's, who could otherwise replace one with a link
     to another user's and be served, and have deleted, that user's mail (found probing:
     O_NOFOLLOW on the whole path guards its last component only)."""

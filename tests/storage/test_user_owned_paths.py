@@ -109,15 +109,30 @@ def test_the_administrators_links_are_followed(tmp_path: Path) -> None:
     assert len(list((real / "newcomer" / "Maildir" / "new").iterdir())) == 2
 
 
+def test_an_alias_domain_made_as_a_link_is_followed(tmp_path: Path) -> None:
+    """A domain's folder is the administrator's: example.net a link to example.org serves
+    bob@example.net from example.org's folder (refused for a day, found re-probing); bob's
+    own folder there is still never followed."""
+    spool = tmp_path / "spool"
+    _maildir(spool / "example.org" / "bob", BOBS)
+    (spool / "example.net").symlink_to(spool / "example.org")
+    store = MaildirStore(f"{spool}/%d/%n")
+    drop = store.open("bob@example.net")
+    assert len(drop.uids) == 1
+    drop.close()
+    (spool / "example.org" / "eve").symlink_to(spool / "example.org" / "bob")
+    with pytest.raises(StorageError, match="eve: a symbolic link, not followed"):
+        store.open("eve@example.net")
+
+
 def test_the_template_splits_where_it_first_names_a_user() -> None:
     store = MaildirStore("%p/mail/%d/%n/Maildir", partition="/srv/spool")
     where = store.location("bob@example.org")
-    assert (str(where.followed), where.parts) == (
-        "/srv/spool/mail",
-        ("example.org", "bob", "Maildir"),
-    )
+    # the domain's folder is the administrator's (an alias domain may be a link to another)
+    assert (str(where.followed), where.parts) == ("/srv/spool/mail/example.org", ("bob", "Maildir"))
     # no domain: %d is empty and leaves no folder of its own
     assert store.location("bob").parts == ("bob", "Maildir")
+    assert str(store.location("bob").followed) == "/srv/spool/mail"
     assert store.location("bob", "Sent").parts == ("bob", "Maildir", ".Sent")
     # a literal %% before the user is the administrator's
     assert MaildirStore("/m%%u/%u").location("bob").followed == Path("/m%u")
