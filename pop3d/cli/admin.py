@@ -608,19 +608,9 @@ def cmd_check_config(config_path: str, args: argparse.Namespace) -> int:
                 # server's account cannot read: that is said once, above.
                 # As the server's account, as the master does: built as root, a service
                 # makes its files (the server secret, the lock table) root's.
-                # A service's own -C file's warnings are this report's too: printed by
-                # the master's code as "pop3d-master: ...", --strict passed them over
-                # (found re-probing)
-                heard: list[str] = []
-                built = _as_the_server(
-                    config,
-                    lambda: _errors(
-                        check_services(config_path, master_config, None, report=heard.append)[0]
-                    ),
-                )
+                built = _as_the_server(config, lambda: _services(config_path, master_config))
                 said = {f.text for f in found}
                 found += [f for f in built if f.text not in said]
-                found += [_Found(text, warning=True) for text in heard if text not in said]
     if config is not None and (problem := metrics_problem(config, master_config)) is not None:
         found.append(_Found(problem))
     for line in found:
@@ -636,6 +626,15 @@ def cmd_check_config(config_path: str, args: argparse.Namespace) -> int:
     else:
         print("configuration OK")
     return 0
+
+
+def _services(config_path: str, master_config: cyrus.MasterConfig) -> list[_Found]:
+    """check_services' problems, and the warnings it tells (a service's TLS settings, a
+    service's own -C file's: printed by the master's code as "pop3d-master: ...", --strict
+    passed them over, found re-probing)."""
+    told: list[str] = []
+    problems, _ = check_services(config_path, master_config, None, report=told.append)
+    return _errors(problems) + [_Found(line, warning=True) for line in told]
 
 
 def _count(number: int, noun: str) -> str:
@@ -725,10 +724,12 @@ def _check_references(config: Config) -> list[_Found]:
             where = config.where("maildrop_lock")
             found.append(_Found(f"{where}: error: maildrop_lock: {trouble}"))
     if tls.certificate_configured(config, None):
+        warnings: list[Problem] = []
         try:
-            tls.server_context(config, None)
+            tls.server_context(config, None, warnings)
         except ConfigError as exc:
             found += _from_problems(exc.problems)
+        found += _from_problems(warnings)
     if (trouble := syslog_problem(config)) is not None:
         found.append(_Found(trouble))
     return found

@@ -197,6 +197,7 @@ def check_services(
     problems: list[str] = []
     configs: dict[str, Config] = {}
     warned = {config_path}  # its warnings were told as it was read (main(), the reload)
+    told: set[str] = set()
     for service in master_config.services:
         problem = command_problem(service)
         if problem is not None:
@@ -219,9 +220,19 @@ def check_services(
             kpop=args.kpop,
         )
         try:
-            ServiceContext(config, options).close()
+            context = ServiceContext(config, options)
         except ConfigError as exc:
             problems += [f"{p} (service {service.name})" for p in exc.problems]
+            continue
+        context.close()
+        for warning in context.tls.warnings if context.tls is not None else ():
+            # Services sharing the settings share the warning: told once
+            if str(warning) not in told:
+                told.add(str(warning))
+                if report is not None:
+                    report(str(warning))
+                else:
+                    print(f"{PROGRAM}: {warning}", file=sys.stderr)
     if problems and account is not None:
         problems.append(
             f"pop3d runs as cyrus_user {account.user} (uid {account.uid}, gid {account.gid}): "

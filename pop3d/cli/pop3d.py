@@ -404,6 +404,10 @@ def main(argv: list[str] | None = None) -> int:
                         "every file it needs must be readable by that user"
                     )
                 raise config_exit(PROGRAM, problems) from None
+            if not under_master:  # the master has told them, as the configuration's
+                server_tls = contexts[name].tls
+                for warning in server_tls.warnings if server_tls is not None else ():
+                    print(f"{PROGRAM}: {warning}", file=sys.stderr)
         if args.stdio:
             context = contexts[service]
             if context.limits.active:

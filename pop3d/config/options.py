@@ -570,10 +570,14 @@ OPTIONS: dict[str, Option] = {
             T,
             "tls1_2 tls1_3",
             "TLS versions to accept, space separated (tls1_0 to tls1_3); one not listed is "
-            "off, between two listed ones too, as in Cyrus. The TLS settings are tried in a "
-            "handshake in memory when read: versions the security level forbids (tls1_0 and "
-            "tls1_1 unless tls_ciphers lowers it), ciphers it drops or the certificate's key "
-            "cannot use, with which no handshake can complete, are a configuration error.",
+            "off, between two listed ones too, as in Cyrus. The TLS settings are tried when "
+            "read, a handshake in memory for each listed version against a client that offers "
+            "everything OpenSSL can: versions the security level forbids (tls1_0 and tls1_1 "
+            "unless tls_ciphers lowers it), ciphers it drops or the certificate's key cannot "
+            "use, with which no handshake can complete, are a configuration error. A listed "
+            "version no handshake can complete with while another can (tls_ciphers for an RSA "
+            "key with an ECDSA certificate leaves tls1_2 nothing) is a warning naming it: a "
+            "service for TLS 1.3 clients alone may be meant; list tls1_3 alone to say so.",
         ),
         _o("tls_ciphers", T, None, "OpenSSL cipher list for TLS 1.2."),
         _o("tls_prefer_server_ciphers", S, True, "Choose the cipher by the server's order."),

@@ -26,6 +26,7 @@ What a handshake yields for the layers above (:func:`facts`):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
 import stat
@@ -43,7 +44,7 @@ from OpenSSL import SSL, crypto
 from OpenSSL._util import ffi as _ffi
 from OpenSSL._util import lib as _lib
 
-from pop3d.config.imapd import Config
+from pop3d.config.imapd import Config, Problem
 from pop3d.security.value import TLSInfo
 
 _VERSIONS = {
@@ -111,6 +112,9 @@ class ServerTLS:
     context: SSL.Context
     end_point_binding: bytes  # tls-server-end-point
     client_identity_from: str = "cn"  # or "email"
+    # What works but may not be meant, said where the settings are checked (the master's
+    # start and reload, check-config, a pop3d started without the master)
+    warnings: tuple[Problem, ...] = ()
 
 
 def end_point_binding(certificate_pem: bytes) -> bytes:
@@ -134,7 +138,8 @@ def certificate_configured(config: Config, service: str | None) -> bool:
 def server_tls(config: Config, service: str | None) -> ServerTLS:
     """The context and our certificate's facts. Raises :class:`ConfigError` (with
     file:line) when the settings cannot work."""
-    context = server_context(config, service)
+    warnings: list[Problem] = []
+    context = server_context(config, service, warnings)
     cert = str(config.string("tls_server_cert", service))
     try:
         with open(cert, "rb") as handle:
@@ -142,7 +147,7 @@ def server_tls(config: Config, service: str | None) -> ServerTLS:
     except (OSError, ValueError) as exc:
         raise config.error("tls_server_cert", service, f"cannot read {cert}: {exc}") from None
     identity = config.string("tls_client_identity", service) or "cn"
-    return ServerTLS(context, binding, identity)
+    return ServerTLS(context, binding, identity, tuple(warnings))
 
 
 def openssl_reason(exc: SSL.Error) -> str:
@@ -157,8 +162,13 @@ def openssl_reason(exc: SSL.Error) -> str:
     return str(exc) or exc.__class__.__name__
 
 
-def server_context(config: Config, service: str | None) -> SSL.Context:
-    """Raises :class:`ConfigError` (with file:line) when the settings cannot work."""
+def server_context(
+    config: Config, service: str | None, warnings: list[Problem] | None = None
+) -> SSL.Context:
+    """Raises :class:`ConfigError` (with file:line) when the settings cannot work; adds to
+    ``warnings`` what works but may not be meant."""
+    if warnings is None:
+        warnings = []
     cert = config.string("tls_server_cert", service)
     key = config.string("tls_server_key", service)
     if not certificate_configured(config, service):
@@ -233,7 +243,7 @@ def server_context(config: Config, service: str | None) -> SSL.Context:
         options |= SSL.OP_NO_TICKET
         context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
     context.set_options(options)
-    _check_a_handshake_completes(context, config, service)
+    _check_a_handshake_completes(context, config, service, warnings)
     return context
 
 
@@ -450,20 +460,53 @@ def _load_crls(context: SSL.Context, config: Config, service: str | None, path: 
     store.set_flags(crypto.X509StoreFlags.CRL_CHECK | crypto.X509StoreFlags.CRL_CHECK_ALL)
 
 
-def _check_a_handshake_completes(context: SSL.Context, config: Config, service: str | None) -> None:
-    """One handshake in memory against a client that accepts anything OpenSSL can do
-    (every version, every cipher, security level 0, no certificate check), or a
-    :class:`ConfigError` with OpenSSL's reason. Settings each valid alone can leave
-    nothing between them, and checked clean, then every handshake failed (found
-    probing): tls_versions: tls1_0 tls1_1 (OpenSSL's security level allows neither),
-    tls_ciphers: NULL-SHA256 with tls1_2 (a name it knows and then drops), a cipher
-    list for another kind of key than the certificate's."""
+# Every group a client could offer: the check's client takes those this OpenSSL knows
+# (_client_groups). tls_eccurve limits what the server accepts; a client limited the same
+# way offered no TLS 1.2 curve of an ECDSA certificate on another curve, and settings real
+# clients complete with were refused (found probing: secp384r1 with a P-256 certificate).
+_GROUP_NAMES = (
+    "X25519", "P-256", "P-384", "P-521", "X448", "brainpoolP256r1", "brainpoolP384r1",
+    "brainpoolP512r1", "brainpoolP256r1tls13", "brainpoolP384r1tls13", "brainpoolP512r1tls13",
+    "ffdhe2048", "ffdhe3072", "ffdhe4096", "ffdhe6144", "ffdhe8192", "X25519MLKEM768",
+    "SecP256r1MLKEM768", "SecP384r1MLKEM1024", "MLKEM512", "MLKEM768", "MLKEM1024",
+    "secp256k1", "secp224r1", "secp192r1",
+)  # fmt: skip
+_VERSION_NAMES = {value: name for name, value in _VERSIONS.items()}
+
+
+def _client_groups() -> bytes:
+    probe = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    known = []
+    for name in _GROUP_NAMES:
+        if _lib.SSL_CTX_set1_curves_list(probe._context, name.encode("ascii")) == 1:
+            known.append(name)
+        _lib.ERR_clear_error()
+    return ":".join(known).encode("ascii")
+
+
+_CLIENT_GROUPS = _client_groups()
+
+
+def _enabled_versions(config: Config, service: str | None) -> list[int]:
+    """The versions server_context left on (it has refused any other word)."""
+    words = (config.string("tls_versions", service) or "").split()
+    return sorted({_VERSIONS[word] for word in words})
+
+
+def _handshake_problem(context: SSL.Context, version: int) -> str | None:
+    """Why a handshake in memory of ``version`` fails against a client that accepts
+    anything OpenSSL can do (every cipher and group it knows, security level 0, no
+    certificate check), or None when it completes. The client is never shaped by the
+    server's settings: the question is whether any client can connect."""
     client_context = SSL.Context(SSL.TLS_CLIENT_METHOD)
     client_context.set_cipher_list(b"ALL:COMPLEMENTOFALL:@SECLEVEL=0")
-    client_context.set_min_proto_version(SSL.TLS1_VERSION)
-    groups = config.string("tls_eccurve", service)
-    if groups:  # the question is what this server can do, not the client's defaults
-        _lib.SSL_CTX_set1_curves_list(client_context._context, groups.encode("ascii"))
+    client_context.set_tls13_ciphersuites(
+        b"TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256:"
+        b"TLS_AES_128_CCM_SHA256:TLS_AES_128_CCM_8_SHA256"
+    )
+    client_context.set_min_proto_version(version)
+    client_context.set_max_proto_version(version)
+    _lib.SSL_CTX_set1_curves_list(client_context._context, _CLIENT_GROUPS)
     server = SSL.Connection(context, None)
     server.set_accept_state()
     server.set_verify(SSL.VERIFY_NONE)  # whether clients have certificates is theirs
@@ -485,20 +528,82 @@ def _check_a_handshake_completes(context: SSL.Context, config: Config, service: 
         if failure is not None or len(done) == 2:
             break
     if failure is None and len(done) == 2:
+        return None
+    return openssl_reason(failure) if failure is not None else "the handshake did not end"
+
+
+def _check_a_handshake_completes(
+    context: SSL.Context, config: Config, service: str | None, warnings: list[Problem]
+) -> None:
+    """A handshake in memory for each version the server enables (one each: this runs at
+    every worker's start and reload). Settings each valid alone can leave nothing between
+    them, and checked clean, then every handshake failed (found probing): tls_versions:
+    tls1_0 tls1_1 (OpenSSL's security level allows neither), tls_ciphers: NULL-SHA256
+    with tls1_2 (a name it knows and then drops), a cipher list for another kind of key
+    than the certificate's. No version completing is a :class:`ConfigError`; one version
+    failing while another completes is a warning naming it, not an error: a site may mean
+    its TLS 1.2 clients to be refused, but tls_ciphers for an RSA key with an ECDSA
+    certificate checked clean on TLS 1.3 and failed every TLS 1.2 client (found probing)."""
+    failed = {}
+    versions = _enabled_versions(config, service)
+    for version in versions:
+        reason = _handshake_problem(context, version)
+        if reason is not None:
+            failed[version] = reason
+    if not failed:
         return
-    reason = openssl_reason(failure) if failure is not None else "the handshake did not end"
-    blamed = "tls_server_cert"
-    if "protocol" in reason or "version" in reason:
-        blamed = "tls_versions"
-    elif "cipher" in reason:
-        blamed = "tls_ciphers"
-    elif "group" in reason or "curve" in reason:
-        blamed = "tls_eccurve"
-    message = (
-        "no TLS handshake can complete with these settings (tls_versions, tls_ciphers, "
-        f"tls_eccurve and the certificate's key): {reason}"
-    )
-    raise config.error(blamed, service, message)
+    settings = _settings_named(config, service)
+    if len(failed) == len(versions):
+        reasons = set(failed.values())
+        if len(reasons) == 1:
+            said = reasons.pop()
+        else:
+            said = "; ".join(f"{_VERSION_NAMES[v]}: {r}" for v, r in failed.items())
+        message = f"no TLS handshake can complete with these settings ({settings}): {said}"
+        raise config.error(_blamed_option(config, service, list(failed.values())), service, message)
+    working = " or ".join(_VERSION_NAMES[v] for v in versions if v not in failed)
+    for version, reason in failed.items():
+        name = _VERSION_NAMES[version]
+        message = (
+            f"no {name} handshake can complete with these settings ({settings}): {reason}; "
+            f"only {working} clients can connect (take {name} out of tls_versions if that "
+            "is meant)"
+        )
+        warnings.append(
+            _warning(config, _blamed_option(config, service, [reason]), service, message)
+        )
+
+
+def _warning(config: Config, name: str, service: str | None, message: str) -> Problem:
+    return dataclasses.replace(config.problem_with(name, service, message), severity="warning")
+
+
+def _settings_named(config: Config, service: str | None) -> str:
+    """The settings a failed handshake can come from: those that are set, and the key."""
+    named = [
+        name
+        for name in ("tls_versions", "tls_ciphers", "tls_eccurve")
+        if config.setting(name, service) is not None
+    ]
+    return ", ".join([*named, "the certificate's key"])
+
+
+def _blamed_option(config: Config, service: str | None, reasons: list[str]) -> str:
+    """The option a reason points at, if it is set; an unset one changes nothing (found
+    probing: "no shared cipher" blamed tls_ciphers, unset, for tls_eccurve's doing)."""
+    text = " ".join(reasons)
+    guesses = []
+    if "protocol" in text or "version" in text:
+        guesses.append("tls_versions")
+    if "cipher" in text:
+        guesses.append("tls_ciphers")
+    if "group" in text or "curve" in text:
+        guesses.append("tls_eccurve")
+    guesses += ["tls_ciphers", "tls_eccurve", "tls_versions"]
+    for name in guesses:
+        if config.setting(name, service) is not None:
+            return name
+    return "tls_server_cert"
 
 
 class NotPop3(SSL.Error):

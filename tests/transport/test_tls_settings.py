@@ -210,3 +210,55 @@ def test_a_version_between_two_listed_ones_is_off(tmp_path: Path) -> None:
         handshake(server_tls, client_context(server, ssl.TLSVersion.TLSv1_2))
     server_side, _ = handshake(server_tls, client_context(server))
     assert server_side.get_protocol_version_name() == "TLSv1.3"
+
+
+@pytest.mark.parametrize("groups", ["secp384r1", "brainpoolP256r1"])
+def test_the_check_client_offers_every_group_not_the_servers(tmp_path: Path, groups: str) -> None:
+    """Found probing: tls_eccurve: secp384r1 (or brainpoolP256r1) with tls1_2 and a P-256
+    certificate was refused ("no shared cipher", blaming tls_ciphers, unset), though real
+    TLS 1.2 clients complete: the check's client took the server's groups as its own and
+    so offered no curve for the certificate's key."""
+    server = make_certificates(tmp_path)
+    extra = f"tls_eccurve: {groups}\ntls_versions: tls1_2\n"
+    server_tls = tls.server_tls(config_for(server, extra), None)
+    assert server_tls.warnings == ()
+    server_side = pyopenssl_handshake(server_tls, offering(f"{groups}:P-256".encode()))
+    assert server_side.get_cipher_name() == "ECDHE-ECDSA-AES256-GCM-SHA384"
+
+
+def offering(groups: bytes) -> SSL.Context:
+    context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    assert _lib.SSL_CTX_set1_curves_list(context._context, groups) == 1
+    return context
+
+
+def test_a_version_no_handshake_completes_with_is_a_warning(tmp_path: Path) -> None:
+    """Found probing: only the highest version was tried, so tls_ciphers for an RSA key with
+    an ECDSA certificate checked clean (TLS 1.3 does not use tls_ciphers) and every TLS 1.2
+    client then failed. Each enabled version is tried; one that cannot complete while
+    another can is a warning naming it (a TLS 1.3-only service may be meant)."""
+    server = make_certificates(tmp_path)
+    extra = "tls_ciphers: ECDHE-RSA-AES256-GCM-SHA384\n"
+    server_tls = tls.server_tls(config_for(server, extra), None)
+    assert [str(w) for w in server_tls.warnings] == [
+        "imapd.conf:3: warning: no tls1_2 handshake can complete with these settings "
+        "(tls_ciphers, the certificate's key): no shared cipher; only tls1_3 clients can "
+        "connect (take tls1_2 out of tls_versions if that is meant)"
+    ]
+    lab = Lab(tmp_path / "lab", extra_config=extra).create(with_tls=True)
+    status, output = on_a_terminal([*check_config(lab), "-M", str(pop3s_only(tmp_path))])
+    assert status == 0 and "warning: no tls1_2 handshake can complete" in output, output
+    assert output.count("no tls1_2 handshake") == 1, output
+
+
+def test_a_failed_check_blames_an_option_that_is_set(tmp_path: Path) -> None:
+    """ "no shared cipher" blamed tls_ciphers when it was unset; the settings named are
+    those that are set."""
+    server = make_certificates(tmp_path)
+    extra = "tls_versions: tls1_2\ntls_eccurve: ffdhe2048\n"
+    with pytest.raises(ConfigError) as caught:
+        tls.server_tls(config_for(server, extra), None)
+    assert str(caught.value) == (
+        "imapd.conf:4: error: no TLS handshake can complete with these settings "
+        "(tls_versions, tls_eccurve, the certificate's key): no shared cipher"
+    )
