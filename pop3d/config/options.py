@@ -598,7 +598,8 @@ OPTIONS: dict[str, Option] = {
             "-genparam -algorithm DH -pkeyopt group:ffdhe3072). Unset, OpenSSL chooses a DHE "
             "suite only with a client offering an RFC 7919 group. Parameters below the "
             "security level (2048 bits by default) are a configuration error. Cyrus 3.13 "
-            "ignores this option and lets OpenSSL choose.",
+            "deprecates this option and ignores it (OpenSSL chooses); pop3d uses it, with a "
+            "warning saying so.",
             path=True,
         ),
         _o(

@@ -223,7 +223,7 @@ def server_context(
             service,
             f"cannot load certificate {cert} / key {key}: {openssl_reason(exc)}",
         ) from None
-    _key_exchange(context, config, service)
+    _key_exchange(context, config, service, warnings)
     context.set_alpn_select_callback(_select_alpn)
     mode = config.string("tls_client_certs", service) or "off"
     if mode != "off":
@@ -310,7 +310,9 @@ def _private_key(config: Config, service: str | None, path: str) -> _PrivateKey:
     return key
 
 
-def _key_exchange(context: SSL.Context, config: Config, service: str | None) -> None:
+def _key_exchange(
+    context: SSL.Context, config: Config, service: str | None, warnings: list[Problem]
+) -> None:
     """tls_eccurve and tls_server_dhparam, which were accepted and ignored (found probing).
 
     tls_eccurve: the (EC)DHE groups, as Cyrus sets them (SSL_CTX_set1_curves, which
@@ -337,6 +339,12 @@ def _key_exchange(context: SSL.Context, config: Config, service: str | None) -> 
         except SSL.Error as exc:
             message = f"cannot use DH parameters {parameters}: {openssl_reason(exc)}"
             raise config.error("tls_server_dhparam", service, message) from None
+        # Honoured here; a Cyrus daemon reading the same imapd.conf does not
+        message = (
+            "tls_server_dhparam is deprecated in Cyrus 3.13, whose daemons ignore it (OpenSSL "
+            "chooses their DH parameters); pop3d uses these"
+        )
+        warnings.append(_warning(config, "tls_server_dhparam", service, message))
 
 
 def _ask_for_client_certificates(
