@@ -532,7 +532,9 @@ OPTIONS: dict[str, Option] = {
             T,
             None,
             "Hashed CA directory (openssl rehash) to verify client certificates; it must hold "
-            "at least one.",
+            "at least one. Its CAs are not named in the request, as in Cyrus. A system-wide "
+            "store (more than 50 CAs, or /etc/ssl/certs) is a warning: any of its CAs' "
+            "certificates would log in with EXTERNAL.",
             path=True,
         ),
         _o(
@@ -551,8 +553,8 @@ OPTIONS: dict[str, Option] = {
             "tls_client_certs",
             E,
             "off",
-            "Ask for client certificates, naming the CAs of tls_client_ca_file and "
-            "tls_client_ca_dir in the request. optional: a client may send none, and one "
+            "Ask for client certificates, naming the CAs of tls_client_ca_file (not "
+            "tls_client_ca_dir's, as in Cyrus) in the request. optional: a client may send none, and one "
             "that does not verify (another CA's, expired, revoked) gives the session no "
             "identity: EXTERNAL is not offered, a password login is (Cyrus ends such a "
             "handshake). require: a handshake without a certificate that verifies fails.",

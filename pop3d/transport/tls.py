@@ -31,11 +31,13 @@ import os
 import re
 import stat
 from dataclasses import dataclass
+from warnings import catch_warnings, simplefilter
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
+from cryptography.utils import CryptographyDeprecationWarning
 from OpenSSL import SSL, crypto
 
 # pyOpenSSL's cffi binding, for the calls it has no public method for
@@ -227,7 +229,7 @@ def server_context(
     context.set_alpn_select_callback(_select_alpn)
     mode = config.string("tls_client_certs", service) or "off"
     if mode != "off":
-        _ask_for_client_certificates(context, config, service, require=mode == "require")
+        _ask_for_client_certificates(context, config, service, warnings, require=mode == "require")
     crl_file = config.string("tls_crl_file", service)
     if crl_file:
         _load_crls(context, config, service, crl_file)
@@ -348,14 +350,20 @@ def _key_exchange(
 
 
 def _ask_for_client_certificates(
-    context: SSL.Context, config: Config, service: str | None, *, require: bool
+    context: SSL.Context,
+    config: Config,
+    service: str | None,
+    warnings: list[Problem],
+    *,
+    require: bool,
 ) -> None:
     """Verify client certificates against tls_client_ca_file and tls_client_ca_dir, and
-    name those CAs in the CertificateRequest, as Cyrus does
-    (SSL_CTX_set_client_CA_list(SSL_load_client_CA_file(...)); from the directory too,
-    which Cyrus does not read for names). None were named: a client holding several
-    certificates could not choose, and one that sent another CA's had its handshake
-    aborted (found probing).
+    name the CAs of tls_client_ca_file in the CertificateRequest, as Cyrus does
+    (SSL_CTX_set_client_CA_list(SSL_load_client_CA_file(...))). None were named: a client
+    holding several certificates could not choose, and one that sent another CA's had its
+    handshake aborted (found probing). The directory's are not named, as in Cyrus: with
+    Debian's /etc/ssl/certs the request named 144 public CAs, some 15 KB each handshake
+    (found by a re-probe).
 
     ``require``: a handshake without a certificate that verifies fails, as in Cyrus.
     ``optional``: one whose certificate does not verify (another CA's, expired, revoked)
@@ -374,15 +382,33 @@ def _ask_for_client_certificates(
     authorities: dict[bytes, x509.Certificate] = {}  # by DER subject, as OpenSSL dedupes
     if ca_file:
         data = _read_regular(config, service, "tls_client_ca_file", ca_file)
-        try:
-            found = x509.load_pem_x509_certificates(data)
-        except ValueError:
-            message = f"{ca_file} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
-            raise config.error("tls_client_ca_file", service, message) from None
+        # cryptography warns of what it will refuse one day (a serial number that is not
+        # positive), raw on standard error or as a log line of its own words; OpenSSL
+        # verifies with such a CA, and the site is told one thing it can act on
+        with catch_warnings(record=True) as caught:
+            simplefilter("always", CryptographyDeprecationWarning)
+            try:
+                found = x509.load_pem_x509_certificates(data)
+            except ValueError:
+                message = f"{ca_file} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+                raise config.error("tls_client_ca_file", service, message) from None
+        if any(issubclass(w.category, CryptographyDeprecationWarning) for w in caught):
+            message = (
+                f"{ca_file}: a CA certificate breaks RFC 5280 (e.g. a serial number that is "
+                "not positive); OpenSSL verifies with it, a later pop3d may refuse it"
+            )
+            warnings.append(_warning(config, "tls_client_ca_file", service, message))
         authorities.update((c.subject.public_bytes(), c) for c in found)
     if ca_dir:
-        for certificate in _hashed_directory(config, service, ca_dir):
-            authorities.setdefault(certificate.subject.public_bytes(), certificate)
+        count = _hashed_directory(config, service, ca_dir)
+        if count > _SYSTEM_STORE or os.path.realpath(ca_dir) in _SYSTEM_STORES:
+            message = (
+                f"{ca_dir} holds {count} CA certificates, a system-wide store: a client "
+                "certificate any of them issues verifies, and its name logs in with "
+                "EXTERNAL; put the CAs that issue your users' certificates in a file or "
+                "folder of their own"
+            )
+            warnings.append(_warning(config, "tls_client_ca_dir", service, message))
     try:
         context.load_verify_locations(ca_file or None, ca_dir or None)
     except SSL.Error as exc:
@@ -405,18 +431,29 @@ def _ask_for_client_certificates(
 
 # A hashed CA directory's names: 8 hex digits (the subject's hash), a dot, a number.
 _HASHED_NAME = re.compile(r"[0-9a-f]{8}\.[0-9]+")
+_CERTIFICATE_BLOCK = re.compile(
+    rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL
+)
+# tls_client_ca_dir holding more CAs than a site issues client certificates from, or one
+# of the distributions' stores of public CAs (Debian's holds 144)
+_SYSTEM_STORE = 50
+_SYSTEM_STORES = frozenset(
+    {"/etc/ssl/certs", "/etc/pki/tls/certs", "/etc/pki/ca-trust/extracted/pem/directory-hash"}
+)
 
 
-def _hashed_directory(config: Config, service: str | None, folder: str) -> list[x509.Certificate]:
-    """The certificates OpenSSL can find in a hashed directory (c_rehash, openssl rehash):
-    those under a hashed name. A directory that is missing or holds none is an error: no
-    client certificate could verify (found probing: a missing one checked clean)."""
+def _hashed_directory(config: Config, service: str | None, folder: str) -> int:
+    """How many certificates OpenSSL can find in a hashed directory (c_rehash, openssl
+    rehash): those under a hashed name, read by OpenSSL (cryptography warned of some of
+    Debian's public CAs, found by a re-probe). A directory that is missing or holds none
+    is an error: no client certificate could verify (found probing: a missing one checked
+    clean)."""
     try:
         names = sorted(os.listdir(folder))
     except OSError as exc:
         message = f"cannot read {folder}: {exc.strerror or exc}"
         raise config.error("tls_client_ca_dir", service, message) from None
-    found: list[x509.Certificate] = []
+    found = 0
     for name in names:
         if not _HASHED_NAME.fullmatch(name):
             continue
@@ -431,10 +468,10 @@ def _hashed_directory(config: Config, service: str | None, folder: str) -> list[
                 data = handle.read(_MAX_FILE)
         finally:
             os.close(fd)
-        try:
-            found += x509.load_pem_x509_certificates(data)
-        except ValueError:
-            continue  # not PEM: OpenSSL's lookup skips it too
+        for block in _CERTIFICATE_BLOCK.findall(data):
+            with contextlib.suppress(crypto.Error):  # OpenSSL's lookup skips it too
+                crypto.load_certificate(crypto.FILETYPE_PEM, block)
+                found += 1
     if not found:
         raise config.error(
             "tls_client_ca_dir",

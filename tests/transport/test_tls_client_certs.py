@@ -11,6 +11,7 @@ import signal
 import socket
 import ssl
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -203,8 +204,9 @@ def hashed(folder: Path, *authorities: selfsigned.Issued) -> Path:
 @pytest.mark.parametrize("mode", ["optional", "require"])
 def test_the_certificate_request_names_the_client_cas(tmp_path: Path, mode: str) -> None:
     """Found probing: no CA names were sent, so a client with several certificates could not
-    tell which one we take. Cyrus sends those of tls_client_ca_file; we send those of
-    tls_client_ca_dir too."""
+    tell which one we take. Cyrus sends those of tls_client_ca_file, and none of
+    tls_client_ca_dir (a system store's 144 public CAs made the request 15 KB, found by a
+    re-probe): so do we."""
     first, second = client_pki(tmp_path / "a", "first CA"), client_pki(tmp_path / "b", "second CA")
     folder = hashed(tmp_path / "dir", client_pki(tmp_path / "c", "third CA").ca, second.ca)
     first.ca_file.write_bytes(first.ca_file.read_bytes() + second.ca_file.read_bytes())
@@ -216,10 +218,10 @@ def test_the_certificate_request_names_the_client_cas(tmp_path: Path, mode: str)
         client.use_privatekey_file(str(tmp_path / "b" / "alice.key"))
     for extra, names in (
         (f"tls_client_ca_file: {first.ca_file}\n", ["first CA", "second CA"]),
-        (f"tls_client_ca_dir: {folder}\n", ["second CA", "third CA"]),
+        (f"tls_client_ca_dir: {folder}\n", []),
         (
             f"tls_client_ca_file: {first.ca_file}\ntls_client_ca_dir: {folder}\n",
-            ["first CA", "second CA", "third CA"],
+            ["first CA", "second CA"],
         ),
     ):
         config = config_for(server, f"tls_client_certs: {mode}\n{extra}")
@@ -311,3 +313,29 @@ def test_optional_lets_a_password_in_and_keeps_external_out(tmp_path: Path) -> N
         server.stop()
     log = server.log_text()
     assert "client=- (client certificate not verified: unable to verify the first" in log
+
+
+def test_a_system_wide_ca_dir_is_a_warning(tmp_path: Path) -> None:
+    """Found by a re-probe: tls_client_ca_dir: /etc/ssl/certs (Debian's stock) made any
+    public CA's certificate an EXTERNAL login without a word. A folder of more CAs than a
+    site issues client certificates from is told, where it is set."""
+    folder = hashed(tmp_path / "dir", *(selfsigned.make_ca(f"CA {n}") for n in range(51)))
+    server = make_certificates(tmp_path / "server")
+    config = config_for(server, f"tls_client_certs: optional\ntls_client_ca_dir: {folder}\n")
+    assert [str(w) for w in tls.server_tls(config, None).warnings] == [
+        f"imapd.conf:4: warning: {folder} holds 51 CA certificates, a system-wide store: a "
+        "client certificate any of them issues verifies, and its name logs in with "
+        "EXTERNAL; put the CAs that issue your users' certificates in a file or folder of "
+        "their own"
+    ]
+
+
+@pytest.mark.skipif(not Path("/etc/ssl/certs").is_dir(), reason="no system CA store")
+def test_no_library_warning_escapes_reading_the_system_store() -> None:
+    """Found by a re-probe: with /etc/ssl/certs, cryptography warned of a CA whose serial
+    number is not positive (CryptographyDeprecationWarning), raw from check-config and a
+    log line of each worker at every start and reload. OpenSSL reads the directory now."""
+    server_dir = Path("/etc/ssl/certs")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tls._hashed_directory(imapd.from_text("", "imapd.conf"), None, str(server_dir))
