@@ -554,10 +554,10 @@ OPTIONS: dict[str, Option] = {
             E,
             "off",
             "Ask for client certificates, naming the CAs of tls_client_ca_file (not "
-            "tls_client_ca_dir's, as in Cyrus) in the request. optional: a client may send none, and one "
-            "that does not verify (another CA's, expired, revoked) gives the session no "
-            "identity: EXTERNAL is not offered, a password login is (Cyrus ends such a "
-            "handshake). require: a handshake without a certificate that verifies fails.",
+            "tls_client_ca_dir's, as in Cyrus) in the request. optional: a client may send "
+            "none, and one that does not verify (another CA's, expired, revoked) gives the "
+            "session no identity: EXTERNAL is not offered, a password login is (Cyrus ends "
+            "such a handshake). require: a handshake without a certificate that verifies fails.",
             choices=("off", "optional", "require"),
         ),
         _o(
