@@ -546,7 +546,9 @@ OPTIONS: dict[str, Option] = {
             "current CRL of each CA that issues client certificates or intermediates, or "
             "those certificates do not verify (an expired CRL fails them all: renew it, then "
             "SIGHUP re-reads it, as it does the certificate). A file that cannot be read or "
-            "holds no CRL is a configuration error, exit 78 (Cyrus logs it and checks none).",
+            "holds no CRL is a configuration error, exit 78 (Cyrus logs it and checks none); "
+            "an expired CRL, or a CA of tls_client_ca_file without a current one, is a "
+            "warning.",
             path=True,
         ),
         _o(

@@ -31,6 +31,7 @@ import os
 import re
 import stat
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from warnings import catch_warnings, simplefilter
 
 from cryptography import x509
@@ -232,7 +233,8 @@ def server_context(
         _ask_for_client_certificates(context, config, service, warnings, require=mode == "require")
     crl_file = config.string("tls_crl_file", service)
     if crl_file:
-        _load_crls(context, config, service, crl_file)
+        crls = _load_crls(context, config, service, crl_file)
+        warnings += _crls_not_current(config, service, crl_file, crls)
     # Sessions resume (by ticket, or by id from this worker's cache) for at most
     # tls_session_timeout, as Cyrus does; 0 turns resumption off. The session id context
     # names this server to OpenSSL's cache: without one, OpenSSL refuses to resume a
@@ -481,7 +483,9 @@ def _hashed_directory(config: Config, service: str | None, folder: str) -> int:
     return found
 
 
-def _load_crls(context: SSL.Context, config: Config, service: str | None, path: str) -> None:
+def _load_crls(
+    context: SSL.Context, config: Config, service: str | None, path: str
+) -> list[x509.CertificateRevocationList]:
     """Every PEM CRL in ``path`` into the context's store, checked for each certificate of
     a client's chain, as Cyrus's tls.c does (X509_STORE_add_crl for each,
     X509_V_FLAG_CRL_CHECK | X509_V_FLAG_CRL_CHECK_ALL). The option was read and ignored: a
@@ -496,13 +500,71 @@ def _load_crls(context: SSL.Context, config: Config, service: str | None, path: 
         raise config.error("tls_crl_file", service, message)
     store = context.get_cert_store()
     assert store is not None  # a new context has one
+    crls = []
     for number, block in enumerate(blocks, 1):
         try:
-            store.add_crl(x509.load_pem_x509_crl(block))
+            crl = x509.load_pem_x509_crl(block)
         except ValueError as exc:
             message = f"{path}: CRL {number} of {len(blocks)} cannot be read: {exc}"
             raise config.error("tls_crl_file", service, message) from None
+        store.add_crl(crl)
+        crls.append(crl)
     store.set_flags(crypto.X509StoreFlags.CRL_CHECK | crypto.X509StoreFlags.CRL_CHECK_ALL)
+    return crls
+
+
+def _crls_not_current(
+    config: Config,
+    service: str | None,
+    path: str,
+    crls: list[x509.CertificateRevocationList],
+) -> list[Problem]:
+    """Warnings for what makes every client certificate fail with the CRLs read, which
+    checked clean (found re-probing): a CRL past its next update ("CRL has expired"), and a
+    CA of tls_client_ca_file that no current CRL in the file is issued and signed by
+    (CRL_CHECK_ALL wants one for each CA of a chain: "unable to get certificate CRL").
+    Warnings, as Cyrus accepts both; a renewed file is read at SIGHUP."""
+    now = datetime.now(UTC)
+    warnings = []
+    current = []
+    for crl in crls:
+        due = crl.next_update_utc
+        if due is not None and due < now:
+            message = (
+                f"{path}: the CRL of {crl.issuer.rfc4514_string()} expired at "
+                f"{due:%Y-%m-%d %H:%M} UTC: every certificate it covers fails until it is "
+                "renewed (then SIGHUP)"
+            )
+            warnings.append(_warning(config, "tls_crl_file", service, message))
+        else:
+            current.append(crl)
+    ca_file = config.string("tls_client_ca_file", service)
+    if not ca_file:
+        return warnings
+    try:
+        with catch_warnings():
+            simplefilter("ignore", CryptographyDeprecationWarning)  # said when it was read
+            authorities = x509.load_pem_x509_certificates(
+                _read_regular(config, service, "tls_client_ca_file", ca_file)
+            )
+    except ValueError:
+        return warnings  # refused where the CAs are read
+    for ca in authorities:
+        if not any(crl.issuer == ca.subject and _signed_by(crl, ca) for crl in current):
+            message = (
+                f"{path} holds no current CRL of the CA {ca.subject.rfc4514_string()} "
+                f"(tls_client_ca_file): a certificate it issues fails ('unable to get "
+                "certificate CRL'), as every CA of a chain needs one"
+            )
+            warnings.append(_warning(config, "tls_crl_file", service, message))
+    return warnings
+
+
+def _signed_by(crl: x509.CertificateRevocationList, ca: x509.Certificate) -> bool:
+    try:
+        return crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
+    except (TypeError, ValueError, UnsupportedAlgorithm):
+        return False
 
 
 # Every group a client could offer: the check's client takes those this OpenSSL knows

@@ -339,3 +339,37 @@ def test_no_library_warning_escapes_reading_the_system_store() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         tls._hashed_directory(imapd.from_text("", "imapd.conf"), None, str(server_dir))
+
+
+def test_crls_that_fail_every_certificate_are_warnings(tmp_path: Path) -> None:
+    """Found re-probing, each "configuration OK" and then every client certificate failed:
+    a CRL past its next update ("CRL has expired"), and no CRL of a CA of
+    tls_client_ca_file (CRL_CHECK_ALL: "unable to get certificate CRL"). Warnings, as
+    Cyrus accepts both."""
+    server = make_certificates(tmp_path / "server")
+    pki = client_pki(tmp_path / "pki")
+    extra = f"tls_client_certs: optional\ntls_client_ca_file: {pki.ca_file}\n"
+    extra += f"tls_crl_file: {pki.crl_file}\n"
+
+    def crl_warnings() -> list[str]:
+        return [str(w) for w in tls.server_tls(config_for(server, extra), None).warnings]
+
+    pki.revoke()
+    assert crl_warnings() == []
+    now = datetime.datetime.now(datetime.UTC)
+    expired = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(pki.ca.certificate.subject)
+        .last_update(now - datetime.timedelta(days=9))
+        .next_update(now - datetime.timedelta(days=2))
+        .sign(pki.ca.key, hashes.SHA256())
+    )
+    pki.crl_file.write_bytes(expired.public_bytes(serialization.Encoding.PEM))
+    said = crl_warnings()
+    assert any("warning" in w and "expired at" in w for w in said), said
+    assert any("holds no current CRL of the CA" in w for w in said), said
+    other = client_pki(tmp_path / "other", "another CA")
+    other.revoke()
+    pki.crl_file.write_bytes(other.crl_file.read_bytes())  # another CA's CRL only
+    said = crl_warnings()
+    assert len(said) == 1 and "holds no current CRL of the CA CN=client CA" in said[0], said
