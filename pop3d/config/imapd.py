@@ -367,11 +367,23 @@ class _Parser:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.seen: dict[str, tuple[str, int]] = {}  # every key, known or not: where set
+        self.read: dict[str, str] = {}  # every file read (its real path): as named first
 
     def problem(self, path: str, line: int, message: str, severity: str = "error") -> None:
         self.config.problems.append(Problem(path, line, message, severity))
 
     def parse_file(self, path: Path, depth: int = 0, origin: tuple[str, int] | None = None) -> None:
+        try:
+            real = os.path.realpath(path)
+        except ValueError:  # a NUL in the name: read_text says why
+            real = str(path)
+        if (first := self.read.get(real)) is not None:
+            # Cyrus's config_read_file: "included twice"; a file including itself gave one
+            # "set again" error for each of its keys (found re-probing)
+            where, line = origin or (str(path), 0)
+            self.problem(where, line, f"{path} is read twice (first as {first}); Cyrus refuses it")
+            return
+        self.read[real] = str(path)
         try:
             text = read_text(path)
         except Unreadable as exc:

@@ -529,3 +529,20 @@ def test_names_and_blanks_are_ascii_as_in_cyrus() -> None:
         with pytest.raises(imapd.ConfigError):
             imapd.from_text(text)
     assert imapd.from_text("poptimeout: 20 \t\n").integer("poptimeout") == 20 * 60
+
+
+def test_a_file_read_twice_is_one_error(tmp_path: Path) -> None:
+    """Cyrus refuses a file included twice; one including itself gave an error for each of
+    its keys ("set again", 88 of them, found re-probing)."""
+    main = tmp_path / "imapd.conf"
+    main.write_text(f"poptimeout: 20\n@include: {main}\n")
+    with pytest.raises(ConfigError) as caught:
+        imapd.load(main)
+    assert [str(p) for p in caught.value.problems] == [
+        f"{main}:2: error: {main} is read twice (first as {main}); Cyrus refuses it"
+    ]
+    empty = tmp_path / "empty.conf"
+    empty.write_text("# nothing\n")
+    main.write_text(f"@include: {empty}\n@include: {empty}\n")
+    with pytest.raises(ConfigError, match="read twice"):
+        imapd.load(main)
