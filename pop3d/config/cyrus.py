@@ -282,7 +282,9 @@ def parse_text(text: str, path: str) -> MasterConfig:
             # Cyrus's masterconf_getsection compares a section's name case-insensitively
             # but for its first letter, which must be as written: "Services {" is
             # SERVICES, and "services {" a section Cyrus skips, every service in it.
-            match = re.fullmatch(r"([A-Za-z]+)\s*\{", line)
+            # "EVENTS { }" on one line: an empty section, as Cyrus reads it (refused until
+            # found re-probing)
+            match = re.fullmatch(r"([A-Za-z]+)\s*\{(\s*\})?", line)
             name = match.group(1).upper() if match else ""
             if name not in _SECTIONS:
                 out.problems.append(Problem(path, number, f"expected a section, got {line!r}"))
@@ -293,7 +295,7 @@ def parse_text(text: str, path: str) -> MasterConfig:
                     "capital first letter, and skips this one"
                 )
                 out.problems.append(Problem(path, number, message))  # its entries checked
-            section = name
+            section = None if match and match.group(2) else name
             continue
         if line == "}":
             section = None

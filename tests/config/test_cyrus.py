@@ -164,3 +164,15 @@ def test_listen_families_follow_proto(
     text: str, proto: str, expected: tuple[int, str, int]
 ) -> None:
     assert cyrus.parse_listen(text, proto) == cyrus.Listen(*expected)
+
+
+def test_an_empty_section_on_one_line() -> None:
+    """Cyrus's master takes "EVENTS { }" and "DAEMON {}" (found re-probing: refused as
+    "expected a section")."""
+    config = cyrus.parse_text(
+        'START {}\nSERVICES {\n  pop3 cmd="pop3d" listen="127.0.0.1:1110"\n}\n'
+        "EVENTS { }\nDAEMON {}\n",
+        "cyrus.conf",
+    )
+    assert config.problems == []
+    assert [service.name for service in config.services] == ["pop3"]
