@@ -91,7 +91,7 @@ class FileLock:
 
     __slots__ = ("_fd", "_path")
 
-    def __init__(self, fd: int, path: Path) -> None:
+    def __init__(self, fd: int, path: str | Path) -> None:
         self._fd = fd
         self._path = path
 
@@ -116,7 +116,7 @@ class FileLock:
             self._fd = -1
 
 
-def lock_in_maildir(root: int, path: Path) -> FileLock:
+def lock_in_maildir(root: int, path: str | Path) -> FileLock:
     """The ``maildir`` way: the Maildir open as ``root`` locked through its ``pop3d.lock``.
     :class:`MaildropInUse` if another holder has it, :class:`StorageError` otherwise."""
     for _ in range(_ATTEMPTS):
@@ -200,7 +200,7 @@ class LockTable:
         for fd in old:
             os.close(fd)
 
-    def lock(self, root: int, path: Path) -> TableLock:
+    def lock(self, root: int, path: str | Path) -> TableLock:
         """Lock the maildrop whose Maildir is open as ``root``: :class:`MaildropInUse` if a
         session of this process or another holds it, :class:`StorageError` otherwise."""
         info = os.fstat(root)

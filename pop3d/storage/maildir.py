@@ -447,9 +447,11 @@ _FOLLOWED_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 # is the administrator's, as the folders above it are: an alias domain made as a link
 # (/var/mail/example.net -> example.org) is followed (refused for a day, found re-probing).
 _PER_USER_ESCAPE = re.compile(r"%[un]")
+# One escape of a template: "%" and the character after it (none at the end: an error)
+_ESCAPE = re.compile(r"%(.?)", re.DOTALL)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class MaildirLocation:
     """Where a Maildir is: ``followed``, the administrator's part of the path (resolved as
     any path is: a link there is theirs, /var/mail is one on many systems), then ``parts``,
@@ -459,12 +461,20 @@ class MaildirLocation:
     to another user's and be served, and have deleted, that user's mail (found probing:
     O_NOFOLLOW on the whole path guards its last component only)."""
 
-    followed: Path
+    # Strings: a Path costs a parse, and a session's open makes only the one it needs
+    followed: str
     parts: tuple[str, ...]
 
     @property
     def path(self) -> Path:
-        return self.followed.joinpath(*self.parts)
+        return Path(self.text)
+
+    @property
+    def text(self) -> str:
+        return self._join(len(self.parts))
+
+    def _join(self, count: int) -> str:
+        return os.path.join(self.followed, *self.parts[:count])
 
     def open(self) -> int:
         """The Maildir as a directory fd. FileNotFoundError when a folder on the way is
@@ -477,7 +487,7 @@ class MaildirLocation:
                 os.close(fd)
                 raise
             except OSError as exc:
-                where = self.followed.joinpath(*self.parts[: index + 1])
+                where = self._join(index + 1)
                 reason = _not_followed(part, fd) or exc.strerror
                 os.close(fd)
                 raise OSError(exc.errno, f"{where}: {reason}") from None
@@ -489,13 +499,13 @@ class MaildirLocation:
         """The Maildir and its tmp/, new/, cur/, and any folder missing on the way, each
         0700; made in the folder opened before it, never through a link (StorageError)."""
         try:
-            _make_folders(self.followed)
+            _make_folders(Path(self.followed))
             fd = os.open(self.followed, _FOLLOWED_DIRECTORY)
         except OSError as exc:
             raise StorageError(f"cannot create {self.path}: {exc.strerror}") from exc
         try:
             for index, part in enumerate(self.parts):
-                where = self.followed.joinpath(*self.parts[: index + 1])
+                where = self._join(index + 1)
                 try:
                     with contextlib.suppress(FileExistsError):  # made meanwhile, or before
                         os.mkdir(part, 0o700, dir_fd=fd)
@@ -775,7 +785,7 @@ class MaildirMaildrop:
 
     def __init__(
         self,
-        path: Path,
+        path: str | Path,
         lock: MaildropLock,
         entries: list[_Entry],
         folders: _Folders,
@@ -1182,6 +1192,20 @@ class MaildirStore:
         lock_table: Path | None = None,
     ) -> None:
         self.template = template
+        # The template split once where it first names the user (location()): a session's
+        # open splits no template and runs no expression over it (it cost a plain session
+        # 3 % of its CPU, bench/RESULTS.md section 31)
+        components = template.split("/")
+        first = next(
+            (
+                index
+                for index, component in enumerate(components)
+                if _PER_USER_ESCAPE.search(component.replace("%%", ""))
+            ),
+            len(components) - 1,  # no per-user folder: the last is not followed, as before
+        )
+        self._head = "/".join(components[:first])
+        self._tail = "/".join(components[first:])
         self.partition = partition
         self.create = create
         self.use_flags = use_flags  # popuseimapflags
@@ -1218,7 +1242,7 @@ class MaildirStore:
         if len(opened) > WARM_USERS:
             del opened[next(iter(opened))]
 
-    def lock(self, root: int, path: Path) -> MaildropLock:
+    def lock(self, root: int, path: str | Path) -> MaildropLock:
         """The maildrop lock of the Maildir ``path``, open as ``root``, the one every POP3
         session and every ``pop3d-admin import`` takes (storage/locks.py):
         :class:`MaildropInUse` if another holder has it, :class:`StorageError` otherwise."""
@@ -1230,38 +1254,27 @@ class MaildirStore:
         return self.location(user).path
 
     def _expand(self, text: str, user: str) -> str:
+        if "%" not in text:
+            return text
         local, _, domain = user.partition("@")
         values = {"u": user, "n": local, "d": domain, "p": self.partition, "%": "%"}
-        out: list[str] = []
-        chars = iter(text)
-        for ch in chars:
-            if ch != "%":
-                out.append(ch)
-                continue
-            key = next(chars, "")
+
+        def value(match: re.Match[str]) -> str:
+            key = match.group(1)
             if key not in values:
                 raise StorageError(f"maildir template {self.template!r}: unknown %{key}")
-            out.append(values[key])
-        return "".join(out)
+            return values[key]
+
+        return _ESCAPE.sub(value, text)
 
     def location(self, user: str, folder: str | None = None) -> MaildirLocation:
         """The user's Maildir (with ``folder``: its Maildir++ folder ``.<folder>``,
         popsubfolders), split where the template first fills in a per-user value."""
-        components = self.template.split("/")
-        first = next(
-            (
-                index
-                for index, component in enumerate(components)
-                if _PER_USER_ESCAPE.search(component.replace("%%", ""))
-            ),
-            len(components) - 1,  # no per-user folder: the last is not followed, as before
-        )
-        head = self._expand("/".join(components[:first]), user)
-        followed = Path(head or ("/" if self.template.startswith("/") else "."))
+        head = self._expand(self._head, user)
+        # (an empty %d leaves "/spool/", as if it were "/spool")
+        followed = head.rstrip("/") or ("/" if self.template.startswith("/") else ".")
         # An empty value (%d of a user without a domain) leaves no folder of its own
-        parts = tuple(
-            part for part in self._expand("/".join(components[first:]), user).split("/") if part
-        )
+        parts = tuple(part for part in self._expand(self._tail, user).split("/") if part)
         if folder is not None:
             # The login already took only a valid folder name; this refuses anything that
             # would not be one entry inside the Maildir all the same.
@@ -1269,7 +1282,7 @@ class MaildirStore:
                 raise StorageError(f"folder name {folder!r} refused")
             parts += (f".{folder}",)
         if any(part in (".", "..") for part in parts):
-            raise StorageError(f"maildrop path {followed.joinpath(*parts)} refused")
+            raise StorageError(f"maildrop path {os.path.join(followed, *parts)} refused")
         return MaildirLocation(followed, parts)
 
     def folder_path(self, user: str, folder: str) -> Path:
@@ -1282,7 +1295,7 @@ class MaildirStore:
         of its own: its own lock, listing and kept UIDLs."""
         started = time.thread_time()  # this thread's CPU: not the GIL's waits, not a disk's
         where = self.location(user, folder)
-        path = where.path
+        path = where.text
         try:
             folders = _Folders(where)
         except FileNotFoundError:
@@ -1330,7 +1343,7 @@ class MaildirStore:
         self._note_opened(user, folder, time.thread_time() - started)
         return drop
 
-    def _listing(self, path: Path, folders: _Folders) -> list[_Entry]:
+    def _listing(self, path: str, folders: _Folders) -> list[_Entry]:
         """``new/`` and ``cur/`` listed in delivery order. A big folder (LISTING_KEPT_FROM
         names or more, seen once) whose two directories are the same and unchanged since
         this process last listed them (listing_stamp()) is not read again: a client polling
@@ -1373,7 +1386,7 @@ class MaildirStore:
                 self._listed -= len(self._listings.pop(oldest)[1])
 
     @staticmethod
-    def _scan(path: Path, folders: _Folders) -> Iterator[_Entry]:
+    def _scan(path: str, folders: _Folders) -> Iterator[_Entry]:
         for subdir in _SUBDIRS:
             if subdir not in folders.fds:
                 continue
@@ -1384,7 +1397,7 @@ class MaildirStore:
                             continue
                         yield _Entry(subdir, item.name, unique_part(item.name))
             except OSError as exc:
-                raise StorageError(f"cannot list {path / subdir}: {exc.strerror}") from exc
+                raise StorageError(f"cannot list {path}/{subdir}: {exc.strerror}") from exc
 
     def deliver(self, user: str, source: BinaryIO) -> Path:
         """Store one message durably in ``new/``; returns its path. On any error nothing is
