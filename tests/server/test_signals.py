@@ -196,58 +196,22 @@ def test_sighup_from_the_first_import_never_ends_the_process(lab: Lab, entry: st
     program = entry.removeprefix("python -m ")
     argv = _console_script(entry) if program == entry else [sys.executable, "-m", program]
     master = program in ("pop3d.cli.master", "pop3d-master")
-    port = free_port()
-    if master:
-        cyrus_conf = lab.root / "cyrus.conf"
-        cyrus_conf.write_text(
-            f'SERVICES {{\n  pop3 cmd="pop3d -C {lab.config}" listen="127.0.0.1:{port}" '
-            "prefork=1\n}\n"
-        )
-        argv += ["-C", str(lab.config), "-M", str(cyrus_conf)]
-    else:
-        argv += ["-X", "-C", str(lab.config)]
-    log = lab.root / "process.log"
-    with log.open("ab") as handle:
-        process = subprocess.Popen(
-            argv,
-            stdin=None if master else subprocess.PIPE,
-            stdout=handle if master else subprocess.PIPE,
-            stderr=handle,
-        )
-    try:
-        deadline = time.monotonic() + 20
-        while not _held_or_importing(process.pid):
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-        _hangups(process.pid, 1.0)
-        assert process.poll() is None, (process.returncode, log.read_text())
-        if master:
-            _until_served(port, process, log)
-            process.send_signal(signal.SIGTERM)
-        else:
-            watchdog = threading.Timer(30, process.kill)
-            watchdog.start()
-            try:
-                assert _line(process).startswith(b"+OK"), log.read_text()
-                assert process.stdin is not None
-                process.stdin.write(b"QUIT\r\n")
-                process.stdin.flush()
-                assert _line(process).startswith(b"+OK"), log.read_text()
-            finally:
-                watchdog.cancel()
-        assert process.wait(timeout=15) == 0, log.read_text()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    _signalled_from_the_first_import(lab, argv, master, signal.SIGHUP)
 
 
 @pytest.mark.parametrize("entry", ["python -m pop3d.cli.master", "python -m pop3d"])
 def test_sigusr1_from_the_first_import_never_ends_the_process(lab: Lab, entry: str) -> None:
     """SIGUSR1 means nothing to pop3d, and is held as SIGHUP is until its handler logs it:
     its default action ended a process still starting."""
-    master = entry.endswith("master")
     argv = [sys.executable, "-m", entry.removeprefix("python -m ")]
+    log = _signalled_from_the_first_import(lab, argv, entry.endswith("master"), signal.SIGUSR1)
+    assert "SIGUSR1 ignored: it means nothing to pop3d" in log
+
+
+def _signalled_from_the_first_import(lab: Lab, argv: list[str], master: bool, signum: int) -> str:
+    """Start ``argv`` (pop3d-master or pop3d -X), send ``signum`` every 10 ms for a second
+    from the moment it holds signals or begins importing, then see it serve and stop with
+    0 on SIGTERM or QUIT. Its log."""
     port = free_port()
     if master:
         cyrus_conf = lab.root / "cyrus.conf"
@@ -255,9 +219,9 @@ def test_sigusr1_from_the_first_import_never_ends_the_process(lab: Lab, entry: s
             f'SERVICES {{\n  pop3 cmd="pop3d -C {lab.config}" listen="127.0.0.1:{port}" '
             "prefork=1\n}\n"
         )
-        argv += ["-C", str(lab.config), "-M", str(cyrus_conf)]
+        argv = [*argv, "-C", str(lab.config), "-M", str(cyrus_conf)]
     else:
-        argv += ["-X", "-C", str(lab.config)]
+        argv = [*argv, "-X", "-C", str(lab.config)]
     log = lab.root / "process.log"
     with log.open("ab") as handle:
         process = subprocess.Popen(
@@ -271,7 +235,7 @@ def test_sigusr1_from_the_first_import_never_ends_the_process(lab: Lab, entry: s
         while not _held_or_importing(process.pid):
             assert process.poll() is None, log.read_text()
             assert time.monotonic() < deadline, log.read_text()
-        _hangups(process.pid, 1.0, signal.SIGUSR1)
+        _hangups(process.pid, 1.0, signum)
         assert process.poll() is None, (process.returncode, log.read_text())
         if master:
             _until_served(port, process, log)
@@ -288,7 +252,7 @@ def test_sigusr1_from_the_first_import_never_ends_the_process(lab: Lab, entry: s
             finally:
                 watchdog.cancel()
         assert process.wait(timeout=15) == 0, log.read_text()
-        assert "SIGUSR1 ignored: it means nothing to pop3d" in log.read_text()
+        return log.read_text()
     finally:
         if process.poll() is None:
             process.kill()

@@ -175,9 +175,11 @@ def test_sighup_reads_a_new_crl(tmp_path: Path) -> None:
     assert "certificate revoked" in server.log_text()
 
 
-def ca_names_sent(server_tls: tls.ServerTLS, client: SSL.Context | None = None) -> list[str]:
-    """The CA names our CertificateRequest carries, as a pyOpenSSL client reads them."""
-    client = client or SSL.Context(SSL.TLS_CLIENT_METHOD)
+def memory_handshake(
+    server_tls: tls.ServerTLS, client: SSL.Context
+) -> tuple[SSL.Connection, SSL.Connection]:
+    """A handshake between pyOpenSSL connections over memory: (server side, client side),
+    however far it got."""
     server_side = SSL.Connection(server_tls.context, None)
     server_side.set_accept_state()
     client_side = SSL.Connection(client, None)
@@ -188,6 +190,14 @@ def ca_names_sent(server_tls: tls.ServerTLS, client: SSL.Context | None = None) 
                 one.do_handshake()
             with contextlib.suppress(SSL.WantReadError):
                 other.bio_write(one.bio_read(65536))
+    return server_side, client_side
+
+
+def ca_names_sent(server_tls: tls.ServerTLS, client: SSL.Context | None = None) -> list[str]:
+    """The CA names our CertificateRequest carries, as a pyOpenSSL client reads them."""
+    _server, client_side = memory_handshake(
+        server_tls, client or SSL.Context(SSL.TLS_CLIENT_METHOD)
+    )
     return sorted(str(name.CN) for name in client_side.get_client_ca_list())
 
 

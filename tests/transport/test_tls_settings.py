@@ -3,7 +3,6 @@ work refused when they are read, not at the first handshake."""
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import ssl
 import subprocess
@@ -24,7 +23,7 @@ from pop3d.transport import selfsigned, tls
 from pop3d.transport.tls_layer import TLSHandshakeError
 from tests.support.lab import Certificates, Lab, make_certificates
 from tests.transport.test_tls import client_context, config_for, handshake
-from tests.transport.test_tls_client_certs import client_pki
+from tests.transport.test_tls_client_certs import client_pki, memory_handshake
 from tests.transport.test_tls_server_key import check_config, on_a_terminal, pop3s_only
 
 
@@ -110,17 +109,7 @@ def dhe_client(groups: bytes = b"P-256") -> SSL.Context:
 
 
 def pyopenssl_handshake(server_tls: tls.ServerTLS, client: SSL.Context) -> SSL.Connection:
-    server_side = SSL.Connection(server_tls.context, None)
-    server_side.set_accept_state()
-    client_side = SSL.Connection(client, None)
-    client_side.set_connect_state()
-    for _ in range(10):
-        for one, other in ((client_side, server_side), (server_side, client_side)):
-            with contextlib.suppress(SSL.WantReadError):
-                one.do_handshake()
-            with contextlib.suppress(SSL.WantReadError):
-                other.bio_write(one.bio_read(65536))
-    return server_side
+    return memory_handshake(server_tls, client)[0]
 
 
 def test_tls_server_dhparam_gives_dhe_its_parameters(tmp_path: Path) -> None:
