@@ -365,19 +365,28 @@ def test_worker_variable_naming_no_listening_socket(lab: Lab, value: str, messag
     assert message in result.stderr, result.stderr
 
 
+def _activated(name: str) -> tuple[socket.socket, list[str]]:
+    """A listening socket on loopback and the command prefix that hands it to a program as
+    systemd's socket activation does (fd 3, named ``name``); run it with
+    ``pass_fds=(sock.fileno(),)`` and close the socket once the program has it."""
+    handed = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    handed.bind(("127.0.0.1", 0))
+    handed.listen()
+    script = (
+        f'export LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES={name}; exec "$@" 3<&{handed.fileno()}'
+    )
+    return handed, ["bash", "-c", script, "bash"]
+
+
 def test_kpop_on_a_socket_named_pop3s_is_refused(lab: Lab) -> None:
     """Found probing: socket activation with a pop3 and a pop3s socket and -k ran KPOP
     inside TLS, the handshake waiting for a client that speaks Kerberos in clear. Refused
     as -k with -s is, before the configuration is read."""
-    handed = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    handed.bind(("127.0.0.1", free_port()))
-    handed.listen()
-    fd = handed.fileno()
-    script = f'export LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=pop3s; exec "$@" 3<&{fd}'
+    handed, activation = _activated("pop3s")
     try:
         result = subprocess.run(
-            ["bash", "-c", script, "bash", *POP3D, "-k", "-C", str(lab.config)],
-            pass_fds=(fd,),
+            [*activation, *POP3D, "-k", "-C", str(lab.config)],
+            pass_fds=(handed.fileno(),),
             capture_output=True,
             timeout=60,
         )
@@ -391,14 +400,11 @@ def test_a_socket_named_after_its_unit_is_the_default_service(lab: Lab) -> None:
     """A socket unit without FileDescriptorName= gives its socket the unit's name,
     "pop3d.socket" (systemd.socket(5)): the default service, as an unnamed socket is. For
     a day it was refused as a service name with a '.', exit 78 (found probing)."""
-    handed = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    handed.bind(("127.0.0.1", 0))
-    handed.listen()
-    port, fd = handed.getsockname()[1], handed.fileno()
-    script = f'export LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=pop3d.socket; exec "$@" 3<&{fd}'
+    handed, activation = _activated("pop3d.socket")
+    port = handed.getsockname()[1]
     served = subprocess.Popen(
-        ["bash", "-c", script, "bash", *POP3D, "-C", str(lab.config)],
-        pass_fds=(fd,),
+        [*activation, *POP3D, "-C", str(lab.config)],
+        pass_fds=(handed.fileno(),),
         stderr=subprocess.PIPE,
     )
     handed.close()
@@ -429,15 +435,11 @@ def test_a_service_name_cyrus_conf_could_not_hold_is_refused(lab: Lab, name: str
     assert given.returncode == 78, given.stderr
     assert f"pop3d: CYRUS_SERVICE: bad character {name[4]!r} in the name".encode() in given.stderr
     assert given.stdout == b""
-    handed = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    handed.bind(("127.0.0.1", free_port()))
-    handed.listen()
-    fd = handed.fileno()
-    script = f'export LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES={name}; exec "$@" 3<&{fd}'
+    handed, activation = _activated(name)
     try:
         activated = subprocess.run(
-            ["bash", "-c", script, "bash", *POP3D, "-C", str(lab.config)],
-            pass_fds=(fd,),
+            [*activation, *POP3D, "-C", str(lab.config)],
+            pass_fds=(handed.fileno(),),
             capture_output=True,
             timeout=60,
         )
